@@ -1,0 +1,186 @@
+//! CDP over HTTP: discovery (`/json/version`) and the WebSocket upgrade.
+//!
+//! A connection is refused with an HTTP status before the upgrade when its session is
+//! unknown or ended, or when its browser cannot take another client; only then is the
+//! socket handed to [`crate::proxy`].
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::{debug, warn};
+
+use super::AppState;
+use super::error::ApiError;
+use super::sessions::parse_id;
+use crate::proxy;
+use crate::session::Session;
+use std::sync::Arc;
+
+/// `GET /?sessionId=<id>`: Steel's `websocketUrl`. Without an upgrade it describes the service.
+pub async fn connect_by_query(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    let Some(raw) = query.get("sessionId") else {
+        if is_websocket_upgrade(request.headers()) {
+            return ApiError::bad_request("sessionId: connect to the websocketUrl of a session (/?sessionId=<id>)")
+                .into_response();
+        }
+        return Json(serde_json::json!({
+            "service": "ingot",
+            "version": env!("CARGO_PKG_VERSION"),
+            "sessions": format!("{}/v1/sessions", state.urls.http),
+        }))
+        .into_response();
+    };
+    match parse_id(raw, "sessionId") {
+        Ok(id) => connect(state, id, request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /devtools/browser/<id>`: the endpoint `/json/version` advertises.
+pub async fn connect_by_path(State(state): State<AppState>, Path(id): Path<String>, request: Request) -> Response {
+    match parse_id(&id, "id") {
+        Ok(id) => connect(state, id, request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn connect(state: AppState, id: uuid::Uuid, mut request: Request) -> Response {
+    let key = match websocket_key(request.headers()) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let session = match live_session(&state, id) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let Some(mux) = session.mux() else {
+        return ended(&session).into_response();
+    };
+    let link = match mux.attach().await {
+        Ok(link) => link,
+        Err(e) => {
+            warn!(session_id = %id, error = %e, "cannot attach a client to the browser");
+            return ApiError::new(StatusCode::BAD_GATEWAY, "browser_unavailable", format!("cannot reach the browser: {e}"))
+                .into_response();
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    state.clients.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(proxy::websocket_config()),
+                )
+                .await;
+                proxy::serve_client(ws, link, session).await;
+            }
+            Err(e) => debug!(session_id = %id, error = %e, "WebSocket upgrade did not complete"),
+        }
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+/// `GET /json/version[/]?sessionId=<id>`. Without a `sessionId` it answers for the only
+/// live session, because Puppeteer's `browserURL` drops the path and query it was given.
+pub async fn version_by_query(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let session = match query.get("sessionId") {
+        Some(raw) => live_session(&state, parse_id(raw, "sessionId")?)?,
+        None => state.registry.sole_live_session().ok_or_else(|| {
+            ApiError::bad_request(
+                "sessionId: name the session (/json/version?sessionId=<id>); without it this endpoint answers \
+                 only while exactly one session is live",
+            )
+        })?,
+    };
+    Ok(Json(version_json(&state, &session)))
+}
+
+/// `GET /devtools/browser/<id>/json/version[/]`
+pub async fn version_by_path(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let session = live_session(&state, parse_id(&id, "id")?)?;
+    Ok(Json(version_json(&state, &session)))
+}
+
+fn version_json(state: &AppState, session: &Session) -> serde_json::Value {
+    let version = session.browser_version().cloned().unwrap_or_default();
+    let field = |name: &str| version.get(name).cloned().unwrap_or_default();
+    serde_json::json!({
+        "Browser": field("product"),
+        "Protocol-Version": field("protocolVersion"),
+        "User-Agent": session.options.user_agent.clone().map(Into::into).unwrap_or_else(|| field("userAgent")),
+        "V8-Version": field("jsVersion"),
+        "WebKit-Version": field("revision"),
+        "webSocketDebuggerUrl": state.urls.browser_endpoint(session.id),
+    })
+}
+
+/// The session if it is live; otherwise 404 (unknown) or 410 (ended).
+fn live_session(state: &AppState, id: uuid::Uuid) -> Result<Arc<Session>, ApiError> {
+    let session = state.registry.get(&id).ok_or_else(|| ApiError::session_not_found(id))?;
+    if session.phase().is_live() { Ok(session) } else { Err(ended(&session)) }
+}
+
+fn ended(session: &Session) -> ApiError {
+    let how = session.end_reason().map(|r| format!("{:?} ({})", r.status(), r.as_str())).unwrap_or_default();
+    ApiError::new(StatusCode::GONE, "session_ended", format!("session {} has ended: {}", session.id, how.to_lowercase()))
+}
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Checks the upgrade request and returns its `Sec-WebSocket-Key`.
+fn websocket_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade || !is_websocket_upgrade(headers) {
+        return Err(ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_required",
+            "this is a CDP WebSocket endpoint; connect with a WebSocket client",
+        ));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+        return Err(ApiError::bad_request("Sec-WebSocket-Version: must be 13"));
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::bad_request("Sec-WebSocket-Key: missing"))
+}

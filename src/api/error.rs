@@ -1,0 +1,44 @@
+//! The gateway's HTTP errors: one JSON shape everywhere, with the right status code.
+//!
+//! The body is `{"message": …, "error": {"code": …, "message": …}}`. The Steel SDKs show
+//! `message` in the exceptions they raise; `error.code` is stable for programs.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// An error answer to an HTTP request.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn session_not_found(id: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "session_not_found", format!("session {id} not found"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "message": self.message,
+            "error": { "code": self.code, "message": self.message },
+        });
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,75 @@
+//! The HTTP surface: Steel's sessions API, CDP discovery and WebSocket upgrades, health.
+//!
+//! Handlers are thin: they validate input, call the session registry, and shape JSON. They
+//! must not launch browsers or change session states themselves.
+
+pub mod cdp;
+pub mod error;
+pub mod sessions;
+pub mod wire;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio_util::task::TaskTracker;
+
+use crate::session::params::TimeoutLimits;
+use crate::session::registry::Registry;
+use error::ApiError;
+use wire::PublicUrls;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 << 10;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub urls: Arc<PublicUrls>,
+    pub limits: TimeoutLimits,
+    /// Proxy tasks of attached clients, so shutdown can wait for their close frames.
+    pub clients: TaskTracker,
+}
+
+/// All routes. Static segments such as `/v1/sessions/release` win over `{id}`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/sessions", post(sessions::create).get(sessions::list))
+        .route("/v1/sessions/release", post(sessions::release_all))
+        .route("/v1/sessions/{id}", get(sessions::retrieve))
+        .route("/v1/sessions/{id}/release", post(sessions::release))
+        .route("/", get(cdp::connect_by_query))
+        .route("/devtools/browser/{id}", get(cdp::connect_by_path))
+        .route("/json/version", get(cdp::version_by_query))
+        .route("/json/version/", get(cdp::version_by_query))
+        .route("/devtools/browser/{id}/json/version", get(cdp::version_by_path))
+        .route("/devtools/browser/{id}/json/version/", get(cdp::version_by_path))
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(refuse_cross_origin))
+        .with_state(state)
+}
+
+/// Browsers attach `Origin` to cross-site requests and to every WebSocket they open; SDKs
+/// and CDP clients send none. Refusing it stops a web page (in a session's browser or
+/// anywhere else) from releasing sessions or driving a browser through the gateway.
+async fn refuse_cross_origin(request: Request, next: Next) -> Response {
+    if request.headers().contains_key(header::ORIGIN) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_origin_refused",
+            "requests from web pages (with an Origin header) are refused",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}

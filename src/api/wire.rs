@@ -1,0 +1,135 @@
+//! Steel's JSON shapes, as the official SDK types declare them.
+//!
+//! Owns field names and JSON types only; values come from [`crate::session::Session`].
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::session::Session;
+use crate::session::params::Dimensions;
+use crate::session::registry::ListPage;
+use crate::session::state::{EndReason, Status};
+
+/// Base URLs that returned links point at.
+#[derive(Debug, Clone)]
+pub struct PublicUrls {
+    /// `http(s)://host[:port]`, no trailing slash.
+    pub http: String,
+    /// The same with `ws(s)://`.
+    pub ws: String,
+}
+
+impl PublicUrls {
+    pub fn new(base: &str) -> PublicUrls {
+        let http = base.trim_end_matches('/').to_owned();
+        let ws = if let Some(rest) = http.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else {
+            format!("ws://{}", http.strip_prefix("http://").unwrap_or(&http))
+        };
+        PublicUrls { http, ws }
+    }
+
+    /// The URL clients connect to. It already has a query, so `&apiKey=…` can be appended.
+    pub fn websocket_url(&self, id: Uuid) -> String {
+        format!("{}/?sessionId={id}", self.ws)
+    }
+
+    /// The CDP endpoint `/json/version` advertises.
+    pub fn browser_endpoint(&self, id: Uuid) -> String {
+        format!("{}/devtools/browser/{id}", self.ws)
+    }
+
+    pub fn session_url(&self, id: Uuid) -> String {
+        format!("{}/v1/sessions/{id}", self.http)
+    }
+}
+
+/// `Session` in the SDK types: every required field, plus the optional ones ingot knows.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionJson {
+    pub id: Uuid,
+    pub created_at: String,
+    pub status: Status,
+    pub duration: u64,
+    pub event_count: u64,
+    pub timeout: u64,
+    pub credits_used: u64,
+    pub websocket_url: String,
+    pub debug_url: String,
+    pub session_viewer_url: String,
+    pub dimensions: Dimensions,
+    pub optimize_bandwidth: Map<String, Value>,
+    pub proxy_bytes_used: u64,
+    pub proxy_source: Option<&'static str>,
+    pub user_agent: Option<String>,
+    pub headless: bool,
+    pub is_selenium: bool,
+    pub solve_captcha: bool,
+    pub release_reason: Option<EndReason>,
+}
+
+impl SessionJson {
+    pub fn new(session: &Session, urls: &PublicUrls) -> SessionJson {
+        let user_agent = session.options.user_agent.clone().or_else(|| {
+            session.browser_version().and_then(|v| v.get("userAgent")).and_then(Value::as_str).map(str::to_owned)
+        });
+        SessionJson {
+            id: session.id,
+            created_at: timestamp(session.created_at),
+            status: session.phase().status(),
+            duration: session.duration().as_millis() as u64,
+            event_count: session.event_count(),
+            timeout: session.options.timeout_ms,
+            credits_used: session.billed_minutes(),
+            websocket_url: urls.websocket_url(session.id),
+            debug_url: urls.session_url(session.id),
+            session_viewer_url: urls.session_url(session.id),
+            dimensions: session.options.dimensions,
+            optimize_bandwidth: Map::new(),
+            proxy_bytes_used: 0,
+            proxy_source: session.options.proxy_server.as_ref().map(|_| "external"),
+            user_agent,
+            headless: true,
+            is_selenium: false,
+            solve_captcha: false,
+            release_reason: session.end_reason(),
+        }
+    }
+}
+
+/// RFC 3339 in UTC with millisecond precision, as Steel sends it.
+fn timestamp(t: time::OffsetDateTime) -> String {
+    let t = t.replace_nanosecond(t.millisecond() as u32 * 1_000_000).unwrap_or(t);
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// `Sessionslist`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionListJson {
+    pub sessions: Vec<SessionJson>,
+    pub next_cursor: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_count: Option<usize>,
+}
+
+impl SessionListJson {
+    pub fn new(page: ListPage, urls: &PublicUrls) -> Self {
+        SessionListJson {
+            sessions: page.sessions.iter().map(|s| SessionJson::new(s, urls)).collect(),
+            next_cursor: page.next_cursor,
+            total_count: page.total_count,
+        }
+    }
+}
+
+/// `SessionReleaseResponse` and `SessionReleaseAllResponse`.
+#[derive(Debug, Serialize)]
+pub struct ReleaseJson {
+    pub success: bool,
+    pub message: String,
+}

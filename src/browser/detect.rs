@@ -1,0 +1,77 @@
+//! Finding a Chromium executable.
+//!
+//! Owns the search order only; it starts nothing.
+
+use std::path::{Path, PathBuf};
+
+/// Absolute paths tried first, best first. Debian's `/usr/bin/chromium` is a shell wrapper
+/// that adds flags and stderr noise, so the real binary behind it wins.
+const KNOWN_PATHS: &[&str] = &["/usr/lib/chromium/chromium", "/usr/bin/chromium"];
+/// Names looked up on `PATH` after that.
+const PATH_NAMES: &[&str] = &["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"];
+
+/// Returns the Chromium to run, or a message that says how to install one.
+pub fn find_chromium(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    let search_path = std::env::var_os("PATH").unwrap_or_default();
+    find_in(explicit, KNOWN_PATHS, &search_path)
+}
+
+fn find_in(explicit: Option<&Path>, known: &[&str], search_path: &std::ffi::OsStr) -> Result<PathBuf, String> {
+    if let Some(path) = explicit {
+        return if is_executable(path) {
+            Ok(path.to_path_buf())
+        } else {
+            Err(format!("--chromium {} is not an executable file", path.display()))
+        };
+    }
+    for candidate in known {
+        let path = Path::new(candidate);
+        if is_executable(path) {
+            return Ok(path.to_path_buf());
+        }
+    }
+    for dir in std::env::split_paths(search_path) {
+        for name in PATH_NAMES {
+            let path = dir.join(name);
+            if is_executable(&path) {
+                return Ok(path);
+            }
+        }
+    }
+    Err("no Chromium found (looked for /usr/lib/chromium/chromium, /usr/bin/chromium, chromium-browser and \
+         google-chrome). Install Debian's package with `apt-get install -y chromium`, or pass --chromium PATH."
+        .into())
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_path_must_be_executable() {
+        let err = find_chromium(Some(Path::new("/nonexistent/chromium"))).unwrap_err();
+        assert!(err.contains("/nonexistent/chromium"), "{err}");
+        assert_eq!(find_chromium(Some(Path::new("/bin/sh"))).unwrap(), PathBuf::from("/bin/sh"));
+    }
+
+    #[test]
+    fn nothing_found_names_the_package() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = find_in(None, &[], empty.path().as_os_str()).unwrap_err();
+        assert!(err.contains("apt-get install -y chromium"), "{err}");
+    }
+
+    #[test]
+    fn path_lookup_finds_chromium_browser() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("chromium-browser");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        assert_eq!(find_in(None, &[], dir.path().as_os_str()).unwrap(), exe);
+    }
+}

@@ -1,0 +1,449 @@
+//! A Chromium process on this machine, driven over `--remote-debugging-pipe`.
+//!
+//! Owns launching (flags, profile directory, process group, pipes), readiness (the first CDP
+//! reply), exit detection and reaping (kill the whole process group, then delete the
+//! session directory). The browser opens no TCP listener at all, so only the gateway can
+//! drive it. This module must not know about sessions' states or clients.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio::process::Command;
+use tokio::sync::{OnceCell, mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::{BrowserExit, BrowserHost, BrowserProcess, CdpTransport, LaunchError, LaunchSpec, Launched};
+
+/// Flags every session's Chromium gets. The background-networking flags stop Chromium from
+/// flooding a closed network; the `--disable-features` list drops a WebUI renderer that
+/// headless sessions never use (a third less memory per browser).
+const BASE_FLAGS: &[&str] = &[
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-features=WebUIReloadButton,WebUIOmniboxPopup,WebUIOmniboxAimPopup",
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-renderer-backgrounding",
+    "--remote-debugging-pipe",
+    // Suppresses the "unsupported command-line flag" infobar that --no-sandbox brings, which
+    // would otherwise shrink the page a moment after start.
+    "--test-type",
+];
+
+/// Height of headless Chromium's (invisible) tab strip and toolbar: the window must be this
+/// much taller than the requested page. The session layer checks the real page size and
+/// corrects the window if a Chromium build differs.
+pub const WINDOW_UI_HEIGHT: u32 = 87;
+
+/// Prefix of every per-session directory under `<data-dir>/sessions`, so that the start-up
+/// sweep recognises what a previous run left.
+pub const SESSIONS_SUBDIR: &str = "sessions";
+
+/// How long a browser may take to answer its first CDP command.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A start slower than this is logged while it is still waiting.
+const SLOW_START: Duration = Duration::from_secs(5);
+/// Largest message accepted from the browser; beyond it the connection counts as lost.
+const MAX_PIPE_MESSAGE: usize = 512 << 20;
+/// Stderr lines kept for diagnosing a failed start.
+const STDERR_TAIL: usize = 30;
+
+/// Launches Chromium processes, each with its own profile under `<data_dir>/sessions/<id>`
+/// and its own scratch directory under [`scratch_root`].
+pub struct LocalChromium {
+    executable: PathBuf,
+    sessions_dir: PathBuf,
+    scratch_root: PathBuf,
+}
+
+impl LocalChromium {
+    pub fn new(executable: PathBuf, data_dir: &Path) -> Self {
+        LocalChromium {
+            executable,
+            sessions_dir: data_dir.join(SESSIONS_SUBDIR),
+            scratch_root: scratch_root(data_dir),
+        }
+    }
+}
+
+/// Where sessions' `TMPDIR`s live: `/tmp/ingot-<hash of the data directory>`. Chromium puts
+/// a Unix socket there, and socket paths are limited to 107 bytes, so this must stay short
+/// however deep the data directory is. The hash keeps gateways with different data
+/// directories apart, and lets the start-up sweep find what its predecessor left.
+pub fn scratch_root(data_dir: &Path) -> PathBuf {
+    // FNV-1a: stable across Rust releases, unlike the standard library's hasher.
+    let hash = data_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    PathBuf::from(format!("/tmp/ingot-{:08x}", hash as u32))
+}
+
+impl BrowserHost for LocalChromium {
+    fn launch(&self, spec: LaunchSpec) -> BoxFuture<'_, Result<Launched, LaunchError>> {
+        async move {
+            let dirs = SessionDirs {
+                root: self.sessions_dir.join(spec.session_id.to_string()),
+                scratch: self.scratch_root.join(spec.session_id.simple().to_string()),
+            };
+            let started = Instant::now();
+            let result = launch_in(&self.executable, dirs, &spec).await;
+            match &result {
+                Ok(launched) => info!(
+                    session_id = %spec.session_id,
+                    browser = %launched.process.address(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "browser ready"
+                ),
+                Err(e) => warn!(session_id = %spec.session_id, error = %e, "browser failed to start"),
+            }
+            result
+        }
+        .boxed()
+    }
+}
+
+/// The directories one browser owns; both are removed when it is reaped.
+#[derive(Debug, Clone)]
+struct SessionDirs {
+    /// `<data_dir>/sessions/<id>`, holding the profile.
+    root: PathBuf,
+    /// The browser's `TMPDIR`.
+    scratch: PathBuf,
+}
+
+impl SessionDirs {
+    fn profile(&self) -> PathBuf {
+        self.root.join("profile")
+    }
+
+    async fn remove(&self) {
+        remove_dir(&self.root).await;
+        remove_dir(&self.scratch).await;
+    }
+}
+
+async fn launch_in(executable: &Path, dirs: SessionDirs, spec: &LaunchSpec) -> Result<Launched, LaunchError> {
+    for d in [&dirs.profile(), &dirs.scratch] {
+        if let Err(e) = tokio::fs::create_dir_all(d).await {
+            dirs.remove().await;
+            return Err(LaunchError(format!("cannot create session directory {}: {e}", d.display())));
+        }
+    }
+
+    let spawned = match spawn(executable, &dirs, spec) {
+        Ok(s) => s,
+        Err(e) => {
+            dirs.remove().await;
+            return Err(e);
+        }
+    };
+    let (process, transport) = spawned;
+    match wait_until_ready(&process, transport).await {
+        Ok(transport) => Ok(Launched { transport, process: Box::new(process) }),
+        Err(reason) => {
+            let tail = process.stderr_tail();
+            process.kill().await;
+            if tail.is_empty() {
+                Err(LaunchError(format!("Chromium did not start: {reason}")))
+            } else {
+                Err(LaunchError(format!("Chromium did not start: {reason}; its last output: {tail}")))
+            }
+        }
+    }
+}
+
+/// Sends the first CDP command and waits for its reply, the browser's exit or a timeout.
+async fn wait_until_ready(process: &LocalProcess, mut transport: CdpTransport) -> Result<CdpTransport, String> {
+    const PROBE: &[u8] = br#"{"id":0,"method":"Browser.getVersion"}"#;
+    if transport.to_browser.send(Bytes::from_static(PROBE)).await.is_err() {
+        return Err("the CDP pipe closed at once".into());
+    }
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let mut slow_logged = false;
+    loop {
+        tokio::select! {
+            msg = transport.from_browser.recv() => match msg {
+                Some(reply) if reply.starts_with(br#"{"id":0,"#) => return Ok(transport),
+                Some(_) => continue,
+                None => {
+                    let exit = tokio::time::timeout(Duration::from_secs(1), process.wait_exit()).await;
+                    return Err(match exit {
+                        Ok(exit) => format!("it exited ({exit}) before answering"),
+                        Err(_) => "its CDP pipe closed before it answered".into(),
+                    });
+                }
+            },
+            _ = tokio::time::sleep(SLOW_START), if !slow_logged => {
+                slow_logged = true;
+                warn!(browser = %process.address(), "browser has not answered after {}s; still waiting", SLOW_START.as_secs());
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(format!("no answer to its first CDP command within {}s", READY_TIMEOUT.as_secs()));
+            }
+        }
+    }
+}
+
+fn spawn(executable: &Path, dirs: &SessionDirs, spec: &LaunchSpec) -> Result<(LocalProcess, CdpTransport), LaunchError> {
+    let io_err = |what: &str, e: std::io::Error| LaunchError(format!("{what}: {e}"));
+
+    // Chromium reads commands from fd 3 and writes replies and events to fd 4.
+    let (command_tx, command_rx) = pipe::pipe().map_err(|e| io_err("cannot create pipe", e))?;
+    let (reply_tx, reply_rx) = pipe::pipe().map_err(|e| io_err("cannot create pipe", e))?;
+    let child_reads = high_fd(command_rx.into_blocking_fd().map_err(|e| io_err("pipe", e))?)?;
+    let child_writes = high_fd(reply_tx.into_blocking_fd().map_err(|e| io_err("pipe", e))?)?;
+    let (read_fd, write_fd) = (child_reads.as_raw_fd(), child_writes.as_raw_fd());
+
+    let mut cmd = Command::new(executable);
+    cmd.args(BASE_FLAGS)
+        .arg(format!("--user-data-dir={}", dirs.profile().display()))
+        .arg(format!("--window-size={},{}", spec.dimensions.width, spec.dimensions.height + WINDOW_UI_HEIGHT));
+    if let Some(ua) = &spec.user_agent {
+        cmd.arg(format!("--user-agent={ua}"));
+    }
+    if let Some(proxy) = &spec.proxy_server {
+        cmd.arg(format!("--proxy-server={proxy}"));
+    }
+    cmd.arg("about:blank")
+        .env("TMPDIR", &dirs.scratch)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+    // functions (dup2, prctl, getppid) on descriptors that are open in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(read_fd, 3) < 0 || libc::dup2(write_fd, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // If the gateway dies without reaping, the browser dies with it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| LaunchError(format!("cannot run {}: {e}", executable.display())))?;
+    // The child has its copies; ours must close so that EOF reaches each side.
+    drop(child_reads);
+    drop(child_writes);
+
+    let pid = child.id().ok_or_else(|| LaunchError("Chromium exited during spawn".into()))? as i32;
+    let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(drain_stderr(stderr, stderr_tail.clone(), pid));
+    }
+    let (exit_tx, exit_rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let exit = match child.wait().await {
+            Ok(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => BrowserExit::Code(code),
+                (None, Some(sig)) => BrowserExit::Signal(sig),
+                (None, None) => BrowserExit::Unknown(status.to_string()),
+            },
+            Err(e) => BrowserExit::Unknown(e.to_string()),
+        };
+        debug!(pid, %exit, "browser process exited");
+        let _ = exit_tx.send(Some(exit));
+    });
+
+    let (to_browser, outgoing) = mpsc::channel::<Bytes>(256);
+    let (incoming, from_browser) = mpsc::channel::<BytesMut>(256);
+    tokio::spawn(write_pipe(command_tx, outgoing));
+    tokio::spawn(read_pipe(reply_rx, incoming, pid));
+
+    let process = LocalProcess { pid, dirs: dirs.clone(), exit: exit_rx, stderr_tail, reaped: OnceCell::new() };
+    Ok((process, CdpTransport { to_browser, from_browser }))
+}
+
+/// Moves a descriptor above 10 so that `dup2` onto 3 and 4 in the child cannot clobber it.
+fn high_fd(fd: OwnedFd) -> Result<OwnedFd, LaunchError> {
+    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+        .map(|raw| {
+            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+        })
+        .map_err(|e| LaunchError(format!("cannot duplicate pipe descriptor: {e}")))
+}
+
+async fn drain_stderr(stderr: tokio::process::ChildStderr, tail: Arc<Mutex<VecDeque<String>>>, pid: i32) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        debug!(pid, "chromium: {line}");
+        let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+        if tail.len() == STDERR_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
+
+/// Writes each message followed by the NUL that delimits messages on the pipe.
+async fn write_pipe(mut pipe: pipe::Sender, mut outgoing: mpsc::Receiver<Bytes>) {
+    const COALESCE_BELOW: usize = 64 << 10;
+    let mut scratch = Vec::with_capacity(COALESCE_BELOW + 1);
+    while let Some(msg) = outgoing.recv().await {
+        let written = if msg.len() < COALESCE_BELOW {
+            scratch.clear();
+            scratch.extend_from_slice(&msg);
+            scratch.push(0);
+            pipe.write_all(&scratch).await
+        } else {
+            match pipe.write_all(&msg).await {
+                Ok(()) => pipe.write_all(&[0]).await,
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = written {
+            debug!(error = %e, "CDP pipe to the browser closed");
+            return;
+        }
+    }
+}
+
+/// Splits the browser's output on NUL into messages. Ends (closing `incoming`) on EOF.
+async fn read_pipe(mut pipe: pipe::Receiver, incoming: mpsc::Sender<BytesMut>, pid: i32) {
+    let mut buf = BytesMut::with_capacity(256 << 10);
+    let mut scanned = 0;
+    loop {
+        while let Some(pos) = memchr::memchr(0, &buf[scanned..]) {
+            let end = scanned + pos;
+            let msg = buf.split_to(end);
+            let _ = buf.split_to(1);
+            scanned = 0;
+            if incoming.send(msg).await.is_err() {
+                return;
+            }
+        }
+        scanned = buf.len();
+        if buf.len() > MAX_PIPE_MESSAGE {
+            warn!(pid, "browser sent a message over {} MiB; dropping the connection", MAX_PIPE_MESSAGE >> 20);
+            return;
+        }
+        if buf.capacity() - buf.len() < (64 << 10) {
+            buf.reserve((buf.len()).max(256 << 10));
+        }
+        match pipe.read_buf(&mut buf).await {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                debug!(pid, error = %e, "CDP pipe from the browser failed");
+                return;
+            }
+        }
+    }
+}
+
+/// A running local Chromium: its process group and its session directory.
+pub struct LocalProcess {
+    pid: i32,
+    dirs: SessionDirs,
+    exit: watch::Receiver<Option<BrowserExit>>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    reaped: OnceCell<()>,
+}
+
+impl LocalProcess {
+    fn stderr_tail(&self) -> String {
+        let tail = self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+        tail.iter().filter(|l| !l.contains("dbus")).cloned().collect::<Vec<_>>().join(" | ")
+    }
+
+    async fn reap(&self) {
+        // The browser leads its own process group, so one signal reaches every helper process.
+        match killpg(Pid::from_raw(self.pid), Signal::SIGKILL) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => warn!(pid = self.pid, error = %e, "cannot signal the browser's process group"),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_exit()).await;
+        // Helpers re-parented to init may outlive the leader for a moment.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while group_alive(self.pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if group_alive(self.pid) {
+            warn!(pid = self.pid, "browser process group still has members 2s after SIGKILL");
+        }
+        self.dirs.remove().await;
+    }
+}
+
+/// Whether any process of the group is still running (zombies excluded: they hold nothing).
+fn group_alive(pgid: i32) -> bool {
+    match killpg(Pid::from_raw(pgid), None) {
+        Err(_) => false,
+        Ok(()) => super::sweep::group_has_running_member(pgid),
+    }
+}
+
+impl BrowserProcess for LocalProcess {
+    fn address(&self) -> String {
+        format!("pid {} ({})", self.pid, self.dirs.root.display())
+    }
+
+    fn wait_exit(&self) -> BoxFuture<'_, BrowserExit> {
+        let mut exit = self.exit.clone();
+        async move {
+            match exit.wait_for(Option::is_some).await {
+                Ok(state) => state.clone().unwrap_or(BrowserExit::Unknown("no status".into())),
+                Err(_) => BrowserExit::Unknown("exit watcher ended".into()),
+            }
+        }
+        .boxed()
+    }
+
+    fn kill(&self) -> BoxFuture<'_, ()> {
+        async move {
+            self.reaped.get_or_init(|| self.reap()).await;
+        }
+        .boxed()
+    }
+}
+
+impl Drop for LocalProcess {
+    fn drop(&mut self) {
+        if self.reaped.get().is_none() {
+            // Last resort if an owner forgot to reap: never leave a browser running.
+            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+            warn!(pid = self.pid, "browser dropped without being reaped; killed its process group");
+        }
+    }
+}
+
+/// Removes a session directory off the async runtime.
+async fn remove_dir(dir: &Path) {
+    let dir = dir.to_path_buf();
+    let result = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err((dir, e)),
+        _ => Ok(()),
+    })
+    .await;
+    if let Ok(Err((dir, e))) = result {
+        warn!(dir = %dir.display(), error = %e, "cannot remove session directory");
+    }
+}

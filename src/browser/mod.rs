@@ -1,0 +1,86 @@
+//! Where a browser runs, behind one small interface: launch, address, wait for exit, kill.
+//!
+//! Today the only host is [`local::LocalChromium`], a Chromium process on this machine
+//! talking CDP over `--remote-debugging-pipe`. Nothing above this module knows about
+//! processes, pipes or profile directories; it sees a [`CdpTransport`] and a
+//! [`BrowserProcess`]. This module must not know about sessions' states or HTTP.
+
+pub mod detect;
+pub mod local;
+pub mod sweep;
+
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::session::params::Dimensions;
+
+/// What a session needs from its browser.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub session_id: Uuid,
+    pub dimensions: Dimensions,
+    pub user_agent: Option<String>,
+    pub proxy_server: Option<String>,
+}
+
+/// One CDP connection to a browser, as whole JSON messages.
+pub struct CdpTransport {
+    /// Messages to the browser. Closing it ends the connection.
+    pub to_browser: mpsc::Sender<Bytes>,
+    /// Messages from the browser, mutable so that routing can trim them in place.
+    /// Ends when the connection is lost.
+    pub from_browser: mpsc::Receiver<BytesMut>,
+}
+
+/// How a browser ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrowserExit {
+    /// Exit status code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+    /// Could not be determined.
+    Unknown(String),
+}
+
+impl fmt::Display for BrowserExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrowserExit::Code(c) => write!(f, "exit status {c}"),
+            BrowserExit::Signal(s) => write!(f, "killed by signal {s}"),
+            BrowserExit::Unknown(e) => write!(f, "unknown exit ({e})"),
+        }
+    }
+}
+
+/// Why a browser could not be launched.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LaunchError(pub String);
+
+/// A launched browser, ready to be driven over [`Launched::transport`].
+pub struct Launched {
+    pub transport: CdpTransport,
+    pub process: Box<dyn BrowserProcess>,
+}
+
+/// Starts browsers.
+pub trait BrowserHost: Send + Sync + 'static {
+    /// Launches a browser for a session. Whatever it started is gone again when this fails.
+    fn launch(&self, spec: LaunchSpec) -> BoxFuture<'_, Result<Launched, LaunchError>>;
+}
+
+/// A running browser and everything it owns (process tree, profile directory).
+pub trait BrowserProcess: Send + Sync {
+    /// Where the browser runs, for logs (for a local process: its pid and profile directory).
+    fn address(&self) -> String;
+    /// Resolves once the browser has exited, however that happened. May be awaited many times.
+    fn wait_exit(&self) -> BoxFuture<'_, BrowserExit>;
+    /// Kills the browser and everything it started, and removes what it left on disk.
+    /// Idempotent; resolves once all of it is gone.
+    fn kill(&self) -> BoxFuture<'_, ()>;
+}

@@ -1,0 +1,99 @@
+//! The start-up sweep: reap browsers and session directories that a previous run of the
+//! gateway left behind (after a SIGKILL, an OOM kill or a power cut).
+//!
+//! Owns reading `/proc` to find processes. It must only ever touch processes whose command
+//! line names this gateway's own sessions directory, and only before any session starts.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tracing::{info, warn};
+
+use super::local::{SESSIONS_SUBDIR, scratch_root};
+
+/// What the sweep removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Process groups killed (one per leftover browser).
+    pub process_groups: usize,
+    /// Session directories removed.
+    pub directories: usize,
+}
+
+/// Kills every process whose command line points into `<data_dir>/sessions/` and removes
+/// every session and scratch directory. Blocking: run it before serving, or in `spawn_blocking`.
+pub fn sweep(data_dir: &Path) -> SweepReport {
+    let sessions_dir = data_dir.join(SESSIONS_SUBDIR);
+    let marker = format!("--user-data-dir={}/", sessions_dir.display());
+    let mut report = SweepReport::default();
+
+    let mut groups: Vec<i32> = processes()
+        .filter(|p| p.state != 'Z' && p.cmdline.contains(&marker))
+        .map(|p| p.pgid)
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    for &pgid in &groups {
+        // A browser launched by ingot leads its own group; never signal the gateway's own group.
+        if pgid <= 1 || pgid == nix::unistd::getpgrp().as_raw() {
+            continue;
+        }
+        match killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
+            Ok(()) => report.process_groups += 1,
+            Err(e) => warn!(pgid, error = %e, "cannot kill a leftover browser process group"),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while groups.iter().any(|&g| group_has_running_member(g)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    for parent in [sessions_dir, scratch_root(data_dir)] {
+        for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            let path = entry.path();
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => report.directories += 1,
+                Err(e) => warn!(dir = %path.display(), error = %e, "cannot remove a leftover session directory"),
+            }
+        }
+    }
+    if report != SweepReport::default() {
+        info!(
+            process_groups = report.process_groups,
+            directories = report.directories,
+            "start-up sweep cleaned up after a previous run"
+        );
+    }
+    report
+}
+
+/// Whether any non-zombie process belongs to the process group.
+pub fn group_has_running_member(pgid: i32) -> bool {
+    processes().any(|p| p.pgid == pgid && p.state != 'Z')
+}
+
+/// The parts of `/proc/<pid>` the sweep needs.
+struct ProcInfo {
+    state: char,
+    pgid: i32,
+    cmdline: String,
+}
+
+fn processes() -> impl Iterator<Item = ProcInfo> {
+    std::fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may contain spaces and parentheses; fields resume after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut fields = rest.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let _ppid = fields.next()?;
+        let pgid: i32 = fields.next()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+            .unwrap_or_default();
+        Some(ProcInfo { state, pgid, cmdline })
+    })
+}

@@ -1,0 +1,356 @@
+//! One CDP connection to a browser, shared by every client of a session.
+//!
+//! Chromium's pipe is a single CDP channel. Each attached client gets its own browser-level
+//! CDP session (`Target.attachToBrowserTarget`), so it sees exactly what a separate
+//! WebSocket to Chromium would show it: its own auto-attach, its own targets, its own ids.
+//! Routing is by `sessionId` only, so no command id is ever rewritten:
+//!
+//! * client → browser: a command without `sessionId` gets the client's browser session
+//!   injected; one with a `sessionId` must name a session that client owns.
+//! * browser → client: the tail `sessionId` picks the owner; a client's own browser session
+//!   id is stripped again, so the client receives what Chromium would have sent it.
+//!
+//! The gateway's own commands travel on the root session (no `sessionId`). This module
+//! owns routing tables and the gateway's root commands; it must not know about HTTP,
+//! session states or processes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::message::{self, TargetEvent};
+use crate::browser::CdpTransport;
+
+/// Messages queued toward one client before the browser's reader waits for it.
+const CLIENT_QUEUE: usize = 128;
+/// How long the gateway waits for the browser to answer one of its own commands.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the gateway's own command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("the browser connection is closed")]
+    Closed,
+    #[error("the browser did not answer {0} within {1:?}")]
+    Timeout(&'static str, Duration),
+    #[error("the browser refused {0}: {1}")]
+    Refused(&'static str, String),
+}
+
+/// Traffic counters for one browser connection.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// CDP events delivered to clients.
+    pub events_to_clients: AtomicU64,
+    pub messages_to_browser: AtomicU64,
+    pub bytes_to_browser: AtomicU64,
+    pub messages_to_clients: AtomicU64,
+    pub bytes_to_clients: AtomicU64,
+}
+
+/// The routing state of one browser connection.
+pub struct Mux {
+    to_browser: mpsc::Sender<Bytes>,
+    routes: Mutex<Routes>,
+    next_command: AtomicU64,
+    next_client: AtomicU64,
+    lost: CancellationToken,
+    traffic: Traffic,
+}
+
+#[derive(Default)]
+struct Routes {
+    clients: HashMap<u64, ClientRoute>,
+    /// Every CDP session a client owns (its browser session and the targets it attached).
+    owners: HashMap<Box<str>, u64>,
+    /// The gateway's own commands waiting for a reply.
+    pending: HashMap<u64, oneshot::Sender<BytesMut>>,
+    closing: bool,
+}
+
+struct ClientRoute {
+    browser_session: Box<str>,
+    outbound: mpsc::Sender<Utf8Bytes>,
+    close: watch::Sender<Option<CloseFrame>>,
+}
+
+impl Mux {
+    /// Takes over a browser connection and starts routing its messages.
+    pub fn start(transport: CdpTransport) -> Arc<Mux> {
+        let mux = Arc::new(Mux {
+            to_browser: transport.to_browser,
+            routes: Mutex::new(Routes::default()),
+            next_command: AtomicU64::new(1),
+            next_client: AtomicU64::new(1),
+            lost: CancellationToken::new(),
+            traffic: Traffic::default(),
+        });
+        tokio::spawn(route_from_browser(mux.clone(), transport.from_browser));
+        mux
+    }
+
+    /// Resolves when the connection to the browser is gone.
+    pub async fn lost(&self) {
+        self.lost.cancelled().await
+    }
+
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
+    }
+
+    /// Number of clients attached now.
+    pub fn client_count(&self) -> usize {
+        self.lock().clients.len()
+    }
+
+    /// Sends a command on the gateway's root session and returns its `result`.
+    pub async fn command(&self, method: &'static str, params: Value) -> Result<Value, CommandError> {
+        self.command_in(None, method, params).await
+    }
+
+    /// Sends a command on the root session or on a CDP session the gateway attached itself.
+    /// Gateway command ids are unique across sessions, so replies find their way back.
+    pub async fn command_in(
+        &self,
+        session: Option<&str>,
+        method: &'static str,
+        params: Value,
+    ) -> Result<Value, CommandError> {
+        let id = self.next_command.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.lock().pending.insert(id, tx);
+        let mut body = serde_json::json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = session {
+            body["sessionId"] = session.into();
+        }
+        let body = body.to_string();
+        if self.to_browser.send(Bytes::from(body)).await.is_err() {
+            self.lock().pending.remove(&id);
+            return Err(CommandError::Closed);
+        }
+        let reply = match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => return Err(CommandError::Closed),
+            Err(_) => {
+                self.lock().pending.remove(&id);
+                return Err(CommandError::Timeout(method, COMMAND_TIMEOUT));
+            }
+        };
+        let mut reply: Value = serde_json::from_slice(&reply).map_err(|e| CommandError::Refused(method, e.to_string()))?;
+        if let Some(error) = reply.get("error") {
+            return Err(CommandError::Refused(method, error.to_string()));
+        }
+        Ok(reply.get_mut("result").map(Value::take).unwrap_or(Value::Null))
+    }
+
+    /// Attaches a new client: gives it its own browser-level CDP session.
+    pub async fn attach(self: &Arc<Self>) -> Result<ClientLink, CommandError> {
+        if self.lock().closing {
+            return Err(CommandError::Closed);
+        }
+        let result = self.command("Target.attachToBrowserTarget", Value::Object(Default::default())).await?;
+        let browser_session: Box<str> = result
+            .get("sessionId")
+            .and_then(Value::as_str)
+            .ok_or_else(|| CommandError::Refused("Target.attachToBrowserTarget", "no sessionId in reply".into()))?
+            .into();
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let (outbound_tx, outbound) = mpsc::channel(CLIENT_QUEUE);
+        let (close_tx, close) = watch::channel(None);
+        {
+            let mut routes = self.lock();
+            if routes.closing {
+                drop(routes);
+                self.detach_browser_session(&browser_session);
+                return Err(CommandError::Closed);
+            }
+            routes.owners.insert(browser_session.clone(), id);
+            routes.clients.insert(
+                id,
+                ClientRoute { browser_session: browser_session.clone(), outbound: outbound_tx, close: close_tx },
+            );
+        }
+        Ok(ClientLink { mux: self.clone(), id, browser_session, outbound, close })
+    }
+
+    /// Tells every client to close with `frame`, and refuses new clients from now on.
+    pub fn close_all(&self, frame: CloseFrame) {
+        let mut routes = self.lock();
+        routes.closing = true;
+        for client in routes.clients.values() {
+            let _ = client.close.send(Some(frame.clone()));
+        }
+    }
+
+    fn detach(&self, client: u64) {
+        let browser_session = {
+            let mut routes = self.lock();
+            routes.owners.retain(|_, owner| *owner != client);
+            routes.clients.remove(&client).map(|c| c.browser_session)
+        };
+        if let Some(session) = browser_session {
+            self.detach_browser_session(&session);
+        }
+    }
+
+    /// Ends a client's browser session; Chromium detaches its child sessions with it.
+    fn detach_browser_session(&self, session: &str) {
+        let id = self.next_command.fetch_add(1, Ordering::Relaxed);
+        let body = serde_json::json!({"id": id, "method": "Target.detachFromTarget", "params": {"sessionId": session}});
+        let to_browser = self.to_browser.clone();
+        tokio::spawn(async move {
+            let _ = to_browser.send(Bytes::from(body.to_string())).await;
+        });
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Routes> {
+        // Routing tables stay consistent under every early return, so a poisoned lock is usable.
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Reads the browser's messages and delivers each to its owner.
+async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<BytesMut>) {
+    while let Some(mut msg) = from_browser.recv().await {
+        let Some(tail) = message::tail_session(&msg) else {
+            deliver_to_gateway(&mux, msg);
+            continue;
+        };
+        let session_id = tail.id(&msg).to_owned();
+        let target_event = message::target_event(&msg).map(|e| match e {
+            TargetEvent::Attached(child) => (true, child.into_owned()),
+            TargetEvent::Detached(child) => (false, child.into_owned()),
+        });
+        let route = {
+            let mut routes = mux.lock();
+            let Some(&owner) = routes.owners.get(session_id.as_str()) else {
+                // A session of the gateway's own, or one whose client has detached.
+                drop(routes);
+                deliver_to_gateway(&mux, msg);
+                continue;
+            };
+            if let Some((attached, child)) = target_event {
+                if attached {
+                    routes.owners.insert(child.into(), owner);
+                } else {
+                    routes.owners.remove(child.as_str());
+                }
+            }
+            routes.clients.get(&owner).map(|c| (c.outbound.clone(), *c.browser_session == *session_id))
+        };
+        let Some((outbound, own_browser_session)) = route else { continue };
+        if own_browser_session {
+            message::strip_tail_session(&mut msg, tail);
+        }
+        let is_event = message::is_event(&msg);
+        let len = msg.len() as u64;
+        let Ok(text) = Utf8Bytes::try_from(msg.freeze()) else {
+            warn!("browser sent a message that is not UTF-8; dropped");
+            continue;
+        };
+        if outbound.send(text).await.is_ok() {
+            let t = &mux.traffic;
+            t.messages_to_clients.fetch_add(1, Ordering::Relaxed);
+            t.bytes_to_clients.fetch_add(len, Ordering::Relaxed);
+            if is_event {
+                t.events_to_clients.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    debug!("browser connection closed");
+    let mut routes = mux.lock();
+    routes.pending.clear();
+    drop(routes);
+    mux.lost.cancel();
+}
+
+/// A message on the root session: a reply to one of the gateway's own commands, or an
+/// event nobody subscribed to.
+fn deliver_to_gateway(mux: &Mux, msg: BytesMut) {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        id: Option<u64>,
+    }
+    let Ok(Reply { id: Some(id) }) = serde_json::from_slice::<Reply>(&msg) else { return };
+    if let Some(waiter) = mux.lock().pending.remove(&id) {
+        let _ = waiter.send(msg);
+    }
+}
+
+/// What became of a client's message.
+#[derive(Debug)]
+pub enum Forwarded {
+    /// On its way to the browser.
+    Sent,
+    /// Not forwarded; send this reply to the client instead.
+    Reply(String),
+    /// The client asked for `Browser.close`; the command id is given so it can be answered.
+    BrowserClose(i64),
+    /// The browser connection is gone.
+    Closed,
+}
+
+/// One client's attachment to a browser. Dropping it detaches the client.
+pub struct ClientLink {
+    mux: Arc<Mux>,
+    id: u64,
+    browser_session: Box<str>,
+    /// Messages for this client, in order.
+    pub outbound: mpsc::Receiver<Utf8Bytes>,
+    /// Set once when the session ends and this client must be closed.
+    pub close: watch::Receiver<Option<CloseFrame>>,
+}
+
+impl ClientLink {
+    /// Routes one client message toward the browser.
+    pub async fn forward(&self, msg: Bytes) -> Forwarded {
+        let Some(command) = message::parse_client_command(&msg) else {
+            return Forwarded::Reply(message::error_reply(None, -32700, "Message must be a valid JSON object", None));
+        };
+        let targets_browser = match command.session_id.as_deref() {
+            None => true,
+            Some(s) => *s == *self.browser_session,
+        };
+        if targets_browser && command.method.as_deref() == Some("Browser.close") {
+            return Forwarded::BrowserClose(command.id.unwrap_or(0));
+        }
+        let bytes = match command.session_id.as_deref() {
+            None => message::inject_session(&msg, &self.browser_session),
+            Some(session) => {
+                let owned = self.mux.lock().owners.get(session) == Some(&self.id);
+                if !owned {
+                    return Forwarded::Reply(message::error_reply(
+                        command.id,
+                        -32001,
+                        "Session with given id not found.",
+                        Some(session),
+                    ));
+                }
+                msg.clone()
+            }
+        };
+        let len = bytes.len() as u64;
+        if self.mux.to_browser.send(bytes).await.is_err() {
+            return Forwarded::Closed;
+        }
+        let t = &self.mux.traffic;
+        t.messages_to_browser.fetch_add(1, Ordering::Relaxed);
+        t.bytes_to_browser.fetch_add(len, Ordering::Relaxed);
+        Forwarded::Sent
+    }
+}
+
+impl Drop for ClientLink {
+    fn drop(&mut self) {
+        self.mux.detach(self.id);
+    }
+}

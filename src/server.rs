@@ -1,0 +1,140 @@
+//! Start-up, serving and graceful shutdown of the whole gateway.
+//!
+//! Owns the order of things: validate settings, find Chromium, claim the data directory,
+//! sweep what a killed predecessor left, serve, and on SIGTERM or SIGINT release every
+//! session, close every socket and exit. It holds no request logic.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState, wire::PublicUrls};
+use crate::browser::detect::find_chromium;
+use crate::browser::local::LocalChromium;
+use crate::browser::sweep::sweep;
+use crate::config::{Config, MIN_TIMEOUT_MS};
+use crate::session::params::TimeoutLimits;
+use crate::session::registry::Registry;
+
+/// How long shutdown waits for sessions and sockets to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let chromium = find_chromium(config.chromium.as_deref()).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let _lock = claim_data_dir(&config.data_dir)?;
+    let data_dir = config.data_dir.clone();
+    let swept = tokio::task::spawn_blocking(move || sweep(&data_dir)).await.context("start-up sweep failed")?;
+    info!(process_groups = swept.process_groups, directories = swept.directories, "start-up sweep done");
+
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    let public = config.public_url.clone().unwrap_or_else(|| default_public_url(local));
+    let host = Arc::new(LocalChromium::new(chromium.clone(), &config.data_dir));
+    let registry = Registry::new(host, config.max_sessions);
+    let clients = TaskTracker::new();
+    let state = AppState {
+        registry: registry.clone(),
+        urls: Arc::new(PublicUrls::new(&public)),
+        limits: TimeoutLimits {
+            default_ms: config.default_timeout_ms,
+            min_ms: MIN_TIMEOUT_MS,
+            max_ms: config.max_timeout_ms,
+        },
+        clients: clients.clone(),
+    };
+
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+    info!(
+        listen = %local,
+        public_url = %public,
+        chromium = %chromium.display(),
+        data_dir = %config.data_dir.display(),
+        max_sessions = config.max_sessions,
+        "ingot listening on http://{local}"
+    );
+
+    let serve = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let serve = async {
+        let result = serve.await;
+        result.context("HTTP server failed")
+    };
+    let drain = async {
+        shutdown.cancelled().await;
+        info!(live_sessions = registry.live_count(), "shutting down: releasing every session");
+        registry.shutdown(SHUTDOWN_GRACE).await;
+        clients.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, clients.wait()).await.is_err() {
+            warn!(remaining = clients.len(), "client sockets still open after {SHUTDOWN_GRACE:?}");
+        }
+    };
+    let (served, ()) = tokio::join!(
+        async {
+            tokio::select! {
+                r = serve => r,
+                _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE * 2).await } => {
+                    warn!("HTTP connections still open after shutdown; exiting anyway");
+                    Ok(())
+                }
+            }
+        },
+        drain
+    );
+    served?;
+    info!("ingot stopped");
+    Ok(())
+}
+
+fn default_public_url(local: SocketAddr) -> String {
+    let host = if local.ip().is_unspecified() { "127.0.0.1".to_owned() } else { local.ip().to_string() };
+    match local {
+        SocketAddr::V6(_) if !local.ip().is_unspecified() => format!("http://[{host}]:{}", local.port()),
+        _ => format!("http://{host}:{}", local.port()),
+    }
+}
+
+/// Holds an exclusive lock on `<data_dir>/ingot.lock` for the life of the process, so the
+/// start-up sweep can never kill browsers of another running gateway.
+fn claim_data_dir(data_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = data_dir.join("ingot.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
+            "another ingot is using data directory {}; give each gateway its own --data-dir",
+            data_dir.display()
+        ),
+        Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
+    }
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}

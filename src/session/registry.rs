@@ -1,0 +1,280 @@
+//! Every session the gateway knows: live ones and the recent history of ended ones.
+//!
+//! Owns creation (capacity, id uniqueness, launch, readiness), lookup, listing order and
+//! pagination, release, and shutdown of all sessions. It asks the state machine for every
+//! transition and leaves tearing a session down to that session's supervisor.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::Session;
+use super::params::SessionOptions;
+use super::state::{EndReason, Phase, Status};
+use super::supervisor;
+use crate::browser::{BrowserHost, LaunchSpec};
+use crate::cdp::mux::Mux;
+use crate::cdp::viewport::fit_first_page;
+
+/// Ended sessions kept for listing and lookup, newest kept.
+pub const ENDED_HISTORY: usize = 10_000;
+/// How long a release waits for the browser to be gone before answering anyway.
+const REAP_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a session could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("a session with id {0} already exists")]
+    Duplicate(Uuid),
+    #[error("all {0} session slots are in use; release a session or retry later")]
+    AtCapacity(usize),
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    #[error("the browser could not be started: {0}")]
+    Launch(String),
+}
+
+/// A `GET /v1/sessions` query, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct ListQuery {
+    pub status: Option<Status>,
+    pub limit: usize,
+    /// Return sessions strictly after this one.
+    pub cursor: Option<Uuid>,
+}
+
+/// One page of sessions, newest first.
+pub struct ListPage {
+    pub sessions: Vec<Arc<Session>>,
+    pub next_cursor: Option<Uuid>,
+    /// Sessions matching a status filter in all pages; only for filtered queries.
+    pub total_count: Option<usize>,
+}
+
+/// The cursor does not name a listed session.
+#[derive(Debug, thiserror::Error)]
+#[error("cursorId {0} does not name a listed session")]
+pub struct UnknownCursor(pub Uuid);
+
+/// The session registry.
+pub struct Registry {
+    sessions: DashMap<Uuid, Arc<Session>>,
+    /// Creation sequence → id, for newest-first listing and cursors.
+    order: Mutex<BTreeMap<u64, Uuid>>,
+    /// Ended sessions, oldest first, so history can be trimmed.
+    ended: Mutex<VecDeque<Uuid>>,
+    next_seq: AtomicU64,
+    capacity: Arc<Semaphore>,
+    max_sessions: usize,
+    host: Arc<dyn BrowserHost>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Registry {
+    pub fn new(host: Arc<dyn BrowserHost>, max_sessions: usize) -> Arc<Registry> {
+        Arc::new(Registry {
+            sessions: DashMap::new(),
+            order: Mutex::new(BTreeMap::new()),
+            ended: Mutex::new(VecDeque::new()),
+            next_seq: AtomicU64::new(1),
+            capacity: Arc::new(Semaphore::new(max_sessions)),
+            max_sessions,
+            host,
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Creates a session and returns once its browser answers CDP. The work runs in its own
+    /// task, so a client that hangs up mid-create cannot strand a half-started browser.
+    pub async fn create(self: &Arc<Self>, options: SessionOptions) -> Result<Arc<Session>, CreateError> {
+        let this = self.clone();
+        self.tasks
+            .spawn(async move { this.create_now(options).await })
+            .await
+            .unwrap_or_else(|e| Err(CreateError::Launch(format!("session start-up task failed: {e}"))))
+    }
+
+    async fn create_now(self: Arc<Self>, options: SessionOptions) -> Result<Arc<Session>, CreateError> {
+        if self.shutdown.is_cancelled() {
+            return Err(CreateError::ShuttingDown);
+        }
+        let permit =
+            self.capacity.clone().try_acquire_owned().map_err(|_| CreateError::AtCapacity(self.max_sessions))?;
+        let id = options.session_id.unwrap_or_else(Uuid::new_v4);
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session::new(id, seq, options));
+        match self.sessions.entry(id) {
+            Entry::Occupied(_) => return Err(CreateError::Duplicate(id)),
+            Entry::Vacant(slot) => {
+                slot.insert(session.clone());
+            }
+        }
+        lock(&self.order).insert(seq, id);
+
+        let spec = LaunchSpec {
+            session_id: id,
+            dimensions: session.options.dimensions,
+            user_agent: session.options.user_agent.clone(),
+            proxy_server: session.options.proxy_server.clone(),
+        };
+        let launched = match self.host.launch(spec).await {
+            Ok(launched) => launched,
+            Err(e) => {
+                self.forget_failed_start(&session);
+                return Err(CreateError::Launch(e.0));
+            }
+        };
+        let mux = Mux::start(launched.transport);
+        let version = match mux.command("Browser.getVersion", serde_json::json!({})).await {
+            Ok(version) => version,
+            Err(e) => {
+                launched.process.kill().await;
+                self.forget_failed_start(&session);
+                return Err(CreateError::Launch(e.to_string()));
+            }
+        };
+        if let Err(e) = fit_first_page(&mux, session.options.dimensions).await {
+            warn!(session_id = %id, error = %e, "cannot check the first page's size");
+        }
+        let _ = session.browser.set(super::BrowserLink { mux: mux.clone(), version });
+        if let Err(e) = session.lifecycle.mark_live() {
+            launched.process.kill().await;
+            self.forget_failed_start(&session);
+            return Err(CreateError::Launch(e.to_string()));
+        }
+        info!(session_id = %id, timeout_ms = session.options.timeout_ms, "session live");
+        self.tasks.spawn(supervisor::supervise(
+            self.clone(),
+            session.clone(),
+            launched.process,
+            mux,
+            permit,
+            self.shutdown.clone(),
+        ));
+        Ok(session)
+    }
+
+    /// A session that never became live leaves no trace, so its id can be used again.
+    fn forget_failed_start(&self, session: &Session) {
+        let _ = session.lifecycle.end(EndReason::StartupFailed);
+        self.sessions.remove(&session.id);
+        lock(&self.order).remove(&session.seq);
+        session.reaped.cancel();
+    }
+
+    /// Records that a session ended, and trims the oldest history beyond [`ENDED_HISTORY`].
+    pub(super) fn note_ended(&self, session: &Session) {
+        let mut ended = lock(&self.ended);
+        ended.push_back(session.id);
+        while ended.len() > ENDED_HISTORY {
+            let Some(old) = ended.pop_front() else { break };
+            if let Some((_, s)) = self.sessions.remove(&old) {
+                lock(&self.order).remove(&s.seq);
+            }
+        }
+    }
+
+    /// A session that clients may see (any state but starting).
+    pub fn get(&self, id: &Uuid) -> Option<Arc<Session>> {
+        let session = self.sessions.get(id).map(|s| s.value().clone())?;
+        (session.phase() != Phase::Starting).then_some(session)
+    }
+
+    /// Sessions newest first, filtered and paginated as the Steel SDKs expect.
+    pub fn list(&self, query: ListQuery) -> Result<ListPage, UnknownCursor> {
+        let upper = match query.cursor {
+            None => Bound::Unbounded,
+            Some(cursor) => {
+                let seq = self.sessions.get(&cursor).map(|s| s.seq).ok_or(UnknownCursor(cursor))?;
+                Bound::Excluded(seq)
+            }
+        };
+        let ids: Vec<Uuid> = lock(&self.order).range((Bound::Unbounded, upper)).rev().map(|(_, id)| *id).collect();
+        let matches = |s: &Arc<Session>| query.status.is_none_or(|status| s.phase().status() == status);
+        let mut sessions = Vec::with_capacity(query.limit.min(ids.len()));
+        for id in &ids {
+            if sessions.len() == query.limit {
+                break;
+            }
+            if let Some(s) = self.get(id).filter(matches) {
+                sessions.push(s);
+            }
+        }
+        let total_count = query.status.map(|_| {
+            let all: Vec<Uuid> = lock(&self.order).values().copied().collect();
+            all.iter().filter_map(|id| self.get(id)).filter(matches).count()
+        });
+        let next_cursor = (sessions.len() == query.limit).then(|| sessions.last().map(|s| s.id)).flatten();
+        Ok(ListPage { sessions, next_cursor, total_count })
+    }
+
+    /// Releases a session and waits until its browser is gone. Releasing an ended session
+    /// changes nothing. `None` when the id is unknown.
+    pub async fn release(&self, id: &Uuid) -> Option<Arc<Session>> {
+        let session = self.get(id)?;
+        let _ = session.request_end(EndReason::UserRequested);
+        wait_reaped(&session).await;
+        Some(session)
+    }
+
+    /// Releases every live session; returns how many this call ended.
+    pub async fn release_all(&self) -> usize {
+        let live: Vec<Arc<Session>> =
+            self.sessions.iter().map(|e| e.value().clone()).filter(|s| s.phase().is_live()).collect();
+        let mut released = 0;
+        for s in &live {
+            if s.request_end(EndReason::UserRequested).is_ok() {
+                released += 1;
+            }
+        }
+        for s in &live {
+            wait_reaped(s).await;
+        }
+        released
+    }
+
+    /// Number of live sessions.
+    pub fn live_count(&self) -> usize {
+        self.max_sessions - self.capacity.available_permits()
+    }
+
+    /// The only live session, if exactly one is live.
+    pub fn sole_live_session(&self) -> Option<Arc<Session>> {
+        let mut live = self.sessions.iter().filter(|e| e.value().phase().is_live()).map(|e| e.value().clone());
+        let first = live.next()?;
+        live.next().is_none().then_some(first)
+    }
+
+    /// Ends every session (reason `gateway_shutdown`), refuses new ones, and waits up to
+    /// `grace` for every browser to be reaped.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+            warn!(remaining = self.tasks.len(), "sessions still shutting down after {grace:?}");
+        }
+    }
+}
+
+async fn wait_reaped(session: &Session) {
+    if tokio::time::timeout(REAP_WAIT, session.reaped()).await.is_err() {
+        warn!(session_id = %session.id, "browser not reaped within {REAP_WAIT:?}");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the collections valid, so a poisoned lock is usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,225 @@
+//! The session state machine: `starting → live → released | failed`, and nothing else.
+//!
+//! This is the only place that decides whether a transition is allowed. Other code asks
+//! [`Lifecycle`] for a transition and acts on the answer; it never sets a state itself.
+//! It knows nothing about browsers, sockets or HTTP.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// The status a client sees, with Steel's wire names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Live,
+    Released,
+    Failed,
+}
+
+impl Status {
+    /// Parses a `status` query value.
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "live" => Some(Status::Live),
+            "released" => Some(Status::Released),
+            "failed" => Some(Status::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// Why a session ended, with the wire names of Steel's `releaseReason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Released through the API (one session or release-all).
+    UserRequested,
+    /// The session's `timeout` elapsed.
+    Timeout,
+    /// A client sent `Browser.close`.
+    BrowserClosed,
+    /// Chromium crashed or exited, or the gateway lost its connection to it.
+    BrowserCrashed,
+    /// Chromium could not be started for this session.
+    StartupFailed,
+    /// The gateway was asked to stop (SIGTERM) while the session was live.
+    GatewayShutdown,
+}
+
+impl EndReason {
+    /// The final status each reason leads to.
+    pub fn status(self) -> Status {
+        match self {
+            EndReason::UserRequested
+            | EndReason::Timeout
+            | EndReason::BrowserClosed
+            | EndReason::GatewayShutdown => Status::Released,
+            EndReason::BrowserCrashed | EndReason::StartupFailed => Status::Failed,
+        }
+    }
+
+    /// Wire name, for logs and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::UserRequested => "user_requested",
+            EndReason::Timeout => "timeout",
+            EndReason::BrowserClosed => "browser_closed",
+            EndReason::BrowserCrashed => "browser_crashed",
+            EndReason::StartupFailed => "startup_failed",
+            EndReason::GatewayShutdown => "gateway_shutdown",
+        }
+    }
+}
+
+/// A read-only view of where a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Chromium is being launched; the session is not visible to clients yet.
+    Starting,
+    /// Ready: Chromium answered its first CDP command.
+    Live,
+    /// Final. `at` is when the session ended.
+    Ended { reason: EndReason, at: Instant },
+}
+
+impl Phase {
+    /// The status a client sees. A starting session is reported as live because it is
+    /// never shown before it is ready.
+    pub fn status(&self) -> Status {
+        match self {
+            Phase::Starting | Phase::Live => Status::Live,
+            Phase::Ended { reason, .. } => reason.status(),
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self, Phase::Live)
+    }
+}
+
+/// A transition the state machine refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("session already ended ({})", .0.as_str())]
+    AlreadyEnded(EndReason),
+    #[error("session is not starting")]
+    NotStarting,
+    #[error("a session that never became live can only end as startup_failed")]
+    NeverLive,
+    #[error("startup_failed applies only to a session that is still starting")]
+    AlreadyLive,
+}
+
+/// The state of one session. Transitions are atomic and happen at most once each, so
+/// concurrent release, timeout and crash agree on exactly one outcome.
+#[derive(Debug)]
+pub struct Lifecycle {
+    phase: Mutex<Phase>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Lifecycle {
+    pub fn new() -> Self {
+        Lifecycle { phase: Mutex::new(Phase::Starting) }
+    }
+
+    pub fn phase(&self) -> Phase {
+        *self.lock()
+    }
+
+    /// `starting → live`.
+    pub fn mark_live(&self) -> Result<(), Refused> {
+        let mut phase = self.lock();
+        match *phase {
+            Phase::Starting => {
+                *phase = Phase::Live;
+                Ok(())
+            }
+            Phase::Live => Err(Refused::NotStarting),
+            Phase::Ended { reason, .. } => Err(Refused::AlreadyEnded(reason)),
+        }
+    }
+
+    /// `starting → failed(startup_failed)` or `live → released | failed`. The first caller
+    /// wins; every later caller learns how the session did end.
+    pub fn end(&self, reason: EndReason) -> Result<Instant, Refused> {
+        let mut phase = self.lock();
+        let startup_failure = reason == EndReason::StartupFailed;
+        match *phase {
+            Phase::Ended { reason: prior, .. } => Err(Refused::AlreadyEnded(prior)),
+            Phase::Starting if !startup_failure => Err(Refused::NeverLive),
+            Phase::Live if startup_failure => Err(Refused::AlreadyLive),
+            Phase::Starting | Phase::Live => {
+                let at = Instant::now();
+                *phase = Phase::Ended { reason, at };
+                Ok(at)
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
+        // The guarded value is a plain Copy enum, so a poisoned lock still holds a valid state.
+        self.phase.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_then_released_once() {
+        let l = Lifecycle::new();
+        assert_eq!(l.phase(), Phase::Starting);
+        l.mark_live().unwrap();
+        assert!(l.end(EndReason::Timeout).is_ok());
+        assert_eq!(l.end(EndReason::UserRequested), Err(Refused::AlreadyEnded(EndReason::Timeout)));
+        assert_eq!(l.end(EndReason::BrowserCrashed), Err(Refused::AlreadyEnded(EndReason::Timeout)));
+        assert_eq!(l.phase().status(), Status::Released);
+        assert_eq!(l.mark_live(), Err(Refused::AlreadyEnded(EndReason::Timeout)));
+    }
+
+    #[test]
+    fn crash_is_failed() {
+        let l = Lifecycle::new();
+        l.mark_live().unwrap();
+        l.end(EndReason::BrowserCrashed).unwrap();
+        assert_eq!(l.phase().status(), Status::Failed);
+    }
+
+    #[test]
+    fn startup_failure_only_from_starting() {
+        let l = Lifecycle::new();
+        assert_eq!(l.end(EndReason::UserRequested), Err(Refused::NeverLive));
+        l.end(EndReason::StartupFailed).unwrap();
+        assert_eq!(l.phase().status(), Status::Failed);
+
+        let l = Lifecycle::new();
+        l.mark_live().unwrap();
+        assert_eq!(l.end(EndReason::StartupFailed), Err(Refused::AlreadyLive));
+        assert!(l.phase().is_live());
+    }
+
+    #[test]
+    fn concurrent_enders_agree_on_one_outcome() {
+        let l = std::sync::Arc::new(Lifecycle::new());
+        l.mark_live().unwrap();
+        let reasons = [EndReason::UserRequested, EndReason::Timeout, EndReason::BrowserCrashed, EndReason::BrowserClosed];
+        let winners: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = reasons.iter().map(|r| {
+                let l = l.clone();
+                let r = *r;
+                s.spawn(move || l.end(r).is_ok() as usize)
+            }).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(winners, 1);
+    }
+}
