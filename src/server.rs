@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState, wire::PublicUrls};
 use crate::browser::detect::find_chromium;
-use crate::browser::local::LocalChromium;
+use crate::browser::local::{LocalChromium, scratch_root};
 use crate::browser::sweep::sweep;
 use crate::config::{Config, MIN_TIMEOUT_MS};
 use crate::session::params::TimeoutLimits;
@@ -94,6 +94,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         drain
     );
     served?;
+    // Sessions' scratch directories are gone; their parent goes too if nothing else is in it.
+    let _ = std::fs::remove_dir(scratch_root(&config.data_dir));
     info!("ingot stopped");
     Ok(())
 }

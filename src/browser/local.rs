@@ -22,6 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::process::Command;
 use tokio::sync::{OnceCell, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{BrowserExit, BrowserHost, BrowserProcess, CdpTransport, LaunchError, LaunchSpec, Launched};
@@ -274,10 +275,13 @@ fn spawn(executable: &Path, dirs: &SessionDirs, spec: &LaunchSpec) -> Result<(Lo
 
     let (to_browser, outgoing) = mpsc::channel::<Bytes>(256);
     let (incoming, from_browser) = mpsc::channel::<BytesMut>(256);
-    tokio::spawn(write_pipe(command_tx, outgoing));
-    tokio::spawn(read_pipe(reply_rx, incoming, pid));
+    // Reaping closes both pipes even while someone still holds the transport.
+    let pipes_open = CancellationToken::new();
+    tokio::spawn(pipes_open.clone().run_until_cancelled_owned(write_pipe(command_tx, outgoing)));
+    tokio::spawn(pipes_open.clone().run_until_cancelled_owned(read_pipe(reply_rx, incoming, pid)));
 
-    let process = LocalProcess { pid, dirs: dirs.clone(), exit: exit_rx, stderr_tail, reaped: OnceCell::new() };
+    let process =
+        LocalProcess { pid, dirs: dirs.clone(), exit: exit_rx, stderr_tail, pipes_open, reaped: OnceCell::new() };
     Ok((process, CdpTransport { to_browser, from_browser }))
 }
 
@@ -365,6 +369,7 @@ pub struct LocalProcess {
     dirs: SessionDirs,
     exit: watch::Receiver<Option<BrowserExit>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    pipes_open: CancellationToken,
     reaped: OnceCell<()>,
 }
 
@@ -389,6 +394,7 @@ impl LocalProcess {
         if group_alive(self.pid) {
             warn!(pid = self.pid, "browser process group still has members 2s after SIGKILL");
         }
+        self.pipes_open.cancel();
         self.dirs.remove().await;
     }
 }
@@ -430,6 +436,7 @@ impl Drop for LocalProcess {
         if self.reaped.get().is_none() {
             // Last resort if an owner forgot to reap: never leave a browser running.
             let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+            self.pipes_open.cancel();
             warn!(pid = self.pid, "browser dropped without being reaped; killed its process group");
         }
     }

@@ -115,6 +115,19 @@ pub fn parse_client_command(msg: &[u8]) -> Option<ClientCommand<'_>> {
     serde_json::from_slice(msg).ok()
 }
 
+/// Whether a `Target.attachToTarget` command asks for a flat session (`"flatten": true`).
+pub fn asks_flatten(msg: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Command {
+        params: Option<Params>,
+    }
+    #[derive(Deserialize)]
+    struct Params {
+        flatten: Option<bool>,
+    }
+    serde_json::from_slice::<Command>(msg).ok().and_then(|c| c.params).and_then(|p| p.flatten).unwrap_or(false)
+}
+
 /// Adds `"sessionId":"<id>"` as the first member of a command object.
 pub fn inject_session(msg: &[u8], session_id: &str) -> Bytes {
     let open = msg.iter().position(|&b| b == b'{').unwrap_or(0);
@@ -194,6 +207,13 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&injected).unwrap();
         assert_eq!(v["sessionId"], "S");
         assert_eq!(v["params"]["a"][1], 2);
+    }
+
+    #[test]
+    fn reads_flatten() {
+        assert!(asks_flatten(br#"{"id":1,"method":"Target.attachToTarget","params":{"targetId":"T","flatten":true}}"#));
+        assert!(!asks_flatten(br#"{"id":1,"method":"Target.attachToTarget","params":{"targetId":"T"}}"#));
+        assert!(!asks_flatten(br#"{"id":1,"method":"Target.attachToTarget"}"#));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! owns routing tables and the gateway's root commands; it must not know about HTTP,
 //! session states or processes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -72,6 +72,9 @@ struct Routes {
     clients: HashMap<u64, ClientRoute>,
     /// Every CDP session a client owns (its browser session and the targets it attached).
     owners: HashMap<Box<str>, u64>,
+    /// Sessions a client attached without `flatten`: Chromium serves them only through
+    /// `Target.sendMessageToTarget`, never by `sessionId`.
+    unflattened: HashSet<Box<str>>,
     /// The gateway's own commands waiting for a reply.
     pending: HashMap<u64, oneshot::Sender<BytesMut>>,
     closing: bool,
@@ -79,6 +82,8 @@ struct Routes {
 
 struct ClientRoute {
     browser_session: Box<str>,
+    /// Ids of this client's `Target.attachToTarget` commands without `flatten`, until answered.
+    unflattened_attaches: HashSet<i64>,
     outbound: mpsc::Sender<Utf8Bytes>,
     close: watch::Sender<Option<CloseFrame>>,
 }
@@ -176,7 +181,12 @@ impl Mux {
             routes.owners.insert(browser_session.clone(), id);
             routes.clients.insert(
                 id,
-                ClientRoute { browser_session: browser_session.clone(), outbound: outbound_tx, close: close_tx },
+                ClientRoute {
+                    browser_session: browser_session.clone(),
+                    unflattened_attaches: HashSet::new(),
+                    outbound: outbound_tx,
+                    close: close_tx,
+                },
             );
         }
         Ok(ClientLink { mux: self.clone(), id, browser_session, outbound, close })
@@ -194,7 +204,14 @@ impl Mux {
     fn detach(&self, client: u64) {
         let browser_session = {
             let mut routes = self.lock();
-            routes.owners.retain(|_, owner| *owner != client);
+            let Routes { owners, unflattened, .. } = &mut *routes;
+            owners.retain(|session, owner| {
+                let keep = *owner != client;
+                if !keep {
+                    unflattened.remove(session);
+                }
+                keep
+            });
             routes.clients.remove(&client).map(|c| c.browser_session)
         };
         if let Some(session) = browser_session {
@@ -242,9 +259,11 @@ async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<Byte
                 if attached {
                     routes.owners.insert(child.into(), owner);
                 } else {
+                    routes.unflattened.remove(child.as_str());
                     routes.owners.remove(child.as_str());
                 }
             }
+            note_unflattened_attach(&mut routes, owner, &msg);
             routes.clients.get(&owner).map(|c| (c.outbound.clone(), *c.browser_session == *session_id))
         };
         let Some((outbound, own_browser_session)) = route else { continue };
@@ -271,6 +290,31 @@ async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<Byte
     routes.pending.clear();
     drop(routes);
     mux.lost.cancel();
+}
+
+/// If `msg` answers one of the client's `attachToTarget` commands without `flatten`,
+/// remembers the session it created as unflattened.
+fn note_unflattened_attach(routes: &mut Routes, owner: u64, msg: &[u8]) {
+    let Some(client) = routes.clients.get_mut(&owner) else { return };
+    if client.unflattened_attaches.is_empty() || message::is_event(msg) {
+        return;
+    }
+    #[derive(serde::Deserialize)]
+    struct AttachReply {
+        id: i64,
+        result: Option<AttachResult>,
+    }
+    #[derive(serde::Deserialize)]
+    struct AttachResult {
+        #[serde(rename = "sessionId")]
+        session_id: Option<String>,
+    }
+    let Ok(reply) = serde_json::from_slice::<AttachReply>(msg) else { return };
+    if client.unflattened_attaches.remove(&reply.id) {
+        if let Some(session) = reply.result.and_then(|r| r.session_id) {
+            routes.unflattened.insert(session.into());
+        }
+    }
 }
 
 /// A message on the root session: a reply to one of the gateway's own commands, or an
@@ -324,15 +368,25 @@ impl ClientLink {
             return Forwarded::BrowserClose(command.id.unwrap_or(0));
         }
         let bytes = match command.session_id.as_deref() {
-            None => message::inject_session(&msg, &self.browser_session),
+            None => {
+                if command.method.as_deref() == Some("Target.attachToTarget") && !message::asks_flatten(&msg) {
+                    if let (Some(id), Some(route)) = (command.id, self.mux.lock().clients.get_mut(&self.id)) {
+                        route.unflattened_attaches.insert(id);
+                    }
+                }
+                message::inject_session(&msg, &self.browser_session)
+            }
             Some(session) => {
-                let owned = self.mux.lock().owners.get(session) == Some(&self.id);
-                if !owned {
+                let routes = self.mux.lock();
+                let owned = routes.owners.get(session) == Some(&self.id);
+                if !owned || routes.unflattened.contains(session) {
+                    // What Chromium answers a direct client that addresses a session it
+                    // cannot serve by id: a root-level error.
                     return Forwarded::Reply(message::error_reply(
                         command.id,
                         -32001,
                         "Session with given id not found.",
-                        Some(session),
+                        None,
                     ));
                 }
                 msg.clone()
