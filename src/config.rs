@@ -10,7 +10,11 @@ use clap::Parser;
 /// Settings for one gateway process. Every flag has an `INGOT_*` environment equivalent;
 /// a flag wins over its variable.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ingot", version, about = "Browser session gateway that speaks Steel's sessions API")]
+#[command(
+    name = "ingot",
+    version,
+    about = "Browser session gateway that speaks Steel's sessions API"
+)]
 pub struct Config {
     /// Address to serve HTTP and CDP WebSockets on.
     #[arg(long, env = "INGOT_LISTEN", default_value = "127.0.0.1:3000")]
@@ -52,18 +56,21 @@ impl Config {
             return Err("--max-sessions must be at least 1".into());
         }
         if self.max_timeout_ms < MIN_TIMEOUT_MS || self.max_timeout_ms > 86_400_000 {
-            return Err(format!("--max-timeout-ms must be between {MIN_TIMEOUT_MS} and 86400000"));
+            return Err(format!(
+                "--max-timeout-ms must be between {MIN_TIMEOUT_MS} and 86400000"
+            ));
         }
-        if self.default_timeout_ms < MIN_TIMEOUT_MS || self.default_timeout_ms > self.max_timeout_ms {
+        if self.default_timeout_ms < MIN_TIMEOUT_MS || self.default_timeout_ms > self.max_timeout_ms
+        {
             return Err(format!(
                 "--default-timeout-ms must be between {MIN_TIMEOUT_MS} and --max-timeout-ms ({})",
                 self.max_timeout_ms
             ));
         }
-        if let Some(url) = &self.public_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err("--public-url must start with http:// or https://".into());
-            }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err("--public-url must start with http:// or https://".into());
         }
         Ok(())
     }

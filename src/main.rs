@@ -9,7 +9,9 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> ExitCode {
     let config = ingot::config::Config::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match ingot::server::run(config).await {

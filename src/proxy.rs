@@ -29,12 +29,17 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// WebSocket limits for client connections: one CDP message may be one 256 MiB frame.
 pub fn websocket_config() -> WebSocketConfig {
-    WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE))
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
 }
 
 /// Serves one attached client until it leaves or the session ends.
-pub async fn serve_client<S>(mut ws: WebSocketStream<S>, mut link: ClientLink, session: Arc<Session>)
-where
+pub async fn serve_client<S>(
+    mut ws: WebSocketStream<S>,
+    mut link: ClientLink,
+    session: Arc<Session>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     info!(session_id = %session.id, "client attached");
@@ -103,7 +108,10 @@ async fn close<S>(ws: &mut WebSocketStream<S>, frame: Option<CloseFrame>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let frame = frame.unwrap_or(CloseFrame { code: CloseCode::Away, reason: "session ended".into() });
+    let frame = frame.unwrap_or(CloseFrame {
+        code: CloseCode::Away,
+        reason: "session ended".into(),
+    });
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         if ws.close(Some(frame)).await.is_err() {
             return;

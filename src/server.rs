@@ -35,13 +35,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let _lock = claim_data_dir(&config.data_dir)?;
     let data_dir = config.data_dir.clone();
-    let swept = tokio::task::spawn_blocking(move || sweep(&data_dir)).await.context("start-up sweep failed")?;
-    info!(process_groups = swept.process_groups, directories = swept.directories, "start-up sweep done");
+    let swept = tokio::task::spawn_blocking(move || sweep(&data_dir))
+        .await
+        .context("start-up sweep failed")?;
+    info!(
+        process_groups = swept.process_groups,
+        directories = swept.directories,
+        "start-up sweep done"
+    );
 
-    let listener =
-        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
-    let public = config.public_url.clone().unwrap_or_else(|| default_public_url(local));
+    let public = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| default_public_url(local));
     let host = Arc::new(LocalChromium::new(chromium.clone(), &config.data_dir));
     let registry = Registry::new(host, config.max_sessions);
     let clients = TaskTracker::new();
@@ -67,18 +77,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "ingot listening on http://{local}"
     );
 
-    let serve = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let serve = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let serve = async {
         let result = serve.await;
         result.context("HTTP server failed")
     };
     let drain = async {
         shutdown.cancelled().await;
-        info!(live_sessions = registry.live_count(), "shutting down: releasing every session");
+        info!(
+            live_sessions = registry.live_count(),
+            "shutting down: releasing every session"
+        );
         registry.shutdown(SHUTDOWN_GRACE).await;
         clients.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, clients.wait()).await.is_err() {
-            warn!(remaining = clients.len(), "client sockets still open after {SHUTDOWN_GRACE:?}");
+        if tokio::time::timeout(SHUTDOWN_GRACE, clients.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = clients.len(),
+                "client sockets still open after {SHUTDOWN_GRACE:?}"
+            );
         }
     };
     let (served, ()) = tokio::join!(
@@ -101,9 +121,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn default_public_url(local: SocketAddr) -> String {
-    let host = if local.ip().is_unspecified() { "127.0.0.1".to_owned() } else { local.ip().to_string() };
+    let host = if local.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        local.ip().to_string()
+    };
     match local {
-        SocketAddr::V6(_) if !local.ip().is_unspecified() => format!("http://[{host}]:{}", local.port()),
+        SocketAddr::V6(_) if !local.ip().is_unspecified() => {
+            format!("http://[{host}]:{}", local.port())
+        }
         _ => format!("http://{host}:{}", local.port()),
     }
 }

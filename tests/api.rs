@@ -7,7 +7,11 @@ use common::*;
 use serde_json::{Value, json};
 
 fn assert_type(session: &Value, field: &str, check: fn(&Value) -> bool, what: &str) {
-    assert!(check(&session[field]), "{field} must be {what}, got {}", session[field]);
+    assert!(
+        check(&session[field]),
+        "{field} must be {what}, got {}",
+        session[field]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,16 +19,25 @@ async fn session_json_has_every_required_field() {
     let gw = Gateway::start(&[]).await;
     let s = gw.create(json!({})).await;
     let id = s["id"].as_str().expect("id").to_owned();
-    assert!(uuid::Uuid::parse_str(&id).is_ok(), "id must be a UUID: {id}");
+    assert!(
+        uuid::Uuid::parse_str(&id).is_ok(),
+        "id must be a UUID: {id}"
+    );
     assert_type(&s, "createdAt", Value::is_string, "a string");
-    time::OffsetDateTime::parse(s["createdAt"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
-        .expect("createdAt is RFC 3339");
+    time::OffsetDateTime::parse(
+        s["createdAt"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("createdAt is RFC 3339");
     assert_eq!(s["status"], "live");
     assert_type(&s, "duration", Value::is_u64, "an integer");
     assert_type(&s, "eventCount", Value::is_u64, "an integer");
     assert_eq!(s["timeout"], 300_000, "default timeout is 5 minutes");
     assert_type(&s, "creditsUsed", Value::is_u64, "an integer");
-    assert_eq!(s["websocketUrl"], format!("ws://127.0.0.1:{}/?sessionId={id}", gw.port));
+    assert_eq!(
+        s["websocketUrl"],
+        format!("ws://127.0.0.1:{}/?sessionId={id}", gw.port)
+    );
     assert_type(&s, "debugUrl", Value::is_string, "a string");
     assert_type(&s, "sessionViewerUrl", Value::is_string, "a string");
     assert_eq!(s["dimensions"], json!({"width": 1920, "height": 1080}));
@@ -39,7 +52,10 @@ async fn session_json_has_every_required_field() {
     assert!(again["duration"].as_u64() >= s["duration"].as_u64());
 
     let released = gw.release(&id).await;
-    assert_eq!(released, json!({"success": true, "message": "Session released successfully"}));
+    assert_eq!(
+        released,
+        json!({"success": true, "message": "Session released successfully"})
+    );
     let ended = gw.session(&id).await;
     assert_eq!(ended["status"], "released");
     assert_eq!(ended["releaseReason"], "user_requested");
@@ -56,19 +72,35 @@ async fn release_is_idempotent_and_release_all_answers_steel_message() {
     gw.release(a_id).await;
     let first = gw.session(a_id).await;
     // Again, with an empty JSON body as the SDKs send it.
-    let (status, body) =
-        gw.post_raw(&format!("/v1/sessions/{a_id}/release"), "application/json", Vec::new()).await;
+    let (status, body) = gw
+        .post_raw(
+            &format!("/v1/sessions/{a_id}/release"),
+            "application/json",
+            Vec::new(),
+        )
+        .await;
     assert_eq!((status, body["success"].clone()), (200, json!(true)));
     let second = gw.session(a_id).await;
     assert_eq!(first["status"], second["status"]);
     assert_eq!(first["releaseReason"], second["releaseReason"]);
-    assert_eq!(first["duration"], second["duration"], "an ended session's duration is frozen");
+    assert_eq!(
+        first["duration"], second["duration"],
+        "an ended session's duration is frozen"
+    );
 
-    let (status, body) = gw.post_raw("/v1/sessions/release", "application/json", Vec::new()).await;
+    let (status, body) = gw
+        .post_raw("/v1/sessions/release", "application/json", Vec::new())
+        .await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"success": true, "message": "All sessions released successfully"}));
+    assert_eq!(
+        body,
+        json!({"success": true, "message": "All sessions released successfully"})
+    );
     let b_after = gw.session(b["id"].as_str().unwrap()).await;
-    assert_eq!((b_after["status"].clone(), b_after["releaseReason"].clone()), (json!("released"), json!("user_requested")));
+    assert_eq!(
+        (b_after["status"].clone(), b_after["releaseReason"].clone()),
+        (json!("released"), json!("user_requested"))
+    );
     // The session released first keeps its state and reason.
     assert_eq!(gw.session(a_id).await["releaseReason"], "user_requested");
     gw.assert_clean(secs(5)).await;
@@ -82,50 +114,95 @@ async fn bad_input_gets_clear_errors_and_creates_nothing() {
         (json!({"timeout": 86_400_001}), "timeout"),
         (json!({"timeout": "60000"}), "timeout"),
         (json!({"sessionId": "not-a-uuid"}), "sessionId"),
-        (json!({"dimensions": {"width": "wide", "height": 10}}), "dimensions.width"),
+        (
+            json!({"dimensions": {"width": "wide", "height": 10}}),
+            "dimensions.width",
+        ),
         (json!({"headless": false}), "headless"),
         (json!({"userAgent": 5}), "userAgent"),
-        (json!({"proxyUrl": "http://user:pass@127.0.0.1:9"}), "proxyUrl"),
+        (
+            json!({"proxyUrl": "http://user:pass@127.0.0.1:9"}),
+            "proxyUrl",
+        ),
         (json!({"solveCaptcha": true}), "solveCaptcha"),
         (json!({"useProxy": true}), "useProxy"),
         (json!({"isSelenium": true}), "isSelenium"),
-        (json!({"sessionContext": {"cookies": [{"name": "a", "value": "b"}]}}), "sessionContext"),
+        (
+            json!({"sessionContext": {"cookies": [{"name": "a", "value": "b"}]}}),
+            "sessionContext",
+        ),
         (json!({"blockAds": true}), "blockAds"),
         (json!({"region": "us-east"}), "region"),
-        (json!({"stealthConfig": {"humanizeInteractions": true}}), "stealthConfig"),
+        (
+            json!({"stealthConfig": {"humanizeInteractions": true}}),
+            "stealthConfig",
+        ),
         (json!({"noSuchOption": 1}), "noSuchOption"),
         (json!([1, 2]), "body"),
     ] {
         let (status, err) = gw.post("/v1/sessions", body.clone()).await;
         assert_eq!(status, 400, "{body} should be refused: {err}");
         let message = err["message"].as_str().unwrap_or_default();
-        assert!(message.contains(field), "error for {body} must name {field}: {message}");
+        assert!(
+            message.contains(field),
+            "error for {body} must name {field}: {message}"
+        );
         assert_eq!(err["error"]["code"], "invalid_request");
     }
-    let (status, err) = gw.post_raw("/v1/sessions", "application/json", b"{\"timeout\":".to_vec()).await;
+    let (status, err) = gw
+        .post_raw(
+            "/v1/sessions",
+            "application/json",
+            b"{\"timeout\":".to_vec(),
+        )
+        .await;
     assert_eq!(status, 400, "{err}");
-    let (status, err) = gw.post_raw("/v1/sessions", "application/json", vec![b' '; 70 * 1024]).await;
+    let (status, err) = gw
+        .post_raw("/v1/sessions", "application/json", vec![b' '; 70 * 1024])
+        .await;
     assert_eq!(status, 413, "{err}");
     assert!(err["message"].is_string());
 
     // Unknown and malformed ids, routes and methods.
     let unknown = uuid::Uuid::new_v4();
     assert_eq!(gw.get(&format!("/v1/sessions/{unknown}")).await.0, 404);
-    assert_eq!(gw.post_raw(&format!("/v1/sessions/{unknown}/release"), "application/json", vec![]).await.0, 404);
+    assert_eq!(
+        gw.post_raw(
+            &format!("/v1/sessions/{unknown}/release"),
+            "application/json",
+            vec![]
+        )
+        .await
+        .0,
+        404
+    );
     let (status, err) = gw.get("/v1/sessions/not-a-uuid").await;
     assert_eq!(status, 400, "{err}");
     let (status, err) = gw.get("/v1/nothing-here").await;
-    assert_eq!((status, err["error"]["code"].clone()), (404, json!("not_found")));
+    assert_eq!(
+        (status, err["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
     let r = gw.http.delete(gw.url("/v1/sessions")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     let err: Value = r.json().await.unwrap();
     assert_eq!(err["error"]["code"], "method_not_allowed");
     // A request from a web page is refused.
-    let r = gw.http.post(gw.url("/v1/sessions/release")).header("origin", "http://evil.example").send().await.unwrap();
+    let r = gw
+        .http
+        .post(gw.url("/v1/sessions/release"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
 
     let (_, list) = gw.get("/v1/sessions").await;
-    assert_eq!(list["sessions"], json!([]), "no bad request may create a session");
+    assert_eq!(
+        list["sessions"],
+        json!([]),
+        "no bad request may create a session"
+    );
     assert_eq!((gw.chromium_processes(), gw.session_dirs()), (0, 0));
 }
 
@@ -140,7 +217,10 @@ async fn client_chosen_id_and_duplicates() {
     assert_eq!(status, 409, "{err}");
     gw.release(&id).await;
     // Ended sessions stay retrievable, so their id stays taken.
-    assert_eq!(gw.post("/v1/sessions", json!({"sessionId": id})).await.0, 409);
+    assert_eq!(
+        gw.post("/v1/sessions", json!({"sessionId": id})).await.0,
+        409
+    );
     assert_eq!(gw.chromium_processes(), 0);
 }
 
@@ -149,7 +229,12 @@ async fn list_is_newest_first_and_paginates_to_an_empty_page() {
     let gw = Gateway::start(&[]).await;
     let mut created = Vec::new();
     for _ in 0..3 {
-        created.push(gw.create(json!({})).await["id"].as_str().unwrap().to_owned());
+        created.push(
+            gw.create(json!({})).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     gw.release(&created[0]).await;
 
@@ -171,7 +256,10 @@ async fn list_is_newest_first_and_paginates_to_an_empty_page() {
         cursor = items.last().map(|s| s["id"].as_str().unwrap().to_owned());
     }
     let newest_first: Vec<String> = created.iter().rev().cloned().collect();
-    assert_eq!(seen, newest_first, "every session once, newest first, then an empty page");
+    assert_eq!(
+        seen, newest_first,
+        "every session once, newest first, then an empty page"
+    );
 
     let (_, live) = gw.get("/v1/sessions?status=live").await;
     assert_eq!(live["totalCount"], 2);
@@ -180,25 +268,42 @@ async fn list_is_newest_first_and_paginates_to_an_empty_page() {
     assert_eq!(released["totalCount"], 1);
     assert_eq!(released["sessions"][0]["id"], created[0]);
     let (_, all) = gw.get("/v1/sessions").await;
-    assert!(all.get("totalCount").is_none(), "totalCount only for filtered queries");
+    assert!(
+        all.get("totalCount").is_none(),
+        "totalCount only for filtered queries"
+    );
 
     assert_eq!(gw.get("/v1/sessions?status=sleeping").await.0, 400);
     assert_eq!(gw.get("/v1/sessions?limit=0").await.0, 400);
     assert_eq!(gw.get("/v1/sessions?limit=101").await.0, 400);
     assert_eq!(gw.get("/v1/sessions?cursorId=nope").await.0, 400);
-    assert_eq!(gw.get(&format!("/v1/sessions?cursorId={}", uuid::Uuid::new_v4())).await.0, 400);
+    assert_eq!(
+        gw.get(&format!("/v1/sessions?cursorId={}", uuid::Uuid::new_v4()))
+            .await
+            .0,
+        400
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_limit_answers_503_until_a_slot_frees() {
     let gw = Gateway::start(&["--max-sessions", "1"]).await;
     let first = gw.create(json!({})).await;
-    let r = gw.http.post(gw.url("/v1/sessions")).json(&json!({})).send().await.unwrap();
+    let r = gw
+        .http
+        .post(gw.url("/v1/sessions"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     let err: Value = r.json().await.unwrap();
     assert_eq!(err["error"]["code"], "at_capacity");
-    assert_eq!(gw.chromium_processes() > 0, true);
+    assert!(
+        gw.chromium_processes() > 0,
+        "the first session's browser runs"
+    );
     gw.release(first["id"].as_str().unwrap()).await;
     let second = gw.create(json!({})).await;
     gw.release(second["id"].as_str().unwrap()).await;
@@ -209,7 +314,11 @@ async fn capacity_limit_answers_503_until_a_slot_frees() {
 async fn chromium_that_cannot_start_gives_503_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("broken-chromium");
-    std::fs::write(&fake, "#!/bin/sh\necho 'fake chromium: cannot open display' >&2\nexit 3\n").unwrap();
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'fake chromium: cannot open display' >&2\nexit 3\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let gw = Gateway::start(&["--chromium", fake.to_str().unwrap()]).await;
     let id = uuid::Uuid::new_v4().to_string();
@@ -217,25 +326,40 @@ async fn chromium_that_cannot_start_gives_503_and_leaves_nothing() {
     assert_eq!(status, 503, "{err}");
     assert_eq!(err["error"]["code"], "browser_start_failed");
     let message = err["message"].as_str().unwrap();
-    assert!(message.contains("exit status 3") && message.contains("cannot open display"), "{message}");
+    assert!(
+        message.contains("exit status 3") && message.contains("cannot open display"),
+        "{message}"
+    );
     assert_eq!(gw.session_dirs(), 0, "no directory may be left behind");
-    assert_eq!(gw.get(&format!("/v1/sessions/{id}")).await.0, 404, "a failed start leaves no session");
+    assert_eq!(
+        gw.get(&format!("/v1/sessions/{id}")).await.0,
+        404,
+        "a failed start leaves no session"
+    );
     // The id is free again, so an SDK retry with the same sessionId is not a conflict.
-    assert_eq!(gw.post("/v1/sessions", json!({"sessionId": id})).await.0, 503);
+    assert_eq!(
+        gw.post("/v1/sessions", json!({"sessionId": id})).await.0,
+        503
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_chromium_fails_start_up_with_install_hint() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--chromium", "/nonexistent/chromium", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--chromium",
+            "/nonexistent/chromium",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/chromium"), "{stderr}");
-
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,5 +372,9 @@ async fn a_second_gateway_cannot_share_a_data_dir() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("another ingot is using data directory"));
-    assert_eq!(gw.get("/healthz").await.0, 200, "the first gateway is untouched");
+    assert_eq!(
+        gw.get("/healthz").await.0,
+        200,
+        "the first gateway is untouched"
+    );
 }

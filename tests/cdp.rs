@@ -44,27 +44,58 @@ async fn chromiumoxide_navigates_evaluates_screenshots_and_reconnects() {
         .into_value()
         .expect("string");
     assert_eq!(greeting, "hello from 127.0.0.1");
-    page.evaluate("window.__marker = 42").await.expect("set marker");
-    let png = page.screenshot(ScreenshotParams::builder().build()).await.expect("screenshot");
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000, "{} bytes", png.len());
+    page.evaluate("window.__marker = 42")
+        .await
+        .expect("set marker");
+    let png = page
+        .screenshot(ScreenshotParams::builder().build())
+        .await
+        .expect("screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000,
+        "{} bytes",
+        png.len()
+    );
     page.goto(pages.url("/second")).await.expect("goto");
-    assert_eq!(page.evaluate("document.title").await.expect("title").into_value::<String>().expect("string"), "second");
-    page.evaluate("window.__marker = 42").await.expect("set marker");
+    assert_eq!(
+        page.evaluate("document.title")
+            .await
+            .expect("title")
+            .into_value::<String>()
+            .expect("string"),
+        "second"
+    );
+    page.evaluate("window.__marker = 42")
+        .await
+        .expect("set marker");
     drop(page);
     drop(browser);
     handler.abort();
 
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(gw.session(&id).await["status"], "live", "a disconnect does not end the session");
+    assert_eq!(
+        gw.session(&id).await["status"],
+        "live",
+        "a disconnect does not end the session"
+    );
 
     // Reconnect through the HTTP discovery form: the page and its state survived.
-    let (browser, handler) = chromiumoxide_connect(&gw.url(&format!("/devtools/browser/{id}"))).await;
+    let (browser, handler) =
+        chromiumoxide_connect(&gw.url(&format!("/devtools/browser/{id}"))).await;
     let targets = browser
         .execute(chromiumoxide::cdp::browser_protocol::target::GetTargetsParams::default())
         .await
         .expect("getTargets");
-    let urls: Vec<String> = targets.result.target_infos.iter().map(|t| t.url.clone()).collect();
-    assert!(urls.contains(&pages.url("/second")), "pages after reconnect: {urls:?}");
+    let urls: Vec<String> = targets
+        .result
+        .target_infos
+        .iter()
+        .map(|t| t.url.clone())
+        .collect();
+    assert!(
+        urls.contains(&pages.url("/second")),
+        "pages after reconnect: {urls:?}"
+    );
     drop(browser);
     handler.abort();
     let mut cdp = Cdp::connect(&ws).await;
@@ -76,8 +107,18 @@ async fn chromiumoxide_navigates_evaluates_screenshots_and_reconnects() {
         .find(|t| t["url"] == pages.url("/second"))
         .cloned()
         .expect("the page survived the disconnect");
-    let attached = cdp.call("Target.attachToTarget", json!({"targetId": target["targetId"], "flatten": true}), None).await;
-    assert_eq!(cdp.eval(attached["sessionId"].as_str().unwrap(), "window.__marker").await, 42);
+    let attached = cdp
+        .call(
+            "Target.attachToTarget",
+            json!({"targetId": target["targetId"], "flatten": true}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        cdp.eval(attached["sessionId"].as_str().unwrap(), "window.__marker")
+            .await,
+        42
+    );
     gw.release(&id).await;
     gw.assert_clean(secs(5)).await;
 }
@@ -91,22 +132,36 @@ async fn new_session_has_one_blank_page_and_honours_size_and_user_agent() {
     assert_eq!(session["userAgent"], "ingot-test-agent/1.0");
     let mut cdp = Cdp::connect(session["websocketUrl"].as_str().unwrap()).await;
     let targets = cdp.call("Target.getTargets", json!({}), None).await;
-    let pages: Vec<_> =
-        targets["targetInfos"].as_array().unwrap().iter().filter(|t| t["type"] == "page").cloned().collect();
+    let pages: Vec<_> = targets["targetInfos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["type"] == "page")
+        .cloned()
+        .collect();
     assert_eq!(pages.len(), 1, "exactly one open page: {targets}");
     assert_eq!(pages[0]["url"], "about:blank");
     let page = cdp.attach_first_page().await;
     // Checked again after a moment: Chromium's infobars would shrink the page late.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(cdp.eval(&page, "[innerWidth, innerHeight]").await, json!([1280, 800]));
-    assert_eq!(cdp.eval(&page, "navigator.userAgent").await, "ingot-test-agent/1.0");
+    assert_eq!(
+        cdp.eval(&page, "[innerWidth, innerHeight]").await,
+        json!([1280, 800])
+    );
+    assert_eq!(
+        cdp.eval(&page, "navigator.userAgent").await,
+        "ingot-test-agent/1.0"
+    );
     let version = cdp.call("Browser.getVersion", json!({}), None).await;
     assert_eq!(version["userAgent"], "ingot-test-agent/1.0");
 
     let default = gw.create(json!({})).await;
     let mut cdp = Cdp::connect(default["websocketUrl"].as_str().unwrap()).await;
     let page = cdp.attach_first_page().await;
-    assert_eq!(cdp.eval(&page, "[innerWidth, innerHeight]").await, json!([1920, 1080]));
+    assert_eq!(
+        cdp.eval(&page, "[innerWidth, innerHeight]").await,
+        json!([1920, 1080])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,18 +175,37 @@ async fn several_clients_share_a_session_without_seeing_each_other() {
     // Each client gets its own auto-attach: both are told about the page.
     for client in [&mut a, &mut b] {
         client
-            .call("Target.setAutoAttach", json!({"autoAttach": true, "waitForDebuggerOnStart": false, "flatten": true}), None)
+            .call(
+                "Target.setAutoAttach",
+                json!({"autoAttach": true, "waitForDebuggerOnStart": false, "flatten": true}),
+                None,
+            )
             .await;
     }
     let attached = |c: &Cdp| {
-        c.events.iter().filter(|e| e["method"] == "Target.attachedToTarget").count()
+        c.events
+            .iter()
+            .filter(|e| e["method"] == "Target.attachedToTarget")
+            .count()
     };
-    assert_eq!((attached(&a), attached(&b)), (1, 1), "each client sees its own attach event");
-    let page_a = a.events.iter().find(|e| e["method"] == "Target.attachedToTarget").unwrap()["params"]["sessionId"]
+    assert_eq!(
+        (attached(&a), attached(&b)),
+        (1, 1),
+        "each client sees its own attach event"
+    );
+    let page_a = a
+        .events
+        .iter()
+        .find(|e| e["method"] == "Target.attachedToTarget")
+        .unwrap()["params"]["sessionId"]
         .as_str()
         .unwrap()
         .to_owned();
-    let page_b = b.events.iter().find(|e| e["method"] == "Target.attachedToTarget").unwrap()["params"]["sessionId"]
+    let page_b = b
+        .events
+        .iter()
+        .find(|e| e["method"] == "Target.attachedToTarget")
+        .unwrap()["params"]["sessionId"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -142,7 +216,13 @@ async fn several_clients_share_a_session_without_seeing_each_other() {
     assert_eq!(b.eval(&page_b, "window.shared").await, "from a");
 
     // B cannot use A's CDP session.
-    let reply = b.call_full("Runtime.evaluate", json!({"expression": "1"}), Some(&page_a)).await;
+    let reply = b
+        .call_full(
+            "Runtime.evaluate",
+            json!({"expression": "1"}),
+            Some(&page_a),
+        )
+        .await;
     assert_eq!(reply["error"]["code"], -32001, "{reply}");
 
     // A's events stay A's: enabling Page on A produces nothing on B.
@@ -153,7 +233,9 @@ async fn several_clients_share_a_session_without_seeing_each_other() {
     let probe = b.call("Browser.getVersion", json!({}), None).await;
     assert!(probe["product"].is_string());
     assert!(
-        b.events.iter().all(|e| !e["method"].as_str().unwrap_or("").starts_with("Page.")),
+        b.events
+            .iter()
+            .all(|e| !e["method"].as_str().unwrap_or("").starts_with("Page.")),
         "B saw A's Page events: {:?}",
         b.events
     );
@@ -168,13 +250,21 @@ async fn several_clients_share_a_session_without_seeing_each_other() {
         b.call_full("Browser.getVersion", json!({}), None),
         c.call_full("Browser.getVersion", json!({}), None)
     );
-    assert_eq!((rb["result"]["product"].is_string(), rc["result"]["product"].is_string()), (true, true));
+    assert_eq!(
+        (
+            rb["result"]["product"].is_string(),
+            rc["result"]["product"].is_string()
+        ),
+        (true, true)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_messages_pass_both_ways() {
     let gw = Gateway::start(&[]).await;
-    let session = gw.create(json!({"dimensions": {"width": 800, "height": 600}})).await;
+    let session = gw
+        .create(json!({"dimensions": {"width": 800, "height": 600}}))
+        .await;
     let mut cdp = Cdp::connect(session["websocketUrl"].as_str().unwrap()).await;
     let page = cdp.attach_first_page().await;
 
@@ -195,9 +285,19 @@ async fn large_messages_pass_both_ways() {
          ctx.putImageData(img, 0, 0); return true; })()",
     )
     .await;
-    let shot = cdp.call("Page.captureScreenshot", json!({"format": "png"}), Some(&page)).await;
+    let shot = cdp
+        .call(
+            "Page.captureScreenshot",
+            json!({"format": "png"}),
+            Some(&page),
+        )
+        .await;
     let data = shot["data"].as_str().unwrap();
-    assert!(data.len() > 20 << 20, "screenshot reply is only {} bytes", data.len());
+    assert!(
+        data.len() > 20 << 20,
+        "screenshot reply is only {} bytes",
+        data.len()
+    );
     eprintln!("3000x3000 screenshot: {} MiB of base64", data.len() >> 20);
 
     // Client to browser: a 40 MiB command.
@@ -211,14 +311,21 @@ async fn connections_are_refused_before_the_upgrade() {
     let gw = Gateway::start(&[]).await;
     let base = format!("ws://127.0.0.1:{}", gw.port);
     assert_upgrade_refused(&format!("{base}/?sessionId={}", uuid::Uuid::new_v4()), 404).await;
-    assert_upgrade_refused(&format!("{base}/devtools/browser/{}", uuid::Uuid::new_v4()), 404).await;
+    assert_upgrade_refused(
+        &format!("{base}/devtools/browser/{}", uuid::Uuid::new_v4()),
+        404,
+    )
+    .await;
     assert_upgrade_refused(&format!("{base}/?sessionId=garbage"), 400).await;
     assert_upgrade_refused(&format!("{base}/"), 400).await;
 
     let session = gw.create(json!({})).await;
     let id = session["id"].as_str().unwrap();
     let (status, _) = gw.get(&format!("/devtools/browser/{id}")).await;
-    assert_eq!(status, 426, "a plain GET on a CDP endpoint asks for an upgrade");
+    assert_eq!(
+        status, 426,
+        "a plain GET on a CDP endpoint asks for an upgrade"
+    );
     gw.release(id).await;
     assert_upgrade_refused(session["websocketUrl"].as_str().unwrap(), 410).await;
     assert_upgrade_refused(&format!("{base}/devtools/browser/{id}"), 410).await;
@@ -250,8 +357,17 @@ async fn json_version_points_at_the_gateway() {
     assert!(cdp.call("Browser.getVersion", json!({}), None).await["product"].is_string());
 
     let _b = gw.create(json!({})).await;
-    assert_eq!(gw.get("/json/version").await.0, 400, "ambiguous with two live sessions");
-    assert_eq!(gw.get(&format!("/json/version?sessionId={}", uuid::Uuid::new_v4())).await.0, 404);
+    assert_eq!(
+        gw.get("/json/version").await.0,
+        400,
+        "ambiguous with two live sessions"
+    );
+    assert_eq!(
+        gw.get(&format!("/json/version?sessionId={}", uuid::Uuid::new_v4()))
+            .await
+            .0,
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,10 +381,22 @@ async fn a_page_cannot_reach_another_sessions_browser() {
     // No browser listens on any TCP port: the pipe is the only way in.
     let listening = listening_socket_inodes();
     for (pid, _) in browser_pids_in(&gw.data_dir) {
-        for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
-            let target = std::fs::read_link(fd.path()).map(|p| p.display().to_string()).unwrap_or_default();
-            if let Some(inode) = target.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
-                assert!(!listening.contains(inode), "browser process {pid} listens on a TCP socket");
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let target = std::fs::read_link(fd.path())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|s| s.strip_suffix(']'))
+            {
+                assert!(
+                    !listening.contains(inode),
+                    "browser process {pid} listens on a TCP socket"
+                );
             }
         }
     }
@@ -292,7 +420,11 @@ async fn a_page_cannot_reach_another_sessions_browser() {
     );
     cdp.eval(&page, &release_all).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(gw.session(victim_id).await["status"], "live", "the victim's session survived");
+    assert_eq!(
+        gw.session(victim_id).await["status"],
+        "live",
+        "the victim's session survived"
+    );
     let mut victim_cdp = Cdp::connect(victim["websocketUrl"].as_str().unwrap()).await;
     let victim_page = victim_cdp.attach_first_page().await;
     assert_eq!(victim_cdp.eval(&victim_page, "1 + 1").await, 2);
@@ -302,12 +434,16 @@ async fn a_page_cannot_reach_another_sessions_browser() {
 fn listening_socket_inodes() -> std::collections::HashSet<String> {
     let mut inodes = std::collections::HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.get(3) == Some(&"0A") {
-                if let Some(inode) = fields.get(9) {
-                    inodes.insert((*inode).to_owned());
-                }
+            if fields.get(3) == Some(&"0A")
+                && let Some(inode) = fields.get(9)
+            {
+                inodes.insert((*inode).to_owned());
             }
         }
     }
@@ -323,13 +459,19 @@ async fn proxy_url_routes_page_traffic_through_the_proxy() {
     let seen_by_proxy = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = proxy.accept().await else { return };
+            let Ok((mut stream, _)) = proxy.accept().await else {
+                return;
+            };
             let seen = seen_by_proxy.clone();
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut buf = vec![0u8; 8192];
                 let n = stream.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned();
+                let head = String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
                 seen.lock().unwrap().push(head);
                 let body = "<html><body>served by the test proxy</body></html>";
                 let reply = format!(
@@ -341,12 +483,22 @@ async fn proxy_url_routes_page_traffic_through_the_proxy() {
         }
     });
     let gw = Gateway::start(&[]).await;
-    let session = gw.create(json!({"proxyUrl": format!("http://127.0.0.1:{proxy_port}")})).await;
+    let session = gw
+        .create(json!({"proxyUrl": format!("http://127.0.0.1:{proxy_port}")}))
+        .await;
     assert_eq!(session["proxySource"], "external");
     let mut cdp = Cdp::connect(session["websocketUrl"].as_str().unwrap()).await;
     let page = cdp.attach_first_page().await;
-    cdp.navigate(&page, "http://ingot-proxy-test.invalid/hello").await;
-    assert_eq!(cdp.eval(&page, "document.body.textContent").await, "served by the test proxy");
+    cdp.navigate(&page, "http://ingot-proxy-test.invalid/hello")
+        .await;
+    assert_eq!(
+        cdp.eval(&page, "document.body.textContent").await,
+        "served by the test proxy"
+    );
     let seen = seen.lock().unwrap().clone();
-    assert!(seen.iter().any(|l| l.contains("ingot-proxy-test.invalid/hello")), "proxy saw {seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("ingot-proxy-test.invalid/hello")),
+        "proxy saw {seen:?}"
+    );
 }

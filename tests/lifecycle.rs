@@ -19,7 +19,10 @@ fn close_of(ended: Ended, what: &str) -> (u16, String) {
 }
 
 fn ws_url(session: &Value) -> String {
-    session["websocketUrl"].as_str().expect("websocketUrl").to_owned()
+    session["websocketUrl"]
+        .as_str()
+        .expect("websocketUrl")
+        .to_owned()
 }
 
 fn id_of(session: &Value) -> String {
@@ -28,7 +31,9 @@ fn id_of(session: &Value) -> String {
 
 /// Open file descriptors of a process.
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("read /proc/<pid>/fd").count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/<pid>/fd")
+        .count()
 }
 
 /// What each open file descriptor of a process points at, for failure messages.
@@ -39,10 +44,15 @@ fn fd_targets(pid: u32) -> Vec<String> {
         .flatten()
         .map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let target = std::fs::read_link(e.path()).map(|t| t.display().to_string()).unwrap_or_default();
+            let target = std::fs::read_link(e.path())
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
             let flags = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{name}"))
                 .ok()
-                .and_then(|info| info.lines().find_map(|l| l.strip_prefix("flags:").map(|f| f.trim().to_owned())))
+                .and_then(|info| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix("flags:").map(|f| f.trim().to_owned()))
+                })
                 .unwrap_or_default();
             format!("{name}->{target} (flags {flags})")
         })
@@ -53,14 +63,19 @@ fn fd_targets(pid: u32) -> Vec<String> {
 
 /// Session directories directly under `<data_dir>/sessions`.
 fn session_dirs_in(data_dir: &Path) -> usize {
-    std::fs::read_dir(data_dir.join("sessions")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(data_dir.join("sessions"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// The numeric value of `key=` in a log line.
 fn log_field(line: &str, key: &str) -> Option<u64> {
     let needle = format!("{key}=");
     let start = line.find(&needle)? + needle.len();
-    let digits: String = line[start..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = line[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok()
 }
 
@@ -73,8 +88,16 @@ async fn timeout_releases_and_closes_clients() {
     let started = Instant::now();
 
     let (code, reason) = close_of(cdp.wait_end(secs(10)).await, "timed-out session");
-    eprintln!("timeout: client closed after {:?} with {code} {reason:?}", started.elapsed());
-    assert_eq!(code, 1001, "close code on timeout (reason {reason:?})\n{}", gw.log_text());
+    eprintln!(
+        "timeout: client closed after {:?} with {code} {reason:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        code,
+        1001,
+        "close code on timeout (reason {reason:?})\n{}",
+        gw.log_text()
+    );
     assert!(!reason.is_empty(), "close reason on timeout is empty");
 
     let (ended, _) = gw.wait_ended(&id, secs(5)).await;
@@ -82,7 +105,10 @@ async fn timeout_releases_and_closes_clients() {
     assert_eq!(ended["releaseReason"], "timeout", "{ended}");
     let duration = ended["duration"].as_u64().expect("duration is a number");
     eprintln!("timeout: session duration {duration} ms");
-    assert!((2000..6000).contains(&duration), "duration {duration} ms not in [2000, 6000)");
+    assert!(
+        (2000..6000).contains(&duration),
+        "duration {duration} ms not in [2000, 6000)"
+    );
     gw.assert_clean(secs(10)).await;
 }
 
@@ -95,7 +121,10 @@ async fn crash_marks_failed_within_a_second() {
     let mut cdp = Cdp::connect(&url).await;
     // Make sure the client is really attached and proxied before the crash.
     let version = cdp.call("Browser.getVersion", json!({}), None).await;
-    assert!(version["product"].as_str().is_some_and(|p| !p.is_empty()), "{version}");
+    assert!(
+        version["product"].as_str().is_some_and(|p| !p.is_empty()),
+        "{version}"
+    );
 
     let leader = browser_leader(&gw.data_dir, &id);
     kill_group(leader, 9);
@@ -106,7 +135,11 @@ async fn crash_marks_failed_within_a_second() {
     eprintln!("crash: session ended {noticed:?} after SIGKILL of pgid {leader}");
     assert_eq!(ended["status"], "failed", "{ended}");
     assert_eq!(ended["releaseReason"], "browser_crashed", "{ended}");
-    assert!(noticed < Duration::from_secs(1), "crash noticed only after {noticed:?}\n{}", gw.log_text());
+    assert!(
+        noticed < Duration::from_secs(1),
+        "crash noticed only after {noticed:?}\n{}",
+        gw.log_text()
+    );
 
     let (code, reason) = close_of(cdp.wait_end(secs(10)).await, "crashed session");
     assert_eq!(code, 1011, "close code on crash (reason {reason:?})");
@@ -122,11 +155,20 @@ async fn browser_close_from_client_is_released() {
     let mut cdp = Cdp::connect(&ws_url(&s)).await;
 
     let reply = cdp.call_full("Browser.close", json!({}), None).await;
-    assert!(reply.get("error").is_none(), "Browser.close failed: {reply}");
-    assert!(reply.get("result").is_some(), "Browser.close reply has no result: {reply}");
+    assert!(
+        reply.get("error").is_none(),
+        "Browser.close failed: {reply}"
+    );
+    assert!(
+        reply.get("result").is_some(),
+        "Browser.close reply has no result: {reply}"
+    );
 
     let (code, reason) = close_of(cdp.wait_end(secs(10)).await, "closed browser");
-    assert_eq!(code, 1000, "close code on Browser.close (reason {reason:?})");
+    assert_eq!(
+        code, 1000,
+        "close code on Browser.close (reason {reason:?})"
+    );
 
     let (ended, _) = gw.wait_ended(&id, secs(5)).await;
     assert_eq!(ended["status"], "released", "{ended}");
@@ -177,23 +219,51 @@ async fn sigterm_releases_everything_and_exits_zero() {
     let mut c2 = Cdp::connect(&ws_url(&s2)).await;
     c1.call("Browser.getVersion", json!({}), None).await;
     c2.call("Browser.getVersion", json!({}), None).await;
-    assert!(gw.chromium_processes() > 0, "no Chromium running before SIGTERM");
+    assert!(
+        gw.chromium_processes() > 0,
+        "no Chromium running before SIGTERM"
+    );
 
     let signalled = Instant::now();
     gw.signal(15);
     let (code1, reason1) = close_of(c1.wait_end(secs(20)).await, "client 1");
     let (code2, reason2) = close_of(c2.wait_end(secs(20)).await, "client 2");
-    assert_eq!(code1, 1001, "client 1 close code (reason {reason1:?})\n{}", gw.log_text());
-    assert_eq!(code2, 1001, "client 2 close code (reason {reason2:?})\n{}", gw.log_text());
+    assert_eq!(
+        code1,
+        1001,
+        "client 1 close code (reason {reason1:?})\n{}",
+        gw.log_text()
+    );
+    assert_eq!(
+        code2,
+        1001,
+        "client 2 close code (reason {reason2:?})\n{}",
+        gw.log_text()
+    );
 
     let status = gw.wait_exit(secs(30));
-    eprintln!("sigterm: gateway exited with {status:?} {:?} after the signal", signalled.elapsed());
-    assert!(status.success(), "gateway exit status {status:?}\n{}", gw.log_text());
+    eprintln!(
+        "sigterm: gateway exited with {status:?} {:?} after the signal",
+        signalled.elapsed()
+    );
+    assert!(
+        status.success(),
+        "gateway exit status {status:?}\n{}",
+        gw.log_text()
+    );
     assert_eq!(status.code(), Some(0));
 
     // Everything is reaped before the gateway exits, so check at once.
-    let (procs, dirs) = (chromium_processes_in(&gw.data_dir), session_dirs_in(&gw.data_dir));
-    assert_eq!((procs, dirs), (0, 0), "Chromium processes and session dirs after exit\n{}", gw.log_text());
+    let (procs, dirs) = (
+        chromium_processes_in(&gw.data_dir),
+        session_dirs_in(&gw.data_dir),
+    );
+    assert_eq!(
+        (procs, dirs),
+        (0, 0),
+        "Chromium processes and session dirs after exit\n{}",
+        gw.log_text()
+    );
     gw.assert_clean(secs(1)).await;
 }
 
@@ -208,10 +278,18 @@ async fn restart_after_sigkill_sweeps_leftovers() {
     let listing: Vec<_> = std::fs::read_dir(dir.join("sessions"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
-    assert_eq!(listing.len(), 2, "session dirs of the first run: {listing:?}\n{}", first.log_text());
+    assert_eq!(
+        listing.len(),
+        2,
+        "session dirs of the first run: {listing:?}\n{}",
+        first.log_text()
+    );
     first.signal(9);
     let status = first.wait_exit(secs(10));
-    assert!(!status.success(), "SIGKILLed gateway exited with {status:?}");
+    assert!(
+        !status.success(),
+        "SIGKILLed gateway exited with {status:?}"
+    );
     drop(first);
 
     // An orphan browser of a "previous run", in its own process group like ingot's.
@@ -244,12 +322,17 @@ async fn restart_after_sigkill_sweeps_leftovers() {
     let planted_pid = child.id() as i32;
     let deadline = Instant::now() + secs(20);
     while !(profile.exists()
-        && browser_pids_in(&dir).iter().any(|&(pid, pgid)| pid == planted_pid && pgid == planted_pid))
+        && browser_pids_in(&dir)
+            .iter()
+            .any(|&(pid, pgid)| pid == planted_pid && pgid == planted_pid))
     {
         if let Ok(Some(st)) = child.try_wait() {
             panic!("planted chromium exited early: {st:?}");
         }
-        assert!(Instant::now() < deadline, "planted chromium did not start within 20s");
+        assert!(
+            Instant::now() < deadline,
+            "planted chromium did not start within 20s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Give it a moment to spawn its helpers, so there is a real group to sweep.
@@ -260,19 +343,34 @@ async fn restart_after_sigkill_sweeps_leftovers() {
         before.len(),
         session_dirs_in(&dir)
     );
-    assert!(before.iter().any(|&(_, pgid)| pgid == planted_pid), "planted browser not running");
+    assert!(
+        before.iter().any(|&(_, pgid)| pgid == planted_pid),
+        "planted browser not running"
+    );
 
     let second = Gateway::start_in(&dir, &[]).await;
-    assert!(second.wait_for_log("start-up sweep done", secs(5)).await, "no sweep log line\n{}", second.log_text());
+    assert!(
+        second.wait_for_log("start-up sweep done", secs(5)).await,
+        "no sweep log line\n{}",
+        second.log_text()
+    );
     let log = second.log_text();
-    let line = log.lines().find(|l| l.contains("start-up sweep done")).expect("sweep line");
+    let line = log
+        .lines()
+        .find(|l| l.contains("start-up sweep done"))
+        .expect("sweep line");
     eprintln!("restart: {line}");
-    let groups = log_field(line, "process_groups").unwrap_or_else(|| panic!("no process_groups= in {line:?}"));
-    let dirs = log_field(line, "directories").unwrap_or_else(|| panic!("no directories= in {line:?}"));
+    let groups = log_field(line, "process_groups")
+        .unwrap_or_else(|| panic!("no process_groups= in {line:?}"));
+    let dirs =
+        log_field(line, "directories").unwrap_or_else(|| panic!("no directories= in {line:?}"));
     assert!(groups >= 1, "sweep killed {groups} process groups: {line}");
     assert!(dirs >= 1, "sweep removed {dirs} directories: {line}");
     second.assert_clean(secs(5)).await;
-    assert!(!planted_dir.exists(), "planted session dir survived the sweep");
+    assert!(
+        !planted_dir.exists(),
+        "planted session dir survived the sweep"
+    );
 
     // Reap the planted leader so it does not linger as our zombie.
     let deadline = Instant::now() + secs(10);
@@ -304,7 +402,11 @@ async fn leak_check_twenty_cycles() {
     let dirs_before = gw.session_dirs();
     let fds_before = fd_count(gw.pid());
     let fd_list_before = fd_targets(gw.pid());
-    assert_eq!((procs_before, dirs_before), (0, 0), "fresh gateway is not clean");
+    assert_eq!(
+        (procs_before, dirs_before),
+        (0, 0),
+        "fresh gateway is not clean"
+    );
 
     let started = Instant::now();
     for cycle in 0..20 {
@@ -315,7 +417,10 @@ async fn leak_check_twenty_cycles() {
         assert_eq!(two, json!(2), "cycle {cycle}: 1+1 gave {two}");
         cdp.close().await;
         let released = gw.release(&id_of(&s)).await;
-        assert_eq!(released["success"], true, "cycle {cycle}: release answer {released}");
+        assert_eq!(
+            released["success"], true,
+            "cycle {cycle}: release answer {released}"
+        );
     }
     eprintln!("leak: 20 cycles took {:?}", started.elapsed());
 

@@ -32,8 +32,10 @@ pub async fn connect_by_query(
 ) -> Response {
     let Some(raw) = query.get("sessionId") else {
         if is_websocket_upgrade(request.headers()) {
-            return ApiError::bad_request("sessionId: connect to the websocketUrl of a session (/?sessionId=<id>)")
-                .into_response();
+            return ApiError::bad_request(
+                "sessionId: connect to the websocketUrl of a session (/?sessionId=<id>)",
+            )
+            .into_response();
         }
         return Json(serde_json::json!({
             "service": "ingot",
@@ -49,7 +51,11 @@ pub async fn connect_by_query(
 }
 
 /// `GET /devtools/browser/<id>`: the endpoint `/json/version` advertises.
-pub async fn connect_by_path(State(state): State<AppState>, Path(id): Path<String>, request: Request) -> Response {
+pub async fn connect_by_path(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
     match parse_id(&id, "id") {
         Ok(id) => connect(state, id, request).await,
         Err(e) => e.into_response(),
@@ -72,8 +78,12 @@ async fn connect(state: AppState, id: uuid::Uuid, mut request: Request) -> Respo
         Ok(link) => link,
         Err(e) => {
             warn!(session_id = %id, error = %e, "cannot attach a client to the browser");
-            return ApiError::new(StatusCode::BAD_GATEWAY, "browser_unavailable", format!("cannot reach the browser: {e}"))
-                .into_response();
+            return ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "browser_unavailable",
+                format!("cannot reach the browser: {e}"),
+            )
+            .into_response();
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
@@ -144,13 +154,27 @@ fn version_json(state: &AppState, session: &Session) -> serde_json::Value {
 
 /// The session if it is live; otherwise 404 (unknown) or 410 (ended).
 fn live_session(state: &AppState, id: uuid::Uuid) -> Result<Arc<Session>, ApiError> {
-    let session = state.registry.get(&id).ok_or_else(|| ApiError::session_not_found(id))?;
-    if session.phase().is_live() { Ok(session) } else { Err(ended(&session)) }
+    let session = state
+        .registry
+        .get(&id)
+        .ok_or_else(|| ApiError::session_not_found(id))?;
+    if session.phase().is_live() {
+        Ok(session)
+    } else {
+        Err(ended(&session))
+    }
 }
 
 fn ended(session: &Session) -> ApiError {
-    let how = session.end_reason().map(|r| format!("{:?} ({})", r.status(), r.as_str())).unwrap_or_default();
-    ApiError::new(StatusCode::GONE, "session_ended", format!("session {} has ended: {}", session.id, how.to_lowercase()))
+    let how = session
+        .end_reason()
+        .map(|r| format!("{:?} ({})", r.status(), r.as_str()))
+        .unwrap_or_default();
+    ApiError::new(
+        StatusCode::GONE,
+        "session_ended",
+        format!("session {} has ended: {}", session.id, how.to_lowercase()),
+    )
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
@@ -175,7 +199,11 @@ fn websocket_key(headers: &HeaderMap) -> Result<String, ApiError> {
             "this is a CDP WebSocket endpoint; connect with a WebSocket client",
         ));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
         return Err(ApiError::bad_request("Sec-WebSocket-Version: must be 13"));
     }
     headers

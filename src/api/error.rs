@@ -17,7 +17,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -25,7 +29,11 @@ impl ApiError {
     }
 
     pub fn session_not_found(id: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "session_not_found", format!("session {id} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+            format!("session {id} not found"),
+        )
     }
 }
 
@@ -37,7 +45,9 @@ impl IntoResponse for ApiError {
         });
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

@@ -47,12 +47,25 @@ pub fn router(state: AppState) -> Router {
         .route("/devtools/browser/{id}", get(cdp::connect_by_path))
         .route("/json/version", get(cdp::version_by_query))
         .route("/json/version/", get(cdp::version_by_query))
-        .route("/devtools/browser/{id}/json/version", get(cdp::version_by_path))
-        .route("/devtools/browser/{id}/json/version/", get(cdp::version_by_path))
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/devtools/browser/{id}/json/version",
+            get(cdp::version_by_path),
+        )
+        .route(
+            "/devtools/browser/{id}/json/version/",
+            get(cdp::version_by_path),
+        )
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(refuse_cross_origin))

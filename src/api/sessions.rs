@@ -32,12 +32,27 @@ pub async fn create(
         ),
         _ => ApiError::bad_request(format!("cannot read request body: {rejection}")),
     })?;
-    let options = parse_create_body(&body, state.limits).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let options =
+        parse_create_body(&body, state.limits).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let session = state.registry.create(options).await.map_err(|e| match e {
-        CreateError::Duplicate(_) => ApiError::new(StatusCode::CONFLICT, "session_exists", e.to_string()),
-        CreateError::AtCapacity(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "at_capacity", e.to_string()),
-        CreateError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string()),
-        CreateError::Launch(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "browser_start_failed", e.to_string()),
+        CreateError::Duplicate(_) => {
+            ApiError::new(StatusCode::CONFLICT, "session_exists", e.to_string())
+        }
+        CreateError::AtCapacity(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "at_capacity",
+            e.to_string(),
+        ),
+        CreateError::ShuttingDown => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            e.to_string(),
+        ),
+        CreateError::Launch(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "browser_start_failed",
+            e.to_string(),
+        ),
     })?;
     Ok(Json(SessionJson::new(&session, &state.urls)))
 }
@@ -59,16 +74,21 @@ pub async fn list(
     let Query(params) = params.map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
     let status = match params.status.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(
-            Status::parse(s)
-                .ok_or_else(|| ApiError::bad_request(format!("status: must be live, released or failed, got {s:?}")))?,
-        ),
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "status: must be live, released or failed, got {s:?}"
+            ))
+        })?),
     };
     let limit = match params.limit.as_deref() {
         None | Some("") => DEFAULT_LIMIT,
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => return Err(ApiError::bad_request(format!("limit: must be a whole number from 1 to {MAX_LIMIT}"))),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "limit: must be a whole number from 1 to {MAX_LIMIT}"
+                )));
+            }
         },
     };
     let cursor = match params.cursor_id.as_deref() {
@@ -77,32 +97,57 @@ pub async fn list(
     };
     let page = state
         .registry
-        .list(ListQuery { status, limit, cursor })
+        .list(ListQuery {
+            status,
+            limit,
+            cursor,
+        })
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(Json(SessionListJson::new(page, &state.urls)))
 }
 
 /// `GET /v1/sessions/{id}`
-pub async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<SessionJson>, ApiError> {
+pub async fn retrieve(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionJson>, ApiError> {
     let id = parse_id(&id, "id")?;
-    let session = state.registry.get(&id).ok_or_else(|| ApiError::session_not_found(id))?;
+    let session = state
+        .registry
+        .get(&id)
+        .ok_or_else(|| ApiError::session_not_found(id))?;
     Ok(Json(SessionJson::new(&session, &state.urls)))
 }
 
 /// `POST /v1/sessions/{id}/release`. Idempotent; the body is ignored (SDKs send none).
-pub async fn release(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ReleaseJson>, ApiError> {
+pub async fn release(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ReleaseJson>, ApiError> {
     let id = parse_id(&id, "id")?;
-    state.registry.release(&id).await.ok_or_else(|| ApiError::session_not_found(id))?;
-    Ok(Json(ReleaseJson { success: true, message: "Session released successfully".into() }))
+    state
+        .registry
+        .release(&id)
+        .await
+        .ok_or_else(|| ApiError::session_not_found(id))?;
+    Ok(Json(ReleaseJson {
+        success: true,
+        message: "Session released successfully".into(),
+    }))
 }
 
 /// `POST /v1/sessions/release`
 pub async fn release_all(State(state): State<AppState>) -> Json<ReleaseJson> {
     state.registry.release_all().await;
-    Json(ReleaseJson { success: true, message: "All sessions released successfully".into() })
+    Json(ReleaseJson {
+        success: true,
+        message: "All sessions released successfully".into(),
+    })
 }
 
 /// Parses a session id, naming the parameter when it is not a UUID.
 pub fn parse_id(raw: &str, field: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request(format!("{field}: {raw:?} is not a session id (a UUID)")))
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::bad_request(format!("{field}: {raw:?} is not a session id (a UUID)"))
+    })
 }

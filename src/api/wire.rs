@@ -75,7 +75,11 @@ pub struct SessionJson {
 impl SessionJson {
     pub fn new(session: &Session, urls: &PublicUrls) -> SessionJson {
         let user_agent = session.options.user_agent.clone().or_else(|| {
-            session.browser_version().and_then(|v| v.get("userAgent")).and_then(Value::as_str).map(str::to_owned)
+            session
+                .browser_version()
+                .and_then(|v| v.get("userAgent"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
         });
         SessionJson {
             id: session.id,
@@ -103,7 +107,9 @@ impl SessionJson {
 
 /// RFC 3339 in UTC with millisecond precision, as Steel sends it.
 fn timestamp(t: time::OffsetDateTime) -> String {
-    let t = t.replace_nanosecond(t.millisecond() as u32 * 1_000_000).unwrap_or(t);
+    let t = t
+        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap_or(t);
     t.format(&Rfc3339).unwrap_or_default()
 }
 
@@ -120,7 +126,11 @@ pub struct SessionListJson {
 impl SessionListJson {
     pub fn new(page: ListPage, urls: &PublicUrls) -> Self {
         SessionListJson {
-            sessions: page.sessions.iter().map(|s| SessionJson::new(s, urls)).collect(),
+            sessions: page
+                .sessions
+                .iter()
+                .map(|s| SessionJson::new(s, urls))
+                .collect(),
             next_cursor: page.next_cursor,
             total_count: page.total_count,
         }

@@ -8,7 +8,12 @@ use std::path::{Path, PathBuf};
 /// that adds flags and stderr noise, so the real binary behind it wins.
 const KNOWN_PATHS: &[&str] = &["/usr/lib/chromium/chromium", "/usr/bin/chromium"];
 /// Names looked up on `PATH` after that.
-const PATH_NAMES: &[&str] = &["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"];
+const PATH_NAMES: &[&str] = &[
+    "chromium",
+    "chromium-browser",
+    "google-chrome",
+    "google-chrome-stable",
+];
 
 /// Returns the Chromium to run, or a message that says how to install one.
 pub fn find_chromium(explicit: Option<&Path>) -> Result<PathBuf, String> {
@@ -16,12 +21,19 @@ pub fn find_chromium(explicit: Option<&Path>) -> Result<PathBuf, String> {
     find_in(explicit, KNOWN_PATHS, &search_path)
 }
 
-fn find_in(explicit: Option<&Path>, known: &[&str], search_path: &std::ffi::OsStr) -> Result<PathBuf, String> {
+fn find_in(
+    explicit: Option<&Path>,
+    known: &[&str],
+    search_path: &std::ffi::OsStr,
+) -> Result<PathBuf, String> {
     if let Some(path) = explicit {
         return if is_executable(path) {
             Ok(path.to_path_buf())
         } else {
-            Err(format!("--chromium {} is not an executable file", path.display()))
+            Err(format!(
+                "--chromium {} is not an executable file",
+                path.display()
+            ))
         };
     }
     for candidate in known {
@@ -45,7 +57,9 @@ fn find_in(explicit: Option<&Path>, known: &[&str], search_path: &std::ffi::OsSt
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -56,7 +70,10 @@ mod tests {
     fn explicit_path_must_be_executable() {
         let err = find_chromium(Some(Path::new("/nonexistent/chromium"))).unwrap_err();
         assert!(err.contains("/nonexistent/chromium"), "{err}");
-        assert_eq!(find_chromium(Some(Path::new("/bin/sh"))).unwrap(), PathBuf::from("/bin/sh"));
+        assert_eq!(
+            find_chromium(Some(Path::new("/bin/sh"))).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
     }
 
     #[test]
@@ -71,7 +88,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("chromium-browser");
         std::fs::write(&exe, "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         assert_eq!(find_in(None, &[], dir.path().as_os_str()).unwrap(), exe);
     }
 }

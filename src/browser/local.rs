@@ -25,7 +25,9 @@ use tokio::sync::{OnceCell, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{BrowserExit, BrowserHost, BrowserProcess, CdpTransport, LaunchError, LaunchSpec, Launched};
+use super::{
+    BrowserExit, BrowserHost, BrowserProcess, CdpTransport, LaunchError, LaunchSpec, Launched,
+};
 
 /// Flags every session's Chromium gets. The background-networking flags stop Chromium from
 /// flooding a closed network; the `--disable-features` list drops a WebUI renderer that
@@ -96,7 +98,9 @@ pub fn scratch_root(data_dir: &Path) -> PathBuf {
         .as_os_str()
         .as_encoded_bytes()
         .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
     PathBuf::from(format!("/tmp/ingot-{:08x}", hash as u32))
 }
 
@@ -116,7 +120,9 @@ impl BrowserHost for LocalChromium {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "browser ready"
                 ),
-                Err(e) => warn!(session_id = %spec.session_id, error = %e, "browser failed to start"),
+                Err(e) => {
+                    warn!(session_id = %spec.session_id, error = %e, "browser failed to start")
+                }
             }
             result
         }
@@ -144,11 +150,18 @@ impl SessionDirs {
     }
 }
 
-async fn launch_in(executable: &Path, dirs: SessionDirs, spec: &LaunchSpec) -> Result<Launched, LaunchError> {
+async fn launch_in(
+    executable: &Path,
+    dirs: SessionDirs,
+    spec: &LaunchSpec,
+) -> Result<Launched, LaunchError> {
     for d in [&dirs.profile(), &dirs.scratch] {
         if let Err(e) = tokio::fs::create_dir_all(d).await {
             dirs.remove().await;
-            return Err(LaunchError(format!("cannot create session directory {}: {e}", d.display())));
+            return Err(LaunchError(format!(
+                "cannot create session directory {}: {e}",
+                d.display()
+            )));
         }
     }
 
@@ -161,23 +174,36 @@ async fn launch_in(executable: &Path, dirs: SessionDirs, spec: &LaunchSpec) -> R
     };
     let (process, transport) = spawned;
     match wait_until_ready(&process, transport).await {
-        Ok(transport) => Ok(Launched { transport, process: Box::new(process) }),
+        Ok(transport) => Ok(Launched {
+            transport,
+            process: Box::new(process),
+        }),
         Err(reason) => {
             let tail = process.stderr_tail();
             process.kill().await;
             if tail.is_empty() {
                 Err(LaunchError(format!("Chromium did not start: {reason}")))
             } else {
-                Err(LaunchError(format!("Chromium did not start: {reason}; its last output: {tail}")))
+                Err(LaunchError(format!(
+                    "Chromium did not start: {reason}; its last output: {tail}"
+                )))
             }
         }
     }
 }
 
 /// Sends the first CDP command and waits for its reply, the browser's exit or a timeout.
-async fn wait_until_ready(process: &LocalProcess, mut transport: CdpTransport) -> Result<CdpTransport, String> {
+async fn wait_until_ready(
+    process: &LocalProcess,
+    mut transport: CdpTransport,
+) -> Result<CdpTransport, String> {
     const PROBE: &[u8] = br#"{"id":0,"method":"Browser.getVersion"}"#;
-    if transport.to_browser.send(Bytes::from_static(PROBE)).await.is_err() {
+    if transport
+        .to_browser
+        .send(Bytes::from_static(PROBE))
+        .await
+        .is_err()
+    {
         return Err("the CDP pipe closed at once".into());
     }
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
@@ -206,20 +232,32 @@ async fn wait_until_ready(process: &LocalProcess, mut transport: CdpTransport) -
     }
 }
 
-fn spawn(executable: &Path, dirs: &SessionDirs, spec: &LaunchSpec) -> Result<(LocalProcess, CdpTransport), LaunchError> {
+fn spawn(
+    executable: &Path,
+    dirs: &SessionDirs,
+    spec: &LaunchSpec,
+) -> Result<(LocalProcess, CdpTransport), LaunchError> {
     let io_err = |what: &str, e: std::io::Error| LaunchError(format!("{what}: {e}"));
 
     // Chromium reads commands from fd 3 and writes replies and events to fd 4.
     let (command_tx, command_rx) = pipe::pipe().map_err(|e| io_err("cannot create pipe", e))?;
     let (reply_tx, reply_rx) = pipe::pipe().map_err(|e| io_err("cannot create pipe", e))?;
-    let child_reads = high_fd(command_rx.into_blocking_fd().map_err(|e| io_err("pipe", e))?)?;
+    let child_reads = high_fd(
+        command_rx
+            .into_blocking_fd()
+            .map_err(|e| io_err("pipe", e))?,
+    )?;
     let child_writes = high_fd(reply_tx.into_blocking_fd().map_err(|e| io_err("pipe", e))?)?;
     let (read_fd, write_fd) = (child_reads.as_raw_fd(), child_writes.as_raw_fd());
 
     let mut cmd = Command::new(executable);
     cmd.args(BASE_FLAGS)
         .arg(format!("--user-data-dir={}", dirs.profile().display()))
-        .arg(format!("--window-size={},{}", spec.dimensions.width, spec.dimensions.height + WINDOW_UI_HEIGHT));
+        .arg(format!(
+            "--window-size={},{}",
+            spec.dimensions.width,
+            spec.dimensions.height + WINDOW_UI_HEIGHT
+        ));
     if let Some(ua) = &spec.user_agent {
         cmd.arg(format!("--user-agent={ua}"));
     }
@@ -254,7 +292,9 @@ fn spawn(executable: &Path, dirs: &SessionDirs, spec: &LaunchSpec) -> Result<(Lo
     drop(child_reads);
     drop(child_writes);
 
-    let pid = child.id().ok_or_else(|| LaunchError("Chromium exited during spawn".into()))? as i32;
+    let pid = child
+        .id()
+        .ok_or_else(|| LaunchError("Chromium exited during spawn".into()))? as i32;
     let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(drain_stderr(stderr, stderr_tail.clone(), pid));
@@ -277,12 +317,32 @@ fn spawn(executable: &Path, dirs: &SessionDirs, spec: &LaunchSpec) -> Result<(Lo
     let (incoming, from_browser) = mpsc::channel::<BytesMut>(256);
     // Reaping closes both pipes even while someone still holds the transport.
     let pipes_open = CancellationToken::new();
-    tokio::spawn(pipes_open.clone().run_until_cancelled_owned(write_pipe(command_tx, outgoing)));
-    tokio::spawn(pipes_open.clone().run_until_cancelled_owned(read_pipe(reply_rx, incoming, pid)));
+    tokio::spawn(
+        pipes_open
+            .clone()
+            .run_until_cancelled_owned(write_pipe(command_tx, outgoing)),
+    );
+    tokio::spawn(
+        pipes_open
+            .clone()
+            .run_until_cancelled_owned(read_pipe(reply_rx, incoming, pid)),
+    );
 
-    let process =
-        LocalProcess { pid, dirs: dirs.clone(), exit: exit_rx, stderr_tail, pipes_open, reaped: OnceCell::new() };
-    Ok((process, CdpTransport { to_browser, from_browser }))
+    let process = LocalProcess {
+        pid,
+        dirs: dirs.clone(),
+        exit: exit_rx,
+        stderr_tail,
+        pipes_open,
+        reaped: OnceCell::new(),
+    };
+    Ok((
+        process,
+        CdpTransport {
+            to_browser,
+            from_browser,
+        },
+    ))
 }
 
 /// Moves a descriptor above 10 so that `dup2` onto 3 and 4 in the child cannot clobber it.
@@ -295,7 +355,11 @@ fn high_fd(fd: OwnedFd) -> Result<OwnedFd, LaunchError> {
         .map_err(|e| LaunchError(format!("cannot duplicate pipe descriptor: {e}")))
 }
 
-async fn drain_stderr(stderr: tokio::process::ChildStderr, tail: Arc<Mutex<VecDeque<String>>>, pid: i32) {
+async fn drain_stderr(
+    stderr: tokio::process::ChildStderr,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    pid: i32,
+) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         debug!(pid, "chromium: {line}");
@@ -346,7 +410,11 @@ async fn read_pipe(mut pipe: pipe::Receiver, incoming: mpsc::Sender<BytesMut>, p
         }
         scanned = buf.len();
         if buf.len() > MAX_PIPE_MESSAGE {
-            warn!(pid, "browser sent a message over {} MiB; dropping the connection", MAX_PIPE_MESSAGE >> 20);
+            warn!(
+                pid,
+                "browser sent a message over {} MiB; dropping the connection",
+                MAX_PIPE_MESSAGE >> 20
+            );
             return;
         }
         if buf.capacity() - buf.len() < (64 << 10) {
@@ -376,14 +444,20 @@ pub struct LocalProcess {
 impl LocalProcess {
     fn stderr_tail(&self) -> String {
         let tail = self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
-        tail.iter().filter(|l| !l.contains("dbus")).cloned().collect::<Vec<_>>().join(" | ")
+        tail.iter()
+            .filter(|l| !l.contains("dbus"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 
     async fn reap(&self) {
         // The browser leads its own process group, so one signal reaches every helper process.
         match killpg(Pid::from_raw(self.pid), Signal::SIGKILL) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-            Err(e) => warn!(pid = self.pid, error = %e, "cannot signal the browser's process group"),
+            Err(e) => {
+                warn!(pid = self.pid, error = %e, "cannot signal the browser's process group")
+            }
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_exit()).await;
         // Helpers re-parented to init may outlive the leader for a moment.
@@ -392,7 +466,10 @@ impl LocalProcess {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if group_alive(self.pid) {
-            warn!(pid = self.pid, "browser process group still has members 2s after SIGKILL");
+            warn!(
+                pid = self.pid,
+                "browser process group still has members 2s after SIGKILL"
+            );
         }
         self.pipes_open.cancel();
         self.dirs.remove().await;
@@ -416,7 +493,9 @@ impl BrowserProcess for LocalProcess {
         let mut exit = self.exit.clone();
         async move {
             match exit.wait_for(Option::is_some).await {
-                Ok(state) => state.clone().unwrap_or(BrowserExit::Unknown("no status".into())),
+                Ok(state) => state
+                    .clone()
+                    .unwrap_or(BrowserExit::Unknown("no status".into())),
                 Err(_) => BrowserExit::Unknown("exit watcher ended".into()),
             }
         }
@@ -437,7 +516,10 @@ impl Drop for LocalProcess {
             // Last resort if an owner forgot to reap: never leave a browser running.
             let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
             self.pipes_open.cancel();
-            warn!(pid = self.pid, "browser dropped without being reaped; killed its process group");
+            warn!(
+                pid = self.pid,
+                "browser dropped without being reaped; killed its process group"
+            );
         }
     }
 }

@@ -55,7 +55,9 @@ pub fn sweep(data_dir: &Path) -> SweepReport {
             let path = entry.path();
             match std::fs::remove_dir_all(&path) {
                 Ok(()) => report.directories += 1,
-                Err(e) => warn!(dir = %path.display(), error = %e, "cannot remove a leftover session directory"),
+                Err(e) => {
+                    warn!(dir = %path.display(), error = %e, "cannot remove a leftover session directory")
+                }
             }
         }
     }
@@ -82,18 +84,26 @@ struct ProcInfo {
 }
 
 fn processes() -> impl Iterator<Item = ProcInfo> {
-    std::fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|entry| {
-        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name may contain spaces and parentheses; fields resume after the last ')'.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let mut fields = rest.split_whitespace();
-        let state = fields.next()?.chars().next()?;
-        let _ppid = fields.next()?;
-        let pgid: i32 = fields.next()?.parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
-            .unwrap_or_default();
-        Some(ProcInfo { state, pgid, cmdline })
-    })
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name may contain spaces and parentheses; fields resume after the last ')'.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            let _ppid = fields.next()?;
+            let pgid: i32 = fields.next()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+                .unwrap_or_default();
+            Some(ProcInfo {
+                state,
+                pgid,
+                cmdline,
+            })
+        })
 }

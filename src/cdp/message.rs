@@ -41,15 +41,25 @@ pub fn tail_session(msg: &[u8]) -> Option<TailSession> {
     }
     let id_end = n - 2;
     let window_start = id_end.saturating_sub(MAX_SESSION_ID);
-    let id_start = msg[window_start..id_end].iter().rposition(|&b| b == b'"').map(|p| window_start + p + 1)?;
+    let id_start = msg[window_start..id_end]
+        .iter()
+        .rposition(|&b| b == b'"')
+        .map(|p| window_start + p + 1)?;
     let member_start = id_start.checked_sub(SESSION_KEY.len())?;
     if &msg[member_start..id_start] != SESSION_KEY {
         return None;
     }
-    if !msg[id_start..id_end].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_') {
+    if !msg[id_start..id_end]
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+    {
         return None;
     }
-    Some(TailSession { member_start, id_start, id_end })
+    Some(TailSession {
+        member_start,
+        id_start,
+        id_end,
+    })
 }
 
 /// Removes the tail `sessionId` in place: `{…,"sessionId":"X"}` becomes `{…}`.
@@ -94,7 +104,11 @@ pub fn target_event(msg: &[u8]) -> Option<TargetEvent<'_>> {
     }
     let parsed: EventWithSession<'_> = serde_json::from_slice(msg).ok()?;
     let id = parsed.params.session_id;
-    Some(if attached { TargetEvent::Attached(id) } else { TargetEvent::Detached(id) })
+    Some(if attached {
+        TargetEvent::Attached(id)
+    } else {
+        TargetEvent::Detached(id)
+    })
 }
 
 /// The parts of a client's command the gateway acts on.
@@ -125,7 +139,11 @@ pub fn asks_flatten(msg: &[u8]) -> bool {
     struct Params {
         flatten: Option<bool>,
     }
-    serde_json::from_slice::<Command>(msg).ok().and_then(|c| c.params).and_then(|p| p.flatten).unwrap_or(false)
+    serde_json::from_slice::<Command>(msg)
+        .ok()
+        .and_then(|c| c.params)
+        .and_then(|p| p.flatten)
+        .unwrap_or(false)
 }
 
 /// Adds `"sessionId":"<id>"` as the first member of a command object.
@@ -190,10 +208,19 @@ mod tests {
     #[test]
     fn recognises_target_events() {
         let raw = br#"{"method":"Target.attachedToTarget","params":{"sessionId":"DC9D","targetInfo":{"targetId":"9E1C","type":"page"},"waitingForDebugger":false},"sessionId":"CB35"}"#;
-        assert_eq!(target_event(raw), Some(TargetEvent::Attached("DC9D".into())));
+        assert_eq!(
+            target_event(raw),
+            Some(TargetEvent::Attached("DC9D".into()))
+        );
         let raw = br#"{"method":"Target.detachedFromTarget","params":{"sessionId":"DC9D","targetId":"9E1C"},"sessionId":"CB35"}"#;
-        assert_eq!(target_event(raw), Some(TargetEvent::Detached("DC9D".into())));
-        assert_eq!(target_event(br#"{"method":"Page.loadEventFired","params":{}}"#), None);
+        assert_eq!(
+            target_event(raw),
+            Some(TargetEvent::Detached("DC9D".into()))
+        );
+        assert_eq!(
+            target_event(br#"{"method":"Page.loadEventFired","params":{}}"#),
+            None
+        );
     }
 
     #[test]
@@ -202,7 +229,10 @@ mod tests {
             &inject_session(br#"{"id":1,"method":"Browser.getVersion"}"#, "S1")[..],
             br#"{"sessionId":"S1","id":1,"method":"Browser.getVersion"}"#
         );
-        assert_eq!(&inject_session(b" { } ", "S1")[..], br#"{"sessionId":"S1" } "#);
+        assert_eq!(
+            &inject_session(b" { } ", "S1")[..],
+            br#"{"sessionId":"S1" } "#
+        );
         let injected = inject_session(br#"{"id":2,"method":"X","params":{"a":[1,2]}}"#, "S");
         let v: serde_json::Value = serde_json::from_slice(&injected).unwrap();
         assert_eq!(v["sessionId"], "S");
@@ -212,14 +242,21 @@ mod tests {
     #[test]
     fn reads_flatten() {
         assert!(asks_flatten(br#"{"id":1,"method":"Target.attachToTarget","params":{"targetId":"T","flatten":true}}"#));
-        assert!(!asks_flatten(br#"{"id":1,"method":"Target.attachToTarget","params":{"targetId":"T"}}"#));
-        assert!(!asks_flatten(br#"{"id":1,"method":"Target.attachToTarget"}"#));
+        assert!(!asks_flatten(
+            br#"{"id":1,"method":"Target.attachToTarget","params":{"targetId":"T"}}"#
+        ));
+        assert!(!asks_flatten(
+            br#"{"id":1,"method":"Target.attachToTarget"}"#
+        ));
     }
 
     #[test]
     fn parses_client_commands() {
         let c = parse_client_command(br#"{"id":7,"method":"Browser.close"}"#).unwrap();
-        assert_eq!((c.id, c.method.as_deref(), c.session_id.as_deref()), (Some(7), Some("Browser.close"), None));
+        assert_eq!(
+            (c.id, c.method.as_deref(), c.session_id.as_deref()),
+            (Some(7), Some("Browser.close"), None)
+        );
         let c = parse_client_command(br#"{"id":8,"method":"Runtime.evaluate","params":{"expression":"\"q\""},"sessionId":"AB"}"#).unwrap();
         assert_eq!(c.session_id.as_deref(), Some("AB"));
         assert!(parse_client_command(b"[1,2]").is_none());

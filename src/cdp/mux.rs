@@ -118,7 +118,11 @@ impl Mux {
     }
 
     /// Sends a command on the gateway's root session and returns its `result`.
-    pub async fn command(&self, method: &'static str, params: Value) -> Result<Value, CommandError> {
+    pub async fn command(
+        &self,
+        method: &'static str,
+        params: Value,
+    ) -> Result<Value, CommandError> {
         self.command_in(None, method, params).await
     }
 
@@ -150,11 +154,15 @@ impl Mux {
                 return Err(CommandError::Timeout(method, COMMAND_TIMEOUT));
             }
         };
-        let mut reply: Value = serde_json::from_slice(&reply).map_err(|e| CommandError::Refused(method, e.to_string()))?;
+        let mut reply: Value = serde_json::from_slice(&reply)
+            .map_err(|e| CommandError::Refused(method, e.to_string()))?;
         if let Some(error) = reply.get("error") {
             return Err(CommandError::Refused(method, error.to_string()));
         }
-        Ok(reply.get_mut("result").map(Value::take).unwrap_or(Value::Null))
+        Ok(reply
+            .get_mut("result")
+            .map(Value::take)
+            .unwrap_or(Value::Null))
     }
 
     /// Attaches a new client: gives it its own browser-level CDP session.
@@ -162,11 +170,21 @@ impl Mux {
         if self.lock().closing {
             return Err(CommandError::Closed);
         }
-        let result = self.command("Target.attachToBrowserTarget", Value::Object(Default::default())).await?;
+        let result = self
+            .command(
+                "Target.attachToBrowserTarget",
+                Value::Object(Default::default()),
+            )
+            .await?;
         let browser_session: Box<str> = result
             .get("sessionId")
             .and_then(Value::as_str)
-            .ok_or_else(|| CommandError::Refused("Target.attachToBrowserTarget", "no sessionId in reply".into()))?
+            .ok_or_else(|| {
+                CommandError::Refused(
+                    "Target.attachToBrowserTarget",
+                    "no sessionId in reply".into(),
+                )
+            })?
             .into();
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         let (outbound_tx, outbound) = mpsc::channel(CLIENT_QUEUE);
@@ -189,7 +207,13 @@ impl Mux {
                 },
             );
         }
-        Ok(ClientLink { mux: self.clone(), id, browser_session, outbound, close })
+        Ok(ClientLink {
+            mux: self.clone(),
+            id,
+            browser_session,
+            outbound,
+            close,
+        })
     }
 
     /// Tells every client to close with `frame`, and refuses new clients from now on.
@@ -204,7 +228,11 @@ impl Mux {
     fn detach(&self, client: u64) {
         let browser_session = {
             let mut routes = self.lock();
-            let Routes { owners, unflattened, .. } = &mut *routes;
+            let Routes {
+                owners,
+                unflattened,
+                ..
+            } = &mut *routes;
             owners.retain(|session, owner| {
                 let keep = *owner != client;
                 if !keep {
@@ -264,9 +292,14 @@ async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<Byte
                 }
             }
             note_unflattened_attach(&mut routes, owner, &msg);
-            routes.clients.get(&owner).map(|c| (c.outbound.clone(), *c.browser_session == *session_id))
+            routes
+                .clients
+                .get(&owner)
+                .map(|c| (c.outbound.clone(), *c.browser_session == *session_id))
         };
-        let Some((outbound, own_browser_session)) = route else { continue };
+        let Some((outbound, own_browser_session)) = route else {
+            continue;
+        };
         if own_browser_session {
             message::strip_tail_session(&mut msg, tail);
         }
@@ -295,7 +328,9 @@ async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<Byte
 /// If `msg` answers one of the client's `attachToTarget` commands without `flatten`,
 /// remembers the session it created as unflattened.
 fn note_unflattened_attach(routes: &mut Routes, owner: u64, msg: &[u8]) {
-    let Some(client) = routes.clients.get_mut(&owner) else { return };
+    let Some(client) = routes.clients.get_mut(&owner) else {
+        return;
+    };
     if client.unflattened_attaches.is_empty() || message::is_event(msg) {
         return;
     }
@@ -309,11 +344,13 @@ fn note_unflattened_attach(routes: &mut Routes, owner: u64, msg: &[u8]) {
         #[serde(rename = "sessionId")]
         session_id: Option<String>,
     }
-    let Ok(reply) = serde_json::from_slice::<AttachReply>(msg) else { return };
-    if client.unflattened_attaches.remove(&reply.id) {
-        if let Some(session) = reply.result.and_then(|r| r.session_id) {
-            routes.unflattened.insert(session.into());
-        }
+    let Ok(reply) = serde_json::from_slice::<AttachReply>(msg) else {
+        return;
+    };
+    if client.unflattened_attaches.remove(&reply.id)
+        && let Some(session) = reply.result.and_then(|r| r.session_id)
+    {
+        routes.unflattened.insert(session.into());
     }
 }
 
@@ -324,7 +361,9 @@ fn deliver_to_gateway(mux: &Mux, msg: BytesMut) {
     struct Reply {
         id: Option<u64>,
     }
-    let Ok(Reply { id: Some(id) }) = serde_json::from_slice::<Reply>(&msg) else { return };
+    let Ok(Reply { id: Some(id) }) = serde_json::from_slice::<Reply>(&msg) else {
+        return;
+    };
     if let Some(waiter) = mux.lock().pending.remove(&id) {
         let _ = waiter.send(msg);
     }
@@ -358,7 +397,12 @@ impl ClientLink {
     /// Routes one client message toward the browser.
     pub async fn forward(&self, msg: Bytes) -> Forwarded {
         let Some(command) = message::parse_client_command(&msg) else {
-            return Forwarded::Reply(message::error_reply(None, -32700, "Message must be a valid JSON object", None));
+            return Forwarded::Reply(message::error_reply(
+                None,
+                -32700,
+                "Message must be a valid JSON object",
+                None,
+            ));
         };
         let targets_browser = match command.session_id.as_deref() {
             None => true,
@@ -369,10 +413,12 @@ impl ClientLink {
         }
         let bytes = match command.session_id.as_deref() {
             None => {
-                if command.method.as_deref() == Some("Target.attachToTarget") && !message::asks_flatten(&msg) {
-                    if let (Some(id), Some(route)) = (command.id, self.mux.lock().clients.get_mut(&self.id)) {
-                        route.unflattened_attaches.insert(id);
-                    }
+                if command.method.as_deref() == Some("Target.attachToTarget")
+                    && !message::asks_flatten(&msg)
+                    && let Some(id) = command.id
+                    && let Some(route) = self.mux.lock().clients.get_mut(&self.id)
+                {
+                    route.unflattened_attaches.insert(id);
                 }
                 message::inject_session(&msg, &self.browser_session)
             }

@@ -19,19 +19,45 @@ pub async fn fit_first_page(mux: &Mux, want: Dimensions) -> Result<(u64, u64), C
         .as_array()
         .and_then(|infos| infos.iter().find(|t| t["type"] == "page"))
         .and_then(|t| t["targetId"].as_str())
-        .ok_or(CommandError::Refused("Target.getTargets", "no page target".into()))?
+        .ok_or(CommandError::Refused(
+            "Target.getTargets",
+            "no page target".into(),
+        ))?
         .to_owned();
-    let attached = mux.command("Target.attachToTarget", json!({ "targetId": target_id, "flatten": true })).await?;
+    let attached = mux
+        .command(
+            "Target.attachToTarget",
+            json!({ "targetId": target_id, "flatten": true }),
+        )
+        .await?;
     let page_session = attached["sessionId"]
         .as_str()
-        .ok_or(CommandError::Refused("Target.attachToTarget", "no sessionId".into()))?
+        .ok_or(CommandError::Refused(
+            "Target.attachToTarget",
+            "no sessionId".into(),
+        ))?
         .to_owned();
     let measured = measure(mux, &page_session).await;
-    let _ = mux.command("Target.detachFromTarget", json!({ "sessionId": page_session })).await;
+    let _ = mux
+        .command(
+            "Target.detachFromTarget",
+            json!({ "sessionId": page_session }),
+        )
+        .await;
     let (width, height) = measured?;
     if (width, height) != (u64::from(want.width), u64::from(want.height)) {
-        debug!(width, height, ?want, "first page has the wrong size; resizing its window");
-        let window = mux.command("Browser.getWindowForTarget", json!({ "targetId": target_id })).await?;
+        debug!(
+            width,
+            height,
+            ?want,
+            "first page has the wrong size; resizing its window"
+        );
+        let window = mux
+            .command(
+                "Browser.getWindowForTarget",
+                json!({ "targetId": target_id }),
+            )
+            .await?;
         let bounds = &window["bounds"];
         // The window must grow (or shrink) by what the page lacks (or has in excess).
         let grow = |outer: &Value, inner: u64, wanted: u32| {
@@ -64,6 +90,9 @@ async fn measure(mux: &Mux, page_session: &str) -> Result<(u64, u64), CommandErr
     let value = &reply["result"]["value"];
     match (value[0].as_u64(), value[1].as_u64()) {
         (Some(w), Some(h)) => Ok((w, h)),
-        _ => Err(CommandError::Refused("Runtime.evaluate", format!("unexpected page size {value}"))),
+        _ => Err(CommandError::Refused(
+            "Runtime.evaluate",
+            format!("unexpected page size {value}"),
+        )),
     }
 }

@@ -96,7 +96,12 @@ impl Session {
     pub fn event_count(&self) -> u64 {
         self.browser
             .get()
-            .map(|b| b.mux.traffic().events_to_clients.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|b| {
+                b.mux
+                    .traffic()
+                    .events_to_clients
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
             .unwrap_or(0)
     }
 
@@ -107,7 +112,11 @@ impl Session {
 
     /// The browser connection, while the session is live.
     pub fn mux(&self) -> Option<Arc<Mux>> {
-        if self.phase().is_live() { self.browser.get().map(|b| b.mux.clone()) } else { None }
+        if self.phase().is_live() {
+            self.browser.get().map(|b| b.mux.clone())
+        } else {
+            None
+        }
     }
 
     /// Ends a live session for `reason` and has its supervisor tear it down. Returns how

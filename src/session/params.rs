@@ -16,7 +16,10 @@ pub struct Dimensions {
 
 impl Default for Dimensions {
     fn default() -> Self {
-        Dimensions { width: 1920, height: 1080 }
+        Dimensions {
+            width: 1920,
+            height: 1080,
+        }
     }
 }
 
@@ -45,7 +48,10 @@ pub struct InvalidField {
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> InvalidField {
-    InvalidField { field: field.to_owned(), reason: reason.into() }
+    InvalidField {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 /// Limits that come from the gateway's configuration.
@@ -88,7 +94,10 @@ fn is_default_value(field: &str, value: &Value) -> bool {
         Value::Null | Value::Bool(false) => true,
         Value::Array(a) => a.is_empty(),
         Value::Object(o) => {
-            o.is_empty() || (field == "deviceConfig" && o.len() == 1 && o.get("device") == Some(&Value::from("desktop")))
+            o.is_empty()
+                || (field == "deviceConfig"
+                    && o.len() == 1
+                    && o.get("device") == Some(&Value::from("desktop")))
         }
         Value::Number(n) => field == "concurrency" && n.as_u64() == Some(1),
         Value::String(_) | Value::Bool(true) => false,
@@ -96,7 +105,10 @@ fn is_default_value(field: &str, value: &Value) -> bool {
 }
 
 /// Parses and validates a create body. An empty body means "all defaults".
-pub fn parse_create_body(body: &[u8], limits: TimeoutLimits) -> Result<SessionOptions, InvalidField> {
+pub fn parse_create_body(
+    body: &[u8],
+    limits: TimeoutLimits,
+) -> Result<SessionOptions, InvalidField> {
     let object = if body.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
@@ -110,7 +122,10 @@ pub fn parse_create_body(body: &[u8], limits: TimeoutLimits) -> Result<SessionOp
     parse_create_object(&object, limits)
 }
 
-fn parse_create_object(body: &Map<String, Value>, limits: TimeoutLimits) -> Result<SessionOptions, InvalidField> {
+fn parse_create_object(
+    body: &Map<String, Value>,
+    limits: TimeoutLimits,
+) -> Result<SessionOptions, InvalidField> {
     // Report fields in a stable order so the same body always gets the same error.
     let mut keys: Vec<&String> = body.keys().collect();
     keys.sort();
@@ -134,20 +149,28 @@ fn parse_create_object(body: &Map<String, Value>, limits: TimeoutLimits) -> Resu
 
     let session_id = match body.get("sessionId") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(
-            Uuid::parse_str(s).map_err(|_| invalid("sessionId", "must be a UUID such as 123e4567-e89b-12d3-a456-426614174000"))?,
-        ),
+        Some(Value::String(s)) => Some(Uuid::parse_str(s).map_err(|_| {
+            invalid(
+                "sessionId",
+                "must be a UUID such as 123e4567-e89b-12d3-a456-426614174000",
+            )
+        })?),
         Some(_) => return Err(invalid("sessionId", "must be a string holding a UUID")),
     };
 
     let timeout_ms = match body.get("timeout") {
         None | Some(Value::Null) => limits.default_ms,
         Some(Value::Number(n)) => {
-            let ms = n.as_u64().ok_or_else(|| invalid("timeout", "must be a whole number of milliseconds"))?;
+            let ms = n
+                .as_u64()
+                .ok_or_else(|| invalid("timeout", "must be a whole number of milliseconds"))?;
             if ms < limits.min_ms || ms > limits.max_ms {
                 return Err(invalid(
                     "timeout",
-                    format!("must be between {} and {} milliseconds, got {ms}", limits.min_ms, limits.max_ms),
+                    format!(
+                        "must be between {} and {} milliseconds, got {ms}",
+                        limits.min_ms, limits.max_ms
+                    ),
                 ));
             }
             ms
@@ -159,7 +182,10 @@ fn parse_create_object(body: &Map<String, Value>, limits: TimeoutLimits) -> Resu
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
             if s.is_empty() || s.len() > MAX_USER_AGENT_LEN {
-                return Err(invalid("userAgent", format!("must be 1 to {MAX_USER_AGENT_LEN} characters long")));
+                return Err(invalid(
+                    "userAgent",
+                    format!("must be 1 to {MAX_USER_AGENT_LEN} characters long"),
+                ));
             }
             if s.chars().any(char::is_control) {
                 return Err(invalid("userAgent", "must not contain control characters"));
@@ -174,10 +200,16 @@ fn parse_create_object(body: &Map<String, Value>, limits: TimeoutLimits) -> Resu
         Some(Value::Object(d)) => {
             for key in d.keys() {
                 if key != "width" && key != "height" {
-                    return Err(invalid(&format!("dimensions.{key}"), "is not a known field; use width and height"));
+                    return Err(invalid(
+                        &format!("dimensions.{key}"),
+                        "is not a known field; use width and height",
+                    ));
                 }
             }
-            Dimensions { width: dimension(d, "width")?, height: dimension(d, "height")? }
+            Dimensions {
+                width: dimension(d, "width")?,
+                height: dimension(d, "height")?,
+            }
         }
         Some(_) => return Err(invalid("dimensions", "must be an object {width, height}")),
     };
@@ -185,16 +217,32 @@ fn parse_create_object(body: &Map<String, Value>, limits: TimeoutLimits) -> Resu
     let proxy_server = match body.get("proxyUrl") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(proxy_server(s)?),
-        Some(_) => return Err(invalid("proxyUrl", "must be a string such as http://proxy.example:8080")),
+        Some(_) => {
+            return Err(invalid(
+                "proxyUrl",
+                "must be a string such as http://proxy.example:8080",
+            ));
+        }
     };
 
     match body.get("headless") {
         None | Some(Value::Null) | Some(Value::Bool(true)) => {}
-        Some(Value::Bool(false)) => return Err(invalid("headless", "ingot runs headless browsers only; use true or leave it unset")),
+        Some(Value::Bool(false)) => {
+            return Err(invalid(
+                "headless",
+                "ingot runs headless browsers only; use true or leave it unset",
+            ));
+        }
         Some(_) => return Err(invalid("headless", "must be a boolean")),
     }
 
-    Ok(SessionOptions { session_id, timeout_ms, user_agent, dimensions, proxy_server })
+    Ok(SessionOptions {
+        session_id,
+        timeout_ms,
+        user_agent,
+        dimensions,
+        proxy_server,
+    })
 }
 
 fn dimension(d: &Map<String, Value>, key: &str) -> Result<u32, InvalidField> {
@@ -203,7 +251,10 @@ fn dimension(d: &Map<String, Value>, key: &str) -> Result<u32, InvalidField> {
         None | Some(Value::Null) => Err(invalid(&field, "is required")),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(v) if (1..=MAX_DIMENSION).contains(&v) => Ok(v as u32),
-            _ => Err(invalid(&field, format!("must be a whole number from 1 to {MAX_DIMENSION}"))),
+            _ => Err(invalid(
+                &field,
+                format!("must be a whole number from 1 to {MAX_DIMENSION}"),
+            )),
         },
         Some(_) => Err(invalid(&field, "must be a number")),
     }
@@ -211,18 +262,35 @@ fn dimension(d: &Map<String, Value>, key: &str) -> Result<u32, InvalidField> {
 
 /// Turns a `proxyUrl` into Chromium's `--proxy-server` value.
 fn proxy_server(raw: &str) -> Result<String, InvalidField> {
-    let url = url::Url::parse(raw).map_err(|e| invalid("proxyUrl", format!("is not a URL ({e})")))?;
+    let url =
+        url::Url::parse(raw).map_err(|e| invalid("proxyUrl", format!("is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https" | "socks4" | "socks5") {
-        return Err(invalid("proxyUrl", "scheme must be http, https, socks4 or socks5"));
+        return Err(invalid(
+            "proxyUrl",
+            "scheme must be http, https, socks4 or socks5",
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("proxyUrl", "proxies with credentials are not supported; use a proxy without user:password"));
+        return Err(invalid(
+            "proxyUrl",
+            "proxies with credentials are not supported; use a proxy without user:password",
+        ));
     }
-    if url.path() != "/" && !url.path().is_empty() || url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("proxyUrl", "must be scheme://host:port with no path or query"));
+    if url.path() != "/" && !url.path().is_empty()
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(invalid(
+            "proxyUrl",
+            "must be scheme://host:port with no path or query",
+        ));
     }
-    let host = url.host_str().ok_or_else(|| invalid("proxyUrl", "must name a host"))?;
-    let port = url.port_or_known_default().ok_or_else(|| invalid("proxyUrl", "must name a port"))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| invalid("proxyUrl", "must name a host"))?;
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| invalid("proxyUrl", "must name a port"))?;
     Ok(format!("{}://{host}:{port}", url.scheme()))
 }
 
@@ -230,7 +298,11 @@ fn proxy_server(raw: &str) -> Result<String, InvalidField> {
 mod tests {
     use super::*;
 
-    const LIMITS: TimeoutLimits = TimeoutLimits { default_ms: 300_000, min_ms: 1_000, max_ms: 86_400_000 };
+    const LIMITS: TimeoutLimits = TimeoutLimits {
+        default_ms: 300_000,
+        min_ms: 1_000,
+        max_ms: 86_400_000,
+    };
 
     fn parse(body: &str) -> Result<SessionOptions, InvalidField> {
         parse_create_body(body.as_bytes(), LIMITS)
@@ -241,7 +313,13 @@ mod tests {
         for body in ["", "  ", "{}", "null"] {
             let o = parse(body).unwrap();
             assert_eq!(o.timeout_ms, 300_000);
-            assert_eq!(o.dimensions, Dimensions { width: 1920, height: 1080 });
+            assert_eq!(
+                o.dimensions,
+                Dimensions {
+                    width: 1920,
+                    height: 1080
+                }
+            );
             assert_eq!(o.session_id, None);
         }
     }
@@ -251,7 +329,13 @@ mod tests {
         let o = parse(r#"{"sessionId":"123e4567-e89b-12d3-a456-426614174000","timeout":60000,"userAgent":"ua/1","dimensions":{"width":1280,"height":800},"proxyUrl":"http://127.0.0.1:8080","headless":true,"useProxy":false,"blockAds":false,"region":null}"#).unwrap();
         assert_eq!(o.timeout_ms, 60_000);
         assert_eq!(o.user_agent.as_deref(), Some("ua/1"));
-        assert_eq!(o.dimensions, Dimensions { width: 1280, height: 800 });
+        assert_eq!(
+            o.dimensions,
+            Dimensions {
+                width: 1280,
+                height: 800
+            }
+        );
         assert_eq!(o.proxy_server.as_deref(), Some("http://127.0.0.1:8080"));
     }
 
@@ -264,14 +348,20 @@ mod tests {
             (r#"{"timeout":1.5}"#, "timeout"),
             (r#"{"sessionId":"nope"}"#, "sessionId"),
             (r#"{"sessionId":7}"#, "sessionId"),
-            (r#"{"dimensions":{"width":0,"height":10}}"#, "dimensions.width"),
+            (
+                r#"{"dimensions":{"width":0,"height":10}}"#,
+                "dimensions.width",
+            ),
             (r#"{"dimensions":{"width":100}}"#, "dimensions.height"),
             (r#"{"headless":false}"#, "headless"),
             (r#"{"solveCaptcha":true}"#, "solveCaptcha"),
             (r#"{"useProxy":true}"#, "useProxy"),
             (r#"{"sessionContext":{"cookies":[]}}"#, "sessionContext"),
             (r#"{"region":"us-east"}"#, "region"),
-            (r#"{"stealthConfig":{"humanizeInteractions":true}}"#, "stealthConfig"),
+            (
+                r#"{"stealthConfig":{"humanizeInteractions":true}}"#,
+                "stealthConfig",
+            ),
             (r#"{"proxyUrl":"http://u:p@127.0.0.1:8080"}"#, "proxyUrl"),
             (r#"{"proxyUrl":"ftp://127.0.0.1:21"}"#, "proxyUrl"),
             (r#"{"userAgent":"a\nb"}"#, "userAgent"),

@@ -98,20 +98,33 @@ impl Registry {
 
     /// Creates a session and returns once its browser answers CDP. The work runs in its own
     /// task, so a client that hangs up mid-create cannot strand a half-started browser.
-    pub async fn create(self: &Arc<Self>, options: SessionOptions) -> Result<Arc<Session>, CreateError> {
+    pub async fn create(
+        self: &Arc<Self>,
+        options: SessionOptions,
+    ) -> Result<Arc<Session>, CreateError> {
         let this = self.clone();
         self.tasks
             .spawn(async move { this.create_now(options).await })
             .await
-            .unwrap_or_else(|e| Err(CreateError::Launch(format!("session start-up task failed: {e}"))))
+            .unwrap_or_else(|e| {
+                Err(CreateError::Launch(format!(
+                    "session start-up task failed: {e}"
+                )))
+            })
     }
 
-    async fn create_now(self: Arc<Self>, options: SessionOptions) -> Result<Arc<Session>, CreateError> {
+    async fn create_now(
+        self: Arc<Self>,
+        options: SessionOptions,
+    ) -> Result<Arc<Session>, CreateError> {
         if self.shutdown.is_cancelled() {
             return Err(CreateError::ShuttingDown);
         }
-        let permit =
-            self.capacity.clone().try_acquire_owned().map_err(|_| CreateError::AtCapacity(self.max_sessions))?;
+        let permit = self
+            .capacity
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| CreateError::AtCapacity(self.max_sessions))?;
         let id = options.session_id.unwrap_or_else(Uuid::new_v4);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session::new(id, seq, options));
@@ -137,7 +150,10 @@ impl Registry {
             }
         };
         let mux = Mux::start(launched.transport);
-        let version = match mux.command("Browser.getVersion", serde_json::json!({})).await {
+        let version = match mux
+            .command("Browser.getVersion", serde_json::json!({}))
+            .await
+        {
             Ok(version) => version,
             Err(e) => {
                 launched.process.kill().await;
@@ -148,7 +164,10 @@ impl Registry {
         if let Err(e) = fit_first_page(&mux, session.options.dimensions).await {
             warn!(session_id = %id, error = %e, "cannot check the first page's size");
         }
-        let _ = session.browser.set(super::BrowserLink { mux: mux.clone(), version });
+        let _ = session.browser.set(super::BrowserLink {
+            mux: mux.clone(),
+            version,
+        });
         if let Err(e) = session.lifecycle.mark_live() {
             launched.process.kill().await;
             self.forget_failed_start(&session);
@@ -197,12 +216,24 @@ impl Registry {
         let upper = match query.cursor {
             None => Bound::Unbounded,
             Some(cursor) => {
-                let seq = self.sessions.get(&cursor).map(|s| s.seq).ok_or(UnknownCursor(cursor))?;
+                let seq = self
+                    .sessions
+                    .get(&cursor)
+                    .map(|s| s.seq)
+                    .ok_or(UnknownCursor(cursor))?;
                 Bound::Excluded(seq)
             }
         };
-        let ids: Vec<Uuid> = lock(&self.order).range((Bound::Unbounded, upper)).rev().map(|(_, id)| *id).collect();
-        let matches = |s: &Arc<Session>| query.status.is_none_or(|status| s.phase().status() == status);
+        let ids: Vec<Uuid> = lock(&self.order)
+            .range((Bound::Unbounded, upper))
+            .rev()
+            .map(|(_, id)| *id)
+            .collect();
+        let matches = |s: &Arc<Session>| {
+            query
+                .status
+                .is_none_or(|status| s.phase().status() == status)
+        };
         let mut sessions = Vec::with_capacity(query.limit.min(ids.len()));
         for id in &ids {
             if sessions.len() == query.limit {
@@ -214,10 +245,19 @@ impl Registry {
         }
         let total_count = query.status.map(|_| {
             let all: Vec<Uuid> = lock(&self.order).values().copied().collect();
-            all.iter().filter_map(|id| self.get(id)).filter(matches).count()
+            all.iter()
+                .filter_map(|id| self.get(id))
+                .filter(matches)
+                .count()
         });
-        let next_cursor = (sessions.len() == query.limit).then(|| sessions.last().map(|s| s.id)).flatten();
-        Ok(ListPage { sessions, next_cursor, total_count })
+        let next_cursor = (sessions.len() == query.limit)
+            .then(|| sessions.last().map(|s| s.id))
+            .flatten();
+        Ok(ListPage {
+            sessions,
+            next_cursor,
+            total_count,
+        })
     }
 
     /// Releases a session and waits until its browser is gone. Releasing an ended session
@@ -231,8 +271,12 @@ impl Registry {
 
     /// Releases every live session; returns how many this call ended.
     pub async fn release_all(&self) -> usize {
-        let live: Vec<Arc<Session>> =
-            self.sessions.iter().map(|e| e.value().clone()).filter(|s| s.phase().is_live()).collect();
+        let live: Vec<Arc<Session>> = self
+            .sessions
+            .iter()
+            .map(|e| e.value().clone())
+            .filter(|s| s.phase().is_live())
+            .collect();
         let mut released = 0;
         for s in &live {
             if s.request_end(EndReason::UserRequested).is_ok() {
@@ -252,7 +296,11 @@ impl Registry {
 
     /// The only live session, if exactly one is live.
     pub fn sole_live_session(&self) -> Option<Arc<Session>> {
-        let mut live = self.sessions.iter().filter(|e| e.value().phase().is_live()).map(|e| e.value().clone());
+        let mut live = self
+            .sessions
+            .iter()
+            .filter(|e| e.value().phase().is_live())
+            .map(|e| e.value().clone());
         let first = live.next()?;
         live.next().is_none().then_some(first)
     }
@@ -262,14 +310,23 @@ impl Registry {
     pub async fn shutdown(&self, grace: Duration) {
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
-            warn!(remaining = self.tasks.len(), "sessions still shutting down after {grace:?}");
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = self.tasks.len(),
+                "sessions still shutting down after {grace:?}"
+            );
         }
     }
 }
 
 async fn wait_reaped(session: &Session) {
-    if tokio::time::timeout(REAP_WAIT, session.reaped()).await.is_err() {
+    if tokio::time::timeout(REAP_WAIT, session.reaped())
+        .await
+        .is_err()
+    {
         warn!(session_id = %session.id, "browser not reaped within {REAP_WAIT:?}");
     }
 }

@@ -127,7 +127,9 @@ impl Default for Lifecycle {
 
 impl Lifecycle {
     pub fn new() -> Self {
-        Lifecycle { phase: Mutex::new(Phase::Starting) }
+        Lifecycle {
+            phase: Mutex::new(Phase::Starting),
+        }
     }
 
     pub fn phase(&self) -> Phase {
@@ -166,7 +168,9 @@ impl Lifecycle {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
         // The guarded value is a plain Copy enum, so a poisoned lock still holds a valid state.
-        self.phase.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.phase
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -180,10 +184,19 @@ mod tests {
         assert_eq!(l.phase(), Phase::Starting);
         l.mark_live().unwrap();
         assert!(l.end(EndReason::Timeout).is_ok());
-        assert_eq!(l.end(EndReason::UserRequested), Err(Refused::AlreadyEnded(EndReason::Timeout)));
-        assert_eq!(l.end(EndReason::BrowserCrashed), Err(Refused::AlreadyEnded(EndReason::Timeout)));
+        assert_eq!(
+            l.end(EndReason::UserRequested),
+            Err(Refused::AlreadyEnded(EndReason::Timeout))
+        );
+        assert_eq!(
+            l.end(EndReason::BrowserCrashed),
+            Err(Refused::AlreadyEnded(EndReason::Timeout))
+        );
         assert_eq!(l.phase().status(), Status::Released);
-        assert_eq!(l.mark_live(), Err(Refused::AlreadyEnded(EndReason::Timeout)));
+        assert_eq!(
+            l.mark_live(),
+            Err(Refused::AlreadyEnded(EndReason::Timeout))
+        );
     }
 
     #[test]
@@ -211,13 +224,21 @@ mod tests {
     fn concurrent_enders_agree_on_one_outcome() {
         let l = std::sync::Arc::new(Lifecycle::new());
         l.mark_live().unwrap();
-        let reasons = [EndReason::UserRequested, EndReason::Timeout, EndReason::BrowserCrashed, EndReason::BrowserClosed];
+        let reasons = [
+            EndReason::UserRequested,
+            EndReason::Timeout,
+            EndReason::BrowserCrashed,
+            EndReason::BrowserClosed,
+        ];
         let winners: usize = std::thread::scope(|s| {
-            let handles: Vec<_> = reasons.iter().map(|r| {
-                let l = l.clone();
-                let r = *r;
-                s.spawn(move || l.end(r).is_ok() as usize)
-            }).collect();
+            let handles: Vec<_> = reasons
+                .iter()
+                .map(|r| {
+                    let l = l.clone();
+                    let r = *r;
+                    s.spawn(move || l.end(r).is_ok() as usize)
+                })
+                .collect();
             handles.into_iter().map(|h| h.join().unwrap()).sum()
         });
         assert_eq!(winners, 1);

@@ -68,7 +68,12 @@ fn close_frame(reason: EndReason) -> CloseFrame {
         EndReason::BrowserClosed => (CloseCode::Normal, "browser closed"),
         EndReason::Timeout => (CloseCode::Away, "session timed out"),
         EndReason::GatewayShutdown => (CloseCode::Away, "gateway shutting down"),
-        EndReason::BrowserCrashed | EndReason::StartupFailed => (CloseCode::Error, "browser crashed"),
+        EndReason::BrowserCrashed | EndReason::StartupFailed => {
+            (CloseCode::Error, "browser crashed")
+        }
     };
-    CloseFrame { code, reason: text.into() }
+    CloseFrame {
+        code,
+        reason: text.into(),
+    }
 }

@@ -30,7 +30,10 @@ pub struct Gateway {
 }
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl Gateway {
@@ -74,10 +77,10 @@ impl Gateway {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = gw.http.get(gw.url("/healthz")).send().await {
-                if r.status() == 200 {
-                    break;
-                }
+            if let Ok(r) = gw.http.get(gw.url("/healthz")).send().await
+                && r.status() == 200
+            {
+                break;
             }
             if Instant::now() > deadline {
                 panic!("gateway did not become healthy:\n{}", gw.log_text());
@@ -112,7 +115,13 @@ impl Gateway {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(self.url(path)).json(&body).send().await.expect("POST");
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -146,7 +155,13 @@ impl Gateway {
     }
 
     pub async fn release(&self, id: &str) -> Value {
-        let (status, body) = self.post_raw(&format!("/v1/sessions/{id}/release"), "application/json", vec![]).await;
+        let (status, body) = self
+            .post_raw(
+                &format!("/v1/sessions/{id}/release"),
+                "application/json",
+                vec![],
+            )
+            .await;
         assert_eq!(status, 200, "release failed: {body}");
         body
     }
@@ -165,7 +180,10 @@ impl Gateway {
             if s["status"] != "live" {
                 return (s, start.elapsed());
             }
-            assert!(start.elapsed() < within, "session {id} still live after {within:?}");
+            assert!(
+                start.elapsed() < within,
+                "session {id} still live after {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -186,7 +204,10 @@ impl Gateway {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("gateway did not exit within {within:?}:\n{}", self.log_text());
+                panic!(
+                    "gateway did not exit within {within:?}:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -217,7 +238,10 @@ impl Gateway {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("{procs} Chromium processes and {dirs} session directories left\n{}", self.log_text());
+                panic!(
+                    "{procs} Chromium processes and {dirs} session directories left\n{}",
+                    self.log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -264,16 +288,29 @@ pub fn browser_pids_in(data_dir: &Path) -> Vec<(i32, i32)> {
     let marker = format!("{}/sessions/", data_dir.display());
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(close) = stat.rfind(')') else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         if fields.first() == Some(&"Z") {
             continue;
         }
         let pgid: i32 = fields.get(2).and_then(|p| p.parse().ok()).unwrap_or(0);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(&marker) {
+        if String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(&marker)
+        {
             found.push((pid, pgid));
         }
     }
@@ -282,9 +319,18 @@ pub fn browser_pids_in(data_dir: &Path) -> Vec<(i32, i32)> {
 
 /// The process group leader (the browser process) of a session.
 pub fn browser_leader(data_dir: &Path, session_id: &str) -> i32 {
-    let marker = format!("--user-data-dir={}/sessions/{session_id}/profile", data_dir.display());
+    let marker = format!(
+        "--user-data-dir={}/sessions/{session_id}/profile",
+        data_dir.display()
+    );
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if cmdline.contains(&marker) && !cmdline.contains("--type=") {
@@ -311,17 +357,28 @@ pub enum Ended {
 
 impl Cdp {
     pub async fn connect(url: &str) -> Cdp {
-        Cdp::try_connect(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"))
+        Cdp::try_connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"))
     }
 
     pub async fn try_connect(url: &str) -> Result<Cdp, tungstenite::Error> {
-        let config = WebSocketConfig::default().max_message_size(Some(512 << 20)).max_frame_size(Some(512 << 20));
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(512 << 20))
+            .max_frame_size(Some(512 << 20));
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
-        Ok(Cdp { ws, next_id: 1, events: Vec::new() })
+        Ok(Cdp {
+            ws,
+            next_id: 1,
+            events: Vec::new(),
+        })
     }
 
     pub async fn send_raw(&mut self, text: String) {
-        self.ws.send(Message::Text(text.into())).await.expect("send");
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
     }
 
     /// Sends a command and returns its whole reply (`result` or `error`).
@@ -368,9 +425,17 @@ impl Cdp {
             .and_then(|t| t.iter().find(|t| t["type"] == "page"))
             .cloned()
             .expect("a page target");
-        let attached =
-            self.call("Target.attachToTarget", json!({"targetId": page["targetId"], "flatten": true}), None).await;
-        attached["sessionId"].as_str().expect("sessionId").to_owned()
+        let attached = self
+            .call(
+                "Target.attachToTarget",
+                json!({"targetId": page["targetId"], "flatten": true}),
+                None,
+            )
+            .await;
+        attached["sessionId"]
+            .as_str()
+            .expect("sessionId")
+            .to_owned()
     }
 
     /// Evaluates an expression in a page session and returns its value.
@@ -382,19 +447,29 @@ impl Cdp {
                 Some(session),
             )
             .await;
-        assert!(r.get("exceptionDetails").is_none(), "evaluate {expression} threw: {r}");
+        assert!(
+            r.get("exceptionDetails").is_none(),
+            "evaluate {expression} threw: {r}"
+        );
         r["result"]["value"].clone()
     }
 
     /// Navigates a page session and waits for the load event.
     pub async fn navigate(&mut self, session: &str, url: &str) {
         self.call("Page.enable", json!({}), Some(session)).await;
-        self.call("Page.navigate", json!({"url": url}), Some(session)).await;
+        self.call("Page.navigate", json!({"url": url}), Some(session))
+            .await;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.events.iter().any(|e| e["method"] == "Page.loadEventFired" && e["sessionId"] == session) {
+        while !self
+            .events
+            .iter()
+            .any(|e| e["method"] == "Page.loadEventFired" && e["sessionId"] == session)
+        {
             assert!(Instant::now() < deadline, "no load event for {url}");
             match tokio::time::timeout(Duration::from_secs(30), self.ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => self.events.push(serde_json::from_str(&t).expect("JSON")),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    self.events.push(serde_json::from_str(&t).expect("JSON"))
+                }
                 Ok(Some(Ok(_))) => {}
                 other => panic!("connection ended while navigating: {other:?}"),
             }
@@ -419,8 +494,10 @@ impl Cdp {
 
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = self.ws.next().await {} })
-            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
     }
 }
 
@@ -428,7 +505,11 @@ impl Cdp {
 pub async fn assert_upgrade_refused(url: &str, status: u16) {
     match Cdp::try_connect(url).await {
         Err(tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status().as_u16(), status, "wrong refusal status for {url}")
+            assert_eq!(
+                response.status().as_u16(),
+                status,
+                "wrong refusal status for {url}"
+            )
         }
         Err(e) => panic!("unexpected error connecting to {url}: {e}"),
         Ok(_) => panic!("upgrade to {url} was accepted"),
@@ -444,12 +525,16 @@ pub struct PageServer {
 impl PageServer {
     /// Serves `pages` (path → HTML); unknown paths get 404.
     pub async fn start(pages: Vec<(&'static str, String)>) -> PageServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let pages = Arc::new(pages);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let pages = pages.clone();
                 tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what ingot needs on Debian, only where it is missing.
+#   deploy/install-deps.sh          Chromium (Debian's `chromium` package)
+#   deploy/install-deps.sh --tests  also Node.js and npm, for the end-to-end tests
+# Rust cannot be installed from Debian's packages in a recent enough version; if cargo is
+# missing this says how to get it and stops.
+set -euo pipefail
+
+want_tests=0
+[ "${1:-}" = "--tests" ] && want_tests=1
+
+missing=()
+[ -x /usr/lib/chromium/chromium ] || [ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ "$want_tests" = 1 ]; then
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]} from Debian's packages" >&2
+  if [ "$(id -u)" = 0 ]; then
+    apt_get=(apt-get)
+  elif command -v sudo >/dev/null 2>&1; then
+    apt_get=(sudo apt-get)
+  else
+    echo "install-deps: need root to run: apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  "${apt_get[@]}" update -qq
+  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo not found. Install Rust (1.89 or newer) with rustup: https://rustup.rs" >&2
+  exit 1
+fi

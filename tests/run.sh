@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Quick start, part 2: the whole test suite. Installs what is missing (Chromium, Node.js,
+# the pinned npm packages of the end-to-end clients), then runs formatting and lint checks,
+# the Rust unit and integration tests against real Chromium, and the Node end-to-end tests
+# (puppeteer-core, playwright-core, steel-sdk) against a gateway each test file starts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+deploy/install-deps.sh --tests
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo test (unit and integration tests, real Chromium)"
+cargo test --locked
+echo "== end-to-end tests (Node: puppeteer-core, playwright-core, steel-sdk)"
+(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+INGOT_BIN="$PWD/target/debug/ingot" node --test tests/e2e/
