@@ -44,27 +44,12 @@ pub async fn serve_client<S>(
 {
     info!(session_id = %session.id, "client attached");
     loop {
-        tokio::select! {
+        let step = tokio::select! {
             biased;
-            _ = link.close.changed() => {
-                let frame = link.close.borrow().clone();
-                // Deliver what was queued before the end (a Browser.close reply, say), then close.
-                while let Ok(text) = link.outbound.try_recv() {
-                    if ws.send(Message::Text(text)).await.is_err() {
-                        break;
-                    }
-                }
-                close(&mut ws, frame).await;
-                break;
-            }
+            _ = link.close.changed() => Step::SessionEnded,
             outbound = link.outbound.recv() => match outbound {
-                Some(text) => {
-                    if let Err(e) = ws.send(Message::Text(text)).await {
-                        debug!(session_id = %session.id, error = %e, "client write failed");
-                        break;
-                    }
-                }
-                None => break,
+                Some(text) => send(&mut ws, &mut link, Message::Text(text)).await,
+                None => Step::Stop,
             },
             incoming = ws.next() => {
                 let payload: Bytes = match incoming {
@@ -79,32 +64,65 @@ pub async fn serve_client<S>(
                     None => break,
                 };
                 match link.forward(payload).await {
-                    Forwarded::Sent => {}
-                    Forwarded::Reply(reply) => {
-                        if ws.send(Message::Text(reply.into())).await.is_err() {
-                            break;
-                        }
-                    }
+                    Forwarded::Sent => Step::Continue,
+                    Forwarded::Reply(reply) => send(&mut ws, &mut link, Message::Text(reply.into())).await,
                     Forwarded::BrowserClose(id) => {
                         info!(session_id = %session.id, "client sent Browser.close; ending the session");
-                        if ws.send(Message::Text(Utf8Bytes::from(message::ok_reply(id)))).await.is_err() {
-                            break;
-                        }
+                        let reply = Message::Text(Utf8Bytes::from(message::ok_reply(id)));
+                        let step = send(&mut ws, &mut link, reply).await;
                         // The supervisor closes every client, this one included, once it has
                         // torn the session down; keep the socket until then.
                         let _ = session.request_end(EndReason::BrowserClosed);
+                        step
                     }
-                    Forwarded::Closed => break,
+                    Forwarded::Closed => Step::Stop,
                 }
+            }
+        };
+        match step {
+            Step::Continue => {}
+            Step::Stop => break,
+            Step::SessionEnded => {
+                let frame = link.close.borrow().clone();
+                close(&mut ws, &mut link, frame).await;
+                break;
             }
         }
     }
     info!(session_id = %session.id, "client detached");
 }
 
-/// Sends a close frame and waits briefly for the client's answer, so that the client sees
-/// a clean close rather than a reset.
-async fn close<S>(ws: &mut WebSocketStream<S>, frame: Option<CloseFrame>)
+/// What the client loop does next.
+enum Step {
+    Continue,
+    /// The client or the browser connection is gone.
+    Stop,
+    /// The session ended: close the socket with the session's close frame.
+    SessionEnded,
+}
+
+/// Sends one frame, unless the session ends first: a client that does not read must not
+/// keep its socket open past its session.
+async fn send<S>(ws: &mut WebSocketStream<S>, link: &mut ClientLink, msg: Message) -> Step
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::select! {
+        sent = ws.send(msg) => match sent {
+            Ok(()) => Step::Continue,
+            Err(e) => {
+                debug!(error = %e, "client write failed");
+                Step::Stop
+            }
+        },
+        _ = link.close.changed() => Step::SessionEnded,
+    }
+}
+
+/// Delivers what was queued before the session ended (a `Browser.close` reply, say), sends
+/// the close frame and waits for the client's answer, so the client sees a clean close rather
+/// than a reset. Bounded as a whole: a client that does not read cannot hold this task.
+async fn close<S>(ws: &mut WebSocketStream<S>, link: &mut ClientLink, frame: Option<CloseFrame>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -113,6 +131,11 @@ where
         reason: "session ended".into(),
     });
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Ok(text) = link.outbound.try_recv() {
+            if ws.send(Message::Text(text)).await.is_err() {
+                return;
+            }
+        }
         if ws.close(Some(frame)).await.is_err() {
             return;
         }

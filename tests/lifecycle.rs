@@ -442,3 +442,41 @@ async fn leak_check_twenty_cycles() {
         fd_targets(gw.pid())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_cannot_hold_up_release_or_shutdown() {
+    let mut gw = Gateway::start(&[]).await;
+    let stuck_session = gw.create(json!({})).await;
+    let id = stuck_session["id"].as_str().unwrap().to_owned();
+    let mut stuck = Cdp::connect(stuck_session["websocketUrl"].as_str().unwrap()).await;
+    let page = stuck.attach_first_page().await;
+    // About 100 MiB of replies that this client will never read: far more than socket buffers hold.
+    for i in 0..100 {
+        let cmd = json!({"id": 1000 + i, "method": "Runtime.evaluate", "sessionId": page,
+                         "params": {"expression": "'x'.repeat(1 << 20)", "returnByValue": true}});
+        stuck.send_raw(cmd.to_string()).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Another session is unaffected.
+    let other = gw.create(json!({})).await;
+    let mut cdp = Cdp::connect(other["websocketUrl"].as_str().unwrap()).await;
+    let other_page = cdp.attach_first_page().await;
+    assert_eq!(cdp.eval(&other_page, "1 + 1").await, json!(2));
+
+    let started = Instant::now();
+    gw.release(&id).await;
+    let took = started.elapsed();
+    eprintln!("release with a non-reading client took {took:?}");
+    assert!(took < Duration::from_secs(5), "release took {took:?}");
+    assert_eq!(gw.session(&id).await["releaseReason"], "user_requested");
+
+    let started = Instant::now();
+    let status = gw.stop();
+    let took = started.elapsed();
+    eprintln!("shutdown with a non-reading client took {took:?}");
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    assert_eq!((gw.chromium_processes(), gw.session_dirs()), (0, 0));
+    drop(stuck);
+}
