@@ -16,7 +16,7 @@ use clap::Parser;
     about = "Browser session gateway that speaks Steel's sessions API"
 )]
 pub struct Config {
-    /// Address to serve HTTP and CDP WebSockets on.
+    /// IP address and port to serve HTTP and CDP WebSockets on.
     #[arg(long, env = "INGOT_LISTEN", default_value = "127.0.0.1:3000")]
     pub listen: SocketAddr,
 

@@ -130,8 +130,10 @@ where
         code: CloseCode::Away,
         reason: "session ended".into(),
     });
+    // A client dropped for not reading gets no more of what it did not read.
+    let deliver_queued = frame.code != CloseCode::Policy;
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Ok(text) = link.outbound.try_recv() {
+        while deliver_queued && let Ok(text) = link.outbound.try_recv() {
             if ws.send(Message::Text(text)).await.is_err() {
                 return;
             }

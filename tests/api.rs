@@ -378,3 +378,55 @@ async fn a_second_gateway_cannot_share_a_data_dir() {
         "the first gateway is untouched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wire_details_dates_floats_paths_and_hosts() {
+    let gw = Gateway::start(&[]).await;
+    // 60 * 1000.0 in Python or JavaScript is still a whole number of milliseconds.
+    let s = gw.create(json!({"timeout": 60000.0})).await;
+    assert_eq!(s["timeout"], 60_000);
+    let created = s["createdAt"].as_str().unwrap();
+    let fraction = created.rsplit_once('.').map(|(_, f)| f).unwrap_or("");
+    assert!(
+        fraction.len() == 4 && fraction.ends_with('Z'),
+        "createdAt {created} needs exactly 3 fractional digits"
+    );
+    let (status, err) = gw.post("/v1/sessions", json!({"timeout": -1})).await;
+    assert_eq!(status, 400);
+    assert!(
+        err["message"].as_str().unwrap().contains("between"),
+        "{err}"
+    );
+
+    // A path that does not decode still gets a JSON error.
+    let r = gw
+        .http
+        .get(gw.url("/v1/sessions/%ff"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let err: Value = r.json().await.expect("JSON error body");
+    assert_eq!(err["error"]["code"], "invalid_request");
+
+    // DNS rebinding: a foreign host name is refused; IP literals and localhost are fine.
+    let r = gw
+        .http
+        .get(gw.url("/v1/sessions"))
+        .header("host", "attacker.example:80")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    for host in ["localhost", "127.0.0.1", "[::1]:3000"] {
+        let r = gw
+            .http
+            .get(gw.url("/v1/sessions"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "Host {host}");
+    }
+    gw.release(s["id"].as_str().unwrap()).await;
+}

@@ -502,3 +502,38 @@ async fn proxy_url_routes_page_traffic_through_the_proxy() {
         "proxy saw {seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_close_from_a_page_session_and_malformed_session_ids() {
+    let gw = Gateway::start(&[]).await;
+    let session = gw.create(json!({})).await;
+    let id = session["id"].as_str().unwrap();
+    let mut cdp = Cdp::connect(session["websocketUrl"].as_str().unwrap()).await;
+    let page = cdp.attach_first_page().await;
+    // A null sessionId is not "no session": it is refused, and the client gets an answer.
+    let reply = cdp.call_full("Browser.getVersion", json!({}), None).await;
+    assert!(reply["result"]["product"].is_string());
+    cdp.send_raw(json!({"id": 77, "method": "Browser.getVersion", "sessionId": null}).to_string())
+        .await;
+    let reply = cdp
+        .call_full("Runtime.evaluate", json!({"expression": "1"}), Some(&page))
+        .await;
+    assert!(reply["result"].is_object(), "{reply}");
+    let refused = cdp
+        .events
+        .iter()
+        .find(|m| m["id"] == 77)
+        .cloned()
+        .expect("an answer to id 77");
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+
+    // Browser.close sent to a page session still ends the session cleanly.
+    let reply = cdp.call_full("Browser.close", json!({}), Some(&page)).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    let (ended, _) = gw.wait_ended(id, secs(5)).await;
+    assert_eq!(
+        (ended["status"].clone(), ended["releaseReason"].clone()),
+        (json!("released"), json!("browser_closed"))
+    );
+    gw.assert_clean(secs(5)).await;
+}

@@ -450,13 +450,33 @@ async fn a_client_that_never_reads_cannot_hold_up_release_or_shutdown() {
     let id = stuck_session["id"].as_str().unwrap().to_owned();
     let mut stuck = Cdp::connect(stuck_session["websocketUrl"].as_str().unwrap()).await;
     let page = stuck.attach_first_page().await;
-    // About 100 MiB of replies that this client will never read: far more than socket buffers hold.
-    for i in 0..100 {
+    // 300 replies of 256 KiB that this client will never read: more than its queue and the
+    // socket buffers hold, so the gateway must give up on it (after 2 s) to serve others.
+    for i in 0..300 {
         let cmd = json!({"id": 1000 + i, "method": "Runtime.evaluate", "sessionId": page,
-                         "params": {"expression": "'x'.repeat(1 << 20)", "returnByValue": true}});
+                         "params": {"expression": "'x'.repeat(1 << 18)", "returnByValue": true}});
         stuck.send_raw(cmd.to_string()).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // Another client of the same session is served again once the stuck one is dropped.
+    let mut sibling = Cdp::connect(stuck_session["websocketUrl"].as_str().unwrap()).await;
+    let sibling_page = sibling.attach_first_page().await;
+    let started = Instant::now();
+    assert_eq!(sibling.eval(&sibling_page, "2 + 2").await, json!(4));
+    eprintln!(
+        "a sibling of a non-reading client got its reply after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "sibling waited {:?}",
+        started.elapsed()
+    );
+    match stuck.wait_end(Duration::from_secs(30)).await {
+        Ended::Closed(Some(frame)) => assert_eq!(u16::from(frame.code), 1008, "{frame:?}"),
+        other => panic!("the non-reading client should be closed with 1008, got {other:?}"),
+    }
 
     // Another session is unaffected.
     let other = gw.create(json!({})).await;

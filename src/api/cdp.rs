@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +20,7 @@ use tracing::{debug, warn};
 
 use super::AppState;
 use super::error::ApiError;
-use super::sessions::parse_id;
+use super::sessions::{parse_id, path_id};
 use crate::proxy;
 use crate::session::Session;
 use std::sync::Arc;
@@ -53,10 +54,10 @@ pub async fn connect_by_query(
 /// `GET /devtools/browser/<id>`: the endpoint `/json/version` advertises.
 pub async fn connect_by_path(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    match parse_id(&id, "id") {
+    match path_id(id) {
         Ok(id) => connect(state, id, request).await,
         Err(e) => e.into_response(),
     }
@@ -76,6 +77,8 @@ async fn connect(state: AppState, id: uuid::Uuid, mut request: Request) -> Respo
     };
     let link = match mux.attach().await {
         Ok(link) => link,
+        // The session ended while the client was being attached.
+        Err(_) if !session.phase().is_live() => return ended(&session).into_response(),
         Err(e) => {
             warn!(session_id = %id, error = %e, "cannot attach a client to the browser");
             return ApiError::new(
@@ -133,9 +136,9 @@ pub async fn version_by_query(
 /// `GET /devtools/browser/<id>/json/version[/]`
 pub async fn version_by_path(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let session = live_session(&state, parse_id(&id, "id")?)?;
+    let session = live_session(&state, path_id(id)?)?;
     Ok(Json(version_json(&state, &session)))
 }
 

@@ -11,7 +11,7 @@ pub mod wire;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -68,14 +68,25 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn(refuse_cross_origin))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_foreign_requests,
+        ))
         .with_state(state)
 }
 
-/// Browsers attach `Origin` to cross-site requests and to every WebSocket they open; SDKs
-/// and CDP clients send none. Refusing it stops a web page (in a session's browser or
-/// anywhere else) from releasing sessions or driving a browser through the gateway.
-async fn refuse_cross_origin(request: Request, next: Next) -> Response {
+/// Refuses requests that a web page could make:
+/// * Browsers attach `Origin` to cross-site requests and to every WebSocket they open; SDKs
+///   and CDP clients send none. So a page (in a session's browser or anywhere else) cannot
+///   release sessions or drive a browser through the gateway.
+/// * A `Host` that is a name other than `localhost` or the public URL's host is a DNS
+///   rebinding attempt: a page on a hostile name that now resolves to this machine. IP
+///   literals cannot be rebound. Chromium applies the same rule to its own DevTools server.
+async fn refuse_foreign_requests(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     if request.headers().contains_key(header::ORIGIN) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -84,5 +95,28 @@ async fn refuse_cross_origin(request: Request, next: Next) -> Response {
         )
         .into_response();
     }
+    if let Some(host) = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        && !host_allowed(host, &state.urls)
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "host_refused",
+            format!("Host {host:?} is not this gateway; use an IP address, localhost or --public-url's host"),
+        )
+        .into_response();
+    }
     next.run(request).await
+}
+
+fn host_allowed(host: &str, urls: &PublicUrls) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || name.eq_ignore_ascii_case(urls.host())
 }

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -109,9 +109,9 @@ pub async fn list(
 /// `GET /v1/sessions/{id}`
 pub async fn retrieve(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SessionJson>, ApiError> {
-    let id = parse_id(&id, "id")?;
+    let id = path_id(id)?;
     let session = state
         .registry
         .get(&id)
@@ -122,9 +122,9 @@ pub async fn retrieve(
 /// `POST /v1/sessions/{id}/release`. Idempotent; the body is ignored (SDKs send none).
 pub async fn release(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ReleaseJson>, ApiError> {
-    let id = parse_id(&id, "id")?;
+    let id = path_id(id)?;
     state
         .registry
         .release(&id)
@@ -143,6 +143,12 @@ pub async fn release_all(State(state): State<AppState>) -> Json<ReleaseJson> {
         success: true,
         message: "All sessions released successfully".into(),
     })
+}
+
+/// The `{id}` of a path as a session id; a path that cannot be decoded is a JSON 400 too.
+pub fn path_id(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(format!("id: {e}")))?;
+    parse_id(&id, "id")
 }
 
 /// Parses a session id, naming the parameter when it is not a UUID.

@@ -4,7 +4,6 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::session::Session;
@@ -30,6 +29,21 @@ impl PublicUrls {
             format!("ws://{}", http.strip_prefix("http://").unwrap_or(&http))
         };
         PublicUrls { http, ws }
+    }
+
+    /// The host name of the public URL, without port.
+    pub fn host(&self) -> &str {
+        let authority = self
+            .http
+            .split_once("://")
+            .map_or(self.http.as_str(), |(_, rest)| rest);
+        let authority = authority.split('/').next().unwrap_or(authority);
+        match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => authority
+                .rsplit_once(':')
+                .map_or(authority, |(name, _)| name),
+        }
     }
 
     /// The URL clients connect to. It already has a query, so `&apiKey=…` can be appended.
@@ -105,12 +119,14 @@ impl SessionJson {
     }
 }
 
-/// RFC 3339 in UTC with millisecond precision, as Steel sends it.
+/// RFC 3339 in UTC with exactly three fractional digits, as Steel sends it.
 fn timestamp(t: time::OffsetDateTime) -> String {
-    let t = t
-        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
-        .unwrap_or(t);
-    t.format(&Rfc3339).unwrap_or_default()
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .unwrap_or_default()
 }
 
 /// `Sessionslist`.

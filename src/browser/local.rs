@@ -271,6 +271,7 @@ fn spawn(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
+    let gateway_pid = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
     // functions (dup2, prctl, getppid) on descriptors that are open in the child.
     unsafe {
@@ -281,6 +282,10 @@ fn spawn(
             // If the gateway dies without reaping, the browser dies with it.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The gateway may have died between fork and prctl; then no signal will come.
+            if libc::getppid() != gateway_pid {
+                return Err(std::io::Error::other("the gateway exited during spawn"));
             }
             Ok(())
         });
@@ -460,12 +465,22 @@ impl LocalProcess {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_exit()).await;
-        // Helpers re-parented to init may outlive the leader for a moment.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while group_alive(self.pid) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if group_alive(self.pid) {
+        // Helpers re-parented to init may outlive the leader for a moment. Looking for them
+        // reads /proc, so it runs off the async runtime.
+        let pgid = self.pid;
+        let gone = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while group_alive(pgid) {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            true
+        })
+        .await
+        .unwrap_or(false);
+        if !gone {
             warn!(
                 pid = self.pid,
                 "browser process group still has members 2s after SIGKILL"

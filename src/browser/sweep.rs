@@ -71,9 +71,34 @@ pub fn sweep(data_dir: &Path) -> SweepReport {
     report
 }
 
-/// Whether any non-zombie process belongs to the process group.
+/// Whether any non-zombie process belongs to the process group. Reads `/proc`: blocking.
 pub fn group_has_running_member(pgid: i32) -> bool {
-    processes().any(|p| p.pgid == pgid && p.state != 'Z')
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                return false;
+            };
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat_state_and_pgid(&stat))
+                .is_some_and(|(state, group)| group == pgid && state != 'Z')
+        })
+}
+
+/// State and process group from `/proc/<pid>/stat`. The command name may contain spaces and
+/// parentheses, so fields are read after the last ')'.
+fn stat_state_and_pgid(stat: &str) -> Option<(char, i32)> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    Some((state, fields.next()?.parse().ok()?))
 }
 
 /// The parts of `/proc/<pid>` the sweep needs.
@@ -91,12 +116,7 @@ fn processes() -> impl Iterator<Item = ProcInfo> {
         .filter_map(|entry| {
             let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // The command name may contain spaces and parentheses; fields resume after the last ')'.
-            let rest = &stat[stat.rfind(')')? + 1..];
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?.chars().next()?;
-            let _ppid = fields.next()?;
-            let pgid: i32 = fields.next()?.parse().ok()?;
+            let (state, pgid) = stat_state_and_pgid(&stat)?;
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
                 .unwrap_or_default();

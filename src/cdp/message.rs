@@ -117,8 +117,13 @@ pub struct ClientCommand<'a> {
     pub id: Option<i64>,
     #[serde(borrow)]
     pub method: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "sessionId")]
-    pub session_id: Option<Cow<'a, str>>,
+    /// Present (even as `null`) or absent: a `null` must not pass for "no session".
+    #[serde(default, rename = "sessionId", deserialize_with = "present")]
+    pub session_id: Option<serde_json::Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// Parses a client command; `None` when it is not a JSON object.
@@ -254,11 +259,13 @@ mod tests {
     fn parses_client_commands() {
         let c = parse_client_command(br#"{"id":7,"method":"Browser.close"}"#).unwrap();
         assert_eq!(
-            (c.id, c.method.as_deref(), c.session_id.as_deref()),
+            (c.id, c.method.as_deref(), c.session_id),
             (Some(7), Some("Browser.close"), None)
         );
         let c = parse_client_command(br#"{"id":8,"method":"Runtime.evaluate","params":{"expression":"\"q\""},"sessionId":"AB"}"#).unwrap();
-        assert_eq!(c.session_id.as_deref(), Some("AB"));
+        assert_eq!(c.session_id, Some(serde_json::Value::from("AB")));
+        let c = parse_client_command(br#"{"id":9,"method":"X","sessionId":null}"#).unwrap();
+        assert_eq!(c.session_id, Some(serde_json::Value::Null));
         assert!(parse_client_command(b"[1,2]").is_none());
         assert!(parse_client_command(b"not json").is_none());
     }

@@ -21,9 +21,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
+use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -32,6 +34,8 @@ use crate::browser::CdpTransport;
 
 /// Messages queued toward one client before the browser's reader waits for it.
 const CLIENT_QUEUE: usize = 128;
+/// How long a client may leave its queue full before it is disconnected.
+const SLOW_CLIENT_GRACE: Duration = Duration::from_secs(2);
 /// How long the gateway waits for the browser to answer one of its own commands.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -225,6 +229,14 @@ impl Mux {
         }
     }
 
+    /// Disconnects one client: it gets `frame`, and nothing more is routed to it.
+    fn evict(&self, client: u64, frame: CloseFrame) {
+        if let Some(route) = self.lock().clients.get(&client) {
+            let _ = route.close.send(Some(frame));
+        }
+        self.detach(client);
+    }
+
     fn detach(&self, client: u64) {
         let browser_session = {
             let mut routes = self.lock();
@@ -291,13 +303,19 @@ async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<Byte
                     routes.owners.remove(child.as_str());
                 }
             }
-            note_unflattened_attach(&mut routes, owner, &msg);
+            let own_browser_session = routes
+                .clients
+                .get(&owner)
+                .is_some_and(|c| *c.browser_session == *session_id);
+            if own_browser_session {
+                note_unflattened_attach(&mut routes, owner, &msg);
+            }
             routes
                 .clients
                 .get(&owner)
-                .map(|c| (c.outbound.clone(), *c.browser_session == *session_id))
+                .map(|c| (owner, c.outbound.clone(), own_browser_session))
         };
-        let Some((outbound, own_browser_session)) = route else {
+        let Some((owner, outbound, own_browser_session)) = route else {
             continue;
         };
         if own_browser_session {
@@ -309,7 +327,33 @@ async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<Byte
             warn!("browser sent a message that is not UTF-8; dropped");
             continue;
         };
-        if outbound.send(text).await.is_ok() {
+        let delivered = match outbound.try_send(text) {
+            Ok(()) => true,
+            Err(TrySendError::Closed(_)) => false,
+            // This task serves every client of the browser: wait a little for a slow
+            // reader, never indefinitely.
+            Err(TrySendError::Full(text)) => {
+                match outbound.send_timeout(text, SLOW_CLIENT_GRACE).await {
+                    Ok(()) => true,
+                    Err(SendTimeoutError::Closed(_)) => false,
+                    Err(SendTimeoutError::Timeout(_)) => {
+                        warn!(
+                            client = owner,
+                            "client has not read for {SLOW_CLIENT_GRACE:?}; disconnecting it"
+                        );
+                        mux.evict(
+                            owner,
+                            CloseFrame {
+                                code: CloseCode::Policy,
+                                reason: "client is not reading its messages".into(),
+                            },
+                        );
+                        false
+                    }
+                }
+            }
+        };
+        if delivered {
             let t = &mux.traffic;
             t.messages_to_clients.fetch_add(1, Ordering::Relaxed);
             t.bytes_to_clients.fetch_add(len, Ordering::Relaxed);
@@ -404,14 +448,19 @@ impl ClientLink {
                 None,
             ));
         };
-        let targets_browser = match command.session_id.as_deref() {
-            None => true,
-            Some(s) => *s == *self.browser_session,
+        let session = match &command.session_id {
+            None => None,
+            Some(serde_json::Value::String(s)) => Some(s.as_str()),
+            Some(_) => {
+                return Forwarded::Reply(message::error_reply(
+                    command.id,
+                    -32600,
+                    "sessionId must be a string",
+                    None,
+                ));
+            }
         };
-        if targets_browser && command.method.as_deref() == Some("Browser.close") {
-            return Forwarded::BrowserClose(command.id.unwrap_or(0));
-        }
-        let bytes = match command.session_id.as_deref() {
+        let bytes = match session {
             None => {
                 if command.method.as_deref() == Some("Target.attachToTarget")
                     && !message::asks_flatten(&msg)
@@ -438,6 +487,10 @@ impl ClientLink {
                 msg.clone()
             }
         };
+        // Closing the browser from any of the client's sessions ends the session cleanly.
+        if command.method.as_deref() == Some("Browser.close") {
+            return Forwarded::BrowserClose(command.id.unwrap_or(0));
+        }
         let len = bytes.len() as u64;
         if self.mux.to_browser.send(bytes).await.is_err() {
             return Forwarded::Closed;

@@ -161,19 +161,20 @@ fn parse_create_object(
     let timeout_ms = match body.get("timeout") {
         None | Some(Value::Null) => limits.default_ms,
         Some(Value::Number(n)) => {
-            let ms = n
-                .as_u64()
+            let ms = whole_number(n)
                 .ok_or_else(|| invalid("timeout", "must be a whole number of milliseconds"))?;
-            if ms < limits.min_ms || ms > limits.max_ms {
-                return Err(invalid(
-                    "timeout",
-                    format!(
-                        "must be between {} and {} milliseconds, got {ms}",
-                        limits.min_ms, limits.max_ms
-                    ),
-                ));
+            match u64::try_from(ms) {
+                Ok(ms) if (limits.min_ms..=limits.max_ms).contains(&ms) => ms,
+                _ => {
+                    return Err(invalid(
+                        "timeout",
+                        format!(
+                            "must be between {} and {} milliseconds, got {n}",
+                            limits.min_ms, limits.max_ms
+                        ),
+                    ));
+                }
             }
-            ms
         }
         Some(_) => return Err(invalid("timeout", "must be a number of milliseconds")),
     };
@@ -249,7 +250,7 @@ fn dimension(d: &Map<String, Value>, key: &str) -> Result<u32, InvalidField> {
     let field = format!("dimensions.{key}");
     match d.get(key) {
         None | Some(Value::Null) => Err(invalid(&field, "is required")),
-        Some(Value::Number(n)) => match n.as_u64() {
+        Some(Value::Number(n)) => match whole_number(n).and_then(|v| u64::try_from(v).ok()) {
             Some(v) if (1..=MAX_DIMENSION).contains(&v) => Ok(v as u32),
             _ => Err(invalid(
                 &field,
@@ -258,6 +259,20 @@ fn dimension(d: &Map<String, Value>, key: &str) -> Result<u32, InvalidField> {
         },
         Some(_) => Err(invalid(&field, "must be a number")),
     }
+}
+
+/// A JSON number that is a whole number, such as `60000` or `60000.0` (what `60 * 1000.0`
+/// gives in Python or JavaScript).
+fn whole_number(n: &serde_json::Number) -> Option<i128> {
+    if let Some(i) = n.as_i64() {
+        return Some(i.into());
+    }
+    if let Some(u) = n.as_u64() {
+        return Some(u.into());
+    }
+    let f = n.as_f64()?;
+    // The cast saturates, so a huge value stays out of every range.
+    (f.fract() == 0.0).then_some(f as i128)
 }
 
 /// Turns a `proxyUrl` into Chromium's `--proxy-server` value.
@@ -340,12 +355,31 @@ mod tests {
     }
 
     #[test]
+    fn integral_floats_are_whole_numbers() {
+        let o = parse(r#"{"timeout":60000.0,"dimensions":{"width":1280.0,"height":800}}"#).unwrap();
+        assert_eq!(o.timeout_ms, 60_000);
+        assert_eq!(
+            o.dimensions,
+            Dimensions {
+                width: 1280,
+                height: 800
+            }
+        );
+        for body in [r#"{"timeout":-1}"#, r#"{"timeout":1e300}"#] {
+            let err = parse(body).unwrap_err();
+            assert!(err.reason.contains("between"), "{err}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_field() {
         for (body, field) in [
             (r#"{"timeout":10}"#, "timeout"),
             (r#"{"timeout":86400001}"#, "timeout"),
             (r#"{"timeout":"60000"}"#, "timeout"),
             (r#"{"timeout":1.5}"#, "timeout"),
+            (r#"{"timeout":-1}"#, "timeout"),
+            (r#"{"timeout":1e30}"#, "timeout"),
             (r#"{"sessionId":"nope"}"#, "sessionId"),
             (r#"{"sessionId":7}"#, "sessionId"),
             (

@@ -120,11 +120,6 @@ impl Registry {
         if self.shutdown.is_cancelled() {
             return Err(CreateError::ShuttingDown);
         }
-        let permit = self
-            .capacity
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| CreateError::AtCapacity(self.max_sessions))?;
         let id = options.session_id.unwrap_or_else(Uuid::new_v4);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session::new(id, seq, options));
@@ -134,6 +129,10 @@ impl Registry {
                 slot.insert(session.clone());
             }
         }
+        let Ok(permit) = self.capacity.clone().try_acquire_owned() else {
+            self.sessions.remove(&id);
+            return Err(CreateError::AtCapacity(self.max_sessions));
+        };
         lock(&self.order).insert(seq, id);
 
         let spec = LaunchSpec {
@@ -168,6 +167,11 @@ impl Registry {
             mux: mux.clone(),
             version,
         });
+        if self.shutdown.is_cancelled() {
+            launched.process.kill().await;
+            self.forget_failed_start(&session);
+            return Err(CreateError::ShuttingDown);
+        }
         if let Err(e) = session.lifecycle.mark_live() {
             launched.process.kill().await;
             self.forget_failed_start(&session);
