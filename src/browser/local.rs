@@ -172,11 +172,12 @@ async fn launch_in(
             return Err(e);
         }
     };
-    let (process, transport) = spawned;
-    match wait_until_ready(&process, transport).await {
-        Ok(transport) => Ok(Launched {
+    let (process, mut transport) = spawned;
+    match wait_until_ready(&process, &mut transport).await {
+        Ok(version) => Ok(Launched {
             transport,
             process: Box::new(process),
+            version,
         }),
         Err(reason) => {
             let tail = process.stderr_tail();
@@ -192,11 +193,12 @@ async fn launch_in(
     }
 }
 
-/// Sends the first CDP command and waits for its reply, the browser's exit or a timeout.
+/// Sends the first CDP command (`Browser.getVersion`) and waits for its reply, the browser's
+/// exit or a timeout. Returns the reply's `result`.
 async fn wait_until_ready(
     process: &LocalProcess,
-    mut transport: CdpTransport,
-) -> Result<CdpTransport, String> {
+    transport: &mut CdpTransport,
+) -> Result<serde_json::Value, String> {
     const PROBE: &[u8] = br#"{"id":0,"method":"Browser.getVersion"}"#;
     if transport
         .to_browser
@@ -206,12 +208,19 @@ async fn wait_until_ready(
     {
         return Err("the CDP pipe closed at once".into());
     }
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let started = tokio::time::Instant::now();
     let mut slow_logged = false;
     loop {
         tokio::select! {
             msg = transport.from_browser.recv() => match msg {
-                Some(reply) if reply.starts_with(br#"{"id":0,"#) => return Ok(transport),
+                Some(reply) if reply.starts_with(br#"{"id":0,"#) => {
+                    let mut reply: serde_json::Value = serde_json::from_slice(&reply)
+                        .map_err(|e| format!("its first CDP reply is not JSON: {e}"))?;
+                    return match reply.get_mut("result") {
+                        Some(result) => Ok(result.take()),
+                        None => Err(format!("it refused its first CDP command: {reply}")),
+                    };
+                }
                 Some(_) => continue,
                 None => {
                     let exit = tokio::time::timeout(Duration::from_secs(1), process.wait_exit()).await;
@@ -221,11 +230,11 @@ async fn wait_until_ready(
                     });
                 }
             },
-            _ = tokio::time::sleep(SLOW_START), if !slow_logged => {
+            _ = tokio::time::sleep_until(started + SLOW_START), if !slow_logged => {
                 slow_logged = true;
                 warn!(browser = %process.address(), "browser has not answered after {}s; still waiting", SLOW_START.as_secs());
             }
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = tokio::time::sleep_until(started + READY_TIMEOUT) => {
                 return Err(format!("no answer to its first CDP command within {}s", READY_TIMEOUT.as_secs()));
             }
         }

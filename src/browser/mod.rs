@@ -66,11 +66,15 @@ pub struct LaunchError(pub String);
 pub struct Launched {
     pub transport: CdpTransport,
     pub process: Box<dyn BrowserProcess>,
+    /// The `result` of `Browser.getVersion`: the first command the browser answered, which
+    /// is what made it count as ready.
+    pub version: serde_json::Value,
 }
 
 /// Starts browsers.
 pub trait BrowserHost: Send + Sync + 'static {
-    /// Launches a browser for a session. Whatever it started is gone again when this fails.
+    /// Launches a browser for a session and returns once it answers CDP. Whatever it started
+    /// is gone again when this fails.
     fn launch(&self, spec: LaunchSpec) -> BoxFuture<'_, Result<Launched, LaunchError>>;
 }
 

@@ -149,33 +149,25 @@ impl Registry {
             }
         };
         let mux = Mux::start(launched.transport);
-        let version = match mux
-            .command("Browser.getVersion", serde_json::json!({}))
-            .await
-        {
-            Ok(version) => version,
-            Err(e) => {
-                launched.process.kill().await;
-                self.forget_failed_start(&session);
-                return Err(CreateError::Launch(e.to_string()));
-            }
-        };
         if let Err(e) = fit_first_page(&mux, session.options.dimensions).await {
             warn!(session_id = %id, error = %e, "cannot check the first page's size");
         }
         let _ = session.browser.set(super::BrowserLink {
             mux: mux.clone(),
-            version,
+            version: launched.version,
         });
-        if self.shutdown.is_cancelled() {
+        let went_live = if self.shutdown.is_cancelled() {
+            Err(CreateError::ShuttingDown)
+        } else {
+            session
+                .lifecycle
+                .mark_live()
+                .map_err(|e| CreateError::Launch(e.to_string()))
+        };
+        if let Err(e) = went_live {
             launched.process.kill().await;
             self.forget_failed_start(&session);
-            return Err(CreateError::ShuttingDown);
-        }
-        if let Err(e) = session.lifecycle.mark_live() {
-            launched.process.kill().await;
-            self.forget_failed_start(&session);
-            return Err(CreateError::Launch(e.to_string()));
+            return Err(e);
         }
         info!(session_id = %id, timeout_ms = session.options.timeout_ms, "session live");
         self.tasks.spawn(supervisor::supervise(
