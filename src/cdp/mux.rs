@@ -50,17 +50,6 @@ pub enum CommandError {
     Refused(&'static str, String),
 }
 
-/// Traffic counters for one browser connection.
-#[derive(Debug, Default)]
-pub struct Traffic {
-    /// CDP events delivered to clients.
-    pub events_to_clients: AtomicU64,
-    pub messages_to_browser: AtomicU64,
-    pub bytes_to_browser: AtomicU64,
-    pub messages_to_clients: AtomicU64,
-    pub bytes_to_clients: AtomicU64,
-}
-
 /// The routing state of one browser connection.
 pub struct Mux {
     to_browser: mpsc::Sender<Bytes>,
@@ -68,7 +57,8 @@ pub struct Mux {
     next_command: AtomicU64,
     next_client: AtomicU64,
     lost: CancellationToken,
-    traffic: Traffic,
+    /// CDP events delivered to clients (Steel's `eventCount`).
+    events_delivered: AtomicU64,
 }
 
 #[derive(Default)]
@@ -101,7 +91,7 @@ impl Mux {
             next_command: AtomicU64::new(1),
             next_client: AtomicU64::new(1),
             lost: CancellationToken::new(),
-            traffic: Traffic::default(),
+            events_delivered: AtomicU64::new(0),
         });
         tokio::spawn(route_from_browser(mux.clone(), transport.from_browser));
         mux
@@ -112,13 +102,9 @@ impl Mux {
         self.lost.cancelled().await
     }
 
-    pub fn traffic(&self) -> &Traffic {
-        &self.traffic
-    }
-
-    /// Number of clients attached now.
-    pub fn client_count(&self) -> usize {
-        self.lock().clients.len()
+    /// CDP events delivered to clients so far.
+    pub fn events_delivered(&self) -> u64 {
+        self.events_delivered.load(Ordering::Relaxed)
     }
 
     /// Sends a command on the gateway's root session and returns its `result`.
@@ -275,6 +261,20 @@ impl Mux {
     }
 }
 
+/// Where one browser message goes.
+enum Destination {
+    /// The gateway's root session, or a session nobody owns any more.
+    Gateway,
+    /// A client; `strip` when the message is on that client's own browser session.
+    Client {
+        owner: u64,
+        outbound: mpsc::Sender<Utf8Bytes>,
+        strip: bool,
+    },
+    /// A session whose client is being detached.
+    Nowhere,
+}
+
 /// Reads the browser's messages and delivers each to its owner.
 async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<BytesMut>) {
     while let Some(mut msg) = from_browser.recv().await {
@@ -282,47 +282,58 @@ async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<Byte
             deliver_to_gateway(&mux, msg);
             continue;
         };
-        let session_id = tail.id(&msg).to_owned();
-        let target_event = message::target_event(&msg).map(|e| match e {
-            TargetEvent::Attached(child) => (true, child.into_owned()),
-            TargetEvent::Detached(child) => (false, child.into_owned()),
-        });
-        let route = {
+        let destination = {
+            let session_id = tail.id(&msg);
             let mut routes = mux.lock();
-            let Some(&owner) = routes.owners.get(session_id.as_str()) else {
-                // A session of the gateway's own, or one whose client has detached.
-                drop(routes);
-                deliver_to_gateway(&mux, msg);
-                continue;
-            };
-            if let Some((attached, child)) = target_event {
-                if attached {
-                    routes.owners.insert(child.into(), owner);
-                } else {
-                    routes.unflattened.remove(child.as_str());
-                    routes.owners.remove(child.as_str());
+            match routes.owners.get(session_id).copied() {
+                None => Destination::Gateway,
+                Some(owner) => {
+                    match message::target_event(&msg) {
+                        Some(TargetEvent::Attached(child)) => {
+                            routes.owners.insert(Box::from(&*child), owner);
+                        }
+                        Some(TargetEvent::Detached(child)) => {
+                            routes.unflattened.remove(&*child);
+                            routes.owners.remove(&*child);
+                        }
+                        None => {}
+                    }
+                    match routes.clients.get(&owner) {
+                        None => Destination::Nowhere,
+                        Some(client) => {
+                            let outbound = client.outbound.clone();
+                            let strip = *client.browser_session == *session_id;
+                            if strip {
+                                note_unflattened_attach(&mut routes, owner, &msg);
+                            }
+                            Destination::Client {
+                                owner,
+                                outbound,
+                                strip,
+                            }
+                        }
+                    }
                 }
             }
-            let own_browser_session = routes
-                .clients
-                .get(&owner)
-                .is_some_and(|c| *c.browser_session == *session_id);
-            if own_browser_session {
-                note_unflattened_attach(&mut routes, owner, &msg);
+        };
+        let (owner, outbound) = match destination {
+            Destination::Gateway => {
+                deliver_to_gateway(&mux, msg);
+                continue;
             }
-            routes
-                .clients
-                .get(&owner)
-                .map(|c| (owner, c.outbound.clone(), own_browser_session))
+            Destination::Nowhere => continue,
+            Destination::Client {
+                owner,
+                outbound,
+                strip,
+            } => {
+                if strip {
+                    message::strip_tail_session(&mut msg, tail);
+                }
+                (owner, outbound)
+            }
         };
-        let Some((owner, outbound, own_browser_session)) = route else {
-            continue;
-        };
-        if own_browser_session {
-            message::strip_tail_session(&mut msg, tail);
-        }
         let is_event = message::is_event(&msg);
-        let len = msg.len() as u64;
         let Ok(text) = Utf8Bytes::try_from(msg.freeze()) else {
             warn!("browser sent a message that is not UTF-8; dropped");
             continue;
@@ -353,19 +364,12 @@ async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<Byte
                 }
             }
         };
-        if delivered {
-            let t = &mux.traffic;
-            t.messages_to_clients.fetch_add(1, Ordering::Relaxed);
-            t.bytes_to_clients.fetch_add(len, Ordering::Relaxed);
-            if is_event {
-                t.events_to_clients.fetch_add(1, Ordering::Relaxed);
-            }
+        if delivered && is_event {
+            mux.events_delivered.fetch_add(1, Ordering::Relaxed);
         }
     }
     debug!("browser connection closed");
-    let mut routes = mux.lock();
-    routes.pending.clear();
-    drop(routes);
+    mux.lock().pending.clear();
     mux.lost.cancel();
 }
 
@@ -375,12 +379,17 @@ fn note_unflattened_attach(routes: &mut Routes, owner: u64, msg: &[u8]) {
     let Some(client) = routes.clients.get_mut(&owner) else {
         return;
     };
-    if client.unflattened_attaches.is_empty() || message::is_event(msg) {
+    if client.unflattened_attaches.is_empty() {
+        return;
+    }
+    let Some(id) = message::reply_id(msg) else {
+        return;
+    };
+    if !client.unflattened_attaches.remove(&(id as i64)) {
         return;
     }
     #[derive(serde::Deserialize)]
     struct AttachReply {
-        id: i64,
         result: Option<AttachResult>,
     }
     #[derive(serde::Deserialize)]
@@ -388,11 +397,11 @@ fn note_unflattened_attach(routes: &mut Routes, owner: u64, msg: &[u8]) {
         #[serde(rename = "sessionId")]
         session_id: Option<String>,
     }
-    let Ok(reply) = serde_json::from_slice::<AttachReply>(msg) else {
-        return;
-    };
-    if client.unflattened_attaches.remove(&reply.id)
-        && let Some(session) = reply.result.and_then(|r| r.session_id)
+    if let Ok(AttachReply {
+        result: Some(AttachResult {
+            session_id: Some(session),
+        }),
+    }) = serde_json::from_slice(msg)
     {
         routes.unflattened.insert(session.into());
     }
@@ -401,11 +410,7 @@ fn note_unflattened_attach(routes: &mut Routes, owner: u64, msg: &[u8]) {
 /// A message on the root session: a reply to one of the gateway's own commands, or an
 /// event nobody subscribed to.
 fn deliver_to_gateway(mux: &Mux, msg: BytesMut) {
-    #[derive(serde::Deserialize)]
-    struct Reply {
-        id: Option<u64>,
-    }
-    let Ok(Reply { id: Some(id) }) = serde_json::from_slice::<Reply>(&msg) else {
+    let Some(id) = message::reply_id(&msg) else {
         return;
     };
     if let Some(waiter) = mux.lock().pending.remove(&id) {
@@ -460,6 +465,10 @@ impl ClientLink {
                 ));
             }
         };
+        // Closing the browser from any of the client's sessions ends the session cleanly.
+        if command.method.as_deref() == Some("Browser.close") {
+            return Forwarded::BrowserClose(command.id.unwrap_or(0));
+        }
         let bytes = match session {
             None => {
                 if command.method.as_deref() == Some("Target.attachToTarget")
@@ -487,17 +496,9 @@ impl ClientLink {
                 msg.clone()
             }
         };
-        // Closing the browser from any of the client's sessions ends the session cleanly.
-        if command.method.as_deref() == Some("Browser.close") {
-            return Forwarded::BrowserClose(command.id.unwrap_or(0));
-        }
-        let len = bytes.len() as u64;
         if self.mux.to_browser.send(bytes).await.is_err() {
             return Forwarded::Closed;
         }
-        let t = &self.mux.traffic;
-        t.messages_to_browser.fetch_add(1, Ordering::Relaxed);
-        t.bytes_to_browser.fetch_add(len, Ordering::Relaxed);
         Forwarded::Sent
     }
 }

@@ -96,12 +96,7 @@ impl Session {
     pub fn event_count(&self) -> u64 {
         self.browser
             .get()
-            .map(|b| {
-                b.mux
-                    .traffic()
-                    .events_to_clients
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
+            .map(|b| b.mux.events_delivered())
             .unwrap_or(0)
     }
 
