@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, info};
 
 use crate::cdp::message;
-use crate::cdp::mux::{ClientLink, Forwarded};
+use crate::cdp::mux::{ClientLink, Closing, Forwarded};
 use crate::session::Session;
 use crate::session::state::EndReason;
 
@@ -83,8 +83,8 @@ pub async fn serve_client<S>(
             Step::Continue => {}
             Step::Stop => break,
             Step::SessionEnded => {
-                let frame = link.close.borrow().clone();
-                close(&mut ws, &mut link, frame).await;
+                let closing = link.close.borrow().clone();
+                close(&mut ws, &mut link, closing).await;
                 break;
             }
         }
@@ -119,19 +119,23 @@ where
     }
 }
 
-/// Delivers what was queued before the session ended (a `Browser.close` reply, say), sends
+/// Delivers what was queued (when `closing` says so: a `Browser.close` reply, say), sends
 /// the close frame and waits for the client's answer, so the client sees a clean close rather
 /// than a reset. Bounded as a whole: a client that does not read cannot hold this task.
-async fn close<S>(ws: &mut WebSocketStream<S>, link: &mut ClientLink, frame: Option<CloseFrame>)
+async fn close<S>(ws: &mut WebSocketStream<S>, link: &mut ClientLink, closing: Option<Closing>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let frame = frame.unwrap_or(CloseFrame {
-        code: CloseCode::Away,
-        reason: "session ended".into(),
+    let Closing {
+        frame,
+        deliver_queued,
+    } = closing.unwrap_or(Closing {
+        frame: CloseFrame {
+            code: CloseCode::Away,
+            reason: "session ended".into(),
+        },
+        deliver_queued: true,
     });
-    // A client dropped for not reading gets no more of what it did not read.
-    let deliver_queued = frame.code != CloseCode::Policy;
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         while deliver_queued && let Ok(text) = link.outbound.try_recv() {
             if ws.send(Message::Text(text)).await.is_err() {

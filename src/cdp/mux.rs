@@ -74,12 +74,22 @@ struct Routes {
     closing: bool,
 }
 
+/// How a client must be closed.
+#[derive(Debug, Clone)]
+pub struct Closing {
+    pub frame: CloseFrame,
+    /// Whether messages already queued for the client are delivered before the close frame:
+    /// yes when the session ends (a `Browser.close` reply may be waiting), no for a client
+    /// dropped for not reading them.
+    pub deliver_queued: bool,
+}
+
 struct ClientRoute {
     browser_session: Box<str>,
     /// Ids of this client's `Target.attachToTarget` commands without `flatten`, until answered.
     unflattened_attaches: HashSet<i64>,
     outbound: mpsc::Sender<Utf8Bytes>,
-    close: watch::Sender<Option<CloseFrame>>,
+    close: watch::Sender<Option<Closing>>,
 }
 
 impl Mux {
@@ -211,14 +221,20 @@ impl Mux {
         let mut routes = self.lock();
         routes.closing = true;
         for client in routes.clients.values() {
-            let _ = client.close.send(Some(frame.clone()));
+            let _ = client.close.send(Some(Closing {
+                frame: frame.clone(),
+                deliver_queued: true,
+            }));
         }
     }
 
     /// Disconnects one client: it gets `frame`, and nothing more is routed to it.
     fn evict(&self, client: u64, frame: CloseFrame) {
         if let Some(route) = self.lock().clients.get(&client) {
-            let _ = route.close.send(Some(frame));
+            let _ = route.close.send(Some(Closing {
+                frame,
+                deliver_queued: false,
+            }));
         }
         self.detach(client);
     }
@@ -439,7 +455,7 @@ pub struct ClientLink {
     /// Messages for this client, in order.
     pub outbound: mpsc::Receiver<Utf8Bytes>,
     /// Set once when the session ends and this client must be closed.
-    pub close: watch::Receiver<Option<CloseFrame>>,
+    pub close: watch::Receiver<Option<Closing>>,
 }
 
 impl ClientLink {
