@@ -430,3 +430,63 @@ async fn wire_details_dates_floats_paths_and_hosts() {
     }
     gw.release(s["id"].as_str().unwrap()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_come_from_flags_and_ingot_variables() {
+    // Variables alone; a flag wins over its variable (INGOT_MAX_SESSIONS=1 vs --max-sessions 2).
+    let gw = Gateway::start_with_env(
+        &["--max-sessions", "2", "--max-timeout-ms", "10000"],
+        &[
+            ("INGOT_MAX_SESSIONS", "1"),
+            ("INGOT_DEFAULT_TIMEOUT_MS", "5000"),
+            ("INGOT_PUBLIC_URL", "https://browsers.example.com/"),
+        ],
+    )
+    .await;
+    assert!(
+        gw.log_text()
+            .contains("chromium=/usr/lib/chromium/chromium"),
+        "Chromium behind Debian's wrapper is preferred:\n{}",
+        gw.log_text()
+    );
+    let (status, err) = gw.post("/v1/sessions", json!({"timeout": 20_000})).await;
+    assert_eq!(status, 400, "{err}");
+    assert!(err["message"].as_str().unwrap().contains("10000"), "{err}");
+
+    let a = gw.create(json!({})).await;
+    let id = a["id"].as_str().unwrap();
+    assert_eq!(a["timeout"], 5000, "INGOT_DEFAULT_TIMEOUT_MS");
+    assert_eq!(
+        a["websocketUrl"],
+        format!("wss://browsers.example.com/?sessionId={id}")
+    );
+    assert_eq!(
+        a["sessionViewerUrl"],
+        format!("https://browsers.example.com/v1/sessions/{id}")
+    );
+    let (status, v) = gw.get(&format!("/json/version?sessionId={id}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["webSocketDebuggerUrl"],
+        format!("wss://browsers.example.com/devtools/browser/{id}")
+    );
+    // The public host is this gateway's own name.
+    let r = gw
+        .http
+        .get(gw.url("/healthz"))
+        .header("host", "browsers.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let b = gw.create(json!({})).await;
+    assert_eq!(
+        gw.post("/v1/sessions", json!({})).await.0,
+        503,
+        "--max-sessions 2 wins over INGOT_MAX_SESSIONS=1"
+    );
+    for s in [&a, &b] {
+        gw.release(s["id"].as_str().unwrap()).await;
+    }
+}

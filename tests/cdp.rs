@@ -240,6 +240,12 @@ async fn several_clients_share_a_session_without_seeing_each_other() {
         b.events
     );
 
+    // eventCount counts the CDP events delivered to the session's clients.
+    let (_, listed) = gw
+        .get(&format!("/v1/sessions/{}", session["id"].as_str().unwrap()))
+        .await;
+    assert!(listed["eventCount"].as_u64().unwrap() >= 3, "{listed}");
+
     // A leaves; B carries on.
     a.close().await;
     assert_eq!(b.eval(&page_b, "1 + 1").await, 2);

@@ -331,3 +331,133 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves the collections valid, so a poisoned lock is usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::browser::{BrowserExit, BrowserProcess, CdpTransport, LaunchError, Launched};
+    use crate::session::params::Dimensions;
+    use bytes::{Bytes, BytesMut};
+    use futures_util::FutureExt;
+    use futures_util::future::BoxFuture;
+    use tokio::sync::mpsc;
+
+    /// A browser host whose "browser" answers every CDP command with an empty result: enough
+    /// to drive the registry through thousands of sessions without Chromium.
+    struct FakeHost;
+
+    struct FakeProcess {
+        killed: CancellationToken,
+    }
+
+    impl BrowserHost for FakeHost {
+        fn launch(&self, _spec: LaunchSpec) -> BoxFuture<'_, Result<Launched, LaunchError>> {
+            async {
+                let (to_browser, mut commands) = mpsc::channel::<Bytes>(16);
+                let (replies, from_browser) = mpsc::channel::<BytesMut>(16);
+                tokio::spawn(async move {
+                    while let Some(command) = commands.recv().await {
+                        let command: serde_json::Value =
+                            serde_json::from_slice(&command).unwrap_or_default();
+                        let mut reply = serde_json::json!({"id": command["id"], "result": {}});
+                        if let Some(session) = command.get("sessionId") {
+                            reply["sessionId"] = session.clone();
+                        }
+                        let _ = replies
+                            .send(BytesMut::from(reply.to_string().as_bytes()))
+                            .await;
+                    }
+                });
+                Ok(Launched {
+                    transport: CdpTransport {
+                        to_browser,
+                        from_browser,
+                    },
+                    process: Box::new(FakeProcess {
+                        killed: CancellationToken::new(),
+                    }),
+                    version: serde_json::json!({"product": "Fake/1"}),
+                })
+            }
+            .boxed()
+        }
+    }
+
+    impl BrowserProcess for FakeProcess {
+        fn address(&self) -> String {
+            "fake".into()
+        }
+        fn wait_exit(&self) -> BoxFuture<'_, BrowserExit> {
+            async {
+                self.killed.cancelled().await;
+                BrowserExit::Code(0)
+            }
+            .boxed()
+        }
+        fn kill(&self) -> BoxFuture<'_, ()> {
+            self.killed.cancel();
+            async {}.boxed()
+        }
+    }
+
+    fn options() -> SessionOptions {
+        SessionOptions {
+            session_id: None,
+            timeout_ms: 60_000,
+            user_agent: None,
+            dimensions: Dimensions::default(),
+            proxy_server: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keeps_the_last_ten_thousand_ended_sessions_listed() {
+        let registry = Registry::new(Arc::new(FakeHost), 4);
+        let mut ids = Vec::new();
+        for _ in 0..ENDED_HISTORY + 3 {
+            let session = registry.create(options()).await.expect("create");
+            registry.release(&session.id).await.expect("release");
+            ids.push(session.id);
+        }
+        for old in &ids[..3] {
+            assert!(
+                registry.get(old).is_none(),
+                "the oldest ended sessions are trimmed"
+            );
+        }
+        assert!(
+            registry.get(&ids[3]).is_some(),
+            "the 10,000th newest is kept"
+        );
+
+        // Walking the pages as the SDKs do visits every kept session once, newest first.
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = registry
+                .list(ListQuery {
+                    status: None,
+                    limit: 100,
+                    cursor,
+                })
+                .expect("list");
+            let Some(last) = page.sessions.last() else {
+                break;
+            };
+            cursor = Some(last.id);
+            seen.extend(page.sessions.iter().map(|s| s.id));
+        }
+        let expected: Vec<Uuid> = ids[3..].iter().rev().copied().collect();
+        assert_eq!(seen.len(), ENDED_HISTORY);
+        assert_eq!(seen, expected);
+        let released = registry
+            .list(ListQuery {
+                status: Some(Status::Released),
+                limit: 1,
+                cursor: None,
+            })
+            .expect("list");
+        assert_eq!(released.total_count, Some(ENDED_HISTORY));
+        assert_eq!(registry.live_count(), 0, "every slot was given back");
+    }
+}

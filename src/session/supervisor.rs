@@ -50,8 +50,9 @@ pub(super) async fn supervise(
     mux.close_all(close_frame(reason));
     process.kill().await;
     drop(permit);
-    session.reaped.cancel();
+    // History first: whoever waits for the reap (a release call) then sees it complete.
     registry.note_ended(&session);
+    session.reaped.cancel();
     info!(
         session_id = %session.id,
         status = ?reason.status(),

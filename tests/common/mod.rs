@@ -38,15 +38,24 @@ pub fn free_port() -> u16 {
 
 impl Gateway {
     pub async fn start(extra: &[&str]) -> Gateway {
+        Gateway::start_with_env(extra, &[]).await
+    }
+
+    /// Starts a gateway with extra arguments and environment variables.
+    pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Gateway {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().to_path_buf();
-        let mut gw = Gateway::start_in(&data_dir, extra).await;
+        let mut gw = Gateway::launch(&data_dir, extra, env).await;
         gw._tmp = Some(tmp);
         gw
     }
 
     /// Starts a gateway on an existing data directory (for restart tests).
     pub async fn start_in(data_dir: &Path, extra: &[&str]) -> Gateway {
+        Gateway::launch(data_dir, extra, &[]).await
+    }
+
+    async fn launch(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new(BIN)
@@ -55,6 +64,7 @@ impl Gateway {
             .args(extra)
             .env("RUST_LOG", "info,ingot=debug")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
