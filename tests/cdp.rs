@@ -193,22 +193,8 @@ async fn several_clients_share_a_session_without_seeing_each_other() {
         (1, 1),
         "each client sees its own attach event"
     );
-    let page_a = a
-        .events
-        .iter()
-        .find(|e| e["method"] == "Target.attachedToTarget")
-        .unwrap()["params"]["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let page_b = b
-        .events
-        .iter()
-        .find(|e| e["method"] == "Target.attachedToTarget")
-        .unwrap()["params"]["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let page_a = a.attached_session();
+    let page_b = b.attached_session();
     assert_ne!(page_a, page_b);
 
     // Same page, seen by both.

@@ -293,9 +293,14 @@ pub fn chromium_processes_in(data_dir: &Path) -> usize {
     browser_pids_in(data_dir).len()
 }
 
-/// (pid, pgid) of non-zombie processes whose command line points into the sessions dir.
-pub fn browser_pids_in(data_dir: &Path) -> Vec<(i32, i32)> {
-    let marker = format!("{}/sessions/", data_dir.display());
+/// A running (non-zombie) process, as `/proc` shows it.
+struct Proc {
+    pid: i32,
+    pgid: i32,
+    cmdline: String,
+}
+
+fn running_processes() -> Vec<Proc> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry
@@ -308,6 +313,7 @@ pub fn browser_pids_in(data_dir: &Path) -> Vec<(i32, i32)> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
+        // The command name may contain spaces and parentheses; fields resume after the last ')'.
         let Some(close) = stat.rfind(')') else {
             continue;
         };
@@ -317,14 +323,20 @@ pub fn browser_pids_in(data_dir: &Path) -> Vec<(i32, i32)> {
         }
         let pgid: i32 = fields.get(2).and_then(|p| p.parse().ok()).unwrap_or(0);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline)
-            .replace('\0', " ")
-            .contains(&marker)
-        {
-            found.push((pid, pgid));
-        }
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        found.push(Proc { pid, pgid, cmdline });
     }
     found
+}
+
+/// (pid, pgid) of non-zombie processes whose command line points into the sessions dir.
+pub fn browser_pids_in(data_dir: &Path) -> Vec<(i32, i32)> {
+    let marker = format!("{}/sessions/", data_dir.display());
+    running_processes()
+        .into_iter()
+        .filter(|p| p.cmdline.contains(&marker))
+        .map(|p| (p.pid, p.pgid))
+        .collect()
 }
 
 /// The process group leader (the browser process) of a session.
@@ -333,21 +345,11 @@ pub fn browser_leader(data_dir: &Path, session_id: &str) -> i32 {
         "--user-data-dir={}/sessions/{session_id}/profile",
         data_dir.display()
     );
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&marker) && !cmdline.contains("--type=") {
-            return pid;
-        }
-    }
-    panic!("no browser process for session {session_id}");
+    running_processes()
+        .into_iter()
+        .find(|p| p.cmdline.contains(&marker) && !p.cmdline.contains("--type="))
+        .map(|p| p.pid)
+        .unwrap_or_else(|| panic!("no browser process for session {session_id}"))
 }
 
 /// A raw CDP client over tokio-tungstenite.
@@ -425,6 +427,18 @@ impl Cdp {
         let reply = self.call_full(method, params, session).await;
         assert!(reply.get("error").is_none(), "{method} failed: {reply}");
         reply["result"].clone()
+    }
+
+    /// The session id of the first `Target.attachedToTarget` event received so far.
+    pub fn attached_session(&self) -> String {
+        let event = self
+            .events
+            .iter()
+            .find(|e| e["method"] == "Target.attachedToTarget");
+        event
+            .and_then(|e| e["params"]["sessionId"].as_str())
+            .expect("an attachedToTarget event")
+            .to_owned()
     }
 
     /// Attaches to the first page target and returns its session id.

@@ -4,6 +4,7 @@
 // dir; startPageServer() serves a couple of static pages on loopback so that tests never
 // navigate off the machine. Everything here only uses Node's standard library.
 
+import { before, after } from 'node:test';
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -407,4 +408,25 @@ export async function startPageServer() {
         server.close(() => resolve());
       }),
   };
+}
+
+/**
+ * Starts one loopback page server and one gateway before a test file's tests and stops
+ * both after them. `onStarted(gw, site)` hands them to the file.
+ */
+export function useGatewayAndSite(onStarted) {
+  let gw;
+  let site;
+  before(async () => {
+    site = await startPageServer();
+    gw = await startGateway();
+    onStarted(gw, site);
+  });
+  after(async () => {
+    try {
+      if (gw) await gw.stop();
+    } finally {
+      if (site) await site.close();
+    }
+  });
 }

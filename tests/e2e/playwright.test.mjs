@@ -1,12 +1,11 @@
 // Playwright (playwright-core, connectOverCDP) against ingot's CDP proxy.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
 
 import {
-  startGateway,
-  startPageServer,
+  useGatewayAndSite,
   wsUpgradeStatus,
   assertPng,
   assertSessionShape,
@@ -17,18 +16,9 @@ const T = { timeout: 120_000 };
 
 let gw;
 let site;
-
-before(async () => {
-  site = await startPageServer();
-  gw = await startGateway();
-});
-
-after(async () => {
-  try {
-    if (gw) await gw.stop();
-  } finally {
-    if (site) await site.close();
-  }
+useGatewayAndSite((g, s) => {
+  gw = g;
+  site = s;
 });
 
 function connect(endpoint) {

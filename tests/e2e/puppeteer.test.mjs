@@ -1,49 +1,25 @@
 // Puppeteer (puppeteer-core) against ingot's CDP proxy.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import puppeteer from 'puppeteer-core';
 
 import {
-  startGateway,
-  startPageServer,
+  useGatewayAndSite,
   wsUpgradeStatus,
   assertPng,
   assertSessionShape,
   withGatewayLog,
 } from './harness.mjs';
+import { connect, disconnectQuietly } from './puppeteer-client.mjs';
 
 const T = { timeout: 120_000 };
 
 let gw;
 let site;
-
-before(async () => {
-  site = await startPageServer();
-  gw = await startGateway();
+useGatewayAndSite((g, s) => {
+  gw = g;
+  site = s;
 });
-
-after(async () => {
-  try {
-    if (gw) await gw.stop();
-  } finally {
-    if (site) await site.close();
-  }
-});
-
-function connect(wsUrl) {
-  return puppeteer.connect({ browserWSEndpoint: wsUrl, defaultViewport: null, protocolTimeout: 60_000 });
-}
-
-async function disconnectQuietly(browser) {
-  if (browser?.connected) {
-    try {
-      await browser.disconnect();
-    } catch {
-      // cleanup only
-    }
-  }
-}
 
 test('create, connect, navigate, evaluate, screenshot, disconnect, reconnect, release', T, withGatewayLog(() => gw, async (t) => {
   const session = await gw.createSession({ timeout: 120_000 });

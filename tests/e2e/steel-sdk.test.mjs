@@ -1,19 +1,18 @@
 // Steel's official Node SDK (steel-sdk) against ingot's sessions API, with puppeteer-core
 // driving the browser through the returned websocketUrl.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import Steel from 'steel-sdk';
-import puppeteer from 'puppeteer-core';
 
 import {
-  startGateway,
-  startPageServer,
+  useGatewayAndSite,
   wsUpgradeStatus,
   assertPng,
   assertSessionShape,
   withGatewayLog,
 } from './harness.mjs';
+import { connect, disconnectQuietly } from './puppeteer-client.mjs';
 
 const T = { timeout: 120_000 };
 const MAX_LISTED = 500; // a list() that yields more than this is not terminating
@@ -21,20 +20,12 @@ const MAX_LISTED = 500; // a list() that yields more than this is not terminatin
 let gw;
 let site;
 
-before(async () => {
-  // The SDK reads these when options are left out; keep the tests independent of the caller.
-  delete process.env.STEEL_API_KEY;
-  delete process.env.STEEL_BASE_URL;
-  site = await startPageServer();
-  gw = await startGateway();
-});
-
-after(async () => {
-  try {
-    if (gw) await gw.stop();
-  } finally {
-    if (site) await site.close();
-  }
+// The SDK reads these when options are left out; keep the tests independent of the caller.
+delete process.env.STEEL_API_KEY;
+delete process.env.STEEL_BASE_URL;
+useGatewayAndSite((g, s) => {
+  gw = g;
+  site = s;
 });
 
 /** A client whose HTTP requests are recorded in `client.requests` as {method, url, headers}. */
@@ -51,20 +42,6 @@ function makeClient(opts = {}) {
   });
   client.requests = requests;
   return client;
-}
-
-function connect(wsUrl) {
-  return puppeteer.connect({ browserWSEndpoint: wsUrl, defaultViewport: null, protocolTimeout: 60_000 });
-}
-
-async function disconnectQuietly(browser) {
-  if (browser?.connected) {
-    try {
-      await browser.disconnect();
-    } catch {
-      // cleanup only
-    }
-  }
 }
 
 async function releaseQuietly(client, id) {
