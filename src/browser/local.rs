@@ -25,6 +25,7 @@ use tokio::sync::{OnceCell, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::window::{Frame, FrameCalibration, measure_and_fit, window_size};
 use super::{
     BrowserExit, BrowserHost, BrowserProcess, CdpTransport, LaunchError, LaunchSpec, Launched,
 };
@@ -52,11 +53,6 @@ const BASE_FLAGS: &[&str] = &[
     "--test-type",
 ];
 
-/// Height of headless Chromium's (invisible) tab strip and toolbar: the window must be this
-/// much taller than the requested page. The session layer checks the real page size and
-/// corrects the window if a Chromium build differs.
-pub const WINDOW_UI_HEIGHT: u32 = 87;
-
 /// Prefix of every per-session directory under `<data-dir>/sessions`, so that the start-up
 /// sweep recognises what a previous run left.
 pub const SESSIONS_SUBDIR: &str = "sessions";
@@ -76,6 +72,7 @@ pub struct LocalChromium {
     executable: PathBuf,
     sessions_dir: PathBuf,
     scratch_root: PathBuf,
+    frame: FrameCalibration,
 }
 
 impl LocalChromium {
@@ -84,6 +81,7 @@ impl LocalChromium {
             executable,
             sessions_dir: data_dir.join(SESSIONS_SUBDIR),
             scratch_root: scratch_root(data_dir),
+            frame: FrameCalibration::default(),
         }
     }
 }
@@ -112,7 +110,17 @@ impl BrowserHost for LocalChromium {
                 scratch: self.scratch_root.join(spec.session_id.simple().to_string()),
             };
             let started = Instant::now();
-            let result = launch_in(&self.executable, dirs, &spec).await;
+            let (frame, unmeasured) = self.frame.frame();
+            let mut result = launch_in(&self.executable, dirs, &spec, frame).await;
+            if let (Ok(launched), true) = (&mut result, unmeasured) {
+                match measure_and_fit(&mut launched.transport, spec.dimensions, frame).await {
+                    Ok(real) => {
+                        info!(?real, "measured the space Chromium's window takes around the page");
+                        self.frame.learn(real);
+                    }
+                    Err(e) => warn!(session_id = %spec.session_id, error = %e, "cannot measure the page size"),
+                }
+            }
             match &result {
                 Ok(launched) => info!(
                     session_id = %spec.session_id,
@@ -154,6 +162,7 @@ async fn launch_in(
     executable: &Path,
     dirs: SessionDirs,
     spec: &LaunchSpec,
+    frame: Frame,
 ) -> Result<Launched, LaunchError> {
     for d in [&dirs.profile(), &dirs.scratch] {
         if let Err(e) = tokio::fs::create_dir_all(d).await {
@@ -165,7 +174,7 @@ async fn launch_in(
         }
     }
 
-    let spawned = match spawn(executable, &dirs, spec) {
+    let spawned = match spawn(executable, &dirs, spec, frame) {
         Ok(s) => s,
         Err(e) => {
             dirs.remove().await;
@@ -245,6 +254,7 @@ fn spawn(
     executable: &Path,
     dirs: &SessionDirs,
     spec: &LaunchSpec,
+    frame: Frame,
 ) -> Result<(LocalProcess, CdpTransport), LaunchError> {
     let io_err = |what: &str, e: std::io::Error| LaunchError(format!("{what}: {e}"));
 
@@ -262,11 +272,10 @@ fn spawn(
     let mut cmd = Command::new(executable);
     cmd.args(BASE_FLAGS)
         .arg(format!("--user-data-dir={}", dirs.profile().display()))
-        .arg(format!(
-            "--window-size={},{}",
-            spec.dimensions.width,
-            spec.dimensions.height + WINDOW_UI_HEIGHT
-        ));
+        .arg({
+            let (width, height) = window_size(spec.dimensions, frame);
+            format!("--window-size={width},{height}")
+        });
     if let Some(ua) = &spec.user_agent {
         cmd.arg(format!("--user-agent={ua}"));
     }

@@ -8,6 +8,7 @@
 pub mod detect;
 pub mod local;
 pub mod sweep;
+pub mod window;
 
 use std::fmt;
 

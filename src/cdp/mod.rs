@@ -3,4 +3,3 @@
 
 pub mod message;
 pub mod mux;
-pub mod viewport;

@@ -123,25 +123,10 @@ impl Mux {
         method: &'static str,
         params: Value,
     ) -> Result<Value, CommandError> {
-        self.command_in(None, method, params).await
-    }
-
-    /// Sends a command on the root session or on a CDP session the gateway attached itself.
-    /// Gateway command ids are unique across sessions, so replies find their way back.
-    pub async fn command_in(
-        &self,
-        session: Option<&str>,
-        method: &'static str,
-        params: Value,
-    ) -> Result<Value, CommandError> {
         let id = self.next_command.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.lock().pending.insert(id, tx);
-        let mut body = serde_json::json!({ "id": id, "method": method, "params": params });
-        if let Some(session) = session {
-            body["sessionId"] = session.into();
-        }
-        let body = body.to_string();
+        let body = serde_json::json!({ "id": id, "method": method, "params": params }).to_string();
         if self.to_browser.send(Bytes::from(body)).await.is_err() {
             self.lock().pending.remove(&id);
             return Err(CommandError::Closed);
@@ -279,7 +264,8 @@ impl Mux {
 
 /// Where one browser message goes.
 enum Destination {
-    /// The gateway's root session, or a session nobody owns any more.
+    /// The gateway's root session, or a session whose client has detached (Chromium may
+    /// still flush a reply or two).
     Gateway,
     /// A client; `strip` when the message is on that client's own browser session.
     Client {

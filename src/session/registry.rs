@@ -24,7 +24,6 @@ use super::state::{EndReason, Phase, Status};
 use super::supervisor;
 use crate::browser::{BrowserHost, LaunchSpec};
 use crate::cdp::mux::Mux;
-use crate::cdp::viewport::fit_first_page;
 
 /// Ended sessions kept for listing and lookup, newest kept.
 pub const ENDED_HISTORY: usize = 10_000;
@@ -149,9 +148,6 @@ impl Registry {
             }
         };
         let mux = Mux::start(launched.transport);
-        if let Err(e) = fit_first_page(&mux, session.options.dimensions).await {
-            warn!(session_id = %id, error = %e, "cannot check the first page's size");
-        }
         let _ = session.browser.set(super::BrowserLink {
             mux: mux.clone(),
             version: launched.version,
