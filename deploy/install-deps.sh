@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what ingot needs on Debian, only where it is missing.
 #   deploy/install-deps.sh          Chromium (Debian's `chromium` package)
-#   deploy/install-deps.sh --tests  also Node.js and npm, for the end-to-end tests
+#   deploy/install-deps.sh --tests  also Node.js and npm (end-to-end tests) and Prometheus
+#                                   (promtool and a real scrape in tests/deploy.rs)
 # Rust cannot be installed from Debian's packages in a recent enough version; if cargo is
 # missing this says how to get it and stops.
 set -euo pipefail
@@ -28,6 +29,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   "${apt_get[@]}" update -qq
   DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Prometheus alone (no node exporter), and never started as a service: tests start their
+# own on loopback.
+if [ "$want_tests" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
+  echo "install-deps: installing prometheus from Debian's packages" >&2
+  if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
+  "${apt_get[@]}" update -qq
+  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -44,6 +44,12 @@ pub struct Config {
     /// Most sessions live at once; creation beyond it answers 503.
     #[arg(long, env = "INGOT_MAX_SESSIONS", default_value_t = 16)]
     pub max_sessions: usize,
+
+    /// On SIGTERM, how long live sessions may go on (while new ones are refused and
+    /// `/readyz` answers 503) before they are ended, in milliseconds. 0 ends them at once;
+    /// a second SIGTERM or SIGINT always does.
+    #[arg(long, env = "INGOT_SHUTDOWN_DRAIN_MS", default_value_t = 0)]
+    pub shutdown_drain_ms: u64,
 }
 
 /// Shortest session lifetime accepted, in milliseconds.
@@ -66,6 +72,9 @@ impl Config {
                 "--default-timeout-ms must be between {MIN_TIMEOUT_MS} and --max-timeout-ms ({})",
                 self.max_timeout_ms
             ));
+        }
+        if self.shutdown_drain_ms > 86_400_000 {
+            return Err("--shutdown-drain-ms must be at most 86400000 (24 hours)".into());
         }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

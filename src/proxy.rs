@@ -21,6 +21,7 @@ use crate::cdp::message;
 use crate::cdp::mux::{ClientLink, Closing, Forwarded};
 use crate::session::Session;
 use crate::session::state::EndReason;
+use crate::telemetry::ClientConnection;
 
 /// Largest CDP message accepted in either direction.
 pub const MAX_MESSAGE: usize = 256 << 20;
@@ -43,12 +44,17 @@ pub async fn serve_client<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     info!(session_id = %session.id, "client attached");
+    let _counted = ClientConnection::open();
+    let traffic = session.traffic();
     loop {
         let step = tokio::select! {
             biased;
             _ = link.close.changed() => Step::SessionEnded,
             outbound = link.outbound.recv() => match outbound {
-                Some(text) => send(&mut ws, &mut link, Message::Text(text)).await,
+                Some(text) => {
+                    traffic.count_to_client(text.len());
+                    send(&mut ws, &mut link, Message::Text(text)).await
+                }
                 None => Step::Stop,
             },
             incoming = ws.next() => {
@@ -63,12 +69,18 @@ pub async fn serve_client<S>(
                     }
                     None => break,
                 };
+                traffic.count_to_browser(payload.len());
                 match link.forward(payload).await {
                     Forwarded::Sent => Step::Continue,
-                    Forwarded::Reply(reply) => send(&mut ws, &mut link, Message::Text(reply.into())).await,
+                    Forwarded::Reply(reply) => {
+                        traffic.count_to_client(reply.len());
+                        send(&mut ws, &mut link, Message::Text(reply.into())).await
+                    }
                     Forwarded::BrowserClose(id) => {
                         info!(session_id = %session.id, "client sent Browser.close; ending the session");
-                        let reply = Message::Text(Utf8Bytes::from(message::ok_reply(id)));
+                        let reply = message::ok_reply(id);
+                        traffic.count_to_client(reply.len());
+                        let reply = Message::Text(Utf8Bytes::from(reply));
                         let step = send(&mut ws, &mut link, reply).await;
                         // The supervisor closes every client, this one included, once it has
                         // torn the session down; keep the socket until then.
@@ -84,7 +96,7 @@ pub async fn serve_client<S>(
             Step::Stop => break,
             Step::SessionEnded => {
                 let closing = link.close.borrow().clone();
-                close(&mut ws, &mut link, closing).await;
+                close(&mut ws, &mut link, closing, &session).await;
                 break;
             }
         }
@@ -122,8 +134,12 @@ where
 /// Delivers what was queued (when `closing` says so: a `Browser.close` reply, say), sends
 /// the close frame and waits for the client's answer, so the client sees a clean close rather
 /// than a reset. Bounded as a whole: a client that does not read cannot hold this task.
-async fn close<S>(ws: &mut WebSocketStream<S>, link: &mut ClientLink, closing: Option<Closing>)
-where
+async fn close<S>(
+    ws: &mut WebSocketStream<S>,
+    link: &mut ClientLink,
+    closing: Option<Closing>,
+    session: &Session,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Closing {
@@ -138,6 +154,7 @@ where
     });
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         while deliver_queued && let Ok(text) = link.outbound.try_recv() {
+            session.traffic().count_to_client(text.len());
             if ws.send(Message::Text(text)).await.is_err() {
                 return;
             }

@@ -21,11 +21,17 @@ use crate::browser::detect::find_chromium;
 use crate::browser::local::{LocalChromium, scratch_root};
 use crate::browser::sweep::sweep;
 use crate::config::{Config, MIN_TIMEOUT_MS};
+use crate::metering::Meter;
 use crate::session::params::TimeoutLimits;
-use crate::session::registry::Registry;
+use crate::session::registry::{Readiness, Registry};
+use crate::telemetry;
 
 /// How long shutdown waits for sessions and sockets to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+/// While the latest browser launch failed, a probe launch is tried this often.
+const REPROBE_EVERY: Duration = Duration::from_secs(10);
+/// How often a drain reports the sessions it is still waiting for.
+const DRAIN_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -43,6 +49,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         directories = swept.directories,
         "start-up sweep done"
     );
+    let metrics = telemetry::install(config.max_sessions).context("cannot set up metrics")?;
+    let meter = Meter::open(&config.data_dir)
+        .await
+        .context("cannot open the usage database")?;
+    meter
+        .close_abandoned()
+        .await
+        .context("cannot close the usage records of the previous run")?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -53,7 +67,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| default_public_url(local));
     let host = Arc::new(LocalChromium::new(chromium.clone(), &config.data_dir));
-    let registry = Registry::new(host, config.max_sessions);
+    let registry = Registry::new(host.clone(), meter.clone(), config.max_sessions);
+    // One launch before serving: readiness is known from the first probe, and the first
+    // session does not pay for measuring the browser's window.
+    match registry.probe_browser().await {
+        Ok(took) => info!(
+            launch_ms = took.as_millis() as u64,
+            "Chromium starts; probe browser reaped"
+        ),
+        Err(e) => warn!(
+            error = %e,
+            "Chromium cannot start; /readyz answers 503 until a launch succeeds"
+        ),
+    }
     let clients = TaskTracker::new();
     let state = AppState {
         registry: registry.clone(),
@@ -64,10 +90,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_ms: config.max_timeout_ms,
         },
         clients: clients.clone(),
+        meter: meter.clone(),
+        metrics: metrics.clone(),
     };
 
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
+    let background = CancellationToken::new();
+    tokio::spawn(meter.clone().run(background.clone()));
+    tokio::spawn(telemetry::run_sampler(metrics, host, background.clone()));
+    tokio::spawn(reprobe_while_unavailable(
+        registry.clone(),
+        background.clone(),
+    ));
+    let (stop_accepting, urgent) = spawn_signal_handler()?;
+    tokio::spawn(drain_then_shut_down(
+        registry.clone(),
+        Duration::from_millis(config.shutdown_drain_ms),
+        stop_accepting,
+        urgent,
+        shutdown.clone(),
+    ));
     info!(
         listen = %local,
         public_url = %public,
@@ -113,6 +155,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         drain
     );
+    background.cancel();
     served?;
     // Sessions' scratch directories are gone; their parent goes too if nothing else is in it.
     let _ = std::fs::remove_dir(scratch_root(&config.data_dir));
@@ -154,15 +197,72 @@ fn claim_data_dir(data_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::
     }
 }
 
-fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Returns two tokens: the first SIGTERM or SIGINT cancels the first, the second cancels
+/// the other.
+fn spawn_signal_handler() -> anyhow::Result<(CancellationToken, CancellationToken)> {
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let (first, second) = (CancellationToken::new(), CancellationToken::new());
+    let (on_first, on_second) = (first.clone(), second.clone());
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM received"),
-            _ = int.recv() => info!("SIGINT received"),
+        for token in [on_first, on_second] {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = int.recv() => info!("SIGINT received"),
+            }
+            token.cancel();
         }
-        shutdown.cancel();
     });
-    Ok(())
+    Ok((first, second))
+}
+
+/// After the first signal: refuse new sessions, let live ones go on for up to `drain` (or
+/// until a second signal), then start the shutdown that ends them.
+async fn drain_then_shut_down(
+    registry: Arc<Registry>,
+    drain: Duration,
+    stop_accepting: CancellationToken,
+    urgent: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    stop_accepting.cancelled().await;
+    registry.stop_accepting();
+    if !drain.is_zero() && registry.live_count() > 0 {
+        info!(
+            live_sessions = registry.live_count(),
+            drain_ms = drain.as_millis() as u64,
+            "draining: new sessions are refused; live sessions may go on until they end or the drain time is up (signal again to end them now)"
+        );
+        let deadline = tokio::time::Instant::now() + drain;
+        let mut report = tokio::time::Instant::now() + DRAIN_REPORT_EVERY;
+        while registry.live_count() > 0 {
+            tokio::select! {
+                _ = urgent.cancelled() => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            if tokio::time::Instant::now() >= report {
+                info!(live_sessions = registry.live_count(), "still draining");
+                report += DRAIN_REPORT_EVERY;
+            }
+        }
+    }
+    shutdown.cancel();
+}
+
+/// While the latest launch failed, probes Chromium now and then, so that readiness comes
+/// back by itself once browsers can start again (nobody sends sessions to an unready pod).
+async fn reprobe_while_unavailable(registry: Arc<Registry>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(REPROBE_EVERY) => {}
+        }
+        if let Readiness::ChromiumUnavailable(_) = registry.readiness() {
+            match registry.probe_browser().await {
+                Ok(_) => info!("Chromium starts again; ready for sessions"),
+                Err(e) => warn!(error = %e, "Chromium still cannot start"),
+            }
+        }
+    }
 }

@@ -444,8 +444,8 @@ async fn settings_come_from_flags_and_ingot_variables() {
     )
     .await;
     assert!(
-        gw.log_text()
-            .contains("chromium=/usr/lib/chromium/chromium"),
+        gw.wait_for_log("chromium=/usr/lib/chromium/chromium", secs(5))
+            .await,
         "Chromium behind Debian's wrapper is preferred:\n{}",
         gw.log_text()
     );

@@ -5,7 +5,9 @@
 
 pub mod cdp;
 pub mod error;
+pub mod health;
 pub mod sessions;
+pub mod usage;
 pub mod wire;
 
 use std::sync::Arc;
@@ -16,8 +18,10 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::task::TaskTracker;
 
+use crate::metering::Meter;
 use crate::session::params::TimeoutLimits;
 use crate::session::registry::Registry;
 use error::ApiError;
@@ -34,7 +38,13 @@ pub struct AppState {
     pub limits: TimeoutLimits,
     /// Proxy tasks of attached clients, so shutdown can wait for their close frames.
     pub clients: TaskTracker,
+    pub meter: Arc<Meter>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
 }
+
+/// Paths that answer any `Host`: probes and scrapers reach them by pod IP or service name.
+const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// All routes. Static segments such as `/v1/sessions/release` win over `{id}`.
 pub fn router(state: AppState) -> Router {
@@ -55,10 +65,10 @@ pub fn router(state: AppState) -> Router {
             "/devtools/browser/{id}/json/version/",
             get(cdp::version_by_path),
         )
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/v1/usage", get(usage::usage))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -100,6 +110,7 @@ async fn refuse_foreign_requests(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         && !host_allowed(host, &state.urls)
+        && !OPERATIONAL_PATHS.contains(&request.uri().path())
     {
         return ApiError::new(
             StatusCode::FORBIDDEN,

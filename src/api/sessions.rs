@@ -53,6 +53,11 @@ pub async fn create(
             "browser_start_failed",
             e.to_string(),
         ),
+        CreateError::Usage(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "usage_unavailable",
+            e.to_string(),
+        ),
     })?;
     Ok(Json(SessionJson::new(&session, &state.urls)))
 }

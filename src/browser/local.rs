@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use super::window::{Frame, FrameCalibration, measure_and_fit, window_size};
 use super::{
     BrowserExit, BrowserHost, BrowserProcess, CdpTransport, LaunchError, LaunchSpec, Launched,
+    MemorySample,
 };
 
 /// Flags every session's Chromium gets. The background-networking flags stop Chromium from
@@ -65,6 +66,8 @@ const SLOW_START: Duration = Duration::from_secs(5);
 const MAX_PIPE_MESSAGE: usize = 512 << 20;
 /// Stderr lines kept for diagnosing a failed start.
 const STDERR_TAIL: usize = 30;
+/// How long a failed start waits for the rest of the browser's stderr.
+const STDERR_SETTLE: Duration = Duration::from_millis(500);
 
 /// Launches Chromium processes, each with its own profile under `<data_dir>/sessions/<id>`
 /// and its own scratch directory under [`scratch_root`].
@@ -136,6 +139,55 @@ impl BrowserHost for LocalChromium {
         }
         .boxed()
     }
+
+    fn sample_memory(&self) -> BoxFuture<'_, MemorySample> {
+        async {
+            tokio::task::spawn_blocking(sample_browser_memory)
+                .await
+                .unwrap_or_default()
+        }
+        .boxed()
+    }
+}
+
+/// Sums the resident memory of every browser process this gateway started: the processes in
+/// the process groups led by the gateway's children. Reads `/proc`, so it blocks.
+fn sample_browser_memory() -> MemorySample {
+    let gateway = std::process::id() as i32;
+    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(4096);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return MemorySample::default();
+    };
+    // (pid, ppid, process group, resident pages)
+    let processes: Vec<(i32, i32, i32, u64)> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name, which may itself contain spaces and parentheses.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ppid = fields.get(1)?.parse().ok()?;
+            let pgrp = fields.get(2)?.parse().ok()?;
+            let rss = fields.get(21)?.parse().ok()?;
+            Some((pid, ppid, pgrp, rss))
+        })
+        .collect();
+    let leaders: std::collections::HashSet<i32> = processes
+        .iter()
+        .filter(|(pid, ppid, pgrp, _)| *ppid == gateway && pgrp == pid)
+        .map(|(pid, ..)| *pid)
+        .collect();
+    processes
+        .iter()
+        .filter(|(_, _, pgrp, _)| leaders.contains(pgrp))
+        .fold(MemorySample::default(), |sample, (.., rss)| MemorySample {
+            processes: sample.processes + 1,
+            resident_bytes: sample.resident_bytes + rss * page_size,
+        })
 }
 
 /// The directories one browser owns; both are removed when it is reaped.
@@ -189,8 +241,10 @@ async fn launch_in(
             version,
         }),
         Err(reason) => {
-            let tail = process.stderr_tail();
             process.kill().await;
+            // Its last words may still be in the pipe; they say why it did not start.
+            let _ = tokio::time::timeout(STDERR_SETTLE, process.stderr_closed.cancelled()).await;
+            let tail = process.stderr_tail();
             if tail.is_empty() {
                 Err(LaunchError(format!("Chromium did not start: {reason}")))
             } else {
@@ -319,8 +373,17 @@ fn spawn(
         .id()
         .ok_or_else(|| LaunchError("Chromium exited during spawn".into()))? as i32;
     let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
-    if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(drain_stderr(stderr, stderr_tail.clone(), pid));
+    let stderr_closed = CancellationToken::new();
+    match child.stderr.take() {
+        Some(stderr) => {
+            let closed = stderr_closed.clone().drop_guard();
+            let tail = stderr_tail.clone();
+            tokio::spawn(async move {
+                drain_stderr(stderr, tail, pid).await;
+                drop(closed);
+            });
+        }
+        None => stderr_closed.cancel(),
     }
     let (exit_tx, exit_rx) = watch::channel(None);
     tokio::spawn(async move {
@@ -356,6 +419,7 @@ fn spawn(
         dirs: dirs.clone(),
         exit: exit_rx,
         stderr_tail,
+        stderr_closed,
         pipes_open,
         reaped: OnceCell::new(),
     };
@@ -460,6 +524,8 @@ pub struct LocalProcess {
     dirs: SessionDirs,
     exit: watch::Receiver<Option<BrowserExit>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// Cancelled once the browser's stderr reached EOF.
+    stderr_closed: CancellationToken,
     pipes_open: CancellationToken,
     reaped: OnceCell<()>,
 }

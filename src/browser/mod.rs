@@ -72,11 +72,25 @@ pub struct Launched {
     pub version: serde_json::Value,
 }
 
+/// Memory used by all the browsers a host runs, at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemorySample {
+    pub processes: usize,
+    /// Resident memory summed over the processes (shared pages count once per process).
+    pub resident_bytes: u64,
+}
+
 /// Starts browsers.
 pub trait BrowserHost: Send + Sync + 'static {
     /// Launches a browser for a session and returns once it answers CDP. Whatever it started
     /// is gone again when this fails.
     fn launch(&self, spec: LaunchSpec) -> BoxFuture<'_, Result<Launched, LaunchError>>;
+
+    /// Measures the memory of every browser this host runs. A host that cannot tell reports
+    /// nothing.
+    fn sample_memory(&self) -> BoxFuture<'_, MemorySample> {
+        Box::pin(async { MemorySample::default() })
+    }
 }
 
 /// A running browser and everything it owns (process tree, profile directory).

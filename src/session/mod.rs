@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cdp::mux::Mux;
+use crate::metering::{self, Billable, SessionUsage};
 use params::SessionOptions;
 use state::{EndReason, Lifecycle, Phase, Refused};
 
@@ -38,6 +39,8 @@ pub struct Session {
     end_requested: CancellationToken,
     /// Cancelled once the browser is dead and its directory removed.
     reaped: CancellationToken,
+    /// Billing record and CDP traffic counters.
+    usage: SessionUsage,
 }
 
 /// What the session knows about its running browser.
@@ -59,6 +62,7 @@ impl Session {
             browser: OnceLock::new(),
             end_requested: CancellationToken::new(),
             reaped: CancellationToken::new(),
+            usage: SessionUsage::default(),
         }
     }
 
@@ -76,7 +80,12 @@ impl Session {
 
     /// Minutes billed: every started minute of the session's life, at least one.
     pub fn billed_minutes(&self) -> u64 {
-        self.duration().as_millis().div_ceil(60_000).max(1) as u64
+        metering::billed_minutes(self.duration())
+    }
+
+    /// CDP traffic counters, for the proxy to count into.
+    pub fn traffic(&self) -> &SessionUsage {
+        &self.usage
     }
 
     /// When the session will time out.
@@ -125,5 +134,23 @@ impl Session {
     /// Resolves once the browser is gone and its directory removed.
     pub async fn reaped(&self) {
         self.reaped.cancelled().await
+    }
+}
+
+impl Billable for Session {
+    fn session_id(&self) -> Uuid {
+        self.id
+    }
+
+    fn created_at(&self) -> OffsetDateTime {
+        self.created_at
+    }
+
+    fn billed_duration(&self) -> Duration {
+        self.duration()
+    }
+
+    fn usage(&self) -> &SessionUsage {
+        &self.usage
     }
 }

@@ -6,9 +6,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -24,6 +24,8 @@ use super::state::{EndReason, Phase, Status};
 use super::supervisor;
 use crate::browser::{BrowserHost, LaunchSpec};
 use crate::cdp::mux::Mux;
+use crate::metering::Meter;
+use crate::telemetry::{self, CreateErrorReason};
 
 /// Ended sessions kept for listing and lookup, newest kept.
 pub const ENDED_HISTORY: usize = 10_000;
@@ -41,6 +43,31 @@ pub enum CreateError {
     ShuttingDown,
     #[error("the browser could not be started: {0}")]
     Launch(String),
+    #[error("the session could not be metered, so it was not started: {0}")]
+    Usage(String),
+}
+
+impl CreateError {
+    /// The metrics label of a create that got no session; `None` for the client's own error.
+    fn metric_reason(&self) -> Option<CreateErrorReason> {
+        match self {
+            CreateError::Duplicate(_) => None,
+            CreateError::AtCapacity(_) => Some(CreateErrorReason::AtCapacity),
+            CreateError::ShuttingDown => Some(CreateErrorReason::ShuttingDown),
+            CreateError::Launch(_) => Some(CreateErrorReason::BrowserStartFailed),
+            CreateError::Usage(_) => Some(CreateErrorReason::UsageUnavailable),
+        }
+    }
+}
+
+/// Whether the gateway should be sent new sessions (`/readyz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    AtCapacity,
+    ShuttingDown,
+    /// The latest browser launch failed, with its error.
+    ChromiumUnavailable(String),
 }
 
 /// A `GET /v1/sessions` query, validated.
@@ -75,13 +102,25 @@ pub struct Registry {
     next_seq: AtomicU64,
     capacity: Arc<Semaphore>,
     max_sessions: usize,
+    /// Sessions that went live and have not ended yet.
+    live: AtomicUsize,
     host: Arc<dyn BrowserHost>,
+    meter: Arc<Meter>,
+    /// The error of the latest browser launch, when it failed.
+    launch_failure: Mutex<Option<String>>,
     tasks: TaskTracker,
+    /// Cancelled when new sessions are refused (draining or shutting down).
+    closed: CancellationToken,
+    /// Cancelled when every live session must end.
     shutdown: CancellationToken,
 }
 
 impl Registry {
-    pub fn new(host: Arc<dyn BrowserHost>, max_sessions: usize) -> Arc<Registry> {
+    pub fn new(
+        host: Arc<dyn BrowserHost>,
+        meter: Arc<Meter>,
+        max_sessions: usize,
+    ) -> Arc<Registry> {
         Arc::new(Registry {
             sessions: DashMap::new(),
             order: Mutex::new(BTreeMap::new()),
@@ -89,8 +128,12 @@ impl Registry {
             next_seq: AtomicU64::new(1),
             capacity: Arc::new(Semaphore::new(max_sessions)),
             max_sessions,
+            live: AtomicUsize::new(0),
             host,
+            meter,
+            launch_failure: Mutex::new(None),
             tasks: TaskTracker::new(),
+            closed: CancellationToken::new(),
             shutdown: CancellationToken::new(),
         })
     }
@@ -102,21 +145,27 @@ impl Registry {
         options: SessionOptions,
     ) -> Result<Arc<Session>, CreateError> {
         let this = self.clone();
-        self.tasks
+        let result = self
+            .tasks
             .spawn(async move { this.create_now(options).await })
             .await
             .unwrap_or_else(|e| {
                 Err(CreateError::Launch(format!(
                     "session start-up task failed: {e}"
                 )))
-            })
+            });
+        if let Some(reason) = result.as_ref().err().and_then(CreateError::metric_reason) {
+            telemetry::create_failed(reason);
+        }
+        result
     }
 
     async fn create_now(
         self: Arc<Self>,
         options: SessionOptions,
     ) -> Result<Arc<Session>, CreateError> {
-        if self.shutdown.is_cancelled() {
+        let requested = Instant::now();
+        if self.closed.is_cancelled() {
             return Err(CreateError::ShuttingDown);
         }
         let id = options.session_id.unwrap_or_else(Uuid::new_v4);
@@ -140,9 +189,14 @@ impl Registry {
             user_agent: session.options.user_agent.clone(),
             proxy_server: session.options.proxy_server.clone(),
         };
-        let launched = match self.host.launch(spec).await {
+        let launch_started = Instant::now();
+        let launched = self.host.launch(spec).await;
+        let launch_time = launch_started.elapsed();
+        self.note_launch(launched.as_ref().err().map(|e| e.0.clone()));
+        let launched = match launched {
             Ok(launched) => launched,
             Err(e) => {
+                telemetry::browser_launched(launch_time);
                 self.forget_failed_start(&session);
                 return Err(CreateError::Launch(e.0));
             }
@@ -152,7 +206,7 @@ impl Registry {
             mux: mux.clone(),
             version: launched.version,
         });
-        let went_live = if self.shutdown.is_cancelled() {
+        let went_live = if self.closed.is_cancelled() {
             Err(CreateError::ShuttingDown)
         } else {
             session
@@ -160,11 +214,27 @@ impl Registry {
                 .mark_live()
                 .map_err(|e| CreateError::Launch(e.to_string()))
         };
+        // Metered before anyone can use it: a session without a usage record is never served.
+        let went_live = match went_live {
+            Ok(()) => self
+                .meter
+                .start(session.clone(), None)
+                .await
+                .map_err(|e| CreateError::Usage(e.to_string())),
+            Err(e) => Err(e),
+        };
         if let Err(e) = went_live {
+            if session.phase().is_live() {
+                let _ = session.lifecycle.end(EndReason::BrowserCrashed);
+            }
             launched.process.kill().await;
             self.forget_failed_start(&session);
+            telemetry::browser_launched(launch_time);
             return Err(e);
         }
+        let live = self.live.fetch_add(1, Ordering::AcqRel) + 1;
+        telemetry::sessions_live(live);
+        telemetry::session_created(launch_time, requested.elapsed());
         info!(session_id = %id, timeout_ms = session.options.timeout_ms, "session live");
         self.tasks.spawn(supervisor::supervise(
             self.clone(),
@@ -185,8 +255,56 @@ impl Registry {
         session.reaped.cancel();
     }
 
-    /// Records that a session ended, and trims the oldest history beyond [`ENDED_HISTORY`].
-    pub(super) fn note_ended(&self, session: &Session) {
+    /// Remembers how the latest launch went, for readiness.
+    fn note_launch(&self, failure: Option<String>) {
+        *lock(&self.launch_failure) = failure;
+    }
+
+    /// Launches a browser and kills it again, to learn whether browsers can start. Returns
+    /// the launch error, if any; readiness follows the outcome.
+    pub async fn probe_browser(&self) -> Result<Duration, String> {
+        let started = Instant::now();
+        let spec = LaunchSpec {
+            session_id: Uuid::new_v4(),
+            dimensions: Default::default(),
+            user_agent: None,
+            proxy_server: None,
+        };
+        let result = self.host.launch(spec).await;
+        let elapsed = started.elapsed();
+        self.note_launch(result.as_ref().err().map(|e| e.0.clone()));
+        match result {
+            Ok(launched) => {
+                launched.process.kill().await;
+                telemetry::browser_launched(elapsed);
+                Ok(elapsed)
+            }
+            Err(e) => Err(e.0),
+        }
+    }
+
+    /// Whether new sessions can be served now.
+    pub fn readiness(&self) -> Readiness {
+        if self.closed.is_cancelled() {
+            Readiness::ShuttingDown
+        } else if let Some(error) = lock(&self.launch_failure).clone() {
+            Readiness::ChromiumUnavailable(error)
+        } else if self.capacity.available_permits() == 0 {
+            Readiness::AtCapacity
+        } else {
+            Readiness::Ready
+        }
+    }
+
+    /// Records that a session ended: its final usage record, metrics, and history (trimming
+    /// the oldest beyond [`ENDED_HISTORY`]).
+    pub(super) async fn note_ended(&self, session: &Arc<Session>, reason: EndReason) {
+        self.meter
+            .finish(session.as_ref(), reason.status().as_str(), reason.as_str())
+            .await;
+        let live = self.live.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        telemetry::sessions_live(live);
+        telemetry::session_ended(reason, session.duration());
         let mut ended = lock(&self.ended);
         ended.push_back(session.id);
         while ended.len() > ENDED_HISTORY {
@@ -283,7 +401,12 @@ impl Registry {
 
     /// Number of live sessions.
     pub fn live_count(&self) -> usize {
-        self.max_sessions - self.capacity.available_permits()
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Most sessions live (or starting) at once.
+    pub fn max_sessions(&self) -> usize {
+        self.max_sessions
     }
 
     /// The only live session, if exactly one is live.
@@ -297,9 +420,15 @@ impl Registry {
         live.next().is_none().then_some(first)
     }
 
+    /// Refuses new sessions from now on; live ones go on.
+    pub fn stop_accepting(&self) {
+        self.closed.cancel();
+    }
+
     /// Ends every session (reason `gateway_shutdown`), refuses new ones, and waits up to
     /// `grace` for every browser to be reaped.
     pub async fn shutdown(&self, grace: Duration) {
+        self.closed.cancel();
         self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())
@@ -408,7 +537,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keeps_the_last_ten_thousand_ended_sessions_listed() {
-        let registry = Registry::new(Arc::new(FakeHost), 4);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meter = Meter::open(dir.path()).await.expect("usage database");
+        let registry = Registry::new(Arc::new(FakeHost), meter, 4);
         let mut ids = Vec::new();
         for _ in 0..ENDED_HISTORY + 3 {
             let session = registry.create(options()).await.expect("create");

@@ -19,6 +19,15 @@ pub enum Status {
 }
 
 impl Status {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Live => "live",
+            Status::Released => "released",
+            Status::Failed => "failed",
+        }
+    }
+
     /// Parses a `status` query value.
     pub fn parse(s: &str) -> Option<Status> {
         match s {
@@ -49,6 +58,16 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// Every reason, for registering metrics up front.
+    pub const ALL: [EndReason; 6] = [
+        EndReason::UserRequested,
+        EndReason::Timeout,
+        EndReason::BrowserClosed,
+        EndReason::BrowserCrashed,
+        EndReason::StartupFailed,
+        EndReason::GatewayShutdown,
+    ];
+
     /// The final status each reason leads to.
     pub fn status(self) -> Status {
         match self {

@@ -50,8 +50,9 @@ pub(super) async fn supervise(
     mux.close_all(close_frame(reason));
     process.kill().await;
     drop(permit);
-    // History first: whoever waits for the reap (a release call) then sees it complete.
-    registry.note_ended(&session);
+    // Usage record and history first: whoever waits for the reap (a release call) then sees
+    // them complete.
+    registry.note_ended(&session, reason).await;
     session.reaped.cancel();
     info!(
         session_id = %session.id,

@@ -596,3 +596,105 @@ impl PageServer {
 pub fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
+
+/// One row of the gateway's usage database, read directly from the file.
+#[derive(Debug, Clone)]
+pub struct UsageRecord {
+    pub session_id: String,
+    pub api_key: Option<String>,
+    pub created_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    pub checkpoint_at_ms: i64,
+    pub status: String,
+    pub reason: Option<String>,
+    pub billed_minutes: u64,
+    pub bytes_to_browser: u64,
+    pub bytes_to_client: u64,
+    pub messages_to_browser: u64,
+    pub messages_to_client: u64,
+}
+
+/// Every usage record in `<data_dir>/usage.sqlite3`, oldest first. Reads alongside a running
+/// gateway (WAL allows a reader next to the writer).
+pub fn usage_records(data_dir: &Path) -> Vec<UsageRecord> {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("usage.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open usage database");
+    let mut stmt = conn
+        .prepare(
+            "SELECT session_id, api_key, created_at_ms, ended_at_ms, checkpoint_at_ms, status,
+                    reason, billed_minutes, bytes_to_browser, bytes_to_client,
+                    messages_to_browser, messages_to_client
+             FROM sessions ORDER BY record_id",
+        )
+        .expect("prepare");
+    stmt.query_map([], |r| {
+        Ok(UsageRecord {
+            session_id: r.get(0)?,
+            api_key: r.get(1)?,
+            created_at_ms: r.get(2)?,
+            ended_at_ms: r.get(3)?,
+            checkpoint_at_ms: r.get(4)?,
+            status: r.get(5)?,
+            reason: r.get(6)?,
+            billed_minutes: r.get::<_, i64>(7)? as u64,
+            bytes_to_browser: r.get::<_, i64>(8)? as u64,
+            bytes_to_client: r.get::<_, i64>(9)? as u64,
+            messages_to_browser: r.get::<_, i64>(10)? as u64,
+            messages_to_client: r.get::<_, i64>(11)? as u64,
+        })
+    })
+    .expect("query")
+    .map(|r| r.expect("row"))
+    .collect()
+}
+
+/// The record of one session.
+pub fn usage_record(data_dir: &Path, session_id: &str) -> UsageRecord {
+    usage_records(data_dir)
+        .into_iter()
+        .find(|r| r.session_id == session_id)
+        .unwrap_or_else(|| panic!("no usage record for {session_id}"))
+}
+
+impl Gateway {
+    /// Scrapes and parses `/metrics`.
+    pub async fn scrape(&self) -> prometheus_parse::Scrape {
+        let r = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.expect("metrics body");
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("metrics parse as Prometheus text")
+    }
+}
+
+/// The value of the sample named `name` whose labels include all of `labels`; counters,
+/// gauges and untyped samples only. Panics when there is no such sample.
+pub fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    try_metric(scrape, name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+}
+
+pub fn try_metric(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .find_map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}

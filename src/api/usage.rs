@@ -1,0 +1,237 @@
+//! `GET /v1/usage`: billed minutes, sessions by final status, and CDP traffic, per UTC day
+//! and in total, as JSON or CSV (`format=csv`).
+//!
+//! Sessions count towards the day (and the `[from, to)` range) in which they were created.
+//! Live sessions are included with their figures so far.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::metering::store::UsageSums;
+
+/// Range used when `from` is not given: this long before `to`.
+const DEFAULT_RANGE: time::Duration = time::Duration::days(30);
+
+/// Query of `GET /v1/usage`. Values arrive as strings so that errors can name them.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageParams {
+    from: Option<String>,
+    to: Option<String>,
+    api_key: Option<String>,
+    format: Option<String>,
+}
+
+/// `GET /v1/usage`
+pub async fn usage(
+    State(state): State<AppState>,
+    params: Result<Query<UsageParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let csv = match params.format.as_deref() {
+        None | Some("") | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format: must be json or csv, got {other:?}"
+            )));
+        }
+    };
+    let to = match params.to.as_deref() {
+        None | Some("") => OffsetDateTime::now_utc(),
+        Some(raw) => parse_time(raw, "to")?,
+    };
+    let from = match params.from.as_deref() {
+        None | Some("") => to - DEFAULT_RANGE,
+        Some(raw) => parse_time(raw, "from")?,
+    };
+    if from >= to {
+        return Err(ApiError::bad_request("from: must be earlier than to"));
+    }
+    let api_key = params.api_key.filter(|k| !k.is_empty());
+    let days = state
+        .meter
+        .usage_by_day(from, to, api_key.clone())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "usage_unavailable",
+                e.to_string(),
+            )
+        })?;
+    let report = UsageReport::new(from, to, api_key, &days);
+    if csv {
+        Ok(csv_response(&report))
+    } else {
+        Ok(Json(report).into_response())
+    }
+}
+
+/// RFC 3339, UTC or with an offset. A `+` that form decoding turned into a space is taken
+/// back, so an unencoded `+01:00` works.
+fn parse_time(raw: &str, field: &str) -> Result<OffsetDateTime, ApiError> {
+    let repaired = raw.replace(' ', "+");
+    OffsetDateTime::parse(&repaired, &Rfc3339).map_err(|_| {
+        ApiError::bad_request(format!(
+            "{field}: {raw:?} is not an RFC 3339 time such as 2026-11-01T00:00:00Z"
+        ))
+    })
+}
+
+/// The JSON answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageReport {
+    from: String,
+    to: String,
+    api_key: Option<String>,
+    total: UsageFigures,
+    days: Vec<DayFigures>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DayFigures {
+    /// `YYYY-MM-DD`, UTC.
+    date: String,
+    #[serde(flatten)]
+    figures: UsageFigures,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageFigures {
+    sessions: u64,
+    sessions_by_status: ByStatus,
+    billed_minutes: u64,
+    bytes: ByDirection,
+    messages: ByDirection,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct ByStatus {
+    live: u64,
+    released: u64,
+    failed: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ByDirection {
+    to_browser: u64,
+    to_client: u64,
+}
+
+impl UsageFigures {
+    fn from_sums(s: &UsageSums) -> UsageFigures {
+        UsageFigures {
+            sessions: s.sessions,
+            sessions_by_status: ByStatus {
+                live: s.live,
+                released: s.released,
+                failed: s.failed,
+            },
+            billed_minutes: s.billed_minutes,
+            bytes: ByDirection {
+                to_browser: s.traffic.bytes_to_browser,
+                to_client: s.traffic.bytes_to_client,
+            },
+            messages: ByDirection {
+                to_browser: s.traffic.messages_to_browser,
+                to_client: s.traffic.messages_to_client,
+            },
+        }
+    }
+
+    fn add(&mut self, other: &UsageFigures) {
+        self.sessions += other.sessions;
+        self.sessions_by_status.live += other.sessions_by_status.live;
+        self.sessions_by_status.released += other.sessions_by_status.released;
+        self.sessions_by_status.failed += other.sessions_by_status.failed;
+        self.billed_minutes += other.billed_minutes;
+        self.bytes.to_browser += other.bytes.to_browser;
+        self.bytes.to_client += other.bytes.to_client;
+        self.messages.to_browser += other.messages.to_browser;
+        self.messages.to_client += other.messages.to_client;
+    }
+
+    fn csv_row(&self, label: &str) -> String {
+        format!(
+            "{label},{},{},{},{},{},{},{},{},{}\n",
+            self.sessions,
+            self.sessions_by_status.live,
+            self.sessions_by_status.released,
+            self.sessions_by_status.failed,
+            self.billed_minutes,
+            self.bytes.to_browser,
+            self.bytes.to_client,
+            self.messages.to_browser,
+            self.messages.to_client,
+        )
+    }
+}
+
+impl UsageReport {
+    fn new(
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        api_key: Option<String>,
+        days: &[(String, UsageSums)],
+    ) -> UsageReport {
+        let days: Vec<DayFigures> = days
+            .iter()
+            .map(|(date, sums)| DayFigures {
+                date: date.clone(),
+                figures: UsageFigures::from_sums(sums),
+            })
+            .collect();
+        let mut total = UsageFigures::default();
+        for day in &days {
+            total.add(&day.figures);
+        }
+        UsageReport {
+            from: rfc3339(from),
+            to: rfc3339(to),
+            api_key,
+            total,
+            days,
+        }
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// One row per day, oldest first, then a `total` row.
+fn csv_response(report: &UsageReport) -> Response {
+    let mut body = String::from(
+        "date,sessions,live,released,failed,billed_minutes,bytes_to_browser,bytes_to_client,messages_to_browser,messages_to_client\n",
+    );
+    for day in &report.days {
+        body.push_str(&day.figures.csv_row(&day.date));
+    }
+    body.push_str(&report.total.csv_row("total"));
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"ingot-usage.csv\"",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}

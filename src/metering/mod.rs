@@ -1,0 +1,424 @@
+//! Per-minute metering: what each session is billed, durably.
+//!
+//! A session is billed for every started minute of its life, at least one. Its record is
+//! written when it goes live, checkpointed as each new minute starts (so a checkpoint
+//! always carries every minute begun so far), and finished when it ends. After a SIGKILL the
+//! next start closes the records left live as `failed`/`gateway_restart`, billed up to their
+//! last checkpoint.
+//!
+//! Owns the usage database ([`store`]), per-session traffic counters ([`SessionUsage`]) and
+//! the minute clock. It reads sessions only through [`Billable`]; it must not change a
+//! session's state or know about HTTP.
+
+pub mod store;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use crate::telemetry;
+use store::{Checkpoint, FinalRecord, NewRecord, StoreError, TrafficTotals, UsageStore, UsageSums};
+
+/// Length of a billed minute.
+const MINUTE: Duration = Duration::from_secs(60);
+/// Checkpoints fire this long after a minute starts, so the new minute is already counted.
+const AFTER_BOUNDARY: Duration = Duration::from_millis(1);
+/// Attempts at writing a session's final record before leaving it to the next start.
+const FINISH_ATTEMPTS: u32 = 3;
+/// Reason recorded for sessions a killed gateway left live.
+pub const GATEWAY_RESTART: &str = "gateway_restart";
+
+/// Minutes billed for a session that has lasted `duration`: every started minute, at least one.
+pub fn billed_minutes(duration: Duration) -> u64 {
+    let minutes = duration.as_millis().div_ceil(MINUTE.as_millis()).max(1);
+    u64::try_from(minutes).unwrap_or(u64::MAX)
+}
+
+/// What metering needs to read from a session.
+pub trait Billable: Send + Sync {
+    fn session_id(&self) -> Uuid;
+    /// Wall-clock creation time.
+    fn created_at(&self) -> OffsetDateTime;
+    /// Time from creation until now, or until the session ended. Never decreases.
+    fn billed_duration(&self) -> Duration;
+    fn usage(&self) -> &SessionUsage;
+}
+
+/// A session's metering state: its record and its CDP traffic so far.
+#[derive(Debug, Default)]
+pub struct SessionUsage {
+    record_id: OnceLock<i64>,
+    /// Minutes already added to the Prometheus counter.
+    minutes_counted: AtomicU64,
+    bytes_to_browser: AtomicU64,
+    bytes_to_client: AtomicU64,
+    messages_to_browser: AtomicU64,
+    messages_to_client: AtomicU64,
+}
+
+impl SessionUsage {
+    /// Counts one CDP message from a client to the browser.
+    pub fn count_to_browser(&self, bytes: usize) {
+        self.messages_to_browser.fetch_add(1, Ordering::Relaxed);
+        self.bytes_to_browser
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        telemetry::cdp_to_browser(bytes);
+    }
+
+    /// Counts one CDP message from the gateway to a client.
+    pub fn count_to_client(&self, bytes: usize) {
+        self.messages_to_client.fetch_add(1, Ordering::Relaxed);
+        self.bytes_to_client
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        telemetry::cdp_to_client(bytes);
+    }
+
+    pub fn totals(&self) -> TrafficTotals {
+        TrafficTotals {
+            bytes_to_browser: self.bytes_to_browser.load(Ordering::Relaxed),
+            bytes_to_client: self.bytes_to_client.load(Ordering::Relaxed),
+            messages_to_browser: self.messages_to_browser.load(Ordering::Relaxed),
+            messages_to_client: self.messages_to_client.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Brings the Prometheus counter up to `minutes`. Safe to call from several places at
+    /// once: each minute is counted exactly once.
+    fn count_minutes(&self, minutes: u64) {
+        let before = self.minutes_counted.fetch_max(minutes, Ordering::AcqRel);
+        if minutes > before {
+            telemetry::billed_minutes(minutes - before);
+        }
+    }
+}
+
+/// The usage database could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum MeterError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("usage database task failed: {0}")]
+    Task(String),
+}
+
+/// Live sessions by when their next minute starts.
+#[derive(Default)]
+struct Schedule {
+    due: BTreeSet<(Instant, i64)>,
+    live: HashMap<i64, (Instant, Arc<dyn Billable>)>,
+}
+
+impl Schedule {
+    fn insert(&mut self, record_id: i64, at: Instant, session: Arc<dyn Billable>) {
+        self.remove(record_id);
+        self.due.insert((at, record_id));
+        self.live.insert(record_id, (at, session));
+    }
+
+    fn remove(&mut self, record_id: i64) -> Option<Arc<dyn Billable>> {
+        let (at, session) = self.live.remove(&record_id)?;
+        self.due.remove(&(at, record_id));
+        Some(session)
+    }
+}
+
+/// The meter: the usage database plus the clock that checkpoints live sessions.
+pub struct Meter {
+    store: Arc<Mutex<UsageStore>>,
+    schedule: Mutex<Schedule>,
+    /// Wakes the minute clock when the schedule gains an earlier entry.
+    changed: Notify,
+}
+
+impl Meter {
+    /// Opens (or creates) `<data_dir>/usage.sqlite3`.
+    pub async fn open(data_dir: &Path) -> Result<Arc<Meter>, MeterError> {
+        let dir = data_dir.to_path_buf();
+        let store = blocking(move || UsageStore::open(&dir)).await?;
+        Ok(Arc::new(Meter {
+            store: Arc::new(Mutex::new(store)),
+            schedule: Mutex::new(Schedule::default()),
+            changed: Notify::new(),
+        }))
+    }
+
+    /// Closes the records a previous run left live (it was killed): `failed` with reason
+    /// `gateway_restart`, billed up to the last checkpoint. Call once, before serving.
+    pub async fn close_abandoned(&self) -> Result<u64, MeterError> {
+        let store = self.store.clone();
+        let closed = blocking(move || lock(&store).close_abandoned(GATEWAY_RESTART)).await?;
+        if closed > 0 {
+            warn!(
+                sessions = closed,
+                "closed usage records of the previous run as failed/gateway_restart"
+            );
+        }
+        telemetry::sessions_abandoned(closed);
+        Ok(closed)
+    }
+
+    /// Writes the first record of a session that is about to be handed to its client, and
+    /// starts its minute clock. A session that cannot be metered must not be served.
+    pub async fn start(
+        &self,
+        session: Arc<dyn Billable>,
+        api_key: Option<String>,
+    ) -> Result<(), MeterError> {
+        let record = NewRecord {
+            session_id: session.session_id(),
+            api_key,
+            created_at_ms: unix_ms(session.created_at()),
+        };
+        let store = self.store.clone();
+        let record_id = blocking(move || lock(&store).insert(&record))
+            .await
+            .inspect_err(|_| telemetry::usage_write_error())?;
+        let _ = session.usage().record_id.set(record_id);
+        session.usage().count_minutes(1);
+        let next = next_minute(session.billed_duration());
+        lock(&self.schedule).insert(record_id, next, session);
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Writes a session's final record. Call after the session ended; without a record
+    /// (it never went live) there is nothing to write.
+    pub async fn finish(&self, session: &dyn Billable, status: &'static str, reason: &'static str) {
+        let Some(&record_id) = session.usage().record_id.get() else {
+            return;
+        };
+        lock(&self.schedule).remove(record_id);
+        let checkpoint = checkpoint_now(record_id, session);
+        session.usage().count_minutes(checkpoint.billed_minutes);
+        let record = FinalRecord {
+            checkpoint,
+            status,
+            reason,
+        };
+        for attempt in 1..=FINISH_ATTEMPTS {
+            let store = self.store.clone();
+            match blocking(move || lock(&store).finish(&record)).await {
+                Ok(()) => return,
+                Err(e) => {
+                    telemetry::usage_write_error();
+                    if attempt == FINISH_ATTEMPTS {
+                        // The record stays live at its last checkpoint; the next start
+                        // closes it as gateway_restart, so at most a minute is lost.
+                        error!(session_id = %session.session_id(), error = %e,
+                            "could not write the final usage record");
+                    } else {
+                        warn!(session_id = %session.session_id(), error = %e, attempt,
+                            "final usage record not written; retrying");
+                        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checkpoints every live session now, so that the database holds current figures.
+    pub async fn flush(&self) -> Result<(), MeterError> {
+        let live: Vec<(i64, Arc<dyn Billable>)> = lock(&self.schedule)
+            .live
+            .iter()
+            .map(|(id, (_, s))| (*id, s.clone()))
+            .collect();
+        let checkpoints: Vec<Checkpoint> = live
+            .iter()
+            .map(|(id, s)| checkpoint_now(*id, s.as_ref()))
+            .collect();
+        self.write_checkpoints(checkpoints).await
+    }
+
+    /// Usage of the sessions created in `[from, to)`, per UTC day, with live sessions'
+    /// figures brought up to date first.
+    pub async fn usage_by_day(
+        &self,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        api_key: Option<String>,
+    ) -> Result<Vec<(String, UsageSums)>, MeterError> {
+        self.flush().await?;
+        let store = self.store.clone();
+        let (from_ms, to_ms) = (unix_ms(from), unix_ms(to));
+        blocking(move || lock(&store).usage_by_day(from_ms, to_ms, api_key.as_deref())).await
+    }
+
+    /// The minute clock: checkpoints each live session as each of its minutes starts. Runs
+    /// until `shutdown`; final records are written by [`Meter::finish`], not here.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let next = lock(&self.schedule).due.first().map(|(at, _)| *at);
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.changed.notified() => continue,
+                _ = sleep => {}
+            }
+            let now = Instant::now();
+            let mut checkpoints = Vec::new();
+            {
+                let mut schedule = lock(&self.schedule);
+                while let Some(&(at, record_id)) = schedule.due.first() {
+                    if at > now {
+                        break;
+                    }
+                    let Some(session) = schedule.remove(record_id) else {
+                        continue;
+                    };
+                    let checkpoint = checkpoint_now(record_id, session.as_ref());
+                    session.usage().count_minutes(checkpoint.billed_minutes);
+                    checkpoints.push(checkpoint);
+                    let next = next_minute(session.billed_duration());
+                    schedule.insert(record_id, next, session);
+                }
+            }
+            if let Err(e) = self.write_checkpoints(checkpoints).await {
+                error!(error = %e, "could not write usage checkpoints");
+            }
+        }
+        info!("usage clock stopped");
+    }
+
+    async fn write_checkpoints(&self, checkpoints: Vec<Checkpoint>) -> Result<(), MeterError> {
+        if checkpoints.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        blocking(move || lock(&store).checkpoint(&checkpoints))
+            .await
+            .inspect_err(|_| telemetry::usage_write_error())
+    }
+}
+
+/// The session's figures at this moment.
+fn checkpoint_now(record_id: i64, session: &dyn Billable) -> Checkpoint {
+    let duration = session.billed_duration();
+    let duration_ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+    Checkpoint {
+        record_id,
+        at_ms: unix_ms(session.created_at()).saturating_add(duration_ms),
+        billed_minutes: billed_minutes(duration),
+        traffic: session.usage().totals(),
+    }
+}
+
+/// When the next billed minute of a session that has lasted `duration` starts.
+fn next_minute(duration: Duration) -> Instant {
+    let minutes = u32::try_from(billed_minutes(duration)).unwrap_or(u32::MAX);
+    let boundary = MINUTE.saturating_mul(minutes);
+    Instant::now() + boundary.saturating_sub(duration) + AFTER_BOUNDARY
+}
+
+fn unix_ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, MeterError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| MeterError::Task(e.to_string()))?
+        .map_err(MeterError::from)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each critical section leaves the value consistent, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bills_every_started_minute_at_least_one() {
+        assert_eq!(billed_minutes(Duration::ZERO), 1);
+        assert_eq!(billed_minutes(Duration::from_millis(59_999)), 1);
+        assert_eq!(billed_minutes(Duration::from_millis(60_000)), 1);
+        assert_eq!(billed_minutes(Duration::from_millis(60_001)), 2);
+        assert_eq!(billed_minutes(Duration::from_secs(24 * 3600)), 1440);
+    }
+
+    struct Fake {
+        id: Uuid,
+        created_at: OffsetDateTime,
+        elapsed: Mutex<Duration>,
+        usage: SessionUsage,
+    }
+
+    impl Billable for Fake {
+        fn session_id(&self) -> Uuid {
+            self.id
+        }
+        fn created_at(&self) -> OffsetDateTime {
+            self.created_at
+        }
+        fn billed_duration(&self) -> Duration {
+            *lock(&self.elapsed)
+        }
+        fn usage(&self) -> &SessionUsage {
+            &self.usage
+        }
+    }
+
+    #[tokio::test]
+    async fn final_record_and_counter_agree_with_the_duration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meter = Meter::open(dir.path()).await.expect("open");
+        let session = Arc::new(Fake {
+            id: Uuid::new_v4(),
+            created_at: OffsetDateTime::now_utc(),
+            elapsed: Mutex::new(Duration::from_millis(5)),
+            usage: SessionUsage::default(),
+        });
+        meter.start(session.clone(), None).await.expect("start");
+        session.usage.count_to_browser(100);
+        session.usage.count_to_client(250);
+        session.usage.count_to_client(50);
+        *lock(&session.elapsed) = Duration::from_millis(125_000);
+        meter
+            .finish(session.as_ref(), "released", "user_requested")
+            .await;
+        // Ended records are never touched again, by a flush or by a second finish.
+        meter.flush().await.expect("flush");
+        meter
+            .finish(session.as_ref(), "failed", "browser_crashed")
+            .await;
+        assert_eq!(session.usage.minutes_counted.load(Ordering::Relaxed), 3);
+
+        let now = OffsetDateTime::now_utc();
+        let days = meter
+            .usage_by_day(
+                now - time::Duration::hours(1),
+                now + time::Duration::hours(1),
+                None,
+            )
+            .await
+            .expect("usage");
+        let total: Vec<&UsageSums> = days.iter().map(|(_, s)| s).collect();
+        assert_eq!(total.len(), 1);
+        assert_eq!(total[0].billed_minutes, 3);
+        assert_eq!(total[0].released, 1);
+        assert_eq!(total[0].traffic.bytes_to_client, 300);
+        assert_eq!(total[0].traffic.messages_to_client, 2);
+        assert_eq!(total[0].traffic.bytes_to_browser, 100);
+    }
+}

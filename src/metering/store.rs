@@ -1,0 +1,390 @@
+//! The usage database: one SQLite file (`<data-dir>/usage.sqlite3`, WAL, `synchronous=FULL`)
+//! with one record per session.
+//!
+//! Owns the schema and every SQL statement. Calls block on disk, so the async code in
+//! [`super`] runs them on the blocking pool; this module must not know about sessions,
+//! clocks or Prometheus.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+use uuid::Uuid;
+
+/// File name of the usage database inside the data directory.
+pub const DB_FILE: &str = "usage.sqlite3";
+/// Schema version stored in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    record_id           INTEGER PRIMARY KEY,
+    session_id          TEXT    NOT NULL,
+    api_key             TEXT,
+    created_at_ms       INTEGER NOT NULL,
+    ended_at_ms         INTEGER,
+    checkpoint_at_ms    INTEGER NOT NULL,
+    status              TEXT    NOT NULL CHECK (status IN ('live', 'released', 'failed')),
+    reason              TEXT,
+    billed_minutes      INTEGER NOT NULL CHECK (billed_minutes >= 1),
+    bytes_to_browser    INTEGER NOT NULL DEFAULT 0,
+    bytes_to_client     INTEGER NOT NULL DEFAULT 0,
+    messages_to_browser INTEGER NOT NULL DEFAULT 0,
+    messages_to_client  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS sessions_by_creation ON sessions (created_at_ms);
+CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status);
+";
+
+/// Bytes and messages in each direction, as counted so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrafficTotals {
+    pub bytes_to_browser: u64,
+    pub bytes_to_client: u64,
+    pub messages_to_browser: u64,
+    pub messages_to_client: u64,
+}
+
+/// A session's record as first written, when it goes live.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub session_id: Uuid,
+    pub api_key: Option<String>,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// The state of a live session at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoint {
+    pub record_id: i64,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    pub billed_minutes: u64,
+    pub traffic: TrafficTotals,
+}
+
+/// How a session ended, written once.
+#[derive(Debug, Clone, Copy)]
+pub struct FinalRecord {
+    pub checkpoint: Checkpoint,
+    pub status: &'static str,
+    pub reason: &'static str,
+}
+
+/// One group of records, summed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageSums {
+    pub sessions: u64,
+    pub live: u64,
+    pub released: u64,
+    pub failed: u64,
+    pub billed_minutes: u64,
+    pub traffic: TrafficTotals,
+}
+
+/// An open usage database.
+pub struct UsageStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// A database error, with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("usage database {path}: {source}")]
+pub struct StoreError {
+    path: String,
+    #[source]
+    source: rusqlite::Error,
+}
+
+impl UsageStore {
+    /// Opens (creating if needed) the database in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<UsageStore, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let wrap = |source| StoreError {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(wrap)?;
+        // WAL lets the usage query read while a checkpoint writes; FULL makes every commit
+        // durable before it returns, so a record that was written survives a power cut too.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(wrap)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(wrap)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(wrap)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(wrap)?;
+        if version > SCHEMA_VERSION {
+            return Err(wrap(rusqlite::Error::InvalidParameterName(format!(
+                "schema version {version} is newer than this ingot understands ({SCHEMA_VERSION})"
+            ))));
+        }
+        conn.execute_batch(SCHEMA).map_err(wrap)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(wrap)?;
+        Ok(UsageStore { conn, path })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Writes the first record of a session: live, one minute billed. Returns its record id.
+    pub fn insert(&self, record: &NewRecord) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sessions (session_id, api_key, created_at_ms, checkpoint_at_ms,
+                                       status, billed_minutes)
+                 VALUES (?1, ?2, ?3, ?3, 'live', 1)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    record.session_id.to_string(),
+                    record.api_key,
+                    record.created_at_ms
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Writes checkpoints of live sessions in one transaction. A record that has already
+    /// ended is left as it is, so a late checkpoint can never undo an end.
+    pub fn checkpoint(&mut self, checkpoints: &[Checkpoint]) -> Result<(), StoreError> {
+        let path = &self.path;
+        let err = |source| StoreError {
+            path: path.display().to_string(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE sessions SET checkpoint_at_ms = ?2, billed_minutes = ?3,
+                        bytes_to_browser = ?4, bytes_to_client = ?5,
+                        messages_to_browser = ?6, messages_to_client = ?7
+                     WHERE record_id = ?1 AND status = 'live'",
+                )
+                .map_err(err)?;
+            for c in checkpoints {
+                stmt.execute(params![
+                    c.record_id,
+                    c.at_ms,
+                    to_sql(c.billed_minutes),
+                    to_sql(c.traffic.bytes_to_browser),
+                    to_sql(c.traffic.bytes_to_client),
+                    to_sql(c.traffic.messages_to_browser),
+                    to_sql(c.traffic.messages_to_client),
+                ])
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Writes how a session ended. Idempotent: only a live record is changed.
+    pub fn finish(&self, record: &FinalRecord) -> Result<(), StoreError> {
+        let c = &record.checkpoint;
+        self.conn
+            .prepare_cached(
+                "UPDATE sessions SET checkpoint_at_ms = ?2, ended_at_ms = ?2, billed_minutes = ?3,
+                    bytes_to_browser = ?4, bytes_to_client = ?5,
+                    messages_to_browser = ?6, messages_to_client = ?7,
+                    status = ?8, reason = ?9
+                 WHERE record_id = ?1 AND status = 'live'",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    c.record_id,
+                    c.at_ms,
+                    to_sql(c.billed_minutes),
+                    to_sql(c.traffic.bytes_to_browser),
+                    to_sql(c.traffic.bytes_to_client),
+                    to_sql(c.traffic.messages_to_browser),
+                    to_sql(c.traffic.messages_to_client),
+                    record.status,
+                    record.reason,
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Closes every record a previous run left live: `failed`/`reason`, ended at its last
+    /// checkpoint and billed up to it. Returns how many were closed.
+    pub fn close_abandoned(&self, reason: &str) -> Result<u64, StoreError> {
+        let closed = self
+            .conn
+            .execute(
+                "UPDATE sessions SET status = 'failed', reason = ?1, ended_at_ms = checkpoint_at_ms
+                 WHERE status = 'live'",
+                params![reason],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(closed as u64)
+    }
+
+    /// Sums of the records created in `[from_ms, to_ms)`, per UTC day (`YYYY-MM-DD`), oldest
+    /// first. Days without sessions are left out.
+    pub fn usage_by_day(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        api_key: Option<&str>,
+    ) -> Result<Vec<(String, UsageSums)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT date(created_at_ms / 1000, 'unixepoch') AS day,
+                        count(*),
+                        coalesce(sum(status = 'live'), 0),
+                        coalesce(sum(status = 'released'), 0),
+                        coalesce(sum(status = 'failed'), 0),
+                        coalesce(sum(billed_minutes), 0),
+                        coalesce(sum(bytes_to_browser), 0),
+                        coalesce(sum(bytes_to_client), 0),
+                        coalesce(sum(messages_to_browser), 0),
+                        coalesce(sum(messages_to_client), 0)
+                 FROM sessions
+                 WHERE created_at_ms >= ?1 AND created_at_ms < ?2
+                   AND (?3 IS NULL OR api_key = ?3)
+                 GROUP BY day
+                 ORDER BY day",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![from_ms, to_ms, api_key], |row| {
+                let n = |i| row.get::<_, i64>(i).map(from_sql);
+                Ok((
+                    row.get::<_, String>(0)?,
+                    UsageSums {
+                        sessions: n(1)?,
+                        live: n(2)?,
+                        released: n(3)?,
+                        failed: n(4)?,
+                        billed_minutes: n(5)?,
+                        traffic: TrafficTotals {
+                            bytes_to_browser: n(6)?,
+                            bytes_to_client: n(7)?,
+                            messages_to_browser: n(8)?,
+                            messages_to_client: n(9)?,
+                        },
+                    },
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+/// SQLite integers are signed; counts beyond `i64::MAX` cannot happen in practice, and are
+/// clamped rather than wrapped.
+fn to_sql(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn from_sql(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::OptionalExtension;
+
+    impl UsageStore {
+        /// The status and reason of one record, for diagnostics and tests.
+        pub fn record_status(
+            &self,
+            record_id: i64,
+        ) -> Result<Option<(String, Option<String>)>, StoreError> {
+            self.conn
+                .query_row(
+                    "SELECT status, reason FROM sessions WHERE record_id = ?1",
+                    params![record_id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(|e| self.err(e))
+        }
+    }
+
+    fn checkpoint(record_id: i64, at_ms: i64, minutes: u64) -> Checkpoint {
+        Checkpoint {
+            record_id,
+            at_ms,
+            billed_minutes: minutes,
+            traffic: TrafficTotals {
+                bytes_to_browser: 10,
+                bytes_to_client: 20,
+                messages_to_browser: 1,
+                messages_to_client: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn records_live_checkpoint_end_and_close_abandoned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = UsageStore::open(dir.path()).expect("open");
+        let day_ms = 86_400_000;
+        let new = |n: i64| NewRecord {
+            session_id: Uuid::new_v4(),
+            api_key: None,
+            created_at_ms: 20_000 * day_ms + n,
+        };
+        let ended = store.insert(&new(0)).expect("insert");
+        let abandoned = store.insert(&new(1)).expect("insert");
+        store
+            .checkpoint(&[checkpoint(ended, 20_000 * day_ms + 60_001, 2)])
+            .expect("checkpoint");
+        store
+            .finish(&FinalRecord {
+                checkpoint: checkpoint(ended, 20_000 * day_ms + 90_000, 2),
+                status: "released",
+                reason: "user_requested",
+            })
+            .expect("finish");
+        // A checkpoint that arrives after the end changes nothing.
+        store
+            .checkpoint(&[checkpoint(ended, 20_000 * day_ms + 200_000, 4)])
+            .expect("late checkpoint");
+        assert_eq!(store.close_abandoned("gateway_restart").expect("close"), 1);
+        assert_eq!(
+            store.record_status(abandoned).expect("status"),
+            Some(("failed".into(), Some("gateway_restart".into())))
+        );
+        assert_eq!(
+            store.record_status(ended).expect("status"),
+            Some(("released".into(), Some("user_requested".into())))
+        );
+
+        let days = store.usage_by_day(0, i64::MAX, None).expect("usage");
+        assert_eq!(days.len(), 1);
+        let (day, sums) = &days[0];
+        assert_eq!(day, "2024-10-04");
+        assert_eq!(sums.sessions, 2);
+        assert_eq!(sums.released, 1);
+        assert_eq!(sums.failed, 1);
+        assert_eq!(
+            sums.billed_minutes, 3,
+            "2 for the ended one, 1 for the abandoned"
+        );
+        assert_eq!(sums.traffic.bytes_to_client, 20);
+
+        drop(store);
+        let reopened = UsageStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            reopened
+                .usage_by_day(0, i64::MAX, Some("nobody"))
+                .expect("usage"),
+            Vec::new()
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! Prometheus metrics: every metric's name, help text, unit and buckets, the recorder, and
+//! the sampler that refreshes what is measured rather than counted.
+//!
+//! Other modules report events through the functions here and never name a metric
+//! themselves, so the exported set is visible in one place. No label carries a session id
+//! or any other unbounded value. Without an installed recorder (unit tests) every call is a
+//! no-op. This module must not change anything it observes.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use metrics::{
+    Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::browser::BrowserHost;
+use crate::session::state::EndReason;
+
+pub const SESSIONS_LIVE: &str = "ingot_sessions_live";
+pub const SESSIONS_MAX: &str = "ingot_sessions_max";
+pub const SESSIONS_CREATED: &str = "ingot_sessions_created_total";
+pub const SESSIONS_ENDED: &str = "ingot_sessions_ended_total";
+pub const CREATE_ERRORS: &str = "ingot_session_create_errors_total";
+pub const BILLED_MINUTES: &str = "ingot_billed_minutes_total";
+pub const SESSION_DURATION: &str = "ingot_session_duration_seconds";
+pub const BROWSER_LAUNCH: &str = "ingot_browser_launch_seconds";
+pub const CREATE_TO_READY: &str = "ingot_session_create_to_ready_seconds";
+pub const CDP_MESSAGES: &str = "ingot_cdp_messages_total";
+pub const CDP_BYTES: &str = "ingot_cdp_bytes_total";
+pub const CLIENT_CONNECTIONS: &str = "ingot_client_connections";
+pub const CHROMIUM_MEMORY: &str = "ingot_chromium_resident_memory_bytes";
+pub const CHROMIUM_PROCESSES: &str = "ingot_chromium_processes";
+pub const USAGE_WRITE_ERRORS: &str = "ingot_usage_write_errors_total";
+pub const BUILD_INFO: &str = "ingot_build_info";
+
+/// How often the sampler refreshes gauges and the exporter's histogram windows.
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+/// Why a create request got no session, as a label value.
+#[derive(Debug, Clone, Copy)]
+pub enum CreateErrorReason {
+    AtCapacity,
+    BrowserStartFailed,
+    ShuttingDown,
+    UsageUnavailable,
+}
+
+impl CreateErrorReason {
+    const ALL: [CreateErrorReason; 4] = [
+        CreateErrorReason::AtCapacity,
+        CreateErrorReason::BrowserStartFailed,
+        CreateErrorReason::ShuttingDown,
+        CreateErrorReason::UsageUnavailable,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            CreateErrorReason::AtCapacity => "at_capacity",
+            CreateErrorReason::BrowserStartFailed => "browser_start_failed",
+            CreateErrorReason::ShuttingDown => "shutting_down",
+            CreateErrorReason::UsageUnavailable => "usage_unavailable",
+        }
+    }
+}
+
+/// Installs the global Prometheus recorder and registers every metric at zero, so that
+/// dashboards and `rate()` see each series from the first scrape.
+pub fn install(max_sessions: usize) -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(SESSION_DURATION.into()),
+            &[
+                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0,
+                86400.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(BROWSER_LAUNCH.into()),
+            &[
+                0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(CREATE_TO_READY.into()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0,
+                10.0, 30.0,
+            ],
+        )?
+        .install_recorder()?;
+    describe();
+    gauge!(SESSIONS_MAX).set(max_sessions as f64);
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(SESSIONS_LIVE).set(0.0);
+    gauge!(CLIENT_CONNECTIONS).set(0.0);
+    gauge!(CHROMIUM_MEMORY).set(0.0);
+    gauge!(CHROMIUM_PROCESSES).set(0.0);
+    counter!(SESSIONS_CREATED).absolute(0);
+    counter!(BILLED_MINUTES).absolute(0);
+    counter!(USAGE_WRITE_ERRORS).absolute(0);
+    for reason in EndReason::ALL {
+        ended_counter(reason.status().as_str(), reason.as_str()).absolute(0);
+    }
+    ended_counter("failed", crate::metering::GATEWAY_RESTART).absolute(0);
+    for reason in CreateErrorReason::ALL {
+        counter!(CREATE_ERRORS, "reason" => reason.as_str()).absolute(0);
+    }
+    LazyLock::force(&CDP);
+    Ok(handle)
+}
+
+fn describe() {
+    describe_gauge!(SESSIONS_LIVE, "Sessions live now (browser running).");
+    describe_gauge!(
+        SESSIONS_MAX,
+        "Most sessions that may be live at once (--max-sessions)."
+    );
+    describe_counter!(SESSIONS_CREATED, "Sessions created (went live).");
+    describe_counter!(
+        SESSIONS_ENDED,
+        "Sessions ended, by final status and reason."
+    );
+    describe_counter!(
+        CREATE_ERRORS,
+        "Create requests that got no session, by reason."
+    );
+    describe_counter!(
+        BILLED_MINUTES,
+        "Billed session minutes, counted as each minute of a session starts."
+    );
+    describe_histogram!(SESSION_DURATION, Unit::Seconds, "Life of ended sessions.");
+    describe_histogram!(
+        BROWSER_LAUNCH,
+        Unit::Seconds,
+        "Time from starting Chromium to its first CDP answer."
+    );
+    describe_histogram!(
+        CREATE_TO_READY,
+        Unit::Seconds,
+        "Time from a create request to a live session."
+    );
+    describe_counter!(
+        CDP_MESSAGES,
+        "CDP messages proxied, by direction (to_browser: from clients; to_client)."
+    );
+    describe_counter!(
+        CDP_BYTES,
+        Unit::Bytes,
+        "CDP message bytes proxied, by direction."
+    );
+    describe_gauge!(CLIENT_CONNECTIONS, "CDP WebSocket clients attached now.");
+    describe_gauge!(
+        CHROMIUM_MEMORY,
+        Unit::Bytes,
+        "Resident memory summed over every session's Chromium processes (shared pages count once per process)."
+    );
+    describe_gauge!(CHROMIUM_PROCESSES, "Chromium processes of all sessions.");
+    describe_counter!(USAGE_WRITE_ERRORS, "Failed writes to the usage database.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which ingot runs."
+    );
+}
+
+fn ended_counter(status: &'static str, reason: &'static str) -> Counter {
+    counter!(SESSIONS_ENDED, "status" => status, "reason" => reason)
+}
+
+/// Handles of the per-message counters, resolved once: they are hit for every CDP message.
+struct CdpCounters {
+    messages_to_browser: Counter,
+    bytes_to_browser: Counter,
+    messages_to_client: Counter,
+    bytes_to_client: Counter,
+}
+
+static CDP: LazyLock<CdpCounters> = LazyLock::new(|| CdpCounters {
+    messages_to_browser: counter!(CDP_MESSAGES, "direction" => "to_browser"),
+    bytes_to_browser: counter!(CDP_BYTES, "direction" => "to_browser"),
+    messages_to_client: counter!(CDP_MESSAGES, "direction" => "to_client"),
+    bytes_to_client: counter!(CDP_BYTES, "direction" => "to_client"),
+});
+
+static CLIENTS: LazyLock<Gauge> = LazyLock::new(|| gauge!(CLIENT_CONNECTIONS));
+
+pub fn cdp_to_browser(bytes: usize) {
+    CDP.messages_to_browser.increment(1);
+    CDP.bytes_to_browser.increment(bytes as u64);
+}
+
+pub fn cdp_to_client(bytes: usize) {
+    CDP.messages_to_client.increment(1);
+    CDP.bytes_to_client.increment(bytes as u64);
+}
+
+/// A session went live.
+pub fn session_created(launch: Duration, create_to_ready: Duration) {
+    counter!(SESSIONS_CREATED).increment(1);
+    histogram!(BROWSER_LAUNCH).record(launch.as_secs_f64());
+    histogram!(CREATE_TO_READY).record(create_to_ready.as_secs_f64());
+}
+
+/// A browser was launched that did not become a session (a failed start, a probe).
+pub fn browser_launched(launch: Duration) {
+    histogram!(BROWSER_LAUNCH).record(launch.as_secs_f64());
+}
+
+pub fn create_failed(reason: CreateErrorReason) {
+    counter!(CREATE_ERRORS, "reason" => reason.as_str()).increment(1);
+}
+
+pub fn session_ended(reason: EndReason, duration: Duration) {
+    ended_counter(reason.status().as_str(), reason.as_str()).increment(1);
+    histogram!(SESSION_DURATION).record(duration.as_secs_f64());
+}
+
+/// Sessions a killed predecessor left live, closed at start-up.
+pub fn sessions_abandoned(n: u64) {
+    ended_counter("failed", crate::metering::GATEWAY_RESTART).increment(n);
+}
+
+pub fn sessions_live(n: usize) {
+    gauge!(SESSIONS_LIVE).set(n as f64);
+}
+
+pub fn billed_minutes(n: u64) {
+    counter!(BILLED_MINUTES).increment(n);
+}
+
+pub fn usage_write_error() {
+    counter!(USAGE_WRITE_ERRORS).increment(1);
+}
+
+/// Counts an attached client for as long as it is held.
+pub struct ClientConnection(());
+
+impl ClientConnection {
+    pub fn open() -> ClientConnection {
+        CLIENTS.increment(1.0);
+        ClientConnection(())
+    }
+}
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        CLIENTS.decrement(1.0);
+    }
+}
+
+/// Refreshes sampled gauges (Chromium memory, the gateway's own process metrics) and the
+/// exporter's histogram windows until `shutdown`.
+pub async fn run_sampler(
+    handle: PrometheusHandle,
+    host: Arc<dyn BrowserHost>,
+    shutdown: CancellationToken,
+) {
+    let process = Arc::new(metrics_process::Collector::new("ingot_"));
+    process.describe();
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let collector = process.clone();
+        // Both read /proc: blocking file reads, kept off the async workers.
+        if let Err(e) = tokio::task::spawn_blocking(move || collector.collect()).await {
+            warn!(error = %e, "process metrics sampling failed");
+        }
+        let memory = host.sample_memory().await;
+        gauge!(CHROMIUM_MEMORY).set(memory.resident_bytes as f64);
+        gauge!(CHROMIUM_PROCESSES).set(memory.processes as f64);
+        handle.run_upkeep();
+    }
+}
