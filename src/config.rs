@@ -41,9 +41,24 @@ pub struct Config {
     #[arg(long, env = "INGOT_MAX_TIMEOUT_MS", default_value_t = 86_400_000)]
     pub max_timeout_ms: u64,
 
-    /// Most sessions live at once; creation beyond it answers 503.
-    #[arg(long, env = "INGOT_MAX_SESSIONS", default_value_t = 16)]
-    pub max_sessions: usize,
+    /// Most sessions live at once, pooled browsers included. Defaults to what the memory
+    /// available at start-up holds at 256 MiB per session, keeping 1 GiB spare.
+    #[arg(long, env = "INGOT_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+
+    /// Pre-launched browsers kept ready, so that creating a session skips Chromium's start.
+    /// 0 turns the warm pool off.
+    #[arg(long, env = "INGOT_POOL_SIZE", default_value_t = 2)]
+    pub pool_size: usize,
+
+    /// How long a create waits for a free slot when all are in use, in milliseconds, before
+    /// it is refused with 429. 0 refuses at once.
+    #[arg(long, env = "INGOT_QUEUE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub queue_timeout_ms: u64,
+
+    /// Most creates waiting for a slot at once; more are refused with 429 at once.
+    #[arg(long, env = "INGOT_QUEUE_LIMIT", default_value_t = 64)]
+    pub queue_limit: usize,
 
     /// On SIGTERM, how long live sessions may go on (while new ones are refused and
     /// `/readyz` answers 503) before they are ended, in milliseconds. 0 ends them at once;
@@ -54,12 +69,52 @@ pub struct Config {
 
 /// Shortest session lifetime accepted, in milliseconds.
 pub const MIN_TIMEOUT_MS: u64 = 1_000;
+/// Memory budgeted per session when the session limit is derived. An idle session here
+/// takes about 90 MiB of private memory (164 MiB proportional, with 4 sessions sharing
+/// Chromium's code); pages need more.
+pub const MEMORY_PER_SESSION: u64 = 256 << 20;
+/// Memory left to the gateway and the system when the session limit is derived.
+pub const MEMORY_RESERVE: u64 = 1 << 30;
+
+/// The session limit that `available` bytes of memory hold: at least 1.
+pub fn sessions_for_memory(available: u64) -> usize {
+    let sessions = available.saturating_sub(MEMORY_RESERVE) / MEMORY_PER_SESSION;
+    usize::try_from(sessions).unwrap_or(usize::MAX).max(1)
+}
+
+/// Memory available to this process now: `MemAvailable`, lowered to the room left under
+/// the cgroup's `memory.max` when one is set (containers, systemd `MemoryMax=`).
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let available_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let mut available = available_kib * 1024;
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{f}"))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    if let Some(limit) = read("memory.max") {
+        let used = read("memory.current").unwrap_or(0);
+        available = available.min(limit.saturating_sub(used));
+    }
+    Some(available)
+}
 
 impl Config {
     /// Checks relations between settings that clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_sessions == 0 {
+        if self.max_sessions == Some(0) {
             return Err("--max-sessions must be at least 1".into());
+        }
+        if self.queue_timeout_ms > 600_000 {
+            return Err("--queue-timeout-ms must be at most 600000 (10 minutes)".into());
         }
         if self.max_timeout_ms < MIN_TIMEOUT_MS || self.max_timeout_ms > 86_400_000 {
             return Err(format!(
@@ -82,5 +137,17 @@ impl Config {
             return Err("--public-url must start with http:// or https://".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derives_the_session_limit_from_memory() {
+        assert_eq!(sessions_for_memory(0), 1, "never below one");
+        assert_eq!(sessions_for_memory(2 << 30), 4);
+        assert_eq!(sessions_for_memory(24 << 30), 92);
     }
 }

@@ -20,10 +20,10 @@ use crate::api::{self, AppState, wire::PublicUrls};
 use crate::browser::detect::find_chromium;
 use crate::browser::local::{LocalChromium, scratch_root};
 use crate::browser::sweep::sweep;
-use crate::config::{Config, MIN_TIMEOUT_MS};
+use crate::config::{Config, MIN_TIMEOUT_MS, available_memory, sessions_for_memory};
 use crate::metering::Meter;
 use crate::session::params::TimeoutLimits;
-use crate::session::registry::{Readiness, Registry};
+use crate::session::registry::{Admission, Readiness, Registry};
 use crate::telemetry;
 
 /// How long shutdown waits for sessions and sockets to close.
@@ -49,7 +49,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         directories = swept.directories,
         "start-up sweep done"
     );
-    let metrics = telemetry::install(config.max_sessions).context("cannot set up metrics")?;
+    let max_sessions = match config.max_sessions {
+        Some(n) => n,
+        None => {
+            let available = available_memory().unwrap_or(0);
+            let n = sessions_for_memory(available);
+            info!(
+                max_sessions = n,
+                available_mib = available >> 20,
+                "session limit derived from available memory (256 MiB per session, 1 GiB kept spare); set --max-sessions to choose"
+            );
+            n
+        }
+    };
+    if config.pool_size >= max_sessions {
+        warn!(
+            pool_size = config.pool_size,
+            max_sessions,
+            "the warm pool can take every session slot; it gives them up when sessions need them"
+        );
+    }
+    let metrics =
+        telemetry::install(max_sessions, config.pool_size).context("cannot set up metrics")?;
     let meter = Meter::open(&config.data_dir)
         .await
         .context("cannot open the usage database")?;
@@ -67,7 +88,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| default_public_url(local));
     let host = Arc::new(LocalChromium::new(chromium.clone(), &config.data_dir));
-    let registry = Registry::new(host.clone(), meter.clone(), config.max_sessions);
+    let registry = Registry::new(
+        host.clone(),
+        meter.clone(),
+        Admission {
+            max_sessions,
+            pool_size: config.pool_size,
+            queue_limit: config.queue_limit,
+            queue_timeout: Duration::from_millis(config.queue_timeout_ms),
+        },
+    );
     // One launch before serving: readiness is known from the first probe, and the first
     // session does not pay for measuring the browser's window.
     match registry.probe_browser().await {
@@ -80,6 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "Chromium cannot start; /readyz answers 503 until a launch succeeds"
         ),
     }
+    registry.start_pool();
     let clients = TaskTracker::new();
     let state = AppState {
         registry: registry.clone(),
@@ -115,7 +146,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         public_url = %public,
         chromium = %chromium.display(),
         data_dir = %config.data_dir.display(),
-        max_sessions = config.max_sessions,
+        max_sessions,
+        pool_size = config.pool_size,
         "ingot listening on http://{local}"
     );
 
@@ -226,7 +258,7 @@ async fn drain_then_shut_down(
     shutdown: CancellationToken,
 ) {
     stop_accepting.cancelled().await;
-    registry.stop_accepting();
+    registry.stop_accepting().await;
     if !drain.is_zero() && registry.live_count() > 0 {
         info!(
             live_sessions = registry.live_count(),

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::browser::BrowserHost;
+use crate::session::registry::Rejection;
 use crate::session::state::EndReason;
 
 pub const SESSIONS_LIVE: &str = "ingot_sessions_live";
@@ -36,6 +37,12 @@ pub const CHROMIUM_MEMORY: &str = "ingot_chromium_resident_memory_bytes";
 pub const CHROMIUM_PROCESSES: &str = "ingot_chromium_processes";
 pub const USAGE_WRITE_ERRORS: &str = "ingot_usage_write_errors_total";
 pub const BUILD_INFO: &str = "ingot_build_info";
+pub const POOL_BROWSERS: &str = "ingot_pool_browsers";
+pub const POOL_SIZE: &str = "ingot_pool_size";
+pub const POOL_HANDOUTS: &str = "ingot_pool_handouts_total";
+pub const QUEUE_LENGTH: &str = "ingot_admission_queue_length";
+pub const QUEUE_WAIT: &str = "ingot_admission_wait_seconds";
+pub const REJECTIONS: &str = "ingot_admission_rejections_total";
 
 /// How often the sampler refreshes gauges and the exporter's histogram windows.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -43,15 +50,13 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// Why a create request got no session, as a label value.
 #[derive(Debug, Clone, Copy)]
 pub enum CreateErrorReason {
-    AtCapacity,
     BrowserStartFailed,
     ShuttingDown,
     UsageUnavailable,
 }
 
 impl CreateErrorReason {
-    const ALL: [CreateErrorReason; 4] = [
-        CreateErrorReason::AtCapacity,
+    const ALL: [CreateErrorReason; 3] = [
         CreateErrorReason::BrowserStartFailed,
         CreateErrorReason::ShuttingDown,
         CreateErrorReason::UsageUnavailable,
@@ -59,7 +64,6 @@ impl CreateErrorReason {
 
     fn as_str(self) -> &'static str {
         match self {
-            CreateErrorReason::AtCapacity => "at_capacity",
             CreateErrorReason::BrowserStartFailed => "browser_start_failed",
             CreateErrorReason::ShuttingDown => "shutting_down",
             CreateErrorReason::UsageUnavailable => "usage_unavailable",
@@ -67,9 +71,16 @@ impl CreateErrorReason {
     }
 }
 
+fn rejection_label(r: Rejection) -> &'static str {
+    match r {
+        Rejection::QueueFull => "queue_full",
+        Rejection::QueueTimeout => "queue_timeout",
+    }
+}
+
 /// Installs the global Prometheus recorder and registers every metric at zero, so that
 /// dashboards and `rate()` see each series from the first scrape.
-pub fn install(max_sessions: usize) -> anyhow::Result<PrometheusHandle> {
+pub fn install(max_sessions: usize, pool_size: usize) -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(SESSION_DURATION.into()),
@@ -83,6 +94,10 @@ pub fn install(max_sessions: usize) -> anyhow::Result<PrometheusHandle> {
             &[
                 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0,
             ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(QUEUE_WAIT.into()),
+            &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
         )?
         .set_buckets_for_metric(
             Matcher::Full(CREATE_TO_READY.into()),
@@ -99,6 +114,13 @@ pub fn install(max_sessions: usize) -> anyhow::Result<PrometheusHandle> {
     gauge!(CLIENT_CONNECTIONS).set(0.0);
     gauge!(CHROMIUM_MEMORY).set(0.0);
     gauge!(CHROMIUM_PROCESSES).set(0.0);
+    gauge!(POOL_SIZE).set(pool_size as f64);
+    gauge!(POOL_BROWSERS).set(0.0);
+    gauge!(QUEUE_LENGTH).set(0.0);
+    counter!(POOL_HANDOUTS).absolute(0);
+    for r in [Rejection::QueueFull, Rejection::QueueTimeout] {
+        counter!(REJECTIONS, "reason" => rejection_label(r)).absolute(0);
+    }
     counter!(SESSIONS_CREATED).absolute(0);
     counter!(BILLED_MINUTES).absolute(0);
     counter!(USAGE_WRITE_ERRORS).absolute(0);
@@ -198,13 +220,12 @@ pub fn cdp_to_client(bytes: usize) {
 }
 
 /// A session went live.
-pub fn session_created(launch: Duration, create_to_ready: Duration) {
+pub fn session_created(create_to_ready: Duration) {
     counter!(SESSIONS_CREATED).increment(1);
-    histogram!(BROWSER_LAUNCH).record(launch.as_secs_f64());
     histogram!(CREATE_TO_READY).record(create_to_ready.as_secs_f64());
 }
 
-/// A browser was launched that did not become a session (a failed start, a probe).
+/// A browser launch finished (for a session, the pool or a probe; failed or not).
 pub fn browser_launched(launch: Duration) {
     histogram!(BROWSER_LAUNCH).record(launch.as_secs_f64());
 }
@@ -229,6 +250,26 @@ pub fn sessions_live(n: usize) {
 
 pub fn billed_minutes(n: u64) {
     counter!(BILLED_MINUTES).increment(n);
+}
+
+pub fn pool_handout() {
+    counter!(POOL_HANDOUTS).increment(1);
+}
+
+pub fn pool_ready(n: usize) {
+    gauge!(POOL_BROWSERS).set(n as f64);
+}
+
+pub fn admission_queue(n: usize) {
+    gauge!(QUEUE_LENGTH).set(n as f64);
+}
+
+pub fn admission_waited(waited: Duration) {
+    histogram!(QUEUE_WAIT).record(waited.as_secs_f64());
+}
+
+pub fn admission_rejected(r: Rejection) {
+    counter!(REJECTIONS, "reason" => rejection_label(r)).increment(1);
 }
 
 pub fn usage_write_error() {

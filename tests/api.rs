@@ -286,31 +286,6 @@ async fn list_is_newest_first_and_paginates_to_an_empty_page() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn capacity_limit_answers_503_until_a_slot_frees() {
-    let gw = Gateway::start(&["--max-sessions", "1"]).await;
-    let first = gw.create(json!({})).await;
-    let r = gw
-        .http
-        .post(gw.url("/v1/sessions"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    assert!(r.headers().contains_key("retry-after"));
-    let err: Value = r.json().await.unwrap();
-    assert_eq!(err["error"]["code"], "at_capacity");
-    assert!(
-        gw.chromium_processes() > 0,
-        "the first session's browser runs"
-    );
-    gw.release(first["id"].as_str().unwrap()).await;
-    let second = gw.create(json!({})).await;
-    gw.release(second["id"].as_str().unwrap()).await;
-    gw.assert_clean(secs(5)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_that_cannot_start_gives_503_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("broken-chromium");
@@ -440,6 +415,7 @@ async fn settings_come_from_flags_and_ingot_variables() {
             ("INGOT_MAX_SESSIONS", "1"),
             ("INGOT_DEFAULT_TIMEOUT_MS", "5000"),
             ("INGOT_PUBLIC_URL", "https://browsers.example.com/"),
+            ("INGOT_QUEUE_TIMEOUT_MS", "0"),
         ],
     )
     .await;
@@ -483,8 +459,8 @@ async fn settings_come_from_flags_and_ingot_variables() {
     let b = gw.create(json!({})).await;
     assert_eq!(
         gw.post("/v1/sessions", json!({})).await.0,
-        503,
-        "--max-sessions 2 wins over INGOT_MAX_SESSIONS=1"
+        429,
+        "--max-sessions 2 wins over INGOT_MAX_SESSIONS=1; INGOT_QUEUE_TIMEOUT_MS=0 refuses at once"
     );
     for s in [&a, &b] {
         gw.release(s["id"].as_str().unwrap()).await;

@@ -197,6 +197,11 @@ async fn sigkill_mid_session_bills_up_to_the_last_checkpoint() {
     };
     assert!(checkpointed.checkpoint_at_ms - checkpointed.created_at_ms > 60_000);
     assert!(checkpointed.bytes_to_client > 600, "{checkpointed:?}");
+    // The counter rose as the second minute started: two minutes for one, one for the other.
+    assert_eq!(
+        metric(&gw.scrape().await, "ingot_billed_minutes_total", &[]),
+        3.0
+    );
     // Traffic after the checkpoint is the part a SIGKILL may lose.
     cdp.eval(&page, "'after'.repeat(10000)").await;
 

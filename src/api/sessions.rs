@@ -38,11 +38,9 @@ pub async fn create(
         CreateError::Duplicate(_) => {
             ApiError::new(StatusCode::CONFLICT, "session_exists", e.to_string())
         }
-        CreateError::AtCapacity(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "at_capacity",
-            e.to_string(),
-        ),
+        CreateError::QueueFull(_) | CreateError::QueueTimeout(_) => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "at_capacity", e.to_string())
+        }
         CreateError::ShuttingDown => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",

@@ -237,7 +237,7 @@ async fn launch_in(
     match wait_until_ready(&process, &mut transport).await {
         Ok(version) => Ok(Launched {
             transport,
-            process: Box::new(process),
+            process: Arc::new(process),
             version,
         }),
         Err(reason) => {

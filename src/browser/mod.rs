@@ -11,6 +11,7 @@ pub mod sweep;
 pub mod window;
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
@@ -66,7 +67,7 @@ pub struct LaunchError(pub String);
 /// A launched browser, ready to be driven over [`Launched::transport`].
 pub struct Launched {
     pub transport: CdpTransport,
-    pub process: Box<dyn BrowserProcess>,
+    pub process: Arc<dyn BrowserProcess>,
     /// The `result` of `Browser.getVersion`: the first command the browser answered, which
     /// is what made it count as ready.
     pub version: serde_json::Value,

@@ -2,12 +2,15 @@
 //!
 //! * [`state`] is the state machine; nothing else decides transitions.
 //! * [`params`] validates create bodies.
-//! * [`registry`] holds every session, enforces capacity and answers list queries.
+//! * [`registry`] holds every session, admits creates (capacity, queue) and answers list
+//!   queries.
+//! * [`pool`] keeps pre-launched browsers ready for new sessions.
 //! * [`supervisor`] is the one task per session that ends it and always reaps its browser.
 //!
 //! This module must not know about HTTP or WebSocket framing.
 
 pub mod params;
+mod pool;
 pub mod registry;
 pub mod state;
 mod supervisor;

@@ -12,14 +12,16 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::Session;
+use super::params::Dimensions;
 use super::params::SessionOptions;
+use super::pool::{WarmBrowser, WarmPool};
 use super::state::{EndReason, Phase, Status};
 use super::supervisor;
 use crate::browser::{BrowserHost, LaunchSpec};
@@ -37,8 +39,10 @@ const REAP_WAIT: Duration = Duration::from_secs(10);
 pub enum CreateError {
     #[error("a session with id {0} already exists")]
     Duplicate(Uuid),
-    #[error("all {0} session slots are in use; release a session or retry later")]
-    AtCapacity(usize),
+    #[error("all session slots are in use and {0} creates are already waiting; retry later")]
+    QueueFull(usize),
+    #[error("all session slots stayed in use for {0:?}; release a session or retry later")]
+    QueueTimeout(Duration),
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("the browser could not be started: {0}")]
@@ -51,11 +55,64 @@ impl CreateError {
     /// The metrics label of a create that got no session; `None` for the client's own error.
     fn metric_reason(&self) -> Option<CreateErrorReason> {
         match self {
-            CreateError::Duplicate(_) => None,
-            CreateError::AtCapacity(_) => Some(CreateErrorReason::AtCapacity),
+            CreateError::Duplicate(_)
+            | CreateError::QueueFull(_)
+            | CreateError::QueueTimeout(_) => None,
             CreateError::ShuttingDown => Some(CreateErrorReason::ShuttingDown),
             CreateError::Launch(_) => Some(CreateErrorReason::BrowserStartFailed),
             CreateError::Usage(_) => Some(CreateErrorReason::UsageUnavailable),
+        }
+    }
+}
+
+/// Limits on live sessions and on creates waiting for one to end.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    /// Most sessions (plus pooled browsers) at once.
+    pub max_sessions: usize,
+    /// Pre-launched browsers to keep ready.
+    pub pool_size: usize,
+    /// Most creates waiting for a slot; beyond it a create is refused at once.
+    pub queue_limit: usize,
+    /// How long a create waits for a slot.
+    pub queue_timeout: Duration,
+}
+
+/// Room for one session.
+enum Slot {
+    /// A pooled browser, with its permit.
+    Warm(WarmBrowser),
+    /// A permit; the browser is still to be launched.
+    Cold(OwnedSemaphorePermit),
+}
+
+/// Why admission refused a create, as a metrics label.
+#[derive(Debug, Clone, Copy)]
+pub enum Rejection {
+    QueueFull,
+    QueueTimeout,
+}
+
+/// Counts a create in the queue for as long as it is held.
+struct QueueTicket<'a>(&'a Registry);
+
+impl<'a> QueueTicket<'a> {
+    fn new(registry: &'a Registry) -> Self {
+        telemetry::admission_queue(registry.queued.load(Ordering::Acquire));
+        QueueTicket(registry)
+    }
+}
+
+impl Drop for QueueTicket<'_> {
+    fn drop(&mut self) {
+        let left = self
+            .0
+            .queued
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
+        telemetry::admission_queue(left);
+        if left == 0 {
+            self.0.pool.set_waiters(false);
         }
     }
 }
@@ -101,7 +158,10 @@ pub struct Registry {
     ended: Mutex<VecDeque<Uuid>>,
     next_seq: AtomicU64,
     capacity: Arc<Semaphore>,
-    max_sessions: usize,
+    admission: Admission,
+    /// Creates waiting for a slot.
+    queued: AtomicUsize,
+    pool: Arc<WarmPool>,
     /// Sessions that went live and have not ended yet.
     live: AtomicUsize,
     host: Arc<dyn BrowserHost>,
@@ -116,18 +176,23 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// A registry; its warm pool starts filling when [`Registry::start_pool`] is called.
     pub fn new(
         host: Arc<dyn BrowserHost>,
         meter: Arc<Meter>,
-        max_sessions: usize,
+        admission: Admission,
     ) -> Arc<Registry> {
+        let capacity = Arc::new(Semaphore::new(admission.max_sessions));
+        let pool = WarmPool::new(admission.pool_size, host.clone(), capacity.clone());
         Arc::new(Registry {
             sessions: DashMap::new(),
             order: Mutex::new(BTreeMap::new()),
             ended: Mutex::new(VecDeque::new()),
             next_seq: AtomicU64::new(1),
-            capacity: Arc::new(Semaphore::new(max_sessions)),
-            max_sessions,
+            capacity,
+            admission,
+            queued: AtomicUsize::new(0),
+            pool,
             live: AtomicUsize::new(0),
             host,
             meter,
@@ -168,37 +233,61 @@ impl Registry {
         if self.closed.is_cancelled() {
             return Err(CreateError::ShuttingDown);
         }
-        let id = options.session_id.unwrap_or_else(Uuid::new_v4);
+        if let Some(id) = options.session_id
+            && self.sessions.contains_key(&id)
+        {
+            return Err(CreateError::Duplicate(id));
+        }
+        let poolable = options.user_agent.is_none()
+            && options.proxy_server.is_none()
+            && options.dimensions == Dimensions::default();
+        let (permit, warm) = match self.admit(poolable).await? {
+            Slot::Warm(warm) => (warm.permit, Some((warm.id, warm.launched))),
+            Slot::Cold(permit) => (permit, None),
+        };
+        let id = options
+            .session_id
+            .or(warm.as_ref().map(|(id, _)| *id))
+            .unwrap_or_else(Uuid::new_v4);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session::new(id, seq, options));
         match self.sessions.entry(id) {
-            Entry::Occupied(_) => return Err(CreateError::Duplicate(id)),
+            Entry::Occupied(_) => {
+                if let Some((_, launched)) = warm {
+                    launched.process.kill().await;
+                }
+                return Err(CreateError::Duplicate(id));
+            }
             Entry::Vacant(slot) => {
                 slot.insert(session.clone());
             }
         }
-        let Ok(permit) = self.capacity.clone().try_acquire_owned() else {
-            self.sessions.remove(&id);
-            return Err(CreateError::AtCapacity(self.max_sessions));
-        };
         lock(&self.order).insert(seq, id);
 
-        let spec = LaunchSpec {
-            session_id: id,
-            dimensions: session.options.dimensions,
-            user_agent: session.options.user_agent.clone(),
-            proxy_server: session.options.proxy_server.clone(),
-        };
-        let launch_started = Instant::now();
-        let launched = self.host.launch(spec).await;
-        let launch_time = launch_started.elapsed();
-        self.note_launch(launched.as_ref().err().map(|e| e.0.clone()));
-        let launched = match launched {
-            Ok(launched) => launched,
-            Err(e) => {
+        let (launched, launch_time) = match warm {
+            Some((_, launched)) => {
+                debug!(session_id = %id, browser = %launched.process.address(), "session takes a pooled browser");
+                (launched, None)
+            }
+            None => {
+                let spec = LaunchSpec {
+                    session_id: id,
+                    dimensions: session.options.dimensions,
+                    user_agent: session.options.user_agent.clone(),
+                    proxy_server: session.options.proxy_server.clone(),
+                };
+                let launch_started = Instant::now();
+                let launched = self.host.launch(spec).await;
+                let launch_time = launch_started.elapsed();
                 telemetry::browser_launched(launch_time);
-                self.forget_failed_start(&session);
-                return Err(CreateError::Launch(e.0));
+                self.note_launch(launched.as_ref().err().map(|e| e.0.clone()));
+                match launched {
+                    Ok(launched) => (launched, Some(launch_time)),
+                    Err(e) => {
+                        self.forget_failed_start(&session);
+                        return Err(CreateError::Launch(e.0));
+                    }
+                }
             }
         };
         let mux = Mux::start(launched.transport);
@@ -229,13 +318,17 @@ impl Registry {
             }
             launched.process.kill().await;
             self.forget_failed_start(&session);
-            telemetry::browser_launched(launch_time);
             return Err(e);
         }
         let live = self.live.fetch_add(1, Ordering::AcqRel) + 1;
         telemetry::sessions_live(live);
-        telemetry::session_created(launch_time, requested.elapsed());
-        info!(session_id = %id, timeout_ms = session.options.timeout_ms, "session live");
+        telemetry::session_created(requested.elapsed());
+        info!(
+            session_id = %id,
+            timeout_ms = session.options.timeout_ms,
+            warm = launch_time.is_none(),
+            "session live"
+        );
         self.tasks.spawn(supervisor::supervise(
             self.clone(),
             session.clone(),
@@ -245,6 +338,63 @@ impl Registry {
             self.shutdown.clone(),
         ));
         Ok(session)
+    }
+
+    /// Finds room for one more session: a pooled browser when the session can use one, else
+    /// a free slot, else a pooled browser's slot, else a place in the queue until a slot or a
+    /// pooled browser frees up, for at most the queue timeout.
+    async fn admit(&self, poolable: bool) -> Result<Slot, CreateError> {
+        if let Some(slot) = self.admit_now(poolable).await {
+            return Ok(slot);
+        }
+        let queued = self.queued.fetch_add(1, Ordering::AcqRel);
+        let _leave = QueueTicket::new(self);
+        if queued >= self.admission.queue_limit {
+            telemetry::admission_rejected(Rejection::QueueFull);
+            return Err(CreateError::QueueFull(self.admission.queue_limit));
+        }
+        self.pool.set_waiters(true);
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.admission.queue_timeout;
+        if !self.admission.queue_timeout.is_zero() {
+            debug!(queued = queued + 1, "create waits for a free slot");
+        }
+        loop {
+            let became_ready = self.pool.became_ready();
+            tokio::pin!(became_ready);
+            became_ready.as_mut().enable();
+            if let Some(slot) = self.admit_now(poolable).await {
+                telemetry::admission_waited(started.elapsed());
+                return Ok(slot);
+            }
+            tokio::select! {
+                permit = self.capacity.clone().acquire_owned() => {
+                    let permit = permit.map_err(|_| CreateError::ShuttingDown)?;
+                    telemetry::admission_waited(started.elapsed());
+                    return Ok(Slot::Cold(permit));
+                }
+                _ = &mut became_ready => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    telemetry::admission_rejected(Rejection::QueueTimeout);
+                    return Err(CreateError::QueueTimeout(self.admission.queue_timeout));
+                }
+                _ = self.closed.cancelled() => return Err(CreateError::ShuttingDown),
+            }
+        }
+    }
+
+    /// Room available without waiting, if any.
+    async fn admit_now(&self, poolable: bool) -> Option<Slot> {
+        if poolable && let Some(warm) = self.pool.take() {
+            return Some(Slot::Warm(warm));
+        }
+        if let Ok(permit) = self.capacity.clone().try_acquire_owned() {
+            return Some(Slot::Cold(permit));
+        }
+        if !poolable {
+            return self.pool.evict().await.map(Slot::Cold);
+        }
+        None
     }
 
     /// A session that never became live leaves no trace, so its id can be used again.
@@ -283,13 +433,23 @@ impl Registry {
         }
     }
 
+    /// Starts keeping the warm pool filled.
+    pub fn start_pool(&self) {
+        tokio::spawn(self.pool.clone().run());
+    }
+
+    /// Browsers waiting in the warm pool.
+    pub fn pooled_count(&self) -> usize {
+        self.pool.ready_count()
+    }
+
     /// Whether new sessions can be served now.
     pub fn readiness(&self) -> Readiness {
         if self.closed.is_cancelled() {
             Readiness::ShuttingDown
         } else if let Some(error) = lock(&self.launch_failure).clone() {
             Readiness::ChromiumUnavailable(error)
-        } else if self.capacity.available_permits() == 0 {
+        } else if self.capacity.available_permits() == 0 && self.pool.ready_count() == 0 {
             Readiness::AtCapacity
         } else {
             Readiness::Ready
@@ -404,9 +564,9 @@ impl Registry {
         self.live.load(Ordering::Acquire)
     }
 
-    /// Most sessions live (or starting) at once.
+    /// Most sessions live (or starting, or pooled) at once.
     pub fn max_sessions(&self) -> usize {
-        self.max_sessions
+        self.admission.max_sessions
     }
 
     /// The only live session, if exactly one is live.
@@ -420,15 +580,21 @@ impl Registry {
         live.next().is_none().then_some(first)
     }
 
-    /// Refuses new sessions from now on; live ones go on.
-    pub fn stop_accepting(&self) {
+    /// Refuses new sessions from now on, and empties the warm pool; live sessions go on.
+    pub async fn stop_accepting(&self) {
         self.closed.cancel();
+        self.pool.close().await;
+    }
+
+    /// A session gave its slot back.
+    pub(super) fn slot_freed(&self) {
+        self.pool.capacity_freed();
     }
 
     /// Ends every session (reason `gateway_shutdown`), refuses new ones, and waits up to
     /// `grace` for every browser to be reaped.
     pub async fn shutdown(&self, grace: Duration) {
-        self.closed.cancel();
+        self.stop_accepting().await;
         self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())
@@ -461,7 +627,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::browser::{BrowserExit, BrowserProcess, CdpTransport, LaunchError, Launched};
-    use crate::session::params::Dimensions;
     use bytes::{Bytes, BytesMut};
     use futures_util::FutureExt;
     use futures_util::future::BoxFuture;
@@ -498,7 +663,7 @@ mod tests {
                         to_browser,
                         from_browser,
                     },
-                    process: Box::new(FakeProcess {
+                    process: Arc::new(FakeProcess {
                         killed: CancellationToken::new(),
                     }),
                     version: serde_json::json!({"product": "Fake/1"}),
@@ -539,7 +704,16 @@ mod tests {
     async fn keeps_the_last_ten_thousand_ended_sessions_listed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let meter = Meter::open(dir.path()).await.expect("usage database");
-        let registry = Registry::new(Arc::new(FakeHost), meter, 4);
+        let registry = Registry::new(
+            Arc::new(FakeHost),
+            meter,
+            Admission {
+                max_sessions: 4,
+                pool_size: 0,
+                queue_limit: 0,
+                queue_timeout: Duration::ZERO,
+            },
+        );
         let mut ids = Vec::new();
         for _ in 0..ENDED_HISTORY + 3 {
             let session = registry.create(options()).await.expect("create");

@@ -22,7 +22,7 @@ use crate::cdp::mux::Mux;
 pub(super) async fn supervise(
     registry: Arc<Registry>,
     session: Arc<Session>,
-    process: Box<dyn BrowserProcess>,
+    process: Arc<dyn BrowserProcess>,
     mux: Arc<Mux>,
     permit: OwnedSemaphorePermit,
     shutdown: CancellationToken,
@@ -50,6 +50,7 @@ pub(super) async fn supervise(
     mux.close_all(close_frame(reason));
     process.kill().await;
     drop(permit);
+    registry.slot_freed();
     // Usage record and history first: whoever waits for the reap (a release call) then sees
     // them complete.
     registry.note_ended(&session, reason).await;

@@ -58,9 +58,17 @@ impl Gateway {
     async fn launch(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
+        // No warm pool unless a test asks for one, so that counting browsers and directories
+        // counts sessions only.
+        let pool: &[&str] = if extra.contains(&"--pool-size") {
+            &[]
+        } else {
+            &["--pool-size", "0"]
+        };
         let mut child = Command::new(BIN)
             .args(["--listen", &listen, "--data-dir"])
             .arg(data_dir)
+            .args(pool)
             .args(extra)
             .env("RUST_LOG", "info,ingot=debug")
             .env("NO_COLOR", "1")

@@ -1,0 +1,268 @@
+//! The warm pool: pre-launched, never-used browsers with default settings, so that a create
+//! only pays for handing one over.
+//!
+//! Each pooled browser holds a capacity permit, so pool browsers count toward the session
+//! limit; the pool only grows into free capacity and gives way (see [`WarmPool::evict`]) when
+//! a session needs the room. A pooled browser that dies is reaped and replaced, never handed
+//! out. This module owns pooled browsers until they are taken; it must not know about
+//! sessions' states or HTTP.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::browser::{BrowserHost, LaunchSpec, Launched};
+use crate::telemetry;
+
+/// Pause after a failed pool launch before the next try, doubled up to the maximum.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A ready browser, taken from the pool with the capacity permit it holds.
+pub struct WarmBrowser {
+    /// The id its profile directory is named after; a session without an id of its own
+    /// takes this one.
+    pub id: Uuid,
+    pub launched: Launched,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// A browser waiting in the pool.
+struct Pooled {
+    browser: WarmBrowser,
+    /// Cancelled when it leaves the pool, which stops its death watch.
+    left: CancellationToken,
+}
+
+/// Pre-launched browsers with default settings.
+pub struct WarmPool {
+    target: usize,
+    host: Arc<dyn BrowserHost>,
+    capacity: Arc<Semaphore>,
+    ready: Mutex<VecDeque<Pooled>>,
+    launching: AtomicUsize,
+    /// Set while creates wait in the admission queue: they get free capacity first.
+    yield_to_waiters: AtomicBool,
+    /// Wakes the refill loop (a browser was taken, died, or capacity was freed).
+    wake: Notify,
+    /// Tells waiting creates that a browser became ready.
+    became_ready: Notify,
+    closed: CancellationToken,
+}
+
+impl WarmPool {
+    pub fn new(
+        target: usize,
+        host: Arc<dyn BrowserHost>,
+        capacity: Arc<Semaphore>,
+    ) -> Arc<WarmPool> {
+        Arc::new(WarmPool {
+            target,
+            host,
+            capacity,
+            ready: Mutex::new(VecDeque::new()),
+            launching: AtomicUsize::new(0),
+            yield_to_waiters: AtomicBool::new(false),
+            wake: Notify::new(),
+            became_ready: Notify::new(),
+            closed: CancellationToken::new(),
+        })
+    }
+
+    /// Browsers ready to be handed out now.
+    pub fn ready_count(&self) -> usize {
+        lock(&self.ready).len()
+    }
+
+    /// Takes a ready browser, if one is alive.
+    pub fn take(&self) -> Option<WarmBrowser> {
+        let taken = loop {
+            let pooled = lock(&self.ready).pop_front()?;
+            pooled.left.cancel();
+            if pooled
+                .browser
+                .launched
+                .process
+                .wait_exit()
+                .now_or_never()
+                .is_none()
+            {
+                break pooled.browser;
+            }
+            warn!(browser = %pooled.browser.launched.process.address(), "pooled browser died; not handing it out");
+            self.reap(pooled.browser);
+        };
+        self.changed();
+        telemetry::pool_handout();
+        Some(taken)
+    }
+
+    /// Kills one pooled browser and returns its permit, to make room for a session the pool
+    /// cannot serve (one that needs its own launch flags).
+    pub async fn evict(&self) -> Option<OwnedSemaphorePermit> {
+        let pooled = lock(&self.ready).pop_back()?;
+        pooled.left.cancel();
+        self.changed();
+        let WarmBrowser {
+            launched, permit, ..
+        } = pooled.browser;
+        debug!(browser = %launched.process.address(), "evicting a pooled browser to make room");
+        launched.process.kill().await;
+        Some(permit)
+    }
+
+    /// A future that resolves when a browser becomes ready. Create it before checking the
+    /// pool, so that no arrival is missed in between.
+    pub fn became_ready(&self) -> tokio::sync::futures::Notified<'_> {
+        self.became_ready.notified()
+    }
+
+    /// Creates waiting in the admission queue take precedence over refilling.
+    pub fn set_waiters(&self, waiting: bool) {
+        self.yield_to_waiters.store(waiting, Ordering::Release);
+        if !waiting {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Capacity was freed (a session ended): the pool may grow again.
+    pub fn capacity_freed(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Stops refilling and kills every pooled browser. Idempotent.
+    pub async fn close(&self) {
+        self.closed.cancel();
+        let drained: Vec<Pooled> = lock(&self.ready).drain(..).collect();
+        self.changed();
+        for pooled in drained {
+            pooled.left.cancel();
+            pooled.browser.launched.process.kill().await;
+        }
+    }
+
+    /// Keeps the pool at its target size with free capacity, until [`WarmPool::close`].
+    pub async fn run(self: Arc<Self>) {
+        if self.target == 0 {
+            return;
+        }
+        let mut retry = RETRY_FIRST;
+        loop {
+            while !self.closed.is_cancelled() && self.wants_more() {
+                let Ok(permit) = self.capacity.clone().try_acquire_owned() else {
+                    break;
+                };
+                match self.launch_one(permit).await {
+                    Ok(()) => retry = RETRY_FIRST,
+                    Err(e) => {
+                        warn!(error = %e, retry_in_ms = retry.as_millis() as u64,
+                            "could not launch a pool browser");
+                        tokio::select! {
+                            _ = self.closed.cancelled() => {}
+                            _ = tokio::time::sleep(retry) => {}
+                        }
+                        retry = (retry * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.closed.cancelled() => break,
+                _ = self.wake.notified() => {}
+            }
+        }
+        info!("warm pool stopped");
+    }
+
+    fn wants_more(&self) -> bool {
+        !self.yield_to_waiters.load(Ordering::Acquire)
+            && self.ready_count() + self.launching.load(Ordering::Acquire) < self.target
+    }
+
+    async fn launch_one(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Result<(), String> {
+        self.launching.fetch_add(1, Ordering::AcqRel);
+        let id = Uuid::new_v4();
+        let started = Instant::now();
+        let launched = self
+            .host
+            .launch(LaunchSpec {
+                session_id: id,
+                dimensions: Default::default(),
+                user_agent: None,
+                proxy_server: None,
+            })
+            .await;
+        self.launching.fetch_sub(1, Ordering::AcqRel);
+        let launched = launched.map_err(|e| e.0)?;
+        telemetry::browser_launched(started.elapsed());
+        if self.closed.is_cancelled() {
+            launched.process.kill().await;
+            return Ok(());
+        }
+        let left = CancellationToken::new();
+        tokio::spawn(
+            self.clone()
+                .watch(id, launched.process.clone(), left.clone()),
+        );
+        lock(&self.ready).push_back(Pooled {
+            browser: WarmBrowser {
+                id,
+                launched,
+                permit,
+            },
+            left,
+        });
+        self.changed();
+        self.became_ready.notify_waiters();
+        debug!(browser_id = %id, "pool browser ready");
+        Ok(())
+    }
+
+    /// Removes a pooled browser that exits before anyone takes it.
+    async fn watch(
+        self: Arc<Self>,
+        id: Uuid,
+        process: Arc<dyn crate::browser::BrowserProcess>,
+        left: CancellationToken,
+    ) {
+        tokio::select! {
+            _ = left.cancelled() => {}
+            exit = process.wait_exit() => {
+                let dead = {
+                    let mut ready = lock(&self.ready);
+                    let at = ready.iter().position(|p| p.browser.id == id);
+                    at.and_then(|i| ready.remove(i))
+                };
+                if let Some(dead) = dead {
+                    warn!(browser = %process.address(), %exit, "pooled browser exited; replacing it");
+                    self.changed();
+                    self.reap(dead.browser);
+                    self.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    fn reap(&self, browser: WarmBrowser) {
+        tokio::spawn(async move {
+            browser.launched.process.kill().await;
+            drop(browser.permit);
+        });
+    }
+
+    fn changed(&self) {
+        telemetry::pool_ready(self.ready_count());
+        self.wake.notify_one();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the queue valid, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
