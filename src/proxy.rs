@@ -28,11 +28,17 @@ pub const MAX_MESSAGE: usize = 256 << 20;
 /// How long a closing client gets to answer our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// Read buffer of each client connection. tungstenite allocates it up front (128 KiB by
+/// default), so it dominates what an idle client costs; commands are small, and large ones
+/// just take more reads.
+const READ_BUFFER: usize = 16 << 10;
+
 /// WebSocket limits for client connections: one CDP message may be one 256 MiB frame.
 pub fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
+        .read_buffer_size(READ_BUFFER)
 }
 
 /// Serves one attached client until it leaves or the session ends.
