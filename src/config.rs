@@ -60,6 +60,31 @@ pub struct Config {
     #[arg(long, env = "INGOT_QUEUE_LIMIT", default_value_t = 64)]
     pub queue_limit: usize,
 
+    /// File of API keys, one a line: `key` or `name:key` (the name shows in usage records
+    /// and logs; keys never do). Lines starting with `#` are comments.
+    #[arg(long, env = "INGOT_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// API keys, comma-separated, each `key` or `name:key`. Prefer the variable to the flag:
+    /// flags show in `ps`.
+    #[arg(long, env = "INGOT_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+
+    /// A key that may read every tenant's usage (`GET /v1/usage`); it is also a tenant named
+    /// `admin`.
+    #[arg(long, env = "INGOT_ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<String>,
+
+    /// Most sessions one tenant (API key) may have at once; more get 429. Unlimited when
+    /// unset.
+    #[arg(long, env = "INGOT_MAX_SESSIONS_PER_TENANT")]
+    pub max_sessions_per_tenant: Option<usize>,
+
+    /// Serve without API keys on an address other than loopback. Anyone who reaches the port
+    /// can then drive browsers on this machine.
+    #[arg(long, env = "INGOT_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
     /// On SIGTERM, how long live sessions may go on (while new ones are refused and
     /// `/readyz` answers 503) before they are ended, in milliseconds. 0 ends them at once;
     /// a second SIGTERM or SIGINT always does.
@@ -128,6 +153,9 @@ impl Config {
                 self.max_timeout_ms
             ));
         }
+        if self.max_sessions_per_tenant == Some(0) {
+            return Err("--max-sessions-per-tenant must be at least 1".into());
+        }
         if self.shutdown_drain_ms > 86_400_000 {
             return Err("--shutdown-drain-ms must be at most 86400000 (24 hours)".into());
         }
@@ -135,6 +163,18 @@ impl Config {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return Err("--public-url must start with http:// or https://".into());
+        }
+        Ok(())
+    }
+
+    /// Refuses to serve without keys beyond loopback unless the operator insists.
+    pub fn check_exposure(&self, keys_configured: bool) -> Result<(), String> {
+        if !keys_configured && !self.listen.ip().is_loopback() && !self.insecure_no_auth {
+            return Err(format!(
+                "refusing to listen on {} without API keys: anyone who can reach it could drive browsers here. \
+                 Configure keys (--api-keys-file or INGOT_API_KEYS), listen on 127.0.0.1, or pass --insecure-no-auth",
+                self.listen
+            ));
         }
         Ok(())
     }

@@ -15,6 +15,7 @@
 //! `server` wires them together and owns start-up and graceful shutdown.
 
 pub mod api;
+pub mod auth;
 pub mod browser;
 pub mod cdp;
 pub mod config;

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::api::{self, AppState, wire::PublicUrls};
+use crate::auth::KeyRing;
 use crate::browser::detect::find_chromium;
 use crate::browser::local::{LocalChromium, scratch_root};
 use crate::browser::sweep::sweep;
@@ -36,6 +37,25 @@ const DRAIN_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
+    let keys = KeyRing::load(
+        config.api_keys_file.as_deref(),
+        config.api_keys.as_deref(),
+        config.admin_api_key.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    config
+        .check_exposure(!keys.is_empty())
+        .map_err(anyhow::Error::msg)?;
+    if keys.is_empty() {
+        warn!(
+            listen = %config.listen,
+            "NO API KEYS CONFIGURED: every client that reaches {} can create, drive and release every session; \
+             configure --api-keys-file or INGOT_API_KEYS",
+            config.listen
+        );
+    } else {
+        info!(tenants = keys.len(), "API keys loaded");
+    }
     let chromium = find_chromium(config.chromium.as_deref()).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
@@ -96,6 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             pool_size: config.pool_size,
             queue_limit: config.queue_limit,
             queue_timeout: Duration::from_millis(config.queue_timeout_ms),
+            per_tenant: config.max_sessions_per_tenant,
         },
     );
     // One launch before serving: readiness is known from the first probe, and the first
@@ -123,6 +144,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         clients: clients.clone(),
         meter: meter.clone(),
         metrics: metrics.clone(),
+        keys: Arc::new(keys),
     };
 
     let shutdown = CancellationToken::new();

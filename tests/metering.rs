@@ -141,7 +141,7 @@ async fn usage_report_equals_the_sum_of_the_records() {
     assert_eq!(status, 200, "an unencoded + in an offset is accepted");
     assert_eq!(with_offset["total"]["sessions"], 3);
     assert_eq!(with_offset["from"], "2000-01-01T00:00:00Z");
-    let (_, nobody) = gw.get("/v1/usage?apiKey=someone-else").await;
+    let (_, nobody) = gw.get("/v1/usage?tenant=someone-else").await;
     assert_eq!(nobody["total"]["sessions"], 0);
 
     // Bad input: JSON 400s that name the parameter.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
@@ -18,9 +18,10 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{debug, warn};
 
-use super::AppState;
 use super::error::ApiError;
 use super::sessions::{parse_id, path_id};
+use super::{API_KEY_PARAM, AppState, PresentedKey};
+use crate::auth::Caller;
 use crate::proxy;
 use crate::session::Session;
 use std::sync::Arc;
@@ -51,6 +52,15 @@ pub async fn connect_by_query(
     }
 }
 
+/// The caller the authentication layer identified.
+fn caller_of(request: &Request) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller::Open)
+}
+
 /// `GET /devtools/browser/<id>`: the endpoint `/json/version` advertises.
 pub async fn connect_by_path(
     State(state): State<AppState>,
@@ -68,7 +78,7 @@ async fn connect(state: AppState, id: uuid::Uuid, mut request: Request) -> Respo
         Ok(key) => key,
         Err(e) => return e.into_response(),
     };
-    let session = match live_session(&state, id) {
+    let session = match live_session(&state, id, &caller_of(&request)) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -119,30 +129,41 @@ async fn connect(state: AppState, id: uuid::Uuid, mut request: Request) -> Respo
 /// live session, because Puppeteer's `browserURL` drops the path and query it was given.
 pub async fn version_by_query(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Extension(key): Extension<PresentedKey>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let session = match query.get("sessionId") {
-        Some(raw) => live_session(&state, parse_id(raw, "sessionId")?)?,
-        None => state.registry.sole_live_session().ok_or_else(|| {
+        Some(raw) => live_session(&state, parse_id(raw, "sessionId")?, &caller)?,
+        None => state.registry.sole_live_session(&caller).ok_or_else(|| {
             ApiError::bad_request(
                 "sessionId: name the session (/json/version?sessionId=<id>); without it this endpoint answers \
                  only while exactly one session is live",
             )
         })?,
     };
-    Ok(Json(version_json(&state, &session)))
+    Ok(Json(version_json(&state, &session, &key)))
 }
 
 /// `GET /devtools/browser/<id>/json/version[/]`
 pub async fn version_by_path(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Extension(key): Extension<PresentedKey>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let session = live_session(&state, path_id(id)?)?;
-    Ok(Json(version_json(&state, &session)))
+    let session = live_session(&state, path_id(id)?, &caller)?;
+    Ok(Json(version_json(&state, &session, &key)))
 }
 
-fn version_json(state: &AppState, session: &Session) -> serde_json::Value {
+/// The discovery answer. Its WebSocket URL carries the key the request presented, because
+/// clients (Playwright, Puppeteer's `browserURL`) connect to it as given.
+fn version_json(state: &AppState, session: &Session, key: &PresentedKey) -> serde_json::Value {
+    let mut endpoint = state.urls.browser_endpoint(session.id);
+    if let Some(key) = &key.0 {
+        let encoded: String = url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
+        endpoint = format!("{endpoint}?{API_KEY_PARAM}={encoded}");
+    }
     let version = session.browser_version().cloned().unwrap_or_default();
     let field = |name: &str| version.get(name).cloned().unwrap_or_default();
     serde_json::json!({
@@ -151,15 +172,19 @@ fn version_json(state: &AppState, session: &Session) -> serde_json::Value {
         "User-Agent": session.options.user_agent.clone().map(Into::into).unwrap_or_else(|| field("userAgent")),
         "V8-Version": field("jsVersion"),
         "WebKit-Version": field("revision"),
-        "webSocketDebuggerUrl": state.urls.browser_endpoint(session.id),
+        "webSocketDebuggerUrl": endpoint,
     })
 }
 
-/// The session if it is live; otherwise 404 (unknown) or 410 (ended).
-fn live_session(state: &AppState, id: uuid::Uuid) -> Result<Arc<Session>, ApiError> {
+/// The session if it is live; otherwise 404 (unknown, or another tenant's) or 410 (ended).
+fn live_session(
+    state: &AppState,
+    id: uuid::Uuid,
+    caller: &Caller,
+) -> Result<Arc<Session>, ApiError> {
     let session = state
         .registry
-        .get(&id)
+        .get_for(&id, caller)
         .ok_or_else(|| ApiError::session_not_found(id))?;
     if session.phase().is_live() {
         Ok(session)

@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Caller, KeyRing};
 use crate::metering::Meter;
 use crate::session::params::TimeoutLimits;
 use crate::session::registry::Registry;
@@ -41,7 +42,18 @@ pub struct AppState {
     pub meter: Arc<Meter>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// API keys; empty when the gateway runs open.
+    pub keys: Arc<KeyRing>,
 }
+
+/// The API key a request presented, kept for links that must carry it (CDP discovery).
+#[derive(Debug, Clone, Default)]
+pub struct PresentedKey(pub Option<String>);
+
+/// Header that carries the API key of REST calls, as the Steel SDKs send it.
+pub const API_KEY_HEADER: &str = "steel-api-key";
+/// Query parameter that carries the API key of WebSocket and `/json` requests.
+pub const API_KEY_PARAM: &str = "apiKey";
 
 /// Paths that answer any `Host`: probes and scrapers reach them by pod IP or service name.
 const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -78,11 +90,56 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             refuse_foreign_requests,
         ))
         .with_state(state)
+}
+
+/// Identifies the caller by its API key (the `steel-api-key` header, or the `apiKey` query
+/// parameter that WebSocket clients use) and refuses a missing or wrong key with 401 before
+/// anything happens. Health and metrics need no key.
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if OPERATIONAL_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(API_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            request.uri().query().and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == API_KEY_PARAM)
+                    .map(|(_, v)| v.into_owned())
+            })
+        })
+        .filter(|k| !k.is_empty());
+    let caller = if state.keys.is_empty() {
+        Caller::Open
+    } else {
+        match presented
+            .as_deref()
+            .and_then(|k| state.keys.authenticate(k))
+        {
+            Some(tenant) => Caller::Tenant(tenant),
+            None => {
+                let why = if presented.is_some() {
+                    "the API key is not valid"
+                } else {
+                    "an API key is required: send it in the steel-api-key header, or as the apiKey query parameter for WebSocket and /json requests"
+                };
+                return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why)
+                    .into_response();
+            }
+        }
+    };
+    request.extensions_mut().insert(caller);
+    request.extensions_mut().insert(PresentedKey(presented));
+    next.run(request).await
 }
 
 /// Refuses requests that a web page could make:

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::ApiError;
 use super::wire::{ReleaseJson, SessionJson, SessionListJson};
+use crate::auth::Caller;
 use crate::session::params::parse_create_body;
 use crate::session::registry::{CreateError, ListQuery};
 use crate::session::state::Status;
@@ -22,6 +23,7 @@ const MAX_LIMIT: usize = 100;
 /// `POST /v1/sessions`
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SessionJson>, ApiError> {
     let body = body.map_err(|rejection| match rejection.status() {
@@ -34,29 +36,36 @@ pub async fn create(
     })?;
     let options =
         parse_create_body(&body, state.limits).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let session = state.registry.create(options).await.map_err(|e| match e {
-        CreateError::Duplicate(_) => {
-            ApiError::new(StatusCode::CONFLICT, "session_exists", e.to_string())
-        }
-        CreateError::QueueFull(_) | CreateError::QueueTimeout(_) => {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "at_capacity", e.to_string())
-        }
-        CreateError::ShuttingDown => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            e.to_string(),
-        ),
-        CreateError::Launch(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "browser_start_failed",
-            e.to_string(),
-        ),
-        CreateError::Usage(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "usage_unavailable",
-            e.to_string(),
-        ),
-    })?;
+    let session = state
+        .registry
+        .create(options, &caller)
+        .await
+        .map_err(|e| match e {
+            CreateError::Duplicate(_) => {
+                ApiError::new(StatusCode::CONFLICT, "session_exists", e.to_string())
+            }
+            CreateError::QueueFull(_) | CreateError::QueueTimeout(_) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "at_capacity", e.to_string())
+            }
+            CreateError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                e.to_string(),
+            ),
+            CreateError::Launch(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "browser_start_failed",
+                e.to_string(),
+            ),
+            CreateError::Usage(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "usage_unavailable",
+                e.to_string(),
+            ),
+            CreateError::OverQuota(_) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "tenant_quota", e.to_string())
+            }
+        })?;
     Ok(Json(SessionJson::new(&session, &state.urls)))
 }
 
@@ -72,6 +81,7 @@ pub struct ListParams {
 /// `GET /v1/sessions`
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SessionListJson>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
@@ -100,11 +110,14 @@ pub async fn list(
     };
     let page = state
         .registry
-        .list(ListQuery {
-            status,
-            limit,
-            cursor,
-        })
+        .list(
+            ListQuery {
+                status,
+                limit,
+                cursor,
+            },
+            &caller,
+        )
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(Json(SessionListJson::new(page, &state.urls)))
 }
@@ -112,12 +125,13 @@ pub async fn list(
 /// `GET /v1/sessions/{id}`
 pub async fn retrieve(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SessionJson>, ApiError> {
     let id = path_id(id)?;
     let session = state
         .registry
-        .get(&id)
+        .get_for(&id, &caller)
         .ok_or_else(|| ApiError::session_not_found(id))?;
     Ok(Json(SessionJson::new(&session, &state.urls)))
 }
@@ -125,12 +139,13 @@ pub async fn retrieve(
 /// `POST /v1/sessions/{id}/release`. Idempotent; the body is ignored (SDKs send none).
 pub async fn release(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ReleaseJson>, ApiError> {
     let id = path_id(id)?;
     state
         .registry
-        .release(&id)
+        .release(&id, &caller)
         .await
         .ok_or_else(|| ApiError::session_not_found(id))?;
     Ok(Json(ReleaseJson {
@@ -140,8 +155,11 @@ pub async fn release(
 }
 
 /// `POST /v1/sessions/release`
-pub async fn release_all(State(state): State<AppState>) -> Json<ReleaseJson> {
-    state.registry.release_all().await;
+pub async fn release_all(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Json<ReleaseJson> {
+    state.registry.release_all(&caller).await;
     Json(ReleaseJson {
         success: true,
         message: "All sessions released successfully".into(),

@@ -6,7 +6,7 @@
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::auth::Caller;
 use crate::metering::store::UsageSums;
 
 /// Range used when `from` is not given: this long before `to`.
@@ -27,12 +28,14 @@ pub struct UsageParams {
     from: Option<String>,
     to: Option<String>,
     api_key: Option<String>,
+    tenant: Option<String>,
     format: Option<String>,
 }
 
 /// `GET /v1/usage`
 pub async fn usage(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     params: Result<Query<UsageParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
@@ -56,10 +59,10 @@ pub async fn usage(
     if from >= to {
         return Err(ApiError::bad_request("from: must be earlier than to"));
     }
-    let api_key = params.api_key.filter(|k| !k.is_empty());
+    let tenant = tenant_filter(&state, &caller, params.api_key, params.tenant)?;
     let days = state
         .meter
-        .usage_by_day(from, to, api_key.clone())
+        .usage_by_day(from, to, tenant.clone())
         .await
         .map_err(|e| {
             ApiError::new(
@@ -68,11 +71,43 @@ pub async fn usage(
                 e.to_string(),
             )
         })?;
-    let report = UsageReport::new(from, to, api_key, &days);
+    let report = UsageReport::new(from, to, tenant, &days);
     if csv {
         Ok(csv_response(&report))
     } else {
         Ok(Json(report).into_response())
+    }
+}
+
+/// Whose usage to report. A tenant reads only its own; the admin key and an open gateway
+/// read everyone's, or one tenant's, named by `tenant` or by its `apiKey`.
+fn tenant_filter(
+    state: &AppState,
+    caller: &Caller,
+    api_key: Option<String>,
+    tenant: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let by_key = match api_key.filter(|k| !k.is_empty()) {
+        None => None,
+        Some(key) => Some(
+            state
+                .keys
+                .authenticate(&key)
+                .map(|t| t.name.to_string())
+                .ok_or_else(|| ApiError::bad_request("apiKey: not a configured API key"))?,
+        ),
+    };
+    let wanted = by_key.or(tenant.filter(|t| !t.is_empty()));
+    match caller {
+        Caller::Tenant(me) if !me.admin => match wanted {
+            Some(other) if other != *me.name => Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "a tenant can read only its own usage",
+            )),
+            _ => Ok(Some(me.name.to_string())),
+        },
+        _ => Ok(wanted),
     }
 }
 
@@ -93,7 +128,8 @@ fn parse_time(raw: &str, field: &str) -> Result<OffsetDateTime, ApiError> {
 pub struct UsageReport {
     from: String,
     to: String,
-    api_key: Option<String>,
+    /// The tenant reported on; `null` for everyone.
+    tenant: Option<String>,
     total: UsageFigures,
     days: Vec<DayFigures>,
 }
@@ -184,7 +220,7 @@ impl UsageReport {
     fn new(
         from: OffsetDateTime,
         to: OffsetDateTime,
-        api_key: Option<String>,
+        tenant: Option<String>,
         days: &[(String, UsageSums)],
     ) -> UsageReport {
         let days: Vec<DayFigures> = days
@@ -201,7 +237,7 @@ impl UsageReport {
         UsageReport {
             from: rfc3339(from),
             to: rfc3339(to),
-            api_key,
+            tenant,
             total,
             days,
         }

@@ -171,11 +171,11 @@ impl Meter {
     pub async fn start(
         &self,
         session: Arc<dyn Billable>,
-        api_key: Option<String>,
+        tenant: Option<String>,
     ) -> Result<(), MeterError> {
         let record = NewRecord {
             session_id: session.session_id(),
-            api_key,
+            tenant,
             created_at_ms: unix_ms(session.created_at()),
         };
         let store = self.store.clone();
@@ -245,12 +245,12 @@ impl Meter {
         &self,
         from: OffsetDateTime,
         to: OffsetDateTime,
-        api_key: Option<String>,
+        tenant: Option<String>,
     ) -> Result<Vec<(String, UsageSums)>, MeterError> {
         self.flush().await?;
         let store = self.store.clone();
         let (from_ms, to_ms) = (unix_ms(from), unix_ms(to));
-        blocking(move || lock(&store).usage_by_day(from_ms, to_ms, api_key.as_deref())).await
+        blocking(move || lock(&store).usage_by_day(from_ms, to_ms, tenant.as_deref())).await
     }
 
     /// The minute clock: checkpoints each live session as each of its minutes starts. Runs

@@ -20,7 +20,7 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
     record_id           INTEGER PRIMARY KEY,
     session_id          TEXT    NOT NULL,
-    api_key             TEXT,
+    tenant              TEXT,
     created_at_ms       INTEGER NOT NULL,
     ended_at_ms         INTEGER,
     checkpoint_at_ms    INTEGER NOT NULL,
@@ -49,7 +49,7 @@ pub struct TrafficTotals {
 #[derive(Debug, Clone)]
 pub struct NewRecord {
     pub session_id: Uuid,
-    pub api_key: Option<String>,
+    pub tenant: Option<String>,
     /// Unix milliseconds.
     pub created_at_ms: i64,
 }
@@ -139,14 +139,14 @@ impl UsageStore {
     pub fn insert(&self, record: &NewRecord) -> Result<i64, StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO sessions (session_id, api_key, created_at_ms, checkpoint_at_ms,
+                "INSERT INTO sessions (session_id, tenant, created_at_ms, checkpoint_at_ms,
                                        status, billed_minutes)
                  VALUES (?1, ?2, ?3, ?3, 'live', 1)",
             )
             .and_then(|mut stmt| {
                 stmt.execute(params![
                     record.session_id.to_string(),
-                    record.api_key,
+                    record.tenant,
                     record.created_at_ms
                 ])
             })
@@ -236,7 +236,7 @@ impl UsageStore {
         &self,
         from_ms: i64,
         to_ms: i64,
-        api_key: Option<&str>,
+        tenant: Option<&str>,
     ) -> Result<Vec<(String, UsageSums)>, StoreError> {
         let mut stmt = self
             .conn
@@ -253,13 +253,13 @@ impl UsageStore {
                         coalesce(sum(messages_to_client), 0)
                  FROM sessions
                  WHERE created_at_ms >= ?1 AND created_at_ms < ?2
-                   AND (?3 IS NULL OR api_key = ?3)
+                   AND (?3 IS NULL OR tenant = ?3)
                  GROUP BY day
                  ORDER BY day",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![from_ms, to_ms, api_key], |row| {
+            .query_map(params![from_ms, to_ms, tenant], |row| {
                 let n = |i| row.get::<_, i64>(i).map(from_sql);
                 Ok((
                     row.get::<_, String>(0)?,
@@ -336,7 +336,7 @@ mod tests {
         let day_ms = 86_400_000;
         let new = |n: i64| NewRecord {
             session_id: Uuid::new_v4(),
-            api_key: None,
+            tenant: None,
             created_at_ms: 20_000 * day_ms + n,
         };
         let ended = store.insert(&new(0)).expect("insert");

@@ -11,6 +11,7 @@
 
 pub mod params;
 mod pool;
+mod quota;
 pub mod registry;
 pub mod state;
 mod supervisor;
@@ -36,6 +37,8 @@ pub struct Session {
     pub created_at: OffsetDateTime,
     created: Instant,
     pub options: SessionOptions,
+    /// The tenant that created it; `None` when the gateway runs without keys.
+    pub tenant: Option<Arc<str>>,
     lifecycle: Lifecycle,
     browser: OnceLock<BrowserLink>,
     /// Cancelled when someone other than the supervisor ended the session.
@@ -54,10 +57,11 @@ struct BrowserLink {
 }
 
 impl Session {
-    fn new(id: Uuid, seq: u64, options: SessionOptions) -> Session {
+    fn new(id: Uuid, seq: u64, options: SessionOptions, tenant: Option<Arc<str>>) -> Session {
         Session {
             id,
             seq,
+            tenant,
             created_at: OffsetDateTime::now_utc(),
             created: Instant::now(),
             options,

@@ -22,8 +22,10 @@ use super::Session;
 use super::params::Dimensions;
 use super::params::SessionOptions;
 use super::pool::{WarmBrowser, WarmPool};
+use super::quota::{OverQuota, TenantQuota};
 use super::state::{EndReason, Phase, Status};
 use super::supervisor;
+use crate::auth::Caller;
 use crate::browser::{BrowserHost, LaunchSpec};
 use crate::cdp::mux::Mux;
 use crate::metering::Meter;
@@ -49,6 +51,8 @@ pub enum CreateError {
     Launch(String),
     #[error("the session could not be metered, so it was not started: {0}")]
     Usage(String),
+    #[error(transparent)]
+    OverQuota(#[from] OverQuota),
 }
 
 impl CreateError {
@@ -57,7 +61,8 @@ impl CreateError {
         match self {
             CreateError::Duplicate(_)
             | CreateError::QueueFull(_)
-            | CreateError::QueueTimeout(_) => None,
+            | CreateError::QueueTimeout(_)
+            | CreateError::OverQuota(_) => None,
             CreateError::ShuttingDown => Some(CreateErrorReason::ShuttingDown),
             CreateError::Launch(_) => Some(CreateErrorReason::BrowserStartFailed),
             CreateError::Usage(_) => Some(CreateErrorReason::UsageUnavailable),
@@ -76,6 +81,8 @@ pub struct Admission {
     pub queue_limit: usize,
     /// How long a create waits for a slot.
     pub queue_timeout: Duration,
+    /// Most sessions one tenant may have live (or starting) at once.
+    pub per_tenant: Option<usize>,
 }
 
 /// Room for one session.
@@ -162,6 +169,7 @@ pub struct Registry {
     /// Creates waiting for a slot.
     queued: AtomicUsize,
     pool: Arc<WarmPool>,
+    tenant_quota: TenantQuota,
     /// Sessions that went live and have not ended yet.
     live: AtomicUsize,
     host: Arc<dyn BrowserHost>,
@@ -193,6 +201,7 @@ impl Registry {
             admission,
             queued: AtomicUsize::new(0),
             pool,
+            tenant_quota: TenantQuota::new(admission.per_tenant),
             live: AtomicUsize::new(0),
             host,
             meter,
@@ -208,11 +217,13 @@ impl Registry {
     pub async fn create(
         self: &Arc<Self>,
         options: SessionOptions,
+        caller: &Caller,
     ) -> Result<Arc<Session>, CreateError> {
         let this = self.clone();
+        let tenant = caller.tenant_name();
         let result = self
             .tasks
-            .spawn(async move { this.create_now(options).await })
+            .spawn(async move { this.create_now(options, tenant).await })
             .await
             .unwrap_or_else(|e| {
                 Err(CreateError::Launch(format!(
@@ -228,6 +239,7 @@ impl Registry {
     async fn create_now(
         self: Arc<Self>,
         options: SessionOptions,
+        tenant: Option<Arc<str>>,
     ) -> Result<Arc<Session>, CreateError> {
         let requested = Instant::now();
         if self.closed.is_cancelled() {
@@ -238,6 +250,7 @@ impl Registry {
         {
             return Err(CreateError::Duplicate(id));
         }
+        let quota = self.tenant_quota.reserve(tenant.clone())?;
         let poolable = options.user_agent.is_none()
             && options.proxy_server.is_none()
             && options.dimensions == Dimensions::default();
@@ -250,7 +263,7 @@ impl Registry {
             .or(warm.as_ref().map(|(id, _)| *id))
             .unwrap_or_else(Uuid::new_v4);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let session = Arc::new(Session::new(id, seq, options));
+        let session = Arc::new(Session::new(id, seq, options, tenant));
         match self.sessions.entry(id) {
             Entry::Occupied(_) => {
                 if let Some((_, launched)) = warm {
@@ -307,7 +320,10 @@ impl Registry {
         let went_live = match went_live {
             Ok(()) => self
                 .meter
-                .start(session.clone(), None)
+                .start(
+                    session.clone(),
+                    session.tenant.as_deref().map(str::to_owned),
+                )
                 .await
                 .map_err(|e| CreateError::Usage(e.to_string())),
             Err(e) => Err(e),
@@ -334,7 +350,7 @@ impl Registry {
             session.clone(),
             launched.process,
             mux,
-            permit,
+            (permit, quota),
             self.shutdown.clone(),
         ));
         Ok(session)
@@ -476,19 +492,25 @@ impl Registry {
     }
 
     /// A session that clients may see (any state but starting).
-    pub fn get(&self, id: &Uuid) -> Option<Arc<Session>> {
+    fn get(&self, id: &Uuid) -> Option<Arc<Session>> {
         let session = self.sessions.get(id).map(|s| s.value().clone())?;
         (session.phase() != Phase::Starting).then_some(session)
     }
 
-    /// Sessions newest first, filtered and paginated as the Steel SDKs expect.
-    pub fn list(&self, query: ListQuery) -> Result<ListPage, UnknownCursor> {
+    /// A session `caller` may see. Another tenant's session is `None`, exactly like an
+    /// unknown id, so that its existence does not leak.
+    pub fn get_for(&self, id: &Uuid, caller: &Caller) -> Option<Arc<Session>> {
+        self.get(id)
+            .filter(|s| caller.may_access(s.tenant.as_deref()))
+    }
+
+    /// `caller`'s sessions newest first, filtered and paginated as the Steel SDKs expect.
+    pub fn list(&self, query: ListQuery, caller: &Caller) -> Result<ListPage, UnknownCursor> {
         let upper = match query.cursor {
             None => Bound::Unbounded,
             Some(cursor) => {
                 let seq = self
-                    .sessions
-                    .get(&cursor)
+                    .get_for(&cursor, caller)
                     .map(|s| s.seq)
                     .ok_or(UnknownCursor(cursor))?;
                 Bound::Excluded(seq)
@@ -500,9 +522,10 @@ impl Registry {
             .map(|(_, id)| *id)
             .collect();
         let matches = |s: &Arc<Session>| {
-            query
-                .status
-                .is_none_or(|status| s.phase().status() == status)
+            caller.may_access(s.tenant.as_deref())
+                && query
+                    .status
+                    .is_none_or(|status| s.phase().status() == status)
         };
         let mut sessions = Vec::with_capacity(query.limit.min(ids.len()));
         for id in &ids {
@@ -531,21 +554,21 @@ impl Registry {
     }
 
     /// Releases a session and waits until its browser is gone. Releasing an ended session
-    /// changes nothing. `None` when the id is unknown.
-    pub async fn release(&self, id: &Uuid) -> Option<Arc<Session>> {
-        let session = self.get(id)?;
+    /// changes nothing. `None` when the id is unknown to `caller`.
+    pub async fn release(&self, id: &Uuid, caller: &Caller) -> Option<Arc<Session>> {
+        let session = self.get_for(id, caller)?;
         let _ = session.request_end(EndReason::UserRequested);
         wait_reaped(&session).await;
         Some(session)
     }
 
-    /// Releases every live session; returns how many this call ended.
-    pub async fn release_all(&self) -> usize {
+    /// Releases every live session of `caller`; returns how many this call ended.
+    pub async fn release_all(&self, caller: &Caller) -> usize {
         let live: Vec<Arc<Session>> = self
             .sessions
             .iter()
             .map(|e| e.value().clone())
-            .filter(|s| s.phase().is_live())
+            .filter(|s| s.phase().is_live() && caller.may_access(s.tenant.as_deref()))
             .collect();
         let mut released = 0;
         for s in &live {
@@ -569,12 +592,14 @@ impl Registry {
         self.admission.max_sessions
     }
 
-    /// The only live session, if exactly one is live.
-    pub fn sole_live_session(&self) -> Option<Arc<Session>> {
+    /// `caller`'s only live session, if it has exactly one.
+    pub fn sole_live_session(&self, caller: &Caller) -> Option<Arc<Session>> {
         let mut live = self
             .sessions
             .iter()
-            .filter(|e| e.value().phase().is_live())
+            .filter(|e| {
+                e.value().phase().is_live() && caller.may_access(e.value().tenant.as_deref())
+            })
             .map(|e| e.value().clone());
         let first = live.next()?;
         live.next().is_none().then_some(first)
@@ -712,22 +737,29 @@ mod tests {
                 pool_size: 0,
                 queue_limit: 0,
                 queue_timeout: Duration::ZERO,
+                per_tenant: None,
             },
         );
         let mut ids = Vec::new();
         for _ in 0..ENDED_HISTORY + 3 {
-            let session = registry.create(options()).await.expect("create");
-            registry.release(&session.id).await.expect("release");
+            let session = registry
+                .create(options(), &Caller::Open)
+                .await
+                .expect("create");
+            registry
+                .release(&session.id, &Caller::Open)
+                .await
+                .expect("release");
             ids.push(session.id);
         }
         for old in &ids[..3] {
             assert!(
-                registry.get(old).is_none(),
+                registry.get_for(old, &Caller::Open).is_none(),
                 "the oldest ended sessions are trimmed"
             );
         }
         assert!(
-            registry.get(&ids[3]).is_some(),
+            registry.get_for(&ids[3], &Caller::Open).is_some(),
             "the 10,000th newest is kept"
         );
 
@@ -736,11 +768,14 @@ mod tests {
         let mut cursor = None;
         loop {
             let page = registry
-                .list(ListQuery {
-                    status: None,
-                    limit: 100,
-                    cursor,
-                })
+                .list(
+                    ListQuery {
+                        status: None,
+                        limit: 100,
+                        cursor,
+                    },
+                    &Caller::Open,
+                )
                 .expect("list");
             let Some(last) = page.sessions.last() else {
                 break;
@@ -752,11 +787,14 @@ mod tests {
         assert_eq!(seen.len(), ENDED_HISTORY);
         assert_eq!(seen, expected);
         let released = registry
-            .list(ListQuery {
-                status: Some(Status::Released),
-                limit: 1,
-                cursor: None,
-            })
+            .list(
+                ListQuery {
+                    status: Some(Status::Released),
+                    limit: 1,
+                    cursor: None,
+                },
+                &Caller::Open,
+            )
             .expect("list");
         assert_eq!(released.total_count, Some(ENDED_HISTORY));
         assert_eq!(registry.live_count(), 0, "every slot was given back");

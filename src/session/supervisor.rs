@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Session;
+use super::quota::QuotaHold;
 use super::registry::Registry;
 use super::state::EndReason;
 use crate::browser::BrowserProcess;
@@ -24,7 +25,7 @@ pub(super) async fn supervise(
     session: Arc<Session>,
     process: Arc<dyn BrowserProcess>,
     mux: Arc<Mux>,
-    permit: OwnedSemaphorePermit,
+    slot: (OwnedSemaphorePermit, QuotaHold),
     shutdown: CancellationToken,
 ) {
     let deadline = tokio::time::Instant::from_std(session.deadline());
@@ -49,7 +50,7 @@ pub(super) async fn supervise(
 
     mux.close_all(close_frame(reason));
     process.kill().await;
-    drop(permit);
+    drop(slot);
     registry.slot_freed();
     // Usage record and history first: whoever waits for the reap (a release call) then sees
     // them complete.

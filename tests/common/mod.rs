@@ -609,7 +609,7 @@ pub fn secs(n: u64) -> Duration {
 #[derive(Debug, Clone)]
 pub struct UsageRecord {
     pub session_id: String,
-    pub api_key: Option<String>,
+    pub tenant: Option<String>,
     pub created_at_ms: i64,
     pub ended_at_ms: Option<i64>,
     pub checkpoint_at_ms: i64,
@@ -632,7 +632,7 @@ pub fn usage_records(data_dir: &Path) -> Vec<UsageRecord> {
     .expect("open usage database");
     let mut stmt = conn
         .prepare(
-            "SELECT session_id, api_key, created_at_ms, ended_at_ms, checkpoint_at_ms, status,
+            "SELECT session_id, tenant, created_at_ms, ended_at_ms, checkpoint_at_ms, status,
                     reason, billed_minutes, bytes_to_browser, bytes_to_client,
                     messages_to_browser, messages_to_client
              FROM sessions ORDER BY record_id",
@@ -641,7 +641,7 @@ pub fn usage_records(data_dir: &Path) -> Vec<UsageRecord> {
     stmt.query_map([], |r| {
         Ok(UsageRecord {
             session_id: r.get(0)?,
-            api_key: r.get(1)?,
+            tenant: r.get(1)?,
             created_at_ms: r.get(2)?,
             ended_at_ms: r.get(3)?,
             checkpoint_at_ms: r.get(4)?,

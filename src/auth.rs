@@ -1,0 +1,237 @@
+//! API keys and tenants.
+//!
+//! Each configured key is one tenant. Only SHA-256 digests of the keys are kept in memory;
+//! a presented key is hashed and compared against every digest in constant time, so neither
+//! the keys nor their order can be learned by timing. Keys are never logged: a tenant shows
+//! up in logs and usage records by its name.
+//!
+//! Owns key loading and checking only; it must not know about sessions or HTTP.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// A user of the gateway, as identified by its API key.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Tenant {
+    /// From the keys file (`name:key`), or `key-<first 8 hex digits of the key's SHA-256>`.
+    pub name: Arc<str>,
+    /// May read every tenant's usage (`--admin-api-key`).
+    pub admin: bool,
+}
+
+/// Who is making a request.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No keys are configured: everyone is the same single user.
+    Open,
+    Tenant(Arc<Tenant>),
+}
+
+impl Caller {
+    /// The tenant name that owns what this caller creates.
+    pub fn tenant_name(&self) -> Option<Arc<str>> {
+        match self {
+            Caller::Open => None,
+            Caller::Tenant(t) => Some(t.name.clone()),
+        }
+    }
+
+    /// Whether this caller may see a session owned by `owner`.
+    pub fn may_access(&self, owner: Option<&str>) -> bool {
+        match self {
+            Caller::Open => true,
+            Caller::Tenant(t) => owner == Some(&*t.name),
+        }
+    }
+}
+
+/// The configured keys.
+#[derive(Debug, Default)]
+pub struct KeyRing {
+    entries: Vec<([u8; 32], Arc<Tenant>)>,
+}
+
+/// Shortest key accepted; shorter ones are guessable.
+pub const MIN_KEY_LEN: usize = 16;
+
+impl KeyRing {
+    /// Loads keys from a file (one a line, `key` or `name:key`; `#` starts a comment line)
+    /// and from `INGOT_API_KEYS`-style text (comma-separated, same forms), plus an admin key.
+    pub fn load(
+        file: Option<&Path>,
+        list: Option<&str>,
+        admin: Option<&str>,
+    ) -> Result<KeyRing, String> {
+        let mut ring = KeyRing::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --api-keys-file {}: {e}", path.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                ring.add(line, false)
+                    .map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?;
+            }
+        }
+        if let Some(list) = list {
+            for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                ring.add(item, false)
+                    .map_err(|e| format!("INGOT_API_KEYS: {e}"))?;
+            }
+        }
+        if let Some(key) = admin.map(str::trim).filter(|k| !k.is_empty()) {
+            ring.add(&format!("admin:{key}"), true)
+                .map_err(|e| format!("--admin-api-key: {e}"))?;
+        }
+        Ok(ring)
+    }
+
+    fn add(&mut self, entry: &str, admin: bool) -> Result<(), String> {
+        let (name, key) = match entry.split_once(':') {
+            Some((name, key)) if is_name(name) => (Some(name), key),
+            _ => (None, entry),
+        };
+        if key.len() < MIN_KEY_LEN {
+            return Err(format!(
+                "a key must be at least {MIN_KEY_LEN} characters long"
+            ));
+        }
+        if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("a key may not contain spaces or control characters".into());
+        }
+        let digest = digest(key);
+        let name: Arc<str> = match name {
+            Some(n) => n.into(),
+            None => format!("key-{}", hex(&digest[..4])).into(),
+        };
+        if self.entries.iter().any(|(d, _)| *d == digest) {
+            return Err(format!("tenant {name}: this key is configured twice"));
+        }
+        if self.entries.iter().any(|(_, t)| t.name == name) {
+            return Err(format!("tenant name {name} is used twice"));
+        }
+        self.entries
+            .push((digest, Arc::new(Tenant { name, admin })));
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The tenant a presented key belongs to. Every digest is compared, in constant time.
+    pub fn authenticate(&self, presented: &str) -> Option<Arc<Tenant>> {
+        let digest = digest(presented);
+        let mut found = None;
+        for (known, tenant) in &self.entries {
+            if bool::from(known.ct_eq(&digest)) {
+                found = Some(tenant.clone());
+            }
+        }
+        found
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A tenant name: letters, digits, `-`, `_` and `.`, 1 to 64 of them.
+fn is_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_named_and_unnamed_keys_and_checks_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("keys");
+        std::fs::write(
+            &file,
+            "# tenants\nalice:alice-key-0123456789\n\n  bob-key-0123456789abc  \n",
+        )
+        .expect("write");
+        let ring = KeyRing::load(
+            Some(&file),
+            Some("carol:carol-key-0123456789, "),
+            Some("admin-key-0123456789"),
+        )
+        .expect("load");
+        assert_eq!(ring.len(), 4);
+        let name = |k: &str| ring.authenticate(k).map(|t| t.name.to_string());
+        assert_eq!(name("alice-key-0123456789").as_deref(), Some("alice"));
+        assert_eq!(name("carol-key-0123456789").as_deref(), Some("carol"));
+        let bob = name("bob-key-0123456789abc").expect("bob");
+        assert!(bob.starts_with("key-") && bob.len() == 12, "{bob}");
+        assert_eq!(name("alice-key-012345678"), None);
+        assert_eq!(name(""), None);
+        assert!(
+            ring.authenticate("admin-key-0123456789")
+                .expect("admin")
+                .admin
+        );
+        assert!(
+            !ring
+                .authenticate("alice-key-0123456789")
+                .expect("alice")
+                .admin
+        );
+        // Only the first colon separates the name, so a named key may contain colons.
+        let ring =
+            KeyRing::load(None, Some("web:https://x:k0123456789abcdef"), None).expect("load");
+        assert_eq!(
+            ring.authenticate("https://x:k0123456789abcdef")
+                .map(|t| t.name.to_string()),
+            Some("web".into())
+        );
+        let ring = KeyRing::load(None, Some("not a name:key-0123456789abcdef"), None);
+        assert!(ring.is_err(), "spaces are not allowed in keys");
+    }
+
+    #[test]
+    fn refuses_short_duplicate_and_ambiguous_keys() {
+        assert!(KeyRing::load(None, Some("short"), None).is_err());
+        assert!(
+            KeyRing::load(None, Some("a:k0123456789abcdef,b:k0123456789abcdef"), None).is_err()
+        );
+        assert!(
+            KeyRing::load(None, Some("a:k0123456789abcdef,a:j0123456789abcdef"), None).is_err()
+        );
+        let missing = KeyRing::load(Some(Path::new("/nonexistent/keys")), None, None);
+        assert!(
+            missing
+                .expect_err("missing file")
+                .contains("/nonexistent/keys")
+        );
+    }
+
+    #[test]
+    fn callers_see_only_their_own() {
+        let t = Caller::Tenant(Arc::new(Tenant {
+            name: "alice".into(),
+            admin: false,
+        }));
+        assert!(t.may_access(Some("alice")));
+        assert!(!t.may_access(Some("bob")));
+        assert!(!t.may_access(None));
+        assert!(Caller::Open.may_access(Some("alice")));
+    }
+}
