@@ -85,6 +85,26 @@ pub struct Config {
     #[arg(long, env = "INGOT_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
 
+    /// Largest CDP message (WebSocket message) a client may send, in bytes; a client that
+    /// sends a larger one is closed with 1009, and its session goes on.
+    #[arg(long, env = "INGOT_MAX_MESSAGE_BYTES", default_value_t = crate::proxy::DEFAULT_MAX_MESSAGE)]
+    pub max_message_bytes: usize,
+
+    /// How often each live browser is asked `Browser.getVersion` to check it still works,
+    /// in milliseconds.
+    #[arg(long, env = "INGOT_BROWSER_PROBE_INTERVAL_MS", default_value_t = 5_000)]
+    pub browser_probe_interval_ms: u64,
+
+    /// How long a browser may take to answer the probe before its session ends as
+    /// `failed`/`browser_unresponsive`, in milliseconds.
+    #[arg(long, env = "INGOT_BROWSER_PROBE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub browser_probe_timeout_ms: u64,
+
+    /// How long a client may take to send a request's headers before its connection is
+    /// closed, in milliseconds.
+    #[arg(long, env = "INGOT_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
     /// On SIGTERM, how long live sessions may go on (while new ones are refused and
     /// `/readyz` answers 503) before they are ended, in milliseconds. 0 ends them at once;
     /// a second SIGTERM or SIGINT always does.
@@ -152,6 +172,18 @@ impl Config {
                 "--default-timeout-ms must be between {MIN_TIMEOUT_MS} and --max-timeout-ms ({})",
                 self.max_timeout_ms
             ));
+        }
+        if self.browser_probe_interval_ms < 100 || self.browser_probe_timeout_ms < 100 {
+            return Err(
+                "--browser-probe-interval-ms and --browser-probe-timeout-ms must be at least 100"
+                    .into(),
+            );
+        }
+        if !(1024..=(1 << 30)).contains(&self.max_message_bytes) {
+            return Err("--max-message-bytes must be between 1024 and 1073741824".into());
+        }
+        if !(100..=600_000).contains(&self.header_timeout_ms) {
+            return Err("--header-timeout-ms must be between 100 and 600000".into());
         }
         if self.max_sessions_per_tenant == Some(0) {
             return Err("--max-sessions-per-tenant must be at least 1".into());

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod browser;
 pub mod cdp;
 pub mod config;
+pub mod http;
 pub mod metering;
 pub mod proxy;
 pub mod server;

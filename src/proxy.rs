@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::{debug, info};
 
 use crate::cdp::message;
@@ -23,8 +23,8 @@ use crate::session::Session;
 use crate::session::state::EndReason;
 use crate::telemetry::ClientConnection;
 
-/// Largest CDP message accepted in either direction.
-pub const MAX_MESSAGE: usize = 256 << 20;
+/// Largest CDP message a client may send, unless configured otherwise.
+pub const DEFAULT_MAX_MESSAGE: usize = 256 << 20;
 /// How long a closing client gets to answer our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -33,11 +33,12 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// just take more reads.
 const READ_BUFFER: usize = 16 << 10;
 
-/// WebSocket limits for client connections: one CDP message may be one 256 MiB frame.
-pub fn websocket_config() -> WebSocketConfig {
+/// WebSocket limits for client connections: one CDP message may be one frame of up to
+/// `max_message` bytes.
+pub fn websocket_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE))
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
         .read_buffer_size(READ_BUFFER)
 }
 
@@ -71,6 +72,11 @@ pub async fn serve_client<S>(
                     | Some(Ok(Message::Frame(_))) => continue,
                     Some(Err(e)) => {
                         debug!(session_id = %session.id, error = %e, "client read failed");
+                        if let Some(frame) = refusal(&e) {
+                            info!(session_id = %session.id, code = u16::from(frame.code), reason = %frame.reason,
+                                "closing a client that broke the protocol; the session goes on");
+                            let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
+                        }
                         break;
                     }
                     None => break,
@@ -108,6 +114,22 @@ pub async fn serve_client<S>(
         }
     }
     info!(session_id = %session.id, "client detached");
+}
+
+/// The close frame for a client whose input broke the rules, if the socket can still carry
+/// one: 1009 for a message over the limit, 1007 for invalid UTF-8, 1002 for other protocol
+/// errors.
+fn refusal(error: &tungstenite::Error) -> Option<CloseFrame> {
+    let (code, reason) = match error {
+        tungstenite::Error::Capacity(_) => (CloseCode::Size, "message too big"),
+        tungstenite::Error::Utf8(_) => (CloseCode::Invalid, "text frame is not valid UTF-8"),
+        tungstenite::Error::Protocol(_) => (CloseCode::Protocol, "WebSocket protocol error"),
+        _ => return None,
+    };
+    Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })
 }
 
 /// What the client loop does next.

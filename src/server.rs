@@ -22,9 +22,11 @@ use crate::browser::detect::find_chromium;
 use crate::browser::local::{LocalChromium, scratch_root};
 use crate::browser::sweep::sweep;
 use crate::config::{Config, MIN_TIMEOUT_MS, available_memory, sessions_for_memory};
+use crate::http::{self, HttpLimits};
 use crate::metering::Meter;
 use crate::session::params::TimeoutLimits;
 use crate::session::registry::{Admission, Readiness, Registry};
+use crate::session::supervisor::LivenessProbe;
 use crate::telemetry;
 
 /// How long shutdown waits for sessions and sockets to close.
@@ -117,6 +119,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             queue_limit: config.queue_limit,
             queue_timeout: Duration::from_millis(config.queue_timeout_ms),
             per_tenant: config.max_sessions_per_tenant,
+            probe: LivenessProbe {
+                interval: Duration::from_millis(config.browser_probe_interval_ms),
+                timeout: Duration::from_millis(config.browser_probe_timeout_ms),
+            },
         },
     );
     // One launch before serving: readiness is known from the first probe, and the first
@@ -145,6 +151,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         meter: meter.clone(),
         metrics: metrics.clone(),
         keys: Arc::new(keys),
+        max_message: config.max_message_bytes,
     };
 
     let shutdown = CancellationToken::new();
@@ -173,12 +180,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "ingot listening on http://{local}"
     );
 
-    let serve = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let serve = async {
-        let result = serve.await;
-        result.context("HTTP server failed")
-    };
+    let serve = http::serve(
+        listener,
+        api::router(state),
+        HttpLimits {
+            header_read_timeout: Duration::from_millis(config.header_timeout_ms),
+            ..HttpLimits::default()
+        },
+        shutdown.clone(),
+        SHUTDOWN_GRACE,
+    );
     let drain = async {
         shutdown.cancelled().await;
         info!(
@@ -197,20 +208,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             );
         }
     };
-    let (served, ()) = tokio::join!(
-        async {
-            tokio::select! {
-                r = serve => r,
-                _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE * 2).await } => {
-                    warn!("HTTP connections still open after shutdown; exiting anyway");
-                    Ok(())
-                }
-            }
-        },
-        drain
-    );
+    tokio::join!(serve, drain);
     background.cancel();
-    served?;
     // Sessions' scratch directories are gone; their parent goes too if nothing else is in it.
     let _ = std::fs::remove_dir(scratch_root(&config.data_dir));
     info!("ingot stopped");

@@ -100,13 +100,14 @@ async fn connect(state: AppState, id: uuid::Uuid, mut request: Request) -> Respo
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
+    let max_message = state.max_message;
     state.clients.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
-                    Some(proxy::websocket_config()),
+                    Some(proxy::websocket_config(max_message)),
                 )
                 .await;
                 proxy::serve_client(ws, link, session).await;

@@ -44,6 +44,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// API keys; empty when the gateway runs open.
     pub keys: Arc<KeyRing>,
+    /// Largest WebSocket message a client may send.
+    pub max_message: usize,
 }
 
 /// The API key a request presented, kept for links that must carry it (CDP discovery).

@@ -14,7 +14,7 @@ mod pool;
 mod quota;
 pub mod registry;
 pub mod state;
-mod supervisor;
+pub mod supervisor;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

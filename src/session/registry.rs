@@ -24,7 +24,7 @@ use super::params::SessionOptions;
 use super::pool::{WarmBrowser, WarmPool};
 use super::quota::{OverQuota, TenantQuota};
 use super::state::{EndReason, Phase, Status};
-use super::supervisor;
+use super::supervisor::{self, LivenessProbe};
 use crate::auth::Caller;
 use crate::browser::{BrowserHost, LaunchSpec};
 use crate::cdp::mux::Mux;
@@ -83,6 +83,8 @@ pub struct Admission {
     pub queue_timeout: Duration,
     /// Most sessions one tenant may have live (or starting) at once.
     pub per_tenant: Option<usize>,
+    /// How each live browser is checked for hangs.
+    pub probe: LivenessProbe,
 }
 
 /// Room for one session.
@@ -351,6 +353,7 @@ impl Registry {
             launched.process,
             mux,
             (permit, quota),
+            self.admission.probe,
             self.shutdown.clone(),
         ));
         Ok(session)
@@ -738,6 +741,10 @@ mod tests {
                 queue_limit: 0,
                 queue_timeout: Duration::ZERO,
                 per_tenant: None,
+                probe: LivenessProbe {
+                    interval: Duration::from_secs(5),
+                    timeout: Duration::from_secs(5),
+                },
             },
         );
         let mut ids = Vec::new();

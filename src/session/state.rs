@@ -51,6 +51,8 @@ pub enum EndReason {
     BrowserClosed,
     /// Chromium crashed or exited, or the gateway lost its connection to it.
     BrowserCrashed,
+    /// Chromium stopped answering the gateway's liveness probe (hung).
+    BrowserUnresponsive,
     /// Chromium could not be started for this session.
     StartupFailed,
     /// The gateway was asked to stop (SIGTERM) while the session was live.
@@ -59,11 +61,12 @@ pub enum EndReason {
 
 impl EndReason {
     /// Every reason, for registering metrics up front.
-    pub const ALL: [EndReason; 6] = [
+    pub const ALL: [EndReason; 7] = [
         EndReason::UserRequested,
         EndReason::Timeout,
         EndReason::BrowserClosed,
         EndReason::BrowserCrashed,
+        EndReason::BrowserUnresponsive,
         EndReason::StartupFailed,
         EndReason::GatewayShutdown,
     ];
@@ -75,7 +78,9 @@ impl EndReason {
             | EndReason::Timeout
             | EndReason::BrowserClosed
             | EndReason::GatewayShutdown => Status::Released,
-            EndReason::BrowserCrashed | EndReason::StartupFailed => Status::Failed,
+            EndReason::BrowserCrashed
+            | EndReason::BrowserUnresponsive
+            | EndReason::StartupFailed => Status::Failed,
         }
     }
 
@@ -86,6 +91,7 @@ impl EndReason {
             EndReason::Timeout => "timeout",
             EndReason::BrowserClosed => "browser_closed",
             EndReason::BrowserCrashed => "browser_crashed",
+            EndReason::BrowserUnresponsive => "browser_unresponsive",
             EndReason::StartupFailed => "startup_failed",
             EndReason::GatewayShutdown => "gateway_shutdown",
         }

@@ -6,6 +6,9 @@
 //! "reaped", whatever ended the session.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -18,7 +21,7 @@ use super::quota::QuotaHold;
 use super::registry::Registry;
 use super::state::EndReason;
 use crate::browser::BrowserProcess;
-use crate::cdp::mux::Mux;
+use crate::cdp::mux::{CommandError, Mux};
 
 pub(super) async fn supervise(
     registry: Arc<Registry>,
@@ -26,6 +29,7 @@ pub(super) async fn supervise(
     process: Arc<dyn BrowserProcess>,
     mux: Arc<Mux>,
     slot: (OwnedSemaphorePermit, QuotaHold),
+    probe: LivenessProbe,
     shutdown: CancellationToken,
 ) {
     let deadline = tokio::time::Instant::from_std(session.deadline());
@@ -39,6 +43,11 @@ pub(super) async fn supervise(
         _ = mux.lost() => {
             warn!(session_id = %session.id, "lost the connection to the browser");
             Some(EndReason::BrowserCrashed)
+        }
+        missed = unresponsive(&mux, probe) => {
+            warn!(session_id = %session.id, timeout_ms = probe.timeout.as_millis() as u64, %missed,
+                "browser did not answer the liveness probe; ending the session");
+            Some(EndReason::BrowserUnresponsive)
         }
         _ = shutdown.cancelled() => Some(EndReason::GatewayShutdown),
     };
@@ -65,6 +74,31 @@ pub(super) async fn supervise(
     );
 }
 
+/// How often the supervisor checks that the browser still answers, and how long it waits.
+#[derive(Debug, Clone, Copy)]
+pub struct LivenessProbe {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// Resolves when the browser fails to answer `Browser.getVersion` within the probe's timeout
+/// (a hung or stopped process: it neither answers nor exits). Never resolves otherwise.
+async fn unresponsive(mux: &Mux, probe: LivenessProbe) -> String {
+    loop {
+        tokio::time::sleep(probe.interval).await;
+        match tokio::time::timeout(probe.timeout, mux.command("Browser.getVersion", json!({})))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(CommandError::Timeout(..))) | Err(_) => {
+                return format!("no answer within {:?}", probe.timeout);
+            }
+            // A closed connection is the crash branch's to report.
+            Ok(Err(_)) => std::future::pending::<()>().await,
+        }
+    }
+}
+
 /// The close frame attached clients get for each way a session can end.
 fn close_frame(reason: EndReason) -> CloseFrame {
     let (code, text) = match reason {
@@ -75,6 +109,7 @@ fn close_frame(reason: EndReason) -> CloseFrame {
         EndReason::BrowserCrashed | EndReason::StartupFailed => {
             (CloseCode::Error, "browser crashed")
         }
+        EndReason::BrowserUnresponsive => (CloseCode::Error, "browser not responding"),
     };
     CloseFrame {
         code,
