@@ -163,57 +163,32 @@ impl UsageStore {
             source,
         };
         let tx = self.conn.transaction().map_err(err)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE sessions SET checkpoint_at_ms = ?2, billed_minutes = ?3,
-                        bytes_to_browser = ?4, bytes_to_client = ?5,
-                        messages_to_browser = ?6, messages_to_client = ?7
-                     WHERE record_id = ?1 AND status = 'live'",
-                )
-                .map_err(err)?;
-            for c in checkpoints {
-                stmt.execute(params![
-                    c.record_id,
-                    c.at_ms,
-                    to_sql(c.billed_minutes),
-                    to_sql(c.traffic.bytes_to_browser),
-                    to_sql(c.traffic.bytes_to_client),
-                    to_sql(c.traffic.messages_to_browser),
-                    to_sql(c.traffic.messages_to_client),
-                ])
-                .map_err(err)?;
-            }
+        for c in checkpoints {
+            write_checkpoint(&tx, c).map_err(err)?;
         }
         tx.commit().map_err(err)
     }
 
-    /// Writes how a session ended. Idempotent: only a live record is changed.
-    pub fn finish(&self, record: &FinalRecord) -> Result<(), StoreError> {
+    /// Writes how a session ended: its last checkpoint, then its end, in one transaction.
+    /// Idempotent: only a live record is changed.
+    pub fn finish(&mut self, record: &FinalRecord) -> Result<(), StoreError> {
+        let path = &self.path;
+        let err = |source| StoreError {
+            path: path.display().to_string(),
+            source,
+        };
         let c = &record.checkpoint;
-        self.conn
-            .prepare_cached(
-                "UPDATE sessions SET checkpoint_at_ms = ?2, ended_at_ms = ?2, billed_minutes = ?3,
-                    bytes_to_browser = ?4, bytes_to_client = ?5,
-                    messages_to_browser = ?6, messages_to_client = ?7,
-                    status = ?8, reason = ?9
-                 WHERE record_id = ?1 AND status = 'live'",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    c.record_id,
-                    c.at_ms,
-                    to_sql(c.billed_minutes),
-                    to_sql(c.traffic.bytes_to_browser),
-                    to_sql(c.traffic.bytes_to_client),
-                    to_sql(c.traffic.messages_to_browser),
-                    to_sql(c.traffic.messages_to_client),
-                    record.status,
-                    record.reason,
-                ])
-            })
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        let tx = self.conn.transaction().map_err(err)?;
+        write_checkpoint(&tx, c).map_err(err)?;
+        tx.prepare_cached(
+            "UPDATE sessions SET ended_at_ms = ?2, status = ?3, reason = ?4
+             WHERE record_id = ?1 AND status = 'live'",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![c.record_id, c.at_ms, record.status, record.reason])
+        })
+        .map_err(err)?;
+        tx.commit().map_err(err)
     }
 
     /// Closes every record a previous run left live: `failed`/`reason`, ended at its last
@@ -281,6 +256,25 @@ impl UsageStore {
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
+}
+
+/// Brings a live record up to `c`; an ended record is left as it is.
+fn write_checkpoint(conn: &Connection, c: &Checkpoint) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "UPDATE sessions SET checkpoint_at_ms = ?2, billed_minutes = ?3,
+            bytes_to_browser = ?4, bytes_to_client = ?5,
+            messages_to_browser = ?6, messages_to_client = ?7
+         WHERE record_id = ?1 AND status = 'live'",
+    )?
+    .execute(params![
+        c.record_id,
+        c.at_ms,
+        to_sql(c.billed_minutes),
+        to_sql(c.traffic.bytes_to_browser),
+        to_sql(c.traffic.bytes_to_client),
+        to_sql(c.traffic.messages_to_browser),
+        to_sql(c.traffic.messages_to_client),
+    ])
 }
 
 /// SQLite integers are signed; counts beyond `i64::MAX` cannot happen in practice, and are
