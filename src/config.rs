@@ -100,8 +100,8 @@ pub struct Config {
     #[arg(long, env = "INGOT_BROWSER_PROBE_TIMEOUT_MS", default_value_t = 10_000)]
     pub browser_probe_timeout_ms: u64,
 
-    /// How long a client may take to send a request's headers before its connection is
-    /// closed, in milliseconds.
+    /// How long a client may take to send a request's head before its connection is closed,
+    /// and again its body before the request gets 408, in milliseconds.
     #[arg(long, env = "INGOT_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
 

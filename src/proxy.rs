@@ -67,7 +67,17 @@ pub async fn serve_client<S>(
             incoming = ws.next() => {
                 let payload: Bytes = match incoming {
                     Some(Ok(Message::Text(text))) => text.into(),
-                    Some(Ok(Message::Binary(bytes))) => bytes,
+                    // Chromium reads only UTF-8 JSON; text frames are checked by tungstenite.
+                    Some(Ok(Message::Binary(bytes))) if std::str::from_utf8(&bytes).is_ok() => bytes,
+                    Some(Ok(Message::Binary(_))) => {
+                        info!(session_id = %session.id, "closing a client that sent a binary frame that is not UTF-8; the session goes on");
+                        let frame = CloseFrame {
+                            code: CloseCode::Invalid,
+                            reason: "binary frame is not valid UTF-8".into(),
+                        };
+                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
+                        break;
+                    }
                     Some(Ok(Message::Close(_))) | Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_)))
                     | Some(Ok(Message::Frame(_))) => continue,
                     Some(Err(e)) => {

@@ -152,6 +152,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         keys: Arc::new(keys),
         max_message: config.max_message_bytes,
+        body_timeout: Duration::from_millis(config.header_timeout_ms),
     };
 
     let shutdown = CancellationToken::new();

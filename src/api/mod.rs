@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::task::TaskTracker;
+use tower_http::timeout::RequestBodyDeadlineLayer;
 
 use crate::auth::{Caller, KeyRing};
 use crate::metering::Meter;
@@ -30,6 +31,9 @@ use wire::PublicUrls;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 << 10;
+/// Largest request head (request line and header fields) accepted. hyper enforces a
+/// similar limit only roughly, while it reads; this makes it exact.
+pub const MAX_HEAD: usize = 64 << 10;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -46,6 +50,8 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     /// Largest WebSocket message a client may send.
     pub max_message: usize,
+    /// Longest a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
 /// The API key a request presented, kept for links that must carry it (CDP discovery).
@@ -92,12 +98,36 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(RequestBodyDeadlineLayer::new(state.body_timeout))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn(refuse_large_heads))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             refuse_foreign_requests,
         ))
         .with_state(state)
+}
+
+/// Refuses request heads over [`MAX_HEAD`] with 431 JSON.
+async fn refuse_large_heads(request: Request, next: Next) -> Response {
+    let head = request.uri().to_string().len()
+        + request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if head > MAX_HEAD {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "head_too_large",
+            format!(
+                "the request line and headers are larger than {} KiB",
+                MAX_HEAD >> 10
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Identifies the caller by its API key (the `steel-api-key` header, or the `apiKey` query

@@ -32,6 +32,11 @@ pub async fn create(
             "body_too_large",
             format!("request body is larger than {} KiB", super::MAX_BODY >> 10),
         ),
+        _ if is_timeout(&rejection) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time",
+        ),
         _ => ApiError::bad_request(format!("cannot read request body: {rejection}")),
     })?;
     let options =
@@ -67,6 +72,18 @@ pub async fn create(
             }
         })?;
     Ok(Json(SessionJson::new(&session, &state.urls)))
+}
+
+/// Whether reading the body failed because its deadline passed.
+fn is_timeout(rejection: &BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = source {
+        if e.is::<tower_http::timeout::TimeoutError>() || e.to_string().contains("timed out") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Query of `GET /v1/sessions`. Values arrive as strings so that errors can name them.

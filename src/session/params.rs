@@ -143,7 +143,7 @@ fn parse_create_object(
                 return Err(invalid(key, "is not supported by ingot; leave it unset"));
             }
         } else {
-            return Err(invalid(key, "is not a known session option"));
+            return Err(invalid(&shown_name(key), "is not a known session option"));
         }
     }
 
@@ -275,8 +275,32 @@ fn whole_number(n: &serde_json::Number) -> Option<i128> {
     (f.fract() == 0.0).then_some(f as i128)
 }
 
+/// A client's field name as an error message shows it: as is when it looks like a name,
+/// else quoted and escaped; cut to 64 characters either way.
+fn shown_name(key: &str) -> String {
+    let short: String = key.chars().take(64).collect();
+    let plain = !short.is_empty()
+        && short
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    let cut = if short.len() < key.len() { "…" } else { "" };
+    if plain {
+        format!("{short}{cut}")
+    } else {
+        format!("{short:?}{cut}")
+    }
+}
+
 /// Turns a `proxyUrl` into Chromium's `--proxy-server` value.
 fn proxy_server(raw: &str) -> Result<String, InvalidField> {
+    const MAX_URL: usize = 2048;
+    const MAX_HOST: usize = 253;
+    if raw.len() > MAX_URL {
+        return Err(invalid(
+            "proxyUrl",
+            format!("is longer than {MAX_URL} characters"),
+        ));
+    }
     let url =
         url::Url::parse(raw).map_err(|e| invalid("proxyUrl", format!("is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https" | "socks4" | "socks5") {
@@ -303,6 +327,12 @@ fn proxy_server(raw: &str) -> Result<String, InvalidField> {
     let host = url
         .host_str()
         .ok_or_else(|| invalid("proxyUrl", "must name a host"))?;
+    if host.len() > MAX_HOST || host.split('.').any(|label| label.len() > 63) {
+        return Err(invalid(
+            "proxyUrl",
+            "host name is longer than DNS allows (253 characters, 63 per label)",
+        ));
+    }
     let port = url
         .port_or_known_default()
         .ok_or_else(|| invalid("proxyUrl", "must name a port"))?;

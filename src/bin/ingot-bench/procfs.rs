@@ -1,0 +1,166 @@
+//! Reading processes and their memory from `/proc`.
+//!
+//! Owns finding the processes that belong to a browser (by process group, and by a path in
+//! their command line for the crash handlers that leave the group) and summing their memory.
+//! It never signals anything except in [`kill_mentioning`], the last-resort sweep.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// One line of `/proc/<pid>/stat`, the fields we use.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcStat {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub zombie: bool,
+}
+
+/// Parses `/proc/<pid>/stat`; `None` when the process is gone.
+pub fn stat(pid: i32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may itself hold spaces and parentheses: split after the last ')'.
+    let mut fields = text.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some(ProcStat {
+        pid,
+        ppid,
+        pgrp,
+        zombie: state == "Z" || state == "X",
+    })
+}
+
+/// Every live (non-zombie) process on the machine.
+pub fn all() -> Vec<ProcStat> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(stat)
+        .filter(|s| !s.zombie)
+        .collect()
+}
+
+/// Whether a process's command line mentions `needle`.
+pub fn cmdline_mentions(pid: i32, needle: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .any(|arg| String::from_utf8_lossy(arg).contains(needle))
+        })
+        .unwrap_or(false)
+}
+
+/// One `key:   N kB` figure from a `/proc` file, in KiB.
+fn kib_field(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// Resident set size of one process (`VmRSS`), in KiB.
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    kib_field(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// Proportional set size of one process (shared pages divided among their users), in KiB.
+pub fn pss_kib(pid: i32) -> Option<u64> {
+    kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
+/// CPU time a process has used so far, all its threads together, in ns (the first field of
+/// each `/proc/<pid>/task/<tid>/schedstat`, which is exact, unlike tick-based `stat`).
+pub fn cpu_ns(pid: i32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
+/// The memory of a set of processes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Footprint {
+    pub processes: usize,
+    pub pss_kib: u64,
+    pub rss_kib: u64,
+}
+
+/// Browser processes: every member of `groups`, plus any process (other than `exclude`)
+/// whose command line mentions `dir` (Chromium's crash handlers start their own session but
+/// name the profile directory).
+pub fn browser_processes(groups: &HashSet<i32>, dir: &Path, exclude: i32) -> Vec<i32> {
+    let dir = dir.to_string_lossy();
+    all()
+        .into_iter()
+        .filter(|p| p.pid != exclude)
+        .filter(|p| groups.contains(&p.pgrp) || cmdline_mentions(p.pid, &dir))
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Process groups led by children of `parent`: how ingot starts each browser.
+pub fn groups_led_by_children_of(parent: i32) -> HashSet<i32> {
+    all()
+        .into_iter()
+        .filter(|p| p.ppid == parent && p.pgrp == p.pid)
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Sums PSS and RSS over `pids` (processes that vanished meanwhile count as nothing).
+pub fn footprint(pids: &[i32]) -> Footprint {
+    pids.iter().fold(Footprint::default(), |f, &pid| {
+        match (pss_kib(pid), rss_kib(pid)) {
+            (Some(pss), Some(rss)) => Footprint {
+                processes: f.processes + 1,
+                pss_kib: f.pss_kib + pss,
+                rss_kib: f.rss_kib + rss,
+            },
+            _ => f,
+        }
+    })
+}
+
+/// How many live processes have `name` as their command name (`/proc/<pid>/comm`).
+pub fn count_named(name: &str) -> usize {
+    all()
+        .iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .count()
+}
+
+/// Whether any member of process group `pgrp` is still running (zombies do not count).
+pub fn group_alive(pgrp: i32) -> bool {
+    all().iter().any(|p| p.pgrp == pgrp)
+}
+
+/// Last-resort sweep: SIGKILLs every process except this one whose command line mentions
+/// `needle`, and returns how many there were.
+pub fn kill_mentioning(needle: &str) -> usize {
+    let me = std::process::id() as i32;
+    let victims: Vec<i32> = all()
+        .into_iter()
+        .map(|p| p.pid)
+        .filter(|&pid| pid != me && cmdline_mentions(pid, needle))
+        .collect();
+    for &pid in &victims {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    victims.len()
+}

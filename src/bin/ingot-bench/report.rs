@@ -1,0 +1,563 @@
+//! The machine description and the results table, printed and written to `BENCHMARKS.md`.
+//!
+//! Owns turning samples into rows (the figure each row reports, its ratio to direct
+//! Chromium, and whether a target was met) and the file's layout. A hand-written
+//! `## Findings` section already in the file is kept when the file is rewritten.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::percommand::{PIPELINED, Samples};
+use crate::procfs;
+use crate::sessions::{Burst, IdleClients, Start};
+use crate::stats::{fmt_num, median, percentile};
+
+/// Where and when the benchmark ran.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+    pub chromium: String,
+    pub date: String,
+    pub ingot_commit: String,
+    /// `/proc/loadavg`'s 1, 5 and 15 minute figures at the start and at the end.
+    pub load_start: String,
+    pub load_end: String,
+    /// Chromium processes of others running when the benchmark started (a shared machine).
+    pub foreign_chromium: usize,
+}
+
+impl Machine {
+    pub fn detect(chromium_version: String, commit: Option<String>) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|k| k.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        let date = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute] UTC"
+            ))
+            .unwrap_or_else(|_| "unknown".into());
+        let ingot_commit = commit.unwrap_or_else(git_head);
+
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            memory_gib: mem_kib / (1024.0 * 1024.0),
+            kernel,
+            chromium: chromium_version,
+            date,
+            ingot_commit,
+            load_start: load_average(),
+            load_end: String::new(),
+            foreign_chromium: procfs::count_named("chromium"),
+        }
+    }
+
+    /// Notes the load at the end of the run.
+    pub fn finish(&mut self) {
+        self.load_end = load_average();
+    }
+}
+
+/// The commit checked out in the current directory (read-only: the gateway was built from it
+/// when the benchmark runs inside the repository).
+fn git_head() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Whether the warm pool was measured.
+#[derive(Debug)]
+pub enum Warm {
+    Measured {
+        /// Creates after the full pool idled for a second.
+        settled: Vec<Start>,
+        /// Creates the moment the pool was full again.
+        fresh: Vec<Start>,
+        /// Whether refills were awaited through a pool gauge rather than a fixed pause.
+        gauge: bool,
+    },
+    /// This ingot has no `--pool-size`.
+    Unsupported,
+}
+
+/// Every figure of one run.
+#[derive(Debug)]
+pub struct Results {
+    pub quick: bool,
+    pub rounds: usize,
+    pub rtt_runs: usize,
+    pub direct: Samples,
+    pub ingot: Samples,
+    pub direct_viewport: String,
+    pub ingot_viewport: String,
+    pub cold_direct: Vec<Start>,
+    pub cold_ingot: Vec<Start>,
+    pub warm: Warm,
+    /// (sessions, direct, ingot)
+    pub bursts: Vec<(usize, Burst, Burst)>,
+    pub idle: (IdleClients, IdleClients),
+}
+
+/// Which way a figure is better.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Better {
+    Lower,
+    Higher,
+}
+
+/// A target a row is judged against.
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    /// ingot ÷ direct at most this.
+    RatioAtMost(f64),
+    /// ingot ÷ direct at least this.
+    RatioAtLeast(f64),
+    /// ingot's own figure at most this, in the row's unit.
+    AtMost(f64),
+}
+
+struct Row {
+    metric: String,
+    unit: &'static str,
+    better: Better,
+    direct: Option<f64>,
+    ingot: Option<f64>,
+    goal: Option<Goal>,
+    note: String,
+}
+
+impl Row {
+    fn new(metric: impl Into<String>, unit: &'static str, better: Better) -> Row {
+        Row {
+            metric: metric.into(),
+            unit,
+            better,
+            direct: None,
+            ingot: None,
+            goal: None,
+            note: String::new(),
+        }
+    }
+    fn figures(mut self, direct: Option<f64>, ingot: Option<f64>) -> Row {
+        self.direct = direct;
+        self.ingot = ingot;
+        self
+    }
+    fn goal(mut self, goal: Goal) -> Row {
+        self.goal = Some(goal);
+        self
+    }
+    fn note(mut self, note: impl Into<String>) -> Row {
+        self.note = note.into();
+        self
+    }
+
+    fn ratio(&self) -> Option<f64> {
+        match (self.direct, self.ingot) {
+            (Some(d), Some(i)) if d > 0.0 => Some(i / d),
+            _ => None,
+        }
+    }
+
+    /// `Some(true)` met, `Some(false)` missed, `None` when no target applies or no figure.
+    fn met(&self) -> Option<bool> {
+        match self.goal? {
+            Goal::RatioAtMost(max) => Some(self.ratio()? <= max),
+            Goal::RatioAtLeast(min) => Some(self.ratio()? >= min),
+            Goal::AtMost(max) => Some(self.ingot? <= max),
+        }
+    }
+
+    fn cells(&self) -> [String; 6] {
+        let figure = |v: Option<f64>| {
+            v.map_or("n/a".to_owned(), |v| {
+                format!("{} {}", fmt_num(v), self.unit)
+            })
+        };
+        let direction = match self.better {
+            Better::Lower => "lower is better",
+            Better::Higher => "higher is better",
+        };
+        let ratio = self.ratio().map_or("–".to_owned(), |r| format!("{r:.2}×"));
+        let target = match (self.goal, self.met()) {
+            (None, _) => "–".to_owned(),
+            (Some(goal), met) => {
+                let what = match goal {
+                    Goal::RatioAtMost(x) => format!("≤ {x}× direct"),
+                    Goal::RatioAtLeast(x) => format!("≥ {x}× direct"),
+                    Goal::AtMost(x) => format!("≤ {} {}", fmt_num(x), self.unit),
+                };
+                let verdict = match met {
+                    Some(true) => "**met**",
+                    Some(false) => "**missed**",
+                    None => "not measured",
+                };
+                format!("{what}: {verdict}")
+            }
+        };
+        [
+            format!("{} ({direction})", self.metric),
+            figure(self.direct),
+            figure(self.ingot),
+            ratio,
+            target,
+            self.note.clone(),
+        ]
+    }
+}
+
+fn kib_to_mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn rows(r: &Results) -> Vec<Row> {
+    let med = |v: &[f64]| median(v);
+    let cold_direct = totals(&r.cold_direct);
+    let cold_ingot = totals(&r.cold_ingot);
+    let p = |v: &[f64], q: f64| percentile(v, q);
+    let mut rows = vec![
+        Row::new(
+            "`Runtime.evaluate 1+1` round trip, p50",
+            "µs",
+            Better::Lower,
+        )
+        .figures(med(&r.direct.rtt_p50_us), med(&r.ingot.rtt_p50_us))
+        .goal(Goal::RatioAtMost(1.3))
+        .note(format!(
+            "{} per target per round, in blocks alternating between the targets; median of {} rounds",
+            r.rtt_runs, r.rounds
+        )),
+        Row::new("same, p99", "µs", Better::Lower)
+            .figures(med(&r.direct.rtt_p99_us), med(&r.ingot.rtt_p99_us)),
+        Row::new("gateway CPU time per round trip", "µs", Better::Lower)
+            .figures(None, med(&r.ingot.cpu_per_rtt_us))
+            .note("all of ingot's threads (`/proc/<pid>/task/*/schedstat`) during its round trips; median of rounds"),
+        Row::new(
+            "new WebSocket to first CDP reply (reconnect), p50",
+            "ms",
+            Better::Lower,
+        )
+        .figures(med(&r.direct.reconnect_ms), med(&r.ingot.reconnect_ms))
+        .note("ingot attaches a browser session per client"),
+        Row::new("4 MiB reply", "MB/s", Better::Higher)
+            .figures(
+                med(&r.direct.reply_4mib_mbps),
+                med(&r.ingot.reply_4mib_mbps),
+            )
+            .goal(Goal::RatioAtLeast(0.9))
+            .note(format!("median of {}", r.direct.reply_4mib_mbps.len())),
+        Row::new("60 MiB reply", "MB/s", Better::Higher)
+            .figures(
+                med(&r.direct.reply_60mib_mbps),
+                med(&r.ingot.reply_60mib_mbps),
+            )
+            .goal(Goal::RatioAtLeast(0.9))
+            .note(format!("median of {}", r.direct.reply_60mib_mbps.len())),
+        Row::new(
+            format!("{PIPELINED} commands in flight"),
+            "ms",
+            Better::Lower,
+        )
+        .figures(med(&r.direct.pipelined_ms), med(&r.ingot.pipelined_ms))
+        .note(format!("median of {}", r.direct.pipelined_ms.len())),
+        Row::new("1920×1080 PNG screenshot, p50", "ms", Better::Lower)
+            .figures(
+                p(&r.direct.screenshot_ms, 50.0),
+                p(&r.ingot.screenshot_ms, 50.0),
+            )
+            .note(screenshot_note(r)),
+        Row::new("create to first CDP reply, cold, p50", "ms", Better::Lower)
+            .figures(p(&cold_direct, 50.0), p(&cold_ingot, 50.0))
+            .note(format!(
+                "{} each, ingot without a warm pool; {}",
+                cold_direct.len(),
+                split_note(&r.cold_direct, &r.cold_ingot)
+            )),
+        Row::new("same, p99", "ms", Better::Lower)
+            .figures(p(&cold_direct, 99.0), p(&cold_ingot, 99.0)),
+    ];
+    let direct_cold = p(&cold_direct, 50.0);
+    match &r.warm {
+        Warm::Measured {
+            settled,
+            fresh,
+            gauge,
+        } => {
+            let start_ms = totals(settled);
+            let how = if *gauge {
+                "waiting for `ingot_pool_browsers` to show a full pool between creates"
+            } else {
+                "pausing 3 s between creates for the pool to refill (no pool gauge in /metrics)"
+            };
+            rows.push(
+                Row::new("create to first CDP reply, warm pool, p50", "ms", Better::Lower)
+                    .figures(direct_cold, p(&start_ms, 50.0))
+                    .goal(Goal::AtMost(30.0))
+                    .note(format!(
+                        "{} creates, `--pool-size 2`, {how}, then 1 s idle; direct is its cold start; {}",
+                        start_ms.len(),
+                        split_note(&r.cold_direct, settled)
+                    )),
+            );
+            rows.push(
+                Row::new("same, p99", "ms", Better::Lower)
+                    .figures(p(&cold_direct, 99.0), p(&start_ms, 99.0)),
+            );
+            let fresh_ms = totals(fresh);
+            rows.push(
+                Row::new("warm pool the moment it is full again, p50", "ms", Better::Lower)
+                    .figures(direct_cold, p(&fresh_ms, 50.0))
+                    .note(format!(
+                        "{} creates with no idle second, interleaved with the above: the browser launched last may still be busy starting; p99 {} ms",
+                        fresh_ms.len(),
+                        p(&fresh_ms, 99.0).map_or("?".to_owned(), fmt_num)
+                    )),
+            );
+        }
+        Warm::Unsupported => rows.push(
+            Row::new(
+                "create to first CDP reply, warm pool, p50",
+                "ms",
+                Better::Lower,
+            )
+            .figures(direct_cold, None)
+            .goal(Goal::AtMost(30.0))
+            .note("not measured: this ingot has no `--pool-size`"),
+        ),
+    }
+    for (n, direct, ingot) in &r.bursts {
+        rows.push(
+            Row::new(
+                format!("{n} concurrent sessions: create to first reply, p50"),
+                "ms",
+                Better::Lower,
+            )
+            .figures(p(&direct.start_ms, 50.0), p(&ingot.start_ms, 50.0)),
+        );
+        rows.push(
+            Row::new(
+                format!("{n} concurrent sessions: same, p99"),
+                "ms",
+                Better::Lower,
+            )
+            .figures(p(&direct.start_ms, 99.0), p(&ingot.start_ms, 99.0)),
+        );
+        let per = |b: &Burst| kib_to_mib(b.memory.pss_kib) / *n as f64;
+        let note = format!(
+            "PSS of all browser processes ÷ {n} ({} vs {} processes; RSS sum {:.0} vs {:.0} MiB); ingot's own RSS {}",
+            direct.memory.processes,
+            ingot.memory.processes,
+            kib_to_mib(direct.memory.rss_kib),
+            kib_to_mib(ingot.memory.rss_kib),
+            ingot
+                .gateway_rss_kib
+                .map_or("n/a".to_owned(), |k| format!("{:.1} MiB", kib_to_mib(k))),
+        );
+        rows.push(
+            Row::new(
+                format!("{n} concurrent sessions: memory per session"),
+                "MiB",
+                Better::Lower,
+            )
+            .figures(Some(per(direct)), Some(per(ingot)))
+            .note(note),
+        );
+    }
+    let (direct, ingot) = &r.idle;
+    let browser_growth = match (ingot.browser_before_kib, ingot.browser_after_kib) {
+        (Some(b), Some(a)) => format!(
+            "; the session's Chromium browser process grew {:.1} KiB per client (one CDP session each)",
+            (a as f64 - b as f64) / ingot.count as f64
+        ),
+        _ => String::new(),
+    };
+    rows.push(
+        Row::new(format!("memory per idle client WebSocket ({} clients)", ingot.count), "KiB", Better::Lower)
+            .figures(Some(direct.per_client_kib()), Some(ingot.per_client_kib()))
+            .goal(Goal::AtMost(256.0))
+            .note(format!(
+                "RSS growth of the process holding the sockets: Chromium's browser process (direct) vs the gateway, Chromium excluded (ingot {:.1} → {:.1} MiB){browser_growth}",
+                kib_to_mib(ingot.holder_before_kib),
+                kib_to_mib(ingot.holder_after_kib),
+            )),
+    );
+    rows
+}
+
+fn totals(starts: &[Start]) -> Vec<f64> {
+    starts.iter().map(|s| s.total_ms).collect()
+}
+
+/// Where the start time goes: until the address is known, and the rest.
+fn split_note(direct: &[Start], ingot: &[Start]) -> String {
+    let address = |s: &[Start]| {
+        let v: Vec<f64> = s.iter().map(|s| s.address_ms).collect();
+        percentile(&v, 50.0).map_or("?".to_owned(), fmt_num)
+    };
+    format!(
+        "p50 until the address is known (`DevToolsActivePort` / create answered): {} vs {} ms, the rest is WebSocket and first reply",
+        address(direct),
+        address(ingot)
+    )
+}
+
+fn screenshot_note(r: &Results) -> String {
+    let shot = |s: &Samples| {
+        s.shot.map_or("?".to_owned(), |s| {
+            format!("{}×{}, {} KiB", s.width, s.height, s.bytes / 1024)
+        })
+    };
+    format!(
+        "{} each; PNG {} vs {}; viewport {} vs {}",
+        r.direct.screenshot_ms.len(),
+        shot(&r.direct),
+        shot(&r.ingot),
+        r.direct_viewport,
+        r.ingot_viewport
+    )
+}
+
+/// The results as a Markdown table.
+pub fn table(r: &Results) -> String {
+    let mut out = String::from(
+        "| metric | direct Chromium | through ingot | ingot ÷ direct | target | notes |\n|---|---:|---:|---:|---|---|\n",
+    );
+    for row in rows(r) {
+        out.push_str(&format!("| {} |\n", row.cells().join(" | ")));
+    }
+    out
+}
+
+/// How many targets were met, out of those measured.
+pub fn targets_met(r: &Results) -> (usize, usize) {
+    let verdicts: Vec<bool> = rows(r).iter().filter_map(Row::met).collect();
+    (verdicts.iter().filter(|m| **m).count(), verdicts.len())
+}
+
+/// The whole file: header, machine, table, method, and the findings kept from `previous`.
+pub fn document(r: &Results, machine: &Machine, took: Duration, previous: Option<&str>) -> String {
+    let (met, measured) = targets_met(r);
+    let kind = if r.quick {
+        "**a quick smoke run (`--quick`): too few samples to quote**"
+    } else {
+        "a full run"
+    };
+    let findings = previous
+        .and_then(|p| p.find("\n## Findings").map(|i| p[i + 1..].trim_end().to_owned()))
+        .unwrap_or_else(|| {
+            "## Findings\n\n_Not written yet. `ingot-bench` keeps this section when it rewrites the file._"
+                .to_owned()
+        });
+    format!(
+        "# Benchmarks\n\n\
+         Written by `cargo run --release --bin ingot-bench` ({kind}) on {date}; the run took {mins} min {secs} s. \
+         Targets met: {met} of {measured}.\n\n\
+         ## Machine\n\n\
+         | | |\n|---|---|\n\
+         | CPU | {cpu} |\n| cores | {cores} |\n| memory | {mem:.1} GiB |\n| kernel | {kernel} |\n\
+         | Chromium | {chromium} |\n| ingot commit | {commit} |\n| date | {date} |\n\
+         | load average (1, 5, 15 min) at start / end | {load_start} / {load_end} |\n\
+         | other Chromium processes running at start | {foreign} |\n\n\
+         ## Results\n\n{table}\n\
+         ## Method\n\n{method}\n{findings}\n",
+        date = machine.date,
+        mins = took.as_secs() / 60,
+        secs = took.as_secs() % 60,
+        cpu = machine.cpu,
+        cores = machine.cores,
+        mem = machine.memory_gib,
+        kernel = machine.kernel,
+        chromium = machine.chromium,
+        commit = machine.ingot_commit,
+        load_start = machine.load_start,
+        load_end = machine.load_end,
+        foreign = machine.foreign_chromium,
+        table = table(r),
+        method = method(r),
+    )
+}
+
+fn method(r: &Results) -> String {
+    format!(
+        "\
+- **Targets.** *Direct* is `/usr/lib/chromium/chromium` started by the benchmark with ingot's own flags \
+(`--headless=new --no-sandbox --disable-gpu … --test-type`), `--window-size=1920,1080`, \
+`--remote-debugging-port=0` and a fresh profile; the client uses its `/devtools/browser/<id>` WebSocket. \
+*ingot* is `target/release/ingot` on a loopback port with its own data directory, driven through a \
+session's `websocketUrl`. One client implementation (Rust, tokio-tungstenite, Nagle off, one task, no \
+background reader) drives both.
+- **Per-command figures** use one page per target, opened the way Puppeteer does \
+(`Target.getTargets`, `Target.attachToTarget` with `flatten`), with the viewport set to 1920×1080 by \
+`Emulation.setDeviceMetricsOverride` and a gradient and text filling the page, and 100 unmeasured \
+round trips. {rounds} rounds alternate direct and ingot (and which goes first) so that noise on this \
+shared machine hits both. Each round: {rtt} sequential `Runtime.evaluate 1+1` per target, in blocks \
+that alternate between the two open pages (p50 and p99 of the round; the table gives the median over \
+rounds), with ingot's CPU time read around its blocks; then, per target, reconnects, 4 MiB and 60 MiB \
+replies (`'x'.repeat(N)` with `returnByValue`, reply bytes ÷ time from send to the whole message \
+received, MB = 10^6 bytes), {PIPELINED} commands written in one flush until the last reply, and PNG \
+screenshots.
+- **Create to first CDP reply**: direct is spawn → `DevToolsActivePort` written (polled every 2 ms) → \
+WebSocket → reply to `Browser.getVersion`; ingot is `POST /v1/sessions` → WebSocket to `websocketUrl` → \
+the same reply. Cold starts alternate direct/ingot on an ingot without a warm pool, each browser torn \
+down before the next start. The warm-pool row uses a second ingot with `--pool-size 2` and waits for the \
+pool to refill before each create, then lets it idle for a second (a second series, interleaved, \
+creates the moment the pool is full again); its direct column is the direct cold start, since a client \
+launching Chromium itself has no pool.
+- **Concurrent sessions**: N creates (or N direct launches) fired at once; each one's time to first \
+reply. Two seconds after the last is up, memory is the sum of PSS (`/proc/<pid>/smaps_rollup`: shared \
+pages split among the processes sharing them) over every browser process (each browser's process \
+group, plus the crash handlers, which leave the group but name the profile), divided by N. ingot runs \
+with `--pool-size 0` here so that both columns count cold browsers only.
+- **Idle client WebSockets**: {idle} WebSockets opened to one browser in batches of 50, each answering \
+one `Browser.getVersion` before the next batch (so ingot has attached it with \
+`Target.attachToBrowserTarget`), then held idle for a second; the figure is the growth of `VmRSS` of \
+the process holding them (the gateway for ingot, Chromium's browser process for direct) ÷ {idle}.
+- The benchmark kills every browser it started (process group SIGKILL for direct, SIGTERM to ingot, \
+which releases its sessions), checks nothing is left, and removes its temporary directories, also on \
+errors and Ctrl-C.
+",
+        rounds = r.rounds,
+        rtt = r.rtt_runs,
+        idle = r.idle.1.count,
+    )
+}
+
+/// Writes the document to `path`, keeping the findings section already there.
+pub fn write(path: &Path, r: &Results, machine: &Machine, took: Duration) -> Result<()> {
+    let previous = std::fs::read_to_string(path).ok();
+    let text = document(r, machine, took, previous.as_deref());
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
