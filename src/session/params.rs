@@ -39,9 +39,10 @@ pub struct SessionOptions {
     pub proxy_server: Option<String>,
 }
 
-/// A create body that cannot be honoured, naming the field at fault.
+/// A create body that cannot be honoured, naming the field at fault (as the client wrote
+/// it; the message shows odd names quoted).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
+#[error("{}: {reason}", shown_name(field))]
 pub struct InvalidField {
     pub field: String,
     pub reason: String,
@@ -143,7 +144,7 @@ fn parse_create_object(
                 return Err(invalid(key, "is not supported by ingot; leave it unset"));
             }
         } else {
-            return Err(invalid(&shown_name(key), "is not a known session option"));
+            return Err(invalid(key, "is not a known session option"));
         }
     }
 
