@@ -66,6 +66,8 @@ const SLOW_START: Duration = Duration::from_secs(5);
 const MAX_PIPE_MESSAGE: usize = 512 << 20;
 /// Stderr lines kept for diagnosing a failed start.
 const STDERR_TAIL: usize = 30;
+/// Free disk space a launch needs, in the profile and the scratch directories' file systems.
+const MIN_FREE_DISK: u64 = 64 << 20;
 /// How long a failed start waits for the rest of the browser's stderr.
 const STDERR_SETTLE: Duration = Duration::from_millis(500);
 
@@ -114,7 +116,13 @@ impl BrowserHost for LocalChromium {
             };
             let started = Instant::now();
             let (frame, unmeasured) = self.frame.frame();
-            let mut result = launch_in(&self.executable, dirs, &spec, frame).await;
+            let mut result = match check_free_space(&self.sessions_dir).await {
+                Ok(()) => match check_free_space(&self.scratch_root).await {
+                    Ok(()) => launch_in(&self.executable, dirs, &spec, frame).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
             if let (Ok(launched), true) = (&mut result, unmeasured) {
                 match measure_and_fit(&mut launched.transport, spec.dimensions, frame).await {
                     Ok(real) => {
@@ -147,6 +155,40 @@ impl BrowserHost for LocalChromium {
                 .unwrap_or_default()
         }
         .boxed()
+    }
+}
+
+/// Refuses to launch into a disk with less than [`MIN_FREE_DISK`] free: Chromium starts on a
+/// full disk, but then fails to write its profile and cache as the session goes on.
+async fn check_free_space(dir: &Path) -> Result<(), LaunchError> {
+    let dir = dir.to_path_buf();
+    let free = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        let stat = nix::sys::statvfs::statvfs(&dir)?;
+        if stat.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+            return Err(std::io::Error::other(format!(
+                "{} is on a read-only file system",
+                dir.display()
+            )));
+        }
+        let free = u64::from(stat.blocks_available()) * u64::from(stat.fragment_size());
+        Ok::<_, std::io::Error>((dir, free, stat.files_available()))
+    })
+    .await
+    .map_err(|e| LaunchError(format!("cannot check free disk space: {e}")))?;
+    match free {
+        Ok((dir, bytes, inodes)) if bytes < MIN_FREE_DISK || inodes == 0 => {
+            Err(LaunchError(format!(
+                "not enough free disk space in {}: {} MiB and {inodes} inodes free, sessions need at least {} MiB",
+                dir.display(),
+                bytes >> 20,
+                MIN_FREE_DISK >> 20
+            )))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(LaunchError(format!(
+            "cannot use the session directory: {e}"
+        ))),
     }
 }
 
