@@ -171,7 +171,7 @@ async fn check_free_space(dir: &Path) -> Result<(), LaunchError> {
                 dir.display()
             )));
         }
-        let free = u64::from(stat.blocks_available()) * u64::from(stat.fragment_size());
+        let free = stat.blocks_available().saturating_mul(stat.fragment_size());
         Ok::<_, std::io::Error>((dir, free, stat.files_available()))
     })
     .await
