@@ -1087,8 +1087,10 @@ async fn gateway_sigkill_with_five_live_sessions_then_restart() {
 // Release, timeout and crash of the same session, in every order
 // ---------------------------------------------------------------------------------------
 
-/// The browser process (group leader) of a live session; on failure, says what there is.
-async fn leader_of(gw: &Gateway, id: &str) -> i32 {
+/// The browser process (group leader) of a live session, or `None` when the session has
+/// already ended (its timeout can pass first on a loaded machine); on failure, says what
+/// there is.
+async fn leader_of(gw: &Gateway, id: &str) -> Option<i32> {
     let marker = format!(
         "--user-data-dir={}/sessions/{id}/profile",
         gw.data_dir.display()
@@ -1099,11 +1101,14 @@ async fn leader_of(gw: &Gateway, id: &str) -> i32 {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             if pid == pgid && cmdline.contains(&marker) && !cmdline.contains("--type=") {
-                return pid;
+                return Some(pid);
             }
         }
+        let session = gw.session(id).await;
+        if session["status"] != "live" {
+            return None;
+        }
         if Instant::now() > deadline {
-            let session = gw.session(id).await;
             panic!(
                 "no browser process for live session {id}: {session}\nprocesses {:?}\n{}",
                 browser_pids_in(&gw.data_dir),
@@ -1163,7 +1168,12 @@ async fn race_once(gw: &Gateway, order: Order) -> (String, String) {
         return (id, format!("late: answered {age:?} after creation"));
     }
     let created = answered - age;
-    let leader = leader_of(gw, &id).await;
+    let Some(leader) = leader_of(gw, &id).await else {
+        return (
+            id,
+            format!("late: ended before its browser could be found ({age:?} old when answered)"),
+        );
+    };
     let (release_ms, crash_ms) = order.offsets_ms();
     let release = async {
         tokio::time::sleep_until((created + Duration::from_millis(release_ms)).into()).await;
