@@ -34,7 +34,7 @@ use super::{
 /// Flags every session's Chromium gets. The background-networking flags stop Chromium from
 /// flooding a closed network; the `--disable-features` list drops a WebUI renderer that
 /// headless sessions never use (a third less memory per browser).
-const BASE_FLAGS: &[&str] = &[
+pub const BASE_FLAGS: &[&str] = &[
     "--headless=new",
     "--no-sandbox",
     "--disable-gpu",

@@ -18,24 +18,13 @@ use nix::unistd::Pid;
 use crate::procfs;
 
 /// Exactly the flags ingot gives its browsers, with a TCP DevTools port instead of a pipe.
-const FLAGS: &[&str] = &[
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-features=WebUIReloadButton,WebUIOmniboxPopup,WebUIOmniboxAimPopup",
-    "--disable-background-timer-throttling",
-    "--disable-backgrounding-occluded-windows",
-    "--disable-renderer-backgrounding",
-    "--test-type",
-    "--window-size=1920,1080",
-    "--remote-debugging-port=0",
-];
+fn flags() -> impl Iterator<Item = &'static str> {
+    ingot::browser::local::BASE_FLAGS
+        .iter()
+        .copied()
+        .filter(|f| *f != "--remote-debugging-pipe")
+        .chain(["--window-size=1920,1080", "--remote-debugging-port=0"])
+}
 
 /// How often `DevToolsActivePort` is looked for while a browser starts.
 const PORT_POLL: Duration = Duration::from_millis(2);
@@ -99,7 +88,7 @@ impl DirectChromium {
     pub fn spawn(executable: &Path, dir: PathBuf) -> Result<DirectChromium> {
         use std::os::unix::process::CommandExt;
         let child = Command::new(executable)
-            .args(FLAGS)
+            .args(flags())
             .arg(format!("--user-data-dir={}", dir.display()))
             .arg("about:blank")
             .stdin(Stdio::null())
