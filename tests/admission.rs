@@ -276,3 +276,15 @@ async fn creates_queue_for_a_slot_then_get_429() {
     assert_eq!(metric(&scrape, "ingot_sessions_created_total", &[]), 2.0);
     gw.assert_clean(secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_pool_refill_leaves_nothing() {
+    let mut gw = Gateway::start(&["--pool-size", "2", "--max-sessions", "4"]).await;
+    wait_pool(&gw, 2.0, 2).await;
+    // Taking a pooled browser starts a refill launch; stop the gateway while it runs.
+    gw.create(json!({})).await;
+    let exit = gw.stop();
+    assert!(exit.success(), "{exit:?}");
+    // No deadline slack: everything must be gone once the gateway has exited.
+    gw.assert_clean(Duration::ZERO).await;
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
@@ -55,6 +56,8 @@ pub struct WarmPool {
     /// Tells waiting creates that a browser became ready.
     became_ready: Notify,
     closed: CancellationToken,
+    /// The registry's tasks, so that shutdown waits for launches and reaps in flight.
+    tasks: TaskTracker,
 }
 
 impl WarmPool {
@@ -62,6 +65,7 @@ impl WarmPool {
         target: usize,
         host: Arc<dyn BrowserHost>,
         capacity: Arc<Semaphore>,
+        tasks: TaskTracker,
     ) -> Arc<WarmPool> {
         Arc::new(WarmPool {
             target,
@@ -73,7 +77,13 @@ impl WarmPool {
             wake: Notify::new(),
             became_ready: Notify::new(),
             closed: CancellationToken::new(),
+            tasks,
         })
+    }
+
+    /// Starts keeping the pool filled, as a task shutdown waits for.
+    pub fn start(self: &Arc<Self>) {
+        self.tasks.spawn(self.clone().run());
     }
 
     /// Browsers ready to be handed out now.
@@ -149,7 +159,7 @@ impl WarmPool {
     }
 
     /// Keeps the pool at its target size with free capacity, until [`WarmPool::close`].
-    pub async fn run(self: Arc<Self>) {
+    async fn run(self: Arc<Self>) {
         if self.target == 0 {
             return;
         }
@@ -206,7 +216,7 @@ impl WarmPool {
             return Ok(());
         }
         let left = CancellationToken::new();
-        tokio::spawn(
+        self.tasks.spawn(
             self.clone()
                 .watch(id, launched.process.clone(), left.clone()),
         );
@@ -250,7 +260,7 @@ impl WarmPool {
     }
 
     fn reap(&self, browser: WarmBrowser) {
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             browser.launched.process.kill().await;
             drop(browser.permit);
         });

@@ -193,7 +193,13 @@ impl Registry {
         admission: Admission,
     ) -> Arc<Registry> {
         let capacity = Arc::new(Semaphore::new(admission.max_sessions));
-        let pool = WarmPool::new(admission.pool_size, host.clone(), capacity.clone());
+        let tasks = TaskTracker::new();
+        let pool = WarmPool::new(
+            admission.pool_size,
+            host.clone(),
+            capacity.clone(),
+            tasks.clone(),
+        );
         Arc::new(Registry {
             sessions: DashMap::new(),
             order: Mutex::new(BTreeMap::new()),
@@ -208,7 +214,7 @@ impl Registry {
             host,
             meter,
             launch_failure: Mutex::new(None),
-            tasks: TaskTracker::new(),
+            tasks,
             closed: CancellationToken::new(),
             shutdown: CancellationToken::new(),
         })
@@ -454,7 +460,7 @@ impl Registry {
 
     /// Starts keeping the warm pool filled.
     pub fn start_pool(&self) {
-        tokio::spawn(self.pool.clone().run());
+        self.pool.start();
     }
 
     /// Browsers waiting in the warm pool.
