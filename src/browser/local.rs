@@ -116,11 +116,9 @@ impl BrowserHost for LocalChromium {
             };
             let started = Instant::now();
             let (frame, unmeasured) = self.frame.frame();
-            let mut result = match check_free_space(&self.sessions_dir).await {
-                Ok(()) => match check_free_space(&self.scratch_root).await {
-                    Ok(()) => launch_in(&self.executable, dirs, &spec, frame).await,
-                    Err(e) => Err(e),
-                },
+            let space = [self.sessions_dir.clone(), self.scratch_root.clone()];
+            let mut result = match check_free_space(space).await {
+                Ok(()) => launch_in(&self.executable, dirs, &spec, frame).await,
                 Err(e) => Err(e),
             };
             if let (Ok(launched), true) = (&mut result, unmeasured) {
@@ -158,38 +156,36 @@ impl BrowserHost for LocalChromium {
     }
 }
 
-/// Refuses to launch into a disk with less than [`MIN_FREE_DISK`] free: Chromium starts on a
-/// full disk, but then fails to write its profile and cache as the session goes on.
-async fn check_free_space(dir: &Path) -> Result<(), LaunchError> {
-    let dir = dir.to_path_buf();
-    let free = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)?;
-        let stat = nix::sys::statvfs::statvfs(&dir)?;
-        if stat.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
-            return Err(std::io::Error::other(format!(
-                "{} is on a read-only file system",
-                dir.display()
-            )));
-        }
-        let free = stat.blocks_available().saturating_mul(stat.fragment_size());
-        Ok::<_, std::io::Error>((dir, free, stat.files_available()))
-    })
-    .await
-    .map_err(|e| LaunchError(format!("cannot check free disk space: {e}")))?;
-    match free {
-        Ok((dir, bytes, inodes)) if bytes < MIN_FREE_DISK || inodes == 0 => {
-            Err(LaunchError(format!(
-                "not enough free disk space in {}: {} MiB and {inodes} inodes free, sessions need at least {} MiB",
-                dir.display(),
-                bytes >> 20,
-                MIN_FREE_DISK >> 20
-            )))
-        }
-        Ok(_) => Ok(()),
-        Err(e) => Err(LaunchError(format!(
-            "cannot use the session directory: {e}"
-        ))),
+/// Refuses to launch into a disk with less than [`MIN_FREE_DISK`] free, or a read-only one:
+/// Chromium starts on a full disk, but then fails to write its profile and cache as the
+/// session goes on. Checks every directory in one trip to the blocking pool.
+async fn check_free_space(dirs: [PathBuf; 2]) -> Result<(), LaunchError> {
+    tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|dir| check_dir_space(dir)))
+        .await
+        .map_err(|e| LaunchError(format!("cannot check free disk space: {e}")))?
+        .map_err(LaunchError)
+}
+
+fn check_dir_space(dir: &Path) -> Result<(), String> {
+    let unusable = |e: &dyn std::fmt::Display| {
+        format!("cannot use the session directory {}: {e}", dir.display())
+    };
+    std::fs::create_dir_all(dir).map_err(|e| unusable(&e))?;
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| unusable(&e))?;
+    if stat.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+        return Err(unusable(&"it is on a read-only file system"));
     }
+    let bytes = stat.blocks_available().saturating_mul(stat.fragment_size());
+    let inodes = stat.files_available();
+    if bytes < MIN_FREE_DISK || inodes == 0 {
+        return Err(format!(
+            "not enough free disk space in {}: {} MiB and {inodes} inodes free, sessions need at least {} MiB",
+            dir.display(),
+            bytes >> 20,
+            MIN_FREE_DISK >> 20
+        ));
+    }
+    Ok(())
 }
 
 /// Sums the resident memory of every browser process this gateway started: the processes in
