@@ -19,6 +19,7 @@ use tracing::{debug, info};
 
 use crate::cdp::message;
 use crate::cdp::mux::{ClientLink, Closing, Forwarded};
+use crate::metering::Billable;
 use crate::session::Session;
 use crate::session::state::EndReason;
 use crate::telemetry::ClientConnection;
@@ -52,7 +53,7 @@ pub async fn serve_client<S>(
 {
     info!(session_id = %session.id, "client attached");
     let _counted = ClientConnection::open();
-    let traffic = session.traffic();
+    let traffic = session.usage();
     loop {
         let step = tokio::select! {
             biased;
@@ -192,7 +193,7 @@ async fn close<S>(
     });
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         while deliver_queued && let Ok(text) = link.outbound.try_recv() {
-            session.traffic().count_to_client(text.len());
+            session.usage().count_to_client(text.len());
             if ws.send(Message::Text(text)).await.is_err() {
                 return;
             }

@@ -90,11 +90,6 @@ impl Session {
         metering::billed_minutes(self.duration())
     }
 
-    /// CDP traffic counters, for the proxy to count into.
-    pub fn traffic(&self) -> &SessionUsage {
-        &self.usage
-    }
-
     /// When the session will time out.
     pub fn deadline(&self) -> Instant {
         self.created + Duration::from_millis(self.options.timeout_ms)
