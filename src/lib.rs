@@ -24,4 +24,5 @@ pub mod metering;
 pub mod proxy;
 pub mod server;
 pub mod session;
+mod sync;
 pub mod telemetry;

@@ -15,7 +15,7 @@ pub mod store;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
+use crate::sync::lock;
 use crate::telemetry;
 use store::{Checkpoint, FinalRecord, NewRecord, StoreError, TrafficTotals, UsageStore, UsageSums};
 
@@ -337,11 +338,6 @@ where
         .await
         .map_err(|e| MeterError::Task(e.to_string()))?
         .map_err(MeterError::from)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each critical section leaves the value consistent, so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -270,9 +272,4 @@ impl WarmPool {
         telemetry::pool_ready(self.ready_count());
         self.wake.notify_one();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the queue valid, so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

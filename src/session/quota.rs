@@ -4,7 +4,9 @@
 //! starts and the place is given back when the reservation is dropped, whatever happens.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 
 /// A tenant is at its limit.
 #[derive(Debug, thiserror::Error)]
@@ -69,11 +71,6 @@ impl Drop for QuotaHold {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each critical section leaves the map consistent, so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
