@@ -11,9 +11,11 @@ deploy/install-deps.sh --tests
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test (unit and integration tests, real Chromium)"
 cargo test --locked
+echo "== cargo test -p ingot-bench (the benchmark program's unit tests; no Chromium)"
+cargo test --locked -p ingot-bench
 echo "== end-to-end tests (Node: puppeteer-core, playwright-core, steel-sdk)"
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
 INGOT_BIN="$PWD/target/debug/ingot" node --test tests/e2e/

@@ -10,6 +10,8 @@ pub mod local;
 pub mod sweep;
 pub mod window;
 
+pub use local::BASE_FLAGS;
+
 use std::fmt;
 use std::sync::Arc;
 

@@ -483,7 +483,7 @@ pub fn document(r: &Results, machine: &Machine, took: Duration, previous: Option
         });
     format!(
         "# Benchmarks\n\n\
-         Written by `cargo run --release --bin ingot-bench` ({kind}) on {date}; the run took {mins} min {secs} s. \
+         Written by `cargo run --release -p ingot-bench` ({kind}) on {date}; the run took {mins} min {secs} s. \
          Targets met: {met} of {measured}.\n\n\
          ## Machine\n\n\
          | | |\n|---|---|\n\

@@ -14,6 +14,10 @@
 //! * [`stats`]: percentiles and number formatting.
 //!
 //! Progress goes to stderr, the table to stdout.
+//!
+//! A workspace member of its own (`bench/`), so that its dependencies stay out of the gateway
+//! crate. From the repository root, with the release gateway it runs next to it in the shared
+//! target directory: `cargo build --release --bin ingot && cargo run --release -p ingot-bench`.
 
 mod cdp;
 mod chromium;

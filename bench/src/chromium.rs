@@ -19,7 +19,7 @@ use crate::procfs;
 
 /// Exactly the flags ingot gives its browsers, with a TCP DevTools port instead of a pipe.
 fn flags() -> impl Iterator<Item = &'static str> {
-    ingot::browser::local::BASE_FLAGS
+    ingot::browser::BASE_FLAGS
         .iter()
         .copied()
         .filter(|f| *f != "--remote-debugging-pipe")
