@@ -2,7 +2,7 @@
 # Installs what ingot needs on Debian, only where it is missing.
 #   deploy/install-deps.sh          Chromium (Debian's `chromium` package)
 #   deploy/install-deps.sh --tests  also Node.js and npm (end-to-end tests) and Prometheus
-#                                   (promtool and a real scrape in tests/deploy.rs)
+#                                   (promtool and a real scrape in tests/it/deploy.rs)
 # Rust cannot be installed from Debian's packages in a recent enough version; if cargo is
 # missing this says how to get it and stops.
 set -euo pipefail

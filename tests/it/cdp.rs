@@ -2,15 +2,13 @@
 //! initial page, session options, several clients at once, reconnects, large messages in
 //! both directions, discovery, refusals before the upgrade, and isolation between sessions.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use chromiumoxide::Browser;
 use chromiumoxide::page::ScreenshotParams;
-use common::*;
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn test_pages() -> Vec<(&'static str, String)> {
     vec![
@@ -27,15 +25,26 @@ async fn chromiumoxide_connect(url: &str) -> (Browser, tokio::task::JoinHandle<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromiumoxide_navigates_evaluates_screenshots_and_reconnects() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let pages = PageServer::start(test_pages()).await;
     let session = gw.create(json!({})).await;
     let ws = session["websocketUrl"].as_str().unwrap().to_owned();
     let id = session["id"].as_str().unwrap().to_owned();
 
-    // chromiumoxide's own pages: its handling of a pre-existing page races between two
-    // attachments (it does the same against Chromium directly), so it opens one.
-    let (browser, handler) = chromiumoxide_connect(&ws).await;
+    chromiumoxide_navigates_evaluates_and_screenshots(&ws, &pages).await;
+    a_disconnect_does_not_end_the_session(&gw, &id).await;
+    a_reconnect_through_http_discovery_finds_the_page(&gw, &id, &pages).await;
+    // Still connected when the session is released.
+    let _cdp = the_page_kept_its_state(&ws, &pages).await;
+    gw.release(&id).await;
+    gw.assert_clean(secs(5)).await;
+}
+
+/// chromiumoxide's own pages: its handling of a pre-existing page races between two
+/// attachments (it does the same against Chromium directly), so it opens one.
+async fn chromiumoxide_navigates_evaluates_and_screenshots(ws: &str, pages: &PageServer) {
+    let (browser, handler) = chromiumoxide_connect(ws).await;
     let page = browser.new_page(pages.url("/")).await.expect("new page");
     let greeting: String = page
         .evaluate("document.querySelector('#greeting').textContent")
@@ -71,15 +80,23 @@ async fn chromiumoxide_navigates_evaluates_screenshots_and_reconnects() {
     drop(page);
     drop(browser);
     handler.abort();
+}
 
+async fn a_disconnect_does_not_end_the_session(gw: &Gateway, id: &str) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        gw.session(&id).await["status"],
+        gw.session(id).await["status"],
         "live",
         "a disconnect does not end the session"
     );
+}
 
-    // Reconnect through the HTTP discovery form: the page and its state survived.
+/// Reconnect through the HTTP discovery form: the page survived.
+async fn a_reconnect_through_http_discovery_finds_the_page(
+    gw: &Gateway,
+    id: &str,
+    pages: &PageServer,
+) {
     let (browser, handler) =
         chromiumoxide_connect(&gw.url(&format!("/devtools/browser/{id}"))).await;
     let targets = browser
@@ -98,7 +115,11 @@ async fn chromiumoxide_navigates_evaluates_screenshots_and_reconnects() {
     );
     drop(browser);
     handler.abort();
-    let mut cdp = Cdp::connect(&ws).await;
+}
+
+/// The page's state survived the disconnects. Returns the client, still connected.
+async fn the_page_kept_its_state(ws: &str, pages: &PageServer) -> Cdp {
+    let mut cdp = Cdp::connect(ws).await;
     let targets = cdp.call("Target.getTargets", json!({}), None).await;
     let target = targets["targetInfos"]
         .as_array()
@@ -119,12 +140,12 @@ async fn chromiumoxide_navigates_evaluates_screenshots_and_reconnects() {
             .await,
         42
     );
-    gw.release(&id).await;
-    gw.assert_clean(secs(5)).await;
+    cdp
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_session_has_one_blank_page_and_honours_size_and_user_agent() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let session = gw
         .create(json!({"dimensions": {"width": 1280, "height": 800}, "userAgent": "ingot-test-agent/1.0"}))
@@ -166,14 +187,27 @@ async fn new_session_has_one_blank_page_and_honours_size_and_user_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_clients_share_a_session_without_seeing_each_other() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let session = gw.create(json!({})).await;
     let ws = session["websocketUrl"].as_str().unwrap();
     let mut a = Cdp::connect(ws).await;
     let mut b = Cdp::connect(ws).await;
 
-    // Each client gets its own auto-attach: both are told about the page.
-    for client in [&mut a, &mut b] {
+    let (page_a, page_b) = each_client_gets_its_own_attach_event(&mut a, &mut b).await;
+    both_clients_see_the_same_page(&mut a, &mut b, &page_a, &page_b).await;
+    b_cannot_use_the_cdp_session_of_a(&mut b, &page_a).await;
+    events_of_a_stay_with_a(&mut a, &mut b, &page_a).await;
+    event_count_counts_events_delivered_to_clients(&gw, &session).await;
+    b_carries_on_when_a_leaves(a, &mut b, &page_b).await;
+    // Both clients stay connected to the end.
+    let _c = clients_may_use_the_same_id_at_the_same_time(ws, &mut b).await;
+}
+
+/// Each client gets its own auto-attach: both are told about the page. Returns the page
+/// sessions of A and B.
+async fn each_client_gets_its_own_attach_event(a: &mut Cdp, b: &mut Cdp) -> (String, String) {
+    for client in [&mut *a, &mut *b] {
         client
             .call(
                 "Target.setAutoAttach",
@@ -189,32 +223,35 @@ async fn several_clients_share_a_session_without_seeing_each_other() {
             .count()
     };
     assert_eq!(
-        (attached(&a), attached(&b)),
+        (attached(a), attached(b)),
         (1, 1),
         "each client sees its own attach event"
     );
     let page_a = a.attached_session();
     let page_b = b.attached_session();
     assert_ne!(page_a, page_b);
+    (page_a, page_b)
+}
 
-    // Same page, seen by both.
-    a.eval(&page_a, "window.shared = 'from a'").await;
-    assert_eq!(b.eval(&page_b, "window.shared").await, "from a");
+/// Same page, seen by both.
+async fn both_clients_see_the_same_page(a: &mut Cdp, b: &mut Cdp, page_a: &str, page_b: &str) {
+    a.eval(page_a, "window.shared = 'from a'").await;
+    assert_eq!(b.eval(page_b, "window.shared").await, "from a");
+}
 
-    // B cannot use A's CDP session.
+/// B cannot use A's CDP session.
+async fn b_cannot_use_the_cdp_session_of_a(b: &mut Cdp, page_a: &str) {
     let reply = b
-        .call_full(
-            "Runtime.evaluate",
-            json!({"expression": "1"}),
-            Some(&page_a),
-        )
+        .call_full("Runtime.evaluate", json!({"expression": "1"}), Some(page_a))
         .await;
     assert_eq!(reply["error"]["code"], -32001, "{reply}");
+}
 
-    // A's events stay A's: enabling Page on A produces nothing on B.
+/// A's events stay A's: enabling Page on A produces nothing on B.
+async fn events_of_a_stay_with_a(a: &mut Cdp, b: &mut Cdp, page_a: &str) {
     b.events.clear();
-    a.call("Page.enable", json!({}), Some(&page_a)).await;
-    a.call("Page.reload", json!({}), Some(&page_a)).await;
+    a.call("Page.enable", json!({}), Some(page_a)).await;
+    a.call("Page.reload", json!({}), Some(page_a)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let probe = b.call("Browser.getVersion", json!({}), None).await;
     assert!(probe["product"].is_string());
@@ -225,18 +262,25 @@ async fn several_clients_share_a_session_without_seeing_each_other() {
         "B saw A's Page events: {:?}",
         b.events
     );
+}
 
-    // eventCount counts the CDP events delivered to the session's clients.
+/// eventCount counts the CDP events delivered to the session's clients.
+async fn event_count_counts_events_delivered_to_clients(gw: &Gateway, session: &Value) {
     let (_, listed) = gw
         .get(&format!("/v1/sessions/{}", session["id"].as_str().unwrap()))
         .await;
     assert!(listed["eventCount"].as_u64().unwrap() >= 3, "{listed}");
+}
 
-    // A leaves; B carries on.
+/// A leaves; B carries on.
+async fn b_carries_on_when_a_leaves(a: Cdp, b: &mut Cdp, page_b: &str) {
     a.close().await;
-    assert_eq!(b.eval(&page_b, "1 + 1").await, 2);
+    assert_eq!(b.eval(page_b, "1 + 1").await, 2);
+}
 
-    // Ids are the clients' own: both may use the same id at the same time.
+/// Ids are the clients' own: both may use the same id at the same time. Returns the new
+/// client, still connected.
+async fn clients_may_use_the_same_id_at_the_same_time(ws: &str, b: &mut Cdp) -> Cdp {
     let mut c = Cdp::connect(ws).await;
     let (rb, rc) = tokio::join!(
         b.call_full("Browser.getVersion", json!({}), None),
@@ -249,10 +293,12 @@ async fn several_clients_share_a_session_without_seeing_each_other() {
         ),
         (true, true)
     );
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_messages_pass_both_ways() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let session = gw
         .create(json!({"dimensions": {"width": 800, "height": 600}}))
@@ -300,6 +346,7 @@ async fn large_messages_pass_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_refused_before_the_upgrade() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let base = format!("ws://127.0.0.1:{}", gw.port);
     assert_upgrade_refused(&format!("{base}/?sessionId={}", uuid::Uuid::new_v4()), 404).await;
@@ -325,6 +372,7 @@ async fn connections_are_refused_before_the_upgrade() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_version_points_at_the_gateway() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let (status, _) = gw.get("/json/version").await;
     assert_eq!(status, 400, "no session to describe");
@@ -364,6 +412,7 @@ async fn json_version_points_at_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_cannot_reach_another_sessions_browser() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let victim = gw.create(json!({})).await;
     let victim_id = victim["id"].as_str().unwrap();
@@ -444,6 +493,7 @@ fn listening_socket_inodes() -> std::collections::HashSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_url_routes_page_traffic_through_the_proxy() {
+    let _shared = shared().await;
     // A minimal HTTP proxy on loopback that answers every request itself.
     let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_port = proxy.local_addr().unwrap().port();
@@ -497,6 +547,7 @@ async fn proxy_url_routes_page_traffic_through_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_close_from_a_page_session_and_malformed_session_ids() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let session = gw.create(json!({})).await;
     let id = session["id"].as_str().unwrap();

@@ -13,11 +13,11 @@
 //! - Release, timeout and crash of one session racing in every order: one outcome, one record,
 //!   one billed minute.
 //!
-//! The tests of this file run one at a time (see [`SERIAL`]): several measure how fast
-//! something happens, and the 200-cycle test keeps both cores of the test machine busy.
+//! The tests of this module run alone, one at a time and with no other module's gateway
+//! test alongside (see [`crate::common::exclusive`]): several measure how fast something
+//! happens, and the 200-cycle test keeps both cores of the test machine busy.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,10 +27,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-
-/// Held by every test of this file for its whole run, so that they do not disturb each
-/// other's timings.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn id_of(session: &Value) -> String {
     session["id"].as_str().expect("id").to_owned()
@@ -367,7 +363,7 @@ fn owned_dirs(data_dir: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_navigation_fails_within_a_second() {
-    let _serial = SERIAL.lock().await;
+    let _alone = exclusive().await;
     let data = DataDir::new();
     let gw = Gateway::start_in(data.path(), &[]).await;
     let tarpit = Tarpit::start().await;
@@ -453,11 +449,13 @@ impl Drop for ResumeOnDrop {
     }
 }
 
+/// The probe settings of the hung-browser test: a probe every 500 ms, answered within 1.5 s.
+const INTERVAL_MS: u64 = 500;
+const TIMEOUT_MS: u64 = 1500;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_browser_is_detected_by_the_probe_and_reaped() {
-    const INTERVAL_MS: u64 = 500;
-    const TIMEOUT_MS: u64 = 1500;
-    let _serial = SERIAL.lock().await;
+    let _alone = exclusive().await;
     let data = DataDir::new();
     let gw = Gateway::start_in(
         data.path(),
@@ -475,17 +473,36 @@ async fn hung_browser_is_detected_by_the_probe_and_reaped() {
     let healthy_id = id_of(&healthy);
     let mut cdp = Cdp::connect(&ws_url(&hung)).await;
     cdp.call("Browser.getVersion", json!({}), None).await;
-    // A few probe rounds pass while the browser is fine: the probe does not fire falsely.
-    tokio::time::sleep(Duration::from_millis(3 * (INTERVAL_MS + 100))).await;
-    assert_eq!(gw.session(&hung_id).await["status"], "live");
+    the_probe_does_not_fire_while_the_browser_answers(&gw, &hung_id).await;
 
-    let leader = browser_leader(&gw.data_dir, &hung_id);
+    let (leader, group, _resume, stopped) = the_browser_group_is_stopped(&gw, &hung_id).await;
+    the_probe_ends_the_hung_session_as_unresponsive(&gw, &hung_id, leader, &group, stopped).await;
+    the_client_of_the_hung_session_gets_1011(&mut cdp).await;
+    every_stopped_process_and_the_profile_are_gone(&gw, &hung_id, &group, stopped).await;
+    the_healthy_session_was_not_touched(&gw, &healthy, &healthy_id).await;
+    one_failed_record_and_one_counted_unresponsive_end(&gw, &hung_id).await;
+}
+
+/// A few probe rounds pass while the browser is fine: the probe does not fire falsely.
+async fn the_probe_does_not_fire_while_the_browser_answers(gw: &Gateway, hung_id: &str) {
+    tokio::time::sleep(Duration::from_millis(3 * (INTERVAL_MS + 100))).await;
+    assert_eq!(gw.session(hung_id).await["status"], "live");
+}
+
+/// SIGSTOPs the session's browser process group and waits until its leader is stopped.
+/// Returns the leader, the group's processes, the guard that resumes them if the test ends
+/// early (hold it to the end) and when they were stopped.
+async fn the_browser_group_is_stopped(
+    gw: &Gateway,
+    hung_id: &str,
+) -> (i32, Vec<i32>, ResumeOnDrop, Instant) {
+    let leader = browser_leader(&gw.data_dir, hung_id);
     let group: Vec<i32> = browser_pids_in(&gw.data_dir)
         .into_iter()
         .filter(|&(_, pgid)| pgid == leader)
         .map(|(pid, _)| pid)
         .collect();
-    let _resume = ResumeOnDrop {
+    let resume = ResumeOnDrop {
         data_dir: gw.data_dir.clone(),
         pgid: leader,
     };
@@ -496,8 +513,17 @@ async fn hung_browser_is_detected_by_the_probe_and_reaped() {
         assert!(Instant::now() < deadline, "the browser did not stop");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    (leader, group, resume, stopped)
+}
 
-    let (ended, _) = gw.wait_ended(&hung_id, secs(15)).await;
+async fn the_probe_ends_the_hung_session_as_unresponsive(
+    gw: &Gateway,
+    hung_id: &str,
+    leader: i32,
+    group: &[i32],
+    stopped: Instant,
+) {
+    let (ended, _) = gw.wait_ended(hung_id, secs(15)).await;
     let detected = stopped.elapsed();
     eprintln!(
         "hang: SIGSTOP of pgid {leader} ({} processes) → status {} ({}) after {detected:?} \
@@ -519,12 +545,21 @@ async fn hung_browser_is_detected_by_the_probe_and_reaped() {
         detected < Duration::from_millis(INTERVAL_MS + TIMEOUT_MS + 1500),
         "hang detected only after {detected:?}"
     );
+}
 
+async fn the_client_of_the_hung_session_gets_1011(cdp: &mut Cdp) {
     let (code, reason) = close_of(cdp.wait_end(secs(10)).await, "client of the hung session");
     eprintln!("hang: client closed with {code} {reason:?}");
     assert_eq!(code, 1011, "close code (reason {reason:?})");
+}
 
-    // Every process of the stopped group is gone, not merely stopped; the profile too.
+/// Every process of the stopped group is gone, not merely stopped; the profile too.
+async fn every_stopped_process_and_the_profile_are_gone(
+    gw: &Gateway,
+    hung_id: &str,
+    group: &[i32],
+    stopped: Instant,
+) {
     let deadline = Instant::now() + secs(10);
     while group.iter().any(|&pid| runs(pid)) {
         assert!(
@@ -544,7 +579,7 @@ async fn hung_browser_is_detected_by_the_probe_and_reaped() {
         stopped.elapsed()
     );
     // The profile goes right after the processes (the status turns `failed` before that).
-    let profile = gw.data_dir.join("sessions").join(&hung_id);
+    let profile = gw.data_dir.join("sessions").join(hung_id);
     let deadline = Instant::now() + secs(5);
     while profile.exists() {
         assert!(
@@ -553,18 +588,22 @@ async fn hung_browser_is_detected_by_the_probe_and_reaped() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
 
-    // The other session was not touched.
-    let other = gw.session(&healthy_id).await;
+/// The other session was not touched.
+async fn the_healthy_session_was_not_touched(gw: &Gateway, healthy: &Value, healthy_id: &str) {
+    let other = gw.session(healthy_id).await;
     assert_eq!(other["status"], "live", "{other}");
-    let mut other_cdp = Cdp::connect(&ws_url(&healthy)).await;
+    let mut other_cdp = Cdp::connect(&ws_url(healthy)).await;
     let page = other_cdp.attach_first_page().await;
     assert_eq!(other_cdp.eval(&page, "6 * 7").await, json!(42));
     other_cdp.close().await;
-    gw.release(&healthy_id).await;
+    gw.release(healthy_id).await;
     gw.assert_clean(secs(10)).await;
+}
 
-    let record = final_record(&gw.data_dir, &hung_id, secs(5)).await;
+async fn one_failed_record_and_one_counted_unresponsive_end(gw: &Gateway, hung_id: &str) {
+    let record = final_record(&gw.data_dir, hung_id, secs(5)).await;
     assert_eq!(
         (record.status.as_str(), record.reason.as_deref()),
         ("failed", Some("browser_unresponsive")),
@@ -580,7 +619,7 @@ async fn hung_browser_is_detected_by_the_probe_and_reaped() {
         ),
         1.0
     );
-    assert_no_panic(&gw);
+    assert_no_panic(gw);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -648,7 +687,7 @@ async fn assert_create_works_again(gw: &Gateway) {
 /// A profile disk with no free block and no free inode: the session directory cannot be made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_profile_disk_refuses_create_with_503() {
-    let _serial = SERIAL.lock().await;
+    let _alone = exclusive().await;
     let tmp = DataDir::new();
     let sessions = tmp.path().join("sessions");
     std::fs::create_dir(&sessions).expect("create the mount point");
@@ -672,7 +711,7 @@ async fn full_profile_disk_refuses_create_with_503() {
 /// would start on it, so ingot checks the free space itself (64 MiB at least) and answers 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profile_disk_without_free_blocks_refuses_create() {
-    let _serial = SERIAL.lock().await;
+    let _alone = exclusive().await;
     let tmp = DataDir::new();
     let sessions = tmp.path().join("sessions");
     std::fs::create_dir(&sessions).expect("create the mount point");
@@ -689,7 +728,7 @@ async fn profile_disk_without_free_blocks_refuses_create() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_profile_disk_refuses_create_with_503() {
-    let _serial = SERIAL.lock().await;
+    let _alone = exclusive().await;
     let tmp = DataDir::new();
     let sessions = tmp.path().join("sessions");
     std::fs::create_dir(&sessions).expect("create the mount point");
@@ -765,11 +804,13 @@ async fn cycles(base: &str, client: &reqwest::Client, count: usize, parallel: us
         .expect("cycles did not finish within 10 minutes");
 }
 
+/// Browsers in the warm pool of the 200-cycle test, and cycles run at a time.
+const POOL: usize = 2;
+const PARALLEL: usize = 8;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_cycles_eight_at_a_time_leak_nothing() {
-    const POOL: usize = 2;
-    const PARALLEL: usize = 8;
-    let _serial = SERIAL.lock().await;
+    let _alone = exclusive().await;
     // Room for 8 sessions plus the 2 pooled browsers.
     let data = DataDir::new();
     let mut gw = Gateway::start_in(
@@ -791,9 +832,39 @@ async fn two_hundred_cycles_eight_at_a_time_leak_nothing() {
         .build()
         .expect("HTTP client");
     gw.http = client.clone();
-    let pooled = || async {
-        let text = client
-            .get(format!("{base}/metrics"))
+    let cycling = Cycling {
+        gw: &gw,
+        client,
+        base,
+    };
+
+    let (baseline, fds_baseline, rss_before) =
+        the_footprint_settles_with_the_pool_full(&cycling).await;
+    let rss_100 = a_hundred_cycles_return_to_the_baseline(&cycling, baseline).await;
+    a_hundred_more_return_to_the_baseline_with_flat_memory(
+        &cycling,
+        baseline,
+        &fds_baseline,
+        rss_before,
+        rss_100,
+    )
+    .await;
+    every_session_was_released_billed_and_counted(&gw).await;
+}
+
+/// The 200-cycle test's gateway, and its HTTP client without idle connections.
+struct Cycling<'a> {
+    gw: &'a Gateway,
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Cycling<'_> {
+    /// Browsers in the warm pool, as `/metrics` tells.
+    async fn pooled(&self) -> usize {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.base))
             .send()
             .await
             .expect("GET /metrics")
@@ -803,37 +874,42 @@ async fn two_hundred_cycles_eight_at_a_time_leak_nothing() {
         let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
             .expect("metrics parse");
         metric(&scrape, "ingot_pool_browsers", &[]) as usize
-    };
+    }
 
-    // The same footprint for 2 s in a row, with the pool full: the baseline.
-    let settle = |want: Option<(usize, usize, usize)>| {
-        let gw = &gw;
-        async move {
-            let deadline = Instant::now() + secs(30);
-            let mut last = footprint(gw);
-            let mut since = Instant::now();
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let now = footprint(gw);
-                if now != last {
-                    (last, since) = (now, Instant::now());
-                }
-                let stable = since.elapsed() >= Duration::from_secs(2);
-                if stable && pooled().await == POOL && want.is_none_or(|w| w == now) {
-                    return now;
-                }
-                if Instant::now() > deadline {
-                    panic!(
-                        "footprint (processes, dirs, fds) {now:?} did not settle at {want:?} \
-                         within 30s; pooled {}\nfds: {:?}",
-                        pooled().await,
-                        fd_targets(gw.pid())
-                    );
-                }
+    /// The same footprint for 2 s in a row, with the pool full: the baseline (or `want`).
+    async fn settle(&self, want: Option<(usize, usize, usize)>) -> (usize, usize, usize) {
+        let gw = self.gw;
+        let deadline = Instant::now() + secs(30);
+        let mut last = footprint(gw);
+        let mut since = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = footprint(gw);
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
+            let stable = since.elapsed() >= Duration::from_secs(2);
+            if stable && self.pooled().await == POOL && want.is_none_or(|w| w == now) {
+                return now;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "footprint (processes, dirs, fds) {now:?} did not settle at {want:?} \
+                     within 30s; pooled {}\nfds: {:?}",
+                    self.pooled().await,
+                    fd_targets(gw.pid())
+                );
             }
         }
-    };
-    let baseline = settle(None).await;
+    }
+}
+
+/// Returns the baseline footprint, the gateway's fds and its VmRSS.
+async fn the_footprint_settles_with_the_pool_full(
+    cycling: &Cycling<'_>,
+) -> ((usize, usize, usize), Vec<String>, u64) {
+    let gw = cycling.gw;
+    let baseline = cycling.settle(None).await;
     let fds_baseline = fd_targets(gw.pid());
     let rss_before = vm_rss_kib(gw.pid());
     eprintln!(
@@ -847,19 +923,36 @@ async fn two_hundred_cycles_eight_at_a_time_leak_nothing() {
         "a profile and a scratch dir per pooled browser"
     );
     assert!(baseline.0 >= POOL, "pooled browsers are running");
+    (baseline, fds_baseline, rss_before)
+}
 
+/// Returns the gateway's VmRSS after the first 100 cycles.
+async fn a_hundred_cycles_return_to_the_baseline(
+    cycling: &Cycling<'_>,
+    baseline: (usize, usize, usize),
+) -> u64 {
     let started = Instant::now();
-    cycles(&base, &client, 100, PARALLEL).await;
+    cycles(&cycling.base, &cycling.client, 100, PARALLEL).await;
     let first_half = started.elapsed();
-    let after_100 = settle(Some(baseline)).await;
-    let rss_100 = vm_rss_kib(gw.pid());
+    let after_100 = cycling.settle(Some(baseline)).await;
+    let rss_100 = vm_rss_kib(cycling.gw.pid());
     eprintln!("cycles: 100 took {first_half:?}; footprint {after_100:?}, VmRSS {rss_100} KiB");
+    rss_100
+}
 
+async fn a_hundred_more_return_to_the_baseline_with_flat_memory(
+    cycling: &Cycling<'_>,
+    baseline: (usize, usize, usize),
+    fds_baseline: &[String],
+    rss_before: u64,
+    rss_100: u64,
+) {
+    let gw = cycling.gw;
     let started = Instant::now();
-    cycles(&base, &client, 100, PARALLEL).await;
+    cycles(&cycling.base, &cycling.client, 100, PARALLEL).await;
     let second_half = started.elapsed();
     let settling = Instant::now();
-    let after_200 = settle(Some(baseline)).await;
+    let after_200 = cycling.settle(Some(baseline)).await;
     let rss_200 = vm_rss_kib(gw.pid());
     eprintln!(
         "cycles: 100 more took {second_half:?}; footprint {after_200:?} (settled in {:?}), \
@@ -883,7 +976,9 @@ async fn two_hundred_cycles_eight_at_a_time_leak_nothing() {
         "the gateway grew {growth} KiB between cycle 100 and 200 \
          ({rss_before} → {rss_100} → {rss_200} KiB)"
     );
+}
 
+async fn every_session_was_released_billed_and_counted(gw: &Gateway) {
     let records = usage_records(&gw.data_dir);
     assert_eq!(records.len(), 200);
     assert!(
@@ -901,7 +996,7 @@ async fn two_hundred_cycles_eight_at_a_time_leak_nothing() {
     assert_eq!(metric(&scrape, "ingot_sessions_created_total", &[]), 200.0);
     assert_eq!(metric(&scrape, "ingot_sessions_live", &[]), 0.0);
     assert_eq!(metric(&scrape, "ingot_client_connections", &[]), 0.0);
-    assert_no_panic(&gw);
+    assert_no_panic(gw);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -959,59 +1054,14 @@ async fn plant_orphan(dir: &Path) -> (std::process::Child, PathBuf) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_sigkill_with_five_live_sessions_then_restart() {
-    let _serial = SERIAL.lock().await;
+    let _alone = exclusive().await;
     let tmp = DataDir::new();
     let dir = tmp.path().to_path_buf();
 
-    let mut first = Gateway::start_in(&dir, &[]).await;
-    let mut ids = Vec::new();
-    for _ in 0..5 {
-        ids.push(id_of(&first.create(json!({"timeout": 600_000})).await));
-    }
-    let first_session = first.session(&ids[0]).await;
-    let mut cdp = Cdp::connect(&ws_url(&first_session)).await;
-    let page = cdp.attach_first_page().await;
-    cdp.eval(&page, "'traffic'.repeat(100)").await;
-    let leaders: Vec<i32> = ids.iter().map(|id| browser_leader(&dir, id)).collect();
-    let processes = first.chromium_processes();
-    eprintln!("restart: 5 sessions live, {processes} Chromium processes");
-
-    first.signal(libc::SIGKILL);
-    let killed = Instant::now();
-    let exit = first.wait_exit(secs(10));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&exit),
-        Some(libc::SIGKILL)
-    );
-    drop(cdp);
-    drop(first);
-
-    // The parent-death signal takes the browsers down with the gateway.
-    let deadline = Instant::now() + secs(5);
-    while leaders.iter().any(|&pid| runs(pid)) {
-        assert!(
-            Instant::now() < deadline,
-            "browsers still run 5s after the gateway was SIGKILLed: {:?}",
-            leaders.iter().filter(|&&p| runs(p)).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let gone_after = killed.elapsed();
-    // Helpers may take a moment longer than their leader.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let left_procs = chromium_processes_in(&dir);
-    let left_dirs = session_dirs_in(&dir);
-    eprintln!(
-        "restart: browsers gone {gone_after:?} after the SIGKILL; {left_procs} Chromium \
-         processes and {left_dirs} directories left"
-    );
-    assert_eq!(
-        left_dirs, 10,
-        "5 profiles and 5 scratch dirs survive a SIGKILL"
-    );
-    let before = usage_records(&dir);
-    assert_eq!(before.len(), 5);
-    assert!(before.iter().all(|r| r.status == "live"), "{before:?}");
+    let first = Gateway::start_in(&dir, &[]).await;
+    let (ids, cdp, leaders) = five_sessions_go_live_one_with_traffic(&first, &dir).await;
+    let killed = the_gateway_dies_of_sigkill(first, cdp);
+    the_browsers_die_with_it_and_leave_their_directories(&dir, &leaders, killed).await;
 
     let (mut orphan, orphan_dir) = plant_orphan(&dir).await;
     let orphan_pid = orphan.id() as i32;
@@ -1024,6 +1074,83 @@ async fn gateway_sigkill_with_five_live_sessions_then_restart() {
     );
 
     let second = Gateway::start_in(&dir, &[]).await;
+    the_restart_sweeps_the_leftovers_and_the_orphan(&second, &mut orphan, &orphan_dir).await;
+    every_record_is_closed_as_failed_by_the_restart(&second, &dir, &ids).await;
+    the_new_run_serves_as_usual(&second, &dir).await;
+}
+
+/// Returns the sessions' ids, a client of the first one and their browsers' leaders.
+async fn five_sessions_go_live_one_with_traffic(
+    first: &Gateway,
+    dir: &Path,
+) -> (Vec<String>, Cdp, Vec<i32>) {
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(id_of(&first.create(json!({"timeout": 600_000})).await));
+    }
+    let first_session = first.session(&ids[0]).await;
+    let mut cdp = Cdp::connect(&ws_url(&first_session)).await;
+    let page = cdp.attach_first_page().await;
+    cdp.eval(&page, "'traffic'.repeat(100)").await;
+    let leaders: Vec<i32> = ids.iter().map(|id| browser_leader(dir, id)).collect();
+    let processes = first.chromium_processes();
+    eprintln!("restart: 5 sessions live, {processes} Chromium processes");
+    (ids, cdp, leaders)
+}
+
+/// SIGKILLs the gateway and drops it and its client; returns when it was killed.
+fn the_gateway_dies_of_sigkill(mut first: Gateway, cdp: Cdp) -> Instant {
+    first.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    let exit = first.wait_exit(secs(10));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&exit),
+        Some(libc::SIGKILL)
+    );
+    drop(cdp);
+    drop(first);
+    killed
+}
+
+/// The parent-death signal takes the browsers down with the gateway; their directories and
+/// live usage records stay.
+async fn the_browsers_die_with_it_and_leave_their_directories(
+    dir: &Path,
+    leaders: &[i32],
+    killed: Instant,
+) {
+    let deadline = Instant::now() + secs(5);
+    while leaders.iter().any(|&pid| runs(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "browsers still run 5s after the gateway was SIGKILLed: {:?}",
+            leaders.iter().filter(|&&p| runs(p)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gone_after = killed.elapsed();
+    // Helpers may take a moment longer than their leader.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left_procs = chromium_processes_in(dir);
+    let left_dirs = session_dirs_in(dir);
+    eprintln!(
+        "restart: browsers gone {gone_after:?} after the SIGKILL; {left_procs} Chromium \
+         processes and {left_dirs} directories left"
+    );
+    assert_eq!(
+        left_dirs, 10,
+        "5 profiles and 5 scratch dirs survive a SIGKILL"
+    );
+    let before = usage_records(dir);
+    assert_eq!(before.len(), 5);
+    assert!(before.iter().all(|r| r.status == "live"), "{before:?}");
+}
+
+async fn the_restart_sweeps_the_leftovers_and_the_orphan(
+    second: &Gateway,
+    orphan: &mut std::process::Child,
+    orphan_dir: &Path,
+) {
     assert!(
         second.wait_for_log("start-up sweep done", secs(5)).await,
         "no sweep log line\n{}",
@@ -1050,11 +1177,17 @@ async fn gateway_sigkill_with_five_live_sessions_then_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     eprintln!("restart: orphan ended with {orphan_exit:?}");
+}
 
-    let records = usage_records(&dir);
+async fn every_record_is_closed_as_failed_by_the_restart(
+    second: &Gateway,
+    dir: &Path,
+    ids: &[String],
+) {
+    let records = usage_records(dir);
     assert_eq!(records.len(), 5, "{records:?}");
-    for id in &ids {
-        let r = usage_record(&dir, id);
+    for id in ids {
+        let r = usage_record(dir, id);
         eprintln!(
             "restart: {id}: {} {:?}, {} min, ended {:?}, checkpoint {}",
             r.status, r.reason, r.billed_minutes, r.ended_at_ms, r.checkpoint_at_ms
@@ -1074,13 +1207,15 @@ async fn gateway_sigkill_with_five_live_sessions_then_restart() {
         5.0
     );
     assert_eq!(metric(&scrape, "ingot_sessions_live", &[]), 0.0);
+}
 
-    // The new run serves as usual.
+/// The new run serves as usual.
+async fn the_new_run_serves_as_usual(second: &Gateway, dir: &Path) {
     let s = second.create(json!({})).await;
     second.release(&id_of(&s)).await;
     second.assert_clean(secs(10)).await;
-    assert_eq!(usage_records(&dir).len(), 6);
-    assert_no_panic(&second);
+    assert_eq!(usage_records(dir).len(), 6);
+    assert_no_panic(second);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1206,15 +1341,16 @@ async fn race_once(gw: &Gateway, order: Order) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_timeout_and_crash_race_to_one_outcome() {
-    const ROUNDS: usize = 4;
-    let _serial = SERIAL.lock().await;
+    let _alone = exclusive().await;
     let data = DataDir::new();
     let gw = Gateway::start_in(data.path(), &[]).await;
-    let allowed = [
-        ("released", "user_requested"),
-        ("released", "timeout"),
-        ("failed", "browser_crashed"),
-    ];
+    let ids = every_order_races_to_one_allowed_outcome(&gw).await;
+    one_record_and_one_billed_minute_per_session(&gw, &ids).await;
+}
+
+/// Races every order four times; returns the ids of every session created.
+async fn every_order_races_to_one_allowed_outcome(gw: &Gateway) -> Vec<String> {
+    const ROUNDS: usize = 4;
     let mut tally: HashMap<(Order, String), usize> = HashMap::new();
     let mut ids = Vec::new();
     let mut late = 0;
@@ -1224,37 +1360,8 @@ async fn release_timeout_and_crash_race_to_one_outcome() {
             // fire anything: such a session only times out. It is still checked, and counted in
             // the totals, and the order is tried again with a new session.
             for attempt in 1.. {
-                let (id, fired) = race_once(&gw, order).await;
-                let (ended, _) = gw.wait_ended(&id, secs(5)).await;
-                let record = final_record(&gw.data_dir, &id, secs(5)).await;
-                let status = ended["status"].as_str().unwrap_or_default().to_owned();
-                let reason = ended["releaseReason"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                eprintln!(
-                    "race {round} {order:?}: {fired} → {status}/{reason}, duration {} ms, \
-                     record {}/{:?} {} min",
-                    ended["duration"], record.status, record.reason, record.billed_minutes
-                );
-                assert!(
-                    allowed.contains(&(status.as_str(), reason.as_str())),
-                    "{order:?}: outcome {status}/{reason} not allowed: {ended}"
-                );
-                assert_eq!(
-                    (record.status.as_str(), record.reason.as_deref()),
-                    (status.as_str(), Some(reason.as_str())),
-                    "{order:?}: the record disagrees with the session: {record:?} vs {ended}"
-                );
-                assert_eq!(record.billed_minutes, 1, "{order:?}: {record:?}");
-                assert_eq!(ended["creditsUsed"], 1, "{ended}");
-                // Asked again later, the session tells the same story.
-                let again = gw.session(&id).await;
-                assert_eq!(
-                    (&again["status"], &again["releaseReason"]),
-                    (&ended["status"], &ended["releaseReason"]),
-                    "{again}"
-                );
+                let (id, fired, outcome) =
+                    one_race_ends_in_one_allowed_outcome(gw, round, order).await;
                 ids.push(id);
                 if fired.starts_with("late") {
                     late += 1;
@@ -1264,9 +1371,7 @@ async fn release_timeout_and_crash_race_to_one_outcome() {
                     );
                     continue;
                 }
-                *tally
-                    .entry((order, format!("{status}/{reason}")))
-                    .or_default() += 1;
+                *tally.entry((order, outcome)).or_default() += 1;
                 break;
             }
         }
@@ -1274,12 +1379,63 @@ async fn release_timeout_and_crash_race_to_one_outcome() {
     let mut summary: Vec<_> = tally.iter().collect();
     summary.sort_by_key(|((o, r), _)| (format!("{o:?}"), r.clone()));
     eprintln!("race: outcomes {summary:?}; {late} sessions launched too late to race");
+    ids
+}
 
+/// One race of `order`: the session ends in one allowed outcome, which its record and a
+/// later look agree with. Returns its id, what was fired when, and `status/reason`.
+async fn one_race_ends_in_one_allowed_outcome(
+    gw: &Gateway,
+    round: usize,
+    order: Order,
+) -> (String, String, String) {
+    let allowed = [
+        ("released", "user_requested"),
+        ("released", "timeout"),
+        ("failed", "browser_crashed"),
+    ];
+    let (id, fired) = race_once(gw, order).await;
+    let (ended, _) = gw.wait_ended(&id, secs(5)).await;
+    let record = final_record(&gw.data_dir, &id, secs(5)).await;
+    let status = ended["status"].as_str().unwrap_or_default().to_owned();
+    let reason = ended["releaseReason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    eprintln!(
+        "race {round} {order:?}: {fired} → {status}/{reason}, duration {} ms, \
+         record {}/{:?} {} min",
+        ended["duration"], record.status, record.reason, record.billed_minutes
+    );
+    assert!(
+        allowed.contains(&(status.as_str(), reason.as_str())),
+        "{order:?}: outcome {status}/{reason} not allowed: {ended}"
+    );
+    assert_eq!(
+        (record.status.as_str(), record.reason.as_deref()),
+        (status.as_str(), Some(reason.as_str())),
+        "{order:?}: the record disagrees with the session: {record:?} vs {ended}"
+    );
+    assert_eq!(record.billed_minutes, 1, "{order:?}: {record:?}");
+    assert_eq!(ended["creditsUsed"], 1, "{ended}");
+    // Asked again later, the session tells the same story.
+    let again = gw.session(&id).await;
+    assert_eq!(
+        (&again["status"], &again["releaseReason"]),
+        (&ended["status"], &ended["releaseReason"]),
+        "{again}"
+    );
+    (id, fired, format!("{status}/{reason}"))
+}
+
+/// Nothing left, one record per session, and as many ended sessions and billed minutes as
+/// sessions, in the metrics and the usage report.
+async fn one_record_and_one_billed_minute_per_session(gw: &Gateway, ids: &[String]) {
     gw.assert_clean(secs(10)).await;
     let n = ids.len();
     let records = usage_records(&gw.data_dir);
     assert_eq!(records.len(), n, "one record per session: {records:?}");
-    for id in &ids {
+    for id in ids {
         let count = records.iter().filter(|r| &r.session_id == id).count();
         assert_eq!(count, 1, "{id} has {count} records");
     }
@@ -1293,5 +1449,5 @@ async fn release_timeout_and_crash_race_to_one_outcome() {
     let (_, report) = gw.get("/v1/usage").await;
     assert_eq!(report["total"]["billedMinutes"], n, "{report}");
     assert_eq!(report["total"]["sessions"], n, "{report}");
-    assert_no_panic(&gw);
+    assert_no_panic(gw);
 }

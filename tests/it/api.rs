@@ -1,9 +1,7 @@
 //! The REST API against a real gateway and real Chromium: Steel's JSON shapes, validation,
 //! listing and pagination, release semantics, capacity and start-up failures.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn assert_type(session: &Value, field: &str, check: fn(&Value) -> bool, what: &str) {
@@ -16,6 +14,7 @@ fn assert_type(session: &Value, field: &str, check: fn(&Value) -> bool, what: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_json_has_every_required_field() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let s = gw.create(json!({})).await;
     let id = s["id"].as_str().expect("id").to_owned();
@@ -65,6 +64,7 @@ async fn session_json_has_every_required_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_is_idempotent_and_release_all_answers_steel_message() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let a = gw.create(json!({})).await;
     let b = gw.create(json!({"timeout": 60_000})).await;
@@ -108,7 +108,15 @@ async fn release_is_idempotent_and_release_all_answers_steel_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_creates_nothing() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
+    invalid_create_bodies_get_400_naming_the_field(&gw).await;
+    truncated_and_oversized_bodies_get_400_and_413(&gw).await;
+    unknown_and_malformed_ids_routes_methods_and_origins_are_refused(&gw).await;
+    no_bad_request_created_a_session(&gw).await;
+}
+
+async fn invalid_create_bodies_get_400_naming_the_field(gw: &Gateway) {
     for (body, field) in [
         (json!({"timeout": 10}), "timeout"),
         (json!({"timeout": 86_400_001}), "timeout"),
@@ -149,6 +157,9 @@ async fn bad_input_gets_clear_errors_and_creates_nothing() {
         );
         assert_eq!(err["error"]["code"], "invalid_request");
     }
+}
+
+async fn truncated_and_oversized_bodies_get_400_and_413(gw: &Gateway) {
     let (status, err) = gw
         .post_raw(
             "/v1/sessions",
@@ -162,8 +173,10 @@ async fn bad_input_gets_clear_errors_and_creates_nothing() {
         .await;
     assert_eq!(status, 413, "{err}");
     assert!(err["message"].is_string());
+}
 
-    // Unknown and malformed ids, routes and methods.
+/// Unknown and malformed ids, routes and methods; a request from a web page.
+async fn unknown_and_malformed_ids_routes_methods_and_origins_are_refused(gw: &Gateway) {
     let unknown = uuid::Uuid::new_v4();
     assert_eq!(gw.get(&format!("/v1/sessions/{unknown}")).await.0, 404);
     assert_eq!(
@@ -196,7 +209,9 @@ async fn bad_input_gets_clear_errors_and_creates_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+}
 
+async fn no_bad_request_created_a_session(gw: &Gateway) {
     let (_, list) = gw.get("/v1/sessions").await;
     assert_eq!(
         list["sessions"],
@@ -208,6 +223,7 @@ async fn bad_input_gets_clear_errors_and_creates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_chosen_id_and_duplicates() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let id = uuid::Uuid::new_v4().to_string();
     let s = gw.create(json!({"sessionId": id, "timeout": 60_000})).await;
@@ -226,6 +242,7 @@ async fn client_chosen_id_and_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_is_newest_first_and_paginates_to_an_empty_page() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let mut created = Vec::new();
     for _ in 0..3 {
@@ -287,6 +304,7 @@ async fn list_is_newest_first_and_paginates_to_an_empty_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_that_cannot_start_gives_503_and_leaves_nothing() {
+    let _shared = shared().await;
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("broken-chromium");
     std::fs::write(
@@ -320,6 +338,7 @@ async fn chromium_that_cannot_start_gives_503_and_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_chromium_fails_start_up_with_install_hint() {
+    let _shared = shared().await;
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(BIN)
         .args([
@@ -339,6 +358,7 @@ async fn missing_chromium_fails_start_up_with_install_hint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_gateway_cannot_share_a_data_dir() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let out = std::process::Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
@@ -356,6 +376,7 @@ async fn a_second_gateway_cannot_share_a_data_dir() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wire_details_dates_floats_paths_and_hosts() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     // 60 * 1000.0 in Python or JavaScript is still a whole number of milliseconds.
     let s = gw.create(json!({"timeout": 60000.0})).await;
@@ -408,6 +429,7 @@ async fn wire_details_dates_floats_paths_and_hosts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_come_from_flags_and_ingot_variables() {
+    let _shared = shared().await;
     // Variables alone; a flag wins over its variable (INGOT_MAX_SESSIONS=1 vs --max-sessions 2).
     let gw = Gateway::start_with_env(
         &["--max-sessions", "2", "--max-timeout-ms", "10000"],

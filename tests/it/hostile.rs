@@ -5,11 +5,9 @@
 //! non-UTF-8 messages, binary frames, a client that floods and never reads, 500 connections
 //! dropped at once, and upgrades to sessions that are unknown, ended or malformed.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -327,6 +325,7 @@ async fn eval_rtt(cdp: &mut Cdp, page: &str) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_64_kib_get_413() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let mut bystander = Bystander::start(&gw).await;
 
@@ -400,10 +399,19 @@ async fn bodies_over_64_kib_get_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_and_deeply_nested_json_gets_400() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let bystander = Bystander::start(&gw).await;
+    each_hostile_body_gets_400_naming_its_field(&gw, hostile_json_bodies()).await;
+    the_same_json_over_the_limit_gets_413(&gw).await;
+    assert_eq!(sessions_created(&gw).await, 1.0, "only the bystander");
+    bystander.finish(&gw).await;
+}
 
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+/// Create bodies under the 64 KiB limit that are not JSON the API takes: (what, body, the
+/// field the refusal must name).
+fn hostile_json_bodies() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    vec![
         ("60k [", vec![b'['; 60_000], "body"),
         (
             "60k [ inside a field",
@@ -530,7 +538,13 @@ async fn huge_and_deeply_nested_json_gets_400() {
             "body",
         ),
         ("top-level number", b"1e400".to_vec(), "body"),
-    ];
+    ]
+}
+
+async fn each_hostile_body_gets_400_naming_its_field(
+    gw: &Gateway,
+    cases: Vec<(&'static str, Vec<u8>, &'static str)>,
+) {
     for (what, body, field) in cases {
         assert!(body.len() <= 64 << 10, "{what} is over the body limit");
         let (status, answer) = gw.post_raw("/v1/sessions", "application/json", body).await;
@@ -546,20 +560,39 @@ async fn huge_and_deeply_nested_json_gets_400() {
             message.len()
         );
     }
-    // The same JSON, over the limit, is 413 rather than parsed.
-    let (status, answer) = post_over_socket(&gw, "/v1/sessions", vec![b'['; 100_000]).await;
-    assert_error(status, &answer, 413, "100k [");
+}
 
-    assert_eq!(sessions_created(&gw).await, 1.0, "only the bystander");
-    bystander.finish(&gw).await;
+/// The same JSON, over the limit, is 413 rather than parsed.
+async fn the_same_json_over_the_limit_gets_413(gw: &Gateway) {
+    let (status, answer) = post_over_socket(gw, "/v1/sessions", vec![b'['; 100_000]).await;
+    assert_error(status, &answer, 413, "100k [");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_types_in_every_create_field_get_400_naming_the_field() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let bystander = Bystander::start(&gw).await;
 
-    let junk = [
+    let junk = junk_values();
+    let mut refused = 0;
+    refused += honoured_fields_refuse_every_wrong_type(&gw, &junk).await;
+    refused += dimensions_refuse_every_wrong_type_and_unknown_sides(&gw, &junk).await;
+    refused += steel_options_ingot_does_not_implement_refuse_all_but_their_default(&gw).await;
+    a_misspelt_field_is_refused(&gw).await;
+    eprintln!("{refused} mistyped create bodies refused with 400");
+    assert_eq!(
+        sessions_created(&gw).await,
+        1.0,
+        "nothing but the bystander"
+    );
+    the_same_fields_at_their_defaults_are_accepted_together(&gw).await;
+    bystander.finish(&gw).await;
+}
+
+/// Values of every JSON type, for fields that want another.
+fn junk_values() -> [Value; 10] {
+    [
         json!(true),
         json!(false),
         json!(7),
@@ -570,7 +603,11 @@ async fn wrong_types_in_every_create_field_get_400_naming_the_field() {
         json!([1]),
         json!({}),
         json!({"a": 1}),
-    ];
+    ]
+}
+
+/// Returns how many bodies were refused.
+async fn honoured_fields_refuse_every_wrong_type(gw: &Gateway, junk: &[Value]) -> usize {
     // (field, values it accepts; everything else in `junk` must get a 400 naming it)
     let honoured: [(&str, &[Value]); 5] = [
         ("sessionId", &[]),
@@ -581,7 +618,7 @@ async fn wrong_types_in_every_create_field_get_400_naming_the_field() {
     ];
     let mut refused = 0;
     for (field, accepted) in honoured {
-        for value in &junk {
+        for value in junk {
             if accepted.contains(value) {
                 continue;
             }
@@ -594,7 +631,16 @@ async fn wrong_types_in_every_create_field_get_400_naming_the_field() {
             refused += 1;
         }
     }
-    for value in &junk {
+    refused
+}
+
+/// Returns how many bodies were refused.
+async fn dimensions_refuse_every_wrong_type_and_unknown_sides(
+    gw: &Gateway,
+    junk: &[Value],
+) -> usize {
+    let mut refused = 0;
+    for value in junk {
         if !value.is_object() {
             let (status, body) = gw
                 .post("/v1/sessions", json!({ "dimensions": value }))
@@ -626,7 +672,14 @@ async fn wrong_types_in_every_create_field_get_400_naming_the_field() {
         .await;
     let message = assert_error(status, &body, 400, "dimensions.depth");
     assert!(message.starts_with("dimensions.depth:"), "{message}");
-    // Steel options ingot does not implement: anything but their default is refused.
+    refused
+}
+
+/// Steel options ingot does not implement: anything but their default is refused. Returns
+/// how many bodies were refused.
+async fn steel_options_ingot_does_not_implement_refuse_all_but_their_default(
+    gw: &Gateway,
+) -> usize {
     let steel = [
         "solveCaptcha",
         "useProxy",
@@ -637,6 +690,7 @@ async fn wrong_types_in_every_create_field_get_400_naming_the_field() {
         "isSelenium",
         "inactivityTimeout",
     ];
+    let mut refused = 0;
     for field in steel {
         for value in [
             json!(true),
@@ -654,17 +708,17 @@ async fn wrong_types_in_every_create_field_get_400_naming_the_field() {
             refused += 1;
         }
     }
+    refused
+}
+
+async fn a_misspelt_field_is_refused(gw: &Gateway) {
     let (status, body) = gw.post("/v1/sessions", json!({"sessionID": "x"})).await;
     let message = assert_error(status, &body, 400, "misspelt field");
     assert!(message.starts_with("sessionID:"), "{message}");
-    eprintln!("{refused} mistyped create bodies refused with 400");
-    assert_eq!(
-        sessions_created(&gw).await,
-        1.0,
-        "nothing but the bystander"
-    );
+}
 
-    // The same fields at their defaults are accepted together: the refusals are about values.
+/// The same fields at their defaults are accepted together: the refusals are about values.
+async fn the_same_fields_at_their_defaults_are_accepted_together(gw: &Gateway) {
     let session = gw
         .create(json!({
             "solveCaptcha": false, "useProxy": false, "blockAds": null, "region": null,
@@ -673,11 +727,11 @@ async fn wrong_types_in_every_create_field_get_400_naming_the_field() {
         }))
         .await;
     gw.release(session["id"].as_str().expect("id")).await;
-    bystander.finish(&gw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_that_are_not_utf8_get_400() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let bystander = Bystander::start(&gw).await;
     let cases: [(&str, &[u8]); 6] = [
@@ -703,6 +757,7 @@ async fn bodies_that_are_not_utf8_get_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_get_431() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let bystander = Bystander::start(&gw).await;
 
@@ -756,41 +811,50 @@ async fn oversized_headers_get_431() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off_after_the_header_timeout() {
+    let _shared = shared().await;
     let gw = Gateway::start(&["--header-timeout-ms", "1000"]).await;
     let mut bystander = Bystander::start(&gw).await;
+    an_incomplete_head_is_closed_after_the_header_timeout(&gw).await;
+    a_head_that_arrives_slowly_within_the_timeout_is_served(&gw).await;
+    many_slow_clients_at_once_do_not_hold_up_anyone(&gw, &mut bystander).await;
+    bystander.finish(&gw).await;
+}
 
-    /// Time until the gateway ends the connection, and what it sent first.
-    async fn time_to_close(port: u16, trickle: bool) -> (Duration, Vec<u8>) {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
-        let started = Instant::now();
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            .await
-            .expect("write");
-        let (mut rd, mut wr) = stream.into_split();
-        let writer = tokio::spawn(async move {
-            // Slowloris: a byte every 100 ms, never the blank line that ends the head.
-            while trickle && wr.write_all(b"x").await.is_ok() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            std::future::pending::<()>().await;
-            drop(wr);
-        });
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 1024];
-        loop {
-            match tokio::time::timeout(secs(10), rd.read(&mut chunk)).await {
-                Err(_) => panic!("connection still open after 10 s"),
-                Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
-            }
+/// Time until the gateway ends the connection, and what it sent first.
+async fn time_to_close(port: u16, trickle: bool) -> (Duration, Vec<u8>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .expect("write");
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        // Slowloris: a byte every 100 ms, never the blank line that ends the head.
+        while trickle && wr.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        writer.abort();
-        (started.elapsed(), got)
+        std::future::pending::<()>().await;
+        drop(wr);
+    });
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(secs(10), rd.read(&mut chunk)).await {
+            Err(_) => panic!("connection still open after 10 s"),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+        }
     }
+    writer.abort();
+    (started.elapsed(), got)
+}
 
+/// A head that stops, or trickles in a byte at a time, is closed after about the header
+/// timeout, with a 408 or nothing.
+async fn an_incomplete_head_is_closed_after_the_header_timeout(gw: &Gateway) {
     for trickle in [false, true] {
         let (took, got) = time_to_close(gw.port, trickle).await;
         eprintln!(
@@ -807,8 +871,9 @@ async fn slow_headers_are_cut_off_after_the_header_timeout() {
             lossy(&got)
         );
     }
+}
 
-    // A head that arrives slowly but within the timeout is served.
+async fn a_head_that_arrives_slowly_within_the_timeout_is_served(gw: &Gateway) {
     let mut stream = TcpStream::connect(("127.0.0.1", gw.port))
         .await
         .expect("connect");
@@ -827,8 +892,11 @@ async fn slow_headers_are_cut_off_after_the_header_timeout() {
         .expect("answer within 5 s")
         .expect("read");
     assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", lossy(&got));
+}
 
-    // Many slow clients at once do not hold up anyone else.
+/// 50 slow clients at once: the bystander is served meanwhile, and their connections are
+/// closed.
+async fn many_slow_clients_at_once_do_not_hold_up_anyone(gw: &Gateway, bystander: &mut Bystander) {
     let slow: Vec<TcpStream> = {
         let mut v = Vec::new();
         for _ in 0..50 {
@@ -842,7 +910,7 @@ async fn slow_headers_are_cut_off_after_the_header_timeout() {
         }
         v
     };
-    bystander.check(&gw).await;
+    bystander.check(gw).await;
     let pid = gw.pid();
     let with_slow = fd_count(pid);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -852,11 +920,11 @@ async fn slow_headers_are_cut_off_after_the_header_timeout() {
         "50 slow connections not closed: {with_slow} fds with them, {after} 1.5 s later"
     );
     drop(slow);
-    bystander.finish(&gw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_get_404_and_wrong_methods_405() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let bystander = Bystander::start(&gw).await;
     let id = bystander.id.clone();
@@ -933,6 +1001,7 @@ async fn unknown_routes_get_404_and_wrong_methods_405() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_websocket_messages_close_only_that_client_with_1009() {
+    let _shared = shared().await;
     let gw = Gateway::start(&["--max-message-bytes", "65536"]).await;
     let session = gw.create(json!({})).await;
     let ws_url = session["websocketUrl"].as_str().expect("websocketUrl");
@@ -999,6 +1068,7 @@ async fn oversized_websocket_messages_close_only_that_client_with_1009() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_text_frames_close_only_that_client_with_1007() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let session = gw.create(json!({})).await;
     let ws_url = session["websocketUrl"].as_str().expect("websocketUrl");
@@ -1071,6 +1141,7 @@ async fn invalid_utf8_text_frames_close_only_that_client_with_1007() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_frames_are_answered_like_text() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let session = gw.create(json!({})).await;
     let ws_url = session["websocketUrl"].as_str().expect("websocketUrl");
@@ -1151,6 +1222,7 @@ async fn binary_frames_are_answered_like_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_floods_and_never_reads_is_cut_off_without_stalling_anyone() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let pid = gw.pid();
 
@@ -1161,20 +1233,45 @@ async fn a_client_that_floods_and_never_reads_is_cut_off_without_stalling_anyone
     let victim_url = victim["websocketUrl"].as_str().expect("ws").to_owned();
     let victim_id = victim["id"].as_str().expect("id").to_owned();
 
-    // Baseline latency of the quiet session, and the gateway's memory.
+    let (before, rss_before) =
+        the_quiet_session_answers_before_the_flood(&mut q, &q_page, pid).await;
+    let flood = a_client_floods_the_victim_and_never_reads(&victim_url).await;
+    let (mut flooder, figures) = the_quiet_session_is_timed_during_the_flood(
+        &mut q, &q_page, pid, flood, before, rss_before,
+    )
+    .await;
+    the_flooder_is_cut_off_and_the_quiet_session_never_stalls(&gw, &mut flooder, figures).await;
+    the_victim_session_lives_on_and_the_counts_are_back(&gw, q, &quiet, &victim_url, &victim_id)
+        .await;
+}
+
+/// Baseline latency of the quiet session, and the gateway's memory.
+async fn the_quiet_session_answers_before_the_flood(
+    q: &mut Cdp,
+    q_page: &str,
+    pid: u32,
+) -> (Vec<Duration>, u64) {
     for _ in 0..5 {
-        eval_rtt(&mut q, &q_page).await;
+        eval_rtt(q, q_page).await;
     }
     let mut before: Vec<Duration> = Vec::new();
     for _ in 0..40 {
-        before.push(eval_rtt(&mut q, &q_page).await);
+        before.push(eval_rtt(q, q_page).await);
     }
     let rss_before = rss_bytes(pid);
+    (before, rss_before)
+}
 
-    // The flooder: asks for 256 KiB answers as fast as it can send, and never reads.
-    let mut flooder = ws_connect(&victim_url).await;
+/// What the flooder ended with: its connection, commands sent, why it stopped, how long.
+type Flooded = (Ws, u64, String, Duration);
+
+/// The flooder: asks for 256 KiB answers as fast as it can send, and never reads.
+async fn a_client_floods_the_victim_and_never_reads(
+    victim_url: &str,
+) -> tokio::task::JoinHandle<Flooded> {
+    let mut flooder = ws_connect(victim_url).await;
     let f_page = ws_attach_page(&mut flooder, 1).await;
-    let flood = tokio::spawn(async move {
+    tokio::spawn(async move {
         let started = Instant::now();
         let mut sent = 0u64;
         let mut id = 10i64;
@@ -1197,22 +1294,69 @@ async fn a_client_that_floods_and_never_reads_is_cut_off_without_stalling_anyone
             }
         };
         (flooder, sent, outcome, started.elapsed())
-    });
+    })
+}
 
-    // While it floods: the quiet session's latency, and the gateway's memory.
+/// The quiet session's latency and the gateway's memory before and during the flood, and
+/// what the flooder did.
+struct FloodFigures {
+    before: Vec<Duration>,
+    during: Vec<Duration>,
+    rss_before: u64,
+    rss_peak: u64,
+    sent: u64,
+    outcome: String,
+    flood_took: Duration,
+}
+
+/// While it floods: the quiet session's latency, and the gateway's memory. Returns the
+/// flooder's connection and the figures.
+async fn the_quiet_session_is_timed_during_the_flood(
+    q: &mut Cdp,
+    q_page: &str,
+    pid: u32,
+    flood: tokio::task::JoinHandle<Flooded>,
+    before: Vec<Duration>,
+    rss_before: u64,
+) -> (Ws, FloodFigures) {
     let mut during: Vec<Duration> = Vec::new();
     let mut rss_peak = rss_before;
     let flood_start = Instant::now();
     while !flood.is_finished() && flood_start.elapsed() < secs(40) {
-        during.push(eval_rtt(&mut q, &q_page).await);
+        during.push(eval_rtt(q, q_page).await);
         rss_peak = rss_peak.max(rss_bytes(pid));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (mut flooder, sent, outcome, flood_took) = flood.await.expect("flood task");
+    let (flooder, sent, outcome, flood_took) = flood.await.expect("flood task");
     rss_peak = rss_peak.max(rss_bytes(pid));
+    let figures = FloodFigures {
+        before,
+        during,
+        rss_before,
+        rss_peak,
+        sent,
+        outcome,
+        flood_took,
+    };
+    (flooder, figures)
+}
 
+async fn the_flooder_is_cut_off_and_the_quiet_session_never_stalls(
+    gw: &Gateway,
+    flooder: &mut Ws,
+    figures: FloodFigures,
+) {
+    let FloodFigures {
+        mut before,
+        mut during,
+        rss_before,
+        rss_peak,
+        sent,
+        outcome,
+        flood_took,
+    } = figures;
     // The flooder's connection is over; reading now shows how it ended.
-    let ending = ws_ending(&mut flooder, secs(20)).await;
+    let ending = ws_ending(flooder, secs(20)).await;
     let before_p50 = percentile(&mut before, 0.5);
     let during_p50 = percentile(&mut during, 0.5);
     let during_max = percentile(&mut during, 1.0);
@@ -1253,23 +1397,32 @@ async fn a_client_that_floods_and_never_reads_is_cut_off_without_stalling_anyone
         rss_before >> 20,
         rss_peak >> 20
     );
+}
 
-    // The victim session lives on and takes new clients; the counts are back.
-    assert_eq!(gw.session(&victim_id).await["status"], "live");
-    let mut again = Cdp::connect(&victim_url).await;
+/// The victim session lives on and takes new clients; the counts are back.
+async fn the_victim_session_lives_on_and_the_counts_are_back(
+    gw: &Gateway,
+    q: Cdp,
+    quiet: &Value,
+    victim_url: &str,
+    victim_id: &str,
+) {
+    assert_eq!(gw.session(victim_id).await["status"], "live");
+    let mut again = Cdp::connect(victim_url).await;
     let again_page = again.attach_first_page().await;
     assert_eq!(again.eval(&again_page, "3+3").await, json!(6));
-    wait_client_connections(&gw, 2.0).await;
+    wait_client_connections(gw, 2.0).await;
     again.close().await;
-    wait_client_connections(&gw, 1.0).await;
+    wait_client_connections(gw, 1.0).await;
     q.close().await;
-    gw.release(&victim_id).await;
+    gw.release(victim_id).await;
     gw.release(quiet["id"].as_str().expect("id")).await;
     gw.assert_clean(secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_and_comes_back_finds_close_1008() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let session = gw.create(json!({})).await;
     let ws_url = session["websocketUrl"].as_str().expect("ws").to_owned();
@@ -1277,14 +1430,25 @@ async fn a_client_that_stops_reading_and_comes_back_finds_close_1008() {
     let mut other = Cdp::connect(&ws_url).await;
     let other_page = other.attach_first_page().await;
 
-    // A small receive buffer, so that the gateway's queue for this client fills soon.
+    let (mut ws, page) = a_client_with_a_small_receive_buffer_attaches(&gw, &ws_url).await;
+    it_is_cut_off_after_400_large_answers_it_does_not_read(&gw, &mut ws, &page).await;
+    back_within_the_close_grace_it_reads_what_was_queued_then_1008(&mut ws).await;
+    the_session_and_its_other_client_carry_on(&gw, other, &other_page, &id).await;
+}
+
+/// A small receive buffer, so that the gateway's queue for this client fills soon. Returns
+/// the client and its page session.
+async fn a_client_with_a_small_receive_buffer_attaches(
+    gw: &Gateway,
+    ws_url: &str,
+) -> (WebSocketStream<TcpStream>, String) {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(64 << 10).expect("SO_RCVBUF");
     let tcp = socket
         .connect(([127, 0, 0, 1], gw.port).into())
         .await
         .expect("connect");
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(ws_url.as_str(), tcp, None)
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(ws_url, tcp, None)
         .await
         .expect("upgrade");
     let targets = {
@@ -1314,8 +1478,15 @@ async fn a_client_that_stops_reading_and_comes_back_finds_close_1008() {
         .as_str()
         .expect("sessionId")
         .to_owned();
+    (ws, page)
+}
 
-    // 400 commands with 256 KiB answers, and no reading until the gateway gives up on us.
+/// 400 commands with 256 KiB answers, and no reading until the gateway gives up on us.
+async fn it_is_cut_off_after_400_large_answers_it_does_not_read(
+    gw: &Gateway,
+    ws: &mut WebSocketStream<TcpStream>,
+    page: &str,
+) {
     for id in 10..410 {
         let cmd = json!({"id": id, "method": "Runtime.evaluate", "sessionId": page,
                          "params": {"expression": "'x'.repeat(262144)", "returnByValue": true}});
@@ -1330,7 +1501,12 @@ async fn a_client_that_stops_reading_and_comes_back_finds_close_1008() {
         "a client that stopped reading was never cut off"
     );
     eprintln!("cut off {:?} after it stopped reading", stopped.elapsed());
-    // Back within the close grace: what was queued, then the close frame.
+}
+
+/// Back within the close grace: what was queued, then the close frame.
+async fn back_within_the_close_grace_it_reads_what_was_queued_then_1008(
+    ws: &mut WebSocketStream<TcpStream>,
+) {
     let deadline = Instant::now() + secs(20);
     let mut replies = 0;
     let ending = loop {
@@ -1351,18 +1527,26 @@ async fn a_client_that_stops_reading_and_comes_back_finds_close_1008() {
         replies < 400,
         "every reply was delivered: it was not cut off"
     );
+}
 
-    // The session and its other client carry on.
-    assert_eq!(other.eval(&other_page, "1+1").await, json!(2));
-    assert_eq!(gw.session(&id).await["status"], "live");
-    wait_client_connections(&gw, 1.0).await;
+/// The session and its other client carry on.
+async fn the_session_and_its_other_client_carry_on(
+    gw: &Gateway,
+    mut other: Cdp,
+    other_page: &str,
+    id: &str,
+) {
+    assert_eq!(other.eval(other_page, "1+1").await, json!(2));
+    assert_eq!(gw.session(id).await["status"], "live");
+    wait_client_connections(gw, 1.0).await;
     other.close().await;
-    gw.release(&id).await;
+    gw.release(id).await;
     gw.assert_clean(secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_connections_dropped_at_once_leave_nothing_behind() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let pid = gw.pid();
     let session = gw.create(json!({})).await;
@@ -1440,28 +1624,29 @@ async fn five_hundred_connections_dropped_at_once_leave_nothing_behind() {
     gw.assert_clean(secs(5)).await;
 }
 
+/// The refusal of a WebSocket upgrade: its status and JSON body.
+async fn refusal(url: &str) -> (u16, Value) {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let body = response
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            (status, body)
+        }
+        Err(e) => panic!("unexpected error connecting to {url}: {e}"),
+        Ok(_) => panic!("upgrade to {url} was accepted"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_to_unknown_ended_or_malformed_sessions_are_refused() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let bystander = Bystander::start(&gw).await;
     let base = format!("ws://127.0.0.1:{}", gw.port);
-
-    /// The refusal's status and JSON body.
-    async fn refusal(url: &str) -> (u16, Value) {
-        match tokio_tungstenite::connect_async(url).await {
-            Err(tungstenite::Error::Http(response)) => {
-                let status = response.status().as_u16();
-                let body = response
-                    .body()
-                    .as_deref()
-                    .and_then(|b| serde_json::from_slice(b).ok())
-                    .unwrap_or(Value::Null);
-                (status, body)
-            }
-            Err(e) => panic!("unexpected error connecting to {url}: {e}"),
-            Ok(_) => panic!("upgrade to {url} was accepted"),
-        }
-    }
 
     let unknown = uuid::Uuid::new_v4();
     for (url, want, code) in [
@@ -1529,6 +1714,7 @@ async fn upgrades_to_unknown_ended_or_malformed_sessions_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heads_just_over_64_kib_get_431() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     for size in [66_000, 80_000, 100_000] {
         let request = format!(
@@ -1548,6 +1734,7 @@ async fn heads_just_over_64_kib_get_431() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_never_arrives_does_not_hold_the_connection_forever() {
+    let _shared = shared().await;
     let gw = Gateway::start(&["--header-timeout-ms", "1000"]).await;
     let pid = gw.pid();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1601,6 +1788,7 @@ async fn a_body_that_never_arrives_does_not_hold_the_connection_forever() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_frames_that_are_not_utf8_close_with_1007() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let session = gw.create(json!({})).await;
     let ws_url = session["websocketUrl"].as_str().expect("websocketUrl");
@@ -1648,6 +1836,7 @@ async fn binary_frames_that_are_not_utf8_close_with_1007() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_urls_with_impossible_host_names_get_400() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     for len in [300, 60 << 10] {
         let body = json!({"proxyUrl": format!("http://{}.example:1", "h".repeat(len))});

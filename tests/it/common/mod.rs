@@ -19,6 +19,26 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ingot");
 
+/// Tests of every module share this process and run in parallel threads. Most only touch
+/// their own gateway (own port, own data directory, browsers counted by that directory) and
+/// may overlap freely: each takes [`shared`]. A test that measures how fast something
+/// happens, or keeps every core busy, takes [`exclusive`] and runs alone, as it did when each
+/// file was its own test binary run after the others. Take one guard, at the top of the test,
+/// and hold it to the end; never take a second one (a waiting writer would deadlock it).
+static RUN_ALONE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held for a whole test that starts a gateway or a browser: it waits while an
+/// [`exclusive`] test runs.
+pub async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    RUN_ALONE.read().await
+}
+
+/// Held for a whole test that must run alone: no other gateway or browser test runs
+/// meanwhile.
+pub async fn exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    RUN_ALONE.write().await
+}
+
 /// A gateway process started for one test.
 pub struct Gateway {
     pub port: u16,

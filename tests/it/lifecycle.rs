@@ -1,10 +1,9 @@
 //! Session lifecycle end to end: timeout, crash, `Browser.close`, release, SIGTERM, restart
 //! after SIGKILL (start-up sweep), and a leak check over many create/release cycles.
 
-mod common;
-use common::*;
+use crate::common::*;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -81,6 +80,7 @@ fn log_field(line: &str, key: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_releases_and_closes_clients() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let s = gw.create(json!({"timeout": 2000})).await;
     let id = id_of(&s);
@@ -114,6 +114,7 @@ async fn timeout_releases_and_closes_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_marks_failed_within_a_second() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let s = gw.create(json!({})).await;
     let id = id_of(&s);
@@ -149,6 +150,7 @@ async fn crash_marks_failed_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_close_from_client_is_released() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let s = gw.create(json!({})).await;
     let id = id_of(&s);
@@ -178,6 +180,7 @@ async fn browser_close_from_client_is_released() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_closes_clients_with_1000() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let s = gw.create(json!({})).await;
     let id = id_of(&s);
@@ -212,6 +215,7 @@ async fn release_closes_clients_with_1000() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_releases_everything_and_exits_zero() {
+    let _shared = shared().await;
     let mut gw = Gateway::start(&[]).await;
     let s1 = gw.create(json!({})).await;
     let s2 = gw.create(json!({})).await;
@@ -269,10 +273,21 @@ async fn sigterm_releases_everything_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_after_sigkill_sweeps_leftovers() {
+    let _shared = shared().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().to_path_buf();
 
-    let mut first = Gateway::start_in(&dir, &[]).await;
+    a_first_run_is_sigkilled_with_two_sessions(&dir).await;
+    let (mut child, planted_dir) = an_orphan_browser_of_a_previous_run_runs(&dir).await;
+    let second = the_second_run_sweeps_the_leftovers(&dir, &planted_dir).await;
+    the_planted_browser_exits(&mut child).await;
+    the_second_run_works_on_the_swept_directory(&second).await;
+    drop(second);
+    drop(tmp);
+}
+
+async fn a_first_run_is_sigkilled_with_two_sessions(dir: &Path) {
+    let mut first = Gateway::start_in(dir, &[]).await;
     first.create(json!({})).await;
     first.create(json!({})).await;
     let listing: Vec<_> = std::fs::read_dir(dir.join("sessions"))
@@ -291,8 +306,11 @@ async fn restart_after_sigkill_sweeps_leftovers() {
         "SIGKILLed gateway exited with {status:?}"
     );
     drop(first);
+}
 
-    // An orphan browser of a "previous run", in its own process group like ingot's.
+/// An orphan browser of a "previous run", in its own process group like ingot's. Returns it
+/// and its session directory.
+async fn an_orphan_browser_of_a_previous_run_runs(dir: &Path) -> (std::process::Child, PathBuf) {
     let planted_id = uuid::Uuid::new_v4();
     let planted_dir = dir.join("sessions").join(planted_id.to_string());
     std::fs::create_dir_all(&planted_dir).expect("create planted session dir");
@@ -322,7 +340,7 @@ async fn restart_after_sigkill_sweeps_leftovers() {
     let planted_pid = child.id() as i32;
     let deadline = Instant::now() + secs(20);
     while !(profile.exists()
-        && browser_pids_in(&dir)
+        && browser_pids_in(dir)
             .iter()
             .any(|&(pid, pgid)| pid == planted_pid && pgid == planted_pid))
     {
@@ -337,18 +355,23 @@ async fn restart_after_sigkill_sweeps_leftovers() {
     }
     // Give it a moment to spawn its helpers, so there is a real group to sweep.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = browser_pids_in(&dir);
+    let before = browser_pids_in(dir);
     eprintln!(
         "restart: before the second run: {} browser processes, {} session dirs",
         before.len(),
-        session_dirs_in(&dir)
+        session_dirs_in(dir)
     );
     assert!(
         before.iter().any(|&(_, pgid)| pgid == planted_pid),
         "planted browser not running"
     );
+    (child, planted_dir)
+}
 
-    let second = Gateway::start_in(&dir, &[]).await;
+/// The second run's start-up sweep kills the orphan's group and removes the directories.
+/// Returns the second run.
+async fn the_second_run_sweeps_the_leftovers(dir: &Path, planted_dir: &Path) -> Gateway {
+    let second = Gateway::start_in(dir, &[]).await;
     assert!(
         second.wait_for_log("start-up sweep done", secs(5)).await,
         "no sweep log line\n{}",
@@ -371,8 +394,11 @@ async fn restart_after_sigkill_sweeps_leftovers() {
         !planted_dir.exists(),
         "planted session dir survived the sweep"
     );
+    second
+}
 
-    // Reap the planted leader so it does not linger as our zombie.
+/// Reap the planted leader so it does not linger as our zombie.
+async fn the_planted_browser_exits(child: &mut std::process::Child) {
     let deadline = Instant::now() + secs(10);
     let exit = loop {
         if let Some(st) = child.try_wait().expect("try_wait planted") {
@@ -386,17 +412,18 @@ async fn restart_after_sigkill_sweeps_leftovers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     eprintln!("restart: planted chromium ended with {exit:?}");
+}
 
-    // The second run works normally on the swept directory.
+/// The second run works normally on the swept directory.
+async fn the_second_run_works_on_the_swept_directory(second: &Gateway) {
     let s = second.create(json!({})).await;
     second.release(&id_of(&s)).await;
     second.assert_clean(secs(10)).await;
-    drop(second);
-    drop(tmp);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leak_check_twenty_cycles() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let procs_before = gw.chromium_processes();
     let dirs_before = gw.session_dirs();
@@ -445,6 +472,7 @@ async fn leak_check_twenty_cycles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_cannot_hold_up_release_or_shutdown() {
+    let _shared = shared().await;
     let mut gw = Gateway::start(&[]).await;
     let stuck_session = gw.create(json!({})).await;
     let id = stuck_session["id"].as_str().unwrap().to_owned();

@@ -17,8 +17,7 @@
 //!
 //! Needs Debian's `prometheus` package (`promtool` and `prometheus`) and Chromium.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -293,7 +292,44 @@ fn container_env(container: &Yaml) -> BTreeMap<String, String> {
 #[test]
 fn kubernetes_manifests() {
     let objects = k8s_objects();
-    for (file, object) in &objects {
+    every_object_has_a_kind_and_a_name_and_no_namespace(&objects);
+    let pod = the_one_deployment_selects_its_own_pods(&objects);
+    let port = the_container_declares_the_image_port(pod.container);
+    probes_get_readyz_and_healthz_on_the_gateway_port(pod.container, &port);
+    let env = container_env(pod.container);
+    resources_are_sized_per_session(pod.container, &env);
+    sigterm_drains_before_the_kubelet_kills(pod.spec, &env);
+    the_public_url_is_set(&env);
+    billing_records_live_on_a_claim_defined_here(&objects, &pod, &env);
+    scrape_annotations_point_at_metrics_on_the_gateway_port(pod.template, &port);
+    the_pod_runs_as_non_root(&pod);
+    a_service_reaches_the_pods_on_the_gateway_port(&objects, &pod.labels, &port);
+    a_disruption_budget_covers_the_pods(&objects, &pod.labels);
+}
+
+/// The gateway's pod, as the one Deployment's template describes it.
+struct GatewayPod<'a> {
+    template: &'a Yaml,
+    labels: BTreeMap<String, String>,
+    spec: &'a Yaml,
+    container: &'a Yaml,
+}
+
+/// The gateway's port, by number and name, for probes, the Service and the annotations.
+struct GatewayPort {
+    number: String,
+    name: Option<String>,
+}
+
+impl GatewayPort {
+    /// Whether a port reference (a number or a name) means this port.
+    fn named_by(&self, p: &Yaml) -> bool {
+        scalar(p).is_some_and(|p| p == self.number || Some(&p) == self.name.as_ref())
+    }
+}
+
+fn every_object_has_a_kind_and_a_name_and_no_namespace(objects: &[(PathBuf, Yaml)]) {
+    for (file, object) in objects {
         let name = scalar(&object["metadata"]["name"]);
         assert!(
             object["apiVersion"].as_str().is_some() && object["kind"].as_str().is_some(),
@@ -307,8 +343,10 @@ fn kubernetes_manifests() {
             file.display()
         );
     }
+}
 
-    let deployments = of_kind(&objects, "Deployment");
+fn the_one_deployment_selects_its_own_pods(objects: &[(PathBuf, Yaml)]) -> GatewayPod<'_> {
+    let deployments = of_kind(objects, "Deployment");
     assert_eq!(deployments.len(), 1, "expected one Deployment");
     let deployment = deployments[0];
     let template = &deployment["spec"]["template"];
@@ -323,8 +361,15 @@ fn kubernetes_manifests() {
         .iter()
         .find(|c| c["name"].as_str() == Some("ingot"))
         .expect("a container named ingot");
+    GatewayPod {
+        template,
+        labels: pod_labels,
+        spec: pod,
+        container,
+    }
+}
 
-    // The gateway's port, by name and number, for probes, the Service and the annotations.
+fn the_container_declares_the_image_port(container: &Yaml) -> GatewayPort {
     let port = array(&container["ports"])
         .first()
         .expect("the ingot container declares its port");
@@ -335,24 +380,29 @@ fn kubernetes_manifests() {
         "containerPort must be the image's INGOT_LISTEN port"
     );
     let port_name = scalar(&port["name"]);
-    let names_port =
-        |p: &Yaml| scalar(p).is_some_and(|p| p == port_number || Some(&p) == port_name.as_ref());
+    GatewayPort {
+        number: port_number,
+        name: port_name,
+    }
+}
 
+fn probes_get_readyz_and_healthz_on_the_gateway_port(container: &Yaml, port: &GatewayPort) {
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
         let get = &container[probe]["httpGet"];
         assert_eq!(get["path"].as_str(), Some(path), "{probe} must GET {path}");
         assert!(
-            names_port(&get["port"]),
+            port.named_by(&get["port"]),
             "{probe} must use the gateway's port"
         );
     }
+}
 
-    // Resources: requests and limits for CPU and memory, sized per session.
+/// Resources: requests and limits for CPU and memory, sized per session.
+fn resources_are_sized_per_session(container: &Yaml, env: &BTreeMap<String, String>) {
     let resources = &container["resources"];
     let quantity = |kind: &str, what: &str| {
         scalar(&resources[kind][what]).unwrap_or_else(|| panic!("resources.{kind}.{what} missing"))
     };
-    let env = container_env(container);
     let max_sessions: f64 = env
         .get("INGOT_MAX_SESSIONS")
         .expect("INGOT_MAX_SESSIONS set, so that resources can be sized per session")
@@ -371,8 +421,10 @@ fn kubernetes_manifests() {
     );
     assert!(memory_bytes(&quantity("limits", "memory")) >= memory_request);
     assert!(cpu_cores(&quantity("limits", "cpu")) >= cpu_request);
+}
 
-    // Draining: SIGTERM starts a drain that must end before the kubelet's SIGKILL.
+/// Draining: SIGTERM starts a drain that must end before the kubelet's SIGKILL.
+fn sigterm_drains_before_the_kubelet_kills(pod: &Yaml, env: &BTreeMap<String, String>) {
     let drain_ms: u64 = env
         .get("INGOT_SHUTDOWN_DRAIN_MS")
         .expect("INGOT_SHUTDOWN_DRAIN_MS set, so that sessions drain on SIGTERM")
@@ -386,20 +438,29 @@ fn kubernetes_manifests() {
         grace as u64 * 1000 > drain_ms,
         "terminationGracePeriodSeconds ({grace} s) must exceed the drain ({drain_ms} ms)"
     );
+}
+
+fn the_public_url_is_set(env: &BTreeMap<String, String>) {
     let public_url = env
         .get("INGOT_PUBLIC_URL")
         .expect("INGOT_PUBLIC_URL set (the Host check admits its host)");
     assert!(public_url.starts_with("http://") || public_url.starts_with("https://"));
+}
 
-    // Billing records: the data directory is a PersistentVolumeClaim defined here.
+/// Billing records: the data directory is a PersistentVolumeClaim defined here.
+fn billing_records_live_on_a_claim_defined_here(
+    objects: &[(PathBuf, Yaml)],
+    pod: &GatewayPod,
+    env: &BTreeMap<String, String>,
+) {
     let data_dir = env
         .get("INGOT_DATA_DIR")
         .map_or("/var/lib/ingot", String::as_str);
-    let mount = array(&container["volumeMounts"])
+    let mount = array(&pod.container["volumeMounts"])
         .iter()
         .find(|m| m["mountPath"].as_str() == Some(data_dir))
         .unwrap_or_else(|| panic!("nothing mounted at the data directory {data_dir}"));
-    let volume = array(&pod["volumes"])
+    let volume = array(&pod.spec["volumes"])
         .iter()
         .find(|v| v["name"] == mount["name"])
         .expect("the data directory's volume");
@@ -407,13 +468,15 @@ fn kubernetes_manifests() {
         .as_str()
         .unwrap_or_else(|| panic!("the data directory must be a PersistentVolumeClaim (billing records live there), not {volume:?}"));
     assert!(
-        of_kind(&objects, "PersistentVolumeClaim")
+        of_kind(objects, "PersistentVolumeClaim")
             .iter()
             .any(|c| c["metadata"]["name"].as_str() == Some(claim)),
         "no PersistentVolumeClaim named {claim}"
     );
+}
 
-    // Scrape annotations pointing at /metrics on the gateway's port.
+/// Scrape annotations pointing at /metrics on the gateway's port.
+fn scrape_annotations_point_at_metrics_on_the_gateway_port(template: &Yaml, port: &GatewayPort) {
     let annotations = string_map(&template["metadata"]["annotations"]);
     assert_eq!(
         annotations.get("prometheus.io/scrape").map(String::as_str),
@@ -423,36 +486,52 @@ fn kubernetes_manifests() {
         annotations.get("prometheus.io/path").map(String::as_str),
         Some("/metrics")
     );
-    assert_eq!(annotations.get("prometheus.io/port"), Some(&port_number));
+    assert_eq!(annotations.get("prometheus.io/port"), Some(&port.number));
+}
 
-    let non_root = [&pod["securityContext"], &container["securityContext"]]
-        .iter()
-        .any(|s| s["runAsNonRoot"].as_bool() == Some(true));
+fn the_pod_runs_as_non_root(pod: &GatewayPod) {
+    let non_root = [
+        &pod.spec["securityContext"],
+        &pod.container["securityContext"],
+    ]
+    .iter()
+    .any(|s| s["runAsNonRoot"].as_bool() == Some(true));
     assert!(non_root, "runAsNonRoot must be set");
+}
 
-    // A Service that reaches the pods on the gateway's port.
-    let services = of_kind(&objects, "Service");
+/// A Service that reaches the pods on the gateway's port.
+fn a_service_reaches_the_pods_on_the_gateway_port(
+    objects: &[(PathBuf, Yaml)],
+    pod_labels: &BTreeMap<String, String>,
+    port: &GatewayPort,
+) {
+    let services = of_kind(objects, "Service");
     let service = services
         .iter()
         .find(|s| {
             let sel = string_map(&s["spec"]["selector"]);
-            !sel.is_empty() && is_subset(&sel, &pod_labels)
+            !sel.is_empty() && is_subset(&sel, pod_labels)
         })
         .expect("a Service selecting the gateway's pods");
     assert!(
         array(&service["spec"]["ports"])
             .iter()
-            .any(|p| names_port(&p["targetPort"])),
+            .any(|p| port.named_by(&p["targetPort"])),
         "the Service must target the gateway's port"
     );
+}
 
-    // A PodDisruptionBudget covering the pods.
-    let pdbs = of_kind(&objects, "PodDisruptionBudget");
+/// A PodDisruptionBudget covering the pods.
+fn a_disruption_budget_covers_the_pods(
+    objects: &[(PathBuf, Yaml)],
+    pod_labels: &BTreeMap<String, String>,
+) {
+    let pdbs = of_kind(objects, "PodDisruptionBudget");
     let pdb = pdbs.first().expect("a PodDisruptionBudget");
     assert_eq!(pdb["apiVersion"].as_str(), Some("policy/v1"));
     let pdb_selector = string_map(&pdb["spec"]["selector"]["matchLabels"]);
     assert!(
-        !pdb_selector.is_empty() && is_subset(&pdb_selector, &pod_labels),
+        !pdb_selector.is_empty() && is_subset(&pdb_selector, pod_labels),
         "the PodDisruptionBudget must select the gateway's pods"
     );
     assert!(
@@ -480,6 +559,16 @@ fn service_volumes(service: &Yaml) -> Vec<String> {
 fn compose_and_grafana_provisioning() {
     let deploy = root().join("deploy");
     let compose = yaml_doc("deploy/docker-compose.yml");
+    let names = compose_runs_ingot_prometheus_and_grafana(&compose);
+    let image_port =
+        published_ports_bind_to_loopback_and_ingot_publishes_the_image_port(&compose, &names);
+    ingot_is_built_from_the_repository_and_keeps_its_data(&deploy, &compose);
+    prometheus_reads_the_mounted_config_and_scrapes_ingot(&compose, &names, &image_port);
+    grafana_provisioning_is_mounted_and_agrees_with_the_files(&deploy, &compose);
+}
+
+/// The Compose services' names; ingot, prometheus and grafana among them.
+fn compose_runs_ingot_prometheus_and_grafana(compose: &Yaml) -> BTreeSet<String> {
     let names: BTreeSet<String> = compose["services"]
         .as_hash()
         .expect("services")
@@ -492,10 +581,17 @@ fn compose_and_grafana_provisioning() {
             "Compose service {required} missing"
         );
     }
-    let svc = |name: &str| &compose["services"][name];
+    names
+}
 
-    // Every published port binds to loopback only.
-    for name in &names {
+/// Every published port binds to loopback only, and ingot publishes the image's port, which
+/// is returned.
+fn published_ports_bind_to_loopback_and_ingot_publishes_the_image_port(
+    compose: &Yaml,
+    names: &BTreeSet<String>,
+) -> String {
+    let svc = |name: &str| &compose["services"][name];
+    for name in names {
         for port in array(&svc(name)["ports"]) {
             let port = scalar(port).expect("port as a string");
             assert!(
@@ -512,9 +608,13 @@ fn compose_and_grafana_provisioning() {
             .any(|p| p.rsplit_once(':').is_some_and(|(_, c)| c == image_port)),
         "ingot must publish the image's port {image_port}"
     );
+    image_port
+}
 
-    // ingot: built from the repository with deploy/Dockerfile.
-    let ingot = svc("ingot");
+/// ingot: built from the repository with deploy/Dockerfile, drained before it is killed,
+/// its data directory on a named volume.
+fn ingot_is_built_from_the_repository_and_keeps_its_data(deploy: &Path, compose: &Yaml) {
+    let ingot = &compose["services"]["ingot"];
     let context = deploy.join(ingot["build"]["context"].as_str().expect("build.context"));
     assert_eq!(
         context.canonicalize().expect("build context"),
@@ -557,9 +657,15 @@ fn compose_and_grafana_provisioning() {
         named_volumes.contains(split_mount(&data).0),
         "the data directory must be a named volume (billing records), got {data}"
     );
+}
 
-    // Prometheus: deploy/prometheus.yml, scraping the ingot service.
-    let prometheus = svc("prometheus");
+/// Prometheus: deploy/prometheus.yml, scraping the ingot service.
+fn prometheus_reads_the_mounted_config_and_scrapes_ingot(
+    compose: &Yaml,
+    names: &BTreeSet<String>,
+    image_port: &str,
+) {
+    let prometheus = &compose["services"]["prometheus"];
     let config = service_volumes(prometheus)
         .into_iter()
         .find(|v| split_mount(v).0 == "./prometheus.yml")
@@ -590,9 +696,11 @@ fn compose_and_grafana_provisioning() {
             "target {target}: ingot listens on {image_port}"
         );
     }
+}
 
-    // Grafana: provisioning and dashboards mounted, and they agree with the files.
-    let grafana = svc("grafana");
+/// Grafana: provisioning and dashboards mounted, and they agree with the files.
+fn grafana_provisioning_is_mounted_and_agrees_with_the_files(deploy: &Path, compose: &Yaml) {
+    let grafana = &compose["services"]["grafana"];
     let volumes = service_volumes(grafana);
     let mounted = |source: &str| {
         let spec = volumes
@@ -722,7 +830,17 @@ fn systemd_unit() {
 
 #[test]
 fn dockerfile() {
-    // Instructions with continuation lines joined and comments dropped.
+    let instructions = dockerfile_instructions();
+    let last = it_is_a_multi_stage_build_from_rust_to_debian_slim(&instructions);
+    let runtime = &instructions[last..];
+    the_runtime_stage_installs_chromium_tini_and_fonts(runtime);
+    it_runs_tini_as_pid_1_and_not_as_root(runtime);
+    it_listens_on_3000_and_keeps_the_data_directory_on_a_volume(runtime);
+    what_the_build_copies_exists_and_is_not_dockerignored(&instructions);
+}
+
+/// Instructions with continuation lines joined and comments dropped.
+fn dockerfile_instructions() -> Vec<String> {
     let mut instructions: Vec<String> = Vec::new();
     let mut pending = String::new();
     for line in read("deploy/Dockerfile").lines() {
@@ -738,6 +856,19 @@ fn dockerfile() {
             }
         }
     }
+    instructions
+}
+
+/// Instructions that start with `prefix`.
+fn with_prefix<'a>(
+    instructions: &'a [String],
+    prefix: &'a str,
+) -> impl Iterator<Item = &'a String> + 'a {
+    instructions.iter().filter(move |i| i.starts_with(prefix))
+}
+
+/// Returns where the last stage, the runtime image, starts.
+fn it_is_a_multi_stage_build_from_rust_to_debian_slim(instructions: &[String]) -> usize {
     let stages: Vec<usize> = instructions
         .iter()
         .enumerate()
@@ -752,15 +883,11 @@ fn dockerfile() {
     );
     let last = *stages.last().unwrap();
     assert_eq!(instructions[last], "FROM debian:bookworm-slim");
-    let runtime = &instructions[last..];
-    fn with_prefix<'a>(
-        instructions: &'a [String],
-        prefix: &'a str,
-    ) -> impl Iterator<Item = &'a String> + 'a {
-        instructions.iter().filter(move |i| i.starts_with(prefix))
-    }
-    let has = |prefix: &'static str| with_prefix(runtime, prefix);
+    last
+}
 
+fn the_runtime_stage_installs_chromium_tini_and_fonts(runtime: &[String]) {
+    let has = |prefix: &'static str| with_prefix(runtime, prefix);
     let install = has("RUN ")
         .find(|i| i.contains("apt-get install"))
         .expect("apt-get install in the runtime stage");
@@ -776,6 +903,10 @@ fn dockerfile() {
             "runtime packages lack {package}"
         );
     }
+}
+
+fn it_runs_tini_as_pid_1_and_not_as_root(runtime: &[String]) {
+    let has = |prefix: &'static str| with_prefix(runtime, prefix);
     let user = has("USER ").last().expect("USER in the runtime stage");
     let user = user.trim_start_matches("USER ").split(':').next().unwrap();
     assert!(
@@ -790,6 +921,10 @@ fn dockerfile() {
         ["/usr/bin/tini", "--", "/usr/local/bin/ingot"],
         "tini must be PID 1 so that Chromium's children are reaped"
     );
+}
+
+fn it_listens_on_3000_and_keeps_the_data_directory_on_a_volume(runtime: &[String]) {
+    let has = |prefix: &'static str| with_prefix(runtime, prefix);
     let env: Vec<&str> = has("ENV ")
         .flat_map(|i| i.split_whitespace().skip(1))
         .collect();
@@ -802,8 +937,10 @@ fn dockerfile() {
         has("VOLUME ").any(|v| v.contains("/var/lib/ingot")),
         "the data directory must be a VOLUME"
     );
+}
 
-    // What the build copies from the context exists and is not excluded by .dockerignore.
+/// What the build copies from the context exists and is not excluded by .dockerignore.
+fn what_the_build_copies_exists_and_is_not_dockerignored(instructions: &[String]) {
     let ignore: Vec<String> = read(".dockerignore")
         .lines()
         .map(str::trim)
@@ -1004,6 +1141,15 @@ fn dashboard_metrics(dashboard: &Value) -> BTreeSet<String> {
 #[test]
 fn dashboard_structure() {
     let d = dashboard();
+    it_has_a_uid_a_title_a_schema_version_and_no_inputs(&d);
+    let ds_name = query_variables_use_the_datasource_variable(&d);
+    let panels = all_panels(&d);
+    every_panel_has_a_unique_id_a_place_and_queries_that_parse(&panels, &ds_name);
+    top_level_panels_do_not_overlap(&d);
+    the_panels_the_issue_asks_for_are_there(&panels);
+}
+
+fn it_has_a_uid_a_title_a_schema_version_and_no_inputs(d: &Value) {
     assert_eq!(d["uid"], "ingot");
     assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()));
     let schema = d["schemaVersion"].as_i64().expect("schemaVersion");
@@ -1012,7 +1158,21 @@ fn dashboard_structure() {
         d["__inputs"].is_null(),
         "no __inputs: the datasource variable makes the JSON import as is"
     );
+}
 
+/// Whether a panel's, target's or variable's datasource is the dashboard's datasource
+/// variable `ds_name`.
+fn uses_variable(ds: &Value, ds_name: &str) -> bool {
+    let ds_refs = [format!("${{{ds_name}}}"), format!("${ds_name}")];
+    ds["type"] == "prometheus"
+        && ds["uid"]
+            .as_str()
+            .is_some_and(|u| ds_refs.iter().any(|r| r == u))
+}
+
+/// A `datasource` template variable exists and every query variable uses it; returns its
+/// name.
+fn query_variables_use_the_datasource_variable(d: &Value) -> String {
     let variables = d["templating"]["list"].as_array().expect("templating.list");
     let ds_var = variables
         .iter()
@@ -1020,24 +1180,19 @@ fn dashboard_structure() {
         .expect("a datasource template variable");
     assert_eq!(ds_var["query"], "prometheus");
     let ds_name = ds_var["name"].as_str().expect("variable name");
-    let ds_refs = [format!("${{{ds_name}}}"), format!("${ds_name}")];
-    let uses_variable = |ds: &Value| {
-        ds["type"] == "prometheus"
-            && ds["uid"]
-                .as_str()
-                .is_some_and(|u| ds_refs.iter().any(|r| r == u))
-    };
     for var in variables.iter().filter(|v| v["type"] == "query") {
         assert!(
-            uses_variable(&var["datasource"]),
+            uses_variable(&var["datasource"], ds_name),
             "variable {} must use ${ds_name}",
             var["name"]
         );
     }
+    ds_name.to_owned()
+}
 
-    let panels = all_panels(&d);
+fn every_panel_has_a_unique_id_a_place_and_queries_that_parse(panels: &[&Value], ds_name: &str) {
     let mut ids = BTreeSet::new();
-    for panel in &panels {
+    for panel in panels {
         let id = panel["id"].as_i64().expect("every panel has a numeric id");
         assert!(ids.insert(id), "panel id {id} used twice");
         let title = panel["title"].as_str().unwrap_or_default();
@@ -1059,7 +1214,7 @@ fn dashboard_structure() {
             panel["type"]
         );
         assert!(
-            uses_variable(&panel["datasource"]),
+            uses_variable(&panel["datasource"], ds_name),
             "panel {title:?} must use the ${ds_name} variable as its datasource, not {}",
             panel["datasource"]
         );
@@ -1073,7 +1228,7 @@ fn dashboard_structure() {
             );
             if !target["datasource"].is_null() {
                 assert!(
-                    uses_variable(&target["datasource"]),
+                    uses_variable(&target["datasource"], ds_name),
                     "panel {title:?}: target datasource"
                 );
             }
@@ -1094,8 +1249,10 @@ fn dashboard_structure() {
             }
         }
     }
+}
 
-    // Panels on the top level must not overlap.
+/// Panels on the top level must not overlap.
+fn top_level_panels_do_not_overlap(d: &Value) {
     let top: Vec<&Value> = d["panels"].as_array().expect("panels").iter().collect();
     let rect = |p: &Value| {
         let g = &p["gridPos"];
@@ -1113,36 +1270,25 @@ fn dashboard_structure() {
             );
         }
     }
+}
 
-    // The panels the issue asks for, recognised by what they query.
-    let reads: Vec<(String, Vec<String>, Reads)> = panels
+fn reads_metric(r: &Reads, m: &str) -> bool {
+    r.metrics.contains(m)
+}
+
+fn has_quantile(r: &Reads, q: f64, histogram: &str) -> bool {
+    let bucket = format!("{histogram}_bucket");
+    r.quantiles
         .iter()
-        .filter(|p| !is_row(p))
-        .map(|p| {
-            let exprs: Vec<String> = exprs(p).into_iter().map(str::to_owned).collect();
-            let mut all = Reads::default();
-            for e in &exprs {
-                let r = reads_of(e);
-                all.metrics.extend(r.metrics);
-                all.ranges.extend(r.ranges);
-                all.quantiles.extend(r.quantiles);
-            }
-            (
-                p["title"].as_str().unwrap_or_default().to_owned(),
-                exprs,
-                all,
-            )
-        })
-        .collect();
-    let reads_metric = |r: &Reads, m: &str| r.metrics.contains(m);
-    let has_quantile = |r: &Reads, q: f64, histogram: &str| {
-        let bucket = format!("{histogram}_bucket");
-        r.quantiles
-            .iter()
-            .any(|(qq, m)| (*qq - q).abs() < 1e-9 && m.contains(&bucket))
-    };
-    type Check<'a> = Box<dyn Fn(&[String], &Reads) -> bool + 'a>;
-    let required: Vec<(&str, Check)> = vec![
+        .any(|(qq, m)| (*qq - q).abs() < 1e-9 && m.contains(&bucket))
+}
+
+/// Recognises a panel by its expressions and what they read.
+type Check = Box<dyn Fn(&[String], &Reads) -> bool>;
+
+/// The panels the issue asks for, each with how it is recognised.
+fn required_panels() -> Vec<(&'static str, Check)> {
+    vec![
         (
             "live sessions",
             Box::new(|_, r| reads_metric(r, "ingot_sessions_live")),
@@ -1207,8 +1353,31 @@ fn dashboard_structure() {
             "client connections",
             Box::new(|_, r| reads_metric(r, "ingot_client_connections")),
         ),
-    ];
-    for (what, check) in &required {
+    ]
+}
+
+/// The panels the issue asks for, recognised by what they query.
+fn the_panels_the_issue_asks_for_are_there(panels: &[&Value]) {
+    let reads: Vec<(String, Vec<String>, Reads)> = panels
+        .iter()
+        .filter(|p| !is_row(p))
+        .map(|p| {
+            let exprs: Vec<String> = exprs(p).into_iter().map(str::to_owned).collect();
+            let mut all = Reads::default();
+            for e in &exprs {
+                let r = reads_of(e);
+                all.metrics.extend(r.metrics);
+                all.ranges.extend(r.ranges);
+                all.quantiles.extend(r.quantiles);
+            }
+            (
+                p["title"].as_str().unwrap_or_default().to_owned(),
+                exprs,
+                all,
+            )
+        })
+        .collect();
+    for (what, check) in &required_panels() {
         assert!(
             reads.iter().any(|(_, e, r)| check(e, r)),
             "no panel shows {what}"
@@ -1297,6 +1466,7 @@ async fn scrape(gw: &Gateway) -> Exported {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_queries_only_exported_metrics() {
+    let _shared = shared().await;
     let wanted = dashboard_metrics(&dashboard());
     // One slot and no warm pool, so that a second create has to queue for the first's slot.
     let gw = Gateway::start(&["--max-sessions", "1", "--pool-size", "0"]).await;
@@ -1308,10 +1478,16 @@ async fn dashboard_queries_only_exported_metrics() {
     let mut cdp = Cdp::connect(first["websocketUrl"].as_str().expect("websocketUrl")).await;
     cdp.call("Target.getTargets", json!({}), None).await;
 
-    // The sampler measures Chromium every few seconds: wait until it saw this one.
+    the_sampler_measures_the_browser_and_counts_the_client(&gw).await;
+    a_second_create_queues_until_the_first_is_released(&gw, cdp, &first_id).await;
+    every_metric_the_dashboard_reads_is_exported(&gw, &wanted).await;
+}
+
+/// The sampler measures Chromium every few seconds: wait until it saw this one.
+async fn the_sampler_measures_the_browser_and_counts_the_client(gw: &Gateway) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let exported = scrape(&gw).await;
+        let exported = scrape(gw).await;
         let memory = exported.gauge("ingot_chromium_resident_memory_bytes");
         let clients = exported.gauge("ingot_client_connections");
         if memory.is_some_and(|m| m > 0.0) && clients == Some(1.0) {
@@ -1325,7 +1501,15 @@ async fn dashboard_queries_only_exported_metrics() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
 
+/// A second create queues, gets the slot once the first session is released, and is
+/// released too.
+async fn a_second_create_queues_until_the_first_is_released(
+    gw: &Gateway,
+    cdp: Cdp,
+    first_id: &str,
+) {
     let (http, url) = (gw.http.clone(), gw.url("/v1/sessions"));
     let second = tokio::spawn(async move {
         let response = http.post(url).json(&json!({})).send().await.expect("POST");
@@ -1336,7 +1520,7 @@ async fn dashboard_queries_only_exported_metrics() {
         )
     });
     let deadline = Instant::now() + Duration::from_secs(5);
-    while scrape(&gw).await.gauge("ingot_admission_queue_length") != Some(1.0) {
+    while scrape(gw).await.gauge("ingot_admission_queue_length") != Some(1.0) {
         assert!(
             Instant::now() < deadline,
             "the second create did not queue within 5 s"
@@ -1344,7 +1528,7 @@ async fn dashboard_queries_only_exported_metrics() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     cdp.close().await;
-    gw.release(&first_id).await;
+    gw.release(first_id).await;
     let (status, second) = tokio::time::timeout(Duration::from_secs(30), second)
         .await
         .expect("the queued create answered within 30 s")
@@ -1354,10 +1538,14 @@ async fn dashboard_queries_only_exported_metrics() {
         "the queued create gets the freed slot: {second}"
     );
     gw.release(second["id"].as_str().expect("id")).await;
+}
 
+/// After the workload every metric the dashboard queries is exported; prints the families
+/// no panel shows.
+async fn every_metric_the_dashboard_reads_is_exported(gw: &Gateway, wanted: &BTreeSet<String>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let exported = loop {
-        let exported = scrape(&gw).await;
+        let exported = scrape(gw).await;
         if wanted.iter().all(|m| exported.has(m)) || Instant::now() > deadline {
             break exported;
         }
@@ -1487,6 +1675,7 @@ fn first_value(result: &[Value]) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_a_live_gateway() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let session = gw.create(json!({})).await;
     gw.release(session["id"].as_str().expect("id")).await;

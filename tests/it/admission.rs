@@ -2,11 +2,9 @@
 //! giving way at the session limit) and the admission queue (waits for a slot, then 429 with
 //! `Retry-After`). Browsers and directories are counted, pool included.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// Browser leaders (the main Chromium process of each browser) of this gateway.
@@ -45,17 +43,37 @@ async fn wait_pool(gw: &Gateway, ready: f64, browsers_total: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_pool_hands_over_fresh_browsers_and_refills() {
+    let _shared = shared().await;
     let site = PageServer::start(vec![(
         "/",
         "<title>site</title><script>document.cookie='seen=1; max-age=3600'</script>".to_owned(),
     )])
     .await;
     let mut gw = Gateway::start(&["--pool-size", "2", "--max-sessions", "6"]).await;
-    wait_pool(&gw, 2.0, 2).await;
-    let pooled_dirs = profile_dirs(&gw);
-    assert_eq!(pooled_dirs.len(), 2);
+    let pooled_dirs = the_pool_fills_with_two_browsers(&gw).await;
+    let a_leader = a_plain_session_takes_a_pooled_browser(&gw, &site, &pooled_dirs).await;
+    let b_id =
+        the_next_session_gets_another_browser_with_an_empty_profile(&gw, &site, a_leader).await;
+    let c_id = options_that_need_launch_flags_get_a_cold_launch(&gw, &pooled_dirs).await;
+    a_pooled_browser_that_dies_is_replaced_never_handed_out(&gw, &b_id, &c_id).await;
+    only_the_pool_is_left_then_nothing_after_sigterm(&mut gw, &b_id, &c_id).await;
+}
 
-    // A session without options takes a pooled browser, and its id is that browser's.
+/// The pool fills with two browsers; returns their profile directories.
+async fn the_pool_fills_with_two_browsers(gw: &Gateway) -> Vec<String> {
+    wait_pool(gw, 2.0, 2).await;
+    let pooled_dirs = profile_dirs(gw);
+    assert_eq!(pooled_dirs.len(), 2);
+    pooled_dirs
+}
+
+/// A session without options takes a pooled browser, and its id is that browser's. Returns
+/// that browser's leader.
+async fn a_plain_session_takes_a_pooled_browser(
+    gw: &Gateway,
+    site: &PageServer,
+    pooled_dirs: &[String],
+) -> i32 {
     let a = gw.create(json!({})).await;
     let a_id = a["id"].as_str().unwrap().to_owned();
     assert!(pooled_dirs.contains(&a_id), "{a_id} not in {pooled_dirs:?}");
@@ -73,11 +91,18 @@ async fn warm_pool_hands_over_fresh_browsers_and_refills() {
     cdp.close().await;
     let a_leader = browser_leader(&gw.data_dir, &a_id);
     // The pool refills behind it.
-    wait_pool(&gw, 2.0, 3).await;
+    wait_pool(gw, 2.0, 3).await;
     gw.release(&a_id).await;
-    assert!(!profile_dirs(&gw).contains(&a_id), "its profile is deleted");
+    assert!(!profile_dirs(gw).contains(&a_id), "its profile is deleted");
+    a_leader
+}
 
-    // The next session gets another browser with an empty profile.
+/// The next session gets another browser with an empty profile. Returns its id.
+async fn the_next_session_gets_another_browser_with_an_empty_profile(
+    gw: &Gateway,
+    site: &PageServer,
+    a_leader: i32,
+) -> String {
     let b = gw.create(json!({})).await;
     let b_id = b["id"].as_str().unwrap().to_owned();
     assert_ne!(browser_leader(&gw.data_dir, &b_id), a_leader);
@@ -90,8 +115,15 @@ async fn warm_pool_hands_over_fresh_browsers_and_refills() {
         "no cookie from the previous session"
     );
     cdp.close().await;
+    b_id
+}
 
-    // Options that need launch flags get a cold launch; the pool is untouched.
+/// Options that need launch flags get a cold launch; the pool is untouched. Returns the
+/// session's id.
+async fn options_that_need_launch_flags_get_a_cold_launch(
+    gw: &Gateway,
+    pooled_dirs: &[String],
+) -> String {
     let handouts = metric(&gw.scrape().await, "ingot_pool_handouts_total", &[]);
     assert_eq!(handouts, 2.0);
     let c = gw
@@ -114,21 +146,28 @@ async fn warm_pool_hands_over_fresh_browsers_and_refills() {
         metric(&gw.scrape().await, "ingot_pool_handouts_total", &[]),
         handouts
     );
+    c_id
+}
 
-    // A pooled browser that dies is reaped and replaced, never handed out.
-    wait_pool(&gw, 2.0, 4).await;
-    let sessions = [b_id.clone(), c_id.clone()];
-    let victim = profile_dirs(&gw)
+/// A pooled browser that dies is reaped and replaced, never handed out.
+async fn a_pooled_browser_that_dies_is_replaced_never_handed_out(
+    gw: &Gateway,
+    b_id: &str,
+    c_id: &str,
+) {
+    wait_pool(gw, 2.0, 4).await;
+    let sessions = [b_id.to_owned(), c_id.to_owned()];
+    let victim = profile_dirs(gw)
         .into_iter()
         .find(|d| !sessions.contains(d))
         .expect("a pooled browser");
     kill_group(browser_leader(&gw.data_dir, &victim), 9);
     let deadline = Instant::now() + secs(20);
-    while profile_dirs(&gw).contains(&victim) {
+    while profile_dirs(gw).contains(&victim) {
         assert!(Instant::now() < deadline, "dead pooled browser not reaped");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    wait_pool(&gw, 2.0, 4).await;
+    wait_pool(gw, 2.0, 4).await;
     for _ in 0..2 {
         let d = gw.create(json!({})).await;
         let d_id = d["id"].as_str().unwrap();
@@ -139,11 +178,17 @@ async fn warm_pool_hands_over_fresh_browsers_and_refills() {
         cdp.close().await;
         gw.release(d_id).await;
     }
+}
 
-    // Nothing but the pool is left once the sessions end, and nothing at all after SIGTERM.
-    gw.release(&b_id).await;
-    gw.release(&c_id).await;
-    wait_pool(&gw, 2.0, 2).await;
+/// Nothing but the pool is left once the sessions end, and nothing at all after SIGTERM.
+async fn only_the_pool_is_left_then_nothing_after_sigterm(
+    gw: &mut Gateway,
+    b_id: &str,
+    c_id: &str,
+) {
+    gw.release(b_id).await;
+    gw.release(c_id).await;
+    wait_pool(gw, 2.0, 2).await;
     assert_eq!(
         gw.session_dirs(),
         4,
@@ -156,6 +201,7 @@ async fn warm_pool_hands_over_fresh_browsers_and_refills() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_gives_way_at_the_session_limit() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[
         "--pool-size",
         "2",
@@ -190,6 +236,7 @@ async fn pool_gives_way_at_the_session_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_queue_for_a_slot_then_get_429() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[
         "--max-sessions",
         "1",
@@ -200,8 +247,18 @@ async fn creates_queue_for_a_slot_then_get_429() {
     ])
     .await;
     let a = gw.create(json!({})).await;
+    let waiting = b_queues_and_c_finds_the_queue_full(&gw).await;
+    let b = releasing_a_lets_b_in(&gw, &a, waiting).await;
+    d_waits_the_whole_queue_timeout_then_gets_429(&gw).await;
+    gw.release(b["id"].as_str().unwrap()).await;
+    the_metrics_count_each_rejection_and_wait(&gw).await;
+}
 
-    // B waits in the queue; C finds the queue full and is refused at once.
+/// What a create that waited in the queue got: status, time taken and body.
+type Queued = tokio::task::JoinHandle<(u16, Duration, reqwest::Result<serde_json::Value>)>;
+
+/// B waits in the queue; C finds the queue full and is refused at once. Returns B's create.
+async fn b_queues_and_c_finds_the_queue_full(gw: &Gateway) -> Queued {
     let (url, http) = (gw.url("/v1/sessions"), gw.http.clone());
     let waiting = tokio::spawn(async move {
         let started = Instant::now();
@@ -232,8 +289,15 @@ async fn creates_queue_for_a_slot_then_get_429() {
         body["message"].as_str().unwrap().contains("waiting"),
         "{body}"
     );
+    waiting
+}
 
-    // Releasing A lets B in.
+/// Releasing A lets B in. Returns B.
+async fn releasing_a_lets_b_in(
+    gw: &Gateway,
+    a: &serde_json::Value,
+    waiting: Queued,
+) -> serde_json::Value {
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.release(a["id"].as_str().unwrap()).await;
     let (status, waited, b) = waiting.await.unwrap();
@@ -243,8 +307,11 @@ async fn creates_queue_for_a_slot_then_get_429() {
         waited >= Duration::from_millis(300),
         "B waited for A: {waited:?}"
     );
+    b
+}
 
-    // With B holding the only slot, D waits the whole queue timeout, then gets 429.
+/// With B holding the only slot, D waits the whole queue timeout, then gets 429.
+async fn d_waits_the_whole_queue_timeout_then_gets_429(gw: &Gateway) {
     let started = Instant::now();
     let r = gw
         .http
@@ -256,8 +323,10 @@ async fn creates_queue_for_a_slot_then_get_429() {
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     assert!(started.elapsed() >= Duration::from_millis(2900));
-    gw.release(b["id"].as_str().unwrap()).await;
+}
 
+/// One rejection of each kind, one wait, two sessions, an empty queue; nothing left.
+async fn the_metrics_count_each_rejection_and_wait(gw: &Gateway) {
     let scrape = gw.scrape().await;
     let rejected = |reason| {
         metric(
@@ -279,6 +348,7 @@ async fn creates_queue_for_a_slot_then_get_429() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_pool_refill_leaves_nothing() {
+    let _shared = shared().await;
     let mut gw = Gateway::start(&["--pool-size", "2", "--max-sessions", "4"]).await;
     wait_pool(&gw, 2.0, 2).await;
     // Taking a pooled browser starts a refill launch; stop the gateway while it runs.

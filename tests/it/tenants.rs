@@ -2,12 +2,10 @@
 //! own sessions (another tenant's id answers exactly like an unknown one), per-tenant quota,
 //! usage per tenant, keys never written anywhere, and no open gateway beyond loopback.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const ALICE: &str = "alice-key-0123456789abcdef";
@@ -63,22 +61,40 @@ fn with_key(url: &str, key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_see_and_touch_only_their_own_sessions() {
+    let _shared = shared().await;
     let Keyed { gw, _keys } = start().await;
     assert!(gw.wait_for_log("API keys loaded", secs(5)).await);
 
-    // No key, a wrong key: 401 JSON, and nothing happens.
+    requests_without_a_valid_key_get_401_and_start_nothing(&gw).await;
+    let a1 = header_names_are_case_insensitive(&gw).await;
+    let a1_id = a1["id"].as_str().unwrap().to_owned();
+    let ws = a1["websocketUrl"].as_str().unwrap().to_owned();
+    let (mut cdp, page) = the_websocket_wants_the_key_as_a_query_parameter(&ws).await;
+    bob_sees_nothing_of_alices_and_her_id_answers_as_an_unknown_one(&gw, &a1_id, &ws).await;
+    bobs_release_all_leaves_alice_alone(&gw, &a1_id, &mut cdp, &page).await;
+    discovery_links_carry_the_key(&gw, &a1_id).await;
+    cdp.close().await;
+    let a3 = each_tenant_has_a_quota_of_two_live_sessions(&gw).await;
+    usage_is_per_tenant_and_the_admin_key_reads_everyones(&gw).await;
+    releasing_everything_leaves_nothing(&gw, &a1_id, &a3).await;
+    no_key_is_written_anywhere(&gw).await;
+}
+
+/// No key, a wrong key: 401 JSON, and nothing happens. Health and metrics need no key.
+async fn requests_without_a_valid_key_get_401_and_start_nothing(gw: &Gateway) {
     for key in [None, Some("not-a-key-0123456789"), Some("")] {
-        let (status, body) = call(&gw, "POST", "/v1/sessions", key).await;
+        let (status, body) = call(gw, "POST", "/v1/sessions", key).await;
         assert_eq!(status, 401, "{key:?}: {body}");
         assert_eq!(body["error"]["code"], "unauthorized");
-        assert_eq!(call(&gw, "GET", "/v1/sessions", key).await.0, 401);
+        assert_eq!(call(gw, "GET", "/v1/sessions", key).await.0, 401);
     }
     assert_eq!(gw.chromium_processes(), 0, "no browser was started");
-    // Health and metrics need no key.
     assert_eq!(gw.get("/healthz").await.0, 200);
     assert_eq!(gw.get("/readyz").await.0, 200);
+}
 
-    // Header names are case-insensitive.
+/// Creates Alice's first session with the key header in capitals; returns it.
+async fn header_names_are_case_insensitive(gw: &Gateway) -> Value {
     let r = gw
         .http
         .post(gw.url("/v1/sessions"))
@@ -88,43 +104,50 @@ async fn tenants_see_and_touch_only_their_own_sessions() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let a1: Value = r.json().await.unwrap();
-    let a1_id = a1["id"].as_str().unwrap().to_owned();
-    let ws = a1["websocketUrl"].as_str().unwrap().to_owned();
+    r.json().await.unwrap()
+}
 
-    // The WebSocket wants the key as a query parameter.
-    assert_upgrade_refused(&ws, 401).await;
-    assert_upgrade_refused(&with_key(&ws, "wrong-key-0123456789"), 401).await;
-    let mut cdp = Cdp::connect(&with_key(&ws, ALICE)).await;
+/// Returns Alice's client and its page session.
+async fn the_websocket_wants_the_key_as_a_query_parameter(ws: &str) -> (Cdp, String) {
+    assert_upgrade_refused(ws, 401).await;
+    assert_upgrade_refused(&with_key(ws, "wrong-key-0123456789"), 401).await;
+    let mut cdp = Cdp::connect(&with_key(ws, ALICE)).await;
     let page = cdp.attach_first_page().await;
     assert_eq!(cdp.eval(&page, "1 + 1").await, json!(2));
+    (cdp, page)
+}
 
-    // Bob sees nothing of Alice's: her id answers exactly as an unknown one.
+/// Bob sees nothing of Alice's: her id answers exactly as an unknown one.
+async fn bob_sees_nothing_of_alices_and_her_id_answers_as_an_unknown_one(
+    gw: &Gateway,
+    a1_id: &str,
+    ws: &str,
+) {
     let unknown = uuid::Uuid::new_v4().to_string();
     for (method, path) in [
         ("GET", "/v1/sessions/{}"),
         ("POST", "/v1/sessions/{}/release"),
     ] {
-        let (s1, b1) = call(&gw, method, &path.replace("{}", &a1_id), Some(BOB)).await;
-        let (s2, b2) = call(&gw, method, &path.replace("{}", &unknown), Some(BOB)).await;
+        let (s1, b1) = call(gw, method, &path.replace("{}", a1_id), Some(BOB)).await;
+        let (s2, b2) = call(gw, method, &path.replace("{}", &unknown), Some(BOB)).await;
         assert_eq!((s1, s2), (404, 404));
         assert_eq!(
-            b1.to_string().replace(&a1_id, "ID"),
+            b1.to_string().replace(a1_id, "ID"),
             b2.to_string().replace(&unknown, "ID"),
             "identical answers"
         );
     }
-    let (_, list) = call(&gw, "GET", "/v1/sessions", Some(BOB)).await;
+    let (_, list) = call(gw, "GET", "/v1/sessions", Some(BOB)).await;
     assert_eq!(list["sessions"], json!([]));
     let (status, _) = call(
-        &gw,
+        gw,
         "GET",
         &format!("/v1/sessions?cursorId={a1_id}"),
         Some(BOB),
     )
     .await;
     assert_eq!(status, 400, "someone else's id is not a cursor");
-    assert_upgrade_refused(&with_key(&ws, BOB), 404).await;
+    assert_upgrade_refused(&with_key(ws, BOB), 404).await;
     let (status, _) = gw
         .get(&format!("/json/version?sessionId={a1_id}&apiKey={BOB}"))
         .await;
@@ -134,24 +157,27 @@ async fn tenants_see_and_touch_only_their_own_sessions() {
         400,
         "Bob has no live session to stand for"
     );
+}
 
-    // Bob's release-all leaves Alice alone.
-    let b1 = call(&gw, "POST", "/v1/sessions", Some(BOB)).await.1;
-    let (status, _) = call(&gw, "POST", "/v1/sessions/release", Some(BOB)).await;
+async fn bobs_release_all_leaves_alice_alone(gw: &Gateway, a1_id: &str, cdp: &mut Cdp, page: &str) {
+    let b1 = call(gw, "POST", "/v1/sessions", Some(BOB)).await.1;
+    let (status, _) = call(gw, "POST", "/v1/sessions/release", Some(BOB)).await;
     assert_eq!(status, 200);
     let (_, b1_now) = call(
-        &gw,
+        gw,
         "GET",
         &format!("/v1/sessions/{}", b1["id"].as_str().unwrap()),
         Some(BOB),
     )
     .await;
     assert_eq!(b1_now["status"], "released");
-    let (_, a1_now) = call(&gw, "GET", &format!("/v1/sessions/{a1_id}"), Some(ALICE)).await;
+    let (_, a1_now) = call(gw, "GET", &format!("/v1/sessions/{a1_id}"), Some(ALICE)).await;
     assert_eq!(a1_now["status"], "live");
-    assert_eq!(cdp.eval(&page, "2 + 2").await, json!(4));
+    assert_eq!(cdp.eval(page, "2 + 2").await, json!(4));
+}
 
-    // Discovery links carry the key, so clients that follow them get in.
+/// Discovery links carry the key, so clients that follow them get in.
+async fn discovery_links_carry_the_key(gw: &Gateway, a1_id: &str) {
     let (status, version) = gw
         .get(&format!("/json/version?sessionId={a1_id}&apiKey={ALICE}"))
         .await;
@@ -164,11 +190,13 @@ async fn tenants_see_and_touch_only_their_own_sessions() {
     let mut second = Cdp::connect(endpoint).await;
     second.call("Browser.getVersion", json!({}), None).await;
     second.close().await;
-    cdp.close().await;
+}
 
-    // Quota: two live sessions per tenant.
-    let a2 = call(&gw, "POST", "/v1/sessions", Some(ALICE)).await.1;
-    let (status, body) = call(&gw, "POST", "/v1/sessions", Some(ALICE)).await;
+/// Quota: two live sessions per tenant. Returns Alice's session created once one was
+/// released.
+async fn each_tenant_has_a_quota_of_two_live_sessions(gw: &Gateway) -> Value {
+    let a2 = call(gw, "POST", "/v1/sessions", Some(ALICE)).await.1;
+    let (status, body) = call(gw, "POST", "/v1/sessions", Some(ALICE)).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "tenant_quota");
     assert!(
@@ -176,30 +204,33 @@ async fn tenants_see_and_touch_only_their_own_sessions() {
         "{body}"
     );
     assert_eq!(
-        call(&gw, "POST", "/v1/sessions", Some(BOB)).await.0,
+        call(gw, "POST", "/v1/sessions", Some(BOB)).await.0,
         200,
         "Bob's quota is his own"
     );
     call(
-        &gw,
+        gw,
         "POST",
         &format!("/v1/sessions/{}/release", a2["id"].as_str().unwrap()),
         Some(ALICE),
     )
     .await;
-    let (status, a3) = call(&gw, "POST", "/v1/sessions", Some(ALICE)).await;
+    let (status, a3) = call(gw, "POST", "/v1/sessions", Some(ALICE)).await;
     assert_eq!(status, 200, "a released session frees its place");
+    a3
+}
 
-    // Usage per tenant; the admin key reads everyone's.
-    let (_, mine) = call(&gw, "GET", "/v1/usage", Some(ALICE)).await;
+/// Usage per tenant; the admin key reads everyone's.
+async fn usage_is_per_tenant_and_the_admin_key_reads_everyones(gw: &Gateway) {
+    let (_, mine) = call(gw, "GET", "/v1/usage", Some(ALICE)).await;
     assert_eq!(mine["tenant"], "alice");
     assert_eq!(mine["total"]["sessions"], 3);
-    let (status, _) = call(&gw, "GET", "/v1/usage?tenant=bob", Some(ALICE)).await;
+    let (status, _) = call(gw, "GET", "/v1/usage?tenant=bob", Some(ALICE)).await;
     assert_eq!(status, 403);
-    let (_, all) = call(&gw, "GET", "/v1/usage", Some(ADMIN)).await;
+    let (_, all) = call(gw, "GET", "/v1/usage", Some(ADMIN)).await;
     assert_eq!(all["tenant"], Value::Null);
     assert_eq!(all["total"]["sessions"], 5);
-    let (_, bobs) = call(&gw, "GET", &format!("/v1/usage?apiKey={BOB}"), Some(ADMIN)).await;
+    let (_, bobs) = call(gw, "GET", &format!("/v1/usage?apiKey={BOB}"), Some(ADMIN)).await;
     assert_eq!(bobs["tenant"], "bob");
     assert_eq!(bobs["total"]["sessions"], 2);
     let records = usage_records(&gw.data_dir);
@@ -209,20 +240,24 @@ async fn tenants_see_and_touch_only_their_own_sessions() {
             .iter()
             .all(|r| matches!(r.tenant.as_deref(), Some("alice" | "bob")))
     );
+}
 
-    for id in [&a1_id, a3["id"].as_str().unwrap()] {
+async fn releasing_everything_leaves_nothing(gw: &Gateway, a1_id: &str, a3: &Value) {
+    for id in [a1_id, a3["id"].as_str().unwrap()] {
         call(
-            &gw,
+            gw,
             "POST",
             &format!("/v1/sessions/{id}/release"),
             Some(ALICE),
         )
         .await;
     }
-    call(&gw, "POST", "/v1/sessions/release", Some(BOB)).await;
+    call(gw, "POST", "/v1/sessions/release", Some(BOB)).await;
     gw.assert_clean(secs(5)).await;
+}
 
-    // No key is written anywhere: not in the log, not in the usage database.
+/// No key is written anywhere: not in the log, not in the usage database.
+async fn no_key_is_written_anywhere(gw: &Gateway) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut written = gw.log_text().into_bytes();
     for entry in std::fs::read_dir(&gw.data_dir).unwrap().flatten() {
@@ -238,6 +273,7 @@ async fn tenants_see_and_touch_only_their_own_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_keys_only_loopback_and_a_loud_warning() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     assert!(
         gw.wait_for_log("NO API KEYS CONFIGURED", secs(5)).await,

@@ -4,11 +4,9 @@
 //! hundred seeded garbage queries against one live session, because a gateway round trip is
 //! too slow for proptest's case counts.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ingot::api::sessions::parse_id;
 use ingot::auth::{KeyRing, MIN_KEY_LEN};
 use ingot::session::params::{SessionOptions, TimeoutLimits, parse_create_body};
@@ -643,6 +641,7 @@ async fn check_answer(gw: &Gateway, path: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_query_strings_get_json_answers_and_the_gateway_carries_on() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let session = gw.create(json!({})).await;
     let id = session["id"].as_str().expect("id").to_owned();

@@ -3,11 +3,9 @@
 //! gauges that rise while sessions run and fall back after. Also the health endpoints and the
 //! drain on SIGTERM.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// Waits until the sampled gauges (every 2 s) satisfy `ok`, and returns that scrape.
@@ -36,9 +34,22 @@ fn histogram_count(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_match_a_scripted_workload() {
+    let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
+    let released_id = a_working_session_is_measured_while_it_runs_then_released(&gw).await;
+    let timed_out_id = a_session_times_out(&gw).await;
+    let crashed_id = a_session_crashes(&gw).await;
+    let after = sessions_are_counted_by_status_and_reason_with_histograms(&gw).await;
+    proxied_traffic_equals_the_usage_record(&gw, &after, &released_id);
+    every_series_is_ingots_and_no_label_is_a_session_id(
+        &after,
+        [&released_id, &timed_out_id, &crashed_id],
+    );
+}
 
-    // Released: one session with a client that does some work.
+/// Released: one session with a client that does some work. While it runs, a client is
+/// attached and its browser is measured (sampled every 2 s). Returns its id.
+async fn a_working_session_is_measured_while_it_runs_then_released(gw: &Gateway) -> String {
     let released = gw.create(json!({})).await;
     let released_id = released["id"].as_str().unwrap().to_owned();
     let mut cdp = Cdp::connect(released["websocketUrl"].as_str().unwrap()).await;
@@ -46,8 +57,7 @@ async fn counts_match_a_scripted_workload() {
     let answer = cdp.eval(&page, "'x'.repeat(5000)").await;
     assert_eq!(answer.as_str().map(str::len), Some(5000));
 
-    // While it runs: a client is attached, its browser is measured (sampled every 2 s).
-    let live = scrape_until(&gw, secs(10), |s| {
+    let live = scrape_until(gw, secs(10), |s| {
         try_metric(s, "ingot_chromium_resident_memory_bytes", &[]).unwrap_or(0.0) > 50e6
     })
     .await;
@@ -58,21 +68,34 @@ async fn counts_match_a_scripted_workload() {
 
     cdp.close().await;
     gw.release(&released_id).await;
+    released_id
+}
 
-    // Timed out.
+/// Returns its id.
+async fn a_session_times_out(gw: &Gateway) -> String {
     let timed_out = gw.create(json!({"timeout": 1000})).await;
     let timed_out_id = timed_out["id"].as_str().unwrap().to_owned();
     let (s, _) = gw.wait_ended(&timed_out_id, secs(10)).await;
     assert_eq!(s["releaseReason"], "timeout");
+    timed_out_id
+}
 
-    // Crashed: the browser's whole process group is killed.
+/// Crashed: the browser's whole process group is killed. Returns its id.
+async fn a_session_crashes(gw: &Gateway) -> String {
     let crashed = gw.create(json!({})).await;
     let crashed_id = crashed["id"].as_str().unwrap().to_owned();
     kill_group(browser_leader(&gw.data_dir, &crashed_id), 9);
     let (s, _) = gw.wait_ended(&crashed_id, secs(10)).await;
     assert_eq!(s["status"], "failed");
+    crashed_id
+}
 
-    let after = scrape_until(&gw, secs(10), |s| {
+/// Once no browser and no client is left: one session ended per status and reason of the
+/// workload, none of the others, and histograms with its samples. Returns that scrape.
+async fn sessions_are_counted_by_status_and_reason_with_histograms(
+    gw: &Gateway,
+) -> prometheus_parse::Scrape {
+    let after = scrape_until(gw, secs(10), |s| {
         try_metric(s, "ingot_chromium_processes", &[]) == Some(0.0)
             && try_metric(s, "ingot_client_connections", &[]) == Some(0.0)
     })
@@ -117,15 +140,22 @@ async fn counts_match_a_scripted_workload() {
     assert!(duration_sum > 1.0, "the timed-out session alone lasted 1 s");
     assert!(metric(&after, "ingot_process_resident_memory_bytes", &[]) > 1e6);
     assert!(metric(&after, "ingot_process_open_fds", &[]) > 0.0);
+    after
+}
 
-    // Proxied traffic: every byte is in the released session's usage record.
+/// Proxied traffic: every byte is in the released session's usage record.
+fn proxied_traffic_equals_the_usage_record(
+    gw: &Gateway,
+    after: &prometheus_parse::Scrape,
+    released_id: &str,
+) {
     let records = usage_records(&gw.data_dir);
     assert_eq!(records.len(), 3);
-    let record = usage_record(&gw.data_dir, &released_id);
+    let record = usage_record(&gw.data_dir, released_id);
     for direction in ["to_browser", "to_client"] {
-        let bytes = metric(&after, "ingot_cdp_bytes_total", &[("direction", direction)]);
+        let bytes = metric(after, "ingot_cdp_bytes_total", &[("direction", direction)]);
         let messages = metric(
-            &after,
+            after,
             "ingot_cdp_messages_total",
             &[("direction", direction)],
         );
@@ -142,15 +172,20 @@ async fn counts_match_a_scripted_workload() {
         record.bytes_to_client > 5000,
         "the 5000-character answer went to the client"
     );
+}
 
-    // Naming rules: every series is ingot's, and no label value is a session id.
+/// Naming rules: every series is ingot's, and no label value is a session id.
+fn every_series_is_ingots_and_no_label_is_a_session_id(
+    after: &prometheus_parse::Scrape,
+    ids: [&String; 3],
+) {
     for sample in &after.samples {
         assert!(
             sample.metric.starts_with("ingot_"),
             "{} is not prefixed",
             sample.metric
         );
-        for id in [&released_id, &timed_out_id, &crashed_id] {
+        for id in ids {
             assert!(
                 !format!("{:?}", sample.labels).contains(id.as_str()),
                 "{} carries a session id",
@@ -162,6 +197,7 @@ async fn counts_match_a_scripted_workload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_capacity_and_answers_any_host() {
+    let _shared = shared().await;
     let gw = Gateway::start(&["--max-sessions", "1"]).await;
     let (status, body) = gw.get("/healthz").await;
     assert_eq!((status, body), (200, json!({"status": "ok"})));
@@ -201,6 +237,7 @@ async fn readiness_follows_capacity_and_answers_any_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_while_chromium_cannot_start() {
+    let _shared = shared().await;
     let gw = Gateway::start(&["--chromium", "/bin/false"]).await;
     let (status, body) = gw.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
@@ -227,6 +264,7 @@ async fn not_ready_while_chromium_cannot_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_live_sessions_then_exits() {
+    let _shared = shared().await;
     let mut gw = Gateway::start(&["--shutdown-drain-ms", "30000"]).await;
     let session = gw.create(json!({})).await;
     let id = session["id"].as_str().unwrap().to_owned();
@@ -264,6 +302,7 @@ async fn sigterm_drains_live_sessions_then_exits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_ends_the_drain() {
+    let _shared = shared().await;
     let mut gw = Gateway::start(&["--shutdown-drain-ms", "600000"]).await;
     let session = gw.create(json!({})).await;
     let id = session["id"].as_str().unwrap().to_owned();

@@ -1,0 +1,23 @@
+//! The integration tests, one test crate: a real `ingot` binary and real Chromium (see
+//! `common`), one module per area. One crate means the harness and the dependencies are
+//! compiled and linked once, and `cargo test --test it <module>::` runs one area.
+//!
+//! All modules' tests share one process and run in parallel threads. Each test starts its own
+//! gateway with its own data directory and port, and counts only its own browsers (by data
+//! directory), so tests of different modules do not see each other. The ones that measure
+//! timings or load the whole machine (`faults`) run alone: see [`common::exclusive`].
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod admission;
+mod api;
+mod cdp;
+mod deploy;
+mod faults;
+mod fuzz;
+mod hostile;
+mod lifecycle;
+mod metering;
+mod metrics;
+mod tenants;
