@@ -120,10 +120,12 @@ impl KeyRing {
         Ok(())
     }
 
+    /// Whether no key is configured (the gateway runs open).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// How many keys (tenants) are configured.
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -1,11 +1,12 @@
 //! Command-line and environment configuration (`INGOT_*`).
 //!
-//! Owns parsing and validation of settings only; it must not start anything.
+//! Owns parsing and validation of settings only; it must not start anything. Every field
+//! is public so that tests and embedders can build [`Settings`] without parsing flags.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 /// Settings for one gateway process. Every flag has an `INGOT_*` environment equivalent;
 /// a flag wins over its variable.
@@ -15,7 +16,7 @@ use clap::Parser;
     version,
     about = "Browser session gateway that speaks Steel's sessions API"
 )]
-pub struct Config {
+pub struct Settings {
     /// IP address and port to serve HTTP and CDP WebSockets on.
     #[arg(long, env = "INGOT_LISTEN", default_value = "127.0.0.1:3000")]
     pub listen: SocketAddr,
@@ -87,7 +88,7 @@ pub struct Config {
 
     /// Largest CDP message (WebSocket message) a client may send, in bytes; a client that
     /// sends a larger one is closed with 1009, and its session goes on.
-    #[arg(long, env = "INGOT_MAX_MESSAGE_BYTES", default_value_t = crate::proxy::DEFAULT_MAX_MESSAGE)]
+    #[arg(long, env = "INGOT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE)]
     pub max_message_bytes: usize,
 
     /// How often each live browser is asked `Browser.getVersion` to check it still works,
@@ -112,6 +113,8 @@ pub struct Config {
     pub shutdown_drain_ms: u64,
 }
 
+/// Largest CDP message a client may send, unless configured otherwise.
+pub const DEFAULT_MAX_MESSAGE: usize = 256 << 20;
 /// Shortest session lifetime accepted, in milliseconds.
 pub const MIN_TIMEOUT_MS: u64 = 1_000;
 /// Memory budgeted per session when the session limit is derived. An idle session here
@@ -152,7 +155,7 @@ pub fn available_memory() -> Option<u64> {
     Some(available)
 }
 
-impl Config {
+impl Settings {
     /// Checks relations between settings that clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_sessions == Some(0) {
@@ -201,20 +204,106 @@ impl Config {
 
     /// Refuses to serve without keys beyond loopback unless the operator insists.
     pub fn check_exposure(&self, keys_configured: bool) -> Result<(), String> {
-        if !keys_configured && !self.listen.ip().is_loopback() && !self.insecure_no_auth {
+        self.check_exposure_of(self.listen, keys_configured)
+    }
+
+    /// [`Settings::check_exposure`] for the address actually listened on.
+    pub fn check_exposure_of(
+        &self,
+        listen: SocketAddr,
+        keys_configured: bool,
+    ) -> Result<(), String> {
+        if !keys_configured && !listen.ip().is_loopback() && !self.insecure_no_auth {
             return Err(format!(
-                "refusing to listen on {} without API keys: anyone who can reach it could drive browsers here. \
-                 Configure keys (--api-keys-file or INGOT_API_KEYS), listen on 127.0.0.1, or pass --insecure-no-auth",
-                self.listen
+                "refusing to listen on {listen} without API keys: anyone who can reach it could drive browsers here. \
+                 Configure keys (--api-keys-file or INGOT_API_KEYS), listen on 127.0.0.1, or pass --insecure-no-auth"
             ));
         }
         Ok(())
+    }
+
+    /// Settings for a gateway on `data_dir` with every other value at its default, as if
+    /// no flag were given and no `INGOT_*` variable were set.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Settings {
+        let command = Settings::command().mut_args(|arg| arg.env(None));
+        let defaults = command.get_matches_from(["ingot"]);
+        let mut settings = match Settings::from_arg_matches(&defaults) {
+            Ok(settings) => settings,
+            // Every flag has a default or is optional, so this cannot fail.
+            Err(e) => e.exit(),
+        };
+        settings.data_dir = data_dir.into();
+        settings
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(flags: &[&str]) -> Result<Settings, String> {
+        let settings =
+            Settings::try_parse_from(std::iter::once("ingot").chain(flags.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        settings.validate().map(|()| settings)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = settings(&[]).expect("defaults");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:3000");
+        assert_eq!((s.pool_size, s.queue_limit), (2, 64));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_flag() {
+        for (flags, flag) in [
+            (&["--max-sessions", "0"][..], "--max-sessions"),
+            (&["--queue-timeout-ms", "600001"], "--queue-timeout-ms"),
+            (&["--max-timeout-ms", "999"], "--max-timeout-ms"),
+            (&["--max-timeout-ms", "86400001"], "--max-timeout-ms"),
+            (&["--default-timeout-ms", "999"], "--default-timeout-ms"),
+            (
+                &["--max-timeout-ms", "5000", "--default-timeout-ms", "6000"],
+                "--default-timeout-ms",
+            ),
+            (
+                &["--browser-probe-interval-ms", "99"],
+                "--browser-probe-interval-ms",
+            ),
+            (&["--max-message-bytes", "1023"], "--max-message-bytes"),
+            (&["--header-timeout-ms", "99"], "--header-timeout-ms"),
+            (
+                &["--max-sessions-per-tenant", "0"],
+                "--max-sessions-per-tenant",
+            ),
+            (&["--shutdown-drain-ms", "86400001"], "--shutdown-drain-ms"),
+            (&["--public-url", "ftp://x"], "--public-url"),
+            (&["--max-sessions", "many"], "--max-sessions"),
+            (&["--listen", "nowhere"], "--listen"),
+        ] {
+            let err = settings(flags)
+                .err()
+                .unwrap_or_else(|| panic!("{flags:?} accepted"));
+            assert!(err.contains(flag), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_to_serve_beyond_loopback_without_keys() {
+        let open = settings(&["--listen", "0.0.0.0:3000"]).expect("valid");
+        let err = open.check_exposure(false).expect_err("refused");
+        assert!(err.contains("--insecure-no-auth"), "{err}");
+        assert!(open.check_exposure(true).is_ok(), "keys make it safe");
+        let insecure =
+            settings(&["--listen", "0.0.0.0:3000", "--insecure-no-auth"]).expect("valid");
+        assert!(insecure.check_exposure(false).is_ok());
+        let local = settings(&[]).expect("valid");
+        assert!(
+            local.check_exposure(false).is_ok(),
+            "loopback needs no keys"
+        );
+    }
 
     #[test]
     fn derives_the_session_limit_from_memory() {

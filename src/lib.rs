@@ -1,28 +1,49 @@
 //! ingot: a self-hosted browser session gateway that speaks Steel's sessions API.
 //!
-//! Data flows one way through the modules:
+//! Build a [`Gateway`] from [`Settings`] and a [`browser::BrowserHost`] (a
+//! [`browser::LocalChromium`] in production, a fake in tests), then serve it on a listener.
+//! `ARCHITECTURE.md` at the top of the repository maps the modules; in short, data flows one
+//! way:
 //!
 //! ```text
-//! api (HTTP routes, JSON shapes, errors)
-//!   └─> session (registry, state machine, per-session supervisor)
-//!         └─> browser (where a Chromium runs: launch, exit, kill, start-up sweep)
-//!         └─> cdp (one multiplexed CDP connection per browser)
-//!         └─> metering (usage records in SQLite, the minute clock)
-//!   └─> proxy (a client's WebSocket, attached to a session's cdp mux)
+//! gateway (start-up, background tasks, shutdown)
+//!   └─> api (HTTP routes, extractors, JSON shapes, errors)
+//!         └─> proxy (a client's WebSocket; close codes)
+//!               └─> session (registry, admission, directory, state machine, supervisor)
+//!                     └─> cdp (one multiplexed CDP connection per browser)
+//!                     └─> browser (where a Chromium runs: launch, exit, kill, reap, sweep)
+//!                     └─> metering (usage records in SQLite, the minute clock)
+//!                           └─> telemetry (every Prometheus metric)
+//!                                 └─> vocab (shared words: statuses, reasons, dimensions)
 //! ```
-//!
-//! `telemetry` names every Prometheus metric; the others report to it and never read it.
-//! `server` wires them together and owns start-up and graceful shutdown.
 
-pub mod api;
-pub mod auth;
+mod api;
+mod auth;
 pub mod browser;
-pub mod cdp;
+mod cdp;
 pub mod config;
-pub mod http;
-pub mod metering;
-pub mod proxy;
-pub mod server;
-pub mod session;
+mod gateway;
+mod http;
+mod metering;
+mod proxy;
+mod session;
 mod sync;
-pub mod telemetry;
+mod telemetry;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+mod vocab;
+
+/// The validation entry points (create bodies, session ids, API keys), for property tests
+/// outside the crate.
+#[cfg(any(test, feature = "test-util"))]
+pub mod validation {
+    pub use crate::api::extract::parse_id;
+    pub use crate::auth::{KeyRing, MIN_KEY_LEN};
+    pub use crate::session::params::{
+        InvalidField, SessionOptions, TimeoutLimits, parse_create_body,
+    };
+}
+
+pub use config::Settings;
+pub use gateway::{Gateway, GatewayError};
+pub use vocab::Dimensions;

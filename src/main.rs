@@ -1,14 +1,22 @@
-//! The `ingot` binary: parse settings, set up logging, serve.
+//! The `ingot` binary: reads flags, sets up logging, chooses the local Chromium host,
+//! installs the signal handlers, and serves.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use ingot::browser::{LocalChromium, find_chromium};
+use ingot::{Gateway, Settings};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = ingot::config::Config::parse();
+    let settings = Settings::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -16,11 +24,54 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match ingot::server::run(config).await {
+    match run(settings).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ingot: {e:#}");
+            eprintln!("ingot: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run(settings: Settings) -> Result<(), String> {
+    settings.validate()?;
+    let chromium = find_chromium(settings.chromium.as_deref())?;
+    let host = Arc::new(LocalChromium::new(chromium, &settings.data_dir));
+    let listen = settings.listen;
+    let gateway = Gateway::build(settings, host)
+        .await
+        .map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let (first, second) = signals()?;
+    gateway
+        .serve_with_drain(
+            listener,
+            async move { first.cancelled().await },
+            async move { second.cancelled().await },
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Two tokens: the first SIGTERM or SIGINT cancels the first (drain, then stop), the second
+/// cancels the other (stop now).
+fn signals() -> Result<(CancellationToken, CancellationToken), String> {
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| format!("cannot install SIGTERM handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| format!("cannot install SIGINT handler: {e}"))?;
+    let (first, second) = (CancellationToken::new(), CancellationToken::new());
+    let (on_first, on_second) = (first.clone(), second.clone());
+    tokio::spawn(async move {
+        for token in [on_first, on_second] {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = int.recv() => info!("SIGINT received"),
+            }
+            token.cancel();
+        }
+    });
+    Ok((first, second))
 }

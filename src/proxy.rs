@@ -1,9 +1,10 @@
 //! One client's CDP WebSocket: frames from the client go to the session's multiplexer,
-//! frames from the browser go to the client, and the session's end closes the socket with
-//! a proper close frame.
+//! frames from the browser go to the client, and a disconnect closes the socket with a
+//! proper close frame.
 //!
-//! Owns WebSocket framing and per-client flow; it must not decide session states beyond
-//! reporting a client's `Browser.close` to the session.
+//! Owns client sockets: WebSocket framing, per-client flow, and the close code and reason
+//! of every way a client is let go ([`close_frame`]). It must not decide session states
+//! beyond reporting a client's `Browser.close` to the session.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,17 +16,15 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::cdp::message;
-use crate::cdp::mux::{ClientLink, Closing, Forwarded};
+use crate::cdp::mux::{ClientLink, Forwarded};
 use crate::metering::Billable;
 use crate::session::Session;
-use crate::session::state::EndReason;
 use crate::telemetry::ClientConnection;
+use crate::vocab::{Disconnect, EndReason};
 
-/// Largest CDP message a client may send, unless configured otherwise.
-pub const DEFAULT_MAX_MESSAGE: usize = 256 << 20;
 /// How long a closing client gets to answer our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -43,7 +42,28 @@ pub fn websocket_config(max_message: usize) -> WebSocketConfig {
         .read_buffer_size(READ_BUFFER)
 }
 
-/// Serves one attached client until it leaves or the session ends.
+/// The close frame a client gets for each reason it is disconnected.
+pub fn close_frame(why: Disconnect) -> CloseFrame {
+    let (code, text) = match why {
+        Disconnect::SessionEnded(reason) => match reason {
+            EndReason::UserRequested => (CloseCode::Normal, "session released"),
+            EndReason::BrowserClosed => (CloseCode::Normal, "browser closed"),
+            EndReason::Timeout => (CloseCode::Away, "session timed out"),
+            EndReason::GatewayShutdown => (CloseCode::Away, "gateway shutting down"),
+            EndReason::BrowserCrashed | EndReason::StartupFailed => {
+                (CloseCode::Error, "browser crashed")
+            }
+            EndReason::BrowserUnresponsive => (CloseCode::Error, "browser not responding"),
+        },
+        Disconnect::NotReading => (CloseCode::Policy, "client is not reading its messages"),
+    };
+    CloseFrame {
+        code,
+        reason: text.into(),
+    }
+}
+
+/// Serves one attached client until it leaves or is disconnected.
 pub async fn serve_client<S>(
     mut ws: WebSocketStream<S>,
     mut link: ClientLink,
@@ -53,78 +73,110 @@ pub async fn serve_client<S>(
 {
     info!(session_id = %session.id, "client attached");
     let _counted = ClientConnection::open();
-    let traffic = session.usage();
     loop {
         let step = tokio::select! {
             biased;
-            _ = link.close.changed() => Step::SessionEnded,
+            _ = link.close.changed() => Step::Disconnected,
             outbound = link.outbound.recv() => match outbound {
-                Some(text) => {
-                    traffic.count_to_client(text.len());
-                    send(&mut ws, &mut link, Message::Text(text)).await
-                }
+                Some(msg) => to_client(&mut ws, &mut link, &session, msg).await,
                 None => Step::Stop,
             },
-            incoming = ws.next() => {
-                let payload: Bytes = match incoming {
-                    Some(Ok(Message::Text(text))) => text.into(),
-                    // Chromium reads only UTF-8 JSON; text frames are checked by tungstenite.
-                    Some(Ok(Message::Binary(bytes))) if std::str::from_utf8(&bytes).is_ok() => bytes,
-                    Some(Ok(Message::Binary(_))) => {
-                        info!(session_id = %session.id, "closing a client that sent a binary frame that is not UTF-8; the session goes on");
-                        let frame = CloseFrame {
-                            code: CloseCode::Invalid,
-                            reason: "binary frame is not valid UTF-8".into(),
-                        };
-                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
-                        break;
-                    }
-                    Some(Ok(Message::Close(_))) | Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_)))
-                    | Some(Ok(Message::Frame(_))) => continue,
-                    Some(Err(e)) => {
-                        debug!(session_id = %session.id, error = %e, "client read failed");
-                        if let Some(frame) = refusal(&e) {
-                            info!(session_id = %session.id, code = u16::from(frame.code), reason = %frame.reason,
-                                "closing a client that broke the protocol; the session goes on");
-                            let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
-                        }
-                        break;
-                    }
-                    None => break,
-                };
-                traffic.count_to_browser(payload.len());
-                match link.forward(payload).await {
-                    Forwarded::Sent => Step::Continue,
-                    Forwarded::Reply(reply) => {
-                        traffic.count_to_client(reply.len());
-                        send(&mut ws, &mut link, Message::Text(reply.into())).await
-                    }
-                    Forwarded::BrowserClose(id) => {
-                        info!(session_id = %session.id, "client sent Browser.close; ending the session");
-                        let reply = message::ok_reply(id);
-                        traffic.count_to_client(reply.len());
-                        let reply = Message::Text(Utf8Bytes::from(reply));
-                        let step = send(&mut ws, &mut link, reply).await;
-                        // The supervisor closes every client, this one included, once it has
-                        // torn the session down; keep the socket until then.
-                        let _ = session.request_end(EndReason::BrowserClosed);
-                        step
-                    }
-                    Forwarded::Closed => Step::Stop,
-                }
-            }
+            incoming = ws.next() => from_client(&mut ws, &mut link, &session, incoming).await,
         };
         match step {
             Step::Continue => {}
             Step::Stop => break,
-            Step::SessionEnded => {
-                let closing = link.close.borrow().clone();
-                close(&mut ws, &mut link, closing, &session).await;
+            Step::Disconnected => {
+                let why = *link.close.borrow();
+                close(&mut ws, &mut link, why, &session).await;
                 break;
             }
         }
     }
     info!(session_id = %session.id, "client detached");
+}
+
+/// What the client loop does next.
+enum Step {
+    Continue,
+    /// The client or the browser connection is gone.
+    Stop,
+    /// The gateway let the client go: close the socket with the reason's close frame.
+    Disconnected,
+}
+
+/// Sends one browser message to the client.
+async fn to_client<S>(
+    ws: &mut WebSocketStream<S>,
+    link: &mut ClientLink,
+    session: &Session,
+    msg: Bytes,
+) -> Step
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Ok(text) = Utf8Bytes::try_from(msg) else {
+        warn!(session_id = %session.id, "browser sent a message that is not UTF-8; dropped");
+        return Step::Continue;
+    };
+    session.usage().count_to_client(text.len());
+    send(ws, link, Message::Text(text)).await
+}
+
+/// Handles one frame (or error) read from the client.
+async fn from_client<S>(
+    ws: &mut WebSocketStream<S>,
+    link: &mut ClientLink,
+    session: &Session,
+    incoming: Option<Result<Message, tungstenite::Error>>,
+) -> Step
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let payload: Bytes = match incoming {
+        Some(Ok(Message::Text(text))) => text.into(),
+        // Chromium reads only UTF-8 JSON; text frames are checked by tungstenite.
+        Some(Ok(Message::Binary(bytes))) if std::str::from_utf8(&bytes).is_ok() => bytes,
+        Some(Ok(Message::Binary(_))) => {
+            info!(session_id = %session.id, "closing a client that sent a binary frame that is not UTF-8; the session goes on");
+            let frame = CloseFrame {
+                code: CloseCode::Invalid,
+                reason: "binary frame is not valid UTF-8".into(),
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
+            return Step::Stop;
+        }
+        Some(Ok(_)) => return Step::Continue,
+        Some(Err(e)) => {
+            debug!(session_id = %session.id, error = %e, "client read failed");
+            if let Some(frame) = refusal(&e) {
+                info!(session_id = %session.id, code = u16::from(frame.code), reason = %frame.reason,
+                    "closing a client that broke the protocol; the session goes on");
+                let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
+            }
+            return Step::Stop;
+        }
+        None => return Step::Stop,
+    };
+    session.usage().count_to_browser(payload.len());
+    match link.forward(payload).await {
+        Forwarded::Sent => Step::Continue,
+        Forwarded::Reply(reply) => {
+            session.usage().count_to_client(reply.len());
+            send(ws, link, Message::Text(reply.into())).await
+        }
+        Forwarded::BrowserClose(id) => {
+            info!(session_id = %session.id, "client sent Browser.close; ending the session");
+            let reply = message::ok_reply(id);
+            session.usage().count_to_client(reply.len());
+            let step = send(ws, link, Message::Text(Utf8Bytes::from(reply))).await;
+            // The supervisor disconnects every client, this one included, once it has torn
+            // the session down; keep the socket until then.
+            let _ = session.request_end(EndReason::BrowserClosed);
+            step
+        }
+        Forwarded::Closed => Step::Stop,
+    }
 }
 
 /// The close frame for a client whose input broke the rules, if the socket can still carry
@@ -143,17 +195,8 @@ fn refusal(error: &tungstenite::Error) -> Option<CloseFrame> {
     })
 }
 
-/// What the client loop does next.
-enum Step {
-    Continue,
-    /// The client or the browser connection is gone.
-    Stop,
-    /// The session ended: close the socket with the session's close frame.
-    SessionEnded,
-}
-
-/// Sends one frame, unless the session ends first: a client that does not read must not
-/// keep its socket open past its session.
+/// Sends one frame, unless the client is disconnected first: a client that does not read
+/// must not keep its socket open past its session.
 async fn send<S>(ws: &mut WebSocketStream<S>, link: &mut ClientLink, msg: Message) -> Step
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -166,33 +209,32 @@ where
                 Step::Stop
             }
         },
-        _ = link.close.changed() => Step::SessionEnded,
+        _ = link.close.changed() => Step::Disconnected,
     }
 }
 
-/// Delivers what was queued (when `closing` says so: a `Browser.close` reply, say), sends
-/// the close frame and waits for the client's answer, so the client sees a clean close rather
-/// than a reset. Bounded as a whole: a client that does not read cannot hold this task.
+/// Delivers what was queued (when the session ended: a `Browser.close` reply may be
+/// waiting; not for a client dropped for not reading), sends the close frame and waits for
+/// the client's answer, so the client sees a clean close rather than a reset. Bounded as a
+/// whole: a client that does not read cannot hold this task.
 async fn close<S>(
     ws: &mut WebSocketStream<S>,
     link: &mut ClientLink,
-    closing: Option<Closing>,
+    why: Option<Disconnect>,
     session: &Session,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Closing {
-        frame,
-        deliver_queued,
-    } = closing.unwrap_or(Closing {
-        frame: CloseFrame {
-            code: CloseCode::Away,
-            reason: "session ended".into(),
-        },
-        deliver_queued: true,
+    let frame = why.map(close_frame).unwrap_or_else(|| CloseFrame {
+        code: CloseCode::Away,
+        reason: "session ended".into(),
     });
+    let deliver_queued = !matches!(why, Some(Disconnect::NotReading));
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while deliver_queued && let Ok(text) = link.outbound.try_recv() {
+        while deliver_queued && let Ok(msg) = link.outbound.try_recv() {
+            let Ok(text) = Utf8Bytes::try_from(msg) else {
+                continue;
+            };
             session.usage().count_to_client(text.len());
             if ws.send(Message::Text(text)).await.is_err() {
                 return;

@@ -1,12 +1,11 @@
-//! Prometheus metrics: every metric's name, help text, unit and buckets, the recorder, and
-//! the sampler that refreshes what is measured rather than counted.
+//! Prometheus metrics: every metric's name, help text, unit and buckets, and the recorder.
 //!
 //! Other modules report events through the functions here and never name a metric
 //! themselves, so the exported set is visible in one place. No label carries a session id
 //! or any other unbounded value. Without an installed recorder (unit tests) every call is a
-//! no-op. This module must not change anything it observes.
+//! no-op. It imports only the shared vocabulary; it must not change anything it observes.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use metrics::{
@@ -14,12 +13,8 @@ use metrics::{
     histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
-use crate::browser::BrowserHost;
-use crate::session::registry::Rejection;
-use crate::session::state::EndReason;
+use crate::vocab::{CreateFailure, EndReason, GATEWAY_RESTART, Rejection};
 
 pub const SESSIONS_LIVE: &str = "ingot_sessions_live";
 pub const SESSIONS_MAX: &str = "ingot_sessions_max";
@@ -44,44 +39,27 @@ pub const QUEUE_LENGTH: &str = "ingot_admission_queue_length";
 pub const QUEUE_WAIT: &str = "ingot_admission_wait_seconds";
 pub const REJECTIONS: &str = "ingot_admission_rejections_total";
 
-/// How often the sampler refreshes gauges and the exporter's histogram windows.
-const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// The process-wide recorder, installed by the first gateway of the process. The lock makes
+/// checking and installing one step, so gateways built at the same moment share it.
+static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 
-/// Why a create request got no session, as a label value.
-#[derive(Debug, Clone, Copy)]
-pub enum CreateErrorReason {
-    BrowserStartFailed,
-    ShuttingDown,
-    UsageUnavailable,
-}
-
-impl CreateErrorReason {
-    const ALL: [CreateErrorReason; 3] = [
-        CreateErrorReason::BrowserStartFailed,
-        CreateErrorReason::ShuttingDown,
-        CreateErrorReason::UsageUnavailable,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            CreateErrorReason::BrowserStartFailed => "browser_start_failed",
-            CreateErrorReason::ShuttingDown => "shutting_down",
-            CreateErrorReason::UsageUnavailable => "usage_unavailable",
-        }
-    }
-}
-
-fn rejection_label(r: Rejection) -> &'static str {
-    match r {
-        Rejection::QueueFull => "queue_full",
-        Rejection::QueueTimeout => "queue_timeout",
-    }
-}
-
-/// Installs the global Prometheus recorder and registers every metric at zero, so that
-/// dashboards and `rate()` see each series from the first scrape.
+/// Installs the process-wide Prometheus recorder (once: later gateways in the same process,
+/// such as in-process tests, share it) and registers every metric at zero, histograms
+/// included, so that dashboards and `rate()` see each series from the first scrape.
 pub fn install(max_sessions: usize, pool_size: usize) -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
+    let handle = {
+        let mut installed = crate::sync::lock(&HANDLE);
+        match &*installed {
+            Some(handle) => handle.clone(),
+            None => installed.insert(build_recorder()?).clone(),
+        }
+    };
+    register_at_zero(max_sessions, pool_size);
+    Ok(handle)
+}
+
+fn build_recorder() -> anyhow::Result<PrometheusHandle> {
+    Ok(PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(SESSION_DURATION.into()),
             &[
@@ -106,7 +84,10 @@ pub fn install(max_sessions: usize, pool_size: usize) -> anyhow::Result<Promethe
                 10.0, 30.0,
             ],
         )?
-        .install_recorder()?;
+        .install_recorder()?)
+}
+
+fn register_at_zero(max_sessions: usize, pool_size: usize) {
     describe();
     gauge!(SESSIONS_MAX).set(max_sessions as f64);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -118,8 +99,8 @@ pub fn install(max_sessions: usize, pool_size: usize) -> anyhow::Result<Promethe
     gauge!(POOL_BROWSERS).set(0.0);
     gauge!(QUEUE_LENGTH).set(0.0);
     counter!(POOL_HANDOUTS).absolute(0);
-    for r in [Rejection::QueueFull, Rejection::QueueTimeout] {
-        counter!(REJECTIONS, "reason" => rejection_label(r)).absolute(0);
+    for r in Rejection::ALL {
+        counter!(REJECTIONS, "reason" => r.as_str()).absolute(0);
     }
     counter!(SESSIONS_CREATED).absolute(0);
     counter!(BILLED_MINUTES).absolute(0);
@@ -127,12 +108,20 @@ pub fn install(max_sessions: usize, pool_size: usize) -> anyhow::Result<Promethe
     for reason in EndReason::ALL {
         ended_counter(reason.status().as_str(), reason.as_str()).absolute(0);
     }
-    ended_counter("failed", crate::metering::GATEWAY_RESTART).absolute(0);
-    for reason in CreateErrorReason::ALL {
+    ended_counter("failed", GATEWAY_RESTART).absolute(0);
+    for reason in CreateFailure::ALL {
         counter!(CREATE_ERRORS, "reason" => reason.as_str()).absolute(0);
     }
+    // A registered histogram is exported with zero counts until its first sample.
+    for name in [
+        SESSION_DURATION,
+        BROWSER_LAUNCH,
+        CREATE_TO_READY,
+        QUEUE_WAIT,
+    ] {
+        let _ = histogram!(name);
+    }
     LazyLock::force(&CDP);
-    Ok(handle)
 }
 
 fn describe() {
@@ -230,7 +219,8 @@ pub fn browser_launched(launch: Duration) {
     histogram!(BROWSER_LAUNCH).record(launch.as_secs_f64());
 }
 
-pub fn create_failed(reason: CreateErrorReason) {
+/// A create request got no session.
+pub fn create_failed(reason: CreateFailure) {
     counter!(CREATE_ERRORS, "reason" => reason.as_str()).increment(1);
 }
 
@@ -241,7 +231,7 @@ pub fn session_ended(reason: EndReason, duration: Duration) {
 
 /// Sessions a killed predecessor left live, closed at start-up.
 pub fn sessions_abandoned(n: u64) {
-    ended_counter("failed", crate::metering::GATEWAY_RESTART).increment(n);
+    ended_counter("failed", GATEWAY_RESTART).increment(n);
 }
 
 pub fn sessions_live(n: usize) {
@@ -269,7 +259,7 @@ pub fn admission_waited(waited: Duration) {
 }
 
 pub fn admission_rejected(r: Rejection) {
-    counter!(REJECTIONS, "reason" => rejection_label(r)).increment(1);
+    counter!(REJECTIONS, "reason" => r.as_str()).increment(1);
 }
 
 pub fn usage_write_error() {
@@ -292,30 +282,8 @@ impl Drop for ClientConnection {
     }
 }
 
-/// Refreshes sampled gauges (Chromium memory, the gateway's own process metrics) and the
-/// exporter's histogram windows until `shutdown`.
-pub async fn run_sampler(
-    handle: PrometheusHandle,
-    host: Arc<dyn BrowserHost>,
-    shutdown: CancellationToken,
-) {
-    let process = Arc::new(metrics_process::Collector::new("ingot_"));
-    process.describe();
-    let mut tick = tokio::time::interval(SAMPLE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let collector = process.clone();
-        // Both read /proc: blocking file reads, kept off the async workers.
-        if let Err(e) = tokio::task::spawn_blocking(move || collector.collect()).await {
-            warn!(error = %e, "process metrics sampling failed");
-        }
-        let memory = host.sample_memory().await;
-        gauge!(CHROMIUM_MEMORY).set(memory.resident_bytes as f64);
-        gauge!(CHROMIUM_PROCESSES).set(memory.processes as f64);
-        handle.run_upkeep();
-    }
+/// Sets the gauges of the browsers' memory, as the host measured it.
+pub fn chromium_memory(processes: usize, resident_bytes: u64) {
+    gauge!(CHROMIUM_MEMORY).set(resident_bytes as f64);
+    gauge!(CHROMIUM_PROCESSES).set(processes as f64);
 }

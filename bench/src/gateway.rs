@@ -359,7 +359,7 @@ impl Drop for Gateway {
 }
 
 /// Where ingot puts its browsers' `TMPDIR`s for a data directory: `/tmp/ingot-<FNV-1a of the
-/// path, low 32 bits>` (mirrors `ingot::browser::local::scratch_root`, kept separate so the
+/// path, low 32 bits>` (mirrors `ingot::browser::scratch_root`, kept separate so the
 /// benchmark does not depend on the gateway's internals).
 fn scratch_root(data_dir: &Path) -> PathBuf {
     let hash = data_dir

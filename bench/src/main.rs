@@ -160,9 +160,22 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The whole benchmark: checks its inputs, measures, then prints the table and writes the
+/// report.
 async fn run(args: &Args) -> Result<()> {
     let plan = Plan::new(args.quick);
     raise_fd_limit(plan.idle_clients as u64 * 3 + 1024)?;
+    let ingot = check_executables(args)?;
+    let pool = gateway::supports_pool(&ingot)?;
+    let machine = Machine::detect(chromium::version(&args.chromium), args.commit.clone());
+    announce(args, &ingot, &machine, pool);
+    let results = measure(args, &plan, &ingot, pool).await?;
+    publish(args, &results, machine)
+}
+
+/// The ingot executable to benchmark (`--ingot`, or the `ingot` next to this program), once
+/// it and the Chromium executable are known to exist.
+fn check_executables(args: &Args) -> Result<PathBuf> {
     let ingot = match &args.ingot {
         Some(path) => path.clone(),
         None => std::env::current_exe()
@@ -181,8 +194,11 @@ async fn run(args: &Args) -> Result<()> {
             args.chromium.display()
         );
     }
-    let pool = gateway::supports_pool(&ingot)?;
-    let mut machine = Machine::detect(chromium::version(&args.chromium), args.commit.clone());
+    Ok(ingot)
+}
+
+/// Says what is about to run, and warns when Chromiums of others share the machine.
+fn announce(args: &Args, ingot: &Path, machine: &Machine, pool: bool) {
     progress!(
         "ingot-bench ({}): ingot {}, {}, warm pool {}",
         if args.quick { "quick" } else { "full" },
@@ -201,63 +217,29 @@ async fn run(args: &Args) -> Result<()> {
             machine.load_start
         );
     }
-    let root = TempRoot::create()?;
-    let max_burst = plan.bursts.iter().copied().max().unwrap_or(1);
-    let gw = Gateway::start(
-        &ingot,
-        &root,
-        GatewayOptions {
-            pool_size: pool.then_some(0),
-            max_sessions: max_burst.max(4),
-        },
-    )
-    .await?;
-    progress!("ingot up (pid {})", gw.pid());
+}
 
+/// Every phase of the plan, in order, against direct Chromium and one ingot (the warm pool
+/// gets a second one); stops ingot and removes the temporary directory before returning.
+async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<Results> {
+    let root = TempRoot::create()?;
+    let gw = start_gateway(ingot, &root, plan, pool).await?;
     let (direct, ingot_samples, direct_viewport, ingot_viewport) =
-        per_command(&args.chromium, &root, &gw, &plan).await?;
+        per_command(&args.chromium, &root, &gw, plan).await?;
     let (cold_direct, cold_ingot) =
         cold_starts(&args.chromium, &root, &gw, plan.cold_starts).await?;
     let warm = if pool {
-        warm_starts(&ingot, &root, plan.warm_starts).await?
+        warm_starts(ingot, &root, plan.warm_starts).await?
     } else {
         Warm::Unsupported
     };
-    let mut bursts = Vec::new();
-    for (i, &n) in plan.bursts.iter().enumerate() {
-        let (d, g) = if i.is_multiple_of(2) {
-            let d = direct_burst(&args.chromium, &root, n).await?;
-            (d, ingot_burst(&gw, n).await?)
-        } else {
-            let g = ingot_burst(&gw, n).await?;
-            (direct_burst(&args.chromium, &root, n).await?, g)
-        };
-        bursts.push((n, d, g));
-    }
-    progress!(
-        "idle clients: {} WebSockets on direct Chromium",
-        plan.idle_clients
-    );
-    let idle_direct =
-        sessions::direct_idle_clients(&args.chromium, &root, plan.idle_clients).await?;
-    progress!(
-        "  Chromium grew {:.1} KiB per client",
-        idle_direct.per_client_kib()
-    );
-    progress!(
-        "idle clients: {} WebSockets on one ingot session",
-        plan.idle_clients
-    );
-    let idle_ingot = sessions::ingot_idle_clients(&gw, plan.idle_clients).await?;
-    progress!(
-        "  ingot grew {:.1} KiB per client",
-        idle_ingot.per_client_kib()
-    );
+    let bursts = concurrent_bursts(&args.chromium, &root, &gw, &plan.bursts).await?;
+    let idle = idle_clients(&args.chromium, &root, &gw, plan.idle_clients).await?;
 
     progress!("stopping ingot");
     drop(gw);
     drop(root);
-    let results = Results {
+    Ok(Results {
         quick: args.quick,
         rounds: plan.rounds,
         rtt_runs: plan.round.rtt_runs,
@@ -269,13 +251,80 @@ async fn run(args: &Args) -> Result<()> {
         cold_ingot,
         warm,
         bursts,
-        idle: (idle_direct, idle_ingot),
-    };
+        idle,
+    })
+}
+
+/// Starts the ingot under test: without a warm pool (when it has one to turn off), and with
+/// room for the largest burst.
+async fn start_gateway(ingot: &Path, root: &TempRoot, plan: &Plan, pool: bool) -> Result<Gateway> {
+    let max_burst = plan.bursts.iter().copied().max().unwrap_or(1);
+    let gw = Gateway::start(
+        ingot,
+        root,
+        GatewayOptions {
+            pool_size: pool.then_some(0),
+            max_sessions: max_burst.max(4),
+        },
+    )
+    .await?;
+    progress!("ingot up (pid {})", gw.pid());
+    Ok(gw)
+}
+
+/// One burst of concurrent starts per size, direct and ingot, alternating which goes first;
+/// returns (sessions, direct, ingot) per size.
+async fn concurrent_bursts(
+    chromium: &Path,
+    root: &TempRoot,
+    gw: &Gateway,
+    sizes: &[usize],
+) -> Result<Vec<(usize, sessions::Burst, sessions::Burst)>> {
+    let mut bursts = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let (d, g) = if i.is_multiple_of(2) {
+            let d = direct_burst(chromium, root, n).await?;
+            (d, ingot_burst(gw, n).await?)
+        } else {
+            let g = ingot_burst(gw, n).await?;
+            (direct_burst(chromium, root, n).await?, g)
+        };
+        bursts.push((n, d, g));
+    }
+    Ok(bursts)
+}
+
+/// `n` idle client WebSockets on direct Chromium, then on one ingot session; returns
+/// (direct, ingot).
+async fn idle_clients(
+    chromium: &Path,
+    root: &TempRoot,
+    gw: &Gateway,
+    n: usize,
+) -> Result<(sessions::IdleClients, sessions::IdleClients)> {
+    progress!("idle clients: {n} WebSockets on direct Chromium");
+    let idle_direct = sessions::direct_idle_clients(chromium, root, n).await?;
+    progress!(
+        "  Chromium grew {:.1} KiB per client",
+        idle_direct.per_client_kib()
+    );
+    progress!("idle clients: {n} WebSockets on one ingot session");
+    let idle_ingot = sessions::ingot_idle_clients(gw, n).await?;
+    progress!(
+        "  ingot grew {:.1} KiB per client",
+        idle_ingot.per_client_kib()
+    );
+    Ok((idle_direct, idle_ingot))
+}
+
+/// Notes the load at the end, prints the table to stdout, writes the report file and says how
+/// many targets were met.
+fn publish(args: &Args, results: &Results, mut machine: Machine) -> Result<()> {
     machine.finish();
     let took = STARTED.get().map_or(Duration::ZERO, |s| s.elapsed());
-    println!("{}", report::table(&results));
-    report::write(&args.out, &results, &machine, took)?;
-    let (met, measured) = report::targets_met(&results);
+    println!("{}", report::table(results));
+    report::write(&args.out, results, &machine, took)?;
+    let (met, measured) = report::targets_met(results);
     progress!(
         "wrote {} ({met} of {measured} targets met); total {:.0} s",
         args.out.display(),

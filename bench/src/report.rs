@@ -243,46 +243,67 @@ fn kib_to_mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// Every row of the table, in order: per-command figures, cold and warm starts, bursts of
+/// concurrent sessions, idle clients.
 fn rows(r: &Results) -> Vec<Row> {
-    let med = |v: &[f64]| median(v);
-    let cold_direct = totals(&r.cold_direct);
-    let cold_ingot = totals(&r.cold_ingot);
-    let p = |v: &[f64], q: f64| percentile(v, q);
-    let mut rows = vec![
+    let mut rows = round_trip_rows(r);
+    rows.extend(command_rows(r));
+    rows.extend(cold_start_rows(r));
+    rows.extend(warm_pool_rows(r));
+    for (n, direct, ingot) in &r.bursts {
+        rows.extend(burst_rows(*n, direct, ingot));
+    }
+    rows.push(idle_clients_row(&r.idle.0, &r.idle.1));
+    rows
+}
+
+/// Round trips: p50 and p99 (medians over rounds), and ingot's CPU time per round trip.
+fn round_trip_rows(r: &Results) -> Vec<Row> {
+    vec![
         Row::new(
             "`Runtime.evaluate 1+1` round trip, p50",
             "µs",
             Better::Lower,
         )
-        .figures(med(&r.direct.rtt_p50_us), med(&r.ingot.rtt_p50_us))
+        .figures(median(&r.direct.rtt_p50_us), median(&r.ingot.rtt_p50_us))
         .goal(Goal::RatioAtMost(1.3))
         .note(format!(
             "{} per target per round, in blocks alternating between the targets; median of {} rounds",
             r.rtt_runs, r.rounds
         )),
         Row::new("same, p99", "µs", Better::Lower)
-            .figures(med(&r.direct.rtt_p99_us), med(&r.ingot.rtt_p99_us)),
+            .figures(median(&r.direct.rtt_p99_us), median(&r.ingot.rtt_p99_us)),
         Row::new("gateway CPU time per round trip", "µs", Better::Lower)
-            .figures(None, med(&r.ingot.cpu_per_rtt_us))
+            .figures(None, median(&r.ingot.cpu_per_rtt_us))
             .note("all of ingot's threads (`/proc/<pid>/task/*/schedstat`) during its round trips; median of rounds"),
+    ]
+}
+
+/// The other per-command rows: reconnects, 4 MiB and 60 MiB replies, pipelined commands and
+/// screenshots.
+fn command_rows(r: &Results) -> Vec<Row> {
+    vec![
         Row::new(
             "new WebSocket to first CDP reply (reconnect), p50",
             "ms",
             Better::Lower,
         )
-        .figures(med(&r.direct.reconnect_ms), med(&r.ingot.reconnect_ms))
+        .figures(
+            median(&r.direct.reconnect_ms),
+            median(&r.ingot.reconnect_ms),
+        )
         .note("ingot attaches a browser session per client"),
         Row::new("4 MiB reply", "MB/s", Better::Higher)
             .figures(
-                med(&r.direct.reply_4mib_mbps),
-                med(&r.ingot.reply_4mib_mbps),
+                median(&r.direct.reply_4mib_mbps),
+                median(&r.ingot.reply_4mib_mbps),
             )
             .goal(Goal::RatioAtLeast(0.9))
             .note(format!("median of {}", r.direct.reply_4mib_mbps.len())),
         Row::new("60 MiB reply", "MB/s", Better::Higher)
             .figures(
-                med(&r.direct.reply_60mib_mbps),
-                med(&r.ingot.reply_60mib_mbps),
+                median(&r.direct.reply_60mib_mbps),
+                median(&r.ingot.reply_60mib_mbps),
             )
             .goal(Goal::RatioAtLeast(0.9))
             .note(format!("median of {}", r.direct.reply_60mib_mbps.len())),
@@ -291,112 +312,148 @@ fn rows(r: &Results) -> Vec<Row> {
             "ms",
             Better::Lower,
         )
-        .figures(med(&r.direct.pipelined_ms), med(&r.ingot.pipelined_ms))
+        .figures(
+            median(&r.direct.pipelined_ms),
+            median(&r.ingot.pipelined_ms),
+        )
         .note(format!("median of {}", r.direct.pipelined_ms.len())),
         Row::new("1920×1080 PNG screenshot, p50", "ms", Better::Lower)
             .figures(
-                p(&r.direct.screenshot_ms, 50.0),
-                p(&r.ingot.screenshot_ms, 50.0),
+                percentile(&r.direct.screenshot_ms, 50.0),
+                percentile(&r.ingot.screenshot_ms, 50.0),
             )
             .note(screenshot_note(r)),
+    ]
+}
+
+/// Cold create to first reply, p50 and p99, with where the time goes.
+fn cold_start_rows(r: &Results) -> Vec<Row> {
+    let cold_direct = totals(&r.cold_direct);
+    let cold_ingot = totals(&r.cold_ingot);
+    vec![
         Row::new("create to first CDP reply, cold, p50", "ms", Better::Lower)
-            .figures(p(&cold_direct, 50.0), p(&cold_ingot, 50.0))
+            .figures(
+                percentile(&cold_direct, 50.0),
+                percentile(&cold_ingot, 50.0),
+            )
             .note(format!(
                 "{} each, ingot without a warm pool; {}",
                 cold_direct.len(),
                 split_note(&r.cold_direct, &r.cold_ingot)
             )),
-        Row::new("same, p99", "ms", Better::Lower)
-            .figures(p(&cold_direct, 99.0), p(&cold_ingot, 99.0)),
-    ];
-    let direct_cold = p(&cold_direct, 50.0);
+        Row::new("same, p99", "ms", Better::Lower).figures(
+            percentile(&cold_direct, 99.0),
+            percentile(&cold_ingot, 99.0),
+        ),
+    ]
+}
+
+/// The warm-pool rows, whose direct column is the direct cold start (a client launching
+/// Chromium itself has no pool); one unmeasured row when this ingot has no pool.
+fn warm_pool_rows(r: &Results) -> Vec<Row> {
     match &r.warm {
         Warm::Measured {
             settled,
             fresh,
             gauge,
-        } => {
-            let start_ms = totals(settled);
-            let how = if *gauge {
-                "waiting for `ingot_pool_browsers` to show a full pool between creates"
-            } else {
-                "pausing 3 s between creates for the pool to refill (no pool gauge in /metrics)"
-            };
-            rows.push(
-                Row::new("create to first CDP reply, warm pool, p50", "ms", Better::Lower)
-                    .figures(direct_cold, p(&start_ms, 50.0))
-                    .goal(Goal::AtMost(30.0))
-                    .note(format!(
-                        "{} creates, `--pool-size 2`, {how}, then 1 s idle; direct is its cold start; {}",
-                        start_ms.len(),
-                        split_note(&r.cold_direct, settled)
-                    )),
-            );
-            rows.push(
-                Row::new("same, p99", "ms", Better::Lower)
-                    .figures(p(&cold_direct, 99.0), p(&start_ms, 99.0)),
-            );
-            let fresh_ms = totals(fresh);
-            rows.push(
-                Row::new("warm pool the moment it is full again, p50", "ms", Better::Lower)
-                    .figures(direct_cold, p(&fresh_ms, 50.0))
-                    .note(format!(
-                        "{} creates with no idle second, interleaved with the above: the browser launched last may still be busy starting; p99 {} ms",
-                        fresh_ms.len(),
-                        p(&fresh_ms, 99.0).map_or("?".to_owned(), fmt_num)
-                    )),
-            );
-        }
-        Warm::Unsupported => rows.push(
+        } => measured_warm_rows(&r.cold_direct, settled, fresh, *gauge),
+        Warm::Unsupported => vec![
             Row::new(
                 "create to first CDP reply, warm pool, p50",
                 "ms",
                 Better::Lower,
             )
-            .figures(direct_cold, None)
+            .figures(percentile(&totals(&r.cold_direct), 50.0), None)
             .goal(Goal::AtMost(30.0))
             .note("not measured: this ingot has no `--pool-size`"),
+        ],
+    }
+}
+
+/// Warm-pool creates after the pool idled (p50 against the target, and p99), and creates the
+/// moment it was full again.
+fn measured_warm_rows(
+    cold_direct: &[Start],
+    settled: &[Start],
+    fresh: &[Start],
+    gauge: bool,
+) -> Vec<Row> {
+    let direct_ms = totals(cold_direct);
+    let direct_cold = percentile(&direct_ms, 50.0);
+    let start_ms = totals(settled);
+    let fresh_ms = totals(fresh);
+    let how = if gauge {
+        "waiting for `ingot_pool_browsers` to show a full pool between creates"
+    } else {
+        "pausing 3 s between creates for the pool to refill (no pool gauge in /metrics)"
+    };
+    vec![
+        Row::new("create to first CDP reply, warm pool, p50", "ms", Better::Lower)
+            .figures(direct_cold, percentile(&start_ms, 50.0))
+            .goal(Goal::AtMost(30.0))
+            .note(format!(
+                "{} creates, `--pool-size 2`, {how}, then 1 s idle; direct is its cold start; {}",
+                start_ms.len(),
+                split_note(cold_direct, settled)
+            )),
+        Row::new("same, p99", "ms", Better::Lower)
+            .figures(percentile(&direct_ms, 99.0), percentile(&start_ms, 99.0)),
+        Row::new("warm pool the moment it is full again, p50", "ms", Better::Lower)
+            .figures(direct_cold, percentile(&fresh_ms, 50.0))
+            .note(format!(
+                "{} creates with no idle second, interleaved with the above: the browser launched last may still be busy starting; p99 {} ms",
+                fresh_ms.len(),
+                percentile(&fresh_ms, 99.0).map_or("?".to_owned(), fmt_num)
+            )),
+    ]
+}
+
+/// One burst of `n` concurrent sessions: create to first reply, p50 and p99, and memory per
+/// session.
+fn burst_rows(n: usize, direct: &Burst, ingot: &Burst) -> Vec<Row> {
+    let per = |b: &Burst| kib_to_mib(b.memory.pss_kib) / n as f64;
+    let note = format!(
+        "PSS of all browser processes ÷ {n} ({} vs {} processes; RSS sum {:.0} vs {:.0} MiB); ingot's own RSS {}",
+        direct.memory.processes,
+        ingot.memory.processes,
+        kib_to_mib(direct.memory.rss_kib),
+        kib_to_mib(ingot.memory.rss_kib),
+        ingot
+            .gateway_rss_kib
+            .map_or("n/a".to_owned(), |k| format!("{:.1} MiB", kib_to_mib(k))),
+    );
+    vec![
+        Row::new(
+            format!("{n} concurrent sessions: create to first reply, p50"),
+            "ms",
+            Better::Lower,
+        )
+        .figures(
+            percentile(&direct.start_ms, 50.0),
+            percentile(&ingot.start_ms, 50.0),
         ),
-    }
-    for (n, direct, ingot) in &r.bursts {
-        rows.push(
-            Row::new(
-                format!("{n} concurrent sessions: create to first reply, p50"),
-                "ms",
-                Better::Lower,
-            )
-            .figures(p(&direct.start_ms, 50.0), p(&ingot.start_ms, 50.0)),
-        );
-        rows.push(
-            Row::new(
-                format!("{n} concurrent sessions: same, p99"),
-                "ms",
-                Better::Lower,
-            )
-            .figures(p(&direct.start_ms, 99.0), p(&ingot.start_ms, 99.0)),
-        );
-        let per = |b: &Burst| kib_to_mib(b.memory.pss_kib) / *n as f64;
-        let note = format!(
-            "PSS of all browser processes ÷ {n} ({} vs {} processes; RSS sum {:.0} vs {:.0} MiB); ingot's own RSS {}",
-            direct.memory.processes,
-            ingot.memory.processes,
-            kib_to_mib(direct.memory.rss_kib),
-            kib_to_mib(ingot.memory.rss_kib),
-            ingot
-                .gateway_rss_kib
-                .map_or("n/a".to_owned(), |k| format!("{:.1} MiB", kib_to_mib(k))),
-        );
-        rows.push(
-            Row::new(
-                format!("{n} concurrent sessions: memory per session"),
-                "MiB",
-                Better::Lower,
-            )
-            .figures(Some(per(direct)), Some(per(ingot)))
-            .note(note),
-        );
-    }
-    let (direct, ingot) = &r.idle;
+        Row::new(
+            format!("{n} concurrent sessions: same, p99"),
+            "ms",
+            Better::Lower,
+        )
+        .figures(
+            percentile(&direct.start_ms, 99.0),
+            percentile(&ingot.start_ms, 99.0),
+        ),
+        Row::new(
+            format!("{n} concurrent sessions: memory per session"),
+            "MiB",
+            Better::Lower,
+        )
+        .figures(Some(per(direct)), Some(per(ingot)))
+        .note(note),
+    ]
+}
+
+/// Memory per idle client WebSocket, against the target, with the holder's and (for ingot)
+/// the browser's growth.
+fn idle_clients_row(direct: &IdleClients, ingot: &IdleClients) -> Row {
     let browser_growth = match (ingot.browser_before_kib, ingot.browser_after_kib) {
         (Some(b), Some(a)) => format!(
             "; the session's Chromium browser process grew {:.1} KiB per client (one CDP session each)",
@@ -404,17 +461,14 @@ fn rows(r: &Results) -> Vec<Row> {
         ),
         _ => String::new(),
     };
-    rows.push(
-        Row::new(format!("memory per idle client WebSocket ({} clients)", ingot.count), "KiB", Better::Lower)
-            .figures(Some(direct.per_client_kib()), Some(ingot.per_client_kib()))
-            .goal(Goal::AtMost(256.0))
-            .note(format!(
-                "RSS growth of the process holding the sockets: Chromium's browser process (direct) vs the gateway, Chromium excluded (ingot {:.1} → {:.1} MiB){browser_growth}",
-                kib_to_mib(ingot.holder_before_kib),
-                kib_to_mib(ingot.holder_after_kib),
-            )),
-    );
-    rows
+    Row::new(format!("memory per idle client WebSocket ({} clients)", ingot.count), "KiB", Better::Lower)
+        .figures(Some(direct.per_client_kib()), Some(ingot.per_client_kib()))
+        .goal(Goal::AtMost(256.0))
+        .note(format!(
+            "RSS growth of the process holding the sockets: Chromium's browser process (direct) vs the gateway, Chromium excluded (ingot {:.1} → {:.1} MiB){browser_growth}",
+            kib_to_mib(ingot.holder_before_kib),
+            kib_to_mib(ingot.holder_after_kib),
+        ))
 }
 
 fn totals(starts: &[Start]) -> Vec<f64> {

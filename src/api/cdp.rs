@@ -8,8 +8,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Extension, Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
@@ -19,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{debug, warn};
 
 use super::error::ApiError;
-use super::sessions::{parse_id, path_id};
+use super::extract::{SessionId, StrictQuery, parse_id};
 use super::{API_KEY_PARAM, AppState, PresentedKey};
 use crate::auth::Caller;
 use crate::proxy;
@@ -29,7 +28,8 @@ use std::sync::Arc;
 /// `GET /?sessionId=<id>`: Steel's `websocketUrl`. Without an upgrade it describes the service.
 pub async fn connect_by_query(
     State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    caller: Caller,
+    StrictQuery(query): StrictQuery<HashMap<String, String>>,
     request: Request,
 ) -> Response {
     let Some(raw) = query.get("sessionId") else {
@@ -47,56 +47,45 @@ pub async fn connect_by_query(
         .into_response();
     };
     match parse_id(raw, "sessionId") {
-        Ok(id) => connect(state, id, request).await,
+        Ok(id) => connect(state, id, &caller, request)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
         Err(e) => e.into_response(),
     }
-}
-
-/// The caller the authentication layer identified.
-fn caller_of(request: &Request) -> Caller {
-    request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or(Caller::Open)
 }
 
 /// `GET /devtools/browser/<id>`: the endpoint `/json/version` advertises.
 pub async fn connect_by_path(
     State(state): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
+    caller: Caller,
+    SessionId(id): SessionId,
     request: Request,
-) -> Response {
-    match path_id(id) {
-        Ok(id) => connect(state, id, request).await,
-        Err(e) => e.into_response(),
-    }
+) -> Result<Response, ApiError> {
+    connect(state, id, &caller, request).await
 }
 
-async fn connect(state: AppState, id: uuid::Uuid, mut request: Request) -> Response {
-    let key = match websocket_key(request.headers()) {
-        Ok(key) => key,
-        Err(e) => return e.into_response(),
-    };
-    let session = match live_session(&state, id, &caller_of(&request)) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
-    let Some(mux) = session.mux() else {
-        return ended(&session).into_response();
-    };
+/// Attaches a client to a live session the caller may use, then upgrades the connection
+/// and hands the socket to the proxy.
+async fn connect(
+    state: AppState,
+    id: uuid::Uuid,
+    caller: &Caller,
+    mut request: Request,
+) -> Result<Response, ApiError> {
+    let key = websocket_key(request.headers())?;
+    let session = live_session(&state, id, caller)?;
+    let mux = session.mux().ok_or_else(|| ended(&session))?;
     let link = match mux.attach().await {
         Ok(link) => link,
         // The session ended while the client was being attached.
-        Err(_) if !session.phase().is_live() => return ended(&session).into_response(),
+        Err(_) if !session.phase().is_live() => return Err(ended(&session)),
         Err(e) => {
             warn!(session_id = %id, error = %e, "cannot attach a client to the browser");
-            return ApiError::new(
+            return Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "browser_unavailable",
                 format!("cannot reach the browser: {e}"),
-            )
-            .into_response();
+            ));
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
@@ -123,16 +112,16 @@ async fn connect(state: AppState, id: uuid::Uuid, mut request: Request) -> Respo
     if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    response
+    Ok(response)
 }
 
 /// `GET /json/version[/]?sessionId=<id>`. Without a `sessionId` it answers for the only
 /// live session, because Puppeteer's `browserURL` drops the path and query it was given.
 pub async fn version_by_query(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Extension(key): Extension<PresentedKey>,
-    Query(query): Query<HashMap<String, String>>,
+    caller: Caller,
+    key: PresentedKey,
+    StrictQuery(query): StrictQuery<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let session = match query.get("sessionId") {
         Some(raw) => live_session(&state, parse_id(raw, "sessionId")?, &caller)?,
@@ -149,11 +138,11 @@ pub async fn version_by_query(
 /// `GET /devtools/browser/<id>/json/version[/]`
 pub async fn version_by_path(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Extension(key): Extension<PresentedKey>,
-    id: Result<Path<String>, PathRejection>,
+    caller: Caller,
+    key: PresentedKey,
+    SessionId(id): SessionId,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let session = live_session(&state, path_id(id)?, &caller)?;
+    let session = live_session(&state, id, &caller)?;
     Ok(Json(version_json(&state, &session, &key)))
 }
 
@@ -240,4 +229,94 @@ fn websocket_key(headers: &HeaderMap) -> Result<String, ApiError> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .ok_or_else(|| ApiError::bad_request("Sec-WebSocket-Key: missing"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::routing::get;
+    use tokio_util::task::TaskTracker;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::auth::KeyRing;
+    use crate::metering::Meter;
+    use crate::session::admission::Admission;
+    use crate::session::params::TimeoutLimits;
+    use crate::session::registry::Registry;
+    use crate::session::supervisor::LivenessProbe;
+    use crate::testing::FakeBrowserHost;
+
+    async fn state(dir: &std::path::Path) -> AppState {
+        let host = FakeBrowserHost::new();
+        let meter = Meter::open(dir).await.expect("usage database");
+        let admission = Admission {
+            max_sessions: 2,
+            pool_size: 0,
+            queue_limit: 0,
+            queue_timeout: Duration::ZERO,
+            per_tenant: None,
+        };
+        let probe = LivenessProbe {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+        };
+        AppState {
+            registry: Registry::new(host, meter.clone(), admission, probe),
+            urls: Arc::new(crate::api::wire::PublicUrls::new("http://127.0.0.1:1")),
+            limits: TimeoutLimits {
+                default_ms: 60_000,
+                min_ms: 1_000,
+                max_ms: 86_400_000,
+            },
+            clients: TaskTracker::new(),
+            meter,
+            metrics: crate::telemetry::install(2, 0).expect("recorder"),
+            keys: Arc::new(KeyRing::default()),
+            max_message: 1 << 20,
+            body_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Routes mounted without the authentication layer (a mistake this test stands for)
+    /// still refuse: no caller, no session.
+    #[tokio::test]
+    async fn a_websocket_request_without_a_caller_never_reaches_a_session() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = state(dir.path()).await;
+        let session = state
+            .registry
+            .create(
+                crate::session::params::parse_create_body(b"{}", state.limits).expect("body"),
+                &Caller::Open,
+            )
+            .await
+            .expect("create");
+        assert_eq!(state.registry.live_count(), 1);
+        let router = Router::new()
+            .route("/", get(connect_by_query))
+            .route("/devtools/browser/{id}", get(connect_by_path))
+            .route("/json/version", get(version_by_query))
+            .with_state(state.clone());
+        for uri in [
+            format!("/?sessionId={}", session.id),
+            format!("/devtools/browser/{}", session.id),
+            format!("/json/version?sessionId={}", session.id),
+        ] {
+            let request = axum::http::Request::get(&uri)
+                .header(header::CONNECTION, "Upgrade")
+                .header(header::UPGRADE, "websocket")
+                .header(header::SEC_WEBSOCKET_VERSION, "13")
+                .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+                .body(Body::empty())
+                .expect("request");
+            let response = router.clone().oneshot(request).await.expect("response");
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{uri}");
+        }
+        let mux = session.mux().expect("live");
+        assert_eq!(mux.clients(), 0, "no client was attached to the browser");
+        state.registry.shutdown(Duration::from_secs(5)).await;
+    }
 }

@@ -7,11 +7,19 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::session::admission::Refusal;
+use crate::session::create::CreateError;
+use crate::session::directory::UnknownCursor;
+use crate::session::params::InvalidField;
+
 /// An error answer to an HTTP request.
 #[derive(Debug)]
 pub struct ApiError {
+    /// HTTP status.
     pub status: StatusCode,
+    /// Stable machine-readable code (`error.code`).
     pub code: &'static str,
+    /// What went wrong and what to do, for people.
     pub message: String,
 }
 
@@ -53,5 +61,37 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+impl From<InvalidField> for ApiError {
+    fn from(e: InvalidField) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+impl From<UnknownCursor> for ApiError {
+    fn from(e: UnknownCursor) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+impl From<CreateError> for ApiError {
+    fn from(e: CreateError) -> Self {
+        let (status, code) = match &e {
+            CreateError::Duplicate(_) => (StatusCode::CONFLICT, "session_exists"),
+            CreateError::Refused(Refusal::QueueFull(_) | Refusal::QueueTimeout(_)) => {
+                (StatusCode::TOO_MANY_REQUESTS, "at_capacity")
+            }
+            CreateError::Refused(Refusal::OverQuota(_)) => {
+                (StatusCode::TOO_MANY_REQUESTS, "tenant_quota")
+            }
+            CreateError::Refused(Refusal::ShuttingDown) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+            }
+            CreateError::Launch(_) => (StatusCode::SERVICE_UNAVAILABLE, "browser_start_failed"),
+            CreateError::Usage(_) => (StatusCode::SERVICE_UNAVAILABLE, "usage_unavailable"),
+        };
+        ApiError::new(status, code, e.to_string())
     }
 }

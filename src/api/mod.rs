@@ -1,10 +1,12 @@
 //! The HTTP surface: Steel's sessions API, CDP discovery and WebSocket upgrades, health.
 //!
-//! Handlers are thin: they validate input, call the session registry, and shape JSON. They
-//! must not launch browsers or change session states themselves.
+//! Handlers are thin: extractors ([`extract`]) validate input, handlers call the session
+//! registry and shape JSON ([`wire`]), and domain errors become [`ApiError`]s through
+//! `From`. Handlers must not launch browsers or change session states themselves.
 
 pub mod cdp;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod sessions;
 pub mod usage;
@@ -26,7 +28,7 @@ use crate::auth::{Caller, KeyRing};
 use crate::metering::Meter;
 use crate::session::params::TimeoutLimits;
 use crate::session::registry::Registry;
-use error::ApiError;
+pub use error::ApiError;
 use wire::PublicUrls;
 
 /// Largest request body accepted.
@@ -67,6 +69,15 @@ pub const API_KEY_PARAM: &str = "apiKey";
 const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// All routes. Static segments such as `/v1/sessions/release` win over `{id}`.
+///
+/// The middleware order matters. axum runs the layer added last first, so a request passes,
+/// from the outside in:
+/// 1. [`refuse_foreign_requests`]: a web page (an `Origin` header) or a rebound DNS name
+///    (`Host`) is refused before anything else reads the request;
+/// 2. [`refuse_large_heads`]: 431 JSON for a request head over [`MAX_HEAD`];
+/// 3. [`authenticate`]: 401 without a valid key; otherwise the [`Caller`] is attached, and
+///    handlers that need one refuse a request without it (they fail closed);
+/// 4. the body deadline, then the body size limit, then the route's handler.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/sessions", post(sessions::create).get(sessions::list))

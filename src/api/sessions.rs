@@ -1,20 +1,18 @@
-//! `/v1/sessions` handlers.
+//! `/v1/sessions` handlers: each validates its input through an extractor, calls the
+//! registry, and shapes the answer.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Extension, Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::State;
 use serde::Deserialize;
-use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::{RequestBody, SessionId, StrictQuery, parse_id};
 use super::wire::{ReleaseJson, SessionJson, SessionListJson};
 use crate::auth::Caller;
+use crate::session::directory::ListQuery;
 use crate::session::params::parse_create_body;
-use crate::session::registry::{CreateError, ListQuery};
-use crate::session::state::Status;
+use crate::vocab::Status;
 
 /// Default and largest page size of `GET /v1/sessions`.
 const DEFAULT_LIMIT: usize = 50;
@@ -23,67 +21,12 @@ const MAX_LIMIT: usize = 100;
 /// `POST /v1/sessions`
 pub async fn create(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    body: Result<Bytes, BytesRejection>,
+    caller: Caller,
+    RequestBody(body): RequestBody,
 ) -> Result<Json<SessionJson>, ApiError> {
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body is larger than {} KiB", super::MAX_BODY >> 10),
-        ),
-        _ if is_timeout(&rejection) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            "the request body did not arrive in time",
-        ),
-        _ => ApiError::bad_request(format!("cannot read request body: {rejection}")),
-    })?;
-    let options =
-        parse_create_body(&body, state.limits).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let session = state
-        .registry
-        .create(options, &caller)
-        .await
-        .map_err(|e| match e {
-            CreateError::Duplicate(_) => {
-                ApiError::new(StatusCode::CONFLICT, "session_exists", e.to_string())
-            }
-            CreateError::QueueFull(_) | CreateError::QueueTimeout(_) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "at_capacity", e.to_string())
-            }
-            CreateError::ShuttingDown => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                e.to_string(),
-            ),
-            CreateError::Launch(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "browser_start_failed",
-                e.to_string(),
-            ),
-            CreateError::Usage(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "usage_unavailable",
-                e.to_string(),
-            ),
-            CreateError::OverQuota(_) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "tenant_quota", e.to_string())
-            }
-        })?;
+    let options = parse_create_body(&body, state.limits)?;
+    let session = state.registry.create(options, &caller).await?;
     Ok(Json(SessionJson::new(&session, &state.urls)))
-}
-
-/// Whether reading the body failed because its deadline passed.
-fn is_timeout(rejection: &BytesRejection) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
-    while let Some(e) = source {
-        if e.is::<tower_http::timeout::TimeoutError>() || e.to_string().contains("timed out") {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// Query of `GET /v1/sessions`. Values arrive as strings so that errors can name them.
@@ -95,57 +38,56 @@ pub struct ListParams {
     cursor_id: Option<String>,
 }
 
+impl ListParams {
+    /// Validates the query, naming the parameter at fault.
+    pub fn parse(&self) -> Result<ListQuery, ApiError> {
+        let status = match self.status.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(Status::parse(s).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "status: must be live, released or failed, got {s:?}"
+                ))
+            })?),
+        };
+        let limit = match self.limit.as_deref() {
+            None | Some("") => DEFAULT_LIMIT,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "limit: must be a whole number from 1 to {MAX_LIMIT}"
+                    )));
+                }
+            },
+        };
+        let cursor = match self.cursor_id.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(parse_id(s, "cursorId")?),
+        };
+        Ok(ListQuery {
+            status,
+            limit,
+            cursor,
+        })
+    }
+}
+
 /// `GET /v1/sessions`
 pub async fn list(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    caller: Caller,
+    StrictQuery(params): StrictQuery<ListParams>,
 ) -> Result<Json<SessionListJson>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
-    let status = match params.status.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "status: must be live, released or failed, got {s:?}"
-            ))
-        })?),
-    };
-    let limit = match params.limit.as_deref() {
-        None | Some("") => DEFAULT_LIMIT,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "limit: must be a whole number from 1 to {MAX_LIMIT}"
-                )));
-            }
-        },
-    };
-    let cursor = match params.cursor_id.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(parse_id(s, "cursorId")?),
-    };
-    let page = state
-        .registry
-        .list(
-            ListQuery {
-                status,
-                limit,
-                cursor,
-            },
-            &caller,
-        )
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let page = state.registry.list(params.parse()?, &caller)?;
     Ok(Json(SessionListJson::new(page, &state.urls)))
 }
 
 /// `GET /v1/sessions/{id}`
 pub async fn retrieve(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    id: Result<Path<String>, PathRejection>,
+    caller: Caller,
+    SessionId(id): SessionId,
 ) -> Result<Json<SessionJson>, ApiError> {
-    let id = path_id(id)?;
     let session = state
         .registry
         .get_for(&id, &caller)
@@ -156,10 +98,9 @@ pub async fn retrieve(
 /// `POST /v1/sessions/{id}/release`. Idempotent; the body is ignored (SDKs send none).
 pub async fn release(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    id: Result<Path<String>, PathRejection>,
+    caller: Caller,
+    SessionId(id): SessionId,
 ) -> Result<Json<ReleaseJson>, ApiError> {
-    let id = path_id(id)?;
     state
         .registry
         .release(&id, &caller)
@@ -172,10 +113,7 @@ pub async fn release(
 }
 
 /// `POST /v1/sessions/release`
-pub async fn release_all(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-) -> Json<ReleaseJson> {
+pub async fn release_all(State(state): State<AppState>, caller: Caller) -> Json<ReleaseJson> {
     state.registry.release_all(&caller).await;
     Json(ReleaseJson {
         success: true,
@@ -183,15 +121,47 @@ pub async fn release_all(
     })
 }
 
-/// The `{id}` of a path as a session id; a path that cannot be decoded is a JSON 400 too.
-pub fn path_id(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
-    let Path(id) = id.map_err(|e| ApiError::bad_request(format!("id: {e}")))?;
-    parse_id(&id, "id")
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Parses a session id, naming the parameter when it is not a UUID.
-pub fn parse_id(raw: &str, field: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| {
-        ApiError::bad_request(format!("{field}: {raw:?} is not a session id (a UUID)"))
-    })
+    fn query(status: Option<&str>, limit: Option<&str>, cursor: Option<&str>) -> ListParams {
+        ListParams {
+            status: status.map(str::to_owned),
+            limit: limit.map(str::to_owned),
+            cursor_id: cursor.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn list_queries_are_validated_naming_the_parameter() {
+        let q = query(None, None, None).parse().expect("defaults");
+        assert_eq!((q.status, q.limit, q.cursor), (None, DEFAULT_LIMIT, None));
+        let q = query(
+            Some("failed"),
+            Some("100"),
+            Some("123e4567-e89b-12d3-a456-426614174000"),
+        )
+        .parse()
+        .expect("valid");
+        assert_eq!(q.status, Some(Status::Failed));
+        assert_eq!(q.limit, 100);
+        assert!(q.cursor.is_some());
+        let empty = query(Some(""), Some(""), Some(""))
+            .parse()
+            .expect("empty means unset");
+        assert_eq!(empty.limit, DEFAULT_LIMIT);
+        for (bad, field) in [
+            (query(Some("alive"), None, None), "status"),
+            (query(None, Some("0"), None), "limit"),
+            (query(None, Some("101"), None), "limit"),
+            (query(None, Some("-1"), None), "limit"),
+            (query(None, Some("ten"), None), "limit"),
+            (query(None, None, Some("nope")), "cursorId"),
+        ] {
+            let err = bad.parse().expect_err("refused");
+            assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
+            assert!(err.message.starts_with(field), "{}", err.message);
+        }
+    }
 }

@@ -5,8 +5,7 @@
 //! Live sessions are included with their figures so far.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Extension, Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -15,6 +14,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::StrictQuery;
 use crate::auth::Caller;
 use crate::metering::store::UsageSums;
 
@@ -35,10 +35,9 @@ pub struct UsageParams {
 /// `GET /v1/usage`
 pub async fn usage(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    params: Result<Query<UsageParams>, QueryRejection>,
+    caller: Caller,
+    StrictQuery(params): StrictQuery<UsageParams>,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
     let csv = match params.format.as_deref() {
         None | Some("") | Some("json") => false,
         Some("csv") => true,

@@ -7,9 +7,8 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::session::Session;
-use crate::session::params::Dimensions;
-use crate::session::registry::ListPage;
-use crate::session::state::{EndReason, Status};
+use crate::session::directory::ListPage;
+use crate::vocab::{Dimensions, EndReason, Status};
 
 /// Base URLs that returned links point at.
 #[derive(Debug, Clone)]

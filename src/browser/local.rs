@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,18 +19,23 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::process::Command;
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::paths::{SESSIONS_SUBDIR, scratch_root};
+use super::pipe::{read_pipe, write_pipe};
+use super::reaper::{self, Leaders};
+use super::sweep::{SweepReport, sweep};
 use super::window::{Frame, FrameCalibration, measure_and_fit, window_size};
 use super::{
     BrowserExit, BrowserHost, BrowserProcess, CdpTransport, LaunchError, LaunchSpec, Launched,
     MemorySample,
 };
+use crate::sync::lock;
 
 /// Flags every session's Chromium gets. The background-networking flags stop Chromium from
 /// flooding a closed network; the `--disable-features` list drops a WebUI renderer that
@@ -54,16 +60,10 @@ pub const BASE_FLAGS: &[&str] = &[
     "--test-type",
 ];
 
-/// Prefix of every per-session directory under `<data-dir>/sessions`, so that the start-up
-/// sweep recognises what a previous run left.
-pub const SESSIONS_SUBDIR: &str = "sessions";
-
 /// How long a browser may take to answer its first CDP command.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A start slower than this is logged while it is still waiting.
 const SLOW_START: Duration = Duration::from_secs(5);
-/// Largest message accepted from the browser; beyond it the connection counts as lost.
-const MAX_PIPE_MESSAGE: usize = 512 << 20;
 /// Stderr lines kept for diagnosing a failed start.
 const STDERR_TAIL: usize = 30;
 /// Free disk space a launch needs, in the profile and the scratch directories' file systems.
@@ -75,36 +75,60 @@ const STDERR_SETTLE: Duration = Duration::from_millis(500);
 /// and its own scratch directory under [`scratch_root`].
 pub struct LocalChromium {
     executable: PathBuf,
+    data_dir: PathBuf,
     sessions_dir: PathBuf,
-    scratch_root: PathBuf,
+    scratch: Arc<ScratchRoot>,
     frame: FrameCalibration,
+    leaders: Leaders,
 }
 
 impl LocalChromium {
+    /// A host that runs `executable` with its sessions under `data_dir`. Makes this process
+    /// a child subreaper, so that helpers of a dead browser are re-parented to the gateway,
+    /// which reaps them (see [`BrowserHost::upkeep`]).
     pub fn new(executable: PathBuf, data_dir: &Path) -> Self {
+        reaper::become_subreaper();
         LocalChromium {
             executable,
+            data_dir: data_dir.to_path_buf(),
             sessions_dir: data_dir.join(SESSIONS_SUBDIR),
-            scratch_root: scratch_root(data_dir),
+            scratch: Arc::new(ScratchRoot {
+                path: scratch_root(data_dir),
+                users: Mutex::new(0),
+            }),
             frame: FrameCalibration::default(),
+            leaders: Leaders::default(),
         }
     }
 }
 
-/// Where sessions' `TMPDIR`s live: `/tmp/ingot-<hash of the data directory>`. Chromium puts
-/// a Unix socket there, and socket paths are limited to 107 bytes, so this must stay short
-/// however deep the data directory is. The hash keeps gateways with different data
-/// directories apart, and lets the start-up sweep find what its predecessor left.
-pub fn scratch_root(data_dir: &Path) -> PathBuf {
-    // FNV-1a: stable across Rust releases, unlike the standard library's hasher.
-    let hash = data_dir
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    PathBuf::from(format!("/tmp/ingot-{:08x}", hash as u32))
+/// The parent of every browser's scratch directory. It exists only while a browser uses
+/// it: the last one out removes it, so an idle gateway leaves nothing in `/tmp`.
+struct ScratchRoot {
+    path: PathBuf,
+    /// Browsers whose directories exist; creating and removing happen under this lock.
+    users: Mutex<usize>,
+}
+
+impl ScratchRoot {
+    /// Creates a browser's directories and counts it in. Blocking.
+    fn enter(&self, dirs: &[PathBuf]) -> std::io::Result<()> {
+        let mut users = lock(&self.users);
+        for dir in dirs {
+            std::fs::create_dir_all(dir)?;
+        }
+        *users += 1;
+        Ok(())
+    }
+
+    /// Counts a browser out, removing the root with the last one. Blocking.
+    fn leave(&self) {
+        let mut users = lock(&self.users);
+        *users = users.saturating_sub(1);
+        if *users == 0 {
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
 }
 
 impl BrowserHost for LocalChromium {
@@ -112,13 +136,18 @@ impl BrowserHost for LocalChromium {
         async move {
             let dirs = SessionDirs {
                 root: self.sessions_dir.join(spec.session_id.to_string()),
-                scratch: self.scratch_root.join(spec.session_id.simple().to_string()),
+                scratch: self.scratch.path.join(spec.session_id.simple().to_string()),
+                owner: self.scratch.clone(),
+                removed: Arc::new(AtomicBool::new(false)),
             };
             let started = Instant::now();
             let (frame, unmeasured) = self.frame.frame();
-            let space = [self.sessions_dir.clone(), self.scratch_root.clone()];
+            // The scratch root exists only while browsers use it: check the file system it
+            // lives on through its parent.
+            let scratch_fs = self.scratch.path.parent().unwrap_or(Path::new("/tmp"));
+            let space = [self.sessions_dir.clone(), scratch_fs.to_path_buf()];
             let mut result = match check_free_space(space).await {
-                Ok(()) => launch_in(&self.executable, dirs, &spec, frame).await,
+                Ok(()) => self.launch_in(dirs, &spec, frame).await,
                 Err(e) => Err(e),
             };
             if let (Ok(launched), true) = (&mut result, unmeasured) {
@@ -153,6 +182,24 @@ impl BrowserHost for LocalChromium {
                 .unwrap_or_default()
         }
         .boxed()
+    }
+
+    fn describe(&self) -> String {
+        self.executable.display().to_string()
+    }
+
+    fn sweep(&self) -> BoxFuture<'_, SweepReport> {
+        let data_dir = self.data_dir.clone();
+        async move {
+            tokio::task::spawn_blocking(move || sweep(&data_dir))
+                .await
+                .unwrap_or_default()
+        }
+        .boxed()
+    }
+
+    fn upkeep(&self, stop: CancellationToken) -> BoxFuture<'_, ()> {
+        reaper::run(self.leaders.clone(), stop).boxed()
     }
 }
 
@@ -229,12 +276,15 @@ fn sample_browser_memory() -> MemorySample {
 }
 
 /// The directories one browser owns; both are removed when it is reaped.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct SessionDirs {
     /// `<data_dir>/sessions/<id>`, holding the profile.
     root: PathBuf,
     /// The browser's `TMPDIR`.
     scratch: PathBuf,
+    owner: Arc<ScratchRoot>,
+    /// Set by the first removal, so that the root's count drops once.
+    removed: Arc<AtomicBool>,
 }
 
 impl SessionDirs {
@@ -242,53 +292,70 @@ impl SessionDirs {
         self.root.join("profile")
     }
 
+    /// Creates both directories.
+    async fn create(&self) -> Result<(), LaunchError> {
+        let owner = self.owner.clone();
+        let dirs = [self.profile(), self.scratch.clone()];
+        match tokio::task::spawn_blocking(move || owner.enter(&dirs)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                remove_dir(&self.root).await;
+                remove_dir(&self.scratch).await;
+                Err(LaunchError(format!("cannot create session directory: {e}")))
+            }
+            Err(e) => Err(LaunchError(format!("cannot create session directory: {e}"))),
+        }
+    }
+
+    /// Removes both directories (once; later calls do nothing).
     async fn remove(&self) {
+        if self.removed.swap(true, Ordering::AcqRel) {
+            return;
+        }
         remove_dir(&self.root).await;
         remove_dir(&self.scratch).await;
+        let owner = self.owner.clone();
+        let _ = tokio::task::spawn_blocking(move || owner.leave()).await;
     }
 }
 
-async fn launch_in(
-    executable: &Path,
-    dirs: SessionDirs,
-    spec: &LaunchSpec,
-    frame: Frame,
-) -> Result<Launched, LaunchError> {
-    for d in [&dirs.profile(), &dirs.scratch] {
-        if let Err(e) = tokio::fs::create_dir_all(d).await {
-            dirs.remove().await;
-            return Err(LaunchError(format!(
-                "cannot create session directory {}: {e}",
-                d.display()
-            )));
-        }
-    }
-
-    let spawned = match spawn(executable, &dirs, spec, frame) {
-        Ok(s) => s,
-        Err(e) => {
-            dirs.remove().await;
-            return Err(e);
-        }
-    };
-    let (process, mut transport) = spawned;
-    match wait_until_ready(&process, &mut transport).await {
-        Ok(version) => Ok(Launched {
-            transport,
-            process: Arc::new(process),
-            version,
-        }),
-        Err(reason) => {
-            process.kill().await;
-            // Its last words may still be in the pipe; they say why it did not start.
-            let _ = tokio::time::timeout(STDERR_SETTLE, process.stderr_closed.cancelled()).await;
-            let tail = process.stderr_tail();
-            if tail.is_empty() {
-                Err(LaunchError(format!("Chromium did not start: {reason}")))
-            } else {
-                Err(LaunchError(format!(
-                    "Chromium did not start: {reason}; its last output: {tail}"
-                )))
+impl LocalChromium {
+    /// Creates the browser's directories, starts it and waits until it answers CDP; on
+    /// failure, removes everything it started.
+    async fn launch_in(
+        &self,
+        dirs: SessionDirs,
+        spec: &LaunchSpec,
+        frame: Frame,
+    ) -> Result<Launched, LaunchError> {
+        dirs.create().await?;
+        let args = chromium_args(&dirs, spec, frame);
+        let (process, mut transport) = match spawn(&self.executable, args, &dirs, &self.leaders) {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                dirs.remove().await;
+                return Err(e);
+            }
+        };
+        match wait_until_ready(&process, &mut transport).await {
+            Ok(version) => Ok(Launched {
+                transport,
+                process: Arc::new(process),
+                version,
+            }),
+            Err(reason) => {
+                process.kill().await;
+                // Its last words may still be in the pipe; they say why it did not start.
+                let _ =
+                    tokio::time::timeout(STDERR_SETTLE, process.stderr_closed.cancelled()).await;
+                let tail = process.stderr_tail();
+                if tail.is_empty() {
+                    Err(LaunchError(format!("Chromium did not start: {reason}")))
+                } else {
+                    Err(LaunchError(format!(
+                        "Chromium did not start: {reason}; its last output: {tail}"
+                    )))
+                }
             }
         }
     }
@@ -342,14 +409,31 @@ async fn wait_until_ready(
     }
 }
 
+/// Chromium's arguments for one browser.
+fn chromium_args(dirs: &SessionDirs, spec: &LaunchSpec, frame: Frame) -> Vec<String> {
+    let (width, height) = window_size(spec.dimensions, frame);
+    let mut args: Vec<String> = BASE_FLAGS.iter().map(|f| (*f).to_owned()).collect();
+    args.push(format!("--user-data-dir={}", dirs.profile().display()));
+    args.push(format!("--window-size={width},{height}"));
+    if let Some(ua) = &spec.user_agent {
+        args.push(format!("--user-agent={ua}"));
+    }
+    if let Some(proxy) = &spec.proxy_server {
+        args.push(format!("--proxy-server={proxy}"));
+    }
+    args.push("about:blank".into());
+    args
+}
+
+/// Starts Chromium in its own process group, with the CDP pipes on fds 3 and 4, and the
+/// tasks that watch its exit, drain its stderr and frame its pipes.
 fn spawn(
     executable: &Path,
+    args: Vec<String>,
     dirs: &SessionDirs,
-    spec: &LaunchSpec,
-    frame: Frame,
+    leaders: &Leaders,
 ) -> Result<(LocalProcess, CdpTransport), LaunchError> {
     let io_err = |what: &str, e: std::io::Error| LaunchError(format!("{what}: {e}"));
-
     // Chromium reads commands from fd 3 and writes replies and events to fd 4.
     let (command_tx, command_rx) = pipe::pipe().map_err(|e| io_err("cannot create pipe", e))?;
     let (reply_tx, reply_rx) = pipe::pipe().map_err(|e| io_err("cannot create pipe", e))?;
@@ -359,28 +443,47 @@ fn spawn(
             .map_err(|e| io_err("pipe", e))?,
     )?;
     let child_writes = high_fd(reply_tx.into_blocking_fd().map_err(|e| io_err("pipe", e))?)?;
-    let (read_fd, write_fd) = (child_reads.as_raw_fd(), child_writes.as_raw_fd());
-
     let mut cmd = Command::new(executable);
-    cmd.args(BASE_FLAGS)
-        .arg(format!("--user-data-dir={}", dirs.profile().display()))
-        .arg({
-            let (width, height) = window_size(spec.dimensions, frame);
-            format!("--window-size={width},{height}")
-        });
-    if let Some(ua) = &spec.user_agent {
-        cmd.arg(format!("--user-agent={ua}"));
-    }
-    if let Some(proxy) = &spec.proxy_server {
-        cmd.arg(format!("--proxy-server={proxy}"));
-    }
-    cmd.arg("about:blank")
+    cmd.args(args)
         .env("TMPDIR", &dirs.scratch)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
+    wire_child(&mut cmd, child_reads.as_raw_fd(), child_writes.as_raw_fd());
+    // Held from fork until the pid is recorded, so the reaper never takes its status.
+    let mut known = leaders.lock();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| LaunchError(format!("cannot run {}: {e}", executable.display())))?;
+    // The child has its copies; ours must close so that EOF reaches each side.
+    drop(child_reads);
+    drop(child_writes);
+    let pid = child
+        .id()
+        .ok_or_else(|| LaunchError("Chromium exited during spawn".into()))? as i32;
+    known.insert(pid);
+    drop(known);
+    let (stderr_tail, stderr_closed) = drain_stderr_of(&mut child, pid);
+    let exit = watch_exit(child, pid, leaders.clone());
+    let (transport, pipes_open) = frame_pipes(command_tx, reply_rx, pid);
+    let process = LocalProcess {
+        pid,
+        dirs: dirs.clone(),
+        exit,
+        stderr_tail,
+        stderr_closed,
+        pipes_open,
+        reaped: OnceCell::new(),
+    };
+    Ok((process, transport))
+}
+
+/// Sets up, between fork and exec: the CDP pipes on fds 3 and 4, and death with the
+/// gateway.
+#[allow(unsafe_code)]
+fn wire_child(cmd: &mut Command, read_fd: i32, write_fd: i32) {
     let gateway_pid = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
     // functions (dup2, prctl, getppid) on descriptors that are open in the child.
@@ -400,29 +503,35 @@ fn spawn(
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| LaunchError(format!("cannot run {}: {e}", executable.display())))?;
-    // The child has its copies; ours must close so that EOF reaches each side.
-    drop(child_reads);
-    drop(child_writes);
+}
 
-    let pid = child
-        .id()
-        .ok_or_else(|| LaunchError("Chromium exited during spawn".into()))? as i32;
-    let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
-    let stderr_closed = CancellationToken::new();
+/// Keeps the last lines of the browser's stderr; the token is cancelled at its EOF.
+fn drain_stderr_of(
+    child: &mut tokio::process::Child,
+    pid: i32,
+) -> (Arc<Mutex<VecDeque<String>>>, CancellationToken) {
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+    let closed = CancellationToken::new();
     match child.stderr.take() {
         Some(stderr) => {
-            let closed = stderr_closed.clone().drop_guard();
-            let tail = stderr_tail.clone();
+            let guard = closed.clone().drop_guard();
+            let tail = tail.clone();
             tokio::spawn(async move {
                 drain_stderr(stderr, tail, pid).await;
-                drop(closed);
+                drop(guard);
             });
         }
-        None => stderr_closed.cancel(),
+        None => closed.cancel(),
     }
+    (tail, closed)
+}
+
+/// Waits for the browser leader's exit status; the receiver sees it once known.
+fn watch_exit(
+    mut child: tokio::process::Child,
+    pid: i32,
+    leaders: Leaders,
+) -> watch::Receiver<Option<BrowserExit>> {
     let (exit_tx, exit_rx) = watch::channel(None);
     tokio::spawn(async move {
         let exit = match child.wait().await {
@@ -433,13 +542,22 @@ fn spawn(
             },
             Err(e) => BrowserExit::Unknown(e.to_string()),
         };
+        leaders.lock().remove(&pid);
         debug!(pid, %exit, "browser process exited");
         let _ = exit_tx.send(Some(exit));
     });
+    exit_rx
+}
 
+/// Turns the two pipes into a [`CdpTransport`]. Cancelling the token closes both pipes even
+/// while someone still holds the transport.
+fn frame_pipes(
+    command_tx: pipe::Sender,
+    reply_rx: pipe::Receiver,
+    pid: i32,
+) -> (CdpTransport, CancellationToken) {
     let (to_browser, outgoing) = mpsc::channel::<Bytes>(256);
     let (incoming, from_browser) = mpsc::channel::<BytesMut>(256);
-    // Reaping closes both pipes even while someone still holds the transport.
     let pipes_open = CancellationToken::new();
     tokio::spawn(
         pipes_open
@@ -451,26 +569,17 @@ fn spawn(
             .clone()
             .run_until_cancelled_owned(read_pipe(reply_rx, incoming, pid)),
     );
-
-    let process = LocalProcess {
-        pid,
-        dirs: dirs.clone(),
-        exit: exit_rx,
-        stderr_tail,
-        stderr_closed,
-        pipes_open,
-        reaped: OnceCell::new(),
-    };
-    Ok((
-        process,
+    (
         CdpTransport {
             to_browser,
             from_browser,
         },
-    ))
+        pipes_open,
+    )
 }
 
 /// Moves a descriptor above 10 so that `dup2` onto 3 and 4 in the child cannot clobber it.
+#[allow(unsafe_code)]
 fn high_fd(fd: OwnedFd) -> Result<OwnedFd, LaunchError> {
     nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
         .map(|raw| {
@@ -488,71 +597,11 @@ async fn drain_stderr(
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         debug!(pid, "chromium: {line}");
-        let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tail = lock(&tail);
         if tail.len() == STDERR_TAIL {
             tail.pop_front();
         }
         tail.push_back(line);
-    }
-}
-
-/// Writes each message followed by the NUL that delimits messages on the pipe.
-async fn write_pipe(mut pipe: pipe::Sender, mut outgoing: mpsc::Receiver<Bytes>) {
-    const COALESCE_BELOW: usize = 64 << 10;
-    let mut scratch = Vec::with_capacity(COALESCE_BELOW + 1);
-    while let Some(msg) = outgoing.recv().await {
-        let written = if msg.len() < COALESCE_BELOW {
-            scratch.clear();
-            scratch.extend_from_slice(&msg);
-            scratch.push(0);
-            pipe.write_all(&scratch).await
-        } else {
-            match pipe.write_all(&msg).await {
-                Ok(()) => pipe.write_all(&[0]).await,
-                Err(e) => Err(e),
-            }
-        };
-        if let Err(e) = written {
-            debug!(error = %e, "CDP pipe to the browser closed");
-            return;
-        }
-    }
-}
-
-/// Splits the browser's output on NUL into messages. Ends (closing `incoming`) on EOF.
-async fn read_pipe(mut pipe: pipe::Receiver, incoming: mpsc::Sender<BytesMut>, pid: i32) {
-    let mut buf = BytesMut::with_capacity(256 << 10);
-    let mut scanned = 0;
-    loop {
-        while let Some(pos) = memchr::memchr(0, &buf[scanned..]) {
-            let end = scanned + pos;
-            let msg = buf.split_to(end);
-            let _ = buf.split_to(1);
-            scanned = 0;
-            if incoming.send(msg).await.is_err() {
-                return;
-            }
-        }
-        scanned = buf.len();
-        if buf.len() > MAX_PIPE_MESSAGE {
-            warn!(
-                pid,
-                "browser sent a message over {} MiB; dropping the connection",
-                MAX_PIPE_MESSAGE >> 20
-            );
-            return;
-        }
-        if buf.capacity() - buf.len() < (64 << 10) {
-            buf.reserve((buf.len()).max(256 << 10));
-        }
-        match pipe.read_buf(&mut buf).await {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) => {
-                debug!(pid, error = %e, "CDP pipe from the browser failed");
-                return;
-            }
-        }
     }
 }
 
@@ -570,7 +619,7 @@ pub struct LocalProcess {
 
 impl LocalProcess {
     fn stderr_tail(&self) -> String {
-        let tail = self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+        let tail = lock(&self.stderr_tail);
         tail.iter()
             .filter(|l| !l.contains("dbus"))
             .cloned()

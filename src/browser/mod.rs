@@ -1,16 +1,18 @@
 //! Where a browser runs, behind one small interface: launch, address, wait for exit, kill.
 //!
-//! Today the only host is [`local::LocalChromium`], a Chromium process on this machine
-//! talking CDP over `--remote-debugging-pipe`. Nothing above this module knows about
-//! processes, pipes or profile directories; it sees a [`CdpTransport`] and a
-//! [`BrowserProcess`]. This module must not know about sessions' states or HTTP.
+//! Today the only real host is [`LocalChromium`], a Chromium process on this machine
+//! talking CDP over `--remote-debugging-pipe` ([`pipe`] frames it). Nothing above this
+//! module knows about processes, pipes or profile directories; it sees a [`CdpTransport`]
+//! and a [`BrowserProcess`]. This module must not know about sessions' states, HTTP or
+//! WebSocket framing.
 
-pub mod detect;
-pub mod local;
-pub mod sweep;
-pub mod window;
-
-pub use local::BASE_FLAGS;
+mod detect;
+mod local;
+mod paths;
+mod pipe;
+mod reaper;
+mod sweep;
+mod window;
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,16 +20,26 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::session::params::Dimensions;
+use crate::vocab::Dimensions;
+
+pub use detect::find_chromium;
+pub use local::{BASE_FLAGS, LocalChromium};
+pub use paths::scratch_root;
+pub use sweep::SweepReport;
 
 /// What a session needs from its browser.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
+    /// The session (or pooled browser) it is for; its directories are named after it.
     pub session_id: Uuid,
+    /// Page size.
     pub dimensions: Dimensions,
+    /// `--user-agent`, if the session asked for one.
     pub user_agent: Option<String>,
+    /// `--proxy-server`, if the session asked for one.
     pub proxy_server: Option<String>,
 }
 
@@ -68,7 +80,9 @@ pub struct LaunchError(pub String);
 
 /// A launched browser, ready to be driven over [`Launched::transport`].
 pub struct Launched {
+    /// Its CDP connection.
     pub transport: CdpTransport,
+    /// The process (tree) to wait for and to kill.
     pub process: Arc<dyn BrowserProcess>,
     /// The `result` of `Browser.getVersion`: the first command the browser answered, which
     /// is what made it count as ready.
@@ -78,6 +92,7 @@ pub struct Launched {
 /// Memory used by all the browsers a host runs, at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemorySample {
+    /// Browser processes counted.
     pub processes: usize,
     /// Resident memory summed over the processes (shared pages count once per process).
     pub resident_bytes: u64,
@@ -93,6 +108,23 @@ pub trait BrowserHost: Send + Sync + 'static {
     /// nothing.
     fn sample_memory(&self) -> BoxFuture<'_, MemorySample> {
         Box::pin(async { MemorySample::default() })
+    }
+
+    /// What and where this host runs, for the start-up log.
+    fn describe(&self) -> String {
+        "browser host".into()
+    }
+
+    /// Before the first launch: removes what a killed predecessor left (browsers still
+    /// running, directories). Called once, with the data directory locked.
+    fn sweep(&self) -> BoxFuture<'_, SweepReport> {
+        Box::pin(async { SweepReport::default() })
+    }
+
+    /// Housekeeping for as long as the gateway runs (for a local host: reaping orphaned
+    /// browser helpers). Returns when `stop` is cancelled.
+    fn upkeep(&self, stop: CancellationToken) -> BoxFuture<'_, ()> {
+        Box::pin(async move { stop.cancelled().await })
     }
 }
 

@@ -11,7 +11,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
-use super::local::{SESSIONS_SUBDIR, scratch_root};
+use super::paths::{SESSIONS_SUBDIR, scratch_root};
 
 /// What the sweep removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -61,6 +61,8 @@ pub fn sweep(data_dir: &Path) -> SweepReport {
             }
         }
     }
+    // The scratch root holds nothing of its own; an idle gateway leaves none behind.
+    let _ = std::fs::remove_dir(scratch_root(data_dir));
     if report != SweepReport::default() {
         info!(
             process_groups = report.process_groups,

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::CdpTransport;
-use crate::session::params::Dimensions;
+use crate::vocab::Dimensions;
 
 /// How much larger than the page the window must be, in CSS pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,8 @@
 //!
 //! The gateway's own commands travel on the root session (no `sessionId`). This module
 //! owns routing tables and the gateway's root commands; it must not know about HTTP,
-//! session states or processes.
+//! WebSocket framing, session states or processes. When a client must go, it says why
+//! ([`Disconnect`]); the module that owns client sockets picks the close frame.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,14 +24,13 @@ use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::message::{self, TargetEvent};
 use crate::browser::CdpTransport;
+use crate::sync::lock;
+use crate::vocab::Disconnect;
 
 /// Messages queued toward one client before the browser's reader waits for it.
 const CLIENT_QUEUE: usize = 128;
@@ -74,22 +74,12 @@ struct Routes {
     closing: bool,
 }
 
-/// How a client must be closed.
-#[derive(Debug, Clone)]
-pub struct Closing {
-    pub frame: CloseFrame,
-    /// Whether messages already queued for the client are delivered before the close frame:
-    /// yes when the session ends (a `Browser.close` reply may be waiting), no for a client
-    /// dropped for not reading them.
-    pub deliver_queued: bool,
-}
-
 struct ClientRoute {
     browser_session: Box<str>,
     /// Ids of this client's `Target.attachToTarget` commands without `flatten`, until answered.
     unflattened_attaches: HashSet<i64>,
-    outbound: mpsc::Sender<Utf8Bytes>,
-    close: watch::Sender<Option<Closing>>,
+    outbound: mpsc::Sender<Bytes>,
+    close: watch::Sender<Option<Disconnect>>,
 }
 
 impl Mux {
@@ -110,6 +100,12 @@ impl Mux {
     /// Resolves when the connection to the browser is gone.
     pub async fn lost(&self) {
         self.lost.cancelled().await
+    }
+
+    /// Clients attached now.
+    #[cfg(test)]
+    pub fn clients(&self) -> usize {
+        self.lock().clients.len()
     }
 
     /// CDP events delivered to clients so far.
@@ -201,25 +197,19 @@ impl Mux {
         })
     }
 
-    /// Tells every client to close with `frame`, and refuses new clients from now on.
-    pub fn close_all(&self, frame: CloseFrame) {
+    /// Tells every client to go, for `why`, and refuses new clients from now on.
+    pub fn close_all(&self, why: Disconnect) {
         let mut routes = self.lock();
         routes.closing = true;
         for client in routes.clients.values() {
-            let _ = client.close.send(Some(Closing {
-                frame: frame.clone(),
-                deliver_queued: true,
-            }));
+            let _ = client.close.send(Some(why));
         }
     }
 
-    /// Disconnects one client: it gets `frame`, and nothing more is routed to it.
-    fn evict(&self, client: u64, frame: CloseFrame) {
+    /// Disconnects one client for `why`; nothing more is routed to it.
+    fn evict(&self, client: u64, why: Disconnect) {
         if let Some(route) = self.lock().clients.get(&client) {
-            let _ = route.close.send(Some(Closing {
-                frame,
-                deliver_queued: false,
-            }));
+            let _ = route.close.send(Some(why));
         }
         self.detach(client);
     }
@@ -258,7 +248,7 @@ impl Mux {
 
     fn lock(&self) -> MutexGuard<'_, Routes> {
         // Routing tables stay consistent under every early return, so a poisoned lock is usable.
-        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.routes)
     }
 }
 
@@ -270,7 +260,7 @@ enum Destination {
     /// A client; `strip` when the message is on that client's own browser session.
     Client {
         owner: u64,
-        outbound: mpsc::Sender<Utf8Bytes>,
+        outbound: mpsc::Sender<Bytes>,
         strip: bool,
     },
     /// A session whose client is being detached.
@@ -284,46 +274,9 @@ async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<Byte
             deliver_to_gateway(&mux, msg);
             continue;
         };
-        let destination = {
-            let session_id = tail.id(&msg);
-            let mut routes = mux.lock();
-            match routes.owners.get(session_id).copied() {
-                None => Destination::Gateway,
-                Some(owner) => {
-                    match message::target_event(&msg) {
-                        Some(TargetEvent::Attached(child)) => {
-                            routes.owners.insert(Box::from(&*child), owner);
-                        }
-                        Some(TargetEvent::Detached(child)) => {
-                            routes.unflattened.remove(&*child);
-                            routes.owners.remove(&*child);
-                        }
-                        None => {}
-                    }
-                    match routes.clients.get(&owner) {
-                        None => Destination::Nowhere,
-                        Some(client) => {
-                            let outbound = client.outbound.clone();
-                            let strip = *client.browser_session == *session_id;
-                            if strip {
-                                note_unflattened_attach(&mut routes, owner, &msg);
-                            }
-                            Destination::Client {
-                                owner,
-                                outbound,
-                                strip,
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        let (owner, outbound) = match destination {
-            Destination::Gateway => {
-                deliver_to_gateway(&mux, msg);
-                continue;
-            }
-            Destination::Nowhere => continue,
+        match mux.destination(&msg, tail.id(&msg)) {
+            Destination::Gateway => deliver_to_gateway(&mux, msg),
+            Destination::Nowhere => {}
             Destination::Client {
                 owner,
                 outbound,
@@ -332,21 +285,60 @@ async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<Byte
                 if strip {
                     message::strip_tail_session(&mut msg, tail);
                 }
-                (owner, outbound)
+                let is_event = message::is_event(&msg);
+                if mux.deliver(owner, &outbound, msg.freeze()).await && is_event {
+                    mux.events_delivered.fetch_add(1, Ordering::Relaxed);
+                }
             }
+        }
+    }
+    debug!("browser connection closed");
+    mux.lock().pending.clear();
+    mux.lost.cancel();
+}
+
+impl Mux {
+    /// Finds the owner of a message on CDP session `session_id`, keeping the routing table
+    /// up to date with the targets the message attaches or detaches.
+    fn destination(&self, msg: &[u8], session_id: &str) -> Destination {
+        let mut routes = self.lock();
+        let Some(owner) = routes.owners.get(session_id).copied() else {
+            return Destination::Gateway;
         };
-        let is_event = message::is_event(&msg);
-        let Ok(text) = Utf8Bytes::try_from(msg.freeze()) else {
-            warn!("browser sent a message that is not UTF-8; dropped");
-            continue;
+        match message::target_event(msg) {
+            Some(TargetEvent::Attached(child)) => {
+                routes.owners.insert(Box::from(&*child), owner);
+            }
+            Some(TargetEvent::Detached(child)) => {
+                routes.unflattened.remove(&*child);
+                routes.owners.remove(&*child);
+            }
+            None => {}
+        }
+        let Some(client) = routes.clients.get(&owner) else {
+            return Destination::Nowhere;
         };
-        let delivered = match outbound.try_send(text) {
+        let outbound = client.outbound.clone();
+        let strip = *client.browser_session == *session_id;
+        if strip {
+            note_unflattened_attach(&mut routes, owner, msg);
+        }
+        Destination::Client {
+            owner,
+            outbound,
+            strip,
+        }
+    }
+
+    /// Queues a message for a client. This task serves every client of the browser, so it
+    /// waits a little for a slow reader, never indefinitely: a client that leaves its queue
+    /// full for [`SLOW_CLIENT_GRACE`] is disconnected. Returns whether it was queued.
+    async fn deliver(&self, owner: u64, outbound: &mpsc::Sender<Bytes>, msg: Bytes) -> bool {
+        match outbound.try_send(msg) {
             Ok(()) => true,
             Err(TrySendError::Closed(_)) => false,
-            // This task serves every client of the browser: wait a little for a slow
-            // reader, never indefinitely.
-            Err(TrySendError::Full(text)) => {
-                match outbound.send_timeout(text, SLOW_CLIENT_GRACE).await {
+            Err(TrySendError::Full(msg)) => {
+                match outbound.send_timeout(msg, SLOW_CLIENT_GRACE).await {
                     Ok(()) => true,
                     Err(SendTimeoutError::Closed(_)) => false,
                     Err(SendTimeoutError::Timeout(_)) => {
@@ -354,25 +346,13 @@ async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<Byte
                             client = owner,
                             "client has not read for {SLOW_CLIENT_GRACE:?}; disconnecting it"
                         );
-                        mux.evict(
-                            owner,
-                            CloseFrame {
-                                code: CloseCode::Policy,
-                                reason: "client is not reading its messages".into(),
-                            },
-                        );
+                        self.evict(owner, Disconnect::NotReading);
                         false
                     }
                 }
             }
-        };
-        if delivered && is_event {
-            mux.events_delivered.fetch_add(1, Ordering::Relaxed);
         }
     }
-    debug!("browser connection closed");
-    mux.lock().pending.clear();
-    mux.lost.cancel();
 }
 
 /// If `msg` answers one of the client's `attachToTarget` commands without `flatten`,
@@ -438,10 +418,10 @@ pub struct ClientLink {
     mux: Arc<Mux>,
     id: u64,
     browser_session: Box<str>,
-    /// Messages for this client, in order.
-    pub outbound: mpsc::Receiver<Utf8Bytes>,
-    /// Set once when the session ends and this client must be closed.
-    pub close: watch::Receiver<Option<Closing>>,
+    /// Messages for this client, in order: whole CDP messages as the browser wrote them.
+    pub outbound: mpsc::Receiver<Bytes>,
+    /// Set once, when this client must be disconnected, to the reason why.
+    pub close: watch::Receiver<Option<Disconnect>>,
 }
 
 impl ClientLink {

@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use crate::sync::lock;
 use crate::telemetry;
+use crate::vocab::GATEWAY_RESTART;
 use store::{Checkpoint, FinalRecord, NewRecord, StoreError, TrafficTotals, UsageStore, UsageSums};
 
 /// Length of a billed minute.
@@ -35,8 +36,6 @@ const MINUTE: Duration = Duration::from_secs(60);
 const AFTER_BOUNDARY: Duration = Duration::from_millis(1);
 /// Attempts at writing a session's final record before leaving it to the next start.
 const FINISH_ATTEMPTS: u32 = 3;
-/// Reason recorded for sessions a killed gateway left live.
-pub const GATEWAY_RESTART: &str = "gateway_restart";
 
 /// Minutes billed for a session that has lasted `duration`: every started minute, at least one.
 pub fn billed_minutes(duration: Duration) -> u64 {

@@ -7,21 +7,7 @@
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-/// Width and height of the browser window, in CSS pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Dimensions {
-    pub width: u32,
-    pub height: u32,
-}
-
-impl Default for Dimensions {
-    fn default() -> Self {
-        Dimensions {
-            width: 1920,
-            height: 1080,
-        }
-    }
-}
+use crate::vocab::Dimensions;
 
 /// Largest window side accepted.
 const MAX_DIMENSION: u64 = 16_384;
@@ -31,12 +17,25 @@ const MAX_USER_AGENT_LEN: usize = 1_024;
 /// What a create request asked for, after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionOptions {
+    /// The id the client chose, if it chose one.
     pub session_id: Option<Uuid>,
+    /// How long the session may live, in milliseconds.
     pub timeout_ms: u64,
+    /// `userAgent`.
     pub user_agent: Option<String>,
+    /// The page size.
     pub dimensions: Dimensions,
     /// The proxy as Chromium's `--proxy-server` takes it: `scheme://host:port`.
     pub proxy_server: Option<String>,
+}
+
+impl SessionOptions {
+    /// Whether a pooled browser (default flags) can serve this session.
+    pub fn poolable(&self) -> bool {
+        self.user_agent.is_none()
+            && self.proxy_server.is_none()
+            && self.dimensions == Dimensions::default()
+    }
 }
 
 /// A create body that cannot be honoured, naming the field at fault (as the client wrote
@@ -44,7 +43,9 @@ pub struct SessionOptions {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {reason}", shown_name(field))]
 pub struct InvalidField {
+    /// The field as the client named it (`dimensions.width` for nested ones).
     pub field: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -58,8 +59,11 @@ fn invalid(field: &str, reason: impl Into<String>) -> InvalidField {
 /// Limits that come from the gateway's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct TimeoutLimits {
+    /// When the body names none.
     pub default_ms: u64,
+    /// Shortest accepted.
     pub min_ms: u64,
+    /// Longest accepted (`--max-timeout-ms`).
     pub max_ms: u64,
 }
 
@@ -127,11 +131,40 @@ fn parse_create_object(
     body: &Map<String, Value>,
     limits: TimeoutLimits,
 ) -> Result<SessionOptions, InvalidField> {
-    // Report fields in a stable order so the same body always gets the same error.
+    check_field_names(body)?;
+    let options = SessionOptions {
+        session_id: session_id(body.get("sessionId"))?,
+        timeout_ms: timeout_ms(body.get("timeout"), limits)?,
+        user_agent: user_agent(body.get("userAgent"))?,
+        dimensions: dimensions(body.get("dimensions"))?,
+        proxy_server: match body.get("proxyUrl") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(proxy_server(s)?),
+            Some(_) => {
+                return Err(invalid(
+                    "proxyUrl",
+                    "must be a string such as http://proxy.example:8080",
+                ));
+            }
+        },
+    };
+    match body.get("headless") {
+        None | Some(Value::Null) | Some(Value::Bool(true)) => Ok(options),
+        Some(Value::Bool(false)) => Err(invalid(
+            "headless",
+            "ingot runs headless browsers only; use true or leave it unset",
+        )),
+        Some(_) => Err(invalid("headless", "must be a boolean")),
+    }
+}
+
+/// Refuses unknown fields, and Steel fields ingot does not implement unless they are at
+/// their default. Fields are checked in a stable order, so the same body always gets the
+/// same error.
+fn check_field_names(body: &Map<String, Value>) -> Result<(), InvalidField> {
     let mut keys: Vec<&String> = body.keys().collect();
     keys.sort();
     for key in keys {
-        let value = &body[key.as_str()];
         let known = matches!(
             key.as_str(),
             "sessionId" | "timeout" | "userAgent" | "dimensions" | "proxyUrl" | "headless"
@@ -139,111 +172,82 @@ fn parse_create_object(
         if known {
             continue;
         }
-        if UNSUPPORTED.contains(&key.as_str()) {
-            if !is_default_value(key, value) {
-                return Err(invalid(key, "is not supported by ingot; leave it unset"));
-            }
-        } else {
+        if !UNSUPPORTED.contains(&key.as_str()) {
             return Err(invalid(key, "is not a known session option"));
         }
+        if !is_default_value(key, &body[key.as_str()]) {
+            return Err(invalid(key, "is not supported by ingot; leave it unset"));
+        }
     }
+    Ok(())
+}
 
-    let session_id = match body.get("sessionId") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(Uuid::parse_str(s).map_err(|_| {
+fn session_id(value: Option<&Value>) -> Result<Option<Uuid>, InvalidField> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Uuid::parse_str(s).map(Some).map_err(|_| {
             invalid(
                 "sessionId",
                 "must be a UUID such as 123e4567-e89b-12d3-a456-426614174000",
             )
-        })?),
-        Some(_) => return Err(invalid("sessionId", "must be a string holding a UUID")),
-    };
+        }),
+        Some(_) => Err(invalid("sessionId", "must be a string holding a UUID")),
+    }
+}
 
-    let timeout_ms = match body.get("timeout") {
-        None | Some(Value::Null) => limits.default_ms,
-        Some(Value::Number(n)) => {
-            let ms = whole_number(n)
-                .ok_or_else(|| invalid("timeout", "must be a whole number of milliseconds"))?;
-            match u64::try_from(ms) {
-                Ok(ms) if (limits.min_ms..=limits.max_ms).contains(&ms) => ms,
-                _ => {
-                    return Err(invalid(
-                        "timeout",
-                        format!(
-                            "must be between {} and {} milliseconds, got {n}",
-                            limits.min_ms, limits.max_ms
-                        ),
-                    ));
-                }
-            }
-        }
+fn timeout_ms(value: Option<&Value>, limits: TimeoutLimits) -> Result<u64, InvalidField> {
+    let n = match value {
+        None | Some(Value::Null) => return Ok(limits.default_ms),
+        Some(Value::Number(n)) => n,
         Some(_) => return Err(invalid("timeout", "must be a number of milliseconds")),
     };
+    let ms = whole_number(n)
+        .ok_or_else(|| invalid("timeout", "must be a whole number of milliseconds"))?;
+    match u64::try_from(ms) {
+        Ok(ms) if (limits.min_ms..=limits.max_ms).contains(&ms) => Ok(ms),
+        _ => Err(invalid(
+            "timeout",
+            format!(
+                "must be between {} and {} milliseconds, got {n}",
+                limits.min_ms, limits.max_ms
+            ),
+        )),
+    }
+}
 
-    let user_agent = match body.get("userAgent") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => {
-            if s.is_empty() || s.len() > MAX_USER_AGENT_LEN {
-                return Err(invalid(
-                    "userAgent",
-                    format!("must be 1 to {MAX_USER_AGENT_LEN} characters long"),
-                ));
-            }
-            if s.chars().any(char::is_control) {
-                return Err(invalid("userAgent", "must not contain control characters"));
-            }
-            Some(s.clone())
-        }
+fn user_agent(value: Option<&Value>) -> Result<Option<String>, InvalidField> {
+    let s = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s,
         Some(_) => return Err(invalid("userAgent", "must be a string")),
     };
+    if s.is_empty() || s.len() > MAX_USER_AGENT_LEN {
+        return Err(invalid(
+            "userAgent",
+            format!("must be 1 to {MAX_USER_AGENT_LEN} characters long"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(invalid("userAgent", "must not contain control characters"));
+    }
+    Ok(Some(s.clone()))
+}
 
-    let dimensions = match body.get("dimensions") {
-        None | Some(Value::Null) => Dimensions::default(),
-        Some(Value::Object(d)) => {
-            for key in d.keys() {
-                if key != "width" && key != "height" {
-                    return Err(invalid(
-                        &format!("dimensions.{key}"),
-                        "is not a known field; use width and height",
-                    ));
-                }
-            }
-            Dimensions {
-                width: dimension(d, "width")?,
-                height: dimension(d, "height")?,
-            }
-        }
+fn dimensions(value: Option<&Value>) -> Result<Dimensions, InvalidField> {
+    let d = match value {
+        None | Some(Value::Null) => return Ok(Dimensions::default()),
+        Some(Value::Object(d)) => d,
         Some(_) => return Err(invalid("dimensions", "must be an object {width, height}")),
     };
-
-    let proxy_server = match body.get("proxyUrl") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(proxy_server(s)?),
-        Some(_) => {
-            return Err(invalid(
-                "proxyUrl",
-                "must be a string such as http://proxy.example:8080",
-            ));
-        }
-    };
-
-    match body.get("headless") {
-        None | Some(Value::Null) | Some(Value::Bool(true)) => {}
-        Some(Value::Bool(false)) => {
-            return Err(invalid(
-                "headless",
-                "ingot runs headless browsers only; use true or leave it unset",
-            ));
-        }
-        Some(_) => return Err(invalid("headless", "must be a boolean")),
+    if let Some(key) = d.keys().find(|k| *k != "width" && *k != "height") {
+        return Err(invalid(
+            &format!("dimensions.{key}"),
+            "is not a known field; use width and height",
+        ));
     }
-
-    Ok(SessionOptions {
-        session_id,
-        timeout_ms,
-        user_agent,
-        dimensions,
-        proxy_server,
+    Ok(Dimensions {
+        width: dimension(d, "width")?,
+        height: dimension(d, "height")?,
     })
 }
 

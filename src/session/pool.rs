@@ -28,6 +28,23 @@ use crate::telemetry;
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// The outcome of the latest browser launch (the pool's, a create's or a probe's), for
+/// readiness: any successful launch shows that browsers start again.
+#[derive(Default)]
+pub struct LaunchHealth(Mutex<Option<String>>);
+
+impl LaunchHealth {
+    /// Records a launch: `None` when it succeeded, else its error.
+    pub fn note(&self, failure: Option<String>) {
+        *lock(&self.0) = failure;
+    }
+
+    /// The error of the latest launch, if it failed.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.0).clone()
+    }
+}
+
 /// A ready browser, taken from the pool with the capacity permit it holds.
 pub struct WarmBrowser {
     /// The id its profile directory is named after; a session without an id of its own
@@ -60,6 +77,7 @@ pub struct WarmPool {
     closed: CancellationToken,
     /// The registry's tasks, so that shutdown waits for launches and reaps in flight.
     tasks: TaskTracker,
+    health: Arc<LaunchHealth>,
 }
 
 impl WarmPool {
@@ -68,6 +86,7 @@ impl WarmPool {
         host: Arc<dyn BrowserHost>,
         capacity: Arc<Semaphore>,
         tasks: TaskTracker,
+        health: Arc<LaunchHealth>,
     ) -> Arc<WarmPool> {
         Arc::new(WarmPool {
             target,
@@ -80,6 +99,7 @@ impl WarmPool {
             became_ready: Notify::new(),
             closed: CancellationToken::new(),
             tasks,
+            health,
         })
     }
 
@@ -94,7 +114,7 @@ impl WarmPool {
     }
 
     /// Takes a ready browser, if one is alive.
-    pub fn take(&self) -> Option<WarmBrowser> {
+    pub fn take(self: &Arc<Self>) -> Option<WarmBrowser> {
         let taken = loop {
             let pooled = lock(&self.ready).pop_front()?;
             pooled.left.cancel();
@@ -211,6 +231,8 @@ impl WarmPool {
             })
             .await;
         self.launching.fetch_sub(1, Ordering::AcqRel);
+        self.health
+            .note(launched.as_ref().err().map(|e| e.0.clone()));
         let launched = launched.map_err(|e| e.0)?;
         telemetry::browser_launched(started.elapsed());
         if self.closed.is_cancelled() {
@@ -255,16 +277,19 @@ impl WarmPool {
                     warn!(browser = %process.address(), %exit, "pooled browser exited; replacing it");
                     self.changed();
                     self.reap(dead.browser);
-                    self.wake.notify_one();
                 }
             }
         }
     }
 
-    fn reap(&self, browser: WarmBrowser) {
+    /// Kills a browser that may not be handed out; once its slot is back, the refill loop
+    /// is woken to replace it.
+    fn reap(self: &Arc<Self>, browser: WarmBrowser) {
+        let pool = self.clone();
         self.tasks.spawn(async move {
             browser.launched.process.kill().await;
             drop(browser.permit);
+            pool.wake.notify_one();
         });
     }
 

@@ -7,96 +7,8 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use serde::Serialize;
-
-/// The status a client sees, with Steel's wire names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Live,
-    Released,
-    Failed,
-}
-
-impl Status {
-    /// Wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Live => "live",
-            Status::Released => "released",
-            Status::Failed => "failed",
-        }
-    }
-
-    /// Parses a `status` query value.
-    pub fn parse(s: &str) -> Option<Status> {
-        match s {
-            "live" => Some(Status::Live),
-            "released" => Some(Status::Released),
-            "failed" => Some(Status::Failed),
-            _ => None,
-        }
-    }
-}
-
-/// Why a session ended, with the wire names of Steel's `releaseReason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    /// Released through the API (one session or release-all).
-    UserRequested,
-    /// The session's `timeout` elapsed.
-    Timeout,
-    /// A client sent `Browser.close`.
-    BrowserClosed,
-    /// Chromium crashed or exited, or the gateway lost its connection to it.
-    BrowserCrashed,
-    /// Chromium stopped answering the gateway's liveness probe (hung).
-    BrowserUnresponsive,
-    /// Chromium could not be started for this session.
-    StartupFailed,
-    /// The gateway was asked to stop (SIGTERM) while the session was live.
-    GatewayShutdown,
-}
-
-impl EndReason {
-    /// Every reason, for registering metrics up front.
-    pub const ALL: [EndReason; 7] = [
-        EndReason::UserRequested,
-        EndReason::Timeout,
-        EndReason::BrowserClosed,
-        EndReason::BrowserCrashed,
-        EndReason::BrowserUnresponsive,
-        EndReason::StartupFailed,
-        EndReason::GatewayShutdown,
-    ];
-
-    /// The final status each reason leads to.
-    pub fn status(self) -> Status {
-        match self {
-            EndReason::UserRequested
-            | EndReason::Timeout
-            | EndReason::BrowserClosed
-            | EndReason::GatewayShutdown => Status::Released,
-            EndReason::BrowserCrashed
-            | EndReason::BrowserUnresponsive
-            | EndReason::StartupFailed => Status::Failed,
-        }
-    }
-
-    /// Wire name, for logs and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::UserRequested => "user_requested",
-            EndReason::Timeout => "timeout",
-            EndReason::BrowserClosed => "browser_closed",
-            EndReason::BrowserCrashed => "browser_crashed",
-            EndReason::BrowserUnresponsive => "browser_unresponsive",
-            EndReason::StartupFailed => "startup_failed",
-            EndReason::GatewayShutdown => "gateway_shutdown",
-        }
-    }
-}
+use crate::sync::lock;
+use crate::vocab::{EndReason, Status};
 
 /// A read-only view of where a session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,10 +104,7 @@ impl Lifecycle {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
-        // The guarded value is a plain Copy enum, so a poisoned lock still holds a valid state.
-        self.phase
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.phase)
     }
 }
 

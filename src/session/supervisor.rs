@@ -3,7 +3,8 @@
 //! shutdown), then closes every client and reaps the browser.
 //!
 //! Because this task owns the browser process, there is exactly one path from "live" to
-//! "reaped", whatever ended the session.
+//! "reaped", whatever ended the session. It tells the multiplexer why clients must go and
+//! leaves close frames to the proxy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,30 +12,28 @@ use std::time::Duration;
 use serde_json::json;
 
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Session;
 use super::quota::QuotaHold;
-use super::registry::Registry;
-use super::state::EndReason;
 use crate::browser::BrowserProcess;
 use crate::cdp::mux::{CommandError, Mux};
+use crate::vocab::{Disconnect, EndReason};
 
+/// Supervises one live session until it ends, then disconnects its clients, reaps its
+/// browser and gives its slot back. Returns how the session ended; the caller records it.
 pub(super) async fn supervise(
-    registry: Arc<Registry>,
-    session: Arc<Session>,
+    session: &Session,
     process: Arc<dyn BrowserProcess>,
     mux: Arc<Mux>,
     slot: (OwnedSemaphorePermit, QuotaHold),
     probe: LivenessProbe,
     shutdown: CancellationToken,
-) {
+) -> EndReason {
     let deadline = tokio::time::Instant::from_std(session.deadline());
     let ended_here = tokio::select! {
-        _ = session.end_requested.cancelled() => None,
+        _ = session.end_requested() => None,
         _ = tokio::time::sleep_until(deadline) => Some(EndReason::Timeout),
         exit = process.wait_exit() => {
             warn!(session_id = %session.id, %exit, "browser exited");
@@ -52,19 +51,13 @@ pub(super) async fn supervise(
         _ = shutdown.cancelled() => Some(EndReason::GatewayShutdown),
     };
     if let Some(reason) = ended_here {
-        // Losing this race to a concurrent request is fine: the first transition stands.
-        let _ = session.lifecycle.end(reason);
+        session.end_here(reason);
     }
     let reason = session.end_reason().unwrap_or(EndReason::BrowserCrashed);
 
-    mux.close_all(close_frame(reason));
+    mux.close_all(Disconnect::SessionEnded(reason));
     process.kill().await;
     drop(slot);
-    registry.slot_freed();
-    // Usage record and history first: whoever waits for the reap (a release call) then sees
-    // them complete.
-    registry.note_ended(&session, reason).await;
-    session.reaped.cancel();
     info!(
         session_id = %session.id,
         status = ?reason.status(),
@@ -72,12 +65,15 @@ pub(super) async fn supervise(
         duration_ms = session.duration().as_millis() as u64,
         "session ended; browser reaped"
     );
+    reason
 }
 
 /// How often the supervisor checks that the browser still answers, and how long it waits.
 #[derive(Debug, Clone, Copy)]
 pub struct LivenessProbe {
+    /// Time between probes.
     pub interval: Duration,
+    /// How long the browser may take to answer one.
     pub timeout: Duration,
 }
 
@@ -96,23 +92,5 @@ async fn unresponsive(mux: &Mux, probe: LivenessProbe) -> String {
             // A closed connection is the crash branch's to report.
             Ok(Err(_)) => std::future::pending::<()>().await,
         }
-    }
-}
-
-/// The close frame attached clients get for each way a session can end.
-fn close_frame(reason: EndReason) -> CloseFrame {
-    let (code, text) = match reason {
-        EndReason::UserRequested => (CloseCode::Normal, "session released"),
-        EndReason::BrowserClosed => (CloseCode::Normal, "browser closed"),
-        EndReason::Timeout => (CloseCode::Away, "session timed out"),
-        EndReason::GatewayShutdown => (CloseCode::Away, "gateway shutting down"),
-        EndReason::BrowserCrashed | EndReason::StartupFailed => {
-            (CloseCode::Error, "browser crashed")
-        }
-        EndReason::BrowserUnresponsive => (CloseCode::Error, "browser not responding"),
-    };
-    CloseFrame {
-        code,
-        reason: text.into(),
     }
 }

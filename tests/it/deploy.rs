@@ -200,7 +200,7 @@ fn run_within(cmd: &mut Command, within: Duration) -> Output {
         Ok(output) => output.expect("wait for command"),
         Err(_) => {
             // SAFETY: kill(2) on a child this test spawned and has not reaped.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            signal(pid as i32, libc::SIGKILL);
             panic!("{cmd:?} did not finish within {within:?}");
         }
     }
@@ -1655,7 +1655,7 @@ impl Prometheus {
 impl Drop for Prometheus {
     fn drop(&mut self) {
         // SAFETY: kill(2) on the child this guard spawned and has not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        signal(self.child.id() as i32, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

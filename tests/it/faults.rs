@@ -68,7 +68,7 @@ impl DataDir {
 impl Drop for DataDir {
     fn drop(&mut self) {
         // Only if empty: anything in it would be a leak for a test to report, not to hide.
-        let _ = std::fs::remove_dir(ingot::browser::local::scratch_root(self.tmp.path()));
+        let _ = std::fs::remove_dir(ingot::browser::scratch_root(self.tmp.path()));
     }
 }
 
@@ -351,7 +351,7 @@ fn owned_dirs(data_dir: &Path) -> usize {
                 .is_some_and(|n| uuid::Uuid::parse_str(n).is_ok())
         })
         .count();
-    let scratch = std::fs::read_dir(ingot::browser::local::scratch_root(data_dir))
+    let scratch = std::fs::read_dir(ingot::browser::scratch_root(data_dir))
         .map(|d| d.count())
         .unwrap_or(0);
     sessions + scratch
@@ -1450,4 +1450,101 @@ async fn one_record_and_one_billed_minute_per_session(gw: &Gateway, ids: &[Strin
     assert_eq!(report["total"]["billedMinutes"], n, "{report}");
     assert_eq!(report["total"]["sessions"], n, "{report}");
     assert_no_panic(gw);
+}
+
+/// Every process of a process group, zombies included: (pid, parent pid, state).
+fn group_members(pgid: i32) -> Vec<(i32, i32, char)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let state = fields.first().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid = fields.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        if fields.get(2).and_then(|p| p.parse().ok()) == Some(pgid) {
+            found.push((pid, ppid, state));
+        }
+    }
+    found
+}
+
+/// When a browser's leader dies, its helpers are re-parented to the gateway (a child
+/// subreaper), not to PID 1, and the gateway reaps every one of them: no zombie is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helpers_of_a_dead_browser_are_adopted_and_reaped_by_the_gateway() {
+    let _exclusive = exclusive().await;
+    let gw = Gateway::start(&[]).await;
+    let session = gw.create(json!({})).await;
+    let id = id_of(&session);
+    let leader = browser_leader(&gw.data_dir, &id);
+    // Stopped helpers cannot exit on their own when the leader dies: they are orphaned.
+    kill_group(leader, libc::SIGSTOP);
+    signal(leader, libc::SIGKILL);
+    let deadline = Instant::now() + secs(5);
+    let helpers = loop {
+        let helpers: Vec<_> = group_members(leader)
+            .into_iter()
+            .filter(|&(pid, ..)| pid != leader)
+            .collect();
+        if !helpers.is_empty() && helpers.iter().all(|&(_, ppid, _)| ppid != leader) {
+            break helpers;
+        }
+        assert!(Instant::now() < deadline, "helpers: {helpers:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    for (pid, ppid, _) in &helpers {
+        assert_eq!(
+            *ppid,
+            gw.pid() as i32,
+            "helper {pid} was adopted by {ppid}, not the gateway"
+        );
+    }
+    let (ended, _) = gw.wait_ended(&id, secs(10)).await;
+    assert_eq!(ended["status"], "failed", "{ended}");
+    let deadline = Instant::now() + secs(10);
+    while !group_members(leader).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left in the browser's group: {:?}",
+            group_members(leader)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_no_panic(&gw);
+}
+
+/// A SIGKILLed gateway leaves its scratch root behind; the next start removes it, and a
+/// gateway whose browsers are all gone leaves none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scratch_root_of_a_killed_gateway_is_removed_by_the_next_start() {
+    let _shared = shared().await;
+    let data = DataDir::new();
+    let scratch = ingot::browser::scratch_root(data.path());
+    let mut gw = Gateway::start_in(data.path(), &[]).await;
+    let session = gw.create(json!({})).await;
+    assert!(scratch.exists(), "a live browser has its scratch directory");
+    gw.signal(libc::SIGKILL);
+    gw.wait_exit(secs(10));
+    assert!(scratch.exists(), "the killed gateway left its scratch root");
+    let mut gw = Gateway::start_in(data.path(), &[]).await;
+    assert!(
+        !scratch.exists(),
+        "the next start removed the scratch root (its probe browser is gone too)"
+    );
+    let again = gw.create(json!({})).await;
+    assert!(scratch.exists());
+    gw.release(&id_of(&again)).await;
+    assert!(
+        !scratch.exists(),
+        "the last browser out removed the scratch root"
+    );
+    let _ = session;
+    gw.stop();
 }

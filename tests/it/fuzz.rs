@@ -7,9 +7,9 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use ingot::api::sessions::parse_id;
-use ingot::auth::{KeyRing, MIN_KEY_LEN};
-use ingot::session::params::{SessionOptions, TimeoutLimits, parse_create_body};
+use ingot::validation::{
+    KeyRing, MIN_KEY_LEN, SessionOptions, TimeoutLimits, parse_create_body, parse_id,
+};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -235,7 +235,7 @@ fn valid_body() -> impl Strategy<Value = (Value, SessionOptions)> {
                 timeout_ms: timeout.unwrap_or(LIMITS.default_ms),
                 user_agent: ua,
                 dimensions: dims
-                    .map(|(width, height)| ingot::session::params::Dimensions { width, height })
+                    .map(|(width, height)| ingot::Dimensions { width, height })
                     .unwrap_or_default(),
                 proxy_server: proxy.map(|(scheme, host, port)| {
                     // The URL parser drops a scheme's default port but ingot puts it back.

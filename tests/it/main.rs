@@ -17,6 +17,7 @@ mod deploy;
 mod faults;
 mod fuzz;
 mod hostile;
+mod inproc;
 mod lifecycle;
 mod metering;
 mod metrics;

@@ -320,3 +320,39 @@ async fn a_second_sigterm_ends_the_drain() {
     assert_eq!(record.reason.as_deref(), Some("gateway_shutdown"));
     gw.assert_clean(secs(5)).await;
 }
+
+/// Every histogram is exported from start-up with zero counts (before its first sample),
+/// so the dashboard panels that read them show zero rather than "No data".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histograms_are_exported_at_zero_from_start_up() {
+    let _shared = shared().await;
+    // No browser starts, so nothing records a sample.
+    let gw = Gateway::start(&["--chromium", "/bin/false"]).await;
+    let text = gw
+        .http
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    for name in [
+        "ingot_admission_wait_seconds",
+        "ingot_session_duration_seconds",
+        "ingot_browser_launch_seconds",
+        "ingot_session_create_to_ready_seconds",
+    ] {
+        for line in [
+            format!("# TYPE {name} histogram"),
+            format!("{name}_bucket{{le=\"+Inf\"}} 0"),
+            format!("{name}_sum 0"),
+            format!("{name}_count 0"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
+}

@@ -229,7 +229,7 @@ impl Gateway {
     /// Sends a signal to the gateway process.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) with a pid we own.
-        unsafe { libc::kill(self.pid() as i32, sig) };
+        signal(self.pid() as i32, sig);
     }
 
     /// Waits for the gateway to exit and returns its status.
@@ -290,7 +290,7 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill(2) with a pid we own.
-            unsafe { libc::kill(child.id() as i32, 15) };
+            signal(child.id() as i32, 15);
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -307,13 +307,13 @@ impl Drop for Gateway {
 /// Sends `sig` to a process group.
 pub fn kill_group(pgid: i32, sig: i32) {
     // SAFETY: kill(2) on a process group this test created or owns.
-    unsafe { libc::kill(-pgid, sig) };
+    signal(-pgid, sig);
 }
 
 /// Profile directories under `<data_dir>/sessions` plus the sessions' scratch directories.
 pub fn session_dirs_in(data_dir: &Path) -> usize {
     let count = |dir: PathBuf| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
-    count(data_dir.join("sessions")) + count(ingot::browser::local::scratch_root(data_dir))
+    count(data_dir.join("sessions")) + count(ingot::browser::scratch_root(data_dir))
 }
 
 /// Non-zombie processes whose command line contains `<data_dir>/sessions/`.
@@ -725,4 +725,11 @@ pub fn try_metric(
             | prometheus_parse::Value::Untyped(v) => Some(v),
             _ => None,
         })
+}
+
+/// Sends `sig` to `pid` (a negative pid names a process group), as `kill(2)` does; a
+/// process that is already gone is not an error here.
+pub fn signal(pid: i32, sig: i32) {
+    let sig = nix::sys::signal::Signal::try_from(sig).ok();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }

@@ -2,8 +2,13 @@
 //! client from holding resources.
 //!
 //! Owns connection-level policy only (header size and header read timeout, upgrades,
-//! graceful close); routing and everything after it belong to [`crate::api`].
+//! graceful close, and the answers to requests that never reach routing: 408 for a head
+//! that does not arrive in time, 431 for one too large for hyper's buffer, both in ingot's
+//! JSON error shape); routing and everything after it belong to [`crate::api`].
 
+mod watched;
+
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use axum::Router;
@@ -66,11 +71,15 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        // A second handle on the socket, to answer 408 after hyper gave the stream up.
+        let spare = stream.as_fd().try_clone_to_owned().ok();
+        let (stream, head_started) = watched::Watched::new(stream);
         let service = TowerToHyperService::new(router.clone());
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let shutdown = shutdown.clone();
+        let timeout = limits.header_read_timeout;
         connections.spawn(async move {
             tokio::pin!(connection);
             let result = tokio::select! {
@@ -83,6 +92,10 @@ pub async fn serve(
             };
             if let Err(e) = result {
                 debug!(%peer, error = %e, "HTTP connection ended with an error");
+                // An idle keep-alive connection just closes; a head cut short gets 408.
+                if e.is_timeout() && head_started.is_started() {
+                    watched::answer_timeout(spare, timeout).await;
+                }
             }
         });
     }

@@ -1,0 +1,325 @@
+//! The gateway as a value: [`Gateway::build`] prepares everything that does not need a
+//! socket, [`Gateway::serve`] serves on a listener until told to stop.
+//!
+//! Owns the order of start-up (validate settings, load keys, claim the data directory, let
+//! the browser host clean up after a killed predecessor, metrics, usage database, a probe
+//! launch) and of shutdown (refuse new sessions, drain, end every session, close every
+//! socket, stop the background tasks). It holds no request logic, reads no flags and
+//! installs no signal handlers: `main.rs` does that, and tests build gateways with a fake
+//! browser host on port 0.
+
+mod background;
+mod data_dir;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState, wire::PublicUrls};
+use crate::auth::KeyRing;
+use crate::browser::BrowserHost;
+use crate::config::{MIN_TIMEOUT_MS, Settings, available_memory, sessions_for_memory};
+use crate::http::{self, HttpLimits};
+use crate::metering::Meter;
+use crate::session::admission::Admission;
+use crate::session::params::TimeoutLimits;
+use crate::session::registry::Registry;
+use crate::session::supervisor::LivenessProbe;
+use crate::telemetry;
+
+/// How long shutdown waits for sessions and sockets to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// Why a gateway could not be built or served.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A setting is out of range, or settings contradict each other.
+    #[error("{0}")]
+    Settings(String),
+    /// The data directory cannot be created or is used by another gateway.
+    #[error("{0}")]
+    DataDir(String),
+    /// The metrics recorder could not be installed.
+    #[error("cannot set up metrics: {0}")]
+    Metrics(String),
+    /// The usage database cannot be opened or repaired.
+    #[error("{0}")]
+    Usage(String),
+    /// The listener's address cannot be read.
+    #[error("cannot read the listening address: {0}")]
+    Listen(#[from] std::io::Error),
+}
+
+/// A gateway ready to serve.
+pub struct Gateway {
+    settings: Settings,
+    max_sessions: usize,
+    host: Arc<dyn BrowserHost>,
+    registry: Arc<Registry>,
+    meter: Arc<Meter>,
+    metrics: PrometheusHandle,
+    keys: Arc<KeyRing>,
+    /// Held for the gateway's life: no other gateway may use the data directory.
+    _data_dir: data_dir::DataDirLock,
+}
+
+impl Gateway {
+    /// Prepares a gateway on `settings` that runs its browsers on `host`: everything but the
+    /// socket. Sessions a killed predecessor left are closed and its browsers swept.
+    pub async fn build(
+        settings: Settings,
+        host: Arc<dyn BrowserHost>,
+    ) -> Result<Gateway, GatewayError> {
+        settings.validate().map_err(GatewayError::Settings)?;
+        let keys = load_keys(&settings)?;
+        let dir = settings.data_dir.clone();
+        let lock = tokio::task::spawn_blocking(move || data_dir::claim(&dir))
+            .await
+            .map_err(|e| {
+                GatewayError::DataDir(format!("cannot claim the data directory: {e}"))
+            })??;
+        let swept = host.sweep().await;
+        info!(
+            process_groups = swept.process_groups,
+            directories = swept.directories,
+            "start-up sweep done"
+        );
+        let max_sessions = max_sessions(&settings);
+        let metrics = telemetry::install(max_sessions, settings.pool_size)
+            .map_err(|e| GatewayError::Metrics(format!("{e:#}")))?;
+        let meter = open_meter(&settings).await?;
+        let registry = Registry::new(
+            host.clone(),
+            meter.clone(),
+            admission(&settings, max_sessions),
+            liveness_probe(&settings),
+        );
+        probe(&registry).await;
+        Ok(Gateway {
+            settings,
+            max_sessions,
+            host,
+            registry,
+            meter,
+            metrics,
+            keys: Arc::new(keys),
+            _data_dir: lock,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then ends every session and returns. Same as
+    /// [`Gateway::serve_with_drain`] with no second signal.
+    pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> Result<(), GatewayError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.serve_with_drain(listener, shutdown, std::future::pending())
+            .await
+    }
+
+    /// Serves until `shutdown` resolves. Then new sessions are refused and live ones may go
+    /// on for up to `--shutdown-drain-ms`, or until `urgent` resolves; then every session
+    /// ends, every socket closes and the background tasks stop before this returns.
+    pub async fn serve_with_drain<F, U>(
+        self,
+        listener: TcpListener,
+        shutdown: F,
+        urgent: U,
+    ) -> Result<(), GatewayError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+        U: Future<Output = ()> + Send + 'static,
+    {
+        let local = listener.local_addr()?;
+        self.settings
+            .check_exposure_of(local, !self.keys.is_empty())
+            .map_err(GatewayError::Settings)?;
+        let public = self
+            .settings
+            .public_url
+            .clone()
+            .unwrap_or_else(|| default_public_url(local));
+        let clients = TaskTracker::new();
+        let state = self.app_state(&public, clients.clone());
+        let background = background::Background::start(&self, shutdown, urgent);
+        self.log_listening(local, &public);
+        let serve = http::serve(
+            listener,
+            api::router(state),
+            HttpLimits {
+                header_read_timeout: Duration::from_millis(self.settings.header_timeout_ms),
+                ..HttpLimits::default()
+            },
+            background.stopping(),
+            SHUTDOWN_GRACE,
+        );
+        tokio::join!(
+            serve,
+            end_sessions(&self.registry, &clients, background.stopping())
+        );
+        background.stop().await;
+        info!("ingot stopped");
+        Ok(())
+    }
+
+    fn app_state(&self, public: &str, clients: TaskTracker) -> AppState {
+        AppState {
+            registry: self.registry.clone(),
+            urls: Arc::new(PublicUrls::new(public)),
+            limits: TimeoutLimits {
+                default_ms: self.settings.default_timeout_ms,
+                min_ms: MIN_TIMEOUT_MS,
+                max_ms: self.settings.max_timeout_ms,
+            },
+            clients,
+            meter: self.meter.clone(),
+            metrics: self.metrics.clone(),
+            keys: self.keys.clone(),
+            max_message: self.settings.max_message_bytes,
+            body_timeout: Duration::from_millis(self.settings.header_timeout_ms),
+        }
+    }
+
+    fn log_listening(&self, local: SocketAddr, public: &str) {
+        info!(
+            listen = %local,
+            public_url = %public,
+            chromium = %self.host.describe(),
+            data_dir = %self.settings.data_dir.display(),
+            max_sessions = self.max_sessions,
+            pool_size = self.settings.pool_size,
+            "ingot listening on http://{local}"
+        );
+    }
+}
+
+/// Once `stopping` is cancelled: ends every session and waits for clients' sockets to close.
+async fn end_sessions(registry: &Registry, clients: &TaskTracker, stopping: CancellationToken) {
+    stopping.cancelled().await;
+    info!(
+        live_sessions = registry.live_count(),
+        "shutting down: releasing every session"
+    );
+    registry.shutdown(SHUTDOWN_GRACE).await;
+    clients.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, clients.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = clients.len(),
+            "client sockets still open after {SHUTDOWN_GRACE:?}"
+        );
+    }
+}
+
+fn load_keys(settings: &Settings) -> Result<KeyRing, GatewayError> {
+    let keys = KeyRing::load(
+        settings.api_keys_file.as_deref(),
+        settings.api_keys.as_deref(),
+        settings.admin_api_key.as_deref(),
+    )
+    .map_err(GatewayError::Settings)?;
+    settings
+        .check_exposure(!keys.is_empty())
+        .map_err(GatewayError::Settings)?;
+    if keys.is_empty() {
+        warn!(
+            listen = %settings.listen,
+            "NO API KEYS CONFIGURED: every client that reaches {} can create, drive and release every session; \
+             configure --api-keys-file or INGOT_API_KEYS",
+            settings.listen
+        );
+    } else {
+        info!(tenants = keys.len(), "API keys loaded");
+    }
+    Ok(keys)
+}
+
+/// `--max-sessions`, or what the available memory holds.
+fn max_sessions(settings: &Settings) -> usize {
+    let n = settings.max_sessions.unwrap_or_else(|| {
+        let available = available_memory().unwrap_or(0);
+        let n = sessions_for_memory(available);
+        info!(
+            max_sessions = n,
+            available_mib = available >> 20,
+            "session limit derived from available memory (256 MiB per session, 1 GiB kept spare); set --max-sessions to choose"
+        );
+        n
+    });
+    if settings.pool_size >= n {
+        warn!(
+            pool_size = settings.pool_size,
+            max_sessions = n,
+            "the warm pool can take every session slot; it gives them up when sessions need them"
+        );
+    }
+    n
+}
+
+fn admission(settings: &Settings, max_sessions: usize) -> Admission {
+    Admission {
+        max_sessions,
+        pool_size: settings.pool_size,
+        queue_limit: settings.queue_limit,
+        queue_timeout: Duration::from_millis(settings.queue_timeout_ms),
+        per_tenant: settings.max_sessions_per_tenant,
+    }
+}
+
+fn liveness_probe(settings: &Settings) -> LivenessProbe {
+    LivenessProbe {
+        interval: Duration::from_millis(settings.browser_probe_interval_ms),
+        timeout: Duration::from_millis(settings.browser_probe_timeout_ms),
+    }
+}
+
+/// Opens the usage database and closes the records a killed predecessor left live.
+async fn open_meter(settings: &Settings) -> Result<Arc<Meter>, GatewayError> {
+    let meter = Meter::open(&settings.data_dir)
+        .await
+        .map_err(|e| GatewayError::Usage(format!("cannot open the usage database: {e}")))?;
+    meter.close_abandoned().await.map_err(|e| {
+        GatewayError::Usage(format!(
+            "cannot close the usage records of the previous run: {e}"
+        ))
+    })?;
+    Ok(meter)
+}
+
+/// One launch before serving: readiness is known from the first probe, and the first
+/// session does not pay for measuring the browser's window.
+async fn probe(registry: &Registry) {
+    match registry.probe_browser().await {
+        Ok(took) => info!(
+            launch_ms = took.as_millis() as u64,
+            "Chromium starts; probe browser reaped"
+        ),
+        Err(e) => warn!(
+            error = %e,
+            "Chromium cannot start; /readyz answers 503 until a launch succeeds"
+        ),
+    }
+}
+
+fn default_public_url(local: SocketAddr) -> String {
+    let host = if local.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        local.ip().to_string()
+    };
+    match local {
+        SocketAddr::V6(_) if !local.ip().is_unspecified() => {
+            format!("http://[{host}]:{}", local.port())
+        }
+        _ => format!("http://{host}:{}", local.port()),
+    }
+}

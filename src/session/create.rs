@@ -1,0 +1,255 @@
+//! The create pipeline: admit, find a browser (pooled or launched), go live, meter, and
+//! hand the session to its supervisor.
+//!
+//! Every step that fails undoes what the steps before it did: the browser is reaped, the
+//! slot and quota place are given back (by dropping them), and the session is forgotten, so
+//! its id can be used again.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, info};
+use uuid::Uuid;
+
+use super::Session;
+use super::admission::{Refusal, Slot};
+use super::params::SessionOptions;
+use super::quota::QuotaHold;
+use super::registry::Registry;
+use super::supervisor;
+use crate::auth::Caller;
+use crate::browser::{LaunchSpec, Launched};
+use crate::cdp::mux::Mux;
+use crate::telemetry;
+use crate::vocab::CreateFailure;
+
+/// Why a session could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The requested id is taken.
+    #[error("a session with id {0} already exists")]
+    Duplicate(Uuid),
+    /// Admission refused (capacity, queue, quota, shutdown).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The browser did not start, or started too late.
+    #[error("the browser could not be started: {0}")]
+    Launch(String),
+    /// The usage record could not be written.
+    #[error("the session could not be metered, so it was not started: {0}")]
+    Usage(String),
+}
+
+impl CreateError {
+    /// The metrics label of a create that got no session; `None` for the client's own error
+    /// and for admission's refusals, which admission counts itself.
+    fn failure(&self) -> Option<CreateFailure> {
+        match self {
+            CreateError::Duplicate(_) => None,
+            CreateError::Refused(Refusal::ShuttingDown) => Some(CreateFailure::ShuttingDown),
+            CreateError::Refused(_) => None,
+            CreateError::Launch(_) => Some(CreateFailure::BrowserStartFailed),
+            CreateError::Usage(_) => Some(CreateFailure::UsageUnavailable),
+        }
+    }
+}
+
+/// A pooled browser a create took, with the id its directories are named after.
+struct Pooled {
+    id: Uuid,
+    launched: Launched,
+}
+
+impl Registry {
+    /// Creates a session and returns once its browser answers CDP. The work runs in its own
+    /// task, so a client that hangs up mid-create cannot strand a half-started browser.
+    pub async fn create(
+        self: &Arc<Self>,
+        options: SessionOptions,
+        caller: &Caller,
+    ) -> Result<Arc<Session>, CreateError> {
+        let this = self.clone();
+        let tenant = caller.tenant_name();
+        let result = self
+            .tasks
+            .spawn(async move { this.create_now(options, tenant).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(CreateError::Launch(format!(
+                    "session start-up task failed: {e}"
+                )))
+            });
+        if let Some(failure) = result.as_ref().err().and_then(CreateError::failure) {
+            telemetry::create_failed(failure);
+        }
+        result
+    }
+
+    /// Runs the whole pipeline for one create. A create that fails may have given a slot
+    /// back (or evicted a pooled browser): the warm pool is told, so it can refill.
+    async fn create_now(
+        self: Arc<Self>,
+        options: SessionOptions,
+        tenant: Option<Arc<str>>,
+    ) -> Result<Arc<Session>, CreateError> {
+        let result = self.clone().create_admitted(options, tenant).await;
+        if result.is_err() {
+            self.slot_freed();
+        }
+        result
+    }
+
+    async fn create_admitted(
+        self: Arc<Self>,
+        options: SessionOptions,
+        tenant: Option<Arc<str>>,
+    ) -> Result<Arc<Session>, CreateError> {
+        let requested = Instant::now();
+        if self.is_closed() {
+            return Err(Refusal::ShuttingDown.into());
+        }
+        if let Some(id) = options.session_id
+            && self.directory.contains(&id)
+        {
+            return Err(CreateError::Duplicate(id));
+        }
+        let quota = self.admitter.reserve_quota(tenant.clone())?;
+        let (permit, pooled) = match self.admitter.admit(options.poolable()).await? {
+            Slot::Warm(warm) => (
+                warm.permit,
+                Some(Pooled {
+                    id: warm.id,
+                    launched: warm.launched,
+                }),
+            ),
+            Slot::Cold(permit) => (permit, None),
+        };
+        let session = self.register(options, tenant, pooled.as_ref()).await;
+        let session = match session {
+            Ok(session) => session,
+            Err(e) => {
+                if let Some(pooled) = pooled {
+                    pooled.launched.process.kill().await;
+                }
+                return Err(e);
+            }
+        };
+        let warm = pooled.is_some();
+        let launched = self.browser_for(&session, pooled).await?;
+        self.start_live(session, launched, (permit, quota), requested, warm)
+            .await
+    }
+
+    /// Adds the starting session to the directory under its id: the one asked for, else the
+    /// pooled browser's, else a new one.
+    async fn register(
+        &self,
+        options: SessionOptions,
+        tenant: Option<Arc<str>>,
+        pooled: Option<&Pooled>,
+    ) -> Result<Arc<Session>, CreateError> {
+        let id = options
+            .session_id
+            .or(pooled.map(|p| p.id))
+            .unwrap_or_else(Uuid::new_v4);
+        let session = Arc::new(Session::new(id, self.directory.next_seq(), options, tenant));
+        self.directory
+            .insert(&session)
+            .map_err(CreateError::Duplicate)?;
+        Ok(session)
+    }
+
+    /// The pooled browser, or a newly launched one.
+    async fn browser_for(
+        &self,
+        session: &Session,
+        pooled: Option<Pooled>,
+    ) -> Result<Launched, CreateError> {
+        if let Some(pooled) = pooled {
+            debug!(session_id = %session.id, browser = %pooled.launched.process.address(), "session takes a pooled browser");
+            return Ok(pooled.launched);
+        }
+        let spec = LaunchSpec {
+            session_id: session.id,
+            dimensions: session.options.dimensions,
+            user_agent: session.options.user_agent.clone(),
+            proxy_server: session.options.proxy_server.clone(),
+        };
+        let launch_started = Instant::now();
+        let launched = self.host.launch(spec).await;
+        telemetry::browser_launched(launch_started.elapsed());
+        self.note_launch(launched.as_ref().err().map(|e| e.0.clone()));
+        launched.map_err(|e| {
+            self.directory.forget(session);
+            session.abandon_start();
+            CreateError::Launch(e.0)
+        })
+    }
+
+    /// Connects the session to its browser, makes it live and metered, and starts its
+    /// supervisor; or undoes it all.
+    async fn start_live(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        launched: Launched,
+        slot: (OwnedSemaphorePermit, QuotaHold),
+        requested: Instant,
+        warm: bool,
+    ) -> Result<Arc<Session>, CreateError> {
+        let Launched {
+            transport,
+            process,
+            version,
+        } = launched;
+        let mux = Mux::start(transport);
+        session.attach_browser(mux.clone(), version);
+        if let Err(e) = self.go_live(&session).await {
+            process.kill().await;
+            self.directory.forget(&session);
+            session.abandon_start();
+            return Err(e);
+        }
+        let live = self.live.fetch_add(1, Ordering::AcqRel) + 1;
+        telemetry::sessions_live(live);
+        telemetry::session_created(requested.elapsed());
+        info!(
+            session_id = %session.id,
+            timeout_ms = session.options.timeout_ms,
+            warm,
+            "session live"
+        );
+        let registry = self.clone();
+        let supervised = session.clone();
+        self.tasks.spawn(async move {
+            let probe = registry.probe;
+            let shutdown = registry.shutdown.clone();
+            let reason =
+                supervisor::supervise(&supervised, process, mux, slot, probe, shutdown).await;
+            registry.slot_freed();
+            // Usage record and history first: whoever waits for the reap (a release call)
+            // then sees them complete.
+            registry.note_ended(&supervised, reason).await;
+            supervised.mark_reaped();
+        });
+        Ok(session)
+    }
+
+    /// `starting → live`, then the usage record: a session without one is never served.
+    async fn go_live(&self, session: &Arc<Session>) -> Result<(), CreateError> {
+        if self.is_closed() {
+            return Err(Refusal::ShuttingDown.into());
+        }
+        session
+            .go_live()
+            .map_err(|e| CreateError::Launch(e.to_string()))?;
+        self.meter
+            .start(
+                session.clone(),
+                session.tenant.as_deref().map(str::to_owned),
+            )
+            .await
+            .map_err(|e| CreateError::Usage(e.to_string()))
+    }
+}

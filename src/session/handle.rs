@@ -1,0 +1,224 @@
+//! [`Session`]: one browser session as the rest of the gateway sees it.
+//!
+//! Owns a session's identity, options, lifecycle, browser link and usage counters. Its
+//! fields are private: the registry and the supervisor change a session only through the
+//! methods here, and every change of state goes through [`Lifecycle`].
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::params::SessionOptions;
+use super::state::{Lifecycle, Phase, Refused};
+use crate::cdp::mux::Mux;
+use crate::metering::{self, Billable, SessionUsage};
+use crate::vocab::EndReason;
+
+/// One browser session.
+pub struct Session {
+    /// The session's id, as clients name it.
+    pub id: Uuid,
+    /// Creation order, for listing newest first.
+    seq: u64,
+    /// Wall-clock creation time.
+    pub created_at: OffsetDateTime,
+    created: Instant,
+    /// What the create request asked for.
+    pub options: SessionOptions,
+    /// The tenant that created it; `None` when the gateway runs without keys.
+    pub tenant: Option<Arc<str>>,
+    lifecycle: Lifecycle,
+    browser: OnceLock<BrowserLink>,
+    /// Cancelled when someone other than the supervisor ended the session.
+    end_requested: CancellationToken,
+    /// Cancelled once the browser is dead and its directory removed.
+    reaped: CancellationToken,
+    /// Billing record and CDP traffic counters.
+    usage: SessionUsage,
+}
+
+/// What the session knows about its running browser.
+struct BrowserLink {
+    mux: Arc<Mux>,
+    /// The reply to `Browser.getVersion`, for `/json/version`.
+    version: Value,
+}
+
+/// Why a starting session could not go live.
+#[derive(Debug, thiserror::Error)]
+pub enum NotLive {
+    /// The browser took longer to start than the session may live.
+    #[error(
+        "the browser took {took_ms} ms to start, longer than the session's timeout of {timeout_ms} ms"
+    )]
+    StartedTooLate {
+        /// Time from the create request to the browser's readiness.
+        took_ms: u64,
+        /// The session's `timeout`.
+        timeout_ms: u64,
+    },
+    /// The state machine refused.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+}
+
+impl Session {
+    pub(super) fn new(
+        id: Uuid,
+        seq: u64,
+        options: SessionOptions,
+        tenant: Option<Arc<str>>,
+    ) -> Session {
+        Session {
+            id,
+            seq,
+            tenant,
+            created_at: OffsetDateTime::now_utc(),
+            created: Instant::now(),
+            options,
+            lifecycle: Lifecycle::new(),
+            browser: OnceLock::new(),
+            end_requested: CancellationToken::new(),
+            reaped: CancellationToken::new(),
+            usage: SessionUsage::default(),
+        }
+    }
+
+    /// Creation order: a later session has a larger number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Where the session is in its life.
+    pub fn phase(&self) -> Phase {
+        self.lifecycle.phase()
+    }
+
+    /// Time from creation until now, or until the session ended.
+    pub fn duration(&self) -> Duration {
+        match self.phase() {
+            Phase::Ended { at, .. } => at.saturating_duration_since(self.created),
+            Phase::Starting | Phase::Live => self.created.elapsed(),
+        }
+    }
+
+    /// Minutes billed: every started minute of the session's life, at least one.
+    pub fn billed_minutes(&self) -> u64 {
+        metering::billed_minutes(self.duration())
+    }
+
+    /// When the session will time out.
+    pub fn deadline(&self) -> Instant {
+        self.created + Duration::from_millis(self.options.timeout_ms)
+    }
+
+    /// The reason the session ended, if it has.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        match self.phase() {
+            Phase::Ended { reason, .. } => Some(reason),
+            Phase::Starting | Phase::Live => None,
+        }
+    }
+
+    /// CDP events delivered to this session's clients.
+    pub fn event_count(&self) -> u64 {
+        self.browser
+            .get()
+            .map(|b| b.mux.events_delivered())
+            .unwrap_or(0)
+    }
+
+    /// The browser's `Browser.getVersion` reply.
+    pub fn browser_version(&self) -> Option<&Value> {
+        self.browser.get().map(|b| &b.version)
+    }
+
+    /// The browser connection, while the session is live.
+    pub fn mux(&self) -> Option<Arc<Mux>> {
+        if self.phase().is_live() {
+            self.browser.get().map(|b| b.mux.clone())
+        } else {
+            None
+        }
+    }
+
+    /// Ends a live session for `reason` and has its supervisor tear it down. Fails with how
+    /// the session actually ended when someone else got there first.
+    pub fn request_end(&self, reason: EndReason) -> Result<(), Refused> {
+        self.lifecycle.end(reason)?;
+        self.end_requested.cancel();
+        Ok(())
+    }
+
+    /// Resolves once the browser is gone and its directory removed.
+    pub async fn reaped(&self) {
+        self.reaped.cancelled().await
+    }
+
+    /// Connects the session to its started browser.
+    pub(super) fn attach_browser(&self, mux: Arc<Mux>, version: Value) {
+        let _ = self.browser.set(BrowserLink { mux, version });
+    }
+
+    /// `starting → live`, unless the browser took longer to start than the session may
+    /// live: such a session is never shown as live.
+    pub(super) fn go_live(&self) -> Result<(), NotLive> {
+        if Instant::now() >= self.deadline() {
+            return Err(NotLive::StartedTooLate {
+                took_ms: self.created.elapsed().as_millis() as u64,
+                timeout_ms: self.options.timeout_ms,
+            });
+        }
+        Ok(self.lifecycle.mark_live()?)
+    }
+
+    /// Ends the session from its supervisor (no one else is told: the supervisor acts on
+    /// it). Losing the race to a concurrent end is fine: the first transition stands.
+    pub(super) fn end_here(&self, reason: EndReason) {
+        let _ = self.lifecycle.end(reason);
+    }
+
+    /// Resolves when someone other than the supervisor ended the session.
+    pub(super) async fn end_requested(&self) {
+        self.end_requested.cancelled().await
+    }
+
+    /// A live session whose start could not be completed (metering failed, the gateway
+    /// began shutting down) ends as crashed; a starting one as `startup_failed`. Either way
+    /// there is no browser left to reap.
+    pub(super) fn abandon_start(&self) {
+        if self.phase().is_live() {
+            let _ = self.lifecycle.end(EndReason::BrowserCrashed);
+        } else {
+            let _ = self.lifecycle.end(EndReason::StartupFailed);
+        }
+        self.reaped.cancel();
+    }
+
+    /// The browser is gone and its directory removed.
+    pub(super) fn mark_reaped(&self) {
+        self.reaped.cancel();
+    }
+}
+
+impl Billable for Session {
+    fn session_id(&self) -> Uuid {
+        self.id
+    }
+
+    fn created_at(&self) -> OffsetDateTime {
+        self.created_at
+    }
+
+    fn billed_duration(&self) -> Duration {
+        self.duration()
+    }
+
+    fn usage(&self) -> &SessionUsage {
+        &self.usage
+    }
+}

@@ -1,0 +1,382 @@
+//! The HTTP API in-process: Steel's Session JSON, retrieve, list and paging, release and
+//! release-all, validation, tenants and keys, CDP discovery, readiness.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_answers_steels_session_json_and_retrieve_matches() {
+    let gw = FakeGateway::start().await;
+    let s = gw.create(json!({})).await;
+    let id = id_of(&s);
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "id is a UUID: {id}");
+    assert_eq!(s["websocketUrl"], gw.ws_url(&id));
+    assert_eq!(s["timeout"], 300_000, "the default timeout");
+    assert_eq!(s["dimensions"], json!({"width": 1920, "height": 1080}));
+    assert_eq!(s["debugUrl"], gw.url(&format!("/v1/sessions/{id}")));
+    assert_eq!(s["sessionViewerUrl"], s["debugUrl"]);
+    assert_eq!(s["userAgent"], "Mozilla/5.0 (fake) FakeChrome/1.0");
+    for (field, value) in [
+        ("eventCount", json!(0)),
+        ("proxyBytesUsed", json!(0)),
+        ("proxySource", Value::Null),
+        ("releaseReason", Value::Null),
+        ("optimizeBandwidth", json!({})),
+        ("headless", json!(true)),
+        ("isSelenium", json!(false)),
+        ("solveCaptcha", json!(false)),
+    ] {
+        assert_eq!(s[field], value, "{field} in {s}");
+    }
+    assert!(s["duration"].is_u64() && s["creditsUsed"].is_u64(), "{s}");
+    let created = s["createdAt"].as_str().expect("createdAt");
+    let fraction = created.rsplit_once('.').map_or("", |(_, f)| f);
+    assert!(fraction.len() == 4 && fraction.ends_with('Z'), "{created}");
+
+    let browser = gw.browser_of(&id);
+    assert_eq!(gw.host.launches(), 2, "the probe, then this session");
+    assert_eq!(browser.spec().user_agent, None);
+    assert!(browser.is_alive());
+
+    let again = gw.session(&id).await;
+    assert_eq!(
+        (&again["id"], &again["createdAt"]),
+        (&s["id"], &s["createdAt"])
+    );
+    assert_eq!(again["status"], "live");
+
+    let sized = gw
+        .create(json!({"timeout": 60_000, "dimensions": {"width": 800, "height": 600}}))
+        .await;
+    assert_eq!(sized["timeout"], 60_000);
+    assert_eq!(sized["dimensions"], json!({"width": 800, "height": 600}));
+    let spec = gw.browser_of(&id_of(&sized)).spec().dimensions;
+    assert_eq!(
+        (spec.width, spec.height),
+        (800, 600),
+        "launched at that size"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_is_newest_first_and_pages_with_limit_and_cursor() {
+    let gw = FakeGateway::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(id_of(&gw.create(json!({})).await));
+    }
+    gw.release(&ids[0]).await;
+    let listed = |page: &Value| -> Vec<String> {
+        page["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .map(id_of)
+            .collect()
+    };
+
+    let (status, first) = gw.get("/v1/sessions?limit=2").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(listed(&first), [ids[2].clone(), ids[1].clone()]);
+    assert_eq!(
+        first["nextCursor"], ids[1],
+        "a full page names the next cursor"
+    );
+    assert!(
+        first.get("totalCount").is_none(),
+        "only filtered lists count"
+    );
+
+    let (_, second) = gw
+        .get(&format!("/v1/sessions?limit=2&cursorId={}", ids[1]))
+        .await;
+    assert_eq!(listed(&second), [ids[0].clone()]);
+    assert_eq!(second["sessions"][0]["status"], "released");
+    assert_eq!(second["nextCursor"], Value::Null);
+    let (_, empty) = gw.get(&format!("/v1/sessions?cursorId={}", ids[0])).await;
+    assert_eq!(listed(&empty), Vec::<String>::new());
+
+    let (_, live) = gw.get("/v1/sessions?status=live").await;
+    assert_eq!(live["totalCount"], 2);
+    assert_eq!(listed(&live), [ids[2].clone(), ids[1].clone()]);
+    let (_, released) = gw.get("/v1/sessions?status=released").await;
+    assert_eq!(
+        (released["totalCount"].clone(), listed(&released)),
+        (json!(1), vec![ids[0].clone()])
+    );
+    let (_, all) = gw.get("/v1/sessions").await;
+    assert_eq!(listed(&all).len(), 3);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_ends_the_session_as_user_requested_and_kills_its_browser() {
+    let gw = FakeGateway::start().await;
+    let id = id_of(&gw.create(json!({})).await);
+    let browser = gw.browser_of(&id);
+    gw.release(&id).await;
+    // The release answers once the browser is reaped.
+    assert!(browser.was_killed() && !browser.is_alive());
+    let ended = gw.session(&id).await;
+    assert_eq!(
+        (&ended["status"], &ended["releaseReason"]),
+        (&json!("released"), &json!("user_requested"))
+    );
+    assert_eq!(ended["creditsUsed"], 1);
+
+    // Idempotent: a second release answers the same and changes nothing.
+    gw.release(&id).await;
+    let again = gw.session(&id).await;
+    assert_eq!(
+        (&again["releaseReason"], &again["duration"]),
+        (&ended["releaseReason"], &ended["duration"]),
+        "an ended session's reason and duration are frozen"
+    );
+    assert_eq!(browser.kill_count(), 1, "reaped once");
+    assert_upgrade_refused(&gw.ws_url(&id), 410).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_all_ends_every_live_session() {
+    let gw = FakeGateway::start().await;
+    let a = id_of(&gw.create(json!({})).await);
+    let b = id_of(&gw.create(json!({})).await);
+    assert_eq!(gw.host.alive(), 2);
+    let (status, body) = gw.post("/v1/sessions/release", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"success": true, "message": "All sessions released successfully"})
+    );
+    for id in [&a, &b] {
+        let s = gw.session(id).await;
+        assert_eq!(
+            (&s["status"], &s["releaseReason"]),
+            (&json!("released"), &json!("user_requested"))
+        );
+    }
+    assert_eq!((gw.host.alive(), gw.host.unreaped()), (0, 0));
+    let (_, live) = gw.get("/v1/sessions?status=live").await;
+    assert_eq!(live["totalCount"], 0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_create_bodies_get_400_naming_the_field_and_launch_nothing() {
+    let gw = FakeGateway::start().await;
+    for (body, field) in [
+        (json!({"timeout": 10}), "timeout"),
+        (json!({"timeout": 86_400_001}), "timeout"),
+        (json!({"timeout": "60000"}), "timeout"),
+        (json!({"timeout": 1500.5}), "timeout"),
+        (json!({"sessionId": "not-a-uuid"}), "sessionId"),
+        (
+            json!({"dimensions": {"width": "wide", "height": 10}}),
+            "dimensions.width",
+        ),
+        (
+            json!({"dimensions": {"width": 10, "depth": 10}}),
+            "dimensions.depth",
+        ),
+        (json!({"headless": false}), "headless"),
+        (json!({"userAgent": 5}), "userAgent"),
+        (json!({"userAgent": ""}), "userAgent"),
+        (json!({"proxyUrl": 5}), "proxyUrl"),
+        (json!({"solveCaptcha": true}), "solveCaptcha"),
+        (json!({"region": "us-east"}), "region"),
+        (json!({"noSuchOption": 1}), "noSuchOption"),
+        (json!([1, 2]), "body"),
+    ] {
+        let (status, err) = gw.post("/v1/sessions", body.clone()).await;
+        let message = assert_error((status, &err), 400, "invalid_request");
+        assert!(
+            message.contains(field),
+            "the error for {body} names {field}: {message}"
+        );
+    }
+    let (status, err) = gw.post_raw("/v1/sessions", "{\"timeout\":").await;
+    let message = assert_error((status, &err), 400, "invalid_request");
+    assert!(message.contains("body"), "{message}");
+
+    assert_eq!(gw.host.launches(), 1, "only the probe launched");
+    let (_, list) = gw.get("/v1/sessions").await;
+    assert_eq!(list["sessions"], json!([]));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ids_and_queries_get_400_and_unknown_ids_404() {
+    let gw = FakeGateway::start().await;
+    let unknown = uuid::Uuid::new_v4();
+    for path in [
+        "/v1/sessions/not-a-uuid".to_owned(),
+        "/v1/sessions/%ff".to_owned(),
+        "/v1/sessions?limit=0".to_owned(),
+        "/v1/sessions?limit=101".to_owned(),
+        "/v1/sessions?limit=ten".to_owned(),
+        "/v1/sessions?status=sleeping".to_owned(),
+        "/v1/sessions?cursorId=nope".to_owned(),
+        format!("/v1/sessions?cursorId={unknown}"),
+        "/json/version?sessionId=nope".to_owned(),
+    ] {
+        let (status, err) = gw.get(&path).await;
+        assert_error((status, &err), 400, "invalid_request");
+    }
+    let (status, err) = gw.post("/v1/sessions/not-a-uuid/release", json!({})).await;
+    assert_error((status, &err), 400, "invalid_request");
+
+    let (status, err) = gw.get(&format!("/v1/sessions/{unknown}")).await;
+    let message = assert_error((status, &err), 404, "session_not_found");
+    assert!(message.contains(&unknown.to_string()), "{message}");
+    let (status, err) = gw
+        .post(&format!("/v1/sessions/{unknown}/release"), json!({}))
+        .await;
+    assert_error((status, &err), 404, "session_not_found");
+    let (status, err) = gw.get(&format!("/json/version?sessionId={unknown}")).await;
+    assert_error((status, &err), 404, "session_not_found");
+    assert_upgrade_refused(&gw.ws_url(&unknown.to_string()), 404).await;
+    let (status, err) = gw.get("/v1/nothing-here").await;
+    assert_error((status, &err), 404, "not_found");
+    assert_eq!(gw.host.launches(), 1, "only the probe launched");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_session_answers_404_everywhere() {
+    let gw = FakeGateway::start_with(|s| s.api_keys = Some(TENANTS.into())).await;
+    let session = gw.create_as(Some(ALICE), json!({})).await;
+    let id = id_of(&session);
+    let path = format!("/v1/sessions/{id}");
+    let as_alice = gw.request(Method::GET, &path, Some(ALICE), None).await;
+    assert_eq!(as_alice.status, 200, "{}", as_alice.body);
+
+    let as_bob = gw.request(Method::GET, &path, Some(BOB), None).await;
+    assert_error((as_bob.status, &as_bob.body), 404, "session_not_found");
+    let release = format!("{path}/release");
+    let r = gw.request(Method::POST, &release, Some(BOB), None).await;
+    assert_error((r.status, &r.body), 404, "session_not_found");
+    let r = gw
+        .request(Method::POST, "/v1/sessions/release", Some(BOB), None)
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "bob's release-all answers, for bob's sessions only"
+    );
+    let r = gw
+        .request(Method::GET, "/v1/sessions", Some(BOB), None)
+        .await;
+    assert_eq!(r.body["sessions"], json!([]), "bob lists none of alice's");
+    let discovery = format!("/json/version?sessionId={id}");
+    let r = gw.request(Method::GET, &discovery, Some(BOB), None).await;
+    assert_error((r.status, &r.body), 404, "session_not_found");
+    let ws = session["websocketUrl"].as_str().expect("websocketUrl");
+    assert_upgrade_refused(&format!("{ws}&apiKey={BOB}"), 404).await;
+
+    // Alice's session went on through all of it, and alice can drive it.
+    let r = gw
+        .request(Method::GET, "/v1/sessions", Some(ALICE), None)
+        .await;
+    assert_eq!(r.body["sessions"][0]["status"], "live");
+    let mut cdp = CdpClient::connect(&format!("{ws}&apiKey={ALICE}")).await;
+    let (_, reply) = cdp.call("Browser.getVersion", json!({}), None).await;
+    assert_eq!(reply["result"]["product"], FAKE_PRODUCT);
+    cdp.close().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_valid_key_get_401_except_health() {
+    let gw = FakeGateway::start_with(|s| s.api_keys = Some(TENANTS.into())).await;
+    for key in [None, Some("wrong-key-0123456789abcdef")] {
+        let r = gw
+            .request(Method::POST, "/v1/sessions", key, Some(json!({})))
+            .await;
+        assert_error((r.status, &r.body), 401, "unauthorized");
+        let r = gw.request(Method::GET, "/v1/sessions", key, None).await;
+        assert_error((r.status, &r.body), 401, "unauthorized");
+    }
+    assert_upgrade_refused(&gw.ws_url(&uuid::Uuid::new_v4().to_string()), 401).await;
+    assert_eq!(gw.get("/healthz").await.0, 200);
+    assert_eq!(gw.get("/readyz").await.0, 200);
+    assert_eq!(gw.host.launches(), 1, "nothing was launched");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_version_answers_with_the_fake_browsers_product() {
+    let gw = FakeGateway::start().await;
+    let id = id_of(&gw.create(json!({})).await);
+    let (status, v) = gw.get(&format!("/json/version?sessionId={id}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["Browser"], FAKE_PRODUCT);
+    assert_eq!(v["Protocol-Version"], "1.3");
+    assert_eq!(v["User-Agent"], "Mozilla/5.0 (fake) FakeChrome/1.0");
+    let endpoint = format!("ws://{}/devtools/browser/{id}", gw.addr);
+    assert_eq!(v["webSocketDebuggerUrl"], endpoint);
+    let (_, by_path) = gw
+        .get(&format!("/devtools/browser/{id}/json/version"))
+        .await;
+    assert_eq!(by_path, v);
+    let (_, sole) = gw.get("/json/version").await;
+    assert_eq!(sole, v, "without sessionId: the only live session");
+
+    // The advertised endpoint is a working CDP WebSocket.
+    let mut cdp = CdpClient::connect(&endpoint).await;
+    let (_, reply) = cdp.call("Browser.getVersion", json!({}), None).await;
+    assert_eq!(reply["result"]["product"], FAKE_PRODUCT);
+    cdp.close().await;
+
+    let agent = gw.create(json!({"userAgent": "agent/9"})).await;
+    let (_, v) = gw
+        .get(&format!("/json/version?sessionId={}", id_of(&agent)))
+        .await;
+    assert_eq!(v["User-Agent"], "agent/9");
+    let (status, _) = gw.get("/json/version").await;
+    assert_eq!(status, 400, "two live sessions: sessionId is needed");
+    gw.release(&id).await;
+    let (status, err) = gw.get(&format!("/json/version?sessionId={id}")).await;
+    assert_error((status, &err), 410, "session_ended");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_chromium_unavailable_after_a_failed_launch() {
+    let gw = FakeGateway::start().await;
+    let (status, ready) = gw.get("/readyz").await;
+    assert_eq!(
+        (status, &ready["status"]),
+        (200, &json!("ready")),
+        "{ready}"
+    );
+    assert_eq!(ready["maxSessions"], 4);
+
+    gw.host.fail_launches(Some("no display for the fake"));
+    let r = gw
+        .request(Method::POST, "/v1/sessions", None, Some(json!({})))
+        .await;
+    let message = assert_error((r.status, &r.body), 503, "browser_start_failed");
+    assert!(message.contains("no display for the fake"), "{message}");
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
+
+    let r = gw.request(Method::GET, "/readyz", None, None).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body["reason"], "chromium_unavailable");
+    let message = r.body["message"].as_str().expect("message");
+    assert!(message.contains("no display for the fake"), "{message}");
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
+    assert_eq!(
+        gw.get("/healthz").await.0,
+        200,
+        "still alive, only not ready"
+    );
+
+    // The next launch that works makes the gateway ready again.
+    gw.host.fail_launches(None);
+    gw.create(json!({})).await;
+    assert_eq!(gw.get("/readyz").await.0, 200);
+    gw.stop().await;
+}

@@ -1,0 +1,183 @@
+//! The per-session supervisor in-process: whatever ends a session (crash, hang, timeout,
+//! shutdown) gives it the right status and reason, closes its clients with the right code and
+//! reaps its browser; a session whose browser fails or starts too late never shows at all.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::*;
+
+/// Creates a session and connects a client that has made one round trip.
+async fn session_with_client(gw: &FakeGateway, body: Value) -> (String, CdpClient) {
+    let session = gw.create(body).await;
+    let mut cdp = CdpClient::connect_to(&session).await;
+    let (_, reply) = cdp.call("Browser.getVersion", json!({}), None).await;
+    assert_eq!(reply["result"]["product"], FAKE_PRODUCT);
+    (id_of(&session), cdp)
+}
+
+fn assert_ended(session: &Value, status: &str, reason: &str) {
+    assert_eq!(
+        (&session["status"], &session["releaseReason"]),
+        (&json!(status), &json!(reason)),
+        "{session}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_browser_fails_the_session_and_closes_clients_with_1011() {
+    let gw = FakeGateway::start().await;
+    let (id, mut cdp) = session_with_client(&gw, json!({})).await;
+    let browser = gw.browser_of(&id);
+    browser.crash();
+    let (code, reason) = cdp.closed().await;
+    assert_eq!(code, 1011, "close code on crash ({reason})");
+    assert_ended(&gw.wait_ended(&id).await, "failed", "browser_crashed");
+    gw.wait_host("the crashed browser is reaped", |_| browser.was_killed())
+        .await;
+    assert_upgrade_refused(&gw.ws_url(&id), 410).await;
+    // The slot is free again.
+    gw.create(json!({})).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_browser_fails_the_session_as_unresponsive() {
+    let gw = FakeGateway::start_with(|s| {
+        s.browser_probe_interval_ms = 100;
+        s.browser_probe_timeout_ms = 200;
+    })
+    .await;
+    let (id, mut cdp) = session_with_client(&gw, json!({})).await;
+    let browser = gw.browser_of(&id);
+    // A healthy browser answers the probe: the session outlives several probes.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(gw.session(&id).await["status"], "live");
+    browser.hang();
+    let (code, reason) = cdp.closed().await;
+    assert_eq!(code, 1011, "close code when the browser hangs ({reason})");
+    assert_ended(&gw.wait_ended(&id).await, "failed", "browser_unresponsive");
+    gw.wait_host("the hung browser is killed", |_| browser.was_killed())
+        .await;
+    assert!(!browser.is_alive());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_times_out_is_released_and_its_client_gets_1001() {
+    let gw = FakeGateway::start().await;
+    let (id, mut cdp) = session_with_client(&gw, json!({"timeout": 1000})).await;
+    let (code, reason) = cdp.closed().await;
+    assert_eq!(code, 1001, "close code on timeout ({reason})");
+    let ended = gw.wait_ended(&id).await;
+    assert_ended(&ended, "released", "timeout");
+    let duration = ended["duration"].as_u64().expect("duration");
+    assert!((1000..3000).contains(&duration), "lived {duration} ms");
+    gw.wait_host("the browser is reaped", |_| gw.browser_of(&id).was_killed())
+        .await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_slower_than_the_timeout_fails_the_create_and_never_shows_it() {
+    let gw = FakeGateway::start().await;
+    gw.host.set_launch_delay(Duration::from_millis(1300));
+    let id = uuid::Uuid::new_v4().to_string();
+    let creating = tokio::spawn(gw.create_later(None, json!({"sessionId": id, "timeout": 1000})));
+    // While its browser starts, the session is neither retrievable nor listed.
+    while !creating.is_finished() {
+        let (status, _) = gw.get(&format!("/v1/sessions/{id}")).await;
+        assert_eq!(status, 404, "a starting session is not shown");
+        let (_, list) = gw.get("/v1/sessions").await;
+        assert_eq!(
+            list["sessions"],
+            json!([]),
+            "a starting session is not listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = creating.await.expect("task");
+    let message = assert_error((r.status, &r.body), 503, "browser_start_failed");
+    assert!(message.contains("timeout"), "{message}");
+    let (status, _) = gw.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(status, 404, "the session never existed for clients");
+    let (_, list) = gw.get("/v1/sessions").await;
+    assert_eq!(list["sessions"], json!([]));
+    gw.wait_host("the late browser is reaped", |h| h.unreaped() == 0)
+        .await;
+    assert_eq!(gw.host.browsers().len(), 2, "it did start, late");
+
+    // Its id is free again.
+    gw.host.set_launch_delay(Duration::ZERO);
+    assert_eq!(id_of(&gw.create(json!({"sessionId": id})).await), id);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_launch_leaves_no_session_and_no_browser() {
+    let gw = FakeGateway::start().await;
+    gw.host.fail_launches(Some("fake Chromium cannot start"));
+    let id = uuid::Uuid::new_v4().to_string();
+    let r = gw
+        .request(
+            Method::POST,
+            "/v1/sessions",
+            None,
+            Some(json!({"sessionId": id})),
+        )
+        .await;
+    let message = assert_error((r.status, &r.body), 503, "browser_start_failed");
+    assert!(message.contains("fake Chromium cannot start"), "{message}");
+    assert_eq!(gw.get(&format!("/v1/sessions/{id}")).await.0, 404);
+    let (_, list) = gw.get("/v1/sessions").await;
+    assert_eq!(list["sessions"], json!([]));
+    assert_eq!(gw.host.failed_launches(), 1);
+    assert_eq!((gw.host.unreaped(), gw.host.alive()), (0, 0));
+
+    // A hung launch whose browser dies fails the same way and leaves nothing either.
+    gw.host.fail_launches(None);
+    gw.host.hang_launches(true);
+    let creating = tokio::spawn(gw.create_later(None, json!({"sessionId": id})));
+    gw.wait_host("the hung launch starts", |h| h.browsers().len() == 2)
+        .await;
+    gw.host.last().expect("hung browser").crash();
+    let r = timeout(STEP, creating)
+        .await
+        .expect("in time")
+        .expect("task");
+    assert_error((r.status, &r.body), 503, "browser_start_failed");
+    assert_eq!(gw.get(&format!("/v1/sessions/{id}")).await.0, 404);
+    gw.wait_host("the crashed launch is reaped", |h| h.unreaped() == 0)
+        .await;
+
+    gw.host.hang_launches(false);
+    assert_eq!(
+        id_of(&gw.create(json!({"sessionId": id})).await),
+        id,
+        "the id is free"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_live_sessions_and_closes_clients_with_1001() {
+    let gw = FakeGateway::start().await;
+    let (a, mut cdp_a) = session_with_client(&gw, json!({})).await;
+    let (b, mut cdp_b) = session_with_client(&gw, json!({})).await;
+    gw.begin_shutdown();
+    for cdp in [&mut cdp_a, &mut cdp_b] {
+        let (code, reason) = cdp.closed().await;
+        assert_eq!(code, 1001, "close code on shutdown ({reason})");
+    }
+    let data_dir = gw.stop().await;
+    for id in [&a, &b] {
+        let record = crate::common::usage_record(data_dir.path(), id);
+        assert_eq!(
+            (record.status.as_str(), record.reason.as_deref()),
+            ("released", Some("gateway_shutdown")),
+            "{record:?}"
+        );
+    }
+}
