@@ -3,7 +3,8 @@
 //! Other modules report events through the functions here and never name a metric
 //! themselves, so the exported set is visible in one place. No label carries a session id
 //! or any other unbounded value. Without an installed recorder (unit tests) every call is a
-//! no-op. It imports only the shared vocabulary; it must not change anything it observes.
+//! no-op. It imports only the shared vocabulary and the lock helper; it must not change
+//! anything it observes.
 
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
@@ -280,6 +281,13 @@ impl Drop for ClientConnection {
     fn drop(&mut self) {
         CLIENTS.decrement(1.0);
     }
+}
+
+/// The collector of the gateway's own process metrics (`ingot_process_*`), described.
+pub fn process_collector() -> metrics_process::Collector {
+    let collector = metrics_process::Collector::new("ingot_");
+    collector.describe();
+    collector
 }
 
 /// Sets the gauges of the browsers' memory, as the host measured it.

@@ -174,8 +174,7 @@ async fn reprobe_while_unavailable(registry: Arc<Registry>, stop: CancellationTo
 /// Refreshes sampled gauges (the browsers' memory, the gateway's own process metrics) and
 /// the exporter's histogram windows until `stop`.
 async fn sample(handle: PrometheusHandle, host: Arc<dyn BrowserHost>, stop: CancellationToken) {
-    let process = Arc::new(metrics_process::Collector::new("ingot_"));
-    process.describe();
+    let process = Arc::new(telemetry::process_collector());
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

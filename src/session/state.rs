@@ -1,4 +1,5 @@
-//! The session state machine: `starting → live → released | failed`, and nothing else.
+//! The session state machine: `starting → live → released | failed`, or `starting → failed`
+//! (`startup_failed`), and nothing else.
 //!
 //! This is the only place that decides whether a transition is allowed. Other code asks
 //! [`Lifecycle`] for a transition and acts on the answer; it never sets a state itself.

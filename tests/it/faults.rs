@@ -1475,8 +1475,9 @@ fn group_members(pgid: i32) -> Vec<(i32, i32, char)> {
     found
 }
 
-/// When a browser's leader dies, its helpers are re-parented to the gateway (a child
-/// subreaper), not to PID 1, and the gateway reaps every one of them: no zombie is left.
+/// When a browser's leader dies, its children are re-parented to the gateway (a child
+/// subreaper), not to PID 1, and the gateway reaps every process of the browser: no zombie
+/// is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helpers_of_a_dead_browser_are_adopted_and_reaped_by_the_gateway() {
     let _exclusive = exclusive().await;
@@ -1484,28 +1485,8 @@ async fn helpers_of_a_dead_browser_are_adopted_and_reaped_by_the_gateway() {
     let session = gw.create(json!({})).await;
     let id = id_of(&session);
     let leader = browser_leader(&gw.data_dir, &id);
-    // Stopped helpers cannot exit on their own when the leader dies: they are orphaned.
-    kill_group(leader, libc::SIGSTOP);
-    signal(leader, libc::SIGKILL);
-    let deadline = Instant::now() + secs(5);
-    let helpers = loop {
-        let helpers: Vec<_> = group_members(leader)
-            .into_iter()
-            .filter(|&(pid, ..)| pid != leader)
-            .collect();
-        if !helpers.is_empty() && helpers.iter().all(|&(_, ppid, _)| ppid != leader) {
-            break helpers;
-        }
-        assert!(Instant::now() < deadline, "helpers: {helpers:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    for (pid, ppid, _) in &helpers {
-        assert_eq!(
-            *ppid,
-            gw.pid() as i32,
-            "helper {pid} was adopted by {ppid}, not the gateway"
-        );
-    }
+    let helpers = the_leaders_children_are_adopted_by_the_gateway(&gw, leader).await;
+    assert!(!helpers.is_empty(), "Chromium runs helper processes");
     let (ended, _) = gw.wait_ended(&id, secs(10)).await;
     assert_eq!(ended["status"], "failed", "{ended}");
     let deadline = Instant::now() + secs(10);
@@ -1518,6 +1499,53 @@ async fn helpers_of_a_dead_browser_are_adopted_and_reaped_by_the_gateway() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_no_panic(&gw);
+}
+
+/// Kills the leader while the gateway is stopped, so that the adoption is seen before the
+/// gateway reaps anything (stopped helpers cannot exit on their own either). Each helper's
+/// parent is then the gateway or another helper (Chromium's zygote parents the
+/// renderers), never PID 1. Returns the helpers.
+async fn the_leaders_children_are_adopted_by_the_gateway(
+    gw: &Gateway,
+    leader: i32,
+) -> Vec<(i32, i32, char)> {
+    let gateway = gw.pid() as i32;
+    let children: Vec<i32> = group_members(leader)
+        .into_iter()
+        .filter(|&(_, ppid, _)| ppid == leader)
+        .map(|(pid, ..)| pid)
+        .collect();
+    assert!(!children.is_empty(), "the browser has child processes");
+    signal(gateway, libc::SIGSTOP);
+    kill_group(leader, libc::SIGSTOP);
+    signal(leader, libc::SIGKILL);
+    let deadline = Instant::now() + secs(5);
+    let helpers = loop {
+        let helpers: Vec<_> = group_members(leader)
+            .into_iter()
+            .filter(|&(pid, ..)| pid != leader)
+            .collect();
+        if helpers.iter().all(|&(_, ppid, _)| ppid != leader) || Instant::now() >= deadline {
+            break helpers;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    signal(gateway, libc::SIGCONT);
+    let members: Vec<i32> = helpers.iter().map(|&(pid, ..)| pid).collect();
+    for &(pid, ppid, _) in &helpers {
+        if children.contains(&pid) {
+            assert_eq!(
+                ppid, gateway,
+                "child {pid} of the dead leader was adopted by {ppid}"
+            );
+        } else {
+            assert!(
+                members.contains(&ppid),
+                "helper {pid} has parent {ppid}, outside the browser"
+            );
+        }
+    }
+    helpers
 }
 
 /// A SIGKILLed gateway leaves its scratch root behind; the next start removes it, and a

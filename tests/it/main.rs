@@ -1,5 +1,6 @@
-//! The integration tests, one test crate: a real `ingot` binary and real Chromium (see
-//! `common`), one module per area. One crate means the harness and the dependencies are
+//! The integration tests, one test crate, one module per area: `inproc` builds gateways in
+//! this process on the fake browser host; the others run a real `ingot` binary and real
+//! Chromium (see `common`). One crate means the harness and the dependencies are
 //! compiled and linked once, and `cargo test --test it <module>::` runs one area.
 //!
 //! All modules' tests share one process and run in parallel threads. Each test starts its own
