@@ -111,6 +111,21 @@ pub struct Settings {
     /// a second SIGTERM or SIGINT always does.
     #[arg(long, env = "INGOT_SHUTDOWN_DRAIN_MS", default_value_t = 0)]
     pub shutdown_drain_ms: u64,
+
+    /// How long a client's CDP WebSocket may stay idle before the gateway sends it a ping,
+    /// in milliseconds. Load balancers drop WebSockets idle for about a minute.
+    #[arg(long, env = "INGOT_WS_PING_INTERVAL_MS", default_value_t = 30_000)]
+    pub ws_ping_interval_ms: u64,
+
+    /// How long ended sessions stay listed and retrievable (`GET /v1/sessions`), in days,
+    /// across restarts. Each tenant's newest `--history-sessions` stay listed however old.
+    /// Usage records are kept for billing either way.
+    #[arg(long, env = "INGOT_HISTORY_DAYS", default_value_t = 30)]
+    pub history_days: u64,
+
+    /// Each tenant's newest sessions that stay listed however old they are.
+    #[arg(long, env = "INGOT_HISTORY_SESSIONS", default_value_t = 10_000)]
+    pub history_sessions: u64,
 }
 
 /// Largest CDP message a client may send, unless configured otherwise.
@@ -193,6 +208,15 @@ impl Settings {
         }
         if self.shutdown_drain_ms > 86_400_000 {
             return Err("--shutdown-drain-ms must be at most 86400000 (24 hours)".into());
+        }
+        if !(1_000..=600_000).contains(&self.ws_ping_interval_ms) {
+            return Err("--ws-ping-interval-ms must be between 1000 and 600000".into());
+        }
+        if !(1..=36_500).contains(&self.history_days) {
+            return Err("--history-days must be between 1 and 36500".into());
+        }
+        if self.history_sessions == 0 {
+            return Err("--history-sessions must be at least 1".into());
         }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -278,6 +302,9 @@ mod tests {
                 "--max-sessions-per-tenant",
             ),
             (&["--shutdown-drain-ms", "86400001"], "--shutdown-drain-ms"),
+            (&["--history-days", "0"], "--history-days"),
+            (&["--ws-ping-interval-ms", "999"], "--ws-ping-interval-ms"),
+            (&["--history-sessions", "0"], "--history-sessions"),
             (&["--public-url", "ftp://x"], "--public-url"),
             (&["--max-sessions", "many"], "--max-sessions"),
             (&["--listen", "nowhere"], "--listen"),

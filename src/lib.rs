@@ -6,15 +6,10 @@
 //! way:
 //!
 //! ```text
-//! gateway (start-up, background tasks, shutdown)
-//!   └─> api (HTTP routes, extractors, JSON shapes, errors)
-//!         └─> proxy (a client's WebSocket; close codes)
-//!               └─> session (registry, admission, directory, state machine, supervisor)
-//!                     └─> cdp (one multiplexed CDP connection per browser)
-//!                     └─> browser (where a Chromium runs: launch, exit, kill, reap, sweep)
-//!                     └─> metering (usage records in SQLite, the minute clock)
-//!                           └─> telemetry (every Prometheus metric)
-//!                                 └─> vocab (shared words: statuses, reasons, dimensions)
+//! main.rs ─> gateway ─> http ─> api ─> proxy ─> session ─┬─> cdp ─> browser
+//!                                                        ├─> metering ─> telemetry
+//!                                                        └─> auth
+//! every module may use the leaves: vocab (shared words) and sync (the lock helper)
 //! ```
 
 mod api;

@@ -63,16 +63,26 @@ pub fn close_frame(why: Disconnect) -> CloseFrame {
     }
 }
 
-/// Serves one attached client until it leaves or is disconnected.
+/// Serves one attached client until it leaves or is disconnected. A client that has
+/// neither sent nor received anything for `ping_every` gets a WebSocket ping, so that load
+/// balancers, which drop idle connections after about a minute, keep its socket open.
 pub async fn serve_client<S>(
     mut ws: WebSocketStream<S>,
     mut link: ClientLink,
     session: Arc<Session>,
+    ping_every: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     info!(session_id = %session.id, "client attached");
     let _counted = ClientConnection::open();
+    // One timer for the socket's life, checked at half the interval: a client is pinged
+    // after between one and one and a half intervals of silence, and a busy socket pays
+    // for a clock read per message, not for a timer.
+    let check = ping_every / 2;
+    let mut checks = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut active_at = std::time::Instant::now();
     loop {
         let step = tokio::select! {
             biased;
@@ -82,7 +92,14 @@ pub async fn serve_client<S>(
                 None => Step::Stop,
             },
             incoming = ws.next() => from_client(&mut ws, &mut link, &session, incoming).await,
+            _ = checks.tick() => {
+                if active_at.elapsed() < ping_every {
+                    continue;
+                }
+                send(&mut ws, &mut link, Message::Ping(Bytes::new())).await
+            }
         };
+        active_at = std::time::Instant::now();
         match step {
             Step::Continue => {}
             Step::Stop => break,

@@ -5,10 +5,10 @@
 //! from the rest of ingot, so every other module may use it without forming a cycle. It holds
 //! no state and no behaviour beyond naming.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Width and height of the browser window, in CSS pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dimensions {
     /// Page width.
     pub width: u32,

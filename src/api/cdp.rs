@@ -23,6 +23,7 @@ use super::{API_KEY_PARAM, AppState, PresentedKey};
 use crate::auth::Caller;
 use crate::proxy;
 use crate::session::Session;
+use crate::vocab::Status;
 use std::sync::Arc;
 
 /// `GET /?sessionId=<id>`: Steel's `websocketUrl`. Without an upgrade it describes the service.
@@ -73,7 +74,7 @@ async fn connect(
     mut request: Request,
 ) -> Result<Response, ApiError> {
     let key = websocket_key(request.headers())?;
-    let session = live_session(&state, id, caller)?;
+    let session = live_session(&state, id, caller).await?;
     let mux = session.mux().ok_or_else(|| ended(&session))?;
     let link = match mux.attach().await {
         Ok(link) => link,
@@ -90,6 +91,7 @@ async fn connect(
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let max_message = state.max_message;
+    let ping_every = state.ping_every;
     state.clients.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -99,7 +101,7 @@ async fn connect(
                     Some(proxy::websocket_config(max_message)),
                 )
                 .await;
-                proxy::serve_client(ws, link, session).await;
+                proxy::serve_client(ws, link, session, ping_every).await;
             }
             Err(e) => debug!(session_id = %id, error = %e, "WebSocket upgrade did not complete"),
         }
@@ -124,7 +126,7 @@ pub async fn version_by_query(
     StrictQuery(query): StrictQuery<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let session = match query.get("sessionId") {
-        Some(raw) => live_session(&state, parse_id(raw, "sessionId")?, &caller)?,
+        Some(raw) => live_session(&state, parse_id(raw, "sessionId")?, &caller).await?,
         None => state.registry.sole_live_session(&caller).ok_or_else(|| {
             ApiError::bad_request(
                 "sessionId: name the session (/json/version?sessionId=<id>); without it this endpoint answers \
@@ -142,7 +144,7 @@ pub async fn version_by_path(
     key: PresentedKey,
     SessionId(id): SessionId,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let session = live_session(&state, id, &caller)?;
+    let session = live_session(&state, id, &caller).await?;
     Ok(Json(version_json(&state, &session, &key)))
 }
 
@@ -166,32 +168,39 @@ fn version_json(state: &AppState, session: &Session, key: &PresentedKey) -> serd
     })
 }
 
-/// The session if it is live; otherwise 404 (unknown, or another tenant's) or 410 (ended).
-fn live_session(
+/// The session if it is live; otherwise 404 (unknown, or another tenant's) or 410 (ended,
+/// in this run or an earlier one).
+async fn live_session(
     state: &AppState,
     id: uuid::Uuid,
     caller: &Caller,
 ) -> Result<Arc<Session>, ApiError> {
-    let session = state
-        .registry
-        .get_for(&id, caller)
-        .ok_or_else(|| ApiError::session_not_found(id))?;
-    if session.phase().is_live() {
-        Ok(session)
-    } else {
-        Err(ended(&session))
+    match state.registry.get_for(&id, caller) {
+        Some(session) if session.phase().is_live() => Ok(session),
+        Some(session) => Err(ended(&session)),
+        None => match state.registry.retrieve(&id, caller).await? {
+            Some(view) => Err(gone(id, view.status, view.release_reason.as_deref())),
+            None => Err(ApiError::session_not_found(id)),
+        },
     }
 }
 
 fn ended(session: &Session) -> ApiError {
-    let how = session
-        .end_reason()
-        .map(|r| format!("{:?} ({})", r.status(), r.as_str()))
-        .unwrap_or_default();
+    let status = session.phase().status();
+    let reason = session.end_reason().map(|r| r.as_str());
+    gone(session.id, status, reason)
+}
+
+/// 410 for a session that has ended: `session <id> has ended: <status> (<reason>)`.
+fn gone(id: uuid::Uuid, status: Status, reason: Option<&str>) -> ApiError {
+    let how = match reason {
+        Some(reason) => format!("{} ({reason})", status.as_str()),
+        None => status.as_str().to_owned(),
+    };
     ApiError::new(
         StatusCode::GONE,
         "session_ended",
-        format!("session {} has ended: {}", session.id, how.to_lowercase()),
+        format!("session {id} has ended: {how}"),
     )
 }
 
@@ -259,12 +268,16 @@ mod tests {
             queue_timeout: Duration::ZERO,
             per_tenant: None,
         };
+        let history = crate::session::registry::HistoryLimits {
+            keep_for: Duration::from_secs(86_400),
+            keep_newest: 10,
+        };
         let probe = LivenessProbe {
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
         };
         AppState {
-            registry: Registry::new(host, meter.clone(), admission, probe),
+            registry: Registry::new(host, meter.clone(), admission, probe, history),
             urls: Arc::new(crate::api::wire::PublicUrls::new("http://127.0.0.1:1")),
             limits: TimeoutLimits {
                 default_ms: 60_000,
@@ -276,6 +289,7 @@ mod tests {
             metrics: crate::telemetry::install(2, 0).expect("recorder"),
             keys: Arc::new(KeyRing::default()),
             max_message: 1 << 20,
+            ping_every: Duration::from_secs(30),
             body_timeout: Duration::from_secs(5),
         }
     }

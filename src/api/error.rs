@@ -7,9 +7,10 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::metering::MeterError;
 use crate::session::admission::Refusal;
 use crate::session::create::CreateError;
-use crate::session::directory::UnknownCursor;
+use crate::session::directory::ListError;
 use crate::session::params::InvalidField;
 
 /// An error answer to an HTTP request.
@@ -70,9 +71,22 @@ impl From<InvalidField> for ApiError {
     }
 }
 
-impl From<UnknownCursor> for ApiError {
-    fn from(e: UnknownCursor) -> Self {
-        ApiError::bad_request(e.to_string())
+impl From<ListError> for ApiError {
+    fn from(e: ListError) -> Self {
+        match e {
+            ListError::UnknownCursor(_) => ApiError::bad_request(e.to_string()),
+            ListError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<MeterError> for ApiError {
+    fn from(e: MeterError) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "usage_unavailable",
+            format!("the session records cannot be read: {e}"),
+        )
     }
 }
 

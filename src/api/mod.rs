@@ -52,6 +52,8 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     /// Largest WebSocket message a client may send.
     pub max_message: usize,
+    /// How long a client's WebSocket may stay idle before it gets a ping.
+    pub ping_every: std::time::Duration,
     /// Longest a request body may take to arrive.
     pub body_timeout: std::time::Duration,
 }

@@ -12,6 +12,7 @@ use super::wire::{ReleaseJson, SessionJson, SessionListJson};
 use crate::auth::Caller;
 use crate::session::directory::ListQuery;
 use crate::session::params::parse_create_body;
+use crate::session::view::SessionView;
 use crate::vocab::Status;
 
 /// Default and largest page size of `GET /v1/sessions`.
@@ -26,7 +27,10 @@ pub async fn create(
 ) -> Result<Json<SessionJson>, ApiError> {
     let options = parse_create_body(&body, state.limits)?;
     let session = state.registry.create(options, &caller).await?;
-    Ok(Json(SessionJson::new(&session, &state.urls)))
+    Ok(Json(SessionJson::new(
+        &SessionView::of(&session),
+        &state.urls,
+    )))
 }
 
 /// Query of `GET /v1/sessions`. Values arrive as strings so that errors can name them.
@@ -78,7 +82,7 @@ pub async fn list(
     caller: Caller,
     StrictQuery(params): StrictQuery<ListParams>,
 ) -> Result<Json<SessionListJson>, ApiError> {
-    let page = state.registry.list(params.parse()?, &caller)?;
+    let page = state.registry.list(params.parse()?, &caller).await?;
     Ok(Json(SessionListJson::new(page, &state.urls)))
 }
 
@@ -90,7 +94,8 @@ pub async fn retrieve(
 ) -> Result<Json<SessionJson>, ApiError> {
     let session = state
         .registry
-        .get_for(&id, &caller)
+        .retrieve(&id, &caller)
+        .await?
         .ok_or_else(|| ApiError::session_not_found(id))?;
     Ok(Json(SessionJson::new(&session, &state.urls)))
 }

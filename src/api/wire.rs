@@ -1,14 +1,14 @@
 //! Steel's JSON shapes, as the official SDK types declare them.
 //!
-//! Owns field names and JSON types only; values come from [`crate::session::Session`].
+//! Owns field names and JSON types only; values come from a [`SessionView`].
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::session::Session;
 use crate::session::directory::ListPage;
-use crate::vocab::{Dimensions, EndReason, Status};
+use crate::session::view::SessionView;
+use crate::vocab::{Dimensions, Status};
 
 /// Base URLs that returned links point at.
 #[derive(Debug, Clone)]
@@ -82,38 +82,32 @@ pub struct SessionJson {
     pub headless: bool,
     pub is_selenium: bool,
     pub solve_captcha: bool,
-    pub release_reason: Option<EndReason>,
+    pub release_reason: Option<String>,
 }
 
 impl SessionJson {
-    pub fn new(session: &Session, urls: &PublicUrls) -> SessionJson {
-        let user_agent = session.options.user_agent.clone().or_else(|| {
-            session
-                .browser_version()
-                .and_then(|v| v.get("userAgent"))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        });
+    /// The JSON of a session as a client sees it.
+    pub fn new(session: &SessionView, urls: &PublicUrls) -> SessionJson {
         SessionJson {
             id: session.id,
             created_at: timestamp(session.created_at),
-            status: session.phase().status(),
-            duration: session.duration().as_millis() as u64,
-            event_count: session.event_count(),
-            timeout: session.options.timeout_ms,
-            credits_used: session.billed_minutes(),
+            status: session.status,
+            duration: session.duration.as_millis() as u64,
+            event_count: session.event_count,
+            timeout: session.timeout_ms,
+            credits_used: session.credits_used,
             websocket_url: urls.websocket_url(session.id),
             debug_url: urls.session_url(session.id),
             session_viewer_url: urls.session_url(session.id),
-            dimensions: session.options.dimensions,
+            dimensions: session.dimensions,
             optimize_bandwidth: Map::new(),
             proxy_bytes_used: 0,
-            proxy_source: session.options.proxy_server.as_ref().map(|_| "external"),
-            user_agent,
+            proxy_source: session.proxy.then_some("external"),
+            user_agent: session.user_agent.clone(),
             headless: true,
             is_selenium: false,
             solve_captcha: false,
-            release_reason: session.end_reason(),
+            release_reason: session.release_reason.clone(),
         }
     }
 }
@@ -135,7 +129,7 @@ pub struct SessionListJson {
     pub sessions: Vec<SessionJson>,
     pub next_cursor: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub total_count: Option<usize>,
+    pub total_count: Option<u64>,
 }
 
 impl SessionListJson {

@@ -30,7 +30,7 @@ use crate::http::{self, HttpLimits};
 use crate::metering::Meter;
 use crate::session::admission::Admission;
 use crate::session::params::TimeoutLimits;
-use crate::session::registry::Registry;
+use crate::session::registry::{HistoryLimits, Registry};
 use crate::session::supervisor::LivenessProbe;
 use crate::telemetry;
 
@@ -100,6 +100,10 @@ impl Gateway {
             meter.clone(),
             admission(&settings, max_sessions),
             liveness_probe(&settings),
+            HistoryLimits {
+                keep_for: Duration::from_secs(settings.history_days.saturating_mul(86_400)),
+                keep_newest: settings.history_sessions,
+            },
         );
         probe(&registry).await;
         Ok(Gateway {
@@ -183,6 +187,7 @@ impl Gateway {
             metrics: self.metrics.clone(),
             keys: self.keys.clone(),
             max_message: self.settings.max_message_bytes,
+            ping_every: Duration::from_millis(self.settings.ws_ping_interval_ms),
             body_timeout: Duration::from_millis(self.settings.header_timeout_ms),
         }
     }

@@ -29,6 +29,7 @@ use crate::sync::lock;
 use crate::telemetry;
 use crate::vocab::GATEWAY_RESTART;
 use store::{Checkpoint, FinalRecord, NewRecord, StoreError, TrafficTotals, UsageStore, UsageSums};
+pub use store::{HistoryQuery, HistoryRow, Retention};
 
 /// Length of a billed minute.
 const MINUTE: Duration = Duration::from_secs(60);
@@ -51,6 +52,15 @@ pub trait Billable: Send + Sync {
     /// Time from creation until now, or until the session ended. Never decreases.
     fn billed_duration(&self) -> Duration;
     fn usage(&self) -> &SessionUsage;
+    /// CDP events delivered to the session's clients so far.
+    fn event_count(&self) -> u64 {
+        0
+    }
+    /// What a client sees of the session, as JSON that metering stores without reading, so
+    /// that it can be shown after the session is gone.
+    fn details(&self) -> String {
+        "{}".into()
+    }
 }
 
 /// A session's metering state: its record and its CDP traffic so far.
@@ -66,6 +76,17 @@ pub struct SessionUsage {
 }
 
 impl SessionUsage {
+    /// The id of the session's usage record, once written.
+    pub fn record_id(&self) -> Option<i64> {
+        self.record_id.get().copied()
+    }
+
+    /// Pretends the record was written, for tests of code that waits for it.
+    #[cfg(test)]
+    pub fn pretend_recorded(&self, record_id: i64) {
+        let _ = self.record_id.set(record_id);
+    }
+
     /// Counts one CDP message from a client to the browser.
     pub fn count_to_browser(&self, bytes: usize) {
         self.messages_to_browser.fetch_add(1, Ordering::Relaxed);
@@ -177,6 +198,7 @@ impl Meter {
             session_id: session.session_id(),
             tenant,
             created_at_ms: unix_ms(session.created_at()),
+            details: session.details(),
         };
         let store = self.store.clone();
         let record_id = blocking(move || lock(&store).insert(&record))
@@ -253,6 +275,34 @@ impl Meter {
         blocking(move || lock(&store).usage_by_day(from_ms, to_ms, tenant.as_deref())).await
     }
 
+    /// A page of recorded sessions, newest first.
+    pub async fn history_page(&self, query: HistoryQuery) -> Result<Vec<HistoryRow>, MeterError> {
+        let store = self.store.clone();
+        blocking(move || lock(&store).history_page(&query)).await
+    }
+
+    /// How many visible records of `tenant` have `status`.
+    pub async fn history_count(
+        &self,
+        tenant: Option<String>,
+        status: &'static str,
+        retention: Retention,
+    ) -> Result<u64, MeterError> {
+        let store = self.store.clone();
+        blocking(move || lock(&store).history_count(tenant.as_deref(), status, retention)).await
+    }
+
+    /// The newest visible record of one session.
+    pub async fn history_get(
+        &self,
+        session_id: Uuid,
+        tenant: Option<String>,
+        retention: Retention,
+    ) -> Result<Option<HistoryRow>, MeterError> {
+        let store = self.store.clone();
+        blocking(move || lock(&store).history_get(session_id, tenant.as_deref(), retention)).await
+    }
+
     /// The minute clock: checkpoints each live session as each of its minutes starts. Runs
     /// until `shutdown`; final records are written by [`Meter::finish`], not here.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
@@ -314,6 +364,7 @@ fn checkpoint_now(record_id: i64, session: &dyn Billable) -> Checkpoint {
         at_ms: unix_ms(session.created_at()).saturating_add(duration_ms),
         billed_minutes: billed_minutes(duration),
         traffic: session.usage().totals(),
+        event_count: session.event_count(),
     }
 }
 

@@ -1,20 +1,21 @@
 //! The usage database: one SQLite file (`<data-dir>/usage.sqlite3`, WAL, `synchronous=FULL`)
-//! with one record per session.
+//! with one record per session: its billing figures, and the facts a client sees of it
+//! (`details`, opaque JSON), so that ended sessions can be listed after a restart.
 //!
-//! Owns the schema and every SQL statement. Calls block on disk, so the async code in
+//! Owns the schema, its migrations and every SQL statement. Calls block on disk, so the async code in
 //! [`super`] runs them on the blocking pool; this module must not know about sessions,
 //! clocks or Prometheus.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 /// File name of the usage database inside the data directory.
 pub const DB_FILE: &str = "usage.sqlite3";
 /// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -30,11 +31,81 @@ CREATE TABLE IF NOT EXISTS sessions (
     bytes_to_browser    INTEGER NOT NULL DEFAULT 0,
     bytes_to_client     INTEGER NOT NULL DEFAULT 0,
     messages_to_browser INTEGER NOT NULL DEFAULT 0,
-    messages_to_client  INTEGER NOT NULL DEFAULT 0
+    messages_to_client  INTEGER NOT NULL DEFAULT 0,
+    event_count         INTEGER NOT NULL DEFAULT 0,
+    details             TEXT    NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS sessions_by_creation ON sessions (created_at_ms);
 CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status);
+CREATE INDEX IF NOT EXISTS sessions_by_tenant ON sessions (tenant, record_id);
+CREATE INDEX IF NOT EXISTS sessions_by_session ON sessions (session_id);
 ";
+
+/// Version 1 to 2: what a client sees of a session, and its event count.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE sessions ADD COLUMN event_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN details TEXT NOT NULL DEFAULT '{}';
+";
+
+/// Which records list and retrieve show: those created since `since_ms`, and in any case
+/// the newest `newest` of the tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Unix milliseconds.
+    pub since_ms: i64,
+    /// At least 1.
+    pub newest: u64,
+}
+
+/// A page of history: the records visible to `tenant` (every tenant when `None`), newest
+/// first.
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    /// Only this tenant's records; `None` for every record (a gateway without keys).
+    pub tenant: Option<String>,
+    /// Only records with this status.
+    pub status: Option<&'static str>,
+    /// Only records older than this one.
+    pub before: Option<i64>,
+    /// Most records returned.
+    pub limit: usize,
+    /// What is still shown.
+    pub retention: Retention,
+}
+
+/// One session as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    /// The record's id: larger is newer.
+    pub record_id: i64,
+    /// The session's id.
+    pub session_id: Uuid,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Unix milliseconds; the last checkpoint while live.
+    pub ended_at_ms: i64,
+    /// `live`, `released` or `failed`.
+    pub status: String,
+    /// Why it ended.
+    pub reason: Option<String>,
+    /// Minutes billed.
+    pub billed_minutes: u64,
+    /// CDP events delivered to its clients.
+    pub event_count: u64,
+    /// What a client sees of it, as the session layer wrote it.
+    pub details: String,
+}
+
+/// The columns of a [`HistoryRow`], in its field order.
+const HISTORY_COLUMNS: &str = "record_id, session_id, created_at_ms,
+    coalesce(ended_at_ms, checkpoint_at_ms), status, reason, billed_minutes, event_count, details";
+
+/// Records visible to tenant `?1` (all when NULL) under a retention of `?2` (since, Unix
+/// milliseconds) and `?3` (the newest kept, less one).
+const VISIBLE: &str = "(?1 IS NULL OR tenant = ?1)
+    AND (created_at_ms >= ?2 OR record_id >= coalesce(
+        (SELECT record_id FROM sessions WHERE (?1 IS NULL OR tenant = ?1)
+         ORDER BY record_id DESC LIMIT 1 OFFSET ?3), 0))";
 
 /// Bytes and messages in each direction, as counted so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,6 +123,8 @@ pub struct NewRecord {
     pub tenant: Option<String>,
     /// Unix milliseconds.
     pub created_at_ms: i64,
+    /// What a client sees of the session (JSON, opaque here).
+    pub details: String,
 }
 
 /// The state of a live session at one moment.
@@ -62,6 +135,8 @@ pub struct Checkpoint {
     pub at_ms: i64,
     pub billed_minutes: u64,
     pub traffic: TrafficTotals,
+    /// CDP events delivered to its clients so far.
+    pub event_count: u64,
 }
 
 /// How a session ended, written once.
@@ -122,9 +197,7 @@ impl UsageStore {
                 "schema version {version} is newer than this ingot understands ({SCHEMA_VERSION})"
             ))));
         }
-        conn.execute_batch(SCHEMA).map_err(wrap)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(wrap)?;
+        migrate(&conn, version).map_err(wrap)?;
         Ok(UsageStore { conn, path })
     }
 
@@ -140,14 +213,15 @@ impl UsageStore {
         self.conn
             .prepare_cached(
                 "INSERT INTO sessions (session_id, tenant, created_at_ms, checkpoint_at_ms,
-                                       status, billed_minutes)
-                 VALUES (?1, ?2, ?3, ?3, 'live', 1)",
+                                       status, billed_minutes, details)
+                 VALUES (?1, ?2, ?3, ?3, 'live', 1, ?4)",
             )
             .and_then(|mut stmt| {
                 stmt.execute(params![
                     record.session_id.to_string(),
                     record.tenant,
-                    record.created_at_ms
+                    record.created_at_ms,
+                    record.details,
                 ])
             })
             .map_err(|e| self.err(e))?;
@@ -256,6 +330,94 @@ impl UsageStore {
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
+
+    /// A page of the records `query` asks for, newest first.
+    pub fn history_page(&self, query: &HistoryQuery) -> Result<Vec<HistoryRow>, StoreError> {
+        let sql = format!(
+            "SELECT {HISTORY_COLUMNS} FROM sessions
+             WHERE {VISIBLE} AND (?4 IS NULL OR status = ?4) AND (?5 IS NULL OR record_id < ?5)
+             ORDER BY record_id DESC LIMIT ?6"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    query.tenant,
+                    query.retention.since_ms,
+                    to_sql(query.retention.newest.saturating_sub(1)),
+                    query.status,
+                    query.before,
+                    to_sql(query.limit as u64),
+                ],
+                history_row,
+            )
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// How many visible records of `tenant` have `status`.
+    pub fn history_count(
+        &self,
+        tenant: Option<&str>,
+        status: &str,
+        retention: Retention,
+    ) -> Result<u64, StoreError> {
+        let sql = format!("SELECT count(*) FROM sessions WHERE {VISIBLE} AND status = ?4");
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![
+                        tenant,
+                        retention.since_ms,
+                        to_sql(retention.newest.saturating_sub(1)),
+                        status
+                    ],
+                    |row| row.get::<_, i64>(0),
+                )
+            })
+            .map(from_sql)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The newest visible record of session `session_id`.
+    pub fn history_get(
+        &self,
+        session_id: Uuid,
+        tenant: Option<&str>,
+        retention: Retention,
+    ) -> Result<Option<HistoryRow>, StoreError> {
+        let sql = format!(
+            "SELECT {HISTORY_COLUMNS} FROM sessions WHERE {VISIBLE} AND session_id = ?4
+             ORDER BY record_id DESC LIMIT 1"
+        );
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![
+                        tenant,
+                        retention.since_ms,
+                        to_sql(retention.newest.saturating_sub(1)),
+                        session_id.to_string()
+                    ],
+                    history_row,
+                )
+                .optional()
+            })
+            .map_err(|e| self.err(e))
+    }
+}
+
+/// Creates the schema, or brings an older one up to date, in one transaction.
+fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    if version == 1 {
+        tx.execute_batch(MIGRATE_1_TO_2)?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()
 }
 
 /// Brings a live record up to `c`; an ended record is left as it is.
@@ -263,7 +425,7 @@ fn write_checkpoint(conn: &Connection, c: &Checkpoint) -> rusqlite::Result<usize
     conn.prepare_cached(
         "UPDATE sessions SET checkpoint_at_ms = ?2, billed_minutes = ?3,
             bytes_to_browser = ?4, bytes_to_client = ?5,
-            messages_to_browser = ?6, messages_to_client = ?7
+            messages_to_browser = ?6, messages_to_client = ?7, event_count = ?8
          WHERE record_id = ?1 AND status = 'live'",
     )?
     .execute(params![
@@ -274,7 +436,26 @@ fn write_checkpoint(conn: &Connection, c: &Checkpoint) -> rusqlite::Result<usize
         to_sql(c.traffic.bytes_to_client),
         to_sql(c.traffic.messages_to_browser),
         to_sql(c.traffic.messages_to_client),
+        to_sql(c.event_count),
     ])
+}
+
+fn history_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryRow> {
+    let id: String = row.get(1)?;
+    let session_id = Uuid::parse_str(&id).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(HistoryRow {
+        record_id: row.get(0)?,
+        session_id,
+        created_at_ms: row.get(2)?,
+        ended_at_ms: row.get(3)?,
+        status: row.get(4)?,
+        reason: row.get(5)?,
+        billed_minutes: from_sql(row.get(6)?),
+        event_count: from_sql(row.get(7)?),
+        details: row.get(8)?,
+    })
 }
 
 /// SQLite integers are signed; counts beyond `i64::MAX` cannot happen in practice, and are
@@ -290,7 +471,6 @@ fn from_sql(n: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rusqlite::OptionalExtension;
 
     impl UsageStore {
         /// The status and reason of one record, for diagnostics and tests.
@@ -320,6 +500,7 @@ mod tests {
                 messages_to_browser: 1,
                 messages_to_client: 2,
             },
+            event_count: 3,
         }
     }
 
@@ -332,6 +513,7 @@ mod tests {
             session_id: Uuid::new_v4(),
             tenant: None,
             created_at_ms: 20_000 * day_ms + n,
+            details: "{}".into(),
         };
         let ended = store.insert(&new(0)).expect("insert");
         let abandoned = store.insert(&new(1)).expect("insert");
@@ -379,6 +561,156 @@ mod tests {
                 .usage_by_day(0, i64::MAX, Some("nobody"))
                 .expect("usage"),
             Vec::new()
+        );
+    }
+
+    fn insert_many(store: &UsageStore, tenant: Option<&str>, n: usize, at_ms: i64) -> Vec<Uuid> {
+        store.conn.execute_batch("BEGIN").expect("begin");
+        let ids: Vec<Uuid> = (0..n)
+            .map(|i| {
+                let id = Uuid::new_v4();
+                store
+                    .insert(&NewRecord {
+                        session_id: id,
+                        tenant: tenant.map(str::to_owned),
+                        created_at_ms: at_ms + i as i64,
+                        details: format!("{{\"n\":{i}}}"),
+                    })
+                    .expect("insert");
+                id
+            })
+            .collect();
+        store.conn.execute_batch("COMMIT").expect("commit");
+        ids
+    }
+
+    const KEEP_ALL: Retention = Retention {
+        since_ms: 0,
+        newest: 1,
+    };
+
+    #[test]
+    fn history_pages_newest_first_and_keeps_the_newest_ten_thousand_of_old_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = UsageStore::open(dir.path()).expect("open");
+        let ids = insert_many(&store, Some("alice"), 10_003, 1_000);
+        insert_many(&store, Some("bob"), 5, 1_000);
+        // Everything is older than the retention time: only the newest 10,000 are shown.
+        let retention = Retention {
+            since_ms: i64::MAX,
+            newest: 10_000,
+        };
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let query = HistoryQuery {
+                tenant: Some("alice".into()),
+                status: None,
+                before,
+                limit: 100,
+                retention,
+            };
+            let page = store.history_page(&query).expect("page");
+            let Some(last) = page.last() else { break };
+            before = Some(last.record_id);
+            seen.extend(page.iter().map(|r| r.session_id));
+        }
+        let expected: Vec<Uuid> = ids[3..].iter().rev().copied().collect();
+        assert_eq!(seen, expected);
+        let count = store.history_count(Some("alice"), "live", retention);
+        assert_eq!(count.expect("count"), 10_000);
+        assert!(
+            store
+                .history_get(ids[2], Some("alice"), retention)
+                .expect("get")
+                .is_none()
+        );
+        let kept = store
+            .history_get(ids[3], Some("alice"), retention)
+            .expect("get");
+        assert_eq!(kept.map(|r| r.details), Some("{\"n\":3}".to_owned()));
+        // Within the retention time, everything is shown.
+        let all = store.history_count(Some("alice"), "live", KEEP_ALL);
+        assert_eq!(all.expect("count"), 10_003);
+        assert!(
+            store
+                .history_get(ids[0], Some("bob"), KEEP_ALL)
+                .expect("get")
+                .is_none(),
+            "tenants see only their own"
+        );
+        assert_eq!(
+            store.history_count(None, "live", KEEP_ALL).expect("count"),
+            10_008
+        );
+    }
+
+    #[test]
+    fn history_filters_by_status_and_shows_how_sessions_ended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = UsageStore::open(dir.path()).expect("open");
+        let ids = insert_many(&store, None, 3, 5_000);
+        store
+            .finish(&FinalRecord {
+                checkpoint: checkpoint(2, 95_000, 2),
+                status: "released",
+                reason: "timeout",
+            })
+            .expect("finish");
+        let query = HistoryQuery {
+            tenant: None,
+            status: Some("released"),
+            before: None,
+            limit: 10,
+            retention: KEEP_ALL,
+        };
+        let page = store.history_page(&query).expect("page");
+        assert_eq!(page.len(), 1);
+        let row = &page[0];
+        assert_eq!((row.session_id, row.status.as_str()), (ids[1], "released"));
+        assert_eq!(row.reason.as_deref(), Some("timeout"));
+        assert_eq!(
+            (row.ended_at_ms, row.billed_minutes, row.event_count),
+            (95_000, 2, 3)
+        );
+    }
+
+    #[test]
+    fn a_version_one_database_is_migrated_and_keeps_its_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).expect("create");
+            conn.execute_batch(
+                "CREATE TABLE sessions (
+                    record_id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, tenant TEXT,
+                    created_at_ms INTEGER NOT NULL, ended_at_ms INTEGER,
+                    checkpoint_at_ms INTEGER NOT NULL, status TEXT NOT NULL, reason TEXT,
+                    billed_minutes INTEGER NOT NULL, bytes_to_browser INTEGER NOT NULL DEFAULT 0,
+                    bytes_to_client INTEGER NOT NULL DEFAULT 0,
+                    messages_to_browser INTEGER NOT NULL DEFAULT 0,
+                    messages_to_client INTEGER NOT NULL DEFAULT 0);
+                 INSERT INTO sessions (session_id, created_at_ms, ended_at_ms, checkpoint_at_ms,
+                    status, reason, billed_minutes)
+                 VALUES ('123e4567-e89b-12d3-a456-426614174000', 10, 70, 70, 'released',
+                    'user_requested', 1);
+                 PRAGMA user_version = 1;",
+            )
+            .expect("a version 1 database");
+        }
+        let store = UsageStore::open(dir.path()).expect("migrated");
+        let id = Uuid::parse_str("123e4567-e89b-12d3-a456-426614174000").expect("uuid");
+        let row = store
+            .history_get(id, None, KEEP_ALL)
+            .expect("get")
+            .expect("kept");
+        assert_eq!(
+            (row.details.as_str(), row.event_count, row.ended_at_ms),
+            ("{}", 0, 70)
+        );
+        drop(store);
+        assert!(
+            UsageStore::open(dir.path()).is_ok(),
+            "opening again changes nothing"
         );
     }
 }

@@ -154,7 +154,7 @@ impl Registry {
             .session_id
             .or(pooled.map(|p| p.id))
             .unwrap_or_else(Uuid::new_v4);
-        let session = Arc::new(Session::new(id, self.directory.next_seq(), options, tenant));
+        let session = Arc::new(Session::new(id, options, tenant));
         self.directory
             .insert(&session)
             .map_err(CreateError::Duplicate)?;

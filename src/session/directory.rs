@@ -1,12 +1,11 @@
-//! The directory of sessions: every session the gateway knows, live ones and the recent
-//! history of ended ones, in creation order.
+//! The directory of sessions: every session of this process, live ones and the recent
+//! history of ended ones, in creation order. (Listing reads the usage records, which also
+//! hold earlier runs' sessions: see [`super::registry::Registry::list`].)
 //!
-//! Owns lookup by id, tenant visibility, newest-first listing with cursors, and trimming of
-//! the history. It never changes a session's state and never touches a browser.
+//! Owns lookup by id, tenant visibility and trimming of the in-memory history. It never
+//! changes a session's state and never touches a browser.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -15,7 +14,9 @@ use uuid::Uuid;
 
 use super::Session;
 use super::state::Phase;
+use super::view::SessionView;
 use crate::auth::Caller;
+use crate::metering::{Billable, MeterError};
 use crate::sync::lock;
 use crate::vocab::Status;
 
@@ -36,35 +37,33 @@ pub struct ListQuery {
 /// One page of sessions, newest first.
 pub struct ListPage {
     /// The page.
-    pub sessions: Vec<Arc<Session>>,
+    pub sessions: Vec<SessionView>,
     /// The cursor of the next page, when this one is full.
     pub next_cursor: Option<Uuid>,
     /// Sessions matching a status filter in all pages; only for filtered queries.
-    pub total_count: Option<usize>,
+    pub total_count: Option<u64>,
 }
 
-/// The cursor does not name a listed session.
+/// A list query that cannot be answered.
 #[derive(Debug, thiserror::Error)]
-#[error("cursorId {0} does not name a listed session")]
-pub struct UnknownCursor(pub Uuid);
+pub enum ListError {
+    /// The cursor does not name a listed session.
+    #[error("cursorId {0} does not name a listed session")]
+    UnknownCursor(Uuid),
+    /// The records cannot be read.
+    #[error(transparent)]
+    Store(#[from] MeterError),
+}
 
-/// Every session the gateway knows.
+/// Every session of this process.
 #[derive(Default)]
 pub struct Directory {
     sessions: DashMap<Uuid, Arc<Session>>,
-    /// Creation sequence → id, for newest-first listing and cursors.
-    order: Mutex<BTreeMap<u64, Uuid>>,
-    /// Ended sessions, oldest first, so history can be trimmed.
+    /// Ended sessions, oldest first, so that the in-memory history can be trimmed.
     ended: Mutex<VecDeque<Uuid>>,
-    next_seq: AtomicU64,
 }
 
 impl Directory {
-    /// The creation number of the next session.
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
     /// Whether any session (even one still starting) has this id.
     pub fn contains(&self, id: &Uuid) -> bool {
         self.sessions.contains_key(id)
@@ -73,37 +72,35 @@ impl Directory {
     /// Adds a starting session; fails when its id is taken.
     pub fn insert(&self, session: &Arc<Session>) -> Result<(), Uuid> {
         match self.sessions.entry(session.id) {
-            Entry::Occupied(_) => return Err(session.id),
+            Entry::Occupied(_) => Err(session.id),
             Entry::Vacant(slot) => {
                 slot.insert(session.clone());
+                Ok(())
             }
         }
-        lock(&self.order).insert(session.seq(), session.id);
-        Ok(())
     }
 
     /// Removes a session that never became live, so that its id can be used again.
     pub fn forget(&self, session: &Session) {
         self.sessions.remove(&session.id);
-        lock(&self.order).remove(&session.seq());
     }
 
-    /// Records that a session ended, trimming the oldest beyond [`ENDED_HISTORY`].
+    /// Records that a session ended, dropping the oldest ended ones beyond
+    /// [`ENDED_HISTORY`] from memory (their records still list them).
     pub fn note_ended(&self, id: Uuid) {
         let mut ended = lock(&self.ended);
         ended.push_back(id);
         while ended.len() > ENDED_HISTORY {
             let Some(old) = ended.pop_front() else { break };
-            if let Some((_, s)) = self.sessions.remove(&old) {
-                lock(&self.order).remove(&s.seq());
-            }
+            self.sessions.remove(&old);
         }
     }
 
-    /// A session that clients may see (any state but starting).
+    /// A session that clients may see: one that went live and is metered (a session is
+    /// never shown, let alone served, before its usage record exists).
     fn get(&self, id: &Uuid) -> Option<Arc<Session>> {
         let session = self.sessions.get(id).map(|s| s.value().clone())?;
-        (session.phase() != Phase::Starting).then_some(session)
+        visible(&session).then_some(session)
     }
 
     /// A session `caller` may see. Another tenant's session is `None`, exactly like an
@@ -118,7 +115,8 @@ impl Directory {
         self.sessions
             .iter()
             .map(|e| e.value().clone())
-            .filter(|s| s.phase().is_live() && caller.may_access(s.tenant.as_deref()))
+            .filter(|s| visible(s) && s.phase().is_live())
+            .filter(|s| caller.may_access(s.tenant.as_deref()))
             .collect()
     }
 
@@ -128,57 +126,18 @@ impl Directory {
             .sessions
             .iter()
             .filter(|e| {
-                e.value().phase().is_live() && caller.may_access(e.value().tenant.as_deref())
+                let s = e.value();
+                visible(s) && s.phase().is_live() && caller.may_access(s.tenant.as_deref())
             })
             .map(|e| e.value().clone());
         let first = live.next()?;
         live.next().is_none().then_some(first)
     }
+}
 
-    /// `caller`'s sessions newest first, filtered and paginated as the Steel SDKs expect.
-    pub fn list(&self, query: ListQuery, caller: &Caller) -> Result<ListPage, UnknownCursor> {
-        let upper = match query.cursor {
-            None => Bound::Unbounded,
-            Some(cursor) => {
-                let seq = self
-                    .get_for(&cursor, caller)
-                    .map(|s| s.seq())
-                    .ok_or(UnknownCursor(cursor))?;
-                Bound::Excluded(seq)
-            }
-        };
-        let ids: Vec<Uuid> = lock(&self.order)
-            .range((Bound::Unbounded, upper))
-            .rev()
-            .map(|(_, id)| *id)
-            .collect();
-        let matches = |s: &Arc<Session>| {
-            caller.may_access(s.tenant.as_deref())
-                && query
-                    .status
-                    .is_none_or(|status| s.phase().status() == status)
-        };
-        let sessions: Vec<Arc<Session>> = ids
-            .iter()
-            .filter_map(|id| self.get(id).filter(matches))
-            .take(query.limit)
-            .collect();
-        let total_count = query.status.map(|_| {
-            let all: Vec<Uuid> = lock(&self.order).values().copied().collect();
-            all.iter()
-                .filter_map(|id| self.get(id))
-                .filter(matches)
-                .count()
-        });
-        let next_cursor = (sessions.len() == query.limit)
-            .then(|| sessions.last().map(|s| s.id))
-            .flatten();
-        Ok(ListPage {
-            sessions,
-            next_cursor,
-            total_count,
-        })
-    }
+/// Whether clients may see a session: it left `starting` and has its usage record.
+fn visible(session: &Session) -> bool {
+    session.phase() != Phase::Starting && session.usage().record_id().is_some()
 }
 
 #[cfg(test)]
@@ -187,29 +146,28 @@ mod tests {
     use crate::session::params::SessionOptions;
     use crate::vocab::{Dimensions, EndReason};
 
-    fn ended_session(directory: &Directory) -> Arc<Session> {
-        let options = SessionOptions {
+    fn options() -> SessionOptions {
+        SessionOptions {
             session_id: None,
             timeout_ms: 60_000,
             user_agent: None,
             dimensions: Dimensions::default(),
             proxy_server: None,
-        };
-        let session = Arc::new(Session::new(
-            Uuid::new_v4(),
-            directory.next_seq(),
-            options,
-            None,
-        ));
+        }
+    }
+
+    fn ended_session(directory: &Directory) -> Arc<Session> {
+        let session = Arc::new(Session::new(Uuid::new_v4(), options(), None));
         directory.insert(&session).expect("new id");
         session.go_live().expect("live");
+        session.usage().pretend_recorded(1);
         session.request_end(EndReason::UserRequested).expect("ends");
         directory.note_ended(session.id);
         session
     }
 
     #[test]
-    fn keeps_the_last_ten_thousand_ended_sessions_listed() {
+    fn keeps_the_last_ten_thousand_ended_sessions_in_memory() {
         let directory = Directory::default();
         let ids: Vec<Uuid> = (0..ENDED_HISTORY + 3)
             .map(|_| ended_session(&directory).id)
@@ -217,45 +175,16 @@ mod tests {
         for old in &ids[..3] {
             assert!(directory.get_for(old, &Caller::Open).is_none(), "trimmed");
         }
-        assert!(directory.get_for(&ids[3], &Caller::Open).is_some(), "kept");
-
-        // Walking the pages as the SDKs do visits every kept session once, newest first.
-        let mut seen = Vec::new();
-        let mut cursor = None;
-        loop {
-            let query = ListQuery {
-                status: None,
-                limit: 100,
-                cursor,
-            };
-            let page = directory.list(query, &Caller::Open).expect("list");
-            let Some(last) = page.sessions.last() else {
-                break;
-            };
-            cursor = Some(last.id);
-            seen.extend(page.sessions.iter().map(|s| s.id));
+        for kept in &ids[3..] {
+            assert!(directory.get_for(kept, &Caller::Open).is_some(), "kept");
         }
-        let expected: Vec<Uuid> = ids[3..].iter().rev().copied().collect();
-        assert_eq!(seen, expected);
-        let query = ListQuery {
-            status: Some(Status::Released),
-            limit: 1,
-            cursor: None,
-        };
-        let released = directory.list(query, &Caller::Open).expect("list");
-        assert_eq!(released.total_count, Some(ENDED_HISTORY));
+        assert!(directory.live_for(&Caller::Open).is_empty());
     }
 
     #[test]
-    fn an_unknown_cursor_and_a_starting_session_are_not_listed() {
+    fn a_starting_session_is_not_shown_and_a_failed_start_leaves_no_trace() {
         let directory = Directory::default();
-        let shown = ended_session(&directory);
-        let starting = Arc::new(Session::new(
-            Uuid::new_v4(),
-            directory.next_seq(),
-            shown.options.clone(),
-            None,
-        ));
+        let starting = Arc::new(Session::new(Uuid::new_v4(), options(), None));
         directory.insert(&starting).expect("new id");
         assert_eq!(
             directory.insert(&starting),
@@ -263,16 +192,19 @@ mod tests {
             "ids are unique"
         );
         assert!(directory.get_for(&starting.id, &Caller::Open).is_none());
-        let query = ListQuery {
-            status: None,
-            limit: 10,
-            cursor: Some(Uuid::new_v4()),
-        };
-        assert!(directory.list(query, &Caller::Open).is_err());
         directory.forget(&starting);
+        assert!(!directory.contains(&starting.id));
+        let live = Arc::new(Session::new(Uuid::new_v4(), options(), None));
+        directory.insert(&live).expect("new id");
+        live.go_live().expect("live");
         assert!(
-            !directory.contains(&starting.id),
-            "a failed start leaves no trace"
+            directory.sole_live(&Caller::Open).is_none(),
+            "not metered yet"
+        );
+        live.usage().pretend_recorded(2);
+        assert_eq!(
+            directory.sole_live(&Caller::Open).map(|s| s.id),
+            Some(live.id)
         );
     }
 }

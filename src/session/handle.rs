@@ -22,8 +22,6 @@ use crate::vocab::EndReason;
 pub struct Session {
     /// The session's id, as clients name it.
     pub id: Uuid,
-    /// Creation order, for listing newest first.
-    seq: u64,
     /// Wall-clock creation time.
     pub created_at: OffsetDateTime,
     created: Instant,
@@ -67,15 +65,9 @@ pub enum NotLive {
 }
 
 impl Session {
-    pub(super) fn new(
-        id: Uuid,
-        seq: u64,
-        options: SessionOptions,
-        tenant: Option<Arc<str>>,
-    ) -> Session {
+    pub(super) fn new(id: Uuid, options: SessionOptions, tenant: Option<Arc<str>>) -> Session {
         Session {
             id,
-            seq,
             tenant,
             created_at: OffsetDateTime::now_utc(),
             created: Instant::now(),
@@ -86,11 +78,6 @@ impl Session {
             reaped: CancellationToken::new(),
             usage: SessionUsage::default(),
         }
-    }
-
-    /// Creation order: a later session has a larger number.
-    pub fn seq(&self) -> u64 {
-        self.seq
     }
 
     /// Where the session is in its life.
@@ -130,6 +117,16 @@ impl Session {
             .get()
             .map(|b| b.mux.events_delivered())
             .unwrap_or(0)
+    }
+
+    /// The user agent the browser sends: the one asked for, else the browser's own.
+    pub fn user_agent(&self) -> Option<String> {
+        self.options.user_agent.clone().or_else(|| {
+            self.browser_version()
+                .and_then(|v| v.get("userAgent"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
     }
 
     /// The browser's `Browser.getVersion` reply.
@@ -220,5 +217,13 @@ impl Billable for Session {
 
     fn usage(&self) -> &SessionUsage {
         &self.usage
+    }
+
+    fn event_count(&self) -> u64 {
+        Session::event_count(self)
+    }
+
+    fn details(&self) -> String {
+        serde_json::to_string(&super::view::Details::of(self)).unwrap_or_else(|_| "{}".into())
     }
 }

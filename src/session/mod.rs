@@ -9,6 +9,7 @@
 //! * [`create`] is the create pipeline: admit, launch or take a pooled browser, go live,
 //!   meter, hand over to the supervisor.
 //! * [`supervisor`] is the one task per session that ends it and always reaps its browser.
+//! * [`view`] is what a client sees of a session, live here or known from its record.
 //!
 //! This module must not know about HTTP or WebSocket framing: it tells the multiplexer why
 //! clients must go, and the proxy picks the close frame.
@@ -23,5 +24,6 @@ mod quota;
 pub mod registry;
 pub mod state;
 pub mod supervisor;
+pub mod view;
 
 pub use handle::Session;

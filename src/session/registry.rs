@@ -17,17 +17,28 @@ use uuid::Uuid;
 
 use super::Session;
 use super::admission::{Admission, Admitter};
-use super::directory::{Directory, ListPage, ListQuery, UnknownCursor};
+use super::directory::{Directory, ListError, ListPage, ListQuery};
 use super::pool::{LaunchHealth, WarmPool};
 use super::supervisor::LivenessProbe;
+use super::view::SessionView;
 use crate::auth::Caller;
 use crate::browser::{BrowserHost, LaunchSpec};
-use crate::metering::Meter;
+use crate::metering::{Billable, HistoryQuery, HistoryRow, Meter, MeterError, Retention};
 use crate::telemetry;
 use crate::vocab::EndReason;
 
 /// How long a release waits for the browser to be gone before answering anyway.
 const REAP_WAIT: Duration = Duration::from_secs(10);
+
+/// Which ended sessions stay listed: those created within `keep_for`, and in any case each
+/// tenant's newest `keep_newest`.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    /// How long an ended session stays listed.
+    pub keep_for: Duration,
+    /// Each tenant's newest sessions stay listed however old they are.
+    pub keep_newest: u64,
+}
 
 /// Whether the gateway should be sent new sessions (`/readyz`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +72,7 @@ pub struct Registry {
     pub(super) shutdown: CancellationToken,
     /// How each live browser is checked for hangs.
     pub(super) probe: LivenessProbe,
+    history: HistoryLimits,
 }
 
 impl Registry {
@@ -70,6 +82,7 @@ impl Registry {
         meter: Arc<Meter>,
         admission: Admission,
         probe: LivenessProbe,
+        history: HistoryLimits,
     ) -> Arc<Registry> {
         let capacity = Arc::new(Semaphore::new(admission.max_sessions));
         let tasks = TaskTracker::new();
@@ -94,6 +107,7 @@ impl Registry {
             closed,
             shutdown: CancellationToken::new(),
             probe,
+            history,
         })
     }
 
@@ -164,9 +178,105 @@ impl Registry {
         self.directory.get_for(id, caller)
     }
 
-    /// `caller`'s sessions newest first, filtered and paginated as the Steel SDKs expect.
-    pub fn list(&self, query: ListQuery, caller: &Caller) -> Result<ListPage, UnknownCursor> {
-        self.directory.list(query, caller)
+    /// A session `caller` may see, live here or known from its record (it ended before a
+    /// restart, say); `None` like an unknown id otherwise.
+    pub async fn retrieve(
+        &self,
+        id: &Uuid,
+        caller: &Caller,
+    ) -> Result<Option<SessionView>, MeterError> {
+        if let Some(session) = self.get_for(id, caller) {
+            return Ok(Some(SessionView::of(&session)));
+        }
+        let row = self
+            .meter
+            .history_get(
+                *id,
+                caller.tenant_name().map(|t| t.to_string()),
+                self.retention(),
+            )
+            .await?;
+        Ok(row.as_ref().map(SessionView::from_record))
+    }
+
+    /// `caller`'s sessions newest first, filtered and paginated as the Steel SDKs expect:
+    /// from the usage records, so sessions of earlier runs are listed too, with the live
+    /// figures of the sessions running here.
+    pub async fn list(&self, query: ListQuery, caller: &Caller) -> Result<ListPage, ListError> {
+        let tenant = caller.tenant_name().map(|t| t.to_string());
+        let retention = self.retention();
+        let before = match query.cursor {
+            None => None,
+            Some(id) => Some(
+                self.record_of(&id, caller, retention)
+                    .await?
+                    .ok_or(ListError::UnknownCursor(id))?,
+            ),
+        };
+        let rows = self
+            .meter
+            .history_page(HistoryQuery {
+                tenant: tenant.clone(),
+                status: query.status.map(|s| s.as_str()),
+                before,
+                limit: query.limit,
+                retention,
+            })
+            .await?;
+        let next_cursor = (rows.len() == query.limit)
+            .then(|| rows.last().map(|r| r.session_id))
+            .flatten();
+        let sessions = rows
+            .iter()
+            .map(|row| self.view_of(row, caller))
+            .filter(|v| query.status.is_none_or(|s| v.status == s))
+            .collect();
+        let total_count = match query.status {
+            Some(status) => Some(
+                self.meter
+                    .history_count(tenant, status.as_str(), retention)
+                    .await?,
+            ),
+            None => None,
+        };
+        Ok(ListPage {
+            sessions,
+            next_cursor,
+            total_count,
+        })
+    }
+
+    /// A record's session as a client sees it: with live figures when it runs here.
+    fn view_of(&self, row: &HistoryRow, caller: &Caller) -> SessionView {
+        match self.get_for(&row.session_id, caller) {
+            Some(s) if s.usage().record_id() == Some(row.record_id) => SessionView::of(&s),
+            _ => SessionView::from_record(row),
+        }
+    }
+
+    /// The record of the session a cursor names.
+    async fn record_of(
+        &self,
+        id: &Uuid,
+        caller: &Caller,
+        retention: Retention,
+    ) -> Result<Option<i64>, MeterError> {
+        if let Some(record) = self.get_for(id, caller).and_then(|s| s.usage().record_id()) {
+            return Ok(Some(record));
+        }
+        let tenant = caller.tenant_name().map(|t| t.to_string());
+        let row = self.meter.history_get(*id, tenant, retention).await?;
+        Ok(row.map(|r| r.record_id))
+    }
+
+    /// What list and retrieve show now.
+    fn retention(&self) -> Retention {
+        let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let keep_ms = i128::try_from(self.history.keep_for.as_millis()).unwrap_or(i128::MAX);
+        Retention {
+            since_ms: i64::try_from(now_ms.saturating_sub(keep_ms)).unwrap_or(i64::MIN),
+            newest: self.history.keep_newest.max(1),
+        }
     }
 
     /// `caller`'s only live session, if it has exactly one.

@@ -528,3 +528,41 @@ async fn a_client_that_never_reads_cannot_hold_up_release_or_shutdown() {
     assert_eq!((gw.chromium_processes(), gw.session_dirs()), (0, 0));
     drop(stuck);
 }
+
+/// A SIGKILLed run's sessions are still there after the restart: retrieved and listed as
+/// failed with reason `gateway_restart`, billed up to their last checkpoint; a session the
+/// run released keeps how it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_a_killed_run_are_listed_after_the_restart() {
+    let _shared = shared().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut first = Gateway::start_in(tmp.path(), &[]).await;
+    let released = first
+        .create(json!({"dimensions": {"width": 1024, "height": 768}}))
+        .await;
+    first.release(&id_of(&released)).await;
+    let killed = first.create(json!({})).await;
+    first.signal(9);
+    first.wait_exit(secs(10));
+
+    let second = Gateway::start_in(tmp.path(), &[]).await;
+    let found = second.session(&id_of(&killed)).await;
+    assert_eq!(found["status"], "failed", "{found}");
+    assert_eq!(found["releaseReason"], "gateway_restart", "{found}");
+    assert_eq!(found["creditsUsed"], 1, "{found}");
+    let kept = second.session(&id_of(&released)).await;
+    assert_eq!(kept["status"], "released", "{kept}");
+    assert_eq!(kept["releaseReason"], "user_requested");
+    assert_eq!(kept["dimensions"], json!({"width": 1024, "height": 768}));
+    let (_, list) = second.get("/v1/sessions").await;
+    let ids: Vec<&str> = list["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, [id_of(&killed), id_of(&released)], "{list}");
+    let (_, failed) = second.get("/v1/sessions?status=failed").await;
+    assert_eq!(failed["totalCount"], 1, "{failed}");
+    drop(second);
+}

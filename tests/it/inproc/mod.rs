@@ -1,7 +1,8 @@
 //! In-process tests: the gateway built with [`Gateway::build`] on a [`FakeBrowserHost`]
 //! (browsers are tokio tasks speaking enough CDP), served on a loopback port of this process
 //! and driven through real HTTP requests and real WebSockets. No Chromium and no process is
-//! started, so each test runs in milliseconds.
+//! started, so a test takes milliseconds, or the second that a session's shortest timeout
+//! lasts.
 //!
 //! One module per area: the HTTP API, admission, the warm pool, the per-session supervisor,
 //! and the CDP multiplexer with the WebSocket proxy. The metrics recorder is process-wide,
@@ -9,6 +10,7 @@
 
 mod admission;
 mod api;
+mod history;
 mod mux;
 mod pool;
 mod supervisor;
@@ -36,9 +38,6 @@ pub const STEP: Duration = Duration::from_secs(5);
 
 /// How long `stop` waits for `serve` to return.
 const STOP_WITHIN: Duration = Duration::from_secs(20);
-
-/// Held while a gateway is built.
-static BUILDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Two tenants' keys, for `api_keys = Some(TENANTS.into())`.
 pub const TENANTS: &str = "alice:alice-key-0123456789abcdef,bob:bob-key-0123456789abcdef";
@@ -76,22 +75,26 @@ impl FakeGateway {
 
     /// A gateway with the harness defaults, then `adjust`ed.
     pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> FakeGateway {
-        let shared = crate::common::shared().await;
         let tmp = tempfile::tempdir().expect("tempdir");
+        FakeGateway::start_in(tmp, adjust).await
+    }
+
+    /// A gateway on the data directory a stopped one left (a restart).
+    pub async fn start_in(
+        tmp: tempfile::TempDir,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> FakeGateway {
+        let shared = crate::common::shared().await;
         let mut settings = Settings::with_data_dir(tmp.path());
         settings.pool_size = 0;
         settings.max_sessions = Some(4);
         adjust(&mut settings);
         let host = FakeBrowserHost::new();
-        let gateway = {
-            // Builds one at a time: concurrent first builds race to install the process-wide
-            // metrics recorder, and the loser fails (see `telemetry::install`).
-            let _one_at_a_time = BUILDING.lock().await;
-            timeout(STEP, Gateway::build(settings, host.clone()))
-                .await
-                .expect("build in time")
-                .expect("the gateway builds")
-        };
+        // Gateways built at the same moment share the process-wide metrics recorder.
+        let gateway = timeout(STEP, Gateway::build(settings, host.clone()))
+            .await
+            .expect("build in time")
+            .expect("the gateway builds");
         assert_eq!(host.launches(), 1, "build makes one probe launch");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");

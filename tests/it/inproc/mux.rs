@@ -403,3 +403,29 @@ async fn a_session_attached_without_flatten_cannot_be_used_by_session_id() {
     cdp.close().await;
     gw.stop().await;
 }
+
+/// A client that sends and receives nothing gets a WebSocket ping after the interval (a
+/// second here, 30 by default), so that load balancers keep its socket open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_gets_a_ping() {
+    let gw = FakeGateway::start_with(|s| s.ws_ping_interval_ms = 1_000).await;
+    let session = gw.create(json!({})).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url(&id_of(&session)))
+        .await
+        .expect("connect");
+    let started = std::time::Instant::now();
+    let first = timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("a frame within 5 s")
+        .expect("open")
+        .expect("a frame");
+    let waited = started.elapsed();
+    assert!(matches!(first, Message::Ping(_)), "{first:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2_500),
+        "pinged after {waited:?} of silence"
+    );
+    drop(ws);
+    gw.release(&id_of(&session)).await;
+    gw.stop().await;
+}

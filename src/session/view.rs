@@ -1,0 +1,105 @@
+//! [`SessionView`]: what a client sees of a session at one moment, whether the session is
+//! live in this process or known only from its record (it ended before a restart, or was
+//! trimmed from memory).
+//!
+//! Owns the facts a session's record keeps for that (`Details`, stored as JSON by the
+//! meter without reading it). It reads sessions and records; it changes neither.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::Session;
+use crate::metering::HistoryRow;
+use crate::vocab::{Dimensions, Status};
+
+/// The facts of a session that do not change while it lives, as its record keeps them.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(super) struct Details {
+    timeout: u64,
+    dimensions: Dimensions,
+    user_agent: Option<String>,
+    proxy: bool,
+}
+
+impl Details {
+    /// The details of a session that is going live.
+    pub(super) fn of(session: &Session) -> Details {
+        Details {
+            timeout: session.options.timeout_ms,
+            dimensions: session.options.dimensions,
+            user_agent: session.user_agent(),
+            proxy: session.options.proxy_server.is_some(),
+        }
+    }
+}
+
+/// A session as a client sees it.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    /// The session's id.
+    pub id: Uuid,
+    /// Wall-clock creation time.
+    pub created_at: OffsetDateTime,
+    /// Live, released or failed.
+    pub status: Status,
+    /// Time from creation until now, or until it ended.
+    pub duration: Duration,
+    /// CDP events delivered to its clients.
+    pub event_count: u64,
+    /// Its `timeout`, in milliseconds.
+    pub timeout_ms: u64,
+    /// Minutes billed.
+    pub credits_used: u64,
+    /// The page size.
+    pub dimensions: Dimensions,
+    /// Whether it runs behind a proxy the client gave.
+    pub proxy: bool,
+    /// The user agent its browser sends.
+    pub user_agent: Option<String>,
+    /// Why it ended, once it has.
+    pub release_reason: Option<String>,
+}
+
+impl SessionView {
+    /// A session of this process, now.
+    pub fn of(session: &Session) -> SessionView {
+        SessionView {
+            id: session.id,
+            created_at: session.created_at,
+            status: session.phase().status(),
+            duration: session.duration(),
+            event_count: session.event_count(),
+            timeout_ms: session.options.timeout_ms,
+            credits_used: session.billed_minutes(),
+            dimensions: session.options.dimensions,
+            proxy: session.options.proxy_server.is_some(),
+            user_agent: session.user_agent(),
+            release_reason: session.end_reason().map(|r| r.as_str().to_owned()),
+        }
+    }
+
+    /// A session known from its record.
+    pub fn from_record(row: &HistoryRow) -> SessionView {
+        let details: Details = serde_json::from_str(&row.details).unwrap_or_default();
+        let created_ns = i128::from(row.created_at_ms) * 1_000_000;
+        let elapsed_ms = row.ended_at_ms.saturating_sub(row.created_at_ms).max(0);
+        SessionView {
+            id: row.session_id,
+            created_at: OffsetDateTime::from_unix_timestamp_nanos(created_ns)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            status: Status::parse(&row.status).unwrap_or(Status::Failed),
+            duration: Duration::from_millis(u64::try_from(elapsed_ms).unwrap_or(0)),
+            event_count: row.event_count,
+            timeout_ms: details.timeout,
+            credits_used: row.billed_minutes,
+            dimensions: details.dimensions,
+            proxy: details.proxy,
+            user_agent: details.user_agent,
+            release_reason: row.reason.clone(),
+        }
+    }
+}
