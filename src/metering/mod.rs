@@ -6,10 +6,12 @@
 //! next start closes the records left live as `failed`/`gateway_restart`, billed up to their
 //! last checkpoint.
 //!
-//! Owns the usage database ([`store`]), per-session traffic counters ([`SessionUsage`]) and
-//! the minute clock. It reads sessions only through [`Billable`]; it must not change a
+//! Owns when records are written (the minute clock), per-session traffic counters
+//! ([`SessionUsage`]), and the seam to where records are kept ([`ledger`]; the SQLite one
+//! is [`store`]). It reads sessions only through [`Billable`]; it must not change a
 //! session's state or know about HTTP.
 
+pub mod ledger;
 pub mod store;
 
 use std::collections::{BTreeSet, HashMap};
@@ -28,7 +30,8 @@ use uuid::Uuid;
 use crate::sync::lock;
 use crate::telemetry;
 use crate::vocab::GATEWAY_RESTART;
-use store::{Checkpoint, FinalRecord, NewRecord, StoreError, TrafficTotals, UsageStore, UsageSums};
+use ledger::{Ledger, SqliteLedger};
+use store::{Checkpoint, FinalRecord, NewRecord, StoreError, TrafficTotals, UsageSums};
 pub use store::{HistoryQuery, HistoryRow, Retention};
 
 /// Length of a billed minute.
@@ -152,31 +155,34 @@ impl Schedule {
     }
 }
 
-/// The meter: the usage database plus the clock that checkpoints live sessions.
+/// The meter: the ledger plus the clock that checkpoints live sessions.
 pub struct Meter {
-    store: Arc<Mutex<UsageStore>>,
+    ledger: Arc<dyn Ledger>,
     schedule: Mutex<Schedule>,
     /// Wakes the minute clock when the schedule gains an earlier entry.
     changed: Notify,
 }
 
 impl Meter {
-    /// Opens (or creates) `<data_dir>/usage.sqlite3`.
+    /// A meter on one node's ledger, `<data_dir>/usage.sqlite3` (opened, created or
+    /// migrated).
     pub async fn open(data_dir: &Path) -> Result<Arc<Meter>, MeterError> {
-        let dir = data_dir.to_path_buf();
-        let store = blocking(move || UsageStore::open(&dir)).await?;
-        Ok(Arc::new(Meter {
-            store: Arc::new(Mutex::new(store)),
+        Ok(Meter::new(Arc::new(SqliteLedger::open(data_dir).await?)))
+    }
+
+    /// A meter that keeps its records in `ledger`.
+    pub fn new(ledger: Arc<dyn Ledger>) -> Arc<Meter> {
+        Arc::new(Meter {
+            ledger,
             schedule: Mutex::new(Schedule::default()),
             changed: Notify::new(),
-        }))
+        })
     }
 
     /// Closes the records a previous run left live (it was killed): `failed` with reason
     /// `gateway_restart`, billed up to the last checkpoint. Call once, before serving.
     pub async fn close_abandoned(&self) -> Result<u64, MeterError> {
-        let store = self.store.clone();
-        let closed = blocking(move || lock(&store).close_abandoned(GATEWAY_RESTART)).await?;
+        let closed = self.ledger.close_abandoned(GATEWAY_RESTART).await?;
         if closed > 0 {
             warn!(
                 sessions = closed,
@@ -200,8 +206,9 @@ impl Meter {
             created_at_ms: unix_ms(session.created_at()),
             details: session.details(),
         };
-        let store = self.store.clone();
-        let record_id = blocking(move || lock(&store).insert(&record))
+        let record_id = self
+            .ledger
+            .insert(record)
             .await
             .inspect_err(|_| telemetry::usage_write_error())?;
         let _ = session.usage().record_id.set(record_id);
@@ -227,8 +234,7 @@ impl Meter {
             reason,
         };
         for attempt in 1..=FINISH_ATTEMPTS {
-            let store = self.store.clone();
-            match blocking(move || lock(&store).finish(&record)).await {
+            match self.ledger.finish(record).await {
                 Ok(()) => return,
                 Err(e) => {
                     telemetry::usage_write_error();
@@ -270,15 +276,14 @@ impl Meter {
         tenant: Option<String>,
     ) -> Result<Vec<(String, UsageSums)>, MeterError> {
         self.flush().await?;
-        let store = self.store.clone();
-        let (from_ms, to_ms) = (unix_ms(from), unix_ms(to));
-        blocking(move || lock(&store).usage_by_day(from_ms, to_ms, tenant.as_deref())).await
+        self.ledger
+            .usage_by_day(unix_ms(from), unix_ms(to), tenant)
+            .await
     }
 
     /// A page of recorded sessions, newest first.
     pub async fn history_page(&self, query: HistoryQuery) -> Result<Vec<HistoryRow>, MeterError> {
-        let store = self.store.clone();
-        blocking(move || lock(&store).history_page(&query)).await
+        self.ledger.history_page(query).await
     }
 
     /// How many visible records of `tenant` have `status`.
@@ -288,8 +293,7 @@ impl Meter {
         status: &'static str,
         retention: Retention,
     ) -> Result<u64, MeterError> {
-        let store = self.store.clone();
-        blocking(move || lock(&store).history_count(tenant.as_deref(), status, retention)).await
+        self.ledger.history_count(tenant, status, retention).await
     }
 
     /// The newest visible record of one session.
@@ -299,8 +303,7 @@ impl Meter {
         tenant: Option<String>,
         retention: Retention,
     ) -> Result<Option<HistoryRow>, MeterError> {
-        let store = self.store.clone();
-        blocking(move || lock(&store).history_get(session_id, tenant.as_deref(), retention)).await
+        self.ledger.history_get(session_id, tenant, retention).await
     }
 
     /// The minute clock: checkpoints each live session as each of its minutes starts. Runs
@@ -348,8 +351,8 @@ impl Meter {
         if checkpoints.is_empty() {
             return Ok(());
         }
-        let store = self.store.clone();
-        blocking(move || lock(&store).checkpoint(&checkpoints))
+        self.ledger
+            .checkpoint(checkpoints)
             .await
             .inspect_err(|_| telemetry::usage_write_error())
     }
@@ -377,17 +380,6 @@ fn next_minute(duration: Duration) -> Instant {
 
 fn unix_ms(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-async fn blocking<T, F>(f: F) -> Result<T, MeterError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| MeterError::Task(e.to_string()))?
-        .map_err(MeterError::from)
 }
 
 #[cfg(test)]

@@ -1,0 +1,263 @@
+//! Where session records are kept, behind one interface: [`Ledger`].
+//!
+//! Today the one ledger is [`SqliteLedger`], one node's `<data-dir>/usage.sqlite3`; the
+//! cluster's PostgreSQL goes behind the same trait. The meter ([`super::Meter`]) decides
+//! when to write what; a ledger only keeps records and answers queries. It must not know
+//! about sessions' states, clocks or HTTP.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+
+use super::MeterError;
+use super::store::{
+    Checkpoint, FinalRecord, HistoryQuery, HistoryRow, NewRecord, Retention, StoreError,
+    UsageStore, UsageSums,
+};
+use crate::sync::lock;
+
+/// A durable, shared record of every session: its billing and what a client sees of it.
+pub trait Ledger: Send + Sync + 'static {
+    /// Writes the first record of a session (live, one minute billed); returns its id.
+    fn insert(&self, record: NewRecord) -> BoxFuture<'_, Result<i64, MeterError>>;
+    /// Brings live records up to their checkpoints; ended records are left as they are.
+    fn checkpoint(&self, checkpoints: Vec<Checkpoint>) -> BoxFuture<'_, Result<(), MeterError>>;
+    /// Writes how a session ended. Idempotent: only a live record changes.
+    fn finish(&self, record: FinalRecord) -> BoxFuture<'_, Result<(), MeterError>>;
+    /// Closes every record left live as `failed` with `reason`, billed up to its last
+    /// checkpoint; returns how many.
+    fn close_abandoned(&self, reason: &'static str) -> BoxFuture<'_, Result<u64, MeterError>>;
+    /// Sums of the records created in `[from_ms, to_ms)`, per UTC day, oldest first.
+    fn usage_by_day(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        tenant: Option<String>,
+    ) -> BoxFuture<'_, Result<Vec<(String, UsageSums)>, MeterError>>;
+    /// A page of records, newest first.
+    fn history_page(
+        &self,
+        query: HistoryQuery,
+    ) -> BoxFuture<'_, Result<Vec<HistoryRow>, MeterError>>;
+    /// How many visible records of `tenant` have `status`.
+    fn history_count(
+        &self,
+        tenant: Option<String>,
+        status: &'static str,
+        retention: Retention,
+    ) -> BoxFuture<'_, Result<u64, MeterError>>;
+    /// The newest visible record of one session.
+    fn history_get(
+        &self,
+        session_id: Uuid,
+        tenant: Option<String>,
+        retention: Retention,
+    ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>>;
+}
+
+/// The ledger of a single node: a SQLite file, written on the blocking pool.
+pub struct SqliteLedger {
+    store: Arc<Mutex<UsageStore>>,
+}
+
+impl SqliteLedger {
+    /// Opens (or creates, or migrates) `<data_dir>/usage.sqlite3`.
+    pub async fn open(data_dir: &Path) -> Result<SqliteLedger, MeterError> {
+        let dir = data_dir.to_path_buf();
+        let store = blocking(move || UsageStore::open(&dir)).await?;
+        Ok(SqliteLedger {
+            store: Arc::new(Mutex::new(store)),
+        })
+    }
+
+    /// Runs `f` on the store, off the async runtime.
+    fn with<T, F>(&self, f: F) -> BoxFuture<'_, Result<T, MeterError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut UsageStore) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        blocking(move || f(&mut lock(&store))).boxed()
+    }
+}
+
+impl Ledger for SqliteLedger {
+    fn insert(&self, record: NewRecord) -> BoxFuture<'_, Result<i64, MeterError>> {
+        self.with(move |s| s.insert(&record))
+    }
+
+    fn checkpoint(&self, checkpoints: Vec<Checkpoint>) -> BoxFuture<'_, Result<(), MeterError>> {
+        self.with(move |s| s.checkpoint(&checkpoints))
+    }
+
+    fn finish(&self, record: FinalRecord) -> BoxFuture<'_, Result<(), MeterError>> {
+        self.with(move |s| s.finish(&record))
+    }
+
+    fn close_abandoned(&self, reason: &'static str) -> BoxFuture<'_, Result<u64, MeterError>> {
+        self.with(move |s| s.close_abandoned(reason))
+    }
+
+    fn usage_by_day(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        tenant: Option<String>,
+    ) -> BoxFuture<'_, Result<Vec<(String, UsageSums)>, MeterError>> {
+        self.with(move |s| s.usage_by_day(from_ms, to_ms, tenant.as_deref()))
+    }
+
+    fn history_page(
+        &self,
+        query: HistoryQuery,
+    ) -> BoxFuture<'_, Result<Vec<HistoryRow>, MeterError>> {
+        self.with(move |s| s.history_page(&query))
+    }
+
+    fn history_count(
+        &self,
+        tenant: Option<String>,
+        status: &'static str,
+        retention: Retention,
+    ) -> BoxFuture<'_, Result<u64, MeterError>> {
+        self.with(move |s| s.history_count(tenant.as_deref(), status, retention))
+    }
+
+    fn history_get(
+        &self,
+        session_id: Uuid,
+        tenant: Option<String>,
+        retention: Retention,
+    ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>> {
+        self.with(move |s| s.history_get(session_id, tenant.as_deref(), retention))
+    }
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, MeterError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| MeterError::Task(e.to_string()))?
+        .map_err(MeterError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::metering::{Billable, Meter, SessionUsage};
+
+    /// A ledger whose every call fails, as a database that went away would.
+    struct Unreachable;
+
+    fn down<T: Send + 'static>() -> BoxFuture<'static, Result<T, MeterError>> {
+        async { Err(MeterError::Task("the database is unreachable".into())) }.boxed()
+    }
+
+    impl Ledger for Unreachable {
+        fn insert(&self, _: NewRecord) -> BoxFuture<'_, Result<i64, MeterError>> {
+            down()
+        }
+        fn checkpoint(&self, _: Vec<Checkpoint>) -> BoxFuture<'_, Result<(), MeterError>> {
+            down()
+        }
+        fn finish(&self, _: FinalRecord) -> BoxFuture<'_, Result<(), MeterError>> {
+            down()
+        }
+        fn close_abandoned(&self, _: &'static str) -> BoxFuture<'_, Result<u64, MeterError>> {
+            down()
+        }
+        fn usage_by_day(
+            &self,
+            _: i64,
+            _: i64,
+            _: Option<String>,
+        ) -> BoxFuture<'_, Result<Vec<(String, UsageSums)>, MeterError>> {
+            down()
+        }
+        fn history_page(
+            &self,
+            _: HistoryQuery,
+        ) -> BoxFuture<'_, Result<Vec<HistoryRow>, MeterError>> {
+            down()
+        }
+        fn history_count(
+            &self,
+            _: Option<String>,
+            _: &'static str,
+            _: Retention,
+        ) -> BoxFuture<'_, Result<u64, MeterError>> {
+            down()
+        }
+        fn history_get(
+            &self,
+            _: Uuid,
+            _: Option<String>,
+            _: Retention,
+        ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>> {
+            down()
+        }
+    }
+
+    struct Session(SessionUsage, Uuid);
+
+    impl Billable for Session {
+        fn session_id(&self) -> Uuid {
+            self.1
+        }
+        fn created_at(&self) -> OffsetDateTime {
+            OffsetDateTime::now_utc()
+        }
+        fn billed_duration(&self) -> Duration {
+            Duration::from_millis(5)
+        }
+        fn usage(&self) -> &SessionUsage {
+            &self.0
+        }
+    }
+
+    /// The meter depends only on the seam: with a ledger that cannot write, a session
+    /// cannot be metered (so it is not served), and nothing is counted as recorded.
+    #[tokio::test]
+    async fn a_session_is_not_metered_when_its_ledger_cannot_write() {
+        let meter = Meter::new(Arc::new(Unreachable));
+        let session = Arc::new(Session(SessionUsage::default(), Uuid::new_v4()));
+        assert!(meter.start(session.clone(), None).await.is_err());
+        assert_eq!(session.0.record_id(), None);
+        assert!(meter.close_abandoned().await.is_err());
+    }
+
+    /// The SQLite ledger round-trips a record through the seam.
+    #[tokio::test]
+    async fn the_sqlite_ledger_keeps_what_it_is_given() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meter = Meter::new(Arc::new(
+            SqliteLedger::open(dir.path()).await.expect("open"),
+        ));
+        let session = Arc::new(Session(SessionUsage::default(), Uuid::new_v4()));
+        meter
+            .start(session.clone(), Some("t".into()))
+            .await
+            .expect("start");
+        let retention = Retention {
+            since_ms: 0,
+            newest: 1,
+        };
+        let row = meter
+            .history_get(session.1, Some("t".into()), retention)
+            .await
+            .expect("read")
+            .expect("recorded");
+        assert_eq!((row.status.as_str(), row.record_id), ("live", 1));
+        assert_eq!(session.0.record_id(), Some(row.record_id));
+    }
+}
