@@ -254,16 +254,15 @@ impl Mux {
 
 /// Where one browser message goes.
 enum Destination {
-    /// The gateway's root session, or a session whose client has detached (Chromium may
-    /// still flush a reply or two).
-    Gateway,
     /// A client; `strip` when the message is on that client's own browser session.
     Client {
         owner: u64,
         outbound: mpsc::Sender<Bytes>,
         strip: bool,
     },
-    /// A session whose client is being detached.
+    /// A session whose client has left (Chromium may still flush a reply or two). Dropped:
+    /// the gateway's own commands travel only on the root session, and a late reply's id,
+    /// which the client chose, may equal the id of a command the gateway is waiting for.
     Nowhere,
 }
 
@@ -275,7 +274,6 @@ async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<Byte
             continue;
         };
         match mux.destination(&msg, tail.id(&msg)) {
-            Destination::Gateway => deliver_to_gateway(&mux, msg),
             Destination::Nowhere => {}
             Destination::Client {
                 owner,
@@ -303,7 +301,7 @@ impl Mux {
     fn destination(&self, msg: &[u8], session_id: &str) -> Destination {
         let mut routes = self.lock();
         let Some(owner) = routes.owners.get(session_id).copied() else {
-            return Destination::Gateway;
+            return Destination::Nowhere;
         };
         match message::target_event(msg) {
             Some(TargetEvent::Attached(child)) => {

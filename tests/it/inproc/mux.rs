@@ -429,3 +429,44 @@ async fn an_idle_client_gets_a_ping() {
     gw.release(&id_of(&session)).await;
     gw.stop().await;
 }
+
+/// A reply the browser sends for a client that has already left is dropped, never taken
+/// for the answer to one of the gateway's own commands with the same id. (Client ids and
+/// the gateway's ids overlap; a stray reply once failed the next client's attach with 502.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_clients_late_replies_never_answer_the_gateway() {
+    let gw = FakeGateway::start().await;
+    let session = gw.create(json!({})).await;
+    let browser = gw.browser_of(&id_of(&session));
+    let mut first = CdpClient::connect_to(&session).await;
+    browser.hang();
+    // Ids 1 to 50 cover the ids of the gateway's next commands on this browser.
+    for _ in 0..50 {
+        first
+            .send_command("Browser.getVersion", json!({}), None)
+            .await;
+    }
+    first.close().await;
+    let url = gw.ws_url(&id_of(&session));
+    let second = tokio::spawn(async move { tokio_tungstenite::connect_async(url).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    browser.resume();
+    let (mut ws, _) = timeout(Duration::from_secs(5), second)
+        .await
+        .expect("in time")
+        .expect("no panic")
+        .expect("the second client attaches");
+    let probe = json!({"id": 7, "method": "Browser.getVersion"}).to_string();
+    ws.send(Message::Text(probe.into())).await.expect("send");
+    let reply = timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("a reply in time")
+        .expect("open")
+        .expect("a frame");
+    let reply: Value = serde_json::from_str(reply.to_text().expect("text")).expect("JSON");
+    assert_eq!(reply["id"], 7, "{reply}");
+    assert_eq!(reply["result"]["product"], FAKE_PRODUCT, "{reply}");
+    drop(ws);
+    gw.release(&id_of(&session)).await;
+    gw.stop().await;
+}
