@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what ingot needs on Debian, only where it is missing.
 #   deploy/install-deps.sh          Chromium (Debian's `chromium` package)
-#   deploy/install-deps.sh --tests  also Node.js and npm (end-to-end tests) and Prometheus
-#                                   (promtool and a real scrape in tests/it/deploy.rs)
+#   deploy/install-deps.sh --tests  also Node.js and npm (end-to-end tests), PostgreSQL
+#                                   (tests of --database-url) and Prometheus (promtool and a
+#                                   real scrape in tests/it/deploy.rs)
 # Rust cannot be installed from Debian's packages in a recent enough version; if cargo is
 # missing this says how to get it and stops.
 set -euo pipefail
@@ -15,6 +16,9 @@ missing=()
 if [ "$want_tests" = 1 ]; then
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
+  # PostgreSQL for the tests of --database-url; the tests start their own servers, as the
+  # unprivileged postgres account, so the package's own service is not needed.
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then

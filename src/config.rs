@@ -112,6 +112,17 @@ pub struct Settings {
     #[arg(long, env = "INGOT_SHUTDOWN_DRAIN_MS", default_value_t = 0)]
     pub shutdown_drain_ms: u64,
 
+    /// PostgreSQL database that keeps the usage ledger and the sessions' history, shared by
+    /// every node that names it (`postgres://user:password@host:port/database`). Without
+    /// it, both live in `<data-dir>/usage.sqlite3`.
+    #[arg(long, env = "INGOT_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// This node's name in the shared database; must be unique among the nodes that use
+    /// it. Defaults to the host name.
+    #[arg(long, env = "INGOT_NODE_ID")]
+    pub node_id: Option<String>,
+
     /// How long a client's CDP WebSocket may stay idle before the gateway sends it a ping,
     /// in milliseconds. Load balancers drop WebSockets idle for about a minute.
     #[arg(long, env = "INGOT_WS_PING_INTERVAL_MS", default_value_t = 30_000)]
@@ -209,6 +220,16 @@ impl Settings {
         if self.shutdown_drain_ms > 86_400_000 {
             return Err("--shutdown-drain-ms must be at most 86400000 (24 hours)".into());
         }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err("--database-url must start with postgres:// or postgresql://".into());
+        }
+        if let Some(node) = &self.node_id
+            && (node.is_empty() || node.len() > 253 || node.chars().any(char::is_control))
+        {
+            return Err("--node-id must be 1 to 253 characters, without control characters".into());
+        }
         if !(1_000..=600_000).contains(&self.ws_ping_interval_ms) {
             return Err("--ws-ping-interval-ms must be between 1000 and 600000".into());
         }
@@ -244,6 +265,29 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// This node's name: `--node-id`, else the host name.
+    pub fn node(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "ingot".into())
+        })
+    }
+
+    /// `--database-url` with its password hidden, for messages and logs.
+    pub fn database_shown(&self) -> Option<String> {
+        let url = self.database_url.as_deref()?;
+        Some(match url::Url::parse(url) {
+            Ok(mut parsed) if parsed.password().is_some() => {
+                let _ = parsed.set_password(Some("***"));
+                parsed.to_string()
+            }
+            Ok(parsed) => parsed.to_string(),
+            Err(_) => "(not a URL)".into(),
+        })
     }
 
     /// Settings for a gateway on `data_dir` with every other value at its default, as if
@@ -304,6 +348,8 @@ mod tests {
             (&["--shutdown-drain-ms", "86400001"], "--shutdown-drain-ms"),
             (&["--history-days", "0"], "--history-days"),
             (&["--ws-ping-interval-ms", "999"], "--ws-ping-interval-ms"),
+            (&["--database-url", "mysql://x"], "--database-url"),
+            (&["--node-id", ""], "--node-id"),
             (&["--history-sessions", "0"], "--history-sessions"),
             (&["--public-url", "ftp://x"], "--public-url"),
             (&["--max-sessions", "many"], "--max-sessions"),

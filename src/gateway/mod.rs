@@ -28,6 +28,7 @@ use crate::browser::BrowserHost;
 use crate::config::{MIN_TIMEOUT_MS, Settings, available_memory, sessions_for_memory};
 use crate::http::{self, HttpLimits};
 use crate::metering::Meter;
+use crate::metering::postgres::PgLedger;
 use crate::session::admission::Admission;
 use crate::session::params::TimeoutLimits;
 use crate::session::registry::{HistoryLimits, Registry};
@@ -287,11 +288,24 @@ fn liveness_probe(settings: &Settings) -> LivenessProbe {
     }
 }
 
-/// Opens the usage database and closes the records a killed predecessor left live.
+/// Opens the ledger (the shared PostgreSQL database, else this node's SQLite file) and
+/// closes the records a killed predecessor of this node left live.
 async fn open_meter(settings: &Settings) -> Result<Arc<Meter>, GatewayError> {
-    let meter = Meter::open(&settings.data_dir)
-        .await
-        .map_err(|e| GatewayError::Usage(format!("cannot open the usage database: {e}")))?;
+    let meter = match (&settings.database_url, settings.database_shown()) {
+        (Some(url), Some(shown)) => {
+            let node = settings.node();
+            let ledger = PgLedger::connect(url, &node).await.map_err(|e| {
+                GatewayError::Usage(format!(
+                    "cannot use the database {shown}: {e}; check --database-url and that PostgreSQL accepts connections there"
+                ))
+            })?;
+            info!(database = %shown, node = %node, "usage ledger in PostgreSQL");
+            Meter::new(Arc::new(ledger))
+        }
+        _ => Meter::open(&settings.data_dir)
+            .await
+            .map_err(|e| GatewayError::Usage(format!("cannot open the usage database: {e}")))?,
+    };
     meter.close_abandoned().await.map_err(|e| {
         GatewayError::Usage(format!(
             "cannot close the usage records of the previous run: {e}"

@@ -12,6 +12,7 @@
 //! session's state or know about HTTP.
 
 pub mod ledger;
+pub mod postgres;
 pub mod store;
 
 use std::collections::{BTreeSet, HashMap};
@@ -132,6 +133,8 @@ pub enum MeterError {
     Store(#[from] StoreError),
     #[error("usage database task failed: {0}")]
     Task(String),
+    #[error("database: {0}")]
+    Database(String),
 }
 
 /// Live sessions by when their next minute starts.

@@ -22,4 +22,5 @@ mod inproc;
 mod lifecycle;
 mod metering;
 mod metrics;
+mod postgres;
 mod tenants;

@@ -2,6 +2,8 @@
 //! a raw CDP client over tokio-tungstenite, a loopback page server, and process counting.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};

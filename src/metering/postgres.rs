@@ -1,0 +1,441 @@
+//! The cluster's ledger: one PostgreSQL database that every node writes to (`--database-url`).
+//!
+//! Owns the PostgreSQL schema, its versioned migrations (applied once, under an advisory
+//! lock, so that nodes starting together are safe) and every statement. Each record names the
+//! node that runs its session, so that a restarting node closes only its own abandoned
+//! records. It must not know about sessions' states, clocks or HTTP.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio_postgres::{NoTls, Row};
+use uuid::Uuid;
+
+use super::MeterError;
+use super::ledger::Ledger;
+use super::store::{
+    Checkpoint, FinalRecord, HistoryQuery, HistoryRow, NewRecord, Retention, TrafficTotals,
+    UsageSums,
+};
+
+/// Key of the advisory lock held while migrations run.
+const MIGRATION_LOCK: i64 = 0x696e_676f_7400_0001;
+/// How long a query may wait for a connection, and a connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections one node holds.
+const POOL_SIZE: usize = 8;
+
+/// Every migration, in order; the position is the version (1-based).
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE ingot_sessions (
+    record_id           BIGSERIAL PRIMARY KEY,
+    session_id          TEXT    NOT NULL,
+    tenant              TEXT,
+    node                TEXT    NOT NULL,
+    created_at_ms       BIGINT  NOT NULL,
+    ended_at_ms         BIGINT,
+    checkpoint_at_ms    BIGINT  NOT NULL,
+    status              TEXT    NOT NULL CHECK (status IN ('live', 'released', 'failed')),
+    reason              TEXT,
+    billed_minutes      BIGINT  NOT NULL CHECK (billed_minutes >= 1),
+    bytes_to_browser    BIGINT  NOT NULL DEFAULT 0,
+    bytes_to_client     BIGINT  NOT NULL DEFAULT 0,
+    messages_to_browser BIGINT  NOT NULL DEFAULT 0,
+    messages_to_client  BIGINT  NOT NULL DEFAULT 0,
+    event_count         BIGINT  NOT NULL DEFAULT 0,
+    details             TEXT    NOT NULL DEFAULT '{}'
+);
+CREATE INDEX ingot_sessions_by_creation ON ingot_sessions (created_at_ms);
+CREATE INDEX ingot_sessions_by_tenant ON ingot_sessions (tenant, record_id);
+CREATE INDEX ingot_sessions_by_session ON ingot_sessions (session_id);
+CREATE INDEX ingot_sessions_live_by_node ON ingot_sessions (node) WHERE status = 'live';
+"];
+
+/// The columns of a [`HistoryRow`], in its field order.
+const HISTORY_COLUMNS: &str = "record_id, session_id, created_at_ms,
+    coalesce(ended_at_ms, checkpoint_at_ms), status, reason, billed_minutes, event_count, details";
+
+/// Records visible to tenant `$1` (all when NULL) under a retention of `$2` (since, Unix
+/// milliseconds) and `$3` (the newest kept, less one).
+const VISIBLE: &str = "($1::text IS NULL OR tenant = $1)
+    AND (created_at_ms >= $2 OR record_id >= coalesce(
+        (SELECT record_id FROM ingot_sessions WHERE ($1::text IS NULL OR tenant = $1)
+         ORDER BY record_id DESC LIMIT 1 OFFSET $3), 0))";
+
+/// The ledger in PostgreSQL, for the node `node`.
+pub struct PgLedger {
+    pool: Pool,
+    node: String,
+}
+
+fn db(e: impl std::fmt::Display) -> MeterError {
+    MeterError::Database(e.to_string())
+}
+
+impl PgLedger {
+    /// Connects to `url`, checks that the database answers, and brings its schema up to date.
+    pub async fn connect(url: &str, node: &str) -> Result<PgLedger, MeterError> {
+        let config: tokio_postgres::Config = url.parse().map_err(db)?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(db)?;
+        let ledger = PgLedger {
+            pool,
+            node: node.to_owned(),
+        };
+        ledger.migrate().await?;
+        Ok(ledger)
+    }
+
+    /// Applies the migrations this database lacks, in one transaction under an advisory lock.
+    async fn migrate(&self) -> Result<(), MeterError> {
+        let mut client = self.pool.get().await.map_err(db)?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS ingot_migrations (
+                version INTEGER PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(db)?;
+        let applied: i32 = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM ingot_migrations",
+                &[],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        let known = MIGRATIONS.len() as i32;
+        if applied > known {
+            return Err(MeterError::Database(format!(
+                "the database's schema version {applied} is newer than this ingot understands ({known})"
+            )));
+        }
+        for (version, sql) in (1..).zip(MIGRATIONS).skip(applied as usize) {
+            tx.batch_execute(sql).await.map_err(db)?;
+            tx.execute(
+                "INSERT INTO ingot_migrations (version) VALUES ($1)",
+                &[&version],
+            )
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, MeterError> {
+        self.pool.get().await.map_err(db)
+    }
+}
+
+fn to_sql(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn from_sql(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn history_row(row: &Row) -> Result<HistoryRow, MeterError> {
+    let id: String = row.get(1);
+    Ok(HistoryRow {
+        record_id: row.get(0),
+        session_id: Uuid::parse_str(&id).map_err(db)?,
+        created_at_ms: row.get(2),
+        ended_at_ms: row.get(3),
+        status: row.get(4),
+        reason: row.get(5),
+        billed_minutes: from_sql(row.get(6)),
+        event_count: from_sql(row.get(7)),
+        details: row.get(8),
+    })
+}
+
+/// Brings a live record up to `c`; an ended record is left as it is.
+async fn write_checkpoint(
+    tx: &deadpool_postgres::Transaction<'_>,
+    c: &Checkpoint,
+) -> Result<(), MeterError> {
+    let sql = "UPDATE ingot_sessions SET checkpoint_at_ms = $2, billed_minutes = $3,
+            bytes_to_browser = $4, bytes_to_client = $5,
+            messages_to_browser = $6, messages_to_client = $7, event_count = $8
+         WHERE record_id = $1 AND status = 'live'";
+    let t = c.traffic;
+    tx.execute(
+        sql,
+        &[
+            &c.record_id,
+            &c.at_ms,
+            &to_sql(c.billed_minutes),
+            &to_sql(t.bytes_to_browser),
+            &to_sql(t.bytes_to_client),
+            &to_sql(t.messages_to_browser),
+            &to_sql(t.messages_to_client),
+            &to_sql(c.event_count),
+        ],
+    )
+    .await
+    .map(drop)
+    .map_err(db)
+}
+
+impl PgLedger {
+    async fn insert_now(&self, record: NewRecord) -> Result<i64, MeterError> {
+        let sql = "INSERT INTO ingot_sessions (session_id, tenant, node, created_at_ms,
+                checkpoint_at_ms, status, billed_minutes, details)
+             VALUES ($1, $2, $3, $4, $4, 'live', 1, $5) RETURNING record_id";
+        let id = record.session_id.to_string();
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                sql,
+                &[
+                    &id,
+                    &record.tenant,
+                    &self.node,
+                    &record.created_at_ms,
+                    &record.details,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.get(0))
+    }
+
+    async fn checkpoint_now(&self, checkpoints: Vec<Checkpoint>) -> Result<(), MeterError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        for c in &checkpoints {
+            write_checkpoint(&tx, c).await?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn finish_now(&self, record: FinalRecord) -> Result<(), MeterError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let c = &record.checkpoint;
+        write_checkpoint(&tx, c).await?;
+        tx.execute(
+            "UPDATE ingot_sessions SET ended_at_ms = $2, status = $3, reason = $4
+             WHERE record_id = $1 AND status = 'live'",
+            &[&c.record_id, &c.at_ms, &record.status, &record.reason],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn close_abandoned_now(&self, reason: &str) -> Result<u64, MeterError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE ingot_sessions
+                 SET status = 'failed', reason = $1, ended_at_ms = checkpoint_at_ms
+                 WHERE status = 'live' AND node = $2",
+                &[&reason, &self.node],
+            )
+            .await
+            .map_err(db)
+    }
+
+    async fn usage_by_day_now(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        tenant: Option<String>,
+    ) -> Result<Vec<(String, UsageSums)>, MeterError> {
+        let sql = "SELECT to_char(to_timestamp(created_at_ms / 1000.0) AT TIME ZONE 'UTC',
+                           'YYYY-MM-DD') AS day,
+                   count(*)::bigint,
+                   count(*) FILTER (WHERE status = 'live')::bigint,
+                   count(*) FILTER (WHERE status = 'released')::bigint,
+                   count(*) FILTER (WHERE status = 'failed')::bigint,
+                   coalesce(sum(billed_minutes), 0)::bigint,
+                   coalesce(sum(bytes_to_browser), 0)::bigint,
+                   coalesce(sum(bytes_to_client), 0)::bigint,
+                   coalesce(sum(messages_to_browser), 0)::bigint,
+                   coalesce(sum(messages_to_client), 0)::bigint
+             FROM ingot_sessions
+             WHERE created_at_ms >= $1 AND created_at_ms < $2
+               AND ($3::text IS NULL OR tenant = $3)
+             GROUP BY day ORDER BY day";
+        let rows = self
+            .client()
+            .await?
+            .query(sql, &[&from_ms, &to_ms, &tenant])
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(usage_row).collect())
+    }
+
+    async fn history_page_now(&self, query: HistoryQuery) -> Result<Vec<HistoryRow>, MeterError> {
+        let sql = format!(
+            "SELECT {HISTORY_COLUMNS} FROM ingot_sessions
+             WHERE {VISIBLE} AND ($4::text IS NULL OR status = $4)
+               AND ($5::bigint IS NULL OR record_id < $5)
+             ORDER BY record_id DESC LIMIT $6"
+        );
+        let r = query.retention;
+        let status = query.status.map(str::to_owned);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &sql,
+                &[
+                    &query.tenant,
+                    &r.since_ms,
+                    &to_sql(r.newest.saturating_sub(1)),
+                    &status,
+                    &query.before,
+                    &to_sql(query.limit as u64),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter().map(history_row).collect()
+    }
+
+    async fn history_count_now(
+        &self,
+        tenant: Option<String>,
+        status: &str,
+        r: Retention,
+    ) -> Result<u64, MeterError> {
+        let sql = format!("SELECT count(*) FROM ingot_sessions WHERE {VISIBLE} AND status = $4");
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                &sql,
+                &[
+                    &tenant,
+                    &r.since_ms,
+                    &to_sql(r.newest.saturating_sub(1)),
+                    &status,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(from_sql(row.get(0)))
+    }
+
+    async fn history_get_now(
+        &self,
+        session_id: Uuid,
+        tenant: Option<String>,
+        r: Retention,
+    ) -> Result<Option<HistoryRow>, MeterError> {
+        let sql = format!(
+            "SELECT {HISTORY_COLUMNS} FROM ingot_sessions WHERE {VISIBLE} AND session_id = $4
+             ORDER BY record_id DESC LIMIT 1"
+        );
+        let id = session_id.to_string();
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &sql,
+                &[
+                    &tenant,
+                    &r.since_ms,
+                    &to_sql(r.newest.saturating_sub(1)),
+                    &id,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        rows.first().map(history_row).transpose()
+    }
+}
+
+fn usage_row(row: &Row) -> (String, UsageSums) {
+    let n = |i: usize| from_sql(row.get::<_, i64>(i));
+    (
+        row.get(0),
+        UsageSums {
+            sessions: n(1),
+            live: n(2),
+            released: n(3),
+            failed: n(4),
+            billed_minutes: n(5),
+            traffic: TrafficTotals {
+                bytes_to_browser: n(6),
+                bytes_to_client: n(7),
+                messages_to_browser: n(8),
+                messages_to_client: n(9),
+            },
+        },
+    )
+}
+
+impl Ledger for PgLedger {
+    fn insert(&self, record: NewRecord) -> BoxFuture<'_, Result<i64, MeterError>> {
+        self.insert_now(record).boxed()
+    }
+
+    fn checkpoint(&self, checkpoints: Vec<Checkpoint>) -> BoxFuture<'_, Result<(), MeterError>> {
+        self.checkpoint_now(checkpoints).boxed()
+    }
+
+    fn finish(&self, record: FinalRecord) -> BoxFuture<'_, Result<(), MeterError>> {
+        self.finish_now(record).boxed()
+    }
+
+    fn close_abandoned(&self, reason: &'static str) -> BoxFuture<'_, Result<u64, MeterError>> {
+        self.close_abandoned_now(reason).boxed()
+    }
+
+    fn usage_by_day(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        tenant: Option<String>,
+    ) -> BoxFuture<'_, Result<Vec<(String, UsageSums)>, MeterError>> {
+        self.usage_by_day_now(from_ms, to_ms, tenant).boxed()
+    }
+
+    fn history_page(
+        &self,
+        query: HistoryQuery,
+    ) -> BoxFuture<'_, Result<Vec<HistoryRow>, MeterError>> {
+        self.history_page_now(query).boxed()
+    }
+
+    fn history_count(
+        &self,
+        tenant: Option<String>,
+        status: &'static str,
+        retention: Retention,
+    ) -> BoxFuture<'_, Result<u64, MeterError>> {
+        self.history_count_now(tenant, status, retention).boxed()
+    }
+
+    fn history_get(
+        &self,
+        session_id: Uuid,
+        tenant: Option<String>,
+        retention: Retention,
+    ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>> {
+        self.history_get_now(session_id, tenant, retention).boxed()
+    }
+}

@@ -1,0 +1,149 @@
+//! The usage ledger and the sessions' history in PostgreSQL (`--database-url`): a real
+//! PostgreSQL started by the test, real `ingot` nodes and real Chromium.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::postgres::Postgres;
+use crate::common::*;
+
+fn id_of(session: &Value) -> String {
+    session["id"].as_str().expect("id").to_owned()
+}
+
+fn node(pg: &Postgres, db: &str, name: &str) -> Vec<String> {
+    vec![
+        "--database-url".into(),
+        pg.url(db),
+        "--node-id".into(),
+        name.into(),
+    ]
+}
+
+async fn start(dir: &std::path::Path, args: &[String]) -> Gateway {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Gateway::start_in(dir, &args).await
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// Two nodes on one database: each lists the other's sessions, `/v1/usage` on either is the
+/// sum of every record, and a restarting node closes only its own abandoned records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_the_ledger_and_close_only_their_own_sessions() {
+    let _shared = shared().await;
+    let pg = Postgres::start();
+    pg.create_database("two_nodes");
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    let mut a = start(dir_a.path(), &node(&pg, "two_nodes", "a")).await;
+    let b = start(dir_b.path(), &node(&pg, "two_nodes", "b")).await;
+    let on_a = a.create(json!({})).await;
+    let on_b = b.create(json!({})).await;
+    b.release(&id_of(&on_b)).await;
+    let (_, list) = b.get("/v1/sessions").await;
+    assert_eq!(ids(&list), [id_of(&on_b), id_of(&on_a)], "{list}");
+    let (status, usage) = a.get("/v1/usage").await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["total"]["sessions"], 2, "{usage}");
+
+    // Node a dies; node b restarts and leaves a's session alone.
+    a.signal(9);
+    a.wait_exit(secs(10));
+    drop(b);
+    let b = start(dir_b.path(), &node(&pg, "two_nodes", "b")).await;
+    let record = pg.sql(
+        "two_nodes",
+        &format!(
+            "SELECT status FROM ingot_sessions WHERE session_id = '{}'",
+            id_of(&on_a)
+        ),
+    );
+    assert_eq!(record, "live", "another node's session is not b's to close");
+    // Node a comes back and closes its own, billed up to the last checkpoint.
+    let a = start(dir_a.path(), &node(&pg, "two_nodes", "a")).await;
+    let closed = b.session(&id_of(&on_a)).await;
+    assert_eq!(closed["status"], "failed", "{closed}");
+    assert_eq!(closed["releaseReason"], "gateway_restart", "{closed}");
+    assert_eq!(closed["creditsUsed"], 1, "{closed}");
+    let kept = a.session(&id_of(&on_b)).await;
+    assert_eq!(kept["releaseReason"], "user_requested", "{kept}");
+    let billed = pg.sql(
+        "two_nodes",
+        "SELECT sum(billed_minutes) FROM ingot_sessions",
+    );
+    let (_, usage) = b.get("/v1/usage").await;
+    assert_eq!(
+        usage["total"]["billedMinutes"].to_string(),
+        billed,
+        "{usage}"
+    );
+}
+
+/// Nodes starting at the same moment on an empty database apply the schema once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_migrate_once() {
+    let _shared = shared().await;
+    let pg = Postgres::start();
+    pg.create_database("together");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let args: Vec<Vec<String>> = (0..3)
+        .map(|i| node(&pg, "together", &format!("n{i}")))
+        .collect();
+    let (n0, n1, n2) = tokio::join!(
+        start(dirs[0].path(), &args[0]),
+        start(dirs[1].path(), &args[1]),
+        start(dirs[2].path(), &args[2]),
+    );
+    assert_eq!(
+        pg.sql("together", "SELECT count(*) FROM ingot_migrations"),
+        "1"
+    );
+    let session = n1.create(json!({})).await;
+    assert_eq!(n2.session(&id_of(&session)).await["status"], "live");
+    n1.release(&id_of(&session)).await;
+    drop((n0, n1, n2));
+}
+
+/// A database that does not answer is a clear error at start, and the node exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_stops_the_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("postgres://ingot:secret@127.0.0.1:{}/nothing", free_port());
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(BIN)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--pool-size",
+                "0",
+                "--database-url",
+                &url,
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output(),
+    )
+    .await
+    .expect("exits in time")
+    .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot use the database"), "{stderr}");
+    assert!(stderr.contains("check --database-url"), "{stderr}");
+    assert!(
+        !stderr.contains("secret"),
+        "the password is never shown: {stderr}"
+    );
+}
