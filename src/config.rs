@@ -123,6 +123,17 @@ pub struct Settings {
     #[arg(long, env = "INGOT_NODE_ID")]
     pub node_id: Option<String>,
 
+    /// How peers reach this node (`http://10.0.0.7:3000`; in Kubernetes, the pod IP).
+    /// Recorded in the shared database with `--database-url`.
+    #[arg(long, env = "INGOT_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+
+    /// With `--database-url`: how long this node's lease lasts without renewal, in
+    /// milliseconds. A node whose lease ran out is dead: another node marks its live
+    /// sessions `failed` (`browser_crashed`), billed up to their last checkpoint.
+    #[arg(long, env = "INGOT_NODE_LEASE_MS", default_value_t = 15_000)]
+    pub node_lease_ms: u64,
+
     /// How long a client's CDP WebSocket may stay idle before the gateway sends it a ping,
     /// in milliseconds. Load balancers drop WebSockets idle for about a minute.
     #[arg(long, env = "INGOT_WS_PING_INTERVAL_MS", default_value_t = 30_000)]
@@ -141,6 +152,14 @@ pub struct Settings {
 
 /// Largest CDP message a client may send, unless configured otherwise.
 pub const DEFAULT_MAX_MESSAGE: usize = 256 << 20;
+/// This machine's name (`ingot` if it has none that is UTF-8).
+pub fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "ingot".into())
+}
+
 /// Shortest session lifetime accepted, in milliseconds.
 pub const MIN_TIMEOUT_MS: u64 = 1_000;
 /// Memory budgeted per session when the session limit is derived. An idle session here
@@ -230,6 +249,14 @@ impl Settings {
         {
             return Err("--node-id must be 1 to 253 characters, without control characters".into());
         }
+        if let Some(url) = &self.advertise_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err("--advertise-url must start with http:// or https://".into());
+        }
+        if !(1_000..=600_000).contains(&self.node_lease_ms) {
+            return Err("--node-lease-ms must be between 1000 and 600000".into());
+        }
         if !(1_000..=600_000).contains(&self.ws_ping_interval_ms) {
             return Err("--ws-ping-interval-ms must be between 1000 and 600000".into());
         }
@@ -269,12 +296,7 @@ impl Settings {
 
     /// This node's name: `--node-id`, else the host name.
     pub fn node(&self) -> String {
-        self.node_id.clone().unwrap_or_else(|| {
-            nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "ingot".into())
-        })
+        self.node_id.clone().unwrap_or_else(host_name)
     }
 
     /// `--database-url` with its password hidden, for messages and logs.
@@ -350,6 +372,8 @@ mod tests {
             (&["--ws-ping-interval-ms", "999"], "--ws-ping-interval-ms"),
             (&["--database-url", "mysql://x"], "--database-url"),
             (&["--node-id", ""], "--node-id"),
+            (&["--advertise-url", "10.0.0.7:3000"], "--advertise-url"),
+            (&["--node-lease-ms", "999"], "--node-lease-ms"),
             (&["--history-sessions", "0"], "--history-sessions"),
             (&["--public-url", "ftp://x"], "--public-url"),
             (&["--max-sessions", "many"], "--max-sessions"),

@@ -39,6 +39,8 @@ pub const POOL_HANDOUTS: &str = "ingot_pool_handouts_total";
 pub const QUEUE_LENGTH: &str = "ingot_admission_queue_length";
 pub const QUEUE_WAIT: &str = "ingot_admission_wait_seconds";
 pub const REJECTIONS: &str = "ingot_admission_rejections_total";
+pub const SESSIONS_LOST_WITH_NODE: &str = "ingot_sessions_lost_with_node_total";
+pub const LEASE_RENEWALS: &str = "ingot_cluster_lease_renewals_total";
 
 /// The process-wide recorder, installed by the first gateway of the process. The lock makes
 /// checking and installing one step, so gateways built at the same moment share it.
@@ -104,6 +106,10 @@ fn register_at_zero(max_sessions: usize, pool_size: usize) {
         counter!(REJECTIONS, "reason" => r.as_str()).absolute(0);
     }
     counter!(SESSIONS_CREATED).absolute(0);
+    counter!(SESSIONS_LOST_WITH_NODE).absolute(0);
+    for outcome in ["ok", "failed"] {
+        counter!(LEASE_RENEWALS, "outcome" => outcome).absolute(0);
+    }
     counter!(BILLED_MINUTES).absolute(0);
     counter!(USAGE_WRITE_ERRORS).absolute(0);
     for reason in EndReason::ALL {
@@ -172,6 +178,14 @@ fn describe() {
     );
     describe_gauge!(CHROMIUM_PROCESSES, "Chromium processes of all sessions.");
     describe_counter!(USAGE_WRITE_ERRORS, "Failed writes to the usage database.");
+    describe_counter!(
+        SESSIONS_LOST_WITH_NODE,
+        "Live sessions of dead nodes (lease ran out) this node marked failed."
+    );
+    describe_counter!(
+        LEASE_RENEWALS,
+        "Renewals of this node's lease in the shared database, by outcome."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which ingot runs."
@@ -218,6 +232,17 @@ pub fn session_created(create_to_ready: Duration) {
 /// A browser launch finished (for a session, the pool or a probe; failed or not).
 pub fn browser_launched(launch: Duration) {
     histogram!(BROWSER_LAUNCH).record(launch.as_secs_f64());
+}
+
+/// Sessions of dead nodes this node marked failed.
+pub fn sessions_lost_with_node(n: u64) {
+    counter!(SESSIONS_LOST_WITH_NODE).increment(n);
+}
+
+/// A lease renewal, by outcome.
+pub fn lease_renewed(ok: bool) {
+    let outcome = if ok { "ok" } else { "failed" };
+    counter!(LEASE_RENEWALS, "outcome" => outcome).increment(1);
 }
 
 /// A create request got no session.

@@ -15,8 +15,10 @@ use tracing::{info, warn};
 
 use super::Gateway;
 use crate::browser::BrowserHost;
+use crate::metering::postgres::PgLedger;
 use crate::session::registry::{Readiness, Registry};
 use crate::telemetry;
+use crate::vocab::EndReason;
 
 /// While the latest browser launch failed, a probe launch is tried this often.
 const REPROBE_EVERY: Duration = Duration::from_secs(10);
@@ -68,6 +70,12 @@ impl Background {
         background
             .tasks
             .spawn(async move { host.upkeep(upkeep_stop).await });
+        if let Some(cluster) = &gateway.cluster {
+            let lease = Duration::from_millis(gateway.settings.node_lease_ms);
+            background
+                .tasks
+                .spawn(keep_lease(cluster.clone(), lease, stop.clone()));
+        }
         background.tasks.spawn(drain_then_stop(
             gateway.registry.clone(),
             Duration::from_millis(gateway.settings.shutdown_drain_ms),
@@ -167,6 +175,38 @@ async fn reprobe_while_unavailable(registry: Arc<Registry>, stop: CancellationTo
                 Ok(_) => info!("Chromium starts again; ready for sessions"),
                 Err(e) => warn!(error = %e, "Chromium still cannot start"),
             }
+        }
+    }
+}
+
+/// Renews this node's lease three times per lease, and each time fails the live sessions
+/// of nodes whose lease ran out (one node does it at a time), until `stop`.
+async fn keep_lease(ledger: Arc<PgLedger>, lease: Duration, stop: CancellationToken) {
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(lease / 3) => {}
+        }
+        let renewed = ledger.renew(lease_ms).await;
+        telemetry::lease_renewed(renewed.is_ok());
+        if let Err(e) = renewed {
+            warn!(error = %e, "cannot renew this node's lease");
+            continue;
+        }
+        match ledger
+            .fail_dead_nodes(EndReason::BrowserCrashed.as_str())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                warn!(
+                    sessions = n,
+                    "a node's lease ran out: its live sessions are marked failed (browser_crashed)"
+                );
+                telemetry::sessions_lost_with_node(n);
+            }
+            Err(e) => warn!(error = %e, "cannot check for dead nodes"),
         }
     }
 }

@@ -25,10 +25,10 @@ use tracing::{info, warn};
 use crate::api::{self, AppState, wire::PublicUrls};
 use crate::auth::KeyRing;
 use crate::browser::BrowserHost;
-use crate::config::{MIN_TIMEOUT_MS, Settings, available_memory, sessions_for_memory};
+use crate::config::{MIN_TIMEOUT_MS, Settings, available_memory, host_name, sessions_for_memory};
 use crate::http::{self, HttpLimits};
 use crate::metering::Meter;
-use crate::metering::postgres::PgLedger;
+use crate::metering::postgres::{Member, PgLedger};
 use crate::session::admission::Admission;
 use crate::session::params::TimeoutLimits;
 use crate::session::registry::{HistoryLimits, Registry};
@@ -67,6 +67,8 @@ pub struct Gateway {
     meter: Arc<Meter>,
     metrics: PrometheusHandle,
     keys: Arc<KeyRing>,
+    /// The shared database, when this node is one of several (`--database-url`).
+    cluster: Option<Arc<PgLedger>>,
     /// Held for the gateway's life: no other gateway may use the data directory.
     _data_dir: data_dir::DataDirLock,
 }
@@ -95,7 +97,7 @@ impl Gateway {
         let max_sessions = max_sessions(&settings);
         let metrics = telemetry::install(max_sessions, settings.pool_size)
             .map_err(|e| GatewayError::Metrics(format!("{e:#}")))?;
-        let meter = open_meter(&settings).await?;
+        let (meter, cluster) = open_meter(&settings).await?;
         let registry = Registry::new(
             host.clone(),
             meter.clone(),
@@ -115,6 +117,7 @@ impl Gateway {
             meter,
             metrics,
             keys: Arc::new(keys),
+            cluster,
             _data_dir: lock,
         })
     }
@@ -170,6 +173,11 @@ impl Gateway {
             end_sessions(&self.registry, &clients, background.stopping())
         );
         background.stop().await;
+        if let Some(cluster) = &self.cluster
+            && let Err(e) = cluster.leave().await
+        {
+            warn!(error = %e, "cannot end this node's lease; it runs out by itself");
+        }
         info!("ingot stopped");
         Ok(())
     }
@@ -288,30 +296,53 @@ fn liveness_probe(settings: &Settings) -> LivenessProbe {
     }
 }
 
-/// Opens the ledger (the shared PostgreSQL database, else this node's SQLite file) and
-/// closes the records a killed predecessor of this node left live.
-async fn open_meter(settings: &Settings) -> Result<Arc<Meter>, GatewayError> {
-    let meter = match (&settings.database_url, settings.database_shown()) {
-        (Some(url), Some(shown)) => {
-            let node = settings.node();
-            let ledger = PgLedger::connect(url, &node).await.map_err(|e| {
-                GatewayError::Usage(format!(
-                    "cannot use the database {shown}: {e}; check --database-url and that PostgreSQL accepts connections there"
-                ))
-            })?;
-            info!(database = %shown, node = %node, "usage ledger in PostgreSQL");
-            Meter::new(Arc::new(ledger))
+/// Opens the ledger (the shared PostgreSQL database, which this node joins, else this
+/// node's SQLite file) and closes the records a killed predecessor of this node left live.
+async fn open_meter(
+    settings: &Settings,
+) -> Result<(Arc<Meter>, Option<Arc<PgLedger>>), GatewayError> {
+    let (meter, cluster) = match settings.database_url {
+        Some(_) => {
+            let ledger = join_cluster(settings).await?;
+            (Meter::new(ledger.clone()), Some(ledger))
         }
-        _ => Meter::open(&settings.data_dir)
-            .await
-            .map_err(|e| GatewayError::Usage(format!("cannot open the usage database: {e}")))?,
+        None => {
+            let meter = Meter::open(&settings.data_dir)
+                .await
+                .map_err(|e| GatewayError::Usage(format!("cannot open the usage database: {e}")))?;
+            (meter, None)
+        }
     };
     meter.close_abandoned().await.map_err(|e| {
         GatewayError::Usage(format!(
             "cannot close the usage records of the previous run: {e}"
         ))
     })?;
-    Ok(meter)
+    Ok((meter, cluster))
+}
+
+/// Connects to the shared database and takes this node's lease.
+async fn join_cluster(settings: &Settings) -> Result<Arc<PgLedger>, GatewayError> {
+    let url = settings.database_url.as_deref().unwrap_or_default();
+    let shown = settings.database_shown().unwrap_or_default();
+    let node = settings.node();
+    let ledger = PgLedger::connect(url, &node).await.map_err(|e| {
+        GatewayError::Usage(format!(
+            "cannot use the database {shown}: {e}; check --database-url and that PostgreSQL accepts connections there"
+        ))
+    })?;
+    let me = Member {
+        host: host_name(),
+        data_dir: settings.data_dir.display().to_string(),
+        advertise_url: settings.advertise_url.clone(),
+        lease_ms: i64::try_from(settings.node_lease_ms).unwrap_or(i64::MAX),
+    };
+    ledger
+        .join(&me)
+        .await
+        .map_err(|e| GatewayError::Settings(format!("cannot join the cluster: {e}")))?;
+    info!(database = %shown, node = %node, lease_ms = settings.node_lease_ms, "joined the cluster's database");
+    Ok(Arc::new(ledger))
 }
 
 /// One launch before serving: readiness is known from the first probe, and the first

@@ -28,7 +28,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_SIZE: usize = 8;
 
 /// Every migration, in order; the position is the version (1-based).
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE ingot_sessions (
     record_id           BIGSERIAL PRIMARY KEY,
     session_id          TEXT    NOT NULL,
@@ -51,7 +52,38 @@ CREATE INDEX ingot_sessions_by_creation ON ingot_sessions (created_at_ms);
 CREATE INDEX ingot_sessions_by_tenant ON ingot_sessions (tenant, record_id);
 CREATE INDEX ingot_sessions_by_session ON ingot_sessions (session_id);
 CREATE INDEX ingot_sessions_live_by_node ON ingot_sessions (node) WHERE status = 'live';
-"];
+",
+    "
+CREATE TABLE ingot_nodes (
+    node           TEXT   PRIMARY KEY,
+    host           TEXT   NOT NULL,
+    data_dir       TEXT   NOT NULL,
+    advertise_url  TEXT,
+    lease_until_ms BIGINT NOT NULL,
+    joined_at_ms   BIGINT NOT NULL
+);
+",
+];
+
+/// The database's clock, in Unix milliseconds: every node's lease is measured on one clock.
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+/// Key of the advisory lock held by the one node that fails dead nodes' sessions.
+const TAKEOVER_LOCK: i64 = 0x696e_676f_7400_0002;
+
+/// What a node tells the others about itself when it joins.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// This machine's name.
+    pub host: String,
+    /// This node's data directory: with the host, it tells a restart of this node (whose
+    /// data directory lock proves the old process is gone) from another node with the same
+    /// id.
+    pub data_dir: String,
+    /// How peers reach this node.
+    pub advertise_url: Option<String>,
+    /// How long a lease lasts without renewal, in milliseconds.
+    pub lease_ms: i64,
+}
 
 /// The columns of a [`HistoryRow`], in its field order.
 const HISTORY_COLUMNS: &str = "record_id, session_id, created_at_ms,
@@ -142,6 +174,87 @@ impl PgLedger {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, MeterError> {
         self.pool.get().await.map_err(db)
+    }
+
+    /// Joins the cluster: takes this node's lease, unless another live node holds its id.
+    pub async fn join(&self, me: &Member) -> Result<(), MeterError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let sql = format!(
+            "SELECT host, data_dir, lease_until_ms > {NOW_MS} FROM ingot_nodes
+             WHERE node = $1 FOR UPDATE"
+        );
+        if let Some(row) = tx.query_opt(&sql, &[&self.node]).await.map_err(db)? {
+            let (host, dir, live): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
+            if live && (host != me.host || dir != me.data_dir) {
+                return Err(MeterError::Database(format!(
+                    "node id {:?} is held by a live node on {host} (data directory {dir}); give each node its own --node-id",
+                    self.node
+                )));
+            }
+        }
+        let sql = format!(
+            "INSERT INTO ingot_nodes (node, host, data_dir, advertise_url, lease_until_ms, joined_at_ms)
+             VALUES ($1, $2, $3, $4, {NOW_MS} + $5, {NOW_MS})
+             ON CONFLICT (node) DO UPDATE SET host = $2, data_dir = $3, advertise_url = $4,
+                 lease_until_ms = {NOW_MS} + $5, joined_at_ms = {NOW_MS}"
+        );
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+            &self.node,
+            &me.host,
+            &me.data_dir,
+            &me.advertise_url,
+            &me.lease_ms,
+        ];
+        tx.execute(&sql, &args).await.map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    /// Extends this node's lease by `lease_ms` from now.
+    pub async fn renew(&self, lease_ms: i64) -> Result<(), MeterError> {
+        let sql = format!("UPDATE ingot_nodes SET lease_until_ms = {NOW_MS} + $2 WHERE node = $1");
+        self.client()
+            .await?
+            .execute(&sql, &[&self.node, &lease_ms])
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    /// Marks every live session of every node whose lease ran out `failed` with `reason`,
+    /// billed up to its last checkpoint. One node at a time does it (an advisory lock; the
+    /// others skip). Returns how many sessions it ended.
+    pub async fn fail_dead_nodes(&self, reason: &str) -> Result<u64, MeterError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let row = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&TAKEOVER_LOCK])
+            .await
+            .map_err(db)?;
+        if !row.get::<_, bool>(0) {
+            return Ok(0);
+        }
+        let sql = format!(
+            "UPDATE ingot_sessions SET status = 'failed', reason = $1, ended_at_ms = checkpoint_at_ms
+             WHERE status = 'live'
+               AND node IN (SELECT node FROM ingot_nodes WHERE lease_until_ms < {NOW_MS})"
+        );
+        let failed = tx.execute(&sql, &[&reason]).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(failed)
+    }
+
+    /// Leaves the cluster (after every session of this node ended): the lease ends now.
+    pub async fn leave(&self) -> Result<(), MeterError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE ingot_nodes SET lease_until_ms = 0 WHERE node = $1",
+                &[&self.node],
+            )
+            .await
+            .map(drop)
+            .map_err(db)
     }
 }
 

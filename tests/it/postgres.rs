@@ -105,9 +105,11 @@ async fn nodes_starting_together_migrate_once() {
         start(dirs[1].path(), &args[1]),
         start(dirs[2].path(), &args[2]),
     );
+    let versions = "SELECT string_agg(version::text, ',' ORDER BY version) FROM ingot_migrations";
     assert_eq!(
-        pg.sql("together", "SELECT count(*) FROM ingot_migrations"),
-        "1"
+        pg.sql("together", versions),
+        "1,2",
+        "each migration applied once"
     );
     let session = n1.create(json!({})).await;
     assert_eq!(n2.session(&id_of(&session)).await["status"], "live");
@@ -145,5 +147,80 @@ async fn an_unreachable_database_stops_the_start_with_a_clear_message() {
     assert!(
         !stderr.contains("secret"),
         "the password is never shown: {stderr}"
+    );
+}
+
+/// A node that dies (SIGKILL) loses its lease; within the lease plus 5 s a surviving node
+/// marks its live sessions failed (`browser_crashed`), billed up to the last checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_sessions_are_failed_by_a_survivor_within_the_lease() {
+    let _shared = shared().await;
+    let pg = Postgres::start();
+    pg.create_database("dead_node");
+    let lease = ["--node-lease-ms".to_owned(), "2000".to_owned()];
+    let args = |name: &str| [node(&pg, "dead_node", name), lease.to_vec()].concat();
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    let mut a = start(dir_a.path(), &args("a")).await;
+    let b = start(dir_b.path(), &args("b")).await;
+    let session = a.create(json!({})).await;
+    let survivor = b.create(json!({})).await;
+    a.signal(9);
+    a.wait_exit(secs(10));
+    let killed_at = std::time::Instant::now();
+    let failed = loop {
+        let seen = b.session(&id_of(&session)).await;
+        if seen["status"] != "live" {
+            break seen;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_millis(2_000 + 5_000),
+            "still live {:?} after the SIGKILL: {seen}\n{}",
+            killed_at.elapsed(),
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["releaseReason"], "browser_crashed", "{failed}");
+    assert_eq!(failed["creditsUsed"], 1, "{failed}");
+    let own = b.session(&id_of(&survivor)).await;
+    assert_eq!(
+        own["status"], "live",
+        "the survivor's own session goes on: {own}"
+    );
+    b.release(&id_of(&survivor)).await;
+}
+
+/// A second node that takes an id a live node holds is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_id_held_by_a_live_node_is_refused() {
+    let _shared = shared().await;
+    let pg = Postgres::start();
+    pg.create_database("same_id");
+    let dir = tempfile::tempdir().expect("dir");
+    let first = start(dir.path(), &node(&pg, "same_id", "twin")).await;
+    let other = tempfile::tempdir().expect("other dir");
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--pool-size", "0"])
+            .args(node(&pg, "same_id", "twin"))
+            .arg("--data-dir")
+            .arg(other.path())
+            .output(),
+    )
+    .await
+    .expect("exits in time")
+    .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("is held by a live node"), "{stderr}");
+    assert_eq!(
+        first.get("/healthz").await.0,
+        200,
+        "the first node is untouched"
     );
 }
