@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use super::Gateway;
 use crate::browser::BrowserHost;
+use crate::metering::Meter;
 use crate::metering::postgres::PgLedger;
 use crate::session::registry::{Readiness, Registry};
 use crate::telemetry;
@@ -72,9 +73,13 @@ impl Background {
             .spawn(async move { host.upkeep(upkeep_stop).await });
         if let Some(cluster) = &gateway.cluster {
             let lease = Duration::from_millis(gateway.settings.node_lease_ms);
-            background
-                .tasks
-                .spawn(keep_lease(cluster.clone(), lease, stop.clone()));
+            background.tasks.spawn(keep_lease(
+                cluster.clone(),
+                gateway.registry.clone(),
+                gateway.meter.clone(),
+                lease,
+                stop.clone(),
+            ));
         }
         background.tasks.spawn(drain_then_stop(
             gateway.registry.clone(),
@@ -179,9 +184,16 @@ async fn reprobe_while_unavailable(registry: Arc<Registry>, stop: CancellationTo
     }
 }
 
-/// Renews this node's lease three times per lease, and each time fails the live sessions
-/// of nodes whose lease ran out (one node does it at a time), until `stop`.
-async fn keep_lease(ledger: Arc<PgLedger>, lease: Duration, stop: CancellationToken) {
+/// Renews this node's lease three times per lease until `stop`. After each renewal it ends
+/// the sessions here that the cluster already failed (this node was silent past its lease),
+/// and fails the live sessions of nodes whose lease ran out (one node at a time).
+async fn keep_lease(
+    ledger: Arc<PgLedger>,
+    registry: Arc<Registry>,
+    meter: Arc<Meter>,
+    lease: Duration,
+    stop: CancellationToken,
+) {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     loop {
         tokio::select! {
@@ -193,6 +205,13 @@ async fn keep_lease(ledger: Arc<PgLedger>, lease: Duration, stop: CancellationTo
         if let Err(e) = renewed {
             warn!(error = %e, "cannot renew this node's lease");
             continue;
+        }
+        match ledger.ended_elsewhere(&meter.live_records()).await {
+            Ok(lost) if !lost.is_empty() => {
+                registry.end_lost(&lost);
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot check this node's sessions in the database"),
         }
         match ledger
             .fail_dead_nodes(EndReason::BrowserCrashed.as_str())

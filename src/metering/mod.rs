@@ -256,6 +256,11 @@ impl Meter {
         }
     }
 
+    /// The records of the sessions this meter is timing (the live ones).
+    pub fn live_records(&self) -> Vec<i64> {
+        lock(&self.schedule).live.keys().copied().collect()
+    }
+
     /// Checkpoints every live session now, so that the database holds current figures.
     pub async fn flush(&self) -> Result<(), MeterError> {
         let live: Vec<(i64, Arc<dyn Billable>)> = lock(&self.schedule)

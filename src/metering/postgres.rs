@@ -244,6 +244,25 @@ impl PgLedger {
         Ok(failed)
     }
 
+    /// Of `records` (this node's live ones), those the cluster has already ended: another
+    /// node declared this node dead while it was silent (stopped, or cut off).
+    pub async fn ended_elsewhere(&self, records: &[i64]) -> Result<Vec<i64>, MeterError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT record_id FROM ingot_sessions
+                 WHERE record_id = ANY($1) AND status <> 'live'",
+                &[&records],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Leaves the cluster (after every session of this node ended): the lease ends now.
     pub async fn leave(&self) -> Result<(), MeterError> {
         self.client()

@@ -306,6 +306,25 @@ impl Registry {
         released
     }
 
+    /// Ends the live sessions whose usage records the cluster already closed (it declared
+    /// this node dead while it was silent): their browsers are reaped and their clients
+    /// closed, as for a crash. Returns how many it ended.
+    pub fn end_lost(&self, records: &[i64]) -> usize {
+        let mut ended = 0;
+        for session in self.directory.live_for(&Caller::Open) {
+            let lost = session
+                .usage()
+                .record_id()
+                .is_some_and(|r| records.contains(&r));
+            if lost && session.request_end(EndReason::BrowserCrashed).is_ok() {
+                warn!(session_id = %session.id,
+                    "the cluster declared this node dead and failed the session; ended it here");
+                ended += 1;
+            }
+        }
+        ended
+    }
+
     /// Number of live sessions.
     pub fn live_count(&self) -> usize {
         self.live.load(Ordering::Acquire)

@@ -224,3 +224,63 @@ async fn a_node_id_held_by_a_live_node_is_refused() {
         "the first node is untouched"
     );
 }
+
+/// A node stopped past its lease (SIGSTOP) has its sessions failed by the cluster; when it
+/// wakes (SIGCONT) it ends them too, within a second: its client is closed and its browser
+/// reaped, and the record keeps the one minute the cluster billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_wakes_after_its_lease_ends_what_the_cluster_failed() {
+    let _exclusive = exclusive().await;
+    let pg = Postgres::start();
+    pg.create_database("hung_node");
+    let lease = ["--node-lease-ms".to_owned(), "2000".to_owned()];
+    let args = |name: &str| [node(&pg, "hung_node", name), lease.to_vec()].concat();
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    let a = start(dir_a.path(), &args("a")).await;
+    let b = start(dir_b.path(), &args("b")).await;
+    let session = a.create(json!({})).await;
+    let mut client = Cdp::connect(session["websocketUrl"].as_str().expect("url")).await;
+    a.signal(libc::SIGSTOP);
+    let stopped_at = std::time::Instant::now();
+    loop {
+        let seen = b.session(&id_of(&session)).await;
+        if seen["status"] == "failed" {
+            break;
+        }
+        if stopped_at.elapsed() > Duration::from_secs(10) {
+            a.signal(libc::SIGCONT);
+            panic!("not failed 10 s after the node stopped: {seen}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.signal(libc::SIGCONT);
+    let woke = std::time::Instant::now();
+    let ended = client.wait_end(secs(3)).await;
+    let took = woke.elapsed();
+    eprintln!("the woken node closed its client {took:?} after SIGCONT");
+    assert!(matches!(ended, Ended::Closed(..)), "{ended:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "closed {took:?} after waking"
+    );
+    let deadline = std::time::Instant::now() + secs(3);
+    while chromium_processes_in(dir_a.path()) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the browser is still running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let record = pg.sql(
+        "hung_node",
+        &format!(
+            "SELECT status || ' ' || reason || ' ' || billed_minutes FROM ingot_sessions
+             WHERE session_id = '{}'",
+            id_of(&session)
+        ),
+    );
+    assert_eq!(record, "failed browser_crashed 1");
+}
