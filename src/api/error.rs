@@ -105,6 +105,9 @@ impl From<CreateError> for ApiError {
             }
             CreateError::Launch(_) => (StatusCode::SERVICE_UNAVAILABLE, "browser_start_failed"),
             CreateError::Usage(_) => (StatusCode::SERVICE_UNAVAILABLE, "usage_unavailable"),
+            CreateError::DatabaseUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
         };
         ApiError::new(status, code, e.to_string())
     }

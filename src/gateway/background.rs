@@ -195,6 +195,10 @@ async fn keep_lease(
     stop: CancellationToken,
 ) {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    // Since when this node has reached the database without a failure. It judges other
+    // nodes only after a whole lease of that, so that after an outage every node first
+    // gets the time to renew its own lease.
+    let mut reachable_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -204,8 +208,10 @@ async fn keep_lease(
         telemetry::lease_renewed(renewed.is_ok());
         if let Err(e) = renewed {
             warn!(error = %e, "cannot renew this node's lease");
+            reachable_since = None;
             continue;
         }
+        let since = *reachable_since.get_or_insert_with(tokio::time::Instant::now);
         match ledger.ended_elsewhere(&meter.live_records()).await {
             Ok(lost) if !lost.is_empty() => {
                 registry.end_lost(&lost);
@@ -213,20 +219,27 @@ async fn keep_lease(
             Ok(_) => {}
             Err(e) => warn!(error = %e, "cannot check this node's sessions in the database"),
         }
-        match ledger
-            .fail_dead_nodes(EndReason::BrowserCrashed.as_str())
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => {
-                warn!(
-                    sessions = n,
-                    "a node's lease ran out: its live sessions are marked failed (browser_crashed)"
-                );
-                telemetry::sessions_lost_with_node(n);
-            }
-            Err(e) => warn!(error = %e, "cannot check for dead nodes"),
+        if since.elapsed() >= lease {
+            fail_dead_nodes(&ledger).await;
         }
+    }
+}
+
+/// Marks the live sessions of nodes whose lease ran out failed (one node at a time).
+async fn fail_dead_nodes(ledger: &PgLedger) {
+    match ledger
+        .fail_dead_nodes(EndReason::BrowserCrashed.as_str())
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => {
+            warn!(
+                sessions = n,
+                "a node's lease ran out: its live sessions are marked failed (browser_crashed)"
+            );
+            telemetry::sessions_lost_with_node(n);
+        }
+        Err(e) => warn!(error = %e, "cannot check for dead nodes"),
     }
 }
 

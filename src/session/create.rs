@@ -22,6 +22,7 @@ use super::supervisor;
 use crate::auth::Caller;
 use crate::browser::{LaunchSpec, Launched};
 use crate::cdp::mux::Mux;
+use crate::metering::MeterError;
 use crate::telemetry;
 use crate::vocab::CreateFailure;
 
@@ -40,6 +41,10 @@ pub enum CreateError {
     /// The usage record could not be written.
     #[error("the session could not be metered, so it was not started: {0}")]
     Usage(String),
+    /// The shared database (`--database-url`) does not answer, so the session could not
+    /// be recorded; retry once it is back.
+    #[error("the database does not answer, so the session was not started: {0}")]
+    DatabaseUnavailable(String),
 }
 
 impl CreateError {
@@ -51,7 +56,9 @@ impl CreateError {
             CreateError::Refused(Refusal::ShuttingDown) => Some(CreateFailure::ShuttingDown),
             CreateError::Refused(_) => None,
             CreateError::Launch(_) => Some(CreateFailure::BrowserStartFailed),
-            CreateError::Usage(_) => Some(CreateFailure::UsageUnavailable),
+            CreateError::Usage(_) | CreateError::DatabaseUnavailable(_) => {
+                Some(CreateFailure::UsageUnavailable)
+            }
         }
     }
 }
@@ -250,6 +257,9 @@ impl Registry {
                 session.tenant.as_deref().map(str::to_owned),
             )
             .await
-            .map_err(|e| CreateError::Usage(e.to_string()))
+            .map_err(|e| match e {
+                MeterError::Database(e) => CreateError::DatabaseUnavailable(e),
+                e => CreateError::Usage(e.to_string()),
+            })
     }
 }

@@ -284,3 +284,56 @@ async fn a_node_that_wakes_after_its_lease_ends_what_the_cluster_failed() {
     );
     assert_eq!(record, "failed browser_crashed 1");
 }
+
+/// While the database is down, creates get 503 `database_unavailable` with `Retry-After`,
+/// live sessions go on, and once it is back no node declares another dead before every node
+/// had the time to renew its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_refuses_creates_and_fails_no_session() {
+    let _shared = shared().await;
+    let pg = Postgres::start();
+    pg.create_database("outage");
+    let lease = ["--node-lease-ms".to_owned(), "2000".to_owned()];
+    let args = |name: &str| [node(&pg, "outage", name), lease.to_vec()].concat();
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    let a = start(dir_a.path(), &args("a")).await;
+    let b = start(dir_b.path(), &args("b")).await;
+    let session = a.create(json!({})).await;
+    pg.stop();
+    let refused = b
+        .http
+        .post(b.url("/v1/sessions"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
+    // Down for longer than a lease: every lease in the database has run out.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    pg.start_again();
+    // Two leases after the database is back, the session is still live everywhere.
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    let record = pg.sql(
+        "outage",
+        &format!(
+            "SELECT status FROM ingot_sessions WHERE session_id = '{}'",
+            id_of(&session)
+        ),
+    );
+    assert_eq!(
+        record,
+        "live",
+        "no session is failed because of the outage\n{}",
+        b.log_text()
+    );
+    assert_eq!(a.session(&id_of(&session)).await["status"], "live");
+    let again = b.create(json!({})).await;
+    b.release(&id_of(&again)).await;
+    a.release(&id_of(&session)).await;
+}

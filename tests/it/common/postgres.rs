@@ -74,18 +74,33 @@ impl Postgres {
                 "UTF8",
             ],
         );
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-            pg.dir.path().display()
-        );
-        let log = pg.dir.path().join("server.log").display().to_string();
-        pg.run_as_postgres(
-            "pg_ctl",
-            &[
-                "-D", &data, "-l", &log, "-w", "-t", "30", "-o", &options, "start",
-            ],
-        );
+        pg.start_again();
         pg
+    }
+
+    fn options(&self) -> String {
+        format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            self.port,
+            self.dir.path().display()
+        )
+    }
+
+    /// Starts the server (again, after [`Postgres::stop`]) and waits until it accepts
+    /// connections.
+    pub fn start_again(&self) {
+        let log = self.dir.path().join("server.log").display().to_string();
+        let (data, options) = (self.data(), self.options());
+        let args = [
+            "-D", &data, "-l", &log, "-w", "-t", "30", "-o", &options, "start",
+        ];
+        self.run_as_postgres("pg_ctl", &args);
+    }
+
+    /// Stops the server, as a database outage would; [`Postgres::start_again`] ends it.
+    pub fn stop(&self) {
+        let data = self.data();
+        self.run_as_postgres("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]);
     }
 
     fn data(&self) -> String {
