@@ -17,7 +17,7 @@ use super::MeterError;
 use super::ledger::Ledger;
 use super::store::{
     Checkpoint, FinalRecord, HistoryQuery, HistoryRow, NewRecord, Retention, TrafficTotals,
-    UsageSums,
+    UsageSums, from_sql, to_sql,
 };
 
 /// Key of the advisory lock held while migrations run.
@@ -275,14 +275,6 @@ impl PgLedger {
             .map(drop)
             .map_err(db)
     }
-}
-
-fn to_sql(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn from_sql(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
 }
 
 fn history_row(row: &Row) -> Result<HistoryRow, MeterError> {

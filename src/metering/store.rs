@@ -460,11 +460,11 @@ fn history_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryRow> {
 
 /// SQLite integers are signed; counts beyond `i64::MAX` cannot happen in practice, and are
 /// clamped rather than wrapped.
-fn to_sql(n: u64) -> i64 {
+pub(super) fn to_sql(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn from_sql(n: i64) -> u64 {
+pub(super) fn from_sql(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 

@@ -40,6 +40,17 @@ pub struct HistoryLimits {
     pub keep_newest: u64,
 }
 
+impl HistoryLimits {
+    /// What is shown at `now_ms` (Unix milliseconds).
+    fn at(&self, now_ms: i128) -> Retention {
+        let keep_ms = i128::try_from(self.keep_for.as_millis()).unwrap_or(i128::MAX);
+        Retention {
+            since_ms: i64::try_from(now_ms.saturating_sub(keep_ms)).unwrap_or(i64::MIN),
+            newest: self.keep_newest.max(1),
+        }
+    }
+}
+
 /// Whether the gateway should be sent new sessions (`/readyz`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
@@ -272,11 +283,7 @@ impl Registry {
     /// What list and retrieve show now.
     fn retention(&self) -> Retention {
         let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
-        let keep_ms = i128::try_from(self.history.keep_for.as_millis()).unwrap_or(i128::MAX);
-        Retention {
-            since_ms: i64::try_from(now_ms.saturating_sub(keep_ms)).unwrap_or(i64::MIN),
-            newest: self.history.keep_newest.max(1),
-        }
+        self.history.at(now_ms)
     }
 
     /// `caller`'s only live session, if it has exactly one.
@@ -370,5 +377,31 @@ async fn wait_reaped(session: &Session) {
         .is_err()
     {
         warn!(session_id = %session.id, "browser not reaped within {REAP_WAIT:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_limits_keep_the_last_days_and_the_newest() {
+        let day_ms = 86_400_000_i128;
+        let limits = HistoryLimits {
+            keep_for: Duration::from_secs(30 * 86_400),
+            keep_newest: 10_000,
+        };
+        let r = limits.at(100 * day_ms);
+        assert_eq!((r.since_ms, r.newest), ((70 * day_ms) as i64, 10_000));
+        let none = HistoryLimits {
+            keep_for: Duration::MAX,
+            keep_newest: 0,
+        };
+        let r = none.at(day_ms);
+        assert_eq!(
+            (r.since_ms, r.newest),
+            (i64::MIN, 1),
+            "saturates, keeps at least one"
+        );
     }
 }
