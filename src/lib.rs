@@ -16,6 +16,7 @@ mod api;
 mod auth;
 pub mod browser;
 mod cdp;
+mod cluster;
 pub mod config;
 mod gateway;
 mod http;

@@ -41,6 +41,19 @@ pub const QUEUE_WAIT: &str = "ingot_admission_wait_seconds";
 pub const REJECTIONS: &str = "ingot_admission_rejections_total";
 pub const SESSIONS_LOST_WITH_NODE: &str = "ingot_sessions_lost_with_node_total";
 pub const LEASE_RENEWALS: &str = "ingot_cluster_lease_renewals_total";
+pub const CLUSTER_NODES: &str = "ingot_cluster_nodes";
+pub const FORWARDED: &str = "ingot_cluster_forwarded_total";
+pub const DIRECTORY_QUERY: &str = "ingot_cluster_directory_query_seconds";
+
+/// What a node forwards to the node that owns a session (or may take a new one).
+pub const FORWARD_KINDS: [&str; 6] = [
+    "create",
+    "retrieve",
+    "release",
+    "release_all",
+    "version",
+    "upgrade",
+];
 
 /// The process-wide recorder, installed by the first gateway of the process. The lock makes
 /// checking and installing one step, so gateways built at the same moment share it.
@@ -87,6 +100,12 @@ fn build_recorder() -> anyhow::Result<PrometheusHandle> {
                 10.0, 30.0,
             ],
         )?
+        .set_buckets_for_metric(
+            Matcher::Full(DIRECTORY_QUERY.into()),
+            &[
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ],
+        )?
         .install_recorder()?)
 }
 
@@ -110,6 +129,12 @@ fn register_at_zero(max_sessions: usize, pool_size: usize) {
     for outcome in ["ok", "failed"] {
         counter!(LEASE_RENEWALS, "outcome" => outcome).absolute(0);
     }
+    gauge!(CLUSTER_NODES).set(0.0);
+    for kind in FORWARD_KINDS {
+        for outcome in ["ok", "error"] {
+            counter!(FORWARDED, "kind" => kind, "outcome" => outcome).absolute(0);
+        }
+    }
     counter!(BILLED_MINUTES).absolute(0);
     counter!(USAGE_WRITE_ERRORS).absolute(0);
     for reason in EndReason::ALL {
@@ -125,6 +150,7 @@ fn register_at_zero(max_sessions: usize, pool_size: usize) {
         BROWSER_LAUNCH,
         CREATE_TO_READY,
         QUEUE_WAIT,
+        DIRECTORY_QUERY,
     ] {
         let _ = histogram!(name);
     }
@@ -187,6 +213,19 @@ fn describe() {
         "Renewals of this node's lease in the shared database, by outcome."
     );
     describe_gauge!(
+        CLUSTER_NODES,
+        "Nodes with a live lease this node sees, itself included (0 on a single node)."
+    );
+    describe_counter!(
+        FORWARDED,
+        "Requests and WebSocket upgrades passed to another node, by kind and outcome."
+    );
+    describe_histogram!(
+        DIRECTORY_QUERY,
+        Unit::Seconds,
+        "Latency of lookups in the cluster's shared database (session owners, the node list)."
+    );
+    describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which ingot runs."
     );
@@ -237,6 +276,23 @@ pub fn browser_launched(launch: Duration) {
 /// Sessions of dead nodes this node marked failed.
 pub fn sessions_lost_with_node(n: u64) {
     counter!(SESSIONS_LOST_WITH_NODE).increment(n);
+}
+
+/// Live nodes this node sees, itself included.
+pub fn cluster_nodes(n: usize) {
+    gauge!(CLUSTER_NODES).set(n as f64);
+}
+
+/// A request or WebSocket upgrade passed to another node; `ok` unless that node could
+/// not be reached.
+pub fn forwarded(kind: &'static str, ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    counter!(FORWARDED, "kind" => kind, "outcome" => outcome).increment(1);
+}
+
+/// How long a lookup in the cluster's shared database took.
+pub fn directory_query(took: Duration) {
+    histogram!(DIRECTORY_QUERY).record(took.as_secs_f64());
 }
 
 /// A lease renewal, by outcome.

@@ -19,11 +19,14 @@ use tracing::{debug, warn};
 
 use super::error::ApiError;
 use super::extract::{SessionId, StrictQuery, parse_id};
+use super::relay::{self, Relay};
+use super::wire::PublicUrls;
 use super::{API_KEY_PARAM, AppState, PresentedKey};
 use crate::auth::Caller;
 use crate::proxy;
 use crate::session::Session;
 use crate::vocab::Status;
+use bytes::Bytes;
 use std::sync::Arc;
 
 /// `GET /?sessionId=<id>`: Steel's `websocketUrl`. Without an upgrade it describes the service.
@@ -71,9 +74,16 @@ async fn connect(
     state: AppState,
     id: uuid::Uuid,
     caller: &Caller,
-    mut request: Request,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let key = websocket_key(request.headers())?;
+    let mut request = match state.registry.get_for(&id, caller) {
+        Some(_) => request,
+        None => match relay::upgrade_to_owner(&state, id, request).await? {
+            Ok(answer) => return Ok(answer),
+            Err(request) => request,
+        },
+    };
     let session = live_session(&state, id, caller).await?;
     let mux = session.mux().ok_or_else(|| ended(&session))?;
     let link = match mux.attach().await {
@@ -123,10 +133,17 @@ pub async fn version_by_query(
     State(state): State<AppState>,
     caller: Caller,
     key: PresentedKey,
+    relay: Relay,
     StrictQuery(query): StrictQuery<HashMap<String, String>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let session = match query.get("sessionId") {
-        Some(raw) => live_session(&state, parse_id(raw, "sessionId")?, &caller).await?,
+        Some(raw) => {
+            let id = parse_id(raw, "sessionId")?;
+            if let Some(answer) = version_elsewhere(&state, &relay, id, &caller).await? {
+                return Ok(answer);
+            }
+            live_session(&state, id, &caller).await?
+        }
         None => state.registry.sole_live_session(&caller).ok_or_else(|| {
             ApiError::bad_request(
                 "sessionId: name the session (/json/version?sessionId=<id>); without it this endpoint answers \
@@ -134,7 +151,7 @@ pub async fn version_by_query(
             )
         })?,
     };
-    Ok(Json(version_json(&state, &session, &key)))
+    Ok(Json(version_json(&relay.links(&state), &session, &key)).into_response())
 }
 
 /// `GET /devtools/browser/<id>/json/version[/]`
@@ -142,16 +159,33 @@ pub async fn version_by_path(
     State(state): State<AppState>,
     caller: Caller,
     key: PresentedKey,
+    relay: Relay,
     SessionId(id): SessionId,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
+    if let Some(answer) = version_elsewhere(&state, &relay, id, &caller).await? {
+        return Ok(answer);
+    }
     let session = live_session(&state, id, &caller).await?;
-    Ok(Json(version_json(&state, &session, &key)))
+    Ok(Json(version_json(&relay.links(&state), &session, &key)).into_response())
+}
+
+/// The owner's discovery answer for a session that runs on another node of the cluster.
+async fn version_elsewhere(
+    state: &AppState,
+    relay: &Relay,
+    id: uuid::Uuid,
+    caller: &Caller,
+) -> Result<Option<Response>, ApiError> {
+    if state.registry.get_for(&id, caller).is_some() {
+        return Ok(None);
+    }
+    relay.to_owner(state, id, "version", Bytes::new()).await
 }
 
 /// The discovery answer. Its WebSocket URL carries the key the request presented, because
 /// clients (Playwright, Puppeteer's `browserURL`) connect to it as given.
-fn version_json(state: &AppState, session: &Session, key: &PresentedKey) -> serde_json::Value {
-    let mut endpoint = state.urls.browser_endpoint(session.id);
+fn version_json(urls: &PublicUrls, session: &Session, key: &PresentedKey) -> serde_json::Value {
+    let mut endpoint = urls.browser_endpoint(session.id);
     if let Some(key) = &key.0 {
         let encoded: String = url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
         endpoint = format!("{endpoint}?{API_KEY_PARAM}={encoded}");
@@ -291,6 +325,7 @@ mod tests {
             max_message: 1 << 20,
             ping_every: Duration::from_secs(30),
             body_timeout: Duration::from_secs(5),
+            cluster: None,
         }
     }
 

@@ -11,9 +11,13 @@ use serde_json::json;
 use super::AppState;
 use crate::session::registry::Readiness;
 
-/// `GET /healthz`: the process is up and serving HTTP.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// `GET /healthz`: the process is up and serving HTTP. In a cluster it names this node, so
+/// that a node can check that its advertise URL reaches itself.
+pub async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    match &state.cluster {
+        Some(cluster) => Json(json!({"status": "ok", "node": cluster.node()})),
+        None => Json(json!({"status": "ok"})),
+    }
 }
 
 /// `GET /readyz`: 200 when a new session can be served now, else 503 with the reason.
@@ -23,6 +27,16 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Readiness::Ready => {
             return Json(json!({
                 "status": "ready",
+                "liveSessions": registry.live_count(),
+                "maxSessions": registry.max_sessions(),
+            }))
+            .into_response();
+        }
+        // A full node of a cluster still serves: it places creates on other nodes.
+        Readiness::AtCapacity if state.cluster.is_some() => {
+            return Json(json!({
+                "status": "ready",
+                "atCapacity": true,
                 "liveSessions": registry.live_count(),
                 "maxSessions": registry.max_sessions(),
             }))

@@ -8,6 +8,7 @@ pub mod cdp;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod relay;
 pub mod sessions;
 pub mod usage;
 pub mod wire;
@@ -25,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tower_http::timeout::RequestBodyDeadlineLayer;
 
 use crate::auth::{Caller, KeyRing};
+use crate::cluster::Cluster;
 use crate::metering::Meter;
 use crate::session::params::TimeoutLimits;
 use crate::session::registry::Registry;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub ping_every: std::time::Duration,
     /// Longest a request body may take to arrive.
     pub body_timeout: std::time::Duration,
+    /// The other nodes, in cluster mode (`--database-url`).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// The API key a request presented, kept for links that must carry it (CDP discovery).
@@ -77,9 +81,12 @@ const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 /// 1. [`refuse_foreign_requests`]: a web page (an `Origin` header) or a rebound DNS name
 ///    (`Host`) is refused before anything else reads the request;
 /// 2. [`refuse_large_heads`]: 431 JSON for a request head over [`MAX_HEAD`];
-/// 3. [`authenticate`]: 401 without a valid key; otherwise the [`Caller`] is attached, and
-///    handlers that need one refuse a request without it (they fail closed);
-/// 4. the body deadline, then the body size limit, then the route's handler.
+/// 3. [`relay::peer_hop`]: 403 for `x-ingot-*` headers without the cluster's secret; with
+///    it, the request is marked as relayed by another node (and is never relayed again);
+/// 4. [`authenticate`]: 401 without a valid key; otherwise the [`Caller`] is attached, and
+///    handlers that need one refuse a request without it (they fail closed); a relayed
+///    request is authenticated by the client's key like any other;
+/// 5. the body deadline, then the body size limit, then the route's handler.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/sessions", post(sessions::create).get(sessions::list))
@@ -113,6 +120,10 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(RequestBodyDeadlineLayer::new(state.body_timeout))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            relay::peer_hop,
+        ))
         .layer(middleware::from_fn(refuse_large_heads))
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -3,11 +3,14 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{RequestBody, SessionId, StrictQuery, parse_id};
+use super::relay::Relay;
 use super::wire::{ReleaseJson, SessionJson, SessionListJson};
 use crate::auth::Caller;
 use crate::session::directory::ListQuery;
@@ -19,18 +22,21 @@ use crate::vocab::Status;
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 100;
 
-/// `POST /v1/sessions`
+/// `POST /v1/sessions`. In a cluster, a node without room places the session on the node
+/// with the most room.
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    relay: Relay,
     RequestBody(body): RequestBody,
-) -> Result<Json<SessionJson>, ApiError> {
+) -> Result<Response, ApiError> {
     let options = parse_create_body(&body, state.limits)?;
+    if let Some(answer) = relay.create_elsewhere(&state, &body).await {
+        return Ok(answer);
+    }
     let session = state.registry.create(options, &caller).await?;
-    Ok(Json(SessionJson::new(
-        &SessionView::of(&session),
-        &state.urls,
-    )))
+    let view = SessionView::of(&session);
+    Ok(Json(SessionJson::new(&view, &relay.links(&state))).into_response())
 }
 
 /// Query of `GET /v1/sessions`. Values arrive as strings so that errors can name them.
@@ -80,46 +86,67 @@ impl ListParams {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
+    relay: Relay,
     StrictQuery(params): StrictQuery<ListParams>,
 ) -> Result<Json<SessionListJson>, ApiError> {
     let page = state.registry.list(params.parse()?, &caller).await?;
-    Ok(Json(SessionListJson::new(page, &state.urls)))
+    Ok(Json(SessionListJson::new(page, &relay.links(&state))))
 }
 
-/// `GET /v1/sessions/{id}`
+/// `GET /v1/sessions/{id}`. A session live on another node is answered by that node.
 pub async fn retrieve(
     State(state): State<AppState>,
     caller: Caller,
+    relay: Relay,
     SessionId(id): SessionId,
-) -> Result<Json<SessionJson>, ApiError> {
+) -> Result<Response, ApiError> {
+    if state.registry.get_for(&id, &caller).is_none()
+        && let Some(answer) = relay.to_owner(&state, id, "retrieve", Bytes::new()).await?
+    {
+        return Ok(answer);
+    }
     let session = state
         .registry
         .retrieve(&id, &caller)
         .await?
         .ok_or_else(|| ApiError::session_not_found(id))?;
-    Ok(Json(SessionJson::new(&session, &state.urls)))
+    Ok(Json(SessionJson::new(&session, &relay.links(&state))).into_response())
 }
 
-/// `POST /v1/sessions/{id}/release`. Idempotent; the body is ignored (SDKs send none).
+/// `POST /v1/sessions/{id}/release`. Idempotent; the body is ignored (SDKs send none). A
+/// session live on another node is released by that node.
 pub async fn release(
     State(state): State<AppState>,
     caller: Caller,
+    relay: Relay,
     SessionId(id): SessionId,
-) -> Result<Json<ReleaseJson>, ApiError> {
-    state
-        .registry
-        .release(&id, &caller)
-        .await
-        .ok_or_else(|| ApiError::session_not_found(id))?;
+) -> Result<Response, ApiError> {
+    if state.registry.release(&id, &caller).await.is_none() {
+        if let Some(answer) = relay.to_owner(&state, id, "release", Bytes::new()).await? {
+            return Ok(answer);
+        }
+        if !state.registry.is_known(&id, &caller).await? {
+            return Err(ApiError::session_not_found(id));
+        }
+    }
     Ok(Json(ReleaseJson {
         success: true,
         message: "Session released successfully".into(),
-    }))
+    })
+    .into_response())
 }
 
-/// `POST /v1/sessions/release`
-pub async fn release_all(State(state): State<AppState>, caller: Caller) -> Json<ReleaseJson> {
-    state.registry.release_all(&caller).await;
+/// `POST /v1/sessions/release`: the caller's sessions on this node and, in a cluster, on
+/// every other node.
+pub async fn release_all(
+    State(state): State<AppState>,
+    caller: Caller,
+    relay: Relay,
+) -> Json<ReleaseJson> {
+    tokio::join!(
+        state.registry.release_all(&caller),
+        relay.release_everywhere(&state)
+    );
     Json(ReleaseJson {
         success: true,
         message: "All sessions released successfully".into(),

@@ -1,5 +1,6 @@
 //! The gateway's background tasks: the usage clock, the metrics sampler, the re-prober, the
-//! browser host's upkeep, and the drain that follows the first shutdown signal.
+//! browser host's upkeep, the drain that follows the first shutdown signal, and in a
+//! cluster the node's lease and the exchange of capacity with the other nodes.
 //!
 //! Every one runs on one [`TaskTracker`] that [`Background::stop`] waits for, so no task
 //! outlives the gateway. They observe and schedule; none of them serves a request.
@@ -15,6 +16,7 @@ use tracing::{info, warn};
 
 use super::Gateway;
 use crate::browser::BrowserHost;
+use crate::cluster::Cluster;
 use crate::metering::Meter;
 use crate::metering::postgres::PgLedger;
 use crate::session::registry::{Readiness, Registry};
@@ -27,6 +29,8 @@ const REPROBE_EVERY: Duration = Duration::from_secs(10);
 const DRAIN_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// How often the sampler refreshes gauges and the exporter's histogram windows.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// How often a node of a cluster tells the others what it can take.
+const OFFER_EVERY: Duration = Duration::from_secs(1);
 /// How long stopping waits for the background tasks.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -71,16 +75,7 @@ impl Background {
         background
             .tasks
             .spawn(async move { host.upkeep(upkeep_stop).await });
-        if let Some(cluster) = &gateway.cluster {
-            let lease = Duration::from_millis(gateway.settings.node_lease_ms);
-            background.tasks.spawn(keep_lease(
-                cluster.clone(),
-                gateway.registry.clone(),
-                gateway.meter.clone(),
-                lease,
-                stop.clone(),
-            ));
-        }
+        background.start_cluster_tasks(gateway);
         background.tasks.spawn(drain_then_stop(
             gateway.registry.clone(),
             Duration::from_millis(gateway.settings.shutdown_drain_ms),
@@ -92,6 +87,27 @@ impl Background {
             stop.clone(),
         ));
         background
+    }
+
+    /// In a cluster: the lease, and telling the other nodes what this one can take.
+    fn start_cluster_tasks(&self, gateway: &Gateway) {
+        if let Some(database) = &gateway.database {
+            let lease = Duration::from_millis(gateway.settings.node_lease_ms);
+            self.tasks.spawn(keep_lease(
+                database.clone(),
+                gateway.registry.clone(),
+                gateway.meter.clone(),
+                lease,
+                self.stop.clone(),
+            ));
+        }
+        if let Some(cluster) = &gateway.cluster {
+            self.tasks.spawn(share_offer(
+                cluster.clone(),
+                gateway.registry.clone(),
+                self.stop.clone(),
+            ));
+        }
     }
 
     /// A token cancelled when the gateway must stop serving.
@@ -221,6 +237,27 @@ async fn keep_lease(
         }
         if since.elapsed() >= lease {
             fail_dead_nodes(&ledger).await;
+        }
+    }
+}
+
+/// Every [`OFFER_EVERY`]: tells the other nodes how many sessions this node could start
+/// and whether it takes any, and learns the same of them (for placing creates).
+async fn share_offer(cluster: Arc<Cluster>, registry: Arc<Registry>, stop: CancellationToken) {
+    let mut failing = false;
+    loop {
+        let (free, ready) = registry.offer();
+        match cluster.refresh(free, ready).await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                warn!(error = %e, "cannot exchange capacity with the other nodes; creates stay here");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(OFFER_EVERY) => {}
         }
     }
 }

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::api::{self, AppState, wire::PublicUrls};
 use crate::auth::KeyRing;
 use crate::browser::BrowserHost;
+use crate::cluster::Cluster;
 use crate::config::{MIN_TIMEOUT_MS, Settings, available_memory, host_name, sessions_for_memory};
 use crate::http::{self, HttpLimits};
 use crate::metering::Meter;
@@ -35,6 +36,10 @@ use crate::session::registry::{HistoryLimits, Registry};
 use crate::session::supervisor::LivenessProbe;
 use crate::telemetry;
 
+/// How often a node asks its own advertise URL before giving up, and how long it waits
+/// between tries.
+const ADVERTISE_TRIES: usize = 5;
+const ADVERTISE_RETRY: Duration = Duration::from_millis(500);
 /// How long shutdown waits for sessions and sockets to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
@@ -68,7 +73,9 @@ pub struct Gateway {
     metrics: PrometheusHandle,
     keys: Arc<KeyRing>,
     /// The shared database, when this node is one of several (`--database-url`).
-    cluster: Option<Arc<PgLedger>>,
+    database: Option<Arc<PgLedger>>,
+    /// The other nodes, in a cluster.
+    cluster: Option<Arc<Cluster>>,
     /// Held for the gateway's life: no other gateway may use the data directory.
     _data_dir: data_dir::DataDirLock,
 }
@@ -97,7 +104,17 @@ impl Gateway {
         let max_sessions = max_sessions(&settings);
         let metrics = telemetry::install(max_sessions, settings.pool_size)
             .map_err(|e| GatewayError::Metrics(format!("{e:#}")))?;
-        let (meter, cluster) = open_meter(&settings).await?;
+        let (meter, database) = open_meter(&settings).await?;
+        let cluster = match &database {
+            Some(db) => Some(Arc::new(
+                Cluster::new(db.clone(), settings.node())
+                    .await
+                    .map_err(|e| {
+                        GatewayError::Usage(format!("cannot read the cluster's secret: {e}"))
+                    })?,
+            )),
+            None => None,
+        };
         let registry = Registry::new(
             host.clone(),
             meter.clone(),
@@ -117,6 +134,7 @@ impl Gateway {
             meter,
             metrics,
             keys: Arc::new(keys),
+            database,
             cluster,
             _data_dir: lock,
         })
@@ -154,6 +172,7 @@ impl Gateway {
             .public_url
             .clone()
             .unwrap_or_else(|| default_public_url(local));
+        let advertised = self.advertise(local).await?;
         let clients = TaskTracker::new();
         let state = self.app_state(&public, clients.clone());
         let background = background::Background::start(&self, shutdown, urgent);
@@ -168,18 +187,71 @@ impl Gateway {
             background.stopping(),
             SHUTDOWN_GRACE,
         );
-        tokio::join!(
+        let (_, _, reached) = tokio::join!(
             serve,
-            end_sessions(&self.registry, &clients, background.stopping())
+            end_sessions(&self.registry, &clients, background.stopping()),
+            self.check_advertised(advertised, background.stopping()),
         );
+        if let Some(cluster) = &self.cluster {
+            cluster.close();
+        }
         background.stop().await;
-        if let Some(cluster) = &self.cluster
-            && let Err(e) = cluster.leave().await
+        if let Some(database) = &self.database
+            && let Err(e) = database.leave().await
         {
             warn!(error = %e, "cannot end this node's lease; it runs out by itself");
         }
         info!("ingot stopped");
-        Ok(())
+        reached
+    }
+
+    /// In a cluster: the URL other nodes reach this one at (`--advertise-url`, else the
+    /// listening address when it names one), recorded in the shared database.
+    async fn advertise(&self, local: SocketAddr) -> Result<Option<String>, GatewayError> {
+        let Some(database) = &self.database else {
+            return Ok(None);
+        };
+        if let Some(url) = &self.settings.advertise_url {
+            return Ok(Some(url.trim_end_matches('/').to_owned()));
+        }
+        if local.ip().is_unspecified() {
+            return Err(GatewayError::Settings(format!(
+                "--advertise-url (INGOT_ADVERTISE_URL) is required with --database-url when listening on {local}: \
+                 set it to the address other nodes reach this one at, such as http://10.0.0.7:{}",
+                local.port()
+            )));
+        }
+        let url = default_public_url(local);
+        database
+            .advertise(&url)
+            .await
+            .map_err(|e| GatewayError::Usage(format!("cannot record this node's address: {e}")))?;
+        Ok(Some(url))
+    }
+
+    /// Asks `/healthz` at this node's advertise URL and checks that this node answers; if
+    /// not, the gateway stops (through `stopping`) and the error says why.
+    async fn check_advertised(
+        &self,
+        advertised: Option<String>,
+        stopping: CancellationToken,
+    ) -> Result<(), GatewayError> {
+        let (Some(cluster), Some(url)) = (&self.cluster, advertised) else {
+            return Ok(());
+        };
+        let why = tokio::select! {
+            why = reaches_itself(cluster, &url) => why,
+            _ = stopping.cancelled() => None,
+        };
+        let Some(why) = why else {
+            return Ok(());
+        };
+        stopping.cancel();
+        Err(GatewayError::Settings(format!(
+            "--advertise-url {url} does not reach this node ({}): {why}; set it to the address \
+             other nodes reach this one at",
+            cluster.node()
+        )))
     }
 
     fn app_state(&self, public: &str, clients: TaskTracker) -> AppState {
@@ -198,6 +270,7 @@ impl Gateway {
             max_message: self.settings.max_message_bytes,
             ping_every: Duration::from_millis(self.settings.ws_ping_interval_ms),
             body_timeout: Duration::from_millis(self.settings.header_timeout_ms),
+            cluster: self.cluster.clone(),
         }
     }
 
@@ -212,6 +285,23 @@ impl Gateway {
             "ingot listening on http://{local}"
         );
     }
+}
+
+/// Why `url` does not lead to this node, after a few tries; `None` when it does.
+async fn reaches_itself(cluster: &Cluster, url: &str) -> Option<String> {
+    let mut why = String::new();
+    for _ in 0..ADVERTISE_TRIES {
+        match cluster.whoami(url).await {
+            Ok(node) if node == cluster.node() => {
+                info!(advertise_url = %url, "the advertise URL reaches this node");
+                return None;
+            }
+            Ok(node) => return Some(format!("node {node:?} answers there")),
+            Err(e) => why = e.to_string(),
+        }
+        tokio::time::sleep(ADVERTISE_RETRY).await;
+    }
+    Some(why)
 }
 
 /// Once `stopping` is cancelled: ends every session and waits for clients' sockets to close.

@@ -231,7 +231,7 @@ mod tests {
     async fn a_session_is_not_metered_when_its_ledger_cannot_write() {
         let meter = Meter::new(Arc::new(Unreachable));
         let session = Arc::new(Session(SessionUsage::default(), Uuid::new_v4()));
-        assert!(meter.start(session.clone(), None).await.is_err());
+        assert!(meter.start(session.clone(), None, None).await.is_err());
         assert_eq!(session.0.record_id(), None);
         assert!(meter.close_abandoned().await.is_err());
     }
@@ -245,7 +245,7 @@ mod tests {
         ));
         let session = Arc::new(Session(SessionUsage::default(), Uuid::new_v4()));
         meter
-            .start(session.clone(), Some("t".into()))
+            .start(session.clone(), Some("t".into()), None)
             .await
             .expect("start");
         let retention = Retention {

@@ -39,8 +39,10 @@ pub use store::{HistoryQuery, HistoryRow, Retention};
 const MINUTE: Duration = Duration::from_secs(60);
 /// Checkpoints fire this long after a minute starts, so the new minute is already counted.
 const AFTER_BOUNDARY: Duration = Duration::from_millis(1);
-/// Attempts at writing a session's final record before leaving it to the next start.
+/// Attempts at writing a session's final record before the clock takes over retrying it.
 const FINISH_ATTEMPTS: u32 = 3;
+/// How often the clock retries writes that failed (the database was unreachable).
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Minutes billed for a session that has lasted `duration`: every started minute, at least one.
 pub fn billed_minutes(duration: Duration) -> u64 {
@@ -135,6 +137,9 @@ pub enum MeterError {
     Task(String),
     #[error("database: {0}")]
     Database(String),
+    /// The tenant already has this many live sessions on all nodes together.
+    #[error("the tenant already has {0} live sessions in the cluster, its limit")]
+    OverQuota(u64),
 }
 
 /// Live sessions by when their next minute starts.
@@ -158,10 +163,26 @@ impl Schedule {
     }
 }
 
+/// Writes the ledger still owes: they failed, and the clock retries them.
+#[derive(Default)]
+struct Owed {
+    /// Final records of sessions that ended.
+    finals: Vec<FinalRecord>,
+    /// A checkpoint failed: every live session is checkpointed again.
+    checkpoints: bool,
+}
+
+impl Owed {
+    fn is_empty(&self) -> bool {
+        self.finals.is_empty() && !self.checkpoints
+    }
+}
+
 /// The meter: the ledger plus the clock that checkpoints live sessions.
 pub struct Meter {
     ledger: Arc<dyn Ledger>,
     schedule: Mutex<Schedule>,
+    owed: Mutex<Owed>,
     /// Wakes the minute clock when the schedule gains an earlier entry.
     changed: Notify,
 }
@@ -178,6 +199,7 @@ impl Meter {
         Arc::new(Meter {
             ledger,
             schedule: Mutex::new(Schedule::default()),
+            owed: Mutex::default(),
             changed: Notify::new(),
         })
     }
@@ -202,10 +224,12 @@ impl Meter {
         &self,
         session: Arc<dyn Billable>,
         tenant: Option<String>,
+        tenant_limit: Option<u64>,
     ) -> Result<(), MeterError> {
         let record = NewRecord {
             session_id: session.session_id(),
             tenant,
+            tenant_limit,
             created_at_ms: unix_ms(session.created_at()),
             details: session.details(),
         };
@@ -241,18 +265,41 @@ impl Meter {
                 Ok(()) => return,
                 Err(e) => {
                     telemetry::usage_write_error();
-                    if attempt == FINISH_ATTEMPTS {
-                        // The record stays live at its last checkpoint; the next start
-                        // closes it as gateway_restart, so at most a minute is lost.
-                        error!(session_id = %session.session_id(), error = %e,
-                            "could not write the final usage record");
-                    } else {
-                        warn!(session_id = %session.session_id(), error = %e, attempt,
-                            "final usage record not written; retrying");
+                    warn!(session_id = %session.session_id(), error = %e, attempt,
+                        "final usage record not written; retrying");
+                    if attempt < FINISH_ATTEMPTS {
                         tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
                     }
                 }
             }
+        }
+        // The clock retries it every second until the database answers. Should this
+        // process die first, the next start closes the record at its last checkpoint.
+        lock(&self.owed).finals.push(record);
+        self.changed.notify_one();
+    }
+
+    /// Retries the writes that failed; what fails again stays owed.
+    async fn settle(&self) {
+        let (finals, checkpoints) = {
+            let mut owed = lock(&self.owed);
+            (
+                std::mem::take(&mut owed.finals),
+                std::mem::take(&mut owed.checkpoints),
+            )
+        };
+        let mut still = Vec::new();
+        for record in finals {
+            if self.ledger.finish(record).await.is_err() {
+                still.push(record);
+            }
+        }
+        let written = !checkpoints || self.flush().await.is_ok();
+        let mut owed = lock(&self.owed);
+        owed.finals.extend(still);
+        owed.checkpoints |= !written;
+        if owed.is_empty() {
+            info!("usage writes that failed are written now");
         }
     }
 
@@ -318,7 +365,11 @@ impl Meter {
     /// until `shutdown`; final records are written by [`Meter::finish`], not here.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
-            let next = lock(&self.schedule).due.first().map(|(at, _)| *at);
+            let mut next = lock(&self.schedule).due.first().map(|(at, _)| *at);
+            if !lock(&self.owed).is_empty() {
+                let retry = Instant::now() + RETRY_EVERY;
+                next = Some(next.map_or(retry, |at| at.min(retry)));
+            }
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -349,7 +400,11 @@ impl Meter {
                 }
             }
             if let Err(e) = self.write_checkpoints(checkpoints).await {
-                error!(error = %e, "could not write usage checkpoints");
+                error!(error = %e, "could not write usage checkpoints; retrying every second");
+                lock(&self.owed).checkpoints = true;
+            }
+            if !lock(&self.owed).is_empty() {
+                self.settle().await;
             }
         }
         info!("usage clock stopped");
@@ -435,7 +490,10 @@ mod tests {
             elapsed: Mutex::new(Duration::from_millis(5)),
             usage: SessionUsage::default(),
         });
-        meter.start(session.clone(), None).await.expect("start");
+        meter
+            .start(session.clone(), None, None)
+            .await
+            .expect("start");
         session.usage.count_to_browser(100);
         session.usage.count_to_client(250);
         session.usage.count_to_client(50);

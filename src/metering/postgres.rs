@@ -19,6 +19,7 @@ use super::store::{
     Checkpoint, FinalRecord, HistoryQuery, HistoryRow, NewRecord, Retention, TrafficTotals,
     UsageSums, from_sql, to_sql,
 };
+use crate::telemetry;
 
 /// Key of the advisory lock held while migrations run.
 const MIGRATION_LOCK: i64 = 0x696e_676f_7400_0001;
@@ -63,12 +64,38 @@ CREATE TABLE ingot_nodes (
     joined_at_ms   BIGINT NOT NULL
 );
 ",
+    "
+ALTER TABLE ingot_nodes
+    ADD COLUMN free_slots BIGINT  NOT NULL DEFAULT 0,
+    ADD COLUMN ready      BOOLEAN NOT NULL DEFAULT false;
+CREATE TABLE ingot_cluster (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    secret TEXT    NOT NULL
+);
+CREATE INDEX ingot_sessions_live_by_tenant ON ingot_sessions (tenant) WHERE status = 'live';
+",
 ];
 
 /// The database's clock, in Unix milliseconds: every node's lease is measured on one clock.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// Key of the advisory lock held by the one node that fails dead nodes' sessions.
 const TAKEOVER_LOCK: i64 = 0x696e_676f_7400_0002;
+/// First key of the advisory locks (one per tenant, the second key) held while a tenant's
+/// live sessions are counted against its quota and a new one is recorded.
+const QUOTA_LOCK: i32 = 0x696e_6701;
+
+/// A node with a live lease, as it last described itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    /// Its `--node-id`.
+    pub node: String,
+    /// How peers reach it.
+    pub advertise_url: Option<String>,
+    /// Session slots it could fill now (free slots plus pooled browsers).
+    pub free_slots: i64,
+    /// Whether it takes new sessions (not draining, browsers start).
+    pub ready: bool,
+}
 
 /// What a node tells the others about itself when it joins.
 #[derive(Debug, Clone)]
@@ -263,6 +290,90 @@ impl PgLedger {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// The secret nodes present to each other: made once, by the first node, and kept in the
+    /// database, so that only nodes that can read the database know it.
+    pub async fn cluster_secret(&self) -> Result<String, MeterError> {
+        let client = self.client().await?;
+        let candidate = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        client
+            .execute(
+                "INSERT INTO ingot_cluster (id, secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+                &[&candidate],
+            )
+            .await
+            .map_err(db)?;
+        let row = client
+            .query_one("SELECT secret FROM ingot_cluster WHERE id = 1", &[])
+            .await
+            .map_err(db)?;
+        Ok(row.get(0))
+    }
+
+    /// Records how peers reach this node, once it is known (after the listener is bound).
+    pub async fn advertise(&self, url: &str) -> Result<(), MeterError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE ingot_nodes SET advertise_url = $2 WHERE node = $1",
+                &[&self.node, &url],
+            )
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    /// Tells the other nodes how many sessions this node could start now, and whether it
+    /// takes any.
+    pub async fn publish(&self, free_slots: i64, ready: bool) -> Result<(), MeterError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE ingot_nodes SET free_slots = $2, ready = $3 WHERE node = $1",
+                &[&self.node, &free_slots, &ready],
+            )
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    /// Every node whose lease is live, this one included.
+    pub async fn live_nodes(&self) -> Result<Vec<NodeRow>, MeterError> {
+        let sql = format!(
+            "SELECT node, advertise_url, free_slots, ready FROM ingot_nodes
+             WHERE lease_until_ms > {NOW_MS} ORDER BY node"
+        );
+        let rows = self.client().await?.query(&sql, &[]).await.map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| NodeRow {
+                node: r.get(0),
+                advertise_url: r.get(1),
+                free_slots: r.get(2),
+                ready: r.get(3),
+            })
+            .collect())
+    }
+
+    /// The node that runs live session `id` and how to reach it, when that is another node
+    /// with a live lease.
+    pub async fn owner_of(&self, id: Uuid) -> Result<Option<(String, String)>, MeterError> {
+        let sql = format!(
+            "SELECT n.node, n.advertise_url FROM ingot_sessions s
+             JOIN ingot_nodes n ON n.node = s.node
+             WHERE s.session_id = $1 AND s.status = 'live' AND s.node <> $2
+               AND n.lease_until_ms > {NOW_MS} AND n.advertise_url IS NOT NULL
+             ORDER BY s.record_id DESC LIMIT 1"
+        );
+        let id = id.to_string();
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&id, &self.node])
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
     /// Leaves the cluster (after every session of this node ended): the lease ends now.
     pub async fn leave(&self) -> Result<(), MeterError> {
         self.client()
@@ -290,6 +401,34 @@ fn history_row(row: &Row) -> Result<HistoryRow, MeterError> {
         event_count: from_sql(row.get(7)),
         details: row.get(8),
     })
+}
+
+/// Fails with [`MeterError::OverQuota`] when `tenant` already has `limit` live sessions on
+/// any node. Holds the tenant's advisory lock until `tx` ends, so that creates on different
+/// nodes are counted one after the other: never one session over the quota.
+async fn within_quota(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    limit: u64,
+) -> Result<(), MeterError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&QUOTA_LOCK, &tenant],
+    )
+    .await
+    .map_err(db)?;
+    let live: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM ingot_sessions WHERE status = 'live' AND tenant = $1",
+            &[&tenant],
+        )
+        .await
+        .map_err(db)?
+        .get(0);
+    if from_sql(live) >= limit {
+        return Err(MeterError::OverQuota(limit));
+    }
+    Ok(())
 }
 
 /// Brings a live record up to `c`; an ended record is left as it is.
@@ -326,9 +465,12 @@ impl PgLedger {
                 checkpoint_at_ms, status, billed_minutes, details)
              VALUES ($1, $2, $3, $4, $4, 'live', 1, $5) RETURNING record_id";
         let id = record.session_id.to_string();
-        let row = self
-            .client()
-            .await?
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        if let (Some(tenant), Some(limit)) = (&record.tenant, record.tenant_limit) {
+            within_quota(&tx, tenant, limit).await?;
+        }
+        let row = tx
             .query_one(
                 sql,
                 &[
@@ -341,6 +483,7 @@ impl PgLedger {
             )
             .await
             .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok(row.get(0))
     }
 
@@ -512,6 +655,15 @@ fn usage_row(row: &Row) -> (String, UsageSums) {
     )
 }
 
+/// Runs a lookup of the cluster's directory, timing it for
+/// `ingot_cluster_directory_query_seconds`.
+async fn timed<T>(lookup: impl Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let result = lookup.await;
+    telemetry::directory_query(started.elapsed());
+    result
+}
+
 impl Ledger for PgLedger {
     fn insert(&self, record: NewRecord) -> BoxFuture<'_, Result<i64, MeterError>> {
         self.insert_now(record).boxed()
@@ -542,7 +694,7 @@ impl Ledger for PgLedger {
         &self,
         query: HistoryQuery,
     ) -> BoxFuture<'_, Result<Vec<HistoryRow>, MeterError>> {
-        self.history_page_now(query).boxed()
+        timed(self.history_page_now(query)).boxed()
     }
 
     fn history_count(
@@ -560,6 +712,6 @@ impl Ledger for PgLedger {
         tenant: Option<String>,
         retention: Retention,
     ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>> {
-        self.history_get_now(session_id, tenant, retention).boxed()
+        timed(self.history_get_now(session_id, tenant, retention)).boxed()
     }
 }

@@ -125,6 +125,9 @@ pub struct NewRecord {
     pub created_at_ms: i64,
     /// What a client sees of the session (JSON, opaque here).
     pub details: String,
+    /// Most live sessions its tenant may have on all nodes together; checked by a ledger
+    /// that more than one node writes (a single node counts its own).
+    pub tenant_limit: Option<u64>,
 }
 
 /// The state of a live session at one moment.
@@ -514,6 +517,7 @@ mod tests {
             tenant: None,
             created_at_ms: 20_000 * day_ms + n,
             details: "{}".into(),
+            tenant_limit: None,
         };
         let ended = store.insert(&new(0)).expect("insert");
         let abandoned = store.insert(&new(1)).expect("insert");
@@ -575,6 +579,7 @@ mod tests {
                         tenant: tenant.map(str::to_owned),
                         created_at_ms: at_ms + i as i64,
                         details: format!("{{\"n\":{i}}}"),
+                        tenant_limit: None,
                     })
                     .expect("insert");
                 id

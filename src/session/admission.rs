@@ -122,7 +122,12 @@ impl Admitter {
 
     /// Whether a create could start now without waiting.
     pub(super) fn has_room(&self) -> bool {
-        self.capacity.available_permits() > 0 || self.pool.ready_count() > 0
+        self.room() > 0
+    }
+
+    /// How many creates could start now without waiting: free slots plus pooled browsers.
+    pub(super) fn room(&self) -> usize {
+        self.capacity.available_permits() + self.pool.ready_count()
     }
 
     /// Finds room for one more session: a pooled browser when the session can use one, else

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::Session;
 use super::admission::{Refusal, Slot};
 use super::params::SessionOptions;
-use super::quota::QuotaHold;
+use super::quota::{OverQuota, QuotaHold};
 use super::registry::Registry;
 use super::supervisor;
 use crate::auth::Caller;
@@ -251,14 +251,21 @@ impl Registry {
         session
             .go_live()
             .map_err(|e| CreateError::Launch(e.to_string()))?;
+        let limit = self.admitter.limits().per_tenant.map(|n| n as u64);
         self.meter
             .start(
                 session.clone(),
                 session.tenant.as_deref().map(str::to_owned),
+                limit,
             )
             .await
             .map_err(|e| match e {
                 MeterError::Database(e) => CreateError::DatabaseUnavailable(e),
+                MeterError::OverQuota(limit) => {
+                    let tenant = session.tenant.clone().unwrap_or_else(|| "".into());
+                    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                    CreateError::Refused(OverQuota { tenant, limit }.into())
+                }
                 e => CreateError::Usage(e.to_string()),
             })
     }

@@ -173,6 +173,24 @@ impl Registry {
         }
     }
 
+    /// Whether a create would start here now without waiting: this node takes sessions
+    /// and has a free slot or a pooled browser.
+    pub fn takes_sessions_now(&self) -> bool {
+        self.readiness() == Readiness::Ready
+    }
+
+    /// What this node tells the other nodes of a cluster: how many creates it could start
+    /// now, and whether it takes sessions at all (not draining, browsers start).
+    pub fn offer(&self) -> (usize, bool) {
+        let ready = matches!(self.readiness(), Readiness::Ready | Readiness::AtCapacity);
+        (if ready { self.admitter.room() } else { 0 }, ready)
+    }
+
+    /// Whether `caller` may see a record of session `id` (live or ended, on any node).
+    pub async fn is_known(&self, id: &Uuid, caller: &Caller) -> Result<bool, MeterError> {
+        Ok(self.retrieve(id, caller).await?.is_some())
+    }
+
     /// Records that a session ended: its final usage record, metrics, and history.
     pub(super) async fn note_ended(&self, session: &Arc<Session>, reason: EndReason) {
         self.meter

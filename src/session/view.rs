@@ -86,12 +86,21 @@ impl SessionView {
     pub fn from_record(row: &HistoryRow) -> SessionView {
         let details: Details = serde_json::from_str(&row.details).unwrap_or_default();
         let created_ns = i128::from(row.created_at_ms) * 1_000_000;
-        let elapsed_ms = row.ended_at_ms.saturating_sub(row.created_at_ms).max(0);
+        let status = Status::parse(&row.status).unwrap_or(Status::Failed);
+        // A session live on another node has lasted until now, not until its checkpoint.
+        let until_ms = match status {
+            Status::Live => {
+                i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+                    .unwrap_or(row.ended_at_ms)
+            }
+            _ => row.ended_at_ms,
+        };
+        let elapsed_ms = until_ms.saturating_sub(row.created_at_ms).max(0);
         SessionView {
             id: row.session_id,
             created_at: OffsetDateTime::from_unix_timestamp_nanos(created_ns)
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-            status: Status::parse(&row.status).unwrap_or(Status::Failed),
+            status,
             duration: Duration::from_millis(u64::try_from(elapsed_ms).unwrap_or(0)),
             event_count: row.event_count,
             timeout_ms: details.timeout,

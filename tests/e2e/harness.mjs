@@ -430,3 +430,147 @@ export function useGatewayAndSite(onStarted) {
     }
   });
 }
+
+/**
+ * The newest PostgreSQL server installed under /usr/lib/postgresql (Debian's layout), as
+ * the directory holding initdb, pg_ctl, createdb and psql; null when none is installed.
+ */
+export function postgresBinDir() {
+  const root = '/usr/lib/postgresql';
+  if (!fs.existsSync(root)) return null;
+  const versions = fs
+    .readdirSync(root)
+    .filter((v) => /^\d+(\.\d+)?$/.test(v) && fs.existsSync(path.join(root, v, 'bin', 'pg_ctl')))
+    .sort((x, y) => Number(y) - Number(x));
+  return versions.length ? path.join(root, versions[0], 'bin') : null;
+}
+
+/**
+ * Starts a throwaway PostgreSQL server on a free loopback port (trust auth, user `ingot`,
+ * no fsync) with one database, and resolves with a Postgres handle. PostgreSQL refuses to
+ * run as root, so under root the server runs as the `postgres` user (via runuser).
+ *
+ * @param {object} [opts]
+ * @param {string} [opts.database] name of the database to create
+ * @returns {Promise<Postgres>}
+ */
+export async function startPostgres({ database = 'ingot' } = {}) {
+  const bin = postgresBinDir();
+  if (!bin) {
+    throw new Error(
+      'PostgreSQL is not installed (no /usr/lib/postgresql/<version>/bin/pg_ctl); ' +
+        'run `apt-get install postgresql` (tests/run.sh installs it)',
+    );
+  }
+  const port = await freePort();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ingot-e2e-pg-'));
+  const pg = new Postgres(bin, dir, port, database);
+  try {
+    if (process.getuid?.() === 0) {
+      const { uid, gid } = userIds('postgres');
+      fs.chownSync(dir, uid, gid);
+      pg.asUser = 'postgres';
+    }
+    await pg.run('initdb', ['-D', pg.dataDir, '-A', 'trust', '-U', 'ingot', '--no-sync', '-E', 'UTF8', '--locale=C']);
+    pg.started = true; // from here on, stop() tries pg_ctl stop
+    await pg.run('pg_ctl', [
+      '-D', pg.dataDir, '-l', pg.logFile, '-w', '-t', '30',
+      '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`,
+      'start',
+    ]);
+    await pg.run('createdb', ['-h', '127.0.0.1', '-p', String(port), '-U', 'ingot', database]);
+  } catch (err) {
+    await pg.stop().catch(() => {});
+    throw err;
+  }
+  return pg;
+}
+
+/** uid and gid of a local user, from /etc/passwd. */
+function userIds(name) {
+  const line = fs
+    .readFileSync('/etc/passwd', 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith(`${name}:`));
+  if (!line) throw new Error(`no user ${name} in /etc/passwd; PostgreSQL cannot run as root`);
+  const [, , uid, gid] = line.split(':');
+  return { uid: Number(uid), gid: Number(gid) };
+}
+
+const PG_COMMAND_TIMEOUT_MS = 60_000;
+
+export class Postgres {
+  constructor(bin, dir, port, database) {
+    this.bin = bin;
+    this.dir = dir;
+    this.dataDir = path.join(dir, 'data');
+    this.logFile = path.join(dir, 'server.log');
+    this.port = port;
+    this.database = database;
+    this.url = `postgres://ingot@127.0.0.1:${port}/${database}`;
+    this.asUser = null; // 'postgres' when this process is root
+    this.started = false;
+  }
+
+  /**
+   * Runs one of PostgreSQL's programs (as the postgres user under root) and resolves with
+   * its stdout; rejects with its output when it fails or takes longer than a minute.
+   */
+  run(program, args) {
+    const exe = path.join(this.bin, program);
+    const [cmd, argv] = this.asUser ? ['runuser', ['-u', this.asUser, '--', exe, ...args]] : [exe, args];
+    return new Promise((resolve, reject) => {
+      // stdin ignored and output to pipes that pg_ctl's server never inherits (-l).
+      const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], cwd: this.dir });
+      let out = '';
+      let err = '';
+      child.stdout.setEncoding('utf8').on('data', (d) => (out += d));
+      child.stderr.setEncoding('utf8').on('data', (d) => (err += d));
+      const timer = setTimeout(() => child.kill('SIGKILL'), PG_COMMAND_TIMEOUT_MS);
+      child.on('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+      child.on('close', (code, signal) => {
+        clearTimeout(timer);
+        if (code === 0) resolve(out);
+        else reject(new Error(`${program} ${args.join(' ')}: code ${code}, signal ${signal}\n${out}${err}\n${this.log()}`));
+      });
+    });
+  }
+
+  /** Runs one SQL statement with psql and resolves with its unaligned, tuples-only output. */
+  async query(sql) {
+    const out = await this.run('psql', [
+      '-h', '127.0.0.1', '-p', String(this.port), '-U', 'ingot', '-d', this.database, '-v', 'ON_ERROR_STOP=1', '-Atc', sql,
+    ]);
+    return out.trim();
+  }
+
+  /** The server log's last lines, for failure messages. */
+  log(n = 40) {
+    try {
+      return fs.readFileSync(this.logFile, 'utf8').split('\n').slice(-n).join('\n');
+    } catch {
+      return '(no server log)';
+    }
+  }
+
+  /** Stops the server (fast shutdown) and removes its directory. */
+  async stop() {
+    try {
+      if (this.started) await this.run('pg_ctl', ['-D', this.dataDir, '-m', 'fast', '-w', '-t', '30', 'stop']);
+      this.started = false;
+    } finally {
+      fs.rmSync(this.dir, { recursive: true, force: true });
+    }
+  }
+}
+
+/** GET /metrics of a gateway; resolves with the value of `name` (no labels), or null. */
+export async function metricValue(gw, name) {
+  const res = await fetch(`${gw.baseUrl}/metrics`, { signal: AbortSignal.timeout(5_000) });
+  const text = await res.text();
+  const m = text.match(new RegExp(`^${name}(?:\\{\\})? (\\S+)$`, 'm'));
+  return m ? Number(m[1]) : null;
+}

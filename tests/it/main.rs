@@ -14,6 +14,7 @@ mod common;
 mod admission;
 mod api;
 mod cdp;
+mod cluster;
 mod deploy;
 mod faults;
 mod fuzz;

@@ -108,7 +108,7 @@ async fn nodes_starting_together_migrate_once() {
     let versions = "SELECT string_agg(version::text, ',' ORDER BY version) FROM ingot_migrations";
     assert_eq!(
         pg.sql("together", versions),
-        "1,2",
+        "1,2,3",
         "each migration applied once"
     );
     let session = n1.create(json!({})).await;
@@ -286,8 +286,9 @@ async fn a_node_that_wakes_after_its_lease_ends_what_the_cluster_failed() {
 }
 
 /// While the database is down, creates get 503 `database_unavailable` with `Retry-After`,
-/// live sessions go on, and once it is back no node declares another dead before every node
-/// had the time to renew its lease.
+/// live sessions go on, a session that ends meanwhile gets its final record once the
+/// database is back, and no node declares another dead before every node had the time to
+/// renew its lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_refuses_creates_and_fails_no_session() {
     let _shared = shared().await;
@@ -302,7 +303,10 @@ async fn a_database_outage_refuses_creates_and_fails_no_session() {
     let a = start(dir_a.path(), &args("a")).await;
     let b = start(dir_b.path(), &args("b")).await;
     let session = a.create(json!({})).await;
+    let ended_in_outage = a.create(json!({})).await;
     pg.stop();
+    // Released while the database is down: its final record is owed, and written later.
+    a.release(&id_of(&ended_in_outage)).await;
     let refused = b
         .http
         .post(b.url("/v1/sessions"))
@@ -333,6 +337,20 @@ async fn a_database_outage_refuses_creates_and_fails_no_session() {
         b.log_text()
     );
     assert_eq!(a.session(&id_of(&session)).await["status"], "live");
+    let owed = pg.sql(
+        "outage",
+        &format!(
+            "SELECT status || ' ' || reason || ' ' || billed_minutes FROM ingot_sessions
+             WHERE session_id = '{}'",
+            id_of(&ended_in_outage)
+        ),
+    );
+    assert_eq!(
+        owed,
+        "released user_requested 1",
+        "the final record written during the outage is retried\n{}",
+        a.log_text()
+    );
     let again = b.create(json!({})).await;
     b.release(&id_of(&again)).await;
     a.release(&id_of(&session)).await;

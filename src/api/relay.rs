@@ -1,0 +1,242 @@
+//! Cluster mode at the API: a request for a session another node owns, or a create this
+//! node has no room for, is relayed to that node; requests from other nodes are recognised.
+//!
+//! A client's request is relayed at most once: the receiving node sees the cluster's secret
+//! ([`peer_hop`]) and answers itself. The node that owns a session authenticates the relayed
+//! request with the client's own key, exactly as a direct one, so relaying gives a client
+//! nothing its key does not. Handlers ask [`Relay`] first and answer locally when it
+//! declines.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use super::wire::PublicUrls;
+use crate::cluster::Cluster;
+use crate::cluster::forward::{INTERNAL_PREFIX, Outgoing, SECRET_HEADER, VIA_HEADER};
+use crate::telemetry;
+
+/// Marks a request that another node of the cluster relayed.
+#[derive(Debug, Clone)]
+pub struct Hop {
+    /// The public URL of the node the client talks to: links in the answer point there.
+    via: Option<Arc<PublicUrls>>,
+}
+
+/// Refuses `x-ingot-*` headers without the cluster's secret (403); with it, marks the
+/// request as relayed by another node.
+pub async fn peer_hop(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if !headers
+        .keys()
+        .any(|name| name.as_str().starts_with(INTERNAL_PREFIX))
+    {
+        return next.run(request).await;
+    }
+    let from_peer = state
+        .cluster
+        .as_ref()
+        .zip(headers.get(SECRET_HEADER))
+        .is_some_and(|(cluster, secret)| cluster.secret_matches(secret.as_bytes()));
+    if !from_peer {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cluster_only",
+            "x-ingot-* headers are for the nodes of an ingot cluster",
+        )
+        .into_response();
+    }
+    let via = headers
+        .get(VIA_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.starts_with("http://") || v.starts_with("https://"))
+        .map(|v| Arc::new(PublicUrls::new(v)));
+    request.extensions_mut().insert(Hop { via });
+    next.run(request).await
+}
+
+/// What a handler needs to relay its request: the request line and headers, and whether
+/// it came from another node (then it is never relayed again).
+pub struct Relay {
+    out: Outgoing,
+    hop: Option<Hop>,
+}
+
+impl FromRequestParts<AppState> for Relay {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(Relay {
+            out: Outgoing {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                headers: parts.headers.clone(),
+            },
+            hop: parts.extensions.get::<Hop>().cloned(),
+        })
+    }
+}
+
+impl Relay {
+    /// The base URLs links in the answer use: the relaying node's, else this node's.
+    pub fn links(&self, state: &AppState) -> Arc<PublicUrls> {
+        self.hop
+            .as_ref()
+            .and_then(|h| h.via.clone())
+            .unwrap_or_else(|| state.urls.clone())
+    }
+
+    /// The cluster, when this request may be relayed: cluster mode, from a client.
+    fn cluster<'a>(&self, state: &'a AppState) -> Option<&'a Arc<Cluster>> {
+        match self.hop {
+            Some(_) => None,
+            None => state.cluster.as_ref(),
+        }
+    }
+
+    /// Places a create on another node when this one has no room (or takes no sessions)
+    /// and another has; `None` to create here. An answer that says the other node filled
+    /// up meanwhile, or no answer, also means here: this node's queue decides.
+    pub async fn create_elsewhere(&self, state: &AppState, body: &Bytes) -> Option<Response> {
+        let cluster = self.cluster(state)?;
+        if state.registry.takes_sessions_now() {
+            return None;
+        }
+        let node = cluster.place()?;
+        match cluster
+            .send(&node, &self.out, body.clone(), &state.urls.http)
+            .await
+        {
+            Ok(answer) => {
+                telemetry::forwarded("create", true);
+                let answer = full_there(answer).await?;
+                info!(node = %node, "no room here: the session was placed on another node");
+                Some(answer)
+            }
+            Err(e) => {
+                telemetry::forwarded("create", false);
+                warn!(error = %e, "cannot place a session on another node; trying here");
+                None
+            }
+        }
+    }
+
+    /// Relays a request about session `id` to the node that runs it, when that is another
+    /// live node. `None` when no other node runs it, or it could not be reached (its node
+    /// died: the directory will say what became of the session).
+    pub async fn to_owner(
+        &self,
+        state: &AppState,
+        id: Uuid,
+        kind: &'static str,
+        body: Bytes,
+    ) -> Result<Option<Response>, ApiError> {
+        let Some(cluster) = self.cluster(state) else {
+            return Ok(None);
+        };
+        let Some(owner) = cluster.owner_of(id).await? else {
+            return Ok(None);
+        };
+        match cluster
+            .send(&owner, &self.out, body, &state.urls.http)
+            .await
+        {
+            Ok(answer) => {
+                telemetry::forwarded(kind, true);
+                if matches!(answer.status(), StatusCode::NOT_FOUND | StatusCode::GONE) {
+                    cluster.forget(id);
+                }
+                Ok(Some(answer))
+            }
+            Err(e) => {
+                telemetry::forwarded(kind, false);
+                warn!(session_id = %id, error = %e, "cannot reach the node that runs the session");
+                cluster.forget(id);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Passes a release-all to every other live node, which ends the caller's sessions
+    /// there; waits for all of them.
+    pub async fn release_everywhere(&self, state: &AppState) {
+        let Some(cluster) = self.cluster(state) else {
+            return;
+        };
+        let sends = cluster.peer_urls().into_iter().map(|node| async move {
+            let sent = cluster
+                .send(&node, &self.out, Bytes::new(), &state.urls.http)
+                .await;
+            telemetry::forwarded("release_all", sent.is_ok());
+            if let Err(e) = sent {
+                warn!(error = %e, "cannot pass a release-all to another node");
+            }
+        });
+        futures_util::future::join_all(sends).await;
+    }
+}
+
+/// Passes a CDP WebSocket upgrade for session `id` to the node that runs it; `None` when no
+/// other live node does (or this request came from one).
+pub async fn upgrade_to_owner(
+    state: &AppState,
+    id: Uuid,
+    request: Request,
+) -> Result<Result<Response, Request>, ApiError> {
+    let cluster = match (&state.cluster, request.extensions().get::<Hop>()) {
+        (Some(cluster), None) => cluster,
+        _ => return Ok(Err(request)),
+    };
+    let Some(owner) = cluster.owner_of(id).await? else {
+        return Ok(Err(request));
+    };
+    match cluster.upgrade(&owner, request, &state.clients).await {
+        Ok(answer) => {
+            telemetry::forwarded("upgrade", true);
+            if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+                cluster.forget(id);
+            }
+            Ok(Ok(answer))
+        }
+        Err(e) => {
+            telemetry::forwarded("upgrade", false);
+            warn!(session_id = %id, error = %e, "cannot reach the node that runs the session");
+            cluster.forget(id);
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "node_unreachable",
+                format!(
+                    "the node that runs session {id} does not answer; retry, or create a new session"
+                ),
+            ))
+        }
+    }
+}
+
+/// Another node's answer to a create, unless it means "no room there" (it filled up or
+/// began draining meanwhile): then `None`, and this node queues the create itself. A
+/// tenant's quota holds on every node, so that refusal is the answer.
+async fn full_there(answer: Response) -> Option<Response> {
+    let status = answer.status();
+    if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
+        return Some(answer);
+    }
+    let (parts, body) = answer.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 10).await.ok()?;
+    let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+    match code.as_deref() {
+        Some("tenant_quota") => Some(Response::from_parts(parts, axum::body::Body::from(bytes))),
+        _ => None,
+    }
+}

@@ -1,0 +1,254 @@
+//! Passing a request or a WebSocket upgrade to another node, byte for byte.
+//!
+//! A forwarded request keeps the client's method, path, query and headers (its API key
+//! with them, so the other node authenticates it exactly as a direct one) and gains the
+//! cluster's secret, which tells the receiver not to pass it on again. After a WebSocket
+//! upgrade the two sockets are joined and bytes are copied both ways without reading
+//! messages. It must not read or change what passes through.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use bytes::Bytes;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::Cluster;
+
+/// Carries the cluster's secret: the request comes from another node.
+pub const SECRET_HEADER: &str = "x-ingot-cluster-secret";
+/// The public URL of the node the client talks to, for links in the answer.
+pub const VIA_HEADER: &str = "x-ingot-via";
+/// Every header that only nodes may send starts with this.
+pub const INTERNAL_PREFIX: &str = "x-ingot-";
+
+/// Longest wait for a TCP connection to another node.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for another node's answer (a create may queue, then launch a browser).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// Buffer of each direction of a joined WebSocket.
+const COPY_BUFFER: usize = 64 << 10;
+
+/// Headers of one connection, never passed on (RFC 9110, section 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+];
+
+/// The other node could not be asked.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the node at {url}: {why}")]
+pub struct Unreachable {
+    /// The node's advertise URL.
+    pub url: String,
+    /// What went wrong.
+    pub why: String,
+}
+
+/// What is passed on: the client's request line and headers.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+impl Cluster {
+    /// Sends `out` with `body` to the node at `base` and returns its answer, streamed.
+    /// `via` is the public URL the client used, for links in the answer.
+    pub async fn send(
+        &self,
+        base: &str,
+        out: &Outgoing,
+        body: Bytes,
+        via: &str,
+    ) -> Result<Response<Body>, Unreachable> {
+        let unreachable = |why: String| Unreachable {
+            url: base.to_owned(),
+            why,
+        };
+        let mut request = self.request(out, Body::from(body), true)?;
+        if let Ok(via) = HeaderValue::from_str(via) {
+            request.headers_mut().insert(VIA_HEADER, via);
+        }
+        let mut sender = connect(base, false).await?;
+        let response = tokio::time::timeout(ANSWER_TIMEOUT, sender.send_request(request))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {ANSWER_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(answer(response))
+    }
+
+    /// The id of the node that answers `/healthz` at `base`.
+    pub async fn whoami(&self, base: &str) -> Result<String, Unreachable> {
+        let unreachable = |why: String| Unreachable {
+            url: base.to_owned(),
+            why,
+        };
+        let authority = url::Url::parse(base)
+            .map_err(|e| unreachable(e.to_string()))?
+            .authority()
+            .to_owned();
+        let mut headers = HeaderMap::new();
+        if let Ok(host) = HeaderValue::from_str(&authority) {
+            headers.insert(axum::http::header::HOST, host);
+        }
+        let out = Outgoing {
+            method: Method::GET,
+            uri: Uri::from_static("/healthz"),
+            headers,
+        };
+        let answer = self.send(base, &out, Bytes::new(), base).await?;
+        let body = axum::body::to_bytes(answer.into_body(), 64 << 10)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|_| unreachable("not an ingot node".into()))?;
+        json["node"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| unreachable("an ingot node that is not in a cluster answers".into()))
+    }
+
+    /// Passes a WebSocket upgrade to the node at `base`. When that node accepts it, the
+    /// client gets its 101 and the two sockets are joined (on `tasks`) until either closes
+    /// or this node stops; otherwise the client gets that node's answer.
+    pub async fn upgrade(
+        &self,
+        base: &str,
+        mut request: Request<Body>,
+        tasks: &TaskTracker,
+    ) -> Result<Response<Body>, Unreachable> {
+        let client_side = hyper::upgrade::on(&mut request);
+        let (parts, _) = request.into_parts();
+        let out = Outgoing {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+        };
+        let outgoing = self.request(&out, Body::empty(), false)?;
+        let mut sender = connect(base, true).await?;
+        let mut response = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(outgoing))
+            .await
+            .map_err(|_| Unreachable {
+                url: base.to_owned(),
+                why: format!("no answer to the upgrade within {CONNECT_TIMEOUT:?}"),
+            })?
+            .map_err(|e| Unreachable {
+                url: base.to_owned(),
+                why: e.to_string(),
+            })?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(answer(response));
+        }
+        let owner_side = hyper::upgrade::on(&mut response);
+        let stop = self.stopping();
+        tasks.spawn(async move {
+            let (client, owner) = match tokio::join!(client_side, owner_side) {
+                (Ok(client), Ok(owner)) => (client, owner),
+                (Err(e), _) | (_, Err(e)) => {
+                    debug!(error = %e, "a forwarded WebSocket upgrade did not complete");
+                    return;
+                }
+            };
+            let (mut client, mut owner) = (TokioIo::new(client), TokioIo::new(owner));
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut client, &mut owner, COPY_BUFFER, COPY_BUFFER) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+        let mut switching = Response::new(Body::empty());
+        *switching.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *switching.headers_mut() = response.headers().clone();
+        Ok(switching)
+    }
+
+    /// The request passed on: the client's, with the cluster's secret. Hop-by-hop headers
+    /// are dropped unless the request is an upgrade, whose `Connection` and `Upgrade` are
+    /// the point.
+    fn request(
+        &self,
+        out: &Outgoing,
+        body: Body,
+        drop_hop_by_hop: bool,
+    ) -> Result<Request<Body>, Unreachable> {
+        let mut request = Request::new(body);
+        *request.method_mut() = out.method.clone();
+        *request.uri_mut() = out
+            .uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        let headers = request.headers_mut();
+        for (name, value) in &out.headers {
+            let internal = name.as_str().starts_with(INTERNAL_PREFIX);
+            let hop = drop_hop_by_hop && HOP_BY_HOP.contains(&name.as_str());
+            if !internal && !hop {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let secret = HeaderValue::from_str(self.secret()).map_err(|e| Unreachable {
+            url: String::new(),
+            why: e.to_string(),
+        })?;
+        headers.insert(HeaderName::from_static(SECRET_HEADER), secret);
+        Ok(request)
+    }
+}
+
+/// Another node's answer as this node's: the body streams through; the framing headers of
+/// that connection are dropped (this connection has its own).
+fn answer(response: Response<hyper::body::Incoming>) -> Response<Body> {
+    let mut response = response.map(Body::new);
+    for name in HOP_BY_HOP {
+        if name != "content-length" {
+            response.headers_mut().remove(name);
+        }
+    }
+    response
+}
+
+/// An HTTP/1 connection to the node at `base` (`http://host:port`).
+async fn connect(base: &str, upgrades: bool) -> Result<http1::SendRequest<Body>, Unreachable> {
+    let unreachable = |why: String| Unreachable {
+        url: base.to_owned(),
+        why,
+    };
+    let url = url::Url::parse(base).map_err(|e| unreachable(e.to_string()))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| unreachable("no host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
+        .await
+        .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    tokio::spawn(async move {
+        let result = if upgrades {
+            connection.with_upgrades().await
+        } else {
+            connection.await
+        };
+        if let Err(e) = result {
+            debug!(error = %e, "connection to another node ended with an error");
+        }
+    });
+    Ok(sender)
+}

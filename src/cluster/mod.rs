@@ -1,0 +1,178 @@
+//! Cluster mode (`--database-url`): the other nodes, where each session lives, and where a
+//! new session should go.
+//!
+//! Owns this node's view of the live nodes (refreshed every second from the shared
+//! database, with what each can take), the cache of session owners (an owner never
+//! changes), placement of creates, the secret nodes present to each other, and the HTTP
+//! client that passes requests and WebSockets on ([`forward`]). It must not know about
+//! sessions' states or Steel's JSON: the node that owns a session answers for it, and
+//! forwarded bytes pass through unread.
+
+pub mod forward;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::metering::MeterError;
+use crate::metering::postgres::{NodeRow, PgLedger};
+use crate::sync::lock;
+use crate::telemetry;
+
+/// Most session owners remembered; the cache starts over when it is full.
+const MAX_OWNERS: usize = 10_000;
+
+/// This node's membership of a cluster.
+pub struct Cluster {
+    ledger: Arc<PgLedger>,
+    node: String,
+    secret: String,
+    /// The other nodes with a live lease, as they last described themselves.
+    peers: RwLock<Vec<NodeRow>>,
+    /// Where sessions of other nodes live: their node's advertise URL.
+    owners: Mutex<HashMap<Uuid, Arc<str>>>,
+    /// Cancelled when this node stops: forwarded WebSockets close.
+    stop: CancellationToken,
+}
+
+impl Cluster {
+    /// Membership for node `node`, which has joined the database behind `ledger`.
+    pub async fn new(ledger: Arc<PgLedger>, node: String) -> Result<Cluster, MeterError> {
+        let secret = ledger.cluster_secret().await?;
+        Ok(Cluster {
+            ledger,
+            node,
+            secret,
+            peers: RwLock::default(),
+            owners: Mutex::default(),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The secret this node presents to the others.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// Whether `presented` is the cluster's secret (compared in constant time).
+    pub fn secret_matches(&self, presented: &[u8]) -> bool {
+        bool::from(self.secret.as_bytes().ct_eq(presented))
+    }
+
+    /// A token cancelled when this node stops.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Closes every forwarded WebSocket: this node is stopping.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+
+    /// The advertise URL of the ready node with the most free slots, other than this one,
+    /// if any has a free slot. Its count is lowered here at once, so that creates arriving
+    /// before the next refresh spread out.
+    pub fn place(&self) -> Option<String> {
+        choose(&mut self.peers.write().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The advertise URLs of every other live node.
+    pub fn peer_urls(&self) -> Vec<String> {
+        self.peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|p| p.advertise_url.clone())
+            .collect()
+    }
+
+    /// The advertise URL of the node that runs live session `id`, when it is another live
+    /// node; from the cache, else from the database.
+    pub async fn owner_of(&self, id: Uuid) -> Result<Option<Arc<str>>, MeterError> {
+        if let Some(url) = lock(&self.owners).get(&id) {
+            return Ok(Some(url.clone()));
+        }
+        let started = Instant::now();
+        let owner = self.ledger.owner_of(id).await;
+        telemetry::directory_query(started.elapsed());
+        let Some((_, url)) = owner? else {
+            return Ok(None);
+        };
+        let url: Arc<str> = url.into();
+        let mut owners = lock(&self.owners);
+        if owners.len() >= MAX_OWNERS {
+            owners.clear();
+        }
+        owners.insert(id, url.clone());
+        Ok(Some(url))
+    }
+
+    /// Forgets where session `id` lives: it ended, or its node could not be reached.
+    pub fn forget(&self, id: Uuid) {
+        lock(&self.owners).remove(&id);
+    }
+
+    /// Tells the others what this node can take (`free_slots`, `ready`), then reads which
+    /// nodes are live and what they can take.
+    pub async fn refresh(&self, free_slots: usize, ready: bool) -> Result<(), MeterError> {
+        self.ledger
+            .publish(i64::try_from(free_slots).unwrap_or(i64::MAX), ready)
+            .await?;
+        let started = Instant::now();
+        let nodes = self.ledger.live_nodes().await;
+        telemetry::directory_query(started.elapsed());
+        let nodes = nodes?;
+        telemetry::cluster_nodes(nodes.len());
+        let peers = nodes.into_iter().filter(|n| n.node != self.node).collect();
+        *self.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
+        Ok(())
+    }
+}
+
+/// Takes one slot of the ready node with the most free slots; returns its URL.
+fn choose(peers: &mut [NodeRow]) -> Option<String> {
+    let best = peers
+        .iter_mut()
+        .filter(|p| p.ready && p.free_slots > 0 && p.advertise_url.is_some())
+        .max_by_key(|p| p.free_slots)?;
+    best.free_slots -= 1;
+    best.advertise_url.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(node: &str, free: i64, ready: bool) -> NodeRow {
+        NodeRow {
+            node: node.into(),
+            advertise_url: Some(format!("http://{node}")),
+            free_slots: free,
+            ready,
+        }
+    }
+
+    #[test]
+    fn placement_prefers_the_ready_node_with_most_free_slots_and_spreads() {
+        let mut peers = vec![row("a", 1, true), row("b", 2, true), row("c", 9, false)];
+        assert_eq!(choose(&mut peers).as_deref(), Some("http://b"));
+        let second = choose(&mut peers);
+        assert!(second.is_some(), "a and b tie at 1");
+        let third = choose(&mut peers);
+        assert_ne!(second, third, "each placed create lowers its node's count");
+        assert_eq!(
+            choose(&mut peers),
+            None,
+            "c is not ready; nobody else has room"
+        );
+    }
+}

@@ -1,0 +1,471 @@
+//! Cluster mode: three `ingot` nodes on one PostgreSQL (started by the test), real Chromium.
+//! Any node serves any session: creates are placed where there is room, CDP WebSockets and
+//! requests reach the owner through whichever node a client asks, release-all and quotas
+//! hold across nodes, tenants stay apart, and a bad advertise URL stops a node at start.
+
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::common::postgres::Postgres;
+use crate::common::*;
+
+const ALICE: &str = "alice-key-0123456789abcdef";
+const BOB: &str = "bob-key-0123456789abcdef";
+
+fn id_of(session: &Value) -> String {
+    session["id"].as_str().expect("id").to_owned()
+}
+
+/// A cluster of nodes named `a`, `b`, `c`… on database `db`, each with `extra` flags.
+struct Cluster {
+    pg: Postgres,
+    db: &'static str,
+    nodes: Vec<Gateway>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    async fn start(db: &'static str, n: usize, extra: &[&str]) -> Cluster {
+        let pg = Postgres::start();
+        pg.create_database(db);
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for i in 0..n {
+            let dir = tempfile::tempdir().expect("data dir");
+            let name = ((b'a' + i as u8) as char).to_string();
+            let url = pg.url(db);
+            let mut args = vec!["--database-url", &url, "--node-id", &name];
+            args.extend_from_slice(extra);
+            nodes.push(Gateway::start_in(dir.path(), &args).await);
+            dirs.push(dir);
+        }
+        let cluster = Cluster {
+            pg,
+            db,
+            nodes,
+            _dirs: dirs,
+        };
+        cluster.wait_until_all_see(n).await;
+        cluster
+    }
+
+    /// Waits until every node sees `n` live nodes (they exchange capacity every second).
+    async fn wait_until_all_see(&self, n: usize) {
+        for node in &self.nodes {
+            let deadline = std::time::Instant::now() + secs(10);
+            while node.scrape().await.samples.iter().all(|s| {
+                s.metric != "ingot_cluster_nodes"
+                    || !matches!(s.value, prometheus_parse::Value::Gauge(v) if v as usize == n)
+            }) {
+                assert!(std::time::Instant::now() < deadline, "nodes never met");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// The node that runs session `id`, from the shared database.
+    fn owner(&self, id: &str) -> String {
+        self.pg.sql(
+            self.db,
+            &format!("SELECT node FROM ingot_sessions WHERE session_id = '{id}'"),
+        )
+    }
+
+    fn node(&self, name: &str) -> &Gateway {
+        &self.nodes[(name.as_bytes()[0] - b'a') as usize]
+    }
+}
+
+/// The fields of a session that must read the same whichever node answers.
+fn stable_fields(s: &Value) -> Value {
+    let mut s = s.clone();
+    for volatile in ["duration", "websocketUrl", "debugUrl", "sessionViewerUrl"] {
+        s.as_object_mut().expect("object").remove(volatile);
+    }
+    s
+}
+
+/// Width and height of a PNG, from its header.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert_eq!(&png[1..4], b"PNG", "a PNG");
+    let be = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().expect("4 bytes"));
+    (be(16), be(20))
+}
+
+/// A create on a full node is placed on another; its WebSocket URL points at the node the
+/// client asked; CDP (including a 3000×3000 screenshot), discovery, retrieve, list and
+/// release work through every node; the figures agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_serves_any_session() {
+    let _exclusive = exclusive().await;
+    let cluster = Cluster::start("any_node", 3, &["--max-sessions", "1"]).await;
+    let (a, b, c) = (cluster.node("a"), cluster.node("b"), cluster.node("c"));
+    let here = a.create(json!({})).await;
+    assert_eq!(cluster.owner(&id_of(&here)), "a", "a had room: {here}");
+    let placed = a.create(json!({})).await;
+    let id = id_of(&placed);
+    let owner = cluster.owner(&id);
+    assert_ne!(owner, "a", "a was full, so the session went elsewhere");
+    let ws = placed["websocketUrl"].as_str().expect("websocketUrl");
+    assert!(
+        ws.starts_with(&format!("ws://127.0.0.1:{}/", a.port)),
+        "links point at the node the client asked: {ws}"
+    );
+    let non_owner = if owner == "b" { c } else { b };
+
+    // CDP through the node that took the create, and through the third node.
+    let mut through_a = Cdp::connect(ws).await;
+    let page = through_a.attach_first_page().await;
+    assert_eq!(through_a.eval(&page, "6 * 7").await, json!(42));
+    let third = non_owner.url(&format!("/devtools/browser/{id}"));
+    let mut through_third = Cdp::connect(&third.replace("http://", "ws://")).await;
+    let page3 = through_third.attach_first_page().await;
+    screenshot_3000(&mut through_third, &page3).await;
+    through_third.close().await;
+
+    // Discovery answers with a WebSocket URL on the node asked.
+    let (status, version) = non_owner
+        .get(&format!("/json/version?sessionId={id}"))
+        .await;
+    assert_eq!(status, 200, "{version}");
+    let endpoint = version["webSocketDebuggerUrl"].as_str().expect("url");
+    assert!(
+        endpoint.contains(&format!(":{}/", non_owner.port)),
+        "{endpoint}"
+    );
+
+    // The same session, whichever node answers.
+    let seen: Vec<Value> =
+        futures_util::future::join_all(cluster.nodes.iter().map(|n| n.session(&id))).await;
+    for s in &seen[1..] {
+        assert_eq!(stable_fields(s), stable_fields(&seen[0]));
+    }
+    for node in &cluster.nodes {
+        let (_, list) = node.get("/v1/sessions").await;
+        let ids: Vec<&str> = list["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .map(|s| s["id"].as_str().expect("id"))
+            .collect();
+        assert_eq!(ids, [id.as_str(), &id_of(&here)], "newest first: {list}");
+    }
+
+    // Released through a node that does not own it: the owner ends it.
+    let (status, released) = non_owner
+        .post(&format!("/v1/sessions/{id}/release"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{released}");
+    let ended = through_a.wait_end(secs(5)).await;
+    assert!(matches!(ended, Ended::Closed(_)), "{ended:?}");
+    assert_eq!(a.session(&id).await["status"], "released");
+    assert_upgrade_refused(ws, 410).await;
+    a.release(&id_of(&here)).await;
+
+    let scrape = a.scrape().await;
+    let forwarded = |kind: &str| {
+        metric(
+            &scrape,
+            "ingot_cluster_forwarded_total",
+            &[("kind", kind), ("outcome", "ok")],
+        )
+    };
+    assert!(forwarded("create") >= 1.0 && forwarded("upgrade") >= 1.0);
+    let (_, usage) = c.get("/v1/usage").await;
+    assert_eq!(usage["total"]["sessions"], 2, "{usage}");
+    let billed = cluster
+        .pg
+        .sql(cluster.db, "SELECT sum(billed_minutes) FROM ingot_sessions");
+    assert_eq!(
+        usage["total"]["billedMinutes"].to_string(),
+        billed,
+        "{usage}"
+    );
+}
+
+/// A 3000×3000 PNG screenshot passes through a forwarding node whole.
+async fn screenshot_3000(cdp: &mut Cdp, page: &str) {
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 3000, "height": 3000, "deviceScaleFactor": 1, "mobile": false}),
+        Some(page),
+    )
+    .await;
+    cdp.eval(
+        page,
+        "document.body.style.background = 'linear-gradient(45deg, red, blue)'; 1",
+    )
+    .await;
+    let shot = cdp
+        .call(
+            "Page.captureScreenshot",
+            json!({"format": "png"}),
+            Some(page),
+        )
+        .await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().expect("data"))
+        .expect("base64");
+    assert_eq!(png_size(&png), (3000, 3000));
+}
+
+/// Release-all through one node ends the caller's sessions on every node and no other
+/// tenant's; another tenant's session id answers 404 on every node, for every route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_all_spans_nodes_and_tenants_stay_apart() {
+    let _shared = shared().await;
+    let keys = format!("alice:{ALICE},bob:{BOB}");
+    let cluster = Cluster::start(
+        "tenants_apart",
+        3,
+        &["--api-keys", &keys, "--max-sessions", "1"],
+    )
+    .await;
+    let call = |node: &Gateway, method: &str, path: &str, key: &str| {
+        let request = node
+            .http
+            .request(method.parse().expect("method"), node.url(path))
+            .header("steel-api-key", key)
+            .header("content-type", "application/json");
+        let request = if method == "POST" {
+            request.body("{}")
+        } else {
+            request
+        };
+        async move {
+            let r = request.send().await.expect("answer");
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let a = cluster.node("a");
+    let (_, alice1) = call(a, "POST", "/v1/sessions", ALICE).await;
+    let (_, alice2) = call(a, "POST", "/v1/sessions", ALICE).await;
+    let (_, bob1) = call(a, "POST", "/v1/sessions", BOB).await;
+    let owners: Vec<String> = [&alice1, &alice2, &bob1]
+        .iter()
+        .map(|s| cluster.owner(&id_of(s)))
+        .collect();
+    let mut distinct = owners.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "one session per node: {owners:?}");
+
+    for node in &cluster.nodes {
+        let alice = id_of(&alice1);
+        assert_eq!(
+            call(node, "GET", &format!("/v1/sessions/{alice}"), BOB)
+                .await
+                .0,
+            404
+        );
+        assert_eq!(
+            call(node, "POST", &format!("/v1/sessions/{alice}/release"), BOB)
+                .await
+                .0,
+            404
+        );
+        assert_upgrade_refused(
+            &format!(
+                "ws://127.0.0.1:{}/?sessionId={alice}&apiKey={BOB}",
+                node.port
+            ),
+            404,
+        )
+        .await;
+    }
+
+    let b = cluster.node("b");
+    let (status, _) = call(b, "POST", "/v1/sessions/release", ALICE).await;
+    assert_eq!(status, 200);
+    for s in [&alice1, &alice2] {
+        let (_, seen) = call(b, "GET", &format!("/v1/sessions/{}", id_of(s)), ALICE).await;
+        assert_eq!(seen["status"], "released", "{seen}");
+    }
+    let (_, bob_seen) = call(b, "GET", &format!("/v1/sessions/{}", id_of(&bob1)), BOB).await;
+    assert_eq!(
+        bob_seen["status"], "live",
+        "bob's session goes on: {bob_seen}"
+    );
+    call(
+        b,
+        "POST",
+        &format!("/v1/sessions/{}/release", id_of(&bob1)),
+        BOB,
+    )
+    .await;
+}
+
+/// A tenant's quota counts its live sessions on every node: creates fired at once on three
+/// nodes never take it one session over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_quota_holds_across_nodes_under_concurrent_creates() {
+    let _shared = shared().await;
+    let keys = format!("alice:{ALICE}");
+    let cluster = Cluster::start(
+        "quota",
+        3,
+        &[
+            "--api-keys",
+            &keys,
+            "--max-sessions-per-tenant",
+            "2",
+            "--max-sessions",
+            "2",
+            "--queue-timeout-ms",
+            "0",
+        ],
+    )
+    .await;
+    let creates = cluster.nodes.iter().flat_map(|node| {
+        (0..2).map(move |_| async move {
+            let r = node
+                .http
+                .post(node.url("/v1/sessions"))
+                .header("steel-api-key", ALICE)
+                .json(&json!({}))
+                .send()
+                .await
+                .expect("answer");
+            (r.status().as_u16(), r.json::<Value>().await.expect("JSON"))
+        })
+    });
+    let answers = futures_util::future::join_all(creates).await;
+    let created = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(created, 2, "{answers:?}");
+    for (status, body) in answers.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!(*status, 429, "{body}");
+        assert_eq!(body["error"]["code"], "tenant_quota", "{body}");
+    }
+    let live = cluster.pg.sql(
+        cluster.db,
+        "SELECT count(*) FROM ingot_sessions WHERE status = 'live'",
+    );
+    assert_eq!(live, "2");
+    let a = cluster.node("a");
+    let released = a
+        .http
+        .post(a.url("/v1/sessions/release"))
+        .header("steel-api-key", ALICE)
+        .send()
+        .await
+        .expect("release-all");
+    assert_eq!(released.status(), 200);
+}
+
+/// A draining node takes no new sessions and its session goes on; the others keep placing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_takes_no_sessions_and_the_others_keep_placing() {
+    let _shared = shared().await;
+    let cluster = Cluster::start(
+        "drain",
+        3,
+        &[
+            "--max-sessions",
+            "1",
+            "--shutdown-drain-ms",
+            "60000",
+            "--queue-timeout-ms",
+            "0",
+        ],
+    )
+    .await;
+    let (a, b) = (cluster.node("a"), cluster.node("b"));
+    let on_a = a.create(json!({})).await;
+    let mut client = Cdp::connect(on_a["websocketUrl"].as_str().expect("url")).await;
+    a.signal(libc::SIGTERM);
+    assert!(
+        a.wait_for_log("draining", secs(5)).await,
+        "{}",
+        a.log_text()
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let on_b = b.create(json!({})).await;
+    assert_eq!(cluster.owner(&id_of(&on_b)), "b");
+    let placed = b.create(json!({})).await;
+    assert_eq!(
+        cluster.owner(&id_of(&placed)),
+        "c",
+        "b is full and a drains: c takes it"
+    );
+    let (status, refused) = b.post("/v1/sessions", json!({})).await;
+    assert_eq!(status, 429, "every node is full or draining: {refused}");
+    let page = client.attach_first_page().await;
+    assert_eq!(
+        client.eval(&page, "1 + 1").await,
+        json!(2),
+        "a's session goes on"
+    );
+    for s in [&on_a, &on_b, &placed] {
+        b.release(&id_of(s)).await;
+    }
+}
+
+/// An advertise URL that does not lead to the node stops it at start, with a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advertise_url_that_misses_the_node_stops_the_start() {
+    let _shared = shared().await;
+    let pg = Postgres::start();
+    pg.create_database("advertise");
+    let dir = tempfile::tempdir().expect("dir");
+    let other = Gateway::start_in(
+        dir.path(),
+        &["--database-url", &pg.url("advertise"), "--node-id", "other"],
+    )
+    .await;
+    for (url, says) in [
+        (
+            format!("http://127.0.0.1:{}", free_port()),
+            "does not reach this node",
+        ),
+        (
+            format!("http://127.0.0.1:{}", other.port),
+            "node \"other\" answers there",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("dir");
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(BIN)
+                .args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--pool-size",
+                    "0",
+                    "--node-id",
+                    "lost",
+                ])
+                .args([
+                    "--database-url",
+                    &pg.url("advertise"),
+                    "--advertise-url",
+                    &url,
+                ])
+                .arg("--data-dir")
+                .arg(dir.path())
+                .output(),
+        )
+        .await
+        .expect("exits in time")
+        .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
+    let answer = other
+        .http
+        .get(other.url("/healthz"))
+        .header("x-ingot-cluster-secret", "guess")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        answer.status(),
+        403,
+        "internal headers need the cluster's secret"
+    );
+}
