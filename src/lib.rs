@@ -6,9 +6,10 @@
 //! way:
 //!
 //! ```text
-//! main.rs ─> gateway ─> http ─> api ─> proxy ─> session ─┬─> cdp ─> browser
-//!                                                        ├─> metering ─> telemetry
-//!                                                        └─> auth
+//! main.rs ─> gateway ─> http ─> api ─┬─> proxy ─> session ─┬─> cdp ─> browser
+//!                                    │                     ├─> metering ─> telemetry
+//!                                    │                     └─> auth
+//!                                    └─> cluster ─> metering (PgLedger)
 //! every module may use the leaves: vocab (shared words) and sync (the lock helper)
 //! ```
 

@@ -77,7 +77,7 @@ impl Cluster {
             url: base.to_owned(),
             why,
         };
-        let mut request = self.request(out, Body::from(body), true)?;
+        let mut request = outgoing(out, Body::from(body), true, self.secret())?;
         if let Ok(via) = HeaderValue::from_str(via) {
             request.headers_mut().insert(VIA_HEADER, via);
         }
@@ -136,7 +136,7 @@ impl Cluster {
             uri: parts.uri,
             headers: parts.headers,
         };
-        let outgoing = self.request(&out, Body::empty(), false)?;
+        let outgoing = outgoing(&out, Body::empty(), false, self.secret())?;
         let mut sender = connect(base, true).await?;
         let mut response = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(outgoing))
             .await
@@ -173,37 +173,37 @@ impl Cluster {
         *switching.headers_mut() = response.headers().clone();
         Ok(switching)
     }
+}
 
-    /// The request passed on: the client's, with the cluster's secret. Hop-by-hop headers
-    /// are dropped unless the request is an upgrade, whose `Connection` and `Upgrade` are
-    /// the point.
-    fn request(
-        &self,
-        out: &Outgoing,
-        body: Body,
-        drop_hop_by_hop: bool,
-    ) -> Result<Request<Body>, Unreachable> {
-        let mut request = Request::new(body);
-        *request.method_mut() = out.method.clone();
-        *request.uri_mut() = out
-            .uri
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-        let headers = request.headers_mut();
-        for (name, value) in &out.headers {
-            let internal = name.as_str().starts_with(INTERNAL_PREFIX);
-            let hop = drop_hop_by_hop && HOP_BY_HOP.contains(&name.as_str());
-            if !internal && !hop {
-                headers.append(name.clone(), value.clone());
-            }
+/// The request passed on: the client's, with the cluster's `secret`. Headers only nodes
+/// may send are dropped (the secret is set anew), and so are hop-by-hop headers unless the
+/// request is an upgrade, whose `Connection` and `Upgrade` are the point.
+fn outgoing(
+    out: &Outgoing,
+    body: Body,
+    drop_hop_by_hop: bool,
+    secret: &str,
+) -> Result<Request<Body>, Unreachable> {
+    let mut request = Request::new(body);
+    *request.method_mut() = out.method.clone();
+    *request.uri_mut() = out
+        .uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    let headers = request.headers_mut();
+    for (name, value) in &out.headers {
+        let internal = name.as_str().starts_with(INTERNAL_PREFIX);
+        let hop = drop_hop_by_hop && HOP_BY_HOP.contains(&name.as_str());
+        if !internal && !hop {
+            headers.append(name.clone(), value.clone());
         }
-        let secret = HeaderValue::from_str(self.secret()).map_err(|e| Unreachable {
-            url: String::new(),
-            why: e.to_string(),
-        })?;
-        headers.insert(HeaderName::from_static(SECRET_HEADER), secret);
-        Ok(request)
     }
+    let secret = HeaderValue::from_str(secret).map_err(|e| Unreachable {
+        url: String::new(),
+        why: e.to_string(),
+    })?;
+    headers.insert(HeaderName::from_static(SECRET_HEADER), secret);
+    Ok(request)
 }
 
 /// Another node's answer as this node's: the body streams through; the framing headers of
@@ -251,4 +251,50 @@ async fn connect(base: &str, upgrades: bool) -> Result<http1::SendRequest<Body>,
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passed_on_request_keeps_the_clients_headers_and_carries_the_secret() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "lb.example:8080"),
+            ("steel-api-key", "k"),
+            ("connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "2"),
+            ("x-ingot-cluster-secret", "forged"),
+            ("x-ingot-via", "http://evil"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        let out = Outgoing {
+            method: Method::POST,
+            uri: Uri::from_static("http://ignored/v1/sessions?x=1"),
+            headers,
+        };
+        let request = outgoing(&out, Body::empty(), true, "s3cret").expect("request");
+        assert_eq!(request.uri(), "/v1/sessions?x=1");
+        let h = request.headers();
+        assert_eq!(h["host"], "lb.example:8080");
+        assert_eq!(h["steel-api-key"], "k");
+        assert_eq!(h[SECRET_HEADER], "s3cret", "the forged secret is replaced");
+        for gone in [
+            "connection",
+            "transfer-encoding",
+            "content-length",
+            VIA_HEADER,
+        ] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        let upgrade = outgoing(&out, Body::empty(), false, "s3cret").expect("request");
+        assert_eq!(
+            upgrade.headers()["connection"],
+            "keep-alive",
+            "upgrades keep them"
+        );
+    }
 }

@@ -49,6 +49,12 @@ pub trait Ledger: Send + Sync + 'static {
         status: &'static str,
         retention: Retention,
     ) -> BoxFuture<'_, Result<u64, MeterError>>;
+    /// How many live sessions `tenant` has on every node that writes this ledger; `None`
+    /// when this node alone writes it (then its own count is exact and no query is made).
+    fn live_of_tenant(&self, tenant: String) -> BoxFuture<'_, Result<Option<u64>, MeterError>> {
+        let _ = tenant;
+        futures_util::future::ready(Ok(None)).boxed()
+    }
     /// The newest visible record of one session.
     fn history_get(
         &self,

@@ -336,6 +336,12 @@ impl Meter {
             .await
     }
 
+    /// How many live sessions `tenant` has on every node, when other nodes share the
+    /// ledger; `None` on a single node.
+    pub async fn live_in_cluster(&self, tenant: &str) -> Result<Option<u64>, MeterError> {
+        self.ledger.live_of_tenant(tenant.to_owned()).await
+    }
+
     /// A page of recorded sessions, newest first.
     pub async fn history_page(&self, query: HistoryQuery) -> Result<Vec<HistoryRow>, MeterError> {
         self.ledger.history_page(query).await

@@ -665,6 +665,22 @@ async fn timed<T>(lookup: impl Future<Output = T>) -> T {
 }
 
 impl Ledger for PgLedger {
+    fn live_of_tenant(&self, tenant: String) -> BoxFuture<'_, Result<Option<u64>, MeterError>> {
+        async move {
+            let row = self
+                .client()
+                .await?
+                .query_one(
+                    "SELECT count(*) FROM ingot_sessions WHERE status = 'live' AND tenant = $1",
+                    &[&tenant],
+                )
+                .await
+                .map_err(db)?;
+            Ok(Some(from_sql(row.get(0))))
+        }
+        .boxed()
+    }
+
     fn insert(&self, record: NewRecord) -> BoxFuture<'_, Result<i64, MeterError>> {
         self.insert_now(record).boxed()
     }

@@ -123,6 +123,7 @@ impl Registry {
             return Err(CreateError::Duplicate(id));
         }
         let quota = self.admitter.reserve_quota(tenant.clone())?;
+        self.within_cluster_quota(tenant.as_ref()).await?;
         let (permit, pooled) = match self.admitter.admit(options.poolable()).await? {
             Slot::Warm(warm) => (
                 warm.permit,
@@ -147,6 +148,27 @@ impl Registry {
         let launched = self.browser_for(&session, pooled).await?;
         self.start_live(session, launched, (permit, quota), requested, warm)
             .await
+    }
+
+    /// In a cluster, refuses a create of a tenant already at its quota on all nodes
+    /// together before a browser is spent on it (the record's insert checks again,
+    /// atomically), and refuses it with 503 while the database does not answer.
+    async fn within_cluster_quota(&self, tenant: Option<&Arc<str>>) -> Result<(), CreateError> {
+        let (Some(tenant), Some(limit)) = (tenant, self.admitter.limits().per_tenant) else {
+            return Ok(());
+        };
+        match self.meter.live_in_cluster(tenant).await {
+            Ok(Some(live)) if live >= limit as u64 => Err(CreateError::Refused(
+                OverQuota {
+                    tenant: tenant.clone(),
+                    limit,
+                }
+                .into(),
+            )),
+            Ok(_) => Ok(()),
+            Err(MeterError::Database(e)) => Err(CreateError::DatabaseUnavailable(e)),
+            Err(e) => Err(CreateError::Usage(e.to_string())),
+        }
     }
 
     /// Adds the starting session to the directory under its id: the one asked for, else the

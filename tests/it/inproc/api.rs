@@ -380,3 +380,31 @@ async fn readyz_turns_503_chromium_unavailable_after_a_failed_launch() {
     assert_eq!(gw.get("/readyz").await.0, 200);
     gw.stop().await;
 }
+
+/// Headers meant for the nodes of a cluster are refused without the cluster's secret, on a
+/// single node too: a client cannot pose as another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_headers_without_the_secret_are_refused() {
+    let gw = FakeGateway::start().await;
+    let s = gw.create(json!({})).await;
+    let id = id_of(&s);
+    for (name, value) in [
+        ("x-ingot-cluster-secret", "guess"),
+        ("x-ingot-via", "http://evil.example"),
+        ("X-Ingot-Anything", "1"),
+    ] {
+        let r = gw
+            .http
+            .get(gw.url(&format!("/v1/sessions/{id}")))
+            .header(name, value)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 403, "{name}");
+        let body: Value = r.json().await.expect("JSON");
+        assert_eq!(body["error"]["code"], "cluster_only", "{body}");
+    }
+    let (status, _) = gw.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(status, 200, "without them the same request is served");
+    gw.release(&id).await;
+}
