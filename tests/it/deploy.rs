@@ -6,10 +6,14 @@
 //!   production needs (probes on `/readyz` and `/healthz`, resources sized per session, a
 //!   stop timeout longer than the session drain, billing data on persistent storage, scrape
 //!   annotations, host ports on loopback only) and agree with each other;
-//! * `promtool check config` accepts `deploy/prometheus.yml`;
+//! * cluster mode: the manifests in `deploy/k8s/cluster/` (replicas without a volume, node
+//!   id and advertise URL from the downward API, the database URL from a Secret, a network
+//!   policy that lets the pods reach each other and PostgreSQL, the PostgreSQL example), and
+//!   `deploy/docker-compose.cluster.yml` with its nginx and Prometheus configurations;
+//! * `promtool check config` accepts `deploy/prometheus.yml` and `deploy/prometheus-cluster.yml`;
 //! * `dashboards/ingot.json` is a Grafana dashboard that imports as is: a `datasource`
 //!   variable used by every panel, unique panel ids, PromQL that parses and rates over
-//!   `$__rate_interval`, and the panels the issue asks for;
+//!   `$__rate_interval`, and the panels the issue asks for (the cluster row's included);
 //! * against a live gateway after a small workload, every metric the dashboard queries is
 //!   one that `/metrics` exports (histograms as `_bucket`, `_sum` and `_count`);
 //! * a real Prometheus scraping a gateway on loopback returns `ingot_` series through its
@@ -67,6 +71,19 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
             }
         }
     }
+    found.sort();
+    found
+}
+
+/// YAML files directly in `dir`, sorted: what `kubectl apply -f dir` applies.
+fn yaml_files_in(dir: &Path) -> Vec<PathBuf> {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+    let mut found: Vec<PathBuf> = entries
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml"))
+        })
+        .collect();
     found.sort();
     found
 }
@@ -240,6 +257,10 @@ fn every_yaml_file_under_deploy_parses() {
         "deploy/grafana/provisioning/datasources/prometheus.yml",
         "deploy/grafana/provisioning/dashboards/ingot.yml",
         "deploy/k8s/deployment.yaml",
+        "deploy/docker-compose.cluster.yml",
+        "deploy/prometheus-cluster.yml",
+        "deploy/k8s/cluster/deployment.yaml",
+        "deploy/k8s/cluster/postgres/postgres.yaml",
     ] {
         assert!(files.contains(&root().join(required)), "{required} missing");
     }
@@ -260,10 +281,8 @@ fn every_yaml_file_under_deploy_parses() {
     }
 }
 
-/// Every Kubernetes object under deploy/k8s, with the file it came from.
-fn k8s_objects() -> Vec<(PathBuf, Yaml)> {
-    let files = yaml_files(&root().join("deploy/k8s"));
-    assert!(!files.is_empty(), "no manifests under deploy/k8s");
+/// The Kubernetes objects of the given files, each with the file it came from.
+fn objects_of(files: Vec<PathBuf>) -> Vec<(PathBuf, Yaml)> {
     let mut objects = Vec::new();
     for file in files {
         for doc in load_yaml(&file) {
@@ -271,6 +290,14 @@ fn k8s_objects() -> Vec<(PathBuf, Yaml)> {
         }
     }
     objects
+}
+
+/// The Kubernetes objects that `kubectl apply -f <dir>` applies (not those in
+/// subdirectories), with the file each came from.
+fn k8s_objects(dir: &str) -> Vec<(PathBuf, Yaml)> {
+    let files = yaml_files_in(&root().join(dir));
+    assert!(!files.is_empty(), "no manifests in {dir}");
+    objects_of(files)
 }
 
 fn of_kind<'a>(objects: &'a [(PathBuf, Yaml)], kind: &str) -> Vec<&'a Yaml> {
@@ -291,8 +318,10 @@ fn container_env(container: &Yaml) -> BTreeMap<String, String> {
 
 #[test]
 fn kubernetes_manifests() {
-    let objects = k8s_objects();
-    every_object_has_a_kind_and_a_name_and_no_namespace(&objects);
+    every_object_has_a_kind_and_a_name_and_no_namespace(&objects_of(yaml_files(
+        &root().join("deploy/k8s"),
+    )));
+    let objects = k8s_objects("deploy/k8s");
     let pod = the_one_deployment_selects_its_own_pods(&objects);
     let port = the_container_declares_the_image_port(pod.container);
     probes_get_readyz_and_healthz_on_the_gateway_port(pod.container, &port);
@@ -309,6 +338,7 @@ fn kubernetes_manifests() {
 
 /// The gateway's pod, as the one Deployment's template describes it.
 struct GatewayPod<'a> {
+    deployment: &'a Yaml,
     template: &'a Yaml,
     labels: BTreeMap<String, String>,
     spec: &'a Yaml,
@@ -362,6 +392,7 @@ fn the_one_deployment_selects_its_own_pods(objects: &[(PathBuf, Yaml)]) -> Gatew
         .find(|c| c["name"].as_str() == Some("ingot"))
         .expect("a container named ingot");
     GatewayPod {
+        deployment,
         template,
         labels: pod_labels,
         spec: pod,
@@ -540,6 +571,345 @@ fn a_disruption_budget_covers_the_pods(
     );
 }
 
+#[test]
+fn kubernetes_cluster_manifests() {
+    let objects = k8s_objects("deploy/k8s/cluster");
+    let pod = the_one_deployment_selects_its_own_pods(&objects);
+    let port = the_container_declares_the_image_port(pod.container);
+    probes_get_readyz_and_healthz_on_the_gateway_port(pod.container, &port);
+    let env = container_env(pod.container);
+    resources_are_sized_per_session(pod.container, &env);
+    sigterm_drains_before_the_kubelet_kills(pod.spec, &env);
+    the_public_url_is_set(&env);
+    scrape_annotations_point_at_metrics_on_the_gateway_port(pod.template, &port);
+    the_pod_runs_as_non_root(&pod);
+    a_service_reaches_the_pods_on_the_gateway_port(&objects, &pod.labels, &port);
+    a_disruption_budget_covers_the_pods(&objects, &pod.labels);
+
+    let replicas = three_replicas_roll_over_without_unavailability(pod.deployment);
+    the_budget_lets_one_gateway_go_at_a_time(&objects, replicas);
+    profiles_live_in_an_empty_dir_and_nothing_claims_a_volume(&objects, &pod, &env);
+    the_node_id_and_the_advertise_url_come_from_the_downward_api(pod.container, &port);
+    let secret = the_database_url_comes_from_a_secret(pod.container, &env);
+    let postgres = k8s_objects("deploy/k8s/cluster/postgres");
+    let postgres_pods = the_postgres_example_provides_the_secret_and_a_service(&postgres, &secret);
+    the_network_policy_lets_gateways_reach_each_other_and_postgres(
+        &objects,
+        &pod.labels,
+        &port,
+        &postgres_pods,
+    );
+}
+
+/// A container's `env` entries in order: name and entry.
+fn env_entries(container: &Yaml) -> Vec<(String, &Yaml)> {
+    array(&container["env"])
+        .iter()
+        .map(|e| (scalar(&e["name"]).expect("env entry without a name"), e))
+        .collect()
+}
+
+/// The `$(NAME)` references in an env value.
+fn env_references(value: &str) -> Vec<&str> {
+    value
+        .split("$(")
+        .skip(1)
+        .filter_map(|rest| rest.split_once(')').map(|(name, _)| name))
+        .collect()
+}
+
+/// Three replicas (returned), rolled over one at a time with none unavailable: the pods
+/// share no volume, so old and new may run side by side.
+fn three_replicas_roll_over_without_unavailability(deployment: &Yaml) -> i64 {
+    let replicas = deployment["spec"]["replicas"].as_i64().expect("replicas");
+    assert_eq!(replicas, 3, "cluster mode runs three replicas");
+    let strategy = &deployment["spec"]["strategy"];
+    assert_eq!(strategy["type"].as_str(), Some("RollingUpdate"));
+    assert_eq!(
+        scalar(&strategy["rollingUpdate"]["maxUnavailable"]).as_deref(),
+        Some("0"),
+        "a rollout must not take a gateway away before its successor is ready"
+    );
+    assert!(
+        scalar(&strategy["rollingUpdate"]["maxSurge"]).is_some_and(|s| s != "0" && s != "0%"),
+        "maxSurge must let a new pod start beside the old ones"
+    );
+    replicas
+}
+
+/// The budget lets a drain evict a gateway (never all of them at once).
+fn the_budget_lets_one_gateway_go_at_a_time(objects: &[(PathBuf, Yaml)], replicas: i64) {
+    let pdb = of_kind(objects, "PodDisruptionBudget")[0];
+    let spec = &pdb["spec"];
+    match (
+        spec["maxUnavailable"].as_i64(),
+        spec["minAvailable"].as_i64(),
+    ) {
+        (Some(max), _) => assert!(
+            (1..replicas).contains(&max),
+            "maxUnavailable {max} of {replicas} replicas"
+        ),
+        (None, Some(min)) => assert!(
+            (1..replicas).contains(&min),
+            "minAvailable {min} of {replicas} replicas"
+        ),
+        _ => panic!("the cluster's budget needs a numeric maxUnavailable or minAvailable"),
+    }
+}
+
+/// The data directory is an emptyDir (the ledger is in PostgreSQL), and no volume of the
+/// pod is a claim: a ReadWriteOnce claim would pin every replica to one volume.
+fn profiles_live_in_an_empty_dir_and_nothing_claims_a_volume(
+    objects: &[(PathBuf, Yaml)],
+    pod: &GatewayPod,
+    env: &BTreeMap<String, String>,
+) {
+    let data_dir = env
+        .get("INGOT_DATA_DIR")
+        .map_or("/var/lib/ingot", String::as_str);
+    let mount = array(&pod.container["volumeMounts"])
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(data_dir))
+        .unwrap_or_else(|| panic!("nothing mounted at the data directory {data_dir}"));
+    let volume = array(&pod.spec["volumes"])
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the data directory's volume");
+    assert!(
+        volume["emptyDir"].as_hash().is_some(),
+        "the data directory must be an emptyDir in cluster mode, not {volume:?}"
+    );
+    for volume in array(&pod.spec["volumes"]) {
+        assert!(
+            volume["persistentVolumeClaim"].is_badvalue(),
+            "cluster gateways use no PersistentVolumeClaim: {volume:?}"
+        );
+    }
+    assert!(
+        pod.spec["volumeClaimTemplates"].is_badvalue()
+            && of_kind(objects, "PersistentVolumeClaim").is_empty(),
+        "no PersistentVolumeClaim in the cluster manifests"
+    );
+}
+
+/// `INGOT_NODE_ID` is the pod name; `INGOT_ADVERTISE_URL` is built from the pod IP, which
+/// an earlier variable takes from `status.podIP`, and names the gateway's port.
+fn the_node_id_and_the_advertise_url_come_from_the_downward_api(
+    container: &Yaml,
+    port: &GatewayPort,
+) {
+    let entries = env_entries(container);
+    let field = |e: &Yaml| {
+        e["valueFrom"]["fieldRef"]["fieldPath"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let node_id = entries
+        .iter()
+        .find(|(n, _)| n == "INGOT_NODE_ID")
+        .expect("INGOT_NODE_ID set");
+    assert_eq!(
+        field(node_id.1).as_deref(),
+        Some("metadata.name"),
+        "INGOT_NODE_ID must be the pod name (unique among live pods)"
+    );
+    let (at, advertise) = entries
+        .iter()
+        .enumerate()
+        .find(|(_, (n, _))| n == "INGOT_ADVERTISE_URL")
+        .map(|(i, (_, e))| (i, e["value"].as_str().expect("INGOT_ADVERTISE_URL value")))
+        .expect("INGOT_ADVERTISE_URL set (required when listening on 0.0.0.0)");
+    assert!(
+        advertise.starts_with("http://") && advertise.ends_with(&format!(":{}", port.number)),
+        "INGOT_ADVERTISE_URL {advertise} must be http://<pod IP>:{}",
+        port.number
+    );
+    let from_pod_ip = env_references(advertise).into_iter().any(|name| {
+        entries[..at]
+            .iter()
+            .any(|(n, e)| n == name && field(e).as_deref() == Some("status.podIP"))
+    });
+    assert!(
+        from_pod_ip,
+        "INGOT_ADVERTISE_URL {advertise} must use $(VAR) of a variable defined before it \
+         from the downward API's status.podIP"
+    );
+}
+
+/// `INGOT_DATABASE_URL` comes from a Secret, never a literal; returns (Secret, key).
+fn the_database_url_comes_from_a_secret(
+    container: &Yaml,
+    env: &BTreeMap<String, String>,
+) -> (String, String) {
+    assert!(
+        !env.contains_key("INGOT_DATABASE_URL"),
+        "INGOT_DATABASE_URL holds a password: take it from a Secret, not a literal"
+    );
+    let entries = env_entries(container);
+    let (_, entry) = entries
+        .iter()
+        .find(|(n, _)| n == "INGOT_DATABASE_URL")
+        .expect("INGOT_DATABASE_URL set: it makes the pods a cluster");
+    let reference = &entry["valueFrom"]["secretKeyRef"];
+    let name = scalar(&reference["name"]).expect("INGOT_DATABASE_URL from a secretKeyRef");
+    let key = scalar(&reference["key"]).expect("secretKeyRef key");
+    (name, key)
+}
+
+/// The PostgreSQL example: marked as not for production, a Secret with the gateways' key
+/// whose URL names the example's Service, and PostgreSQL behind that Service with the same
+/// password. Returns the labels of the PostgreSQL pods.
+fn the_postgres_example_provides_the_secret_and_a_service(
+    objects: &[(PathBuf, Yaml)],
+    (secret_name, key): &(String, String),
+) -> BTreeMap<String, String> {
+    for (file, _) in objects {
+        let text = std::fs::read_to_string(file).expect("read manifest");
+        assert!(
+            text.to_lowercase()
+                .contains("use a managed database in production"),
+            "{}: say that it is for trying out, and to use a managed database in production",
+            file.display()
+        );
+    }
+    let secret = of_kind(objects, "Secret")
+        .into_iter()
+        .find(|s| scalar(&s["metadata"]["name"]).as_ref() == Some(secret_name))
+        .unwrap_or_else(|| panic!("the example defines no Secret {secret_name}"));
+    let data = string_map(&secret["stringData"]);
+    let url = data
+        .get(key)
+        .unwrap_or_else(|| panic!("Secret {secret_name} has no stringData {key}"));
+    let db = postgres_url(url);
+
+    let sets = of_kind(objects, "StatefulSet");
+    assert_eq!(sets.len(), 1, "one PostgreSQL StatefulSet");
+    let template = &sets[0]["spec"]["template"];
+    let labels = string_map(&template["metadata"]["labels"]);
+    let container = array(&template["spec"]["containers"])
+        .iter()
+        .find(|c| {
+            c["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("postgres:"))
+        })
+        .expect("a postgres container");
+    let env = container_env(container);
+    assert_eq!(env.get("POSTGRES_USER"), Some(&db.user), "URL's user");
+    assert_eq!(env.get("POSTGRES_DB"), Some(&db.database), "URL's database");
+    let password = env_entries(container)
+        .into_iter()
+        .find(|(n, _)| n == "POSTGRES_PASSWORD")
+        .map(|(_, e)| e["valueFrom"]["secretKeyRef"].clone())
+        .expect("POSTGRES_PASSWORD from a secretKeyRef");
+    assert_eq!(password["name"].as_str(), Some(secret_name.as_str()));
+    let password_key = password["key"].as_str().expect("password key");
+    assert_eq!(
+        data.get(password_key),
+        Some(&db.password),
+        "the URL's password must be PostgreSQL's"
+    );
+
+    let service = of_kind(objects, "Service")
+        .into_iter()
+        .find(|s| scalar(&s["metadata"]["name"]).as_ref() == Some(&db.host))
+        .unwrap_or_else(|| panic!("no Service {} (the URL's host)", db.host));
+    let selector = string_map(&service["spec"]["selector"]);
+    assert!(
+        !selector.is_empty() && is_subset(&selector, &labels),
+        "Service {} must select the PostgreSQL pods",
+        db.host
+    );
+    assert!(
+        array(&service["spec"]["ports"])
+            .iter()
+            .any(|p| scalar(&p["port"]).as_deref() == Some(db.port.as_str())),
+        "Service {} must serve the URL's port {}",
+        db.host,
+        db.port
+    );
+    labels
+}
+
+/// The parts of a `postgres://user:password@host:port/database` URL, as written.
+struct PostgresUrl {
+    user: String,
+    password: String,
+    host: String,
+    port: String,
+    database: String,
+}
+
+fn postgres_url(url: &str) -> PostgresUrl {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .unwrap_or_else(|| panic!("{url} must start with postgres://"));
+    let (userinfo, rest) = rest
+        .rsplit_once('@')
+        .unwrap_or_else(|| panic!("{url}: no user"));
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let (address, database) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = address.rsplit_once(':').unwrap_or((address, "5432"));
+    PostgresUrl {
+        user: user.to_owned(),
+        password: password.to_owned(),
+        host: host.to_owned(),
+        port: port.to_owned(),
+        database: database.to_owned(),
+    }
+}
+
+/// A NetworkPolicy on the gateways whose egress lets them reach each other on the gateway
+/// port (forwarding) and PostgreSQL on 5432 (the example's pods, if it selects pods).
+fn the_network_policy_lets_gateways_reach_each_other_and_postgres(
+    objects: &[(PathBuf, Yaml)],
+    pod_labels: &BTreeMap<String, String>,
+    port: &GatewayPort,
+    postgres_pods: &BTreeMap<String, String>,
+) {
+    let policy = of_kind(objects, "NetworkPolicy")
+        .into_iter()
+        .find(|p| {
+            let sel = string_map(&p["spec"]["podSelector"]["matchLabels"]);
+            !sel.is_empty() && is_subset(&sel, pod_labels)
+        })
+        .expect("a NetworkPolicy on the gateways' pods");
+    let rules = array(&policy["spec"]["egress"]);
+    let tcp_port = |rule: &Yaml, wanted: &dyn Fn(&Yaml) -> bool| {
+        array(&rule["ports"])
+            .iter()
+            .any(|p| p["protocol"].as_str().unwrap_or("TCP") == "TCP" && wanted(&p["port"]))
+    };
+    let selects = |rule: &Yaml, labels: &BTreeMap<String, String>| {
+        array(&rule["to"]).iter().any(|to| {
+            let sel = string_map(&to["podSelector"]["matchLabels"]);
+            !sel.is_empty() && is_subset(&sel, labels) && to["namespaceSelector"].is_badvalue()
+        })
+    };
+    assert!(
+        rules
+            .iter()
+            .any(|r| selects(r, pod_labels) && tcp_port(r, &|p| port.named_by(p))),
+        "the gateways must reach each other on port {} (forwarding to a session's node)",
+        port.number
+    );
+    let database_rules: Vec<&Yaml> = rules
+        .iter()
+        .filter(|r| tcp_port(r, &|p| scalar(p).as_deref() == Some("5432")))
+        .collect();
+    assert!(
+        !database_rules.is_empty(),
+        "the gateways must reach PostgreSQL on 5432"
+    );
+    assert!(
+        database_rules
+            .iter()
+            .any(|r| r["to"].is_badvalue() || selects(r, postgres_pods)),
+        "the 5432 rule must admit the example PostgreSQL's pods {postgres_pods:?}"
+    );
+}
+
 /// `source:target[:mode]` of a Compose volume or port.
 fn split_mount(spec: &str) -> (&str, &str) {
     let mut parts = spec.splitn(3, ':');
@@ -563,7 +933,13 @@ fn compose_and_grafana_provisioning() {
     let image_port =
         published_ports_bind_to_loopback_and_ingot_publishes_the_image_port(&compose, &names);
     ingot_is_built_from_the_repository_and_keeps_its_data(&deploy, &compose);
-    prometheus_reads_the_mounted_config_and_scrapes_ingot(&compose, &names, &image_port);
+    let targets = prometheus_reads_the_mounted_config_and_scrapes_ingot(
+        &compose,
+        &names,
+        &image_port,
+        "prometheus.yml",
+    );
+    assert!(targets.contains("ingot"), "Prometheus must scrape ingot");
     grafana_provisioning_is_mounted_and_agrees_with_the_files(&deploy, &compose);
 }
 
@@ -591,15 +967,7 @@ fn published_ports_bind_to_loopback_and_ingot_publishes_the_image_port(
     names: &BTreeSet<String>,
 ) -> String {
     let svc = |name: &str| &compose["services"][name];
-    for name in names {
-        for port in array(&svc(name)["ports"]) {
-            let port = scalar(port).expect("port as a string");
-            assert!(
-                port.starts_with("127.0.0.1:"),
-                "service {name} publishes {port}; bind host ports to 127.0.0.1"
-            );
-        }
-    }
+    published_ports_bind_to_loopback(compose, names);
     let image_port = image_port();
     assert!(
         array(&svc("ingot")["ports"])
@@ -611,40 +979,24 @@ fn published_ports_bind_to_loopback_and_ingot_publishes_the_image_port(
     image_port
 }
 
+/// Every port a service publishes binds to loopback only.
+fn published_ports_bind_to_loopback(compose: &Yaml, names: &BTreeSet<String>) {
+    for name in names {
+        for port in array(&compose["services"][name.as_str()]["ports"]) {
+            let port = scalar(port).expect("port as a string");
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "service {name} publishes {port}; bind host ports to 127.0.0.1"
+            );
+        }
+    }
+}
+
 /// ingot: built from the repository with deploy/Dockerfile, drained before it is killed,
 /// its data directory on a named volume.
 fn ingot_is_built_from_the_repository_and_keeps_its_data(deploy: &Path, compose: &Yaml) {
     let ingot = &compose["services"]["ingot"];
-    let context = deploy.join(ingot["build"]["context"].as_str().expect("build.context"));
-    assert_eq!(
-        context.canonicalize().expect("build context"),
-        root().canonicalize().expect("root"),
-        "ingot must be built from the repository root"
-    );
-    let dockerfile = ingot["build"]["dockerfile"]
-        .as_str()
-        .expect("build.dockerfile");
-    assert_eq!(dockerfile, "deploy/Dockerfile");
-    assert!(context.join(dockerfile).is_file());
-    let env = string_map(&ingot["environment"]);
-    assert!(
-        env.contains_key("INGOT_PUBLIC_URL"),
-        "INGOT_PUBLIC_URL unset"
-    );
-    let drain_ms: u64 = env
-        .get("INGOT_SHUTDOWN_DRAIN_MS")
-        .expect("INGOT_SHUTDOWN_DRAIN_MS")
-        .parse()
-        .expect("drain is a number");
-    let grace = scalar(&ingot["stop_grace_period"]).expect("stop_grace_period");
-    assert!(
-        duration_ms(&grace, 1000) > drain_ms,
-        "stop_grace_period {grace} must exceed INGOT_SHUTDOWN_DRAIN_MS {drain_ms}"
-    );
-    assert!(
-        scalar(&ingot["shm_size"]).is_some(),
-        "Chromium needs shm_size"
-    );
+    built_from_the_repository_and_drained_before_the_kill(deploy, "ingot", ingot);
     let named_volumes: BTreeSet<String> = compose["volumes"]
         .as_hash()
         .map(|h| h.keys().filter_map(scalar).collect())
@@ -659,17 +1011,61 @@ fn ingot_is_built_from_the_repository_and_keeps_its_data(deploy: &Path, compose:
     );
 }
 
-/// Prometheus: deploy/prometheus.yml, scraping the ingot service.
+/// An ingot service: built from the repository with deploy/Dockerfile, a public URL set,
+/// drained before it is killed, with room in /dev/shm. Returns its environment.
+fn built_from_the_repository_and_drained_before_the_kill(
+    deploy: &Path,
+    name: &str,
+    ingot: &Yaml,
+) -> BTreeMap<String, String> {
+    let context = deploy.join(ingot["build"]["context"].as_str().expect("build.context"));
+    assert_eq!(
+        context.canonicalize().expect("build context"),
+        root().canonicalize().expect("root"),
+        "{name} must be built from the repository root"
+    );
+    let dockerfile = ingot["build"]["dockerfile"]
+        .as_str()
+        .expect("build.dockerfile");
+    assert_eq!(dockerfile, "deploy/Dockerfile", "{name}: build.dockerfile");
+    assert!(context.join(dockerfile).is_file());
+    let env = string_map(&ingot["environment"]);
+    assert!(
+        env.contains_key("INGOT_PUBLIC_URL"),
+        "{name}: INGOT_PUBLIC_URL unset"
+    );
+    let drain_ms: u64 = env
+        .get("INGOT_SHUTDOWN_DRAIN_MS")
+        .unwrap_or_else(|| panic!("{name}: INGOT_SHUTDOWN_DRAIN_MS"))
+        .parse()
+        .expect("drain is a number");
+    let grace =
+        scalar(&ingot["stop_grace_period"]).unwrap_or_else(|| panic!("{name}: stop_grace_period"));
+    assert!(
+        duration_ms(&grace, 1000) > drain_ms,
+        "{name}: stop_grace_period {grace} must exceed INGOT_SHUTDOWN_DRAIN_MS {drain_ms}"
+    );
+    assert!(
+        scalar(&ingot["shm_size"]).is_some(),
+        "{name}: Chromium needs shm_size"
+    );
+    env
+}
+
+/// Prometheus: `deploy/<file>` mounted as its configuration, whose ingot job scrapes
+/// Compose services on the image's port; returns those services.
 fn prometheus_reads_the_mounted_config_and_scrapes_ingot(
     compose: &Yaml,
     names: &BTreeSet<String>,
     image_port: &str,
-) {
+    file: &str,
+) -> BTreeSet<String> {
     let prometheus = &compose["services"]["prometheus"];
+    let source = format!("./{file}");
     let config = service_volumes(prometheus)
         .into_iter()
-        .find(|v| split_mount(v).0 == "./prometheus.yml")
-        .expect("./prometheus.yml mounted into prometheus");
+        .find(|v| split_mount(v).0 == source)
+        .unwrap_or_else(|| panic!("{source} mounted into prometheus"));
     let flags: Vec<String> = array(&prometheus["command"])
         .iter()
         .filter_map(scalar)
@@ -678,7 +1074,7 @@ fn prometheus_reads_the_mounted_config_and_scrapes_ingot(
         flags.contains(&format!("--config.file={}", split_mount(&config).1)),
         "prometheus must read the mounted config; flags {flags:?}"
     );
-    let scrape = yaml_doc("deploy/prometheus.yml");
+    let scrape = yaml_doc(&format!("deploy/{file}"));
     let job = ingot_job(&scrape);
     let targets: Vec<String> = array(&job["static_configs"])
         .iter()
@@ -696,6 +1092,10 @@ fn prometheus_reads_the_mounted_config_and_scrapes_ingot(
             "target {target}: ingot listens on {image_port}"
         );
     }
+    targets
+        .iter()
+        .filter_map(|t| t.rsplit_once(':').map(|(host, _)| host.to_owned()))
+        .collect()
 }
 
 /// Grafana: provisioning and dashboards mounted, and they agree with the files.
@@ -750,6 +1150,462 @@ fn ingot_job(config: &Yaml) -> &Yaml {
     let path = job["metrics_path"].as_str().unwrap_or("/metrics");
     assert_eq!(path, "/metrics");
     job
+}
+
+/// A YAML document with merge keys (`<<: *anchor`, which Compose supports and yaml-rust2
+/// leaves as a `<<` key) resolved: the merged mappings' keys, unless set beside them.
+fn resolve_merge_keys(y: Yaml) -> Yaml {
+    match y {
+        Yaml::Hash(hash) => {
+            let merge = Yaml::String("<<".into());
+            let mut out = yaml_rust2::yaml::Hash::new();
+            let mut merged = Vec::new();
+            for (k, v) in hash {
+                if k == merge {
+                    merged.push(v);
+                } else {
+                    out.insert(k, resolve_merge_keys(v));
+                }
+            }
+            for source in merged.into_iter().flat_map(|m| match m {
+                Yaml::Array(a) => a,
+                other => vec![other],
+            }) {
+                let Yaml::Hash(source) = resolve_merge_keys(source) else {
+                    panic!("`<<` must merge a mapping");
+                };
+                for (k, v) in source {
+                    if !out.contains_key(&k) {
+                        out.insert(k, v);
+                    }
+                }
+            }
+            Yaml::Hash(out)
+        }
+        Yaml::Array(a) => Yaml::Array(a.into_iter().map(resolve_merge_keys).collect()),
+        other => other,
+    }
+}
+
+/// A Compose service's `depends_on`, list or mapping, as service name and its settings.
+fn depends_on(service: &Yaml) -> BTreeMap<String, Yaml> {
+    let d = &service["depends_on"];
+    match d.as_hash() {
+        Some(hash) => hash
+            .iter()
+            .filter_map(|(k, v)| Some((scalar(k)?, v.clone())))
+            .collect(),
+        None => array(d)
+            .iter()
+            .filter_map(scalar)
+            .map(|n| (n, Yaml::Null))
+            .collect(),
+    }
+}
+
+#[test]
+fn compose_cluster() {
+    let deploy = root().join("deploy");
+    let compose = resolve_merge_keys(yaml_doc("deploy/docker-compose.cluster.yml"));
+    let names: BTreeSet<String> = compose["services"]
+        .as_hash()
+        .expect("services")
+        .keys()
+        .filter_map(scalar)
+        .collect();
+    published_ports_bind_to_loopback(&compose, &names);
+    let postgres = postgres_is_private_and_answers_pg_isready(&compose);
+    let nodes = three_nodes_are_built_from_the_repository_and_drained(&deploy, &compose);
+    each_node_has_its_own_id_and_advertise_url(&nodes);
+    let public_url =
+        the_nodes_share_one_database_their_keys_and_a_public_url(&compose, &nodes, &postgres);
+    nginx_balances_over_the_nodes_with_websockets(&deploy, &compose, &nodes, &public_url);
+    let scraped = prometheus_reads_the_mounted_config_and_scrapes_ingot(
+        &compose,
+        &names,
+        &image_port(),
+        "prometheus-cluster.yml",
+    );
+    let node_names: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    assert_eq!(scraped, node_names, "Prometheus must scrape every node");
+    grafana_provisioning_is_mounted_and_agrees_with_the_files(&deploy, &compose);
+}
+
+/// An ingot node of the cluster Compose file.
+struct ComposeNode<'a> {
+    name: String,
+    service: &'a Yaml,
+    env: BTreeMap<String, String>,
+}
+
+/// PostgreSQL: the postgres:16 image, a `pg_isready` health check (the nodes wait for it),
+/// no host port. Returns its service name.
+fn postgres_is_private_and_answers_pg_isready(compose: &Yaml) -> String {
+    let services = compose["services"].as_hash().expect("services");
+    let (name, postgres) = services
+        .iter()
+        .find(|(_, s)| {
+            s["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("postgres:16"))
+        })
+        .expect("a postgres:16 service");
+    let name = scalar(name).expect("service name");
+    let test = &postgres["healthcheck"]["test"];
+    let test = match test.as_vec() {
+        Some(words) => words
+            .iter()
+            .filter_map(scalar)
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => scalar(test).unwrap_or_default(),
+    };
+    assert!(
+        test.contains("pg_isready"),
+        "{name}: a healthcheck with pg_isready, got {test:?}"
+    );
+    assert!(
+        array(&postgres["ports"]).is_empty(),
+        "{name}: PostgreSQL must not be published on the host"
+    );
+    name
+}
+
+/// Three services built from deploy/Dockerfile, each drained before it is killed.
+fn three_nodes_are_built_from_the_repository_and_drained<'a>(
+    deploy: &Path,
+    compose: &'a Yaml,
+) -> Vec<ComposeNode<'a>> {
+    let nodes: Vec<ComposeNode> = compose["services"]
+        .as_hash()
+        .expect("services")
+        .iter()
+        .filter(|(_, s)| s["build"]["dockerfile"].as_str() == Some("deploy/Dockerfile"))
+        .map(|(name, service)| {
+            let name = scalar(name).expect("service name");
+            let env = built_from_the_repository_and_drained_before_the_kill(deploy, &name, service);
+            ComposeNode { name, service, env }
+        })
+        .collect();
+    assert_eq!(
+        nodes.len(),
+        3,
+        "three ingot nodes built from deploy/Dockerfile"
+    );
+    nodes
+}
+
+/// Unique node ids; each node advertises its own service name on the image's port and
+/// listens on every address there.
+fn each_node_has_its_own_id_and_advertise_url(nodes: &[ComposeNode]) {
+    let port = image_port();
+    let mut ids = BTreeSet::new();
+    let mut data_volumes = BTreeSet::new();
+    for node in nodes {
+        let name = &node.name;
+        let id = node
+            .env
+            .get("INGOT_NODE_ID")
+            .unwrap_or_else(|| panic!("{name}: INGOT_NODE_ID"));
+        assert!(ids.insert(id.clone()), "{name}: node id {id} used twice");
+        assert_eq!(
+            node.env.get("INGOT_ADVERTISE_URL"),
+            Some(&format!("http://{name}:{port}")),
+            "{name}: the other nodes reach it by its service name"
+        );
+        assert_eq!(
+            node.env.get("INGOT_LISTEN"),
+            Some(&format!("0.0.0.0:{port}")),
+            "{name}: INGOT_LISTEN"
+        );
+        // Two nodes must not share a data directory (a node locks its own).
+        if let Some(data) = service_volumes(node.service)
+            .into_iter()
+            .find(|v| split_mount(v).1 == "/var/lib/ingot")
+        {
+            assert!(
+                data_volumes.insert(split_mount(&data).0.to_owned()),
+                "{name}: data volume {data} shared with another node"
+            );
+        }
+    }
+}
+
+/// Every node names the same database (the postgres service, with its user, password and
+/// database), waits for it to be healthy, and has the same API keys and public URL, which
+/// is returned.
+fn the_nodes_share_one_database_their_keys_and_a_public_url(
+    compose: &Yaml,
+    nodes: &[ComposeNode],
+    postgres: &str,
+) -> String {
+    let pg_env = string_map(&compose["services"][postgres]["environment"]);
+    let same = |key: &str| {
+        let values: BTreeSet<Option<&String>> = nodes.iter().map(|n| n.env.get(key)).collect();
+        assert_eq!(values.len(), 1, "{key} differs between nodes: {values:?}");
+        values.into_iter().next().flatten().cloned()
+    };
+    let url = same("INGOT_DATABASE_URL").expect("INGOT_DATABASE_URL on every node");
+    let db = postgres_url(&url);
+    assert_eq!(
+        db.host, postgres,
+        "INGOT_DATABASE_URL must name the postgres service"
+    );
+    assert_eq!(db.port, "5432");
+    assert_eq!(Some(&db.user), pg_env.get("POSTGRES_USER"), "URL's user");
+    assert_eq!(
+        Some(&db.database),
+        pg_env.get("POSTGRES_DB"),
+        "URL's database"
+    );
+    assert_eq!(
+        Some(&db.password),
+        pg_env.get("POSTGRES_PASSWORD"),
+        "URL's password"
+    );
+    for node in nodes {
+        let condition = depends_on(node.service)
+            .get(postgres)
+            .and_then(|d| scalar(&d["condition"]));
+        assert_eq!(
+            condition.as_deref(),
+            Some("service_healthy"),
+            "{} must wait for PostgreSQL to be healthy",
+            node.name
+        );
+    }
+    let keys = same("INGOT_API_KEYS").or_else(|| same("INGOT_API_KEYS_FILE"));
+    assert!(keys.is_some(), "API keys on every node");
+    same("INGOT_PUBLIC_URL").expect("INGOT_PUBLIC_URL on every node")
+}
+
+/// nginx: publishes the public URL's port on loopback, waits for the nodes, and proxies to
+/// an upstream of exactly the nodes, with what CDP WebSockets and the Host check need.
+fn nginx_balances_over_the_nodes_with_websockets(
+    deploy: &Path,
+    compose: &Yaml,
+    nodes: &[ComposeNode],
+    public_url: &str,
+) {
+    let services = compose["services"].as_hash().expect("services");
+    let (name, nginx) = services
+        .iter()
+        .find(|(_, s)| s["image"].as_str().is_some_and(|i| i.starts_with("nginx")))
+        .expect("an nginx service");
+    let name = scalar(name).expect("service name");
+    let waits_for = depends_on(nginx);
+    for node in nodes {
+        assert!(
+            waits_for.contains_key(&node.name),
+            "{name} must depend on {}",
+            node.name
+        );
+    }
+
+    let ports: Vec<String> = array(&nginx["ports"]).iter().filter_map(scalar).collect();
+    assert_eq!(ports.len(), 1, "{name} publishes one port: {ports:?}");
+    let mut parts = ports[0].split(':');
+    let (_, host_port, container_port) = (parts.next(), parts.next(), parts.next());
+    let (host_port, container_port) = (
+        host_port.expect("host port"),
+        container_port.expect("container port"),
+    );
+    let public = public_url.trim_end_matches('/');
+    assert!(
+        [
+            format!("http://localhost:{host_port}"),
+            format!("http://127.0.0.1:{host_port}"),
+        ]
+        .iter()
+        .any(|u| u == public),
+        "INGOT_PUBLIC_URL {public_url} must be nginx's published port {host_port}"
+    );
+
+    let config = service_volumes(nginx)
+        .into_iter()
+        .find(|v| split_mount(v).1.starts_with("/etc/nginx/"))
+        .unwrap_or_else(|| panic!("{name}: no configuration mounted under /etc/nginx"));
+    let source = split_mount(&config).0;
+    let text = std::fs::read_to_string(deploy.join(source))
+        .unwrap_or_else(|e| panic!("read {source}: {e}"));
+    let conf = NginxConf::parse(&text);
+    assert!(
+        conf.in_block("server", "listen").iter().any(|w| w
+            .get(1)
+            .is_some_and(|l| l.rsplit(':').next() == Some(container_port))),
+        "{source}: a server must listen on the published container port {container_port}"
+    );
+    let pass = conf.proxy("proxy_pass");
+    let upstream = pass
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("{source}: proxy_pass {pass} must be http://<upstream>"));
+    let servers: BTreeSet<String> = conf
+        .directives
+        .iter()
+        .filter(|d| {
+            d.words[0] == "server"
+                && d.blocks.last().map(|b| b.join(" ")) == Some(format!("upstream {upstream}"))
+        })
+        .map(|d| d.words[1].clone())
+        .collect();
+    let port = image_port();
+    let expected: BTreeSet<String> = nodes.iter().map(|n| format!("{}:{port}", n.name)).collect();
+    assert_eq!(
+        servers, expected,
+        "{source}: upstream {upstream} must be the nodes"
+    );
+
+    assert_eq!(
+        conf.proxy("proxy_http_version"),
+        "1.1",
+        "{source}: WebSockets need HTTP/1.1"
+    );
+    let header = |name: &str| {
+        conf.proxy_all("proxy_set_header")
+            .into_iter()
+            .find(|w| w[1].eq_ignore_ascii_case(name))
+            .map(|w| w[2].clone())
+            .unwrap_or_else(|| panic!("{source}: proxy_set_header {name} missing"))
+    };
+    assert_eq!(
+        header("Upgrade"),
+        "$http_upgrade",
+        "{source}: Upgrade header"
+    );
+    let connection = header("Connection");
+    let upgrades = connection.eq_ignore_ascii_case("upgrade")
+        || conf.directives.iter().any(|d| {
+            d.blocks.last().map(|b| b.join(" ")) == Some(format!("map $http_upgrade {connection}"))
+                && d.words == ["default", "upgrade"]
+        });
+    assert!(
+        upgrades,
+        "{source}: Connection must be \"upgrade\" for WebSocket handshakes, got {connection}"
+    );
+    assert_eq!(
+        header("Host"),
+        "$http_host",
+        "{source}: pass the client's Host (ingot's Host check admits the public URL's host)"
+    );
+    let read_timeout = duration_ms(&conf.proxy("proxy_read_timeout"), 1000);
+    assert!(
+        read_timeout >= 300_000,
+        "{source}: proxy_read_timeout of {read_timeout} ms closes quiet CDP connections"
+    );
+}
+
+/// An nginx configuration as directives, each with the headers of the blocks it is in.
+struct NginxConf {
+    directives: Vec<NginxDirective>,
+}
+
+struct NginxDirective {
+    /// Headers of the enclosing blocks, outermost first (`["location", "/"]`).
+    blocks: Vec<Vec<String>>,
+    words: Vec<String>,
+}
+
+impl NginxConf {
+    fn parse(text: &str) -> NginxConf {
+        enum Token {
+            Word(String),
+            End,
+            Open,
+            Close,
+        }
+        let mut tokens = Vec::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '#' => {
+                    for c in chars.by_ref() {
+                        if c == '\n' {
+                            break;
+                        }
+                    }
+                }
+                '\'' | '"' => {
+                    let word: String = chars.by_ref().take_while(|&q| q != c).collect();
+                    tokens.push(Token::Word(word));
+                }
+                ';' => tokens.push(Token::End),
+                '{' => tokens.push(Token::Open),
+                '}' => tokens.push(Token::Close),
+                c if c.is_whitespace() => {}
+                c => {
+                    let mut word = String::from(c);
+                    while let Some(&n) = chars.peek() {
+                        if n.is_whitespace() || matches!(n, ';' | '{' | '}') {
+                            break;
+                        }
+                        word.push(n);
+                        chars.next();
+                    }
+                    tokens.push(Token::Word(word));
+                }
+            }
+        }
+        let mut directives = Vec::new();
+        let mut blocks: Vec<Vec<String>> = Vec::new();
+        let mut words = Vec::new();
+        for token in tokens {
+            match token {
+                Token::Word(w) => words.push(w),
+                Token::End => directives.push(NginxDirective {
+                    blocks: blocks.clone(),
+                    words: std::mem::take(&mut words),
+                }),
+                Token::Open => blocks.push(std::mem::take(&mut words)),
+                Token::Close => {
+                    assert!(words.is_empty(), "nginx: a directive without `;`");
+                    blocks.pop().expect("nginx: unbalanced }");
+                }
+            }
+        }
+        assert!(
+            blocks.is_empty() && words.is_empty(),
+            "nginx: unterminated block or directive"
+        );
+        NginxConf { directives }
+    }
+
+    /// Words of the directives `name` directly in a block `kind ...`.
+    fn in_block(&self, kind: &str, name: &str) -> Vec<&Vec<String>> {
+        self.directives
+            .iter()
+            .filter(|d| {
+                d.words.first().map(String::as_str) == Some(name)
+                    && d.blocks.last().and_then(|b| b.first()).map(String::as_str) == Some(kind)
+            })
+            .map(|d| &d.words)
+            .collect()
+    }
+
+    /// Words of the directives `name` that apply to `location /`: in it, or in its server.
+    fn proxy_all(&self, name: &str) -> Vec<&Vec<String>> {
+        self.directives
+            .iter()
+            .filter(|d| {
+                d.words.first().map(String::as_str) == Some(name)
+                    && match d.blocks.last() {
+                        Some(b) => b == &["location", "/"] || b == &["server"],
+                        None => false,
+                    }
+            })
+            .map(|d| &d.words)
+            .collect()
+    }
+
+    /// The argument of the one directive `name` that applies to `location /`.
+    fn proxy(&self, name: &str) -> String {
+        let found = self.proxy_all(name);
+        assert_eq!(
+            found.len(),
+            1,
+            "nginx: one {name} for location /, got {found:?}"
+        );
+        found[0].get(1).cloned().unwrap_or_default()
+    }
 }
 
 #[test]
@@ -974,18 +1830,20 @@ fn what_the_build_copies_exists_and_is_not_dockerignored(instructions: &[String]
 #[test]
 fn promtool_accepts_scrape_config() {
     let promtool = prometheus_tool("promtool");
-    let output = run_within(
-        Command::new(&promtool)
-            .args(["check", "config"])
-            .arg(root().join("deploy/prometheus.yml")),
-        Duration::from_secs(60),
-    );
-    assert!(
-        output.status.success(),
-        "promtool check config deploy/prometheus.yml failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    for config in ["deploy/prometheus.yml", "deploy/prometheus-cluster.yml"] {
+        let output = run_within(
+            Command::new(&promtool)
+                .args(["check", "config"])
+                .arg(root().join(config)),
+            Duration::from_secs(60),
+        );
+        assert!(
+            output.status.success(),
+            "promtool check config {config} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1353,7 +2211,68 @@ fn required_panels() -> Vec<(&'static str, Check)> {
             "client connections",
             Box::new(|_, r| reads_metric(r, "ingot_client_connections")),
         ),
+        // Cluster mode, per node.
+        (
+            "live sessions per node",
+            Box::new(|e, _| {
+                e.iter()
+                    .any(|e| e.contains("ingot_sessions_live") && by_instance(e))
+            }),
+        ),
+        (
+            "free slots per node",
+            Box::new(|e, _| {
+                e.iter().any(|e| {
+                    e.contains("ingot_sessions_max")
+                        && e.contains(" - ")
+                        && e.contains("ingot_sessions_live")
+                        && by_instance(e)
+                })
+            }),
+        ),
+        (
+            "cluster nodes each node sees",
+            Box::new(|e, _| {
+                e.iter()
+                    .any(|e| e.contains("ingot_cluster_nodes") && by_instance(e))
+            }),
+        ),
+        (
+            "forwarded requests by kind and outcome",
+            Box::new(|e, r| {
+                r.ranges
+                    .iter()
+                    .any(|(f, m, _)| *f == "rate" && m == "ingot_cluster_forwarded_total")
+                    && e.iter()
+                        .any(|e| e.contains("kind") && e.contains("outcome"))
+            }),
+        ),
+        (
+            "lease renewals by outcome",
+            Box::new(|e, r| {
+                r.ranges
+                    .iter()
+                    .any(|(_, m, _)| m == "ingot_cluster_lease_renewals_total")
+                    && e.iter().any(|e| e.contains("outcome"))
+            }),
+        ),
+        (
+            "sessions lost with a node",
+            Box::new(|_, r| reads_metric(r, "ingot_sessions_lost_with_node_total")),
+        ),
+        (
+            "directory query p50 and p99",
+            Box::new(|_, r| {
+                has_quantile(r, 0.5, "ingot_cluster_directory_query_seconds")
+                    && has_quantile(r, 0.99, "ingot_cluster_directory_query_seconds")
+            }),
+        ),
     ]
+}
+
+/// Whether an expression keeps the `instance` label: one series per node.
+fn by_instance(expr: &str) -> bool {
+    expr.contains("by (instance")
 }
 
 /// The panels the issue asks for, recognised by what they query.
