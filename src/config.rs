@@ -254,6 +254,17 @@ impl Settings {
         {
             return Err("--advertise-url must start with http:// or https://".into());
         }
+        if self.database_url.is_some()
+            && self
+                .advertise_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+        {
+            return Err(
+                "--advertise-url must be http://: nodes talk to each other in plain HTTP, so keep that traffic on a private network"
+                    .into(),
+            );
+        }
         if !(1_000..=600_000).contains(&self.node_lease_ms) {
             return Err("--node-lease-ms must be between 1000 and 600000".into());
         }

@@ -19,14 +19,13 @@ use tracing::{debug, warn};
 
 use super::error::ApiError;
 use super::extract::{SessionId, StrictQuery, parse_id};
-use super::relay::{self, Relay};
+use super::relay::{self, Relay, Relayed};
 use super::wire::PublicUrls;
 use super::{API_KEY_PARAM, AppState, PresentedKey};
 use crate::auth::Caller;
 use crate::proxy;
 use crate::session::Session;
 use crate::vocab::Status;
-use bytes::Bytes;
 use std::sync::Arc;
 
 /// `GET /?sessionId=<id>`: Steel's `websocketUrl`. Without an upgrade it describes the service.
@@ -79,7 +78,7 @@ async fn connect(
     let key = websocket_key(request.headers())?;
     let mut request = match state.registry.get_for(&id, caller) {
         Some(_) => request,
-        None => match relay::upgrade_to_owner(&state, id, request).await? {
+        None => match relay::upgrade_to_owner(&state, id, caller, request).await? {
             Ok(answer) => return Ok(answer),
             Err(request) => request,
         },
@@ -179,7 +178,11 @@ async fn version_elsewhere(
     if state.registry.get_for(&id, caller).is_some() {
         return Ok(None);
     }
-    relay.to_owner(state, id, "version", Bytes::new()).await
+    match relay.to_owner(state, id, caller, "version").await? {
+        Relayed::Answered(answer) => Ok(Some(answer)),
+        Relayed::Unreachable(e) => Err(e),
+        Relayed::Here => Ok(None),
+    }
 }
 
 /// The discovery answer. Its WebSocket URL carries the key the request presented, because

@@ -78,11 +78,12 @@ const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 ///
 /// The middleware order matters. axum runs the layer added last first, so a request passes,
 /// from the outside in:
-/// 1. [`refuse_foreign_requests`]: a web page (an `Origin` header) or a rebound DNS name
-///    (`Host`) is refused before anything else reads the request;
-/// 2. [`refuse_large_heads`]: 431 JSON for a request head over [`MAX_HEAD`];
-/// 3. [`relay::peer_hop`]: 403 for `x-ingot-*` headers without the cluster's secret; with
+/// 1. [`relay::peer_hop`]: 403 for `x-ingot-*` headers without the cluster's secret; with
 ///    it, the request is marked as relayed by another node (and is never relayed again);
+/// 2. [`refuse_foreign_requests`]: a web page (an `Origin` header) or a rebound DNS name
+///    (`Host`) is refused before anything else reads the request; a relayed request keeps
+///    the client's `Host`, which the relaying node checked against its own public URL;
+/// 3. [`refuse_large_heads`]: 431 JSON for a request head over [`MAX_HEAD`];
 /// 4. [`authenticate`]: 401 without a valid key; otherwise the [`Caller`] is attached, and
 ///    handlers that need one refuse a request without it (they fail closed); a relayed
 ///    request is authenticated by the client's key like any other;
@@ -120,14 +121,14 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(RequestBodyDeadlineLayer::new(state.body_timeout))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            relay::peer_hop,
-        ))
         .layer(middleware::from_fn(refuse_large_heads))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             refuse_foreign_requests,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            relay::peer_hop,
         ))
         .with_state(state)
 }
@@ -222,6 +223,7 @@ async fn refuse_foreign_requests(
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        && request.extensions().get::<relay::Hop>().is_none()
         && !host_allowed(host, &state.urls)
         && !OPERATIONAL_PATHS.contains(&request.uri().path())
     {

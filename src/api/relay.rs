@@ -21,8 +21,9 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::ApiError;
 use super::wire::PublicUrls;
+use crate::auth::Caller;
 use crate::cluster::Cluster;
-use crate::cluster::forward::{INTERNAL_PREFIX, Outgoing, SECRET_HEADER, VIA_HEADER};
+use crate::cluster::forward::{INTERNAL_PREFIX, Outgoing, QUICK_ANSWER, SECRET_HEADER, VIA_HEADER};
 use crate::telemetry;
 
 /// Marks a request that another node of the cluster relayed.
@@ -105,15 +106,18 @@ impl Relay {
 
     /// Places a create on another node when this one has no room (or takes no sessions)
     /// and another has; `None` to create here. An answer that says the other node filled
-    /// up meanwhile, or no answer, also means here: this node's queue decides.
+    /// up meanwhile, or a node that could not be connected to, also means here: this node's
+    /// queue decides. A node that took the request and did not answer may be starting the
+    /// session, so the create is not repeated here: the client gets 502.
     pub async fn create_elsewhere(&self, state: &AppState, body: &Bytes) -> Option<Response> {
         let cluster = self.cluster(state)?;
         if state.registry.takes_sessions_now() {
             return None;
         }
         let node = cluster.place()?;
+        let within = cluster.create_timeout();
         match cluster
-            .send(&node, &self.out, body.clone(), &state.urls.http)
+            .send(&node, &self.out, body.clone(), &state.urls.http, within)
             .await
         {
             Ok(answer) => {
@@ -124,30 +128,44 @@ impl Relay {
             }
             Err(e) => {
                 telemetry::forwarded("create", false);
-                warn!(error = %e, "cannot place a session on another node; trying here");
-                None
+                warn!(error = %e, "cannot place a session on another node");
+                e.sent.then(|| {
+                    ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "node_unreachable",
+                        "the session was passed to another node, which did not answer; it may \
+                         still start there: list your sessions before creating another",
+                    )
+                    .into_response()
+                })
             }
         }
     }
 
-    /// Relays a request about session `id` to the node that runs it, when that is another
-    /// live node. `None` when no other node runs it, or it could not be reached (its node
-    /// died: the directory will say what became of the session).
+    /// Relays a request about session `id` of `caller` to the node that runs it, when that
+    /// is another live node.
     pub async fn to_owner(
         &self,
         state: &AppState,
         id: Uuid,
+        caller: &Caller,
         kind: &'static str,
-        body: Bytes,
-    ) -> Result<Option<Response>, ApiError> {
+    ) -> Result<Relayed, ApiError> {
         let Some(cluster) = self.cluster(state) else {
-            return Ok(None);
+            return Ok(Relayed::Here);
         };
-        let Some(owner) = cluster.owner_of(id).await? else {
-            return Ok(None);
+        let tenant = caller.tenant_name();
+        let Some(owner) = cluster.owner_of(id, tenant.as_deref()).await? else {
+            return Ok(Relayed::Here);
         };
         match cluster
-            .send(&owner, &self.out, body, &state.urls.http)
+            .send(
+                &owner,
+                &self.out,
+                Bytes::new(),
+                &state.urls.http,
+                QUICK_ANSWER,
+            )
             .await
         {
             Ok(answer) => {
@@ -155,13 +173,13 @@ impl Relay {
                 if matches!(answer.status(), StatusCode::NOT_FOUND | StatusCode::GONE) {
                     cluster.forget(id);
                 }
-                Ok(Some(answer))
+                Ok(Relayed::Answered(answer))
             }
             Err(e) => {
                 telemetry::forwarded(kind, false);
                 warn!(session_id = %id, error = %e, "cannot reach the node that runs the session");
                 cluster.forget(id);
-                Ok(None)
+                Ok(Relayed::Unreachable(node_unreachable(id)))
             }
         }
     }
@@ -174,29 +192,60 @@ impl Relay {
         };
         let sends = cluster.peer_urls().into_iter().map(|node| async move {
             let sent = cluster
-                .send(&node, &self.out, Bytes::new(), &state.urls.http)
+                .send(
+                    &node,
+                    &self.out,
+                    Bytes::new(),
+                    &state.urls.http,
+                    QUICK_ANSWER,
+                )
                 .await;
-            telemetry::forwarded("release_all", sent.is_ok());
-            if let Err(e) = sent {
-                warn!(error = %e, "cannot pass a release-all to another node");
+            let failure = match sent {
+                Ok(answer) if answer.status().is_success() => None,
+                Ok(answer) => Some(format!("it answered {}", answer.status())),
+                Err(e) => Some(e.to_string()),
+            };
+            telemetry::forwarded("release_all", failure.is_none());
+            if let Some(why) = failure {
+                warn!(node = %node, why, "a release-all passed to another node failed");
             }
         });
         futures_util::future::join_all(sends).await;
     }
 }
 
-/// Passes a CDP WebSocket upgrade for session `id` to the node that runs it; `None` when no
-/// other live node does (or this request came from one).
+/// What became of a request about a session, when this node may pass it on.
+pub enum Relayed {
+    /// The node that runs the session answered; this is its answer.
+    Answered(Response),
+    /// No other live node runs it: answer here (from this node or the directory).
+    Here,
+    /// Another node runs it and does not answer (502).
+    Unreachable(ApiError),
+}
+
+fn node_unreachable(id: Uuid) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "node_unreachable",
+        format!("the node that runs session {id} does not answer; retry, or create a new session"),
+    )
+}
+
+/// Passes a CDP WebSocket upgrade for session `id` of `caller` to the node that runs it;
+/// gives the request back when no other live node does (or this request came from one).
 pub async fn upgrade_to_owner(
     state: &AppState,
     id: Uuid,
+    caller: &Caller,
     request: Request,
 ) -> Result<Result<Response, Request>, ApiError> {
     let cluster = match (&state.cluster, request.extensions().get::<Hop>()) {
         (Some(cluster), None) => cluster,
         _ => return Ok(Err(request)),
     };
-    let Some(owner) = cluster.owner_of(id).await? else {
+    let tenant = caller.tenant_name();
+    let Some(owner) = cluster.owner_of(id, tenant.as_deref()).await? else {
         return Ok(Err(request));
     };
     match cluster.upgrade(&owner, request, &state.clients).await {
@@ -211,13 +260,7 @@ pub async fn upgrade_to_owner(
             telemetry::forwarded("upgrade", false);
             warn!(session_id = %id, error = %e, "cannot reach the node that runs the session");
             cluster.forget(id);
-            Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "node_unreachable",
-                format!(
-                    "the node that runs session {id} does not answer; retry, or create a new session"
-                ),
-            ))
+            Err(node_unreachable(id))
         }
     }
 }

@@ -4,13 +4,12 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{RequestBody, SessionId, StrictQuery, parse_id};
-use super::relay::Relay;
+use super::relay::{Relay, Relayed};
 use super::wire::{ReleaseJson, SessionJson, SessionListJson};
 use crate::auth::Caller;
 use crate::session::directory::ListQuery;
@@ -100,10 +99,12 @@ pub async fn retrieve(
     relay: Relay,
     SessionId(id): SessionId,
 ) -> Result<Response, ApiError> {
-    if state.registry.get_for(&id, &caller).is_none()
-        && let Some(answer) = relay.to_owner(&state, id, "retrieve", Bytes::new()).await?
-    {
-        return Ok(answer);
+    if state.registry.get_for(&id, &caller).is_none() {
+        match relay.to_owner(&state, id, &caller, "retrieve").await? {
+            Relayed::Answered(answer) => return Ok(answer),
+            // The directory still says what it knows of the session.
+            Relayed::Here | Relayed::Unreachable(_) => {}
+        }
     }
     let session = state
         .registry
@@ -122,9 +123,13 @@ pub async fn release(
     SessionId(id): SessionId,
 ) -> Result<Response, ApiError> {
     if state.registry.release(&id, &caller).await.is_none() {
-        if let Some(answer) = relay.to_owner(&state, id, "release", Bytes::new()).await? {
-            return Ok(answer);
+        match relay.to_owner(&state, id, &caller, "release").await? {
+            Relayed::Answered(answer) => return Ok(answer),
+            Relayed::Unreachable(e) => return Err(e),
+            Relayed::Here => {}
         }
+        // An ended session (of an earlier run, or of another node): releasing it again
+        // changes nothing.
         if !state.registry.is_known(&id, &caller).await? {
             return Err(ApiError::session_not_found(id));
         }

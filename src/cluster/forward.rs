@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use axum::http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
+};
 use bytes::Bytes;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -28,8 +30,11 @@ pub const INTERNAL_PREFIX: &str = "x-ingot-";
 
 /// Longest wait for a TCP connection to another node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Longest wait for another node's answer (a create may queue, then launch a browser).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for another node's answer to anything but a create (a release waits up to
+/// 10 s for its browser to be reaped).
+pub const QUICK_ANSWER: Duration = Duration::from_secs(15);
+/// Idle time before TCP keepalive probes on connections to other nodes, and between them.
+const KEEPALIVE: Duration = Duration::from_secs(10);
 /// Buffer of each direction of a joined WebSocket.
 const COPY_BUFFER: usize = 64 << 10;
 
@@ -45,7 +50,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "content-length",
 ];
 
-/// The other node could not be asked.
+/// The other node could not be asked, or did not answer.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot reach the node at {url}: {why}")]
 pub struct Unreachable {
@@ -53,6 +58,18 @@ pub struct Unreachable {
     pub url: String,
     /// What went wrong.
     pub why: String,
+    /// Whether the request had been sent: then the other node may be acting on it.
+    pub sent: bool,
+}
+
+impl Unreachable {
+    fn new(url: &str, why: impl ToString, sent: bool) -> Unreachable {
+        Unreachable {
+            url: url.to_owned(),
+            why: why.to_string(),
+            sent,
+        }
+    }
 }
 
 /// What is passed on: the client's request line and headers.
@@ -64,37 +81,32 @@ pub struct Outgoing {
 }
 
 impl Cluster {
-    /// Sends `out` with `body` to the node at `base` and returns its answer, streamed.
-    /// `via` is the public URL the client used, for links in the answer.
+    /// Sends `out` with `body` to the node at `base` and returns its answer, streamed,
+    /// waiting at most `within` for it. `via` is the public URL the client used, for links
+    /// in the answer.
     pub async fn send(
         &self,
         base: &str,
         out: &Outgoing,
         body: Bytes,
         via: &str,
+        within: Duration,
     ) -> Result<Response<Body>, Unreachable> {
-        let unreachable = |why: String| Unreachable {
-            url: base.to_owned(),
-            why,
-        };
-        let mut request = outgoing(out, Body::from(body), true, self.secret())?;
+        let mut request = outgoing(out, Body::from(body), self.secret())?;
         if let Ok(via) = HeaderValue::from_str(via) {
             request.headers_mut().insert(VIA_HEADER, via);
         }
         let mut sender = connect(base, false).await?;
-        let response = tokio::time::timeout(ANSWER_TIMEOUT, sender.send_request(request))
+        let response = tokio::time::timeout(within, sender.send_request(request))
             .await
-            .map_err(|_| unreachable(format!("no answer within {ANSWER_TIMEOUT:?}")))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|_| Unreachable::new(base, format!("no answer within {within:?}"), true))?
+            .map_err(|e| Unreachable::new(base, e, true))?;
         Ok(answer(response))
     }
 
     /// The id of the node that answers `/healthz` at `base`.
     pub async fn whoami(&self, base: &str) -> Result<String, Unreachable> {
-        let unreachable = |why: String| Unreachable {
-            url: base.to_owned(),
-            why,
-        };
+        let unreachable = |why: String| Unreachable::new(base, why, true);
         let authority = url::Url::parse(base)
             .map_err(|e| unreachable(e.to_string()))?
             .authority()
@@ -108,7 +120,9 @@ impl Cluster {
             uri: Uri::from_static("/healthz"),
             headers,
         };
-        let answer = self.send(base, &out, Bytes::new(), base).await?;
+        let answer = self
+            .send(base, &out, Bytes::new(), base, QUICK_ANSWER)
+            .await?;
         let body = axum::body::to_bytes(answer.into_body(), 64 << 10)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
@@ -121,8 +135,9 @@ impl Cluster {
     }
 
     /// Passes a WebSocket upgrade to the node at `base`. When that node accepts it, the
-    /// client gets its 101 and the two sockets are joined (on `tasks`) until either closes
-    /// or this node stops; otherwise the client gets that node's answer.
+    /// client gets its 101 and the two sockets are joined (on `tasks`) until either closes,
+    /// that node leaves the cluster, or this node stops; otherwise the client gets that
+    /// node's answer.
     pub async fn upgrade(
         &self,
         base: &str,
@@ -136,36 +151,27 @@ impl Cluster {
             uri: parts.uri,
             headers: parts.headers,
         };
-        let outgoing = outgoing(&out, Body::empty(), false, self.secret())?;
+        let mut upgrade = outgoing(&out, Body::empty(), self.secret())?;
+        let headers = upgrade.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         let mut sender = connect(base, true).await?;
-        let mut response = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(outgoing))
+        let mut response = tokio::time::timeout(QUICK_ANSWER, sender.send_request(upgrade))
             .await
-            .map_err(|_| Unreachable {
-                url: base.to_owned(),
-                why: format!("no answer to the upgrade within {CONNECT_TIMEOUT:?}"),
+            .map_err(|_| {
+                Unreachable::new(base, format!("no answer within {QUICK_ANSWER:?}"), true)
             })?
-            .map_err(|e| Unreachable {
-                url: base.to_owned(),
-                why: e.to_string(),
-            })?;
+            .map_err(|e| Unreachable::new(base, e, true))?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Ok(answer(response));
         }
         let owner_side = hyper::upgrade::on(&mut response);
-        let stop = self.stopping();
+        let (stop, gone) = (self.stopping(), self.departure(base));
         tasks.spawn(async move {
-            let (client, owner) = match tokio::join!(client_side, owner_side) {
-                (Ok(client), Ok(owner)) => (client, owner),
-                (Err(e), _) | (_, Err(e)) => {
-                    debug!(error = %e, "a forwarded WebSocket upgrade did not complete");
-                    return;
-                }
-            };
-            let (mut client, mut owner) = (TokioIo::new(client), TokioIo::new(owner));
             tokio::select! {
-                _ = tokio::io::copy_bidirectional_with_sizes(
-                    &mut client, &mut owner, COPY_BUFFER, COPY_BUFFER) => {}
+                _ = join(client_side, owner_side) => {}
                 _ = stop.cancelled() => {}
+                _ = gone.cancelled() => debug!("the node of a forwarded WebSocket left the cluster"),
             }
         });
         let mut switching = Response::new(Body::empty());
@@ -175,15 +181,26 @@ impl Cluster {
     }
 }
 
+/// Waits for both sides of a forwarded upgrade, then copies bytes both ways until either
+/// side closes.
+async fn join(client: hyper::upgrade::OnUpgrade, owner: hyper::upgrade::OnUpgrade) {
+    let (client, owner) = match tokio::join!(client, owner) {
+        (Ok(client), Ok(owner)) => (client, owner),
+        (Err(e), _) | (_, Err(e)) => {
+            debug!(error = %e, "a forwarded WebSocket upgrade did not complete");
+            return;
+        }
+    };
+    let (mut client, mut owner) = (TokioIo::new(client), TokioIo::new(owner));
+    let _ =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut owner, COPY_BUFFER, COPY_BUFFER)
+            .await;
+}
+
 /// The request passed on: the client's, with the cluster's `secret`. Headers only nodes
-/// may send are dropped (the secret is set anew), and so are hop-by-hop headers unless the
-/// request is an upgrade, whose `Connection` and `Upgrade` are the point.
-fn outgoing(
-    out: &Outgoing,
-    body: Body,
-    drop_hop_by_hop: bool,
-    secret: &str,
-) -> Result<Request<Body>, Unreachable> {
+/// may send are dropped (the secret is set anew), and so are hop-by-hop headers: this
+/// connection has its own framing (an upgrade sets its `Connection` and `Upgrade` again).
+fn outgoing(out: &Outgoing, body: Body, secret: &str) -> Result<Request<Body>, Unreachable> {
     let mut request = Request::new(body);
     *request.method_mut() = out.method.clone();
     *request.uri_mut() = out
@@ -193,17 +210,24 @@ fn outgoing(
     let headers = request.headers_mut();
     for (name, value) in &out.headers {
         let internal = name.as_str().starts_with(INTERNAL_PREFIX);
-        let hop = drop_hop_by_hop && HOP_BY_HOP.contains(&name.as_str());
+        let hop = HOP_BY_HOP.contains(&name.as_str()) || named_by_connection(out, name);
         if !internal && !hop {
             headers.append(name.clone(), value.clone());
         }
     }
-    let secret = HeaderValue::from_str(secret).map_err(|e| Unreachable {
-        url: String::new(),
-        why: e.to_string(),
-    })?;
+    let secret = HeaderValue::from_str(secret).map_err(|e| Unreachable::new("", e, false))?;
     headers.insert(HeaderName::from_static(SECRET_HEADER), secret);
     Ok(request)
+}
+
+/// Whether the client's `Connection` header names `name` (a header of that connection only).
+fn named_by_connection(out: &Outgoing, name: &HeaderName) -> bool {
+    out.headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
 }
 
 /// Another node's answer as this node's: the body streams through; the framing headers of
@@ -218,12 +242,10 @@ fn answer(response: Response<hyper::body::Incoming>) -> Response<Body> {
     response
 }
 
-/// An HTTP/1 connection to the node at `base` (`http://host:port`).
+/// An HTTP/1 connection to the node at `base` (`http://host:port`), with TCP keepalive so
+/// that a connection to a machine that vanished ends.
 async fn connect(base: &str, upgrades: bool) -> Result<http1::SendRequest<Body>, Unreachable> {
-    let unreachable = |why: String| Unreachable {
-        url: base.to_owned(),
-        why,
-    };
+    let unreachable = |why: String| Unreachable::new(base, why, false);
     let url = url::Url::parse(base).map_err(|e| unreachable(e.to_string()))?;
     let host = url
         .host_str()
@@ -237,9 +259,16 @@ async fn connect(base: &str, upgrades: bool) -> Result<http1::SendRequest<Body>,
         .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
         .map_err(|e| unreachable(e.to_string()))?;
     let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE)
+        .with_interval(KEEPALIVE)
+        .with_retries(3);
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unreachable(e.to_string()))?;
+    // Ends with the connection: when the answer is read and the sender dropped, or when an
+    // upgrade hands the socket over.
     tokio::spawn(async move {
         let result = if upgrades {
             connection.with_upgrades().await
@@ -263,7 +292,8 @@ mod tests {
         for (name, value) in [
             ("host", "lb.example:8080"),
             ("steel-api-key", "k"),
-            ("connection", "keep-alive"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "named by Connection"),
             ("transfer-encoding", "chunked"),
             ("content-length", "2"),
             ("x-ingot-cluster-secret", "forged"),
@@ -276,7 +306,7 @@ mod tests {
             uri: Uri::from_static("http://ignored/v1/sessions?x=1"),
             headers,
         };
-        let request = outgoing(&out, Body::empty(), true, "s3cret").expect("request");
+        let request = outgoing(&out, Body::empty(), "s3cret").expect("request");
         assert_eq!(request.uri(), "/v1/sessions?x=1");
         let h = request.headers();
         assert_eq!(h["host"], "lb.example:8080");
@@ -284,17 +314,12 @@ mod tests {
         assert_eq!(h[SECRET_HEADER], "s3cret", "the forged secret is replaced");
         for gone in [
             "connection",
+            "x-private",
             "transfer-encoding",
             "content-length",
             VIA_HEADER,
         ] {
             assert!(!h.contains_key(gone), "{gone}");
         }
-        let upgrade = outgoing(&out, Body::empty(), false, "s3cret").expect("request");
-        assert_eq!(
-            upgrade.headers()["connection"],
-            "keep-alive",
-            "upgrades keep them"
-        );
     }
 }

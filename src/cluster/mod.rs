@@ -11,8 +11,8 @@
 pub mod forward;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
@@ -32,25 +32,50 @@ pub struct Cluster {
     node: String,
     secret: String,
     /// The other nodes with a live lease, as they last described themselves.
-    peers: RwLock<Vec<NodeRow>>,
+    peers: Mutex<Vec<NodeRow>>,
     /// Where sessions of other nodes live: their node's advertise URL.
     owners: Mutex<HashMap<Uuid, Arc<str>>>,
+    /// One token per node that forwarded WebSockets lead to, cancelled when that node
+    /// leaves the live list (its lease ran out): those sockets close.
+    departures: Mutex<HashMap<String, CancellationToken>>,
     /// Cancelled when this node stops: forwarded WebSockets close.
     stop: CancellationToken,
+    /// Longest wait for another node's answer to a create passed to it.
+    create_timeout: Duration,
 }
 
 impl Cluster {
-    /// Membership for node `node`, which has joined the database behind `ledger`.
-    pub async fn new(ledger: Arc<PgLedger>, node: String) -> Result<Cluster, MeterError> {
+    /// Membership for node `node`, which has joined the database behind `ledger`. A create
+    /// passed to another node is answered within `create_timeout` (its queue and a launch).
+    pub async fn new(
+        ledger: Arc<PgLedger>,
+        node: String,
+        create_timeout: Duration,
+    ) -> Result<Cluster, MeterError> {
         let secret = ledger.cluster_secret().await?;
         Ok(Cluster {
             ledger,
             node,
             secret,
-            peers: RwLock::default(),
+            peers: Mutex::default(),
             owners: Mutex::default(),
+            departures: Mutex::default(),
             stop: CancellationToken::new(),
+            create_timeout,
         })
+    }
+
+    /// Longest wait for another node's answer to a create.
+    pub fn create_timeout(&self) -> Duration {
+        self.create_timeout
+    }
+
+    /// A token cancelled when the node at `url` leaves the cluster.
+    pub fn departure(&self, url: &str) -> CancellationToken {
+        lock(&self.departures)
+            .entry(url.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// This node's id.
@@ -82,27 +107,34 @@ impl Cluster {
     /// if any has a free slot. Its count is lowered here at once, so that creates arriving
     /// before the next refresh spread out.
     pub fn place(&self) -> Option<String> {
-        choose(&mut self.peers.write().unwrap_or_else(|e| e.into_inner()))
+        choose(&mut lock(&self.peers))
     }
 
     /// The advertise URLs of every other live node.
     pub fn peer_urls(&self) -> Vec<String> {
-        self.peers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.peers)
             .iter()
             .filter_map(|p| p.advertise_url.clone())
             .collect()
     }
 
-    /// The advertise URL of the node that runs live session `id`, when it is another live
-    /// node; from the cache, else from the database.
-    pub async fn owner_of(&self, id: Uuid) -> Result<Option<Arc<str>>, MeterError> {
-        if let Some(url) = lock(&self.owners).get(&id) {
-            return Ok(Some(url.clone()));
+    /// The advertise URL of the node that runs live session `id` of `tenant` (any tenant's
+    /// when `None`), when it is another live node; from the cache, else from the database.
+    /// A cached node that is no longer live is asked about again.
+    pub async fn owner_of(
+        &self,
+        id: Uuid,
+        tenant: Option<&str>,
+    ) -> Result<Option<Arc<str>>, MeterError> {
+        let cached = lock(&self.owners).get(&id).cloned();
+        if let Some(url) = cached {
+            if self.is_live(&url) {
+                return Ok(Some(url));
+            }
+            self.forget(id);
         }
         let started = Instant::now();
-        let owner = self.ledger.owner_of(id).await;
+        let owner = self.ledger.owner_of(id, tenant).await;
         telemetry::directory_query(started.elapsed());
         let Some((_, url)) = owner? else {
             return Ok(None);
@@ -114,6 +146,13 @@ impl Cluster {
         }
         owners.insert(id, url.clone());
         Ok(Some(url))
+    }
+
+    /// Whether the node at `url` is among the live nodes this node last saw.
+    fn is_live(&self, url: &str) -> bool {
+        lock(&self.peers)
+            .iter()
+            .any(|p| p.advertise_url.as_deref() == Some(url))
     }
 
     /// Forgets where session `id` lives: it ended, or its node could not be reached.
@@ -132,8 +171,17 @@ impl Cluster {
         telemetry::directory_query(started.elapsed());
         let nodes = nodes?;
         telemetry::cluster_nodes(nodes.len());
-        let peers = nodes.into_iter().filter(|n| n.node != self.node).collect();
-        *self.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
+        let peers: Vec<NodeRow> = nodes.into_iter().filter(|n| n.node != self.node).collect();
+        lock(&self.departures).retain(|url, gone| {
+            let live = peers
+                .iter()
+                .any(|p| p.advertise_url.as_deref() == Some(url));
+            if !live {
+                gone.cancel();
+            }
+            live
+        });
+        *lock(&self.peers) = peers;
         Ok(())
     }
 }

@@ -40,6 +40,8 @@ use crate::telemetry;
 /// between tries.
 const ADVERTISE_TRIES: usize = 5;
 const ADVERTISE_RETRY: Duration = Duration::from_millis(500);
+/// Beyond the queue timeout, how long a create passed to another node may take.
+const CREATE_MARGIN: Duration = Duration::from_secs(60);
 /// How long shutdown waits for sessions and sockets to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
@@ -106,13 +108,7 @@ impl Gateway {
             .map_err(|e| GatewayError::Metrics(format!("{e:#}")))?;
         let (meter, database) = open_meter(&settings).await?;
         let cluster = match &database {
-            Some(db) => Some(Arc::new(
-                Cluster::new(db.clone(), settings.node())
-                    .await
-                    .map_err(|e| {
-                        GatewayError::Usage(format!("cannot read the cluster's secret: {e}"))
-                    })?,
-            )),
+            Some(db) => Some(membership(db, &settings).await?),
             None => None,
         };
         let registry = Registry::new(
@@ -189,12 +185,14 @@ impl Gateway {
         );
         let (_, _, reached) = tokio::join!(
             serve,
-            end_sessions(&self.registry, &clients, background.stopping()),
+            end_sessions(
+                &self.registry,
+                &clients,
+                background.stopping(),
+                self.cluster.clone()
+            ),
             self.check_advertised(advertised, background.stopping()),
         );
-        if let Some(cluster) = &self.cluster {
-            cluster.close();
-        }
         background.stop().await;
         if let Some(database) = &self.database
             && let Err(e) = database.leave().await
@@ -304,14 +302,23 @@ async fn reaches_itself(cluster: &Cluster, url: &str) -> Option<String> {
     Some(why)
 }
 
-/// Once `stopping` is cancelled: ends every session and waits for clients' sockets to close.
-async fn end_sessions(registry: &Registry, clients: &TaskTracker, stopping: CancellationToken) {
+/// Once `stopping` is cancelled: ends every session, closes the WebSockets forwarded to
+/// other nodes, and waits for clients' sockets to close.
+async fn end_sessions(
+    registry: &Registry,
+    clients: &TaskTracker,
+    stopping: CancellationToken,
+    cluster: Option<Arc<Cluster>>,
+) {
     stopping.cancelled().await;
     info!(
         live_sessions = registry.live_count(),
         "shutting down: releasing every session"
     );
     registry.shutdown(SHUTDOWN_GRACE).await;
+    if let Some(cluster) = cluster {
+        cluster.close();
+    }
     clients.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, clients.wait())
         .await
@@ -433,6 +440,16 @@ async fn join_cluster(settings: &Settings) -> Result<Arc<PgLedger>, GatewayError
         .map_err(|e| GatewayError::Settings(format!("cannot join the cluster: {e}")))?;
     info!(database = %shown, node = %node, lease_ms = settings.node_lease_ms, "joined the cluster's database");
     Ok(Arc::new(ledger))
+}
+
+/// This node's membership of the cluster whose database it joined.
+async fn membership(db: &Arc<PgLedger>, settings: &Settings) -> Result<Arc<Cluster>, GatewayError> {
+    // A create passed to another node may wait in its queue, then launch a browser.
+    let create_timeout = Duration::from_millis(settings.queue_timeout_ms) + CREATE_MARGIN;
+    Cluster::new(db.clone(), settings.node(), create_timeout)
+        .await
+        .map(Arc::new)
+        .map_err(|e| GatewayError::Usage(format!("cannot read the cluster's secret: {e}")))
 }
 
 /// One launch before serving: readiness is known from the first probe, and the first

@@ -137,6 +137,9 @@ pub enum MeterError {
     Task(String),
     #[error("database: {0}")]
     Database(String),
+    /// Another node runs a live session with this id.
+    #[error("a live session with this id already exists")]
+    Duplicate,
     /// The tenant already has this many live sessions on all nodes together.
     #[error("the tenant already has {0} live sessions in the cluster, its limit")]
     OverQuota(u64),
@@ -170,6 +173,8 @@ struct Owed {
     finals: Vec<FinalRecord>,
     /// A checkpoint failed: every live session is checkpointed again.
     checkpoints: bool,
+    /// When the next retry is due (set when something becomes owed).
+    retry_at: Option<Instant>,
 }
 
 impl Owed {
@@ -275,31 +280,39 @@ impl Meter {
         }
         // The clock retries it every second until the database answers. Should this
         // process die first, the next start closes the record at its last checkpoint.
-        lock(&self.owed).finals.push(record);
+        let mut owed = lock(&self.owed);
+        owed.finals.push(record);
+        owed.retry_at
+            .get_or_insert_with(|| Instant::now() + RETRY_EVERY);
+        drop(owed);
         self.changed.notify_one();
     }
 
-    /// Retries the writes that failed; what fails again stays owed.
+    /// Retries the writes that failed, oldest first, stopping at the first that fails
+    /// again (the database is still away); what is not written stays owed.
     async fn settle(&self) {
-        let (finals, checkpoints) = {
+        let (mut finals, checkpoints) = {
             let mut owed = lock(&self.owed);
+            owed.retry_at = None;
             (
                 std::mem::take(&mut owed.finals),
                 std::mem::take(&mut owed.checkpoints),
             )
         };
-        let mut still = Vec::new();
-        for record in finals {
-            if self.ledger.finish(record).await.is_err() {
-                still.push(record);
-            }
+        let mut written = 0;
+        while written < finals.len() && self.ledger.finish(finals[written]).await.is_ok() {
+            written += 1;
         }
-        let written = !checkpoints || self.flush().await.is_ok();
+        let all_finals = written == finals.len();
+        finals.drain(..written);
+        let checkpointed = !checkpoints || (all_finals && self.flush().await.is_ok());
         let mut owed = lock(&self.owed);
-        owed.finals.extend(still);
-        owed.checkpoints |= !written;
+        owed.finals.splice(0..0, finals);
+        owed.checkpoints |= !checkpointed;
         if owed.is_empty() {
-            info!("usage writes that failed are written now");
+            info!("usage writes that had failed are written now");
+        } else {
+            owed.retry_at = Some(Instant::now() + RETRY_EVERY);
         }
     }
 
@@ -372,8 +385,7 @@ impl Meter {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             let mut next = lock(&self.schedule).due.first().map(|(at, _)| *at);
-            if !lock(&self.owed).is_empty() {
-                let retry = Instant::now() + RETRY_EVERY;
+            if let Some(retry) = lock(&self.owed).retry_at {
                 next = Some(next.map_or(retry, |at| at.min(retry)));
             }
             let sleep = async {
@@ -407,11 +419,20 @@ impl Meter {
             }
             if let Err(e) = self.write_checkpoints(checkpoints).await {
                 error!(error = %e, "could not write usage checkpoints; retrying every second");
-                lock(&self.owed).checkpoints = true;
+                let mut owed = lock(&self.owed);
+                owed.checkpoints = true;
+                owed.retry_at.get_or_insert_with(|| now + RETRY_EVERY);
             }
-            if !lock(&self.owed).is_empty() {
+            let due = lock(&self.owed)
+                .retry_at
+                .is_some_and(|at| at <= Instant::now());
+            if due {
                 self.settle().await;
             }
+        }
+        // One last try, so that a database that came back just now gets what is owed.
+        if !lock(&self.owed).is_empty() {
+            self.settle().await;
         }
         info!("usage clock stopped");
     }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{IsolationLevel, NoTls, Row};
 use uuid::Uuid;
 
 use super::MeterError;
@@ -73,6 +74,8 @@ CREATE TABLE ingot_cluster (
     secret TEXT    NOT NULL
 );
 CREATE INDEX ingot_sessions_live_by_tenant ON ingot_sessions (tenant) WHERE status = 'live';
+CREATE UNIQUE INDEX ingot_sessions_one_live_id ON ingot_sessions (session_id)
+    WHERE status = 'live';
 ",
 ];
 
@@ -354,13 +357,18 @@ impl PgLedger {
             .collect())
     }
 
-    /// The node that runs live session `id` and how to reach it, when that is another node
-    /// with a live lease.
-    pub async fn owner_of(&self, id: Uuid) -> Result<Option<(String, String)>, MeterError> {
+    /// The node that runs live session `id` of `tenant` (any tenant's when `None`) and how
+    /// to reach it, when that is another node with a live lease.
+    pub async fn owner_of(
+        &self,
+        id: Uuid,
+        tenant: Option<&str>,
+    ) -> Result<Option<(String, String)>, MeterError> {
         let sql = format!(
             "SELECT n.node, n.advertise_url FROM ingot_sessions s
              JOIN ingot_nodes n ON n.node = s.node
              WHERE s.session_id = $1 AND s.status = 'live' AND s.node <> $2
+               AND ($3::text IS NULL OR s.tenant = $3)
                AND n.lease_until_ms > {NOW_MS} AND n.advertise_url IS NOT NULL
              ORDER BY s.record_id DESC LIMIT 1"
         );
@@ -368,7 +376,7 @@ impl PgLedger {
         let row = self
             .client()
             .await?
-            .query_opt(&sql, &[&id, &self.node])
+            .query_opt(&sql, &[&id, &self.node, &tenant])
             .await
             .map_err(db)?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
@@ -466,7 +474,14 @@ impl PgLedger {
              VALUES ($1, $2, $3, $4, $4, 'live', 1, $5) RETURNING record_id";
         let id = record.session_id.to_string();
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
+        // The quota count must see every record committed before the tenant's lock was
+        // taken: one statement snapshot each, whatever the database's default isolation.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(db)?;
         if let (Some(tenant), Some(limit)) = (&record.tenant, record.tenant_limit) {
             within_quota(&tx, tenant, limit).await?;
         }
@@ -482,7 +497,10 @@ impl PgLedger {
                 ],
             )
             .await
-            .map_err(db)?;
+            .map_err(|e| match e.code() {
+                Some(&SqlState::UNIQUE_VIOLATION) => MeterError::Duplicate,
+                _ => db(e),
+            })?;
         tx.commit().await.map_err(db)?;
         Ok(row.get(0))
     }

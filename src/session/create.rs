@@ -283,6 +283,7 @@ impl Registry {
             .await
             .map_err(|e| match e {
                 MeterError::Database(e) => CreateError::DatabaseUnavailable(e),
+                MeterError::Duplicate => CreateError::Duplicate(session.id),
                 MeterError::OverQuota(limit) => {
                     let tenant = session.tenant.clone().unwrap_or_else(|| "".into());
                     let limit = usize::try_from(limit).unwrap_or(usize::MAX);

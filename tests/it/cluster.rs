@@ -469,3 +469,48 @@ async fn an_advertise_url_that_misses_the_node_stops_the_start() {
         "internal headers need the cluster's secret"
     );
 }
+
+/// When the node that runs a session dies, a client connected through another node is
+/// closed at once and a release through another node gets 502 `node_unreachable`; when it
+/// hangs, the client is closed once the node's lease runs out. A live session's id cannot
+/// be taken on another node (409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_through_other_nodes_learn_when_the_owner_dies_or_hangs() {
+    let _exclusive = exclusive().await;
+    let mut cluster = Cluster::start("owner_lost", 3, &["--node-lease-ms", "2000"]).await;
+    let (a, b, c) = (cluster.node("a"), cluster.node("b"), cluster.node("c"));
+    let on_a = id_of(&a.create(json!({})).await);
+    let on_c = id_of(&c.create(json!({})).await);
+    let via_b = |id: &str| format!("ws://127.0.0.1:{}/?sessionId={id}", b.port);
+    let mut client_a = Cdp::connect(&via_b(&on_a)).await;
+    let mut client_c = Cdp::connect(&via_b(&on_c)).await;
+    let (status, taken) = b.post("/v1/sessions", json!({"sessionId": on_a})).await;
+    assert_eq!(status, 409, "a live id is taken on another node: {taken}");
+
+    cluster.nodes[0].signal(libc::SIGKILL);
+    let (status, refused) = b
+        .post(&format!("/v1/sessions/{on_a}/release"), json!({}))
+        .await;
+    assert_eq!(status, 502, "{refused}");
+    assert_eq!(refused["error"]["code"], "node_unreachable", "{refused}");
+    // Closed (or cut) at once: `wait_end` fails the test if it stays open.
+    client_a.wait_end(secs(3)).await;
+
+    let c = &cluster.nodes[2];
+    c.signal(libc::SIGSTOP);
+    let stopped = std::time::Instant::now();
+    client_c.wait_end(secs(8)).await;
+    let took = stopped.elapsed();
+    c.signal(libc::SIGCONT);
+    eprintln!("the client through b was closed {took:?} after the owner stopped");
+    assert!(
+        took >= Duration::from_millis(1_500),
+        "not before the lease ran out: {took:?}"
+    );
+
+    let b = &cluster.nodes[1];
+    let failed = b.wait_ended(&on_a, secs(10)).await.0;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["releaseReason"], "browser_crashed", "{failed}");
+    let _ = cluster.nodes[0].wait_exit(secs(5));
+}
