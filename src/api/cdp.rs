@@ -143,14 +143,31 @@ pub async fn version_by_query(
             }
             live_session(&state, id, &caller).await?
         }
-        None => state.registry.sole_live_session(&caller).ok_or_else(|| {
-            ApiError::bad_request(
-                "sessionId: name the session (/json/version?sessionId=<id>); without it this endpoint answers \
-                 only while exactly one session is live",
-            )
-        })?,
+        None => match state.registry.sole_live_session(&caller) {
+            Some(session) => session,
+            None => return sole_elsewhere(&state, &relay, &caller).await,
+        },
     };
     Ok(Json(version_json(&relay.links(&state), &session, &key)).into_response())
+}
+
+/// Without a `sessionId` and no live session here: in a cluster, the discovery answer of
+/// the caller's only live session on another node; otherwise 400.
+async fn sole_elsewhere(
+    state: &AppState,
+    relay: &Relay,
+    caller: &Caller,
+) -> Result<Response, ApiError> {
+    let elsewhere = match relay.sole_live_elsewhere(state, caller).await? {
+        Some(id) => version_elsewhere(state, relay, id, caller).await?,
+        None => None,
+    };
+    elsewhere.ok_or_else(|| {
+        ApiError::bad_request(
+            "sessionId: name the session (/json/version?sessionId=<id>); without it this endpoint answers \
+             only while exactly one session is live",
+        )
+    })
 }
 
 /// `GET /devtools/browser/<id>/json/version[/]`

@@ -184,6 +184,20 @@ impl Relay {
         }
     }
 
+    /// The caller's only live session in the cluster, when it has exactly one and another
+    /// node runs it.
+    pub async fn sole_live_elsewhere(
+        &self,
+        state: &AppState,
+        caller: &Caller,
+    ) -> Result<Option<Uuid>, ApiError> {
+        let Some(cluster) = self.cluster(state) else {
+            return Ok(None);
+        };
+        let tenant = caller.tenant_name();
+        Ok(cluster.sole_live_session(tenant.as_deref()).await?)
+    }
+
     /// Passes a release-all to every other live node, which ends the caller's sessions
     /// there; waits for all of them.
     pub async fn release_everywhere(&self, state: &AppState) {

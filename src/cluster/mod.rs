@@ -148,6 +148,21 @@ impl Cluster {
         Ok(Some(url))
     }
 
+    /// The only live session of `tenant` (any tenant's when `None`) in the cluster, if
+    /// it has exactly one and another node runs it.
+    pub async fn sole_live_session(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Option<Uuid>, MeterError> {
+        let started = Instant::now();
+        let live = self.ledger.live_sessions(tenant, 2).await;
+        telemetry::directory_query(started.elapsed());
+        Ok(match live?.as_slice() {
+            [(id, node)] if *node != self.node => Some(*id),
+            _ => None,
+        })
+    }
+
     /// Whether the node at `url` is among the live nodes this node last saw.
     fn is_live(&self, url: &str) -> bool {
         lock(&self.peers)

@@ -382,6 +382,31 @@ impl PgLedger {
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
+    /// Up to `limit` live sessions of `tenant` (any tenant's when `None`) on any node, with
+    /// their nodes.
+    pub async fn live_sessions(
+        &self,
+        tenant: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, String)>, MeterError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT session_id, node FROM ingot_sessions
+                 WHERE status = 'live' AND ($1::text IS NULL OR tenant = $1) LIMIT $2",
+                &[&tenant, &limit],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                Ok((Uuid::parse_str(&id).map_err(db)?, r.get(1)))
+            })
+            .collect()
+    }
+
     /// Leaves the cluster (after every session of this node ended): the lease ends now.
     pub async fn leave(&self) -> Result<(), MeterError> {
         self.client()

@@ -279,6 +279,17 @@ async fn release_all_spans_nodes_and_tenants_stay_apart() {
         .await;
     }
 
+    // Bob's only session, found without its id by every node (Puppeteer's `browserURL`).
+    for node in &cluster.nodes {
+        let (status, version) = call(node, "GET", "/json/version", BOB).await;
+        assert_eq!(status, 200, "{version}");
+        let endpoint = version["webSocketDebuggerUrl"].as_str().expect("url");
+        assert!(
+            endpoint.contains(&format!(":{}/devtools/browser/{}", node.port, id_of(&bob1))),
+            "{endpoint}"
+        );
+    }
+
     let b = cluster.node("b");
     let (status, _) = call(b, "POST", "/v1/sessions/release", ALICE).await;
     assert_eq!(status, 200);
