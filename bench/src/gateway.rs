@@ -45,6 +45,8 @@ pub struct Gateway {
     addr: SocketAddr,
     data_dir: PathBuf,
     log: PathBuf,
+    /// Killed on purpose ([`Gateway::kill`]): what it left behind is expected, not a bug.
+    killed: bool,
 }
 
 /// A live session: its id and where to connect.
@@ -56,16 +58,21 @@ pub struct Session {
 
 /// Whether this ingot has a warm pool (`--pool-size` in its `--help`).
 pub fn supports_pool(executable: &Path) -> Result<bool> {
+    supports_flag(executable, "--pool-size")
+}
+
+/// Whether this ingot's `--help` lists `flag`.
+pub fn supports_flag(executable: &Path, flag: &str) -> Result<bool> {
     let out = Command::new(executable)
         .arg("--help")
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run {} --help", executable.display()))?;
-    Ok(String::from_utf8_lossy(&out.stdout).contains("--pool-size"))
+    Ok(String::from_utf8_lossy(&out.stdout).contains(flag))
 }
 
 /// A loopback port free right now.
-fn free_port() -> Result<SocketAddr> {
+pub fn free_port() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     listener.local_addr().context("cannot read the free port")
 }
@@ -76,6 +83,16 @@ impl Gateway {
         executable: &Path,
         root: &TempRoot,
         options: GatewayOptions,
+    ) -> Result<Gateway> {
+        Gateway::start_with(executable, root, options, &[]).await
+    }
+
+    /// [`Gateway::start`] with `extra` arguments (a cluster node's `--database-url`, …).
+    pub async fn start_with(
+        executable: &Path,
+        root: &TempRoot,
+        options: GatewayOptions,
+        extra: &[String],
     ) -> Result<Gateway> {
         let addr = free_port()?;
         let data_dir = root.fresh_dir("ingot-data")?;
@@ -95,6 +112,7 @@ impl Gateway {
             .arg(&data_dir)
             .arg("--max-sessions")
             .arg(options.max_sessions.to_string())
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
@@ -109,6 +127,7 @@ impl Gateway {
             addr,
             data_dir,
             log,
+            killed: false,
         };
         gateway.wait_healthy().await?;
         Ok(gateway)
@@ -139,6 +158,32 @@ impl Gateway {
     /// The gateway process's pid.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// The loopback address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// SIGKILLs the gateway, as a machine failure would, and returns when it was sent. Waits
+    /// (up to 10 s) for its browsers to die with it (ingot starts them with a parent-death
+    /// signal), so that the next measurement starts quiet.
+    pub fn kill(&mut self) -> Result<Instant> {
+        let browsers = self.browser_processes();
+        kill(Pid::from_raw(self.pid()), Signal::SIGKILL).context("cannot SIGKILL ingot")?;
+        let killed_at = Instant::now();
+        self.killed = true;
+        self.child.wait().context("cannot reap ingot")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while browsers
+            .iter()
+            .any(|&p| procfs::stat(p).is_some_and(|s| !s.zombie))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        procfs::kill_mentioning(&self.data_dir.to_string_lossy());
+        Ok(killed_at)
     }
 
     /// The gateway's own resident memory, in KiB.
@@ -189,6 +234,20 @@ impl Gateway {
             id: field("id")?,
             websocket_url: field("websocketUrl")?,
         })
+    }
+
+    /// `GET /v1/sessions/{id}`, as JSON.
+    pub async fn session(&self, id: &str) -> Result<Value> {
+        let (status, reply) = self
+            .request(Method::GET, &format!("/v1/sessions/{id}"), None)
+            .await?;
+        if !status.is_success() {
+            bail!(
+                "GET /v1/sessions/{id} answered {status}: {}",
+                String::from_utf8_lossy(&reply)
+            );
+        }
+        serde_json::from_slice(&reply).context("session reply is not JSON")
     }
 
     /// `POST /v1/sessions/{id}/release`.
@@ -339,12 +398,12 @@ impl Drop for Gateway {
         // ingot must have reaped every browser before exiting; anything left is its bug.
         std::thread::sleep(Duration::from_millis(100));
         let stray = procfs::kill_mentioning(&self.data_dir.to_string_lossy());
-        if stray > 0 {
+        if stray > 0 && !self.killed {
             eprintln!("cleanup: ingot left {stray} browser process(es) running; killed them");
         }
         let scratch = scratch_root(&self.data_dir);
         if let Ok(mut entries) = std::fs::read_dir(&scratch) {
-            if entries.next().is_some() {
+            if entries.next().is_some() && !self.killed {
                 eprintln!(
                     "cleanup: ingot left files in {}; removing them",
                     scratch.display()

@@ -9,11 +9,13 @@
 //! * [`gateway`]: the ingot under test and HTTP to it, stopped with SIGTERM on drop;
 //! * [`percommand`]: round trips, large replies, pipelining, screenshots, reconnects;
 //! * [`sessions`]: create to first reply, concurrent sessions, idle client memory;
+//! * [`cluster`]: two nodes on one PostgreSQL ([`postgres`]): forwarding and failover, a
+//!   section of its own (`--only cluster` runs just it) that prints its own progress lines;
 //! * [`procfs`]: processes and memory from `/proc`;
 //! * [`report`]: the table and the file;
 //! * [`stats`]: percentiles and number formatting.
 //!
-//! Progress goes to stderr, the table to stdout.
+//! Progress goes to stderr, the tables to stdout.
 //!
 //! A workspace member of its own (`bench/`), so that its dependencies stay out of the gateway
 //! crate. From the repository root, with the release gateway it runs next to it in the shared
@@ -23,6 +25,7 @@ mod cdp;
 mod chromium;
 mod gateway;
 mod percommand;
+mod postgres;
 mod procfs;
 mod report;
 mod sessions;
@@ -49,11 +52,14 @@ macro_rules! progress {
     ($($arg:tt)*) => {
         eprintln!(
             "[{:6.1}s] {}",
-            STARTED.get().map_or(0.0, |s| s.elapsed().as_secs_f64()),
+            $crate::STARTED.get().map_or(0.0, |s| s.elapsed().as_secs_f64()),
             format!($($arg)*)
         )
     };
 }
+
+// After `progress!`, which it uses: a `macro_rules!` macro is visible only below its definition.
+mod cluster;
 
 /// Benchmarks ingot against direct Chromium and writes BENCHMARKS.md.
 #[derive(Debug, Parser)]
@@ -75,6 +81,18 @@ struct Args {
     /// The Chromium executable for the direct baseline (ingot finds its own).
     #[arg(long, default_value = "/usr/lib/chromium/chromium")]
     chromium: PathBuf,
+    /// Run only this section and update only its part of the report (`## Cluster`), keeping
+    /// the rest of the file. A full run (the default) runs every section.
+    #[arg(long, value_enum)]
+    only: Option<Section>,
+}
+
+/// A section that can run on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    /// Two nodes on one PostgreSQL: CDP through a forwarding node, create through a node
+    /// without a free slot, and the time until a SIGKILLed node's sessions read `failed`.
+    Cluster,
 }
 
 /// How many samples of what.
@@ -86,7 +104,11 @@ struct Plan {
     warm_starts: usize,
     bursts: Vec<usize>,
     idle_clients: usize,
+    cluster: cluster::ClusterPlan,
 }
+
+/// Every cluster node's `--node-lease-ms`: short, so that failover is quick to measure.
+const CLUSTER_LEASE_MS: u64 = 3_000;
 
 impl Plan {
     fn new(quick: bool) -> Plan {
@@ -106,6 +128,15 @@ impl Plan {
                 warm_starts: 4,
                 bursts: vec![10],
                 idle_clients: 200,
+                cluster: cluster::ClusterPlan {
+                    rounds: 2,
+                    rtt_runs: 300,
+                    rtt_block: 50,
+                    reconnects: 2,
+                    creates: 3,
+                    kills: 2,
+                    lease_ms: CLUSTER_LEASE_MS,
+                },
             }
         } else {
             Plan {
@@ -123,6 +154,15 @@ impl Plan {
                 warm_starts: 20,
                 bursts: vec![10, 20, 40],
                 idle_clients: 1000,
+                cluster: cluster::ClusterPlan {
+                    rounds: 5,
+                    rtt_runs: 2000,
+                    rtt_block: 100,
+                    reconnects: 5,
+                    creates: 20,
+                    kills: 5,
+                    lease_ms: CLUSTER_LEASE_MS,
+                },
             }
         }
     }
@@ -169,6 +209,12 @@ async fn run(args: &Args) -> Result<()> {
     let pool = gateway::supports_pool(&ingot)?;
     let machine = Machine::detect(chromium::version(&args.chromium), args.commit.clone());
     announce(args, &ingot, &machine, pool);
+    if args.only == Some(Section::Cluster) {
+        let root = TempRoot::create()?;
+        let cluster = cluster::measure(&args.chromium, &ingot, &root, plan.cluster).await?;
+        drop(root);
+        return publish_cluster(args, &cluster, machine);
+    }
     let results = measure(args, &plan, &ingot, pool).await?;
     publish(args, &results, machine)
 }
@@ -200,8 +246,13 @@ fn check_executables(args: &Args) -> Result<PathBuf> {
 /// Says what is about to run, and warns when Chromiums of others share the machine.
 fn announce(args: &Args, ingot: &Path, machine: &Machine, pool: bool) {
     progress!(
-        "ingot-bench ({}): ingot {}, {}, warm pool {}",
+        "ingot-bench ({}{}): ingot {}, {}, warm pool {}",
         if args.quick { "quick" } else { "full" },
+        if args.only == Some(Section::Cluster) {
+            ", cluster section only"
+        } else {
+            ""
+        },
         ingot.display(),
         machine.chromium,
         if pool {
@@ -220,7 +271,8 @@ fn announce(args: &Args, ingot: &Path, machine: &Machine, pool: bool) {
 }
 
 /// Every phase of the plan, in order, against direct Chromium and one ingot (the warm pool
-/// gets a second one); stops ingot and removes the temporary directory before returning.
+/// gets a second one), then the cluster section with nodes of its own; stops ingot and
+/// removes the temporary directory before returning.
 async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<Results> {
     let root = TempRoot::create()?;
     let gw = start_gateway(ingot, &root, plan, pool).await?;
@@ -235,9 +287,9 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
     };
     let bursts = concurrent_bursts(&args.chromium, &root, &gw, &plan.bursts).await?;
     let idle = idle_clients(&args.chromium, &root, &gw, plan.idle_clients).await?;
-
     progress!("stopping ingot");
     drop(gw);
+    let cluster = cluster::measure(&args.chromium, ingot, &root, plan.cluster).await?;
     drop(root);
     Ok(Results {
         quick: args.quick,
@@ -252,6 +304,7 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
         warm,
         bursts,
         idle,
+        cluster,
     })
 }
 
@@ -317,16 +370,33 @@ async fn idle_clients(
     Ok((idle_direct, idle_ingot))
 }
 
-/// Notes the load at the end, prints the table to stdout, writes the report file and says how
+/// Notes the load at the end, prints the tables to stdout, writes the report file and says how
 /// many targets were met.
 fn publish(args: &Args, results: &Results, mut machine: Machine) -> Result<()> {
     machine.finish();
     let took = STARTED.get().map_or(Duration::ZERO, |s| s.elapsed());
     println!("{}", report::table(results));
+    println!("{}", report::cluster_tables(&results.cluster));
     report::write(&args.out, results, &machine, took)?;
     let (met, measured) = report::targets_met(results);
     progress!(
         "wrote {} ({met} of {measured} targets met); total {:.0} s",
+        args.out.display(),
+        took.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// After `--only cluster`: notes the load at the end, prints the section's tables to stdout
+/// and puts the section into the report file, leaving the rest of it as it was.
+fn publish_cluster(args: &Args, cluster: &cluster::Cluster, mut machine: Machine) -> Result<()> {
+    machine.finish();
+    let took = STARTED.get().map_or(Duration::ZERO, |s| s.elapsed());
+    println!("{}", report::cluster_tables(cluster));
+    report::write_cluster(&args.out, cluster, &machine, took, args.quick)?;
+    let (met, measured) = report::cluster_targets_met(cluster);
+    progress!(
+        "updated the cluster section of {} ({met} of {measured} targets met); total {:.0} s",
         args.out.display(),
         took.as_secs_f64()
     );
@@ -446,7 +516,8 @@ async fn cold_starts(
     Ok((direct, ingot))
 }
 
-/// How long the warm pool idles, once full, before a "settled" warm create.
+/// How long the warm pool idles, once full, before a "settled" warm create (the cluster
+/// section's creates wait as long).
 const WARM_SETTLE: Duration = Duration::from_secs(1);
 
 /// Warm-pool creates on a second ingot with `--pool-size 2`, waiting for refills.

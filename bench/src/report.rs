@@ -2,7 +2,13 @@
 //!
 //! Owns turning samples into rows (the figure each row reports, its ratio to direct
 //! Chromium, and whether a target was met) and the file's layout. A hand-written
-//! `## Findings` section already in the file is kept when the file is rewritten.
+//! `## Findings` section already in the file is kept when the file is rewritten. The
+//! `## Cluster` section ([`cluster`]) has its own tables and method, so that `--only cluster`
+//! can replace it alone and leave the rest of the file, written by a full run, as it was.
+
+mod cluster;
+
+pub use cluster::{cluster_tables, cluster_targets_met, write_cluster};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::cluster::Cluster;
 use crate::percommand::{PIPELINED, Samples};
 use crate::procfs;
 use crate::sessions::{Burst, IdleClients, Start};
@@ -129,6 +136,7 @@ pub struct Results {
     /// (sessions, direct, ingot)
     pub bursts: Vec<(usize, Burst, Burst)>,
     pub idle: (IdleClients, IdleClients),
+    pub cluster: Cluster,
 }
 
 /// Which way a figure is better.
@@ -515,10 +523,14 @@ pub fn table(r: &Results) -> String {
     out
 }
 
-/// How many targets were met, out of those measured.
+/// How many targets were met, out of those measured (the cluster section's included).
 pub fn targets_met(r: &Results) -> (usize, usize) {
     let verdicts: Vec<bool> = rows(r).iter().filter_map(Row::met).collect();
-    (verdicts.iter().filter(|m| **m).count(), verdicts.len())
+    let (met, measured) = cluster_targets_met(&r.cluster);
+    (
+        verdicts.iter().filter(|m| **m).count() + met,
+        verdicts.len() + measured,
+    )
 }
 
 /// The whole file: header, machine, table, method, and the findings kept from `previous`.
@@ -546,6 +558,7 @@ pub fn document(r: &Results, machine: &Machine, took: Duration, previous: Option
          | load average (1, 5, 15 min) at start / end | {load_start} / {load_end} |\n\
          | other Chromium processes running at start | {foreign} |\n\n\
          ## Results\n\n{table}\n\
+         {cluster}\n\
          ## Method\n\n{method}\n{findings}\n",
         date = machine.date,
         mins = took.as_secs() / 60,
@@ -560,6 +573,7 @@ pub fn document(r: &Results, machine: &Machine, took: Duration, previous: Option
         load_end = machine.load_end,
         foreign = machine.foreign_chromium,
         table = table(r),
+        cluster = cluster::section(&r.cluster, cluster::FULL_RUN, r.quick),
         method = method(r),
     )
 }

@@ -122,8 +122,14 @@ impl Relay {
         {
             Ok(answer) => {
                 telemetry::forwarded("create", true);
-                let answer = full_there(answer).await?;
-                info!(node = %node, "no room here: the session was placed on another node");
+                let Placed::Done(answer, id) = placed(answer).await else {
+                    return None;
+                };
+                if let Some(id) = id {
+                    // Its first WebSocket then needs no lookup.
+                    cluster.remember(id, &node);
+                    info!(session_id = %id, node = %node, "no room here: the session was placed on another node");
+                }
                 Some(answer)
             }
             Err(e) => {
@@ -279,21 +285,43 @@ pub async fn upgrade_to_owner(
     }
 }
 
-/// Another node's answer to a create, unless it means "no room there" (it filled up or
-/// began draining meanwhile): then `None`, and this node queues the create itself. A
-/// tenant's quota holds on every node, so that refusal is the answer.
-async fn full_there(answer: Response) -> Option<Response> {
+/// What another node answered a create passed to it.
+enum Placed {
+    /// Its answer (a session, or an error to pass on), with the new session's id.
+    Done(Response, Option<Uuid>),
+    /// It has no room after all (it filled up or began draining meanwhile).
+    Full,
+}
+
+/// Reads another node's answer to a create whole (it is small JSON). "No room there" means
+/// this node queues the create itself; a tenant's quota holds on every node, so that
+/// refusal is the answer.
+async fn placed(answer: Response) -> Placed {
     let status = answer.status();
-    if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
-        return Some(answer);
-    }
     let (parts, body) = answer.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 << 10).await.ok()?;
-    let code = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
-    match code.as_deref() {
-        Some("tenant_quota") => Some(Response::from_parts(parts, axum::body::Body::from(bytes))),
-        _ => None,
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return Placed::Done(
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "node_unreachable",
+                "the node the session was passed to broke off its answer; list your sessions before creating another",
+            )
+            .into_response(),
+            None,
+        );
+    };
+    let json = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+    let no_room =
+        status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
+    if no_room && json["error"]["code"] != "tenant_quota" {
+        return Placed::Full;
     }
+    let id = status
+        .is_success()
+        .then(|| json["id"].as_str().and_then(|id| Uuid::parse_str(id).ok()))
+        .flatten();
+    Placed::Done(
+        Response::from_parts(parts, axum::body::Body::from(bytes)),
+        id,
+    )
 }

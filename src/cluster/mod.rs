@@ -139,13 +139,8 @@ impl Cluster {
         let Some((_, url)) = owner? else {
             return Ok(None);
         };
-        let url: Arc<str> = url.into();
-        let mut owners = lock(&self.owners);
-        if owners.len() >= MAX_OWNERS {
-            owners.clear();
-        }
-        owners.insert(id, url.clone());
-        Ok(Some(url))
+        self.remember(id, &url);
+        Ok(Some(url.into()))
     }
 
     /// The only live session of `tenant` (any tenant's when `None`) in the cluster, if
@@ -168,6 +163,15 @@ impl Cluster {
         lock(&self.peers)
             .iter()
             .any(|p| p.advertise_url.as_deref() == Some(url))
+    }
+
+    /// Remembers that session `id` runs on the node at `url` (this node placed it there).
+    pub fn remember(&self, id: Uuid, url: &str) {
+        let mut owners = lock(&self.owners);
+        if owners.len() >= MAX_OWNERS {
+            owners.clear();
+        }
+        owners.insert(id, url.into());
     }
 
     /// Forgets where session `id` lives: it ended, or its node could not be reached.
