@@ -438,33 +438,16 @@ async fn an_advertise_url_that_misses_the_node_stops_the_start() {
             "node \"other\" answers there",
         ),
     ] {
-        let dir = tempfile::tempdir().expect("dir");
-        let out = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::process::Command::new(BIN)
-                .args([
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--pool-size",
-                    "0",
-                    "--node-id",
-                    "lost",
-                ])
-                .args([
-                    "--database-url",
-                    &pg.url("advertise"),
-                    "--advertise-url",
-                    &url,
-                ])
-                .arg("--data-dir")
-                .arg(dir.path())
-                .output(),
-        )
-        .await
-        .expect("exits in time")
-        .expect("runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{stderr}");
+        let db = pg.url("advertise");
+        let stderr = refused_start(&[
+            "--node-id",
+            "lost",
+            "--database-url",
+            &db,
+            "--advertise-url",
+            &url,
+        ])
+        .await;
         assert!(stderr.contains(says), "{says}: {stderr}");
     }
     let answer = other

@@ -120,28 +120,8 @@ async fn nodes_starting_together_migrate_once() {
 /// A database that does not answer is a clear error at start, and the node exits non-zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_stops_the_start_with_a_clear_message() {
-    let dir = tempfile::tempdir().expect("dir");
     let url = format!("postgres://ingot:secret@127.0.0.1:{}/nothing", free_port());
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(BIN)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--pool-size",
-                "0",
-                "--database-url",
-                &url,
-            ])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .output(),
-    )
-    .await
-    .expect("exits in time")
-    .expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused_start(&["--database-url", &url]).await;
     assert!(stderr.contains("cannot use the database"), "{stderr}");
     assert!(stderr.contains("check --database-url"), "{stderr}");
     assert!(
@@ -202,21 +182,9 @@ async fn a_node_id_held_by_a_live_node_is_refused() {
     pg.create_database("same_id");
     let dir = tempfile::tempdir().expect("dir");
     let first = start(dir.path(), &node(&pg, "same_id", "twin")).await;
-    let other = tempfile::tempdir().expect("other dir");
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--pool-size", "0"])
-            .args(node(&pg, "same_id", "twin"))
-            .arg("--data-dir")
-            .arg(other.path())
-            .output(),
-    )
-    .await
-    .expect("exits in time")
-    .expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let args = node(&pg, "same_id", "twin");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = refused_start(&args).await;
     assert!(stderr.contains("is held by a live node"), "{stderr}");
     assert_eq!(
         first.get("/healthz").await.0,

@@ -735,3 +735,24 @@ pub fn signal(pid: i32, sig: i32) {
     let sig = nix::sys::signal::Signal::try_from(sig).ok();
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
+
+/// Runs `ingot` on loopback with a fresh data directory, no warm pool and `args`, expecting
+/// it to refuse to start: asserts that it exits non-zero within 30 s and returns its stderr.
+pub async fn refused_start(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("data dir");
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--pool-size", "0"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output(),
+    )
+    .await
+    .expect("exits in time")
+    .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    stderr
+}
