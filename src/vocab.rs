@@ -121,6 +121,25 @@ impl EndReason {
 /// them as `failed` with this reason.
 pub const GATEWAY_RESTART: &str = "gateway_restart";
 
+/// Steel's `releaseReason` for a reason ingot recorded. Steel's clients know
+/// `user_requested`, `timeout`, `inactivity_timeout`, `creation_timeout`, `startup_failed`,
+/// `browser_closed` and `browser_crashed` (a strict client refuses anything else), so
+/// ingot's finer causes are told in those words: a hung browser or a gateway killed under
+/// it is `browser_crashed` (Steel: "crashed or its machine became unresponsive"), and a
+/// gateway shutdown ends a session as if its time were up. Records, logs and metrics keep
+/// the precise cause.
+pub fn steel_release_reason(recorded: &str) -> &'static str {
+    match recorded {
+        "user_requested" => "user_requested",
+        "timeout" | "gateway_shutdown" => "timeout",
+        "inactivity_timeout" => "inactivity_timeout",
+        "creation_timeout" => "creation_timeout",
+        "startup_failed" => "startup_failed",
+        "browser_closed" => "browser_closed",
+        _ => "browser_crashed",
+    }
+}
+
 /// Why admission refused a create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -180,4 +199,41 @@ pub enum Disconnect {
     SessionEnded(EndReason),
     /// The client left its queue of messages full for too long.
     NotReading,
+}
+
+#[cfg(test)]
+mod steel_words {
+    use super::*;
+
+    #[test]
+    fn every_recorded_reason_is_told_in_steels_words() {
+        let steel = [
+            "user_requested",
+            "timeout",
+            "inactivity_timeout",
+            "creation_timeout",
+            "startup_failed",
+            "browser_closed",
+            "browser_crashed",
+        ];
+        for reason in EndReason::ALL
+            .map(EndReason::as_str)
+            .iter()
+            .chain([&GATEWAY_RESTART])
+        {
+            assert!(steel.contains(&steel_release_reason(reason)), "{reason}");
+        }
+        for word in steel {
+            assert_eq!(
+                steel_release_reason(word),
+                word,
+                "Steel's own words pass unchanged"
+            );
+        }
+        assert_eq!(
+            steel_release_reason("browser_unresponsive"),
+            "browser_crashed"
+        );
+        assert_eq!(steel_release_reason("gateway_shutdown"), "timeout");
+    }
 }

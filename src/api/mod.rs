@@ -10,6 +10,7 @@ pub mod extract;
 pub mod health;
 pub mod relay;
 pub mod sessions;
+pub mod unsupported;
 pub mod usage;
 pub mod wire;
 
@@ -106,6 +107,7 @@ pub fn router(state: AppState) -> Router {
             "/devtools/browser/{id}/json/version/",
             get(cdp::version_by_path),
         )
+        .merge(unsupported::routes())
         .route("/v1/usage", get(usage::usage))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -45,11 +45,31 @@ pub struct ListParams {
     status: Option<String>,
     limit: Option<String>,
     cursor_id: Option<String>,
+    project_id: Option<String>,
+}
+
+/// `projectId` (Steel's projects) is refused rather than ignored: in ingot each API key is
+/// its own tenant, and a key sees exactly its own sessions.
+fn refuse_project(project_id: Option<&str>) -> Result<(), ApiError> {
+    match project_id {
+        None | Some("") => Ok(()),
+        Some(_) => Err(ApiError::bad_request(
+            "projectId: projects are not supported; each API key is its own tenant and sees its own sessions",
+        )),
+    }
+}
+
+/// Query of `POST /v1/sessions/release` (the Python SDK may send `projectId`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseAllParams {
+    project_id: Option<String>,
 }
 
 impl ListParams {
     /// Validates the query, naming the parameter at fault.
     pub fn parse(&self) -> Result<ListQuery, ApiError> {
+        refuse_project(self.project_id.as_deref())?;
         let status = match self.status.as_deref() {
             None | Some("") => None,
             Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -147,15 +167,20 @@ pub async fn release_all(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,
-) -> Json<ReleaseJson> {
+    StrictQuery(params): StrictQuery<ReleaseAllParams>,
+    RequestBody(body): RequestBody,
+) -> Result<Json<ReleaseJson>, ApiError> {
+    refuse_project(params.project_id.as_deref())?;
+    let in_body = serde_json::from_slice::<serde_json::Value>(&body).ok();
+    refuse_project(in_body.as_ref().and_then(|b| b["projectId"].as_str()))?;
     tokio::join!(
         state.registry.release_all(&caller),
         relay.release_everywhere(&state)
     );
-    Json(ReleaseJson {
+    Ok(Json(ReleaseJson {
         success: true,
         message: "All sessions released successfully".into(),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -167,6 +192,7 @@ mod tests {
             status: status.map(str::to_owned),
             limit: limit.map(str::to_owned),
             cursor_id: cursor.map(str::to_owned),
+            project_id: None,
         }
     }
 
@@ -195,6 +221,13 @@ mod tests {
             (query(None, Some("-1"), None), "limit"),
             (query(None, Some("ten"), None), "limit"),
             (query(None, None, Some("nope")), "cursorId"),
+            (
+                ListParams {
+                    project_id: Some("p".into()),
+                    ..query(None, None, None)
+                },
+                "projectId",
+            ),
         ] {
             let err = bad.parse().expect_err("refused");
             assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);

@@ -107,7 +107,10 @@ impl SessionJson {
             headless: true,
             is_selenium: false,
             solve_captcha: false,
-            release_reason: session.release_reason.clone(),
+            release_reason: session
+                .release_reason
+                .as_deref()
+                .map(|r| crate::vocab::steel_release_reason(r).to_owned()),
         }
     }
 }

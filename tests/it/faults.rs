@@ -533,7 +533,7 @@ async fn the_probe_ends_the_hung_session_as_unresponsive(
         ended["releaseReason"]
     );
     assert_eq!(ended["status"], "failed", "{ended}");
-    assert_eq!(ended["releaseReason"], "browser_unresponsive", "{ended}");
+    assert_eq!(ended["releaseReason"], "browser_crashed", "{ended}");
     // It takes a whole probe timeout (the browser answered every probe until it stopped),
     // and at most an interval, a timeout and some scheduling slack.
     assert!(

@@ -548,7 +548,7 @@ async fn sessions_of_a_killed_run_are_listed_after_the_restart() {
     let second = Gateway::start_in(tmp.path(), &[]).await;
     let found = second.session(&id_of(&killed)).await;
     assert_eq!(found["status"], "failed", "{found}");
-    assert_eq!(found["releaseReason"], "gateway_restart", "{found}");
+    assert_eq!(found["releaseReason"], "browser_crashed", "{found}");
     assert_eq!(found["creditsUsed"], 1, "{found}");
     let kept = second.session(&id_of(&released)).await;
     assert_eq!(kept["status"], "released", "{kept}");

@@ -74,7 +74,7 @@ async fn two_nodes_share_the_ledger_and_close_only_their_own_sessions() {
     let a = start(dir_a.path(), &node(&pg, "two_nodes", "a")).await;
     let closed = b.session(&id_of(&on_a)).await;
     assert_eq!(closed["status"], "failed", "{closed}");
-    assert_eq!(closed["releaseReason"], "gateway_restart", "{closed}");
+    assert_eq!(closed["releaseReason"], "browser_crashed", "{closed}");
     assert_eq!(closed["creditsUsed"], 1, "{closed}");
     let kept = a.session(&id_of(&on_b)).await;
     assert_eq!(kept["releaseReason"], "user_requested", "{kept}");

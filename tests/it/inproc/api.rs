@@ -408,3 +408,80 @@ async fn cluster_headers_without_the_secret_are_refused() {
     assert_eq!(status, 200, "without them the same request is served");
     gw.release(&id).await;
 }
+
+/// Steel routes ingot does not implement answer 501 naming the feature (a 404 would read as
+/// "no such session" in the SDKs), after authentication like any route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unimplemented_steel_routes_answer_501_naming_the_feature() {
+    let gw = FakeGateway::start().await;
+    let id = id_of(&gw.create(json!({})).await);
+    for (method, path, feature) in [
+        (
+            Method::POST,
+            format!("/v1/sessions/{id}/captchas/solve"),
+            "captcha",
+        ),
+        (
+            Method::GET,
+            format!("/v1/sessions/{id}/captchas/status"),
+            "captcha",
+        ),
+        (
+            Method::POST,
+            format!("/v1/sessions/{id}/computer"),
+            "computer",
+        ),
+        (
+            Method::GET,
+            format!("/v1/sessions/{id}/events"),
+            "recordings",
+        ),
+        (
+            Method::GET,
+            format!("/v1/sessions/{id}/files/a/b.txt"),
+            "files",
+        ),
+        (Method::DELETE, format!("/v1/sessions/{id}/files"), "files"),
+        (Method::GET, "/v1/profiles/p1".to_owned(), "profiles"),
+        (Method::POST, "/v1/credentials".to_owned(), "credentials"),
+        (Method::GET, "/v1/extensions".to_owned(), "extensions"),
+    ] {
+        let Reply { status, body, .. } = gw.request(method.clone(), &path, None, None).await;
+        assert_eq!(status, 501, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "not_implemented", "{body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains(feature), "{path}: {message}");
+    }
+    let (status, _) = gw.get("/v1/nothing-here").await;
+    assert_eq!(status, 404, "other paths are still unknown");
+    gw.release(&id).await;
+}
+
+/// `projectId` on list and release-all is refused with a 400 naming it, never ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_ids_are_refused_not_ignored() {
+    let gw = FakeGateway::start().await;
+    let id = id_of(&gw.create(json!({})).await);
+    let (status, body) = gw.get("/v1/sessions?projectId=p1").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .starts_with("projectId")
+    );
+    let (status, body) = gw
+        .post("/v1/sessions/release?projectId=p1", json!({}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = gw
+        .post("/v1/sessions/release", json!({"projectId": "p1"}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        gw.session(&id).await["status"],
+        "live",
+        "nothing was released"
+    );
+    gw.release(&id).await;
+}

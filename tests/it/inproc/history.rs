@@ -38,7 +38,7 @@ async fn ended_sessions_of_a_previous_run_are_retrieved_and_listed() {
     }
     let ended = gw.session(&id_of(&at_shutdown)).await;
     assert_eq!(ended["status"], "released", "{ended}");
-    assert_eq!(ended["releaseReason"], "gateway_shutdown");
+    assert_eq!(ended["releaseReason"], "timeout", "Steel's word for it");
     assert_eq!(ended["userAgent"], "history-agent/1");
 
     let (status, list) = gw.get("/v1/sessions").await;

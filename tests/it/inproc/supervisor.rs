@@ -58,7 +58,7 @@ async fn a_hung_browser_fails_the_session_as_unresponsive() {
     browser.hang();
     let (code, reason) = cdp.closed().await;
     assert_eq!(code, 1011, "close code when the browser hangs ({reason})");
-    assert_ended(&gw.wait_ended(&id).await, "failed", "browser_unresponsive");
+    assert_ended(&gw.wait_ended(&id).await, "failed", "browser_crashed");
     gw.wait_host("the hung browser is killed", |_| browser.was_killed())
         .await;
     assert!(!browser.is_alive());
