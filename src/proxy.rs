@@ -49,6 +49,7 @@ pub fn close_frame(why: Disconnect) -> CloseFrame {
             EndReason::UserRequested => (CloseCode::Normal, "session released"),
             EndReason::BrowserClosed => (CloseCode::Normal, "browser closed"),
             EndReason::Timeout => (CloseCode::Away, "session timed out"),
+            EndReason::InactivityTimeout => (CloseCode::Away, "session released after inactivity"),
             EndReason::GatewayShutdown => (CloseCode::Away, "gateway shutting down"),
             EndReason::BrowserCrashed | EndReason::StartupFailed => {
                 (CloseCode::Error, "browser crashed")
@@ -176,6 +177,7 @@ where
         None => return Step::Stop,
     };
     session.usage().count_to_browser(payload.len());
+    session.note_activity();
     match link.forward(payload).await {
         Forwarded::Sent => Step::Continue,
         Forwarded::Reply(reply) => {

@@ -66,6 +66,8 @@ pub enum EndReason {
     UserRequested,
     /// The session's `timeout` elapsed.
     Timeout,
+    /// No client sent a CDP message for the session's `inactivityTimeout`.
+    InactivityTimeout,
     /// A client sent `Browser.close`.
     BrowserClosed,
     /// Chromium crashed or exited, or the gateway lost its connection to it.
@@ -80,9 +82,10 @@ pub enum EndReason {
 
 impl EndReason {
     /// Every reason, for registering metrics up front.
-    pub const ALL: [EndReason; 7] = [
+    pub const ALL: [EndReason; 8] = [
         EndReason::UserRequested,
         EndReason::Timeout,
+        EndReason::InactivityTimeout,
         EndReason::BrowserClosed,
         EndReason::BrowserCrashed,
         EndReason::BrowserUnresponsive,
@@ -95,6 +98,7 @@ impl EndReason {
         match self {
             EndReason::UserRequested
             | EndReason::Timeout
+            | EndReason::InactivityTimeout
             | EndReason::BrowserClosed
             | EndReason::GatewayShutdown => Status::Released,
             EndReason::BrowserCrashed
@@ -108,6 +112,7 @@ impl EndReason {
         match self {
             EndReason::UserRequested => "user_requested",
             EndReason::Timeout => "timeout",
+            EndReason::InactivityTimeout => "inactivity_timeout",
             EndReason::BrowserClosed => "browser_closed",
             EndReason::BrowserCrashed => "browser_crashed",
             EndReason::BrowserUnresponsive => "browser_unresponsive",

@@ -70,6 +70,9 @@ pub struct SessionJson {
     pub duration: u64,
     pub event_count: u64,
     pub timeout: u64,
+    /// Only when the session has one, as Steel sends it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inactivity_timeout: Option<u64>,
     pub credits_used: u64,
     pub websocket_url: String,
     pub debug_url: String,
@@ -95,6 +98,7 @@ impl SessionJson {
             duration: session.duration.as_millis() as u64,
             event_count: session.event_count,
             timeout: session.timeout_ms,
+            inactivity_timeout: session.inactivity_timeout_ms,
             credits_used: session.credits_used,
             websocket_url: urls.websocket_url(session.id),
             debug_url: urls.session_url(session.id),

@@ -4,6 +4,7 @@
 //! fields are private: the registry and the supervisor change a session only through the
 //! methods here, and every change of state goes through [`Lifecycle`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ pub struct Session {
     reaped: CancellationToken,
     /// Billing record and CDP traffic counters.
     usage: SessionUsage,
+    /// When a client last sent a CDP message, in milliseconds since `created`.
+    active_at_ms: AtomicU64,
 }
 
 /// What the session knows about its running browser.
@@ -77,7 +80,20 @@ impl Session {
             end_requested: CancellationToken::new(),
             reaped: CancellationToken::new(),
             usage: SessionUsage::default(),
+            active_at_ms: AtomicU64::new(0),
         }
+    }
+
+    /// A client sent a CDP message: the inactivity timeout starts again.
+    pub fn note_activity(&self) {
+        let ms = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.active_at_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// How long no client has sent a CDP message (since creation, if none ever did).
+    pub fn idle_for(&self) -> Duration {
+        let active_at = Duration::from_millis(self.active_at_ms.load(Ordering::Relaxed));
+        self.created.elapsed().saturating_sub(active_at)
     }
 
     /// Where the session is in its life.

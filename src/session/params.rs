@@ -27,6 +27,9 @@ pub struct SessionOptions {
     pub dimensions: Dimensions,
     /// The proxy as Chromium's `--proxy-server` takes it: `scheme://host:port`.
     pub proxy_server: Option<String>,
+    /// `inactivityTimeout`: the session is released once no client has sent a CDP message
+    /// for this long, in milliseconds. `None`: off.
+    pub inactivity_timeout_ms: Option<u64>,
 }
 
 impl SessionOptions {
@@ -77,7 +80,6 @@ const UNSUPPORTED: &[&str] = &[
     "isSelenium",
     "region",
     "stealthConfig",
-    "inactivityTimeout",
     "concurrency",
     "fullscreen",
     "optimizeBandwidth",
@@ -137,6 +139,7 @@ fn parse_create_object(
         timeout_ms: timeout_ms(body.get("timeout"), limits)?,
         user_agent: user_agent(body.get("userAgent"))?,
         dimensions: dimensions(body.get("dimensions"))?,
+        inactivity_timeout_ms: inactivity_timeout_ms(body.get("inactivityTimeout"))?,
         proxy_server: match body.get("proxyUrl") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(proxy_server(s)?),
@@ -167,7 +170,13 @@ fn check_field_names(body: &Map<String, Value>) -> Result<(), InvalidField> {
     for key in keys {
         let known = matches!(
             key.as_str(),
-            "sessionId" | "timeout" | "userAgent" | "dimensions" | "proxyUrl" | "headless"
+            "sessionId"
+                | "timeout"
+                | "inactivityTimeout"
+                | "userAgent"
+                | "dimensions"
+                | "proxyUrl"
+                | "headless"
         );
         if known {
             continue;
@@ -210,6 +219,39 @@ fn timeout_ms(value: Option<&Value>, limits: TimeoutLimits) -> Result<u64, Inval
             format!(
                 "must be between {} and {} milliseconds, got {n}",
                 limits.min_ms, limits.max_ms
+            ),
+        )),
+    }
+}
+
+/// Shortest and longest `inactivityTimeout`, in milliseconds (1 s to 24 h).
+const INACTIVITY_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
+
+fn inactivity_timeout_ms(value: Option<&Value>) -> Result<Option<u64>, InvalidField> {
+    let n = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n,
+        Some(_) => {
+            return Err(invalid(
+                "inactivityTimeout",
+                "must be a number of milliseconds",
+            ));
+        }
+    };
+    let ms = whole_number(n).ok_or_else(|| {
+        invalid(
+            "inactivityTimeout",
+            "must be a whole number of milliseconds",
+        )
+    })?;
+    match u64::try_from(ms) {
+        Ok(ms) if INACTIVITY_MS.contains(&ms) => Ok(Some(ms)),
+        _ => Err(invalid(
+            "inactivityTimeout",
+            format!(
+                "must be between {} and {} milliseconds, got {n}",
+                INACTIVITY_MS.start(),
+                INACTIVITY_MS.end()
             ),
         )),
     }

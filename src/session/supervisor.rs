@@ -35,6 +35,11 @@ pub(super) async fn supervise(
     let ended_here = tokio::select! {
         _ = session.end_requested() => None,
         _ = tokio::time::sleep_until(deadline) => Some(EndReason::Timeout),
+        idle = inactive(session) => {
+            info!(session_id = %session.id, idle_ms = idle.as_millis() as u64,
+                "no client activity for the session's inactivityTimeout; releasing it");
+            Some(EndReason::InactivityTimeout)
+        }
         exit = process.wait_exit() => {
             warn!(session_id = %session.id, %exit, "browser exited");
             Some(EndReason::BrowserCrashed)
@@ -66,6 +71,25 @@ pub(super) async fn supervise(
         "session ended; browser reaped"
     );
     reason
+}
+
+/// Resolves once no client has sent a CDP message for the session's `inactivityTimeout`,
+/// with how long that was; never when it has none.
+async fn inactive(session: &Session) -> Duration {
+    let Some(limit) = session
+        .options
+        .inactivity_timeout_ms
+        .map(Duration::from_millis)
+    else {
+        return std::future::pending().await;
+    };
+    loop {
+        let idle = session.idle_for();
+        if idle >= limit {
+            return idle;
+        }
+        tokio::time::sleep(limit - idle).await;
+    }
 }
 
 /// How often the supervisor checks that the browser still answers, and how long it waits.

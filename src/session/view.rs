@@ -20,6 +20,7 @@ use crate::vocab::{Dimensions, Status};
 #[serde(rename_all = "camelCase", default)]
 pub(super) struct Details {
     timeout: u64,
+    inactivity_timeout: Option<u64>,
     dimensions: Dimensions,
     user_agent: Option<String>,
     proxy: bool,
@@ -30,6 +31,7 @@ impl Details {
     pub(super) fn of(session: &Session) -> Details {
         Details {
             timeout: session.options.timeout_ms,
+            inactivity_timeout: session.options.inactivity_timeout_ms,
             dimensions: session.options.dimensions,
             user_agent: session.user_agent(),
             proxy: session.options.proxy_server.is_some(),
@@ -52,6 +54,8 @@ pub struct SessionView {
     pub event_count: u64,
     /// Its `timeout`, in milliseconds.
     pub timeout_ms: u64,
+    /// Its `inactivityTimeout`, in milliseconds, if it has one.
+    pub inactivity_timeout_ms: Option<u64>,
     /// Minutes billed.
     pub credits_used: u64,
     /// The page size.
@@ -74,6 +78,7 @@ impl SessionView {
             duration: session.duration(),
             event_count: session.event_count(),
             timeout_ms: session.options.timeout_ms,
+            inactivity_timeout_ms: session.options.inactivity_timeout_ms,
             credits_used: session.billed_minutes(),
             dimensions: session.options.dimensions,
             proxy: session.options.proxy_server.is_some(),
@@ -104,6 +109,7 @@ impl SessionView {
             duration: Duration::from_millis(u64::try_from(elapsed_ms).unwrap_or(0)),
             event_count: row.event_count,
             timeout_ms: details.timeout,
+            inactivity_timeout_ms: details.inactivity_timeout,
             credits_used: row.billed_minutes,
             dimensions: details.dimensions,
             proxy: details.proxy,

@@ -241,6 +241,7 @@ fn valid_body() -> impl Strategy<Value = (Value, SessionOptions)> {
                     // The URL parser drops a scheme's default port but ingot puts it back.
                     format!("{scheme}://{host}:{port}")
                 }),
+                inactivity_timeout_ms: None,
             };
             (body, expected)
         })

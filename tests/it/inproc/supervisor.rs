@@ -181,3 +181,64 @@ async fn shutdown_releases_live_sessions_and_closes_clients_with_1001() {
         );
     }
 }
+
+/// `inactivityTimeout`: every CDP message from a client starts it again; once no client has
+/// sent one for that long, the session is released (`inactivity_timeout`), its clients are
+/// closed with 1001, and the value is echoed in the Session JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_is_released_after_its_inactivity_timeout() {
+    let gw = FakeGateway::start().await;
+    let (id, mut cdp) =
+        session_with_client(&gw, json!({"timeout": 60_000, "inactivityTimeout": 1_000})).await;
+    assert_eq!(gw.session(&id).await["inactivityTimeout"], 1_000);
+    // Busy for twice the inactivity timeout: the session goes on.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        cdp.call("Browser.getVersion", json!({}), None).await;
+    }
+    assert_eq!(gw.session(&id).await["status"], "live");
+    let quiet = std::time::Instant::now();
+    let (code, reason) = cdp.closed().await;
+    let took = quiet.elapsed();
+    assert_eq!(code, 1001, "close code after inactivity ({reason})");
+    assert!(!reason.is_empty());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(3_000),
+        "released {took:?} after the last message"
+    );
+    let ended = gw.wait_ended(&id).await;
+    assert_ended(&ended, "released", "inactivity_timeout");
+    assert_eq!(ended["inactivityTimeout"], 1_000, "{ended}");
+    gw.stop().await;
+}
+
+/// A session without `inactivityTimeout` never ends for lack of activity, and its JSON has
+/// no such field; bad values are refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inactivity_timeouts_are_validated_and_off_by_default() {
+    let gw = FakeGateway::start().await;
+    for bad in [
+        json!("soon"),
+        json!(999),
+        json!(86_400_001),
+        json!(1.5),
+        json!(-1),
+    ] {
+        let (status, body) = gw
+            .post("/v1/sessions", json!({"inactivityTimeout": bad}))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.starts_with("inactivityTimeout"), "{message}");
+    }
+    assert_eq!(
+        gw.host.launches(),
+        1,
+        "no browser was launched for them (only the probe)"
+    );
+    let s = gw.create(json!({})).await;
+    assert!(s.get("inactivityTimeout").is_none(), "{s}");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(gw.session(&id_of(&s)).await["status"], "live");
+    gw.stop().await;
+}
