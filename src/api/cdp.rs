@@ -195,7 +195,10 @@ async fn version_elsewhere(
     if state.registry.get_for(&id, caller).is_some() {
         return Ok(None);
     }
-    match relay.to_owner(state, id, caller, "version").await? {
+    match relay
+        .to_owner(state, id, caller, "version", bytes::Bytes::new())
+        .await?
+    {
         Relayed::Answered(answer) => Ok(Some(answer)),
         Relayed::Unreachable(e) => Err(e),
         Relayed::Here => Ok(None),

@@ -156,6 +156,7 @@ impl Relay {
         id: Uuid,
         caller: &Caller,
         kind: &'static str,
+        body: Bytes,
     ) -> Result<Relayed, ApiError> {
         let Some(cluster) = self.cluster(state) else {
             return Ok(Relayed::Here);
@@ -165,13 +166,7 @@ impl Relay {
             return Ok(Relayed::Here);
         };
         match cluster
-            .send(
-                &owner,
-                &self.out,
-                Bytes::new(),
-                &state.urls.http,
-                QUICK_ANSWER,
-            )
+            .send(&owner, &self.out, body, &state.urls.http, QUICK_ANSWER)
             .await
         {
             Ok(answer) => {

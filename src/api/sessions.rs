@@ -3,7 +3,9 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::Deserialize;
 
 use super::AppState;
@@ -13,7 +15,8 @@ use super::relay::{Relay, Relayed};
 use super::wire::{ReleaseJson, SessionJson, SessionListJson};
 use crate::auth::Caller;
 use crate::session::directory::ListQuery;
-use crate::session::params::parse_create_body;
+use crate::session::handle::NotExtended;
+use crate::session::params::{parse_create_body, parse_timeout_body};
 use crate::session::view::SessionView;
 use crate::vocab::Status;
 
@@ -120,7 +123,10 @@ pub async fn retrieve(
     SessionId(id): SessionId,
 ) -> Result<Response, ApiError> {
     if state.registry.get_for(&id, &caller).is_none() {
-        match relay.to_owner(&state, id, &caller, "retrieve").await? {
+        match relay
+            .to_owner(&state, id, &caller, "retrieve", Bytes::new())
+            .await?
+        {
             Relayed::Answered(answer) => return Ok(answer),
             // The directory still says what it knows of the session.
             Relayed::Here | Relayed::Unreachable(_) => {}
@@ -143,7 +149,10 @@ pub async fn release(
     SessionId(id): SessionId,
 ) -> Result<Response, ApiError> {
     if state.registry.release(&id, &caller).await.is_none() {
-        match relay.to_owner(&state, id, &caller, "release").await? {
+        match relay
+            .to_owner(&state, id, &caller, "release", Bytes::new())
+            .await?
+        {
             Relayed::Answered(answer) => return Ok(answer),
             Relayed::Unreachable(e) => return Err(e),
             Relayed::Here => {}
@@ -159,6 +168,41 @@ pub async fn release(
         message: "Session released successfully".into(),
     })
     .into_response())
+}
+
+/// `POST /v1/sessions/{id}/timeout` with `{"timeout": <ms>}`: sets a live session's total
+/// life, counted from its creation, and answers the updated Session. 409 once it ended,
+/// 400 for a total it has already lived. In a cluster, the node that runs it does it.
+pub async fn set_timeout(
+    State(state): State<AppState>,
+    caller: Caller,
+    relay: Relay,
+    SessionId(id): SessionId,
+    RequestBody(body): RequestBody,
+) -> Result<Response, ApiError> {
+    let total_ms = parse_timeout_body(&body, state.limits)?;
+    match state.registry.extend(&id, &caller, total_ms).await {
+        Some(Ok(view)) => {
+            return Ok(Json(SessionJson::new(&view, &relay.links(&state))).into_response());
+        }
+        Some(Err(NotExtended::Ended)) => return Err(ended_conflict(id)),
+        Some(Err(e)) => return Err(ApiError::bad_request(format!("timeout: {e}"))),
+        None => {}
+    }
+    match relay.to_owner(&state, id, &caller, "timeout", body).await? {
+        Relayed::Answered(answer) => Ok(answer),
+        Relayed::Unreachable(e) => Err(e),
+        Relayed::Here if state.registry.is_known(&id, &caller).await? => Err(ended_conflict(id)),
+        Relayed::Here => Err(ApiError::session_not_found(id)),
+    }
+}
+
+fn ended_conflict(id: uuid::Uuid) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "session_ended",
+        format!("session {id} has ended; its timeout can no longer change"),
+    )
 }
 
 /// `POST /v1/sessions/release`: the caller's sessions on this node and, in a cluster, on

@@ -27,6 +27,15 @@ pub trait Ledger: Send + Sync + 'static {
     fn checkpoint(&self, checkpoints: Vec<Checkpoint>) -> BoxFuture<'_, Result<(), MeterError>>;
     /// Writes how a session ended. Idempotent: only a live record changes.
     fn finish(&self, record: FinalRecord) -> BoxFuture<'_, Result<(), MeterError>>;
+    /// Replaces what a client sees of a live session (its timeout was extended, say).
+    fn set_details(
+        &self,
+        record_id: i64,
+        details: String,
+    ) -> BoxFuture<'_, Result<(), MeterError>> {
+        let _ = (record_id, details);
+        futures_util::future::ready(Ok(())).boxed()
+    }
     /// Closes every record left live as `failed` with `reason`, billed up to its last
     /// checkpoint; returns how many.
     fn close_abandoned(&self, reason: &'static str) -> BoxFuture<'_, Result<u64, MeterError>>;
@@ -101,6 +110,14 @@ impl Ledger for SqliteLedger {
 
     fn finish(&self, record: FinalRecord) -> BoxFuture<'_, Result<(), MeterError>> {
         self.with(move |s| s.finish(&record))
+    }
+
+    fn set_details(
+        &self,
+        record_id: i64,
+        details: String,
+    ) -> BoxFuture<'_, Result<(), MeterError>> {
+        self.with(move |s| s.set_details(record_id, &details))
     }
 
     fn close_abandoned(&self, reason: &'static str) -> BoxFuture<'_, Result<u64, MeterError>> {

@@ -316,6 +316,14 @@ impl Meter {
         }
     }
 
+    /// Writes again what a client sees of a live session, after it changed.
+    pub async fn details_changed(&self, session: &dyn Billable) -> Result<(), MeterError> {
+        match session.usage().record_id.get() {
+            Some(&record_id) => self.ledger.set_details(record_id, session.details()).await,
+            None => Ok(()),
+        }
+    }
+
     /// The records of the sessions this meter is timing (the live ones).
     pub fn live_records(&self) -> Vec<i64> {
         lock(&self.schedule).live.keys().copied().collect()

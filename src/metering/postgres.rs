@@ -708,6 +708,25 @@ async fn timed<T>(lookup: impl Future<Output = T>) -> T {
 }
 
 impl Ledger for PgLedger {
+    fn set_details(
+        &self,
+        record_id: i64,
+        details: String,
+    ) -> BoxFuture<'_, Result<(), MeterError>> {
+        async move {
+            self.client()
+                .await?
+                .execute(
+                    "UPDATE ingot_sessions SET details = $2 WHERE record_id = $1 AND status = 'live'",
+                    &[&record_id, &details],
+                )
+                .await
+                .map(drop)
+                .map_err(db)
+        }
+        .boxed()
+    }
+
     fn live_of_tenant(&self, tenant: String) -> BoxFuture<'_, Result<Option<u64>, MeterError>> {
         async move {
             let row = self

@@ -268,6 +268,20 @@ impl UsageStore {
         tx.commit().map_err(err)
     }
 
+    /// Replaces the details of a live record.
+    pub fn set_details(&mut self, record_id: i64, details: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET details = ?2 WHERE record_id = ?1 AND status = 'live'",
+                params![record_id, details],
+            )
+            .map(drop)
+            .map_err(|source| StoreError {
+                path: self.path.display().to_string(),
+                source,
+            })
+    }
+
     /// Closes every record a previous run left live: `failed`/`reason`, ended at its last
     /// checkpoint and billed up to it. Returns how many were closed.
     pub fn close_abandoned(&self, reason: &str) -> Result<u64, StoreError> {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use time::OffsetDateTime;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -40,6 +41,29 @@ pub struct Session {
     usage: SessionUsage,
     /// When a client last sent a CDP message, in milliseconds since `created`.
     active_at_ms: AtomicU64,
+    /// How long the session may live, in milliseconds: `options.timeout_ms` until a client
+    /// extends it.
+    timeout_ms: AtomicU64,
+    /// Woken when the timeout changes, so that the supervisor sleeps until the new one.
+    timeout_moved: Notify,
+}
+
+/// Why a session's timeout could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum NotExtended {
+    /// The session has ended.
+    #[error("the session has ended")]
+    Ended,
+    /// The new total is already over.
+    #[error(
+        "the session has already lived {lived_ms} ms, more than the new timeout of {asked_ms} ms"
+    )]
+    InThePast {
+        /// How long the session has lived.
+        lived_ms: u64,
+        /// The timeout asked for.
+        asked_ms: u64,
+    },
 }
 
 /// What the session knows about its running browser.
@@ -69,6 +93,7 @@ pub enum NotLive {
 
 impl Session {
     pub(super) fn new(id: Uuid, options: SessionOptions, tenant: Option<Arc<str>>) -> Session {
+        let options_timeout = options.timeout_ms;
         Session {
             id,
             tenant,
@@ -81,6 +106,46 @@ impl Session {
             reaped: CancellationToken::new(),
             usage: SessionUsage::default(),
             active_at_ms: AtomicU64::new(0),
+            timeout_ms: AtomicU64::new(options_timeout),
+            timeout_moved: Notify::new(),
+        }
+    }
+
+    /// How long the session may live in all, in milliseconds.
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms.load(Ordering::Acquire)
+    }
+
+    /// Sets how long the live session may live in all, counted from its creation.
+    pub fn extend(&self, total_ms: u64) -> Result<(), NotExtended> {
+        if !self.phase().is_live() {
+            return Err(NotExtended::Ended);
+        }
+        let lived_ms = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if total_ms <= lived_ms {
+            return Err(NotExtended::InThePast {
+                lived_ms,
+                asked_ms: total_ms,
+            });
+        }
+        self.timeout_ms.store(total_ms, Ordering::Release);
+        self.timeout_moved.notify_waiters();
+        Ok(())
+    }
+
+    /// Resolves when the session's timeout is reached, following any extension.
+    pub async fn timed_out(&self) {
+        loop {
+            let moved = self.timeout_moved.notified();
+            let deadline = tokio::time::Instant::from_std(self.deadline());
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    if Instant::now() >= self.deadline() {
+                        return;
+                    }
+                }
+                _ = moved => {}
+            }
         }
     }
 
@@ -116,7 +181,7 @@ impl Session {
 
     /// When the session will time out.
     pub fn deadline(&self) -> Instant {
-        self.created + Duration::from_millis(self.options.timeout_ms)
+        self.created + Duration::from_millis(self.timeout_ms())
     }
 
     /// The reason the session ended, if it has.

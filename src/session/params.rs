@@ -224,6 +224,31 @@ fn timeout_ms(value: Option<&Value>, limits: TimeoutLimits) -> Result<u64, Inval
     }
 }
 
+/// Parses the body of a timeout change, `{"timeout": <ms>}`: the session's new total
+/// life, within the same limits as at create.
+pub fn parse_timeout_body(body: &[u8], limits: TimeoutLimits) -> Result<u64, InvalidField> {
+    let object = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => {
+            return Err(invalid(
+                "body",
+                "must be a JSON object such as {\"timeout\": 600000}",
+            ));
+        }
+        Err(e) => return Err(invalid("body", format!("is not valid JSON: {e}"))),
+    };
+    if let Some(other) = object.keys().find(|k| k.as_str() != "timeout") {
+        return Err(invalid(other, "is not known here; send only timeout"));
+    }
+    match object.get("timeout") {
+        None | Some(Value::Null) => Err(invalid(
+            "timeout",
+            "is required: the session's new total life in milliseconds",
+        )),
+        value => timeout_ms(value, limits),
+    }
+}
+
 /// Shortest and longest `inactivityTimeout`, in milliseconds (1 s to 24 h).
 const INACTIVITY_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
 

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::Session;
 use super::admission::{Admission, Admitter};
 use super::directory::{Directory, ListError, ListPage, ListQuery};
+use super::handle::NotExtended;
 use super::pool::{LaunchHealth, WarmPool};
 use super::supervisor::LivenessProbe;
 use super::view::SessionView;
@@ -316,6 +317,25 @@ impl Registry {
         let _ = session.request_end(EndReason::UserRequested);
         wait_reaped(&session).await;
         Some(session)
+    }
+
+    /// Sets the total timeout of a live session of `caller` and records it; `None` when the
+    /// id is unknown to `caller` here.
+    pub async fn extend(
+        &self,
+        id: &Uuid,
+        caller: &Caller,
+        total_ms: u64,
+    ) -> Option<Result<SessionView, NotExtended>> {
+        let session = self.get_for(id, caller)?;
+        if let Err(e) = session.extend(total_ms) {
+            return Some(Err(e));
+        }
+        info!(session_id = %id, timeout_ms = total_ms, "session timeout changed");
+        if let Err(e) = self.meter.details_changed(session.as_ref()).await {
+            warn!(session_id = %id, error = %e, "cannot record the new timeout; the session keeps it");
+        }
+        Some(Ok(SessionView::of(&session)))
     }
 
     /// Releases every live session of `caller`; returns how many this call ended.

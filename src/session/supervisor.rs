@@ -31,10 +31,9 @@ pub(super) async fn supervise(
     probe: LivenessProbe,
     shutdown: CancellationToken,
 ) -> EndReason {
-    let deadline = tokio::time::Instant::from_std(session.deadline());
     let ended_here = tokio::select! {
         _ = session.end_requested() => None,
-        _ = tokio::time::sleep_until(deadline) => Some(EndReason::Timeout),
+        _ = session.timed_out() => Some(EndReason::Timeout),
         idle = inactive(session) => {
             info!(session_id = %session.id, idle_ms = idle.as_millis() as u64,
                 "no client activity for the session's inactivityTimeout; releasing it");

@@ -30,7 +30,7 @@ impl Details {
     /// The details of a session that is going live.
     pub(super) fn of(session: &Session) -> Details {
         Details {
-            timeout: session.options.timeout_ms,
+            timeout: session.timeout_ms(),
             inactivity_timeout: session.options.inactivity_timeout_ms,
             dimensions: session.options.dimensions,
             user_agent: session.user_agent(),
@@ -77,7 +77,7 @@ impl SessionView {
             status: session.phase().status(),
             duration: session.duration(),
             event_count: session.event_count(),
-            timeout_ms: session.options.timeout_ms,
+            timeout_ms: session.timeout_ms(),
             inactivity_timeout_ms: session.options.inactivity_timeout_ms,
             credits_used: session.billed_minutes(),
             dimensions: session.options.dimensions,

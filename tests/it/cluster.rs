@@ -153,6 +153,25 @@ async fn any_node_serves_any_session() {
         assert_eq!(ids, [id.as_str(), &id_of(&here)], "newest first: {list}");
     }
 
+    // More time, asked of a node that does not run it; the record shows it on every node.
+    let (status, extended) = non_owner
+        .post(
+            &format!("/v1/sessions/{id}/timeout"),
+            json!({"timeout": 600_000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{extended}");
+    assert_eq!(extended["timeout"], 600_000, "{extended}");
+    let (_, listed) = a.get("/v1/sessions?status=live").await;
+    let mine = listed["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .find(|s| s["id"] == json!(id))
+        .cloned()
+        .expect("listed");
+    assert_eq!(mine["timeout"], 600_000, "from the record: {mine}");
+
     // Released through a node that does not own it: the owner ends it.
     let (status, released) = non_owner
         .post(&format!("/v1/sessions/{id}/release"), json!({}))

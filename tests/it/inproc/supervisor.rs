@@ -242,3 +242,53 @@ async fn inactivity_timeouts_are_validated_and_off_by_default() {
     assert_eq!(gw.session(&id_of(&s)).await["status"], "live");
     gw.stop().await;
 }
+
+/// `POST /v1/sessions/{id}/timeout` sets a live session's total life: the supervisor
+/// follows the new deadline and the Session JSON (and its record) shows it; an ended
+/// session answers 409, a total already lived 400, bad bodies 400 naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_can_be_given_more_time() {
+    let gw = FakeGateway::start().await;
+    let id = id_of(&gw.create(json!({"timeout": 1_500})).await);
+    let path = format!("/v1/sessions/{id}/timeout");
+    let (status, extended) = gw.post(&path, json!({"timeout": 3_500})).await;
+    assert_eq!(status, 200, "{extended}");
+    assert_eq!(
+        (&extended["id"], &extended["timeout"]),
+        (&json!(id), &json!(3_500))
+    );
+    for (body, field) in [
+        (json!({}), "timeout"),
+        (json!({"timeout": "later"}), "timeout"),
+        (json!({"timeout": 100}), "timeout"),
+        (json!({"timeout": 86_400_001}), "timeout"),
+        (json!({"timeout": 5_000, "extra": 1}), "extra"),
+        (json!([1]), "body"),
+    ] {
+        let (status, refused) = gw.post(&path, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {refused}");
+        let message = refused["error"]["message"].as_str().expect("message");
+        assert!(message.starts_with(field), "{body}: {message}");
+    }
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(
+        gw.session(&id).await["status"],
+        "live",
+        "past its first timeout"
+    );
+    let (status, refused) = gw.post(&path, json!({"timeout": 1_000})).await;
+    assert_eq!(status, 400, "a total it has already lived: {refused}");
+    let ended = gw.wait_ended(&id).await;
+    assert_ended(&ended, "released", "timeout");
+    let lived = ended["duration"].as_u64().expect("duration");
+    assert!((3_500..5_000).contains(&lived), "ended after {lived} ms");
+    assert_eq!(
+        ended["timeout"], 3_500,
+        "the JSON keeps the new timeout: {ended}"
+    );
+    let (status, refused) = gw.post(&path, json!({"timeout": 9_000})).await;
+    assert_eq!(status, 409, "{refused}");
+    let unknown = format!("/v1/sessions/{}/timeout", uuid::Uuid::new_v4());
+    assert_eq!(gw.post(&unknown, json!({"timeout": 9_000})).await.0, 404);
+    gw.stop().await;
+}
