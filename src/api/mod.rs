@@ -96,6 +96,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}", get(sessions::retrieve))
         .route("/v1/sessions/{id}/release", post(sessions::release))
         .route("/v1/sessions/{id}/timeout", post(sessions::set_timeout))
+        .route(
+            "/v1/sessions/{id}/live-details",
+            get(sessions::live_details),
+        )
         .route("/", get(cdp::connect_by_query))
         .route("/devtools/browser/{id}", get(cdp::connect_by_path))
         .route("/json/version", get(cdp::version_by_query))

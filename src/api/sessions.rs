@@ -12,7 +12,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{RequestBody, SessionId, StrictQuery, parse_id};
 use super::relay::{Relay, Relayed};
-use super::wire::{ReleaseJson, SessionJson, SessionListJson};
+use super::wire::{LiveDetailsJson, ReleaseJson, SessionJson, SessionListJson};
 use crate::auth::Caller;
 use crate::session::directory::ListQuery;
 use crate::session::handle::NotExtended;
@@ -197,11 +197,45 @@ pub async fn set_timeout(
     }
 }
 
+/// `GET /v1/sessions/{id}/live-details`: the live session's pages. 409 once it ended; in a
+/// cluster, the node that runs it answers.
+pub async fn live_details(
+    State(state): State<AppState>,
+    caller: Caller,
+    relay: Relay,
+    SessionId(id): SessionId,
+) -> Result<Response, ApiError> {
+    if let Some(session) = state.registry.get_for(&id, &caller) {
+        let pages = session
+            .pages()
+            .await
+            .ok_or_else(|| ended_conflict(id))?
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "browser_unavailable",
+                    format!("the browser did not list its pages: {e}"),
+                )
+            })?;
+        let details = LiveDetailsJson::new(id, pages, &relay.links(&state));
+        return Ok(Json(details).into_response());
+    }
+    match relay
+        .to_owner(&state, id, &caller, "live_details", Bytes::new())
+        .await?
+    {
+        Relayed::Answered(answer) => Ok(answer),
+        Relayed::Unreachable(e) => Err(e),
+        Relayed::Here if state.registry.is_known(&id, &caller).await? => Err(ended_conflict(id)),
+        Relayed::Here => Err(ApiError::session_not_found(id)),
+    }
+}
+
 fn ended_conflict(id: uuid::Uuid) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "session_ended",
-        format!("session {id} has ended; its timeout can no longer change"),
+        format!("session {id} has ended"),
     )
 }
 

@@ -153,6 +153,52 @@ impl SessionListJson {
     }
 }
 
+/// `SessionLiveDetailsResponse`. There is no viewer yet, so the viewer links are the
+/// session's own URL, and favicons are not read (`null`, which the types allow).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveDetailsJson {
+    pub pages: Vec<LivePageJson>,
+    pub session_viewer_url: String,
+    pub session_viewer_fullscreen_url: String,
+    pub ws_url: String,
+}
+
+/// One page of [`LiveDetailsJson`].
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LivePageJson {
+    pub id: String,
+    pub url: String,
+    pub title: String,
+    pub favicon: Option<String>,
+    pub session_viewer_url: String,
+    pub session_viewer_fullscreen_url: String,
+}
+
+impl LiveDetailsJson {
+    /// The live details of session `id` with `pages`.
+    pub fn new(id: Uuid, pages: Vec<crate::session::view::PageInfo>, urls: &PublicUrls) -> Self {
+        let viewer = urls.session_url(id);
+        LiveDetailsJson {
+            pages: pages
+                .into_iter()
+                .map(|p| LivePageJson {
+                    id: p.id,
+                    url: p.url,
+                    title: p.title,
+                    favicon: None,
+                    session_viewer_url: viewer.clone(),
+                    session_viewer_fullscreen_url: viewer.clone(),
+                })
+                .collect(),
+            session_viewer_url: viewer.clone(),
+            session_viewer_fullscreen_url: viewer,
+            ws_url: urls.websocket_url(id),
+        }
+    }
+}
+
 /// `SessionReleaseResponse` and `SessionReleaseAllResponse`.
 #[derive(Debug, Serialize)]
 pub struct ReleaseJson {

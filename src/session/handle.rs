@@ -116,6 +116,16 @@ impl Session {
         self.timeout_ms.load(Ordering::Acquire)
     }
 
+    /// The pages of the live session, asked of its browser; `None` once it ended.
+    pub async fn pages(&self) -> Option<Result<Vec<super::view::PageInfo>, String>> {
+        let mux = self.mux()?;
+        let reply = mux
+            .command("Target.getTargets", serde_json::json!({}))
+            .await
+            .map_err(|e| e.to_string());
+        Some(reply.map(|r| super::view::PageInfo::from_targets(&r)))
+    }
+
     /// Sets how long the live session may live in all, counted from its creation.
     pub fn extend(&self, total_ms: u64) -> Result<(), NotExtended> {
         if !self.phase().is_live() {

@@ -39,6 +39,34 @@ impl Details {
     }
 }
 
+/// One page (tab) of a live session, as `live-details` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageInfo {
+    /// Chromium's target id.
+    pub id: String,
+    pub url: String,
+    pub title: String,
+}
+
+impl PageInfo {
+    /// The pages among `Target.getTargets`' `targetInfos`, in Chromium's order.
+    pub fn from_targets(reply: &serde_json::Value) -> Vec<PageInfo> {
+        let text = |t: &serde_json::Value, k: &str| t[k].as_str().unwrap_or_default().to_owned();
+        reply["targetInfos"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter(|t| t["type"] == "page")
+            .map(|t| PageInfo {
+                id: text(t, "targetId"),
+                url: text(t, "url"),
+                title: text(t, "title"),
+            })
+            .collect()
+    }
+}
+
 /// A session as a client sees it.
 #[derive(Debug, Clone)]
 pub struct SessionView {

@@ -580,3 +580,50 @@ async fn browser_close_from_a_page_session_and_malformed_session_ids() {
     );
     gw.assert_clean(secs(5)).await;
 }
+
+/// `live-details` shows the pages of a real browser: the URL and title of the page a
+/// client navigated, and a tab the client opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_details_show_what_the_browser_shows() {
+    let _shared = shared().await;
+    let gw = Gateway::start(&[]).await;
+    let pages = PageServer::start(test_pages()).await;
+    let session = gw.create(json!({})).await;
+    let id = session["id"].as_str().expect("id").to_owned();
+    let mut cdp = Cdp::connect(session["websocketUrl"].as_str().expect("url")).await;
+    let page = cdp.attach_first_page().await;
+    cdp.navigate(&page, &pages.url("/")).await;
+    cdp.call(
+        "Target.createTarget",
+        json!({"url": pages.url("/second")}),
+        None,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + secs(10);
+    let details = loop {
+        let (status, details) = gw.get(&format!("/v1/sessions/{id}/live-details")).await;
+        assert_eq!(status, 200, "{details}");
+        let titles: Vec<&str> = details["pages"]
+            .as_array()
+            .expect("pages")
+            .iter()
+            .filter_map(|p| p["title"].as_str())
+            .collect();
+        if titles.contains(&"ingot test") && titles.contains(&"second") {
+            break details;
+        }
+        assert!(std::time::Instant::now() < deadline, "{details}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let first = details["pages"]
+        .as_array()
+        .expect("pages")
+        .iter()
+        .find(|p| p["title"] == "ingot test")
+        .expect("the navigated page");
+    assert_eq!(first["url"], pages.url("/"), "{details}");
+    assert_eq!(details["wsUrl"], session["websocketUrl"]);
+    cdp.close().await;
+    gw.release(&id).await;
+    gw.assert_clean(secs(10)).await;
+}

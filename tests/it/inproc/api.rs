@@ -485,3 +485,39 @@ async fn project_ids_are_refused_not_ignored() {
     );
     gw.release(&id).await;
 }
+
+/// `live-details` lists a live session's pages as its browser reports them, in Steel's
+/// shape; an ended session answers 409 and an unknown one 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_details_list_the_pages_of_a_live_session() {
+    let gw = FakeGateway::start().await;
+    let id = id_of(&gw.create(json!({})).await);
+    let (status, details) = gw.get(&format!("/v1/sessions/{id}/live-details")).await;
+    assert_eq!(status, 200, "{details}");
+    let pages = details["pages"].as_array().expect("pages");
+    assert_eq!(pages.len(), 1, "{details}");
+    assert_eq!(pages[0]["id"], gw.browser_of(&id).page_target_id());
+    for field in [
+        "url",
+        "title",
+        "sessionViewerUrl",
+        "sessionViewerFullscreenUrl",
+    ] {
+        assert!(pages[0][field].is_string(), "{field}: {details}");
+    }
+    assert!(pages[0]["favicon"].is_null());
+    assert_eq!(details["wsUrl"], gw.ws_url(&id));
+    gw.release(&id).await;
+    assert_eq!(
+        gw.get(&format!("/v1/sessions/{id}/live-details")).await.0,
+        409
+    );
+    let unknown = uuid::Uuid::new_v4();
+    assert_eq!(
+        gw.get(&format!("/v1/sessions/{unknown}/live-details"))
+            .await
+            .0,
+        404
+    );
+    gw.stop().await;
+}
