@@ -415,6 +415,10 @@ fn chromium_args(dirs: &SessionDirs, spec: &LaunchSpec, frame: Frame) -> Vec<Str
     let mut args: Vec<String> = BASE_FLAGS.iter().map(|f| (*f).to_owned()).collect();
     args.push(format!("--user-data-dir={}", dirs.profile().display()));
     args.push(format!("--window-size={width},{height}"));
+    // The screen is the page's size (headless Chromium's own is 800x600), so that the page
+    // fills its screen as a full-screen window's does: innerHeight equals screen.height.
+    let page = spec.dimensions;
+    args.push(format!("--screen-info={{{}x{}}}", page.width, page.height));
     if let Some(ua) = &spec.user_agent {
         args.push(format!("--user-agent={ua}"));
     }

@@ -154,6 +154,7 @@ mod tests {
             dimensions: Dimensions::default(),
             proxy_server: None,
             inactivity_timeout_ms: None,
+            fullscreen: false,
         }
     }
 

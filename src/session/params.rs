@@ -27,6 +27,8 @@ pub struct SessionOptions {
     pub dimensions: Dimensions,
     /// The proxy as Chromium's `--proxy-server` takes it: `scheme://host:port`.
     pub proxy_server: Option<String>,
+    /// `fullscreen`: a 1920×1080 page that fills its screen, whatever `dimensions` says.
+    pub fullscreen: bool,
     /// `inactivityTimeout`: the session is released once no client has sent a CDP message
     /// for this long, in milliseconds. `None`: off.
     pub inactivity_timeout_ms: Option<u64>,
@@ -81,7 +83,6 @@ const UNSUPPORTED: &[&str] = &[
     "region",
     "stealthConfig",
     "concurrency",
-    "fullscreen",
     "optimizeBandwidth",
     "debugConfig",
     "deviceConfig",
@@ -138,7 +139,14 @@ fn parse_create_object(
         session_id: session_id(body.get("sessionId"))?,
         timeout_ms: timeout_ms(body.get("timeout"), limits)?,
         user_agent: user_agent(body.get("userAgent"))?,
-        dimensions: dimensions(body.get("dimensions"))?,
+        dimensions: match fullscreen(body.get("fullscreen"))? {
+            true => {
+                dimensions(body.get("dimensions"))?;
+                Dimensions::default()
+            }
+            false => dimensions(body.get("dimensions"))?,
+        },
+        fullscreen: fullscreen(body.get("fullscreen"))?,
         inactivity_timeout_ms: inactivity_timeout_ms(body.get("inactivityTimeout"))?,
         proxy_server: match body.get("proxyUrl") {
             None | Some(Value::Null) => None,
@@ -171,6 +179,7 @@ fn check_field_names(body: &Map<String, Value>) -> Result<(), InvalidField> {
         let known = matches!(
             key.as_str(),
             "sessionId"
+                | "fullscreen"
                 | "timeout"
                 | "inactivityTimeout"
                 | "userAgent"
@@ -246,6 +255,14 @@ pub fn parse_timeout_body(body: &[u8], limits: TimeoutLimits) -> Result<u64, Inv
             "is required: the session's new total life in milliseconds",
         )),
         value => timeout_ms(value, limits),
+    }
+}
+
+fn fullscreen(value: Option<&Value>) -> Result<bool, InvalidField> {
+    match value {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(invalid("fullscreen", "must be a boolean")),
     }
 }
 

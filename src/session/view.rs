@@ -21,6 +21,7 @@ use crate::vocab::{Dimensions, Status};
 pub(super) struct Details {
     timeout: u64,
     inactivity_timeout: Option<u64>,
+    fullscreen: bool,
     dimensions: Dimensions,
     user_agent: Option<String>,
     proxy: bool,
@@ -32,6 +33,7 @@ impl Details {
         Details {
             timeout: session.timeout_ms(),
             inactivity_timeout: session.options.inactivity_timeout_ms,
+            fullscreen: session.options.fullscreen,
             dimensions: session.options.dimensions,
             user_agent: session.user_agent(),
             proxy: session.options.proxy_server.is_some(),
@@ -88,6 +90,8 @@ pub struct SessionView {
     pub credits_used: u64,
     /// The page size.
     pub dimensions: Dimensions,
+    /// Whether the page fills its screen at 1920×1080 (`fullscreen`).
+    pub fullscreen: bool,
     /// Whether it runs behind a proxy the client gave.
     pub proxy: bool,
     /// The user agent its browser sends.
@@ -109,6 +113,7 @@ impl SessionView {
             inactivity_timeout_ms: session.options.inactivity_timeout_ms,
             credits_used: session.billed_minutes(),
             dimensions: session.options.dimensions,
+            fullscreen: session.options.fullscreen,
             proxy: session.options.proxy_server.is_some(),
             user_agent: session.user_agent(),
             release_reason: session.end_reason().map(|r| r.as_str().to_owned()),
@@ -140,6 +145,7 @@ impl SessionView {
             inactivity_timeout_ms: details.inactivity_timeout,
             credits_used: row.billed_minutes,
             dimensions: details.dimensions,
+            fullscreen: details.fullscreen,
             proxy: details.proxy,
             user_agent: details.user_agent,
             release_reason: row.reason.clone(),

@@ -627,3 +627,41 @@ async fn live_details_show_what_the_browser_shows() {
     gw.release(&id).await;
     gw.assert_clean(secs(10)).await;
 }
+
+/// `fullscreen: true` gives a 1920×1080 page that fills its screen (`innerHeight` equals
+/// `screen.height`), whatever `dimensions` says, and is echoed back. Every page fills its
+/// screen, which is the page's size: headless Chromium's own screen is 800×600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fullscreen_pages_fill_a_1920_by_1080_screen() {
+    let _shared = shared().await;
+    let gw = Gateway::start(&[]).await;
+    let metrics = "[innerWidth, innerHeight, screen.width, screen.height]";
+    for (body, want) in [
+        (
+            json!({"fullscreen": true, "dimensions": {"width": 800, "height": 600}}),
+            [1920, 1080, 1920, 1080],
+        ),
+        (
+            json!({"dimensions": {"width": 1280, "height": 720}}),
+            [1280, 720, 1280, 720],
+        ),
+    ] {
+        let session = gw.create(body.clone()).await;
+        let fullscreen = body["fullscreen"] == true;
+        assert_eq!(session["fullscreen"], fullscreen, "{session}");
+        if fullscreen {
+            assert_eq!(
+                session["dimensions"],
+                json!({"width": 1920, "height": 1080})
+            );
+        }
+        let mut cdp = Cdp::connect(session["websocketUrl"].as_str().expect("url")).await;
+        let page = cdp.attach_first_page().await;
+        assert_eq!(cdp.eval(&page, metrics).await, json!(want), "{body}");
+        cdp.close().await;
+        gw.release(session["id"].as_str().expect("id")).await;
+    }
+    let (status, refused) = gw.post("/v1/sessions", json!({"fullscreen": "yes"})).await;
+    assert_eq!(status, 400, "{refused}");
+    gw.assert_clean(secs(10)).await;
+}

@@ -242,6 +242,7 @@ fn valid_body() -> impl Strategy<Value = (Value, SessionOptions)> {
                     format!("{scheme}://{host}:{port}")
                 }),
                 inactivity_timeout_ms: None,
+                fullscreen: false,
             };
             (body, expected)
         })
