@@ -46,12 +46,13 @@ pub const FORWARDED: &str = "ingot_cluster_forwarded_total";
 pub const DIRECTORY_QUERY: &str = "ingot_cluster_directory_query_seconds";
 
 /// What a node forwards to the node that owns a session (or may take a new one).
-pub const FORWARD_KINDS: [&str; 8] = [
+pub const FORWARD_KINDS: [&str; 9] = [
     "create",
     "retrieve",
     "release",
     "timeout",
     "live_details",
+    "context",
     "release_all",
     "version",
     "upgrade",

@@ -105,6 +105,7 @@ impl From<CreateError> for ApiError {
             }
             CreateError::Launch(_) => (StatusCode::SERVICE_UNAVAILABLE, "browser_start_failed"),
             CreateError::Usage(_) => (StatusCode::SERVICE_UNAVAILABLE, "usage_unavailable"),
+            CreateError::Context(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             CreateError::DatabaseUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
             }

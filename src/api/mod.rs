@@ -100,6 +100,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/sessions/{id}/live-details",
             get(sessions::live_details),
         )
+        .route("/v1/sessions/{id}/context", get(sessions::context))
         .route("/", get(cdp::connect_by_query))
         .route("/devtools/browser/{id}", get(cdp::connect_by_path))
         .route("/json/version", get(cdp::version_by_query))

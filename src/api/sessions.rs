@@ -197,6 +197,52 @@ pub async fn set_timeout(
     }
 }
 
+/// `GET /v1/sessions/{id}/context`: the live session's cookies (every browser context) and
+/// the web storage of the origins its open pages show, in Steel's shape. 409 once it
+/// ended; in a cluster, the node that runs it answers.
+pub async fn context(
+    State(state): State<AppState>,
+    caller: Caller,
+    relay: Relay,
+    SessionId(id): SessionId,
+) -> Result<Response, ApiError> {
+    if let Some(session) = state.registry.get_for(&id, &caller) {
+        let context = session
+            .context()
+            .await
+            .ok_or_else(|| ended_conflict(id))?
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "browser_unavailable",
+                    format!("the browser did not give its context: {e}"),
+                )
+            })?;
+        return Ok(Json(context).into_response());
+    }
+    elsewhere(&state, &relay, id, &caller, "context").await
+}
+
+/// A request about a session this node does not run: its owner's answer, else 409 for
+/// an ended session and 404 for an unknown one.
+async fn elsewhere(
+    state: &AppState,
+    relay: &Relay,
+    id: uuid::Uuid,
+    caller: &Caller,
+    kind: &'static str,
+) -> Result<Response, ApiError> {
+    match relay
+        .to_owner(state, id, caller, kind, Bytes::new())
+        .await?
+    {
+        Relayed::Answered(answer) => Ok(answer),
+        Relayed::Unreachable(e) => Err(e),
+        Relayed::Here if state.registry.is_known(&id, caller).await? => Err(ended_conflict(id)),
+        Relayed::Here => Err(ApiError::session_not_found(id)),
+    }
+}
+
 /// `GET /v1/sessions/{id}/live-details`: the live session's pages. 409 once it ended; in a
 /// cluster, the node that runs it answers.
 pub async fn live_details(
@@ -220,15 +266,7 @@ pub async fn live_details(
         let details = LiveDetailsJson::new(id, pages, &relay.links(&state));
         return Ok(Json(details).into_response());
     }
-    match relay
-        .to_owner(&state, id, &caller, "live_details", Bytes::new())
-        .await?
-    {
-        Relayed::Answered(answer) => Ok(answer),
-        Relayed::Unreachable(e) => Err(e),
-        Relayed::Here if state.registry.is_known(&id, &caller).await? => Err(ended_conflict(id)),
-        Relayed::Here => Err(ApiError::session_not_found(id)),
-    }
+    elsewhere(&state, &relay, id, &caller, "live_details").await
 }
 
 fn ended_conflict(id: uuid::Uuid) -> ApiError {

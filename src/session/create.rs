@@ -41,6 +41,9 @@ pub enum CreateError {
     /// The usage record could not be written.
     #[error("the session could not be metered, so it was not started: {0}")]
     Usage(String),
+    /// The browser refused the `sessionContext` to load.
+    #[error("sessionContext: the browser did not take it: {0}")]
+    Context(String),
     /// The shared database (`--database-url`) does not answer, so the session could not
     /// be recorded; retry once it is back.
     #[error("the database does not answer, so the session was not started: {0}")]
@@ -52,7 +55,7 @@ impl CreateError {
     /// and for admission's refusals, which admission counts itself.
     fn failure(&self) -> Option<CreateFailure> {
         match self {
-            CreateError::Duplicate(_) => None,
+            CreateError::Duplicate(_) | CreateError::Context(_) => None,
             CreateError::Refused(Refusal::ShuttingDown) => Some(CreateFailure::ShuttingDown),
             CreateError::Refused(_) => None,
             CreateError::Launch(_) => Some(CreateFailure::BrowserStartFailed),
@@ -234,7 +237,16 @@ impl Registry {
         } = launched;
         let mux = Mux::start(transport);
         session.attach_browser(mux.clone(), version);
-        if let Err(e) = self.go_live(&session).await {
+        let ready = match &session.options.context {
+            Some(context) => super::context::load(&mux, context)
+                .await
+                .map_err(|e| CreateError::Context(e.to_string())),
+            None => Ok(()),
+        };
+        if let Err(e) = match ready {
+            Ok(()) => self.go_live(&session).await,
+            Err(e) => Err(e),
+        } {
             process.kill().await;
             self.directory.forget(&session);
             session.abandon_start();

@@ -155,6 +155,7 @@ mod tests {
             proxy_server: None,
             inactivity_timeout_ms: None,
             fullscreen: false,
+            context: None,
         }
     }
 

@@ -126,6 +126,13 @@ impl Session {
         Some(reply.map(|r| super::view::PageInfo::from_targets(&r)))
     }
 
+    /// The session's context (cookies and web storage), read from its browser; `None` once
+    /// it ended.
+    pub async fn context(&self) -> Option<Result<Value, String>> {
+        let mux = self.mux()?;
+        Some(super::context::read(&mux).await.map_err(|e| e.to_string()))
+    }
+
     /// Sets how long the live session may live in all, counted from its creation.
     pub fn extend(&self, total_ms: u64) -> Result<(), NotExtended> {
         if !self.phase().is_live() {

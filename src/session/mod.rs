@@ -15,6 +15,7 @@
 //! clients must go, and the proxy picks the close frame.
 
 pub mod admission;
+pub mod context;
 pub mod create;
 pub mod directory;
 pub mod handle;

@@ -29,6 +29,8 @@ pub struct SessionOptions {
     pub proxy_server: Option<String>,
     /// `fullscreen`: a 1920×1080 page that fills its screen, whatever `dimensions` says.
     pub fullscreen: bool,
+    /// `sessionContext`: cookies and web storage to load before the session is handed over.
+    pub context: Option<super::context::SessionContext>,
     /// `inactivityTimeout`: the session is released once no client has sent a CDP message
     /// for this long, in milliseconds. `None`: off.
     pub inactivity_timeout_ms: Option<u64>,
@@ -78,7 +80,6 @@ const UNSUPPORTED: &[&str] = &[
     "useProxy",
     "blockAds",
     "solveCaptcha",
-    "sessionContext",
     "isSelenium",
     "region",
     "stealthConfig",
@@ -147,6 +148,10 @@ fn parse_create_object(
             false => dimensions(body.get("dimensions"))?,
         },
         fullscreen: fullscreen(body.get("fullscreen"))?,
+        context: match body.get("sessionContext") {
+            None => None,
+            Some(value) => super::context::SessionContext::parse(value)?,
+        },
         inactivity_timeout_ms: inactivity_timeout_ms(body.get("inactivityTimeout"))?,
         proxy_server: match body.get("proxyUrl") {
             None | Some(Value::Null) => None,
@@ -179,6 +184,7 @@ fn check_field_names(body: &Map<String, Value>) -> Result<(), InvalidField> {
         let known = matches!(
             key.as_str(),
             "sessionId"
+                | "sessionContext"
                 | "fullscreen"
                 | "timeout"
                 | "inactivityTimeout"

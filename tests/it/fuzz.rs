@@ -243,6 +243,7 @@ fn valid_body() -> impl Strategy<Value = (Value, SessionOptions)> {
                 }),
                 inactivity_timeout_ms: None,
                 fullscreen: false,
+                context: None,
             };
             (body, expected)
         })

@@ -15,6 +15,7 @@ mod admission;
 mod api;
 mod cdp;
 mod cluster;
+mod context;
 mod deploy;
 mod faults;
 mod fuzz;
