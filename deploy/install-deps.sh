@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what ingot needs on Debian, only where it is missing.
 #   deploy/install-deps.sh          Chromium (Debian's `chromium` package)
-#   deploy/install-deps.sh --tests  also Node.js and npm (end-to-end tests), PostgreSQL
-#                                   (tests of --database-url) and Prometheus (promtool and a
-#                                   real scrape in tests/it/deploy.rs)
+#   deploy/install-deps.sh --tests  also Node.js and npm (end-to-end tests), Python's venv
+#                                   and pip (the Python end-to-end tests' virtual environment,
+#                                   tests/py/.venv), PostgreSQL (tests of --database-url) and
+#                                   Prometheus (promtool and a real scrape in tests/it/deploy.rs)
 # Rust cannot be installed from Debian's packages in a recent enough version; if cargo is
 # missing this says how to get it and stops.
 set -euo pipefail
@@ -16,6 +17,13 @@ missing=()
 if [ "$want_tests" = 1 ]; then
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
+  # `python3 -m venv` needs the venv and ensurepip modules (Debian ships them apart from
+  # python3), and the venv's pip installs the pinned packages of tests/py.
+  if ! command -v python3 >/dev/null 2>&1; then
+    missing+=(python3 python3-venv python3-pip)
+  elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv python3-pip)
+  fi
   # PostgreSQL for the tests of --database-url; the tests start their own servers, as the
   # unprivileged postgres account, so the package's own service is not needed.
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)

@@ -184,9 +184,9 @@ where
             session.usage().count_to_client(reply.len());
             send(ws, link, Message::Text(reply.into())).await
         }
-        Forwarded::BrowserClose(id) => {
+        Forwarded::BrowserClose(id, on) => {
             info!(session_id = %session.id, "client sent Browser.close; ending the session");
-            let reply = message::ok_reply(id);
+            let reply = message::ok_reply(id, on.as_deref());
             session.usage().count_to_client(reply.len());
             let step = send(ws, link, Message::Text(Utf8Bytes::from(reply))).await;
             // The supervisor disconnects every client, this one included, once it has torn

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Quick start, part 2: the whole test suite. Installs what is missing (Chromium, Node.js,
 # the pinned npm packages of the end-to-end clients), then runs formatting and lint checks,
-# the Rust unit and integration tests against real Chromium, and the Node end-to-end tests
-# (puppeteer-core, playwright-core, steel-sdk) against a gateway each test file starts.
+# the Rust unit and integration tests against real Chromium, the Node end-to-end tests
+# (puppeteer-core, playwright-core, steel-sdk) against a gateway each test file starts, and
+# the Python end-to-end tests (steel-sdk and Playwright for Python, pinned in
+# tests/py/requirements.txt and tests/py/constraints.txt, in the virtual environment
+# tests/py/.venv; Playwright only connects over CDP, so no browser is downloaded).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +22,8 @@ cargo test --locked -p ingot-bench
 echo "== end-to-end tests (Node: puppeteer-core, playwright-core, steel-sdk)"
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
 INGOT_BIN="$PWD/target/debug/ingot" node --test tests/e2e/
+echo "== end-to-end tests (Python: steel-sdk, playwright)"
+[ -x tests/py/.venv/bin/python ] || python3 -m venv tests/py/.venv
+tests/py/.venv/bin/python -m pip install --quiet --disable-pip-version-check \
+  -r tests/py/requirements.txt -c tests/py/constraints.txt
+INGOT_BIN="$PWD/target/debug/ingot" tests/py/.venv/bin/python -m pytest -q tests/py

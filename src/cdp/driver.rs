@@ -88,7 +88,7 @@ impl Driver {
         match self.link.forward(Bytes::from(message.to_string())).await {
             Forwarded::Sent => Ok(id),
             Forwarded::Reply(reply) => Err(CommandError::Refused(method, reply)),
-            Forwarded::BrowserClose(_) | Forwarded::Closed => Err(CommandError::Closed),
+            Forwarded::BrowserClose(..) | Forwarded::Closed => Err(CommandError::Closed),
         }
     }
 

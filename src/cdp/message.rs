@@ -187,14 +187,29 @@ pub fn error_reply(id: Option<i64>, code: i64, message: &str, session_id: Option
     reply.to_string()
 }
 
-/// An empty success reply.
-pub fn ok_reply(id: i64) -> String {
-    format!(r#"{{"id":{id},"result":{{}}}}"#)
+/// An empty success reply, on session `session_id` when the command came on one (as
+/// Chromium answers: a client's CDP library matches replies by session).
+pub fn ok_reply(id: i64, session_id: Option<&str>) -> String {
+    let mut reply = serde_json::json!({"id": id, "result": {}});
+    if let Some(s) = session_id {
+        reply["sessionId"] = s.into();
+    }
+    reply.to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ok_reply_is_answered_on_the_session_its_command_came_on() {
+        assert_eq!(ok_reply(3, None), r#"{"id":3,"result":{}}"#);
+        let on: serde_json::Value = serde_json::from_str(&ok_reply(3, Some("S1"))).expect("JSON");
+        assert_eq!(
+            on,
+            serde_json::json!({"id": 3, "result": {}, "sessionId": "S1"})
+        );
+    }
 
     #[test]
     fn finds_and_strips_tail_session() {

@@ -405,8 +405,9 @@ pub enum Forwarded {
     Sent,
     /// Not forwarded; send this reply to the client instead.
     Reply(String),
-    /// The client asked for `Browser.close`; the command id is given so it can be answered.
-    BrowserClose(i64),
+    /// The client asked for `Browser.close`; the command id and the session it came on are
+    /// given so that it can be answered there.
+    BrowserClose(i64, Option<String>),
     /// The browser connection is gone.
     Closed,
 }
@@ -447,7 +448,7 @@ impl ClientLink {
         };
         // Closing the browser from any of the client's sessions ends the session cleanly.
         if command.method.as_deref() == Some("Browser.close") {
-            return Forwarded::BrowserClose(command.id.unwrap_or(0));
+            return Forwarded::BrowserClose(command.id.unwrap_or(0), session.map(str::to_owned));
         }
         let bytes = match session {
             None => {
