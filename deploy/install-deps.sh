@@ -3,7 +3,8 @@
 #   deploy/install-deps.sh          Chromium (Debian's `chromium` package)
 #   deploy/install-deps.sh --tests  also Node.js and npm (end-to-end tests), Python's venv
 #                                   and pip (the Python end-to-end tests' virtual environment,
-#                                   tests/py/.venv), PostgreSQL (tests of --database-url) and
+#                                   tests/py/.venv), PostgreSQL (tests of --database-url),
+#                                   tinyproxy (tests of proxyUrl with credentials) and
 #                                   Prometheus (promtool and a real scrape in tests/it/deploy.rs)
 # Rust cannot be installed from Debian's packages in a recent enough version; if cargo is
 # missing this says how to get it and stops.
@@ -27,6 +28,9 @@ if [ "$want_tests" = 1 ]; then
   # PostgreSQL for the tests of --database-url; the tests start their own servers, as the
   # unprivileged postgres account, so the package's own service is not needed.
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  # A proxy that wants Basic authentication, for the tests of proxyUrl with credentials;
+  # the tests start their own on loopback.
+  command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -107,7 +107,7 @@ impl SessionJson {
             dimensions: session.dimensions,
             fullscreen: session.fullscreen,
             optimize_bandwidth: Map::new(),
-            proxy_bytes_used: 0,
+            proxy_bytes_used: session.proxy_bytes_used,
             proxy_source: session.proxy.then_some("external"),
             user_agent: session.user_agent.clone(),
             headless: true,

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::paths::{SESSIONS_SUBDIR, scratch_root};
 use super::pipe::{read_pipe, write_pipe};
+use super::proxy_auth;
 use super::reaper::{self, Leaders};
 use super::sweep::{SweepReport, sweep};
 use super::window::{Frame, FrameCalibration, measure_and_fit, window_size};
@@ -329,14 +330,25 @@ impl LocalChromium {
         frame: Frame,
     ) -> Result<Launched, LaunchError> {
         dirs.create().await?;
-        let args = chromium_args(&dirs, spec, frame);
-        let (process, mut transport) = match spawn(&self.executable, args, &dirs, &self.leaders) {
+        let forwarder = match &spec.proxy_auth {
+            Some(auth) => Some(
+                proxy_auth::start(auth.clone())
+                    .await
+                    .map_err(|e| LaunchError(format!("cannot start the proxy forwarder: {e}")))?,
+            ),
+            None => None,
+        };
+        let proxy = forwarder.as_ref().map(|f| f.address.as_str());
+        let args = chromium_args(&dirs, spec, frame, proxy);
+        let (mut process, mut transport) = match spawn(&self.executable, args, &dirs, &self.leaders)
+        {
             Ok(spawned) => spawned,
             Err(e) => {
                 dirs.remove().await;
                 return Err(e);
             }
         };
+        process.proxy = forwarder;
         match wait_until_ready(&process, &mut transport).await {
             Ok(version) => Ok(Launched {
                 transport,
@@ -409,8 +421,14 @@ async fn wait_until_ready(
     }
 }
 
-/// Chromium's arguments for one browser.
-fn chromium_args(dirs: &SessionDirs, spec: &LaunchSpec, frame: Frame) -> Vec<String> {
+/// Chromium's arguments for one browser; `forwarder` is the local proxy that stands for
+/// the session's proxy when it needs credentials.
+fn chromium_args(
+    dirs: &SessionDirs,
+    spec: &LaunchSpec,
+    frame: Frame,
+    forwarder: Option<&str>,
+) -> Vec<String> {
     let (width, height) = window_size(spec.dimensions, frame);
     let mut args: Vec<String> = BASE_FLAGS.iter().map(|f| (*f).to_owned()).collect();
     args.push(format!("--user-data-dir={}", dirs.profile().display()));
@@ -422,8 +440,10 @@ fn chromium_args(dirs: &SessionDirs, spec: &LaunchSpec, frame: Frame) -> Vec<Str
     if let Some(ua) = &spec.user_agent {
         args.push(format!("--user-agent={ua}"));
     }
-    if let Some(proxy) = &spec.proxy_server {
+    if let Some(proxy) = forwarder.or(spec.proxy_server.as_deref()) {
         args.push(format!("--proxy-server={proxy}"));
+        // Loopback addresses go through the proxy too, rather than to this machine.
+        args.push("--proxy-bypass-list=<-loopback>".into());
     }
     args.push("about:blank".into());
     args
@@ -480,6 +500,7 @@ fn spawn(
         stderr_closed,
         pipes_open,
         reaped: OnceCell::new(),
+        proxy: None,
     };
     Ok((process, transport))
 }
@@ -619,6 +640,9 @@ pub struct LocalProcess {
     stderr_closed: CancellationToken,
     pipes_open: CancellationToken,
     reaped: OnceCell<()>,
+    /// The forwarding proxy that adds the session's proxy credentials; it stops with the
+    /// process.
+    proxy: Option<proxy_auth::Forwarder>,
 }
 
 impl LocalProcess {

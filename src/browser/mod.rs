@@ -10,6 +10,7 @@ mod detect;
 mod local;
 mod paths;
 mod pipe;
+pub mod proxy_auth;
 mod reaper;
 mod sweep;
 mod window;
@@ -41,6 +42,9 @@ pub struct LaunchSpec {
     pub user_agent: Option<String>,
     /// `--proxy-server`, if the session asked for one.
     pub proxy_server: Option<String>,
+    /// The credentials that proxy wants, if any: the browser then talks to a local
+    /// forwarding proxy that adds them.
+    pub proxy_auth: Option<proxy_auth::ProxyAuth>,
 }
 
 /// One CDP connection to a browser, as whole JSON messages.

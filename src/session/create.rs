@@ -208,6 +208,7 @@ impl Registry {
             dimensions: session.options.dimensions,
             user_agent: session.options.user_agent.clone(),
             proxy_server: session.options.proxy_server.clone(),
+            proxy_auth: session.proxy_auth(),
         };
         let launch_started = Instant::now();
         let launched = self.host.launch(spec).await;

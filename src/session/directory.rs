@@ -153,6 +153,7 @@ mod tests {
             user_agent: None,
             dimensions: Dimensions::default(),
             proxy_server: None,
+            proxy_authorization: None,
             inactivity_timeout_ms: None,
             fullscreen: false,
             context: None,

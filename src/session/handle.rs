@@ -46,6 +46,8 @@ pub struct Session {
     timeout_ms: AtomicU64,
     /// Woken when the timeout changes, so that the supervisor sleeps until the new one.
     timeout_moved: Notify,
+    /// Bytes carried by the forwarding proxy of a proxy with credentials.
+    proxy_bytes: Arc<AtomicU64>,
 }
 
 /// Why a session's timeout could not be changed.
@@ -108,7 +110,26 @@ impl Session {
             active_at_ms: AtomicU64::new(0),
             timeout_ms: AtomicU64::new(options_timeout),
             timeout_moved: Notify::new(),
+            proxy_bytes: Arc::default(),
         }
+    }
+
+    /// What the browser host needs to reach the session's proxy with its credentials.
+    pub fn proxy_auth(&self) -> Option<crate::browser::proxy_auth::ProxyAuth> {
+        let authorization = self.options.proxy_authorization.as_ref()?;
+        let server = self.options.proxy_server.as_deref()?;
+        let upstream = server.split_once("://").map_or(server, |(_, rest)| rest);
+        Some(crate::browser::proxy_auth::ProxyAuth {
+            upstream: upstream.to_owned(),
+            authorization: authorization.0.clone(),
+            bytes: self.proxy_bytes.clone(),
+        })
+    }
+
+    /// Bytes carried through the session's proxy, where ingot can count them (a proxy with
+    /// credentials goes through ingot's forwarder).
+    pub fn proxy_bytes_used(&self) -> u64 {
+        self.proxy_bytes.load(Ordering::Relaxed)
     }
 
     /// How long the session may live in all, in milliseconds.

@@ -27,6 +27,8 @@ pub struct SessionOptions {
     pub dimensions: Dimensions,
     /// The proxy as Chromium's `--proxy-server` takes it: `scheme://host:port`.
     pub proxy_server: Option<String>,
+    /// The `Proxy-Authorization` that proxy wants, when `proxyUrl` has a user and password.
+    pub proxy_authorization: Option<ProxyAuthorization>,
     /// `fullscreen`: a 1920×1080 page that fills its screen, whatever `dimensions` says.
     pub fullscreen: bool,
     /// `sessionContext`: cookies and web storage to load before the session is handed over.
@@ -42,6 +44,16 @@ impl SessionOptions {
         self.user_agent.is_none()
             && self.proxy_server.is_none()
             && self.dimensions == Dimensions::default()
+    }
+}
+
+/// A proxy's `Proxy-Authorization` value (`Basic …`). `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyAuthorization(pub String);
+
+impl std::fmt::Debug for ProxyAuthorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxyAuthorization(<hidden>)")
     }
 }
 
@@ -136,6 +148,16 @@ fn parse_create_object(
     limits: TimeoutLimits,
 ) -> Result<SessionOptions, InvalidField> {
     check_field_names(body)?;
+    let proxy = match body.get("proxyUrl") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(proxy_server(s)?),
+        Some(_) => {
+            return Err(invalid(
+                "proxyUrl",
+                "must be a string such as http://proxy.example:8080",
+            ));
+        }
+    };
     let options = SessionOptions {
         session_id: session_id(body.get("sessionId"))?,
         timeout_ms: timeout_ms(body.get("timeout"), limits)?,
@@ -153,16 +175,8 @@ fn parse_create_object(
             Some(value) => super::context::SessionContext::parse(value)?,
         },
         inactivity_timeout_ms: inactivity_timeout_ms(body.get("inactivityTimeout"))?,
-        proxy_server: match body.get("proxyUrl") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(proxy_server(s)?),
-            Some(_) => {
-                return Err(invalid(
-                    "proxyUrl",
-                    "must be a string such as http://proxy.example:8080",
-                ));
-            }
-        },
+        proxy_server: proxy.as_ref().map(|(server, _)| server.clone()),
+        proxy_authorization: proxy.and_then(|(_, authorization)| authorization),
     };
     match body.get("headless") {
         None | Some(Value::Null) | Some(Value::Bool(true)) => Ok(options),
@@ -387,7 +401,9 @@ fn shown_name(key: &str) -> String {
 }
 
 /// Turns a `proxyUrl` into Chromium's `--proxy-server` value.
-fn proxy_server(raw: &str) -> Result<String, InvalidField> {
+/// `proxyUrl` as Chromium's `--proxy-server` takes it, and the `Proxy-Authorization` its
+/// user and password make (http proxies only).
+fn proxy_server(raw: &str) -> Result<(String, Option<ProxyAuthorization>), InvalidField> {
     const MAX_URL: usize = 2048;
     const MAX_HOST: usize = 253;
     if raw.len() > MAX_URL {
@@ -404,12 +420,7 @@ fn proxy_server(raw: &str) -> Result<String, InvalidField> {
             "scheme must be http, https, socks4 or socks5",
         ));
     }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid(
-            "proxyUrl",
-            "proxies with credentials are not supported; use a proxy without user:password",
-        ));
-    }
+    let authorization = proxy_authorization(&url)?;
     if url.path() != "/" && !url.path().is_empty()
         || url.query().is_some()
         || url.fragment().is_some()
@@ -431,7 +442,34 @@ fn proxy_server(raw: &str) -> Result<String, InvalidField> {
     let port = url
         .port_or_known_default()
         .ok_or_else(|| invalid("proxyUrl", "must name a port"))?;
-    Ok(format!("{}://{host}:{port}", url.scheme()))
+    Ok((format!("{}://{host}:{port}", url.scheme()), authorization))
+}
+
+/// `Basic base64(user:password)` from the URL's (percent-decoded) user and password.
+fn proxy_authorization(url: &url::Url) -> Result<Option<ProxyAuthorization>, InvalidField> {
+    use base64::Engine;
+    if url.username().is_empty() && url.password().is_none() {
+        return Ok(None);
+    }
+    if url.scheme() != "http" {
+        return Err(invalid(
+            "proxyUrl",
+            "a user and password are supported for http:// proxies only",
+        ));
+    }
+    let decode = |s: &str| {
+        percent_decode(s).ok_or_else(|| invalid("proxyUrl", "user or password is not valid UTF-8"))
+    };
+    let user = decode(url.username())?;
+    let password = decode(url.password().unwrap_or_default())?;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    Ok(Some(ProxyAuthorization(format!("Basic {token}"))))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
 }
 
 #[cfg(test)]

@@ -228,6 +228,7 @@ impl WarmPool {
                 dimensions: Default::default(),
                 user_agent: None,
                 proxy_server: None,
+                proxy_auth: None,
             })
             .await;
         self.launching.fetch_sub(1, Ordering::AcqRel);

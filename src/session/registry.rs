@@ -142,6 +142,7 @@ impl Registry {
             dimensions: Default::default(),
             user_agent: None,
             proxy_server: None,
+            proxy_auth: None,
         };
         let result = self.host.launch(spec).await;
         let elapsed = started.elapsed();

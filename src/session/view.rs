@@ -94,6 +94,8 @@ pub struct SessionView {
     pub fullscreen: bool,
     /// Whether it runs behind a proxy the client gave.
     pub proxy: bool,
+    /// Bytes its proxy carried, where ingot counts them.
+    pub proxy_bytes_used: u64,
     /// The user agent its browser sends.
     pub user_agent: Option<String>,
     /// Why it ended, once it has.
@@ -115,6 +117,7 @@ impl SessionView {
             dimensions: session.options.dimensions,
             fullscreen: session.options.fullscreen,
             proxy: session.options.proxy_server.is_some(),
+            proxy_bytes_used: session.proxy_bytes_used(),
             user_agent: session.user_agent(),
             release_reason: session.end_reason().map(|r| r.as_str().to_owned()),
         }
@@ -147,6 +150,7 @@ impl SessionView {
             dimensions: details.dimensions,
             fullscreen: details.fullscreen,
             proxy: details.proxy,
+            proxy_bytes_used: 0,
             user_agent: details.user_agent,
             release_reason: row.reason.clone(),
         }

@@ -919,6 +919,7 @@ mod tests {
             dimensions: Default::default(),
             user_agent: Some("agent/1".into()),
             proxy_server: None,
+            proxy_auth: None,
         }
     }
 

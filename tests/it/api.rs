@@ -129,7 +129,7 @@ async fn invalid_create_bodies_get_400_naming_the_field(gw: &Gateway) {
         (json!({"headless": false}), "headless"),
         (json!({"userAgent": 5}), "userAgent"),
         (
-            json!({"proxyUrl": "http://user:pass@127.0.0.1:9"}),
+            json!({"proxyUrl": "socks5://user:pass@127.0.0.1:9"}),
             "proxyUrl",
         ),
         (json!({"solveCaptcha": true}), "solveCaptcha"),

@@ -241,6 +241,7 @@ fn valid_body() -> impl Strategy<Value = (Value, SessionOptions)> {
                     // The URL parser drops a scheme's default port but ingot puts it back.
                     format!("{scheme}://{host}:{port}")
                 }),
+                proxy_authorization: None,
                 inactivity_timeout_ms: None,
                 fullscreen: false,
                 context: None,
@@ -328,6 +329,15 @@ proptest! {
                 for k in object.keys() {
                     prop_assert!(FIELDS.contains(&k.as_str()), "unknown field {k} accepted");
                 }
+            }
+            Err(field) if field.starts_with("sessionContext.") => {
+                // A field of the context: named by its path from the key the body has.
+                let sub = field.trim_start_matches("sessionContext.");
+                let top = sub.split(['.', '[']).next().unwrap_or_default();
+                prop_assert!(
+                    object.get("sessionContext").is_some_and(|c| c.get(top).is_some()),
+                    "error names {field}, not in {object:?}"
+                );
             }
             Err(field) => {
                 match field.strip_prefix("dimensions.") {

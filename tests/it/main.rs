@@ -25,4 +25,5 @@ mod lifecycle;
 mod metering;
 mod metrics;
 mod postgres;
+mod proxy_auth;
 mod tenants;
