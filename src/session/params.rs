@@ -553,13 +553,13 @@ mod tests {
             (r#"{"headless":false}"#, "headless"),
             (r#"{"solveCaptcha":true}"#, "solveCaptcha"),
             (r#"{"useProxy":true}"#, "useProxy"),
-            (r#"{"sessionContext":{"cookies":[]}}"#, "sessionContext"),
+            (r#"{"sessionContext":{"cookies":{}}}"#, "sessionContext.cookies"),
             (r#"{"region":"us-east"}"#, "region"),
             (
                 r#"{"stealthConfig":{"humanizeInteractions":true}}"#,
                 "stealthConfig",
             ),
-            (r#"{"proxyUrl":"http://u:p@127.0.0.1:8080"}"#, "proxyUrl"),
+            (r#"{"proxyUrl":"socks5://u:p@127.0.0.1:8080"}"#, "proxyUrl"),
             (r#"{"proxyUrl":"ftp://127.0.0.1:21"}"#, "proxyUrl"),
             (r#"{"userAgent":"a\nb"}"#, "userAgent"),
             (r#"{"bogus":1}"#, "bogus"),
@@ -569,5 +569,23 @@ mod tests {
             let err = parse(body).unwrap_err();
             assert_eq!(err.field, field, "body {body}: {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod proxy_credentials {
+    use super::*;
+
+    #[test]
+    fn an_http_proxy_with_credentials_keeps_them_out_of_the_flag() {
+        let (server, auth) = proxy_server("http://al%40ice:p%3Ass+w@10.0.0.1:3128").expect("valid");
+        assert_eq!(server, "http://10.0.0.1:3128");
+        // base64("al@ice:p:ss+w")
+        assert_eq!(
+            auth,
+            Some(ProxyAuthorization("Basic YWxAaWNlOnA6c3Mrdw==".into()))
+        );
+        assert!(!format!("{auth:?}").contains("YWxA"), "Debug hides it");
+        assert_eq!(proxy_server("http://10.0.0.1:3128").expect("valid").1, None);
     }
 }
