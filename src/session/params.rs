@@ -553,7 +553,10 @@ mod tests {
             (r#"{"headless":false}"#, "headless"),
             (r#"{"solveCaptcha":true}"#, "solveCaptcha"),
             (r#"{"useProxy":true}"#, "useProxy"),
-            (r#"{"sessionContext":{"cookies":{}}}"#, "sessionContext.cookies"),
+            (
+                r#"{"sessionContext":{"cookies":{}}}"#,
+                "sessionContext.cookies",
+            ),
             (r#"{"region":"us-east"}"#, "region"),
             (
                 r#"{"stealthConfig":{"humanizeInteractions":true}}"#,
