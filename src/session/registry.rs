@@ -195,6 +195,13 @@ impl Registry {
 
     /// Records that a session ended: its final usage record, metrics, and history.
     pub(super) async fn note_ended(&self, session: &Arc<Session>, reason: EndReason) {
+        // The proxy's byte count changes while the session lives: the record gets it once,
+        // before it is closed.
+        if session.proxy_bytes_used() > 0
+            && let Err(e) = self.meter.details_changed(session.as_ref()).await
+        {
+            warn!(session_id = %session.id, error = %e, "cannot record the bytes its proxy carried");
+        }
         self.meter
             .finish(session.as_ref(), reason.status().as_str(), reason.as_str())
             .await;

@@ -25,6 +25,8 @@ pub(super) struct Details {
     dimensions: Dimensions,
     user_agent: Option<String>,
     proxy: bool,
+    /// Bytes its proxy carried, as of the last time the details were written.
+    proxy_bytes_used: u64,
 }
 
 impl Details {
@@ -37,6 +39,7 @@ impl Details {
             dimensions: session.options.dimensions,
             user_agent: session.user_agent(),
             proxy: session.options.proxy_server.is_some(),
+            proxy_bytes_used: session.proxy_bytes_used(),
         }
     }
 }
@@ -150,7 +153,7 @@ impl SessionView {
             dimensions: details.dimensions,
             fullscreen: details.fullscreen,
             proxy: details.proxy,
-            proxy_bytes_used: 0,
+            proxy_bytes_used: details.proxy_bytes_used,
             user_agent: details.user_agent,
             release_reason: row.reason.clone(),
         }

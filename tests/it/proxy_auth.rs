@@ -149,6 +149,20 @@ async fn a_proxy_with_credentials_carries_the_session_and_keeps_them_secret() {
 
     gw.release(&id).await;
     gw.release(&other_id).await;
+    let carried = seen["proxyBytesUsed"].as_u64().expect("bytes");
+    let recorded: String = rusqlite::Connection::open(gw.data_dir.join("usage.sqlite3"))
+        .expect("database")
+        .query_row(
+            "SELECT details FROM sessions WHERE session_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .expect("record");
+    let recorded: serde_json::Value = serde_json::from_str(&recorded).expect("JSON");
+    assert!(
+        recorded["proxyBytesUsed"].as_u64().expect("in the record") >= carried,
+        "history keeps the bytes the proxy carried: {recorded}"
+    );
     let (_, listed) = gw.get("/v1/sessions").await;
     let database = std::fs::read(gw.data_dir.join("usage.sqlite3")).expect("database");
     for secret in ["s3cret", "YWxpY2U6czNjcmV0"] {
