@@ -194,6 +194,16 @@ PAGES = {
 </body>
 </html>
 """,
+    # Context reuse: /login sets a cookie and a localStorage token; /whoami says, from its
+    # first script, whether both are there.
+    "/login": b"""<!doctype html><title>login</title><script>
+document.cookie = "auth=yes; max-age=3600; path=/";
+localStorage.setItem("token", "t123");
+</script>""",
+    "/whoami": b"""<!doctype html><script>
+document.title = document.cookie.includes("auth=yes") && localStorage.getItem("token") === "t123"
+  ? "logged in" : "anonymous";
+</script>""",
 }
 
 

@@ -311,3 +311,41 @@ def test_timeout_endpoint_through_raw_post(gateway):
         assert client.sessions.retrieve(session.id).timeout == 120_000
     finally:
         release_quietly(client, session.id)
+
+
+def first_load_title(client: Steel, page_server: str, **create) -> str:
+    """The title of /whoami on the first load in a new session created with `create`."""
+    session = client.sessions.create(api_timeout=60_000, **create)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.connect_over_cdp(session.websocket_url, timeout=CONNECT_TIMEOUT_MS)
+            try:
+                page = browser.contexts[0].pages[0]
+                page.goto(f"{page_server}/whoami", wait_until="load")
+                return page.title()
+            finally:
+                browser.close()
+    finally:
+        release_quietly(client, session.id)
+
+
+def test_context_reuse_logs_the_next_session_in(gateway, page_server):
+    """Log in on a page, read the session's context with the SDK (strictly validated),
+    create a new session with it, and its first load shows the logged-in state."""
+    client = make_client(gateway)
+    session = client.sessions.create(api_timeout=60_000)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.connect_over_cdp(session.websocket_url, timeout=CONNECT_TIMEOUT_MS)
+            try:
+                browser.contexts[0].pages[0].goto(f"{page_server}/login", wait_until="load")
+                context = client.sessions.context(session.id)
+            finally:
+                browser.close()
+    finally:
+        release_quietly(client, session.id)
+    assert any(c.name == "auth" and c.value == "yes" for c in context.cookies or [])
+    assert (context.local_storage or {}).get(page_server, {}).get("token") == "t123", context
+    assert first_load_title(client, page_server) == "anonymous"
+    saved = context.model_dump(by_alias=True, exclude_none=True)
+    assert first_load_title(client, page_server, session_context=saved) == "logged in"
