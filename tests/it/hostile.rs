@@ -609,12 +609,15 @@ fn junk_values() -> [Value; 10] {
 /// Returns how many bodies were refused.
 async fn honoured_fields_refuse_every_wrong_type(gw: &Gateway, junk: &[Value]) -> usize {
     // (field, values it accepts; everything else in `junk` must get a 400 naming it)
-    let honoured: [(&str, &[Value]); 5] = [
+    let honoured: [(&str, &[Value]); 8] = [
         ("sessionId", &[]),
         ("timeout", &[]),
+        ("inactivityTimeout", &[]),
         ("userAgent", &[json!("x")]),
         ("proxyUrl", &[]),
         ("headless", &[json!(true)]),
+        ("fullscreen", &[json!(true), json!(false)]),
+        ("sessionContext", &[json!({})]),
     ];
     let mut refused = 0;
     for (field, accepted) in honoured {
@@ -624,8 +627,10 @@ async fn honoured_fields_refuse_every_wrong_type(gw: &Gateway, junk: &[Value]) -
             }
             let (status, body) = gw.post("/v1/sessions", json!({ field: value })).await;
             let message = assert_error(status, &body, 400, &format!("{field}: {value}"));
+            // A nested field is named by its path (quoted): "sessionContext.a": ...
+            let named = message.trim_start_matches('"');
             assert!(
-                message.starts_with(&format!("{field}:")),
+                named.starts_with(&format!("{field}:")) || named.starts_with(&format!("{field}.")),
                 "{field}={value}: {message}"
             );
             refused += 1;
@@ -685,10 +690,8 @@ async fn steel_options_ingot_does_not_implement_refuse_all_but_their_default(
         "useProxy",
         "blockAds",
         "region",
-        "sessionContext",
         "stealthConfig",
         "isSelenium",
-        "inactivityTimeout",
     ];
     let mut refused = 0;
     for field in steel {
