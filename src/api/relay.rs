@@ -105,47 +105,72 @@ impl Relay {
     }
 
     /// Places a create on another node when this one has no room (or takes no sessions)
-    /// and another has; `None` to create here. An answer that says the other node filled
-    /// up meanwhile, or a node that could not be connected to, also means here: this node's
-    /// queue decides. A node that took the request and did not answer may be starting the
-    /// session, so the create is not repeated here: the client gets 502.
+    /// and another has; `None` to create here. Nodes are tried best first, up to
+    /// [`PLACE_TRIES`]: one that has filled up since it last said so answers at once and
+    /// the next is tried; one that cannot be connected to is skipped. A node that took the
+    /// request and did not answer may be starting the session, so the create is not
+    /// repeated anywhere: the client gets 502.
     pub async fn create_elsewhere(&self, state: &AppState, body: &Bytes) -> Option<Response> {
         let cluster = self.cluster(state)?;
         if state.registry.takes_sessions_now() {
             return None;
         }
-        let node = cluster.place()?;
+        for _ in 0..PLACE_TRIES {
+            let node = cluster.place()?;
+            match self.place_on(state, cluster, &node, body).await {
+                Placed::Done(answer, _) => return Some(answer),
+                Placed::Full => cluster.full(&node),
+            }
+        }
+        None
+    }
+
+    /// Passes a create to `node`.
+    async fn place_on(
+        &self,
+        state: &AppState,
+        cluster: &Cluster,
+        node: &str,
+        body: &Bytes,
+    ) -> Placed {
         let within = cluster.create_timeout();
         match cluster
-            .send(&node, &self.out, body.clone(), &state.urls.http, within)
+            .send(node, &self.out, body.clone(), &state.urls.http, within)
             .await
         {
             Ok(answer) => {
                 telemetry::forwarded("create", true);
-                let Placed::Done(answer, id) = placed(answer).await else {
-                    return None;
-                };
-                if let Some(id) = id {
+                let placed = placed(answer).await;
+                if let Placed::Done(_, Some(id)) = &placed {
                     // Its first WebSocket then needs no lookup.
-                    cluster.remember(id, &node);
+                    cluster.remember(*id, node);
                     info!(session_id = %id, node = %node, "no room here: the session was placed on another node");
                 }
-                Some(answer)
+                placed
             }
             Err(e) => {
                 telemetry::forwarded("create", false);
                 warn!(error = %e, "cannot place a session on another node");
-                e.sent.then(|| {
+                if !e.sent {
+                    return Placed::Full;
+                }
+                Placed::Done(
                     ApiError::new(
                         StatusCode::BAD_GATEWAY,
                         "node_unreachable",
                         "the session was passed to another node, which did not answer; it may \
                          still start there: list your sessions before creating another",
                     )
-                    .into_response()
-                })
+                    .into_response(),
+                    None,
+                )
             }
         }
+    }
+
+    /// Whether another node relayed this request (it is then never relayed again).
+    pub fn relayed(&self) -> bool {
+        self.hop.is_some()
     }
 
     /// Relays a request about session `id` of `caller` to the node that runs it, when that
@@ -228,6 +253,9 @@ impl Relay {
         futures_util::future::join_all(sends).await;
     }
 }
+
+/// Most nodes a create is offered to before this node queues it itself.
+const PLACE_TRIES: usize = 3;
 
 /// What became of a request about a session, when this node may pass it on.
 pub enum Relayed {

@@ -36,6 +36,15 @@ pub async fn create(
     if let Some(answer) = relay.create_elsewhere(&state, &body).await {
         return Ok(answer);
     }
+    // Another node placed it here thinking there was room: say at once that there is none,
+    // so that it offers the create to the next node instead of waiting in this queue.
+    if relay.relayed() && !state.registry.takes_sessions_now() {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "at_capacity",
+            "this node has no free slot now",
+        ));
+    }
     let session = state.registry.create(options, &caller).await?;
     let view = SessionView::of(&session);
     Ok(Json(SessionJson::new(&view, &relay.links(&state))).into_response())

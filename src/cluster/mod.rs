@@ -110,6 +110,15 @@ impl Cluster {
         choose(&mut lock(&self.peers))
     }
 
+    /// Notes that the node at `url` has no room after all (until it says otherwise).
+    pub fn full(&self, url: &str) {
+        for peer in lock(&self.peers).iter_mut() {
+            if peer.advertise_url.as_deref() == Some(url) {
+                peer.free_slots = 0;
+            }
+        }
+    }
+
     /// The advertise URLs of every other live node.
     pub fn peer_urls(&self) -> Vec<String> {
         lock(&self.peers)

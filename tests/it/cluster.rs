@@ -262,9 +262,13 @@ async fn release_all_spans_nodes_and_tenants_stay_apart() {
         }
     };
     let a = cluster.node("a");
-    let (_, alice1) = call(a, "POST", "/v1/sessions", ALICE).await;
-    let (_, alice2) = call(a, "POST", "/v1/sessions", ALICE).await;
-    let (_, bob1) = call(a, "POST", "/v1/sessions", BOB).await;
+    let mut created = Vec::new();
+    for key in [ALICE, ALICE, BOB] {
+        let (status, session) = call(a, "POST", "/v1/sessions", key).await;
+        assert_eq!(status, 200, "{session}\n{}", a.log_text());
+        created.push(session);
+    }
+    let [alice1, alice2, bob1] = <[Value; 3]>::try_from(created).expect("three");
     let owners: Vec<String> = [&alice1, &alice2, &bob1]
         .iter()
         .map(|s| cluster.owner(&id_of(s)))
