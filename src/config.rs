@@ -203,6 +203,14 @@ pub fn available_memory() -> Option<u64> {
 impl Settings {
     /// Checks relations between settings that clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_sessions()?;
+        self.validate_limits()?;
+        self.validate_cluster()?;
+        self.validate_clients()
+    }
+
+    /// Session counts, timeouts and the browsers' liveness probe.
+    fn validate_sessions(&self) -> Result<(), String> {
         if self.max_sessions == Some(0) {
             return Err("--max-sessions must be at least 1".into());
         }
@@ -227,6 +235,11 @@ impl Settings {
                     .into(),
             );
         }
+        Ok(())
+    }
+
+    /// Message and request limits, tenants' quota, the drain.
+    fn validate_limits(&self) -> Result<(), String> {
         if !(1024..=(1 << 30)).contains(&self.max_message_bytes) {
             return Err("--max-message-bytes must be between 1024 and 1073741824".into());
         }
@@ -239,6 +252,11 @@ impl Settings {
         if self.shutdown_drain_ms > 86_400_000 {
             return Err("--shutdown-drain-ms must be at most 86400000 (24 hours)".into());
         }
+        Ok(())
+    }
+
+    /// The shared database, this node's id and address, its lease.
+    fn validate_cluster(&self) -> Result<(), String> {
         if let Some(url) = &self.database_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
@@ -268,6 +286,11 @@ impl Settings {
         if !(1_000..=600_000).contains(&self.node_lease_ms) {
             return Err("--node-lease-ms must be between 1000 and 600000".into());
         }
+        Ok(())
+    }
+
+    /// WebSocket pings, history retention, the public URL.
+    fn validate_clients(&self) -> Result<(), String> {
         if !(1_000..=600_000).contains(&self.ws_ping_interval_ms) {
             return Err("--ws-ping-interval-ms must be between 1000 and 600000".into());
         }
