@@ -198,12 +198,7 @@ pub async fn set_timeout(
         Some(Err(e)) => return Err(ApiError::bad_request(format!("timeout: {e}"))),
         None => {}
     }
-    match relay.to_owner(&state, id, &caller, "timeout", body).await? {
-        Relayed::Answered(answer) => Ok(answer),
-        Relayed::Unreachable(e) => Err(e),
-        Relayed::Here if state.registry.is_known(&id, &caller).await? => Err(ended_conflict(id)),
-        Relayed::Here => Err(ApiError::session_not_found(id)),
-    }
+    elsewhere(&state, &relay, id, &caller, ("timeout", body)).await
 }
 
 /// `GET /v1/sessions/{id}/context`: the live session's cookies (every browser context) and
@@ -216,35 +211,34 @@ pub async fn context(
     SessionId(id): SessionId,
 ) -> Result<Response, ApiError> {
     if let Some(session) = state.registry.get_for(&id, &caller) {
-        let context = session
-            .context()
-            .await
-            .ok_or_else(|| ended_conflict(id))?
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "browser_unavailable",
-                    format!("the browser did not give its context: {e}"),
-                )
-            })?;
+        let context = from_browser(id, session.context().await)?;
         return Ok(Json(context).into_response());
     }
-    elsewhere(&state, &relay, id, &caller, "context").await
+    elsewhere(&state, &relay, id, &caller, ("context", Bytes::new())).await
 }
 
-/// A request about a session this node does not run: its owner's answer, else 409 for
-/// an ended session and 404 for an unknown one.
+/// What a live session's browser answered: 409 once the session ended, 502 when the
+/// browser did not answer.
+fn from_browser<T>(id: uuid::Uuid, answer: Option<Result<T, String>>) -> Result<T, ApiError> {
+    answer.ok_or_else(|| ended_conflict(id))?.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "browser_unavailable",
+            format!("the browser did not answer: {e}"),
+        )
+    })
+}
+
+/// A request about a session this node does not run (`kind`, with its body): its owner's
+/// answer, else 409 for an ended session and 404 for an unknown one.
 async fn elsewhere(
     state: &AppState,
     relay: &Relay,
     id: uuid::Uuid,
     caller: &Caller,
-    kind: &'static str,
+    (kind, body): (&'static str, Bytes),
 ) -> Result<Response, ApiError> {
-    match relay
-        .to_owner(state, id, caller, kind, Bytes::new())
-        .await?
-    {
+    match relay.to_owner(state, id, caller, kind, body).await? {
         Relayed::Answered(answer) => Ok(answer),
         Relayed::Unreachable(e) => Err(e),
         Relayed::Here if state.registry.is_known(&id, caller).await? => Err(ended_conflict(id)),
@@ -261,21 +255,11 @@ pub async fn live_details(
     SessionId(id): SessionId,
 ) -> Result<Response, ApiError> {
     if let Some(session) = state.registry.get_for(&id, &caller) {
-        let pages = session
-            .pages()
-            .await
-            .ok_or_else(|| ended_conflict(id))?
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "browser_unavailable",
-                    format!("the browser did not list its pages: {e}"),
-                )
-            })?;
+        let pages = from_browser(id, session.pages().await)?;
         let details = LiveDetailsJson::new(id, pages, &relay.links(&state));
         return Ok(Json(details).into_response());
     }
-    elsewhere(&state, &relay, id, &caller, "live_details").await
+    elsewhere(&state, &relay, id, &caller, ("live_details", Bytes::new())).await
 }
 
 fn ended_conflict(id: uuid::Uuid) -> ApiError {
