@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -75,15 +75,26 @@ pub struct Relay {
 impl FromRequestParts<AppState> for Relay {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
-        Ok(Relay {
-            out: Outgoing {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let hop = parts.extensions.get::<Hop>().cloned();
+        // The request line and headers are copied only when this request may be relayed: a
+        // single node, or a request another node relayed, never reads them.
+        let out = match (&state.cluster, &hop) {
+            (Some(_), None) => Outgoing {
                 method: parts.method.clone(),
                 uri: parts.uri.clone(),
                 headers: parts.headers.clone(),
             },
-            hop: parts.extensions.get::<Hop>().cloned(),
-        })
+            _ => Outgoing {
+                method: parts.method.clone(),
+                uri: Uri::default(),
+                headers: HeaderMap::new(),
+            },
+        };
+        Ok(Relay { out, hop })
     }
 }
 

@@ -187,8 +187,12 @@ impl Session {
         }
     }
 
-    /// A client sent a CDP message: the inactivity timeout starts again.
+    /// A client sent a CDP message: the inactivity timeout starts again. Without an
+    /// inactivity timeout this costs nothing (no clock is read).
     pub fn note_activity(&self) {
+        if self.options.inactivity_timeout_ms.is_none() {
+            return;
+        }
         let ms = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.active_at_ms.fetch_max(ms, Ordering::Relaxed);
     }
