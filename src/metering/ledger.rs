@@ -283,4 +283,124 @@ mod tests {
         assert_eq!((row.status.as_str(), row.record_id), ("live", 1));
         assert_eq!(session.0.record_id(), Some(row.record_id));
     }
+
+    /// The SQLite ledger, with writes failing while `down` is set: a database that goes
+    /// away for a while.
+    struct Flaky {
+        ledger: SqliteLedger,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl Flaky {
+        fn is_down(&self) -> bool {
+            self.down.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl Ledger for Flaky {
+        fn insert(&self, r: NewRecord) -> BoxFuture<'_, Result<i64, MeterError>> {
+            self.ledger.insert(r)
+        }
+        fn checkpoint(&self, c: Vec<Checkpoint>) -> BoxFuture<'_, Result<(), MeterError>> {
+            if self.is_down() {
+                down()
+            } else {
+                self.ledger.checkpoint(c)
+            }
+        }
+        fn finish(&self, r: FinalRecord) -> BoxFuture<'_, Result<(), MeterError>> {
+            if self.is_down() {
+                down()
+            } else {
+                self.ledger.finish(r)
+            }
+        }
+        fn close_abandoned(&self, r: &'static str) -> BoxFuture<'_, Result<u64, MeterError>> {
+            self.ledger.close_abandoned(r)
+        }
+        fn usage_by_day(
+            &self,
+            from: i64,
+            to: i64,
+            t: Option<String>,
+        ) -> BoxFuture<'_, Result<Vec<(String, UsageSums)>, MeterError>> {
+            self.ledger.usage_by_day(from, to, t)
+        }
+        fn history_page(
+            &self,
+            q: HistoryQuery,
+        ) -> BoxFuture<'_, Result<Vec<HistoryRow>, MeterError>> {
+            self.ledger.history_page(q)
+        }
+        fn history_count(
+            &self,
+            t: Option<String>,
+            s: &'static str,
+            r: Retention,
+        ) -> BoxFuture<'_, Result<u64, MeterError>> {
+            self.ledger.history_count(t, s, r)
+        }
+        fn history_get(
+            &self,
+            id: Uuid,
+            t: Option<String>,
+            r: Retention,
+        ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>> {
+            self.ledger.history_get(id, t, r)
+        }
+    }
+
+    /// A final record that cannot be written while the database is away is owed, and the
+    /// minute clock writes it once the database answers again.
+    #[tokio::test]
+    async fn a_final_record_refused_by_the_database_is_written_once_it_is_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Arc::new(Flaky {
+            ledger: SqliteLedger::open(dir.path()).await.expect("open"),
+            down: std::sync::atomic::AtomicBool::new(false),
+        });
+        let meter = Meter::new(ledger.clone());
+        let session = Arc::new(Session(SessionUsage::default(), Uuid::new_v4()));
+        meter
+            .start(session.clone(), None, None)
+            .await
+            .expect("start");
+        ledger.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        meter
+            .finish(session.as_ref(), "released", "user_requested")
+            .await;
+        let retention = Retention {
+            since_ms: 0,
+            newest: 1,
+        };
+        let status = || async {
+            let row = meter
+                .history_get(session.1, None, retention)
+                .await
+                .expect("read");
+            row.expect("recorded").status
+        };
+        assert_eq!(
+            status().await,
+            "live",
+            "not written while the database is away"
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let clock = tokio::spawn(meter.clone().run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(status().await, "live", "still away");
+        ledger
+            .down
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while status().await != "released" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the owed record was never written"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.cancel();
+        clock.await.expect("clock");
+    }
 }
