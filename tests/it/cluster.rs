@@ -192,6 +192,19 @@ async fn any_node_serves_any_session() {
         )
     };
     assert!(forwarded("create") >= 1.0 && forwarded("upgrade") >= 1.0);
+    let lookups = scrape
+        .samples
+        .iter()
+        .find_map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(buckets)
+                if s.metric == "ingot_cluster_directory_query_seconds" =>
+            {
+                buckets.last().map(|b| b.count)
+            }
+            _ => None,
+        })
+        .expect("the directory latency histogram");
+    assert!(lookups >= 1.0, "directory lookups are timed: {lookups}");
     let (_, usage) = c.get("/v1/usage").await;
     assert_eq!(usage["total"]["sessions"], 2, "{usage}");
     let billed = cluster
@@ -494,7 +507,12 @@ async fn an_advertise_url_that_misses_the_node_stops_the_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_through_other_nodes_learn_when_the_owner_dies_or_hangs() {
     let _exclusive = exclusive().await;
-    let mut cluster = Cluster::start("owner_lost", 3, &["--node-lease-ms", "2000"]).await;
+    let mut cluster = Cluster::start(
+        "owner_lost",
+        3,
+        &["--node-lease-ms", "2000", "--ws-ping-interval-ms", "1000"],
+    )
+    .await;
     let (a, b, c) = (cluster.node("a"), cluster.node("b"), cluster.node("c"));
     let on_a = id_of(&a.create(json!({})).await);
     let on_c = id_of(&c.create(json!({})).await);
@@ -503,6 +521,7 @@ async fn clients_through_other_nodes_learn_when_the_owner_dies_or_hangs() {
     let mut client_c = Cdp::connect(&via_b(&on_c)).await;
     let (status, taken) = b.post("/v1/sessions", json!({"sessionId": on_a})).await;
     assert_eq!(status, 409, "a live id is taken on another node: {taken}");
+    an_idle_client_through_another_node_gets_pings(&via_b(&on_c)).await;
 
     cluster.nodes[0].signal(libc::SIGKILL);
     let (status, refused) = b
@@ -530,4 +549,22 @@ async fn clients_through_other_nodes_learn_when_the_owner_dies_or_hangs() {
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["releaseReason"], "browser_crashed", "{failed}");
     let _ = cluster.nodes[0].wait_exit(secs(5));
+}
+
+/// The owner's pings to an idle client reach it through the node that forwards its socket
+/// (load balancers drop WebSockets idle for about a minute).
+async fn an_idle_client_through_another_node_gets_pings(url: &str) {
+    use futures_util::StreamExt;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    let first = tokio::time::timeout(secs(5), ws.next())
+        .await
+        .expect("a frame within 5 s")
+        .expect("open")
+        .expect("a frame");
+    assert!(
+        matches!(first, tokio_tungstenite::tungstenite::Message::Ping(_)),
+        "{first:?}"
+    );
 }
