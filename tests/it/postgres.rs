@@ -26,6 +26,19 @@ async fn start(dir: &std::path::Path, args: &[String]) -> Gateway {
     Gateway::start_in(dir, &args).await
 }
 
+/// Nodes `a` and `b` on database `db`, with 2 s leases, each in its own data directory.
+async fn two_nodes_with_short_leases(pg: &Postgres, db: &str) -> (Gateway, Gateway) {
+    let args = |name: &str| {
+        let mut args = node(pg, db, name);
+        args.extend(["--node-lease-ms".to_owned(), "2000".to_owned()]);
+        args
+    };
+    let (a, b) = (args("a"), args("b"));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let b: Vec<&str> = b.iter().map(String::as_str).collect();
+    (Gateway::start(&a).await, Gateway::start(&b).await)
+}
+
 fn ids(list: &Value) -> Vec<String> {
     list["sessions"]
         .as_array()
@@ -137,14 +150,7 @@ async fn a_dead_nodes_sessions_are_failed_by_a_survivor_within_the_lease() {
     let _shared = shared().await;
     let pg = Postgres::start();
     pg.create_database("dead_node");
-    let lease = ["--node-lease-ms".to_owned(), "2000".to_owned()];
-    let args = |name: &str| [node(&pg, "dead_node", name), lease.to_vec()].concat();
-    let (dir_a, dir_b) = (
-        tempfile::tempdir().expect("a"),
-        tempfile::tempdir().expect("b"),
-    );
-    let mut a = start(dir_a.path(), &args("a")).await;
-    let b = start(dir_b.path(), &args("b")).await;
+    let (mut a, b) = two_nodes_with_short_leases(&pg, "dead_node").await;
     let session = a.create(json!({})).await;
     let survivor = b.create(json!({})).await;
     a.signal(9);
@@ -201,14 +207,7 @@ async fn a_node_that_wakes_after_its_lease_ends_what_the_cluster_failed() {
     let _exclusive = exclusive().await;
     let pg = Postgres::start();
     pg.create_database("hung_node");
-    let lease = ["--node-lease-ms".to_owned(), "2000".to_owned()];
-    let args = |name: &str| [node(&pg, "hung_node", name), lease.to_vec()].concat();
-    let (dir_a, dir_b) = (
-        tempfile::tempdir().expect("a"),
-        tempfile::tempdir().expect("b"),
-    );
-    let a = start(dir_a.path(), &args("a")).await;
-    let b = start(dir_b.path(), &args("b")).await;
+    let (a, b) = two_nodes_with_short_leases(&pg, "hung_node").await;
     let session = a.create(json!({})).await;
     let mut client = Cdp::connect(session["websocketUrl"].as_str().expect("url")).await;
     a.signal(libc::SIGSTOP);
@@ -235,7 +234,7 @@ async fn a_node_that_wakes_after_its_lease_ends_what_the_cluster_failed() {
         "closed {took:?} after waking"
     );
     let deadline = std::time::Instant::now() + secs(3);
-    while chromium_processes_in(dir_a.path()) > 0 {
+    while chromium_processes_in(&a.data_dir) > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the browser is still running"
@@ -262,14 +261,7 @@ async fn a_database_outage_refuses_creates_and_fails_no_session() {
     let _shared = shared().await;
     let pg = Postgres::start();
     pg.create_database("outage");
-    let lease = ["--node-lease-ms".to_owned(), "2000".to_owned()];
-    let args = |name: &str| [node(&pg, "outage", name), lease.to_vec()].concat();
-    let (dir_a, dir_b) = (
-        tempfile::tempdir().expect("a"),
-        tempfile::tempdir().expect("b"),
-    );
-    let a = start(dir_a.path(), &args("a")).await;
-    let b = start(dir_b.path(), &args("b")).await;
+    let (a, b) = two_nodes_with_short_leases(&pg, "outage").await;
     let session = a.create(json!({})).await;
     let ended_in_outage = a.create(json!({})).await;
     pg.stop();
