@@ -148,7 +148,19 @@ pub struct Settings {
     /// Each tenant's newest sessions that stay listed however old they are.
     #[arg(long, env = "INGOT_HISTORY_SESSIONS", default_value_t = 10_000)]
     pub history_sessions: u64,
+
+    /// How long a session's files (uploads and the page's downloads) are kept after the
+    /// session ends, in milliseconds; then they are deleted.
+    #[arg(long, env = "INGOT_FILES_RETENTION_MS", default_value_t = 3_600_000)]
+    pub files_retention_ms: u64,
+
+    /// Largest file a client may upload to a session, in bytes (a larger one gets 413).
+    #[arg(long, env = "INGOT_MAX_FILE_BYTES", default_value_t = DEFAULT_MAX_FILE)]
+    pub max_file_bytes: u64,
 }
+
+/// Largest upload to a session's files, unless configured otherwise.
+pub const DEFAULT_MAX_FILE: u64 = 100 << 20;
 
 /// Largest CDP message a client may send, unless configured otherwise.
 pub const DEFAULT_MAX_MESSAGE: usize = 256 << 20;
@@ -251,6 +263,12 @@ impl Settings {
         }
         if self.shutdown_drain_ms > 86_400_000 {
             return Err("--shutdown-drain-ms must be at most 86400000 (24 hours)".into());
+        }
+        if self.files_retention_ms > 30 * 86_400_000 {
+            return Err("--files-retention-ms must be at most 2592000000 (30 days)".into());
+        }
+        if !(1..=(1 << 40)).contains(&self.max_file_bytes) {
+            return Err("--max-file-bytes must be between 1 and 1099511627776 (1 TiB)".into());
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ pub mod browser;
 mod cdp;
 mod cluster;
 pub mod config;
+mod files;
 mod gateway;
 mod http;
 mod metering;

@@ -44,9 +44,10 @@ pub const LEASE_RENEWALS: &str = "ingot_cluster_lease_renewals_total";
 pub const CLUSTER_NODES: &str = "ingot_cluster_nodes";
 pub const FORWARDED: &str = "ingot_cluster_forwarded_total";
 pub const DIRECTORY_QUERY: &str = "ingot_cluster_directory_query_seconds";
+pub const SESSION_FILES_BYTES: &str = "ingot_session_files_bytes";
 
 /// What a node forwards to the node that owns a session (or may take a new one).
-pub const FORWARD_KINDS: [&str; 9] = [
+pub const FORWARD_KINDS: [&str; 10] = [
     "create",
     "retrieve",
     "release",
@@ -56,6 +57,7 @@ pub const FORWARD_KINDS: [&str; 9] = [
     "release_all",
     "version",
     "upgrade",
+    "files",
 ];
 
 /// The process-wide recorder, installed by the first gateway of the process. The lock makes
@@ -133,6 +135,7 @@ fn register_at_zero(max_sessions: usize, pool_size: usize) {
         counter!(LEASE_RENEWALS, "outcome" => outcome).absolute(0);
     }
     gauge!(CLUSTER_NODES).set(0.0);
+    gauge!(SESSION_FILES_BYTES).set(0.0);
     for kind in FORWARD_KINDS {
         for outcome in ["ok", "error"] {
             counter!(FORWARDED, "kind" => kind, "outcome" => outcome).absolute(0);
@@ -229,6 +232,11 @@ fn describe() {
         "Latency of lookups in the cluster's shared database (session owners, the node list)."
     );
     describe_gauge!(
+        SESSION_FILES_BYTES,
+        Unit::Bytes,
+        "Bytes the sessions' files (uploads and downloads) take on this node, live and retained."
+    );
+    describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which ingot runs."
     );
@@ -291,6 +299,11 @@ pub fn cluster_nodes(n: usize) {
 pub fn forwarded(kind: &'static str, ok: bool) {
     let outcome = if ok { "ok" } else { "error" };
     counter!(FORWARDED, "kind" => kind, "outcome" => outcome).increment(1);
+}
+
+/// Bytes the sessions' files take on this node.
+pub fn session_files_bytes(n: u64) {
+    gauge!(SESSION_FILES_BYTES).set(n as f64);
 }
 
 /// How long a lookup in the cluster's shared database took.

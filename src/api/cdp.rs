@@ -318,6 +318,10 @@ mod tests {
     async fn state(dir: &std::path::Path) -> AppState {
         let host = FakeBrowserHost::new();
         let meter = Meter::open(dir).await.expect("usage database");
+        let files = std::sync::Arc::new(
+            crate::files::FileStore::new(dir.join("files"), Duration::from_secs(60), 1 << 20)
+                .expect("files directory"),
+        );
         let admission = Admission {
             max_sessions: 2,
             pool_size: 0,
@@ -334,7 +338,7 @@ mod tests {
             timeout: Duration::from_secs(5),
         };
         AppState {
-            registry: Registry::new(host, meter.clone(), admission, probe, history),
+            registry: Registry::new(host, meter.clone(), admission, probe, history, files),
             urls: Arc::new(crate::api::wire::PublicUrls::new("http://127.0.0.1:1")),
             limits: TimeoutLimits {
                 default_ms: 60_000,

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::files::FileError;
 use crate::metering::MeterError;
 use crate::session::admission::Refusal;
 use crate::session::create::CreateError;
@@ -109,6 +110,19 @@ impl From<CreateError> for ApiError {
             CreateError::DatabaseUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
             }
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<FileError> for ApiError {
+    fn from(e: FileError) -> Self {
+        let (status, code) = match &e {
+            FileError::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
+            FileError::NotFound(_) => (StatusCode::NOT_FOUND, "file_not_found"),
+            FileError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "file_too_large"),
+            FileError::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
+            FileError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "files_unavailable"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -7,6 +7,7 @@
 pub mod cdp;
 pub mod error;
 pub mod extract;
+pub mod files;
 pub mod health;
 pub mod relay;
 pub mod sessions;
@@ -88,7 +89,8 @@ const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 /// 4. [`authenticate`]: 401 without a valid key; otherwise the [`Caller`] is attached, and
 ///    handlers that need one refuse a request without it (they fail closed); a relayed
 ///    request is authenticated by the client's key like any other;
-/// 5. the body deadline, then the body size limit, then the route's handler.
+/// 5. the body deadline, then the body size limit, then the route's handler; the files
+///    routes skip both (an upload enforces the file size limit and a stall timeout itself).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/sessions", post(sessions::create).get(sessions::list))
@@ -128,6 +130,8 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(RequestBodyDeadlineLayer::new(state.body_timeout))
+        // Uploads stream large bodies: they keep limits of their own.
+        .merge(files::routes())
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn(refuse_large_heads))
         .layer(middleware::from_fn_with_state(

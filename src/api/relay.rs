@@ -221,6 +221,45 @@ impl Relay {
         }
     }
 
+    /// The node that ran session `id` of `caller` (live or ended), when this request may
+    /// be relayed and that is another live node: where the session's files are.
+    pub async fn files_holder(
+        &self,
+        state: &AppState,
+        id: Uuid,
+        caller: &Caller,
+    ) -> Result<Option<Arc<str>>, ApiError> {
+        let Some(cluster) = self.cluster(state) else {
+            return Ok(None);
+        };
+        let tenant = caller.tenant_name();
+        Ok(cluster.holder_of(id, tenant.as_deref()).await?)
+    }
+
+    /// Passes a request about the files of session `id` to `holder` (from
+    /// [`Relay::files_holder`]), streaming `body`; that node's answer may take `within` to
+    /// begin.
+    pub async fn pass_files(
+        &self,
+        state: &AppState,
+        holder: &str,
+        id: Uuid,
+        body: axum::body::Body,
+        within: std::time::Duration,
+    ) -> Result<Response, ApiError> {
+        let Some(cluster) = self.cluster(state) else {
+            return Err(node_unreachable(id));
+        };
+        let sent = cluster
+            .send(holder, &self.out, body, &state.urls.http, within)
+            .await;
+        telemetry::forwarded("files", sent.is_ok());
+        sent.map_err(|e| {
+            warn!(session_id = %id, error = %e, "cannot reach the node that has the session's files");
+            node_unreachable(id)
+        })
+    }
+
     /// The caller's only live session in the cluster, when it has exactly one and another
     /// node runs it.
     pub async fn sole_live_elsewhere(

@@ -262,7 +262,7 @@ pub async fn live_details(
     elsewhere(&state, &relay, id, &caller, ("live_details", Bytes::new())).await
 }
 
-fn ended_conflict(id: uuid::Uuid) -> ApiError {
+pub(super) fn ended_conflict(id: uuid::Uuid) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "session_ended",

@@ -11,7 +11,7 @@ use super::AppState;
 use super::error::ApiError;
 
 /// Every unimplemented path of Steel's API, with the feature it belongs to.
-const UNSUPPORTED: [(&str, &str); 19] = [
+const UNSUPPORTED: [(&str, &str); 16] = [
     ("/v1/sessions/{id}/captchas/solve", "captcha solving"),
     ("/v1/sessions/{id}/captchas/solve-image", "captcha solving"),
     ("/v1/sessions/{id}/captchas/status", "captcha solving"),
@@ -20,9 +20,6 @@ const UNSUPPORTED: [(&str, &str); 19] = [
     ("/v1/sessions/{id}/hls", "session recordings (HLS)"),
     ("/v1/sessions/{id}/agent-traces", "agent traces"),
     ("/v1/sessions/{id}/cost", "session costs"),
-    ("/v1/sessions/{id}/files", "session files"),
-    ("/v1/sessions/{id}/files.zip", "session files"),
-    ("/v1/sessions/{id}/files/{*path}", "session files"),
     ("/v1/files", "global files"),
     ("/v1/files/{*path}", "global files"),
     ("/v1/profiles", "browser profiles"),

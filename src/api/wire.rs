@@ -207,3 +207,30 @@ pub struct ReleaseJson {
     pub success: bool,
     pub message: String,
 }
+
+/// Steel's `File`: a session file. `path` is where the file is on the machine that runs the
+/// browser, so it can be given to `DOM.setFileInputFiles` as it is; the files routes take it
+/// too, as well as the name relative to the session's files.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileJson {
+    pub path: String,
+    pub size: u64,
+    pub last_modified: String,
+}
+
+impl FileJson {
+    pub fn new(file: &crate::files::FileInfo) -> FileJson {
+        FileJson {
+            path: file.path.display().to_string(),
+            size: file.size,
+            last_modified: timestamp(time::OffsetDateTime::from(file.modified)),
+        }
+    }
+}
+
+/// Steel's `Fileslist`.
+#[derive(Debug, Serialize)]
+pub struct FileListJson {
+    pub data: Vec<FileJson>,
+}

@@ -81,18 +81,18 @@ pub struct Outgoing {
 }
 
 impl Cluster {
-    /// Sends `out` with `body` to the node at `base` and returns its answer, streamed,
-    /// waiting at most `within` for it. `via` is the public URL the client used, for links
+    /// Sends `out` with `body` (streamed) to the node at `base` and returns its answer,
+    /// streamed, waiting at most `within` for its head. `via` is the public URL the client used, for links
     /// in the answer.
     pub async fn send(
         &self,
         base: &str,
         out: &Outgoing,
-        body: Bytes,
+        body: impl Into<Body>,
         via: &str,
         within: Duration,
     ) -> Result<Response<Body>, Unreachable> {
-        let mut request = outgoing(out, Body::from(body), self.secret())?;
+        let mut request = outgoing(out, body.into(), self.secret())?;
         if let Ok(via) = HeaderValue::from_str(via) {
             request.headers_mut().insert(VIA_HEADER, via);
         }

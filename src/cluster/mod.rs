@@ -152,6 +152,23 @@ impl Cluster {
         Ok(Some(url.into()))
     }
 
+    /// The advertise URL of the node that ran session `id` of `tenant` (live or ended),
+    /// when it is another live node: where the session's files are.
+    pub async fn holder_of(
+        &self,
+        id: Uuid,
+        tenant: Option<&str>,
+    ) -> Result<Option<Arc<str>>, MeterError> {
+        let cached = lock(&self.owners).get(&id).cloned();
+        if let Some(url) = cached.filter(|url| self.is_live(url)) {
+            return Ok(Some(url));
+        }
+        let started = Instant::now();
+        let holder = self.ledger.holder_of(id, tenant).await;
+        telemetry::directory_query(started.elapsed());
+        Ok(holder?.map(|(_, url)| url.into()))
+    }
+
     /// The only live session of `tenant` (any tenant's when `None`) in the cluster, if
     /// it has exactly one and another node runs it.
     pub async fn sole_live_session(

@@ -75,6 +75,9 @@ impl Background {
         background
             .tasks
             .spawn(async move { host.upkeep(upkeep_stop).await });
+        background
+            .tasks
+            .spawn(sweep_files(gateway.registry.clone(), stop.clone()));
         background.start_cluster_tasks(gateway);
         background.tasks.spawn(drain_then_stop(
             gateway.registry.clone(),
@@ -185,6 +188,20 @@ async fn wait_for_sessions(registry: &Registry, drain: Duration, urgent: Signal)
 
 /// While the latest launch failed, probes Chromium now and then, so that readiness comes
 /// back by itself once browsers can start again (nobody sends sessions to an unready pod).
+/// Deletes sessions' files once their retention is over, and publishes what they take.
+async fn sweep_files(registry: Arc<Registry>, stop: CancellationToken) {
+    registry.files().clear_partial().await;
+    loop {
+        let runs = registry.clone();
+        let kept = registry.files().sweep(move |id| runs.runs_here(&id)).await;
+        telemetry::session_files_bytes(kept);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(registry.files().sweep_every()) => {}
+        }
+    }
+}
+
 async fn reprobe_while_unavailable(registry: Arc<Registry>, stop: CancellationToken) {
     loop {
         tokio::select! {

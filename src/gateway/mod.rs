@@ -27,6 +27,7 @@ use crate::auth::KeyRing;
 use crate::browser::BrowserHost;
 use crate::cluster::Cluster;
 use crate::config::{MIN_TIMEOUT_MS, Settings, available_memory, host_name, sessions_for_memory};
+use crate::files::FileStore;
 use crate::http::{self, HttpLimits};
 use crate::metering::Meter;
 use crate::metering::postgres::{Member, PgLedger};
@@ -111,6 +112,7 @@ impl Gateway {
             Some(db) => Some(membership(db, &settings).await?),
             None => None,
         };
+        let files = open_files(&settings).await?;
         let registry = Registry::new(
             host.clone(),
             meter.clone(),
@@ -120,6 +122,7 @@ impl Gateway {
                 keep_for: Duration::from_secs(settings.history_days.saturating_mul(86_400)),
                 keep_newest: settings.history_sessions,
             },
+            files,
         );
         probe(&registry).await;
         Ok(Gateway {
@@ -283,6 +286,19 @@ impl Gateway {
             "ingot listening on http://{local}"
         );
     }
+}
+
+/// The sessions' files under `<data_dir>/files`.
+async fn open_files(settings: &Settings) -> Result<Arc<FileStore>, GatewayError> {
+    let root = settings.data_dir.join("files");
+    let retention = Duration::from_millis(settings.files_retention_ms);
+    let max_file = settings.max_file_bytes;
+    let shown = root.display().to_string();
+    tokio::task::spawn_blocking(move || FileStore::new(root, retention, max_file))
+        .await
+        .map_err(|e| GatewayError::DataDir(e.to_string()))?
+        .map(Arc::new)
+        .map_err(|e| GatewayError::DataDir(format!("cannot create {shown}: {e}")))
 }
 
 /// Why `url` does not lead to this node, after a few tries; `None` when it does.

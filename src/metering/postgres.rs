@@ -364,10 +364,34 @@ impl PgLedger {
         id: Uuid,
         tenant: Option<&str>,
     ) -> Result<Option<(String, String)>, MeterError> {
+        self.node_of(id, tenant, true).await
+    }
+
+    /// The live node, other than this one, that ran session `id` of `tenant` (any tenant's
+    /// when `None`), live or ended: where its files are.
+    pub async fn holder_of(
+        &self,
+        id: Uuid,
+        tenant: Option<&str>,
+    ) -> Result<Option<(String, String)>, MeterError> {
+        self.node_of(id, tenant, false).await
+    }
+
+    async fn node_of(
+        &self,
+        id: Uuid,
+        tenant: Option<&str>,
+        live_only: bool,
+    ) -> Result<Option<(String, String)>, MeterError> {
+        let status = if live_only {
+            "AND s.status = 'live'"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT n.node, n.advertise_url FROM ingot_sessions s
              JOIN ingot_nodes n ON n.node = s.node
-             WHERE s.session_id = $1 AND s.status = 'live' AND s.node <> $2
+             WHERE s.session_id = $1 {status} AND s.node <> $2
                AND ($3::text IS NULL OR s.tenant = $3)
                AND n.lease_until_ms > {NOW_MS} AND n.advertise_url IS NOT NULL
              ORDER BY s.record_id DESC LIMIT 1"

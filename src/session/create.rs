@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
 use uuid::Uuid;
@@ -238,17 +239,9 @@ impl Registry {
         } = launched;
         let mux = Mux::start(transport);
         session.attach_browser(mux.clone(), version);
-        let ready = match &session.options.context {
-            Some(context) => super::context::load(&mux, context)
-                .await
-                .map_err(|e| CreateError::Context(e.to_string())),
-            None => Ok(()),
-        };
-        if let Err(e) = match ready {
-            Ok(()) => self.go_live(&session).await,
-            Err(e) => Err(e),
-        } {
+        if let Err(e) = self.prepare(&session, &mux).await {
             process.kill().await;
+            self.files().session_ended(session.id).await;
             self.directory.forget(&session);
             session.abandon_start();
             return Err(e);
@@ -276,6 +269,24 @@ impl Registry {
             supervised.mark_reaped();
         });
         Ok(session)
+    }
+
+    /// Readies the browser for its client, then makes the session live: downloads go to
+    /// the session's files, the `sessionContext` is loaded.
+    async fn prepare(&self, session: &Arc<Session>, mux: &Arc<Mux>) -> Result<(), CreateError> {
+        let dir = self.files().prepare(session.id).await.map_err(|e| {
+            CreateError::Launch(format!("cannot create the session's files directory: {e}"))
+        })?;
+        let downloads = json!({"behavior": "allow", "downloadPath": dir, "eventsEnabled": false});
+        mux.command("Browser.setDownloadBehavior", downloads)
+            .await
+            .map_err(|e| CreateError::Launch(e.to_string()))?;
+        if let Some(context) = &session.options.context {
+            super::context::load(mux, context)
+                .await
+                .map_err(|e| CreateError::Context(e.to_string()))?;
+        }
+        self.go_live(session).await
     }
 
     /// `starting → live`, then the usage record: a session without one is never served.

@@ -69,6 +69,13 @@ impl Directory {
         self.sessions.contains_key(id)
     }
 
+    /// Whether a session with this id is starting or live.
+    pub fn runs(&self, id: &Uuid) -> bool {
+        self.sessions
+            .get(id)
+            .is_some_and(|s| !matches!(s.phase(), Phase::Ended { .. }))
+    }
+
     /// Adds a starting session; fails when its id is taken.
     pub fn insert(&self, session: &Arc<Session>) -> Result<(), Uuid> {
         match self.sessions.entry(session.id) {

@@ -24,6 +24,7 @@ use super::supervisor::LivenessProbe;
 use super::view::SessionView;
 use crate::auth::Caller;
 use crate::browser::{BrowserHost, LaunchSpec};
+use crate::files::FileStore;
 use crate::metering::{Billable, HistoryQuery, HistoryRow, Meter, MeterError, Retention};
 use crate::telemetry;
 use crate::vocab::EndReason;
@@ -85,6 +86,8 @@ pub struct Registry {
     /// How each live browser is checked for hangs.
     pub(super) probe: LivenessProbe,
     history: HistoryLimits,
+    /// Every session's files on this node.
+    files: Arc<FileStore>,
 }
 
 impl Registry {
@@ -95,6 +98,7 @@ impl Registry {
         admission: Admission,
         probe: LivenessProbe,
         history: HistoryLimits,
+        files: Arc<FileStore>,
     ) -> Arc<Registry> {
         let capacity = Arc::new(Semaphore::new(admission.max_sessions));
         let tasks = TaskTracker::new();
@@ -120,7 +124,18 @@ impl Registry {
             shutdown: CancellationToken::new(),
             probe,
             history,
+            files,
         })
+    }
+
+    /// Every session's files on this node.
+    pub fn files(&self) -> &Arc<FileStore> {
+        &self.files
+    }
+
+    /// Whether session `id` is starting or live on this node.
+    pub fn runs_here(&self, id: &Uuid) -> bool {
+        self.directory.runs(id)
     }
 
     /// Whether new sessions are refused.
@@ -209,6 +224,7 @@ impl Registry {
         telemetry::sessions_live(live);
         telemetry::session_ended(reason, session.duration());
         self.directory.note_ended(session.id);
+        self.files.session_ended(session.id).await;
     }
 
     /// A session `caller` may see; another tenant's is `None`, like an unknown id.

@@ -288,3 +288,46 @@ test('errors map to the SDK error classes', T, withGatewayLog(() => gw, async ()
   }
   assert.deepEqual(live, []);
 }));
+
+test('session files: upload, list, download, archive, delete; a URL is refused', T, withGatewayLog(() => gw, async () => {
+  // The SDK's own fetch: multipart bodies are built for it.
+  const client = new Steel({ baseURL: `http://127.0.0.1:${gw.port}`, maxRetries: 0 });
+  const session = await client.sessions.create({ timeout: 60000 });
+  const files = client.sessions.files;
+  try {
+    const file = await files.upload(session.id, {
+      file: new File(['hello from node'], 'hello.txt', { type: 'text/plain' }),
+      path: 'dir/hello.txt',
+    });
+    assert.ok(file.path.startsWith('/') && file.path.endsWith(`/${session.id}/dir/hello.txt`), file.path);
+    assert.equal(file.size, 15);
+    assert.ok(!Number.isNaN(Date.parse(file.lastModified)), file.lastModified);
+    assert.deepEqual((await files.list(session.id)).data.map((f) => f.path), [file.path]);
+    // By the name relative to the session's files, and by the path as the SDK returned it.
+    for (const name of ['dir/hello.txt', file.path]) {
+      const response = await files.download(session.id, name);
+      assert.equal(await response.text(), 'hello from node', name);
+    }
+    const archive = Buffer.from(await (await files.downloadArchive(session.id)).arrayBuffer());
+    assert.equal(archive.subarray(0, 2).toString(), 'PK', 'a zip archive');
+    assert.ok(archive.includes(Buffer.from('dir/hello.txt')), 'named inside the archive');
+
+    await assert.rejects(
+      files.upload(session.id, { file: 'http://127.0.0.1:9/secret', path: 'x.txt' }),
+      (e) => e instanceof Steel.BadRequestError && /URL/.test(e.message),
+    );
+    await assert.rejects(
+      files.download(session.id, 'missing.txt'),
+      (e) => e instanceof Steel.NotFoundError,
+    );
+    await files.delete(session.id, 'dir/hello.txt');
+    assert.deepEqual((await files.list(session.id)).data, []);
+    await files.upload(session.id, { file: new File(['a'], 'a.txt') });
+    await files.upload(session.id, { file: new File(['b'], 'b.txt') });
+    assert.equal((await files.list(session.id)).data.length, 2);
+    await files.deleteAll(session.id);
+    assert.deepEqual((await files.list(session.id)).data, []);
+  } finally {
+    await releaseQuietly(client, session.id);
+  }
+}));

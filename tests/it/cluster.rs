@@ -172,6 +172,19 @@ async fn any_node_serves_any_session() {
         .expect("listed");
     assert_eq!(mine["timeout"], 600_000, "from the record: {mine}");
 
+    // Files, uploaded through a node that does not run the session, are on its owner.
+    let uploaded = upload_through(non_owner, &id, "notes/n.txt", b"through another node").await;
+    assert!(
+        uploaded.starts_with('/') && uploaded.ends_with("/notes/n.txt"),
+        "{uploaded}"
+    );
+    let owner_node = cluster.node(&owner);
+    assert!(
+        uploaded.starts_with(&owner_node.data_dir.display().to_string()),
+        "stored where the browser runs: {uploaded}"
+    );
+    assert_files(a, &id, "notes/n.txt", "through another node").await;
+
     // Released through a node that does not own it: the owner ends it.
     let (status, released) = non_owner
         .post(&format!("/v1/sessions/{id}/release"), json!({}))
@@ -181,6 +194,8 @@ async fn any_node_serves_any_session() {
     assert!(matches!(ended, Ended::Closed(_)), "{ended:?}");
     assert_eq!(a.session(&id).await["status"], "released");
     assert_upgrade_refused(ws, 410).await;
+    // The ended session's files are still served, from its owner, through any node.
+    assert_files(non_owner, &id, "notes/n.txt", "through another node").await;
     a.release(&id_of(&here)).await;
 
     let scrape = a.scrape().await;
@@ -215,6 +230,52 @@ async fn any_node_serves_any_session() {
         billed,
         "{usage}"
     );
+}
+
+/// Uploads `bytes` as `name` to session `id` through `node`; returns the stored path.
+async fn upload_through(node: &Gateway, id: &str, name: &str, bytes: &'static [u8]) -> String {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name("f"),
+        )
+        .text("path", name.to_owned());
+    let r = node
+        .http
+        .post(node.url(&format!("/v1/sessions/{id}/files")))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 200);
+    let file: Value = r.json().await.expect("File JSON");
+    file["path"].as_str().expect("path").to_owned()
+}
+
+/// Session `id`, asked through `node`, lists exactly one file, `name`, which downloads as
+/// `content`, alone and in the archive.
+async fn assert_files(node: &Gateway, id: &str, name: &str, content: &str) {
+    let (status, list) = node.get(&format!("/v1/sessions/{id}/files")).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(1), "{list}");
+    let file = node
+        .http
+        .get(node.url(&format!("/v1/sessions/{id}/files/{name}")))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(file.text().await.expect("body"), content);
+    let zip = node
+        .http
+        .get(node.url(&format!("/v1/sessions/{id}/files.zip")))
+        .send()
+        .await
+        .expect("archive")
+        .bytes()
+        .await
+        .expect("body");
+    let archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).expect("a zip archive");
+    assert_eq!(archive.len(), 1);
 }
 
 /// A 3000×3000 PNG screenshot passes through a forwarding node whole.

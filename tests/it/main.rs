@@ -18,6 +18,7 @@ mod cluster;
 mod context;
 mod deploy;
 mod faults;
+mod files;
 mod fuzz;
 mod hostile;
 mod inproc;

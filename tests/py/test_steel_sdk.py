@@ -349,3 +349,36 @@ def test_context_reuse_logs_the_next_session_in(gateway, page_server):
     assert first_load_title(client, page_server) == "anonymous"
     saved = context.model_dump(by_alias=True, exclude_none=True)
     assert first_load_title(client, page_server, session_context=saved) == "logged in"
+
+
+def test_session_files_round_trip_and_refuse_a_url(gateway):
+    client = make_client(gateway)
+    session = client.sessions.create(timeout=60_000)
+    files = client.sessions.files
+    try:
+        stored = files.upload(session.id, file=("in.txt", b"hello from python"), path="py/in.txt")
+        assert stored.path.endswith(f"/{session.id}/py/in.txt"), stored.path
+        assert stored.size == len(b"hello from python")
+        listed = files.list(session.id)
+        assert [f.path for f in listed.data] == [stored.path]
+        assert files.download("py/in.txt", session_id=session.id).read() == b"hello from python"
+        archive = files.download_archive(session.id).read()
+        assert archive[:2] == b"PK" and b"py/in.txt" in archive
+        # A URL in place of a file (the SDK itself only sends bytes): never fetched.
+        refused = httpx.post(
+            f"{gateway.base_url}/v1/sessions/{session.id}/files",
+            headers={"content-type": "multipart/form-data; boundary=B"},
+            content=(
+                b'--B\r\ncontent-disposition: form-data; name="file"\r\n\r\n'
+                b"http://127.0.0.1:9/secret\r\n--B--\r\n"
+            ),
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == "url_upload_refused"
+        files.delete("py/in.txt", session_id=session.id)
+        assert files.list(session.id).data == []
+        files.upload(session.id, file=("a.txt", b"a"))
+        files.delete_all(session.id)
+        assert files.list(session.id).data == []
+    finally:
+        release_quietly(client, session.id)

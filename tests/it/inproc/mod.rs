@@ -10,6 +10,7 @@
 
 mod admission;
 mod api;
+mod files;
 mod history;
 mod mux;
 mod pool;
@@ -35,6 +36,10 @@ use tokio_util::sync::CancellationToken;
 /// Longest any single step (a request, a message, a state change) may take before the test
 /// fails instead of hanging.
 pub const STEP: Duration = Duration::from_secs(5);
+
+/// Longest a background sweep may take to happen (a retention of a second or two, swept
+/// every second).
+pub const SLOW_STEP: Duration = Duration::from_secs(15);
 
 /// How long `stop` waits for `serve` to return.
 const STOP_WITHIN: Duration = Duration::from_secs(20);
@@ -280,6 +285,18 @@ impl FakeGateway {
             self.host.wait_until(STEP, condition).await,
             "{what}: not within {STEP:?}"
         );
+    }
+
+    /// Waits (polling, at most [`SLOW_STEP`]) until `condition` holds.
+    pub async fn wait_for(&self, what: &str, condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + SLOW_STEP;
+        while !condition() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {SLOW_STEP:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -1,0 +1,133 @@
+//! Names of session files: the one place that decides whether a path a client gave may name
+//! a file inside a session's directory.
+//!
+//! A name is relative, `/`-separated, and can only ever point inside the session's
+//! directory. Checked here, before anything touches the disk: no `.` or `..` component, no
+//! absolute path, no NUL or other control character, no backslash, no empty component, and
+//! bounded lengths. The one absolute form accepted is the session directory's own path (the
+//! `path` a file is listed under, which `DOM.setFileInputFiles` takes), which is stripped.
+
+use std::path::{Path, PathBuf};
+
+use super::FileError;
+
+/// Longest name, in bytes.
+pub const MAX_NAME: usize = 1024;
+/// Longest component of a name, in bytes (most file systems' limit).
+const MAX_COMPONENT: usize = 255;
+/// Suffix of a download Chromium has not finished: such files are not listed.
+pub const PARTIAL_DOWNLOAD: &str = ".crdownload";
+
+/// A checked, relative file name inside one session's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileName(String);
+
+impl FileName {
+    /// Checks `raw`, a name a client gave. `session_dir` is the directory it is relative
+    /// to; `raw` may also be that directory's absolute path followed by a name.
+    pub fn parse(raw: &str, session_dir: &Path) -> Result<FileName, FileError> {
+        let prefix = format!("{}/", session_dir.display());
+        let name = raw.strip_prefix(prefix.as_str()).unwrap_or(raw);
+        check(name).map_err(|why| FileError::BadPath(format!("path {raw:?}: {why}")))?;
+        Ok(FileName(name.to_owned()))
+    }
+
+    /// The name, as clients see it (relative, `/`-separated).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Where the file is, inside `session_dir`.
+    pub fn under(&self, session_dir: &Path) -> PathBuf {
+        session_dir.join(&self.0)
+    }
+
+    /// The name of a file found on disk at `relative` (inside a session's directory), if it
+    /// is one clients may see.
+    pub fn of_found(relative: &Path) -> Option<FileName> {
+        let name = relative.to_str()?;
+        (check(name).is_ok() && !name.ends_with(PARTIAL_DOWNLOAD))
+            .then(|| FileName(name.to_owned()))
+    }
+}
+
+fn check(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("a file name is required");
+    }
+    if name.len() > MAX_NAME {
+        return Err("the name is too long");
+    }
+    if name.starts_with('/') {
+        return Err("absolute paths are refused; give a path relative to the session's files");
+    }
+    if name.contains('\\') {
+        return Err("backslashes are refused; separate directories with /");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("NUL and other control characters are refused");
+    }
+    for component in name.split('/') {
+        match component {
+            "" => return Err("empty path components (//, or a trailing /) are refused"),
+            "." | ".." => return Err(". and .. are refused"),
+            c if c.len() > MAX_COMPONENT => return Err("a path component is too long"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<String, String> {
+        FileName::parse(raw, Path::new("/data/files/abc"))
+            .map(|n| n.as_str().to_owned())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn plain_and_nested_names_are_taken() {
+        assert_eq!(parse("report.pdf").unwrap(), "report.pdf");
+        assert_eq!(parse("a/b/c.txt").unwrap(), "a/b/c.txt");
+        assert_eq!(parse(".env").unwrap(), ".env");
+        assert_eq!(parse("name with spaces…").unwrap(), "name with spaces…");
+    }
+
+    #[test]
+    fn the_session_directorys_own_absolute_path_is_stripped() {
+        assert_eq!(parse("/data/files/abc/report.pdf").unwrap(), "report.pdf");
+        assert!(parse("/data/files/abcd/report.pdf").is_err());
+        assert!(parse("/data/files/abc/../x").is_err());
+    }
+
+    #[test]
+    fn hostile_names_are_refused_with_the_reason() {
+        let cases = [
+            ("", "required"),
+            ("../etc/passwd", ".."),
+            ("a/../../b", ".."),
+            ("./a", ". and .."),
+            ("/etc/passwd", "absolute"),
+            ("a\\..\\b", "backslash"),
+            ("a\0b", "NUL"),
+            ("a\nb", "control"),
+            ("a//b", "empty"),
+            ("dir/", "empty"),
+        ];
+        for (raw, why) in cases {
+            let err = parse(raw).unwrap_err();
+            assert!(err.contains(why), "{raw:?}: {err}");
+        }
+        assert!(parse(&"a".repeat(MAX_NAME + 1)).is_err());
+        assert!(parse(&"a".repeat(MAX_COMPONENT + 1)).is_err());
+    }
+
+    #[test]
+    fn unfinished_downloads_are_not_listed() {
+        assert!(FileName::of_found(Path::new("x.pdf.crdownload")).is_none());
+        assert!(FileName::of_found(Path::new("x.pdf")).is_some());
+    }
+}
