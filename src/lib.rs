@@ -29,6 +29,7 @@ mod sync;
 mod telemetry;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+mod viewer;
 mod vocab;
 
 /// The validation entry points (create bodies, session ids, API keys), for property tests

@@ -353,6 +353,7 @@ mod tests {
             ping_every: Duration::from_secs(30),
             body_timeout: Duration::from_secs(5),
             cluster: None,
+            viewers: Default::default(),
         }
     }
 

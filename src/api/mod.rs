@@ -13,6 +13,7 @@ pub mod relay;
 pub mod sessions;
 pub mod unsupported;
 pub mod usage;
+pub mod viewer;
 pub mod wire;
 
 use std::sync::Arc;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// The other nodes, in cluster mode (`--database-url`).
     pub cluster: Option<Arc<Cluster>>,
+    /// Input state of the sessions (the computer API's pointer).
+    pub viewers: Arc<crate::viewer::Viewers>,
 }
 
 /// The API key a request presented, kept for links that must carry it (CDP discovery).
@@ -103,6 +106,7 @@ pub fn router(state: AppState) -> Router {
             get(sessions::live_details),
         )
         .route("/v1/sessions/{id}/context", get(sessions::context))
+        .route("/v1/sessions/{id}/computer", post(viewer::computer))
         .route("/", get(cdp::connect_by_query))
         .route("/devtools/browser/{id}", get(cdp::connect_by_path))
         .route("/json/version", get(cdp::version_by_query))

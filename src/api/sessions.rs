@@ -231,7 +231,7 @@ fn from_browser<T>(id: uuid::Uuid, answer: Option<Result<T, String>>) -> Result<
 
 /// A request about a session this node does not run (`kind`, with its body): its owner's
 /// answer, else 409 for an ended session and 404 for an unknown one.
-async fn elsewhere(
+pub(super) async fn elsewhere(
     state: &AppState,
     relay: &Relay,
     id: uuid::Uuid,

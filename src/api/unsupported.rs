@@ -11,11 +11,10 @@ use super::AppState;
 use super::error::ApiError;
 
 /// Every unimplemented path of Steel's API, with the feature it belongs to.
-const UNSUPPORTED: [(&str, &str); 16] = [
+const UNSUPPORTED: [(&str, &str); 15] = [
     ("/v1/sessions/{id}/captchas/solve", "captcha solving"),
     ("/v1/sessions/{id}/captchas/solve-image", "captcha solving"),
     ("/v1/sessions/{id}/captchas/status", "captcha solving"),
-    ("/v1/sessions/{id}/computer", "the computer API"),
     ("/v1/sessions/{id}/events", "session recordings (events)"),
     ("/v1/sessions/{id}/hls", "session recordings (HLS)"),
     ("/v1/sessions/{id}/agent-traces", "agent traces"),

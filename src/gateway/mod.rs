@@ -272,6 +272,7 @@ impl Gateway {
             ping_every: Duration::from_millis(self.settings.ws_ping_interval_ms),
             body_timeout: Duration::from_millis(self.settings.header_timeout_ms),
             cluster: self.cluster.clone(),
+            viewers: Default::default(),
         }
     }
 

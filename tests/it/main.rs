@@ -15,6 +15,7 @@ mod admission;
 mod api;
 mod cdp;
 mod cluster;
+mod computer;
 mod context;
 mod deploy;
 mod faults;

@@ -426,11 +426,7 @@ async fn unimplemented_steel_routes_answer_501_naming_the_feature() {
             format!("/v1/sessions/{id}/captchas/status"),
             "captcha",
         ),
-        (
-            Method::POST,
-            format!("/v1/sessions/{id}/computer"),
-            "computer",
-        ),
+        (Method::GET, format!("/v1/sessions/{id}/hls"), "recordings"),
         (
             Method::GET,
             format!("/v1/sessions/{id}/events"),

@@ -1,0 +1,51 @@
+//! Seeing and steering a session from outside CDP: Steel's computer API.
+//!
+//! Handlers check the caller and the session, pass the request to the node that runs the
+//! session in a cluster, and leave the work to [`crate::viewer`].
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{RequestBody, SessionId};
+use super::relay::Relay;
+use super::sessions::{elsewhere, ended_conflict};
+use crate::auth::Caller;
+use crate::viewer::computer::{self, RunError};
+
+/// `POST /v1/sessions/{id}/computer`: one action on the session's active page, answered in
+/// Steel's shape (`output`, `base64_image`, `error`). Counts as activity for the session's
+/// inactivity timeout. 409 once the session ended.
+pub async fn computer(
+    State(state): State<AppState>,
+    caller: Caller,
+    relay: Relay,
+    SessionId(id): SessionId,
+    RequestBody(body): RequestBody,
+) -> Result<Response, ApiError> {
+    let request = computer::Request::parse(&body).map_err(|e| ApiError::bad_request(e.0))?;
+    let Some(session) = state.registry.get_for(&id, &caller) else {
+        return elsewhere(&state, &relay, id, &caller, ("computer", body)).await;
+    };
+    let mux = session.mux().ok_or_else(|| ended_conflict(id))?;
+    session.note_activity();
+    let cursor = state.viewers.cursor(id);
+    let outcome = computer::run(&mux, &request, &cursor).await?;
+    Ok(Json(outcome).into_response())
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Invalid(e) => ApiError::bad_request(e.0),
+            RunError::Browser(e) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "browser_unavailable",
+                format!("the browser did not answer: {e}"),
+            ),
+        }
+    }
+}
