@@ -157,6 +157,11 @@ pub struct Settings {
     /// Largest file a client may upload to a session, in bytes (a larger one gets 413).
     #[arg(long, env = "INGOT_MAX_FILE_BYTES", default_value_t = DEFAULT_MAX_FILE)]
     pub max_file_bytes: u64,
+
+    /// Who may embed the live viewer in an iframe: a CSP `frame-ancestors` source list, for
+    /// example `'self' https://app.example.com`.
+    #[arg(long, env = "INGOT_VIEWER_FRAME_ANCESTORS", default_value = "'self'")]
+    pub viewer_frame_ancestors: String,
 }
 
 /// Largest upload to a session's files, unless configured otherwise.
@@ -266,6 +271,14 @@ impl Settings {
         }
         if self.files_retention_ms > 30 * 86_400_000 {
             return Err("--files-retention-ms must be at most 2592000000 (30 days)".into());
+        }
+        if self.viewer_frame_ancestors.trim().is_empty()
+            || self
+                .viewer_frame_ancestors
+                .chars()
+                .any(|c| c.is_control() || c == ';' || c == ',')
+        {
+            return Err("--viewer-frame-ancestors must be a CSP source list, such as 'self' https://app.example.com (no ; or ,)".into());
         }
         if !(1..=(1 << 40)).contains(&self.max_file_bytes) {
             return Err("--max-file-bytes must be between 1 and 1099511627776 (1 TiB)".into());

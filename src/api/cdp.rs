@@ -115,6 +115,11 @@ async fn connect(
             Err(e) => debug!(session_id = %id, error = %e, "WebSocket upgrade did not complete"),
         }
     });
+    Ok(switching_protocols(&key))
+}
+
+/// The 101 that completes a WebSocket upgrade whose `Sec-WebSocket-Key` is `key`.
+pub(super) fn switching_protocols(key: &str) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -123,7 +128,7 @@ async fn connect(
     if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    Ok(response)
+    response
 }
 
 /// `GET /json/version[/]?sessionId=<id>`. Without a `sessionId` it answers for the only
@@ -269,7 +274,7 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Checks the upgrade request and returns its `Sec-WebSocket-Key`.
-fn websocket_key(headers: &HeaderMap) -> Result<String, ApiError> {
+pub(super) fn websocket_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let connection_upgrade = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -354,6 +359,7 @@ mod tests {
             body_timeout: Duration::from_secs(5),
             cluster: None,
             viewers: Default::default(),
+            viewer_frame_ancestors: "'self'".into(),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod files;
 pub mod health;
+pub mod live;
 pub mod relay;
 pub mod sessions;
 pub mod unsupported;
@@ -63,8 +64,10 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// The other nodes, in cluster mode (`--database-url`).
     pub cluster: Option<Arc<Cluster>>,
-    /// Input state of the sessions (the computer API's pointer).
+    /// View state of the sessions (live views, the computer API's pointer, viewer tokens).
     pub viewers: Arc<crate::viewer::Viewers>,
+    /// The viewer's CSP `frame-ancestors` (`--viewer-frame-ancestors`).
+    pub viewer_frame_ancestors: String,
 }
 
 /// The API key a request presented, kept for links that must carry it (CDP discovery).
@@ -107,6 +110,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/sessions/{id}/context", get(sessions::context))
         .route("/v1/sessions/{id}/computer", post(viewer::computer))
+        .route("/v1/sessions/{id}/viewer", get(live::viewer))
+        .route("/v1/sessions/{id}/view", get(live::view))
+        .route("/v1/sessions/{id}/viewer/facts", get(live::facts))
+        .route("/v1/sessions/{id}/viewer/thumbnail", get(live::thumbnail))
+        .route("/v1/sessions/{id}/viewer/ws", get(live::socket))
+        .route("/ui", get(live::console))
         .route("/", get(cdp::connect_by_query))
         .route("/devtools/browser/{id}", get(cdp::connect_by_path))
         .route("/json/version", get(cdp::version_by_query))
@@ -175,7 +184,8 @@ async fn refuse_large_heads(request: Request, next: Next) -> Response {
 /// parameter that WebSocket clients use) and refuses a missing or wrong key with 401 before
 /// anything happens. Health and metrics need no key.
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    if OPERATIONAL_PATHS.contains(&request.uri().path()) {
+    if OPERATIONAL_PATHS.contains(&request.uri().path()) || takes_viewer_token(request.uri().path())
+    {
         return next.run(request).await;
     }
     let presented = request
@@ -215,10 +225,36 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     next.run(request).await
 }
 
+/// Whether `path` is the console or a viewer route, which take a session's viewer token
+/// (checked by the handler) instead of an API key; the console's page needs neither, and
+/// its calls carry a key like any client's.
+fn takes_viewer_token(path: &str) -> bool {
+    path == "/ui"
+        || path.strip_prefix("/v1/sessions/").is_some_and(|rest| {
+            let mut parts = rest.splitn(2, '/');
+            let (_, tail) = (parts.next(), parts.next().unwrap_or(""));
+            matches!(
+                tail,
+                "viewer" | "view" | "viewer/facts" | "viewer/thumbnail" | "viewer/ws"
+            )
+        })
+}
+
+/// Whether `origin` (an `Origin` header) is the origin of the request's own `host`: a page
+/// that ingot itself served (the console, the viewer).
+pub fn is_same_origin(origin: &str, host: &str) -> bool {
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
+}
+
 /// Refuses requests that a web page could make:
 /// * Browsers attach `Origin` to cross-site requests and to every WebSocket they open; SDKs
 ///   and CDP clients send none. So a page (in a session's browser or anywhere else) cannot
-///   release sessions or drive a browser through the gateway.
+///   release sessions or drive a browser through the gateway. Only ingot's own pages (the
+///   console, the viewer: an `Origin` that is the request's own allowed `Host`) pass, and
+///   they still need a key or a viewer token.
 /// * A `Host` that is a name other than `localhost` or the public URL's host is a DNS
 ///   rebinding attempt: a page on a hostile name that now resolves to this machine. IP
 ///   literals cannot be rebound. Chromium applies the same rule to its own DevTools server.
@@ -227,7 +263,16 @@ async fn refuse_foreign_requests(
     request: Request,
     next: Next,
 ) -> Response {
-    if request.headers().contains_key(header::ORIGIN) {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let foreign = request.headers().get(header::ORIGIN).is_some_and(|origin| {
+        !origin.to_str().is_ok_and(|o| {
+            host.is_some_and(|h| host_allowed(h, &state.urls) && is_same_origin(o, h))
+        })
+    });
+    if foreign {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "cross_origin_refused",
@@ -261,4 +306,46 @@ fn host_allowed(host: &str, urls: &PublicUrls) -> bool {
     name.parse::<std::net::IpAddr>().is_ok()
         || name.eq_ignore_ascii_case("localhost")
         || name.eq_ignore_ascii_case(urls.host())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_console_and_viewer_routes_skip_the_api_key() {
+        for path in [
+            "/ui",
+            "/v1/sessions/abc/viewer",
+            "/v1/sessions/abc/view",
+            "/v1/sessions/abc/viewer/facts",
+            "/v1/sessions/abc/viewer/thumbnail",
+            "/v1/sessions/abc/viewer/ws",
+        ] {
+            assert!(takes_viewer_token(path), "{path}");
+        }
+        for path in [
+            "/v1/sessions",
+            "/v1/sessions/abc",
+            "/v1/sessions/abc/release",
+            "/v1/sessions/abc/viewer/other",
+            "/v1/sessions/abc/files/viewer",
+            "/ui/x",
+            "/v1/usage",
+        ] {
+            assert!(!takes_viewer_token(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn same_origin_is_the_requests_own_host() {
+        assert!(is_same_origin("http://127.0.0.1:3000", "127.0.0.1:3000"));
+        assert!(is_same_origin(
+            "https://Browsers.example.com",
+            "browsers.example.com"
+        ));
+        assert!(!is_same_origin("http://127.0.0.1:3001", "127.0.0.1:3000"));
+        assert!(!is_same_origin("http://evil.example", "127.0.0.1:3000"));
+        assert!(!is_same_origin("null", "127.0.0.1:3000"));
+    }
 }

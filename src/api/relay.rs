@@ -101,10 +101,10 @@ impl FromRequestParts<AppState> for Relay {
 impl Relay {
     /// The base URLs links in the answer use: the relaying node's, else this node's.
     pub fn links(&self, state: &AppState) -> Arc<PublicUrls> {
-        self.hop
-            .as_ref()
-            .and_then(|h| h.via.clone())
-            .unwrap_or_else(|| state.urls.clone())
+        match self.hop.as_ref().and_then(|h| h.via.as_deref()) {
+            Some(via) => Arc::new(via.clone().with_viewers(state.viewers.clone())),
+            None => state.urls.clone(),
+        }
     }
 
     /// The cluster, when this request may be relayed: cluster mode, from a client.

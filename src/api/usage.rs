@@ -30,6 +30,7 @@ pub struct UsageParams {
     api_key: Option<String>,
     tenant: Option<String>,
     format: Option<String>,
+    granularity: Option<String>,
 }
 
 /// `GET /v1/usage`
@@ -70,7 +71,10 @@ pub async fn usage(
                 e.to_string(),
             )
         })?;
-    let report = UsageReport::new(from, to, tenant, &days);
+    let mut report = UsageReport::new(from, to, tenant.clone(), &days);
+    if hourly(params.granularity.as_deref(), from, to)? {
+        report.buckets = Some(hours(&state, from, to, tenant).await?);
+    }
     if csv {
         Ok(csv_response(&report))
     } else {
@@ -131,6 +135,77 @@ pub struct UsageReport {
     tenant: Option<String>,
     total: UsageFigures,
     days: Vec<DayFigures>,
+    /// With `granularity=hour`: one bucket per hour of the range, empty ones included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    buckets: Option<Vec<HourFigures>>,
+}
+
+/// One hour of `granularity=hour`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HourFigures {
+    /// The hour's start, RFC 3339 UTC.
+    start: String,
+    sessions: u64,
+    billed_minutes: u64,
+}
+
+/// Longest range `granularity=hour` reports on.
+const MAX_HOURLY_RANGE: time::Duration = time::Duration::hours(48);
+
+/// Whether hourly buckets are asked for (`granularity`: `day`, the default, or `hour`, for
+/// ranges up to 48 hours).
+fn hourly(
+    granularity: Option<&str>,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> Result<bool, ApiError> {
+    match granularity {
+        None | Some("") | Some("day") => Ok(false),
+        Some("hour") if to - from <= MAX_HOURLY_RANGE => Ok(true),
+        Some("hour") => Err(ApiError::bad_request(
+            "granularity: hour covers at most 48 hours; narrow from and to",
+        )),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "granularity: must be day or hour, got {other:?}"
+        ))),
+    }
+}
+
+/// Billed minutes and sessions per hour from the hour `from` falls in, up to `to`.
+async fn hours(
+    state: &AppState,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+    tenant: Option<String>,
+) -> Result<Vec<HourFigures>, ApiError> {
+    let hour = time::Duration::hours(1);
+    let mut start =
+        from.replace_time(time::Time::from_hms(from.hour(), 0, 0).unwrap_or(time::Time::MIDNIGHT));
+    let mut buckets = Vec::new();
+    while start < to {
+        let sums = state
+            .meter
+            .usage_by_day(start, start + hour, tenant.clone())
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "usage_unavailable",
+                    e.to_string(),
+                )
+            })?;
+        let figures = sums.iter().fold((0, 0), |(n, m), (_, s)| {
+            (n + s.sessions, m + s.billed_minutes)
+        });
+        buckets.push(HourFigures {
+            start: rfc3339(start),
+            sessions: figures.0,
+            billed_minutes: figures.1,
+        });
+        start += hour;
+    }
+    Ok(buckets)
 }
 
 #[derive(Debug, Serialize)]
@@ -239,6 +314,7 @@ impl UsageReport {
             tenant,
             total,
             days,
+            buckets: None,
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct PublicUrls {
     pub http: String,
     /// The same with `ws(s)://`.
     pub ws: String,
+    /// What makes viewer tokens, for the viewer links.
+    viewers: Option<std::sync::Arc<crate::viewer::Viewers>>,
 }
 
 impl PublicUrls {
@@ -27,7 +29,37 @@ impl PublicUrls {
         } else {
             format!("ws://{}", http.strip_prefix("http://").unwrap_or(&http))
         };
-        PublicUrls { http, ws }
+        PublicUrls {
+            http,
+            ws,
+            viewers: None,
+        }
+    }
+
+    /// The same URLs, with viewer links that carry tokens `viewers` makes.
+    pub fn with_viewers(mut self, viewers: std::sync::Arc<crate::viewer::Viewers>) -> Self {
+        self.viewers = Some(viewers);
+        self
+    }
+
+    /// The live viewer of session `id` (`debugUrl`), with its token.
+    pub fn viewer_url(&self, id: Uuid) -> String {
+        match &self.viewers {
+            Some(v) => format!(
+                "{}/v1/sessions/{id}/viewer?token={}",
+                self.http,
+                v.token(id)
+            ),
+            None => self.session_url(id),
+        }
+    }
+
+    /// The viewer next to the session's facts (`sessionViewerUrl`), with its token.
+    pub fn view_url(&self, id: Uuid) -> String {
+        match &self.viewers {
+            Some(v) => format!("{}/v1/sessions/{id}/view?token={}", self.http, v.token(id)),
+            None => self.session_url(id),
+        }
     }
 
     /// The host name of the public URL, without port.
@@ -102,8 +134,8 @@ impl SessionJson {
             inactivity_timeout: session.inactivity_timeout_ms,
             credits_used: session.credits_used,
             websocket_url: urls.websocket_url(session.id),
-            debug_url: urls.session_url(session.id),
-            session_viewer_url: urls.session_url(session.id),
+            debug_url: urls.viewer_url(session.id),
+            session_viewer_url: urls.view_url(session.id),
             dimensions: session.dimensions,
             fullscreen: session.fullscreen,
             optimize_bandwidth: Map::new(),
@@ -155,8 +187,8 @@ impl SessionListJson {
     }
 }
 
-/// `SessionLiveDetailsResponse`. There is no viewer yet, so the viewer links are the
-/// session's own URL, and favicons are not read (`null`, which the types allow).
+/// `SessionLiveDetailsResponse`. Each page's viewer links open the live viewer on that page;
+/// favicons are not read (`null`, which the types allow).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LiveDetailsJson {
@@ -181,20 +213,24 @@ pub struct LivePageJson {
 impl LiveDetailsJson {
     /// The live details of session `id` with `pages`.
     pub fn new(id: Uuid, pages: Vec<crate::session::view::PageInfo>, urls: &PublicUrls) -> Self {
-        let viewer = urls.session_url(id);
+        let (view, viewer) = (urls.view_url(id), urls.viewer_url(id));
+        let on_page = |url: &str, page: &str| {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{separator}pageId={page}")
+        };
         LiveDetailsJson {
             pages: pages
                 .into_iter()
                 .map(|p| LivePageJson {
+                    session_viewer_url: on_page(&view, &p.id),
+                    session_viewer_fullscreen_url: on_page(&viewer, &p.id),
                     id: p.id,
                     url: p.url,
                     title: p.title,
                     favicon: None,
-                    session_viewer_url: viewer.clone(),
-                    session_viewer_fullscreen_url: viewer.clone(),
                 })
                 .collect(),
-            session_viewer_url: viewer.clone(),
+            session_viewer_url: view,
             session_viewer_fullscreen_url: viewer,
             ws_url: urls.websocket_url(id),
         }

@@ -2,9 +2,10 @@
 //! (reading a page's storage, preparing pages before a session is handed over).
 //!
 //! A [`Driver`] attaches to the multiplexer like any client, with its own browser-level
-//! session, so that the sessions it opens are routed to it alone. It sends one command at a
-//! time and waits for its reply; events that arrive meanwhile are dropped. It must not be
-//! used on a path that a client's message takes.
+//! session, so that the sessions it opens are routed to it alone. `call` sends one command
+//! and waits for its reply, dropping events that arrive meanwhile; work that must see every
+//! event (the viewer's screencast) uses `send_command` and `next_message` instead. It must
+//! not be used on a path that a client's message takes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +71,28 @@ impl Driver {
             })
         };
         self.reply("Page.navigate", id, fulfil).await.map(drop)
+    }
+
+    /// Sends `method` without waiting for its reply; returns its id, which the reply that
+    /// [`Driver::next_message`] later yields carries. For work that must see every event.
+    pub async fn send_command(
+        &mut self,
+        method: &'static str,
+        params: Value,
+        session: Option<&str>,
+    ) -> Result<i64, CommandError> {
+        self.send(method, params, session).await
+    }
+
+    /// The next message for this client (a reply or an event), parsed; `None` once the
+    /// browser connection is gone.
+    pub async fn next_message(&mut self) -> Option<Value> {
+        loop {
+            let bytes = self.link.outbound.recv().await?;
+            if let Ok(message) = serde_json::from_slice(&bytes) {
+                return Some(message);
+            }
+        }
     }
 
     /// Sends one command; returns its id.

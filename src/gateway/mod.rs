@@ -36,6 +36,7 @@ use crate::session::params::TimeoutLimits;
 use crate::session::registry::{HistoryLimits, Registry};
 use crate::session::supervisor::LivenessProbe;
 use crate::telemetry;
+use crate::viewer::Viewers;
 
 /// How often a node asks its own advertise URL before giving up, and how long it waits
 /// between tries.
@@ -256,9 +257,14 @@ impl Gateway {
     }
 
     fn app_state(&self, public: &str, clients: TaskTracker) -> AppState {
+        // Tokens are the same on every node of a cluster, which all know its secret.
+        let viewers = Arc::new(match &self.cluster {
+            Some(cluster) => Viewers::new(cluster.secret().as_bytes().to_vec()),
+            None => Viewers::default(),
+        });
         AppState {
             registry: self.registry.clone(),
-            urls: Arc::new(PublicUrls::new(public)),
+            urls: Arc::new(PublicUrls::new(public).with_viewers(viewers.clone())),
             limits: TimeoutLimits {
                 default_ms: self.settings.default_timeout_ms,
                 min_ms: MIN_TIMEOUT_MS,
@@ -272,7 +278,8 @@ impl Gateway {
             ping_every: Duration::from_millis(self.settings.ws_ping_interval_ms),
             body_timeout: Duration::from_millis(self.settings.header_timeout_ms),
             cluster: self.cluster.clone(),
-            viewers: Default::default(),
+            viewers,
+            viewer_frame_ancestors: self.settings.viewer_frame_ancestors.clone(),
         }
     }
 

@@ -417,6 +417,23 @@ pub async fn run(
     Ok(outcome)
 }
 
+/// A small JPEG (a quarter of the page's size) of the active page, for thumbnails.
+pub async fn thumbnail(mux: &Arc<Mux>) -> Result<Vec<u8>, CommandError> {
+    let mut page = Page::open(mux).await?;
+    let (width, height) = page.viewport().await?;
+    let clip = json!({"x": 0, "y": 0, "width": width.min(4096.0), "height": height.min(4096.0), "scale": 0.25});
+    let shot = page
+        .call(
+            "Page.captureScreenshot",
+            json!({"format": "jpeg", "quality": 60, "clip": clip}),
+        )
+        .await;
+    page.close().await;
+    let data = shot?["data"].as_str().unwrap_or_default().to_owned();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data)
+        .map_err(|e| CommandError::Refused("Page.captureScreenshot", e.to_string()))
+}
+
 /// The active page, through a private client.
 struct Page {
     driver: Driver,

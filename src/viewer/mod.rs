@@ -1,33 +1,135 @@
-//! Seeing and steering a live session from outside CDP: Steel's computer API
-//! ([`computer`]), built on one input vocabulary ([`input`]).
+//! Seeing and steering a live session from outside CDP: the live viewer's screencast
+//! ([`screen`]), its access tokens, and Steel's computer API ([`computer`]), built on one
+//! input vocabulary ([`input`]). The pages a person's browser loads are in `assets/`.
 //!
-//! Owns per-session input state (where each session's pointer is). Drives browsers only
-//! through private `cdp::driver::Driver`s, so it never disturbs a client's CDP sessions;
-//! knows nothing of HTTP or of sessions' states (callers check that a session is live).
+//! Owns per-session view state (the pointer, the running live views) and the key viewer
+//! tokens are made with. Drives browsers only through private `cdp::driver::Driver`s, so it
+//! never disturbs a client's CDP sessions; knows nothing of HTTP or of sessions' states
+//! (callers check that a session is live).
 
 pub mod computer;
 pub mod input;
+pub mod screen;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use dashmap::DashMap;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
 use uuid::Uuid;
 
-/// Most sessions whose pointer is remembered; beyond it the oldest are forgotten.
+use crate::cdp::mux::Mux;
+use screen::Screen;
+
+/// Most sessions whose state is remembered; beyond it the oldest are forgotten.
 const MAX_TRACKED: usize = 10_000;
 
-/// Input state of every session on this node.
-#[derive(Default)]
+/// The viewer's page, its frame around the session's facts, and the operator console.
+pub const VIEWER_HTML: &str = include_str!("assets/viewer.html");
+/// `sessionViewerUrl`: the viewer next to the session's facts.
+pub const VIEW_HTML: &str = include_str!("assets/view.html");
+/// The console at `/ui`.
+pub const CONSOLE_HTML: &str = include_str!("assets/console.html");
+
+/// View state of every session on this node.
 pub struct Viewers {
     cursors: DashMap<Uuid, Arc<Mutex<computer::Point>>>,
+    screens: DashMap<Uuid, Weak<Screen>>,
+    key: Vec<u8>,
 }
 
 impl Viewers {
+    /// Viewers whose tokens are made with `key` (the cluster's secret, so that every node
+    /// makes the same; else a key of this process).
+    pub fn new(key: Vec<u8>) -> Viewers {
+        Viewers {
+            cursors: DashMap::new(),
+            screens: DashMap::new(),
+            key,
+        }
+    }
+
     /// Where session `id`'s pointer is (the page's top left until it moves).
     pub fn cursor(&self, id: Uuid) -> Arc<Mutex<computer::Point>> {
         if self.cursors.len() >= MAX_TRACKED && !self.cursors.contains_key(&id) {
             self.cursors.clear();
         }
         self.cursors.entry(id).or_default().clone()
+    }
+
+    /// The live view of session `id`, whose browser is behind `mux`: the running one, or a
+    /// new one.
+    pub async fn screen(&self, id: Uuid, mux: &Arc<Mux>) -> Result<Arc<Screen>, String> {
+        if let Some(screen) = self.screens.get(&id).and_then(|s| s.upgrade())
+            && !screen.is_closed()
+        {
+            return Ok(screen);
+        }
+        let screen = Screen::start(mux).await?;
+        if self.screens.len() >= MAX_TRACKED {
+            self.screens.retain(|_, s| s.strong_count() > 0);
+        }
+        self.screens.insert(id, Arc::downgrade(&screen));
+        Ok(screen)
+    }
+
+    /// Session `id`'s viewer token: 128 bits of an HMAC of the id, so it cannot be guessed
+    /// from the id, and another session's token does not fit.
+    pub fn token(&self, id: Uuid) -> String {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
+            return String::new();
+        };
+        mac.update(b"ingot viewer token\0");
+        mac.update(id.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether `presented` is session `id`'s token (compared in constant time).
+    pub fn token_fits(&self, id: Uuid, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let expected = self.token(id);
+        !expected.is_empty()
+            && presented.len() == expected.len()
+            && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Viewers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Viewers")
+            .field("screens", &self.screens.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Viewers {
+    fn default() -> Self {
+        Viewers::new(uuid::Uuid::new_v4().as_bytes().repeat(2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_fit_one_session_and_one_key() {
+        let viewers = Viewers::new(b"secret".to_vec());
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let token = viewers.token(a);
+        assert_eq!(token.len(), 32);
+        assert!(viewers.token_fits(a, &token));
+        assert!(!viewers.token_fits(b, &token), "another session's token");
+        assert!(!viewers.token_fits(a, &token[..31]));
+        assert!(
+            !Viewers::new(b"other".to_vec()).token_fits(a, &token),
+            "another key"
+        );
+        assert_eq!(
+            Viewers::new(b"secret".to_vec()).token(a),
+            token,
+            "the same on every node"
+        );
     }
 }

@@ -458,9 +458,14 @@ async fn settings_come_from_flags_and_ingot_variables() {
         a["websocketUrl"],
         format!("wss://browsers.example.com/?sessionId={id}")
     );
-    assert_eq!(
-        a["sessionViewerUrl"],
-        format!("https://browsers.example.com/v1/sessions/{id}")
+    assert!(
+        a["sessionViewerUrl"]
+            .as_str()
+            .expect("sessionViewerUrl")
+            .starts_with(&format!(
+                "https://browsers.example.com/v1/sessions/{id}/view?token="
+            )),
+        "{a}"
     );
     let (status, v) = gw.get(&format!("/json/version?sessionId={id}")).await;
     assert_eq!(status, 200, "{v}");

@@ -15,8 +15,18 @@ async fn create_answers_steels_session_json_and_retrieve_matches() {
     assert_eq!(s["websocketUrl"], gw.ws_url(&id));
     assert_eq!(s["timeout"], 300_000, "the default timeout");
     assert_eq!(s["dimensions"], json!({"width": 1920, "height": 1080}));
-    assert_eq!(s["debugUrl"], gw.url(&format!("/v1/sessions/{id}")));
-    assert_eq!(s["sessionViewerUrl"], s["debugUrl"]);
+    let debug = s["debugUrl"].as_str().expect("debugUrl");
+    let token = debug
+        .strip_prefix(&gw.url(&format!("/v1/sessions/{id}/viewer?token=")))
+        .unwrap_or_else(|| panic!("the live viewer with its token: {debug}"));
+    assert!(
+        token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{token}"
+    );
+    assert_eq!(
+        s["sessionViewerUrl"],
+        gw.url(&format!("/v1/sessions/{id}/view?token={token}"))
+    );
     assert_eq!(s["userAgent"], "Mozilla/5.0 (fake) FakeChrome/1.0");
     for (field, value) in [
         ("eventCount", json!(0)),
@@ -498,6 +508,14 @@ async fn live_details_list_the_pages_of_a_live_session() {
         assert!(pages[0][field].is_string(), "{field}: {details}");
     }
     assert!(pages[0]["favicon"].is_null());
+    let viewer = pages[0]["sessionViewerFullscreenUrl"]
+        .as_str()
+        .expect("url");
+    assert!(
+        viewer.contains("/viewer?token=")
+            && viewer.ends_with(&format!("&pageId={}", pages[0]["id"].as_str().expect("id"))),
+        "the live viewer on that page: {viewer}"
+    );
     assert_eq!(details["wsUrl"], gw.ws_url(&id));
     gw.release(&id).await;
     assert_eq!(

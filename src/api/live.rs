@@ -1,0 +1,551 @@
+//! The live viewer over HTTP: its pages (`debugUrl`, `sessionViewerUrl`), the session's
+//! facts and thumbnail for them, the viewer's WebSocket, and the console at `/ui`.
+//!
+//! Every viewer route takes the session's viewer token (`?token=`) instead of an API key;
+//! it works only while the session is live. The WebSocket is accepted only from ingot's
+//! own origin. Frames and tabs come from [`crate::viewer::screen`]; a person's input is
+//! turned into CDP by [`crate::viewer::input`] and sent only when the viewer is
+//! interactive, which the server decides from the URL, whatever the page sends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{SessionId, StrictQuery};
+use super::relay::{self, Relay, Relayed};
+use crate::auth::Caller;
+use crate::session::Session;
+use crate::viewer::input::{self, Button, MouseKind};
+use crate::viewer::screen::{Frame, Pick, Screen, Tabs, Watching};
+use crate::viewer::{CONSOLE_HTML, VIEW_HTML, VIEWER_HTML};
+
+type Query = StrictQuery<HashMap<String, String>>;
+
+/// Largest text a viewer may paste at once, in characters.
+const MAX_PASTE: usize = 10_000;
+/// How often a viewer's socket checks that its session still lives.
+const LIFE_CHECK: Duration = Duration::from_millis(250);
+
+/// `GET /ui`: the operator console.
+pub async fn console(State(state): State<AppState>) -> Response {
+    page(CONSOLE_HTML, "'none'", &state)
+}
+
+/// `GET /v1/sessions/{id}/viewer`: the live viewer (`debugUrl`).
+pub async fn viewer(
+    State(state): State<AppState>,
+    SessionId(id): SessionId,
+    StrictQuery(query): Query,
+) -> Result<Response, ApiError> {
+    token(&state, id, &query)?;
+    Ok(page(VIEWER_HTML, &state.viewer_frame_ancestors, &state))
+}
+
+/// `GET /v1/sessions/{id}/view`: the viewer next to the session's facts
+/// (`sessionViewerUrl`).
+pub async fn view(
+    State(state): State<AppState>,
+    SessionId(id): SessionId,
+    StrictQuery(query): Query,
+) -> Result<Response, ApiError> {
+    token(&state, id, &query)?;
+    Ok(page(VIEW_HTML, &state.viewer_frame_ancestors, &state))
+}
+
+/// A page of ingot's own, which loads nothing from anywhere else.
+fn page(html: &'static str, frame_ancestors: &str, _state: &AppState) -> Response {
+    let csp = format!(
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+         img-src 'self' blob: data:; connect-src 'self'; frame-src 'self'; base-uri 'none'; \
+         form-action 'none'; frame-ancestors {frame_ancestors}"
+    );
+    let mut response = html.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Ok(csp) = HeaderValue::from_str(&csp) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    response
+}
+
+/// Refuses a request without session `id`'s viewer token (403).
+fn token(state: &AppState, id: Uuid, query: &HashMap<String, String>) -> Result<(), ApiError> {
+    match query.get("token") {
+        Some(t) if state.viewers.token_fits(id, t) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "viewer_token_refused",
+            "the viewer token is missing or is not this session's",
+        )),
+    }
+}
+
+/// The live session `id` on this node; `Err` with the owner's answer in a cluster, or 410
+/// when it is not live anywhere (the token no longer works).
+async fn live_here(
+    state: &AppState,
+    relay: &Relay,
+    id: Uuid,
+    kind: &'static str,
+) -> Result<Arc<Session>, Result<Response, ApiError>> {
+    match state.registry.get_for(&id, &Caller::Open) {
+        Some(session) if session.phase().is_live() => return Ok(session),
+        Some(_) => return Err(Err(viewer_ended(id))),
+        None => {}
+    }
+    match relay
+        .to_owner(state, id, &Caller::Open, kind, bytes::Bytes::new())
+        .await
+    {
+        Ok(Relayed::Answered(answer)) => Err(Ok(answer)),
+        Ok(Relayed::Unreachable(e)) | Err(e) => Err(Err(e)),
+        Ok(Relayed::Here) => Err(Err(viewer_ended(id))),
+    }
+}
+
+fn viewer_ended(id: Uuid) -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "session_ended",
+        format!("session {id} is not live: its viewer token no longer works"),
+    )
+}
+
+/// `GET /v1/sessions/{id}/viewer/facts`: what `sessionViewerUrl` shows next to the viewer.
+pub async fn facts(
+    State(state): State<AppState>,
+    relay: Relay,
+    SessionId(id): SessionId,
+    StrictQuery(query): Query,
+) -> Result<Response, ApiError> {
+    token(&state, id, &query)?;
+    let session = match live_here(&state, &relay, id, "viewer").await {
+        Ok(session) => session,
+        Err(answer) => return answer,
+    };
+    let left = session
+        .deadline()
+        .saturating_duration_since(std::time::Instant::now());
+    let view = crate::session::view::SessionView::of(&session);
+    Ok(Json(json!({
+        "id": id,
+        "status": view.status,
+        "timeLeftMs": u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+        "billedMinutes": session.billed_minutes(),
+        "releaseReason": Value::Null,
+        "createdAt": super::wire::SessionJson::new(&view, &state.urls).created_at,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/sessions/{id}/viewer/thumbnail`: a small JPEG of the session's active page.
+pub async fn thumbnail(
+    State(state): State<AppState>,
+    relay: Relay,
+    SessionId(id): SessionId,
+    StrictQuery(query): Query,
+) -> Result<Response, ApiError> {
+    token(&state, id, &query)?;
+    let session = match live_here(&state, &relay, id, "viewer").await {
+        Ok(session) => session,
+        Err(answer) => return answer,
+    };
+    let mux = session.mux().ok_or_else(|| viewer_ended(id))?;
+    let jpeg = crate::viewer::computer::thumbnail(&mux)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "browser_unavailable",
+                format!("the browser did not answer: {e}"),
+            )
+        })?;
+    let mut response = Body::from(jpeg).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `GET /v1/sessions/{id}/viewer/ws`: the viewer's WebSocket, from ingot's own origin only.
+pub async fn socket(
+    State(state): State<AppState>,
+    SessionId(id): SessionId,
+    StrictQuery(query): Query,
+    request: Request,
+) -> Result<Response, ApiError> {
+    token(&state, id, &query)?;
+    same_origin(&request)?;
+    let key = super::cdp::websocket_key(request.headers())?;
+    let mut request = match state.registry.get_for(&id, &Caller::Open) {
+        Some(_) => request,
+        None => match relay::upgrade_to_owner(&state, id, &Caller::Open, request).await? {
+            Ok(answer) => return Ok(answer),
+            Err(request) => request,
+        },
+    };
+    let session = state
+        .registry
+        .get_for(&id, &Caller::Open)
+        .filter(|s| s.phase().is_live())
+        .ok_or_else(|| viewer_ended(id))?;
+    let mux = session.mux().ok_or_else(|| viewer_ended(id))?;
+    let screen = state
+        .viewers
+        .screen(id, &mux)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "browser_unavailable", e))?;
+    let options = ViewerOptions::of(&query);
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    state.clients.spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            Viewer::new(ws, screen, session, options).serve().await;
+        }
+    });
+    Ok(super::cdp::switching_protocols(&key))
+}
+
+/// Refuses a WebSocket that a page of another origin opens (browsers always send `Origin`).
+fn same_origin(request: &Request) -> Result<(), ApiError> {
+    let headers = request.headers();
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    match (origin, host) {
+        (Some(origin), Some(host)) if super::is_same_origin(origin, host) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_origin_refused",
+            "the viewer's WebSocket is accepted only from ingot's own pages",
+        )),
+    }
+}
+
+/// What the viewer's URL asks for.
+struct ViewerOptions {
+    interactive: bool,
+    pick: Pick,
+}
+
+impl ViewerOptions {
+    fn of(query: &HashMap<String, String>) -> ViewerOptions {
+        let interactive = query.get("interactive").is_none_or(|v| v != "false");
+        let pick = match (query.get("pageId"), query.get("pageIndex")) {
+            (Some(id), _) if !id.is_empty() => Pick::Id(id.clone()),
+            (_, Some(i)) => i.parse().map_or(Pick::Newest, Pick::Index),
+            _ => Pick::Newest,
+        };
+        ViewerOptions { interactive, pick }
+    }
+}
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// One viewer's connection.
+struct Viewer {
+    ws: Socket,
+    screen: Arc<Screen>,
+    session: Arc<Session>,
+    interactive: bool,
+    /// Whether the viewer follows the newest page (it named none).
+    follow: bool,
+    pick: Pick,
+    watching: Option<Watching>,
+    /// The size of the last frame sent, for input coordinates.
+    size: (f64, f64),
+}
+
+impl Viewer {
+    fn new(
+        ws: Socket,
+        screen: Arc<Screen>,
+        session: Arc<Session>,
+        options: ViewerOptions,
+    ) -> Viewer {
+        Viewer {
+            ws,
+            screen,
+            session,
+            interactive: options.interactive,
+            follow: matches!(options.pick, Pick::Newest),
+            pick: options.pick,
+            watching: None,
+            size: (0.0, 0.0),
+        }
+    }
+
+    async fn serve(mut self) {
+        let mut tabs = self.screen.tabs();
+        let mut life = tokio::time::interval(LIFE_CHECK);
+        let first = tabs.borrow_and_update().clone();
+        self.rewatch().await;
+        let _ = self.send_tabs(&first).await;
+        loop {
+            tokio::select! {
+                frame = next_frame(&mut self.watching) => match frame {
+                    Some(frame) => if self.send_frame(&frame).await.is_err() { break },
+                    None => {
+                        self.watching = None;
+                        self.pick = Pick::Newest;
+                        self.rewatch().await;
+                    }
+                },
+                changed = tabs.changed() => {
+                    if changed.is_err() { break }
+                    let now = tabs.borrow_and_update().clone();
+                    self.tabs_changed(&now).await;
+                    if self.send_tabs(&now).await.is_err() { break }
+                }
+                message = self.ws.next() => match message {
+                    Some(Ok(Message::Text(text))) => self.input(text.as_str()).await,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                },
+                _ = life.tick() => if !self.session.phase().is_live() {
+                    self.ended().await;
+                    break;
+                },
+            }
+        }
+        // The live view stops once its last viewer's subscription goes.
+        drop(self.screen);
+        drop(self.watching);
+    }
+
+    async fn rewatch(&mut self) {
+        self.watching = self.screen.watch(self.pick.clone()).await.ok();
+    }
+
+    async fn tabs_changed(&mut self, tabs: &Tabs) {
+        let watched = self.watching.as_ref().map(|w| w.page.clone());
+        let newest = tabs.newest.clone();
+        if self.watching.is_none() || (self.follow && newest.is_some() && newest != watched) {
+            self.rewatch().await;
+        }
+    }
+
+    async fn send_tabs(&mut self, tabs: &Tabs) -> Result<(), ()> {
+        let active = self
+            .watching
+            .as_ref()
+            .map(|w| w.page.clone())
+            .or(tabs.newest.clone());
+        let message = json!({"type": "tabs", "tabs": tabs.tabs, "active": active});
+        self.ws
+            .send(Message::text(message.to_string()))
+            .await
+            .map_err(drop)
+    }
+
+    async fn send_frame(&mut self, frame: &Frame) -> Result<(), ()> {
+        self.size = (frame.width, frame.height);
+        let header =
+            json!({"pageId": frame.page, "width": frame.width, "height": frame.height}).to_string();
+        let mut message = Vec::with_capacity(4 + header.len() + frame.jpeg.len());
+        message.extend_from_slice(&u32::try_from(header.len()).unwrap_or(0).to_be_bytes());
+        message.extend_from_slice(header.as_bytes());
+        message.extend_from_slice(&frame.jpeg);
+        self.ws.send(Message::binary(message)).await.map_err(drop)
+    }
+
+    async fn ended(&mut self) {
+        let reason = self
+            .session
+            .end_reason()
+            .map_or("ended", |r| crate::vocab::steel_release_reason(r.as_str()));
+        let _ = self
+            .ws
+            .send(Message::text(
+                json!({"type": "ended", "reason": reason}).to_string(),
+            ))
+            .await;
+        let close = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "session ended".into(),
+        };
+        let _ = self.ws.send(Message::Close(Some(close))).await;
+    }
+
+    /// A message from the viewer: input (only when interactive) or a tab switch.
+    async fn input(&mut self, text: &str) {
+        let Ok(message) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        if message["type"] == "switch" {
+            if let Some(page) = message["pageId"].as_str() {
+                self.follow = false;
+                self.pick = Pick::Id(page.to_owned());
+                self.rewatch().await;
+                let tabs = self.screen.tabs().borrow().clone();
+                let _ = self.send_tabs(&tabs).await;
+            }
+            return;
+        }
+        if !self.interactive {
+            return;
+        }
+        let Some(page) = self.watching.as_ref().map(|w| w.page.clone()) else {
+            return;
+        };
+        if let Some((method, params)) = command(&message, self.size) {
+            self.session.note_activity();
+            self.screen.page_command(&page, method, params);
+        }
+    }
+}
+
+/// The next frame of the watched page; `None` when the page went. Pends while nothing is
+/// watched.
+async fn next_frame(watching: &mut Option<Watching>) -> Option<Arc<Frame>> {
+    let Some(watching) = watching else {
+        return std::future::pending().await;
+    };
+    loop {
+        watching.frames.changed().await.ok()?;
+        if let Some(frame) = watching.frames.borrow_and_update().clone() {
+            return Some(frame);
+        }
+    }
+}
+
+/// The CDP command a viewer's input message makes, on a page of `size` (CSS pixels).
+fn command(message: &Value, size: (f64, f64)) -> Option<(&'static str, Value)> {
+    let modifiers = message["modifiers"].as_u64().unwrap_or(0) as u32 & 0xf;
+    let point = || {
+        let clamp = |v: &Value, max: f64| {
+            v.as_f64()
+                .filter(|v| v.is_finite())
+                .map(|v| v.clamp(0.0, max.max(0.0)))
+        };
+        Some((clamp(&message["x"], size.0)?, clamp(&message["y"], size.1)?))
+    };
+    match message["type"].as_str()? {
+        "mouse" => {
+            let (x, y) = point()?;
+            let kind = match message["event"].as_str()? {
+                "mousePressed" => MouseKind::Pressed,
+                "mouseReleased" => MouseKind::Released,
+                "mouseMoved" => MouseKind::Moved,
+                _ => return None,
+            };
+            let button = Button::parse(message["button"].as_str().unwrap_or("none"))?;
+            let clicks = message["clickCount"].as_u64().unwrap_or(0).min(3) as u32;
+            Some((
+                "Input.dispatchMouseEvent",
+                input::mouse(kind, x, y, button, clicks, modifiers),
+            ))
+        }
+        "wheel" => {
+            let (x, y) = point()?;
+            let delta = |v: &Value| {
+                v.as_f64()
+                    .filter(|v| v.is_finite())
+                    .unwrap_or(0.0)
+                    .clamp(-10_000.0, 10_000.0)
+            };
+            let params = input::wheel(
+                x,
+                y,
+                delta(&message["deltaX"]),
+                delta(&message["deltaY"]),
+                modifiers,
+            );
+            Some(("Input.dispatchMouseEvent", params))
+        }
+        "key" => {
+            let down = match message["event"].as_str()? {
+                "keyDown" => true,
+                "keyUp" => false,
+                _ => return None,
+            };
+            let key = input::key(message["key"].as_str()?)?;
+            Some(("Input.dispatchKeyEvent", key.event(down, modifiers)))
+        }
+        "text" => {
+            let text: String = message["text"].as_str()?.chars().take(MAX_PASTE).collect();
+            Some(("Input.insertText", json!({"text": text})))
+        }
+        "navigate" => {
+            let url = message["url"].as_str()?;
+            let parsed = url::Url::parse(url).ok()?;
+            matches!(parsed.scheme(), "http" | "https" | "about")
+                .then(|| ("Page.navigate", json!({"url": url})))
+        }
+        "back" => Some(("Runtime.evaluate", json!({"expression": "history.back()"}))),
+        "forward" => Some((
+            "Runtime.evaluate",
+            json!({"expression": "history.forward()"}),
+        )),
+        "reload" => Some(("Page.reload", json!({}))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn viewer_input_becomes_cdp_and_stays_on_the_page() {
+        let size = (800.0, 600.0);
+        let (method, params) = command(
+            &json!({"type": "mouse", "event": "mousePressed", "x": 900, "y": -5, "button": "left", "clickCount": 1}),
+            size,
+        )
+        .expect("a command");
+        assert_eq!(method, "Input.dispatchMouseEvent");
+        assert_eq!(
+            (&params["x"], &params["y"]),
+            (&json!(800.0), &json!(0.0)),
+            "clamped to the page"
+        );
+        let (_, key) = command(
+            &json!({"type": "key", "event": "keyDown", "key": "Enter"}),
+            size,
+        )
+        .expect("key");
+        assert_eq!((&key["key"], &key["text"]), (&json!("Enter"), &json!("\r")));
+        for refused in [
+            json!({"type": "navigate", "url": "javascript:alert(1)"}),
+            json!({"type": "navigate", "url": "file:///etc/passwd"}),
+            json!({"type": "mouse", "event": "mousePressed", "x": "a", "y": 1}),
+            json!({"type": "key", "event": "keyDown", "key": "NoSuchKey"}),
+            json!({"type": "eval", "expression": "1"}),
+        ] {
+            assert!(command(&refused, size).is_none(), "{refused}");
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The live view of one session: its pages (tabs) and one JPEG screencast per viewed page,
+//! shared by all of that page's viewers.
+//!
+//! One task per viewed session owns a private [`Driver`] and sees every message it gets: a
+//! frame is acknowledged the moment it arrives (Chromium sends the next one only then), and
+//! only the newest frame is kept, in a `watch` channel, so a slow viewer skips stale frames
+//! and never queues them. A screencast stops when its last viewer leaves; the task ends when
+//! the last handle to its [`Screen`] is dropped or the browser goes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::debug;
+
+use crate::cdp::driver::Driver;
+use crate::cdp::mux::Mux;
+
+/// JPEG quality of the screencast.
+const QUALITY: u32 = 70;
+/// Largest frame side, in pixels.
+const MAX_SIDE: u32 = 1920;
+
+/// One frame of a page.
+#[derive(Debug)]
+pub struct Frame {
+    /// The page (target id).
+    pub page: String,
+    /// The page's viewport in CSS pixels: the space input coordinates are in.
+    pub width: f64,
+    /// See `width`.
+    pub height: f64,
+    /// The JPEG.
+    pub jpeg: Bytes,
+}
+
+/// A page of the session.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Tab {
+    pub id: String,
+    pub url: String,
+    pub title: String,
+}
+
+/// The session's pages, oldest first, and the newest one (a viewer that follows switches
+/// to it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tabs {
+    pub tabs: Vec<Tab>,
+    pub newest: Option<String>,
+}
+
+/// Which page a viewer wants.
+#[derive(Debug, Clone)]
+pub enum Pick {
+    /// This target id.
+    Id(String),
+    /// The n-th page, oldest first.
+    Index(usize),
+    /// The newest page.
+    Newest,
+}
+
+/// A viewer's subscription to a page's frames; dropping it unsubscribes.
+pub struct Watching {
+    /// The page watched.
+    pub page: String,
+    /// Its newest frame; closed when the page goes.
+    pub frames: watch::Receiver<Option<Arc<Frame>>>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Unwatch(self.page.clone()));
+    }
+}
+
+enum Command {
+    Watch(Pick, oneshot::Sender<Result<Watching, String>>),
+    Unwatch(String),
+    /// A command for a watched page (input, navigation).
+    Page(String, &'static str, Value),
+}
+
+/// A handle to the live view of one session.
+pub struct Screen {
+    commands: mpsc::UnboundedSender<Command>,
+    tabs: watch::Receiver<Tabs>,
+}
+
+impl Screen {
+    /// Starts viewing the browser behind `mux`.
+    pub async fn start(mux: &Arc<Mux>) -> Result<Arc<Screen>, String> {
+        let driver = Driver::attach(mux).await.map_err(|e| e.to_string())?;
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let (tabs_tx, tabs) = watch::channel(Tabs::default());
+        let hub = Hub {
+            driver,
+            tabs_tx,
+            tabs: Tabs::default(),
+            casts: HashMap::new(),
+            sessions: HashMap::new(),
+            pending: HashMap::new(),
+            commands: commands.clone(),
+        };
+        tokio::spawn(hub.run(inbox));
+        Ok(Arc::new(Screen { commands, tabs }))
+    }
+
+    /// Whether the view ended (the browser went).
+    pub fn is_closed(&self) -> bool {
+        self.commands.is_closed()
+    }
+
+    /// The session's pages, as they change.
+    pub fn tabs(&self) -> watch::Receiver<Tabs> {
+        self.tabs.clone()
+    }
+
+    /// Subscribes to the frames of the page `pick` names.
+    pub async fn watch(&self, pick: Pick) -> Result<Watching, String> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Watch(pick, tx))
+            .map_err(|_| "the browser is gone".to_owned())?;
+        rx.await.map_err(|_| "the browser is gone".to_owned())?
+    }
+
+    /// Sends `method` to watched page `page`, without waiting for its reply.
+    pub fn page_command(&self, page: &str, method: &'static str, params: Value) {
+        let _ = self
+            .commands
+            .send(Command::Page(page.to_owned(), method, params));
+    }
+}
+
+/// A page being screencast.
+struct Cast {
+    /// Its CDP session, once attached.
+    session: Option<String>,
+    frames: watch::Sender<Option<Arc<Frame>>>,
+    viewers: usize,
+}
+
+/// What a reply is for.
+enum Pending {
+    Attached(String),
+}
+
+struct Hub {
+    driver: Driver,
+    tabs_tx: watch::Sender<Tabs>,
+    tabs: Tabs,
+    casts: HashMap<String, Cast>,
+    /// Page session → target id.
+    sessions: HashMap<String, String>,
+    pending: HashMap<i64, Pending>,
+    /// For the `Watching`s it hands out.
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Hub {
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Command>) {
+        let discover = json!({"discover": true});
+        if self
+            .driver
+            .send_command("Target.setDiscoverTargets", discover, None)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            tokio::select! {
+                command = inbox.recv() => match command {
+                    Some(command) => self.command(command).await,
+                    None => break,
+                },
+                message = self.driver.next_message() => match message {
+                    Some(message) => self.message(message).await,
+                    None => break,
+                },
+            }
+            // Only `Watching`s and `Screen`s hold senders besides this one.
+            if self.casts.is_empty() && self.commands.strong_count() <= 1 {
+                break;
+            }
+        }
+        debug!("live view stopped");
+    }
+
+    async fn send(
+        &mut self,
+        method: &'static str,
+        params: Value,
+        session: Option<&str>,
+    ) -> Option<i64> {
+        self.driver.send_command(method, params, session).await.ok()
+    }
+
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::Watch(pick, reply) => {
+                let watching = self.watch(pick).await;
+                let _ = reply.send(watching);
+            }
+            Command::Unwatch(page) => self.unwatch(&page).await,
+            Command::Page(page, method, params) => {
+                let session = self.casts.get(&page).and_then(|c| c.session.clone());
+                if let Some(session) = session {
+                    self.send(method, params, Some(&session)).await;
+                }
+            }
+        }
+    }
+
+    fn pick(&self, pick: &Pick) -> Option<String> {
+        let tabs = &self.tabs.tabs;
+        match pick {
+            Pick::Id(id) => tabs.iter().find(|t| &t.id == id).map(|t| t.id.clone()),
+            Pick::Index(i) => tabs.get(*i).map(|t| t.id.clone()),
+            Pick::Newest => self
+                .tabs
+                .newest
+                .clone()
+                .filter(|id| tabs.iter().any(|t| &t.id == id))
+                .or_else(|| tabs.last().map(|t| t.id.clone())),
+        }
+    }
+
+    async fn watch(&mut self, pick: Pick) -> Result<Watching, String> {
+        let page = self
+            .pick(&pick)
+            .ok_or_else(|| format!("no such page ({pick:?})"))?;
+        if !self.casts.contains_key(&page) {
+            let params = json!({"targetId": page, "flatten": true});
+            let id = self
+                .send("Target.attachToTarget", params, None)
+                .await
+                .ok_or("the browser is gone")?;
+            self.pending.insert(id, Pending::Attached(page.clone()));
+            let (frames, _) = watch::channel(None);
+            self.casts.insert(
+                page.clone(),
+                Cast {
+                    session: None,
+                    frames,
+                    viewers: 0,
+                },
+            );
+        }
+        let cast = self.casts.get_mut(&page).ok_or("the page went")?;
+        cast.viewers += 1;
+        Ok(Watching {
+            page,
+            frames: cast.frames.subscribe(),
+            commands: self.commands.clone(),
+        })
+    }
+
+    async fn unwatch(&mut self, page: &str) {
+        let Some(cast) = self.casts.get_mut(page) else {
+            return;
+        };
+        cast.viewers = cast.viewers.saturating_sub(1);
+        if cast.viewers > 0 {
+            return;
+        }
+        if let Some(cast) = self.casts.remove(page)
+            && let Some(session) = cast.session
+        {
+            self.sessions.remove(&session);
+            self.send("Page.stopScreencast", json!({}), Some(&session))
+                .await;
+            self.send(
+                "Target.detachFromTarget",
+                json!({"sessionId": session}),
+                None,
+            )
+            .await;
+        }
+    }
+
+    async fn message(&mut self, message: Value) {
+        if let Some(id) = message["id"].as_i64() {
+            if let Some(Pending::Attached(page)) = self.pending.remove(&id) {
+                self.attached(page, message["result"]["sessionId"].as_str())
+                    .await;
+            }
+            return;
+        }
+        let params = &message["params"];
+        match message["method"].as_str().unwrap_or_default() {
+            "Page.screencastFrame" => {
+                let session = message["sessionId"].as_str().unwrap_or_default().to_owned();
+                self.frame(&session, params).await;
+            }
+            "Target.targetCreated" | "Target.targetInfoChanged" => {
+                self.target_changed(&params["targetInfo"]);
+            }
+            "Target.targetDestroyed" => {
+                let id = params["targetId"].as_str().unwrap_or_default().to_owned();
+                self.target_gone(&id);
+            }
+            _ => {}
+        }
+    }
+
+    async fn attached(&mut self, page: String, session: Option<&str>) {
+        let (Some(session), Some(cast)) = (session, self.casts.get_mut(&page)) else {
+            return;
+        };
+        cast.session = Some(session.to_owned());
+        self.sessions.insert(session.to_owned(), page);
+        let start = json!({
+            "format": "jpeg",
+            "quality": QUALITY,
+            "maxWidth": MAX_SIDE,
+            "maxHeight": MAX_SIDE,
+            "everyNthFrame": 1,
+        });
+        self.send("Page.startScreencast", start, Some(session))
+            .await;
+    }
+
+    /// Acknowledges a frame at once, then keeps it as the page's newest.
+    async fn frame(&mut self, session: &str, params: &Value) {
+        let ack = json!({"sessionId": params["sessionId"]});
+        self.send("Page.screencastFrameAck", ack, Some(session))
+            .await;
+        let Some(page) = self.sessions.get(session) else {
+            return;
+        };
+        let Some(cast) = self.casts.get(page) else {
+            return;
+        };
+        let Ok(jpeg) = base64::engine::general_purpose::STANDARD
+            .decode(params["data"].as_str().unwrap_or_default())
+        else {
+            return;
+        };
+        let meta = &params["metadata"];
+        cast.frames.send_replace(Some(Arc::new(Frame {
+            page: page.clone(),
+            width: meta["deviceWidth"].as_f64().unwrap_or(0.0),
+            height: meta["deviceHeight"].as_f64().unwrap_or(0.0),
+            jpeg: Bytes::from(jpeg),
+        })));
+    }
+
+    fn target_changed(&mut self, info: &Value) {
+        if info["type"] != "page" {
+            return;
+        }
+        let tab = Tab {
+            id: info["targetId"].as_str().unwrap_or_default().to_owned(),
+            url: info["url"].as_str().unwrap_or_default().to_owned(),
+            title: info["title"].as_str().unwrap_or_default().to_owned(),
+        };
+        match self.tabs.tabs.iter_mut().find(|t| t.id == tab.id) {
+            Some(known) => *known = tab,
+            None => {
+                self.tabs.newest = Some(tab.id.clone());
+                self.tabs.tabs.push(tab);
+            }
+        }
+        self.tabs_tx.send_replace(self.tabs.clone());
+    }
+
+    fn target_gone(&mut self, id: &str) {
+        self.tabs.tabs.retain(|t| t.id != id);
+        if self.tabs.newest.as_deref() == Some(id) {
+            self.tabs.newest = self.tabs.tabs.last().map(|t| t.id.clone());
+        }
+        // Its viewers see the frames channel close and pick another page.
+        if let Some(cast) = self.casts.remove(id)
+            && let Some(session) = cast.session
+        {
+            self.sessions.remove(&session);
+        }
+        self.tabs_tx.send_replace(self.tabs.clone());
+    }
+}
