@@ -172,6 +172,9 @@ async fn any_node_serves_any_session() {
         .expect("listed");
     assert_eq!(mine["timeout"], 600_000, "from the record: {mine}");
 
+    // The live viewer through a node that does not run the session.
+    viewer_through(non_owner, &placed).await;
+
     // Files, uploaded through a node that does not run the session, are on its owner.
     let uploaded = upload_through(non_owner, &id, "notes/n.txt", b"through another node").await;
     assert!(
@@ -230,6 +233,51 @@ async fn any_node_serves_any_session() {
         billed,
         "{usage}"
     );
+}
+
+/// The viewer of `session` works through `node`: its page (the token is the same on every
+/// node), its facts, and its WebSocket, which sends the session's tabs and frames.
+async fn viewer_through(node: &Gateway, session: &Value) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let id = id_of(session);
+    let token = session["debugUrl"]
+        .as_str()
+        .and_then(|u| u.split_once("token="))
+        .map(|(_, t)| t.to_owned())
+        .expect("a viewer token");
+    let page = node
+        .http
+        .get(node.url(&format!("/v1/sessions/{id}/viewer?token={token}")))
+        .send()
+        .await
+        .expect("viewer page");
+    assert_eq!(page.status(), 200);
+    let (status, facts) = node
+        .get(&format!("/v1/sessions/{id}/viewer/facts?token={token}"))
+        .await;
+    assert_eq!((status, &facts["status"]), (200, &json!("live")), "{facts}");
+    let url = format!("ws://127.0.0.1:{}/v1/sessions/{id}/viewer/ws?token={token}", node.port);
+    let mut request = url.into_client_request().expect("request");
+    let origin = format!("http://127.0.0.1:{}", node.port);
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().expect("origin"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the viewer's socket through another node");
+    let mut frames = 0;
+    for _ in 0..50 {
+        match tokio::time::timeout(secs(10), ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(_)))) => {
+                frames += 1;
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the viewer's socket ended: {other:?}"),
+        }
+    }
+    assert_eq!(frames, 1, "a frame arrives through the forwarding node");
 }
 
 /// Uploads `bytes` as `name` to session `id` through `node`; returns the stored path.
