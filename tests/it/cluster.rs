@@ -257,7 +257,10 @@ async fn viewer_through(node: &Gateway, session: &Value) {
         .get(&format!("/v1/sessions/{id}/viewer/facts?token={token}"))
         .await;
     assert_eq!((status, &facts["status"]), (200, &json!("live")), "{facts}");
-    let url = format!("ws://127.0.0.1:{}/v1/sessions/{id}/viewer/ws?token={token}", node.port);
+    let url = format!(
+        "ws://127.0.0.1:{}/v1/sessions/{id}/viewer/ws?token={token}",
+        node.port
+    );
     let mut request = url.into_client_request().expect("request");
     let origin = format!("http://127.0.0.1:{}", node.port);
     request

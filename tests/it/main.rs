@@ -29,3 +29,4 @@ mod metrics;
 mod postgres;
 mod proxy_auth;
 mod tenants;
+mod viewer;

@@ -1,0 +1,77 @@
+//! The live viewer is not a client: with real Chromium, a viewer's input restarts the
+//! inactivity timer, yet a connected viewer never keeps a session past its timeout, and it
+//! is told when the session ends.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::common::*;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The viewer's socket of `session`, opened as ingot's own page would.
+async fn viewer_socket(gw: &Gateway, session: &Value) -> Socket {
+    let debug = session["debugUrl"].as_str().expect("debugUrl");
+    let url = debug
+        .replace("http://", "ws://")
+        .replace("/viewer?", "/viewer/ws?");
+    let mut request = url.into_client_request().expect("request");
+    let origin = format!("http://127.0.0.1:{}", gw.port);
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().expect("origin"));
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the viewer's socket")
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_input_counts_as_activity_but_the_timeout_still_ends_the_session() {
+    let _shared = shared().await;
+    let gw = Gateway::start(&[]).await;
+    let session = gw
+        .create(json!({"timeout": 5_000, "inactivityTimeout": 2_000}))
+        .await;
+    let id = session["id"].as_str().expect("id").to_owned();
+    let mut ws = viewer_socket(&gw, &session).await;
+    // Input every 500 ms for 4 s: twice the inactivity timeout passes, the session lives.
+    let moving = async {
+        for i in 0..8 {
+            let input = json!({"type": "mouse", "event": "mouseMoved", "x": 10 + i, "y": 10, "button": "none", "clickCount": 0, "modifiers": 0});
+            ws.send(Message::text(input.to_string()))
+                .await
+                .expect("send");
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    };
+    moving.await;
+    assert_eq!(
+        gw.session(&id).await["status"],
+        "live",
+        "viewer input is activity"
+    );
+    // The viewer stays connected; the session still ends at its timeout (5 s, before the
+    // inactivity timeout could: input stopped at 4 s), and the viewer hears.
+    let mut ended = None;
+    for _ in 0..500 {
+        match tokio::time::timeout(secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let message: Value = serde_json::from_str(&text).expect("JSON");
+                if message["type"] == "ended" {
+                    ended = Some(message);
+                    break;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the viewer's socket ended without a word: {other:?}"),
+        }
+    }
+    assert_eq!(ended.expect("told")["reason"], "timeout");
+    let (view, _) = gw.wait_ended(&id, secs(5)).await;
+    assert_eq!(view["releaseReason"], "timeout");
+    gw.assert_clean(secs(10)).await;
+}
