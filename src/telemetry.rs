@@ -47,7 +47,7 @@ pub const DIRECTORY_QUERY: &str = "ingot_cluster_directory_query_seconds";
 pub const SESSION_FILES_BYTES: &str = "ingot_session_files_bytes";
 
 /// What a node forwards to the node that owns a session (or may take a new one).
-pub const FORWARD_KINDS: [&str; 11] = [
+pub const FORWARD_KINDS: [&str; 12] = [
     "create",
     "retrieve",
     "release",
@@ -59,6 +59,7 @@ pub const FORWARD_KINDS: [&str; 11] = [
     "upgrade",
     "files",
     "computer",
+    "viewer",
 ];
 
 /// The process-wide recorder, installed by the first gateway of the process. The lock makes

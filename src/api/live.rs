@@ -44,8 +44,8 @@ const MAX_PASTE: usize = 10_000;
 const LIFE_CHECK: Duration = Duration::from_millis(250);
 
 /// `GET /ui`: the operator console.
-pub async fn console(State(state): State<AppState>) -> Response {
-    page(CONSOLE_HTML, "'none'", &state)
+pub async fn console() -> Response {
+    page(CONSOLE_HTML, "'none'")
 }
 
 /// `GET /v1/sessions/{id}/viewer`: the live viewer (`debugUrl`).
@@ -55,7 +55,7 @@ pub async fn viewer(
     StrictQuery(query): Query,
 ) -> Result<Response, ApiError> {
     token(&state, id, &query)?;
-    Ok(page(VIEWER_HTML, &state.viewer_frame_ancestors, &state))
+    Ok(page(VIEWER_HTML, &state.viewer_frame_ancestors))
 }
 
 /// `GET /v1/sessions/{id}/view`: the viewer next to the session's facts
@@ -66,11 +66,11 @@ pub async fn view(
     StrictQuery(query): Query,
 ) -> Result<Response, ApiError> {
     token(&state, id, &query)?;
-    Ok(page(VIEW_HTML, &state.viewer_frame_ancestors, &state))
+    Ok(page(VIEW_HTML, &state.viewer_frame_ancestors))
 }
 
 /// A page of ingot's own, which loads nothing from anywhere else.
-fn page(html: &'static str, frame_ancestors: &str, _state: &AppState) -> Response {
+fn page(html: &'static str, frame_ancestors: &str) -> Response {
     let csp = format!(
         "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
          img-src 'self' blob: data:; connect-src 'self'; frame-src 'self'; base-uri 'none'; \
@@ -106,6 +106,21 @@ fn token(state: &AppState, id: Uuid, query: &HashMap<String, String>) -> Result<
             "viewer_token_refused",
             "the viewer token is missing or is not this session's",
         )),
+    }
+}
+
+/// The live session `id` on this node, once the token fits; `Err` with the owner's answer
+/// in a cluster; 403 for a wrong token, 410 once it is not live anywhere.
+async fn viewed(
+    state: &AppState,
+    relay: &Relay,
+    id: Uuid,
+    query: &HashMap<String, String>,
+) -> Result<Result<Arc<Session>, Response>, ApiError> {
+    token(state, id, query)?;
+    match live_here(state, relay, id, "viewer").await {
+        Ok(session) => Ok(Ok(session)),
+        Err(answer) => answer.map(Err),
     }
 }
 
@@ -147,10 +162,9 @@ pub async fn facts(
     SessionId(id): SessionId,
     StrictQuery(query): Query,
 ) -> Result<Response, ApiError> {
-    token(&state, id, &query)?;
-    let session = match live_here(&state, &relay, id, "viewer").await {
+    let session = match viewed(&state, &relay, id, &query).await? {
         Ok(session) => session,
-        Err(answer) => return answer,
+        Err(answer) => return Ok(answer),
     };
     let left = session
         .deadline()
@@ -174,10 +188,9 @@ pub async fn thumbnail(
     SessionId(id): SessionId,
     StrictQuery(query): Query,
 ) -> Result<Response, ApiError> {
-    token(&state, id, &query)?;
-    let session = match live_here(&state, &relay, id, "viewer").await {
+    let session = match viewed(&state, &relay, id, &query).await? {
         Ok(session) => session,
-        Err(answer) => return answer,
+        Err(answer) => return Ok(answer),
     };
     let mux = session.mux().ok_or_else(|| viewer_ended(id))?;
     let jpeg = crate::viewer::computer::thumbnail(&mux)

@@ -64,13 +64,7 @@ pub async fn usage(
         .meter
         .usage_by_day(from, to, tenant.clone())
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "usage_unavailable",
-                e.to_string(),
-            )
-        })?;
+        .map_err(unavailable)?;
     let mut report = UsageReport::new(from, to, tenant.clone(), &days);
     if hourly(params.granularity.as_deref(), from, to)? {
         report.buckets = Some(hours(&state, from, to, tenant).await?);
@@ -80,6 +74,15 @@ pub async fn usage(
     } else {
         Ok(Json(report).into_response())
     }
+}
+
+/// 503 for a usage database that cannot be read.
+fn unavailable(e: crate::metering::MeterError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "usage_unavailable",
+        e.to_string(),
+    )
 }
 
 /// Whose usage to report. A tenant reads only its own; the admin key and an open gateway
@@ -188,13 +191,7 @@ async fn hours(
             .meter
             .usage_by_day(start, start + hour, tenant.clone())
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "usage_unavailable",
-                    e.to_string(),
-                )
-            })?;
+            .map_err(unavailable)?;
         let figures = sums.iter().fold((0, 0), |(n, m), (_, s)| {
             (n + s.sessions, m + s.billed_minutes)
         });
