@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Width and height of the browser window, in CSS pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Dimensions {
     /// Page width.
     pub width: u32,
@@ -26,7 +26,7 @@ impl Default for Dimensions {
 }
 
 /// The status a client sees, with Steel's wire names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// The browser runs and clients may connect.
@@ -126,13 +126,22 @@ impl EndReason {
 /// them as `failed` with this reason.
 pub const GATEWAY_RESTART: &str = "gateway_restart";
 
-/// Steel's `releaseReason` for a reason ingot recorded. Steel's clients know
-/// `user_requested`, `timeout`, `inactivity_timeout`, `creation_timeout`, `startup_failed`,
-/// `browser_closed` and `browser_crashed` (a strict client refuses anything else), so
-/// ingot's finer causes are told in those words: a hung browser or a gateway killed under
-/// it is `browser_crashed` (Steel: "crashed or its machine became unresponsive"), and a
-/// gateway shutdown ends a session as if its time were up. Records, logs and metrics keep
-/// the precise cause.
+/// Every `releaseReason` Steel's clients know (a strict client refuses anything else).
+pub const STEEL_RELEASE_REASONS: [&str; 7] = [
+    "user_requested",
+    "timeout",
+    "inactivity_timeout",
+    "creation_timeout",
+    "startup_failed",
+    "browser_closed",
+    "browser_crashed",
+];
+
+/// Steel's `releaseReason` for a reason ingot recorded. Steel's clients know only
+/// [`STEEL_RELEASE_REASONS`], so ingot's finer causes are told in those words: a hung
+/// browser or a gateway killed under it is `browser_crashed` (Steel: "crashed or its machine
+/// became unresponsive"), and a gateway shutdown ends a session as if its time were up.
+/// Records, logs and metrics keep the precise cause.
 pub fn steel_release_reason(recorded: &str) -> &'static str {
     match recorded {
         "user_requested" => "user_requested",
@@ -212,15 +221,7 @@ mod steel_words {
 
     #[test]
     fn every_recorded_reason_is_told_in_steels_words() {
-        let steel = [
-            "user_requested",
-            "timeout",
-            "inactivity_timeout",
-            "creation_timeout",
-            "startup_failed",
-            "browser_closed",
-            "browser_crashed",
-        ];
+        let steel = STEEL_RELEASE_REASONS;
         for reason in EndReason::ALL
             .map(EndReason::as_str)
             .iter()

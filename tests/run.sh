@@ -3,7 +3,8 @@
 # the pinned npm packages of the end-to-end clients), then runs formatting and lint checks,
 # the Rust unit and integration tests against real Chromium, the Node end-to-end tests
 # (puppeteer-core, playwright-core, steel-sdk) against a gateway each test file starts, and
-# the Python end-to-end tests (steel-sdk and Playwright for Python, pinned in
+# the Python tests (steel-sdk and Playwright for Python, and schemathesis fuzzing every
+# operation of /v1/openapi.json against a live gateway for about half a minute, pinned in
 # tests/py/requirements.txt and tests/py/constraints.txt, in the virtual environment
 # tests/py/.venv; Playwright only connects over CDP, so no browser is downloaded).
 set -euo pipefail
@@ -22,7 +23,7 @@ cargo test --locked -p ingot-bench
 echo "== end-to-end tests (Node: puppeteer-core, playwright-core, steel-sdk)"
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
 INGOT_BIN="$PWD/target/debug/ingot" node --test tests/e2e/
-echo "== end-to-end tests (Python: steel-sdk, playwright)"
+echo "== end-to-end tests (Python: steel-sdk, playwright, schemathesis)"
 [ -x tests/py/.venv/bin/python ] || python3 -m venv tests/py/.venv
 tests/py/.venv/bin/python -m pip install --quiet --disable-pip-version-check \
   -r tests/py/requirements.txt -c tests/py/constraints.txt

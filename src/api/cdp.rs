@@ -12,12 +12,14 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
+use serde::Serialize;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{debug, warn};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorJson};
 use super::extract::{SessionId, StrictQuery, parse_id};
 use super::relay::{self, Relay, Relayed};
 use super::wire::PublicUrls;
@@ -28,7 +30,38 @@ use crate::session::Session;
 use crate::vocab::Status;
 use std::sync::Arc;
 
+/// What `GET /` without a `sessionId` answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ServiceInfo)]
+pub struct ServiceJson {
+    /// Always `ingot`.
+    service: &'static str,
+    /// ingot's version.
+    version: &'static str,
+    /// The sessions API.
+    #[schema(format = Uri)]
+    sessions: String,
+}
+
 /// `GET /?sessionId=<id>`: Steel's `websocketUrl`. Without an upgrade it describes the service.
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "connect_by_query",
+    tag = "cdp",
+    params(("sessionId" = Option<uuid::Uuid>, Query, description = "The session to connect to; without it, the service is described")),
+    responses(
+        (status = 101, description = "A WebSocket upgrade (`Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`) to a live session: CDP over the WebSocket"),
+        (status = 200, description = "Without `sessionId` and without an upgrade: what this service is", body = ServiceJson),
+        (status = 400, description = "`sessionId` is not a UUID, or the upgrade request is malformed", body = ErrorJson),
+        (status = 404, description = "No such session for this API key", body = ErrorJson),
+        (status = 410, description = "The session has ended", body = ErrorJson),
+        (status = 426, description = "With a `sessionId`, the request is not a WebSocket upgrade", body = ErrorJson),
+        (status = 502, description = "The browser cannot take another client", body = ErrorJson),
+        (status = 503, description = "The session records cannot be read", body = ErrorJson),
+    ),
+    security(("steel-api-key" = []), ("apiKey" = [])),
+)]
 pub async fn connect_by_query(
     State(state): State<AppState>,
     caller: Caller,
@@ -42,11 +75,11 @@ pub async fn connect_by_query(
             )
             .into_response();
         }
-        return Json(serde_json::json!({
-            "service": "ingot",
-            "version": env!("CARGO_PKG_VERSION"),
-            "sessions": format!("{}/v1/sessions", state.urls.http),
-        }))
+        return Json(ServiceJson {
+            service: "ingot",
+            version: env!("CARGO_PKG_VERSION"),
+            sessions: format!("{}/v1/sessions", state.urls.http),
+        })
         .into_response();
     };
     match parse_id(raw, "sessionId") {
@@ -58,6 +91,23 @@ pub async fn connect_by_query(
 }
 
 /// `GET /devtools/browser/<id>`: the endpoint `/json/version` advertises.
+#[utoipa::path(
+    get,
+    path = "/devtools/browser/{id}",
+    operation_id = "connect_by_path",
+    tag = "cdp",
+    params(("id" = uuid::Uuid, Path, description = "The session's id")),
+    responses(
+        (status = 101, description = "A WebSocket upgrade (`Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`) to a live session: CDP over the WebSocket"),
+        (status = 400, description = "`id` is not a UUID, or the upgrade request is malformed", body = ErrorJson),
+        (status = 404, description = "No such session for this API key", body = ErrorJson),
+        (status = 410, description = "The session has ended", body = ErrorJson),
+        (status = 426, description = "The request is not a WebSocket upgrade", body = ErrorJson),
+        (status = 502, description = "The browser cannot take another client", body = ErrorJson),
+        (status = 503, description = "The session records cannot be read", body = ErrorJson),
+    ),
+    security(("steel-api-key" = []), ("apiKey" = [])),
+)]
 pub async fn connect_by_path(
     State(state): State<AppState>,
     caller: Caller,
@@ -133,6 +183,22 @@ pub(super) fn switching_protocols(key: &str) -> Response {
 
 /// `GET /json/version[/]?sessionId=<id>`. Without a `sessionId` it answers for the only
 /// live session, because Puppeteer's `browserURL` drops the path and query it was given.
+#[utoipa::path(
+    get,
+    path = "/json/version",
+    operation_id = "version_by_query",
+    tag = "cdp",
+    params(("sessionId" = Option<uuid::Uuid>, Query, description = "The session; without it, the caller's only live session")),
+    responses(
+        (status = 200, description = "The session's browser, as Chromium's DevTools server describes it", body = VersionJson),
+        (status = 400, description = "`sessionId` is not a UUID, or it is missing while the caller has not exactly one live session", body = ErrorJson),
+        (status = 404, description = "No such session for this API key", body = ErrorJson),
+        (status = 410, description = "The session has ended", body = ErrorJson),
+        (status = 502, description = "In a cluster: the node that runs it did not answer", body = ErrorJson),
+        (status = 503, description = "The session records cannot be read", body = ErrorJson),
+    ),
+    security(("steel-api-key" = []), ("apiKey" = [])),
+)]
 pub async fn version_by_query(
     State(state): State<AppState>,
     caller: Caller,
@@ -176,6 +242,22 @@ async fn sole_elsewhere(
 }
 
 /// `GET /devtools/browser/<id>/json/version[/]`
+#[utoipa::path(
+    get,
+    path = "/devtools/browser/{id}/json/version",
+    operation_id = "version_by_path",
+    tag = "cdp",
+    params(("id" = uuid::Uuid, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "The session's browser, as Chromium's DevTools server describes it", body = VersionJson),
+        (status = 400, description = "`id` is not a UUID", body = ErrorJson),
+        (status = 404, description = "No such session for this API key", body = ErrorJson),
+        (status = 410, description = "The session has ended", body = ErrorJson),
+        (status = 502, description = "In a cluster: the node that runs it did not answer", body = ErrorJson),
+        (status = 503, description = "The session records cannot be read", body = ErrorJson),
+    ),
+    security(("steel-api-key" = []), ("apiKey" = [])),
+)]
 pub async fn version_by_path(
     State(state): State<AppState>,
     caller: Caller,
@@ -210,24 +292,60 @@ async fn version_elsewhere(
     }
 }
 
+/// The discovery answer of `/json/version`, in the shape of Chromium's DevTools server. A
+/// field the browser did not report is `null`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = JsonVersion)]
+pub struct VersionJson {
+    #[serde(rename = "Browser")]
+    #[schema(required = true)]
+    browser: Option<String>,
+    #[serde(rename = "Protocol-Version")]
+    #[schema(required = true)]
+    protocol_version: Option<String>,
+    /// The session's `userAgent` when it was given one.
+    #[serde(rename = "User-Agent")]
+    #[schema(required = true)]
+    user_agent: Option<String>,
+    #[serde(rename = "V8-Version")]
+    #[schema(required = true)]
+    v8_version: Option<String>,
+    #[serde(rename = "WebKit-Version")]
+    #[schema(required = true)]
+    webkit_version: Option<String>,
+    /// Where CDP clients connect; it carries the API key the request presented.
+    #[serde(rename = "webSocketDebuggerUrl")]
+    #[schema(format = Uri)]
+    web_socket_debugger_url: String,
+}
+
 /// The discovery answer. Its WebSocket URL carries the key the request presented, because
 /// clients (Playwright, Puppeteer's `browserURL`) connect to it as given.
-fn version_json(urls: &PublicUrls, session: &Session, key: &PresentedKey) -> serde_json::Value {
+fn version_json(urls: &PublicUrls, session: &Session, key: &PresentedKey) -> VersionJson {
     let mut endpoint = urls.browser_endpoint(session.id);
     if let Some(key) = &key.0 {
         let encoded: String = url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
         endpoint = format!("{endpoint}?{API_KEY_PARAM}={encoded}");
     }
-    let version = session.browser_version().cloned().unwrap_or_default();
-    let field = |name: &str| version.get(name).cloned().unwrap_or_default();
-    serde_json::json!({
-        "Browser": field("product"),
-        "Protocol-Version": field("protocolVersion"),
-        "User-Agent": session.options.user_agent.clone().map(Into::into).unwrap_or_else(|| field("userAgent")),
-        "V8-Version": field("jsVersion"),
-        "WebKit-Version": field("revision"),
-        "webSocketDebuggerUrl": endpoint,
-    })
+    let version = session.browser_version();
+    let field = |name: &str| {
+        version
+            .and_then(|v| v.get(name))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    VersionJson {
+        browser: field("product"),
+        protocol_version: field("protocolVersion"),
+        user_agent: session
+            .options
+            .user_agent
+            .clone()
+            .or_else(|| field("userAgent")),
+        v8_version: field("jsVersion"),
+        webkit_version: field("revision"),
+        web_socket_debugger_url: endpoint,
+    }
 }
 
 /// The session if it is live; otherwise 404 (unknown, or another tenant's) or 410 (ended,

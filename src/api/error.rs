@@ -6,6 +6,8 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::files::FileError;
 use crate::metering::MeterError;
@@ -47,12 +49,34 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorJson {
+    /// What went wrong, as in `error.message` (the Steel SDKs show this one).
+    message: String,
+    error: ErrorDetail,
+}
+
+/// The `error` of an error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable, such as `session_not_found` or `invalid_request`.
+    #[schema(value_type = String)]
+    code: &'static str,
+    /// What went wrong and what to do, for people.
+    message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "message": self.message,
-            "error": { "code": self.code, "message": self.message },
-        });
+        let body = ErrorJson {
+            message: self.message.clone(),
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if matches!(
             self.status,

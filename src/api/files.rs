@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
+use super::error::ErrorJson;
 use super::extract::parse_id;
 use super::relay::Relay;
 use super::sessions::ended_conflict;
@@ -105,6 +106,20 @@ async fn here(
 }
 
 /// `GET /v1/sessions/{id}/files`: the session's files, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/files",
+    operation_id = "list_session_files",
+    tag = "files",
+    params(("id" = uuid::Uuid, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "The session's files, newest first", body = FileListJson),
+        (status = 400, description = "`id` is not a UUID, or the path is refused (`invalid_path`)", body = ErrorJson),
+        (status = 404, description = "No such session for this API key (or no such file)", body = ErrorJson),
+        (status = 502, description = "In a cluster, the node that has the files does not answer", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -121,6 +136,23 @@ pub async fn list(
 }
 
 /// `GET /v1/sessions/{id}/files/{path}`: one file's bytes.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/files/{path}",
+    operation_id = "download_session_file",
+    tag = "files",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The session's id"),
+        ("path" = String, Path, pattern = r"^[^\x00-\x1f\x7f-\x9f\\]+$", description = "The file's name relative to the session's files (`dir/a.txt`), or its `path` as listed. Refused with 400 `invalid_path`: `.` and `..` components, other absolute paths, empty components, control characters and backslashes"),
+    ),
+    responses(
+        (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "`id` is not a UUID, or the path is refused (`invalid_path`)", body = ErrorJson),
+        (status = 404, description = "No such session for this API key (or no such file)", body = ErrorJson),
+        (status = 502, description = "In a cluster, the node that has the files does not answer", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn download(
     State(state): State<AppState>,
     caller: Caller,
@@ -138,6 +170,20 @@ pub async fn download(
 }
 
 /// `GET /v1/sessions/{id}/files.zip`: every file of the session in one zip archive.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/files.zip",
+    operation_id = "download_session_files_archive",
+    tag = "files",
+    params(("id" = uuid::Uuid, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "Every file of the session in one zip archive", content_type = "application/zip", body = Vec<u8>),
+        (status = 400, description = "`id` is not a UUID, or the path is refused (`invalid_path`)", body = ErrorJson),
+        (status = 404, description = "No such session for this API key (or no such file)", body = ErrorJson),
+        (status = 502, description = "In a cluster, the node that has the files does not answer", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn archive(
     State(state): State<AppState>,
     caller: Caller,
@@ -154,6 +200,23 @@ pub async fn archive(
 }
 
 /// `DELETE /v1/sessions/{id}/files/{path}`
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}/files/{path}",
+    operation_id = "delete_session_file",
+    tag = "files",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The session's id"),
+        ("path" = String, Path, pattern = r"^[^\x00-\x1f\x7f-\x9f\\]+$", description = "The file's name relative to the session's files (`dir/a.txt`), or its `path` as listed. Refused with 400 `invalid_path`: `.` and `..` components, other absolute paths, empty components, control characters and backslashes"),
+    ),
+    responses(
+        (status = 200, description = "The file is deleted", body = ReleaseJson),
+        (status = 400, description = "`id` is not a UUID, or the path is refused (`invalid_path`)", body = ErrorJson),
+        (status = 404, description = "No such session for this API key (or no such file)", body = ErrorJson),
+        (status = 502, description = "In a cluster, the node that has the files does not answer", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn delete_one(
     State(state): State<AppState>,
     caller: Caller,
@@ -170,6 +233,20 @@ pub async fn delete_one(
 }
 
 /// `DELETE /v1/sessions/{id}/files`
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}/files",
+    operation_id = "delete_session_files",
+    tag = "files",
+    params(("id" = uuid::Uuid, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "Every file of the session is deleted", body = ReleaseJson),
+        (status = 400, description = "`id` is not a UUID, or the path is refused (`invalid_path`)", body = ErrorJson),
+        (status = 404, description = "No such session for this API key (or no such file)", body = ErrorJson),
+        (status = 502, description = "In a cluster, the node that has the files does not answer", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn delete_all(
     State(state): State<AppState>,
     caller: Caller,
@@ -187,6 +264,25 @@ pub async fn delete_all(
 /// `POST /v1/sessions/{id}/files`: `multipart/form-data` with the file in `file` and,
 /// optionally, its name in `path` (else the file's own name). Answers the stored `File`.
 /// 409 once the session ended: no browser can use the file any more.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/files",
+    operation_id = "upload_session_file",
+    tag = "files",
+    params(("id" = uuid::Uuid, Path, description = "The session's id")),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The stored file", body = FileJson),
+        (status = 408, description = "The upload stalled", body = ErrorJson),
+        (status = 409, description = "The session has ended", body = ErrorJson),
+        (status = 413, description = "The file is larger than `--max-file-bytes`", body = ErrorJson),
+        (status = 507, description = "The file would fill the disk", body = ErrorJson),
+        (status = 400, description = "`id` is not a UUID, or the path is refused (`invalid_path`)", body = ErrorJson),
+        (status = 404, description = "No such session for this API key (or no such file)", body = ErrorJson),
+        (status = 502, description = "In a cluster, the node that has the files does not answer", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
@@ -217,6 +313,17 @@ pub async fn upload(
     let info = received.upload.finish(&received.name).await?;
     tracing::info!(session_id = %id, file = info.name.as_str(), size = info.size, "file uploaded");
     Ok(Json(FileJson::new(&info)).into_response())
+}
+
+/// The form of an upload, for the OpenAPI document (the handler reads it as a stream).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "only describes the form")]
+pub struct UploadForm {
+    /// The file's bytes. A URL in place of them is refused (`url_upload_refused`).
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// Its name relative to the session's files; default: the file's own name.
+    path: Option<String>,
 }
 
 /// An upload read whole, not yet in place.

@@ -6,41 +6,94 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use crate::session::registry::Readiness;
 
+/// What `/healthz` answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Health)]
+pub struct HealthJson {
+    /// Always `ok`.
+    status: &'static str,
+    /// This node's id, in a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+}
+
+/// What `/readyz` answers: 200 with `status` `ready`, or 503 with `not_ready` and why.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Readiness)]
+pub struct ReadinessJson {
+    status: ReadyStatus,
+    /// In a cluster, a full node is still ready: it places creates on other nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at_capacity: Option<bool>,
+    /// Why no new session can be served (503 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, pattern = "^(at_capacity|shutting_down|chromium_unavailable)$")]
+    reason: Option<&'static str>,
+    /// The same, for people (503 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    live_sessions: usize,
+    max_sessions: usize,
+}
+
+/// Whether a new session can be served now.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum ReadyStatus {
+    Ready,
+    NotReady,
+}
+
 /// `GET /healthz`: the process is up and serving HTTP. In a cluster it names this node, so
 /// that a node can check that its advertise URL reaches itself.
-pub async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    match &state.cluster {
-        Some(cluster) => Json(json!({"status": "ok", "node": cluster.node()})),
-        None => Json(json!({"status": "ok"})),
-    }
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process serves HTTP", body = HealthJson)),
+)]
+pub async fn healthz(State(state): State<AppState>) -> Json<HealthJson> {
+    Json(HealthJson {
+        status: "ok",
+        node: state.cluster.as_ref().map(|c| c.node().to_owned()),
+    })
 }
 
 /// `GET /readyz`: 200 when a new session can be served now, else 503 with the reason.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "A new session can be served now", body = ReadinessJson),
+        (status = 503, description = "No new session can be served now; `reason` says why", body = ReadinessJson),
+    ),
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let registry = &state.registry;
+    let mut answer = ReadinessJson {
+        status: ReadyStatus::Ready,
+        at_capacity: None,
+        reason: None,
+        message: None,
+        live_sessions: registry.live_count(),
+        max_sessions: registry.max_sessions(),
+    };
     let (reason, message) = match registry.readiness() {
-        Readiness::Ready => {
-            return Json(json!({
-                "status": "ready",
-                "liveSessions": registry.live_count(),
-                "maxSessions": registry.max_sessions(),
-            }))
-            .into_response();
-        }
+        Readiness::Ready => return Json(answer).into_response(),
         // A full node of a cluster still serves: it places creates on other nodes.
         Readiness::AtCapacity if state.cluster.is_some() => {
-            return Json(json!({
-                "status": "ready",
-                "atCapacity": true,
-                "liveSessions": registry.live_count(),
-                "maxSessions": registry.max_sessions(),
-            }))
-            .into_response();
+            answer.at_capacity = Some(true);
+            return Json(answer).into_response();
         }
         Readiness::AtCapacity => (
             "at_capacity",
@@ -55,21 +108,25 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             format!("the latest browser launch failed: {error}"),
         ),
     };
+    answer.status = ReadyStatus::NotReady;
+    answer.reason = Some(reason);
+    answer.message = Some(message);
     (
         StatusCode::SERVICE_UNAVAILABLE,
         [(header::RETRY_AFTER, "1")],
-        Json(json!({
-            "status": "not_ready",
-            "reason": reason,
-            "message": message,
-            "liveSessions": registry.live_count(),
-            "maxSessions": registry.max_sessions(),
-        })),
+        Json(answer),
     )
         .into_response()
 }
 
 /// `GET /metrics`
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")),
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(

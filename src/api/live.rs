@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use uuid::Uuid;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorJson};
 use super::extract::{SessionId, StrictQuery};
 use super::relay::{self, Relay, Relayed};
 use crate::auth::Caller;
@@ -44,11 +44,33 @@ const MAX_PASTE: usize = 10_000;
 const LIFE_CHECK: Duration = Duration::from_millis(250);
 
 /// `GET /ui`: the operator console.
+#[utoipa::path(
+    get,
+    path = "/ui",
+    operation_id = "console",
+    tag = "viewer",
+    responses((status = 200, description = "The operator console; its calls send an API key like any client", content_type = "text/html", body = String)),
+)]
 pub async fn console() -> Response {
     page(CONSOLE_HTML, "'none'")
 }
 
 /// `GET /v1/sessions/{id}/viewer`: the live viewer (`debugUrl`).
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/viewer",
+    operation_id = "session_viewer",
+    tag = "viewer",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The session's id"),
+        ("token" = String, Query, description = "The session's viewer token, from its `debugUrl`"),
+    ),
+    responses(
+        (status = 200, description = "The live viewer's page; query parameters `interactive`, `showControls`, `theme`, `pageId`, `pageIndex` are read by the page", content_type = "text/html", body = String),
+        (status = 400, description = "`id` is not a UUID", body = ErrorJson),
+        (status = 403, description = "The viewer token is missing or not this session's", body = ErrorJson),
+    ),
+)]
 pub async fn viewer(
     State(state): State<AppState>,
     SessionId(id): SessionId,
@@ -60,6 +82,21 @@ pub async fn viewer(
 
 /// `GET /v1/sessions/{id}/view`: the viewer next to the session's facts
 /// (`sessionViewerUrl`).
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/view",
+    operation_id = "session_view",
+    tag = "viewer",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The session's id"),
+        ("token" = String, Query, description = "The session's viewer token, from its `debugUrl`"),
+    ),
+    responses(
+        (status = 200, description = "The viewer next to the session's facts", content_type = "text/html", body = String),
+        (status = 400, description = "`id` is not a UUID", body = ErrorJson),
+        (status = 403, description = "The viewer token is missing or not this session's", body = ErrorJson),
+    ),
+)]
 pub async fn view(
     State(state): State<AppState>,
     SessionId(id): SessionId,
@@ -156,6 +193,23 @@ fn viewer_ended(id: Uuid) -> ApiError {
 }
 
 /// `GET /v1/sessions/{id}/viewer/facts`: what `sessionViewerUrl` shows next to the viewer.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/viewer/facts",
+    operation_id = "session_viewer_facts",
+    tag = "viewer",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The session's id"),
+        ("token" = String, Query, description = "The session's viewer token, from its `debugUrl`"),
+    ),
+    responses(
+        (status = 200, description = "The live session's facts", body = FactsJson),
+        (status = 400, description = "`id` is not a UUID", body = ErrorJson),
+        (status = 403, description = "The viewer token is missing or not this session's", body = ErrorJson),
+        (status = 410, description = "The session is not live: its token no longer works", body = ErrorJson),
+        (status = 502, description = "The browser (or, in a cluster, the node that runs it) did not answer", body = ErrorJson),
+    ),
+)]
 pub async fn facts(
     State(state): State<AppState>,
     relay: Relay,
@@ -170,18 +224,51 @@ pub async fn facts(
         .deadline()
         .saturating_duration_since(std::time::Instant::now());
     let view = crate::session::view::SessionView::of(&session);
-    Ok(Json(json!({
-        "id": id,
-        "status": view.status,
-        "timeLeftMs": u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
-        "billedMinutes": session.billed_minutes(),
-        "releaseReason": Value::Null,
-        "createdAt": super::wire::SessionJson::new(&view, &state.urls).created_at,
-    }))
+    Ok(Json(FactsJson {
+        id,
+        status: view.status,
+        time_left_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+        billed_minutes: session.billed_minutes(),
+        release_reason: None,
+        created_at: super::wire::SessionJson::new(&view, &state.urls).created_at,
+    })
     .into_response())
 }
 
+/// What `sessionViewerUrl` shows next to the viewer (only while the session is live).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = ViewerFacts)]
+pub struct FactsJson {
+    id: Uuid,
+    status: crate::vocab::Status,
+    time_left_ms: u64,
+    billed_minutes: u64,
+    /// Always null: the facts are served only while the session is live.
+    #[schema(value_type = Option<String>, required = true)]
+    release_reason: Option<String>,
+    #[schema(format = DateTime)]
+    created_at: String,
+}
+
 /// `GET /v1/sessions/{id}/viewer/thumbnail`: a small JPEG of the session's active page.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/viewer/thumbnail",
+    operation_id = "session_viewer_thumbnail",
+    tag = "viewer",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The session's id"),
+        ("token" = String, Query, description = "The session's viewer token, from its `debugUrl`"),
+    ),
+    responses(
+        (status = 200, description = "A quarter-size JPEG of the session's active page", content_type = "image/jpeg", body = Vec<u8>),
+        (status = 400, description = "`id` is not a UUID", body = ErrorJson),
+        (status = 403, description = "The viewer token is missing or not this session's", body = ErrorJson),
+        (status = 410, description = "The session is not live: its token no longer works", body = ErrorJson),
+        (status = 502, description = "The browser (or, in a cluster, the node that runs it) did not answer", body = ErrorJson),
+    ),
+)]
 pub async fn thumbnail(
     State(state): State<AppState>,
     relay: Relay,
@@ -213,6 +300,24 @@ pub async fn thumbnail(
 }
 
 /// `GET /v1/sessions/{id}/viewer/ws`: the viewer's WebSocket, from ingot's own origin only.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/viewer/ws",
+    operation_id = "session_viewer_socket",
+    tag = "viewer",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The session's id"),
+        ("token" = String, Query, description = "The session's viewer token, from its `debugUrl`"),
+    ),
+    responses(
+        (status = 101, description = "The viewer's WebSocket (frames, tabs, input); only from ingot's own origin"),
+        (status = 400, description = "`id` is not a UUID", body = ErrorJson),
+        (status = 403, description = "The viewer token is missing or not this session's", body = ErrorJson),
+        (status = 410, description = "The session is not live: its token no longer works", body = ErrorJson),
+        (status = 426, description = "Not a WebSocket upgrade", body = ErrorJson),
+        (status = 502, description = "The browser (or, in a cluster, the node that runs it) did not answer", body = ErrorJson),
+    ),
+)]
 pub async fn socket(
     State(state): State<AppState>,
     SessionId(id): SessionId,

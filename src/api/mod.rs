@@ -10,6 +10,7 @@ pub mod extract;
 pub mod files;
 pub mod health;
 pub mod live;
+pub mod openapi;
 pub mod relay;
 pub mod sessions;
 pub mod unsupported;
@@ -130,6 +131,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(unsupported::routes())
         .route("/v1/usage", get(usage::usage))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -182,10 +184,11 @@ async fn refuse_large_heads(request: Request, next: Next) -> Response {
 
 /// Identifies the caller by its API key (the `steel-api-key` header, or the `apiKey` query
 /// parameter that WebSocket clients use) and refuses a missing or wrong key with 401 before
-/// anything happens. Health and metrics need no key.
+/// anything happens. Health, metrics and the OpenAPI document need no key; the console and
+/// the viewer's routes take a session's viewer token instead (checked by their handlers).
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    if OPERATIONAL_PATHS.contains(&request.uri().path()) || takes_viewer_token(request.uri().path())
-    {
+    let path = request.uri().path();
+    if OPERATIONAL_PATHS.contains(&path) || path == openapi::PATH || takes_viewer_token(path) {
         return next.run(request).await;
     }
     let presented = request

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorJson};
 use super::extract::{RequestBody, SessionId, StrictQuery, parse_id};
+use super::openapi::{CreateSessionBody, SessionContextJson, TimeoutBody};
 use super::relay::{Relay, Relayed};
 use super::wire::{LiveDetailsJson, ReleaseJson, SessionJson, SessionListJson};
 use crate::auth::Caller;
@@ -26,6 +27,25 @@ const MAX_LIMIT: usize = 100;
 
 /// `POST /v1/sessions`. In a cluster, a node without room places the session on the node
 /// with the most room.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    operation_id = "create_session",
+    tag = "sessions",
+    request_body(
+        content = Option<CreateSessionBody>,
+        description = "The session's options; an empty body (or `null`) means all defaults",
+    ),
+    responses(
+        (status = 200, description = "The new session, live", body = SessionJson),
+        (status = 400, description = "A field that cannot be honoured, named in the message", body = ErrorJson),
+        (status = 409, description = "`sessionId` names a session that exists", body = ErrorJson),
+        (status = 429, description = "No free slot in time, or the tenant's quota is used up", body = ErrorJson),
+        (status = 502, description = "In a cluster: the node the session was passed to did not answer", body = ErrorJson),
+        (status = 503, description = "The browser did not start, the records cannot be written, or the gateway is shutting down", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -51,12 +71,21 @@ pub async fn create(
 }
 
 /// Query of `GET /v1/sessions`. Values arrive as strings so that errors can name them.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only sessions with this status.
+    #[param(value_type = Option<Status>)]
     status: Option<String>,
+    /// Page size (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// The `nextCursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>)]
     cursor_id: Option<String>,
+    /// Refused unless empty: each API key is its own tenant.
+    #[param(max_length = 0)]
     project_id: Option<String>,
 }
 
@@ -72,9 +101,12 @@ fn refuse_project(project_id: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// Query of `POST /v1/sessions/release` (the Python SDK may send `projectId`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct ReleaseAllParams {
+    /// Refused unless empty: each API key is its own tenant.
+    #[param(max_length = 0)]
     project_id: Option<String>,
 }
 
@@ -113,7 +145,20 @@ impl ListParams {
     }
 }
 
-/// `GET /v1/sessions`
+/// `GET /v1/sessions`: the caller's sessions, newest first, live and ended.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    operation_id = "list_sessions",
+    tag = "sessions",
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page of sessions", body = SessionListJson),
+        (status = 400, description = "A query parameter is invalid, or `cursorId` names no session", body = ErrorJson),
+        (status = 503, description = "The session records cannot be read", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -125,6 +170,20 @@ pub async fn list(
 }
 
 /// `GET /v1/sessions/{id}`. A session live on another node is answered by that node.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}",
+    operation_id = "retrieve_session",
+    tag = "sessions",
+    params(("id" = uuid::Uuid, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "The session, live or ended", body = SessionJson),
+        (status = 400, description = "`id` is not a UUID", body = ErrorJson),
+        (status = 404, description = "No such session for this API key", body = ErrorJson),
+        (status = 503, description = "The session records cannot be read", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn retrieve(
     State(state): State<AppState>,
     caller: Caller,
@@ -151,6 +210,21 @@ pub async fn retrieve(
 
 /// `POST /v1/sessions/{id}/release`. Idempotent; the body is ignored (SDKs send none). A
 /// session live on another node is released by that node.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/release",
+    operation_id = "release_session",
+    tag = "sessions",
+    params(("id" = uuid::Uuid, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "Released, or had already ended", body = ReleaseJson),
+        (status = 400, description = "`id` is not a UUID", body = ErrorJson),
+        (status = 404, description = "No such session for this API key", body = ErrorJson),
+        (status = 502, description = "In a cluster: the node that runs it did not answer", body = ErrorJson),
+        (status = 503, description = "The session records cannot be read", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn release(
     State(state): State<AppState>,
     caller: Caller,
@@ -182,6 +256,23 @@ pub async fn release(
 /// `POST /v1/sessions/{id}/timeout` with `{"timeout": <ms>}`: sets a live session's total
 /// life, counted from its creation, and answers the updated Session. 409 once it ended,
 /// 400 for a total it has already lived. In a cluster, the node that runs it does it.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/timeout",
+    operation_id = "set_session_timeout",
+    tag = "sessions",
+    params(("id" = uuid::Uuid, Path, description = "The session's id")),
+    request_body(content = TimeoutBody, description = "The session's new total life"),
+    responses(
+        (status = 200, description = "The session, with its new timeout", body = SessionJson),
+        (status = 400, description = "An invalid body or id, or a total the session has already lived", body = ErrorJson),
+        (status = 404, description = "No such session for this API key", body = ErrorJson),
+        (status = 409, description = "The session has ended", body = ErrorJson),
+        (status = 502, description = "In a cluster: the node that runs it did not answer", body = ErrorJson),
+        (status = 503, description = "The session records cannot be read", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn set_timeout(
     State(state): State<AppState>,
     caller: Caller,
@@ -204,6 +295,22 @@ pub async fn set_timeout(
 /// `GET /v1/sessions/{id}/context`: the live session's cookies (every browser context) and
 /// the web storage of the origins its open pages show, in Steel's shape. 409 once it
 /// ended; in a cluster, the node that runs it answers.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/context",
+    operation_id = "session_context",
+    tag = "sessions",
+    params(("id" = uuid::Uuid, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "The session's cookies and web storage", body = SessionContextJson),
+        (status = 400, description = "`id` is not a UUID", body = ErrorJson),
+        (status = 404, description = "No such session for this API key", body = ErrorJson),
+        (status = 409, description = "The session has ended", body = ErrorJson),
+        (status = 502, description = "The browser (or, in a cluster, the node that runs it) did not answer", body = ErrorJson),
+        (status = 503, description = "The session records cannot be read", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn context(
     State(state): State<AppState>,
     caller: Caller,
@@ -248,6 +355,22 @@ pub(super) async fn elsewhere(
 
 /// `GET /v1/sessions/{id}/live-details`: the live session's pages. 409 once it ended; in a
 /// cluster, the node that runs it answers.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/live-details",
+    operation_id = "session_live_details",
+    tag = "sessions",
+    params(("id" = uuid::Uuid, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "The pages of the live session", body = LiveDetailsJson),
+        (status = 400, description = "`id` is not a UUID", body = ErrorJson),
+        (status = 404, description = "No such session for this API key", body = ErrorJson),
+        (status = 409, description = "The session has ended", body = ErrorJson),
+        (status = 502, description = "The browser (or, in a cluster, the node that runs it) did not answer", body = ErrorJson),
+        (status = 503, description = "The session records cannot be read", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn live_details(
     State(state): State<AppState>,
     caller: Caller,
@@ -271,7 +394,19 @@ pub(super) fn ended_conflict(id: uuid::Uuid) -> ApiError {
 }
 
 /// `POST /v1/sessions/release`: the caller's sessions on this node and, in a cluster, on
-/// every other node.
+/// every other node. The body is ignored but for a `projectId`, refused like the query's.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/release",
+    operation_id = "release_all_sessions",
+    tag = "sessions",
+    params(ReleaseAllParams),
+    responses(
+        (status = 200, description = "Every live session of the caller is released", body = ReleaseJson),
+        (status = 400, description = "A `projectId` was given", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn release_all(
     State(state): State<AppState>,
     caller: Caller,

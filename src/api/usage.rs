@@ -11,9 +11,10 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorJson};
 use super::extract::StrictQuery;
 use crate::auth::Caller;
 use crate::metering::store::UsageSums;
@@ -22,18 +23,66 @@ use crate::metering::store::UsageSums;
 const DEFAULT_RANGE: time::Duration = time::Duration::days(30);
 
 /// Query of `GET /v1/usage`. Values arrive as strings so that errors can name them.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct UsageParams {
+    /// Start of the range, RFC 3339 (default: 30 days before `to`); it must be before `to`.
+    #[param(value_type = Option<String>, format = DateTime)]
     from: Option<String>,
+    /// End of the range, RFC 3339, exclusive (default: now).
+    #[param(value_type = Option<String>, format = DateTime)]
     to: Option<String>,
+    /// Only the tenant of this API key (the admin key, or an open gateway; a tenant may name
+    /// only itself).
     api_key: Option<String>,
+    /// Only this tenant, by name (the same rules as `apiKey`).
     tenant: Option<String>,
+    /// `json` (the default) or `csv`: one row per day, then a `total` row.
+    #[param(value_type = Option<UsageFormat>, inline)]
     format: Option<String>,
+    /// `day` (the default) or `hour`: with `hour`, `buckets` gives sessions and billed
+    /// minutes per hour of the range, which may then span at most 48 hours.
+    #[param(value_type = Option<UsageGranularity>, inline)]
     granularity: Option<String>,
 }
 
+/// The granularities of `GET /v1/usage`, for the OpenAPI document.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code, reason = "only describes the values of `granularity`")]
+enum UsageGranularity {
+    Day,
+    Hour,
+}
+
+/// The formats of `GET /v1/usage`, for the OpenAPI document.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code, reason = "only describes the values of `format`")]
+enum UsageFormat {
+    Json,
+    Csv,
+}
+
 /// `GET /v1/usage`
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    operation_id = "get_usage",
+    tag = "usage",
+    params(UsageParams),
+    responses(
+        (status = 200, description = "Usage per UTC day and in total", content(
+            (UsageReport = "application/json"),
+            (String = "text/csv", example = "date,sessions,live,released,failed,billed_minutes,bytes_to_browser,bytes_to_client,messages_to_browser,messages_to_client\ntotal,0,0,0,0,0,0,0,0,0\n"),
+        )),
+        (status = 400, description = "A query parameter is invalid, `from` is not before `to`, or `apiKey` is not a configured key", body = ErrorJson),
+        (status = 403, description = "A tenant asked for another tenant's usage", body = ErrorJson),
+        (status = 503, description = "The usage records cannot be read", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn usage(
     State(state): State<AppState>,
     caller: Caller,
@@ -129,12 +178,15 @@ fn parse_time(raw: &str, field: &str) -> Result<OffsetDateTime, ApiError> {
 }
 
 /// The JSON answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageReport {
+    #[schema(format = DateTime)]
     from: String,
+    #[schema(format = DateTime)]
     to: String,
     /// The tenant reported on; `null` for everyone.
+    #[schema(required = true)]
     tenant: Option<String>,
     total: UsageFigures,
     days: Vec<DayFigures>,
@@ -144,7 +196,7 @@ pub struct UsageReport {
 }
 
 /// One hour of `granularity=hour`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct HourFigures {
     /// The hour's start, RFC 3339 UTC.
@@ -205,16 +257,17 @@ async fn hours(
     Ok(buckets)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct DayFigures {
     /// `YYYY-MM-DD`, UTC.
+    #[schema(format = Date)]
     date: String,
     #[serde(flatten)]
     figures: UsageFigures,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct UsageFigures {
     sessions: u64,
@@ -224,14 +277,14 @@ struct UsageFigures {
     messages: ByDirection,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, ToSchema)]
 struct ByStatus {
     live: u64,
     released: u64,
     failed: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ByDirection {
     to_browser: u64,

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorJson};
 use super::extract::{RequestBody, SessionId};
 use super::relay::Relay;
 use super::sessions::{elsewhere, ended_conflict};
@@ -19,6 +19,23 @@ use crate::viewer::computer::{self, RunError};
 /// `POST /v1/sessions/{id}/computer`: one action on the session's active page, answered in
 /// Steel's shape (`output`, `base64_image`, `error`). Counts as activity for the session's
 /// inactivity timeout. 409 once the session ended.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/computer",
+    operation_id = "session_computer",
+    tag = "sessions",
+    params(("id" = uuid::Uuid, Path, description = "The session's id")),
+    request_body(content = computer::Wire, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The action ran; a failure of the browser is in `error`", body = computer::Outcome),
+        (status = 400, description = "`id` is not a UUID, or the action, a key, a button or a point is refused; the message names the field", body = ErrorJson),
+        (status = 404, description = "No such session for this API key", body = ErrorJson),
+        (status = 409, description = "The session has ended", body = ErrorJson),
+        (status = 502, description = "The browser (or, in a cluster, the node that runs it) did not answer", body = ErrorJson),
+        (status = 503, description = "The session records cannot be read", body = ErrorJson),
+    ),
+    security(("steel-api-key" = [])),
+)]
 pub async fn computer(
     State(state): State<AppState>,
     caller: Caller,
@@ -26,10 +43,10 @@ pub async fn computer(
     SessionId(id): SessionId,
     RequestBody(body): RequestBody,
 ) -> Result<Response, ApiError> {
-    let request = computer::Request::parse(&body).map_err(|e| ApiError::bad_request(e.0))?;
     let Some(session) = state.registry.get_for(&id, &caller) else {
         return elsewhere(&state, &relay, id, &caller, ("computer", body)).await;
     };
+    let request = computer::Request::parse(&body).map_err(|e| ApiError::bad_request(e.0))?;
     let mux = session.mux().ok_or_else(|| ended_conflict(id))?;
     session.note_activity();
     let cursor = state.viewers.cursor(id);

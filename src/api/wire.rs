@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::session::directory::ListPage;
@@ -93,31 +94,47 @@ impl PublicUrls {
 }
 
 /// `Session` in the SDK types: every required field, plus the optional ones ingot knows.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Session)]
 pub struct SessionJson {
     pub id: Uuid,
+    /// RFC 3339, UTC, with milliseconds.
+    #[schema(format = DateTime)]
     pub created_at: String,
     pub status: Status,
+    /// How long the session has lived, in milliseconds.
     pub duration: u64,
     pub event_count: u64,
+    /// The session's total life from its creation, in milliseconds.
     pub timeout: u64,
     /// Only when the session has one, as Steel sends it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inactivity_timeout: Option<u64>,
     pub credits_used: u64,
+    /// Where CDP clients connect (`ws(s)://…/?sessionId=<id>`).
+    #[schema(format = Uri)]
     pub websocket_url: String,
+    #[schema(format = Uri)]
     pub debug_url: String,
+    #[schema(format = Uri)]
     pub session_viewer_url: String,
     pub dimensions: Dimensions,
     pub fullscreen: bool,
+    /// Always empty: ingot does not optimize bandwidth.
+    #[schema(value_type = Object)]
     pub optimize_bandwidth: Map<String, Value>,
     pub proxy_bytes_used: u64,
+    /// `external` when the session goes through its own `proxyUrl`.
+    #[schema(value_type = Option<String>, required = true)]
     pub proxy_source: Option<&'static str>,
+    #[schema(required = true)]
     pub user_agent: Option<String>,
     pub headless: bool,
     pub is_selenium: bool,
     pub solve_captcha: bool,
+    /// Why the session ended, in Steel's words; `null` while it is live.
+    #[schema(required = true)]
     pub release_reason: Option<String>,
 }
 
@@ -164,10 +181,13 @@ fn timestamp(t: time::OffsetDateTime) -> String {
 }
 
 /// `Sessionslist`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = SessionList)]
 pub struct SessionListJson {
     pub sessions: Vec<SessionJson>,
+    /// The `cursorId` of the next page; `null` on the last one.
+    #[schema(required = true)]
     pub next_cursor: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total_count: Option<u64>,
@@ -189,8 +209,9 @@ impl SessionListJson {
 
 /// `SessionLiveDetailsResponse`. Each page's viewer links open the live viewer on that page;
 /// favicons are not read (`null`, which the types allow).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = LiveDetails)]
 pub struct LiveDetailsJson {
     pub pages: Vec<LivePageJson>,
     pub session_viewer_url: String,
@@ -199,12 +220,14 @@ pub struct LiveDetailsJson {
 }
 
 /// One page of [`LiveDetailsJson`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = LivePage)]
 pub struct LivePageJson {
     pub id: String,
     pub url: String,
     pub title: String,
+    #[schema(required = true)]
     pub favicon: Option<String>,
     pub session_viewer_url: String,
     pub session_viewer_fullscreen_url: String,
@@ -238,7 +261,8 @@ impl LiveDetailsJson {
 }
 
 /// `SessionReleaseResponse` and `SessionReleaseAllResponse`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Release)]
 pub struct ReleaseJson {
     pub success: bool,
     pub message: String,
@@ -247,11 +271,13 @@ pub struct ReleaseJson {
 /// Steel's `File`: a session file. `path` is where the file is on the machine that runs the
 /// browser, so it can be given to `DOM.setFileInputFiles` as it is; the files routes take it
 /// too, as well as the name relative to the session's files.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = File)]
 pub struct FileJson {
     pub path: String,
     pub size: u64,
+    #[schema(format = DateTime)]
     pub last_modified: String,
 }
 
@@ -266,7 +292,8 @@ impl FileJson {
 }
 
 /// Steel's `Fileslist`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Fileslist)]
 pub struct FileListJson {
     pub data: Vec<FileJson>,
 }

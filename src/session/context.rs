@@ -68,7 +68,11 @@ impl SessionContext {
         for key in object.keys() {
             match key.as_str() {
                 "cookies" | "localStorage" | "sessionStorage" => {}
-                "indexedDB" if object[key].as_object().is_none_or(Map::is_empty) => {}
+                // Only what a context read back says: nothing (`{}`), or `null`.
+                "indexedDB"
+                    if object[key]
+                        .as_object()
+                        .map_or(object[key].is_null(), Map::is_empty) => {}
                 "indexedDB" => {
                     return Err(invalid(
                         "sessionContext.indexedDB",
@@ -366,6 +370,8 @@ mod tests {
                 json!({"indexedDB": {"https://a.example": []}}),
                 "sessionContext.indexedDB",
             ),
+            (json!({"indexedDB": 5}), "sessionContext.indexedDB"),
+            (json!({"indexedDB": []}), "sessionContext.indexedDB"),
             (json!({"other": 1}), "sessionContext.other"),
         ] {
             let err = SessionContext::parse(&bad).expect_err("refused");

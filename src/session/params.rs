@@ -10,9 +10,11 @@ use uuid::Uuid;
 use crate::vocab::Dimensions;
 
 /// Largest window side accepted.
-const MAX_DIMENSION: u64 = 16_384;
-/// Longest user agent accepted.
-const MAX_USER_AGENT_LEN: usize = 1_024;
+pub(crate) const MAX_DIMENSION: u64 = 16_384;
+/// Longest user agent accepted, in bytes.
+pub(crate) const MAX_USER_AGENT_LEN: usize = 1_024;
+/// Longest `proxyUrl` accepted, in bytes.
+pub(crate) const MAX_PROXY_URL_LEN: usize = 2048;
 
 /// What a create request asked for, after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,9 +88,22 @@ pub struct TimeoutLimits {
     pub max_ms: u64,
 }
 
+/// The create fields ingot honours.
+pub(crate) const HONOURED: [&str; 9] = [
+    "sessionId",
+    "sessionContext",
+    "fullscreen",
+    "timeout",
+    "inactivityTimeout",
+    "userAgent",
+    "dimensions",
+    "proxyUrl",
+    "headless",
+];
+
 /// Steel fields that ingot does not implement. Each is accepted only at its default value;
 /// anything else is refused rather than silently ignored.
-const UNSUPPORTED: &[&str] = &[
+pub(crate) const UNSUPPORTED: &[&str] = &[
     "useProxy",
     "blockAds",
     "solveCaptcha",
@@ -195,19 +210,7 @@ fn check_field_names(body: &Map<String, Value>) -> Result<(), InvalidField> {
     let mut keys: Vec<&String> = body.keys().collect();
     keys.sort();
     for key in keys {
-        let known = matches!(
-            key.as_str(),
-            "sessionId"
-                | "sessionContext"
-                | "fullscreen"
-                | "timeout"
-                | "inactivityTimeout"
-                | "userAgent"
-                | "dimensions"
-                | "proxyUrl"
-                | "headless"
-        );
-        if known {
+        if HONOURED.contains(&key.as_str()) {
             continue;
         }
         if !UNSUPPORTED.contains(&key.as_str()) {
@@ -287,7 +290,7 @@ fn fullscreen(value: Option<&Value>) -> Result<bool, InvalidField> {
 }
 
 /// Shortest and longest `inactivityTimeout`, in milliseconds (1 s to 24 h).
-const INACTIVITY_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
+pub(crate) const INACTIVITY_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
 
 fn inactivity_timeout_ms(value: Option<&Value>) -> Result<Option<u64>, InvalidField> {
     let n = match value {
@@ -404,12 +407,11 @@ fn shown_name(key: &str) -> String {
 /// `proxyUrl` as Chromium's `--proxy-server` takes it, and the `Proxy-Authorization` its
 /// user and password make (http proxies only).
 fn proxy_server(raw: &str) -> Result<(String, Option<ProxyAuthorization>), InvalidField> {
-    const MAX_URL: usize = 2048;
     const MAX_HOST: usize = 253;
-    if raw.len() > MAX_URL {
+    if raw.len() > MAX_PROXY_URL_LEN {
         return Err(invalid(
             "proxyUrl",
-            format!("is longer than {MAX_URL} characters"),
+            format!("is longer than {MAX_PROXY_URL_LEN} characters"),
         ));
     }
     let url =

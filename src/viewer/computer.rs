@@ -29,10 +29,11 @@ const MAX_CLICKS: u32 = 3;
 /// Largest wheel delta either way.
 const MAX_DELTA: f64 = 100_000.0;
 
-/// One action, as the SDK sends it.
-#[derive(Debug, Deserialize)]
+/// One action, as the SDK sends it (and as the OpenAPI document describes it).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
-enum Wire {
+#[schema(as = ComputerAction)]
+pub enum Wire {
     MoveMouse {
         coordinates: Vec<f64>,
         #[serde(default)]
@@ -132,7 +133,8 @@ pub struct Request {
 pub struct Invalid(pub String);
 
 /// Steel's `SessionComputerResponse`.
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = ComputerResponse)]
 pub struct Outcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,

@@ -26,6 +26,7 @@ mod inproc;
 mod lifecycle;
 mod metering;
 mod metrics;
+mod openapi;
 mod postgres;
 mod proxy_auth;
 mod tenants;

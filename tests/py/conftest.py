@@ -138,8 +138,8 @@ class Gateway:
 _started: list[Gateway] = []
 
 
-def _start_gateway() -> Gateway:
-    gw = Gateway()
+def _start_gateway(extra_args: list[str] | None = None) -> Gateway:
+    gw = Gateway(extra_args)
     _started.append(gw)
     try:
         gw.wait_healthy()
@@ -169,6 +169,18 @@ def gateway():
 def own_gateway():
     """An ingot for one test alone (e.g. one that calls release_all)."""
     gw = _start_gateway()
+    yield gw
+    _stop_gateway(gw)
+
+
+# The API key of `keyed_gateway` (its tenant is `keyed`).
+KEYED_API_KEY = "keyed-key-0123456789abcdef"
+
+
+@pytest.fixture
+def keyed_gateway():
+    """An ingot for one test alone that requires an API key: KEYED_API_KEY."""
+    gw = _start_gateway(["--api-keys", f"keyed:{KEYED_API_KEY}"])
     yield gw
     _stop_gateway(gw)
 

@@ -4,8 +4,8 @@
 //! started, so a test takes milliseconds, or the second that a session's shortest timeout
 //! lasts.
 //!
-//! One module per area: the HTTP API, admission, the warm pool, the per-session supervisor,
-//! and the CDP multiplexer with the WebSocket proxy. The metrics recorder is process-wide,
+//! One module per area: the HTTP API and its OpenAPI document, admission, the warm pool, the
+//! per-session supervisor, and the CDP multiplexer with the WebSocket proxy. The metrics recorder is process-wide,
 //! shared with every other gateway of the test process, so no test here asserts a metric.
 
 mod admission;
@@ -13,6 +13,7 @@ mod api;
 mod files;
 mod history;
 mod mux;
+mod openapi;
 mod pool;
 mod supervisor;
 
