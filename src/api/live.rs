@@ -637,6 +637,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_viewers_url_picks_the_page_and_read_only_mode() {
+        let of = |pairs: &[(&str, &str)]| {
+            ViewerOptions::of(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let default = of(&[]);
+        assert!(default.interactive && matches!(default.pick, Pick::Newest));
+        assert!(!of(&[("interactive", "false")]).interactive);
+        assert!(of(&[("interactive", "true")]).interactive);
+        assert!(matches!(of(&[("pageId", "T1")]).pick, Pick::Id(ref id) if id == "T1"));
+        assert!(matches!(of(&[("pageIndex", "2")]).pick, Pick::Index(2)));
+        assert!(matches!(of(&[("pageIndex", "x")]).pick, Pick::Newest));
+        assert!(matches!(
+            of(&[("pageId", "T1"), ("pageIndex", "0")]).pick,
+            Pick::Id(_)
+        ));
+    }
+
+    #[test]
     fn viewer_input_becomes_cdp_and_stays_on_the_page() {
         let size = (800.0, 600.0);
         let (method, params) = command(
