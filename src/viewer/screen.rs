@@ -312,7 +312,13 @@ impl Hub {
     }
 
     async fn attached(&mut self, page: String, session: Option<&str>) {
-        let (Some(session), Some(cast)) = (session, self.casts.get_mut(&page)) else {
+        let Some(session) = session else {
+            return;
+        };
+        let Some(cast) = self.casts.get_mut(&page) else {
+            // Its last viewer left while it was being attached.
+            let detach = json!({"sessionId": session});
+            self.send("Target.detachFromTarget", detach, None).await;
             return;
         };
         cast.session = Some(session.to_owned());
