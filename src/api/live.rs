@@ -171,7 +171,7 @@ async fn live_here(
 ) -> Result<Arc<Session>, Result<Response, ApiError>> {
     match state.registry.get_for(&id, &Caller::Open) {
         Some(session) if session.phase().is_live() => return Ok(session),
-        Some(_) => return Err(Err(viewer_ended(id))),
+        Some(session) => return Err(Ok(ended_answer(&session))),
         None => {}
     }
     match relay
@@ -182,6 +182,28 @@ async fn live_here(
         Ok(Relayed::Unreachable(e)) | Err(e) => Err(Err(e)),
         Ok(Relayed::Here) => Err(Err(viewer_ended(id))),
     }
+}
+
+/// The 410 for a session that ended here, with how it ended, so that the session viewer can
+/// show the release reason in the moment it learns of the end.
+fn ended_answer(session: &Session) -> Response {
+    let mut answer = viewer_ended(session.id).into_response();
+    let reason = session
+        .end_reason()
+        .map(|r| crate::vocab::steel_release_reason(r.as_str()));
+    let facts = json!({
+        "status": session.phase().status(),
+        "releaseReason": reason,
+        "billedMinutes": session.billed_minutes(),
+    });
+    let body = json!({
+        "message": viewer_ended(session.id).message,
+        "error": {"code": "session_ended", "message": viewer_ended(session.id).message},
+        "facts": facts,
+    });
+    *answer.body_mut() = Body::from(body.to_string());
+    answer.headers_mut().remove(header::CONTENT_LENGTH);
+    answer
 }
 
 fn viewer_ended(id: Uuid) -> ApiError {

@@ -160,6 +160,7 @@ test('the viewer shows the session live and steers it', T, withGatewayLog(() => 
     await tab.waitForSelector('#ended', { state: 'visible', timeout: 15_000 });
     assert.equal((await tab.textContent('#ended')).includes('session ended'), true);
     await view.waitForSelector('#ended', { state: 'visible', timeout: 15_000 });
+    assert.equal((await view.textContent('#reason')).trim(), 'user_requested');
     const token = new URL(session.debugUrl).searchParams.get('token');
     const facts = await fetch(`${gw.baseUrl}/v1/sessions/${session.id}/viewer/facts?token=${token}`);
     assert.equal(facts.status, 410);
