@@ -256,9 +256,13 @@ impl Hub {
         }
         let cast = self.casts.get_mut(&page).ok_or("the page went")?;
         cast.viewers += 1;
+        let mut frames = cast.frames.subscribe();
+        // A viewer that joins a page others watch gets the frame kept at once: a still page
+        // sends no new one.
+        frames.mark_changed();
         Ok(Watching {
             page,
-            frames: cast.frames.subscribe(),
+            frames,
             commands: self.commands.clone(),
         })
     }

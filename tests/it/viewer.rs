@@ -75,3 +75,40 @@ async fn viewer_input_counts_as_activity_but_the_timeout_still_ends_the_session(
     assert_eq!(view["releaseReason"], "timeout");
     gw.assert_clean(secs(10)).await;
 }
+
+/// The first binary message (a frame) on a viewer's socket; panics if none comes in time.
+async fn first_frame(ws: &mut Socket) -> Vec<u8> {
+    for _ in 0..100 {
+        match tokio::time::timeout(secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(frame)))) => return frame.to_vec(),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no frame: {other:?}"),
+        }
+    }
+    panic!("no frame among the first 100 messages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_joining_a_still_page_gets_the_frame_at_once() {
+    let _shared = shared().await;
+    let gw = Gateway::start(&[]).await;
+    let session = gw.create(json!({})).await;
+    let id = session["id"].as_str().expect("id").to_owned();
+    let mut first = viewer_socket(&gw, &session).await;
+    let frame = first_frame(&mut first).await;
+    let header_len = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+    let header: Value = serde_json::from_slice(&frame[4..4 + header_len]).expect("header");
+    assert!(
+        header["width"].as_f64().is_some_and(|w| w > 0.0),
+        "{header}"
+    );
+    assert_eq!(
+        &frame[4 + header_len..4 + header_len + 2],
+        &[0xff, 0xd8],
+        "a JPEG"
+    );
+    // The page is still: Chromium sends no new frame, yet a second viewer gets the kept one.
+    let mut second = viewer_socket(&gw, &session).await;
+    first_frame(&mut second).await;
+    gw.release(&id).await;
+}
