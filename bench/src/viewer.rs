@@ -50,8 +50,6 @@ const CDP_TIMEOUT: Duration = Duration::from_secs(60);
 pub const WAIT: Duration = Duration::from_secs(5);
 /// How long a viewer joining a still page waits for a frame before it is recorded as none.
 pub const LATE_WAIT: Duration = Duration::from_secs(3);
-/// Animation before frames are counted.
-pub const WARM_UP: Duration = Duration::from_secs(1);
 /// The name of the binding the page's input handlers call (`Runtime.addBinding`).
 const BINDING: &str = "benchInput";
 /// Colour changes that may be lost before the section gives up.
@@ -118,7 +116,8 @@ pub struct ViewerPlan {
     pub block: usize,
     /// Clicks per path per round, the three paths taking turns.
     pub clicks: usize,
-    /// How long frames are counted on the animated page.
+    /// How long frames are counted on the animated page, per target and series, in
+    /// [`SLICES`] slices.
     pub window: Duration,
     /// Viewers at once for the many-viewers figures.
     pub viewers: usize,
@@ -183,10 +182,12 @@ pub struct ViewerResults {
     pub viewport: (String, String),
     pub direct: FrameFigures,
     pub ingot: FrameFigures,
-    /// Frames per second on the animated page, per round: direct's one screencast client,
-    /// ingot's one viewer, and each of ingot's `plan.viewers` viewers at once.
+    /// Frames per second on the animated page, per round: direct's one screencast client
+    /// and ingot's one viewer, taking turns; then direct's client again and each of ingot's
+    /// `plan.viewers` viewers at once, taking turns.
     pub fps_direct: Vec<f64>,
     pub fps_one: Vec<f64>,
+    pub fps_direct_many: Vec<f64>,
     pub fps_many: Vec<Vec<f64>>,
     /// ingot's CPU time, % of one core, on the animated page with 0, 1 and `plan.viewers`
     /// viewers, per round.
@@ -297,6 +298,7 @@ async fn measure_with(gw: &Gateway, t: &Targets, plan: ViewerPlan) -> Result<Vie
         ingot: FrameFigures::default(),
         fps_direct: Vec::new(),
         fps_one: Vec::new(),
+        fps_direct_many: Vec::new(),
         fps_many: Vec::new(),
         cpu_pct: Default::default(),
         rss_kib: Default::default(),
@@ -375,21 +377,27 @@ async fn measure_with(gw: &Gateway, t: &Targets, plan: ViewerPlan) -> Result<Vie
             r.input_cdp.last_p50(),
             r.input_viewer.last_p50(),
         );
-        if ingot_first {
-            ingot_fps(gw, t, &mut ingot_page, viewer, rss_before, &plan, &mut r).await?;
-            direct_fps(&mut direct_page, cast, &plan, &mut r).await?;
-        } else {
-            direct_fps(&mut direct_page, cast, &plan, &mut r).await?;
-            ingot_fps(gw, t, &mut ingot_page, viewer, rss_before, &plan, &mut r).await?;
-        }
+        frame_rates(
+            gw,
+            t,
+            (&mut direct_page, &mut ingot_page),
+            cast,
+            viewer,
+            rss_before,
+            ingot_first,
+            &plan,
+            &mut r,
+        )
+        .await?;
         let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
         let many = r.fps_many.last().cloned().unwrap_or_default();
         progress!(
-            "viewer round {}/{}: fps direct {:.1}, 1 viewer {:.1}, {} viewers median {:.1} (min {:.1}); ingot CPU {:.1} / {:.1} / {:.1} % with 0 / 1 / {} viewers; RSS {:.1} → {:.1} → {:.1} MiB",
+            "viewer round {}/{}: fps direct {:.1}, 1 viewer {:.1}; direct {:.1}, {} viewers median {:.1} (min {:.1}); ingot CPU {:.1} / {:.1} / {:.1} % with 0 / 1 / {} viewers; RSS {:.1} → {:.1} → {:.1} MiB",
             round + 1,
             plan.rounds,
             last(&r.fps_direct),
             last(&r.fps_one),
+            last(&r.fps_direct_many),
             plan.viewers,
             stats::median(&many).unwrap_or(f64::NAN),
             stats::percentile(&many, 0.0).unwrap_or(f64::NAN),
@@ -1264,64 +1272,147 @@ async fn click_viewer(page: &mut Driven, viewer: &mut ViewerSocket) -> Result<f6
     Ok(ms(ran - sent))
 }
 
-/// Frames counted during `window` after [`WARM_UP`] of animation, per client, with the mean
-/// JPEG size, and the time counted.
-async fn count_frames(clients: &mut [&mut Frames], window: Duration) -> (Vec<f64>, Vec<f64>) {
+/// Counting slices per target per series: the figures of a round are the frames of all its
+/// slices over their time, so that slow spells of the shared machine hit both targets.
+pub const SLICES: u32 = 5;
+/// Animation before a slice's frames are counted.
+pub const SLICE_WARM_UP: Duration = Duration::from_millis(300);
+
+/// What one slice of animation counted: frames per client, their JPEG sizes, how long, and
+/// ingot's CPU time meanwhile.
+#[derive(Debug, Default)]
+struct Tally {
+    frames: Vec<usize>,
+    bytes: Vec<f64>,
+    secs: f64,
+    cpu_ns: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        if self.frames.len() < other.frames.len() {
+            self.frames.resize(other.frames.len(), 0);
+        }
+        for (a, b) in self.frames.iter_mut().zip(&other.frames) {
+            *a += b;
+        }
+        self.bytes.extend(other.bytes);
+        self.secs += other.secs;
+        self.cpu_ns += other.cpu_ns;
+    }
+
+    /// Frames per second, per client.
+    fn fps(&self) -> Vec<f64> {
+        let secs = self.secs.max(1e-9);
+        self.frames.iter().map(|&n| n as f64 / secs).collect()
+    }
+
+    /// ingot's CPU time as % of one core.
+    fn cpu_pct(&self) -> f64 {
+        self.cpu_ns as f64 / (self.secs.max(1e-9) * 1e9) * 100.0
+    }
+}
+
+/// Animates `page` for [`SLICE_WARM_UP`] plus `length` and counts the frames each client
+/// receives during `length`, with `gateway`'s CPU time meanwhile; the page is still after.
+async fn slice(
+    page: &mut Driven,
+    clients: &mut [&mut Frames],
+    length: Duration,
+    gateway: i32,
+) -> Result<Tally> {
+    page.animate(true).await?;
+    tokio::time::sleep(SLICE_WARM_UP).await;
     for f in clients.iter_mut() {
         f.drain();
     }
+    let cpu_before = procfs::cpu_ns(gateway);
     let start = Instant::now();
-    tokio::time::sleep(window).await;
+    tokio::time::sleep(length).await;
     let end = Instant::now();
-    let secs = (end - start).as_secs_f64();
-    let mut fps = Vec::with_capacity(clients.len());
-    let mut bytes = Vec::new();
+    let cpu_after = procfs::cpu_ns(gateway);
+    page.animate(false).await?;
+    let (Some(cpu_before), Some(cpu_after)) = (cpu_before, cpu_after) else {
+        bail!("cannot read ingot's CPU time");
+    };
+    let mut tally = Tally {
+        secs: (end - start).as_secs_f64(),
+        cpu_ns: cpu_after.saturating_sub(cpu_before),
+        ..Tally::default()
+    };
     for f in clients.iter_mut() {
-        let seen: Vec<Seen> = f
+        let counted: Vec<Seen> = f
             .drain()
             .into_iter()
             .filter(|s| s.at >= start && s.at <= end)
             .collect();
-        fps.push(seen.len() as f64 / secs);
-        bytes.extend(seen.iter().map(|s| s.bytes as f64));
+        tally.frames.push(counted.len());
+        tally.bytes.extend(counted.iter().map(|s| s.bytes as f64));
     }
-    (fps, bytes)
+    Ok(tally)
 }
 
-/// Direct Chromium's screencast on the animated page; closes the client afterwards.
-async fn direct_fps(
-    page: &mut Driven,
-    mut cast: Cast,
+/// One series: [`SLICES`] slices of direct's client and as many of these ingot viewers,
+/// taking turns (which goes first alternates); returns (direct, ingot).
+async fn series(
+    direct: (&mut Driven, &mut Frames),
+    ingot: (&mut Driven, &mut [ViewerSocket]),
+    ingot_first: bool,
     plan: &ViewerPlan,
-    r: &mut ViewerResults,
-) -> Result<()> {
-    page.animate(true).await?;
-    tokio::time::sleep(WARM_UP).await;
-    let (fps, bytes) = count_frames(&mut [&mut cast.frames], plan.window).await;
-    page.animate(false).await?;
-    r.fps_direct.push(fps[0]);
-    r.direct.animated_bytes.extend(bytes);
-    drop(cast);
-    Ok(())
+    gateway: i32,
+) -> Result<(Tally, Tally)> {
+    let length = plan.window / SLICES;
+    let (direct_page, cast) = direct;
+    let (ingot_page, viewers) = ingot;
+    let (mut d, mut i) = (Tally::default(), Tally::default());
+    for k in 0..SLICES {
+        for ingot_turn in if (k % 2 == 0) == ingot_first {
+            [true, false]
+        } else {
+            [false, true]
+        } {
+            if ingot_turn {
+                let mut clients: Vec<&mut Frames> =
+                    viewers.iter_mut().map(|v| &mut v.frames).collect();
+                i.add(slice(ingot_page, &mut clients, length, gateway).await?);
+            } else {
+                d.add(slice(direct_page, &mut [&mut *cast], length, gateway).await?);
+            }
+        }
+    }
+    Ok((d, i))
 }
 
-/// ingot on the animated page: one viewer, then `plan.viewers` at once, then none, with
-/// ingot's CPU time during each count and its memory after each; closes every viewer.
-async fn ingot_fps(
+/// Frames per second on the animated page and ingot's cost per viewer: a series of direct's
+/// one client against ingot's one viewer, then (with `plan.viewers − 1` more viewers) against
+/// every viewer at once, then ingot with no viewer; its RSS after each series. Closes every
+/// client.
+#[allow(clippy::too_many_arguments)]
+async fn frame_rates(
     gw: &Gateway,
     t: &Targets,
-    page: &mut Driven,
+    pages: (&mut Driven, &mut Driven),
+    mut cast: Cast,
     viewer: ViewerSocket,
     rss_before: u64,
+    ingot_first: bool,
     plan: &ViewerPlan,
     r: &mut ViewerResults,
 ) -> Result<()> {
+    let (direct_page, ingot_page) = pages;
     let mut viewers = vec![viewer];
     let outcome = async {
-        page.animate(true).await?;
-        tokio::time::sleep(WARM_UP).await;
-        let (one, cpu_one, bytes) = counted(gw, &mut viewers, plan.window).await?;
+        let (direct_one, one) = series(
+            (&mut *direct_page, &mut cast.frames),
+            (&mut *ingot_page, &mut viewers),
+            ingot_first,
+            plan,
+            gw.pid(),
+        )
+        .await?;
         let rss_one = gw.rss_kib()?;
+        // They join an animated page: on a still one, ingot sends a joining viewer no frame.
+        ingot_page.animate(true).await?;
         for _ in 1..plan.viewers {
             let mut v = ViewerSocket::connect(&t.viewer_url).await?;
             let deadline = tokio::time::Instant::now() + WAIT;
@@ -1330,21 +1421,34 @@ async fn ingot_fps(
             })?;
             viewers.push(v);
         }
-        tokio::time::sleep(WARM_UP).await;
-        let (many, cpu_many, _) = counted(gw, &mut viewers, plan.window).await?;
+        ingot_page.animate(false).await?;
+        let (direct_many, many) = series(
+            (&mut *direct_page, &mut cast.frames),
+            (&mut *ingot_page, &mut viewers),
+            ingot_first,
+            plan,
+            gw.pid(),
+        )
+        .await?;
         let rss_many = gw.rss_kib()?;
         for v in viewers.drain(..) {
             v.close().await;
         }
-        tokio::time::sleep(WARM_UP).await;
-        let (_, cpu_none, _) = counted(gw, &mut viewers, plan.window).await?;
-        page.animate(false).await?;
-        r.fps_one.push(one[0]);
-        r.fps_many.push(many);
-        r.ingot.animated_bytes.extend(bytes);
-        for (series, v) in r.cpu_pct.iter_mut().zip([cpu_none, cpu_one, cpu_many]) {
+        tokio::time::sleep(SLICE_WARM_UP).await;
+        let none = slice(ingot_page, &mut [], plan.window, gw.pid()).await?;
+        r.fps_direct.push(direct_one.fps()[0]);
+        r.fps_direct_many.push(direct_many.fps()[0]);
+        r.fps_one.push(one.fps()[0]);
+        r.fps_many.push(many.fps());
+        for (series, v) in r
+            .cpu_pct
+            .iter_mut()
+            .zip([none.cpu_pct(), one.cpu_pct(), many.cpu_pct()])
+        {
             series.push(v);
         }
+        r.direct.animated_bytes.extend(direct_one.bytes);
+        r.ingot.animated_bytes.extend(one.bytes);
         for (series, v) in r.rss_kib.iter_mut().zip([rss_before, rss_one, rss_many]) {
             series.push(v);
         }
@@ -1354,25 +1458,8 @@ async fn ingot_fps(
     for v in viewers {
         v.close().await;
     }
+    drop(cast);
     outcome
-}
-
-/// [`count_frames`] on these viewers, with ingot's CPU time meanwhile as % of one core.
-async fn counted(
-    gw: &Gateway,
-    viewers: &mut [ViewerSocket],
-    window: Duration,
-) -> Result<(Vec<f64>, f64, Vec<f64>)> {
-    let before = procfs::cpu_ns(gw.pid());
-    let started = Instant::now();
-    let mut clients: Vec<&mut Frames> = viewers.iter_mut().map(|v| &mut v.frames).collect();
-    let (fps, bytes) = count_frames(&mut clients, window).await;
-    let elapsed = started.elapsed();
-    let (Some(before), Some(after)) = (before, procfs::cpu_ns(gw.pid())) else {
-        bail!("cannot read ingot's CPU time");
-    };
-    let pct = after.saturating_sub(before) as f64 / elapsed.as_nanos() as f64 * 100.0;
-    Ok((fps, pct, bytes))
 }
 
 /// Random pauses between samples, so that changes and clicks do not keep one phase

@@ -14,7 +14,8 @@ use anyhow::{Context, Result};
 use super::{Better, Goal, Machine, Row, splice};
 use crate::stats::{fmt_num, median, percentile};
 use crate::viewer::{
-    FrameFigures, HEIGHT, LATE_WAIT, Latency, Viewer, ViewerResults, WAIT, WARM_UP, WIDTH,
+    FrameFigures, HEIGHT, LATE_WAIT, Latency, SLICE_WARM_UP, SLICES, Viewer, ViewerResults, WAIT,
+    WIDTH,
 };
 
 /// The section's heading line.
@@ -23,6 +24,15 @@ const HEADING: &str = "## Viewer";
 const LATENCY_GOAL_MS: f64 = 100.0;
 /// …and at least this many frames per second with one viewer.
 const FPS_GOAL: f64 = 15.0;
+
+/// `1 round`, `3 rounds`.
+fn rounds(n: usize) -> String {
+    if n == 1 {
+        "1 round".to_owned()
+    } else {
+        format!("{n} rounds")
+    }
+}
 
 /// A figure for a note, or `?`.
 fn num(v: Option<f64>) -> String {
@@ -113,9 +123,9 @@ fn latency_rows(v: &ViewerResults) -> Vec<Row> {
         .figures(None, median(&v.painted.p50))
         .goal(Goal::AtMost(LATENCY_GOAL_MS))
         .note(format!(
-            "the issue's figure: `debugUrl` open in a headless Chromium, timed until the page's `drawImage` of the new colour on its canvas (reported through a binding); {} changes per round; median of {} rounds; a person's screen shows it at the next display refresh; {painted_misses}",
+            "the issue's figure: `debugUrl` open in a headless Chromium, timed until the page's `drawImage` of the new colour on its canvas (reported through a binding); {} changes per round; median of {}; a person's screen shows it at the next display refresh; {painted_misses}",
             p.changes.div_ceil(2),
-            p.rounds,
+            rounds(p.rounds),
         )),
         Row::new("same, p99", "ms", Better::Lower)
             .figures(None, median(&v.painted.p99)),
@@ -126,10 +136,10 @@ fn latency_rows(v: &ViewerResults) -> Vec<Row> {
         )
         .figures(median(&d.latency.p50), median(&i.latency.p50))
         .note(format!(
-            "{} colour changes of a 320×240 box per target per round, in blocks of {} alternating between the targets; median of {} rounds; ingot − direct per round {}; until the frame's message arrived (before decoding) p50 {} vs {} ms; JPEG {} vs {} KiB; {misses}",
+            "{} colour changes of a 320×240 box per target per round, in blocks of {} alternating between the targets; median of {}; ingot − direct per round {}; until the frame's message arrived (before decoding) p50 {} vs {} ms; JPEG {} vs {} KiB; {misses}",
             p.changes,
             p.block,
-            p.rounds,
+            rounds(p.rounds),
             paired_differences(&i.latency.p50, &d.latency.p50),
             num(percentile(&d.arrival_ms, 50.0)),
             num(percentile(&i.arrival_ms, 50.0)),
@@ -162,16 +172,28 @@ fn fps_rows(v: &ViewerResults) -> Vec<Row> {
         .iter()
         .filter_map(|r| percentile(r, 100.0))
         .collect();
-    let direct = median(&v.fps_direct);
+    let ratios = |a: &[f64], b: &[f64]| -> String {
+        let r: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .filter(|(_, b)| **b > 0.0)
+            .map(|(a, b)| a / b)
+            .collect();
+        match (percentile(&r, 0.0), percentile(&r, 100.0)) {
+            (Some(lo), Some(hi)) => format!("{lo:.2}–{hi:.2}×"),
+            _ => "?".to_owned(),
+        }
+    };
     vec![
         Row::new("frames per second, animated page, 1 viewer", "fps", Better::Higher)
-            .figures(direct, median(&v.fps_one))
+            .figures(median(&v.fps_direct), median(&v.fps_one))
             .goal(Goal::AtLeast(FPS_GOAL))
             .note(format!(
-                "the box moves and changes colour on every `requestAnimationFrame`; frames received in {} s after {} s of animation; median of {} rounds; JPEG {} vs {} KiB",
-                p.window.as_secs_f64(),
-                WARM_UP.as_secs_f64(),
-                p.rounds,
+                "the box moves and changes colour on every `requestAnimationFrame`; per round {SLICES} slices of {} s per target, each after {} s of animation, direct and ingot taking turns, frames ÷ the slices' time; median of {}; ingot ÷ direct per round {}; JPEG {} vs {} KiB",
+                fmt_num(p.window.as_secs_f64() / f64::from(SLICES)),
+                fmt_num(SLICE_WARM_UP.as_secs_f64()),
+                rounds(p.rounds),
+                ratios(&v.fps_one, &v.fps_direct),
                 mean_kib(&v.direct.animated_bytes),
                 mean_kib(&v.ingot.animated_bytes),
             )),
@@ -180,13 +202,14 @@ fn fps_rows(v: &ViewerResults) -> Vec<Row> {
             "fps",
             Better::Higher,
         )
-        .figures(direct, median(&medians))
+        .figures(median(&v.fps_direct_many), median(&medians))
         .note(format!(
-            "direct is still its one screencast client; the fastest of the {n} viewers {} fps (medians of rounds)",
+            "a second series of slices, direct's one client taking turns with ingot's {n} viewers; ingot ÷ direct per round {}; the fastest of the {n} viewers {} fps (median of rounds)",
+            ratios(&medians, &v.fps_direct_many),
             num(median(&fastest))
         )),
         Row::new(format!("same, slowest of the {n} viewers"), "fps", Better::Higher)
-            .figures(direct, median(&slowest)),
+            .figures(median(&v.fps_direct_many), median(&slowest)),
     ]
 }
 
@@ -204,7 +227,7 @@ fn cost_rows(v: &ViewerResults) -> Vec<Row> {
         Row::new("gateway CPU for the first viewer", "% of a core", Better::Lower)
             .figures(None, median(&cpu_first))
             .note(format!(
-                "ingot's CPU time (`schedstat`, all threads) while frames were counted on the animated page, with 0 / 1 / {n} viewers: {} / {} / {} % of one core (medians of rounds); the first viewer starts the screencast, whose frames ingot reads from the pipe, base64-decodes and acknowledges",
+                "ingot's CPU time (`schedstat`, all threads) during its slices on the animated page, with 0 / 1 / {n} viewers: {} / {} / {} % of one core (medians of rounds); the first viewer starts the screencast, whose frames ingot reads from the pipe, base64-decodes and acknowledges",
                 num(median(none)),
                 num(median(one)),
                 num(median(many)),
@@ -234,7 +257,7 @@ fn cost_rows(v: &ViewerResults) -> Vec<Row> {
 
 fn first_frame_rows(v: &ViewerResults) -> Vec<Row> {
     let (d, i) = (&v.direct, &v.ingot);
-    let rounds = v.plan.rounds;
+    let total = v.plan.rounds;
     let (d_late, d_wait) = late(d);
     let (i_late, i_wait) = late(i);
     vec![
@@ -255,7 +278,7 @@ fn first_frame_rows(v: &ViewerResults) -> Vec<Row> {
         )
         .figures(d_wait, i_wait)
         .note(format!(
-            "while the first client watches; a frame within {} s in {d_late} of {rounds} rounds direct (a screencast of its own), {i_late} of {rounds} ingot (the running screencast, shared)",
+            "while the first client watches; a frame within {} s in {d_late} of {total} rounds direct (a screencast of its own), {i_late} of {total} ingot (the running screencast, shared)",
             LATE_WAIT.as_secs_f64()
         )),
     ]
@@ -273,8 +296,9 @@ fn input_rows(v: &ViewerResults) -> Vec<Row> {
         )
         .figures(median(&d.p50), median(&w.p50))
         .note(format!(
-            "direct: `Input.dispatchMouseEvent` over CDP to direct Chromium; ingot: the viewer's `mousePressed`; timed from just before sending to the handler's `Runtime.bindingCalled` arriving over the page's CDP connection; {} per path per round, three paths taking turns; median of {} rounds",
-            p.clicks, p.rounds
+            "direct: `Input.dispatchMouseEvent` over CDP to direct Chromium; ingot: the viewer's `mousePressed`; timed from just before sending to the handler's `Runtime.bindingCalled` arriving over the page's CDP connection; {} per path per round, three paths taking turns; median of {}",
+            p.clicks,
+            rounds(p.rounds)
         )),
         Row::new("same, p99", "ms", Better::Lower).figures(median(&d.p99), median(&w.p99)),
         Row::new(
@@ -357,7 +381,7 @@ moment it arrives as ingot does: the gateway's cost is the difference.
 every frame's JPEG at 1/8 scale (`jpeg-decoder`) to read the middle pixel; the clock stops when \
 the new colour is decoded. Pauses of 20–70 ms (random) between changes keep them out of step \
 with the page's frame clock. {changes} changes per target per round in blocks of {block} \
-alternating between the targets; {rounds} rounds, which target goes first alternating; p50 and \
+alternating between the targets; {rounds}, which target goes first alternating; p50 and \
 p99 per round, median over rounds.
 - **Painted by the viewer page.** A third, headless Chromium (the person's browser; launched as \
 direct Chromium is) opens `debugUrl` in a tab, with a script injected before the page's own \
@@ -368,12 +392,15 @@ the command to that binding's event showing the new colour (so the figure includ
 `createImageBitmap` decode and draw, and the event's CDP hop to the bench, but not the display's \
 next refresh). The tab is then sent to `about:blank`, so the other figures have no such viewer.
 - **Frames per second.** `requestAnimationFrame` moves and recolours the box every frame, on \
-one target at a time (the other page is still); after {warm} s, frames are counted for {window} s: \
-by direct's one client, by ingot's one viewer, then by each of {n} viewers at once. ingot's \
-CPU time (`/proc/<pid>/task/*/schedstat`, all threads) is read around each count, and once more \
-with no viewer at all on the animated page; its `VmRSS` before the round's first viewer, with \
-one and with {n} viewers. The frames figure is what the client received: it decodes nothing \
-here.
+one page at a time (the other is still). Each round has two series of {slices} slices per \
+target, direct and ingot taking turns (which goes first alternates): in a slice the page \
+animates for {warm} s, then the frames each client receives are counted for {slice} s. The \
+first series is direct's one client against ingot's one viewer; then {more} more viewers join \
+(while the page animates), and the second series is direct's client against each of the {n} \
+viewers. A round's figure is its slices' frames ÷ their time. ingot's CPU time \
+(`/proc/<pid>/task/*/schedstat`, all threads) is summed over its slices, and read once more \
+over {window} s of animation with no viewer at all; its `VmRSS` before the round's first \
+viewer, after the first series and after the second. The clients decode nothing here.
 - **First frames.** Each round opens new clients on the still page and times them to their \
 first frame; then, while they watch, a second client of each target joins and waits up to \
 {late} s for a frame (direct's starts a screencast of its own; ingot's joins the running one).
@@ -384,19 +411,22 @@ taking turns: `Input.dispatchMouseEvent` to direct Chromium; the same through th
 `websocketUrl`; and the viewer's `mousePressed`/`mouseReleased`. Timed from just before the \
 press is sent to the handler's event arriving; the event's way back is the same CDP connection \
 for both ingot paths. {clicks} clicks per path per round (two unmeasured first).
-- Everything runs on this 2-core machine at once: the bench's own client, ingot and both \
-Chromiums. The bench stops every process it started (SIGTERM to ingot, which releases the \
-session; process group SIGKILL for direct Chromium) and removes its directories, also on \
-errors and Ctrl-C.
+- Everything runs on this 2-core machine at once: the bench's own clients, ingot and its \
+session's Chromium, direct Chromium and the person's. The bench stops every process it started \
+(SIGTERM to ingot, which releases the session; process group SIGKILL for the other Chromiums) \
+and removes its directories, also on errors and Ctrl-C.
 ",
         direct = r.viewport.0,
         ingot = r.viewport.1,
         changes = p.changes,
         painted = p.changes.div_ceil(2),
         block = p.block,
-        rounds = p.rounds,
-        warm = WARM_UP.as_secs_f64(),
-        window = p.window.as_secs_f64(),
+        rounds = rounds(p.rounds),
+        warm = fmt_num(SLICE_WARM_UP.as_secs_f64()),
+        slices = SLICES,
+        slice = fmt_num(p.window.as_secs_f64() / f64::from(SLICES)),
+        more = p.viewers.saturating_sub(1),
+        window = fmt_num(p.window.as_secs_f64()),
         n = p.viewers,
         late = LATE_WAIT.as_secs_f64(),
         clicks = p.clicks,
@@ -470,6 +500,7 @@ mod tests {
             },
             fps_direct: vec![20.0, 22.0],
             fps_one: vec![14.0, 16.0],
+            fps_direct_many: vec![18.0, 20.0],
             fps_many: vec![vec![10.0, 12.0, 14.0], vec![11.0, 13.0, 15.0]],
             cpu_pct: [vec![0.5, 0.5], vec![5.5, 6.5], vec![14.5, 15.5]],
             rss_kib: [
