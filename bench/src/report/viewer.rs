@@ -75,7 +75,8 @@ fn cpu_per_viewer(v: &ViewerResults) -> (Vec<f64>, Vec<f64>) {
     (first, each)
 }
 
-/// The gateway's RSS growth in KiB per round: the first viewer's and each further viewer's.
+/// The gateway's RSS growth in KiB per round: the first viewer's and each further viewer's
+/// (only the first round's are on a fresh process).
 fn memory_per_viewer(v: &ViewerResults) -> (Vec<f64>, Vec<f64>) {
     let [before, one, many] = &v.rss_kib;
     let further = (v.plan.viewers.max(2) - 1) as f64;
@@ -218,11 +219,9 @@ fn cost_rows(v: &ViewerResults) -> Vec<Row> {
     let (cpu_first, cpu_each) = cpu_per_viewer(v);
     let (rss_first, rss_each) = memory_per_viewer(v);
     let [none, one, many] = &v.cpu_pct;
-    let mib = |k: &[u64]| {
-        let k: Vec<f64> = k.iter().map(|&k| k as f64 / 1024.0).collect();
-        num(median(&k))
-    };
+    let mib = |k: &[u64]| num(k.first().map(|&k| k as f64 / 1024.0));
     let [rss_before, rss_one, rss_many] = &v.rss_kib;
+    let later: Vec<String> = rss_each.iter().skip(1).map(|&k| fmt_num(k)).collect();
     vec![
         Row::new("gateway CPU for the first viewer", "% of a core", Better::Lower)
             .figures(None, median(&cpu_first))
@@ -244,13 +243,14 @@ fn cost_rows(v: &ViewerResults) -> Vec<Row> {
             "KiB",
             Better::Lower,
         )
-        .figures(None, median(&rss_each))
+        .figures(None, rss_each.first().copied())
         .note(format!(
-            "growth of ingot's `VmRSS`, median of rounds; RSS before the round's first viewer / with 1 / with {n}: {} / {} / {} MiB; the first viewer (the live view's task and its screencast) added {} KiB in the first round",
+            "growth of ingot's `VmRSS` in the first round, on a fresh gateway: before the first viewer / with 1 / with {n}: {} / {} / {} MiB, so the first viewer (the live view's task and its screencast) added {} KiB; later rounds {} KiB per further viewer, as the allocator reuses what earlier viewers freed",
             mib(rss_before),
             mib(rss_one),
             mib(rss_many),
             num(rss_first.first().copied()),
+            if later.is_empty() { "–".to_owned() } else { later.join(", ") },
         )),
     ]
 }
@@ -400,7 +400,8 @@ first series is direct's one client against ingot's one viewer; then {more} more
 viewers. A round's figure is its slices' frames ÷ their time. ingot's CPU time \
 (`/proc/<pid>/task/*/schedstat`, all threads) is summed over its slices, and read once more \
 over {window} s of animation with no viewer at all; its `VmRSS` before the round's first \
-viewer, after the first series and after the second. The clients decode nothing here.
+viewer, after the first series and after the second (memory figures are the first round's, \
+on a fresh gateway). The clients decode nothing here.
 - **First frames.** Each round opens new clients on the still page and times them to their \
 first frame; then, while they watch, a second client of each target joins and waits up to \
 {late} s for a frame (direct's starts a screencast of its own; ingot's joins the running one).
