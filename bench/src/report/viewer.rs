@@ -47,12 +47,13 @@ fn mean_kib(v: &[f64]) -> String {
     fmt_num(v.iter().sum::<f64>() / v.len() as f64 / 1024.0)
 }
 
-/// `a[i] − b[i]` per round, as `min–max (median m)`.
+/// `a[i] − b[i]` per round, as `from min to max ms (median m)` (a range of negative figures
+/// would read badly with a dash).
 fn paired_differences(a: &[f64], b: &[f64]) -> String {
     let d: Vec<f64> = a.iter().zip(b).map(|(a, b)| a - b).collect();
     match (percentile(&d, 0.0), percentile(&d, 100.0), median(&d)) {
         (Some(lo), Some(hi), Some(mid)) => format!(
-            "{}–{} ms (median {})",
+            "from {} to {} ms (median {})",
             fmt_num(lo),
             fmt_num(hi),
             fmt_num(mid)
@@ -542,6 +543,15 @@ mod tests {
             viewer_targets_met(&Viewer::Measured(Box::new(slow))),
             (0, 2)
         );
+    }
+
+    #[test]
+    fn differences_are_paired_by_round() {
+        assert_eq!(
+            paired_differences(&[27.4, 30.3, 27.6], &[28.4, 30.8, 28.8]),
+            "from -1.20 to -0.50 ms (median -1.00)"
+        );
+        assert_eq!(paired_differences(&[], &[]), "?");
     }
 
     #[test]
