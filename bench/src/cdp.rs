@@ -44,7 +44,7 @@ impl Reply {
 }
 
 /// WebSocket limits for every client connection the benchmark opens.
-fn websocket_config() -> WebSocketConfig {
+pub fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
@@ -176,6 +176,11 @@ impl Cdp {
             .await?
             .result()
             .with_context(|| format!("{method} failed"))
+    }
+
+    /// The next message, reply or event, for callers that wait for events themselves.
+    pub async fn next_message(&mut self) -> Result<Utf8Bytes> {
+        self.next_text().await
     }
 
     /// The next text message; pings are answered by the library, closes are errors.

@@ -54,6 +54,8 @@ pub struct Gateway {
 pub struct Session {
     pub id: String,
     pub websocket_url: String,
+    /// The live viewer's page (`debugUrl`), when this ingot answers one.
+    pub debug_url: Option<String>,
 }
 
 /// Whether this ingot has a warm pool (`--pool-size` in its `--help`).
@@ -233,6 +235,7 @@ impl Gateway {
         Ok(Session {
             id: field("id")?,
             websocket_url: field("websocketUrl")?,
+            debug_url: field("debugUrl").ok(),
         })
     }
 

@@ -11,6 +11,9 @@
 //! * [`sessions`]: create to first reply, concurrent sessions, idle client memory;
 //! * [`cluster`]: two nodes on one PostgreSQL ([`postgres`]): forwarding and failover, a
 //!   section of its own (`--only cluster` runs just it) that prints its own progress lines;
+//! * [`viewer`]: the live viewer against direct Chromium's screencast (frame latency, frames
+//!   per second, the gateway's cost per viewer, input latency), a section of its own too
+//!   (`--only viewer`);
 //! * [`procfs`]: processes and memory from `/proc`;
 //! * [`report`]: the table and the file;
 //! * [`stats`]: percentiles and number formatting.
@@ -58,8 +61,9 @@ macro_rules! progress {
     };
 }
 
-// After `progress!`, which it uses: a `macro_rules!` macro is visible only below its definition.
+// After `progress!`, which they use: a `macro_rules!` macro is visible only below its definition.
 mod cluster;
+mod viewer;
 
 /// Benchmarks ingot against direct Chromium and writes BENCHMARKS.md.
 #[derive(Debug, Parser)]
@@ -81,8 +85,8 @@ struct Args {
     /// The Chromium executable for the direct baseline (ingot finds its own).
     #[arg(long, default_value = "/usr/lib/chromium/chromium")]
     chromium: PathBuf,
-    /// Run only this section and update only its part of the report (`## Cluster`), keeping
-    /// the rest of the file. A full run (the default) runs every section.
+    /// Run only this section and update only its part of the report (`## Cluster`,
+    /// `## Viewer`), keeping the rest of the file. A full run (the default) runs every section.
     #[arg(long, value_enum)]
     only: Option<Section>,
 }
@@ -93,6 +97,18 @@ enum Section {
     /// Two nodes on one PostgreSQL: CDP through a forwarding node, create through a node
     /// without a free slot, and the time until a SIGKILLed node's sessions read `failed`.
     Cluster,
+    /// The live viewer against direct Chromium's own screencast: frame latency, frames per
+    /// second with 1 and 10 viewers, the gateway's CPU and memory per viewer, input latency.
+    Viewer,
+}
+
+impl Section {
+    fn name(self) -> &'static str {
+        match self {
+            Section::Cluster => "cluster",
+            Section::Viewer => "viewer",
+        }
+    }
 }
 
 /// How many samples of what.
@@ -105,6 +121,7 @@ struct Plan {
     bursts: Vec<usize>,
     idle_clients: usize,
     cluster: cluster::ClusterPlan,
+    viewer: viewer::ViewerPlan,
 }
 
 /// Every cluster node's `--node-lease-ms`: short, so that failover is quick to measure.
@@ -137,6 +154,14 @@ impl Plan {
                     kills: 2,
                     lease_ms: CLUSTER_LEASE_MS,
                 },
+                viewer: viewer::ViewerPlan {
+                    rounds: 1,
+                    changes: 16,
+                    block: 8,
+                    clicks: 10,
+                    window: Duration::from_secs(2),
+                    viewers: 10,
+                },
             }
         } else {
             Plan {
@@ -162,6 +187,14 @@ impl Plan {
                     creates: 20,
                     kills: 5,
                     lease_ms: CLUSTER_LEASE_MS,
+                },
+                viewer: viewer::ViewerPlan {
+                    rounds: 3,
+                    changes: 60,
+                    block: 10,
+                    clicks: 30,
+                    window: Duration::from_secs(5),
+                    viewers: 10,
                 },
             }
         }
@@ -209,11 +242,20 @@ async fn run(args: &Args) -> Result<()> {
     let pool = gateway::supports_pool(&ingot)?;
     let machine = Machine::detect(chromium::version(&args.chromium), args.commit.clone());
     announce(args, &ingot, &machine, pool);
-    if args.only == Some(Section::Cluster) {
-        let root = TempRoot::create()?;
-        let cluster = cluster::measure(&args.chromium, &ingot, &root, plan.cluster).await?;
-        drop(root);
-        return publish_cluster(args, &cluster, machine);
+    match args.only {
+        Some(Section::Cluster) => {
+            let root = TempRoot::create()?;
+            let cluster = cluster::measure(&args.chromium, &ingot, &root, plan.cluster).await?;
+            drop(root);
+            return publish_cluster(args, &cluster, machine);
+        }
+        Some(Section::Viewer) => {
+            let root = TempRoot::create()?;
+            let viewer = viewer::measure(&args.chromium, &ingot, &root, pool, plan.viewer).await?;
+            drop(root);
+            return publish_viewer(args, &viewer, machine);
+        }
+        None => {}
     }
     let results = measure(args, &plan, &ingot, pool).await?;
     publish(args, &results, machine)
@@ -248,11 +290,9 @@ fn announce(args: &Args, ingot: &Path, machine: &Machine, pool: bool) {
     progress!(
         "ingot-bench ({}{}): ingot {}, {}, warm pool {}",
         if args.quick { "quick" } else { "full" },
-        if args.only == Some(Section::Cluster) {
-            ", cluster section only"
-        } else {
-            ""
-        },
+        args.only
+            .map(|s| format!(", {} section only", s.name()))
+            .unwrap_or_default(),
         ingot.display(),
         machine.chromium,
         if pool {
@@ -271,8 +311,8 @@ fn announce(args: &Args, ingot: &Path, machine: &Machine, pool: bool) {
 }
 
 /// Every phase of the plan, in order, against direct Chromium and one ingot (the warm pool
-/// gets a second one), then the cluster section with nodes of its own; stops ingot and
-/// removes the temporary directory before returning.
+/// gets a second one), then the cluster and viewer sections with gateways of their own;
+/// stops ingot and removes the temporary directory before returning.
 async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<Results> {
     let root = TempRoot::create()?;
     let gw = start_gateway(ingot, &root, plan, pool).await?;
@@ -290,6 +330,7 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
     progress!("stopping ingot");
     drop(gw);
     let cluster = cluster::measure(&args.chromium, ingot, &root, plan.cluster).await?;
+    let viewer = viewer::measure(&args.chromium, ingot, &root, pool, plan.viewer).await?;
     drop(root);
     Ok(Results {
         quick: args.quick,
@@ -305,6 +346,7 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
         bursts,
         idle,
         cluster,
+        viewer,
     })
 }
 
@@ -377,6 +419,7 @@ fn publish(args: &Args, results: &Results, mut machine: Machine) -> Result<()> {
     let took = STARTED.get().map_or(Duration::ZERO, |s| s.elapsed());
     println!("{}", report::table(results));
     println!("{}", report::cluster_tables(&results.cluster));
+    println!("{}", report::viewer_table(&results.viewer));
     report::write(&args.out, results, &machine, took)?;
     let (met, measured) = report::targets_met(results);
     progress!(
@@ -397,6 +440,22 @@ fn publish_cluster(args: &Args, cluster: &cluster::Cluster, mut machine: Machine
     let (met, measured) = report::cluster_targets_met(cluster);
     progress!(
         "updated the cluster section of {} ({met} of {measured} targets met); total {:.0} s",
+        args.out.display(),
+        took.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// After `--only viewer`: notes the load at the end, prints the section's table to stdout and
+/// puts the section into the report file, leaving the rest of it as it was.
+fn publish_viewer(args: &Args, viewer: &viewer::Viewer, mut machine: Machine) -> Result<()> {
+    machine.finish();
+    let took = STARTED.get().map_or(Duration::ZERO, |s| s.elapsed());
+    println!("{}", report::viewer_table(viewer));
+    report::write_viewer(&args.out, viewer, &machine, took, args.quick)?;
+    let (met, measured) = report::viewer_targets_met(viewer);
+    progress!(
+        "updated the viewer section of {} ({met} of {measured} targets met); total {:.0} s",
         args.out.display(),
         took.as_secs_f64()
     );

@@ -3,12 +3,15 @@
 //! Owns turning samples into rows (the figure each row reports, its ratio to direct
 //! Chromium, and whether a target was met) and the file's layout. A hand-written
 //! `## Findings` section already in the file is kept when the file is rewritten. The
-//! `## Cluster` section ([`cluster`]) has its own tables and method, so that `--only cluster`
-//! can replace it alone and leave the rest of the file, written by a full run, as it was.
+//! `## Cluster` section ([`cluster`]) and the `## Viewer` section ([`viewer`]) have their own
+//! tables and method, so that `--only cluster` or `--only viewer` can replace one alone and
+//! leave the rest of the file, written by a full run, as it was.
 
 mod cluster;
+mod viewer;
 
 pub use cluster::{cluster_tables, cluster_targets_met, write_cluster};
+pub use viewer::{viewer_table, viewer_targets_met, write_viewer};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -21,6 +24,10 @@ use crate::percommand::{PIPELINED, Samples};
 use crate::procfs;
 use crate::sessions::{Burst, IdleClients, Start};
 use crate::stats::{fmt_num, median, percentile};
+use crate::viewer::Viewer;
+
+/// The intro line of a section (`## Cluster`, `## Viewer`) that a full run measured.
+const FULL_RUN: &str = "Measured in the full run described at the top of this file.";
 
 /// Where and when the benchmark ran.
 #[derive(Debug, Clone)]
@@ -137,6 +144,7 @@ pub struct Results {
     pub bursts: Vec<(usize, Burst, Burst)>,
     pub idle: (IdleClients, IdleClients),
     pub cluster: Cluster,
+    pub viewer: Viewer,
 }
 
 /// Which way a figure is better.
@@ -155,6 +163,8 @@ enum Goal {
     RatioAtLeast(f64),
     /// ingot's own figure at most this, in the row's unit.
     AtMost(f64),
+    /// ingot's own figure at least this, in the row's unit.
+    AtLeast(f64),
 }
 
 struct Row {
@@ -206,6 +216,7 @@ impl Row {
             Goal::RatioAtMost(max) => Some(self.ratio()? <= max),
             Goal::RatioAtLeast(min) => Some(self.ratio()? >= min),
             Goal::AtMost(max) => Some(self.ingot? <= max),
+            Goal::AtLeast(min) => Some(self.ingot? >= min),
         }
     }
 
@@ -227,6 +238,7 @@ impl Row {
                     Goal::RatioAtMost(x) => format!("≤ {x}× direct"),
                     Goal::RatioAtLeast(x) => format!("≥ {x}× direct"),
                     Goal::AtMost(x) => format!("≤ {} {}", fmt_num(x), self.unit),
+                    Goal::AtLeast(x) => format!("≥ {} {}", fmt_num(x), self.unit),
                 };
                 let verdict = match met {
                     Some(true) => "**met**",
@@ -523,13 +535,15 @@ pub fn table(r: &Results) -> String {
     out
 }
 
-/// How many targets were met, out of those measured (the cluster section's included).
+/// How many targets were met, out of those measured (the cluster and viewer sections'
+/// included).
 pub fn targets_met(r: &Results) -> (usize, usize) {
     let verdicts: Vec<bool> = rows(r).iter().filter_map(Row::met).collect();
-    let (met, measured) = cluster_targets_met(&r.cluster);
+    let (cluster_met, cluster_measured) = cluster_targets_met(&r.cluster);
+    let (viewer_met, viewer_measured) = viewer_targets_met(&r.viewer);
     (
-        verdicts.iter().filter(|m| **m).count() + met,
-        verdicts.len() + measured,
+        verdicts.iter().filter(|m| **m).count() + cluster_met + viewer_met,
+        verdicts.len() + cluster_measured + viewer_measured,
     )
 }
 
@@ -559,6 +573,7 @@ pub fn document(r: &Results, machine: &Machine, took: Duration, previous: Option
          | other Chromium processes running at start | {foreign} |\n\n\
          ## Results\n\n{table}\n\
          {cluster}\n\
+         {viewer}\n\
          ## Method\n\n{method}\n{findings}\n",
         date = machine.date,
         mins = took.as_secs() / 60,
@@ -573,7 +588,8 @@ pub fn document(r: &Results, machine: &Machine, took: Duration, previous: Option
         load_end = machine.load_end,
         foreign = machine.foreign_chromium,
         table = table(r),
-        cluster = cluster::section(&r.cluster, cluster::FULL_RUN, r.quick),
+        cluster = cluster::section(&r.cluster, FULL_RUN, r.quick),
+        viewer = viewer::section(&r.viewer, FULL_RUN, r.quick),
         method = method(r),
     )
 }
@@ -621,6 +637,36 @@ errors and Ctrl-C.
         rtt = r.rtt_runs,
         idle = r.idle.1.count,
     )
+}
+
+/// `doc` with its `heading` section (`## Cluster`, …) replaced by `section`; without one,
+/// `section` goes before `## Method` (where a full run puts it), else before `## Findings`,
+/// else at the end.
+fn splice(doc: &str, heading: &str, section: &str) -> String {
+    let section = section.trim_end();
+    if let Some(start) = heading_at(doc, heading) {
+        let after = start + heading.len();
+        let end = doc[after..]
+            .find("\n## ")
+            .map_or(doc.len(), |i| after + i + 1);
+        let rest = &doc[end..];
+        let gap = if rest.is_empty() { "\n" } else { "\n\n" };
+        return format!("{}{section}{gap}{rest}", &doc[..start]);
+    }
+    for next in ["## Method", "## Findings"] {
+        if let Some(at) = heading_at(doc, next) {
+            return format!("{}{section}\n\n{}", &doc[..at], &doc[at..]);
+        }
+    }
+    format!("{}\n\n{section}\n", doc.trim_end())
+}
+
+/// Where the line `heading` starts in `doc`, if it has one.
+fn heading_at(doc: &str, heading: &str) -> Option<usize> {
+    if doc.starts_with(&format!("{heading}\n")) {
+        return Some(0);
+    }
+    doc.find(&format!("\n{heading}\n")).map(|i| i + 1)
 }
 
 /// Writes the document to `path`, keeping the findings section already there.

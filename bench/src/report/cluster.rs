@@ -11,15 +11,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::{Machine, totals};
+use super::{Machine, splice, totals};
 use crate::cluster::{Cluster, ClusterResults, POLL};
 use crate::sessions::Start;
 use crate::stats::{fmt_num, median, percentile};
 
 /// The section's heading line.
 const HEADING: &str = "## Cluster";
-/// The intro line when a full run measured the section.
-pub const FULL_RUN: &str = "Measured in the full run described at the top of this file.";
 /// The round trip through a forwarding node, at most this many times the owner's (p50).
 const FORWARDING_GOAL: f64 = 1.15;
 
@@ -287,35 +285,6 @@ between 2/3 of the lease (a kill just before a renewal) and the lease plus lease
     )
 }
 
-/// `doc` with its `## Cluster` section replaced by `section`; without one, `section` goes
-/// before `## Method` (where a full run puts it), else before `## Findings`, else at the end.
-fn splice(doc: &str, section: &str) -> String {
-    let section = section.trim_end();
-    if let Some(start) = heading_at(doc, HEADING) {
-        let after = start + HEADING.len();
-        let end = doc[after..]
-            .find("\n## ")
-            .map_or(doc.len(), |i| after + i + 1);
-        let rest = &doc[end..];
-        let gap = if rest.is_empty() { "\n" } else { "\n\n" };
-        return format!("{}{section}{gap}{rest}", &doc[..start]);
-    }
-    for next in ["## Method", "## Findings"] {
-        if let Some(at) = heading_at(doc, next) {
-            return format!("{}{section}\n\n{}", &doc[..at], &doc[at..]);
-        }
-    }
-    format!("{}\n\n{section}\n", doc.trim_end())
-}
-
-/// Where the line `heading` starts in `doc`, if it has one.
-fn heading_at(doc: &str, heading: &str) -> Option<usize> {
-    if doc.starts_with(&format!("{heading}\n")) {
-        return Some(0);
-    }
-    doc.find(&format!("\n{heading}\n")).map(|i| i + 1)
-}
-
 /// Puts the section, measured by `--only cluster`, into the report at `path` (creating the
 /// file if there is none), leaving the rest of the file as it was.
 pub fn write_cluster(
@@ -340,7 +309,7 @@ pub fn write_cluster(
     );
     let section = section(c, &intro, quick);
     let text = match std::fs::read_to_string(path) {
-        Ok(doc) => splice(&doc, &section),
+        Ok(doc) => splice(&doc, HEADING, &section),
         Err(_) => format!("# Benchmarks\n\n{section}"),
     };
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
@@ -355,12 +324,12 @@ mod tests {
 
     #[test]
     fn the_section_goes_before_the_method_once_and_is_then_replaced() {
-        let first = splice(DOC, "## Cluster\n\nold\n");
+        let first = splice(DOC, HEADING, "## Cluster\n\nold\n");
         assert_eq!(
             first,
             "# Benchmarks\n\n## Results\n\n| a |\n\n## Cluster\n\nold\n\n## Method\n\n- m\n\n## Findings\n\n- f\n"
         );
-        let second = splice(&first, "## Cluster\n\nnew\n| t |\n");
+        let second = splice(&first, HEADING, "## Cluster\n\nnew\n| t |\n");
         assert_eq!(
             second,
             "# Benchmarks\n\n## Results\n\n| a |\n\n## Cluster\n\nnew\n| t |\n\n## Method\n\n- m\n\n## Findings\n\n- f\n"
@@ -371,16 +340,16 @@ mod tests {
     fn without_a_method_the_section_goes_before_the_findings_or_at_the_end() {
         let doc = "# B\n\n## Findings\n\n- f\n";
         assert_eq!(
-            splice(doc, "## Cluster\n\nx\n"),
+            splice(doc, HEADING, "## Cluster\n\nx\n"),
             "# B\n\n## Cluster\n\nx\n\n## Findings\n\n- f\n"
         );
         assert_eq!(
-            splice("# B\n", "## Cluster\n\nx\n"),
+            splice("# B\n", HEADING, "## Cluster\n\nx\n"),
             "# B\n\n## Cluster\n\nx\n"
         );
         let last = "# B\n\n## Cluster\n\nold\n";
         assert_eq!(
-            splice(last, "## Cluster\n\nnew\n"),
+            splice(last, HEADING, "## Cluster\n\nnew\n"),
             "# B\n\n## Cluster\n\nnew\n"
         );
     }
@@ -389,7 +358,7 @@ mod tests {
     fn a_heading_that_only_starts_like_the_sections_is_not_it() {
         let doc = "# B\n\n## Clusters of things\n\ny\n\n## Method\n\n- m\n";
         assert_eq!(
-            splice(doc, "## Cluster\n\nx\n"),
+            splice(doc, HEADING, "## Cluster\n\nx\n"),
             "# B\n\n## Clusters of things\n\ny\n\n## Cluster\n\nx\n\n## Method\n\n- m\n"
         );
     }
