@@ -332,12 +332,19 @@ proptest! {
             }
             Err(field) if field.starts_with("sessionContext.") => {
                 // A field of the context: named by its path from the key the body has.
-                let sub = field.trim_start_matches("sessionContext.");
-                let top = sub.split(['.', '[']).next().unwrap_or_default();
-                prop_assert!(
-                    object.get("sessionContext").is_some_and(|c| c.get(top).is_some()),
-                    "error names {field}, not in {object:?}"
-                );
+                // Keys may hold dots themselves: the named path starts with a key the
+                // context has, followed by the end, a `.` or a `[`.
+                let sub = &field["sessionContext.".len()..];
+                let names_a_key = object
+                    .get("sessionContext")
+                    .and_then(Value::as_object)
+                    .is_some_and(|c| {
+                        c.keys().any(|k| {
+                            sub.strip_prefix(k.as_str())
+                                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+                        })
+                    });
+                prop_assert!(names_a_key, "error names {field}, not in {object:?}");
             }
             Err(field) => {
                 match field.strip_prefix("dimensions.") {
