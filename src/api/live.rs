@@ -512,13 +512,11 @@ impl Viewer {
 
     async fn send_frame(&mut self, frame: &Frame) -> Result<(), ()> {
         self.size = (frame.width, frame.height);
-        let header =
-            json!({"pageId": frame.page, "width": frame.width, "height": frame.height}).to_string();
-        let mut message = Vec::with_capacity(4 + header.len() + frame.jpeg.len());
-        message.extend_from_slice(&u32::try_from(header.len()).unwrap_or(0).to_be_bytes());
-        message.extend_from_slice(header.as_bytes());
-        message.extend_from_slice(&frame.jpeg);
-        self.ws.send(Message::binary(message)).await.map_err(drop)
+        // Shared with the page's other viewers: no copy per viewer.
+        self.ws
+            .send(Message::Binary(frame.message.clone()))
+            .await
+            .map_err(drop)
     }
 
     async fn ended(&mut self) {

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use base64::Engine;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -28,14 +27,33 @@ const MAX_SIDE: u32 = 1920;
 /// One frame of a page.
 #[derive(Debug)]
 pub struct Frame {
-    /// The page (target id).
-    pub page: String,
     /// The page's viewport in CSS pixels: the space input coordinates are in.
     pub width: f64,
     /// See `width`.
     pub height: f64,
-    /// The JPEG.
-    pub jpeg: Bytes,
+    /// The viewer's binary message for this frame, built once for all its viewers: a
+    /// big-endian `u32` length, that many bytes of JSON header (`pageId`, `width`,
+    /// `height`), then the JPEG.
+    pub message: Bytes,
+}
+
+impl Frame {
+    /// Builds the frame of `page` (named in the header) from a screencast frame's base64 JPEG and its viewport.
+    fn new(page: &str, (width, height): (f64, f64), base64_jpeg: &str) -> Option<Frame> {
+        use base64::Engine;
+        let header = json!({"pageId": page, "width": width, "height": height}).to_string();
+        let mut message = Vec::with_capacity(4 + header.len() + base64_jpeg.len() * 3 / 4);
+        message.extend_from_slice(&u32::try_from(header.len()).ok()?.to_be_bytes());
+        message.extend_from_slice(header.as_bytes());
+        base64::engine::general_purpose::STANDARD
+            .decode_vec(base64_jpeg, &mut message)
+            .ok()?;
+        Some(Frame {
+            width,
+            height,
+            message: Bytes::from(message),
+        })
+    }
 }
 
 /// A page of the session.
@@ -349,18 +367,14 @@ impl Hub {
         let Some(cast) = self.casts.get(page) else {
             return;
         };
-        let Ok(jpeg) = base64::engine::general_purpose::STANDARD
-            .decode(params["data"].as_str().unwrap_or_default())
-        else {
-            return;
-        };
         let meta = &params["metadata"];
-        cast.frames.send_replace(Some(Arc::new(Frame {
-            page: page.clone(),
-            width: meta["deviceWidth"].as_f64().unwrap_or(0.0),
-            height: meta["deviceHeight"].as_f64().unwrap_or(0.0),
-            jpeg: Bytes::from(jpeg),
-        })));
+        let size = (
+            meta["deviceWidth"].as_f64().unwrap_or(0.0),
+            meta["deviceHeight"].as_f64().unwrap_or(0.0),
+        );
+        if let Some(frame) = Frame::new(page, size, params["data"].as_str().unwrap_or_default()) {
+            cast.frames.send_replace(Some(Arc::new(frame)));
+        }
     }
 
     fn target_changed(&mut self, info: &Value) {
