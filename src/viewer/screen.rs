@@ -124,7 +124,7 @@ impl Screen {
             casts: HashMap::new(),
             sessions: HashMap::new(),
             pending: HashMap::new(),
-            commands: commands.clone(),
+            commands: commands.downgrade(),
         };
         tokio::spawn(hub.run(inbox));
         Ok(Arc::new(Screen { commands, tabs }))
@@ -178,8 +178,9 @@ struct Hub {
     /// Page session → target id.
     sessions: HashMap<String, String>,
     pending: HashMap<i64, Pending>,
-    /// For the `Watching`s it hands out.
-    commands: mpsc::UnboundedSender<Command>,
+    /// For the `Watching`s it hands out. Weak, so that the task ends (its inbox closes) once
+    /// the `Screen` and every `Watching` are gone.
+    commands: mpsc::WeakUnboundedSender<Command>,
 }
 
 impl Hub {
@@ -203,10 +204,6 @@ impl Hub {
                     Some(message) => self.message(message).await,
                     None => break,
                 },
-            }
-            // Only `Watching`s and `Screen`s hold senders besides this one.
-            if self.casts.is_empty() && self.commands.strong_count() <= 1 {
-                break;
             }
         }
         debug!("live view stopped");
@@ -272,6 +269,7 @@ impl Hub {
                 },
             );
         }
+        let commands = self.commands.upgrade().ok_or("the view is closing")?;
         let cast = self.casts.get_mut(&page).ok_or("the page went")?;
         cast.viewers += 1;
         let mut frames = cast.frames.subscribe();
@@ -281,7 +279,7 @@ impl Hub {
         Ok(Watching {
             page,
             frames,
-            commands: self.commands.clone(),
+            commands,
         })
     }
 
