@@ -156,6 +156,18 @@ impl Driver {
         }
     }
 
+    /// The target id of the browser's first page, as `Target.getTargets` lists them.
+    pub async fn first_page(&mut self) -> Result<String, CommandError> {
+        let targets = self.call("Target.getTargets", json!({}), None).await?;
+        targets["targetInfos"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["type"] == "page")
+            .and_then(|t| t["targetId"].as_str().map(str::to_owned))
+            .ok_or(CommandError::Refused("Target.getTargets", "no page".into()))
+    }
+
     /// Attaches to page target `target_id`; returns the page session.
     pub async fn attach_page(&mut self, target_id: &str) -> Result<String, CommandError> {
         let reply = self

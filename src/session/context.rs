@@ -263,7 +263,7 @@ pub async fn load(mux: &Arc<Mux>, context: &SessionContext) -> Result<(), Comman
     if origins.is_empty() {
         return Ok(());
     }
-    let page = first_page(&mut driver).await?;
+    let page = driver.first_page().await?;
     let session = driver.attach_page(&page).await?;
     let patterns = json!({"patterns": [{"urlPattern": "*", "requestStage": "Request"}]});
     driver
@@ -294,18 +294,6 @@ pub async fn load(mux: &Arc<Mux>, context: &SessionContext) -> Result<(), Comman
         )
         .await
         .map(drop)
-}
-
-/// The target id of the browser's first page.
-async fn first_page(driver: &mut Driver) -> Result<String, CommandError> {
-    let targets = driver.call("Target.getTargets", json!({}), None).await?;
-    targets["targetInfos"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|t| t["type"] == "page")
-        .and_then(|t| t["targetId"].as_str().map(str::to_owned))
-        .ok_or(CommandError::Refused("Target.getTargets", "no page".into()))
 }
 
 /// A script that writes `local` into `localStorage` and `session` into `sessionStorage`.

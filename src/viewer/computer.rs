@@ -445,18 +445,7 @@ struct Page {
 impl Page {
     async fn open(mux: &Arc<Mux>) -> Result<Page, CommandError> {
         let mut driver = Driver::attach(mux).await?;
-        let targets = driver.call("Target.getTargets", json!({}), None).await?;
-        let target = targets["targetInfos"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|t| t["type"] == "page")
-            .and_then(|t| t["targetId"].as_str())
-            .ok_or(CommandError::Refused(
-                "Target.getTargets",
-                "the session has no page".into(),
-            ))?
-            .to_owned();
+        let target = driver.first_page().await?;
         let session = driver.attach_page(&target).await?;
         Ok(Page { driver, session })
     }
