@@ -252,7 +252,7 @@ pub async fn facts(
         time_left_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
         billed_minutes: session.billed_minutes(),
         release_reason: None,
-        created_at: super::wire::SessionJson::new(&view, &state.urls).created_at,
+        created_at: super::wire::timestamp(view.created_at),
     })
     .into_response())
 }

@@ -171,7 +171,7 @@ impl SessionJson {
 }
 
 /// RFC 3339 in UTC with exactly three fractional digits, as Steel sends it.
-fn timestamp(t: time::OffsetDateTime) -> String {
+pub(super) fn timestamp(t: time::OffsetDateTime) -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
