@@ -172,6 +172,32 @@ test('the viewer shows the session live and steers it', T, withGatewayLog(() => 
   }
 }));
 
+test('showControls navigates the session, and theme applies', T, withGatewayLog(() => gw, async () => {
+  const client = new Steel({ baseURL: gw.baseUrl, maxRetries: 0 });
+  const { session, cdp, page } = await sessionWithPage(client);
+  try {
+    const plain = await openViewer(session.debugUrl);
+    assert.equal(await plain.isVisible('#address'), false, 'no controls unless asked');
+    assert.ok(await plain.evaluate(() => document.body.classList.contains('theme-dark')));
+    await plain.close();
+    const tab = await openViewer(`${session.debugUrl}&showControls=true&theme=light`);
+    assert.ok(await tab.evaluate(() => document.body.classList.contains('theme-light')));
+    await tab.fill('#address', siteUrl('/other'));
+    await tab.press('#address', 'Enter');
+    await page.waitForURL(siteUrl('/other'), { timeout: 15_000 });
+    await tab.click('#back');
+    // Back may restore the page from the back-forward cache, without a load event.
+    await page.waitForFunction(() => location.pathname === '/', null, { timeout: 15_000 });
+    await page.evaluate(() => { window.marker = 1; });
+    await tab.click('#reload');
+    await page.waitForFunction(() => window.marker === undefined, null, { timeout: 15_000 });
+    await tab.close();
+  } finally {
+    await cdp.close().catch(() => {});
+    await client.sessions.release(session.id).catch(() => {});
+  }
+}));
+
 test('a read-only viewer sends nothing, and tokens and origins are checked', T, withGatewayLog(() => gw, async () => {
   const client = new Steel({ baseURL: gw.baseUrl, maxRetries: 0 });
   const { session, cdp, page } = await sessionWithPage(client);
