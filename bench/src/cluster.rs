@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::chromium::{DirectChromium, TempRoot};
 use crate::gateway::{self, Gateway, GatewayOptions};
-use crate::percommand::{Page, RoundPlan, Samples};
+use crate::percommand::Page;
 use crate::postgres::{self, Postgres};
 use crate::sessions::{self, Start};
 use crate::stats::{self, ms};
@@ -235,19 +235,8 @@ async fn round_trips(
 
 /// `n` new WebSockets to each page's browser endpoint, each until its first CDP reply.
 async fn reconnects(pages: &mut [Page; 3], out: &mut [PageFigures; 3], n: usize) -> Result<()> {
-    let only_reconnects = RoundPlan {
-        rtt_runs: 0,
-        rtt_block: 1,
-        reps_4mib: 0,
-        reps_60mib: 0,
-        pipelined_reps: 0,
-        screenshots: 0,
-        reconnects: n,
-    };
-    for (page, figures) in pages.iter_mut().zip(out.iter_mut()) {
-        let mut samples = Samples::default();
-        page.round(&only_reconnects, &mut samples).await?;
-        figures.reconnect_ms.extend(samples.reconnect_ms);
+    for (page, figures) in pages.iter().zip(out.iter_mut()) {
+        page.reconnects(n, &mut figures.reconnect_ms).await?;
     }
     Ok(())
 }

@@ -7,18 +7,21 @@
 //! * [`cdp`]: the CDP client both targets are driven with;
 //! * [`chromium`]: direct Chromium and the temporary directory, torn down on drop;
 //! * [`gateway`]: the ingot under test and HTTP to it, stopped with SIGTERM on drop;
-//! * [`percommand`]: round trips, large replies, pipelining, screenshots, reconnects;
+//! * [`percommand`]: round trips, large replies, pipelining, screenshots, reconnects (with
+//!   the CPU time and context switches of the gateway, the browsers and this client around
+//!   them);
 //! * [`sessions`]: create to first reply, concurrent sessions, idle client memory;
 //! * [`cluster`]: two nodes on one PostgreSQL ([`postgres`]): forwarding and failover, a
 //!   section of its own (`--only cluster` runs just it) that prints its own progress lines;
 //! * [`viewer`]: the live viewer against direct Chromium's screencast (frame latency, frames
 //!   per second, the gateway's cost per viewer, input latency), a section of its own too
 //!   (`--only viewer`);
-//! * [`procfs`]: processes and memory from `/proc`;
+//! * [`procfs`]: processes, memory, CPU time and context switches from `/proc`;
 //! * [`report`]: the table and the file;
 //! * [`stats`]: percentiles and number formatting.
 //!
-//! Progress goes to stderr, the tables to stdout.
+//! Progress goes to stderr, the tables to stdout. `--only core` measures the per-command
+//! figures and cold and warm starts alone and prints their table without touching the file.
 //!
 //! A workspace member of its own (`bench/`), so that its dependencies stay out of the gateway
 //! crate. From the repository root, with the release gateway it runs next to it in the shared
@@ -44,7 +47,8 @@ use clap::Parser;
 use chromium::{DirectChromium, TempRoot};
 use gateway::{Gateway, GatewayOptions};
 use percommand::{Page, RoundPlan, Samples};
-use report::{Machine, Results, Warm};
+use procfs::Usage;
+use report::{Core, Machine, Results, Warm};
 use sessions::Start;
 
 /// When the run started, for progress lines.
@@ -72,9 +76,10 @@ struct Args {
     /// Few samples of everything: a smoke test of about a minute, not figures to quote.
     #[arg(long)]
     quick: bool,
-    /// Where to write the Markdown report (its "## Findings" section is kept).
-    #[arg(long, default_value = "BENCHMARKS.md")]
-    out: PathBuf,
+    /// Where to write the Markdown report (its "## Findings" section is kept); by default
+    /// `BENCHMARKS.md`. `--only core` writes no file unless this is given.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// The ingot executable; by default the `ingot` next to this program.
     #[arg(long)]
     ingot: Option<PathBuf>,
@@ -86,14 +91,29 @@ struct Args {
     #[arg(long, default_value = "/usr/lib/chromium/chromium")]
     chromium: PathBuf,
     /// Run only this section and update only its part of the report (`## Cluster`,
-    /// `## Viewer`), keeping the rest of the file. A full run (the default) runs every section.
+    /// `## Viewer`), keeping the rest of the file; `core` prints its table and writes a file
+    /// of its own only with `--out`. A full run (the default) runs every section.
     #[arg(long, value_enum)]
     only: Option<Section>,
+}
+
+/// Where the report goes when `--out` is not given.
+const DEFAULT_OUT: &str = "BENCHMARKS.md";
+
+impl Args {
+    /// The report file: `--out`, else [`DEFAULT_OUT`].
+    fn out(&self) -> &Path {
+        self.out.as_deref().unwrap_or(Path::new(DEFAULT_OUT))
+    }
 }
 
 /// A section that can run on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Section {
+    /// For quick iteration: the per-command rounds (round trip, reconnect, large replies,
+    /// pipelining, screenshots) and cold and warm starts against one ingot and direct
+    /// Chromium; prints the table, and writes it to a file only when `--out` is given.
+    Core,
     /// Two nodes on one PostgreSQL: CDP through a forwarding node, create through a node
     /// without a free slot, and the time until a SIGKILLed node's sessions read `failed`.
     Cluster,
@@ -105,6 +125,7 @@ enum Section {
 impl Section {
     fn name(self) -> &'static str {
         match self {
+            Section::Core => "core",
             Section::Cluster => "cluster",
             Section::Viewer => "viewer",
         }
@@ -243,6 +264,18 @@ async fn run(args: &Args) -> Result<()> {
     let machine = Machine::detect(chromium::version(&args.chromium), args.commit.clone());
     announce(args, &ingot, &machine, pool);
     match args.only {
+        Some(Section::Core) => {
+            if let Some(out) = &args.out {
+                report::check_core_out(out)?;
+            }
+            let root = TempRoot::create()?;
+            let gw = start_gateway(&ingot, &root, None, pool).await?;
+            let core = measure_core(args, &plan, &ingot, pool, &root, &gw).await?;
+            progress!("stopping ingot");
+            drop(gw);
+            drop(root);
+            return publish_core(args, &core, machine);
+        }
         Some(Section::Cluster) => {
             let root = TempRoot::create()?;
             let cluster = cluster::measure(&args.chromium, &ingot, &root, plan.cluster).await?;
@@ -315,16 +348,8 @@ fn announce(args: &Args, ingot: &Path, machine: &Machine, pool: bool) {
 /// stops ingot and removes the temporary directory before returning.
 async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<Results> {
     let root = TempRoot::create()?;
-    let gw = start_gateway(ingot, &root, plan, pool).await?;
-    let (direct, ingot_samples, direct_viewport, ingot_viewport) =
-        per_command(&args.chromium, &root, &gw, plan).await?;
-    let (cold_direct, cold_ingot) =
-        cold_starts(&args.chromium, &root, &gw, plan.cold_starts).await?;
-    let warm = if pool {
-        warm_starts(ingot, &root, plan.warm_starts).await?
-    } else {
-        Warm::Unsupported
-    };
+    let gw = start_gateway(ingot, &root, plan.bursts.iter().copied().max(), pool).await?;
+    let core = measure_core(args, plan, ingot, pool, &root, &gw).await?;
     let bursts = concurrent_bursts(&args.chromium, &root, &gw, &plan.bursts).await?;
     let idle = idle_clients(&args.chromium, &root, &gw, plan.idle_clients).await?;
     progress!("stopping ingot");
@@ -333,6 +358,33 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
     let viewer = viewer::measure(&args.chromium, ingot, &root, pool, plan.viewer).await?;
     drop(root);
     Ok(Results {
+        core,
+        bursts,
+        idle,
+        cluster,
+        viewer,
+    })
+}
+
+/// The per-command rounds, cold starts on `gw` and warm starts on an ingot of their own
+/// (when this one has a pool): the phases `--only core` runs.
+async fn measure_core(
+    args: &Args,
+    plan: &Plan,
+    ingot: &Path,
+    pool: bool,
+    root: &TempRoot,
+    gw: &Gateway,
+) -> Result<Core> {
+    let (direct, ingot_samples, direct_viewport, ingot_viewport) =
+        per_command(&args.chromium, root, gw, plan).await?;
+    let (cold_direct, cold_ingot) = cold_starts(&args.chromium, root, gw, plan.cold_starts).await?;
+    let warm = if pool {
+        warm_starts(ingot, root, plan.warm_starts).await?
+    } else {
+        Warm::Unsupported
+    };
+    Ok(Core {
         quick: args.quick,
         rounds: plan.rounds,
         rtt_runs: plan.round.rtt_runs,
@@ -343,17 +395,18 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
         cold_direct,
         cold_ingot,
         warm,
-        bursts,
-        idle,
-        cluster,
-        viewer,
     })
 }
 
 /// Starts the ingot under test: without a warm pool (when it has one to turn off), and with
 /// room for the largest burst.
-async fn start_gateway(ingot: &Path, root: &TempRoot, plan: &Plan, pool: bool) -> Result<Gateway> {
-    let max_burst = plan.bursts.iter().copied().max().unwrap_or(1);
+async fn start_gateway(
+    ingot: &Path,
+    root: &TempRoot,
+    max_burst: Option<usize>,
+    pool: bool,
+) -> Result<Gateway> {
+    let max_burst = max_burst.unwrap_or(1);
     let gw = Gateway::start(
         ingot,
         root,
@@ -420,13 +473,37 @@ fn publish(args: &Args, results: &Results, mut machine: Machine) -> Result<()> {
     println!("{}", report::table(results));
     println!("{}", report::cluster_tables(&results.cluster));
     println!("{}", report::viewer_table(&results.viewer));
-    report::write(&args.out, results, &machine, took)?;
+    report::write(args.out(), results, &machine, took)?;
     let (met, measured) = report::targets_met(results);
     progress!(
         "wrote {} ({met} of {measured} targets met); total {:.0} s",
-        args.out.display(),
+        args.out().display(),
         took.as_secs_f64()
     );
+    Ok(())
+}
+
+/// After `--only core`: notes the load at the end, prints the table to stdout, and writes it
+/// to a file of its own only when `--out` was given (never over a full report).
+fn publish_core(args: &Args, core: &Core, mut machine: Machine) -> Result<()> {
+    machine.finish();
+    let took = STARTED.get().map_or(Duration::ZERO, |s| s.elapsed());
+    println!("{}", report::core_table(core));
+    let (met, measured) = report::core_targets_met(core);
+    match &args.out {
+        Some(out) => {
+            report::write_core(out, core, &machine, took)?;
+            progress!(
+                "wrote {} ({met} of {measured} targets met); total {:.0} s",
+                out.display(),
+                took.as_secs_f64()
+            );
+        }
+        None => progress!(
+            "{met} of {measured} targets met; no file written (give --out for one); total {:.0} s",
+            took.as_secs_f64()
+        ),
+    }
     Ok(())
 }
 
@@ -436,11 +513,11 @@ fn publish_cluster(args: &Args, cluster: &cluster::Cluster, mut machine: Machine
     machine.finish();
     let took = STARTED.get().map_or(Duration::ZERO, |s| s.elapsed());
     println!("{}", report::cluster_tables(cluster));
-    report::write_cluster(&args.out, cluster, &machine, took, args.quick)?;
+    report::write_cluster(args.out(), cluster, &machine, took, args.quick)?;
     let (met, measured) = report::cluster_targets_met(cluster);
     progress!(
         "updated the cluster section of {} ({met} of {measured} targets met); total {:.0} s",
-        args.out.display(),
+        args.out().display(),
         took.as_secs_f64()
     );
     Ok(())
@@ -452,11 +529,11 @@ fn publish_viewer(args: &Args, viewer: &viewer::Viewer, mut machine: Machine) ->
     machine.finish();
     let took = STARTED.get().map_or(Duration::ZERO, |s| s.elapsed());
     println!("{}", report::viewer_table(viewer));
-    report::write_viewer(&args.out, viewer, &machine, took, args.quick)?;
+    report::write_viewer(args.out(), viewer, &machine, took, args.quick)?;
     let (met, measured) = report::viewer_targets_met(viewer);
     progress!(
         "updated the viewer section of {} ({met} of {measured} targets met); total {:.0} s",
-        args.out.display(),
+        args.out().display(),
         took.as_secs_f64()
     );
     Ok(())
@@ -474,14 +551,20 @@ async fn per_command(
     let url = browser.devtools_url(Duration::from_secs(60)).await?;
     let session = gw.create("{}").await?;
     let outcome = async {
+        let watched = Watched {
+            gateway: gw.pid(),
+            browsers: [browser.pid(), session_browser(gw)?],
+            client: std::process::id() as i32,
+        };
         let mut pages = [Page::open(&url).await?, Page::open(&session.websocket_url).await?];
         let mut samples = [Samples::default(), Samples::default()];
         const NAMES: [&str; 2] = ["direct", "ingot"];
         for round in 0..plan.rounds {
             let order = if round.is_multiple_of(2) { [0, 1] } else { [1, 0] };
-            round_trips(&mut pages, &mut samples, order, gw.pid(), &plan.round).await?;
+            round_trips(&mut pages, &mut samples, order, watched, &plan.round).await?;
             for t in order {
                 let started = Instant::now();
+                reconnects(&pages[t], &mut samples[t], t, watched, plan.round.reconnects).await?;
                 pages[t].round(&plan.round, &mut samples[t]).await?;
                 let s = &samples[t];
                 progress!(
@@ -512,40 +595,141 @@ async fn per_command(
     outcome
 }
 
+/// The Chromium browser process of the gateway's only session: its child with
+/// `--remote-debugging-pipe` on its command line.
+fn session_browser(gw: &Gateway) -> Result<i32> {
+    match procfs::pipe_browsers_of(gw.pid()).as_slice() {
+        [one] => Ok(*one),
+        found => bail!("expected one browser under ingot, found {found:?}"),
+    }
+}
+
+/// The processes whose CPU time and context switches the per-command rounds read: the
+/// gateway, each target's Chromium browser process (index 0 direct, 1 ingot's session) and
+/// this client.
+#[derive(Debug, Clone, Copy)]
+struct Watched {
+    gateway: i32,
+    browsers: [i32; 2],
+    client: i32,
+}
+
+/// What the watched processes used, or had used by some moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct Used {
+    gateway: Usage,
+    browser: Usage,
+    client: Usage,
+}
+
+impl Used {
+    fn since(self, before: Used) -> Used {
+        Used {
+            gateway: self.gateway.since(before.gateway),
+            browser: self.browser.since(before.browser),
+            client: self.client.since(before.client),
+        }
+    }
+
+    fn plus(self, other: Used) -> Used {
+        Used {
+            gateway: self.gateway.plus(other.gateway),
+            browser: self.browser.plus(other.browser),
+            client: self.client.plus(other.client),
+        }
+    }
+}
+
+impl Watched {
+    /// The usage so far of the gateway, target `t`'s browser and this client, read in that
+    /// order (this client last, so that little of its reading falls inside the window).
+    fn before(&self, t: usize) -> Result<Used> {
+        let gateway = read_usage(self.gateway, "ingot")?;
+        let browser = read_usage(self.browsers[t], "Chromium's browser process")?;
+        let client = read_usage(self.client, "this benchmark")?;
+        Ok(Used {
+            gateway,
+            browser,
+            client,
+        })
+    }
+
+    /// Like [`Watched::before`], this client first.
+    fn after(&self, t: usize) -> Result<Used> {
+        let client = read_usage(self.client, "this benchmark")?;
+        let browser = read_usage(self.browsers[t], "Chromium's browser process")?;
+        let gateway = read_usage(self.gateway, "ingot")?;
+        Ok(Used {
+            gateway,
+            browser,
+            client,
+        })
+    }
+}
+
+fn read_usage(pid: i32, what: &str) -> Result<Usage> {
+    procfs::usage(pid).with_context(|| {
+        format!("cannot read the CPU time and context switches of {what} (pid {pid})")
+    })
+}
+
 /// One round of round trips on both pages, in blocks that alternate between the targets so
-/// that noise on the machine hits both alike; records each target's p50 and p99, and the
-/// gateway's CPU time per round trip.
+/// that noise on the machine hits both alike; records each target's p50 and p99, and the CPU
+/// time and context switches per round trip of the gateway (ingot's blocks only), of each
+/// target's browser process and of this client, read around each block.
 async fn round_trips(
     pages: &mut [Page; 2],
     samples: &mut [Samples; 2],
     order: [usize; 2],
-    gateway: i32,
+    watched: Watched,
     plan: &RoundPlan,
 ) -> Result<()> {
     let mut rtt = [Vec::new(), Vec::new()];
-    let mut gateway_cpu_ns = 0;
+    let mut used = [Used::default(); 2];
     let blocks = plan.rtt_runs.div_ceil(plan.rtt_block);
     for _ in 0..blocks {
         for t in order {
-            let before = procfs::cpu_ns(gateway);
+            let before = watched.before(t)?;
             pages[t].round_trips(plan.rtt_block, &mut rtt[t]).await?;
-            if t == 1 {
-                let after = procfs::cpu_ns(gateway);
-                let (Some(before), Some(after)) = (before, after) else {
-                    bail!("cannot read ingot's CPU time");
-                };
-                gateway_cpu_ns += after.saturating_sub(before);
-            }
+            used[t] = used[t].plus(watched.after(t)?.since(before));
         }
     }
     for (t, rtt) in rtt.iter().enumerate() {
         let p = |q| stats::percentile(rtt, q).context("no round trips");
         samples[t].rtt_p50_us.push(p(50.0)?);
         samples[t].rtt_p99_us.push(p(99.0)?);
+        samples[t].browser_rtt.push(used[t].browser, rtt.len());
+        samples[t].client_rtt.push(used[t].client, rtt.len());
     }
-    samples[1]
-        .cpu_per_rtt_us
-        .push(gateway_cpu_ns as f64 / 1e3 / rtt[1].len() as f64);
+    samples[1].gateway_rtt.push(used[1].gateway, rtt[1].len());
+    let last = |v: &Vec<f64>| v.last().copied().unwrap_or(f64::NAN);
+    progress!(
+        "  per round trip: gateway {:.1} µs CPU, {:.2} context switches; browser process {:.2} vs {:.2} switches (direct vs ingot)",
+        last(&samples[1].gateway_rtt.cpu_us),
+        last(&samples[1].gateway_rtt.switches),
+        last(&samples[0].browser_rtt.switches),
+        last(&samples[1].browser_rtt.switches),
+    );
+    Ok(())
+}
+
+/// `n` reconnects to target `t`, with the CPU time and context switches per reconnect of its
+/// browser process and (ingot) the gateway.
+async fn reconnects(
+    page: &Page,
+    samples: &mut Samples,
+    t: usize,
+    watched: Watched,
+    n: usize,
+) -> Result<()> {
+    let before = watched.before(t)?;
+    page.reconnects(n, &mut samples.reconnect_ms).await?;
+    tokio::time::sleep(percommand::RECONNECT_SETTLE).await;
+    let used = watched.after(t)?.since(before);
+    samples.browser_reconnect.push(used.browser, n);
+    if t == 1 {
+        samples.gateway_reconnect.push(used.gateway, n);
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use anyhow::{Result, anyhow, bail};
 use serde_json::json;
 
 use crate::cdp::Cdp;
+use crate::procfs::Usage;
 use crate::stats::{mb_per_s, ms, us};
 
 /// How long any one CDP step may take (a 60 MiB reply on a busy machine included).
@@ -18,6 +19,9 @@ pub const CDP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Commands sent before timing the round trip, to warm caches and JIT on both ends.
 const RTT_WARMUP: usize = 100;
+/// How long after the last reconnect's close the cost of reconnects is read, so that
+/// tearing down its connection (ingot detaching from the browser) is counted.
+pub const RECONNECT_SETTLE: Duration = Duration::from_millis(20);
 /// Commands in flight at once for the pipelining figure.
 pub const PIPELINED: usize = 200;
 
@@ -63,14 +67,43 @@ pub struct Shot {
     pub bytes: usize,
 }
 
+/// What one process used per operation (a round trip, a reconnect), one figure per round.
+#[derive(Debug, Default)]
+pub struct Cost {
+    /// CPU time per operation, in µs.
+    pub cpu_us: Vec<f64>,
+    /// Context switches per operation.
+    pub switches: Vec<f64>,
+}
+
+impl Cost {
+    /// Records one round: `used` over `ops` operations (nothing when there were none).
+    pub fn push(&mut self, used: Usage, ops: usize) {
+        if ops == 0 {
+            return;
+        }
+        self.cpu_us.push(used.cpu_ns as f64 / 1e3 / ops as f64);
+        self.switches.push(used.switches as f64 / ops as f64);
+    }
+}
+
 /// Everything one target produced over all rounds.
 #[derive(Debug, Default)]
 pub struct Samples {
     pub reconnect_ms: Vec<f64>,
     pub rtt_p50_us: Vec<f64>,
     pub rtt_p99_us: Vec<f64>,
-    /// The gateway's CPU time per round trip, per round, in µs (ingot only).
-    pub cpu_per_rtt_us: Vec<f64>,
+    /// The gateway's cost per round trip, all its threads, while its blocks ran (ingot only).
+    pub gateway_rtt: Cost,
+    /// The cost per round trip of the target's Chromium browser process (all its threads,
+    /// renderers not included).
+    pub browser_rtt: Cost,
+    /// The benchmark client's own cost per round trip (this process, all threads).
+    pub client_rtt: Cost,
+    /// The gateway's cost per reconnect (ingot only).
+    pub gateway_reconnect: Cost,
+    /// The browser process's cost per reconnect.
+    pub browser_reconnect: Cost,
     pub reply_4mib_mbps: Vec<f64>,
     pub reply_60mib_mbps: Vec<f64>,
     pub pipelined_ms: Vec<f64>,
@@ -130,11 +163,9 @@ impl Page {
     }
 
     /// One round of every per-command measurement but the round trip (which the caller
-    /// interleaves finely across targets with [`Page::round_trips`]), appended to `out`.
+    /// interleaves finely across targets with [`Page::round_trips`]) and reconnects (whose
+    /// cost the caller reads around [`Page::reconnects`]), appended to `out`.
     pub async fn round(&mut self, plan: &RoundPlan, out: &mut Samples) -> Result<()> {
-        for _ in 0..plan.reconnects {
-            out.reconnect_ms.push(self.reconnect().await?);
-        }
         for _ in 0..plan.reps_4mib {
             out.reply_4mib_mbps.push(self.large_reply(4 << 20).await?);
         }
@@ -148,6 +179,14 @@ impl Page {
             let (took, shot) = self.screenshot().await?;
             out.screenshot_ms.push(took);
             out.shot = Some(shot);
+        }
+        Ok(())
+    }
+
+    /// `n` reconnects ([`Page::reconnect`]), each appended to `out` in ms.
+    pub async fn reconnects(&self, n: usize, out: &mut Vec<f64>) -> Result<()> {
+        for _ in 0..n {
+            out.push(self.reconnect().await?);
         }
         Ok(())
     }

@@ -90,6 +90,78 @@ pub fn cpu_ns(pid: i32) -> Option<u64> {
     )
 }
 
+/// What a process has used so far, all its threads together (threads that already exited
+/// are not counted: their counts go with them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time, in ns, as [`cpu_ns`] reads it.
+    pub cpu_ns: u64,
+    /// Context switches: `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of each
+    /// `/proc/<pid>/task/<tid>/status` (`/proc/<pid>/status` has the main thread's only).
+    pub switches: u64,
+}
+
+impl Usage {
+    /// What was used between `before` and `self`.
+    pub fn since(self, before: Usage) -> Usage {
+        Usage {
+            cpu_ns: self.cpu_ns.saturating_sub(before.cpu_ns),
+            switches: self.switches.saturating_sub(before.switches),
+        }
+    }
+
+    /// `self` and `other` together.
+    pub fn plus(self, other: Usage) -> Usage {
+        Usage {
+            cpu_ns: self.cpu_ns + other.cpu_ns,
+            switches: self.switches + other.switches,
+        }
+    }
+}
+
+/// CPU time and context switches of a process so far, all its threads; `None` when it is gone.
+pub fn usage(pid: i32) -> Option<Usage> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = Usage::default();
+    for task in tasks.flatten() {
+        let path = task.path();
+        if let Ok(s) = std::fs::read_to_string(path.join("schedstat"))
+            && let Some(ns) = s
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+        {
+            total.cpu_ns += ns;
+        }
+        if let Ok(status) = std::fs::read_to_string(path.join("status")) {
+            total.switches += context_switches(&status);
+        }
+    }
+    Some(total)
+}
+
+/// Voluntary plus involuntary context switches in the text of a `status` file.
+fn context_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+        })
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// The browser processes that `parent` (a gateway) started: its children whose command line
+/// has `--remote-debugging-pipe` (how ingot talks to its browsers).
+pub fn pipe_browsers_of(parent: i32) -> Vec<i32> {
+    all()
+        .into_iter()
+        .filter(|p| p.ppid == parent && cmdline_mentions(p.pid, "--remote-debugging-pipe"))
+        .map(|p| p.pid)
+        .collect()
+}
+
 /// The memory of a set of processes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Footprint {
@@ -163,4 +235,35 @@ pub fn kill_mentioning(needle: &str) -> usize {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
     victims.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_switches_add_both_kinds() {
+        let status = "Name:\tingot\nThreads:\t4\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(context_switches(status), 127);
+        assert_eq!(context_switches("Name:\tx\n"), 0);
+    }
+
+    #[test]
+    fn this_process_has_used_something() {
+        let me = usage(std::process::id() as i32).expect("our own /proc entry");
+        assert!(me.cpu_ns > 0);
+        assert!(me.switches > 0);
+        let later = Usage {
+            cpu_ns: me.cpu_ns + 5,
+            switches: me.switches + 2,
+        };
+        assert_eq!(
+            later.since(me),
+            Usage {
+                cpu_ns: 5,
+                switches: 2
+            }
+        );
+        assert_eq!(me.since(later), Usage::default());
+    }
 }

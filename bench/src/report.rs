@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::cluster::Cluster;
-use crate::percommand::{PIPELINED, Samples};
+use crate::percommand::{Cost, PIPELINED, RECONNECT_SETTLE, Samples};
 use crate::procfs;
 use crate::sessions::{Burst, IdleClients, Start};
 use crate::stats::{fmt_num, median, percentile};
@@ -127,9 +127,9 @@ pub enum Warm {
     Unsupported,
 }
 
-/// Every figure of one run.
+/// The figures `--only core` measures: per-command rounds, cold and warm starts.
 #[derive(Debug)]
-pub struct Results {
+pub struct Core {
     pub quick: bool,
     pub rounds: usize,
     pub rtt_runs: usize,
@@ -140,6 +140,12 @@ pub struct Results {
     pub cold_direct: Vec<Start>,
     pub cold_ingot: Vec<Start>,
     pub warm: Warm,
+}
+
+/// Every figure of one run.
+#[derive(Debug)]
+pub struct Results {
+    pub core: Core,
     /// (sessions, direct, ingot)
     pub bursts: Vec<(usize, Burst, Burst)>,
     pub idle: (IdleClients, IdleClients),
@@ -165,6 +171,8 @@ enum Goal {
     AtMost(f64),
     /// ingot's own figure at least this, in the row's unit.
     AtLeast(f64),
+    /// ingot − direct at most this, in the row's unit.
+    PlusAtMost(f64),
 }
 
 struct Row {
@@ -217,6 +225,7 @@ impl Row {
             Goal::RatioAtLeast(min) => Some(self.ratio()? >= min),
             Goal::AtMost(max) => Some(self.ingot? <= max),
             Goal::AtLeast(min) => Some(self.ingot? >= min),
+            Goal::PlusAtMost(max) => Some(self.ingot? - self.direct? <= max),
         }
     }
 
@@ -224,6 +233,8 @@ impl Row {
         let figure = |v: Option<f64>| {
             v.map_or("n/a".to_owned(), |v| {
                 format!("{} {}", fmt_num(v), self.unit)
+                    .trim_end()
+                    .to_owned()
             })
         };
         let direction = match self.better {
@@ -235,17 +246,30 @@ impl Row {
             (None, _) => "–".to_owned(),
             (Some(goal), met) => {
                 let what = match goal {
-                    Goal::RatioAtMost(x) => format!("≤ {x}× direct"),
-                    Goal::RatioAtLeast(x) => format!("≥ {x}× direct"),
+                    Goal::RatioAtMost(x) => format!("≤ {x:.2}× direct"),
+                    Goal::RatioAtLeast(x) => format!("≥ {x:.2}× direct"),
                     Goal::AtMost(x) => format!("≤ {} {}", fmt_num(x), self.unit),
                     Goal::AtLeast(x) => format!("≥ {} {}", fmt_num(x), self.unit),
+                    Goal::PlusAtMost(x) => format!("≤ direct + {} {}", fmt_num(x), self.unit),
                 };
                 let verdict = match met {
                     Some(true) => "**met**",
                     Some(false) => "**missed**",
                     None => "not measured",
                 };
-                format!("{what}: {verdict}")
+                // The ratio column does not show a difference: say it.
+                let difference = match (goal, self.direct, self.ingot) {
+                    (Goal::PlusAtMost(_), Some(d), Some(i)) => {
+                        format!(
+                            " ({}{} {})",
+                            if i >= d { "+" } else { "−" },
+                            fmt_num((i - d).abs()),
+                            self.unit
+                        )
+                    }
+                    _ => String::new(),
+                };
+                format!("{what}: {verdict}{difference}")
             }
         };
         [
@@ -266,10 +290,7 @@ fn kib_to_mib(kib: u64) -> f64 {
 /// Every row of the table, in order: per-command figures, cold and warm starts, bursts of
 /// concurrent sessions, idle clients.
 fn rows(r: &Results) -> Vec<Row> {
-    let mut rows = round_trip_rows(r);
-    rows.extend(command_rows(r));
-    rows.extend(cold_start_rows(r));
-    rows.extend(warm_pool_rows(r));
+    let mut rows = core_rows(&r.core);
     for (n, direct, ingot) in &r.bursts {
         rows.extend(burst_rows(*n, direct, ingot));
     }
@@ -277,8 +298,29 @@ fn rows(r: &Results) -> Vec<Row> {
     rows
 }
 
-/// Round trips: p50 and p99 (medians over rounds), and ingot's CPU time per round trip.
-fn round_trip_rows(r: &Results) -> Vec<Row> {
+/// The rows `--only core` measures: per-command figures, cold and warm starts.
+fn core_rows(r: &Core) -> Vec<Row> {
+    let mut rows = round_trip_rows(r);
+    rows.extend(command_rows(r));
+    rows.extend(cold_start_rows(r));
+    rows.extend(warm_pool_rows(r));
+    rows
+}
+
+/// Round trips: p50 and p99 (medians over rounds); the gateway's CPU time per round trip and
+/// per message; context switches per round trip of the gateway, the browser process and the
+/// client; the browser process's CPU time per round trip.
+fn round_trip_rows(r: &Core) -> Vec<Row> {
+    let gateway_cpu = median(&r.ingot.gateway_rtt.cpu_us);
+    let gateway_switches = median(&r.ingot.gateway_rtt.switches);
+    let browser_switches = (
+        median(&r.direct.browser_rtt.switches),
+        median(&r.ingot.browser_rtt.switches),
+    );
+    let with_gateway = match (browser_switches.1, gateway_switches) {
+        (Some(b), Some(g)) => fmt_num(b + g),
+        _ => "?".to_owned(),
+    };
     vec![
         Row::new(
             "`Runtime.evaluate 1+1` round trip, p50",
@@ -286,7 +328,7 @@ fn round_trip_rows(r: &Results) -> Vec<Row> {
             Better::Lower,
         )
         .figures(median(&r.direct.rtt_p50_us), median(&r.ingot.rtt_p50_us))
-        .goal(Goal::RatioAtMost(1.3))
+        .goal(Goal::RatioAtMost(RTT_GOAL))
         .note(format!(
             "{} per target per round, in blocks alternating between the targets; median of {} rounds",
             r.rtt_runs, r.rounds
@@ -294,14 +336,48 @@ fn round_trip_rows(r: &Results) -> Vec<Row> {
         Row::new("same, p99", "µs", Better::Lower)
             .figures(median(&r.direct.rtt_p99_us), median(&r.ingot.rtt_p99_us)),
         Row::new("gateway CPU time per round trip", "µs", Better::Lower)
-            .figures(None, median(&r.ingot.cpu_per_rtt_us))
+            .figures(None, gateway_cpu)
+            .goal(Goal::AtMost(GATEWAY_CPU_GOAL_US))
             .note("all of ingot's threads (`/proc/<pid>/task/*/schedstat`) during its round trips; median of rounds"),
+        Row::new("gateway CPU time per message", "µs", Better::Lower)
+            .figures(None, gateway_cpu.map(|c| c / 2.0))
+            .note("the row above ÷ 2: a round trip is two messages through the gateway, the command from the client to the browser and its reply back"),
+        Row::new("context switches per round trip, gateway (all threads)", "", Better::Lower)
+            .figures(None, gateway_switches)
+            .note("`voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` summed over `/proc/<pid>/task/*/status`, read around ingot's blocks; median of rounds"),
+        Row::new("context switches per round trip, Chromium browser process (all threads)", "", Better::Lower)
+            .figures(browser_switches.0, browser_switches.1)
+            .note(format!(
+                "the browser process only (renderers not counted): direct's serves the client's WebSocket, ingot's session browser (ingot's child with `--remote-debugging-pipe`) its pipe to ingot; with the gateway's: {} vs {with_gateway}",
+                browser_switches.0.map_or("?".to_owned(), fmt_num)
+            )),
+        Row::new("Chromium browser process CPU time per round trip", "µs", Better::Lower)
+            .figures(median(&r.direct.browser_rtt.cpu_us), median(&r.ingot.browser_rtt.cpu_us))
+            .note("the same process, all its threads, `schedstat`"),
+        Row::new("context switches per round trip, benchmark client (all threads)", "", Better::Lower)
+            .figures(median(&r.direct.client_rtt.switches), median(&r.ingot.client_rtt.switches))
+            .note("the client driving both targets (one tokio thread); the same method"),
     ]
 }
 
-/// The other per-command rows: reconnects, 4 MiB and 60 MiB replies, pipelined commands and
-/// screenshots.
-fn command_rows(r: &Results) -> Vec<Row> {
+/// The round trip through ingot, p50, at most this many times direct's (issue 13).
+const RTT_GOAL: f64 = 1.10;
+/// A reconnect through ingot, p50, at most this many times direct's (issue 13).
+const RECONNECT_GOAL: f64 = 1.20;
+/// The gateway's CPU time per round trip at most this, in µs (issue 13).
+const GATEWAY_CPU_GOAL_US: f64 = 20.0;
+/// A cold create through ingot, p50, at most this many ms more than direct's (issue 13).
+const COLD_GOAL_PLUS_MS: f64 = 10.0;
+/// A warm create the moment the pool has refilled, p99, at most this, in ms (issue 13).
+const WARM_REFILL_P99_GOAL_MS: f64 = 20.0;
+/// Each burst of concurrent creates through ingot, p50, at most this many times direct's
+/// (issue 13).
+const BURST_GOAL: f64 = 1.10;
+
+/// The other per-command rows: reconnects (with the gateway's cost per reconnect), 4 MiB and
+/// 60 MiB replies, pipelined commands and screenshots.
+fn command_rows(r: &Core) -> Vec<Row> {
+    let switches = |c: &Cost| median(&c.switches).map_or("?".to_owned(), fmt_num);
     vec![
         Row::new(
             "new WebSocket to first CDP reply (reconnect), p50",
@@ -312,7 +388,17 @@ fn command_rows(r: &Results) -> Vec<Row> {
             median(&r.direct.reconnect_ms),
             median(&r.ingot.reconnect_ms),
         )
+        .goal(Goal::RatioAtMost(RECONNECT_GOAL))
         .note("ingot attaches a browser session per client"),
+        Row::new("gateway CPU time per reconnect", "µs", Better::Lower)
+            .figures(None, median(&r.ingot.gateway_reconnect.cpu_us))
+            .note(format!(
+                "read around each round's reconnects, {} ms after the last one closed included; median of rounds; context switches per reconnect: gateway {}, Chromium browser process {} direct vs {} via ingot",
+                RECONNECT_SETTLE.as_millis(),
+                switches(&r.ingot.gateway_reconnect),
+                switches(&r.direct.browser_reconnect),
+                switches(&r.ingot.browser_reconnect),
+            )),
         Row::new("4 MiB reply", "MB/s", Better::Higher)
             .figures(
                 median(&r.direct.reply_4mib_mbps),
@@ -347,7 +433,7 @@ fn command_rows(r: &Results) -> Vec<Row> {
 }
 
 /// Cold create to first reply, p50 and p99, with where the time goes.
-fn cold_start_rows(r: &Results) -> Vec<Row> {
+fn cold_start_rows(r: &Core) -> Vec<Row> {
     let cold_direct = totals(&r.cold_direct);
     let cold_ingot = totals(&r.cold_ingot);
     vec![
@@ -356,6 +442,7 @@ fn cold_start_rows(r: &Results) -> Vec<Row> {
                 percentile(&cold_direct, 50.0),
                 percentile(&cold_ingot, 50.0),
             )
+            .goal(Goal::PlusAtMost(COLD_GOAL_PLUS_MS))
             .note(format!(
                 "{} each, ingot without a warm pool; {}",
                 cold_direct.len(),
@@ -370,7 +457,7 @@ fn cold_start_rows(r: &Results) -> Vec<Row> {
 
 /// The warm-pool rows, whose direct column is the direct cold start (a client launching
 /// Chromium itself has no pool); one unmeasured row when this ingot has no pool.
-fn warm_pool_rows(r: &Results) -> Vec<Row> {
+fn warm_pool_rows(r: &Core) -> Vec<Row> {
     match &r.warm {
         Warm::Measured {
             settled,
@@ -421,10 +508,12 @@ fn measured_warm_rows(
         Row::new("warm pool the moment it is full again, p50", "ms", Better::Lower)
             .figures(direct_cold, percentile(&fresh_ms, 50.0))
             .note(format!(
-                "{} creates with no idle second, interleaved with the above: the browser launched last may still be busy starting; p99 {} ms",
+                "{} creates with no idle second, interleaved with the above: the browser launched last may still be busy starting",
                 fresh_ms.len(),
-                percentile(&fresh_ms, 99.0).map_or("?".to_owned(), fmt_num)
             )),
+        Row::new("warm pool the moment it is full again, p99", "ms", Better::Lower)
+            .figures(percentile(&direct_ms, 99.0), percentile(&fresh_ms, 99.0))
+            .goal(Goal::AtMost(WARM_REFILL_P99_GOAL_MS)),
     ]
 }
 
@@ -451,7 +540,8 @@ fn burst_rows(n: usize, direct: &Burst, ingot: &Burst) -> Vec<Row> {
         .figures(
             percentile(&direct.start_ms, 50.0),
             percentile(&ingot.start_ms, 50.0),
-        ),
+        )
+        .goal(Goal::RatioAtMost(BURST_GOAL)),
         Row::new(
             format!("{n} concurrent sessions: same, p99"),
             "ms",
@@ -508,7 +598,7 @@ fn split_note(direct: &[Start], ingot: &[Start]) -> String {
     )
 }
 
-fn screenshot_note(r: &Results) -> String {
+fn screenshot_note(r: &Core) -> String {
     let shot = |s: &Samples| {
         s.shot.map_or("?".to_owned(), |s| {
             format!("{}×{}, {} KiB", s.width, s.height, s.bytes / 1024)
@@ -526,10 +616,25 @@ fn screenshot_note(r: &Results) -> String {
 
 /// The results as a Markdown table.
 pub fn table(r: &Results) -> String {
+    render(&rows(r))
+}
+
+/// The `--only core` results as a Markdown table.
+pub fn core_table(core: &Core) -> String {
+    render(&core_rows(core))
+}
+
+/// How many of the core rows' targets were met, out of those measured.
+pub fn core_targets_met(core: &Core) -> (usize, usize) {
+    let verdicts: Vec<bool> = core_rows(core).iter().filter_map(Row::met).collect();
+    (verdicts.iter().filter(|m| **m).count(), verdicts.len())
+}
+
+fn render(rows: &[Row]) -> String {
     let mut out = String::from(
         "| metric | direct Chromium | through ingot | ingot ÷ direct | target | notes |\n|---|---:|---:|---:|---|---|\n",
     );
-    for row in rows(r) {
+    for row in rows {
         out.push_str(&format!("| {} |\n", row.cells().join(" | ")));
     }
     out
@@ -550,7 +655,7 @@ pub fn targets_met(r: &Results) -> (usize, usize) {
 /// The whole file: header, machine, table, method, and the findings kept from `previous`.
 pub fn document(r: &Results, machine: &Machine, took: Duration, previous: Option<&str>) -> String {
     let (met, measured) = targets_met(r);
-    let kind = if r.quick {
+    let kind = if r.core.quick {
         "**a quick smoke run (`--quick`): too few samples to quote**"
     } else {
         "a full run"
@@ -588,8 +693,8 @@ pub fn document(r: &Results, machine: &Machine, took: Duration, previous: Option
         load_end = machine.load_end,
         foreign = machine.foreign_chromium,
         table = table(r),
-        cluster = cluster::section(&r.cluster, FULL_RUN, r.quick),
-        viewer = viewer::section(&r.viewer, FULL_RUN, r.quick),
+        cluster = cluster::section(&r.cluster, FULL_RUN, r.core.quick),
+        viewer = viewer::section(&r.viewer, FULL_RUN, r.core.quick),
         method = method(r),
     )
 }
@@ -609,7 +714,13 @@ background reader) drives both.
 round trips. {rounds} rounds alternate direct and ingot (and which goes first) so that noise on this \
 shared machine hits both. Each round: {rtt} sequential `Runtime.evaluate 1+1` per target, in blocks \
 that alternate between the two open pages (p50 and p99 of the round; the table gives the median over \
-rounds), with ingot's CPU time read around its blocks; then, per target, reconnects, 4 MiB and 60 MiB \
+rounds), with the CPU time (`schedstat`) and context switches (`voluntary_ctxt_switches` + \
+`nonvoluntary_ctxt_switches`) of every thread (`/proc/<pid>/task/*`) of ingot, of the target's Chromium \
+browser process (the one the benchmark launched, or the one ingot launched for the session: its child \
+with `--remote-debugging-pipe`) and of the benchmark client read around each block (ingot's around its \
+own blocks only), per round trip, median over rounds; the gateway's CPU time per message is half its \
+CPU time per round trip (the command in, the reply out). Then, per target, reconnects (the same \
+figures read around them), 4 MiB and 60 MiB \
 replies (`'x'.repeat(N)` with `returnByValue`, reply bytes ÷ time from send to the whole message \
 received, MB = 10^6 bytes), {PIPELINED} commands written in one flush until the last reply, and PNG \
 screenshots.
@@ -633,8 +744,8 @@ the process holding them (the gateway for ingot, Chromium's browser process for 
 which releases its sessions), checks nothing is left, and removes its temporary directories, also on \
 errors and Ctrl-C.
 ",
-        rounds = r.rounds,
-        rtt = r.rtt_runs,
+        rounds = r.core.rounds,
+        rtt = r.core.rtt_runs,
         idle = r.idle.1.count,
     )
 }
@@ -669,9 +780,89 @@ fn heading_at(doc: &str, heading: &str) -> Option<usize> {
     doc.find(&format!("\n{heading}\n")).map(|i| i + 1)
 }
 
+/// The file `--only core --out` writes: a header, the machine in one line, and the table.
+pub fn core_document(core: &Core, machine: &Machine, took: Duration) -> String {
+    let (met, measured) = core_targets_met(core);
+    format!(
+        "# Benchmarks: core figures only\n\n\
+         Written by `cargo run --release -p ingot-bench -- {quick}--only core` on {date}; the run took {mins} min {secs} s \
+         (ingot commit {commit}, {chromium}, {cpu}, {cores} cores, load average at start / end {load_start} / {load_end}; \
+         other Chromium processes running at start: {foreign}). Targets met: {met} of {measured}. \
+         The method is the full report's (`BENCHMARKS.md`).\n\n\
+         ## Results\n\n{table}",
+        quick = if core.quick { "--quick " } else { "" },
+        date = machine.date,
+        mins = took.as_secs() / 60,
+        secs = took.as_secs() % 60,
+        commit = machine.ingot_commit,
+        chromium = machine.chromium,
+        cpu = machine.cpu,
+        cores = machine.cores,
+        load_start = machine.load_start,
+        load_end = machine.load_end,
+        foreign = machine.foreign_chromium,
+        table = core_table(core),
+    )
+}
+
+/// Fails when `path` holds a full report (a file with a `## Findings` section), which
+/// `--only core` must not overwrite; checked before measuring and again before writing.
+pub fn check_core_out(path: &Path) -> Result<()> {
+    if let Ok(previous) = std::fs::read_to_string(path)
+        && heading_at(&previous, "## Findings").is_some()
+    {
+        anyhow::bail!(
+            "{} is a full report (it has a Findings section); `--only core` will not overwrite it: give another --out",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes [`core_document`] to `path`, unless that is a full report ([`check_core_out`]).
+pub fn write_core(path: &Path, core: &Core, machine: &Machine, took: Duration) -> Result<()> {
+    check_core_out(path)?;
+    let text = core_document(core, machine, took);
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// Writes the document to `path`, keeping the findings section already there.
 pub fn write(path: &Path, r: &Results, machine: &Machine, took: Duration) -> Result<()> {
     let previous = std::fs::read_to_string(path).ok();
     let text = document(r, machine, took, previous.as_deref());
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_additive_target_is_judged_on_the_difference_and_shows_it() {
+        let row = |direct, ingot| {
+            Row::new("create, cold, p50", "ms", Better::Lower)
+                .figures(Some(direct), Some(ingot))
+                .goal(Goal::PlusAtMost(10.0))
+        };
+        let met = row(188.0, 196.0);
+        assert_eq!(met.met(), Some(true));
+        assert_eq!(met.cells()[4], "≤ direct + 10.0 ms: **met** (+8.00 ms)");
+        let missed = row(188.0, 216.0);
+        assert_eq!(missed.met(), Some(false));
+        assert_eq!(
+            missed.cells()[4],
+            "≤ direct + 10.0 ms: **missed** (+28.0 ms)"
+        );
+        assert_eq!(
+            row(188.0, 180.0).cells()[4],
+            "≤ direct + 10.0 ms: **met** (−8.00 ms)"
+        );
+    }
+
+    #[test]
+    fn a_row_without_a_unit_has_no_trailing_space() {
+        let row =
+            Row::new("context switches per round trip", "", Better::Lower).figures(None, Some(4.0));
+        assert_eq!(row.cells()[1..3], ["n/a".to_owned(), "4.00".to_owned()]);
+    }
 }
