@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use nix::sys::signal::{Signal, killpg};
@@ -22,19 +21,19 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::process::Command;
-use tokio::sync::{OnceCell, mpsc, watch};
+use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::paths::{SESSIONS_SUBDIR, scratch_root};
-use super::pipe::{read_pipe, write_pipe};
+use super::pipe::{PipeSink, PipeSource};
 use super::proxy_auth;
 use super::reaper::{self, Leaders};
 use super::sweep::{SweepReport, sweep};
 use super::window::{Frame, FrameCalibration, measure_and_fit, window_size};
 use super::{
-    BrowserExit, BrowserHost, BrowserProcess, CdpTransport, LaunchError, LaunchSpec, Launched,
-    MemorySample,
+    BrowserExit, BrowserHost, BrowserProcess, CdpTransport, FromBrowser, LaunchError, LaunchSpec,
+    Launched, MemorySample, Startup, ToBrowser,
 };
 use crate::sync::lock;
 
@@ -340,8 +339,8 @@ impl LocalChromium {
         };
         let proxy = forwarder.as_ref().map(|f| f.address.as_str());
         let args = chromium_args(&dirs, spec, frame, proxy);
-        let (mut process, mut transport) = match spawn(&self.executable, args, &dirs, &self.leaders)
-        {
+        let spawned = spawn(&self.executable, args, &dirs, &self.leaders);
+        let (mut process, mut transport) = match spawned {
             Ok(spawned) => spawned,
             Err(e) => {
                 dirs.remove().await;
@@ -349,11 +348,12 @@ impl LocalChromium {
             }
         };
         process.proxy = forwarder;
-        match wait_until_ready(&process, &mut transport).await {
+        match wait_until_ready(&process, &mut transport, spec).await {
             Ok(version) => Ok(Launched {
                 transport,
                 process: Arc::new(process),
                 version,
+                downloads: spec.downloads.clone(),
             }),
             Err(reason) => {
                 process.kill().await;
@@ -373,35 +373,28 @@ impl LocalChromium {
     }
 }
 
-/// Sends the first CDP command (`Browser.getVersion`) and waits for its reply, the browser's
-/// exit or a timeout. Returns the reply's `result`.
+/// Sends the first CDP commands ([`Startup`]) and waits for their replies, the browser's
+/// exit or a timeout. Returns the `result` of `Browser.getVersion`.
 async fn wait_until_ready(
     process: &LocalProcess,
     transport: &mut CdpTransport,
+    spec: &LaunchSpec,
 ) -> Result<serde_json::Value, String> {
-    const PROBE: &[u8] = br#"{"id":0,"method":"Browser.getVersion"}"#;
-    if transport
-        .to_browser
-        .send(Bytes::from_static(PROBE))
-        .await
-        .is_err()
-    {
-        return Err("the CDP pipe closed at once".into());
+    let (commands, mut startup) = Startup::begin(spec);
+    for command in commands {
+        if transport.to_browser.send(command).await.is_err() {
+            return Err("the CDP pipe closed at once".into());
+        }
     }
     let started = tokio::time::Instant::now();
     let mut slow_logged = false;
     loop {
         tokio::select! {
             msg = transport.from_browser.recv() => match msg {
-                Some(reply) if reply.starts_with(br#"{"id":0,"#) => {
-                    let mut reply: serde_json::Value = serde_json::from_slice(&reply)
-                        .map_err(|e| format!("its first CDP reply is not JSON: {e}"))?;
-                    return match reply.get_mut("result") {
-                        Some(result) => Ok(result.take()),
-                        None => Err(format!("it refused its first CDP command: {reply}")),
-                    };
-                }
-                Some(_) => continue,
+                Some(msg) => match startup.take(&msg) {
+                    Some(ready) => return ready,
+                    None => continue,
+                },
                 None => {
                     let exit = tokio::time::timeout(Duration::from_secs(1), process.wait_exit()).await;
                     return Err(match exit {
@@ -581,26 +574,12 @@ fn frame_pipes(
     reply_rx: pipe::Receiver,
     pid: i32,
 ) -> (CdpTransport, CancellationToken) {
-    let (to_browser, outgoing) = mpsc::channel::<Bytes>(256);
-    let (incoming, from_browser) = mpsc::channel::<BytesMut>(256);
     let pipes_open = CancellationToken::new();
-    tokio::spawn(
-        pipes_open
-            .clone()
-            .run_until_cancelled_owned(write_pipe(command_tx, outgoing)),
-    );
-    tokio::spawn(
-        pipes_open
-            .clone()
-            .run_until_cancelled_owned(read_pipe(reply_rx, incoming, pid)),
-    );
-    (
-        CdpTransport {
-            to_browser,
-            from_browser,
-        },
-        pipes_open,
-    )
+    let transport = CdpTransport {
+        to_browser: ToBrowser::pipe(PipeSink::new(command_tx, pipes_open.clone())),
+        from_browser: FromBrowser::pipe(PipeSource::new(reply_rx, pipes_open.clone(), pid)),
+    };
+    (transport, pipes_open)
 }
 
 /// Moves a descriptor above 10 so that `dup2` onto 3 and 4 in the child cannot clobber it.

@@ -12,15 +12,16 @@ mod paths;
 mod pipe;
 pub mod proxy_auth;
 mod reaper;
+mod startup;
 mod sweep;
+mod transport;
 mod window;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -29,7 +30,9 @@ use crate::vocab::Dimensions;
 pub use detect::find_chromium;
 pub use local::{BASE_FLAGS, LocalChromium};
 pub use paths::scratch_root;
+pub(crate) use startup::Startup;
 pub use sweep::SweepReport;
+pub use transport::{Closed, FromBrowser, ToBrowser};
 
 /// What a session needs from its browser.
 #[derive(Debug, Clone)]
@@ -45,15 +48,17 @@ pub struct LaunchSpec {
     /// The credentials that proxy wants, if any: the browser then talks to a local
     /// forwarding proxy that adds them.
     pub proxy_auth: Option<proxy_auth::ProxyAuth>,
+    /// Where the browser saves downloads (`Browser.setDownloadBehavior`), set with its very
+    /// first commands, before anyone else talks to it. `None` leaves Chromium's default.
+    pub downloads: Option<PathBuf>,
 }
 
 /// One CDP connection to a browser, as whole JSON messages.
 pub struct CdpTransport {
-    /// Messages to the browser. Closing it ends the connection.
-    pub to_browser: mpsc::Sender<Bytes>,
-    /// Messages from the browser, mutable so that routing can trim them in place.
-    /// Ends when the connection is lost.
-    pub from_browser: mpsc::Receiver<BytesMut>,
+    /// Messages to the browser; every sender clones it.
+    pub to_browser: ToBrowser,
+    /// Messages from the browser, for the one task that routes them.
+    pub from_browser: FromBrowser,
 }
 
 /// How a browser ended.
@@ -91,6 +96,8 @@ pub struct Launched {
     /// The `result` of `Browser.getVersion`: the first command the browser answered, which
     /// is what made it count as ready.
     pub version: serde_json::Value,
+    /// Where it saves downloads: [`LaunchSpec::downloads`], which it accepted.
+    pub downloads: Option<PathBuf>,
 }
 
 /// Memory used by all the browsers a host runs, at one moment.

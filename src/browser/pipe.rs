@@ -1,104 +1,258 @@
 //! Framing of Chromium's `--remote-debugging-pipe`: whole CDP messages, each followed by a
 //! NUL byte, on fd 3 (to the browser) and fd 4 (from it).
 //!
-//! Owns turning the two pipes into the message channels of a [`super::CdpTransport`]; it
+//! There is no task in between: whoever sends writes its message (and the NUL after it)
+//! straight into the pipe ([`PipeSink`]), and whoever reads splits what it reads on NUL
+//! ([`PipeSource`]). A message costs one `writev` and, on the way back, one `read`, with no
+//! hand-off to another task and no wake-up of one. Owns the two pipes' ends in the gateway;
 //! knows nothing about what the messages say.
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
 use tokio::net::unix::pipe;
-use tokio::sync::mpsc;
+use tokio::sync::Mutex;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, warn};
+
+use super::transport::Closed;
 
 /// Largest message accepted from the browser; beyond it the connection counts as lost.
 const MAX_PIPE_MESSAGE: usize = 512 << 20;
-/// Messages shorter than this are copied next to their NUL and written in one call.
-const COALESCE_BELOW: usize = 64 << 10;
 
-/// Writes each message followed by the NUL that delimits messages on the pipe. Ends when
-/// `outgoing` closes or the pipe breaks.
-pub(super) async fn write_pipe(mut pipe: pipe::Sender, mut outgoing: mpsc::Receiver<Bytes>) {
-    let mut scratch = Vec::with_capacity(COALESCE_BELOW + 1);
-    while let Some(msg) = outgoing.recv().await {
-        let written = if msg.len() < COALESCE_BELOW {
-            scratch.clear();
-            scratch.extend_from_slice(&msg);
-            scratch.push(0);
-            pipe.write_all(&scratch).await
-        } else {
-            match pipe.write_all(&msg).await {
-                Ok(()) => pipe.write_all(&[0]).await,
-                Err(e) => Err(e),
-            }
+/// The gateway's writing end of the pipe, shared by every sender. Senders take turns: the
+/// lock is held for one whole message, so messages never interleave.
+pub(super) struct PipeSink {
+    /// `None` once the pipe is closed (the browser was reaped, or a write failed).
+    pipe: Arc<Mutex<Option<pipe::Sender>>>,
+    /// Cancelled when the browser is reaped.
+    open: CancellationToken,
+}
+
+impl PipeSink {
+    /// Takes the writing end. Cancelling `open` closes it, even while senders remain.
+    pub(super) fn new(pipe: pipe::Sender, open: CancellationToken) -> PipeSink {
+        let cell = Arc::new(Mutex::new(Some(pipe)));
+        tokio::spawn(close_when_cancelled(Arc::downgrade(&cell), open.clone()));
+        PipeSink { pipe: cell, open }
+    }
+
+    /// Writes one message and its NUL. Most messages fit the pipe at once and are written
+    /// by the caller, without waiting. When the pipe is full, the rest is written by a task
+    /// of its own, so that a caller dropped while it waits never leaves half a message in
+    /// the pipe.
+    pub(super) async fn send(&self, msg: bytes::Bytes) -> Result<(), Closed> {
+        let mut slot = self.pipe.clone().lock_owned().await;
+        let Some(pipe) = slot.as_ref() else {
+            return Err(Closed);
         };
-        if let Err(e) = written {
-            debug!(error = %e, "CDP pipe to the browser closed");
-            return;
+        let mut sent = 0;
+        match write_now(pipe, &msg, &mut sent) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => {
+                debug!(error = %e, "CDP pipe to the browser closed");
+                *slot = None;
+                return Err(Closed);
+            }
+        }
+        let open = self.open.clone();
+        let finish = tokio::spawn(async move {
+            let written = match slot.as_ref() {
+                Some(pipe) => tokio::select! {
+                    written = write_rest(pipe, &msg, sent) => written,
+                    _ = open.cancelled() => Err(io::ErrorKind::BrokenPipe.into()),
+                },
+                None => Err(io::ErrorKind::BrokenPipe.into()),
+            };
+            if let Err(e) = &written {
+                debug!(error = %e, "CDP pipe to the browser closed");
+                *slot = None;
+            }
+            written.map_err(|_| Closed)
+        });
+        finish.await.unwrap_or(Err(Closed))
+    }
+}
+
+/// Closes the pipe once the browser is reaped; ends early when every sender is gone.
+async fn close_when_cancelled(cell: Weak<Mutex<Option<pipe::Sender>>>, open: CancellationToken) {
+    open.cancelled().await;
+    if let Some(cell) = cell.upgrade() {
+        cell.lock().await.take();
+    }
+}
+
+/// Writes what the pipe takes now of `msg` and its NUL, from `sent` on. Returns whether
+/// everything is written.
+fn write_now(pipe: &pipe::Sender, msg: &[u8], sent: &mut usize) -> io::Result<bool> {
+    let total = msg.len() + 1;
+    while *sent < total {
+        let written = if *sent < msg.len() {
+            pipe.try_write_vectored(&[IoSlice::new(&msg[*sent..]), IoSlice::new(b"\0")])
+        } else {
+            pipe.try_write(b"\0")
+        };
+        match written {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Writes the rest of `msg` and its NUL, waiting for room in the pipe.
+async fn write_rest(pipe: &pipe::Sender, msg: &[u8], mut sent: usize) -> io::Result<()> {
+    loop {
+        pipe.writable().await?;
+        if write_now(pipe, msg, &mut sent)? {
+            return Ok(());
         }
     }
 }
 
-/// Splits the browser's output on NUL into messages. Ends (closing `incoming`) on EOF, on a
-/// read error, or on a message over [`MAX_PIPE_MESSAGE`].
-pub(super) async fn read_pipe(
-    mut pipe: pipe::Receiver,
-    incoming: mpsc::Sender<BytesMut>,
+/// The gateway's reading end of the pipe: splits the browser's output on NUL into messages.
+pub(super) struct PipeSource {
+    pipe: Option<pipe::Receiver>,
+    buf: BytesMut,
+    /// How much of `buf` is known to hold no NUL.
+    scanned: usize,
+    /// Resolves when the browser is reaped.
+    reaped: Pin<Box<WaitForCancellationFutureOwned>>,
     pid: i32,
-) {
-    let mut buf = BytesMut::with_capacity(256 << 10);
-    let mut scanned = 0;
-    loop {
-        while let Some(pos) = memchr::memchr(0, &buf[scanned..]) {
-            let end = scanned + pos;
-            let msg = buf.split_to(end);
-            let _ = buf.split_to(1);
-            scanned = 0;
-            if incoming.send(msg).await.is_err() {
-                return;
+}
+
+impl PipeSource {
+    /// Takes the reading end. Once `open` is cancelled, nothing more is read.
+    pub(super) fn new(pipe: pipe::Receiver, open: CancellationToken, pid: i32) -> PipeSource {
+        PipeSource {
+            pipe: Some(pipe),
+            buf: BytesMut::with_capacity(256 << 10),
+            scanned: 0,
+            reaped: Box::pin(open.cancelled_owned()),
+            pid,
+        }
+    }
+
+    /// The next whole message; `None` (for good) on EOF, on a read error, once the browser
+    /// is reaped, or after a message over [`MAX_PIPE_MESSAGE`].
+    pub(super) async fn recv(&mut self) -> Option<BytesMut> {
+        loop {
+            if let Some(pos) = memchr::memchr(0, &self.buf[self.scanned..]) {
+                let msg = self.buf.split_to(self.scanned + pos);
+                self.buf.advance(1);
+                self.scanned = 0;
+                return Some(msg);
+            }
+            self.scanned = self.buf.len();
+            if self.buf.len() > MAX_PIPE_MESSAGE {
+                warn!(
+                    pid = self.pid,
+                    "browser sent a message over {} MiB; dropping the connection",
+                    MAX_PIPE_MESSAGE >> 20
+                );
+                self.pipe = None;
+            }
+            if self.buf.capacity() - self.buf.len() < (64 << 10) {
+                self.buf.reserve(self.buf.len().max(256 << 10));
+            }
+            if !self.fill().await {
+                self.pipe = None;
+                return None;
             }
         }
-        scanned = buf.len();
-        if buf.len() > MAX_PIPE_MESSAGE {
-            warn!(
-                pid,
-                "browser sent a message over {} MiB; dropping the connection",
-                MAX_PIPE_MESSAGE >> 20
-            );
-            return;
-        }
-        if buf.capacity() - buf.len() < (64 << 10) {
-            buf.reserve((buf.len()).max(256 << 10));
-        }
-        match pipe.read_buf(&mut buf).await {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) => {
-                debug!(pid, error = %e, "CDP pipe from the browser failed");
-                return;
+    }
+
+    /// Reads once; false when the connection is over.
+    async fn fill(&mut self) -> bool {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return false;
+        };
+        let (buf, reaped, pid) = (&mut self.buf, &mut self.reaped, self.pid);
+        std::future::poll_fn(|cx: &mut Context<'_>| {
+            if reaped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
             }
-        }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *pipe), cx, buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(0)) => Poll::Ready(false),
+                Poll::Ready(Ok(_)) => Poll::Ready(true),
+                Poll::Ready(Err(e)) => {
+                    debug!(pid, error = %e, "CDP pipe from the browser failed");
+                    Poll::Ready(false)
+                }
+            }
+        })
+        .await
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+
+    /// Larger than a pipe's buffer, so that writing it must wait for the reader.
+    const BIG: usize = 1 << 20;
 
     #[tokio::test]
     async fn splits_on_nul_and_writes_with_nul() {
         let (tx, rx) = pipe::pipe().expect("pipe");
-        let (to_pipe, outgoing) = mpsc::channel(4);
-        let (incoming, mut from_pipe) = mpsc::channel(4);
-        tokio::spawn(write_pipe(tx, outgoing));
-        tokio::spawn(read_pipe(rx, incoming, 0));
-        let big = Bytes::from(vec![b'x'; COALESCE_BELOW + 10]);
-        for msg in [Bytes::from_static(b"{\"id\":1}"), big.clone(), Bytes::new()] {
-            to_pipe.send(msg).await.expect("send");
-        }
-        assert_eq!(&from_pipe.recv().await.expect("first")[..], b"{\"id\":1}");
-        assert_eq!(from_pipe.recv().await.expect("big").len(), big.len());
-        assert!(from_pipe.recv().await.expect("empty").is_empty());
-        drop(to_pipe);
-        assert!(from_pipe.recv().await.is_none(), "EOF ends the stream");
+        let open = CancellationToken::new();
+        let sink = Arc::new(PipeSink::new(tx, open.clone()));
+        let mut source = PipeSource::new(rx, open.clone(), 0);
+        let big = Bytes::from(vec![b'x'; BIG]);
+        let writer = {
+            let (sink, big) = (sink.clone(), big.clone());
+            tokio::spawn(async move {
+                for msg in [Bytes::from_static(b"{\"id\":1}"), big, Bytes::new()] {
+                    sink.send(msg).await.expect("send");
+                }
+            })
+        };
+        assert_eq!(&source.recv().await.expect("first")[..], b"{\"id\":1}");
+        assert_eq!(source.recv().await.expect("big").len(), big.len());
+        assert!(source.recv().await.expect("empty").is_empty());
+        writer.await.expect("writer");
+        open.cancel();
+        assert!(source.recv().await.is_none(), "reaping ends the stream");
+        assert!(sink.send(Bytes::from_static(b"{}")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_sender_dropped_mid_message_never_cuts_it() {
+        let (tx, rx) = pipe::pipe().expect("pipe");
+        let open = CancellationToken::new();
+        let sink = Arc::new(PipeSink::new(tx, open.clone()));
+        let mut source = PipeSource::new(rx, open, 0);
+        // Nobody reads yet, so the first message fills the pipe and its sender waits; it is
+        // then dropped while waiting.
+        let waiting = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.send(Bytes::from(vec![b'a'; BIG])).await }
+        });
+        tokio::task::yield_now().await;
+        waiting.abort();
+        let _ = waiting.await;
+        let next = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.send(Bytes::from_static(b"{\"id\":2}")).await }
+        });
+        let first = source.recv().await.expect("first");
+        assert_eq!(
+            first.len(),
+            BIG,
+            "the dropped sender's message arrives whole"
+        );
+        assert!(first.iter().all(|b| *b == b'a'));
+        assert_eq!(&source.recv().await.expect("second")[..], b"{\"id\":2}");
+        next.await.expect("task").expect("sent");
     }
 }

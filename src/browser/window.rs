@@ -68,7 +68,7 @@ pub async fn measure_and_fit(
 ) -> Result<Frame, String> {
     let mut cdp = RawCdp {
         transport,
-        next_id: 1,
+        next_id: super::startup::NEXT_ID,
     };
     let targets = cdp.call("Target.getTargets", json!({}), None).await?;
     let target_id = targets["targetInfos"]

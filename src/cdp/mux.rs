@@ -16,7 +16,7 @@
 //! ([`Disconnect`]); the module that owns client sockets picks the close frame.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::message::{self, TargetEvent};
-use crate::browser::CdpTransport;
+use crate::browser::{CdpTransport, FromBrowser, ToBrowser};
 use crate::sync::lock;
 use crate::vocab::Disconnect;
 
@@ -52,13 +52,15 @@ pub enum CommandError {
 
 /// The routing state of one browser connection.
 pub struct Mux {
-    to_browser: mpsc::Sender<Bytes>,
+    to_browser: ToBrowser,
     routes: Mutex<Routes>,
     next_command: AtomicU64,
     next_client: AtomicU64,
     lost: CancellationToken,
     /// CDP events delivered to clients (Steel's `eventCount`).
     events_delivered: AtomicU64,
+    /// Set while a spare browser session is being attached.
+    refilling: AtomicBool,
 }
 
 #[derive(Default)]
@@ -71,6 +73,8 @@ struct Routes {
     unflattened: HashSet<Box<str>>,
     /// The gateway's own commands waiting for a reply.
     pending: HashMap<u64, oneshot::Sender<BytesMut>>,
+    /// A browser session attached ahead of time, for the next client to take at once.
+    spare: Option<Box<str>>,
     closing: bool,
 }
 
@@ -92,8 +96,10 @@ impl Mux {
             next_client: AtomicU64::new(1),
             lost: CancellationToken::new(),
             events_delivered: AtomicU64::new(0),
+            refilling: AtomicBool::new(false),
         });
         tokio::spawn(route_from_browser(mux.clone(), transport.from_browser));
+        mux.refill_spare();
         mux
     }
 
@@ -146,27 +152,22 @@ impl Mux {
             .unwrap_or(Value::Null))
     }
 
-    /// Attaches a new client: gives it its own browser-level CDP session.
+    /// Attaches a new client: gives it its own browser-level CDP session. The spare one is
+    /// taken when there is one, so the client waits for no round trip to the browser; a
+    /// new spare is then attached in the background.
     pub async fn attach(self: &Arc<Self>) -> Result<ClientLink, CommandError> {
-        if self.lock().closing {
-            return Err(CommandError::Closed);
-        }
-        let result = self
-            .command(
-                "Target.attachToBrowserTarget",
-                Value::Object(Default::default()),
-            )
-            .await?;
-        let browser_session: Box<str> = result
-            .get("sessionId")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                CommandError::Refused(
-                    "Target.attachToBrowserTarget",
-                    "no sessionId in reply".into(),
-                )
-            })?
-            .into();
+        let spare = {
+            let mut routes = self.lock();
+            if routes.closing {
+                return Err(CommandError::Closed);
+            }
+            routes.spare.take()
+        };
+        let browser_session = match spare {
+            Some(session) => session,
+            None => self.attach_browser_session().await?,
+        };
+        self.refill_spare();
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         let (outbound_tx, outbound) = mpsc::channel(CLIENT_QUEUE);
         let (close_tx, close) = watch::channel(None);
@@ -195,6 +196,48 @@ impl Mux {
             outbound,
             close,
         })
+    }
+
+    /// A new browser-level CDP session (`Target.attachToBrowserTarget`).
+    async fn attach_browser_session(&self) -> Result<Box<str>, CommandError> {
+        let result = self
+            .command(
+                "Target.attachToBrowserTarget",
+                Value::Object(Default::default()),
+            )
+            .await?;
+        let session = result.get("sessionId").and_then(Value::as_str);
+        let session = session.ok_or_else(|| {
+            CommandError::Refused(
+                "Target.attachToBrowserTarget",
+                "no sessionId in reply".into(),
+            )
+        })?;
+        Ok(session.into())
+    }
+
+    /// Attaches a spare browser session in the background, unless there is one or one is
+    /// on its way.
+    fn refill_spare(self: &Arc<Self>) {
+        if self.lock().spare.is_some() || self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mux = self.clone();
+        tokio::spawn(async move {
+            let attached = mux.attach_browser_session().await;
+            let mut routes = mux.lock();
+            mux.refilling.store(false, Ordering::Release);
+            match attached {
+                Ok(session) if !routes.closing && routes.spare.is_none() => {
+                    routes.spare = Some(session);
+                }
+                Ok(session) => {
+                    drop(routes);
+                    mux.detach_browser_session(&session);
+                }
+                Err(e) => debug!(error = %e, "cannot attach a spare browser session"),
+            }
+        });
     }
 
     /// Tells every client to go, for `why`, and refuses new clients from now on.
@@ -267,7 +310,7 @@ enum Destination {
 }
 
 /// Reads the browser's messages and delivers each to its owner.
-async fn route_from_browser(mux: Arc<Mux>, mut from_browser: mpsc::Receiver<BytesMut>) {
+async fn route_from_browser(mux: Arc<Mux>, mut from_browser: FromBrowser) {
     while let Some(mut msg) = from_browser.recv().await {
         let Some(tail) = message::tail_session(&msg) else {
             deliver_to_gateway(&mux, msg);

@@ -5,6 +5,7 @@
 //! slot and quota place are given back (by dropping them), and the session is forgotten, so
 //! its id can be used again.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -210,6 +211,7 @@ impl Registry {
             user_agent: session.options.user_agent.clone(),
             proxy_server: session.options.proxy_server.clone(),
             proxy_auth: session.proxy_auth(),
+            downloads: Some(self.files().dir(session.id)),
         };
         let launch_started = Instant::now();
         let launched = self.host.launch(spec).await;
@@ -236,10 +238,11 @@ impl Registry {
             transport,
             process,
             version,
+            downloads,
         } = launched;
         let mux = Mux::start(transport);
         session.attach_browser(mux.clone(), version);
-        if let Err(e) = self.prepare(&session, &mux).await {
+        if let Err(e) = self.prepare(&session, &mux, downloads).await {
             process.kill().await;
             self.files().session_ended(session.id).await;
             self.directory.forget(&session);
@@ -253,6 +256,7 @@ impl Registry {
             session_id = %session.id,
             timeout_ms = session.options.timeout_ms,
             warm,
+            create_ms = requested.elapsed().as_secs_f64() * 1e3,
             "session live"
         );
         let registry = self.clone();
@@ -272,15 +276,24 @@ impl Registry {
     }
 
     /// Readies the browser for its client, then makes the session live: downloads go to
-    /// the session's files, the `sessionContext` is loaded.
-    async fn prepare(&self, session: &Arc<Session>, mux: &Arc<Mux>) -> Result<(), CreateError> {
+    /// the session's files (the browser was told at launch, unless it is a pooled browser
+    /// that a session took under an id of its own), the `sessionContext` is loaded.
+    async fn prepare(
+        &self,
+        session: &Arc<Session>,
+        mux: &Arc<Mux>,
+        downloads: Option<PathBuf>,
+    ) -> Result<(), CreateError> {
         let dir = self.files().prepare(session.id).await.map_err(|e| {
             CreateError::Launch(format!("cannot create the session's files directory: {e}"))
         })?;
-        let downloads = json!({"behavior": "allow", "downloadPath": dir, "eventsEnabled": false});
-        mux.command("Browser.setDownloadBehavior", downloads)
-            .await
-            .map_err(|e| CreateError::Launch(e.to_string()))?;
+        if downloads.as_deref() != Some(dir.as_path()) {
+            let downloads =
+                json!({"behavior": "allow", "downloadPath": dir, "eventsEnabled": false});
+            mux.command("Browser.setDownloadBehavior", downloads)
+                .await
+                .map_err(|e| CreateError::Launch(e.to_string()))?;
+        }
         if let Some(context) = &session.options.context {
             super::context::load(mux, context)
                 .await

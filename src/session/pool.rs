@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::browser::{BrowserHost, LaunchSpec, Launched};
+use crate::files::FileStore;
 use crate::telemetry;
 
 /// Pause after a failed pool launch before the next try, doubled up to the maximum.
@@ -78,6 +79,9 @@ pub struct WarmPool {
     /// The registry's tasks, so that shutdown waits for launches and reaps in flight.
     tasks: TaskTracker,
     health: Arc<LaunchHealth>,
+    /// Where sessions' downloads go: a pooled browser saves them in the directory of the
+    /// session that will take its id.
+    files: Arc<FileStore>,
 }
 
 impl WarmPool {
@@ -87,6 +91,7 @@ impl WarmPool {
         capacity: Arc<Semaphore>,
         tasks: TaskTracker,
         health: Arc<LaunchHealth>,
+        files: Arc<FileStore>,
     ) -> Arc<WarmPool> {
         Arc::new(WarmPool {
             target,
@@ -100,6 +105,7 @@ impl WarmPool {
             closed: CancellationToken::new(),
             tasks,
             health,
+            files,
         })
     }
 
@@ -118,14 +124,8 @@ impl WarmPool {
         let taken = loop {
             let pooled = lock(&self.ready).pop_front()?;
             pooled.left.cancel();
-            if pooled
-                .browser
-                .launched
-                .process
-                .wait_exit()
-                .now_or_never()
-                .is_none()
-            {
+            let process = &pooled.browser.launched.process;
+            if process.wait_exit().now_or_never().is_none() {
                 break pooled.browser;
             }
             warn!(browser = %pooled.browser.launched.process.address(), "pooled browser died; not handing it out");
@@ -229,6 +229,7 @@ impl WarmPool {
                 user_agent: None,
                 proxy_server: None,
                 proxy_auth: None,
+                downloads: Some(self.files.dir(id)),
             })
             .await;
         self.launching.fetch_sub(1, Ordering::AcqRel);

@@ -110,6 +110,7 @@ impl Registry {
             capacity.clone(),
             tasks.clone(),
             launch_health.clone(),
+            files.clone(),
         );
         Arc::new(Registry {
             directory: Directory::default(),
@@ -158,6 +159,7 @@ impl Registry {
             user_agent: None,
             proxy_server: None,
             proxy_auth: None,
+            downloads: None,
         };
         let result = self.host.launch(spec).await;
         let elapsed = started.elapsed();

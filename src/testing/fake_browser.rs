@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::browser::{
-    BrowserExit, BrowserHost, BrowserProcess, CdpTransport, LaunchError, LaunchSpec, Launched,
-    MemorySample,
+    BrowserExit, BrowserHost, BrowserProcess, CdpTransport, FromBrowser, LaunchError, LaunchSpec,
+    Launched, MemorySample, Startup, ToBrowser,
 };
 use crate::sync::lock;
 
@@ -206,6 +206,7 @@ impl FakeBrowserHost {
             Ok(version) => {
                 debug!(browser = %browser.address(), "fake browser ready");
                 Ok(Launched {
+                    downloads: browser.spec().downloads.clone(),
                     transport,
                     process: browser,
                     version,
@@ -258,36 +259,27 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Sends `Browser.getVersion` as the real host does and waits for its reply.
+/// Sends the first commands as the real host does and waits for their replies.
 async fn wait_until_ready(
     browser: &FakeBrowser,
     transport: &mut CdpTransport,
 ) -> Result<Value, String> {
-    const PROBE: &[u8] = br#"{"id":0,"method":"Browser.getVersion"}"#;
     let exited = |browser: &FakeBrowser| {
         let exit = browser
             .exit()
             .map_or_else(|| "no exit status".to_owned(), |e| e.to_string());
         format!("{PRODUCT} exited ({exit}) before answering Browser.getVersion")
     };
-    if transport
-        .to_browser
-        .send(Bytes::from_static(PROBE))
-        .await
-        .is_err()
-    {
-        return Err(exited(browser));
-    }
-    while let Some(reply) = transport.from_browser.recv().await {
-        if !reply.starts_with(br#"{"id":0,"#) {
-            continue;
+    let (commands, mut startup) = Startup::begin(browser.spec());
+    for command in commands {
+        if transport.to_browser.send(command).await.is_err() {
+            return Err(exited(browser));
         }
-        let mut reply: Value = serde_json::from_slice(&reply)
-            .map_err(|e| format!("its first CDP reply is not JSON: {e}"))?;
-        return match reply.get_mut("result") {
-            Some(result) => Ok(result.take()),
-            None => Err(format!("it refused its first CDP command: {reply}")),
-        };
+    }
+    while let Some(msg) = transport.from_browser.recv().await {
+        if let Some(ready) = startup.take(&msg) {
+            return ready;
+        }
     }
     Err(exited(browser))
 }
@@ -336,8 +328,8 @@ impl FakeBrowser {
         });
         tokio::spawn(serve(browser.clone(), commands, replies, events));
         let transport = CdpTransport {
-            to_browser,
-            from_browser,
+            to_browser: ToBrowser::channel(to_browser),
+            from_browser: FromBrowser::channel(from_browser),
         };
         (browser, transport)
     }
@@ -920,6 +912,7 @@ mod tests {
             user_agent: Some("agent/1".into()),
             proxy_server: None,
             proxy_auth: None,
+            downloads: None,
         }
     }
 

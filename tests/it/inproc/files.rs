@@ -394,3 +394,72 @@ async fn files_outlive_the_session_for_the_retention_then_are_deleted() {
     assert_eq!((status, list), (200, json!({"data": []})));
     gw.stop().await;
 }
+
+/// The directories each browser was told to save downloads in, with the commands' ids.
+fn download_paths(browser: &FakeBrowser) -> Vec<(Option<i64>, std::path::PathBuf)> {
+    browser
+        .received()
+        .into_iter()
+        .filter(|c| c.method == "Browser.setDownloadBehavior")
+        .map(|c| {
+            let path = c.params["downloadPath"].as_str().unwrap_or_default();
+            (c.id, path.into())
+        })
+        .collect()
+}
+
+/// Where a browser saves downloads is set with its first commands, at launch, so a create
+/// waits for no extra round trip; only a pooled browser taken under an id of the client's
+/// own is told again, before the session is live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_go_to_the_sessions_files_from_the_browsers_first_commands() {
+    let gw = FakeGateway::start_with(|s| {
+        s.pool_size = 1;
+        s.max_sessions = Some(3);
+    })
+    .await;
+    let files_dir = gw.tmp.as_ref().expect("data dir").path().join("files");
+    gw.wait_host("the pool launches", |h| h.browsers().len() == 2)
+        .await;
+    gw.wait_readyz(200).await;
+    let pooled = gw.create(json!({})).await;
+    let pooled_id = id_of(&pooled);
+    let browser = gw.browser_of(&pooled_id);
+    let first: Vec<String> = browser.methods().into_iter().take(2).collect();
+    assert_eq!(first, ["Browser.getVersion", "Browser.setDownloadBehavior"]);
+    assert_eq!(
+        download_paths(&browser),
+        [(Some(1), files_dir.join(&pooled_id))]
+    );
+    assert!(files_dir.join(&pooled_id).is_dir());
+
+    // A launch of its own (launch flags): told at launch too.
+    let cold = gw.create(json!({"userAgent": "ingot-test"})).await;
+    let cold_id = id_of(&cold);
+    assert_eq!(
+        download_paths(&gw.browser_of(&cold_id)),
+        [(Some(1), files_dir.join(&cold_id))]
+    );
+
+    // A pooled browser taken under the client's own id: told again, at handover.
+    // Launched: the probe, the first pooled browser, its refill, the session of its own.
+    gw.wait_host("the pool refills", |h| h.browsers().len() == 4)
+        .await;
+    gw.wait_readyz(200).await;
+    let refill = gw
+        .host
+        .browsers()
+        .into_iter()
+        .skip(1)
+        .find(|b| ![&pooled_id, &cold_id].contains(&&b.spec().session_id.to_string()))
+        .expect("the pool's refill");
+    let own_id = uuid::Uuid::new_v4().to_string();
+    let own = gw.create(json!({"sessionId": own_id})).await;
+    assert_eq!(id_of(&own), own_id);
+    let paths = download_paths(&refill);
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert_eq!(paths[0].0, Some(1));
+    assert_eq!(paths[1].1, files_dir.join(&own_id));
+    assert!(files_dir.join(&own_id).is_dir());
+    gw.stop().await;
+}

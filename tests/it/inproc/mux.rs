@@ -279,9 +279,13 @@ async fn a_client_that_leaves_has_its_browser_session_detached() {
         })
     })
     .await;
-    gw.wait_host("its sessions are gone from the browser", |_| {
-        browser.sessions().is_empty()
-    })
+    gw.wait_host(
+        "its sessions are gone from the browser; only the gateway's spare is left",
+        |_| {
+            let left = browser.sessions();
+            !left.contains(&own) && !left.contains(&page) && left.len() == 1
+        },
+    )
     .await;
     assert_eq!(
         gw.session(&id).await["status"],
@@ -468,5 +472,35 @@ async fn a_departed_clients_late_replies_never_answer_the_gateway() {
     assert_eq!(reply["result"]["product"], FAKE_PRODUCT, "{reply}");
     drop(ws);
     gw.release(&id_of(&session)).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_client_takes_a_browser_session_attached_before_it_came() {
+    let gw = FakeGateway::start().await;
+    let (id, session) = live_session(&gw).await;
+    let browser = gw.browser_of(&id);
+    for round in 0..3 {
+        gw.wait_host("one spare browser session is attached", |_| {
+            browser.count("Target.attachToBrowserTarget") == round + 1
+                && browser.sessions().len() == 1
+        })
+        .await;
+        let spare = browser.sessions().remove(0);
+        let mut cdp = CdpClient::connect_to(&session).await;
+        cdp.call("Browser.getVersion", json!({}), None).await;
+        let own = browser_session_of_last_caller(&gw, &id);
+        assert_eq!(own, spare, "round {round}: the client got the spare");
+        gw.wait_host("the next spare is attached, and only one", |_| {
+            browser.count("Target.attachToBrowserTarget") == round + 2
+                && browser.sessions().len() == 2
+        })
+        .await;
+        cdp.close().await;
+        gw.wait_host("the client's session is detached", |_| {
+            !browser.sessions().contains(&own)
+        })
+        .await;
+    }
     gw.stop().await;
 }
