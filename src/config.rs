@@ -52,6 +52,14 @@ pub struct Settings {
     #[arg(long, env = "INGOT_POOL_SIZE", default_value_t = 2)]
     pub pool_size: usize,
 
+    /// How long the warm pool leaves the machine to a session it just handed out before it
+    /// launches a replacement, and how long a new pooled browser settles after it starts
+    /// answering before it is handed out, in milliseconds. A starting Chromium takes both
+    /// cores of a small machine for a while; this keeps that work away from sessions in
+    /// their first moments.
+    #[arg(long, env = "INGOT_POOL_SETTLE_MS", default_value_t = 250)]
+    pub pool_settle_ms: u64,
+
     /// How long a create waits for a free slot when all are in use, in milliseconds, before
     /// it is refused with 429. 0 refuses at once.
     #[arg(long, env = "INGOT_QUEUE_TIMEOUT_MS", default_value_t = 10_000)]

@@ -448,6 +448,7 @@ mod tests {
         let admission = Admission {
             max_sessions: 2,
             pool_size: 0,
+            pool_settle: Duration::ZERO,
             queue_limit: 0,
             queue_timeout: Duration::ZERO,
             per_tenant: None,

@@ -32,7 +32,7 @@ pub use local::{BASE_FLAGS, LocalChromium};
 pub use paths::scratch_root;
 pub(crate) use startup::Startup;
 pub use sweep::SweepReport;
-pub use transport::{Closed, FromBrowser, ToBrowser};
+pub use transport::{Closed, FromBrowser, ToBrowser, TrySendError};
 
 /// What a session needs from its browser.
 #[derive(Debug, Clone)]

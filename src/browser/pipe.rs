@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, warn};
 
-use super::transport::Closed;
+use super::transport::{Closed, TrySendError};
 
 /// Largest message accepted from the browser; beyond it the connection counts as lost.
 const MAX_PIPE_MESSAGE: usize = 512 << 20;
@@ -76,6 +76,46 @@ impl PipeSink {
             written.map_err(|_| Closed)
         });
         finish.await.unwrap_or(Err(Closed))
+    }
+}
+
+impl PipeSink {
+    /// Writes one message and its NUL if that needs no waiting: the pipe is free and has
+    /// room for the start of it. Once a message is started, its rest is finished by a task
+    /// of its own. Gives the message back when it would have to wait.
+    pub(super) fn try_send(&self, msg: bytes::Bytes) -> Result<(), TrySendError> {
+        let Ok(mut slot) = self.pipe.clone().try_lock_owned() else {
+            return Err(TrySendError::Busy(msg));
+        };
+        let Some(pipe) = slot.as_ref() else {
+            return Err(TrySendError::Closed);
+        };
+        let mut sent = 0;
+        match write_now(pipe, &msg, &mut sent) {
+            Ok(true) => return Ok(()),
+            Ok(false) if sent == 0 => return Err(TrySendError::Busy(msg)),
+            Ok(false) => {}
+            Err(e) => {
+                debug!(error = %e, "CDP pipe to the browser closed");
+                *slot = None;
+                return Err(TrySendError::Closed);
+            }
+        }
+        let open = self.open.clone();
+        tokio::spawn(async move {
+            let written = match slot.as_ref() {
+                Some(pipe) => tokio::select! {
+                    written = write_rest(pipe, &msg, sent) => written,
+                    _ = open.cancelled() => Err(io::ErrorKind::BrokenPipe.into()),
+                },
+                None => Err(io::ErrorKind::BrokenPipe.into()),
+            };
+            if let Err(e) = written {
+                debug!(error = %e, "CDP pipe to the browser closed");
+                *slot = None;
+            }
+        });
+        Ok(())
     }
 }
 
@@ -254,5 +294,31 @@ mod tests {
         assert!(first.iter().all(|b| *b == b'a'));
         assert_eq!(&source.recv().await.expect("second")[..], b"{\"id\":2}");
         next.await.expect("task").expect("sent");
+    }
+
+    #[tokio::test]
+    async fn try_send_never_waits_and_finishes_what_it_starts() {
+        let (tx, rx) = pipe::pipe().expect("pipe");
+        let open = CancellationToken::new();
+        let sink = PipeSink::new(tx, open.clone());
+        let mut source = PipeSource::new(rx, open, 0);
+        // The first send learns that the pipe is writable.
+        sink.send(Bytes::from_static(b"{\"id\":0}"))
+            .await
+            .expect("sent");
+        sink.try_send(Bytes::from_static(b"{\"id\":1}"))
+            .expect("sent at once");
+        // More than the pipe holds: started now, finished by a task.
+        sink.try_send(Bytes::from(vec![b'b'; BIG]))
+            .expect("started");
+        let busy = sink.try_send(Bytes::from_static(b"{\"id\":3}"));
+        assert!(
+            matches!(busy, Err(TrySendError::Busy(_))),
+            "the pipe is still taken: {busy:?}"
+        );
+        assert_eq!(&source.recv().await.expect("first")[..], b"{\"id\":0}");
+        assert_eq!(&source.recv().await.expect("second")[..], b"{\"id\":1}");
+        let big = source.recv().await.expect("big");
+        assert!(big.len() == BIG && big.iter().all(|b| *b == b'b'));
     }
 }

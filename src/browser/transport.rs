@@ -18,6 +18,15 @@ use super::pipe::{PipeSink, PipeSource};
 #[error("the connection to the browser is closed")]
 pub struct Closed;
 
+/// Why [`ToBrowser::try_send`] did not send a message.
+#[derive(Debug)]
+pub enum TrySendError {
+    /// Sending it now would mean waiting (for another sender, or for room); here it is back.
+    Busy(Bytes),
+    /// The connection is closed.
+    Closed,
+}
+
 /// Sends whole CDP messages to a browser. Clones share the connection.
 #[derive(Clone)]
 pub struct ToBrowser(Arc<Sink>);
@@ -43,6 +52,27 @@ impl ToBrowser {
         match &*self.0 {
             Sink::Pipe(pipe) => pipe.send(msg).await,
             Sink::Channel(tx) => tx.send(msg).await.map_err(|_| Closed),
+        }
+    }
+
+    /// Sends one message if that needs no waiting, from code that cannot wait.
+    pub fn try_send(&self, msg: Bytes) -> Result<(), TrySendError> {
+        match &*self.0 {
+            Sink::Pipe(pipe) => pipe.try_send(msg),
+            Sink::Channel(tx) => tx.try_send(msg).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(msg) => TrySendError::Busy(msg),
+                mpsc::error::TrySendError::Closed(_) => TrySendError::Closed,
+            }),
+        }
+    }
+
+    /// Sends one message without waiting here: now if possible, else from a task.
+    pub fn send_soon(&self, msg: Bytes) {
+        if let Err(TrySendError::Busy(msg)) = self.try_send(msg) {
+            let to_browser = self.clone();
+            tokio::spawn(async move {
+                let _ = to_browser.send(msg).await;
+            });
         }
     }
 }

@@ -72,10 +72,18 @@ struct Routes {
     /// `Target.sendMessageToTarget`, never by `sessionId`.
     unflattened: HashSet<Box<str>>,
     /// The gateway's own commands waiting for a reply.
-    pending: HashMap<u64, oneshot::Sender<BytesMut>>,
+    pending: HashMap<u64, Waiter>,
     /// A browser session attached ahead of time, for the next client to take at once.
     spare: Option<Box<str>>,
     closing: bool,
+}
+
+/// Who waits for the reply to one of the gateway's own commands.
+enum Waiter {
+    /// A caller of [`Mux::command`].
+    Caller(oneshot::Sender<BytesMut>),
+    /// The spare browser session being attached: the reply is handled where it arrives.
+    Spare,
 }
 
 struct ClientRoute {
@@ -127,7 +135,7 @@ impl Mux {
     ) -> Result<Value, CommandError> {
         let id = self.next_command.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.lock().pending.insert(id, tx);
+        self.lock().pending.insert(id, Waiter::Caller(tx));
         let body = serde_json::json!({ "id": id, "method": method, "params": params }).to_string();
         if self.to_browser.send(Bytes::from(body)).await.is_err() {
             self.lock().pending.remove(&id);
@@ -217,27 +225,45 @@ impl Mux {
     }
 
     /// Attaches a spare browser session in the background, unless there is one or one is
-    /// on its way.
-    fn refill_spare(self: &Arc<Self>) {
+    /// on its way. No task waits for it: the router takes the reply ([`Mux::spare_attached`]).
+    fn refill_spare(&self) {
         if self.lock().spare.is_some() || self.refilling.swap(true, Ordering::AcqRel) {
             return;
         }
-        let mux = self.clone();
-        tokio::spawn(async move {
-            let attached = mux.attach_browser_session().await;
-            let mut routes = mux.lock();
-            mux.refilling.store(false, Ordering::Release);
-            match attached {
-                Ok(session) if !routes.closing && routes.spare.is_none() => {
-                    routes.spare = Some(session);
-                }
-                Ok(session) => {
-                    drop(routes);
-                    mux.detach_browser_session(&session);
-                }
-                Err(e) => debug!(error = %e, "cannot attach a spare browser session"),
+        let id = self.next_command.fetch_add(1, Ordering::Relaxed);
+        self.lock().pending.insert(id, Waiter::Spare);
+        let body =
+            serde_json::json!({"id": id, "method": "Target.attachToBrowserTarget", "params": {}});
+        self.to_browser.send_soon(Bytes::from(body.to_string()));
+    }
+
+    /// The reply to the spare's `Target.attachToBrowserTarget`.
+    fn spare_attached(&self, reply: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Attached {
+            result: Option<AttachResult>,
+        }
+        #[derive(serde::Deserialize)]
+        struct AttachResult {
+            #[serde(rename = "sessionId")]
+            session_id: Box<str>,
+        }
+        let session = serde_json::from_slice::<Attached>(reply)
+            .ok()
+            .and_then(|a| a.result)
+            .map(|r| r.session_id);
+        let mut routes = self.lock();
+        self.refilling.store(false, Ordering::Release);
+        match session {
+            Some(session) if !routes.closing && routes.spare.is_none() => {
+                routes.spare = Some(session);
             }
-        });
+            Some(session) => {
+                drop(routes);
+                self.detach_browser_session(&session);
+            }
+            None => debug!("the browser refused a spare browser session"),
+        }
     }
 
     /// Tells every client to go, for `why`, and refuses new clients from now on.
@@ -283,10 +309,7 @@ impl Mux {
     fn detach_browser_session(&self, session: &str) {
         let id = self.next_command.fetch_add(1, Ordering::Relaxed);
         let body = serde_json::json!({"id": id, "method": "Target.detachFromTarget", "params": {"sessionId": session}});
-        let to_browser = self.to_browser.clone();
-        tokio::spawn(async move {
-            let _ = to_browser.send(Bytes::from(body.to_string())).await;
-        });
+        self.to_browser.send_soon(Bytes::from(body.to_string()));
     }
 
     fn lock(&self) -> MutexGuard<'_, Routes> {
@@ -436,8 +459,13 @@ fn deliver_to_gateway(mux: &Mux, msg: BytesMut) {
     let Some(id) = message::reply_id(&msg) else {
         return;
     };
-    if let Some(waiter) = mux.lock().pending.remove(&id) {
-        let _ = waiter.send(msg);
+    let waiter = mux.lock().pending.remove(&id);
+    match waiter {
+        Some(Waiter::Caller(caller)) => {
+            let _ = caller.send(msg);
+        }
+        Some(Waiter::Spare) => mux.spare_attached(&msg),
+        None => {}
     }
 }
 

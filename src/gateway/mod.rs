@@ -404,6 +404,7 @@ fn admission(settings: &Settings, max_sessions: usize) -> Admission {
     Admission {
         max_sessions,
         pool_size: settings.pool_size,
+        pool_settle: Duration::from_millis(settings.pool_settle_ms),
         queue_limit: settings.queue_limit,
         queue_timeout: Duration::from_millis(settings.queue_timeout_ms),
         per_tenant: settings.max_sessions_per_tenant,

@@ -24,6 +24,8 @@ pub struct Admission {
     pub max_sessions: usize,
     /// Pre-launched browsers to keep ready.
     pub pool_size: usize,
+    /// The warm pool's quiet time after a hand-out, and a new pooled browser's settling time.
+    pub pool_settle: Duration,
     /// Most creates waiting for a slot; beyond it a create is refused at once.
     pub queue_limit: usize,
     /// How long a create waits for a slot.

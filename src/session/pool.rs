@@ -65,6 +65,11 @@ struct Pooled {
 /// Pre-launched browsers with default settings.
 pub struct WarmPool {
     target: usize,
+    /// Quiet time after a hand-out before a replacement launches, and settling time of a
+    /// new browser before it counts as ready.
+    settle: Duration,
+    /// When the pool last handed a browser out.
+    handed_out: Mutex<Option<Instant>>,
     host: Arc<dyn BrowserHost>,
     capacity: Arc<Semaphore>,
     ready: Mutex<VecDeque<Pooled>>,
@@ -85,8 +90,9 @@ pub struct WarmPool {
 }
 
 impl WarmPool {
+    /// A pool of `target` browsers with `settle` as its quiet and settling time.
     pub fn new(
-        target: usize,
+        (target, settle): (usize, Duration),
         host: Arc<dyn BrowserHost>,
         capacity: Arc<Semaphore>,
         tasks: TaskTracker,
@@ -95,6 +101,8 @@ impl WarmPool {
     ) -> Arc<WarmPool> {
         Arc::new(WarmPool {
             target,
+            settle,
+            handed_out: Mutex::new(None),
             host,
             capacity,
             ready: Mutex::new(VecDeque::new()),
@@ -131,6 +139,7 @@ impl WarmPool {
             warn!(browser = %pooled.browser.launched.process.address(), "pooled browser died; not handing it out");
             self.reap(pooled.browser);
         };
+        *lock(&self.handed_out) = Some(Instant::now());
         self.changed();
         telemetry::pool_handout();
         Some(taken)
@@ -188,6 +197,9 @@ impl WarmPool {
         let mut retry = RETRY_FIRST;
         loop {
             while !self.closed.is_cancelled() && self.wants_more() {
+                if self.quiet_after_handout().await {
+                    continue;
+                }
                 let Ok(permit) = self.capacity.clone().try_acquire_owned() else {
                     break;
                 };
@@ -212,6 +224,22 @@ impl WarmPool {
         info!("warm pool stopped");
     }
 
+    /// Waits until the quiet time after the latest hand-out is over; true when it waited
+    /// (the pool's wants may have changed meanwhile).
+    async fn quiet_after_handout(&self) -> bool {
+        let Some(until) = lock(&self.handed_out).map(|at| at + self.settle) else {
+            return false;
+        };
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::select! {
+            _ = self.closed.cancelled() => {}
+            _ = tokio::time::sleep_until(until.into()) => {}
+        }
+        true
+    }
+
     fn wants_more(&self) -> bool {
         !self.yield_to_waiters.load(Ordering::Acquire)
             && self.ready_count() + self.launching.load(Ordering::Acquire) < self.target
@@ -232,11 +260,17 @@ impl WarmPool {
                 downloads: Some(self.files.dir(id)),
             })
             .await;
-        self.launching.fetch_sub(1, Ordering::AcqRel);
         self.health
             .note(launched.as_ref().err().map(|e| e.0.clone()));
-        let launched = launched.map_err(|e| e.0)?;
-        telemetry::browser_launched(started.elapsed());
+        let settled = match launched {
+            Ok(launched) => {
+                telemetry::browser_launched(started.elapsed());
+                self.settle(launched).await
+            }
+            Err(e) => Err(e.0),
+        };
+        self.launching.fetch_sub(1, Ordering::AcqRel);
+        let launched = settled?;
         if self.closed.is_cancelled() {
             launched.process.kill().await;
             return Ok(());
@@ -258,6 +292,24 @@ impl WarmPool {
         self.became_ready.notify_waiters();
         debug!(browser_id = %id, "pool browser ready");
         Ok(())
+    }
+
+    /// Lets a browser that just started answering finish starting (Chromium goes on with its
+    /// first page and helper processes for a while) before it counts as ready. A browser
+    /// that exits meanwhile is reaped.
+    async fn settle(&self, launched: Launched) -> Result<Launched, String> {
+        let exited = tokio::select! {
+            _ = self.closed.cancelled() => None,
+            _ = tokio::time::sleep(self.settle) => None,
+            exit = launched.process.wait_exit() => Some(exit),
+        };
+        match exited {
+            None => Ok(launched),
+            Some(exit) => {
+                launched.process.kill().await;
+                Err(format!("the browser exited ({exit}) while it settled"))
+            }
+        }
     }
 
     /// Removes a pooled browser that exits before anyone takes it.

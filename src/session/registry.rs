@@ -105,7 +105,7 @@ impl Registry {
         let closed = CancellationToken::new();
         let launch_health = Arc::new(LaunchHealth::default());
         let pool = WarmPool::new(
-            admission.pool_size,
+            (admission.pool_size, admission.pool_settle),
             host.clone(),
             capacity.clone(),
             tasks.clone(),

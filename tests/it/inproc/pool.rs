@@ -195,3 +195,64 @@ async fn a_pooled_browser_that_crashes_holding_the_last_slot_is_replaced() {
     assert_eq!(id, replacement.spec().session_id.to_string());
     gw.stop().await;
 }
+
+/// A pooled browser that has just started answering is not handed out before it has
+/// settled: a create meanwhile gets a launch of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_pooled_browser_is_not_handed_out_before_it_settles() {
+    let gw = FakeGateway::start_with(|s| {
+        s.pool_size = 1;
+        s.max_sessions = Some(2);
+        s.pool_settle_ms = 60_000;
+    })
+    .await;
+    gw.wait_host("the pool launches", |h| h.browsers().len() == 2)
+        .await;
+    let pooled = gw.host.last().expect("the pooled browser");
+    gw.wait_host("the pooled browser answers", |_| {
+        pooled.count("Browser.getVersion") == 1
+    })
+    .await;
+    let session = gw.create(json!({})).await;
+    assert_ne!(
+        id_of(&session),
+        pooled.spec().session_id.to_string(),
+        "the settling browser is not taken"
+    );
+    assert_eq!(gw.host.launches(), 3, "the create launched its own");
+    assert!(pooled.is_alive());
+    gw.stop().await;
+}
+
+/// After a hand-out, the pool leaves the machine to the new session for its settling time
+/// before it launches a replacement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_waits_before_it_replaces_a_browser_it_handed_out() {
+    let settle = Duration::from_millis(1_500);
+    let gw = FakeGateway::start_with(|s| {
+        s.pool_size = 1;
+        s.max_sessions = Some(2);
+        s.pool_settle_ms = settle.as_millis() as u64;
+    })
+    .await;
+    gw.wait_host("the pool launches", |h| h.browsers().len() == 2)
+        .await;
+    let pooled = gw.host.last().expect("the pooled browser");
+    gw.wait_host("the pooled browser answers", |_| {
+        pooled.count("Browser.getVersion") == 1
+    })
+    .await;
+    tokio::time::sleep(settle + Duration::from_millis(500)).await;
+    let handed_out = std::time::Instant::now();
+    let session = gw.create(json!({})).await;
+    assert_eq!(id_of(&session), pooled.spec().session_id.to_string());
+    if handed_out.elapsed() < settle / 2 {
+        assert_eq!(gw.host.launches(), 2, "no replacement launched yet");
+    }
+    gw.wait_host("the replacement launches after the quiet time", |h| {
+        h.launches() == 3
+    })
+    .await;
+    assert!(handed_out.elapsed() >= settle);
+    gw.stop().await;
+}
