@@ -114,6 +114,9 @@ enum Section {
     /// pipelining, screenshots) and cold and warm starts against one ingot and direct
     /// Chromium; prints the table, and writes it to a file only when `--out` is given.
     Core,
+    /// Bursts of concurrent creates against as many direct launches, every size for the
+    /// plan's rounds; prints the rows, writes no file.
+    Bursts,
     /// Two nodes on one PostgreSQL: CDP through a forwarding node, create through a node
     /// without a free slot, and the time until a SIGKILLed node's sessions read `failed`.
     Cluster,
@@ -126,6 +129,7 @@ impl Section {
     fn name(self) -> &'static str {
         match self {
             Section::Core => "core",
+            Section::Bursts => "bursts",
             Section::Cluster => "cluster",
             Section::Viewer => "viewer",
         }
@@ -140,6 +144,8 @@ struct Plan {
     cold_starts: usize,
     warm_starts: usize,
     bursts: Vec<usize>,
+    /// Rounds of every burst size, direct and ingot taking turns at going first.
+    burst_rounds: usize,
     idle_clients: usize,
     cluster: cluster::ClusterPlan,
     viewer: viewer::ViewerPlan,
@@ -165,6 +171,7 @@ impl Plan {
                 cold_starts: 3,
                 warm_starts: 4,
                 bursts: vec![10],
+                burst_rounds: 1,
                 idle_clients: 200,
                 cluster: cluster::ClusterPlan {
                     rounds: 2,
@@ -199,6 +206,7 @@ impl Plan {
                 cold_starts: 20,
                 warm_starts: 20,
                 bursts: vec![10, 20, 40],
+                burst_rounds: 3,
                 idle_clients: 1000,
                 cluster: cluster::ClusterPlan {
                     rounds: 5,
@@ -276,6 +284,18 @@ async fn run(args: &Args) -> Result<()> {
             drop(root);
             return publish_core(args, &core, machine);
         }
+        Some(Section::Bursts) => {
+            let root = TempRoot::create()?;
+            let max = plan.bursts.iter().copied().max();
+            let gw = start_gateway(&ingot, &root, max, pool).await?;
+            let bursts =
+                concurrent_bursts(&args.chromium, &root, &gw, &plan.bursts, plan.burst_rounds)
+                    .await?;
+            drop(gw);
+            drop(root);
+            println!("{}", report::bursts_table(&bursts, plan.burst_rounds));
+            return Ok(());
+        }
         Some(Section::Cluster) => {
             let root = TempRoot::create()?;
             let cluster = cluster::measure(&args.chromium, &ingot, &root, plan.cluster).await?;
@@ -350,7 +370,8 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
     let root = TempRoot::create()?;
     let gw = start_gateway(ingot, &root, plan.bursts.iter().copied().max(), pool).await?;
     let core = measure_core(args, plan, ingot, pool, &root, &gw).await?;
-    let bursts = concurrent_bursts(&args.chromium, &root, &gw, &plan.bursts).await?;
+    let bursts =
+        concurrent_bursts(&args.chromium, &root, &gw, &plan.bursts, plan.burst_rounds).await?;
     let idle = idle_clients(&args.chromium, &root, &gw, plan.idle_clients).await?;
     progress!("stopping ingot");
     drop(gw);
@@ -360,6 +381,7 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
     Ok(Results {
         core,
         bursts,
+        burst_rounds: plan.burst_rounds,
         idle,
         cluster,
         viewer,
@@ -427,17 +449,26 @@ async fn concurrent_bursts(
     root: &TempRoot,
     gw: &Gateway,
     sizes: &[usize],
+    rounds: usize,
 ) -> Result<Vec<(usize, sessions::Burst, sessions::Burst)>> {
-    let mut bursts = Vec::new();
-    for (i, &n) in sizes.iter().enumerate() {
-        let (d, g) = if i.is_multiple_of(2) {
-            let d = direct_burst(chromium, root, n).await?;
-            (d, ingot_burst(gw, n).await?)
-        } else {
-            let g = ingot_burst(gw, n).await?;
-            (direct_burst(chromium, root, n).await?, g)
-        };
-        bursts.push((n, d, g));
+    let mut bursts: Vec<(usize, sessions::Burst, sessions::Burst)> = Vec::new();
+    for round in 0..rounds {
+        for (i, &n) in sizes.iter().enumerate() {
+            let (d, g) = if (i + round).is_multiple_of(2) {
+                let d = direct_burst(chromium, root, n).await?;
+                (d, ingot_burst(gw, n).await?)
+            } else {
+                let g = ingot_burst(gw, n).await?;
+                (direct_burst(chromium, root, n).await?, g)
+            };
+            match bursts.get_mut(i) {
+                Some((_, direct, ingot)) => {
+                    direct.merge(d);
+                    ingot.merge(g);
+                }
+                None => bursts.push((n, d, g)),
+            }
+        }
     }
     Ok(bursts)
 }
@@ -816,7 +847,7 @@ async fn direct_burst(chromium: &Path, root: &TempRoot, n: usize) -> Result<sess
     progress!("{n} concurrent direct Chromiums");
     let b = sessions::direct_burst(chromium, root, n).await?;
     progress!(
-        "  p50 {:.0} ms, p99 {:.0} ms, {:.0} MiB PSS per browser",
+        "  direct: p50 {:.0} ms, p99 {:.0} ms, {:.0} MiB PSS per browser",
         stats::percentile(&b.start_ms, 50.0).unwrap_or(f64::NAN),
         stats::percentile(&b.start_ms, 99.0).unwrap_or(f64::NAN),
         b.memory.pss_kib as f64 / 1024.0 / n as f64
@@ -828,7 +859,7 @@ async fn ingot_burst(gw: &Gateway, n: usize) -> Result<sessions::Burst> {
     progress!("{n} concurrent ingot sessions");
     let b = sessions::ingot_burst(gw, n).await?;
     progress!(
-        "  p50 {:.0} ms, p99 {:.0} ms, {:.0} MiB PSS per session, ingot RSS {:.1} MiB",
+        "  ingot: p50 {:.0} ms, p99 {:.0} ms, {:.0} MiB PSS per session, ingot RSS {:.1} MiB",
         stats::percentile(&b.start_ms, 50.0).unwrap_or(f64::NAN),
         stats::percentile(&b.start_ms, 99.0).unwrap_or(f64::NAN),
         b.memory.pss_kib as f64 / 1024.0 / n as f64,

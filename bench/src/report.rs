@@ -148,6 +148,8 @@ pub struct Results {
     pub core: Core,
     /// (sessions, direct, ingot)
     pub bursts: Vec<(usize, Burst, Burst)>,
+    /// Rounds of each burst size.
+    pub burst_rounds: usize,
     pub idle: (IdleClients, IdleClients),
     pub cluster: Cluster,
     pub viewer: Viewer,
@@ -292,7 +294,7 @@ fn kib_to_mib(kib: u64) -> f64 {
 fn rows(r: &Results) -> Vec<Row> {
     let mut rows = core_rows(&r.core);
     for (n, direct, ingot) in &r.bursts {
-        rows.extend(burst_rows(*n, direct, ingot));
+        rows.extend(burst_rows(*n, direct, ingot, r.burst_rounds));
     }
     rows.push(idle_clients_row(&r.idle.0, &r.idle.1));
     rows
@@ -517,9 +519,9 @@ fn measured_warm_rows(
     ]
 }
 
-/// One burst of `n` concurrent sessions: create to first reply, p50 and p99, and memory per
-/// session.
-fn burst_rows(n: usize, direct: &Burst, ingot: &Burst) -> Vec<Row> {
+/// One burst of `n` concurrent sessions over `rounds` rounds: create to first reply (the
+/// median of the rounds' p50s; p99 of all samples), and memory per session (first round).
+fn burst_rows(n: usize, direct: &Burst, ingot: &Burst, rounds: usize) -> Vec<Row> {
     let per = |b: &Burst| kib_to_mib(b.memory.pss_kib) / n as f64;
     let note = format!(
         "PSS of all browser processes ÷ {n} ({} vs {} processes; RSS sum {:.0} vs {:.0} MiB); ingot's own RSS {}",
@@ -537,11 +539,13 @@ fn burst_rows(n: usize, direct: &Burst, ingot: &Burst) -> Vec<Row> {
             "ms",
             Better::Lower,
         )
-        .figures(
-            percentile(&direct.start_ms, 50.0),
-            percentile(&ingot.start_ms, 50.0),
-        )
-        .goal(Goal::RatioAtMost(BURST_GOAL)),
+        .figures(median(&direct.round_p50_ms), median(&ingot.round_p50_ms))
+        .goal(Goal::RatioAtMost(BURST_GOAL))
+        .note(format!(
+            "{rounds} rounds, direct and ingot taking turns at going first; median of the rounds' p50s (direct {}; ingot {} ms)",
+            list_ms(&direct.round_p50_ms),
+            list_ms(&ingot.round_p50_ms)
+        )),
         Row::new(
             format!("{n} concurrent sessions: same, p99"),
             "ms",
@@ -550,7 +554,8 @@ fn burst_rows(n: usize, direct: &Burst, ingot: &Burst) -> Vec<Row> {
         .figures(
             percentile(&direct.start_ms, 99.0),
             percentile(&ingot.start_ms, 99.0),
-        ),
+        )
+        .note(format!("all {} samples of the rounds together", direct.start_ms.len())),
         Row::new(
             format!("{n} concurrent sessions: memory per session"),
             "MiB",
@@ -559,6 +564,14 @@ fn burst_rows(n: usize, direct: &Burst, ingot: &Burst) -> Vec<Row> {
         .figures(Some(per(direct)), Some(per(ingot)))
         .note(note),
     ]
+}
+
+fn list_ms(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Memory per idle client WebSocket, against the target, with the holder's and (for ingot)
@@ -620,6 +633,15 @@ pub fn table(r: &Results) -> String {
 }
 
 /// The `--only core` results as a Markdown table.
+/// The rows of bursts measured on their own (`--only bursts`).
+pub fn bursts_table(bursts: &[(usize, Burst, Burst)], rounds: usize) -> String {
+    let rows: Vec<Row> = bursts
+        .iter()
+        .flat_map(|(n, direct, ingot)| burst_rows(*n, direct, ingot, rounds))
+        .collect();
+    render(&rows)
+}
+
 pub fn core_table(core: &Core) -> String {
     render(&core_rows(core))
 }
@@ -732,10 +754,11 @@ pool to refill before each create, then lets it idle for a second (a second seri
 creates the moment the pool is full again); its direct column is the direct cold start, since a client \
 launching Chromium itself has no pool.
 - **Concurrent sessions**: N creates (or N direct launches) fired at once; each one's time to first \
-reply. Two seconds after the last is up, memory is the sum of PSS (`/proc/<pid>/smaps_rollup`: shared \
+reply. Every size is run in each of several rounds, direct and ingot taking turns at going first; the \
+p50 row is the median of the rounds' p50s, the p99 row pools every sample. Two seconds after the last is up, memory is the sum of PSS (`/proc/<pid>/smaps_rollup`: shared \
 pages split among the processes sharing them) over every browser process (each browser's process \
 group, plus the crash handlers, which leave the group but name the profile), divided by N. ingot runs \
-with `--pool-size 0` here so that both columns count cold browsers only.
+with `--pool-size 0` here so that both columns count cold browsers only. Memory is the first round's.
 - **Idle client WebSockets**: {idle} WebSockets opened to one browser in batches of 50, each answering \
 one `Browser.getVersion` before the next batch (so ingot has attached it with \
 `Target.attachToBrowserTarget`), then held idle for a second; the figure is the growth of `VmRSS` of \

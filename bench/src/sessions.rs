@@ -85,11 +85,23 @@ pub async fn release_and_settle(gateway: &Gateway, session: &Session) -> Result<
 /// `n` browsers started at once on one target.
 #[derive(Debug, Default)]
 pub struct Burst {
+    /// Every create's (or launch's) time to first reply, all rounds together.
     pub start_ms: Vec<f64>,
+    /// Each round's p50 of `start_ms`.
+    pub round_p50_ms: Vec<f64>,
     /// Every browser process, all `n` browsers together.
     pub memory: Footprint,
     /// ingot's own resident memory while they run (ingot only).
     pub gateway_rss_kib: Option<u64>,
+}
+
+impl Burst {
+    /// Adds a later round of the same burst: its samples and its p50; the memory stays the
+    /// first round's.
+    pub fn merge(&mut self, later: Burst) {
+        self.start_ms.extend(later.start_ms);
+        self.round_p50_ms.extend(later.round_p50_ms);
+    }
 }
 
 /// Starts `n` direct Chromiums at once and reads their memory once they idle.
@@ -98,9 +110,12 @@ pub async fn direct_burst(executable: &Path, root: &TempRoot, n: usize) -> Resul
     tokio::time::sleep(SETTLE).await;
     let pids: Vec<i32> = started.iter().flat_map(|(_, b)| b.processes()).collect();
     let memory = procfs::footprint(&pids);
-    let start_ms = started.iter().map(|(t, _)| t.total_ms).collect();
+    let start_ms: Vec<f64> = started.iter().map(|(t, _)| t.total_ms).collect();
     drop(started);
     Ok(Burst {
+        round_p50_ms: crate::stats::percentile(&start_ms, 50.0)
+            .into_iter()
+            .collect(),
         start_ms,
         memory,
         gateway_rss_kib: None,
@@ -127,6 +142,9 @@ pub async fn ingot_burst(gateway: &Gateway, n: usize) -> Result<Burst> {
         tokio::time::sleep(SETTLE).await;
         let memory = procfs::footprint(&gateway.browser_processes());
         Ok(Burst {
+            round_p50_ms: crate::stats::percentile(&start_ms, 50.0)
+                .into_iter()
+                .collect(),
             start_ms,
             memory,
             gateway_rss_kib: Some(gateway.rss_kib()?),
