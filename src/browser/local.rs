@@ -146,10 +146,7 @@ impl BrowserHost for LocalChromium {
             // lives on through its parent.
             let scratch_fs = self.scratch.path.parent().unwrap_or(Path::new("/tmp"));
             let space = [self.sessions_dir.clone(), scratch_fs.to_path_buf()];
-            let mut result = match check_free_space(space).await {
-                Ok(()) => self.launch_in(dirs, &spec, frame).await,
-                Err(e) => Err(e),
-            };
+            let mut result = self.launch_in(dirs, space, &spec, frame).await;
             if let (Ok(launched), true) = (&mut result, unmeasured) {
                 match measure_and_fit(&mut launched.transport, spec.dimensions, frame).await {
                     Ok(real) => {
@@ -205,12 +202,9 @@ impl BrowserHost for LocalChromium {
 
 /// Refuses to launch into a disk with less than [`MIN_FREE_DISK`] free, or a read-only one:
 /// Chromium starts on a full disk, but then fails to write its profile and cache as the
-/// session goes on. Checks every directory in one trip to the blocking pool.
-async fn check_free_space(dirs: [PathBuf; 2]) -> Result<(), LaunchError> {
-    tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|dir| check_dir_space(dir)))
-        .await
-        .map_err(|e| LaunchError(format!("cannot check free disk space: {e}")))?
-        .map_err(LaunchError)
+/// session goes on. Blocking.
+fn check_free_space(dirs: &[PathBuf; 2]) -> Result<(), String> {
+    dirs.iter().try_for_each(|dir| check_dir_space(dir))
 }
 
 fn check_dir_space(dir: &Path) -> Result<(), String> {
@@ -292,13 +286,20 @@ impl SessionDirs {
         self.root.join("profile")
     }
 
-    /// Creates both directories.
-    async fn create(&self) -> Result<(), LaunchError> {
+    /// Checks that the disks holding `space` have room, then creates both directories, in
+    /// one trip to the blocking pool.
+    async fn create(&self, space: [PathBuf; 2]) -> Result<(), LaunchError> {
         let owner = self.owner.clone();
         let dirs = [self.profile(), self.scratch.clone()];
-        match tokio::task::spawn_blocking(move || owner.enter(&dirs)).await {
+        let created = tokio::task::spawn_blocking(move || {
+            check_free_space(&space).map_err(|e| (e, false))?;
+            owner.enter(&dirs).map_err(|e| (e.to_string(), true))
+        })
+        .await;
+        match created {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
+            Ok(Err((e, false))) => Err(LaunchError(e)),
+            Ok(Err((e, true))) => {
                 remove_dir(&self.root).await;
                 remove_dir(&self.scratch).await;
                 Err(LaunchError(format!("cannot create session directory: {e}")))
@@ -325,10 +326,11 @@ impl LocalChromium {
     async fn launch_in(
         &self,
         dirs: SessionDirs,
+        space: [PathBuf; 2],
         spec: &LaunchSpec,
         frame: Frame,
     ) -> Result<Launched, LaunchError> {
-        dirs.create().await?;
+        dirs.create(space).await?;
         let forwarder = match &spec.proxy_auth {
             Some(auth) => Some(
                 proxy_auth::start(auth.clone())

@@ -103,9 +103,16 @@ impl FileStore {
     /// Creates session `id`'s directory, where its browser saves downloads; returns it.
     pub async fn prepare(&self, id: Uuid) -> Result<PathBuf, FileError> {
         let dir = self.dir(id);
-        tokio::fs::create_dir_all(&dir).await?;
-        // A session id that is used again (after the first one's retention) starts afresh.
-        let _ = tokio::fs::remove_file(self.ended_marker(id)).await;
+        let marker = self.ended_marker(id);
+        let created = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&created)?;
+            // A session id that is used again (after the first one's retention) starts afresh.
+            let _ = std::fs::remove_file(marker);
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         Ok(dir)
     }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::MeterError;
@@ -73,9 +74,22 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>>;
 }
 
-/// The ledger of a single node: a SQLite file, written on the blocking pool.
+/// The ledger of a single node: a SQLite file, written on the blocking pool. First records
+/// are committed in groups: every insert that arrives while a commit is under way goes
+/// into the next one, so a burst of creates waits for one `fsync` together rather than one
+/// each in turn.
 pub struct SqliteLedger {
     store: Arc<Mutex<UsageStore>>,
+    inserts: Arc<Mutex<InsertQueue>>,
+}
+
+/// First records waiting for the next group commit.
+#[derive(Default)]
+struct InsertQueue {
+    waiting: Vec<(NewRecord, oneshot::Sender<Result<i64, MeterError>>)>,
+    /// Whether a writer is at work on the blocking pool; it takes what waits until nothing
+    /// does.
+    writing: bool,
 }
 
 impl SqliteLedger {
@@ -85,6 +99,7 @@ impl SqliteLedger {
         let store = blocking(move || UsageStore::open(&dir)).await?;
         Ok(SqliteLedger {
             store: Arc::new(Mutex::new(store)),
+            inserts: Arc::default(),
         })
     }
 
@@ -101,7 +116,22 @@ impl SqliteLedger {
 
 impl Ledger for SqliteLedger {
     fn insert(&self, record: NewRecord) -> BoxFuture<'_, Result<i64, MeterError>> {
-        self.with(move |s| s.insert(&record))
+        let (done, written) = oneshot::channel();
+        let start_writer = {
+            let mut queue = lock(&self.inserts);
+            queue.waiting.push((record, done));
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if start_writer {
+            let (store, queue) = (self.store.clone(), self.inserts.clone());
+            tokio::task::spawn_blocking(move || write_inserts(&store, &queue));
+        }
+        async move {
+            written
+                .await
+                .map_err(|_| MeterError::Task("the usage writer stopped".into()))?
+        }
+        .boxed()
     }
 
     fn checkpoint(&self, checkpoints: Vec<Checkpoint>) -> BoxFuture<'_, Result<(), MeterError>> {
@@ -156,6 +186,35 @@ impl Ledger for SqliteLedger {
         retention: Retention,
     ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>> {
         self.with(move |s| s.history_get(session_id, tenant.as_deref(), retention))
+    }
+}
+
+/// Commits waiting first records, a group at a time, until none waits. Blocking.
+fn write_inserts(store: &Mutex<UsageStore>, queue: &Mutex<InsertQueue>) {
+    loop {
+        let group = {
+            let mut queue = lock(queue);
+            if queue.waiting.is_empty() {
+                queue.writing = false;
+                return;
+            }
+            std::mem::take(&mut queue.waiting)
+        };
+        let mut store = lock(store);
+        let records: Vec<&NewRecord> = group.iter().map(|(record, _)| record).collect();
+        match store.insert_all(&records) {
+            Ok(ids) => {
+                for ((_, done), id) in group.into_iter().zip(ids) {
+                    let _ = done.send(Ok(id));
+                }
+            }
+            // One by one, so that each create learns its own error.
+            Err(_) => {
+                for (record, done) in group {
+                    let _ = done.send(store.insert(&record).map_err(MeterError::from));
+                }
+            }
+        }
     }
 }
 
@@ -402,5 +461,40 @@ mod tests {
         }
         stop.cancel();
         clock.await.expect("clock");
+    }
+
+    /// Creates that arrive together are committed together, and each gets its own record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn first_records_that_arrive_together_are_all_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Arc::new(SqliteLedger::open(dir.path()).await.expect("ledger"));
+        let ids: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+        let inserts = ids.iter().map(|id| {
+            let ledger = ledger.clone();
+            let record = NewRecord {
+                session_id: *id,
+                tenant: None,
+                created_at_ms: 1,
+                details: "{}".into(),
+                tenant_limit: None,
+            };
+            tokio::spawn(async move { ledger.insert(record).await })
+        });
+        let mut record_ids: Vec<i64> = futures_util::future::join_all(inserts)
+            .await
+            .into_iter()
+            .map(|r| r.expect("task").expect("written"))
+            .collect();
+        record_ids.sort_unstable();
+        record_ids.dedup();
+        assert_eq!(record_ids.len(), ids.len(), "one record each");
+        let all = Retention {
+            since_ms: 0,
+            newest: 1_000,
+        };
+        for id in ids {
+            let row = ledger.history_get(id, None, all).await.expect("read");
+            assert!(row.is_some(), "{id} was written");
+        }
     }
 }

@@ -167,6 +167,22 @@ pub struct UsageStore {
     path: PathBuf,
 }
 
+/// Inserts one first record: live, one minute billed.
+fn insert_record(conn: &Connection, record: &NewRecord) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO sessions (session_id, tenant, created_at_ms, checkpoint_at_ms,
+                               status, billed_minutes, details)
+         VALUES (?1, ?2, ?3, ?3, 'live', 1, ?4)",
+    )?
+    .execute(params![
+        record.session_id.to_string(),
+        record.tenant,
+        record.created_at_ms,
+        record.details,
+    ])?;
+    Ok(())
+}
+
 /// A database error, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
 #[error("usage database {path}: {source}")]
@@ -213,22 +229,26 @@ impl UsageStore {
 
     /// Writes the first record of a session: live, one minute billed. Returns its record id.
     pub fn insert(&self, record: &NewRecord) -> Result<i64, StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO sessions (session_id, tenant, created_at_ms, checkpoint_at_ms,
-                                       status, billed_minutes, details)
-                 VALUES (?1, ?2, ?3, ?3, 'live', 1, ?4)",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    record.session_id.to_string(),
-                    record.tenant,
-                    record.created_at_ms,
-                    record.details,
-                ])
-            })
-            .map_err(|e| self.err(e))?;
+        insert_record(&self.conn, record).map_err(|e| self.err(e))?;
         Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Writes the first records of several sessions in one transaction (one `fsync`).
+    /// Returns their record ids, in order; on error, none is written.
+    pub fn insert_all(&mut self, records: &[&NewRecord]) -> Result<Vec<i64>, StoreError> {
+        let path = &self.path;
+        let err = |source| StoreError {
+            path: path.display().to_string(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut ids = Vec::with_capacity(records.len());
+        for record in records {
+            insert_record(&tx, record).map_err(err)?;
+            ids.push(tx.last_insert_rowid());
+        }
+        tx.commit().map_err(err)?;
+        Ok(ids)
     }
 
     /// Writes checkpoints of live sessions in one transaction. A record that has already

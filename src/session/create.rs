@@ -150,8 +150,22 @@ impl Registry {
             }
         };
         let warm = pooled.is_some();
-        let launched = self.browser_for(&session, pooled).await?;
-        self.start_live(session, launched, (permit, quota), requested, warm)
+        // The session's files directory is made while the browser starts.
+        let (launched, files) = tokio::join!(
+            self.browser_for(&session, pooled),
+            self.files().prepare(session.id)
+        );
+        let launched = match launched {
+            Ok(launched) => launched,
+            Err(e) => {
+                self.files().session_ended(session.id).await;
+                return Err(e);
+            }
+        };
+        let files = files.map_err(|e| {
+            CreateError::Launch(format!("cannot create the session's files directory: {e}"))
+        });
+        self.start_live(session, launched, files, (permit, quota), requested, warm)
             .await
     }
 
@@ -230,6 +244,7 @@ impl Registry {
         self: Arc<Self>,
         session: Arc<Session>,
         launched: Launched,
+        files: Result<PathBuf, CreateError>,
         slot: (OwnedSemaphorePermit, QuotaHold),
         requested: Instant,
         warm: bool,
@@ -242,7 +257,11 @@ impl Registry {
         } = launched;
         let mux = Mux::start(transport);
         session.attach_browser(mux.clone(), version);
-        if let Err(e) = self.prepare(&session, &mux, downloads).await {
+        let prepared = match files {
+            Ok(dir) => self.prepare(&session, &mux, downloads, dir).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = prepared {
             process.kill().await;
             self.files().session_ended(session.id).await;
             self.directory.forget(&session);
@@ -283,10 +302,8 @@ impl Registry {
         session: &Arc<Session>,
         mux: &Arc<Mux>,
         downloads: Option<PathBuf>,
+        dir: PathBuf,
     ) -> Result<(), CreateError> {
-        let dir = self.files().prepare(session.id).await.map_err(|e| {
-            CreateError::Launch(format!("cannot create the session's files directory: {e}"))
-        })?;
         if downloads.as_deref() != Some(dir.as_path()) {
             let downloads =
                 json!({"behavior": "allow", "downloadPath": dir, "eventsEnabled": false});
