@@ -391,7 +391,7 @@ fn command_rows(r: &Core) -> Vec<Row> {
             median(&r.ingot.reconnect_ms),
         )
         .goal(Goal::RatioAtMost(RECONNECT_GOAL))
-        .note("ingot attaches a browser session per client"),
+        .note("5 per target per round; ingot gives each new client its own browser-level CDP session, attached ahead of time (the spare)"),
         Row::new("gateway CPU time per reconnect", "µs", Better::Lower)
             .figures(None, median(&r.ingot.gateway_reconnect.cpu_us))
             .note(format!(

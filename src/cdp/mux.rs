@@ -162,7 +162,8 @@ impl Mux {
 
     /// Attaches a new client: gives it its own browser-level CDP session. The spare one is
     /// taken when there is one, so the client waits for no round trip to the browser; a
-    /// new spare is then attached in the background.
+    /// new spare is attached in the background once the client's first message is on its
+    /// way (or the client has left), so that the browser answers that message first.
     pub async fn attach(self: &Arc<Self>) -> Result<ClientLink, CommandError> {
         let spare = {
             let mut routes = self.lock();
@@ -175,7 +176,6 @@ impl Mux {
             Some(session) => session,
             None => self.attach_browser_session().await?,
         };
-        self.refill_spare();
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         let (outbound_tx, outbound) = mpsc::channel(CLIENT_QUEUE);
         let (close_tx, close) = watch::channel(None);
@@ -203,6 +203,7 @@ impl Mux {
             browser_session,
             outbound,
             close,
+            refill: AtomicBool::new(true),
         })
     }
 
@@ -227,7 +228,11 @@ impl Mux {
     /// Attaches a spare browser session in the background, unless there is one or one is
     /// on its way. No task waits for it: the router takes the reply ([`Mux::spare_attached`]).
     fn refill_spare(&self) {
-        if self.lock().spare.is_some() || self.refilling.swap(true, Ordering::AcqRel) {
+        let not_needed = {
+            let routes = self.lock();
+            routes.closing || routes.spare.is_some()
+        };
+        if not_needed || self.refilling.swap(true, Ordering::AcqRel) {
             return;
         }
         let id = self.next_command.fetch_add(1, Ordering::Relaxed);
@@ -492,6 +497,8 @@ pub struct ClientLink {
     pub outbound: mpsc::Receiver<Bytes>,
     /// Set once, when this client must be disconnected, to the reason why.
     pub close: watch::Receiver<Option<Disconnect>>,
+    /// Whether the spare browser session is still to be replaced for this client.
+    refill: AtomicBool,
 }
 
 impl ClientLink {
@@ -551,6 +558,9 @@ impl ClientLink {
         if self.mux.to_browser.send(bytes).await.is_err() {
             return Forwarded::Closed;
         }
+        if self.refill.swap(false, Ordering::Relaxed) {
+            self.mux.refill_spare();
+        }
         Forwarded::Sent
     }
 }
@@ -558,5 +568,8 @@ impl ClientLink {
 impl Drop for ClientLink {
     fn drop(&mut self) {
         self.mux.detach(self.id);
+        if self.refill.swap(false, Ordering::Relaxed) {
+            self.mux.refill_spare();
+        }
     }
 }
