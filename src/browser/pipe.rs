@@ -13,9 +13,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::unix::pipe;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, warn};
 
@@ -45,7 +46,7 @@ impl PipeSink {
     /// by the caller, without waiting. When the pipe is full, the rest is written by a task
     /// of its own, so that a caller dropped while it waits never leaves half a message in
     /// the pipe.
-    pub(super) async fn send(&self, msg: bytes::Bytes) -> Result<(), Closed> {
+    pub(super) async fn send(&self, msg: Bytes) -> Result<(), Closed> {
         let mut slot = self.pipe.clone().lock_owned().await;
         let Some(pipe) = slot.as_ref() else {
             return Err(Closed);
@@ -60,30 +61,14 @@ impl PipeSink {
                 return Err(Closed);
             }
         }
-        let open = self.open.clone();
-        let finish = tokio::spawn(async move {
-            let written = match slot.as_ref() {
-                Some(pipe) => tokio::select! {
-                    written = write_rest(pipe, &msg, sent) => written,
-                    _ = open.cancelled() => Err(io::ErrorKind::BrokenPipe.into()),
-                },
-                None => Err(io::ErrorKind::BrokenPipe.into()),
-            };
-            if let Err(e) = &written {
-                debug!(error = %e, "CDP pipe to the browser closed");
-                *slot = None;
-            }
-            written.map_err(|_| Closed)
-        });
-        finish.await.unwrap_or(Err(Closed))
+        let finishing = finish_later(slot, msg, sent, self.open.clone());
+        finishing.await.unwrap_or(Err(Closed))
     }
-}
 
-impl PipeSink {
     /// Writes one message and its NUL if that needs no waiting: the pipe is free and has
     /// room for the start of it. Once a message is started, its rest is finished by a task
     /// of its own. Gives the message back when it would have to wait.
-    pub(super) fn try_send(&self, msg: bytes::Bytes) -> Result<(), TrySendError> {
+    pub(super) fn try_send(&self, msg: Bytes) -> Result<(), TrySendError> {
         let Ok(mut slot) = self.pipe.clone().try_lock_owned() else {
             return Err(TrySendError::Busy(msg));
         };
@@ -101,22 +86,34 @@ impl PipeSink {
                 return Err(TrySendError::Closed);
             }
         }
-        let open = self.open.clone();
-        tokio::spawn(async move {
-            let written = match slot.as_ref() {
-                Some(pipe) => tokio::select! {
-                    written = write_rest(pipe, &msg, sent) => written,
-                    _ = open.cancelled() => Err(io::ErrorKind::BrokenPipe.into()),
-                },
-                None => Err(io::ErrorKind::BrokenPipe.into()),
-            };
-            if let Err(e) = written {
-                debug!(error = %e, "CDP pipe to the browser closed");
-                *slot = None;
-            }
-        });
+        drop(finish_later(slot, msg, sent, self.open.clone()));
         Ok(())
     }
+}
+
+/// Writes the rest of a message the pipe took only part of, from `sent` on, on a task of its
+/// own that holds the pipe until then: no other message can interleave, and a caller
+/// dropped meanwhile cuts nothing. A failure closes the pipe.
+fn finish_later(
+    mut slot: OwnedMutexGuard<Option<pipe::Sender>>,
+    msg: Bytes,
+    sent: usize,
+    open: CancellationToken,
+) -> JoinHandle<Result<(), Closed>> {
+    tokio::spawn(async move {
+        let written = match slot.as_ref() {
+            Some(pipe) => tokio::select! {
+                written = write_rest(pipe, &msg, sent) => written,
+                _ = open.cancelled() => Err(io::ErrorKind::BrokenPipe.into()),
+            },
+            None => Err(io::ErrorKind::BrokenPipe.into()),
+        };
+        if let Err(e) = &written {
+            debug!(error = %e, "CDP pipe to the browser closed");
+            *slot = None;
+        }
+        written.map_err(|_| Closed)
+    })
 }
 
 /// Closes the pipe once the browser is reaped; ends early when every sender is gone.
@@ -235,8 +232,6 @@ impl PipeSource {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
 
     /// Larger than a pipe's buffer, so that writing it must wait for the reader.

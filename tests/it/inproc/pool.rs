@@ -196,6 +196,19 @@ async fn a_pooled_browser_that_crashes_holding_the_last_slot_is_replaced() {
     gw.stop().await;
 }
 
+/// Waits until the pool has launched its first browser and that browser has answered its
+/// first command; returns it.
+async fn first_pooled_browser_answers(gw: &FakeGateway) -> Arc<FakeBrowser> {
+    gw.wait_host("the pool launches", |h| h.browsers().len() == 2)
+        .await;
+    let pooled = gw.host.last().expect("the pooled browser");
+    gw.wait_host("the pooled browser answers", |_| {
+        pooled.count("Browser.getVersion") == 1
+    })
+    .await;
+    pooled
+}
+
 /// A pooled browser that has just started answering is not handed out before it has
 /// settled: a create meanwhile gets a launch of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,13 +219,7 @@ async fn a_new_pooled_browser_is_not_handed_out_before_it_settles() {
         s.pool_settle_ms = 60_000;
     })
     .await;
-    gw.wait_host("the pool launches", |h| h.browsers().len() == 2)
-        .await;
-    let pooled = gw.host.last().expect("the pooled browser");
-    gw.wait_host("the pooled browser answers", |_| {
-        pooled.count("Browser.getVersion") == 1
-    })
-    .await;
+    let pooled = first_pooled_browser_answers(&gw).await;
     let session = gw.create(json!({})).await;
     assert_ne!(
         id_of(&session),
@@ -235,13 +242,7 @@ async fn the_pool_waits_before_it_replaces_a_browser_it_handed_out() {
         s.pool_settle_ms = settle.as_millis() as u64;
     })
     .await;
-    gw.wait_host("the pool launches", |h| h.browsers().len() == 2)
-        .await;
-    let pooled = gw.host.last().expect("the pooled browser");
-    gw.wait_host("the pooled browser answers", |_| {
-        pooled.count("Browser.getVersion") == 1
-    })
-    .await;
+    let pooled = first_pooled_browser_answers(&gw).await;
     tokio::time::sleep(settle + Duration::from_millis(500)).await;
     let handed_out = std::time::Instant::now();
     let session = gw.create(json!({})).await;
