@@ -195,6 +195,8 @@ impl PipeSource {
                     MAX_PIPE_MESSAGE >> 20
                 );
                 self.pipe = None;
+                self.buf = BytesMut::new();
+                return None;
             }
             if self.buf.capacity() - self.buf.len() < (64 << 10) {
                 self.buf.reserve(self.buf.len().max(256 << 10));

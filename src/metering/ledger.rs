@@ -191,6 +191,7 @@ impl Ledger for SqliteLedger {
 
 /// Commits waiting first records, a group at a time, until none waits. Blocking.
 fn write_inserts(store: &Mutex<UsageStore>, queue: &Mutex<InsertQueue>) {
+    let _unwinding = ReleaseOnPanic(queue);
     loop {
         let group = {
             let mut queue = lock(queue);
@@ -214,6 +215,20 @@ fn write_inserts(store: &Mutex<UsageStore>, queue: &Mutex<InsertQueue>) {
                     let _ = done.send(store.insert(&record).map_err(MeterError::from));
                 }
             }
+        }
+    }
+}
+
+/// Should the writer panic, its waiting creates get an error (their senders are dropped)
+/// and the next insert starts a new writer, rather than every later create waiting forever.
+struct ReleaseOnPanic<'a>(&'a Mutex<InsertQueue>);
+
+impl Drop for ReleaseOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut queue = lock(self.0);
+            queue.waiting.clear();
+            queue.writing = false;
         }
     }
 }
@@ -496,5 +511,38 @@ mod tests {
             let row = ledger.history_get(id, None, all).await.expect("read");
             assert!(row.is_some(), "{id} was written");
         }
+    }
+
+    /// A writer that panics answers its waiting creates with an error and lets the next
+    /// insert start a new writer.
+    #[test]
+    fn a_writer_that_panics_leaves_no_create_waiting() {
+        let queue = Mutex::new(InsertQueue::default());
+        let (done, answer) = oneshot::channel();
+        let record = NewRecord {
+            session_id: Uuid::new_v4(),
+            tenant: None,
+            created_at_ms: 1,
+            details: "{}".into(),
+            tenant_limit: None,
+        };
+        {
+            let mut q = lock(&queue);
+            q.waiting.push((record, done));
+            q.writing = true;
+        }
+        let panicked = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let _unwinding = ReleaseOnPanic(&queue);
+                    panic!("the writer fails");
+                })
+                .join()
+        });
+        assert!(panicked.is_err());
+        let q = lock(&queue);
+        assert!(!q.writing && q.waiting.is_empty());
+        drop(q);
+        assert!(answer.blocking_recv().is_err(), "the create is answered");
     }
 }

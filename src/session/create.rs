@@ -157,8 +157,11 @@ impl Registry {
         );
         let launched = match launched {
             Ok(launched) => launched,
+            // The files directory is marked ended before the id is free for another create.
             Err(e) => {
                 self.files().session_ended(session.id).await;
+                self.directory.forget(&session);
+                session.abandon_start();
                 return Err(e);
             }
         };
@@ -209,7 +212,8 @@ impl Registry {
         Ok(session)
     }
 
-    /// The pooled browser, or a newly launched one.
+    /// The pooled browser, or a newly launched one. On failure the caller forgets the
+    /// session, once its files directory is marked ended.
     async fn browser_for(
         &self,
         session: &Session,
@@ -231,11 +235,7 @@ impl Registry {
         let launched = self.host.launch(spec).await;
         telemetry::browser_launched(launch_started.elapsed());
         self.note_launch(launched.as_ref().err().map(|e| e.0.clone()));
-        launched.map_err(|e| {
-            self.directory.forget(session);
-            session.abandon_start();
-            CreateError::Launch(e.0)
-        })
+        launched.map_err(|e| CreateError::Launch(e.0))
     }
 
     /// Connects the session to its browser, makes it live and metered, and starts its
