@@ -558,7 +558,8 @@ impl ClientLink {
         if self.mux.to_browser.send(bytes).await.is_err() {
             return Forwarded::Closed;
         }
-        if self.refill.swap(false, Ordering::Relaxed) {
+        // A plain load on every message; the swap happens once per client.
+        if self.refill.load(Ordering::Relaxed) && self.refill.swap(false, Ordering::Relaxed) {
             self.mux.refill_spare();
         }
         Forwarded::Sent
