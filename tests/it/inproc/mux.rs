@@ -496,6 +496,21 @@ async fn a_new_client_takes_a_browser_session_attached_before_it_came() {
                 && browser.sessions().len() == 2
         })
         .await;
+        // The replacement was asked for only after the client's first message, so the
+        // browser answered that message first.
+        let methods = browser.methods();
+        let first_message = methods
+            .iter()
+            .rposition(|m| m == "Browser.getVersion")
+            .expect("the client's Browser.getVersion");
+        let replacement = methods
+            .iter()
+            .rposition(|m| m == "Target.attachToBrowserTarget")
+            .expect("the replacement's attach");
+        assert!(
+            first_message < replacement,
+            "round {round}: the spare was replaced before the client's message: {methods:?}"
+        );
         cdp.close().await;
         gw.wait_host("the client's session is detached", |_| {
             !browser.sessions().contains(&own)
