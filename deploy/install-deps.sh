@@ -56,6 +56,26 @@ if [ "$want_tests" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# The sandbox: each session's browser runs as its own uid with Chromium's own sandbox, which
+# needs unprivileged user namespaces (Debian's setuid helper chromium-sandbox is not needed).
+# Where AppArmor restricts them (Ubuntu 23.10+), a profile lets Chromium create them.
+if [ "$(cat /proc/sys/kernel/apparmor_restrict_unprivileged_userns 2>/dev/null)" = 1 ]; then
+  if command -v apparmor_parser >/dev/null 2>&1 && [ -d /etc/apparmor.d ]; then
+    echo "install-deps: AppArmor restricts user namespaces; installing deploy/apparmor/ingot-chromium" >&2
+    if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+    "${sudo[@]}" install -m 0644 "$(dirname "$0")/apparmor/ingot-chromium" /etc/apparmor.d/ingot-chromium
+    "${sudo[@]}" apparmor_parser -r /etc/apparmor.d/ingot-chromium
+  else
+    echo "install-deps: AppArmor restricts user namespaces and apparmor_parser is missing;" \
+      "Chromium's sandbox will not start (see deploy/README.md)" >&2
+  fi
+fi
+if [ "$(cat /proc/sys/user/max_user_namespaces 2>/dev/null)" = 0 ] \
+  || [ "$(cat /proc/sys/kernel/unprivileged_userns_clone 2>/dev/null)" = 0 ]; then
+  echo "install-deps: unprivileged user namespaces are off (user.max_user_namespaces or" \
+    "kernel.unprivileged_userns_clone); Chromium's sandbox needs them (see deploy/README.md)" >&2
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found. Install Rust (1.89 or newer) with rustup: https://rustup.rs" >&2
   exit 1
