@@ -16,6 +16,9 @@
 //! * [`viewer`]: the live viewer against direct Chromium's screencast (frame latency, frames
 //!   per second, the gateway's cost per viewer, input latency), a section of its own too
 //!   (`--only viewer`);
+//! * [`sandbox`]: the sandbox's cost, ingot's sandboxed default against the same gateway
+//!   with `--insecure-shared-browser-user` and direct Chromium, a section of its own too
+//!   (`--only sandbox`);
 //! * [`procfs`]: processes, memory, CPU time and context switches from `/proc`;
 //! * [`report`]: the table and the file;
 //! * [`stats`]: percentiles and number formatting.
@@ -67,6 +70,7 @@ macro_rules! progress {
 
 // After `progress!`, which they use: a `macro_rules!` macro is visible only below its definition.
 mod cluster;
+mod sandbox;
 mod viewer;
 
 /// Benchmarks ingot against direct Chromium and writes BENCHMARKS.md.
@@ -91,7 +95,7 @@ struct Args {
     #[arg(long, default_value = "/usr/lib/chromium/chromium")]
     chromium: PathBuf,
     /// Run only this section and update only its part of the report (`## Cluster`,
-    /// `## Viewer`), keeping the rest of the file; `core` prints its table and writes a file
+    /// `## Viewer`, `## Sandbox`), keeping the rest of the file; `core` prints its table and writes a file
     /// of its own only with `--out`. A full run (the default) runs every section.
     #[arg(long, value_enum)]
     only: Option<Section>,
@@ -123,6 +127,10 @@ enum Section {
     /// The live viewer against direct Chromium's own screencast: frame latency, frames per
     /// second with 1 and 10 viewers, the gateway's CPU and memory per viewer, input latency.
     Viewer,
+    /// The sandbox's cost: ingot's default (a uid per browser, Chromium's sandbox, Landlock)
+    /// against the same ingot with `--insecure-shared-browser-user` and direct Chromium:
+    /// cold and warm create, round trip, memory per idle session. Needs root.
+    Sandbox,
 }
 
 impl Section {
@@ -132,6 +140,7 @@ impl Section {
             Section::Bursts => "bursts",
             Section::Cluster => "cluster",
             Section::Viewer => "viewer",
+            Section::Sandbox => "sandbox",
         }
     }
 }
@@ -149,6 +158,7 @@ struct Plan {
     idle_clients: usize,
     cluster: cluster::ClusterPlan,
     viewer: viewer::ViewerPlan,
+    sandbox: sandbox::SandboxPlan,
 }
 
 /// Every cluster node's `--node-lease-ms`: short, so that failover is quick to measure.
@@ -190,6 +200,14 @@ impl Plan {
                     window: Duration::from_secs(2),
                     viewers: 10,
                 },
+                sandbox: sandbox::SandboxPlan {
+                    cold: 3,
+                    warm: 3,
+                    rtt_rounds: 2,
+                    rtt_runs: 300,
+                    rtt_block: 50,
+                    memory: 2,
+                },
             }
         } else {
             Plan {
@@ -224,6 +242,14 @@ impl Plan {
                     clicks: 30,
                     window: Duration::from_secs(5),
                     viewers: 10,
+                },
+                sandbox: sandbox::SandboxPlan {
+                    cold: 12,
+                    warm: 12,
+                    rtt_rounds: 3,
+                    rtt_runs: 2000,
+                    rtt_block: 100,
+                    memory: 5,
                 },
             }
         }
@@ -308,6 +334,13 @@ async fn run(args: &Args) -> Result<()> {
             drop(root);
             return publish_viewer(args, &viewer, machine);
         }
+        Some(Section::Sandbox) => {
+            let root = TempRoot::create()?;
+            let sandbox =
+                sandbox::measure(&args.chromium, &ingot, &root, pool, plan.sandbox).await?;
+            drop(root);
+            return publish_sandbox(args, &sandbox, machine);
+        }
         None => {}
     }
     let results = measure(args, &plan, &ingot, pool).await?;
@@ -364,7 +397,7 @@ fn announce(args: &Args, ingot: &Path, machine: &Machine, pool: bool) {
 }
 
 /// Every phase of the plan, in order, against direct Chromium and one ingot (the warm pool
-/// gets a second one), then the cluster and viewer sections with gateways of their own;
+/// gets a second one), then the cluster, viewer and sandbox sections with gateways of their own;
 /// stops ingot and removes the temporary directory before returning.
 async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<Results> {
     let root = TempRoot::create()?;
@@ -377,6 +410,7 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
     drop(gw);
     let cluster = cluster::measure(&args.chromium, ingot, &root, plan.cluster).await?;
     let viewer = viewer::measure(&args.chromium, ingot, &root, pool, plan.viewer).await?;
+    let sandbox = sandbox::measure(&args.chromium, ingot, &root, pool, plan.sandbox).await?;
     drop(root);
     Ok(Results {
         core,
@@ -385,6 +419,7 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
         idle,
         cluster,
         viewer,
+        sandbox,
     })
 }
 
@@ -504,6 +539,7 @@ fn publish(args: &Args, results: &Results, mut machine: Machine) -> Result<()> {
     println!("{}", report::table(results));
     println!("{}", report::cluster_tables(&results.cluster));
     println!("{}", report::viewer_table(&results.viewer));
+    println!("{}", report::sandbox_table(&results.sandbox));
     report::write(args.out(), results, &machine, took)?;
     let (met, measured) = report::targets_met(results);
     progress!(
@@ -564,6 +600,22 @@ fn publish_viewer(args: &Args, viewer: &viewer::Viewer, mut machine: Machine) ->
     let (met, measured) = report::viewer_targets_met(viewer);
     progress!(
         "updated the viewer section of {} ({met} of {measured} targets met); total {:.0} s",
+        args.out().display(),
+        took.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// After `--only sandbox`: notes the load at the end, prints the section's table to stdout
+/// and puts the section into the report file, leaving the rest of it as it was.
+fn publish_sandbox(args: &Args, sandbox: &sandbox::Sandbox, mut machine: Machine) -> Result<()> {
+    machine.finish();
+    let took = STARTED.get().map_or(Duration::ZERO, |s| s.elapsed());
+    println!("{}", report::sandbox_table(sandbox));
+    report::write_sandbox(args.out(), sandbox, &machine, took, args.quick)?;
+    let (met, measured) = report::sandbox_targets_met(sandbox);
+    progress!(
+        "updated the sandbox section of {} ({met} of {measured} targets met); total {:.0} s",
         args.out().display(),
         took.as_secs_f64()
     );

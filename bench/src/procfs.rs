@@ -77,6 +77,32 @@ pub fn pss_kib(pid: i32) -> Option<u64> {
     kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
 }
 
+/// Private memory of one process (`Private_Clean` + `Private_Dirty` of `smaps_rollup`), in
+/// KiB: what ending it would free.
+pub fn private_kib(pid: i32) -> Option<u64> {
+    private_of_rollup(&std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?)
+}
+
+/// `Private_Clean` + `Private_Dirty` in the text of a `smaps_rollup` file, in KiB.
+fn private_of_rollup(text: &str) -> Option<u64> {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    Some(field("Private_Clean:")? + field("Private_Dirty:")?)
+}
+
+/// The real uid a process runs as (the first figure of `Uid:` in its `status`).
+pub fn uid(pid: i32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
 /// CPU time a process has used so far, all its threads together, in ns (the first field of
 /// each `/proc/<pid>/task/<tid>/schedstat`, which is exact, unlike tick-based `stat`).
 pub fn cpu_ns(pid: i32) -> Option<u64> {
@@ -168,6 +194,8 @@ pub struct Footprint {
     pub processes: usize,
     pub pss_kib: u64,
     pub rss_kib: u64,
+    /// `Private_Clean` + `Private_Dirty`, summed.
+    pub private_kib: u64,
 }
 
 /// Browser processes: every member of `groups`, plus any process (other than `exclude`)
@@ -200,6 +228,7 @@ pub fn footprint(pids: &[i32]) -> Footprint {
                 processes: f.processes + 1,
                 pss_kib: f.pss_kib + pss,
                 rss_kib: f.rss_kib + rss,
+                private_kib: f.private_kib + private_kib(pid).unwrap_or(0),
             },
             _ => f,
         }
@@ -240,6 +269,16 @@ pub fn kill_mentioning(needle: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_memory_is_clean_plus_dirty() {
+        let rollup = "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss: 900 kB\nPss: 500 kB\nPrivate_Clean: 40 kB\nPrivate_Dirty: 300 kB\n";
+        assert_eq!(private_of_rollup(rollup), Some(340));
+        assert_eq!(private_of_rollup("Rss: 900 kB\n"), None);
+        let me = std::process::id() as i32;
+        assert!(private_kib(me).is_some_and(|k| k > 0));
+        assert_eq!(uid(me), Some(unsafe { libc::getuid() }));
+    }
 
     #[test]
     fn context_switches_add_both_kinds() {

@@ -3,14 +3,17 @@
 //! Owns turning samples into rows (the figure each row reports, its ratio to direct
 //! Chromium, and whether a target was met) and the file's layout. A hand-written
 //! `## Findings` section already in the file is kept when the file is rewritten. The
-//! `## Cluster` section ([`cluster`]) and the `## Viewer` section ([`viewer`]) have their own
-//! tables and method, so that `--only cluster` or `--only viewer` can replace one alone and
-//! leave the rest of the file, written by a full run, as it was.
+//! `## Cluster` section ([`cluster`]), the `## Viewer` section ([`viewer`]) and the
+//! `## Sandbox` section ([`sandbox`]) have their own tables and method, so that `--only
+//! cluster`, `--only viewer` or `--only sandbox` can replace one alone and leave the rest of
+//! the file, written by a full run, as it was.
 
 mod cluster;
+mod sandbox;
 mod viewer;
 
 pub use cluster::{cluster_tables, cluster_targets_met, write_cluster};
+pub use sandbox::{sandbox_table, sandbox_targets_met, write_sandbox};
 pub use viewer::{viewer_table, viewer_targets_met, write_viewer};
 
 use std::path::Path;
@@ -22,6 +25,7 @@ use anyhow::{Context, Result};
 use crate::cluster::Cluster;
 use crate::percommand::{Cost, PIPELINED, RECONNECT_SETTLE, Samples};
 use crate::procfs;
+use crate::sandbox::Sandbox;
 use crate::sessions::{Burst, IdleClients, Start};
 use crate::stats::{fmt_num, median, percentile};
 use crate::viewer::Viewer;
@@ -153,6 +157,7 @@ pub struct Results {
     pub idle: (IdleClients, IdleClients),
     pub cluster: Cluster,
     pub viewer: Viewer,
+    pub sandbox: Sandbox,
 }
 
 /// Which way a figure is better.
@@ -668,9 +673,10 @@ pub fn targets_met(r: &Results) -> (usize, usize) {
     let verdicts: Vec<bool> = rows(r).iter().filter_map(Row::met).collect();
     let (cluster_met, cluster_measured) = cluster_targets_met(&r.cluster);
     let (viewer_met, viewer_measured) = viewer_targets_met(&r.viewer);
+    let (sandbox_met, sandbox_measured) = sandbox_targets_met(&r.sandbox);
     (
-        verdicts.iter().filter(|m| **m).count() + cluster_met + viewer_met,
-        verdicts.len() + cluster_measured + viewer_measured,
+        verdicts.iter().filter(|m| **m).count() + cluster_met + viewer_met + sandbox_met,
+        verdicts.len() + cluster_measured + viewer_measured + sandbox_measured,
     )
 }
 
@@ -701,6 +707,7 @@ pub fn document(r: &Results, machine: &Machine, took: Duration, previous: Option
          ## Results\n\n{table}\n\
          {cluster}\n\
          {viewer}\n\
+         {sandbox}\n\
          ## Method\n\n{method}\n{findings}\n",
         date = machine.date,
         mins = took.as_secs() / 60,
@@ -717,6 +724,7 @@ pub fn document(r: &Results, machine: &Machine, took: Duration, previous: Option
         table = table(r),
         cluster = cluster::section(&r.cluster, FULL_RUN, r.core.quick),
         viewer = viewer::section(&r.viewer, FULL_RUN, r.core.quick),
+        sandbox = sandbox::section(&r.sandbox, FULL_RUN, r.core.quick),
         method = method(r),
     )
 }
