@@ -262,3 +262,40 @@ async fn the_pss_watchdog_sees_a_process_group_over_its_limit() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `Command::uid` drops privileges before `pre_exec` runs: the descriptors opened by the
+/// gateway still let the unprivileged child move itself in (the kernel checks the opener's
+/// credentials).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(unsafe_code)]
+async fn a_child_that_already_runs_as_another_user_still_joins_its_group() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(support) = support_for(tmp.path()) else {
+        return;
+    };
+    let limits = Limits {
+        memory_max: Some(256 * MIB),
+        pids_max: Some(64),
+    };
+    let group = SessionCgroup::create(&support, "unprivileged", limits).expect("create");
+    let fds = group.procs_fds();
+    let mut cmd = Command::new("/bin/cat");
+    cmd.arg("/proc/self/cgroup")
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    // SAFETY: the closure only calls `join_groups`, which only calls write(2).
+    unsafe {
+        cmd.pre_exec(move || cgroup::join_groups(&fds));
+    }
+    let out = cmd.output().expect("run cat as nobody");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let joined = text
+        .lines()
+        .filter(|l| l.ends_with("/unprivileged"))
+        .count();
+    assert_eq!(joined, group.dirs().len(), "{text}");
+    clean_up(Some(group), &support);
+}
