@@ -170,6 +170,88 @@ pub struct Settings {
     /// example `'self' https://app.example.com`.
     #[arg(long, env = "INGOT_VIEWER_FRAME_ANCESTORS", default_value = "'self'")]
     pub viewer_frame_ancestors: String,
+
+    /// Most memory one session's browser (its whole process tree) may use: bytes, or a
+    /// number with a unit (`512MiB`, `1GiB`; `K`, `M`, `G`, `T` are binary too, `KB`, `MB`,
+    /// `GB`, `TB` decimal). A session over it ends as `failed` (reason `memory_limit`).
+    /// Enforced by a cgroup per browser, or by a PSS watchdog where cgroups are unavailable.
+    /// Defaults to the larger of 1 GiB and (the machine's memory less 1 GiB) divided by
+    /// `--max-sessions`. `0` or `off` turns the cap off.
+    #[arg(long, env = "INGOT_SESSION_MEMORY_MAX", value_parser = parse_memory_cap)]
+    pub session_memory_max: Option<Cap>,
+
+    /// Most tasks (processes and threads: Chromium runs many) one session's browser may
+    /// have at once, with a cgroup's `pids.max`; stops fork bombs. `0` or `off` turns the
+    /// cap off. Not enforced where cgroups are unavailable.
+    #[arg(long, env = "INGOT_SESSION_PIDS_MAX", default_value = "2048", value_parser = parse_count_cap)]
+    pub session_pids_max: Cap,
+}
+
+/// A cap that may be turned off (`0` or `off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    /// No cap.
+    Off,
+    /// At most this much.
+    At(u64),
+}
+
+impl Cap {
+    /// The cap's value, `None` when off.
+    pub fn value(self) -> Option<u64> {
+        match self {
+            Cap::Off => None,
+            Cap::At(v) => Some(v),
+        }
+    }
+}
+
+/// Parses a size (`1073741824`, `512MiB`, `1GiB`, `2G`, `1500MB`), or `0`/`off`.
+pub fn parse_memory_cap(text: &str) -> Result<Cap, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Cap::Off);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: use bytes, or a whole number with a unit such as 512MiB or 1GiB, or off"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use B, KiB, MiB, GiB, TiB (or K, M, G, T), KB, MB, GB or TB"
+            ));
+        }
+    };
+    let bytes = number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    Ok(if bytes == 0 { Cap::Off } else { Cap::At(bytes) })
+}
+
+/// Parses a count, or `0`/`off`.
+pub fn parse_count_cap(text: &str) -> Result<Cap, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Cap::Off);
+    }
+    match text.parse::<u64>() {
+        Ok(0) => Ok(Cap::Off),
+        Ok(n) => Ok(Cap::At(n)),
+        Err(_) => Err(format!("{text:?} is not a whole number or off")),
+    }
 }
 
 /// Largest upload to a session's files, unless configured otherwise.
@@ -193,6 +275,38 @@ pub const MIN_TIMEOUT_MS: u64 = 1_000;
 pub const MEMORY_PER_SESSION: u64 = 256 << 20;
 /// Memory left to the gateway and the system when the session limit is derived.
 pub const MEMORY_RESERVE: u64 = 1 << 30;
+
+/// Smallest memory cap per session accepted, and the floor of the derived one's share.
+pub const MIN_SESSION_MEMORY: u64 = 64 << 20;
+/// The derived memory cap per session is never below this.
+pub const DERIVED_SESSION_MEMORY_FLOOR: u64 = 1 << 30;
+
+/// The memory cap per session when `--session-memory-max` is unset: an even share of the
+/// machine's `total` memory, less [`MEMORY_RESERVE`], among `max_sessions`, and at least
+/// [`DERIVED_SESSION_MEMORY_FLOOR`].
+pub fn derived_session_memory(total: u64, max_sessions: usize) -> u64 {
+    let sessions = u64::try_from(max_sessions.max(1)).unwrap_or(u64::MAX);
+    (total.saturating_sub(MEMORY_RESERVE) / sessions).max(DERIVED_SESSION_MEMORY_FLOOR)
+}
+
+/// This machine's memory: `MemTotal`, lowered to the cgroup's `memory.max` when one is set
+/// (containers, systemd `MemoryMax=`).
+pub fn total_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    Some((total_kib * 1024).min(limit))
+}
 
 /// The session limit that `available` bytes of memory hold: at least 1.
 pub fn sessions_for_memory(available: u64) -> usize {
@@ -291,7 +405,37 @@ impl Settings {
         if !(1..=(1 << 40)).contains(&self.max_file_bytes) {
             return Err("--max-file-bytes must be between 1 and 1099511627776 (1 TiB)".into());
         }
+        self.validate_session_caps()
+    }
+
+    /// The memory and task caps of each session's browser.
+    fn validate_session_caps(&self) -> Result<(), String> {
+        if let Some(Cap::At(bytes)) = self.session_memory_max
+            && !(MIN_SESSION_MEMORY..=(1 << 50)).contains(&bytes)
+        {
+            return Err(format!(
+                "--session-memory-max must be between 64MiB and 1024TiB, or off (got {bytes} bytes; Chromium does not start in less)"
+            ));
+        }
+        if let Cap::At(n) = self.session_pids_max
+            && !(64..=4_194_304).contains(&n)
+        {
+            return Err(
+                "--session-pids-max must be between 64 and 4194304, or off (Chromium runs a few hundred threads)"
+                    .into(),
+            );
+        }
         Ok(())
+    }
+
+    /// The memory cap of each session's browser in bytes (`None`: off):
+    /// `--session-memory-max`, or [`derived_session_memory`] of the machine's `total`
+    /// memory (1 GiB when unknown) and the session limit.
+    pub fn session_memory_limit(&self, total: Option<u64>, max_sessions: usize) -> Option<u64> {
+        match self.session_memory_max {
+            Some(cap) => cap.value(),
+            None => Some(derived_session_memory(total.unwrap_or(0), max_sessions)),
+        }
     }
 
     /// The shared database, this node's id and address, its lease.
@@ -473,6 +617,80 @@ mod tests {
             local.check_exposure(false).is_ok(),
             "loopback needs no keys"
         );
+    }
+
+    #[test]
+    fn session_caps_parse_sizes_and_off() {
+        let memory = |flags: &[&str]| settings(flags).map(|s| s.session_memory_max);
+        assert_eq!(memory(&[]), Ok(None), "derived unless set");
+        for (text, bytes) in [
+            ("1GiB", 1 << 30),
+            ("512MiB", 512 << 20),
+            ("512 mib", 512 << 20),
+            ("2G", 2 << 30),
+            ("1500MB", 1_500_000_000),
+            ("67108864", 64 << 20),
+        ] {
+            assert_eq!(
+                memory(&["--session-memory-max", text]),
+                Ok(Some(Cap::At(bytes))),
+                "{text}"
+            );
+        }
+        for off in ["0", "off", "OFF"] {
+            assert_eq!(memory(&["--session-memory-max", off]), Ok(Some(Cap::Off)));
+        }
+        let pids = |flags: &[&str]| settings(flags).map(|s| s.session_pids_max);
+        assert_eq!(pids(&[]), Ok(Cap::At(2048)));
+        assert_eq!(pids(&["--session-pids-max", "off"]), Ok(Cap::Off));
+        assert_eq!(pids(&["--session-pids-max", "0"]), Ok(Cap::Off));
+        for (flags, flag) in [
+            (
+                &["--session-memory-max", "1.5GiB"][..],
+                "--session-memory-max",
+            ),
+            (
+                &["--session-memory-max", "12 parsecs"],
+                "--session-memory-max",
+            ),
+            (&["--session-memory-max", "63MiB"], "--session-memory-max"),
+            (
+                &["--session-memory-max", "99999999999TiB"],
+                "--session-memory-max",
+            ),
+            (&["--session-pids-max", "63"], "--session-pids-max"),
+            (&["--session-pids-max", "lots"], "--session-pids-max"),
+        ] {
+            let err = settings(flags)
+                .err()
+                .unwrap_or_else(|| panic!("{flags:?} accepted"));
+            assert!(err.contains(flag), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn derives_the_session_memory_cap_from_the_machine_and_the_session_limit() {
+        assert_eq!(
+            derived_session_memory(24 << 30, 4),
+            23 << 28,
+            "(24-1)/4 GiB"
+        );
+        assert_eq!(
+            derived_session_memory(24 << 30, 92),
+            1 << 30,
+            "never below 1 GiB"
+        );
+        assert_eq!(derived_session_memory(0, 0), 1 << 30);
+        let derived = settings(&[]).expect("valid");
+        assert_eq!(
+            derived.session_memory_limit(Some(9 << 30), 2),
+            Some(4 << 30)
+        );
+        assert_eq!(derived.session_memory_limit(None, 2), Some(1 << 30));
+        let set = settings(&["--session-memory-max", "768MiB"]).expect("valid");
+        assert_eq!(set.session_memory_limit(Some(9 << 30), 2), Some(768 << 20));
+        let off = settings(&["--session-memory-max", "off"]).expect("valid");
+        assert_eq!(off.session_memory_limit(Some(9 << 30), 2), None);
     }
 
     #[test]

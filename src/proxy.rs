@@ -55,6 +55,7 @@ pub fn close_frame(why: Disconnect) -> CloseFrame {
                 (CloseCode::Error, "browser crashed")
             }
             EndReason::BrowserUnresponsive => (CloseCode::Error, "browser not responding"),
+            EndReason::MemoryLimit => (CloseCode::Error, "browser over the session memory limit"),
         },
         Disconnect::NotReading => (CloseCode::Policy, "client is not reading its messages"),
     };

@@ -78,11 +78,14 @@ pub enum EndReason {
     StartupFailed,
     /// The gateway was asked to stop (SIGTERM) while the session was live.
     GatewayShutdown,
+    /// The browser's process tree went over the session memory limit
+    /// (`--session-memory-max`) and was ended.
+    MemoryLimit,
 }
 
 impl EndReason {
     /// Every reason, for registering metrics up front.
-    pub const ALL: [EndReason; 8] = [
+    pub const ALL: [EndReason; 9] = [
         EndReason::UserRequested,
         EndReason::Timeout,
         EndReason::InactivityTimeout,
@@ -91,6 +94,7 @@ impl EndReason {
         EndReason::BrowserUnresponsive,
         EndReason::StartupFailed,
         EndReason::GatewayShutdown,
+        EndReason::MemoryLimit,
     ];
 
     /// The final status each reason leads to.
@@ -103,7 +107,8 @@ impl EndReason {
             | EndReason::GatewayShutdown => Status::Released,
             EndReason::BrowserCrashed
             | EndReason::BrowserUnresponsive
-            | EndReason::StartupFailed => Status::Failed,
+            | EndReason::StartupFailed
+            | EndReason::MemoryLimit => Status::Failed,
         }
     }
 
@@ -118,6 +123,7 @@ impl EndReason {
             EndReason::BrowserUnresponsive => "browser_unresponsive",
             EndReason::StartupFailed => "startup_failed",
             EndReason::GatewayShutdown => "gateway_shutdown",
+            EndReason::MemoryLimit => "memory_limit",
         }
     }
 }
@@ -139,8 +145,8 @@ pub const STEEL_RELEASE_REASONS: [&str; 7] = [
 
 /// Steel's `releaseReason` for a reason ingot recorded. Steel's clients know only
 /// [`STEEL_RELEASE_REASONS`], so ingot's finer causes are told in those words: a hung
-/// browser or a gateway killed under it is `browser_crashed` (Steel: "crashed or its machine
-/// became unresponsive"), and a gateway shutdown ends a session as if its time were up.
+/// browser, a browser ended over its memory limit, or a gateway killed under it is
+/// `browser_crashed` (Steel: "crashed or its machine became unresponsive"), and a gateway shutdown ends a session as if its time were up.
 /// Records, logs and metrics keep the precise cause.
 pub fn steel_release_reason(recorded: &str) -> &'static str {
     match recorded {
@@ -241,5 +247,7 @@ mod steel_words {
             "browser_crashed"
         );
         assert_eq!(steel_release_reason("gateway_shutdown"), "timeout");
+        assert_eq!(steel_release_reason("memory_limit"), "browser_crashed");
+        assert_eq!(EndReason::MemoryLimit.status(), Status::Failed);
     }
 }

@@ -6,6 +6,7 @@
 //! and a [`BrowserProcess`]. This module must not know about sessions' states, HTTP or
 //! WebSocket framing.
 
+pub mod cgroup;
 mod detect;
 mod local;
 mod paths;
@@ -70,6 +71,9 @@ pub enum BrowserExit {
     Signal(i32),
     /// Could not be determined.
     Unknown(String),
+    /// Ended by its host because its process tree went over the session memory limit
+    /// (its cgroup's OOM killer struck, or the PSS watchdog saw it over).
+    MemoryLimit,
 }
 
 impl fmt::Display for BrowserExit {
@@ -78,6 +82,7 @@ impl fmt::Display for BrowserExit {
             BrowserExit::Code(c) => write!(f, "exit status {c}"),
             BrowserExit::Signal(s) => write!(f, "killed by signal {s}"),
             BrowserExit::Unknown(e) => write!(f, "unknown exit ({e})"),
+            BrowserExit::MemoryLimit => write!(f, "over the session memory limit"),
         }
     }
 }
@@ -119,6 +124,13 @@ pub trait BrowserHost: Send + Sync + 'static {
     /// nothing.
     fn sample_memory(&self) -> BoxFuture<'_, MemorySample> {
         Box::pin(async { MemorySample::default() })
+    }
+
+    /// The caps every browser launched from now on runs under (`--session-memory-max`,
+    /// `--session-pids-max`), told once by the gateway at build, before the first launch.
+    /// A host that cannot cap browsers ignores them.
+    fn set_limits(&self, limits: cgroup::Limits) {
+        let _ = limits;
     }
 
     /// What and where this host runs, for the start-up log.

@@ -25,8 +25,11 @@ use tracing::{info, warn};
 use crate::api::{self, AppState, wire::PublicUrls};
 use crate::auth::KeyRing;
 use crate::browser::BrowserHost;
+use crate::browser::cgroup::Limits;
 use crate::cluster::Cluster;
-use crate::config::{MIN_TIMEOUT_MS, Settings, available_memory, host_name, sessions_for_memory};
+use crate::config::{
+    MIN_TIMEOUT_MS, Settings, available_memory, host_name, sessions_for_memory, total_memory,
+};
 use crate::files::FileStore;
 use crate::http::{self, HttpLimits};
 use crate::metering::Meter;
@@ -106,6 +109,7 @@ impl Gateway {
             "start-up sweep done"
         );
         let max_sessions = max_sessions(&settings);
+        host.set_limits(session_limits(&settings, max_sessions));
         let metrics = telemetry::install(max_sessions, settings.pool_size)
             .map_err(|e| GatewayError::Metrics(format!("{e:#}")))?;
         let (meter, database) = open_meter(&settings).await?;
@@ -398,6 +402,22 @@ fn max_sessions(settings: &Settings) -> usize {
         );
     }
     n
+}
+
+/// The caps of each session's browser: `--session-memory-max` (derived from the machine's
+/// memory and the session limit when unset) and `--session-pids-max`.
+fn session_limits(settings: &Settings, max_sessions: usize) -> Limits {
+    let limits = Limits {
+        memory_max: settings.session_memory_limit(total_memory(), max_sessions),
+        pids_max: settings.session_pids_max.value(),
+    };
+    info!(
+        memory_max_mib = limits.memory_max.map(|b| b >> 20),
+        derived = settings.session_memory_max.is_none(),
+        pids_max = limits.pids_max,
+        "per-session caps (--session-memory-max, --session-pids-max)"
+    );
+    limits
 }
 
 fn admission(settings: &Settings, max_sessions: usize) -> Admission {

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::Session;
 use super::quota::QuotaHold;
-use crate::browser::BrowserProcess;
+use crate::browser::{BrowserExit, BrowserProcess};
 use crate::cdp::mux::{CommandError, Mux};
 use crate::vocab::{Disconnect, EndReason};
 
@@ -39,14 +39,8 @@ pub(super) async fn supervise(
                 "no client activity for the session's inactivityTimeout; releasing it");
             Some(EndReason::InactivityTimeout)
         }
-        exit = process.wait_exit() => {
-            warn!(session_id = %session.id, %exit, "browser exited");
-            Some(EndReason::BrowserCrashed)
-        }
-        _ = mux.lost() => {
-            warn!(session_id = %session.id, "lost the connection to the browser");
-            Some(EndReason::BrowserCrashed)
-        }
+        exit = process.wait_exit() => Some(exit_reason(session, &exit)),
+        _ = mux.lost() => Some(lost_reason(session, process.as_ref()).await),
         missed = unresponsive(&mux, probe) => {
             warn!(session_id = %session.id, timeout_ms = probe.timeout.as_millis() as u64, %missed,
                 "browser did not answer the liveness probe; ending the session");
@@ -70,6 +64,38 @@ pub(super) async fn supervise(
         "session ended; browser reaped"
     );
     reason
+}
+
+/// How long, once the connection to the browser is lost, the supervisor waits for the
+/// browser's exit to tell why: a browser its host ended over the memory limit loses its pipe
+/// before the host reports the exit.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// Why the session ends, for a browser that exited this way.
+fn exit_reason(session: &Session, exit: &BrowserExit) -> EndReason {
+    if *exit == BrowserExit::MemoryLimit {
+        warn!(session_id = %session.id, %exit, "browser ended over the session memory limit");
+        EndReason::MemoryLimit
+    } else {
+        warn!(session_id = %session.id, %exit, "browser exited");
+        EndReason::BrowserCrashed
+    }
+}
+
+/// Why the session ends, for a browser whose connection was lost: its exit's reason when it
+/// exits within [`EXIT_GRACE`], a crash otherwise.
+async fn lost_reason(session: &Session, process: &dyn BrowserProcess) -> EndReason {
+    match tokio::time::timeout(EXIT_GRACE, process.wait_exit()).await {
+        Ok(exit) => {
+            let reason = exit_reason(session, &exit);
+            info!(session_id = %session.id, "the connection to the browser was lost as it exited");
+            reason
+        }
+        Err(_) => {
+            warn!(session_id = %session.id, "lost the connection to the browser");
+            EndReason::BrowserCrashed
+        }
+    }
 }
 
 /// Resolves once no client has sent a CDP message for the session's `inactivityTimeout`,

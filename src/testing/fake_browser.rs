@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::browser::cgroup::Limits;
 use crate::browser::{
     BrowserExit, BrowserHost, BrowserProcess, CdpTransport, FromBrowser, LaunchError, LaunchSpec,
     Launched, MemorySample, Startup, ToBrowser,
@@ -84,6 +85,8 @@ pub struct FakeBrowserHost {
     browsers: Mutex<Vec<Arc<FakeBrowser>>>,
     launches: AtomicUsize,
     failed_launches: AtomicUsize,
+    /// What the gateway told [`BrowserHost::set_limits`], if it did.
+    limits: Mutex<Option<Limits>>,
     /// Bumped on every change a test may wait for (see [`FakeBrowserHost::wait_until`]).
     changes: Arc<watch::Sender<u64>>,
 }
@@ -96,8 +99,14 @@ impl FakeBrowserHost {
             browsers: Mutex::new(Vec::new()),
             launches: AtomicUsize::new(0),
             failed_launches: AtomicUsize::new(0),
+            limits: Mutex::new(None),
             changes: Arc::new(watch::channel(0).0),
         })
+    }
+
+    /// The caps the gateway told the host its browsers run under, once it has.
+    pub fn limits(&self) -> Option<Limits> {
+        *lock(&self.limits)
     }
 
     /// Makes every launch from now on fail with `reason` (after the launch delay), or
@@ -235,6 +244,10 @@ impl BrowserHost for FakeBrowserHost {
         format!("fake in-process browsers ({PRODUCT})")
     }
 
+    fn set_limits(&self, limits: Limits) {
+        *lock(&self.limits) = Some(limits);
+    }
+
     fn sample_memory(&self) -> BoxFuture<'_, MemorySample> {
         let processes = self.alive();
         async move {
@@ -357,6 +370,29 @@ impl FakeBrowser {
         if self.exit_with(BrowserExit::Signal(SIGKILL), "crashed on demand") {
             self.dead.cancel();
         }
+    }
+
+    /// The browser goes over its session memory limit and its host ends it: both channels
+    /// close and [`BrowserProcess::wait_exit`] resolves with `BrowserExit::MemoryLimit`.
+    /// Does not count as a kill by the gateway.
+    pub fn exceed_memory(&self) {
+        if self.exit_with(BrowserExit::MemoryLimit, "over its memory limit") {
+            self.dead.cancel();
+        }
+    }
+
+    /// [`FakeBrowser::exceed_memory`], but the channels close `delay` before the exit is
+    /// reported, as a real browser's pipe closes before its host has reaped it.
+    pub fn exceed_memory_pipe_first(self: &Arc<Self>, delay: Duration) {
+        if !self.is_alive() {
+            return;
+        }
+        self.dead.cancel();
+        let browser = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            browser.exit_with(BrowserExit::MemoryLimit, "over its memory limit");
+        });
     }
 
     /// The browser stops reading commands and sending anything, but keeps "running" (a hung

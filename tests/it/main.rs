@@ -14,6 +14,7 @@ mod common;
 mod admission;
 mod api;
 mod cdp;
+mod cgroup;
 mod cluster;
 mod computer;
 mod context;

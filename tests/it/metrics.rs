@@ -116,6 +116,7 @@ async fn sessions_are_counted_by_status_and_reason_with_histograms(
         ("released", "gateway_shutdown"),
         ("failed", "gateway_restart"),
         ("failed", "startup_failed"),
+        ("failed", "memory_limit"),
     ] {
         assert_eq!(ended(status, reason), 0.0, "{status}/{reason}");
     }

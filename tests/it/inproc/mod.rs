@@ -12,6 +12,7 @@ mod admission;
 mod api;
 mod files;
 mod history;
+mod memory_limit;
 mod mux;
 mod openapi;
 mod pool;
