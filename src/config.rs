@@ -185,6 +185,19 @@ pub struct Settings {
     /// cap off. Not enforced where cgroups are unavailable.
     #[arg(long, env = "INGOT_SESSION_PIDS_MAX", default_value = "2048", value_parser = parse_count_cap)]
     pub session_pids_max: Cap,
+
+    /// Destinations no session's browser may reach, on top of the defaults (link-local
+    /// addresses, the cloud metadata addresses, this gateway's own ports): comma-separated
+    /// `CIDR`, `CIDR:PORT`, `CIDR:LO-HI` or `[IPv6-CIDR]:PORT`, checked on the address
+    /// actually connected to. For a multi-tenant install, deny the private ranges
+    /// (`10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,127.0.0.0/8,fc00::/7,::1/128`).
+    #[arg(long, env = "INGOT_EGRESS_DENY", default_value = "")]
+    pub egress_deny: String,
+
+    /// Destinations reopened in spite of `--egress-deny` and the link-local default (allow
+    /// beats deny for the same address), same syntax. This gateway's own ports stay denied.
+    #[arg(long, env = "INGOT_EGRESS_ALLOW", default_value = "")]
+    pub egress_allow: String,
 }
 
 /// A cap that may be turned off (`0` or `off`).
@@ -345,7 +358,19 @@ impl Settings {
         self.validate_sessions()?;
         self.validate_limits()?;
         self.validate_cluster()?;
-        self.validate_clients()
+        self.validate_clients()?;
+        self.egress_policy().map(drop)
+    }
+
+    /// The egress policy of `--egress-deny` and `--egress-allow`, for a gateway on
+    /// `--listen`; the error names the flag and the bad entry.
+    pub fn egress_policy(&self) -> Result<crate::browser::egress::Policy, String> {
+        crate::browser::egress::Policy::new(
+            &self.egress_deny,
+            &self.egress_allow,
+            Some(self.listen.ip()),
+        )
+        .map_err(|e| e.to_string())
     }
 
     /// Session counts, timeouts and the browsers' liveness probe.
@@ -595,6 +620,8 @@ mod tests {
             (&["--public-url", "ftp://x"], "--public-url"),
             (&["--max-sessions", "many"], "--max-sessions"),
             (&["--listen", "nowhere"], "--listen"),
+            (&["--egress-deny", "10.0.0.0/33"], "--egress-deny"),
+            (&["--egress-allow", "127.0.0.1:http"], "--egress-allow"),
         ] {
             let err = settings(flags)
                 .err()

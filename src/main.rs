@@ -36,7 +36,9 @@ async fn main() -> ExitCode {
 async fn run(settings: Settings) -> Result<(), String> {
     settings.validate()?;
     let chromium = find_chromium(settings.chromium.as_deref())?;
-    let host = Arc::new(LocalChromium::new(chromium, &settings.data_dir));
+    let egress = Arc::new(settings.egress_policy()?);
+    let host =
+        Arc::new(LocalChromium::new(chromium, &settings.data_dir).with_egress(egress.clone()));
     let listen = settings.listen;
     let gateway = Gateway::build(settings, host)
         .await
@@ -44,6 +46,11 @@ async fn run(settings: Settings) -> Result<(), String> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    // No session's browser may reach the gateway itself (the egress policy).
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    egress
+        .own_ports()
+        .register(bound.port(), "the gateway's own port");
     let (first, second) = signals()?;
     gateway
         .serve_with_drain(

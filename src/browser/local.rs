@@ -25,9 +25,9 @@ use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::egress;
 use super::paths::{SESSIONS_SUBDIR, scratch_root};
 use super::pipe::{PipeSink, PipeSource};
-use super::proxy_auth;
 use super::reaper::{self, Leaders};
 use super::sweep::{SweepReport, sweep};
 use super::window::{Frame, FrameCalibration, measure_and_fit, window_size};
@@ -80,6 +80,8 @@ pub struct LocalChromium {
     scratch: Arc<ScratchRoot>,
     frame: FrameCalibration,
     leaders: Leaders,
+    /// The egress policy every browser's forwarder applies.
+    egress: Arc<egress::Policy>,
 }
 
 impl LocalChromium {
@@ -98,7 +100,15 @@ impl LocalChromium {
             }),
             frame: FrameCalibration::default(),
             leaders: Leaders::default(),
+            egress: Arc::default(),
         }
+    }
+
+    /// The same host with `policy` for its browsers' traffic (the default denies
+    /// link-local addresses only).
+    pub fn with_egress(mut self, policy: Arc<egress::Policy>) -> Self {
+        self.egress = policy;
+        self
     }
 }
 
@@ -331,9 +341,12 @@ impl LocalChromium {
         frame: Frame,
     ) -> Result<Launched, LaunchError> {
         dirs.create(space).await?;
-        let forwarder = match &spec.proxy_auth {
-            Some(auth) => Some(
-                proxy_auth::start(auth.clone())
+        // Every browser's traffic goes through its own forwarder, which applies the egress
+        // policy. The uid the browser runs as goes here once browsers run as their own users
+        // (`None`: any local peer may connect).
+        let forwarder = match egress::ForwarderSpec::for_launch(spec, None) {
+            Some(forwarding) => Some(
+                egress::start(self.egress.clone(), forwarding)
                     .await
                     .map_err(|e| LaunchError(format!("cannot start the proxy forwarder: {e}")))?,
             ),
@@ -416,8 +429,8 @@ async fn wait_until_ready(
     }
 }
 
-/// Chromium's arguments for one browser; `forwarder` is the local proxy that stands for
-/// the session's proxy when it needs credentials.
+/// Chromium's arguments for one browser; `forwarder` is the browser's egress forwarder
+/// (absent only for an `https://` `proxyUrl`, which the browser reaches itself).
 fn chromium_args(
     dirs: &SessionDirs,
     spec: &LaunchSpec,
@@ -440,6 +453,8 @@ fn chromium_args(
         // Loopback addresses go through the proxy too, rather than to this machine.
         args.push("--proxy-bypass-list=<-loopback>".into());
     }
+    // WebRTC may not send UDP around the proxy (QUIC is off in BASE_FLAGS).
+    args.push("--force-webrtc-ip-handling-policy=disable_non_proxied_udp".into());
     args.push("about:blank".into());
     args
 }
@@ -621,9 +636,9 @@ pub struct LocalProcess {
     stderr_closed: CancellationToken,
     pipes_open: CancellationToken,
     reaped: OnceCell<()>,
-    /// The forwarding proxy that adds the session's proxy credentials; it stops with the
+    /// The forwarding proxy all the browser's traffic goes through; it stops with the
     /// process.
-    proxy: Option<proxy_auth::Forwarder>,
+    proxy: Option<egress::Forwarder>,
 }
 
 impl LocalProcess {

@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 mod detect;
+pub mod egress;
 mod local;
 mod paths;
 mod pipe;

@@ -19,6 +19,7 @@ mod cluster;
 mod computer;
 mod context;
 mod deploy;
+mod egress;
 mod faults;
 mod files;
 mod fuzz;

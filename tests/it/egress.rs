@@ -1,0 +1,180 @@
+//! The egress policy, from inside a real session's browser: every browser's traffic goes
+//! through its own forwarder, which refuses link-local and metadata addresses and the
+//! gateway's own ports (by address or by a name it resolves itself), serves pages on
+//! 127.0.0.1 unless `--egress-deny` says otherwise, lets `--egress-allow` reopen a port,
+//! and cannot be used as another session's `proxyUrl`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// A session with its first page attached.
+async fn open_page(gw: &Gateway, body: Value) -> (Value, Cdp, String) {
+    let session = gw.create(body).await;
+    let mut cdp = Cdp::connect(session["websocketUrl"].as_str().expect("url")).await;
+    let page = cdp.attach_first_page().await;
+    (session, cdp, page)
+}
+
+/// What the page shows after navigating to `url`.
+async fn text_at(cdp: &mut Cdp, page: &str, url: &str) -> String {
+    cdp.navigate(page, url).await;
+    let text = cdp
+        .eval(page, "document.body ? document.body.innerText : ''")
+        .await;
+    text.as_str().unwrap_or_default().to_owned()
+}
+
+/// How a `fetch` of `url` from the page ended, and how long it took.
+async fn fetch_from(cdp: &mut Cdp, page: &str, url: &str) -> (String, Duration) {
+    let started = Instant::now();
+    let outcome = cdp
+        .eval(
+            page,
+            &format!(
+                "fetch({url:?}).then(r => r.text().then(t => 'status ' + r.status + ': ' + t), e => 'failed: ' + e)"
+            ),
+        )
+        .await;
+    (
+        outcome.as_str().unwrap_or_default().to_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_cannot_reach_metadata_or_the_gateway_but_reaches_local_pages() {
+    let _shared = shared().await;
+    let site = PageServer::start(vec![("/", "<title>local</title>served".into())]).await;
+    let gw = Gateway::start(&[]).await;
+    let (session, mut cdp, page) = open_page(&gw, json!({})).await;
+
+    let shown = text_at(&mut cdp, &page, "http://169.254.169.254/latest/meta-data/").await;
+    assert!(
+        shown.contains("ingot egress policy: 169.254.169.254 is the cloud metadata address"),
+        "the proxy's refusal names the rule: {shown:?}"
+    );
+    let (fetched, took) = fetch_from(&mut cdp, &page, "https://169.254.169.254/").await;
+    assert!(fetched.starts_with("failed"), "{fetched}");
+    assert!(took < secs(5), "refused at once, not timed out: {took:?}");
+
+    let healthz = format!("http://127.0.0.1:{}/healthz", gw.port);
+    let shown = text_at(&mut cdp, &page, &healthz).await;
+    assert!(
+        shown.contains("ingot egress policy")
+            && shown.contains(&format!("127.0.0.1:{} is the gateway's own port", gw.port)),
+        "{shown:?}"
+    );
+    // A name is resolved by the forwarder, which checks the addresses it gets.
+    let by_name = format!("http://localhost:{}/", gw.port);
+    let shown = text_at(&mut cdp, &page, &by_name).await;
+    assert!(shown.contains("the gateway's own port"), "{shown:?}");
+
+    assert_eq!(text_at(&mut cdp, &page, &site.url("/")).await, "served");
+    assert_eq!(cdp.eval(&page, "document.title").await, "local");
+    assert!(
+        gw.log_text().contains("egress refused"),
+        "refusals are logged at debug"
+    );
+
+    let seen = gw.session(session["id"].as_str().expect("id")).await;
+    assert_eq!(
+        seen["proxyBytesUsed"], 0,
+        "without a proxyUrl nothing is counted as proxy traffic: {seen}"
+    );
+    cdp.close().await;
+    gw.release(session["id"].as_str().expect("id")).await;
+    gw.assert_clean(secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_deny_closes_loopback_and_egress_allow_reopens_one_port() {
+    let _shared = shared().await;
+    let closed = PageServer::start(vec![("/", "<title>closed</title>closed".into())]).await;
+    let open = PageServer::start(vec![("/", "<title>open</title>open".into())]).await;
+    let allow = format!("127.0.0.1:{}", open.port);
+    let gw = Gateway::start(&["--egress-deny", "127.0.0.0/8", "--egress-allow", &allow]).await;
+    let (session, mut cdp, page) = open_page(&gw, json!({})).await;
+
+    let shown = text_at(&mut cdp, &page, &closed.url("/")).await;
+    assert!(
+        shown.contains(&format!(
+            "ingot egress policy: 127.0.0.1:{} matches --egress-deny 127.0.0.0/8",
+            closed.port
+        )),
+        "{shown:?}"
+    );
+    assert_eq!(text_at(&mut cdp, &page, &open.url("/")).await, "open");
+    cdp.close().await;
+    gw.release(session["id"].as_str().expect("id")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_egress_entries_stop_the_start_naming_the_flag() {
+    let _shared = shared().await;
+    let err = refused_start(&["--egress-deny", "10.0.0.0/8,10.0.0.0/40"]).await;
+    assert!(
+        err.contains("--egress-deny") && err.contains("10.0.0.0/40"),
+        "{err}"
+    );
+    let err = refused_start(&["--egress-allow", "[fd00::/8]443"]).await;
+    assert!(err.contains("--egress-allow"), "{err}");
+}
+
+/// The forwarder's port, from the browser's own command line.
+fn forwarder_port(gw: &Gateway, session_id: &str) -> u16 {
+    let pid = browser_leader(&gw.data_dir, session_id);
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    let flag = cmdline
+        .split('\0')
+        .find_map(|a| a.strip_prefix("--proxy-server=http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no forwarder in {cmdline:?}"));
+    flag.parse().expect("port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_session_cannot_use_a_sessions_forwarder() {
+    let _shared = shared().await;
+    let site = PageServer::start(vec![("/", "<title>site</title>site".into())]).await;
+    let gw = Gateway::start(&[]).await;
+    // The first tenant's session goes through a proxy with credentials.
+    let upstream = format!("http://alice:s3cret@127.0.0.1:{}", free_port());
+    let (first, first_cdp, _) = open_page(&gw, json!({"proxyUrl": upstream})).await;
+    let first_id = first["id"].as_str().expect("id");
+    let port = forwarder_port(&gw, first_id);
+
+    // The second tenant names that forwarder as its proxy: its own forwarder refuses to
+    // connect there.
+    let stolen = format!("http://127.0.0.1:{port}");
+    let (second, mut cdp, page) = open_page(&gw, json!({"proxyUrl": stolen})).await;
+    let shown = text_at(&mut cdp, &page, &site.url("/")).await;
+    assert!(
+        shown.contains(&format!(
+            "ingot egress policy: 127.0.0.1:{port} is an internal forwarder's port"
+        )),
+        "{shown:?}"
+    );
+    // Nor can a page of a plain session reach it.
+    let (third, mut third_cdp, third_page) = open_page(&gw, json!({})).await;
+    let shown = text_at(
+        &mut third_cdp,
+        &third_page,
+        &format!("http://127.0.0.1:{port}/"),
+    )
+    .await;
+    assert!(shown.contains("internal forwarder"), "{shown:?}");
+    assert_eq!(
+        gw.session(first_id).await["proxyBytesUsed"],
+        0,
+        "nothing went through the first tenant's proxy account"
+    );
+    for cdp in [first_cdp, cdp, third_cdp] {
+        cdp.close().await;
+    }
+    for session in [&first, &second, &third] {
+        gw.release(session["id"].as_str().expect("id")).await;
+    }
+    gw.assert_clean(secs(10)).await;
+}
