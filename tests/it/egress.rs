@@ -178,3 +178,51 @@ async fn another_session_cannot_use_a_sessions_forwarder() {
     }
     gw.assert_clean(secs(10)).await;
 }
+
+/// A browser context made over CDP with its own `proxyServer` would bypass the forwarder
+/// (checked by hand against this branch: `direct://` and `http://127.0.0.1:1` both loaded the
+/// gateway's `/healthz`, loopback bypassing a context's proxy). The CDP guard must refuse
+/// `proxyServer` and `proxyBypassList` in `Target.createBrowserContext`; this test passes once
+/// it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the CDP guard to refuse Target.createBrowserContext's proxyServer (issue 19)"]
+async fn a_browser_context_cannot_set_its_own_proxy() {
+    let _shared = shared().await;
+    let gw = Gateway::start(&[]).await;
+    let (session, mut cdp, _page) = open_page(&gw, json!({})).await;
+    let healthz = format!("http://127.0.0.1:{}/healthz", gw.port);
+    for params in [
+        json!({"proxyServer": "direct://"}),
+        json!({"proxyServer": "http://127.0.0.1:1", "proxyBypassList": "<-loopback>"}),
+    ] {
+        let made = cdp
+            .call_full("Target.createBrowserContext", params.clone(), None)
+            .await;
+        let Some(context) = made["result"]["browserContextId"].as_str() else {
+            assert_eq!(made["error"]["code"], -32000, "{made}");
+            continue;
+        };
+        let target = cdp
+            .call(
+                "Target.createTarget",
+                json!({"url": "about:blank", "browserContextId": context}),
+                None,
+            )
+            .await;
+        let attached = cdp
+            .call(
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+                None,
+            )
+            .await;
+        let page = attached["sessionId"].as_str().expect("session").to_owned();
+        let shown = text_at(&mut cdp, &page, &healthz).await;
+        assert!(
+            !shown.contains("\"ok\""),
+            "{params}: a context's own proxy reached the gateway: {shown:?}"
+        );
+    }
+    cdp.close().await;
+    gw.release(session["id"].as_str().expect("id")).await;
+}
