@@ -344,13 +344,14 @@ impl LocalChromium {
         // Every browser's traffic goes through its own forwarder, which applies the egress
         // policy. The uid the browser runs as goes here once browsers run as their own users
         // (`None`: any local peer may connect).
-        let forwarder = match egress::ForwarderSpec::for_launch(spec, None) {
-            Some(forwarding) => Some(
-                egress::start(self.egress.clone(), forwarding)
-                    .await
-                    .map_err(|e| LaunchError(format!("cannot start the proxy forwarder: {e}")))?,
-            ),
-            None => None,
+        let forwarder = match egress::for_browser(&self.egress, spec, None).await {
+            Ok(forwarder) => forwarder,
+            Err(e) => {
+                dirs.remove().await;
+                return Err(LaunchError(format!(
+                    "cannot start the proxy forwarder: {e}"
+                )));
+            }
         };
         let proxy = forwarder.as_ref().map(|f| f.address.as_str());
         let args = chromium_args(&dirs, spec, frame, proxy);

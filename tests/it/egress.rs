@@ -179,6 +179,93 @@ async fn another_session_cannot_use_a_sessions_forwarder() {
     gw.assert_clean(secs(10)).await;
 }
 
+/// A SOCKS5 proxy on loopback (no authentication, CONNECT only) that records the
+/// destinations it was asked for; its port.
+async fn socks5_proxy(asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let asked = asked.clone();
+            tokio::spawn(async move {
+                let mut hello = [0u8; 3];
+                client.read_exact(&mut hello).await.ok()?;
+                client.write_all(&[5, 0]).await.ok()?;
+                let mut request = [0u8; 4];
+                client.read_exact(&mut request).await.ok()?;
+                let host = match request[3] {
+                    1 => {
+                        let mut ip = [0u8; 4];
+                        client.read_exact(&mut ip).await.ok()?;
+                        std::net::Ipv4Addr::from(ip).to_string()
+                    }
+                    3 => {
+                        let mut name = vec![0u8; usize::from(client.read_u8().await.ok()?)];
+                        client.read_exact(&mut name).await.ok()?;
+                        String::from_utf8(name).ok()?
+                    }
+                    _ => return None,
+                };
+                let port = client.read_u16().await.ok()?;
+                asked.lock().unwrap().push(format!("{host}:{port}"));
+                let mut server = tokio::net::TcpStream::connect((host.as_str(), port))
+                    .await
+                    .ok()?;
+                client
+                    .write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+                    .await
+                    .ok()?;
+                tokio::io::copy_bidirectional(&mut client, &mut server)
+                    .await
+                    .ok()
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_proxies_are_reached_through_the_forwarder_and_checked() {
+    let _shared = shared().await;
+    let site = PageServer::start(vec![("/", "<title>s</title>via socks".into())]).await;
+    let gw = Gateway::start(&[]).await;
+    let asked = std::sync::Arc::default();
+    let socks = socks5_proxy(std::sync::Arc::clone(&asked)).await;
+    let (first, mut cdp, page) = open_page(
+        &gw,
+        json!({"proxyUrl": format!("socks5://127.0.0.1:{socks}")}),
+    )
+    .await;
+    assert_eq!(text_at(&mut cdp, &page, &site.url("/")).await, "via socks");
+    let asked = asked.lock().unwrap().clone();
+    assert!(
+        asked.contains(&format!("127.0.0.1:{}", site.port)),
+        "the page came through the SOCKS proxy: {asked:?}"
+    );
+    cdp.close().await;
+
+    // An upstream at a denied address: every request is refused, and the session lives on.
+    for proxy in ["http://169.254.169.254:80", "https://169.254.169.254:443"] {
+        let (session, mut cdp, page) = open_page(&gw, json!({"proxyUrl": proxy})).await;
+        let started = Instant::now();
+        let shown = text_at(&mut cdp, &page, &site.url("/")).await;
+        assert!(
+            shown.contains("ingot egress policy: 169.254.169.254 is the cloud metadata address"),
+            "{proxy}: {shown:?}"
+        );
+        assert!(started.elapsed() < secs(5), "{proxy}: refused at once");
+        let id = session["id"].as_str().expect("id");
+        assert_eq!(gw.session(id).await["status"], "live");
+        cdp.close().await;
+        gw.release(id).await;
+    }
+    gw.release(first["id"].as_str().expect("id")).await;
+    gw.assert_clean(secs(10)).await;
+}
+
 /// A browser context made over CDP with its own `proxyServer` would bypass the forwarder
 /// (checked by hand against this branch: `direct://` and `http://127.0.0.1:1` both loaded the
 /// gateway's `/healthz`, loopback bypassing a context's proxy). The CDP guard must refuse

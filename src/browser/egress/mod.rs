@@ -58,6 +58,9 @@ pub enum Route {
         /// `Basic <base64 of user:password>`; never logged.
         authorization: Option<String>,
     },
+    /// Nowhere: every request is answered with this refusal (a `proxyUrl` the browser would
+    /// reach itself, at an address the policy denies).
+    Refuse(Refusal),
     /// Through a SOCKS proxy at `host:port`.
     Socks {
         /// The proxy's host name or address.
@@ -75,6 +78,7 @@ impl std::fmt::Debug for Route {
             Route::Direct => f.write_str("Direct"),
             Route::Http { host, port, .. } => write!(f, "Http({host}:{port})"),
             Route::Socks { host, port, .. } => write!(f, "Socks({host}:{port})"),
+            Route::Refuse(refusal) => write!(f, "Refuse({refusal})"),
         }
     }
 }
@@ -121,30 +125,38 @@ pub struct ForwarderSpec {
     pub allowed_uid: Option<u32>,
 }
 
-impl ForwarderSpec {
-    /// The forwarder a browser launched for `spec` needs: straight out, or through its
-    /// session's `proxyUrl` (counting the bytes when the session has credentials, as
-    /// `proxyBytesUsed` always has). `None` for a `proxyUrl` the forwarder cannot speak
-    /// (`https://`): the browser then talks to that proxy itself.
-    pub fn for_launch(spec: &super::LaunchSpec, allowed_uid: Option<u32>) -> Option<ForwarderSpec> {
-        let (route, bytes) = match &spec.proxy_server {
-            None => (Route::Direct, None),
-            Some(server) => {
-                let auth = spec.proxy_auth.as_ref();
-                let authorization = auth.map(|a| a.authorization.clone());
-                (
-                    Route::upstream(server, authorization)?,
-                    auth.map(|a| a.bytes.clone()),
-                )
-            }
-        };
-        Some(ForwarderSpec {
-            session_id: spec.session_id,
-            route,
-            bytes,
-            allowed_uid,
-        })
-    }
+/// Starts the forwarder a browser launched for `spec` goes through: straight out, or through
+/// its session's `proxyUrl` (counting the bytes when the session has credentials, as
+/// `proxyBytesUsed` always has). `None` for an allowed `https://` `proxyUrl`, which the
+/// forwarder cannot speak: the browser then talks to that proxy itself. `allowed_uid` is the
+/// uid the browser runs as, when it has its own.
+pub async fn for_browser(
+    policy: &Arc<Policy>,
+    spec: &super::LaunchSpec,
+    allowed_uid: Option<u32>,
+) -> std::io::Result<Option<Forwarder>> {
+    let (route, bytes) = match &spec.proxy_server {
+        None => (Route::Direct, None),
+        Some(server) => {
+            let auth = spec.proxy_auth.as_ref();
+            let authorization = auth.map(|a| a.authorization.clone());
+            let route = match Route::upstream(server, authorization) {
+                Some(route) => route,
+                None => match check_upstream(policy, server).await {
+                    Ok(()) => return Ok(None),
+                    Err(refusal) => Route::Refuse(refusal),
+                },
+            };
+            (route, auth.map(|a| a.bytes.clone()))
+        }
+    };
+    let forwarding = ForwarderSpec {
+        session_id: spec.session_id,
+        route,
+        bytes,
+        allowed_uid,
+    };
+    start(policy.clone(), forwarding).await.map(Some)
 }
 
 /// The running forwarder; it stops, and its port leaves [`OwnPorts`], when this is dropped.
@@ -285,6 +297,7 @@ impl ForwarderSpec {
 async fn open(request: &Request, context: &Context) -> Result<(TcpStream, String), Failure> {
     let policy = &context.policy;
     match &context.spec.route {
+        Route::Refuse(refusal) => Err(Failure::Refused(refusal.clone())),
         Route::Direct => {
             let stream = connect_checked(policy, &request.host, request.port).await?;
             let first = if request.tunnel {
@@ -392,6 +405,26 @@ async fn connect_checked(policy: &Policy, host: &str, port: u16) -> Result<TcpSt
     }
 }
 
+/// For a `proxyUrl` the browser reaches itself (`https://`, which the forwarder cannot
+/// speak): checks every address its host resolves to now, before the launch. The browser
+/// resolves the name again later, so a name that changes its answer (DNS rebinding) is not
+/// caught here; an address, or a name under the operator's control, is.
+pub async fn check_upstream(policy: &Policy, server: &str) -> Result<(), Refusal> {
+    let unusable = |why: String| Refusal(format!("the session's proxyUrl {server} {why}"));
+    let url = url::Url::parse(server).map_err(|e| unusable(format!("is not a URL ({e})")))?;
+    let (host, port) = match (url.host(), url.port_or_known_default()) {
+        (Some(url::Host::Domain(d)), Some(port)) => (d.to_owned(), port),
+        (Some(url::Host::Ipv4(ip)), Some(port)) => (ip.to_string(), port),
+        (Some(url::Host::Ipv6(ip)), Some(port)) => (ip.to_string(), port),
+        _ => return Err(unusable("names no host and port".into())),
+    };
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| unusable(format!("cannot be resolved ({e})")))?
+        .collect();
+    addresses.into_iter().try_for_each(|a| policy.check(a))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,6 +514,23 @@ mod tests {
             policy.own_ports().get(port_of_dropped),
             None,
             "deregistered"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upstream_the_browser_reaches_itself_is_checked_before_the_launch() {
+        let policy = Policy::default();
+        policy.own_ports().register(3000, "the gateway's own port");
+        for denied in ["https://169.254.169.254:443", "https://localhost:3000"] {
+            let refusal = check_upstream(&policy, denied).await.expect_err(denied);
+            assert!(
+                refusal.to_string().starts_with("ingot egress policy"),
+                "{refusal}"
+            );
+        }
+        assert_eq!(
+            check_upstream(&policy, "https://127.0.0.1:8443").await,
+            Ok(())
         );
     }
 
