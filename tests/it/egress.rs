@@ -179,6 +179,62 @@ async fn another_session_cannot_use_a_sessions_forwarder() {
     gw.assert_clean(secs(10)).await;
 }
 
+/// A WebSocket server on loopback that echoes each text message; its port.
+async fn echo_server() -> u16 {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(stream).await.ok()?;
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() {
+                        ws.send(message).await.ok()?;
+                    }
+                }
+                Some(())
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_websockets_go_through_the_forwarder() {
+    let _shared = shared().await;
+    let site = PageServer::start(vec![("/", "<title>ws</title>ws".into())]).await;
+    let echo = echo_server().await;
+    let gw = Gateway::start(&[]).await;
+    let (session, mut cdp, page) = open_page(&gw, json!({})).await;
+    cdp.navigate(&page, &site.url("/")).await;
+    let talk = |url: String| {
+        format!(
+            "new Promise(r => {{ const ws = new WebSocket({url:?}); \
+             ws.onopen = () => ws.send('hi'); ws.onmessage = e => r('got ' + e.data); \
+             ws.onerror = () => r('error'); setTimeout(() => r('timeout'), 10000); }})"
+        )
+    };
+    let echoed = cdp
+        .eval(&page, &talk(format!("ws://127.0.0.1:{echo}/")))
+        .await;
+    assert_eq!(echoed, "got hi");
+    let gateway = format!(
+        "ws://127.0.0.1:{}/v1/sessions/{}",
+        gw.port,
+        session["id"].as_str().expect("id")
+    );
+    assert_eq!(cdp.eval(&page, &talk(gateway)).await, "error");
+    assert!(
+        gw.log_text().contains("the gateway's own port"),
+        "refused by the policy"
+    );
+    cdp.close().await;
+    gw.release(session["id"].as_str().expect("id")).await;
+}
+
 /// A SOCKS5 proxy on loopback (no authentication, CONNECT only) that records the
 /// destinations it was asked for; its port.
 async fn socks5_proxy(asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>) -> u16 {
