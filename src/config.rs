@@ -187,10 +187,11 @@ pub struct Settings {
     pub session_pids_max: Cap,
 
     /// Destinations no session's browser may reach, on top of the defaults (link-local
-    /// addresses, the cloud metadata addresses, this gateway's own ports): comma-separated
+    /// addresses, the cloud metadata addresses, 0.0.0.0 and ::, this gateway's own ports
+    /// and its forwarders' ports): comma-separated
     /// `CIDR`, `CIDR:PORT`, `CIDR:LO-HI` or `[IPv6-CIDR]:PORT`, checked on the address
     /// actually connected to. For a multi-tenant install, deny the private ranges
-    /// (`10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,127.0.0.0/8,fc00::/7,::1/128`).
+    /// (`10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,127.0.0.0/8,fc00::/7,::1/128`).
     #[arg(long, env = "INGOT_EGRESS_DENY", default_value = "")]
     pub egress_deny: String,
 

@@ -12,7 +12,8 @@
 //! 2. `--egress-allow`: allowed (so allow beats deny for the same address);
 //! 3. `--egress-deny`: denied;
 //! 4. the defaults: link-local (169.254.0.0/16, which holds the cloud metadata address
-//!    169.254.169.254, and fe80::/10) and the IPv6 metadata address fd00:ec2::254: denied;
+//!    169.254.169.254, and fe80::/10), the IPv6 metadata address fd00:ec2::254, and the
+//!    unspecified addresses 0.0.0.0 and :: (connecting there reaches this machine): denied;
 //! 5. everything else, 127.0.0.1 included: allowed.
 
 use std::collections::HashMap;
@@ -299,6 +300,8 @@ fn default_denial(ip: IpAddr) -> Option<Refusal> {
             "is the IPv6 cloud metadata address (denied by default)"
         }
         IpAddr::V6(v6) if v6.is_unicast_link_local() => "is link-local (denied by default)",
+        // Connecting to it reaches this machine, past a rule that denies 127.0.0.0/8.
+        ip if ip.is_unspecified() => "is the unspecified address (denied by default)",
         _ => return None,
     };
     Some(Refusal(format!("{ip} {why}")))
@@ -371,6 +374,8 @@ mod tests {
             "[fe80::1]:80",
             "[fd00:ec2::254]:80",
             "[::ffff:169.254.169.254]:80",
+            "0.0.0.0:8080",
+            "[::]:8080",
         ] {
             let refusal = p.check(addr(denied)).expect_err(denied);
             assert!(refusal.to_string().starts_with("ingot egress policy: "));
