@@ -170,13 +170,31 @@ pub struct Settings {
     /// example `'self' https://app.example.com`.
     #[arg(long, env = "INGOT_VIEWER_FRAME_ANCESTORS", default_value = "'self'")]
     pub viewer_frame_ancestors: String,
+
+    /// Most CDP WebSockets one session may have open at once on this node; one more is
+    /// refused before the upgrade with 429 `too_many_clients`.
+    #[arg(long, env = "INGOT_MAX_CLIENTS_PER_SESSION", default_value_t = 32)]
+    pub max_clients_per_session: usize,
+
+    /// Gateway memory one session's CDP clients may hold, in bytes, for messages received
+    /// and not yet written into the browser's pipe (a message larger than this takes all of
+    /// it). A client waits, and stops being read, while the budget is used up.
+    #[arg(long, env = "INGOT_SESSION_INFLIGHT_BYTES", default_value_t = DEFAULT_SESSION_INFLIGHT)]
+    pub session_inflight_bytes: usize,
+
+    /// Most pages (tabs) one session may have open: `Target.createTarget` beyond it gets a CDP
+    /// error, and a page the page itself opens beyond it (`window.open`) is closed.
+    #[arg(long, env = "INGOT_MAX_PAGES_PER_SESSION", default_value_t = 50)]
+    pub max_pages_per_session: usize,
 }
 
 /// Largest upload to a session's files, unless configured otherwise.
 pub const DEFAULT_MAX_FILE: u64 = 100 << 20;
 
 /// Largest CDP message a client may send, unless configured otherwise.
-pub const DEFAULT_MAX_MESSAGE: usize = 256 << 20;
+pub const DEFAULT_MAX_MESSAGE: usize = 32 << 20;
+/// Gateway memory for one session's in-flight client messages, unless configured otherwise.
+pub const DEFAULT_SESSION_INFLIGHT: usize = 64 << 20;
 /// This machine's name (`ingot` if it has none that is UTF-8).
 pub fn host_name() -> String {
     nix::unistd::gethostname()
@@ -231,7 +249,25 @@ impl Settings {
         self.validate_sessions()?;
         self.validate_limits()?;
         self.validate_cluster()?;
-        self.validate_clients()
+        self.validate_clients()?;
+        self.validate_cdp_caps()
+    }
+
+    /// What one session's CDP traffic may take: clients, in-flight bytes, pages.
+    fn validate_cdp_caps(&self) -> Result<(), String> {
+        if !(1..=10_000).contains(&self.max_clients_per_session) {
+            return Err("--max-clients-per-session must be between 1 and 10000".into());
+        }
+        if !((1 << 20)..=(4 << 30)).contains(&self.session_inflight_bytes) {
+            return Err(
+                "--session-inflight-bytes must be between 1048576 (1 MiB) and 4294967296 (4 GiB)"
+                    .into(),
+            );
+        }
+        if !(1..=10_000).contains(&self.max_pages_per_session) {
+            return Err("--max-pages-per-session must be between 1 and 10000".into());
+        }
+        Ok(())
     }
 
     /// Session counts, timeouts and the browsers' liveness probe.
@@ -451,6 +487,15 @@ mod tests {
             (&["--public-url", "ftp://x"], "--public-url"),
             (&["--max-sessions", "many"], "--max-sessions"),
             (&["--listen", "nowhere"], "--listen"),
+            (
+                &["--max-clients-per-session", "0"],
+                "--max-clients-per-session",
+            ),
+            (
+                &["--session-inflight-bytes", "1000"],
+                "--session-inflight-bytes",
+            ),
+            (&["--max-pages-per-session", "0"], "--max-pages-per-session"),
         ] {
             let err = settings(flags)
                 .err()
