@@ -21,6 +21,7 @@ mod deploy;
 mod faults;
 mod files;
 mod fuzz;
+mod guard;
 mod hostile;
 mod inproc;
 mod lifecycle;
