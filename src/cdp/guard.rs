@@ -645,6 +645,34 @@ mod tests {
         assert!(guard.client_in().is_ok());
     }
 
+    #[tokio::test]
+    async fn the_inflight_budget_holds_bytes_until_released_and_a_large_message_takes_all() {
+        let guard = Guard::new(
+            Limits {
+                inflight_bytes: 1000,
+                ..Limits::default()
+            },
+            None,
+        );
+        let first = guard.inflight(600).await.expect("permit");
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), guard.inflight(600));
+        assert!(
+            waiting.await.is_err(),
+            "600 more bytes wait while 600 are held"
+        );
+        drop(first);
+        let all = guard
+            .inflight(5000)
+            .await
+            .expect("a message over the budget takes it all");
+        assert_eq!(all.num_permits(), 1000);
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), guard.inflight(1));
+        assert!(waiting.await.is_err());
+        drop(all);
+        assert!(guard.inflight(1000).await.is_some());
+    }
+
     #[test]
     fn a_download_over_the_cap_is_cancelled_once_and_its_leftovers_removed() {
         let guard = Guard::new(
