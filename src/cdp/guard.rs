@@ -115,6 +115,8 @@ pub struct TooManyClients(pub usize);
 
 /// One session's guard.
 pub struct Guard {
+    /// The session it guards, for logs.
+    session_id: Option<uuid::Uuid>,
     limits: Limits,
     /// The session's files directory; `None` for a browser without one (path methods are
     /// then refused).
@@ -158,6 +160,7 @@ impl Guard {
     pub fn new(limits: Limits, files: Option<PathBuf>) -> Guard {
         let permits = limits.inflight_bytes.min(Semaphore::MAX_PERMITS);
         Guard {
+            session_id: None,
             limits,
             files,
             clients: AtomicUsize::new(0),
@@ -165,6 +168,12 @@ impl Guard {
             pages: Mutex::new(Pages::default()),
             downloads: Mutex::new(Downloads::default()),
         }
+    }
+
+    /// The same guard, naming session `id` in its logs.
+    pub fn for_session(mut self, id: uuid::Uuid) -> Guard {
+        self.session_id = Some(id);
+        self
     }
 
     /// Counts one more CDP client in, unless the session has its most.
@@ -205,7 +214,11 @@ impl Guard {
                 refused => refused,
             },
             Rule::Downloads => match &self.files {
-                Some(dir) => downloads_into(method, msg, dir),
+                Some(dir) => {
+                    info!(session_id = ?self.session_id, method, dir = %dir.display(),
+                        "download directory set to the session's files");
+                    downloads_into(msg, dir)
+                }
                 None => Verdict::Refuse(no_files_dir(method)),
             },
             Rule::Paths { drag } => match &self.files {
@@ -282,6 +295,7 @@ impl Guard {
             return Action::None;
         }
         warn!(
+            session_id = ?self.session_id,
             target = %info.target_id,
             max = self.limits.max_pages,
             "a page beyond --max-pages-per-session opened; closing it"
@@ -301,6 +315,7 @@ impl Guard {
                 downloads.cancelled.insert(p.guid.as_str().into());
                 drop(downloads);
                 info!(
+                    session_id = ?self.session_id,
                     guid = %p.guid,
                     max = self.limits.max_file_bytes,
                     "a download is larger than --max-file-bytes; cancelling it"
@@ -314,7 +329,7 @@ impl Guard {
                 if !(over || cancelled) {
                     return Action::None;
                 }
-                info!(guid = %p.guid, state, "removing what an over-size download left");
+                info!(session_id = ?self.session_id, guid = %p.guid, state, "removing what an over-size download left");
                 Action::Remove(self.leftovers(&p.guid, name.as_deref(), p.file_path))
             }
         }
@@ -450,7 +465,7 @@ pub fn is_file_url(url: &str) -> bool {
 }
 
 /// Rewrites a `setDownloadBehavior` command so that downloads go to `dir`.
-fn downloads_into(method: &str, msg: &[u8], dir: &Path) -> Verdict {
+fn downloads_into(msg: &[u8], dir: &Path) -> Verdict {
     let Ok(mut command) = serde_json::from_slice::<Value>(msg) else {
         return Verdict::Pass;
     };
@@ -469,7 +484,6 @@ fn downloads_into(method: &str, msg: &[u8], dir: &Path) -> Verdict {
             params.insert("downloadPath".into(), dir.to_string_lossy().into());
         }
     }
-    info!(method, dir = %dir.display(), "download directory set to the session's files");
     Verdict::Rewrite(Bytes::from(command.to_string()))
 }
 
@@ -587,7 +601,6 @@ mod tests {
     fn download_behavior_is_rewritten_to_the_files_directory() {
         let dir = Path::new("/data/files/S");
         let rewrite = |params: Value| match downloads_into(
-            "Browser.setDownloadBehavior",
             json!({"id": 1, "method": "Browser.setDownloadBehavior", "params": params})
                 .to_string()
                 .as_bytes(),

@@ -257,7 +257,10 @@ impl Registry {
             downloads,
         } = launched;
         let files_dir = files.as_ref().ok().cloned();
-        let mux = Mux::start(transport, Guard::new(self.cdp_limits(), files_dir));
+        let mux = Mux::start(
+            transport,
+            Guard::new(self.cdp_limits(), files_dir).for_session(session.id),
+        );
         session.attach_browser(mux.clone(), version);
         let prepared = match files {
             Ok(dir) => self.prepare(&session, &mux, downloads, dir).await,
