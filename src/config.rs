@@ -199,6 +199,22 @@ pub struct Settings {
     /// beats deny for the same address), same syntax. This gateway's own ports stay denied.
     #[arg(long, env = "INGOT_EGRESS_ALLOW", default_value = "")]
     pub egress_allow: String,
+
+    /// Most CDP WebSockets one session may have open at once on this node; one more is
+    /// refused before the upgrade with 429 `too_many_clients`.
+    #[arg(long, env = "INGOT_MAX_CLIENTS_PER_SESSION", default_value_t = 32)]
+    pub max_clients_per_session: usize,
+
+    /// Gateway memory one session's CDP clients may hold, in bytes, for messages received
+    /// and not yet written into the browser's pipe (a message larger than this takes all of
+    /// it). A client waits, and stops being read, while the budget is used up.
+    #[arg(long, env = "INGOT_SESSION_INFLIGHT_BYTES", default_value_t = DEFAULT_SESSION_INFLIGHT)]
+    pub session_inflight_bytes: usize,
+
+    /// Most pages (tabs) one session may have open: `Target.createTarget` beyond it gets a CDP
+    /// error, and a page the page itself opens beyond it (`window.open`) is closed.
+    #[arg(long, env = "INGOT_MAX_PAGES_PER_SESSION", default_value_t = 50)]
+    pub max_pages_per_session: usize,
 }
 
 /// A cap that may be turned off (`0` or `off`).
@@ -272,7 +288,9 @@ pub fn parse_count_cap(text: &str) -> Result<Cap, String> {
 pub const DEFAULT_MAX_FILE: u64 = 100 << 20;
 
 /// Largest CDP message a client may send, unless configured otherwise.
-pub const DEFAULT_MAX_MESSAGE: usize = 256 << 20;
+pub const DEFAULT_MAX_MESSAGE: usize = 32 << 20;
+/// Gateway memory for one session's in-flight client messages, unless configured otherwise.
+pub const DEFAULT_SESSION_INFLIGHT: usize = 64 << 20;
 /// This machine's name (`ingot` if it has none that is UTF-8).
 pub fn host_name() -> String {
     nix::unistd::gethostname()
@@ -360,6 +378,7 @@ impl Settings {
         self.validate_limits()?;
         self.validate_cluster()?;
         self.validate_clients()?;
+        self.validate_cdp_caps()?;
         self.egress_policy().map(drop)
     }
 
@@ -372,6 +391,23 @@ impl Settings {
             Some(self.listen.ip()),
         )
         .map_err(|e| e.to_string())
+    }
+
+    /// What one session's CDP traffic may take: clients, in-flight bytes, pages.
+    fn validate_cdp_caps(&self) -> Result<(), String> {
+        if !(1..=10_000).contains(&self.max_clients_per_session) {
+            return Err("--max-clients-per-session must be between 1 and 10000".into());
+        }
+        if !((1 << 20)..=(4 << 30)).contains(&self.session_inflight_bytes) {
+            return Err(
+                "--session-inflight-bytes must be between 1048576 (1 MiB) and 4294967296 (4 GiB)"
+                    .into(),
+            );
+        }
+        if !(1..=10_000).contains(&self.max_pages_per_session) {
+            return Err("--max-pages-per-session must be between 1 and 10000".into());
+        }
+        Ok(())
     }
 
     /// Session counts, timeouts and the browsers' liveness probe.
@@ -623,6 +659,15 @@ mod tests {
             (&["--listen", "nowhere"], "--listen"),
             (&["--egress-deny", "10.0.0.0/33"], "--egress-deny"),
             (&["--egress-allow", "127.0.0.1:http"], "--egress-allow"),
+            (
+                &["--max-clients-per-session", "0"],
+                "--max-clients-per-session",
+            ),
+            (
+                &["--session-inflight-bytes", "1000"],
+                "--session-inflight-bytes",
+            ),
+            (&["--max-pages-per-session", "0"], "--max-pages-per-session"),
         ] {
             let err = settings(flags)
                 .err()

@@ -1,8 +1,9 @@
 //! CDP over HTTP: discovery (`/json/version`) and the WebSocket upgrade.
 //!
 //! A connection is refused with an HTTP status before the upgrade when its session is
-//! unknown or ended, or when its browser cannot take another client; only then is the
-//! socket handed to [`crate::proxy`].
+//! unknown or ended, when the session has `--max-clients-per-session` CDP clients already
+//! (429 `too_many_clients`), or when its browser cannot take another client; only then is
+//! the socket handed to [`crate::proxy`].
 
 use std::collections::HashMap;
 
@@ -16,7 +17,7 @@ use serde::Serialize;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorJson};
@@ -25,6 +26,7 @@ use super::relay::{self, Relay, Relayed};
 use super::wire::PublicUrls;
 use super::{API_KEY_PARAM, AppState, PresentedKey};
 use crate::auth::Caller;
+use crate::cdp::mux::CommandError;
 use crate::proxy;
 use crate::session::Session;
 use crate::vocab::Status;
@@ -57,6 +59,7 @@ pub struct ServiceJson {
         (status = 404, description = "No such session for this API key", body = ErrorJson),
         (status = 410, description = "The session has ended", body = ErrorJson),
         (status = 426, description = "With a `sessionId`, the request is not a WebSocket upgrade", body = ErrorJson),
+        (status = 429, description = "The session has `--max-clients-per-session` CDP clients already (`too_many_clients`)", body = ErrorJson),
         (status = 502, description = "The browser cannot take another client", body = ErrorJson),
         (status = 503, description = "The session records cannot be read", body = ErrorJson),
     ),
@@ -103,6 +106,7 @@ pub async fn connect_by_query(
         (status = 404, description = "No such session for this API key", body = ErrorJson),
         (status = 410, description = "The session has ended", body = ErrorJson),
         (status = 426, description = "The request is not a WebSocket upgrade", body = ErrorJson),
+        (status = 429, description = "The session has `--max-clients-per-session` CDP clients already (`too_many_clients`)", body = ErrorJson),
         (status = 502, description = "The browser cannot take another client", body = ErrorJson),
         (status = 503, description = "The session records cannot be read", body = ErrorJson),
     ),
@@ -135,8 +139,16 @@ async fn connect(
     };
     let session = live_session(&state, id, caller).await?;
     let mux = session.mux().ok_or_else(|| ended(&session))?;
-    let link = match mux.attach().await {
+    let link = match mux.attach_client().await {
         Ok(link) => link,
+        Err(CommandError::TooManyClients(e)) => {
+            info!(session_id = %id, "a CDP client refused: {e}");
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_clients",
+                format!("session {id}: {e}"),
+            ));
+        }
         // The session ended while the client was being attached.
         Err(_) if !session.phase().is_live() => return Err(ended(&session)),
         Err(e) => {

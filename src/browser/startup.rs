@@ -1,6 +1,7 @@
 //! The first commands every browser gets, whoever hosts it: `Browser.getVersion`, whose
 //! answer makes the browser count as ready, and, when the launch names one, the directory
-//! its downloads go to (`Browser.setDownloadBehavior`).
+//! its downloads go to (`Browser.setDownloadBehavior`, with download events on for the root
+//! session, where the CDP guard cancels downloads over `--max-file-bytes`).
 //!
 //! They are written together the moment the browser starts, before it reads anything, so a
 //! starting browser answers them in one go instead of one round trip after another while it
@@ -39,7 +40,7 @@ impl Startup {
             br#"{"id":0,"method":"Browser.getVersion"}"#,
         )];
         if let Some(dir) = &spec.downloads {
-            let params = json!({"behavior": "allow", "downloadPath": dir, "eventsEnabled": false});
+            let params = json!({"behavior": "allow", "downloadPath": dir, "eventsEnabled": true});
             let command =
                 json!({"id": DOWNLOADS, "method": "Browser.setDownloadBehavior", "params": params});
             commands.push(Bytes::from(command.to_string()));
@@ -105,6 +106,10 @@ mod tests {
         let (commands, mut startup) = Startup::begin(&spec(Some("/d")));
         assert_eq!(commands.len(), 2);
         assert!(std::str::from_utf8(&commands[1]).is_ok_and(|c| c.contains(r#""/d""#)));
+        assert!(
+            std::str::from_utf8(&commands[1]).is_ok_and(|c| c.contains(r#""eventsEnabled":true"#)),
+            "the guard watches downloads on the root session"
+        );
         assert!(
             startup
                 .take(br#"{"method":"Target.targetCreated"}"#)

@@ -10,7 +10,11 @@
 //! * browser → client: the tail `sessionId` picks the owner; a client's own browser session
 //!   id is stripped again, so the client receives what Chromium would have sent it.
 //!
-//! The gateway's own commands travel on the root session (no `sessionId`). This module
+//! The gateway's own commands travel on the root session (no `sessionId`), which also
+//! discovers targets and watches downloads for the session's [`Guard`]: every client
+//! command whose method is on the guard's list is checked (and may be rewritten or refused)
+//! before it is routed, and every client message waits for the session's in-flight byte
+//! budget before it is copied toward the browser. This module
 //! owns routing tables and the gateway's root commands; it must not know about HTTP,
 //! WebSocket framing, session states or processes. When a client must go, it says why
 //! ([`Disconnect`]); the module that owns client sockets picks the close frame.
@@ -21,12 +25,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::guard::{self, Action, Guard, Rule, TooManyClients, Verdict};
 use super::message::{self, TargetEvent};
 use crate::browser::{CdpTransport, FromBrowser, ToBrowser};
 use crate::sync::lock;
@@ -48,6 +53,8 @@ pub enum CommandError {
     Timeout(&'static str, Duration),
     #[error("the browser refused {0}: {1}")]
     Refused(&'static str, String),
+    #[error(transparent)]
+    TooManyClients(#[from] TooManyClients),
 }
 
 /// The routing state of one browser connection.
@@ -61,6 +68,8 @@ pub struct Mux {
     events_delivered: AtomicU64,
     /// Set while a spare browser session is being attached.
     refilling: AtomicBool,
+    /// What the session's clients may do and take.
+    guard: Guard,
 }
 
 #[derive(Default)]
@@ -90,13 +99,17 @@ struct ClientRoute {
     browser_session: Box<str>,
     /// Ids of this client's `Target.attachToTarget` commands without `flatten`, until answered.
     unflattened_attaches: HashSet<i64>,
+    /// This client's admitted `Target.createTarget` commands, by id, with the CDP session
+    /// each was sent on, until answered: they count against the page cap meanwhile.
+    pending_creates: HashMap<i64, Box<str>>,
     outbound: mpsc::Sender<Bytes>,
     close: watch::Sender<Option<Disconnect>>,
 }
 
 impl Mux {
-    /// Takes over a browser connection and starts routing its messages.
-    pub fn start(transport: CdpTransport) -> Arc<Mux> {
+    /// Takes over a browser connection and starts routing its messages within `guard`. The
+    /// root session starts discovering targets, so that the guard counts pages.
+    pub fn start(transport: CdpTransport, guard: Guard) -> Arc<Mux> {
         let mux = Arc::new(Mux {
             to_browser: transport.to_browser,
             routes: Mutex::new(Routes::default()),
@@ -105,10 +118,36 @@ impl Mux {
             lost: CancellationToken::new(),
             events_delivered: AtomicU64::new(0),
             refilling: AtomicBool::new(false),
+            guard,
         });
         tokio::spawn(route_from_browser(mux.clone(), transport.from_browser));
+        mux.send_root(json!({"method": "Target.setDiscoverTargets", "params": {"discover": true}}));
         mux.refill_spare();
         mux
+    }
+
+    /// Sends a command of the gateway's on the root session without waiting for it; its
+    /// reply, which nobody waits for, is dropped.
+    fn send_root(&self, mut command: Value) {
+        command["id"] = self.next_command.fetch_add(1, Ordering::Relaxed).into();
+        self.to_browser.send_soon(Bytes::from(command.to_string()));
+    }
+
+    /// Acts on an event on the root session, as the guard decides.
+    fn root_event(&self, msg: &[u8]) {
+        match self.guard.root_event(msg) {
+            Action::None => {}
+            Action::Send(commands) => commands.into_iter().for_each(|c| self.send_root(c)),
+            Action::Remove(paths) => {
+                tokio::task::spawn_blocking(move || {
+                    for path in paths {
+                        if std::fs::remove_file(&path).is_ok() {
+                            debug!(path = %path.display(), "removed an over-size download");
+                        }
+                    }
+                });
+            }
+        }
     }
 
     /// Resolves when the connection to the browser is gone.
@@ -160,6 +199,23 @@ impl Mux {
             .unwrap_or(Value::Null))
     }
 
+    /// Attaches a CDP client of the session's (a WebSocket), counted against
+    /// `--max-clients-per-session`: refused with [`CommandError::TooManyClients`] when the
+    /// session has its most.
+    pub async fn attach_client(self: &Arc<Self>) -> Result<ClientLink, CommandError> {
+        self.guard.client_in()?;
+        match self.attach().await {
+            Ok(mut link) => {
+                link.counted = true;
+                Ok(link)
+            }
+            Err(e) => {
+                self.guard.client_out();
+                Err(e)
+            }
+        }
+    }
+
     /// Attaches a new client: gives it its own browser-level CDP session. The spare one is
     /// taken when there is one, so the client waits for no round trip to the browser; a
     /// new spare is attached in the background once the client's first message is on its
@@ -192,6 +248,7 @@ impl Mux {
                 ClientRoute {
                     browser_session: browser_session.clone(),
                     unflattened_attaches: HashSet::new(),
+                    pending_creates: HashMap::new(),
                     outbound: outbound_tx,
                     close: close_tx,
                 },
@@ -204,6 +261,7 @@ impl Mux {
             outbound,
             close,
             refill: AtomicBool::new(true),
+            counted: false,
         })
     }
 
@@ -303,7 +361,10 @@ impl Mux {
                 }
                 keep
             });
-            routes.clients.remove(&client).map(|c| c.browser_session)
+            routes.clients.remove(&client).map(|c| {
+                (0..c.pending_creates.len()).for_each(|_| self.guard.page_answered());
+                c.browser_session
+            })
         };
         if let Some(session) = browser_session {
             self.detach_browser_session(&session);
@@ -384,9 +445,12 @@ impl Mux {
             }
             None => {}
         }
-        let Some(client) = routes.clients.get(&owner) else {
+        let Some(client) = routes.clients.get_mut(&owner) else {
             return Destination::Nowhere;
         };
+        if !client.pending_creates.is_empty() {
+            note_create_answered(&self.guard, client, msg, session_id);
+        }
         let outbound = client.outbound.clone();
         let strip = *client.browser_session == *session_id;
         if strip {
@@ -458,10 +522,29 @@ fn note_unflattened_attach(routes: &mut Routes, owner: u64, msg: &[u8]) {
     }
 }
 
+/// If `msg` answers one of the client's admitted `Target.createTarget` commands, that
+/// command no longer counts as a page being created.
+fn note_create_answered(guard: &Guard, client: &mut ClientRoute, msg: &[u8], session_id: &str) {
+    let Some(id) = message::reply_id(msg).and_then(|id| i64::try_from(id).ok()) else {
+        return;
+    };
+    if client
+        .pending_creates
+        .get(&id)
+        .is_some_and(|on| **on == *session_id)
+    {
+        client.pending_creates.remove(&id);
+        guard.page_answered();
+    }
+}
+
 /// A message on the root session: a reply to one of the gateway's own commands, or an
-/// event nobody subscribed to.
+/// event the gateway watches (targets, downloads) for the guard.
 fn deliver_to_gateway(mux: &Mux, msg: BytesMut) {
     let Some(id) = message::reply_id(&msg) else {
+        if message::is_event(&msg) {
+            mux.root_event(&msg);
+        }
         return;
     };
     let waiter = mux.lock().pending.remove(&id);
@@ -499,6 +582,8 @@ pub struct ClientLink {
     pub close: watch::Receiver<Option<Disconnect>>,
     /// Whether the spare browser session is still to be replaced for this client.
     refill: AtomicBool,
+    /// Whether it counts against `--max-clients-per-session` ([`Mux::attach_client`]).
+    counted: bool,
 }
 
 impl ClientLink {
@@ -528,32 +613,43 @@ impl ClientLink {
         if command.method.as_deref() == Some("Browser.close") {
             return Forwarded::BrowserClose(command.id.unwrap_or(0), session.map(str::to_owned));
         }
+        if let Some(session) = session
+            && !self.may_use(session)
+        {
+            // What Chromium answers a direct client that addresses a session it cannot
+            // serve by id: a root-level error.
+            return Forwarded::Reply(message::error_reply(
+                command.id,
+                -32001,
+                "Session with given id not found.",
+                None,
+            ));
+        }
+        let rule = command.method.as_deref().and_then(guard::rule);
+        let rewritten = match (rule, command.method.as_deref()) {
+            (Some(rule), Some(method)) => {
+                match self.guarded(rule, method, &msg, command.id, session).await {
+                    Ok(rewritten) => rewritten,
+                    Err(reply) => return reply,
+                }
+            }
+            _ => None,
+        };
+        let msg = rewritten.as_ref().unwrap_or(&msg);
+        // Held until the message is written into the browser's pipe.
+        let _budget = self.mux.guard.inflight(msg.len()).await;
         let bytes = match session {
             None => {
                 if command.method.as_deref() == Some("Target.attachToTarget")
-                    && !message::asks_flatten(&msg)
+                    && !message::asks_flatten(msg)
                     && let Some(id) = command.id
                     && let Some(route) = self.mux.lock().clients.get_mut(&self.id)
                 {
                     route.unflattened_attaches.insert(id);
                 }
-                message::inject_session(&msg, &self.browser_session)
+                message::inject_session(msg, &self.browser_session)
             }
-            Some(session) => {
-                let routes = self.mux.lock();
-                let owned = routes.owners.get(session) == Some(&self.id);
-                if !owned || routes.unflattened.contains(session) {
-                    // What Chromium answers a direct client that addresses a session it
-                    // cannot serve by id: a root-level error.
-                    return Forwarded::Reply(message::error_reply(
-                        command.id,
-                        -32001,
-                        "Session with given id not found.",
-                        None,
-                    ));
-                }
-                msg.clone()
-            }
+            Some(_) => msg.clone(),
         };
         if self.mux.to_browser.send(bytes).await.is_err() {
             return Forwarded::Closed;
@@ -564,11 +660,57 @@ impl ClientLink {
         }
         Forwarded::Sent
     }
+
+    /// Whether the client may address CDP session `session`: one it owns, served by id.
+    fn may_use(&self, session: &str) -> bool {
+        let routes = self.mux.lock();
+        routes.owners.get(session) == Some(&self.id) && !routes.unflattened.contains(session)
+    }
+
+    /// Asks the guard about a command whose method has `rule`: `Ok` with what to forward in
+    /// its place, if anything, or `Err` with the reply that refuses it. An admitted
+    /// `Target.createTarget` is remembered until its answer.
+    async fn guarded(
+        &self,
+        rule: Rule,
+        method: &str,
+        msg: &[u8],
+        id: Option<i64>,
+        session: Option<&str>,
+    ) -> Result<Option<Bytes>, Forwarded> {
+        let rewritten = match self.mux.guard.check(rule, method, msg).await {
+            Verdict::Pass => None,
+            Verdict::Rewrite(bytes) => Some(bytes),
+            Verdict::Refuse(why) => {
+                debug!(client = self.id, method, "the guard refused a command");
+                return Err(Forwarded::Reply(message::error_reply(
+                    id, -32000, &why, session,
+                )));
+            }
+        };
+        if rule == Rule::NewPage {
+            let on: Box<str> = session.map_or_else(|| self.browser_session.clone(), Box::from);
+            let remembered = id.is_some_and(|id| {
+                self.mux
+                    .lock()
+                    .clients
+                    .get_mut(&self.id)
+                    .is_some_and(|route| route.pending_creates.insert(id, on).is_none())
+            });
+            if !remembered {
+                self.mux.guard.page_answered();
+            }
+        }
+        Ok(rewritten)
+    }
 }
 
 impl Drop for ClientLink {
     fn drop(&mut self) {
         self.mux.detach(self.id);
+        if self.counted {
+            self.mux.guard.client_out();
+        }
         if self.refill.swap(false, Ordering::Relaxed) {
             self.mux.refill_spare();
         }

@@ -129,6 +129,7 @@ impl Gateway {
             },
             files,
         );
+        registry.set_cdp_limits(cdp_limits(&settings));
         probe(&registry).await;
         Ok(Gateway {
             settings,
@@ -523,5 +524,15 @@ fn default_public_url(local: SocketAddr) -> String {
             format!("http://[{host}]:{}", local.port())
         }
         _ => format!("http://{host}:{}", local.port()),
+    }
+}
+
+/// The caps on each session's CDP traffic, from the settings.
+fn cdp_limits(settings: &Settings) -> crate::cdp::guard::Limits {
+    crate::cdp::guard::Limits {
+        max_clients: settings.max_clients_per_session,
+        max_pages: settings.max_pages_per_session,
+        inflight_bytes: settings.session_inflight_bytes,
+        max_file_bytes: settings.max_file_bytes,
     }
 }

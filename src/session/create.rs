@@ -23,6 +23,7 @@ use super::registry::Registry;
 use super::supervisor;
 use crate::auth::Caller;
 use crate::browser::{LaunchSpec, Launched};
+use crate::cdp::guard::Guard;
 use crate::cdp::mux::Mux;
 use crate::metering::MeterError;
 use crate::telemetry;
@@ -255,7 +256,11 @@ impl Registry {
             version,
             downloads,
         } = launched;
-        let mux = Mux::start(transport);
+        let files_dir = files.as_ref().ok().cloned();
+        let mux = Mux::start(
+            transport,
+            Guard::new(self.cdp_limits(), files_dir).for_session(session.id),
+        );
         session.attach_browser(mux.clone(), version);
         let prepared = match files {
             Ok(dir) => self.prepare(&session, &mux, downloads, dir).await,
@@ -305,8 +310,9 @@ impl Registry {
         dir: PathBuf,
     ) -> Result<(), CreateError> {
         if downloads.as_deref() != Some(dir.as_path()) {
+            // Events on: the guard watches downloads on the root session.
             let downloads =
-                json!({"behavior": "allow", "downloadPath": dir, "eventsEnabled": false});
+                json!({"behavior": "allow", "downloadPath": dir, "eventsEnabled": true});
             mux.command("Browser.setDownloadBehavior", downloads)
                 .await
                 .map_err(|e| CreateError::Launch(e.to_string()))?;

@@ -88,6 +88,8 @@ pub struct Registry {
     history: HistoryLimits,
     /// Every session's files on this node.
     files: Arc<FileStore>,
+    /// The caps on each session's CDP traffic, once the gateway set them (else defaults).
+    cdp_limits: std::sync::OnceLock<crate::cdp::guard::Limits>,
 }
 
 impl Registry {
@@ -126,7 +128,18 @@ impl Registry {
             probe,
             history,
             files,
+            cdp_limits: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the caps on each session's CDP traffic, for sessions started from now on. Once.
+    pub fn set_cdp_limits(&self, limits: crate::cdp::guard::Limits) {
+        let _ = self.cdp_limits.set(limits);
+    }
+
+    /// The caps on each session's CDP traffic.
+    pub(super) fn cdp_limits(&self) -> crate::cdp::guard::Limits {
+        self.cdp_limits.get().copied().unwrap_or_default()
     }
 
     /// Every session's files on this node.

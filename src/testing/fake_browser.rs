@@ -363,6 +363,12 @@ impl FakeBrowser {
         lock(&self.cdp).page.clone()
     }
 
+    /// The pages open now: the first one and those `Target.createTarget` opened (and
+    /// `Target.closeTarget` did not close).
+    pub fn pages(&self) -> usize {
+        lock(&self.cdp).pages()
+    }
+
     /// The browser dies, as if `SIGKILL`ed from outside: both channels close and
     /// [`BrowserProcess::wait_exit`] resolves with `BrowserExit::Signal(9)`. Does not count as
     /// a kill by the gateway ([`FakeBrowser::was_killed`]).
@@ -730,6 +736,10 @@ struct Cdp {
     page: String,
     context: String,
     sessions: HashMap<String, Attached>,
+    /// Pages `Target.createTarget` opened, besides the first one.
+    extra_pages: Vec<String>,
+    /// Sessions (`None`: the root session) that asked `Target.setDiscoverTargets`.
+    discovering: Vec<Option<String>>,
 }
 
 impl Cdp {
@@ -739,6 +749,8 @@ impl Cdp {
             page: fake_id(0x7A),
             context: fake_id(0xC0),
             sessions: HashMap::new(),
+            extra_pages: Vec::new(),
+            discovering: Vec::new(),
         }
     }
 
@@ -767,6 +779,9 @@ impl Cdp {
             }
             "Target.detachFromTarget" => self.detach_from_target(command, out),
             "Runtime.evaluate" => out.reply(command, evaluate(&command.params)),
+            "Target.setDiscoverTargets" => self.set_discover(command, out),
+            "Target.createTarget" => self.create_target(command, out),
+            "Target.closeTarget" => self.close_target(command, out),
             _ => out.reply(command, json!({})),
         }
     }
@@ -802,6 +817,66 @@ impl Cdp {
         });
         out.event("Target.attachedToTarget", params, parent.as_deref());
         session
+    }
+
+    /// `Target.setDiscoverTargets`: announces every page to the session, and each page
+    /// created or closed from now on.
+    fn set_discover(&mut self, command: &Command, out: &mut Handled) {
+        let on = command.params["discover"].as_bool().unwrap_or(false);
+        self.discovering.retain(|s| *s != command.session);
+        if on {
+            self.discovering.push(command.session.clone());
+            let pages = std::iter::once(&self.page).chain(&self.extra_pages);
+            for page in pages {
+                let info = self.page_info(page);
+                let params = json!({ "targetInfo": info });
+                out.event("Target.targetCreated", params, command.session.as_deref());
+            }
+        }
+        out.reply(command, json!({}));
+    }
+
+    /// `Target.createTarget`: a new page (no session attaches to it in this fake).
+    fn create_target(&mut self, command: &Command, out: &mut Handled) {
+        let page = fake_id(0x7A);
+        self.extra_pages.push(page.clone());
+        self.announce(
+            "Target.targetCreated",
+            json!({ "targetInfo": self.page_info(&page) }),
+            out,
+        );
+        out.reply(command, json!({ "targetId": page }));
+    }
+
+    /// `Target.closeTarget` of a page `Target.createTarget` opened.
+    fn close_target(&mut self, command: &Command, out: &mut Handled) {
+        let target = command.params["targetId"].as_str().unwrap_or_default();
+        let Some(at) = self.extra_pages.iter().position(|p| p == target) else {
+            out.error(command, -32602, "No target with given id found");
+            return;
+        };
+        let page = self.extra_pages.remove(at);
+        self.announce("Target.targetDestroyed", json!({ "targetId": page }), out);
+        out.reply(command, json!({ "success": true }));
+    }
+
+    /// Sends a target event to every discovering session.
+    fn announce(&self, method: &str, params: Value, out: &mut Handled) {
+        for session in &self.discovering {
+            out.event(method, params.clone(), session.as_deref());
+        }
+    }
+
+    /// The `TargetInfo` of page `id`.
+    fn page_info(&self, id: &str) -> Value {
+        let mut info = self.target_info(true, false);
+        info["targetId"] = id.into();
+        info
+    }
+
+    /// The pages open now: the first one and those `Target.createTarget` opened.
+    fn pages(&self) -> usize {
+        1 + self.extra_pages.len()
     }
 
     fn page_attached(&self) -> bool {

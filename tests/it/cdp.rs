@@ -338,10 +338,10 @@ async fn large_messages_pass_both_ways() {
     );
     eprintln!("3000x3000 screenshot: {} MiB of base64", data.len() >> 20);
 
-    // Client to browser: a 40 MiB command.
-    let big = "x".repeat(40 << 20);
+    // Client to browser: a 30 MiB command, just under the default --max-message-bytes.
+    let big = "x".repeat(30 << 20);
     let len = cdp.eval(&page, &format!("'{big}'.length")).await;
-    assert_eq!(len, 40 << 20);
+    assert_eq!(len, 30 << 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1570,7 +1570,8 @@ async fn the_session_and_its_other_client_carry_on(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_connections_dropped_at_once_leave_nothing_behind() {
     let _shared = shared().await;
-    let gw = Gateway::start(&[]).await;
+    // 501 clients on one session: over the default --max-clients-per-session (32).
+    let gw = Gateway::start(&["--max-clients-per-session", "501"]).await;
     let pid = gw.pid();
     let session = gw.create(json!({})).await;
     let ws_url = session["websocketUrl"].as_str().expect("ws").to_owned();

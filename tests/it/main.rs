@@ -23,6 +23,7 @@ mod egress;
 mod faults;
 mod files;
 mod fuzz;
+mod guard;
 mod hostile;
 mod inproc;
 mod lifecycle;

@@ -11,6 +11,7 @@
 mod admission;
 mod api;
 mod files;
+mod guard;
 mod history;
 mod memory_limit;
 mod mux;
