@@ -76,6 +76,9 @@ pub enum Rule {
     NoFileUrl(&'static str),
     /// `Target.createTarget`: the page cap and the `url` rule.
     NewPage,
+    /// `Target.createBrowserContext`: no proxy of its own, which would take the context's
+    /// traffic past the gateway's egress forwarder.
+    NoOwnProxy,
     /// Never forwarded.
     Refused,
 }
@@ -90,6 +93,7 @@ pub fn rule(method: &str) -> Option<Rule> {
         "Page.navigate" | "Network.loadNetworkResource" => Rule::NoFileUrl("url"),
         "PWA.install" => Rule::NoFileUrl("installUrlOrBundleUrl"),
         "Target.createTarget" => Rule::NewPage,
+        "Target.createBrowserContext" => Rule::NoOwnProxy,
         "Extensions.loadUnpacked" => Rule::Refused,
         _ => return None,
     })
@@ -209,6 +213,7 @@ impl Guard {
                 "ingot: {method} is not allowed: it loads code from a path on the gateway's host"
             )),
             Rule::NoFileUrl(param) => no_file_url(method, param, msg),
+            Rule::NoOwnProxy => no_own_proxy(method, msg),
             Rule::NewPage => match no_file_url(method, "url", msg) {
                 Verdict::Pass => self.admit_page(),
                 refused => refused,
@@ -440,6 +445,22 @@ fn no_file_url(method: &str, param: &str, msg: &[u8]) -> Verdict {
     }
 }
 
+/// Refuses a browser context with a proxy of its own: every session's traffic goes through
+/// the gateway's egress forwarder, which applies the egress policy.
+fn no_own_proxy(method: &str, msg: &[u8]) -> Verdict {
+    let Ok(command) = serde_json::from_slice::<Value>(msg) else {
+        return Verdict::Pass;
+    };
+    match &command["params"]["proxyServer"] {
+        Value::Null => Verdict::Pass,
+        Value::String(s) if s.is_empty() => Verdict::Pass,
+        _ => Verdict::Refuse(format!(
+            "ingot: {method} may not set proxyServer: a session's traffic goes through the \
+             gateway's egress proxy. Create the session with proxyUrl instead"
+        )),
+    }
+}
+
 /// Whether Chromium would read `url` from the file system: `file:`, also behind the schemes
 /// that wrap another URL. Chromium drops tabs and newlines anywhere in a URL, leading and
 /// trailing spaces and controls, and ignores the scheme's case; so does this.
@@ -641,6 +662,18 @@ mod tests {
             Some(Rule::Paths { drag: false })
         );
         assert_eq!(rule("Extensions.loadUnpacked"), Some(Rule::Refused));
+        assert_eq!(rule("Target.createBrowserContext"), Some(Rule::NoOwnProxy));
+        let own = br#"{"id":1,"method":"Target.createBrowserContext","params":{"proxyServer":"direct://"}}"#;
+        assert!(matches!(
+            no_own_proxy("Target.createBrowserContext", own),
+            Verdict::Refuse(_)
+        ));
+        let plain =
+            br#"{"id":1,"method":"Target.createBrowserContext","params":{"disposeOnDetach":true}}"#;
+        assert!(matches!(
+            no_own_proxy("Target.createBrowserContext", plain),
+            Verdict::Pass
+        ));
     }
 
     #[test]

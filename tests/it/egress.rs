@@ -323,12 +323,10 @@ async fn upstream_proxies_are_reached_through_the_forwarder_and_checked() {
 }
 
 /// A browser context made over CDP with its own `proxyServer` would bypass the forwarder
-/// (checked by hand against this branch: `direct://` and `http://127.0.0.1:1` both loaded the
-/// gateway's `/healthz`, loopback bypassing a context's proxy). The CDP guard must refuse
-/// `proxyServer` and `proxyBypassList` in `Target.createBrowserContext`; this test passes once
-/// it does.
+/// (without the CDP guard's rule, `direct://` and `http://127.0.0.1:1` both loaded the
+/// gateway's `/healthz`, loopback bypassing a context's proxy). The guard refuses
+/// `proxyServer` in `Target.createBrowserContext`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the CDP guard to refuse Target.createBrowserContext's proxyServer (issue 19)"]
 async fn a_browser_context_cannot_set_its_own_proxy() {
     let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
