@@ -170,6 +170,23 @@ pub struct Settings {
     /// example `'self' https://app.example.com`.
     #[arg(long, env = "INGOT_VIEWER_FRAME_ANCESTORS", default_value = "'self'")]
     pub viewer_frame_ancestors: String,
+
+    /// Most bytes one session's files may take (uploads and the page's downloads together,
+    /// as they are on disk); an upload that would take more gets 413.
+    #[arg(long, env = "INGOT_MAX_SESSION_FILES_BYTES", default_value_t = crate::files::DEFAULT_SESSION_BYTES)]
+    pub max_session_files_bytes: u64,
+
+    /// Most entries one session's files may hold, files and directories together (uploads
+    /// and the page's downloads); an upload that would add more gets 413.
+    #[arg(long, env = "INGOT_MAX_SESSION_FILES", default_value_t = crate::files::DEFAULT_SESSION_ENTRIES)]
+    pub max_session_files: u64,
+
+    /// Most open connections to the gateway (HTTP and WebSockets together). Past this less
+    /// a reserve (1/16 of it, 8 to 32), new connections get 503 `too_many_connections`
+    /// except on `/healthz`, `/readyz` and `/metrics`; at it, they are closed at once.
+    /// Defaults to (the soft open-files limit - 256) / 2, at least 64.
+    #[arg(long, env = "INGOT_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// Largest upload to a session's files, unless configured otherwise.
@@ -290,6 +307,24 @@ impl Settings {
         }
         if !(1..=(1 << 40)).contains(&self.max_file_bytes) {
             return Err("--max-file-bytes must be between 1 and 1099511627776 (1 TiB)".into());
+        }
+        self.validate_tenancy_caps()
+    }
+
+    /// Caps on one session's files and on the gateway's open connections.
+    fn validate_tenancy_caps(&self) -> Result<(), String> {
+        if !(1..=(1 << 44)).contains(&self.max_session_files_bytes) {
+            return Err(
+                "--max-session-files-bytes must be between 1 and 17592186044416 (16 TiB)".into(),
+            );
+        }
+        if !(1..=10_000_000).contains(&self.max_session_files) {
+            return Err("--max-session-files must be between 1 and 10000000".into());
+        }
+        if let Some(max) = self.max_connections
+            && !(16..=10_000_000).contains(&max)
+        {
+            return Err("--max-connections must be between 16 and 10000000".into());
         }
         Ok(())
     }
@@ -451,6 +486,12 @@ mod tests {
             (&["--public-url", "ftp://x"], "--public-url"),
             (&["--max-sessions", "many"], "--max-sessions"),
             (&["--listen", "nowhere"], "--listen"),
+            (
+                &["--max-session-files-bytes", "0"],
+                "--max-session-files-bytes",
+            ),
+            (&["--max-session-files", "0"], "--max-session-files"),
+            (&["--max-connections", "15"], "--max-connections"),
         ] {
             let err = settings(flags)
                 .err()

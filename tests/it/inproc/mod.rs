@@ -16,6 +16,7 @@ mod mux;
 mod openapi;
 mod pool;
 mod supervisor;
+mod tenancy;
 mod viewer;
 
 use std::future::Future;
