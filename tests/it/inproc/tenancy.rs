@@ -354,6 +354,42 @@ fn fresh() -> reqwest::Client {
         .expect("client")
 }
 
+/// A `GET` on a new connection that the gateway closes after answering; `None` when the
+/// connection was closed without an answer.
+async fn get_once(client: &reqwest::Client, gw: &FakeGateway, path: &str) -> Option<Reply> {
+    let request = client.get(gw.url(path)).header("connection", "close");
+    match timeout(STEP, request.send()).await.expect("in time") {
+        Ok(r) => Some(reply(r).await),
+        Err(_) => None,
+    }
+}
+
+/// As [`get_once`], tried again while connections that just closed are still counted.
+async fn get_retrying(client: &reqwest::Client, gw: &FakeGateway, path: &str) -> Reply {
+    for _ in 0..100 {
+        if let Some(r) = get_once(client, gw, path).await {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{path}: every connection was closed at once");
+}
+
+/// A keep-alive connection that made one request (`/healthz`) and stays open; `None` when
+/// the gateway closed it at once.
+async fn open_idle(gw: &FakeGateway) -> Option<TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+    let head = b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n";
+    stream.write_all(head).await.ok()?;
+    let mut answer = [0u8; 4096];
+    let n = timeout(STEP, stream.read(&mut answer))
+        .await
+        .expect("in time")
+        .unwrap_or(0);
+    (n > 0).then_some(stream)
+}
+
 /// Over the soft connection cap, new connections serve only the probe routes (others get
 /// 503 `too_many_connections` with `Retry-After`); at the cap they are closed at once;
 /// connections already open, a CDP WebSocket among them, go on; once connections close,
@@ -367,37 +403,28 @@ async fn open_connections_are_capped_with_a_reserve_for_probes() {
     .await;
     let session = gw.create(json!({})).await;
     let mut cdp = CdpClient::connect_to(&session).await;
-    let mut idle = Vec::new();
     let client = fresh();
+    let mut idle = Vec::new();
     let busy = loop {
-        let r = send(
-            client
-                .get(gw.url("/v1/sessions"))
-                .header("connection", "close"),
-        )
-        .await;
-        if r.status != 200 {
-            break r;
-        }
-        // Let the gateway see this request's connection close before the next one.
-        tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(
             idle.len() < 40,
             "never refused with {} idle connections",
             idle.len()
         );
-        idle.push(TcpStream::connect(gw.addr).await.expect("connect"));
+        match get_once(&client, &gw, "/v1/sessions").await {
+            Some(r) if r.status == 200 => idle.push(open_idle(&gw).await.expect("under the cap")),
+            Some(r) => break r,
+            // Closed at once: connections that just closed are still being counted.
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
     };
     let message = assert_error((busy.status, &busy.body), 503, "too_many_connections");
     assert!(message.contains("--max-connections"), "{message}");
     assert_eq!(busy.retry_after.as_deref(), Some("1"));
     eprintln!("refused after {} idle connections", idle.len());
-    for probe in ["/healthz", "/metrics"] {
-        let r = timeout(STEP, client.get(gw.url(probe)).send())
-            .await
-            .expect("in time")
-            .expect("answered");
-        assert_eq!(r.status(), 200, "{probe} over the soft cap");
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        let r = get_retrying(&client, &gw, probe).await;
+        assert_eq!(r.status, 200, "{probe} over the soft cap");
     }
     let (_, reply) = cdp.call("Browser.getVersion", json!({}), None).await;
     assert_eq!(
@@ -407,15 +434,13 @@ async fn open_connections_are_capped_with_a_reserve_for_probes() {
 
     // At the cap: closed at once.
     let mut closed = false;
-    for _ in 0..10 {
-        idle.push(TcpStream::connect(gw.addr).await.expect("connect"));
-        if timeout(STEP, client.get(gw.url("/healthz")).send())
-            .await
-            .expect("in time")
-            .is_err()
-        {
-            closed = true;
-            break;
+    for _ in 0..12 {
+        match open_idle(&gw).await {
+            Some(stream) => idle.push(stream),
+            None => {
+                closed = true;
+                break;
+            }
         }
     }
     assert!(closed, "a connection past the cap is closed at once");
@@ -423,14 +448,15 @@ async fn open_connections_are_capped_with_a_reserve_for_probes() {
     drop(idle);
     let deadline = tokio::time::Instant::now() + STEP;
     loop {
-        let r = send(client.get(gw.url("/v1/sessions"))).await;
-        if r.status == 200 {
+        if get_once(&client, &gw, "/v1/sessions")
+            .await
+            .is_some_and(|r| r.status == 200)
+        {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "still refused: {}",
-            r.body
+            "the API is still refused"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
