@@ -132,10 +132,12 @@ fn viewer_page(
         if let Ok(location) = HeaderValue::from_str(&location) {
             response.headers_mut().insert(header::LOCATION, location);
         }
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return Ok(response);
     }
     Ok(page(html, &state.viewer_frame_ancestors))

@@ -6,17 +6,16 @@
 //! `<data_dir>/files/.partial` and are renamed into place only once whole), the caps on
 //! what one session's files may take ([`SessionCaps`]: bytes and entries, counting what
 //! is on disk, uploads and the page's downloads alike), reading, deleting, the zip archive
-//! ([`archive`]), and the retention sweep. Knows nothing of HTTP,
-//! tenants or sessions' states: callers decide who may touch which session's files, and say
-//! when a session ends ([`FileStore::session_ended`]).
+//! ([`archive`]), and the retention sweep. Knows nothing of HTTP, tenants or sessions'
+//! states: callers decide who may touch which session's files, and say when a session ends
+//! ([`FileStore::session_ended`]).
 
 pub mod archive;
 pub mod name;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
-
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
