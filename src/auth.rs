@@ -77,6 +77,16 @@ impl KeyRing {
                 ring.add(line, false)
                     .map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?;
             }
+            // A named keys file that holds none is a mistake (a secret that was not
+            // mounted, say), never a wish to serve without keys.
+            if ring.is_empty() {
+                return Err(format!(
+                    "--api-keys-file {} holds no keys (only blank lines and comments): refusing \
+                     to start without keys. Add a `key` or `name:key` line, or leave out \
+                     --api-keys-file to serve without keys",
+                    path.display()
+                ));
+            }
         }
         if let Some(list) = list {
             for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -217,6 +227,16 @@ mod tests {
         assert!(
             KeyRing::load(None, Some("a:k0123456789abcdef,a:j0123456789abcdef"), None).is_err()
         );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("keys");
+        for text in ["", "# only a comment\n\n   \n"] {
+            std::fs::write(&empty, text).expect("write");
+            let err = KeyRing::load(Some(&empty), Some("k0123456789abcdef"), None)
+                .expect_err("a keys file without keys is refused, even with other keys");
+            assert!(err.contains("--api-keys-file"), "{err}");
+            assert!(err.contains(&empty.display().to_string()), "{err}");
+            assert!(err.contains("no keys"), "{err}");
+        }
         let missing = KeyRing::load(Some(Path::new("/nonexistent/keys")), None, None);
         assert!(
             missing

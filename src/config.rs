@@ -215,6 +215,23 @@ pub struct Settings {
     /// error, and a page the page itself opens beyond it (`window.open`) is closed.
     #[arg(long, env = "INGOT_MAX_PAGES_PER_SESSION", default_value_t = 50)]
     pub max_pages_per_session: usize,
+
+    /// Most bytes one session's files may take (uploads and the page's downloads together,
+    /// as they are on disk); an upload that would take more gets 413.
+    #[arg(long, env = "INGOT_MAX_SESSION_FILES_BYTES", default_value_t = crate::files::DEFAULT_SESSION_BYTES)]
+    pub max_session_files_bytes: u64,
+
+    /// Most entries one session's files may hold, files and directories together (uploads
+    /// and the page's downloads); an upload that would add more gets 413.
+    #[arg(long, env = "INGOT_MAX_SESSION_FILES", default_value_t = crate::files::DEFAULT_SESSION_ENTRIES)]
+    pub max_session_files: u64,
+
+    /// Most open connections to the gateway (HTTP and WebSockets together). Past this less
+    /// a reserve (1/16 of it, 8 to 32), new connections get 503 `too_many_connections`
+    /// except on `/healthz`, `/readyz` and `/metrics`; at it, they are closed at once.
+    /// Defaults to (the soft open-files limit - 256) / 2, at least 64.
+    #[arg(long, env = "INGOT_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// A cap that may be turned off (`0` or `off`).
@@ -467,7 +484,8 @@ impl Settings {
         if !(1..=(1 << 40)).contains(&self.max_file_bytes) {
             return Err("--max-file-bytes must be between 1 and 1099511627776 (1 TiB)".into());
         }
-        self.validate_session_caps()
+        self.validate_session_caps()?;
+        self.validate_tenancy_caps()
     }
 
     /// The memory and task caps of each session's browser.
@@ -486,6 +504,24 @@ impl Settings {
                 "--session-pids-max must be between 64 and 4194304, or off (Chromium runs a few hundred threads)"
                     .into(),
             );
+        }
+        Ok(())
+    }
+
+    /// Caps on one session's files and on the gateway's open connections.
+    fn validate_tenancy_caps(&self) -> Result<(), String> {
+        if !(1..=(1 << 44)).contains(&self.max_session_files_bytes) {
+            return Err(
+                "--max-session-files-bytes must be between 1 and 17592186044416 (16 TiB)".into(),
+            );
+        }
+        if !(1..=10_000_000).contains(&self.max_session_files) {
+            return Err("--max-session-files must be between 1 and 10000000".into());
+        }
+        if let Some(max) = self.max_connections
+            && !(16..=10_000_000).contains(&max)
+        {
+            return Err("--max-connections must be between 16 and 10000000".into());
         }
         Ok(())
     }
@@ -668,6 +704,12 @@ mod tests {
                 "--session-inflight-bytes",
             ),
             (&["--max-pages-per-session", "0"], "--max-pages-per-session"),
+            (
+                &["--max-session-files-bytes", "0"],
+                "--max-session-files-bytes",
+            ),
+            (&["--max-session-files", "0"], "--max-session-files"),
+            (&["--max-connections", "15"], "--max-connections"),
         ] {
             let err = settings(flags)
                 .err()

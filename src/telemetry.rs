@@ -45,6 +45,9 @@ pub const CLUSTER_NODES: &str = "ingot_cluster_nodes";
 pub const FORWARDED: &str = "ingot_cluster_forwarded_total";
 pub const DIRECTORY_QUERY: &str = "ingot_cluster_directory_query_seconds";
 pub const SESSION_FILES_BYTES: &str = "ingot_session_files_bytes";
+pub const HTTP_CONNECTIONS: &str = "ingot_http_connections";
+pub const HTTP_CONNECTIONS_MAX: &str = "ingot_http_connections_max";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "ingot_http_connections_refused_total";
 
 /// What a node forwards to the node that owns a session (or may take a new one).
 pub const FORWARD_KINDS: [&str; 12] = [
@@ -138,6 +141,10 @@ fn register_at_zero(max_sessions: usize, pool_size: usize) {
     }
     gauge!(CLUSTER_NODES).set(0.0);
     gauge!(SESSION_FILES_BYTES).set(0.0);
+    gauge!(HTTP_CONNECTIONS).set(0.0);
+    for how in ["probes_only", "closed"] {
+        counter!(HTTP_CONNECTIONS_REFUSED, "how" => how).absolute(0);
+    }
     for kind in FORWARD_KINDS {
         for outcome in ["ok", "error"] {
             counter!(FORWARDED, "kind" => kind, "outcome" => outcome).absolute(0);
@@ -237,6 +244,18 @@ fn describe() {
         SESSION_FILES_BYTES,
         Unit::Bytes,
         "Bytes the sessions' files (uploads and downloads) take on this node, live and retained."
+    );
+    describe_gauge!(
+        HTTP_CONNECTIONS,
+        "Open connections to the gateway (HTTP and upgraded WebSockets)."
+    );
+    describe_gauge!(
+        HTTP_CONNECTIONS_MAX,
+        "Most open connections (--max-connections)."
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "Connections over the cap, by how they were handled: probes_only (only /healthz, /readyz and /metrics served, others 503) or closed (closed at once)."
     );
     describe_gauge!(
         BUILD_INFO,
@@ -364,6 +383,26 @@ pub fn admission_rejected(r: Rejection) {
 
 pub fn usage_write_error() {
     counter!(USAGE_WRITE_ERRORS).increment(1);
+}
+
+/// Counts a connection to the gateway as it opens.
+pub fn http_connection_opened() {
+    gauge!(HTTP_CONNECTIONS).increment(1.0);
+}
+
+/// Counts a connection to the gateway as it closes.
+pub fn http_connection_closed() {
+    gauge!(HTTP_CONNECTIONS).decrement(1.0);
+}
+
+/// Counts a connection over the cap, by how it was handled.
+pub fn http_connection_refused(how: &'static str) {
+    counter!(HTTP_CONNECTIONS_REFUSED, "how" => how).increment(1);
+}
+
+/// Sets the connection cap's gauge.
+pub fn http_connections_max(max: usize) {
+    gauge!(HTTP_CONNECTIONS_MAX).set(max as f64);
 }
 
 /// Counts an attached client for as long as it is held.

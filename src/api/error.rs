@@ -145,6 +145,14 @@ impl From<FileError> for ApiError {
             FileError::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
             FileError::NotFound(_) => (StatusCode::NOT_FOUND, "file_not_found"),
             FileError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "file_too_large"),
+            // 413 like a file over its own limit: this upload is more than the session's
+            // files have room for (deleting some of them makes room).
+            FileError::SessionBytes { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "session_files_too_large")
+            }
+            FileError::SessionEntries { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_many_session_files")
+            }
             FileError::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
             FileError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "files_unavailable"),
         };

@@ -275,9 +275,9 @@ pub async fn delete_all(
         (status = 200, description = "The stored file", body = FileJson),
         (status = 408, description = "The upload stalled", body = ErrorJson),
         (status = 409, description = "The session has ended", body = ErrorJson),
-        (status = 413, description = "The file is larger than `--max-file-bytes`", body = ErrorJson),
+        (status = 413, description = "The file is larger than `--max-file-bytes` (`file_too_large`), or the session's files would pass `--max-session-files-bytes` (`session_files_too_large`) or `--max-session-files` entries (`too_many_session_files`); nothing is stored", body = ErrorJson),
         (status = 507, description = "The file would fill the disk", body = ErrorJson),
-        (status = 400, description = "`id` is not a UUID, or the path is refused (`invalid_path`)", body = ErrorJson),
+        (status = 400, description = "`id` is not a UUID, or the path is refused (`invalid_path`; also a path more than 8 directories deep)", body = ErrorJson),
         (status = 404, description = "No such session for this API key (or no such file)", body = ErrorJson),
         (status = 502, description = "In a cluster, the node that has the files does not answer", body = ErrorJson),
     ),
@@ -378,7 +378,7 @@ async fn receive(
         .ok_or_else(|| {
             ApiError::bad_request("path: required when the file has no name of its own")
         })?;
-    let name = state.registry.files().name(id, &raw)?;
+    let name = state.registry.files().new_name(id, &raw)?;
     Ok(Received { upload, name })
 }
 

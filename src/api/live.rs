@@ -5,7 +5,10 @@
 //! it works only while the session is live. The WebSocket is accepted only from ingot's
 //! own origin. Frames and tabs come from [`crate::viewer::screen`]; a person's input is
 //! turned into CDP by [`crate::viewer::input`] and sent only when the viewer is
-//! interactive, which the server decides from the URL, whatever the page sends.
+//! interactive. The token carries the mode ([`ViewerMode`]): a read-only token stays
+//! read-only whatever the URL says, and `interactive=false` lowers an interactive one. A
+//! page opened with an interactive token and `interactive=false` is sent on (303) to the same
+//! page with the read-only token, so the link it shows can be shared without giving control.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +37,7 @@ use crate::auth::Caller;
 use crate::session::Session;
 use crate::viewer::input::{self, Button, MouseKind};
 use crate::viewer::screen::{Frame, Pick, Screen, Tabs, Watching};
-use crate::viewer::{CONSOLE_HTML, VIEW_HTML, VIEWER_HTML};
+use crate::viewer::{CONSOLE_HTML, VIEW_HTML, VIEWER_HTML, ViewerMode};
 
 type Query = StrictQuery<HashMap<String, String>>;
 
@@ -67,6 +70,7 @@ pub async fn console() -> Response {
     ),
     responses(
         (status = 200, description = "The live viewer's page; query parameters `interactive`, `showControls`, `theme`, `pageId`, `pageIndex` are read by the page", content_type = "text/html", body = String),
+        (status = 303, description = "Asked for `interactive=false` with an interactive token: the same page with the read-only token (`Location`)"),
         (status = 400, description = "`id` is not a UUID", body = ErrorJson),
         (status = 403, description = "The viewer token is missing or not this session's", body = ErrorJson),
     ),
@@ -76,8 +80,7 @@ pub async fn viewer(
     SessionId(id): SessionId,
     StrictQuery(query): Query,
 ) -> Result<Response, ApiError> {
-    token(&state, id, &query)?;
-    Ok(page(VIEWER_HTML, &state.viewer_frame_ancestors))
+    viewer_page(&state, id, &query, "viewer", VIEWER_HTML)
 }
 
 /// `GET /v1/sessions/{id}/view`: the viewer next to the session's facts
@@ -93,6 +96,7 @@ pub async fn viewer(
     ),
     responses(
         (status = 200, description = "The viewer next to the session's facts", content_type = "text/html", body = String),
+        (status = 303, description = "Asked for `interactive=false` with an interactive token: the same page with the read-only token (`Location`)"),
         (status = 400, description = "`id` is not a UUID", body = ErrorJson),
         (status = 403, description = "The viewer token is missing or not this session's", body = ErrorJson),
     ),
@@ -102,8 +106,41 @@ pub async fn view(
     SessionId(id): SessionId,
     StrictQuery(query): Query,
 ) -> Result<Response, ApiError> {
-    token(&state, id, &query)?;
-    Ok(page(VIEW_HTML, &state.viewer_frame_ancestors))
+    viewer_page(&state, id, &query, "view", VIEW_HTML)
+}
+
+/// A viewer page (`name`, the last segment of its path), once the token fits. Asked for
+/// read-only with an interactive token, it sends the browser on to the same page with the
+/// read-only token, so that the link it then shows cannot be turned back.
+fn viewer_page(
+    state: &AppState,
+    id: Uuid,
+    query: &HashMap<String, String>,
+    name: &str,
+    html: &'static str,
+) -> Result<Response, ApiError> {
+    let mode = token(state, id, query)?;
+    if mode == ViewerMode::Interactive && !ViewerOptions::of(query).interactive {
+        let read_only = state.viewers.token(id, ViewerMode::ReadOnly);
+        let mut sorted: Vec<_> = query.iter().filter(|(k, _)| *k != "token").collect();
+        sorted.sort();
+        let mut target = url::form_urlencoded::Serializer::new(String::new());
+        target.append_pair("token", &read_only);
+        target.extend_pairs(sorted);
+        let location = format!("{name}?{}", target.finish());
+        let mut response = StatusCode::SEE_OTHER.into_response();
+        if let Ok(location) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        let headers = response.headers_mut();
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(response);
+    }
+    Ok(page(html, &state.viewer_frame_ancestors))
 }
 
 /// A page of ingot's own, which loads nothing from anywhere else.
@@ -134,11 +171,18 @@ fn page(html: &'static str, frame_ancestors: &str) -> Response {
     response
 }
 
-/// Refuses a request without session `id`'s viewer token (403).
-fn token(state: &AppState, id: Uuid, query: &HashMap<String, String>) -> Result<(), ApiError> {
-    match query.get("token") {
-        Some(t) if state.viewers.token_fits(id, t) => Ok(()),
-        _ => Err(ApiError::new(
+/// The mode session `id`'s viewer token in the query grants; 403 without one.
+fn token(
+    state: &AppState,
+    id: Uuid,
+    query: &HashMap<String, String>,
+) -> Result<ViewerMode, ApiError> {
+    match query
+        .get("token")
+        .and_then(|t| state.viewers.token_mode(id, t))
+    {
+        Some(mode) => Ok(mode),
+        None => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "viewer_token_refused",
             "the viewer token is missing or is not this session's",
@@ -346,7 +390,7 @@ pub async fn socket(
     StrictQuery(query): Query,
     request: Request,
 ) -> Result<Response, ApiError> {
-    token(&state, id, &query)?;
+    let granted = token(&state, id, &query)?;
     same_origin(&request)?;
     let key = super::cdp::websocket_key(request.headers())?;
     let mut request = match state.registry.get_for(&id, &Caller::Open) {
@@ -367,7 +411,8 @@ pub async fn socket(
         .screen(id, &mux)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "browser_unavailable", e))?;
-    let options = ViewerOptions::of(&query);
+    let mut options = ViewerOptions::of(&query);
+    options.interactive = granted.asked(options.interactive) == ViewerMode::Interactive;
     let on_upgrade = hyper::upgrade::on(&mut request);
     state.clients.spawn(async move {
         if let Ok(upgraded) = on_upgrade.await {
@@ -394,7 +439,7 @@ fn same_origin(request: &Request) -> Result<(), ApiError> {
     }
 }
 
-/// What the viewer's URL asks for.
+/// What the viewer's URL asks for (`interactive` is then bounded by the token's mode).
 struct ViewerOptions {
     interactive: bool,
     pick: Pick,

@@ -81,7 +81,8 @@ pub const API_KEY_HEADER: &str = "steel-api-key";
 pub const API_KEY_PARAM: &str = "apiKey";
 
 /// Paths that answer any `Host`: probes and scrapers reach them by pod IP or service name.
-const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+/// They need no key, and are served even over the soft connection cap (`--max-connections`).
+pub const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// All routes. Static segments such as `/v1/sessions/release` win over `{id}`.
 ///

@@ -39,7 +39,7 @@ const MAX_LIMIT: usize = 100;
     responses(
         (status = 200, description = "The new session, live", body = SessionJson),
         (status = 400, description = "A field that cannot be honoured, named in the message", body = ErrorJson),
-        (status = 409, description = "`sessionId` names a session that exists", body = ErrorJson),
+        (status = 409, description = "`sessionId` names a session that exists or existed (any tenant, any node, however old): ids are never reused. The same answer whoever asks", body = ErrorJson),
         (status = 429, description = "No free slot in time, or the tenant's quota is used up", body = ErrorJson),
         (status = 502, description = "In a cluster: the node the session was passed to did not answer", body = ErrorJson),
         (status = 503, description = "The browser did not start, the records cannot be written, or the gateway is shutting down", body = ErrorJson),

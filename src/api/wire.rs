@@ -43,22 +43,29 @@ impl PublicUrls {
         self
     }
 
-    /// The live viewer of session `id` (`debugUrl`), with its token.
+    /// The live viewer of session `id` (`debugUrl`), with its interactive token (Steel's
+    /// viewer is interactive unless its URL says `interactive=false`, which then leads to
+    /// the read-only token).
     pub fn viewer_url(&self, id: Uuid) -> String {
         match &self.viewers {
             Some(v) => format!(
                 "{}/v1/sessions/{id}/viewer?token={}",
                 self.http,
-                v.token(id)
+                v.token(id, crate::viewer::ViewerMode::Interactive)
             ),
             None => self.session_url(id),
         }
     }
 
-    /// The viewer next to the session's facts (`sessionViewerUrl`), with its token.
+    /// The viewer next to the session's facts (`sessionViewerUrl`), with its interactive
+    /// token, like `debugUrl`.
     pub fn view_url(&self, id: Uuid) -> String {
         match &self.viewers {
-            Some(v) => format!("{}/v1/sessions/{id}/view?token={}", self.http, v.token(id)),
+            Some(v) => format!(
+                "{}/v1/sessions/{id}/view?token={}",
+                self.http,
+                v.token(id, crate::viewer::ViewerMode::Interactive)
+            ),
             None => self.session_url(id),
         }
     }

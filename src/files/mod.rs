@@ -3,15 +3,18 @@
 //! session ends and then deleted.
 //!
 //! Owns that directory tree: naming files safely ([`name`]), listing, writing (uploads go to
-//! `<data_dir>/files/.partial` and are renamed into place only once whole), reading,
-//! deleting, the zip archive ([`archive`]), and the retention sweep. Knows nothing of HTTP,
-//! tenants or sessions' states: callers decide who may touch which session's files, and say
-//! when a session ends ([`FileStore::session_ended`]).
+//! `<data_dir>/files/.partial` and are renamed into place only once whole), the caps on
+//! what one session's files may take ([`SessionCaps`]: bytes and entries, counting what
+//! is on disk, uploads and the page's downloads alike), reading, deleting, the zip archive
+//! ([`archive`]), and the retention sweep. Knows nothing of HTTP, tenants or sessions'
+//! states: callers decide who may touch which session's files, and say when a session ends
+//! ([`FileStore::session_ended`]).
 
 pub mod archive;
 pub mod name;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncWriteExt;
@@ -29,6 +32,38 @@ const ENDED_SUFFIX: &str = ".ended";
 /// Most files a listing or an archive walks, so that a huge tree cannot stall the gateway.
 const MAX_FILES: usize = 10_000;
 
+/// What one session's files may take on disk, unless configured otherwise: 1 GiB.
+pub const DEFAULT_SESSION_BYTES: u64 = 1 << 30;
+/// How many entries (files and directories) one session's files may hold, unless
+/// configured otherwise.
+pub const DEFAULT_SESSION_ENTRIES: u64 = 1000;
+
+/// What one session's files may take: bytes and entries (files and directories), counting
+/// everything in its directory, the page's downloads included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCaps {
+    /// Most bytes (`--max-session-files-bytes`).
+    pub bytes: u64,
+    /// Most entries (`--max-session-files`).
+    pub entries: u64,
+}
+
+impl Default for SessionCaps {
+    fn default() -> Self {
+        SessionCaps {
+            bytes: DEFAULT_SESSION_BYTES,
+            entries: DEFAULT_SESSION_ENTRIES,
+        }
+    }
+}
+
+/// What a session's directory holds now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct DirUsage {
+    bytes: u64,
+    entries: u64,
+}
+
 /// Why a file operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -41,6 +76,28 @@ pub enum FileError {
     /// The upload is larger than the limit (`--max-file-bytes`).
     #[error("the file is larger than the limit of {0} bytes")]
     TooLarge(u64),
+    /// The session's files would take more than their cap (`--max-session-files-bytes`).
+    #[error(
+        "the session's files would take more than {limit} bytes (--max-session-files-bytes); \
+         {used} are in use: delete some of its files first"
+    )]
+    SessionBytes {
+        /// The cap.
+        limit: u64,
+        /// What the session's files took before this upload.
+        used: u64,
+    },
+    /// The session's files would hold more than their cap of entries (`--max-session-files`).
+    #[error(
+        "the session's files would hold more than {limit} entries, files and directories \
+         together (--max-session-files); {used} are there: delete some of its files first"
+    )]
+    SessionEntries {
+        /// The cap.
+        limit: u64,
+        /// What the session's directory held before this upload.
+        used: u64,
+    },
     /// The disk would keep less than [`MIN_FREE_AFTER_UPLOAD`] free.
     #[error("not enough free disk space for this file")]
     NoSpace,
@@ -75,6 +132,10 @@ pub struct FileStore {
     root: PathBuf,
     retention: Duration,
     max_file: u64,
+    caps: SessionCaps,
+    /// Held while an upload is checked against the caps and moved into place, so that two
+    /// uploads finishing together cannot both take the last room.
+    placing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl FileStore {
@@ -86,7 +147,15 @@ impl FileStore {
             root,
             retention,
             max_file,
+            caps: SessionCaps::default(),
+            placing: Arc::default(),
         })
+    }
+
+    /// The same store with `caps` on each session's files.
+    pub fn with_caps(mut self, caps: SessionCaps) -> FileStore {
+        self.caps = caps;
+        self
     }
 
     /// How often expired files are looked for: often enough that files outlive their
@@ -100,16 +169,24 @@ impl FileStore {
         self.root.join(id.to_string())
     }
 
-    /// Creates session `id`'s directory, where its browser saves downloads; returns it.
+    /// Creates session `id`'s directory, where its browser saves downloads, empty: whatever
+    /// a directory of that name held (a start that failed under the same id, or anything
+    /// else) is removed first, so a new session never sees another's files. Returns it.
     pub async fn prepare(&self, id: Uuid) -> Result<PathBuf, FileError> {
         let dir = self.dir(id);
         let marker = self.ended_marker(id);
         let created = dir.clone();
         tokio::task::spawn_blocking(move || {
+            // Not a directory (a symbolic link, say): removed, never followed.
+            if std::fs::symlink_metadata(&created).is_ok_and(|m| !m.is_dir()) {
+                std::fs::remove_file(&created)?;
+            }
             std::fs::create_dir_all(&created)?;
-            // A session id that is used again (after the first one's retention) starts afresh.
-            let _ = std::fs::remove_file(marker);
-            Ok::<_, std::io::Error>(())
+            empty_dir(&created)?;
+            match std::fs::remove_file(marker) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
         })
         .await
         .map_err(std::io::Error::other)??;
@@ -119,6 +196,12 @@ impl FileStore {
     /// Checks a name a client gave for session `id`.
     pub fn name(&self, id: Uuid, raw: &str) -> Result<FileName, FileError> {
         FileName::parse(raw, &self.dir(id))
+    }
+
+    /// Checks a name a client gave for a new file of session `id`: as [`FileStore::name`],
+    /// and at most [`name::MAX_DEPTH`] directories deep.
+    pub fn new_name(&self, id: Uuid, raw: &str) -> Result<FileName, FileError> {
+        FileName::parse_new(raw, &self.dir(id))
     }
 
     /// Session `id`'s files, newest first (none when it has no directory).
@@ -184,6 +267,7 @@ impl FileStore {
 
     /// Starts an upload to session `id`: the bytes go to a file of their own until
     /// [`Upload::finish`] moves it into place. An upload dropped unfinished leaves nothing.
+    /// Refused at once when the session's files are already at a cap.
     pub async fn begin_upload(&self, id: Uuid) -> Result<Upload, FileError> {
         let room = free_bytes(&self.root)
             .await?
@@ -191,6 +275,8 @@ impl FileStore {
         if room == 0 {
             return Err(FileError::NoSpace);
         }
+        let used = self.usage(id).await?;
+        self.caps.check(used, 0, 1)?;
         let temp = self.root.join(PARTIAL_DIR).join(Uuid::new_v4().to_string());
         let file = tokio::fs::File::create(&temp).await?;
         Ok(Upload {
@@ -200,7 +286,20 @@ impl FileStore {
             written: 0,
             limit: self.max_file,
             room,
+            caps: self.caps,
+            used_before: used,
+            placing: self.placing.clone(),
         })
+    }
+
+    /// What session `id`'s directory holds now (counting stops just past the entry cap).
+    async fn usage(&self, id: Uuid) -> Result<DirUsage, FileError> {
+        let dir = self.dir(id);
+        let stop_after = self.caps.entries.saturating_add(1);
+        tokio::task::spawn_blocking(move || dir_usage(&dir, stop_after))
+            .await
+            .map_err(|e| FileError::Io(e.to_string()))?
+            .map_err(FileError::from)
     }
 
     /// Says that session `id` ended: its files are deleted once the retention is over.
@@ -240,6 +339,25 @@ impl FileStore {
     }
 }
 
+impl SessionCaps {
+    /// Refuses adding `bytes` and `entries` to a session's files that hold `used`.
+    fn check(&self, used: DirUsage, bytes: u64, entries: u64) -> Result<(), FileError> {
+        if used.entries.saturating_add(entries) > self.entries {
+            return Err(FileError::SessionEntries {
+                limit: self.entries,
+                used: used.entries,
+            });
+        }
+        if used.bytes.saturating_add(bytes) > self.bytes {
+            return Err(FileError::SessionBytes {
+                limit: self.bytes,
+                used: used.bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// An upload being written.
 #[derive(Debug)]
 pub struct Upload {
@@ -249,14 +367,27 @@ pub struct Upload {
     written: u64,
     limit: u64,
     room: u64,
+    caps: SessionCaps,
+    /// What the session's files held when the upload began.
+    used_before: DirUsage,
+    placing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Upload {
-    /// Appends `chunk`; fails once the file is over the limit or the disk is full.
+    /// Appends `chunk`; fails once the file is over the limit, the session's files over
+    /// their cap, or the disk is full.
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), FileError> {
         self.written += chunk.len() as u64;
         if self.written > self.limit {
             return Err(FileError::TooLarge(self.limit));
+        }
+        // Larger than the whole cap, it can never fit. Whether it fits beside the others (it
+        // may replace one, whose name may come after the bytes) is checked once it is whole.
+        if self.written > self.caps.bytes {
+            return Err(FileError::SessionBytes {
+                limit: self.caps.bytes,
+                used: self.used_before.bytes,
+            });
         }
         if self.written > self.room {
             return Err(FileError::NoSpace);
@@ -278,6 +409,11 @@ impl Upload {
         file.flush().await?;
         drop(file);
         let path = name.under(&self.dir);
+        // Checked and placed under one lock: what is on disk now (downloads included), less
+        // the file this one replaces, plus this one and the directories it needs.
+        let placing = self.placing.clone();
+        let _placing = placing.lock().await;
+        self.check_caps(name).await?;
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent).await?;
         }
@@ -300,6 +436,84 @@ impl Upload {
             modified: meta.modified()?,
         })
     }
+}
+
+impl Upload {
+    /// Refuses the upload when, in place as `name`, it would take the session's files past
+    /// a cap.
+    async fn check_caps(&self, name: &FileName) -> Result<(), FileError> {
+        let (dir, relative) = (self.dir.clone(), PathBuf::from(name.as_str()));
+        let stop_after = self.caps.entries.saturating_add(1);
+        let (used, placing) = tokio::task::spawn_blocking(move || {
+            Ok::<_, std::io::Error>((dir_usage(&dir, stop_after)?, placement(&dir, &relative)))
+        })
+        .await
+        .map_err(|e| FileError::Io(e.to_string()))??;
+        let kept = DirUsage {
+            bytes: used.bytes.saturating_sub(placing.replaced_bytes),
+            entries: used.entries,
+        };
+        self.caps.check(kept, self.written, placing.new_entries)
+    }
+}
+
+/// What moving a file into place as one name changes in a session's directory.
+struct Placement {
+    /// Entries it adds: the directories it needs that do not exist, and the file itself
+    /// unless it replaces one.
+    new_entries: u64,
+    /// Bytes of the file it replaces.
+    replaced_bytes: u64,
+}
+
+/// What placing a file at `relative` inside `dir` adds. Blocking.
+fn placement(dir: &Path, relative: &Path) -> Placement {
+    let mut new_entries = 0;
+    let mut current = dir.to_path_buf();
+    let mut components = relative.components().peekable();
+    let mut replaced_bytes = 0;
+    while let Some(component) = components.next() {
+        current.push(component);
+        let meta = std::fs::symlink_metadata(&current);
+        match (&meta, components.peek().is_none()) {
+            (Ok(m), true) if m.is_file() => replaced_bytes = m.len(),
+            (Ok(_), _) => {}
+            (Err(_), _) => new_entries += 1,
+        }
+    }
+    Placement {
+        new_entries,
+        replaced_bytes,
+    }
+}
+
+/// The bytes of the regular files and the count of all entries under `dir`, without
+/// following symbolic links; counting stops once `stop_after` entries are seen. Blocking.
+fn dir_usage(dir: &Path, stop_after: u64) -> std::io::Result<DirUsage> {
+    let mut usage = DirUsage::default();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let entries = match std::fs::read_dir(&current) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries.flatten() {
+            usage.entries += 1;
+            if usage.entries >= stop_after {
+                return Ok(usage);
+            }
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.is_file() {
+                usage.bytes = usage.bytes.saturating_add(meta.len());
+            }
+        }
+    }
+    Ok(usage)
 }
 
 impl Drop for Upload {

@@ -6,6 +6,8 @@
 //! absolute path, no NUL or other control character, no backslash, no empty component, and
 //! bounded lengths. The one absolute form accepted is the session directory's own path (the
 //! `path` a file is listed under, which `DOM.setFileInputFiles` takes), which is stripped.
+//! A name for a new file (an upload) may also be at most [`MAX_DEPTH`] directories deep, so
+//! that one upload cannot make hundreds of directories.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +15,8 @@ use super::FileError;
 
 /// Longest name, in bytes.
 pub const MAX_NAME: usize = 1024;
+/// Most directories a new file's name may go down (`a/b/c.txt` goes down 2).
+pub const MAX_DEPTH: usize = 8;
 /// Longest component of a name, in bytes (most file systems' limit).
 const MAX_COMPONENT: usize = 255;
 /// Suffix of a download Chromium has not finished: such files are not listed.
@@ -30,6 +34,20 @@ impl FileName {
         let name = raw.strip_prefix(prefix.as_str()).unwrap_or(raw);
         check(name).map_err(|why| FileError::BadPath(format!("path {raw:?}: {why}")))?;
         Ok(FileName(name.to_owned()))
+    }
+
+    /// Checks `raw` as [`FileName::parse`] does, as the name of a file to create: it may
+    /// also be at most [`MAX_DEPTH`] directories deep.
+    pub fn parse_new(raw: &str, session_dir: &Path) -> Result<FileName, FileError> {
+        let name = FileName::parse(raw, session_dir)?;
+        let depth = name.0.matches('/').count();
+        if depth > MAX_DEPTH {
+            return Err(FileError::BadPath(format!(
+                "path {raw:?}: {depth} directory levels; a file may be at most {MAX_DEPTH} \
+                 directories deep"
+            )));
+        }
+        Ok(name)
     }
 
     /// The name, as clients see it (relative, `/`-separated).
@@ -123,6 +141,23 @@ mod tests {
         }
         assert!(parse(&"a".repeat(MAX_NAME + 1)).is_err());
         assert!(parse(&"a".repeat(MAX_COMPONENT + 1)).is_err());
+    }
+
+    #[test]
+    fn new_files_are_at_most_eight_directories_deep() {
+        let dir = Path::new("/data/files/abc");
+        let deep = |levels: usize| format!("{}f.txt", "d/".repeat(levels));
+        assert!(FileName::parse_new(&deep(MAX_DEPTH), dir).is_ok());
+        let err = FileName::parse_new(&deep(MAX_DEPTH + 1), dir)
+            .expect_err("too deep")
+            .to_string();
+        assert!(err.contains("at most 8 directories deep"), "{err}");
+        assert!(
+            FileName::parse(&deep(MAX_DEPTH + 1), dir).is_ok(),
+            "an existing file's name is not bounded"
+        );
+        // The finding: a 1,022-byte path of one-letter directories.
+        assert!(FileName::parse_new(&"a/".repeat(511)[..1021], dir).is_err());
     }
 
     #[test]

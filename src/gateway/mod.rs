@@ -187,6 +187,11 @@ impl Gateway {
             api::router(state),
             HttpLimits {
                 header_read_timeout: Duration::from_millis(self.settings.header_timeout_ms),
+                max_connections: self
+                    .settings
+                    .max_connections
+                    .unwrap_or_else(http::default_max_connections),
+                probe_paths: &api::OPERATIONAL_PATHS,
                 ..HttpLimits::default()
             },
             background.stopping(),
@@ -306,11 +311,15 @@ async fn open_files(settings: &Settings) -> Result<Arc<FileStore>, GatewayError>
     let root = settings.data_dir.join("files");
     let retention = Duration::from_millis(settings.files_retention_ms);
     let max_file = settings.max_file_bytes;
+    let caps = crate::files::SessionCaps {
+        bytes: settings.max_session_files_bytes,
+        entries: settings.max_session_files,
+    };
     let shown = root.display().to_string();
     tokio::task::spawn_blocking(move || FileStore::new(root, retention, max_file))
         .await
         .map_err(|e| GatewayError::DataDir(e.to_string()))?
-        .map(Arc::new)
+        .map(|store| Arc::new(store.with_caps(caps)))
         .map_err(|e| GatewayError::DataDir(format!("cannot create {shown}: {e}")))
 }
 

@@ -50,17 +50,25 @@ impl HeadStarted {
 /// The watched stream.
 pub(super) struct Watched {
     stream: TcpStream,
+    /// Its place under the connection cap, held as long as the stream (an upgraded
+    /// WebSocket's too).
+    _slot: Option<Arc<super::cap::Slot>>,
     started: HeadStarted,
     /// The JSON 431 being written in place of hyper's bare one, and how much of it is out.
     replacing: Option<(Vec<u8>, usize)>,
 }
 
 impl Watched {
-    /// Wraps `stream`; the flag tells whether a request head is in progress.
-    pub(super) fn new(stream: TcpStream) -> (Watched, HeadStarted) {
+    /// Wraps `stream`, which holds `slot`; the flag tells whether a request head is in
+    /// progress.
+    pub(super) fn new(
+        stream: TcpStream,
+        slot: Option<Arc<super::cap::Slot>>,
+    ) -> (Watched, HeadStarted) {
         let started = HeadStarted::default();
         let watched = Watched {
             stream,
+            _slot: slot,
             started: started.clone(),
             replacing: None,
         };

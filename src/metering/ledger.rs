@@ -72,6 +72,9 @@ pub trait Ledger: Send + Sync + 'static {
         tenant: Option<String>,
         retention: Retention,
     ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>>;
+    /// Whether any record, of any tenant, live or ended, however old (retention only hides
+    /// records from lists), has this session id: session ids are never used twice.
+    fn session_id_used(&self, session_id: Uuid) -> BoxFuture<'_, Result<bool, MeterError>>;
 }
 
 /// The ledger of a single node: a SQLite file, written on the blocking pool. First records
@@ -187,6 +190,10 @@ impl Ledger for SqliteLedger {
     ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>> {
         self.with(move |s| s.history_get(session_id, tenant.as_deref(), retention))
     }
+
+    fn session_id_used(&self, session_id: Uuid) -> BoxFuture<'_, Result<bool, MeterError>> {
+        self.with(move |s| s.session_id_used(session_id))
+    }
 }
 
 /// Commits waiting first records, a group at a time, until none waits. Blocking.
@@ -301,6 +308,9 @@ mod tests {
             _: Option<String>,
             _: Retention,
         ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>> {
+            down()
+        }
+        fn session_id_used(&self, _: Uuid) -> BoxFuture<'_, Result<bool, MeterError>> {
             down()
         }
     }
@@ -421,6 +431,9 @@ mod tests {
             r: Retention,
         ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>> {
             self.ledger.history_get(id, t, r)
+        }
+        fn session_id_used(&self, id: Uuid) -> BoxFuture<'_, Result<bool, MeterError>> {
+            self.ledger.session_id_used(id)
         }
     }
 

@@ -137,8 +137,8 @@ pub enum MeterError {
     Task(String),
     #[error("database: {0}")]
     Database(String),
-    /// Another node runs a live session with this id.
-    #[error("a live session with this id already exists")]
+    /// A session with this id exists or existed (on any node): ids are never reused.
+    #[error("a session with this id exists or existed")]
     Duplicate,
     /// The tenant already has this many live sessions on all nodes together.
     #[error("the tenant already has {0} live sessions in the cluster, its limit")]
@@ -361,6 +361,11 @@ impl Meter {
     /// ledger; `None` on a single node.
     pub async fn live_in_cluster(&self, tenant: &str) -> Result<Option<u64>, MeterError> {
         self.ledger.live_of_tenant(tenant.to_owned()).await
+    }
+
+    /// Whether any record, of any tenant and however old, has this session id.
+    pub async fn session_id_used(&self, session_id: Uuid) -> Result<bool, MeterError> {
+        self.ledger.session_id_used(session_id).await
     }
 
     /// A page of recorded sessions, newest first.

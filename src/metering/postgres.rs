@@ -79,6 +79,9 @@ CREATE UNIQUE INDEX ingot_sessions_one_live_id ON ingot_sessions (session_id)
 ",
 ];
 
+/// Whether any record has session id `$1` (`ingot_sessions_by_session` answers it).
+const SESSION_ID_USED: &str = "SELECT EXISTS (SELECT 1 FROM ingot_sessions WHERE session_id = $1)";
+
 /// The database's clock, in Unix milliseconds: every node's lease is measured on one clock.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// Key of the advisory lock held by the one node that fails dead nodes' sessions.
@@ -534,6 +537,11 @@ impl PgLedger {
         if let (Some(tenant), Some(limit)) = (&record.tenant, record.tenant_limit) {
             within_quota(&tx, tenant, limit).await?;
         }
+        // An ended record of this id (on any node) refuses it too: ids are never reused. A
+        // concurrent live insert of the same id is refused by the unique index.
+        if id_recorded(&tx, &id).await? {
+            return Err(MeterError::Duplicate);
+        }
         let row = tx
             .query_one(
                 sql,
@@ -816,4 +824,24 @@ impl Ledger for PgLedger {
     ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>> {
         timed(self.history_get_now(session_id, tenant, retention)).boxed()
     }
+
+    fn session_id_used(&self, session_id: Uuid) -> BoxFuture<'_, Result<bool, MeterError>> {
+        async move {
+            let client = self.client().await?;
+            id_recorded(&client, &session_id.to_string()).await
+        }
+        .boxed()
+    }
+}
+
+/// Whether any record, on any node, live or ended, has session id `id`.
+async fn id_recorded(
+    client: &impl deadpool_postgres::GenericClient,
+    id: &str,
+) -> Result<bool, MeterError> {
+    let row = client
+        .query_one(SESSION_ID_USED, &[&id])
+        .await
+        .map_err(db)?;
+    Ok(row.get(0))
 }

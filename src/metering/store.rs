@@ -302,6 +302,14 @@ impl UsageStore {
             })
     }
 
+    /// Whether any record, live or ended, however old, has session id `id`.
+    pub fn session_id_used(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM sessions WHERE session_id = ?1)")
+            .and_then(|mut stmt| stmt.query_row(params![id.to_string()], |row| row.get(0)))
+            .map_err(|e| self.err(e))
+    }
+
     /// Closes every record a previous run left live: `failed`/`reason`, ended at its last
     /// checkpoint and billed up to it. Returns how many were closed.
     pub fn close_abandoned(&self, reason: &str) -> Result<u64, StoreError> {

@@ -3,7 +3,11 @@
 //!
 //! Every step that fails undoes what the steps before it did: the browser is reaped, the
 //! slot and quota place are given back (by dropping them), and the session is forgotten, so
-//! its id can be used again.
+//! its id can be used again (it never went live, so it has no record).
+//!
+//! A session id that exists or existed is never used again: a create naming one (live here
+//! or on another node, or in the usage records however old) gets the same refusal whoever
+//! asks, naming no tenant, before any browser is spent on it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,8 +36,11 @@ use crate::vocab::CreateFailure;
 /// Why a session could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
-    /// The requested id is taken.
-    #[error("a session with id {0} already exists")]
+    /// The requested id is taken: a session with it exists or existed. The message is the
+    /// same for every tenant and names none.
+    #[error(
+        "sessionId {0} is taken: a session with this id exists or existed, and session ids are never reused"
+    )]
     Duplicate(Uuid),
     /// Admission refused (capacity, queue, quota, shutdown).
     #[error(transparent)]
@@ -123,10 +130,8 @@ impl Registry {
         if self.is_closed() {
             return Err(Refusal::ShuttingDown.into());
         }
-        if let Some(id) = options.session_id
-            && self.directory.contains(&id)
-        {
-            return Err(CreateError::Duplicate(id));
+        if let Some(id) = options.session_id {
+            self.refuse_used_id(id).await?;
         }
         let quota = self.admitter.reserve_quota(tenant.clone())?;
         self.within_cluster_quota(tenant.as_ref()).await?;
@@ -171,6 +176,23 @@ impl Registry {
         });
         self.start_live(session, launched, files, (permit, quota), requested, warm)
             .await
+    }
+
+    /// Refuses an id that a session of any tenant has or had: one in this process's
+    /// directory, or one with a usage record (live on any node, or ended, however old).
+    async fn refuse_used_id(&self, id: Uuid) -> Result<(), CreateError> {
+        if self.directory.contains(&id) {
+            return Err(CreateError::Duplicate(id));
+        }
+        match self.meter.session_id_used(id).await {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                debug!(session_id = %id, "create refused: the id was used before");
+                Err(CreateError::Duplicate(id))
+            }
+            Err(MeterError::Database(e)) => Err(CreateError::DatabaseUnavailable(e)),
+            Err(e) => Err(CreateError::Usage(e.to_string())),
+        }
     }
 
     /// In a cluster, refuses a create of a tenant already at its quota on all nodes

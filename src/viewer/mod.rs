@@ -73,25 +73,57 @@ impl Viewers {
         Ok(screen)
     }
 
-    /// Session `id`'s viewer token: 128 bits of an HMAC of the id, so it cannot be guessed
-    /// from the id, and another session's token does not fit.
-    pub fn token(&self, id: Uuid) -> String {
+    /// Session `id`'s viewer token for `mode`: 128 bits of an HMAC of the id and the mode,
+    /// so it cannot be guessed from the id, another session's token does not fit, and a
+    /// read-only token cannot be turned into an interactive one. (An interactive token is
+    /// the HMAC of the id alone, as every token was before tokens carried a mode, so links
+    /// handed out by an older node of a cluster keep working.)
+    pub fn token(&self, id: Uuid, mode: ViewerMode) -> String {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
             return String::new();
         };
         mac.update(b"ingot viewer token\0");
         mac.update(id.as_bytes());
+        if mode == ViewerMode::ReadOnly {
+            mac.update(b"\0read-only");
+        }
         let digest = mac.finalize().into_bytes();
         digest[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Whether `presented` is session `id`'s token (compared in constant time).
-    pub fn token_fits(&self, id: Uuid, presented: &str) -> bool {
+    /// The mode `presented` grants on session `id`, if it is one of its tokens (compared in
+    /// constant time).
+    pub fn token_mode(&self, id: Uuid, presented: &str) -> Option<ViewerMode> {
         use subtle::ConstantTimeEq;
-        let expected = self.token(id);
-        !expected.is_empty()
-            && presented.len() == expected.len()
-            && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+        let fits = |mode| {
+            let expected = self.token(id, mode);
+            !expected.is_empty()
+                && presented.len() == expected.len()
+                && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+        };
+        [ViewerMode::Interactive, ViewerMode::ReadOnly]
+            .into_iter()
+            .find(|mode| fits(*mode))
+    }
+}
+
+/// What a viewer token lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewerMode {
+    /// Watch and steer: the viewer's input reaches the page.
+    Interactive,
+    /// Watch only: input is ignored, whatever the URL asks.
+    ReadOnly,
+}
+
+impl ViewerMode {
+    /// The mode a viewer gets: its token's, lowered to read-only when its URL asks for that
+    /// (`interactive=false`). A URL can never raise it.
+    pub fn asked(self, interactive_in_url: bool) -> ViewerMode {
+        match (self, interactive_in_url) {
+            (ViewerMode::Interactive, true) => ViewerMode::Interactive,
+            _ => ViewerMode::ReadOnly,
+        }
     }
 }
 
@@ -114,22 +146,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_fit_one_session_and_one_key() {
+    fn tokens_fit_one_session_one_mode_and_one_key() {
+        use ViewerMode::{Interactive, ReadOnly};
         let viewers = Viewers::new(b"secret".to_vec());
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let token = viewers.token(a);
-        assert_eq!(token.len(), 32);
-        assert!(viewers.token_fits(a, &token));
-        assert!(!viewers.token_fits(b, &token), "another session's token");
-        assert!(!viewers.token_fits(a, &token[..31]));
-        assert!(
-            !Viewers::new(b"other".to_vec()).token_fits(a, &token),
+        let token = viewers.token(a, Interactive);
+        let read_only = viewers.token(a, ReadOnly);
+        assert_eq!((token.len(), read_only.len()), (32, 32));
+        assert_ne!(token, read_only, "each mode has its own token");
+        assert_eq!(viewers.token_mode(a, &token), Some(Interactive));
+        assert_eq!(viewers.token_mode(a, &read_only), Some(ReadOnly));
+        assert_eq!(
+            viewers.token_mode(b, &token),
+            None,
+            "another session's token"
+        );
+        assert_eq!(viewers.token_mode(b, &read_only), None);
+        assert_eq!(viewers.token_mode(a, &token[..31]), None);
+        assert_eq!(viewers.token_mode(a, ""), None);
+        assert_eq!(
+            Viewers::new(b"other".to_vec()).token_mode(a, &token),
+            None,
             "another key"
         );
         assert_eq!(
-            Viewers::new(b"secret".to_vec()).token(a),
-            token,
+            Viewers::new(b"secret".to_vec()).token(a, ReadOnly),
+            read_only,
             "the same on every node"
         );
+    }
+
+    #[test]
+    fn a_url_can_lower_the_mode_but_never_raise_it() {
+        use ViewerMode::{Interactive, ReadOnly};
+        assert_eq!(Interactive.asked(true), Interactive);
+        assert_eq!(Interactive.asked(false), ReadOnly);
+        assert_eq!(ReadOnly.asked(true), ReadOnly);
+        assert_eq!(ReadOnly.asked(false), ReadOnly);
     }
 }

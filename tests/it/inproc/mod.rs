@@ -18,6 +18,7 @@ mod mux;
 mod openapi;
 mod pool;
 mod supervisor;
+mod tenancy;
 mod viewer;
 
 use std::future::Future;
