@@ -52,6 +52,9 @@ pub struct Limits {
     pub inflight_bytes: usize,
     /// Largest download a page may make (`--max-file-bytes`).
     pub max_file_bytes: u64,
+    /// Most bytes the session's downloads may take together (`--max-session-files-bytes`;
+    /// uploads are counted against it by the files API).
+    pub max_session_bytes: u64,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             max_pages: 50,
             inflight_bytes: 64 << 20,
             max_file_bytes: 100 << 20,
+            max_session_bytes: 1 << 30,
         }
     }
 }
@@ -146,6 +150,8 @@ struct Pages {
 struct Downloads {
     names: HashMap<Box<str>, Box<str>>,
     cancelled: HashSet<Box<str>>,
+    /// Bytes of the session's finished downloads.
+    finished: u64,
 }
 
 /// What the multiplexer must send or do after a root-session event.
@@ -312,8 +318,12 @@ impl Guard {
 
     fn download_progress(&self, p: ProgressParams) -> Action {
         let max = self.limits.max_file_bytes as f64;
-        let over = p.received_bytes > max || p.total_bytes > max;
         let mut downloads = lock(&self.downloads);
+        let room = self
+            .limits
+            .max_session_bytes
+            .saturating_sub(downloads.finished) as f64;
+        let over = p.received_bytes > max.min(room) || p.total_bytes > max.min(room);
         let cancelled = downloads.cancelled.contains(p.guid.as_str());
         match p.state.as_str() {
             "inProgress" if over && !cancelled => {
@@ -323,7 +333,9 @@ impl Guard {
                     session_id = ?self.session_id,
                     guid = %p.guid,
                     max = self.limits.max_file_bytes,
-                    "a download is larger than --max-file-bytes; cancelling it"
+                    session_max = self.limits.max_session_bytes,
+                    "a download is larger than --max-file-bytes or the room left under \
+                     --max-session-files-bytes; cancelling it"
                 );
                 Action::Send(self.cancel_everywhere(&p.guid))
             }
@@ -332,6 +344,9 @@ impl Guard {
                 let name = downloads.names.remove(p.guid.as_str());
                 downloads.cancelled.remove(p.guid.as_str());
                 if !(over || cancelled) {
+                    if state == "completed" {
+                        downloads.finished += p.received_bytes as u64;
+                    }
                     return Action::None;
                 }
                 info!(session_id = ?self.session_id, guid = %p.guid, state, "removing what an over-size download left");
@@ -747,6 +762,32 @@ mod tests {
         assert!(
             paths.contains(&PathBuf::from("/f/big.bin.crdownload")),
             "{paths:?}"
+        );
+    }
+
+    #[test]
+    fn downloads_together_stop_at_the_sessions_files_cap() {
+        let guard = Guard::new(
+            Limits {
+                max_file_bytes: 100,
+                max_session_bytes: 150,
+                ..Limits::default()
+            },
+            Some(PathBuf::from("/f")),
+        );
+        let progress = |guid: &str, received: u64, state: &str| {
+            format!(
+                r#"{{"method":"Browser.downloadProgress","params":{{"guid":"{guid}","totalBytes":0,"receivedBytes":{received},"state":"{state}"}}}}"#
+            )
+        };
+        let first = progress("A", 90, "completed");
+        assert_eq!(guard.root_event(first.as_bytes()), Action::None);
+        let fits = progress("B", 60, "inProgress");
+        assert_eq!(guard.root_event(fits.as_bytes()), Action::None);
+        let over = progress("B", 61, "inProgress");
+        assert!(
+            matches!(guard.root_event(over.as_bytes()), Action::Send(_)),
+            "90 finished + 61 passes the session's 150"
         );
     }
 }

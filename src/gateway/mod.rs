@@ -543,5 +543,6 @@ fn cdp_limits(settings: &Settings) -> crate::cdp::guard::Limits {
         max_pages: settings.max_pages_per_session,
         inflight_bytes: settings.session_inflight_bytes,
         max_file_bytes: settings.max_file_bytes,
+        max_session_bytes: settings.max_session_files_bytes,
     }
 }
