@@ -111,7 +111,9 @@ pub async fn view(
 
 /// A viewer page (`name`, the last segment of its path), once the token fits. Asked for
 /// read-only with an interactive token, it sends the browser on to the same page with the
-/// read-only token, so that the link it then shows cannot be turned back.
+/// read-only token, so that the link it then shows cannot be turned back; a read-only token
+/// whose URL lost `interactive=false` is sent on with it again, so the page shows no input
+/// controls (the server ignores a read-only viewer's input either way).
 fn viewer_page(
     state: &AppState,
     id: Uuid,
@@ -120,12 +122,21 @@ fn viewer_page(
     html: &'static str,
 ) -> Result<Response, ApiError> {
     let mode = token(state, id, query)?;
-    if mode == ViewerMode::Interactive && !ViewerOptions::of(query).interactive {
+    let asked_interactive = ViewerOptions::of(query).interactive;
+    // Read-only either way: the token says so, or the URL asks for it. The page is then
+    // sent on with the read-only token and `interactive=false`, so it shows no controls.
+    if mode == ViewerMode::ReadOnly && asked_interactive
+        || mode == ViewerMode::Interactive && !asked_interactive
+    {
         let read_only = state.viewers.token(id, ViewerMode::ReadOnly);
-        let mut sorted: Vec<_> = query.iter().filter(|(k, _)| *k != "token").collect();
+        let mut sorted: Vec<_> = query
+            .iter()
+            .filter(|(k, _)| *k != "token" && *k != "interactive")
+            .collect();
         sorted.sort();
         let mut target = url::form_urlencoded::Serializer::new(String::new());
         target.append_pair("token", &read_only);
+        target.append_pair("interactive", "false");
         target.extend_pairs(sorted);
         let location = format!("{name}?{}", target.finish());
         let mut response = StatusCode::SEE_OTHER.into_response();

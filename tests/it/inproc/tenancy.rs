@@ -226,6 +226,19 @@ async fn viewer_tokens_carry_their_mode() {
     assert_ne!(read_only, interactive);
     assert!(location.starts_with("viewer?") && location.contains("interactive=false"));
     assert!(location.contains("theme=light"), "{location}");
+    let lost = format!("/v1/sessions/{id}/view?token={read_only}&interactive=true");
+    let r = no_redirects.get(gw.url(&lost)).send().await.expect("GET");
+    assert_eq!(
+        r.status().as_u16(),
+        303,
+        "a read-only token's page drops its controls"
+    );
+    let location = r.headers()["location"].to_str().expect("text").to_owned();
+    assert!(
+        location.starts_with("view?") && location.contains("interactive=false"),
+        "{location}"
+    );
+    assert!(!location.contains("interactive=true"), "{location}");
     for page in ["viewer", "view", "viewer/facts"] {
         let (status, _) = gw
             .get(&format!("/v1/sessions/{id}/{page}?token={read_only}"))
