@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
+use crate::browser::UidRange;
+
 /// Settings for one gateway process. Every flag has an `INGOT_*` environment equivalent;
 /// a flag wins over its variable.
 #[derive(Debug, Clone, Parser)]
@@ -170,6 +172,21 @@ pub struct Settings {
     /// example `'self' https://app.example.com`.
     #[arg(long, env = "INGOT_VIEWER_FRAME_ANCESTORS", default_value = "'self'")]
     pub viewer_frame_ancestors: String,
+
+    /// User ids the browsers run as, `FIRST-LAST`: each browser gets one of its own (and the
+    /// group id of the same number), so that sessions cannot read each other's files. Needs
+    /// a gateway running as root (or with CAP_SETUID, CAP_SETGID, CAP_CHOWN,
+    /// CAP_DAC_OVERRIDE, CAP_FOWNER and CAP_KILL); must hold at least --max-sessions plus
+    /// --pool-size ids, must not include 0 or the gateway's own uid, and must be mapped in
+    /// the gateway's user namespace. Give each gateway on a machine a range of its own.
+    #[arg(long, env = "INGOT_BROWSER_UIDS", default_value = "600000-600999")]
+    pub browser_uids: UidRange,
+
+    /// Run every browser as the gateway's own user, with `--no-sandbox`, no Landlock and the
+    /// gateway's environment, as before the sandbox. Tenants are then NOT isolated: any
+    /// session can read every file the gateway can. Only for a single tenant you trust.
+    #[arg(long, env = "INGOT_INSECURE_SHARED_BROWSER_USER")]
+    pub insecure_shared_browser_user: bool,
 }
 
 /// Largest upload to a session's files, unless configured otherwise.
@@ -231,7 +248,23 @@ impl Settings {
         self.validate_sessions()?;
         self.validate_limits()?;
         self.validate_cluster()?;
-        self.validate_clients()
+        self.validate_clients()?;
+        self.validate_sandbox()
+    }
+
+    /// The browsers' user ids.
+    fn validate_sandbox(&self) -> Result<(), String> {
+        if self.insecure_shared_browser_user {
+            return Ok(());
+        }
+        let range = self.browser_uids;
+        let me = nix::unistd::geteuid().as_raw();
+        if range.contains(0) || range.contains(me) {
+            return Err(format!(
+                "--browser-uids {range} must not include uid 0 or the gateway's own uid {me}"
+            ));
+        }
+        Ok(())
     }
 
     /// Session counts, timeouts and the browsers' liveness probe.
@@ -451,6 +484,9 @@ mod tests {
             (&["--public-url", "ftp://x"], "--public-url"),
             (&["--max-sessions", "many"], "--max-sessions"),
             (&["--listen", "nowhere"], "--listen"),
+            (&["--browser-uids", "0-10"], "--browser-uids"),
+            (&["--browser-uids", "10-5"], "--browser-uids"),
+            (&["--browser-uids", "600000"], "--browser-uids"),
         ] {
             let err = settings(flags)
                 .err()

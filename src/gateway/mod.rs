@@ -106,6 +106,7 @@ impl Gateway {
             "start-up sweep done"
         );
         let max_sessions = max_sessions(&settings);
+        host.check_capacity(max_sessions + settings.pool_size);
         let metrics = telemetry::install(max_sessions, settings.pool_size)
             .map_err(|e| GatewayError::Metrics(format!("{e:#}")))?;
         let (meter, database) = open_meter(&settings).await?;
@@ -280,6 +281,7 @@ impl Gateway {
             cluster: self.cluster.clone(),
             viewers,
             viewer_frame_ancestors: self.settings.viewer_frame_ancestors.clone(),
+            sandbox: self.host.sandbox().map(Arc::new),
         }
     }
 
