@@ -33,7 +33,7 @@ use super::pipe::{PipeSink, PipeSource};
 use super::proxy_auth;
 use super::reaper::{self, Leaders};
 use super::sandbox::owner::{self, Owner};
-use super::sandbox::{ChildSetup, Sandbox, SandboxConfig, SandboxStatus, UidLease};
+use super::sandbox::{ChildSetup, Sandbox, SandboxConfig, SandboxStatus, UidLease, processes_of};
 use super::sweep::{SweepReport, sweep};
 use super::window::{Frame, FrameCalibration, measure_and_fit, window_size};
 use super::{
@@ -445,7 +445,11 @@ impl LocalChromium {
         frame: Frame,
     ) -> Result<Launched, LaunchError> {
         self.harden().await;
-        let uid = self.sandbox.allocate_uid().map_err(LaunchError)?;
+        let sandbox = self.sandbox.clone();
+        let uid = tokio::task::spawn_blocking(move || sandbox.allocate_uid())
+            .await
+            .map_err(|e| LaunchError(format!("cannot choose the browser's user: {e}")))?
+            .map_err(LaunchError)?;
         let downloads = spec.downloads.as_deref().filter(|_| dirs.confined);
         let confinement = dirs.create(space, uid, downloads, &self.sandbox).await?;
         let forwarder = match &spec.proxy_auth {
@@ -956,28 +960,6 @@ async fn kill_user(uid: u32) -> bool {
     })
     .await
     .unwrap_or(false)
-}
-
-/// Running (non-zombie) processes whose real user is `uid`. Reads `/proc`: blocking.
-fn processes_of(uid: u32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(str::trim)
-            };
-            let real_uid: u32 = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
-            let zombie = field("State:")?.starts_with('Z');
-            (real_uid == uid && !zombie).then_some(pid)
-        })
-        .collect()
 }
 
 /// Whether any process of the group is still running (zombies excluded: they hold nothing).

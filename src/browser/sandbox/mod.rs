@@ -225,11 +225,12 @@ impl Sandbox {
         }
     }
 
-    /// A user id for one browser, or `None` when browsers run as the gateway's user.
+    /// A user id for one browser, or `None` when browsers run as the gateway's user. An id
+    /// another gateway holds, or that a process still runs as, is skipped. Blocking.
     pub fn allocate_uid(&self) -> Result<Option<UidLease>, String> {
         match &self.uids {
             None => Ok(None),
-            Some(pool) => pool.allocate().map(Some).ok_or_else(|| {
+            Some(pool) => pool.allocate(|uid| !processes_of(uid).is_empty()).map(Some).ok_or_else(|| {
                 format!(
                     "every user id of --browser-uids {} is in use by a browser; widen the range",
                     pool.range()
@@ -340,7 +341,16 @@ fn detect_uids(
              the same range?); those ids are skipped. Give each gateway on a machine a range of its own"
         );
     }
-    Some(UidPool::new(range, &busy))
+    let locks = match uids::lock_dir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            return refuse(
+                missing,
+                format!("no private directory to lock the ids gateways hand out in ({e})"),
+            );
+        }
+    };
+    Some(UidPool::new(range, &busy, Some(locks)))
 }
 
 /// The capabilities [`UID_CAPS`] this process lacks, named, or `None` when it has all.
@@ -376,6 +386,28 @@ fn busy_uids(range: UidRange) -> Vec<u32> {
     busy.sort_unstable();
     busy.dedup();
     busy
+}
+
+/// Running (non-zombie) processes whose real user is `uid`. Reads `/proc`: blocking.
+pub(in crate::browser) fn processes_of(uid: u32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+            };
+            let real_uid: u32 = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
+            let zombie = field("State:")?.starts_with('Z');
+            (real_uid == uid && !zombie).then_some(pid)
+        })
+        .collect()
 }
 
 /// The real user id of the process whose `/proc` directory is `dir`.

@@ -4,10 +4,16 @@
 //! Owns parsing the range, checking it against this user namespace's `uid_map`, and
 //! allocation. An id goes back to the free set only through [`UidLease::release`], which the
 //! launcher calls once the browser's processes are gone; a lease dropped without it keeps its
-//! id out of use for the gateway's life. Starts nothing and touches no file but `uid_map`.
+//! id out of use for the gateway's life. Gateways on one machine that share a range never
+//! hand out the same id at once: a lease holds an exclusive `flock` on a file named after its
+//! id in a directory every gateway of this user shares ([`lock_dir`]), and an id some process
+//! still runs as is skipped. Starts nothing.
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
@@ -97,18 +103,50 @@ impl FromStr for UidRange {
 pub struct UidPool {
     range: UidRange,
     free: Mutex<VecDeque<u32>>,
+    /// Where the ids' lock files are; `None` takes no lock (tests).
+    locks: Option<PathBuf>,
+}
+
+/// The directory where gateways of this user lock the ids they hand out: `/run/ingot-uids`
+/// (root's), else one in the temporary directory. Created mode 0700.
+pub fn lock_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let me = nix::unistd::geteuid().as_raw();
+    let candidates = [
+        PathBuf::from("/run/ingot-uids"),
+        std::env::temp_dir().join(format!("ingot-uids-{me}")),
+    ];
+    let mut last = None;
+    for dir in candidates {
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let meta = std::fs::symlink_metadata(&dir)?;
+                if meta.is_dir() && meta.uid() == me && meta.mode() & 0o077 == 0 {
+                    return Ok(dir);
+                }
+                last = Some(std::io::Error::other(format!(
+                    "{} is not a private directory of uid {me}",
+                    dir.display()
+                )));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no directory for the uid locks")))
 }
 
 impl UidPool {
     /// Every id of `range` except those in `busy` (ids that processes on this machine already
-    /// run as).
-    pub fn new(range: UidRange, busy: &[u32]) -> Arc<UidPool> {
+    /// run as), locked in `locks` while handed out.
+    pub fn new(range: UidRange, busy: &[u32], locks: Option<PathBuf>) -> Arc<UidPool> {
         let free = (range.first..=range.last)
             .filter(|uid| !busy.contains(uid))
             .collect();
         Arc::new(UidPool {
             range,
             free: Mutex::new(free),
+            locks,
         })
     }
 
@@ -122,15 +160,51 @@ impl UidPool {
         lock(&self.free).len()
     }
 
-    /// Takes the least recently used free id, or `None` when every id is in use.
-    pub fn allocate(self: &Arc<Self>) -> Option<UidLease> {
-        let uid = lock(&self.free).pop_front()?;
-        Some(UidLease {
-            uid,
-            pool: self.clone(),
-            released: false,
-        })
+    /// Takes the least recently used free id that no other gateway holds and `running`
+    /// says no process runs as, or `None` when there is none. Blocking (a lock file, and
+    /// whatever `running` reads).
+    pub fn allocate(self: &Arc<Self>, running: impl Fn(u32) -> bool) -> Option<UidLease> {
+        let tries = self.free();
+        for _ in 0..tries {
+            let uid = lock(&self.free).pop_front()?;
+            let held = match &self.locks {
+                Some(dir) => match try_lock(dir, uid) {
+                    Some(file) => Some(file),
+                    None => {
+                        lock(&self.free).push_back(uid);
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            if running(uid) {
+                lock(&self.free).push_back(uid);
+                continue;
+            }
+            return Some(UidLease {
+                uid,
+                pool: self.clone(),
+                released: false,
+                _held: held,
+            });
+        }
+        None
     }
+}
+
+/// An exclusive, non-blocking `flock` on `<dir>/<uid>`, or `None` when another holds it (or
+/// the file cannot be opened).
+fn try_lock(dir: &Path, uid: u32) -> Option<File> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(uid.to_string()))
+        .ok()?;
+    // SAFETY: flock on a descriptor this function owns.
+    #[allow(unsafe_code)]
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    locked.then_some(file)
 }
 
 /// One browser's user id, out of the free set until [`UidLease::release`].
@@ -139,6 +213,8 @@ pub struct UidLease {
     uid: u32,
     pool: Arc<UidPool>,
     released: bool,
+    /// The id's lock file, locked for as long as the lease lives.
+    _held: Option<File>,
 }
 
 impl UidLease {
@@ -207,28 +283,28 @@ mod tests {
 
     #[test]
     fn ids_are_handed_out_once_and_come_back_only_when_released() {
-        let pool = UidPool::new("10-12".parse().unwrap(), &[11]);
+        let pool = UidPool::new("10-12".parse().unwrap(), &[11], None);
         assert_eq!(pool.free(), 2, "a busy id is skipped");
-        let a = pool.allocate().unwrap();
-        let b = pool.allocate().unwrap();
+        let a = pool.allocate(|_| false).unwrap();
+        let b = pool.allocate(|_| false).unwrap();
         assert_eq!((a.uid(), b.uid()), (10, 12));
-        assert!(pool.allocate().is_none(), "all in use");
+        assert!(pool.allocate(|_| false).is_none(), "all in use");
         drop(b);
         assert!(
-            pool.allocate().is_none(),
+            pool.allocate(|_| false).is_none(),
             "a dropped lease keeps its id out"
         );
         a.release();
-        assert_eq!(pool.allocate().map(|l| l.uid()), Some(10));
+        assert_eq!(pool.allocate(|_| false).map(|l| l.uid()), Some(10));
     }
 
     #[test]
     fn the_least_recently_used_id_goes_first() {
-        let pool = UidPool::new("1-3".parse().unwrap(), &[]);
-        let first = pool.allocate().unwrap();
+        let pool = UidPool::new("1-3".parse().unwrap(), &[], None);
+        let first = pool.allocate(|_| false).unwrap();
         first.release();
         let order: Vec<u32> = (0..3)
-            .map(|_| pool.allocate().unwrap())
+            .map(|_| pool.allocate(|_| false).unwrap())
             .map(|l| {
                 let uid = l.uid();
                 std::mem::forget(l);
@@ -236,5 +312,26 @@ mod tests {
             })
             .collect();
         assert_eq!(order, vec![2, 3, 1]);
+    }
+
+    #[test]
+    fn gateways_sharing_a_range_never_hold_the_same_id() {
+        let locks = tempfile::tempdir().unwrap();
+        let range: UidRange = "1-2".parse().unwrap();
+        let one = UidPool::new(range, &[], Some(locks.path().to_path_buf()));
+        let other = UidPool::new(range, &[], Some(locks.path().to_path_buf()));
+        let a = one.allocate(|_| false).unwrap();
+        let b = other.allocate(|_| false).unwrap();
+        assert_ne!(a.uid(), b.uid(), "the other gateway skips a held id");
+        assert!(other.allocate(|_| false).is_none());
+        a.release();
+        assert_eq!(other.allocate(|_| false).map(|l| l.uid()), Some(1));
+    }
+
+    #[test]
+    fn an_id_a_process_still_runs_as_is_skipped() {
+        let pool = UidPool::new("1-2".parse().unwrap(), &[], None);
+        assert_eq!(pool.allocate(|uid| uid == 1).map(|l| l.uid()), Some(2));
+        assert!(pool.allocate(|uid| uid == 1).is_none());
     }
 }
