@@ -355,6 +355,18 @@ async fn a_hostile_tenant_reads_nothing_outside_its_own_session() {
         file_input_read(&mut cdp, &page, &mine).await,
         "read:beta bytes"
     );
+    // Whatever the gateway's umask, an upload belongs to the browser's user.
+    let beta_dir = std::fs::metadata(data.join(format!("files/{beta_id}"))).unwrap();
+    let mine = PathBuf::from(&mine);
+    for uploaded in [mine.as_path(), mine.parent().unwrap()] {
+        let meta = std::fs::metadata(uploaded).unwrap();
+        assert_eq!(
+            meta.uid(),
+            beta_dir.uid(),
+            "{} is not the browser's",
+            uploaded.display()
+        );
+    }
 
     // Each browser (alpha's, beta's, the pool's) runs as a user of its own, with none of the
     // gateway's variables.

@@ -255,22 +255,19 @@ impl Sandbox {
 
 /// The Landlock ABI, or `None` (and an error said) when the kernel has none.
 fn detect_landlock(missing: &mut Vec<String>) -> Option<u32> {
-    match landlock::abi_version() {
-        Ok(abi) if abi >= 1 => Some(abi),
-        Ok(_) | Err(_) => {
-            let why = landlock::abi_version()
-                .err()
-                .map_or("no ABI".to_owned(), |e| e.to_string());
-            let text = format!(
-                "Landlock is not available ({why}): browsers' files are NOT confined; a browser can read \
-                 whatever its user can. Use a kernel with Landlock enabled (CONFIG_SECURITY_LANDLOCK, \
-                 landlock in the lsm= boot list)"
-            );
-            error!("{text}");
-            missing.push(text);
-            None
-        }
-    }
+    let why = match landlock::abi_version() {
+        Ok(abi) if abi >= 1 => return Some(abi),
+        Ok(abi) => format!("ABI {abi}"),
+        Err(e) => e.to_string(),
+    };
+    let text = format!(
+        "Landlock is not available ({why}): browsers' files are NOT confined; a browser can read \
+         whatever its user can. Use a kernel with Landlock enabled (CONFIG_SECURITY_LANDLOCK, \
+         landlock in the lsm= boot list)"
+    );
+    error!("{text}");
+    missing.push(text);
+    None
 }
 
 /// The pool of browser user ids, or `None` (and a warning said) when browsers must run as
