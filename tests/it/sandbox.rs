@@ -319,7 +319,7 @@ async fn a_hostile_tenant_reads_nothing_outside_its_own_session() {
         cdp.navigate(&page, &site.url("/")).await;
         let read = file_input_read(&mut cdp, &page, path.to_str().unwrap()).await;
         assert!(
-            !read.contains(marker) && !(read.starts_with("read:") && read.len() > 5),
+            !(read.contains(marker) || (read.starts_with("read:") && read.len() > 5)),
             "setFileInputFiles read {}: {read}",
             path.display()
         );

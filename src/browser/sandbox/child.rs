@@ -53,8 +53,8 @@ fn errno() -> io::Error {
 
 #[allow(unsafe_code)]
 fn in_child(setup: &ChildSetup) -> io::Result<()> {
-    // SAFETY (each call below): a raw system call on integers and on a static byte; see
-    // `install`.
+    // SAFETY: each call below is a raw system call on integers, a static byte or a null
+    // pointer with a zero count; see `install`.
     unsafe {
         for &fd in &setup.cgroup_procs {
             if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
@@ -64,13 +64,12 @@ fn in_child(setup: &ChildSetup) -> io::Result<()> {
         if libc::dup2(setup.commands_fd, 3) < 0 || libc::dup2(setup.replies_fd, 4) < 0 {
             return Err(errno());
         }
-        if let Some((uid, gid)) = setup.user {
-            if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
+        if let Some((uid, gid)) = setup.user
+            && (libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
                 || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
-                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
-            {
-                return Err(errno());
-            }
+                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0)
+        {
+            return Err(errno());
         }
         // After the credentials change, which clears it. If the gateway dies without reaping,
         // the browser dies with it.

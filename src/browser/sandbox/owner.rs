@@ -160,7 +160,7 @@ mod tests {
         harden(
             &data,
             &[sessions.clone(), data.join("files")],
-            &[partial.clone()],
+            std::slice::from_ref(&partial),
         )
         .unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
