@@ -445,6 +445,7 @@ impl LocalChromium {
         frame: Frame,
     ) -> Result<Launched, LaunchError> {
         self.harden().await;
+        let preparing = Instant::now();
         let sandbox = self.sandbox.clone();
         let uid = tokio::task::spawn_blocking(move || sandbox.allocate_uid())
             .await
@@ -452,6 +453,11 @@ impl LocalChromium {
             .map_err(LaunchError)?;
         let downloads = spec.downloads.as_deref().filter(|_| dirs.confined);
         let confinement = dirs.create(space, uid, downloads, &self.sandbox).await?;
+        debug!(
+            session_id = %spec.session_id,
+            elapsed_ms = preparing.elapsed().as_secs_f64() * 1e3,
+            "browser's user, directories and Landlock ruleset ready"
+        );
         let forwarder = match &spec.proxy_auth {
             Some(auth) => match proxy_auth::start(auth.clone()).await {
                 Ok(forwarder) => Some(forwarder),
@@ -667,7 +673,7 @@ struct Launch<'a> {
 /// user and confined when the sandbox says so, and the tasks that watch its exit, drain its
 /// stderr and frame its pipes. On failure, gives the user id back for the caller to free.
 fn spawn(
-    launch: Launch<'_>,
+    mut launch: Launch<'_>,
     confinement: Confinement,
     downloads: Option<&Path>,
 ) -> Result<(LocalProcess, CdpTransport), (LaunchError, Option<UidLease>)> {
@@ -681,31 +687,16 @@ fn spawn(
         Err(e) => return Err((e, uid)),
     };
     let dirs = launch.dirs;
-    let mut cmd = Command::new(launch.executable);
-    cmd.args(launch.args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    if dirs.confined {
-        cmd.env_clear().envs(browser_env(dirs));
-    } else {
-        cmd.env("TMPDIR", &dirs.scratch);
-    }
-    let confined = !launch.sandbox.is_insecure();
-    super::sandbox::install(
-        &mut cmd,
-        ChildSetup {
-            commands_fd: pipes.child_reads.as_raw_fd(),
-            replies_fd: pipes.child_writes.as_raw_fd(),
-            gateway_pid: std::process::id() as libc::pid_t,
-            cgroup_procs: launch.cgroup_procs,
-            user: uid.as_ref().map(|l| (l.uid(), l.uid())),
-            no_new_privs: confined,
-            landlock: ruleset.as_ref().map(AsRawFd::as_raw_fd),
-        },
-    );
+    let setup = ChildSetup {
+        commands_fd: pipes.child_reads.as_raw_fd(),
+        replies_fd: pipes.child_writes.as_raw_fd(),
+        gateway_pid: std::process::id() as libc::pid_t,
+        cgroup_procs: std::mem::take(&mut launch.cgroup_procs),
+        user: uid.as_ref().map(|l| (l.uid(), l.uid())),
+        no_new_privs: !launch.sandbox.is_insecure(),
+        landlock: ruleset.as_ref().map(AsRawFd::as_raw_fd),
+    };
+    let mut cmd = browser_command(&mut launch, setup);
     // Held from fork until the pid is recorded, so the reaper never takes its status.
     let mut known = launch.leaders.lock();
     let spawned = cmd.spawn();
@@ -739,6 +730,26 @@ fn spawn(
         downloads: Mutex::new(downloads.map(Path::to_path_buf)),
     };
     Ok((process, transport))
+}
+
+/// The command that runs the browser: its own process group, stderr piped, its environment
+/// cleared when confined (the gateway's plus `TMPDIR` otherwise), and `setup` between fork
+/// and exec.
+fn browser_command(launch: &mut Launch<'_>, setup: ChildSetup) -> Command {
+    let mut cmd = Command::new(launch.executable);
+    cmd.args(std::mem::take(&mut launch.args))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if launch.dirs.confined {
+        cmd.env_clear().envs(browser_env(launch.dirs));
+    } else {
+        cmd.env("TMPDIR", &launch.dirs.scratch);
+    }
+    super::sandbox::install(&mut cmd, setup);
+    cmd
 }
 
 /// The two CDP pipes: the gateway's ends, and the child's (above fd 10, so that `dup2` onto
