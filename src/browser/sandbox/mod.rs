@@ -316,15 +316,17 @@ fn detect_uids(
         );
     }
     let _ = std::fs::create_dir_all(data_dir);
-    for dir in [data_dir, scratch] {
-        if let Some(closed) = owner::closed_ancestor(&dir.join("x")) {
+    // The data directory itself is opened to them at the first launch (`owner::harden`); the
+    // scratch root's parent is not the gateway's.
+    for (dir, shown) in [(data_dir.to_path_buf(), data_dir), (scratch.join("x"), scratch)] {
+        if let Some(closed) = owner::closed_ancestor(&dir) {
             return refuse(
                 missing,
                 format!(
                     "{} is closed to other users (no o+x), so they cannot reach {}; chmod o+x it, or \
                      choose another --data-dir",
                     closed.display(),
-                    dir.display()
+                    shown.display()
                 ),
             );
         }
