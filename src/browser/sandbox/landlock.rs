@@ -161,3 +161,80 @@ pub fn abi_version() -> Result<u32, std::io::Error> {
     }
     Ok(u32::try_from(version).unwrap_or(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+    use crate::browser::sandbox::{ChildSetup, install};
+
+    /// Runs `script` with bash in a child confined by `rules` through the same set-up a
+    /// browser gets (without a user change); returns its exit status and stdout.
+    async fn confined(rules: &Rules, script: &str) -> (i32, String) {
+        let ruleset = build(rules).unwrap().expect("this kernel has Landlock");
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let mut cmd = tokio::process::Command::new("/bin/bash");
+        cmd.args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let ruleset_fd =
+            nix::fcntl::fcntl(&ruleset, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)).unwrap();
+        install(
+            &mut cmd,
+            ChildSetup {
+                commands_fd: nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                    .unwrap(),
+                replies_fd: nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                    .unwrap(),
+                gateway_pid: std::process::id() as libc::pid_t,
+                cgroup_procs: Vec::new(),
+                user: None,
+                no_new_privs: true,
+                landlock: Some(ruleset_fd),
+            },
+        );
+        let out = cmd.output().await.unwrap();
+        let _ = (read.as_raw_fd(), write.as_raw_fd());
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_confined_child_reads_its_own_files_only_and_connects_to_allowed_ports_only() {
+        let own = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(own.path().join("mine"), "MINE").unwrap();
+        std::fs::write(other.path().join("theirs"), "THEIRS").unwrap();
+        let allowed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let denied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (allowed, denied) = (
+            allowed.local_addr().unwrap().port(),
+            denied.local_addr().unwrap().port(),
+        );
+        let rules = Rules {
+            own: vec![own.path().to_path_buf()],
+            tcp_ports: vec![allowed],
+            ..Rules::default()
+        };
+        let script = format!(
+            "cat {own}/mine; echo; cat {other}/theirs 2>/dev/null || echo no-read; \
+             (exec 5<>/dev/tcp/127.0.0.1/{allowed}) 2>/dev/null && echo allowed-ok; \
+             (exec 5<>/dev/tcp/127.0.0.1/{denied}) 2>/dev/null || echo denied-refused",
+            own = own.path().display(),
+            other = other.path().display(),
+        );
+        let (status, out) = confined(&rules, &script).await;
+        assert_eq!(status, 0, "{out}");
+        assert_eq!(out, "MINE\nno-read\nallowed-ok\ndenied-refused\n");
+        // With no ports, the network is left alone.
+        let open = Rules {
+            tcp_ports: Vec::new(),
+            ..rules
+        };
+        let script = format!("(exec 5<>/dev/tcp/127.0.0.1/{denied}) 2>/dev/null && echo open");
+        assert_eq!(confined(&open, &script).await.1, "open\n");
+    }
+}

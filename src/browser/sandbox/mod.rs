@@ -318,7 +318,10 @@ fn detect_uids(
     let _ = std::fs::create_dir_all(data_dir);
     // The data directory itself is opened to them at the first launch (`owner::harden`); the
     // scratch root's parent is not the gateway's.
-    for (dir, shown) in [(data_dir.to_path_buf(), data_dir), (scratch.join("x"), scratch)] {
+    for (dir, shown) in [
+        (data_dir.to_path_buf(), data_dir),
+        (scratch.join("x"), scratch),
+    ] {
         if let Some(closed) = owner::closed_ancestor(&dir) {
             return refuse(
                 missing,
