@@ -136,15 +136,24 @@ async fn navigate_text(cdp: &mut Cdp, page: &str, url: &str) -> String {
 /// Puts `path` into the page's `#pick` input and reads it with the File API: `read:<text>`,
 /// `error:<name>`, or `refused:` when the CDP call itself was refused.
 async fn file_input_read(cdp: &mut Cdp, page: &str, path: &str) -> String {
-    let input = cdp
-        .call(
-            "Runtime.evaluate",
-            json!({"expression": "document.querySelector('#pick')"}),
-            Some(page),
-        )
-        .await;
-    let object = input["result"]["objectId"].clone();
-    assert!(object.is_string(), "no file input: {input}");
+    // A late event of the previous navigation may have ended `navigate` early: wait for the
+    // input itself.
+    let deadline = Instant::now() + secs(20);
+    let object = loop {
+        let input = cdp
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": "document.querySelector('#pick')"}),
+                Some(page),
+            )
+            .await;
+        let object = input["result"]["objectId"].clone();
+        if object.is_string() {
+            break object;
+        }
+        assert!(Instant::now() < deadline, "no file input: {input}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let set = cdp
         .call_full(
             "DOM.setFileInputFiles",
