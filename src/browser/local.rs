@@ -330,6 +330,24 @@ struct SessionDirs {
     confined: bool,
 }
 
+/// The TCP ports one browser may connect to, when any are confined.
+struct Network {
+    /// This launch's own ports.
+    ports: Vec<u16>,
+    /// The port of its proxy credentials' forwarder, allowed whenever ports are confined.
+    forwarder: Option<u16>,
+}
+
+/// The port of `http://127.0.0.1:<port>`.
+fn port_of(address: &str) -> Option<u16> {
+    address
+        .rsplit_once(':')?
+        .1
+        .trim_end_matches('/')
+        .parse()
+        .ok()
+}
+
 /// What one launch gets from the sandbox, built before the fork.
 struct Confinement {
     /// The browser's user id; `None` runs it as the gateway's user.
@@ -378,7 +396,7 @@ impl SessionDirs {
         space: [PathBuf; 2],
         uid: Option<UidLease>,
         downloads: Option<&Path>,
-        sandbox: &Arc<Sandbox>,
+        (sandbox, network): (&Arc<Sandbox>, Network),
     ) -> Result<Confinement, LaunchError> {
         let owner = self.owner.clone();
         let dirs = self.own(downloads);
@@ -395,7 +413,9 @@ impl SessionDirs {
             owner
                 .enter(&dirs, user)
                 .map_err(|e| (format!("cannot create session directory: {e}"), Undo::Dirs))?;
-            sandbox.ruleset(dirs).map_err(|e| (e, Undo::Entered))
+            sandbox
+                .ruleset(dirs, &network.ports, network.forwarder)
+                .map_err(|e| (e, Undo::Entered))
         })
         .await
         .unwrap_or_else(|e| {
@@ -445,6 +465,16 @@ impl LocalChromium {
         frame: Frame,
     ) -> Result<Launched, LaunchError> {
         self.harden().await;
+        // Stopped when dropped, on every failure below.
+        let forwarder = match &spec.proxy_auth {
+            Some(auth) => Some(
+                proxy_auth::start(auth.clone())
+                    .await
+                    .map_err(|e| LaunchError(format!("cannot start the proxy forwarder: {e}")))?,
+            ),
+            None => None,
+        };
+        let proxy = forwarder.as_ref().map(|f| f.address.as_str());
         let preparing = Instant::now();
         let sandbox = self.sandbox.clone();
         let uid = tokio::task::spawn_blocking(move || sandbox.allocate_uid())
@@ -452,25 +482,19 @@ impl LocalChromium {
             .map_err(|e| LaunchError(format!("cannot choose the browser's user: {e}")))?
             .map_err(LaunchError)?;
         let downloads = spec.downloads.as_deref().filter(|_| dirs.confined);
-        let confinement = dirs.create(space, uid, downloads, &self.sandbox).await?;
+        let network = Network {
+            // This launch's own TCP ports (its session's egress proxy) go here.
+            ports: Vec::new(),
+            forwarder: proxy.and_then(port_of),
+        };
+        let confinement = dirs
+            .create(space, uid, downloads, (&self.sandbox, network))
+            .await?;
         debug!(
             session_id = %spec.session_id,
             elapsed_ms = preparing.elapsed().as_secs_f64() * 1e3,
             "browser's user, directories and Landlock ruleset ready"
         );
-        let forwarder = match &spec.proxy_auth {
-            Some(auth) => match proxy_auth::start(auth.clone()).await {
-                Ok(forwarder) => Some(forwarder),
-                Err(e) => {
-                    undo_launch(&dirs, confinement.uid, downloads).await;
-                    return Err(LaunchError(format!(
-                        "cannot start the proxy forwarder: {e}"
-                    )));
-                }
-            },
-            None => None,
-        };
-        let proxy = forwarder.as_ref().map(|f| f.address.as_str());
         let args = chromium_args(&dirs, spec, frame, proxy, &self.sandbox);
         let launch = Launch {
             executable: &self.executable,
@@ -1071,5 +1095,17 @@ async fn remove_dir(dir: &Path) {
     .await;
     if let Ok(Err((dir, e))) = result {
         warn!(dir = %dir.display(), error = %e, "cannot remove session directory");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forwarders_port_is_read_from_its_address() {
+        assert_eq!(port_of("http://127.0.0.1:45225"), Some(45225));
+        assert_eq!(port_of("http://127.0.0.1:45225/"), Some(45225));
+        assert_eq!(port_of("http://127.0.0.1"), None);
     }
 }

@@ -240,15 +240,28 @@ impl Sandbox {
     }
 
     /// The Landlock ruleset for a browser whose own directories are `own`, or `None` when
-    /// Landlock is off. Blocking.
-    pub fn ruleset(&self, own: Vec<PathBuf>) -> Result<Option<OwnedFd>, String> {
+    /// Landlock is off. Its TCP connections are confined to the configured ports plus
+    /// `ports` (this launch's own, such as its session's egress proxy), and then also to
+    /// `forwarder` (its proxy credentials' forwarder); with no port at all, its network is
+    /// left alone. Blocking.
+    pub fn ruleset(
+        &self,
+        own: Vec<PathBuf>,
+        ports: &[u16],
+        forwarder: Option<u16>,
+    ) -> Result<Option<OwnedFd>, String> {
         if !self.landlock {
             return Ok(None);
+        }
+        let mut tcp_ports = self.config.allowed_tcp_ports.clone();
+        tcp_ports.extend_from_slice(ports);
+        if !tcp_ports.is_empty() {
+            tcp_ports.extend(forwarder);
         }
         landlock::build(&landlock::Rules {
             extra_read_only: self.extra_read_only.clone(),
             own,
-            tcp_ports: self.config.allowed_tcp_ports.clone(),
+            tcp_ports,
         })
     }
 }
