@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
+use crate::browser::UidRange;
+
 /// Settings for one gateway process. Every flag has an `INGOT_*` environment equivalent;
 /// a flag wins over its variable.
 #[derive(Debug, Clone, Parser)]
@@ -232,6 +234,21 @@ pub struct Settings {
     /// Defaults to (the soft open-files limit - 256) / 2, at least 64.
     #[arg(long, env = "INGOT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+
+    /// User ids the browsers run as, `FIRST-LAST`: each browser gets one of its own (and the
+    /// group id of the same number), so that sessions cannot read each other's files. Needs
+    /// a gateway running as root (or with CAP_SETUID, CAP_SETGID, CAP_CHOWN,
+    /// CAP_DAC_OVERRIDE, CAP_FOWNER and CAP_KILL); must hold at least --max-sessions plus
+    /// --pool-size ids, must not include 0 or the gateway's own uid, and must be mapped in
+    /// the gateway's user namespace. Give each gateway on a machine a range of its own.
+    #[arg(long, env = "INGOT_BROWSER_UIDS", default_value = "600000-600999")]
+    pub browser_uids: UidRange,
+
+    /// Run every browser as the gateway's own user, with `--no-sandbox`, no Landlock and the
+    /// gateway's environment, as before the sandbox. Tenants are then NOT isolated: any
+    /// session can read every file the gateway can. Only for a single tenant you trust.
+    #[arg(long, env = "INGOT_INSECURE_SHARED_BROWSER_USER")]
+    pub insecure_shared_browser_user: bool,
 }
 
 /// A cap that may be turned off (`0` or `off`).
@@ -396,6 +413,7 @@ impl Settings {
         self.validate_cluster()?;
         self.validate_clients()?;
         self.validate_cdp_caps()?;
+        self.validate_sandbox()?;
         self.egress_policy().map(drop)
     }
 
@@ -423,6 +441,21 @@ impl Settings {
         }
         if !(1..=10_000).contains(&self.max_pages_per_session) {
             return Err("--max-pages-per-session must be between 1 and 10000".into());
+        }
+        Ok(())
+    }
+
+    /// The browsers' user ids.
+    fn validate_sandbox(&self) -> Result<(), String> {
+        if self.insecure_shared_browser_user {
+            return Ok(());
+        }
+        let range = self.browser_uids;
+        let me = nix::unistd::geteuid().as_raw();
+        if range.contains(0) || range.contains(me) {
+            return Err(format!(
+                "--browser-uids {range} must not include uid 0 or the gateway's own uid {me}"
+            ));
         }
         Ok(())
     }
@@ -710,6 +743,9 @@ mod tests {
             ),
             (&["--max-session-files", "0"], "--max-session-files"),
             (&["--max-connections", "15"], "--max-connections"),
+            (&["--browser-uids", "0-10"], "--browser-uids"),
+            (&["--browser-uids", "10-5"], "--browser-uids"),
+            (&["--browser-uids", "600000"], "--browser-uids"),
         ] {
             let err = settings(flags)
                 .err()

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use ingot::browser::{LocalChromium, find_chromium};
+use ingot::browser::{LocalChromium, SandboxConfig, find_chromium};
 use ingot::{Gateway, Settings};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -37,8 +37,20 @@ async fn run(settings: Settings) -> Result<(), String> {
     settings.validate()?;
     let chromium = find_chromium(settings.chromium.as_deref())?;
     let egress = Arc::new(settings.egress_policy()?);
+    let sandbox = SandboxConfig {
+        insecure_shared_browser_user: settings.insecure_shared_browser_user,
+        browser_uids: settings.browser_uids,
+        // Machine-wide ports every browser may connect to; each browser's own egress
+        // forwarder is added at its launch.
+        allowed_tcp_ports: Vec::new(),
+    };
+    let data_dir = settings.data_dir.clone();
+    // Detecting the sandbox probes the machine (reads /proc, forks a probe): blocking.
     let host =
-        Arc::new(LocalChromium::new(chromium, &settings.data_dir).with_egress(egress.clone()));
+        tokio::task::spawn_blocking(move || LocalChromium::new(chromium, &data_dir, sandbox))
+            .await
+            .map_err(|e| format!("cannot set up the browser host: {e}"))?;
+    let host = Arc::new(host.with_egress(egress.clone()));
     let listen = settings.listen;
     let gateway = Gateway::build(settings, host)
         .await

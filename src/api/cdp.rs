@@ -491,6 +491,7 @@ mod tests {
             cluster: None,
             viewers: Default::default(),
             viewer_frame_ancestors: "'self'".into(),
+            sandbox: None,
         }
     }
 

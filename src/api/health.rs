@@ -21,6 +21,12 @@ pub struct HealthJson {
     /// This node's id, in a cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     node: Option<String>,
+    /// How the browsers are isolated, as start-up found it: `mode` (`confined` or
+    /// `insecure_shared_browser_user`), `browserUser` (`per_browser` or `gateway`),
+    /// `chromiumSandbox`, `landlockAbi`, `environmentCleared`, and what is `missing`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    sandbox: Option<crate::browser::SandboxStatus>,
 }
 
 /// What `/readyz` answers: 200 with `status` `ready`, or 503 with `not_ready` and why.
@@ -64,6 +70,7 @@ pub async fn healthz(State(state): State<AppState>) -> Json<HealthJson> {
     Json(HealthJson {
         status: "ok",
         node: state.cluster.as_ref().map(|c| c.node().to_owned()),
+        sandbox: state.sandbox.as_deref().cloned(),
     })
 }
 

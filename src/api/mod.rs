@@ -69,6 +69,8 @@ pub struct AppState {
     pub viewers: Arc<crate::viewer::Viewers>,
     /// The viewer's CSP `frame-ancestors` (`--viewer-frame-ancestors`).
     pub viewer_frame_ancestors: String,
+    /// How the browsers are isolated, for `/healthz`; `None` when the host does not say.
+    pub sandbox: Option<Arc<crate::browser::SandboxStatus>>,
 }
 
 /// The API key a request presented, kept for links that must carry it (CDP discovery).

@@ -1,11 +1,14 @@
 //! A Chromium process on this machine, driven over `--remote-debugging-pipe`.
 //!
-//! Owns launching (flags, profile directory, process group, pipes), readiness (the first CDP
-//! reply), exit detection and reaping (kill the whole process group, then delete the
-//! session directory). The browser opens no TCP listener at all, so only the gateway can
-//! drive it. This module must not know about sessions' states or clients.
+//! Owns launching (flags, profile directory, process group, pipes, the sandbox each browser
+//! runs in: its user, Landlock, its environment; see [`super::sandbox`]), readiness (the
+//! first CDP reply), exit detection and reaping (kill the whole process group, give the
+//! session's files back to the gateway, delete the session directory, free the browser's
+//! user id). The browser opens no TCP listener at all, so only the gateway can drive it.
+//! This module must not know about sessions' states or clients.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -26,9 +29,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::egress;
-use super::paths::{SESSIONS_SUBDIR, scratch_root};
+use super::paths::{FILES_SUBDIR, SESSIONS_SUBDIR, scratch_root};
 use super::pipe::{PipeSink, PipeSource};
 use super::reaper::{self, Leaders};
+use super::sandbox::owner::{self, Owner};
+use super::sandbox::{ChildSetup, Sandbox, SandboxConfig, SandboxStatus, UidLease, processes_of};
 use super::sweep::{SweepReport, sweep};
 use super::window::{Frame, FrameCalibration, measure_and_fit, window_size};
 use super::{
@@ -60,6 +65,13 @@ pub const BASE_FLAGS: &[&str] = &[
     "--test-type",
 ];
 
+/// Flags a confined browser gets beyond [`BASE_FLAGS`] (less `--no-sandbox` when Chromium's
+/// own sandbox works): no crash reporter, whose dumps hold the browser's memory.
+pub const CONFINED_FLAGS: &[&str] = &["--disable-crash-reporter"];
+
+/// `PATH` of a confined browser: system directories only, never the gateway's own.
+const BROWSER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 /// How long a browser may take to answer its first CDP command.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A start slower than this is logged while it is still waiting.
@@ -82,24 +94,34 @@ pub struct LocalChromium {
     leaders: Leaders,
     /// The egress policy every browser's forwarder applies.
     egress: Arc<egress::Policy>,
+    sandbox: Arc<Sandbox>,
+    /// Set once the data directory was closed to browsers (see [`owner::harden`]).
+    hardened: AtomicBool,
 }
 
 impl LocalChromium {
-    /// A host that runs `executable` with its sessions under `data_dir`. Makes this process
-    /// a child subreaper, so that helpers of a dead browser are re-parented to the gateway,
-    /// which reaps them (see [`BrowserHost::upkeep`]).
-    pub fn new(executable: PathBuf, data_dir: &Path) -> Self {
+    /// A host that runs `executable` with its sessions under `data_dir`, in the sandbox
+    /// `sandbox` asks for as far as this machine offers it (start-up says what is missing).
+    /// Makes this process a child subreaper, so that helpers of a dead browser are
+    /// re-parented to the gateway, which reaps them (see [`BrowserHost::upkeep`]).
+    /// Blocking: it probes the machine.
+    pub fn new(executable: PathBuf, data_dir: &Path, sandbox: SandboxConfig) -> Self {
         reaper::become_subreaper();
+        let scratch = scratch_root(data_dir);
+        let scratch_parent = scratch.parent().unwrap_or(Path::new("/tmp")).to_path_buf();
+        let sandbox = Sandbox::detect(sandbox, data_dir, &scratch_parent, &executable);
         LocalChromium {
             executable,
             data_dir: data_dir.to_path_buf(),
             sessions_dir: data_dir.join(SESSIONS_SUBDIR),
             scratch: Arc::new(ScratchRoot {
-                path: scratch_root(data_dir),
+                path: scratch,
                 users: Mutex::new(0),
             }),
             frame: FrameCalibration::default(),
             leaders: Leaders::default(),
+            sandbox: Arc::new(sandbox),
+            hardened: AtomicBool::new(false),
             egress: Arc::default(),
         }
     }
@@ -109,6 +131,11 @@ impl LocalChromium {
     pub fn with_egress(mut self, policy: Arc<egress::Policy>) -> Self {
         self.egress = policy;
         self
+    }
+
+    /// How the browsers are isolated, as start-up found it.
+    pub fn sandbox(&self) -> &SandboxStatus {
+        self.sandbox.status()
     }
 }
 
@@ -121,11 +148,21 @@ struct ScratchRoot {
 }
 
 impl ScratchRoot {
-    /// Creates a browser's directories and counts it in. Blocking.
-    fn enter(&self, dirs: &[PathBuf]) -> std::io::Result<()> {
+    /// Creates a browser's directories (given to `owner`, mode 0700, when there is one)
+    /// and counts it in. Blocking.
+    fn enter(&self, dirs: &[PathBuf], owner: Option<Owner>) -> std::io::Result<()> {
         let mut users = lock(&self.users);
         for dir in dirs {
             std::fs::create_dir_all(dir)?;
+        }
+        if owner.is_some() {
+            // Other users' browsers traverse the root to their own directories, but do not
+            // list it.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o711))?;
+            for dir in dirs {
+                owner::own_dir(dir, owner)?;
+            }
         }
         *users += 1;
         Ok(())
@@ -149,6 +186,7 @@ impl BrowserHost for LocalChromium {
                 scratch: self.scratch.path.join(spec.session_id.simple().to_string()),
                 owner: self.scratch.clone(),
                 removed: Arc::new(AtomicBool::new(false)),
+                confined: !self.sandbox.is_insecure(),
             };
             let started = Instant::now();
             let (frame, unmeasured) = self.frame.frame();
@@ -207,6 +245,14 @@ impl BrowserHost for LocalChromium {
 
     fn upkeep(&self, stop: CancellationToken) -> BoxFuture<'_, ()> {
         reaper::run(self.leaders.clone(), stop).boxed()
+    }
+
+    fn sandbox(&self) -> Option<SandboxStatus> {
+        Some(self.sandbox.status().clone())
+    }
+
+    fn check_capacity(&self, browsers: usize) {
+        self.sandbox.check_capacity(browsers);
     }
 }
 
@@ -289,6 +335,35 @@ struct SessionDirs {
     owner: Arc<ScratchRoot>,
     /// Set by the first removal, so that the root's count drops once.
     removed: Arc<AtomicBool>,
+    /// Whether the browser is sandboxed (its home, crash and downloads directories are
+    /// made for it, and its environment points there).
+    confined: bool,
+}
+
+/// The TCP ports one browser may connect to, when any are confined.
+struct Network {
+    /// This launch's own ports.
+    ports: Vec<u16>,
+    /// The port of its proxy credentials' forwarder, allowed whenever ports are confined.
+    forwarder: Option<u16>,
+}
+
+/// The port of `http://127.0.0.1:<port>`.
+fn port_of(address: &str) -> Option<u16> {
+    address
+        .rsplit_once(':')?
+        .1
+        .trim_end_matches('/')
+        .parse()
+        .ok()
+}
+
+/// What one launch gets from the sandbox, built before the fork.
+struct Confinement {
+    /// The browser's user id; `None` runs it as the gateway's user.
+    uid: Option<UidLease>,
+    /// The Landlock ruleset to restrict it with.
+    ruleset: Option<OwnedFd>,
 }
 
 impl SessionDirs {
@@ -296,26 +371,85 @@ impl SessionDirs {
         self.root.join("profile")
     }
 
-    /// Checks that the disks holding `space` have room, then creates both directories, in
-    /// one trip to the blocking pool.
-    async fn create(&self, space: [PathBuf; 2]) -> Result<(), LaunchError> {
+    /// `HOME`, and the `XDG_*` directories under it.
+    fn home(&self) -> PathBuf {
+        self.root.join("home")
+    }
+
+    /// Where crash dumps would go (the crash reporter is off).
+    fn crash(&self) -> PathBuf {
+        self.root.join("crash")
+    }
+
+    /// Every directory the browser owns: made for it at launch, the only ones Landlock
+    /// lets it write. `downloads` (the session's files) outlives it.
+    fn own(&self, downloads: Option<&Path>) -> Vec<PathBuf> {
+        if !self.confined {
+            return vec![self.profile(), self.scratch.clone()];
+        }
+        let mut own = vec![
+            self.root.clone(),
+            self.profile(),
+            self.home(),
+            self.crash(),
+            self.scratch.clone(),
+        ];
+        own.extend(downloads.map(Path::to_path_buf));
+        own
+    }
+
+    /// Checks that the disks holding `space` have room, creates the browser's directories
+    /// (given to its user, when it has one) and builds its Landlock ruleset, in one trip to
+    /// the blocking pool.
+    async fn create(
+        &self,
+        space: [PathBuf; 2],
+        uid: Option<UidLease>,
+        downloads: Option<&Path>,
+        (sandbox, network): (&Arc<Sandbox>, Network),
+    ) -> Result<Confinement, LaunchError> {
         let owner = self.owner.clone();
-        let dirs = [self.profile(), self.scratch.clone()];
+        let dirs = self.own(downloads);
+        let user = uid.as_ref().map(|l| (l.uid(), l.uid()));
+        let sandbox = sandbox.clone();
+        // What to undo on failure: nothing, the directories, or the entered directories.
+        enum Undo {
+            Nothing,
+            Dirs,
+            Entered,
+        }
         let created = tokio::task::spawn_blocking(move || {
-            check_free_space(&space).map_err(|e| (e, false))?;
-            owner.enter(&dirs).map_err(|e| (e.to_string(), true))
+            check_free_space(&space).map_err(|e| (e, Undo::Nothing))?;
+            owner
+                .enter(&dirs, user)
+                .map_err(|e| (format!("cannot create session directory: {e}"), Undo::Dirs))?;
+            sandbox
+                .ruleset(dirs, &network.ports, network.forwarder)
+                .map_err(|e| (e, Undo::Entered))
         })
-        .await;
-        match created {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err((e, false))) => Err(LaunchError(e)),
-            Ok(Err((e, true))) => {
+        .await
+        .unwrap_or_else(|e| {
+            let e = format!("cannot create session directory: {e}");
+            Err((e, Undo::Nothing))
+        });
+        let (e, undo) = match created {
+            Ok(ruleset) => return Ok(Confinement { uid, ruleset }),
+            Err(failed) => failed,
+        };
+        match undo {
+            Undo::Nothing => {}
+            Undo::Dirs => {
                 remove_dir(&self.root).await;
                 remove_dir(&self.scratch).await;
-                Err(LaunchError(format!("cannot create session directory: {e}")))
             }
-            Err(e) => Err(LaunchError(format!("cannot create session directory: {e}"))),
+            Undo::Entered => self.remove().await,
         }
+        // No process ever ran as it.
+        if let Some(uid) = uid {
+            give_back(downloads.map(Path::to_path_buf)).await;
+            uid.release();
+        }
+        Err(LaunchError(e))
     }
 
     /// Removes both directories (once; later calls do nothing).
@@ -340,26 +474,59 @@ impl LocalChromium {
         spec: &LaunchSpec,
         frame: Frame,
     ) -> Result<Launched, LaunchError> {
-        dirs.create(space).await?;
+        self.harden().await;
+        let preparing = Instant::now();
+        let sandbox = self.sandbox.clone();
+        let uid = tokio::task::spawn_blocking(move || sandbox.allocate_uid())
+            .await
+            .map_err(|e| LaunchError(format!("cannot choose the browser's user: {e}")))?
+            .map_err(LaunchError)?;
+        let downloads = spec.downloads.as_deref().filter(|_| dirs.confined);
         // Every browser's traffic goes through its own forwarder, which applies the egress
-        // policy. The uid the browser runs as goes here once browsers run as their own users
-        // (`None`: any local peer may connect).
-        let forwarder = match egress::for_browser(&self.egress, spec, None).await {
+        // policy and serves only the browser's own uid. Stopped when dropped.
+        let peer = uid.as_ref().map(UidLease::uid);
+        let forwarder = match egress::for_browser(&self.egress, spec, peer).await {
             Ok(forwarder) => forwarder,
             Err(e) => {
-                dirs.remove().await;
+                undo_launch(&dirs, uid, downloads).await;
                 return Err(LaunchError(format!(
                     "cannot start the proxy forwarder: {e}"
                 )));
             }
         };
         let proxy = forwarder.as_ref().map(|f| f.address.as_str());
-        let args = chromium_args(&dirs, spec, frame, proxy);
-        let spawned = spawn(&self.executable, args, &dirs, &self.leaders);
-        let (mut process, mut transport) = match spawned {
+        // With Landlock's network rules, the browser may connect to its forwarder only (or,
+        // for an `https://` proxyUrl the forwarder cannot speak, to that proxy's port).
+        let own_port = forwarder
+            .as_ref()
+            .map(|f| f.port)
+            .or_else(|| spec.proxy_server.as_deref().and_then(port_of));
+        let network = Network {
+            ports: own_port.into_iter().collect(),
+            forwarder: own_port,
+        };
+        let confinement = dirs
+            .create(space, uid, downloads, (&self.sandbox, network))
+            .await?;
+        debug!(
+            session_id = %spec.session_id,
+            elapsed_ms = preparing.elapsed().as_secs_f64() * 1e3,
+            "browser's user, directories and Landlock ruleset ready"
+        );
+        let args = chromium_args(&dirs, spec, frame, proxy, &self.sandbox);
+        let launch = Launch {
+            executable: &self.executable,
+            args,
+            dirs: &dirs,
+            leaders: &self.leaders,
+            sandbox: &self.sandbox,
+            // The cgroup module hands its open `cgroup.procs` files here.
+            cgroup_procs: Vec::new(),
+        };
+        let (mut process, mut transport) = match spawn(launch, confinement, downloads) {
             Ok(spawned) => spawned,
-            Err(e) => {
-                dirs.remove().await;
+            Err((e, uid)) => {
+                undo_launch(&dirs, uid, downloads).await;
                 return Err(e);
             }
         };
@@ -386,6 +553,51 @@ impl LocalChromium {
                 }
             }
         }
+    }
+}
+
+impl LocalChromium {
+    /// Once, before the first launch with per-browser users: closes the data directory to
+    /// them beyond what they must traverse (see [`owner::harden`]).
+    async fn harden(&self) {
+        if !self.sandbox.per_browser_users() || self.hardened.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let data_dir = self.data_dir.clone();
+        let files = data_dir.join(FILES_SUBDIR);
+        let traversed = vec![self.sessions_dir.clone(), files.clone()];
+        let private = vec![files.join(".partial")];
+        let hardened = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&traversed[0])?;
+            owner::harden(&data_dir, &traversed, &private)
+        })
+        .await;
+        if let Ok(Err(e)) = hardened {
+            warn!(error = %e, "cannot close the data directory to browsers' users");
+        }
+    }
+}
+
+/// Undoes a launch that created its directories but started no browser: removes them,
+/// gives the session's files back and frees the user id.
+async fn undo_launch(dirs: &SessionDirs, uid: Option<UidLease>, downloads: Option<&Path>) {
+    dirs.remove().await;
+    if let Some(uid) = uid {
+        give_back(downloads.map(Path::to_path_buf)).await;
+        uid.release();
+    }
+}
+
+/// Gives a session's files directory (and everything in it) back to the gateway's user, so
+/// that a later browser with the same user id cannot touch it.
+async fn give_back(downloads: Option<PathBuf>) {
+    let Some(dir) = downloads else { return };
+    let shown = dir.display().to_string();
+    let result =
+        tokio::task::spawn_blocking(move || owner::reclaim_tree(&dir, owner::gateway_owner()))
+            .await;
+    if let Ok(Err(e)) = result {
+        warn!(dir = %shown, error = %e, "cannot give the session's files back to the gateway's user");
     }
 }
 
@@ -437,9 +649,18 @@ fn chromium_args(
     spec: &LaunchSpec,
     frame: Frame,
     forwarder: Option<&str>,
+    sandbox: &Sandbox,
 ) -> Vec<String> {
     let (width, height) = window_size(spec.dimensions, frame);
-    let mut args: Vec<String> = BASE_FLAGS.iter().map(|f| (*f).to_owned()).collect();
+    let mut args: Vec<String> = BASE_FLAGS
+        .iter()
+        .filter(|f| !(**f == "--no-sandbox" && sandbox.chromium_sandbox()))
+        .map(|f| (*f).to_owned())
+        .collect();
+    if dirs.confined {
+        args.extend(CONFINED_FLAGS.iter().map(|f| (*f).to_owned()));
+        args.push(format!("--crash-dumps-dir={}", dirs.crash().display()));
+    }
     args.push(format!("--user-data-dir={}", dirs.profile().display()));
     args.push(format!("--window-size={width},{height}"));
     // The screen is the page's size (headless Chromium's own is 800x600), so that the page
@@ -460,14 +681,131 @@ fn chromium_args(
     args
 }
 
-/// Starts Chromium in its own process group, with the CDP pipes on fds 3 and 4, and the
-/// tasks that watch its exit, drain its stderr and frame its pipes.
-fn spawn(
-    executable: &Path,
+/// A confined browser's whole environment: its directories, a system `PATH`, and the
+/// gateway's `LANG` and `TZ` when set. Nothing else of the gateway's reaches it.
+fn browser_env(dirs: &SessionDirs) -> Vec<(OsString, OsString)> {
+    let home = dirs.home();
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("PATH".into(), BROWSER_PATH.into()),
+        ("HOME".into(), home.clone().into()),
+        ("TMPDIR".into(), dirs.scratch.clone().into()),
+        ("XDG_CONFIG_HOME".into(), home.join(".config").into()),
+        ("XDG_CACHE_HOME".into(), home.join(".cache").into()),
+        ("XDG_DATA_HOME".into(), home.join(".local/share").into()),
+        ("XDG_RUNTIME_DIR".into(), dirs.scratch.clone().into()),
+    ];
+    for name in ["LANG", "TZ"] {
+        if let Some(value) = std::env::var_os(name) {
+            env.push((name.into(), value));
+        }
+    }
+    env
+}
+
+/// What [`spawn`] starts.
+struct Launch<'a> {
+    executable: &'a Path,
     args: Vec<String>,
-    dirs: &SessionDirs,
-    leaders: &Leaders,
-) -> Result<(LocalProcess, CdpTransport), LaunchError> {
+    dirs: &'a SessionDirs,
+    leaders: &'a Leaders,
+    sandbox: &'a Sandbox,
+    /// Open `cgroup.procs` files the browser joins before it runs.
+    cgroup_procs: Vec<std::os::fd::RawFd>,
+}
+
+/// Starts Chromium in its own process group, with the CDP pipes on fds 3 and 4, as its own
+/// user and confined when the sandbox says so, and the tasks that watch its exit, drain its
+/// stderr and frame its pipes. On failure, gives the user id back for the caller to free.
+fn spawn(
+    mut launch: Launch<'_>,
+    confinement: Confinement,
+    downloads: Option<&Path>,
+) -> Result<(LocalProcess, CdpTransport), (LaunchError, Option<UidLease>)> {
+    let Confinement { uid, ruleset } = confinement;
+    let pipes = match browser_pipes() {
+        Ok(pipes) => pipes,
+        Err(e) => return Err((e, uid)),
+    };
+    let ruleset = match ruleset.map(high_fd).transpose() {
+        Ok(ruleset) => ruleset,
+        Err(e) => return Err((e, uid)),
+    };
+    let dirs = launch.dirs;
+    let setup = ChildSetup {
+        commands_fd: pipes.child_reads.as_raw_fd(),
+        replies_fd: pipes.child_writes.as_raw_fd(),
+        gateway_pid: std::process::id() as libc::pid_t,
+        cgroup_procs: std::mem::take(&mut launch.cgroup_procs),
+        user: uid.as_ref().map(|l| (l.uid(), l.uid())),
+        no_new_privs: !launch.sandbox.is_insecure(),
+        landlock: ruleset.as_ref().map(AsRawFd::as_raw_fd),
+    };
+    let mut cmd = browser_command(&mut launch, setup);
+    // Held from fork until the pid is recorded, so the reaper never takes its status.
+    let mut known = launch.leaders.lock();
+    let spawned = cmd.spawn();
+    // The child has its copies; ours must close so that EOF reaches each side.
+    drop((pipes.child_reads, pipes.child_writes, ruleset));
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let e = LaunchError(format!("cannot run {}: {e}", launch.executable.display()));
+            return Err((e, uid));
+        }
+    };
+    let Some(pid) = child.id().map(|pid| pid as i32) else {
+        return Err((LaunchError("Chromium exited during spawn".into()), uid));
+    };
+    known.insert(pid);
+    drop(known);
+    let (stderr_tail, stderr_closed) = drain_stderr_of(&mut child, pid);
+    let exit = watch_exit(child, pid, launch.leaders.clone());
+    let (transport, pipes_open) = frame_pipes(pipes.commands, pipes.replies, pid);
+    let process = LocalProcess {
+        pid,
+        dirs: dirs.clone(),
+        exit,
+        stderr_tail,
+        stderr_closed,
+        pipes_open,
+        reaped: OnceCell::new(),
+        proxy: None,
+        uid: Mutex::new(uid),
+        downloads: Mutex::new(downloads.map(Path::to_path_buf)),
+    };
+    Ok((process, transport))
+}
+
+/// The command that runs the browser: its own process group, stderr piped, its environment
+/// cleared when confined (the gateway's plus `TMPDIR` otherwise), and `setup` between fork
+/// and exec.
+fn browser_command(launch: &mut Launch<'_>, setup: ChildSetup) -> Command {
+    let mut cmd = Command::new(launch.executable);
+    cmd.args(std::mem::take(&mut launch.args))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if launch.dirs.confined {
+        cmd.env_clear().envs(browser_env(launch.dirs));
+    } else {
+        cmd.env("TMPDIR", &launch.dirs.scratch);
+    }
+    super::sandbox::install(&mut cmd, setup);
+    cmd
+}
+
+/// The two CDP pipes: the gateway's ends, and the child's (above fd 10, so that `dup2` onto
+/// 3 and 4 in the child cannot clobber them).
+struct BrowserPipes {
+    commands: pipe::Sender,
+    replies: pipe::Receiver,
+    child_reads: OwnedFd,
+    child_writes: OwnedFd,
+}
+
+fn browser_pipes() -> Result<BrowserPipes, LaunchError> {
     let io_err = |what: &str, e: std::io::Error| LaunchError(format!("{what}: {e}"));
     // Chromium reads commands from fd 3 and writes replies and events to fd 4.
     let (command_tx, command_rx) = pipe::pipe().map_err(|e| io_err("cannot create pipe", e))?;
@@ -478,67 +816,12 @@ fn spawn(
             .map_err(|e| io_err("pipe", e))?,
     )?;
     let child_writes = high_fd(reply_tx.into_blocking_fd().map_err(|e| io_err("pipe", e))?)?;
-    let mut cmd = Command::new(executable);
-    cmd.args(args)
-        .env("TMPDIR", &dirs.scratch)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    wire_child(&mut cmd, child_reads.as_raw_fd(), child_writes.as_raw_fd());
-    // Held from fork until the pid is recorded, so the reaper never takes its status.
-    let mut known = leaders.lock();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| LaunchError(format!("cannot run {}: {e}", executable.display())))?;
-    // The child has its copies; ours must close so that EOF reaches each side.
-    drop(child_reads);
-    drop(child_writes);
-    let pid = child
-        .id()
-        .ok_or_else(|| LaunchError("Chromium exited during spawn".into()))? as i32;
-    known.insert(pid);
-    drop(known);
-    let (stderr_tail, stderr_closed) = drain_stderr_of(&mut child, pid);
-    let exit = watch_exit(child, pid, leaders.clone());
-    let (transport, pipes_open) = frame_pipes(command_tx, reply_rx, pid);
-    let process = LocalProcess {
-        pid,
-        dirs: dirs.clone(),
-        exit,
-        stderr_tail,
-        stderr_closed,
-        pipes_open,
-        reaped: OnceCell::new(),
-        proxy: None,
-    };
-    Ok((process, transport))
-}
-
-/// Sets up, between fork and exec: the CDP pipes on fds 3 and 4, and death with the
-/// gateway.
-#[allow(unsafe_code)]
-fn wire_child(cmd: &mut Command, read_fd: i32, write_fd: i32) {
-    let gateway_pid = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
-    // functions (dup2, prctl, getppid) on descriptors that are open in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(read_fd, 3) < 0 || libc::dup2(write_fd, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // If the gateway dies without reaping, the browser dies with it.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The gateway may have died between fork and prctl; then no signal will come.
-            if libc::getppid() != gateway_pid {
-                return Err(std::io::Error::other("the gateway exited during spawn"));
-            }
-            Ok(())
-        });
-    }
+    Ok(BrowserPipes {
+        commands: command_tx,
+        replies: reply_rx,
+        child_reads,
+        child_writes,
+    })
 }
 
 /// Keeps the last lines of the browser's stderr; the token is cancelled at its EOF.
@@ -608,7 +891,7 @@ fn high_fd(fd: OwnedFd) -> Result<OwnedFd, LaunchError> {
             // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
             unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
         })
-        .map_err(|e| LaunchError(format!("cannot duplicate pipe descriptor: {e}")))
+        .map_err(|e| LaunchError(format!("cannot duplicate a descriptor: {e}")))
 }
 
 async fn drain_stderr(
@@ -640,6 +923,11 @@ pub struct LocalProcess {
     /// The forwarding proxy all the browser's traffic goes through; it stops with the
     /// process.
     proxy: Option<egress::Forwarder>,
+    /// The browser's own user id, freed once its processes are gone.
+    uid: Mutex<Option<UidLease>>,
+    /// The session's files directory, made for a confined browser: given back to the
+    /// gateway's user when the browser ends.
+    downloads: Mutex<Option<PathBuf>>,
 }
 
 impl LocalProcess {
@@ -683,8 +971,50 @@ impl LocalProcess {
             );
         }
         self.pipes_open.cancel();
+        let uid = lock(&self.uid).take();
+        let gone = match &uid {
+            Some(lease) if gone => kill_user(lease.uid()).await,
+            _ => gone,
+        };
+        if uid.is_some() {
+            let downloads = lock(&self.downloads).clone();
+            give_back(downloads).await;
+        }
         self.dirs.remove().await;
+        // Only once nothing runs as it can another browser have its id; else it stays out.
+        if let (Some(lease), true) = (uid, gone) {
+            lease.release();
+        }
     }
+}
+
+/// Kills whatever still runs as `uid` (a helper that left the browser's process group) and
+/// waits up to 2 s for it to go; whether it went. The id is this browser's alone, so nothing
+/// else runs as it.
+async fn kill_user(uid: u32) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let left = processes_of(uid);
+            if left.is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    uid,
+                    left = left.len(),
+                    "processes of a browser's user outlive it"
+                );
+                return false;
+            }
+            for pid in left {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// Whether any process of the group is still running (zombies excluded: they hold nothing).
@@ -719,6 +1049,46 @@ impl BrowserProcess for LocalProcess {
         }
         .boxed()
     }
+
+    fn adopt_downloads(&self, to: &Path) -> BoxFuture<'_, Result<(), LaunchError>> {
+        let to = to.to_path_buf();
+        async move {
+            let Some(from) = lock(&self.downloads).clone() else {
+                return Ok(());
+            };
+            if from == to {
+                return Ok(());
+            }
+            let (moved_from, moved_to) = (from.clone(), to.clone());
+            let moved = tokio::task::spawn_blocking(move || move_dir(&moved_from, &moved_to))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+            match moved {
+                Ok(()) => {
+                    *lock(&self.downloads) = Some(to);
+                    Ok(())
+                }
+                Err(e) => Err(LaunchError(format!(
+                    "cannot move the browser's downloads from {} to {}: {e}",
+                    from.display(),
+                    to.display()
+                ))),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Renames directory `from` to `to`, replacing `to` if it is an empty directory. The
+/// browser's Landlock rule names the directory itself, not its path, so it follows.
+fn move_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir(to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::rename(from, to)
 }
 
 impl Drop for LocalProcess {
@@ -738,12 +1108,24 @@ impl Drop for LocalProcess {
 /// Removes a session directory off the async runtime.
 async fn remove_dir(dir: &Path) {
     let dir = dir.to_path_buf();
-    let result = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err((dir, e)),
-        _ => Ok(()),
+    let result = tokio::task::spawn_blocking(move || match owner::remove_tree(&dir) {
+        Err(e) => Err((dir, e)),
+        Ok(()) => Ok(()),
     })
     .await;
     if let Ok(Err((dir, e))) = result {
         warn!(dir = %dir.display(), error = %e, "cannot remove session directory");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forwarders_port_is_read_from_its_address() {
+        assert_eq!(port_of("http://127.0.0.1:45225"), Some(45225));
+        assert_eq!(port_of("http://127.0.0.1:45225/"), Some(45225));
+        assert_eq!(port_of("http://127.0.0.1"), None);
     }
 }

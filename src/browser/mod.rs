@@ -14,13 +14,14 @@ mod paths;
 mod pipe;
 pub mod proxy_auth;
 mod reaper;
+pub mod sandbox;
 mod startup;
 mod sweep;
 mod transport;
 mod window;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -32,6 +33,7 @@ use crate::vocab::Dimensions;
 pub use detect::find_chromium;
 pub use local::{BASE_FLAGS, LocalChromium};
 pub use paths::scratch_root;
+pub use sandbox::{SandboxConfig, SandboxStatus, UidRange};
 pub(crate) use startup::Startup;
 pub use sweep::SweepReport;
 pub use transport::{Closed, FromBrowser, ToBrowser, TrySendError};
@@ -150,6 +152,18 @@ pub trait BrowserHost: Send + Sync + 'static {
     fn upkeep(&self, stop: CancellationToken) -> BoxFuture<'_, ()> {
         Box::pin(async move { stop.cancelled().await })
     }
+
+    /// How this host isolates its browsers, for the start-up log and `/healthz`; `None`
+    /// for a host that has nothing to say.
+    fn sandbox(&self) -> Option<SandboxStatus> {
+        None
+    }
+
+    /// Says at start-up when this host cannot run `browsers` browsers at once (for a local
+    /// host: too few user ids).
+    fn check_capacity(&self, browsers: usize) {
+        let _ = browsers;
+    }
 }
 
 /// A running browser and everything it owns (process tree, profile directory).
@@ -161,4 +175,13 @@ pub trait BrowserProcess: Send + Sync {
     /// Kills the browser and everything it started, and removes what it left on disk.
     /// Idempotent; resolves once all of it is gone.
     fn kill(&self) -> BoxFuture<'_, ()>;
+
+    /// Before a session that took this (pooled) browser under an id of its own tells it to
+    /// save downloads in `to`: moves the directory it was launched to save them in there,
+    /// so that a browser confined to that directory can still write them. Hosts that do
+    /// not confine their browsers have nothing to do.
+    fn adopt_downloads(&self, to: &Path) -> BoxFuture<'_, Result<(), LaunchError>> {
+        let _ = to;
+        Box::pin(async { Ok(()) })
+    }
 }

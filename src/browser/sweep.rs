@@ -3,6 +3,9 @@
 //!
 //! Owns reading `/proc` to find processes. It must only ever touch processes whose command
 //! line names this gateway's own sessions directory, and only before any session starts.
+//! Those browsers may have run as users of their own: their directories are removed (taken
+//! back first when the gateway may not remove them as they are), and the session files
+//! directories they still own are given back to the gateway's user.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,7 +14,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
-use super::paths::{SESSIONS_SUBDIR, scratch_root};
+use super::paths::{FILES_SUBDIR, SESSIONS_SUBDIR, scratch_root};
+use super::sandbox::owner;
 
 /// What the sweep removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -20,6 +24,8 @@ pub struct SweepReport {
     pub process_groups: usize,
     /// Session directories removed.
     pub directories: usize,
+    /// Session files directories given back to the gateway's user.
+    pub files_reclaimed: usize,
 }
 
 /// Kills every process whose command line points into `<data_dir>/sessions/` and removes
@@ -53,7 +59,7 @@ pub fn sweep(data_dir: &Path) -> SweepReport {
     for parent in [sessions_dir, scratch_root(data_dir)] {
         for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
             let path = entry.path();
-            match std::fs::remove_dir_all(&path) {
+            match owner::remove_tree(&path) {
                 Ok(()) => report.directories += 1,
                 Err(e) => {
                     warn!(dir = %path.display(), error = %e, "cannot remove a leftover session directory")
@@ -63,14 +69,38 @@ pub fn sweep(data_dir: &Path) -> SweepReport {
     }
     // The scratch root holds nothing of its own; an idle gateway leaves none behind.
     let _ = std::fs::remove_dir(scratch_root(data_dir));
+    report.files_reclaimed = reclaim_files(&data_dir.join(FILES_SUBDIR));
     if report != SweepReport::default() {
         info!(
             process_groups = report.process_groups,
             directories = report.directories,
+            files_reclaimed = report.files_reclaimed,
             "start-up sweep cleaned up after a previous run"
         );
     }
     report
+}
+
+/// Gives back to the gateway's user every session files directory (under `files`) that
+/// another user owns: a browser's, whose gateway was killed before it could. Returns how
+/// many.
+fn reclaim_files(files: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let me = owner::gateway_owner();
+    let mut reclaimed = 0;
+    for entry in std::fs::read_dir(files).into_iter().flatten().flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_dir() || meta.uid() == me.0 {
+            continue;
+        }
+        match owner::reclaim_tree(&entry.path(), me) {
+            Ok(()) => reclaimed += 1,
+            Err(e) => {
+                warn!(dir = %entry.path().display(), error = %e, "cannot take back a session's files from its browser's user")
+            }
+        }
+    }
+    reclaimed
 }
 
 /// Whether any non-zombie process belongs to the process group. Reads `/proc`: blocking.

@@ -428,6 +428,7 @@ impl Upload {
             let _ = tokio::fs::remove_file(&temp).await;
             return Err(e.into());
         }
+        give_to_dir_owner(&self.dir, &path).await?;
         let meta = tokio::fs::metadata(&path).await?;
         Ok(FileInfo {
             name: name.clone(),
@@ -527,6 +528,28 @@ impl Drop for Upload {
             }
         }
     }
+}
+
+/// Gives `path` (and the directories between it and `dir`) to `dir`'s owner when that is
+/// not the gateway: a session's browser may run as a user of its own, which owns the
+/// session's directory and must be able to read what is uploaded for it.
+async fn give_to_dir_owner(dir: &Path, path: &Path) -> Result<(), FileError> {
+    use std::os::unix::fs::{MetadataExt, lchown};
+    let (dir, path) = (dir.to_path_buf(), path.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let owner = std::fs::metadata(&dir)?;
+        let mut current = path.as_path();
+        while current != dir && current.starts_with(&dir) {
+            if std::fs::symlink_metadata(current)?.uid() != owner.uid() {
+                lchown(current, Some(owner.uid()), Some(owner.gid()))?;
+            }
+            current = current.parent().unwrap_or(&dir);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await
+    .map_err(|e| FileError::Io(e.to_string()))??;
+    Ok(())
 }
 
 /// Free bytes for unprivileged writers on `dir`'s file system.

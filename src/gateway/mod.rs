@@ -110,6 +110,7 @@ impl Gateway {
         );
         let max_sessions = max_sessions(&settings);
         host.set_limits(session_limits(&settings, max_sessions));
+        host.check_capacity(max_sessions + settings.pool_size);
         let metrics = telemetry::install(max_sessions, settings.pool_size)
             .map_err(|e| GatewayError::Metrics(format!("{e:#}")))?;
         let (meter, database) = open_meter(&settings).await?;
@@ -290,6 +291,7 @@ impl Gateway {
             cluster: self.cluster.clone(),
             viewers,
             viewer_frame_ancestors: self.settings.viewer_frame_ancestors.clone(),
+            sandbox: self.host.sandbox().map(Arc::new),
         }
     }
 

@@ -26,7 +26,7 @@ use super::quota::{OverQuota, QuotaHold};
 use super::registry::Registry;
 use super::supervisor;
 use crate::auth::Caller;
-use crate::browser::{LaunchSpec, Launched};
+use crate::browser::{BrowserProcess, LaunchSpec, Launched};
 use crate::cdp::guard::Guard;
 use crate::cdp::mux::Mux;
 use crate::metering::MeterError;
@@ -285,7 +285,10 @@ impl Registry {
         );
         session.attach_browser(mux.clone(), version);
         let prepared = match files {
-            Ok(dir) => self.prepare(&session, &mux, downloads, dir).await,
+            Ok(dir) => {
+                self.prepare(&session, (&mux, &process), downloads, dir)
+                    .await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = prepared {
@@ -327,11 +330,17 @@ impl Registry {
     async fn prepare(
         &self,
         session: &Arc<Session>,
-        mux: &Arc<Mux>,
+        (mux, process): (&Arc<Mux>, &Arc<dyn BrowserProcess>),
         downloads: Option<PathBuf>,
         dir: PathBuf,
     ) -> Result<(), CreateError> {
         if downloads.as_deref() != Some(dir.as_path()) {
+            // A confined browser writes only where it was launched to: that directory
+            // becomes the session's.
+            process
+                .adopt_downloads(&dir)
+                .await
+                .map_err(|e| CreateError::Launch(e.0))?;
             // Events on: the guard watches downloads on the root session.
             let downloads =
                 json!({"behavior": "allow", "downloadPath": dir, "eventsEnabled": true});

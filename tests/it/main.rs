@@ -32,5 +32,6 @@ mod metrics;
 mod openapi;
 mod postgres;
 mod proxy_auth;
+mod sandbox;
 mod tenants;
 mod viewer;
