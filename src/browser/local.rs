@@ -28,7 +28,9 @@ use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::cgroup;
 use super::egress;
+use super::limits::{BrowserLimits, Limiter, MemoryVerdict};
 use super::paths::{FILES_SUBDIR, SESSIONS_SUBDIR, scratch_root};
 use super::pipe::{PipeSink, PipeSource};
 use super::reaper::{self, Leaders};
@@ -97,6 +99,8 @@ pub struct LocalChromium {
     sandbox: Arc<Sandbox>,
     /// Set once the data directory was closed to browsers (see [`owner::harden`]).
     hardened: AtomicBool,
+    /// Each browser's memory and task caps, and how they are enforced.
+    limiter: Arc<Limiter>,
 }
 
 impl LocalChromium {
@@ -123,6 +127,7 @@ impl LocalChromium {
             sandbox: Arc::new(sandbox),
             hardened: AtomicBool::new(false),
             egress: Arc::default(),
+            limiter: Arc::new(Limiter::detect(data_dir)),
         }
     }
 
@@ -235,12 +240,23 @@ impl BrowserHost for LocalChromium {
 
     fn sweep(&self) -> BoxFuture<'_, SweepReport> {
         let data_dir = self.data_dir.clone();
+        let limiter = self.limiter.clone();
         async move {
-            tokio::task::spawn_blocking(move || sweep(&data_dir))
-                .await
-                .unwrap_or_default()
+            tokio::task::spawn_blocking(move || {
+                let groups = limiter.sweep();
+                if groups > 0 {
+                    info!(groups, "removed the cgroups a previous run left");
+                }
+                sweep(&data_dir)
+            })
+            .await
+            .unwrap_or_default()
         }
         .boxed()
+    }
+
+    fn set_limits(&self, limits: cgroup::Limits) {
+        self.limiter.set(limits);
     }
 
     fn upkeep(&self, stop: CancellationToken) -> BoxFuture<'_, ()> {
@@ -475,6 +491,7 @@ impl LocalChromium {
         frame: Frame,
     ) -> Result<Launched, LaunchError> {
         self.harden().await;
+        let limits = self.limiter.prepare(spec.session_id).await?;
         let preparing = Instant::now();
         let sandbox = self.sandbox.clone();
         let uid = tokio::task::spawn_blocking(move || sandbox.allocate_uid())
@@ -520,8 +537,7 @@ impl LocalChromium {
             dirs: &dirs,
             leaders: &self.leaders,
             sandbox: &self.sandbox,
-            // The cgroup module hands its open `cgroup.procs` files here.
-            cgroup_procs: Vec::new(),
+            limits: Some(limits),
         };
         let (mut process, mut transport) = match spawn(launch, confinement, downloads) {
             Ok(spawned) => spawned,
@@ -709,8 +725,8 @@ struct Launch<'a> {
     dirs: &'a SessionDirs,
     leaders: &'a Leaders,
     sandbox: &'a Sandbox,
-    /// Open `cgroup.procs` files the browser joins before it runs.
-    cgroup_procs: Vec<std::os::fd::RawFd>,
+    /// Its memory and task caps: the browser joins its cgroup before it runs.
+    limits: Option<BrowserLimits>,
 }
 
 /// Starts Chromium in its own process group, with the CDP pipes on fds 3 and 4, as its own
@@ -735,7 +751,11 @@ fn spawn(
         commands_fd: pipes.child_reads.as_raw_fd(),
         replies_fd: pipes.child_writes.as_raw_fd(),
         gateway_pid: std::process::id() as libc::pid_t,
-        cgroup_procs: std::mem::take(&mut launch.cgroup_procs),
+        cgroup_procs: launch
+            .limits
+            .as_ref()
+            .map(BrowserLimits::procs_fds)
+            .unwrap_or_default(),
         user: uid.as_ref().map(|l| (l.uid(), l.uid())),
         no_new_privs: !launch.sandbox.is_insecure(),
         landlock: ruleset.as_ref().map(AsRawFd::as_raw_fd),
@@ -759,7 +779,9 @@ fn spawn(
     known.insert(pid);
     drop(known);
     let (stderr_tail, stderr_closed) = drain_stderr_of(&mut child, pid);
-    let exit = watch_exit(child, pid, launch.leaders.clone());
+    let limits = launch.limits.take();
+    let verdict = limits.as_ref().map(|l| l.watch(pid));
+    let exit = watch_exit(child, pid, launch.leaders.clone(), verdict);
     let (transport, pipes_open) = frame_pipes(pipes.commands, pipes.replies, pid);
     let process = LocalProcess {
         pid,
@@ -772,6 +794,7 @@ fn spawn(
         proxy: None,
         uid: Mutex::new(uid),
         downloads: Mutex::new(downloads.map(Path::to_path_buf)),
+        limits: Mutex::new(limits),
     };
     Ok((process, transport))
 }
@@ -850,6 +873,7 @@ fn watch_exit(
     mut child: tokio::process::Child,
     pid: i32,
     leaders: Leaders,
+    memory: Option<MemoryVerdict>,
 ) -> watch::Receiver<Option<BrowserExit>> {
     let (exit_tx, exit_rx) = watch::channel(None);
     tokio::spawn(async move {
@@ -860,6 +884,10 @@ fn watch_exit(
                 (None, None) => BrowserExit::Unknown(status.to_string()),
             },
             Err(e) => BrowserExit::Unknown(e.to_string()),
+        };
+        let exit = match memory {
+            Some(memory) => memory.judge(exit).await,
+            None => exit,
         };
         leaders.lock().remove(&pid);
         debug!(pid, %exit, "browser process exited");
@@ -928,6 +956,8 @@ pub struct LocalProcess {
     /// The session's files directory, made for a confined browser: given back to the
     /// gateway's user when the browser ends.
     downloads: Mutex<Option<PathBuf>>,
+    /// Its cgroup (or watchdog), removed once its processes are gone.
+    limits: Mutex<Option<BrowserLimits>>,
 }
 
 impl LocalProcess {
@@ -971,6 +1001,10 @@ impl LocalProcess {
             );
         }
         self.pipes_open.cancel();
+        let limits = lock(&self.limits).take();
+        if let Some(limits) = limits {
+            limits.remove().await;
+        }
         let uid = lock(&self.uid).take();
         let gone = match &uid {
             Some(lease) if gone => kill_user(lease.uid()).await,

@@ -9,6 +9,7 @@
 pub mod cgroup;
 mod detect;
 pub mod egress;
+mod limits;
 mod local;
 mod paths;
 mod pipe;

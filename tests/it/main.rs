@@ -27,6 +27,7 @@ mod guard;
 mod hostile;
 mod inproc;
 mod lifecycle;
+mod memory_cap;
 mod metering;
 mod metrics;
 mod openapi;

@@ -221,6 +221,11 @@ impl SessionCgroup {
             .unwrap_or(0)
     }
 
+    /// The file holding the group's `oom_kill` counter, when memory is capped.
+    pub fn oom_file(&self) -> Option<&Path> {
+        self.oom_file.as_deref()
+    }
+
     /// Kills whatever still runs in the group (v2: `cgroup.kill`; v1: `SIGKILL` to each
     /// task) and removes it. Blocking, for at most a few seconds: call it once the browser
     /// was reaped, on the blocking pool.
@@ -415,6 +420,16 @@ fn open_procs(dir: &Path) -> Result<OwnedFd, CgroupError> {
 }
 
 /// The `oom_kill` counter of a v2 `memory.events` or a v1 `memory.oom_control`.
+/// Tasks the OOM killer killed so far, as the counter file `file`
+/// ([`SessionCgroup::oom_file`]) says; 0 when it cannot be read. Reads with `tokio::fs`.
+pub async fn oom_kills_at(file: &Path) -> u64 {
+    tokio::fs::read_to_string(file)
+        .await
+        .ok()
+        .and_then(|text| oom_kill_count(&text))
+        .unwrap_or(0)
+}
+
 fn oom_kill_count(text: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix("oom_kill "))
