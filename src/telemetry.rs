@@ -241,6 +241,15 @@ fn describe() {
         "Latency of lookups in the cluster's shared database (session owners, the node list)."
     );
     describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which ingot runs."
+    );
+    describe_limits();
+}
+
+/// Help texts of the gauges and counters of what sessions and connections take.
+fn describe_limits() {
+    describe_gauge!(
         SESSION_FILES_BYTES,
         Unit::Bytes,
         "Bytes the sessions' files (uploads and downloads) take on this node, live and retained."
@@ -256,10 +265,6 @@ fn describe() {
     describe_counter!(
         HTTP_CONNECTIONS_REFUSED,
         "Connections over the cap, by how they were handled: probes_only (only /healthz, /readyz and /metrics served, others 503) or closed (closed at once)."
-    );
-    describe_gauge!(
-        BUILD_INFO,
-        "Always 1; the version label says which ingot runs."
     );
 }
 

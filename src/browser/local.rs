@@ -499,29 +499,15 @@ impl LocalChromium {
             .map_err(|e| LaunchError(format!("cannot choose the browser's user: {e}")))?
             .map_err(LaunchError)?;
         let downloads = spec.downloads.as_deref().filter(|_| dirs.confined);
-        // Every browser's traffic goes through its own forwarder, which applies the egress
-        // policy and serves only the browser's own uid. Stopped when dropped.
         let peer = uid.as_ref().map(UidLease::uid);
-        let forwarder = match egress::for_browser(&self.egress, spec, peer).await {
-            Ok(forwarder) => forwarder,
+        let (forwarder, network) = match self.forwarder(spec, peer).await {
+            Ok(started) => started,
             Err(e) => {
                 undo_launch(&dirs, uid, downloads).await;
-                return Err(LaunchError(format!(
-                    "cannot start the proxy forwarder: {e}"
-                )));
+                return Err(e);
             }
         };
         let proxy = forwarder.as_ref().map(|f| f.address.as_str());
-        // With Landlock's network rules, the browser may connect to its forwarder only (or,
-        // for an `https://` proxyUrl the forwarder cannot speak, to that proxy's port).
-        let own_port = forwarder
-            .as_ref()
-            .map(|f| f.port)
-            .or_else(|| spec.proxy_server.as_deref().and_then(port_of));
-        let network = Network {
-            ports: own_port.into_iter().collect(),
-            forwarder: own_port,
-        };
         let confinement = dirs
             .create(space, uid, downloads, (&self.sandbox, network))
             .await?;
@@ -554,21 +540,46 @@ impl LocalChromium {
                 version,
                 downloads: spec.downloads.clone(),
             }),
-            Err(reason) => {
-                process.kill().await;
-                // Its last words may still be in the pipe; they say why it did not start.
-                let _ =
-                    tokio::time::timeout(STDERR_SETTLE, process.stderr_closed.cancelled()).await;
-                let tail = process.stderr_tail();
-                if tail.is_empty() {
-                    Err(LaunchError(format!("Chromium did not start: {reason}")))
-                } else {
-                    Err(LaunchError(format!(
-                        "Chromium did not start: {reason}; its last output: {tail}"
-                    )))
-                }
-            }
+            Err(reason) => Err(failed_start(process, reason).await),
         }
+    }
+
+    /// Starts the browser's egress forwarder, which applies the egress policy and serves
+    /// only the browser's own uid (`peer`), and says which TCP ports the browser may then
+    /// connect to: its forwarder's, or for an `https://` proxyUrl that the forwarder cannot
+    /// speak, that proxy's.
+    async fn forwarder(
+        &self,
+        spec: &LaunchSpec,
+        peer: Option<u32>,
+    ) -> Result<(Option<egress::Forwarder>, Network), LaunchError> {
+        let forwarder = egress::for_browser(&self.egress, spec, peer)
+            .await
+            .map_err(|e| LaunchError(format!("cannot start the proxy forwarder: {e}")))?;
+        let own_port = forwarder
+            .as_ref()
+            .map(|f| f.port)
+            .or_else(|| spec.proxy_server.as_deref().and_then(port_of));
+        let network = Network {
+            ports: own_port.into_iter().collect(),
+            forwarder: own_port,
+        };
+        Ok((forwarder, network))
+    }
+}
+
+/// Kills a browser that did not become ready and says why, with its last words.
+async fn failed_start(process: LocalProcess, reason: String) -> LaunchError {
+    process.kill().await;
+    // Its last words may still be in the pipe; they say why it did not start.
+    let _ = tokio::time::timeout(STDERR_SETTLE, process.stderr_closed.cancelled()).await;
+    let tail = process.stderr_tail();
+    if tail.is_empty() {
+        LaunchError(format!("Chromium did not start: {reason}"))
+    } else {
+        LaunchError(format!(
+            "Chromium did not start: {reason}; its last output: {tail}"
+        ))
     }
 }
 
@@ -627,7 +638,11 @@ async fn wait_until_ready(
     let (commands, mut startup) = Startup::begin(spec);
     for command in commands {
         if transport.to_browser.send(command).await.is_err() {
-            return Err("the CDP pipe closed at once".into());
+            let exit = tokio::time::timeout(Duration::from_secs(1), process.wait_exit()).await;
+            return Err(match exit {
+                Ok(exit) => format!("it exited ({exit}) before answering"),
+                Err(_) => "the CDP pipe closed at once".into(),
+            });
         }
     }
     let started = tokio::time::Instant::now();

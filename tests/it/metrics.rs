@@ -201,7 +201,8 @@ async fn readiness_follows_capacity_and_answers_any_host() {
     let _shared = shared().await;
     let gw = Gateway::start(&["--max-sessions", "1"]).await;
     let (status, body) = gw.get("/healthz").await;
-    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+    assert_eq!(body["sandbox"]["mode"], "confined", "{body}");
     let (status, body) = gw.get("/readyz").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ready");

@@ -84,7 +84,8 @@ pub struct SandboxStatus {
     /// The Landlock ABI browsers are confined with; absent when they are not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub landlock_abi: Option<u32>,
-    /// Landlock also restricts the browsers' TCP (ABI 4 and later, with ports configured).
+    /// Landlock also restricts the browsers' TCP (ABI 4 and later): no bind, and connect
+    /// only to the browser's own egress forwarder.
     pub network_rules: bool,
     /// The browsers' environment is cleared (no `INGOT_*` variable reaches them).
     pub environment_cleared: bool,
@@ -155,8 +156,8 @@ impl Sandbox {
         let landlock_abi = detect_landlock(&mut missing);
         let uids = detect_uids(&config, data_dir, scratch, &mut missing);
         let chromium_sandbox = detect_user_namespaces(uids.as_deref(), &mut missing);
-        let network_rules =
-            landlock_abi.is_some_and(|abi| abi >= 4) && !config.allowed_tcp_ports.is_empty();
+        // Every browser may connect to its own egress forwarder's port only.
+        let network_rules = landlock_abi.is_some_and(|abi| abi >= 4);
         let status = SandboxStatus {
             mode: "confined",
             browser_user: if uids.is_some() {
@@ -301,51 +302,8 @@ fn detect_uids(
         missing.push(text);
         None
     };
-    if let Some(lacking) = lacking_capabilities() {
-        let me = nix::unistd::geteuid();
-        return refuse(
-            missing,
-            format!(
-                "the gateway runs as uid {me} without {lacking}; run it as root, or grant those capabilities"
-            ),
-        );
-    }
-    let me = nix::unistd::geteuid().as_raw();
-    if range.contains(0) || range.contains(me) {
-        return refuse(
-            missing,
-            format!("--browser-uids {range} includes uid 0 or the gateway's uid {me}"),
-        );
-    }
-    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
-    if !range.mapped_in(&map) {
-        return refuse(
-            missing,
-            format!(
-                "--browser-uids {range} is not mapped in this user namespace (/proc/self/uid_map: {}); \
-                 choose a mapped range, or map one into the container",
-                map.split_whitespace().collect::<Vec<_>>().join(" ")
-            ),
-        );
-    }
-    let _ = std::fs::create_dir_all(data_dir);
-    // The data directory itself is opened to them at the first launch (`owner::harden`); the
-    // scratch root's parent is not the gateway's.
-    for (dir, shown) in [
-        (data_dir.to_path_buf(), data_dir),
-        (scratch.join("x"), scratch),
-    ] {
-        if let Some(closed) = owner::closed_ancestor(&dir) {
-            return refuse(
-                missing,
-                format!(
-                    "{} is closed to other users (no o+x), so they cannot reach {}; chmod o+x it, or \
-                     choose another --data-dir",
-                    closed.display(),
-                    shown.display()
-                ),
-            );
-        }
+    if let Err(why) = uids_usable(range, data_dir, scratch) {
+        return refuse(missing, why);
     }
     let busy = busy_uids(range);
     if !busy.is_empty() {
@@ -366,6 +324,49 @@ fn detect_uids(
         }
     };
     Some(UidPool::new(range, &busy, Some(locks)))
+}
+
+/// Whether this gateway can run browsers as ids of `range`: it has the capabilities, the
+/// range is mapped and holds neither 0 nor the gateway's own id, and other users can reach
+/// the data and scratch directories. `Err` says why not.
+fn uids_usable(range: UidRange, data_dir: &Path, scratch: &Path) -> Result<(), String> {
+    if let Some(lacking) = lacking_capabilities() {
+        let me = nix::unistd::geteuid();
+        return Err(format!(
+            "the gateway runs as uid {me} without {lacking}; run it as root, or grant those capabilities"
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if range.contains(0) || range.contains(me) {
+        return Err(format!(
+            "--browser-uids {range} includes uid 0 or the gateway's uid {me}"
+        ));
+    }
+    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    if !range.mapped_in(&map) {
+        return Err(format!(
+            "--browser-uids {range} is not mapped in this user namespace (/proc/self/uid_map: {}); \
+             choose a mapped range, or map one into the container",
+            map.split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
+    }
+    let _ = std::fs::create_dir_all(data_dir);
+    // The data directory itself is opened to them at the first launch (`owner::harden`); the
+    // scratch root's parent is not the gateway's.
+    for (dir, shown) in [
+        (data_dir.to_path_buf(), data_dir),
+        (scratch.join("x"), scratch),
+    ] {
+        if let Some(closed) = owner::closed_ancestor(&dir) {
+            return Err(format!(
+                "{} is closed to other users (no o+x), so they cannot reach {}; chmod o+x it, or \
+                 choose another --data-dir",
+                closed.display(),
+                shown.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The capabilities [`UID_CAPS`] this process lacks, named, or `None` when it has all.
