@@ -10,6 +10,8 @@
 //! | `DOM.setFileInputFiles` (`files`), `Input.dispatchDragEvent` (`data.files`), `PWA.launchFilesInApp` (`files`) | every path must resolve, symlinks and `..` followed, inside the session's files directory; a relative name is taken relative to it; the browser gets the resolved absolute path. Otherwise a CDP error naming the rule |
 //! | `Page.navigate`, `Target.createTarget` (`url`), `Network.loadNetworkResource` (`url`), `PWA.install` (`installUrlOrBundleUrl`) | `file:` URLs (also behind `view-source:` and `filesystem:`) are refused: they read host files outside any session |
 //! | `Extensions.loadUnpacked` | refused: it loads code from a host path with more power than a page |
+//! | `Target.exposeDevToolsProtocol` | refused: it hands a page a CDP connection of its own, past this guard |
+//! | `Target.createBrowserContext` | a `proxyServer` of its own is refused: the context's traffic would bypass the egress forwarder |
 //! | `Target.createTarget` | refused once the session has `--max-pages-per-session` pages (open, or being created) |
 //!
 //! Methods that take no host path pass untouched (among them `Page.setInterceptFileChooserDialog`,
@@ -98,7 +100,7 @@ pub fn rule(method: &str) -> Option<Rule> {
         "PWA.install" => Rule::NoFileUrl("installUrlOrBundleUrl"),
         "Target.createTarget" => Rule::NewPage,
         "Target.createBrowserContext" => Rule::NoOwnProxy,
-        "Extensions.loadUnpacked" => Rule::Refused,
+        "Extensions.loadUnpacked" | "Target.exposeDevToolsProtocol" => Rule::Refused,
         _ => return None,
     })
 }
@@ -215,9 +217,7 @@ impl Guard {
     /// Checks a command whose method has `rule`.
     pub async fn check(&self, rule: Rule, method: &str, msg: &[u8]) -> Verdict {
         match rule {
-            Rule::Refused => Verdict::Refuse(format!(
-                "ingot: {method} is not allowed: it loads code from a path on the gateway's host"
-            )),
+            Rule::Refused => Verdict::Refuse(refused(method)),
             Rule::NoFileUrl(param) => no_file_url(method, param, msg),
             Rule::NoOwnProxy => no_own_proxy(method, msg),
             Rule::NewPage => match no_file_url(method, "url", msg) {
@@ -460,6 +460,19 @@ fn no_file_url(method: &str, param: &str, msg: &[u8]) -> Verdict {
     }
 }
 
+/// Why a method the guard never forwards is refused.
+fn refused(method: &str) -> String {
+    match method {
+        "Target.exposeDevToolsProtocol" => format!(
+            "ingot: {method} is not allowed: it would let a page send CDP commands to the \
+             browser past the gateway's guard"
+        ),
+        _ => format!(
+            "ingot: {method} is not allowed: it loads code from a path on the gateway's host"
+        ),
+    }
+}
+
 /// Refuses a browser context with a proxy of its own: every session's traffic goes through
 /// the gateway's egress forwarder, which applies the egress policy.
 fn no_own_proxy(method: &str, msg: &[u8]) -> Verdict {
@@ -677,6 +690,8 @@ mod tests {
             Some(Rule::Paths { drag: false })
         );
         assert_eq!(rule("Extensions.loadUnpacked"), Some(Rule::Refused));
+        assert_eq!(rule("Target.exposeDevToolsProtocol"), Some(Rule::Refused));
+        assert!(refused("Target.exposeDevToolsProtocol").contains("past the gateway's guard"));
         assert_eq!(rule("Target.createBrowserContext"), Some(Rule::NoOwnProxy));
         let own = br#"{"id":1,"method":"Target.createBrowserContext","params":{"proxyServer":"direct://"}}"#;
         assert!(matches!(

@@ -178,14 +178,23 @@ async fn file_urls_and_unpacked_extensions_are_refused() {
         .call("Extensions.loadUnpacked", json!({"path": "/tmp/ext"}), None)
         .await;
     assert_refused(&reply, "Extensions.loadUnpacked is not allowed");
+    let (_, reply) = cdp
+        .call(
+            "Target.exposeDevToolsProtocol",
+            json!({"targetId": "T", "bindingName": "cdp"}),
+            None,
+        )
+        .await;
+    assert_refused(&reply, "Target.exposeDevToolsProtocol is not allowed");
     let browser = gw.browser_of(&id);
     assert_eq!(
         (
             browser.count("Page.navigate"),
             browser.count("Target.createTarget"),
-            browser.count("Extensions.loadUnpacked")
+            browser.count("Extensions.loadUnpacked"),
+            browser.count("Target.exposeDevToolsProtocol")
         ),
-        (0, 0, 0)
+        (0, 0, 0, 0)
     );
     let (_, reply) = cdp
         .call(
