@@ -82,6 +82,9 @@ pub enum Rule {
     NoFileUrl(&'static str),
     /// `Target.createTarget`: the page cap and the `url` rule.
     NewPage,
+    /// `Target.sendMessageToTarget`: a command inside it (a session attached without
+    /// `flatten`) may not be one the guard checks.
+    Nested,
     /// `Target.createBrowserContext`: no proxy of its own, which would take the context's
     /// traffic past the gateway's egress forwarder.
     NoOwnProxy,
@@ -100,6 +103,7 @@ pub fn rule(method: &str) -> Option<Rule> {
         "PWA.install" => Rule::NoFileUrl("installUrlOrBundleUrl"),
         "Target.createTarget" => Rule::NewPage,
         "Target.createBrowserContext" => Rule::NoOwnProxy,
+        "Target.sendMessageToTarget" => Rule::Nested,
         "Extensions.loadUnpacked" | "Target.exposeDevToolsProtocol" => Rule::Refused,
         _ => return None,
     })
@@ -214,13 +218,24 @@ impl Guard {
         self.inflight.clone().acquire_many_owned(want).await.ok()
     }
 
-    /// Checks a command whose method has `rule`.
+    /// Checks a command whose method has `rule`. A command the guard cannot read as JSON is
+    /// refused, and one it lets pass is forwarded as the guard read it (re-serialized), so
+    /// that the browser never sees a command other than the one checked.
     pub async fn check(&self, rule: Rule, method: &str, msg: &[u8]) -> Verdict {
-        match rule {
+        if rule == Rule::Refused {
+            return Verdict::Refuse(refused(method));
+        }
+        let Ok(command) = serde_json::from_slice::<Value>(msg) else {
+            return Verdict::Refuse(format!(
+                "ingot: {method} refused: the gateway's guard cannot read this command as JSON"
+            ));
+        };
+        let verdict = match rule {
             Rule::Refused => Verdict::Refuse(refused(method)),
-            Rule::NoFileUrl(param) => no_file_url(method, param, msg),
-            Rule::NoOwnProxy => no_own_proxy(method, msg),
-            Rule::NewPage => match no_file_url(method, "url", msg) {
+            Rule::NoFileUrl(param) => no_file_url(method, param, &command),
+            Rule::NoOwnProxy => no_own_proxy(method, &command),
+            Rule::Nested => nested(method, &command),
+            Rule::NewPage => match no_file_url(method, "url", &command) {
                 Verdict::Pass => self.admit_page(),
                 refused => refused,
             },
@@ -228,14 +243,18 @@ impl Guard {
                 Some(dir) => {
                     info!(session_id = ?self.session_id, method, dir = %dir.display(),
                         "download directory set to the session's files");
-                    downloads_into(msg, dir)
+                    return downloads_into(command, dir);
                 }
                 None => Verdict::Refuse(no_files_dir(method)),
             },
             Rule::Paths { drag } => match &self.files {
-                Some(dir) => confine_paths(method, msg, dir.clone(), drag).await,
+                Some(dir) => return confine_paths(method, command, dir.clone(), drag).await,
                 None => Verdict::Refuse(no_files_dir(method)),
             },
+        };
+        match verdict {
+            Verdict::Pass => Verdict::Rewrite(Bytes::from(command.to_string())),
+            other => other,
         }
     }
 
@@ -447,10 +466,7 @@ fn parse<'a, P: Deserialize<'a>>(msg: &'a [u8]) -> Option<Event<P>> {
 }
 
 /// Refuses a `file:` URL in `param`.
-fn no_file_url(method: &str, param: &str, msg: &[u8]) -> Verdict {
-    let Ok(command) = serde_json::from_slice::<Value>(msg) else {
-        return Verdict::Pass;
-    };
+fn no_file_url(method: &str, param: &str, command: &Value) -> Verdict {
     match command["params"][param].as_str() {
         Some(url) if is_file_url(url) => Verdict::Refuse(format!(
             "ingot: {method} may not load file: URLs: they read files on the gateway's host. \
@@ -475,10 +491,7 @@ fn refused(method: &str) -> String {
 
 /// Refuses a browser context with a proxy of its own: every session's traffic goes through
 /// the gateway's egress forwarder, which applies the egress policy.
-fn no_own_proxy(method: &str, msg: &[u8]) -> Verdict {
-    let Ok(command) = serde_json::from_slice::<Value>(msg) else {
-        return Verdict::Pass;
-    };
+fn no_own_proxy(method: &str, command: &Value) -> Verdict {
     match &command["params"]["proxyServer"] {
         Value::Null => Verdict::Pass,
         Value::String(s) if s.is_empty() => Verdict::Pass,
@@ -486,6 +499,26 @@ fn no_own_proxy(method: &str, msg: &[u8]) -> Verdict {
             "ingot: {method} may not set proxyServer: a session's traffic goes through the \
              gateway's egress proxy. Create the session with proxyUrl instead"
         )),
+    }
+}
+
+/// Refuses a command sent inside `Target.sendMessageToTarget` (to a session attached without
+/// `flatten`) when the guard would check it: the guard checks commands on flat sessions only.
+fn nested(method: &str, command: &Value) -> Verdict {
+    let inner = command["params"]["message"]
+        .as_str()
+        .and_then(|m| serde_json::from_str::<Value>(m).ok());
+    let Some(inner) = inner else {
+        return Verdict::Refuse(format!(
+            "ingot: {method} refused: the gateway's guard cannot read the message it carries"
+        ));
+    };
+    match inner["method"].as_str() {
+        Some(carried) if rule(carried).is_some() => Verdict::Refuse(format!(
+            "ingot: {carried} may not be sent through {method}: attach with flatten: true and \
+             send it on that session, where the gateway's guard checks it"
+        )),
+        _ => Verdict::Pass,
     }
 }
 
@@ -514,12 +547,10 @@ pub fn is_file_url(url: &str) -> bool {
 }
 
 /// Rewrites a `setDownloadBehavior` command so that downloads go to `dir`.
-fn downloads_into(msg: &[u8], dir: &Path) -> Verdict {
-    let Ok(mut command) = serde_json::from_slice::<Value>(msg) else {
-        return Verdict::Pass;
-    };
+fn downloads_into(mut command: Value, dir: &Path) -> Verdict {
     let Some(params) = command.get_mut("params").and_then(Value::as_object_mut) else {
-        return Verdict::Pass; // Chromium refuses it: `behavior` is required.
+        // Chromium refuses it (`behavior` is required); forwarded as read.
+        return Verdict::Rewrite(Bytes::from(command.to_string()));
     };
     match params.get("behavior").and_then(Value::as_str) {
         Some("deny") => {
@@ -537,17 +568,15 @@ fn downloads_into(msg: &[u8], dir: &Path) -> Verdict {
 }
 
 /// Checks (and resolves) every path of a command that names files.
-async fn confine_paths(method: &str, msg: &[u8], dir: PathBuf, drag: bool) -> Verdict {
-    let Ok(mut command) = serde_json::from_slice::<Value>(msg) else {
-        return Verdict::Pass;
-    };
+async fn confine_paths(method: &str, mut command: Value, dir: PathBuf, drag: bool) -> Verdict {
     let files = if drag {
         command.pointer_mut("/params/data/files")
     } else {
         command.pointer_mut("/params/files")
     };
     let Some(Value::Array(files)) = files else {
-        return Verdict::Pass; // no paths (drag data without files) or Chromium refuses it
+        // No paths (drag data without files), or Chromium refuses it: forwarded as read.
+        return Verdict::Rewrite(Bytes::from(command.to_string()));
     };
     let raw: Vec<Option<String>> = files
         .iter()
@@ -650,9 +679,7 @@ mod tests {
     fn download_behavior_is_rewritten_to_the_files_directory() {
         let dir = Path::new("/data/files/S");
         let rewrite = |params: Value| match downloads_into(
-            json!({"id": 1, "method": "Browser.setDownloadBehavior", "params": params})
-                .to_string()
-                .as_bytes(),
+            json!({"id": 1, "method": "Browser.setDownloadBehavior", "params": params}),
             dir,
         ) {
             Verdict::Rewrite(b) => {
@@ -693,16 +720,33 @@ mod tests {
         assert_eq!(rule("Target.exposeDevToolsProtocol"), Some(Rule::Refused));
         assert!(refused("Target.exposeDevToolsProtocol").contains("past the gateway's guard"));
         assert_eq!(rule("Target.createBrowserContext"), Some(Rule::NoOwnProxy));
-        let own = br#"{"id":1,"method":"Target.createBrowserContext","params":{"proxyServer":"direct://"}}"#;
+        let own = json!({"id":1,"method":"Target.createBrowserContext","params":{"proxyServer":"direct://"}});
         assert!(matches!(
-            no_own_proxy("Target.createBrowserContext", own),
+            no_own_proxy("Target.createBrowserContext", &own),
             Verdict::Refuse(_)
         ));
-        let plain =
-            br#"{"id":1,"method":"Target.createBrowserContext","params":{"disposeOnDetach":true}}"#;
+        let plain = json!({"id":1,"method":"Target.createBrowserContext","params":{"disposeOnDetach":true}});
         assert!(matches!(
-            no_own_proxy("Target.createBrowserContext", plain),
+            no_own_proxy("Target.createBrowserContext", &plain),
             Verdict::Pass
+        ));
+        let carried = json!({"id":2,"method":"Target.sendMessageToTarget","params":{"sessionId":"S",
+            "message":"{\"id\":1,\"method\":\"Page.navigate\",\"params\":{\"url\":\"file:///etc/passwd\"}}"}});
+        assert!(matches!(
+            nested("Target.sendMessageToTarget", &carried),
+            Verdict::Refuse(_)
+        ));
+        let harmless = json!({"id":3,"method":"Target.sendMessageToTarget","params":{"sessionId":"S",
+            "message":"{\"id\":1,\"method\":\"Runtime.evaluate\",\"params\":{\"expression\":\"1\"}}"}});
+        assert!(matches!(
+            nested("Target.sendMessageToTarget", &harmless),
+            Verdict::Pass
+        ));
+        let unreadable =
+            json!({"id":4,"method":"Target.sendMessageToTarget","params":{"message":"{"}});
+        assert!(matches!(
+            nested("Target.sendMessageToTarget", &unreadable),
+            Verdict::Refuse(_)
         ));
     }
 

@@ -186,15 +186,38 @@ async fn file_urls_and_unpacked_extensions_are_refused() {
         )
         .await;
     assert_refused(&reply, "Target.exposeDevToolsProtocol is not allowed");
+    // A command a session attached without `flatten` would carry, and one the guard cannot
+    // read as JSON (a lone surrogate, which a lenient router skips), are refused too.
+    let carried =
+        json!({"id": 1, "method": "Page.navigate", "params": {"url": "file:///etc/passwd"}});
+    let (_, reply) = cdp
+        .call(
+            "Target.sendMessageToTarget",
+            json!({"sessionId": "S", "message": carried.to_string()}),
+            None,
+        )
+        .await;
+    assert_refused(
+        &reply,
+        "Page.navigate may not be sent through Target.sendMessageToTarget",
+    );
+    cdp.send_text(
+        r#"{"id":77,"method":"Page.navigate","params":{"url":"file:///etc/passwd","referrer":"\ud800"}}"#,
+    )
+    .await;
+    let reply = cdp.next().await;
+    assert_eq!(reply["id"], 77, "{reply}");
+    assert_refused(&reply, "cannot read this command as JSON");
     let browser = gw.browser_of(&id);
     assert_eq!(
         (
             browser.count("Page.navigate"),
             browser.count("Target.createTarget"),
             browser.count("Extensions.loadUnpacked"),
-            browser.count("Target.exposeDevToolsProtocol")
+            browser.count("Target.exposeDevToolsProtocol"),
+            browser.count("Target.sendMessageToTarget")
         ),
-        (0, 0, 0, 0)
+        (0, 0, 0, 0, 0)
     );
     let (_, reply) = cdp
         .call(
