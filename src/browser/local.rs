@@ -1025,11 +1025,21 @@ impl LocalProcess {
             Some(lease) if gone => kill_user(lease.uid()).await,
             _ => gone,
         };
-        if uid.is_some() {
+        // Taking files back while a process of the browser's user still runs would race
+        // with it (a link swapped in under the walk); such a user's id stays out of use and
+        // its directories wait for the next start's sweep.
+        if uid.is_some() && gone {
             let downloads = lock(&self.downloads).clone();
             give_back(downloads).await;
         }
-        self.dirs.remove().await;
+        if uid.is_none() || gone {
+            self.dirs.remove().await;
+        } else {
+            warn!(
+                pid = self.pid,
+                "the browser's user still runs processes; its directories are left for the next start's sweep"
+            );
+        }
         // Only once nothing runs as it can another browser have its id; else it stays out.
         if let (Some(lease), true) = (uid, gone) {
             lease.release();

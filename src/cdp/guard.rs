@@ -158,6 +158,8 @@ struct Downloads {
     cancelled: HashSet<Box<str>>,
     /// Bytes of the session's finished downloads.
     finished: u64,
+    /// Bytes received so far by each download in progress.
+    receiving: HashMap<Box<str>, u64>,
 }
 
 /// What the multiplexer must send or do after a root-session event.
@@ -338,10 +340,22 @@ impl Guard {
     fn download_progress(&self, p: ProgressParams) -> Action {
         let max = self.limits.max_file_bytes as f64;
         let mut downloads = lock(&self.downloads);
-        let room = self
-            .limits
-            .max_session_bytes
-            .saturating_sub(downloads.finished) as f64;
+        // What the session's other downloads hold: finished ones, and those under way.
+        let others: u64 = downloads
+            .receiving
+            .iter()
+            .filter(|(guid, _)| ***guid != *p.guid.as_str())
+            .map(|(_, bytes)| *bytes)
+            .sum();
+        let taken = downloads.finished.saturating_add(others);
+        let room = self.limits.max_session_bytes.saturating_sub(taken) as f64;
+        if p.state == "inProgress" {
+            downloads
+                .receiving
+                .insert(p.guid.as_str().into(), p.received_bytes as u64);
+        } else {
+            downloads.receiving.remove(p.guid.as_str());
+        }
         let over = p.received_bytes > max.min(room) || p.total_bytes > max.min(room);
         let cancelled = downloads.cancelled.contains(p.guid.as_str());
         match p.state.as_str() {
@@ -847,6 +861,11 @@ mod tests {
         assert!(
             matches!(guard.root_event(over.as_bytes()), Action::Send(_)),
             "90 finished + 61 passes the session's 150"
+        );
+        let beside = progress("C", 10, "inProgress");
+        assert!(
+            matches!(guard.root_event(beside.as_bytes()), Action::Send(_)),
+            "90 finished + 61 under way (cancelled, not yet ended) + 10 passes 150 too"
         );
     }
 }

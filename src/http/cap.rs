@@ -133,7 +133,13 @@ async fn only_probes(
     next: Next,
 ) -> Response {
     if probes.contains(&request.uri().path()) {
-        return next.run(request).await;
+        // The probe is answered, and the connection closes with it: a connection over the
+        // soft cap never stays open to hold a place in the reserve.
+        let mut response = next.run(request).await;
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
     }
     busy()
 }

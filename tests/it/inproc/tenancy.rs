@@ -403,6 +403,23 @@ async fn open_idle(gw: &FakeGateway) -> Option<TcpStream> {
     (n > 0).then_some(stream)
 }
 
+/// Whether the gateway closes `stream` within a short wait (EOF), having sent nothing more
+/// than an answer already read.
+fn connection_closes(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    for _ in 0..25 {
+        match stream.try_read(&mut byte) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
 /// Over the soft connection cap, new connections serve only the probe routes (others get
 /// 503 `too_many_connections` with `Retry-After`); at the cap they are closed at once;
 /// connections already open, a CDP WebSocket among them, go on; once connections close,
@@ -445,20 +462,29 @@ async fn open_connections_are_capped_with_a_reserve_for_probes() {
         "an open socket goes on"
     );
 
-    // At the cap: closed at once.
+    // A probe over the soft cap closes its connection, so probes cannot fill the reserve.
+    assert!(
+        open_idle(&gw)
+            .await
+            .is_none_or(|mut s| connection_closes(&mut s)),
+        "a probe over the soft cap keeps its connection"
+    );
+    // Connections that send nothing still count until their head times out; at the cap
+    // a new one is closed at once.
+    let mut silent = Vec::new();
     let mut closed = false;
     for _ in 0..12 {
-        match open_idle(&gw).await {
-            Some(stream) => idle.push(stream),
-            None => {
-                closed = true;
-                break;
-            }
+        let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+        if connection_closes(&mut stream) {
+            closed = true;
+            break;
         }
+        silent.push(stream);
     }
     assert!(closed, "a connection past the cap is closed at once");
 
     drop(idle);
+    drop(silent);
     let deadline = tokio::time::Instant::now() + STEP;
     loop {
         if get_once(&client, &gw, "/v1/sessions")
