@@ -12,6 +12,11 @@
 //! | `Extensions.loadUnpacked` | refused: it loads code from a host path with more power than a page |
 //! | `Target.exposeDevToolsProtocol` | refused: it hands a page a CDP connection of its own, past this guard |
 //! | `Target.createBrowserContext` | a `proxyServer` of its own is refused: the context's traffic would bypass the egress forwarder |
+//! | `Target.sendMessageToTarget` | the command it carries (to a session attached without `flatten`) is refused when its method is on this list |
+//!
+//! A command on the list that the guard cannot read as JSON is refused, and one it lets pass
+//! is forwarded as the guard read it (re-serialized), so that Chromium never parses a
+//! command other than the one checked.
 //! | `Target.createTarget` | refused once the session has `--max-pages-per-session` pages (open, or being created) |
 //!
 //! Methods that take no host path pass untouched (among them `Page.setInterceptFileChooserDialog`,
