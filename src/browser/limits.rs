@@ -48,6 +48,14 @@ impl Limiter {
         cgroup::sweep(&self.support)
     }
 
+    /// Removes this gateway's parent groups, once every browser's group is gone (at
+    /// shutdown). Blocking. A parent that still holds a group stays, and is said so.
+    pub(super) fn remove_parents(&self) {
+        if let Err(e) = cgroup::remove_parents(&self.support) {
+            warn!(error = %e, "cannot remove the gateway's cgroups at shutdown; the next start's sweep will");
+        }
+    }
+
     /// The caps in force (none until [`Limiter::set`]).
     fn limits(&self) -> Limits {
         self.limits.get().copied().unwrap_or_default()

@@ -260,7 +260,14 @@ impl BrowserHost for LocalChromium {
     }
 
     fn upkeep(&self, stop: CancellationToken) -> BoxFuture<'_, ()> {
-        reaper::run(self.leaders.clone(), stop).boxed()
+        let limiter = self.limiter.clone();
+        async move {
+            reaper::run(self.leaders.clone(), stop).await;
+            // Upkeep stops at shutdown, after every session ended: the browsers' groups
+            // are gone, and so go their parents.
+            let _ = tokio::task::spawn_blocking(move || limiter.remove_parents()).await;
+        }
+        .boxed()
     }
 
     fn sandbox(&self) -> Option<SandboxStatus> {
