@@ -22,6 +22,7 @@ async fn a_page_over_the_memory_cap_fails_its_session_and_spares_its_neighbour()
     let hog = gw.create(json!({})).await;
     let neighbour = gw.create(json!({})).await;
     let hog_id = hog["id"].as_str().expect("id").to_owned();
+    assert_caps_reach_the_browser(&gw, &hog_id);
     let mut cdp = Cdp::connect(hog["websocketUrl"].as_str().expect("url")).await;
     let page = cdp.attach_first_page().await;
     let mut other = Cdp::connect(neighbour["websocketUrl"].as_str().expect("url")).await;
@@ -69,4 +70,43 @@ async fn a_page_over_the_memory_cap_fails_its_session_and_spares_its_neighbour()
     other.close().await;
     gw.release(neighbour["id"].as_str().expect("id")).await;
     gw.assert_clean(secs(10)).await;
+}
+
+/// The session's browser sits in a cgroup of its own (this machine has cgroup v1's memory
+/// and pids hierarchies) carrying `--session-memory-max` and the default `--session-pids-max`.
+fn assert_caps_reach_the_browser(gw: &Gateway, session_id: &str) {
+    let pid = browser_leader(&gw.data_dir, session_id);
+    let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let path_in = |controller: &str| {
+        groups
+            .lines()
+            .find_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+                controllers
+                    .split(',')
+                    .any(|c| c == controller)
+                    .then(|| path.to_owned())
+            })
+            .unwrap_or_else(|| panic!("no {controller} cgroup in {groups}"))
+    };
+    let read =
+        |file: String| std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let pids = path_in("pids");
+    assert!(
+        pids.contains("/ingot-"),
+        "the browser is in the gateway's group: {pids}"
+    );
+    assert_eq!(
+        read(format!("/sys/fs/cgroup/pids{pids}/pids.max")).trim(),
+        "2048"
+    );
+    let memory = path_in("memory");
+    let limit: u64 = read(format!(
+        "/sys/fs/cgroup/memory{memory}/memory.limit_in_bytes"
+    ))
+    .trim()
+    .parse()
+    .expect("a number");
+    assert_eq!(limit, 768 << 20, "{memory}");
 }
