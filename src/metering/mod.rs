@@ -137,6 +137,10 @@ pub enum MeterError {
     Task(String),
     #[error("database: {0}")]
     Database(String),
+    /// A database call did not finish within its deadline (the database is unreachable,
+    /// or the path to it drops packets silently).
+    #[error("the database did not answer a {kind} call within {ms} ms")]
+    DeadlineExceeded { kind: &'static str, ms: u64 },
     /// A session with this id exists or existed (on any node): ids are never reused.
     #[error("a session with this id exists or existed")]
     Duplicate,
