@@ -95,7 +95,7 @@ impl From<Unavailable> for ApiError {
     fn from(e: Unavailable) -> Self {
         let code = match e {
             Unavailable::Fenced => "node_fenced",
-            Unavailable::DatabaseUnreachable => "database_unreachable",
+            Unavailable::DatabaseUnreachable => "database_unavailable",
         };
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -125,7 +125,7 @@ impl From<MeterError> for ApiError {
         if let MeterError::DeadlineExceeded { .. } = e {
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "database_unreachable",
+                "database_unavailable",
                 format!("the cluster's database cannot be reached: {e}; try again shortly"),
             );
         }

@@ -103,7 +103,7 @@ pub const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 ///    handlers that need one refuse a request without it (they fail closed); a relayed
 ///    request is authenticated by the client's key like any other;
 /// 5. [`refuse_while_fenced`]: 503 `node_fenced` for everything but the probes while this
-///    node is cut off from the cluster's database (fenced), and 503 `database_unreachable`
+///    node is cut off from the cluster's database (fenced), and 503 `database_unavailable`
 ///    for what would change a session (create, release, timeout) while its latest lease
 ///    renewal failed;
 /// 6. the body deadline, then the body size limit, then the route's handler; the files

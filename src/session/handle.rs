@@ -290,6 +290,12 @@ impl Session {
         Ok(())
     }
 
+    /// Whether the session ended but its final usage record is still owed to the database
+    /// (it could not be written yet).
+    pub fn final_record_owed(&self) -> bool {
+        self.usage.final_owed()
+    }
+
     /// Resolves once the browser is gone and its directory removed.
     pub async fn reaped(&self) {
         self.reaped.cancelled().await
