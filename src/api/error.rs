@@ -156,6 +156,7 @@ impl From<CreateError> for ApiError {
             CreateError::DatabaseUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
             }
+            CreateError::TimedOut(_) => (StatusCode::SERVICE_UNAVAILABLE, "create_timeout"),
         };
         ApiError::new(status, code, e.to_string())
     }

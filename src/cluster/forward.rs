@@ -298,7 +298,9 @@ impl FrameCursor {
     fn advance(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.payload_left > 0 {
-                let take = bytes.len().min(usize::try_from(self.payload_left).unwrap_or(usize::MAX));
+                let take = bytes
+                    .len()
+                    .min(usize::try_from(self.payload_left).unwrap_or(usize::MAX));
                 self.payload_left -= take as u64;
                 bytes = &bytes[take..];
                 continue;
