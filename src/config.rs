@@ -144,8 +144,10 @@ pub struct Settings {
     pub advertise_url: Option<String>,
 
     /// With `--database-url`: how long this node's lease lasts without renewal, in
-    /// milliseconds. A node whose lease ran out is dead: another node marks its live
-    /// sessions `failed` (`browser_crashed`), billed up to their last checkpoint.
+    /// milliseconds. It is renewed every sixth of it. A node that has not renewed it for
+    /// three quarters of it fences itself (its browsers are frozen and it takes nothing
+    /// new) until it renews; a node whose lease has been over for a quarter more is dead:
+    /// another node marks its live sessions `failed` (`node_lost`).
     #[arg(long, env = "INGOT_NODE_LEASE_MS", default_value_t = 15_000)]
     pub node_lease_ms: u64,
 
