@@ -95,7 +95,7 @@ impl From<Unavailable> for ApiError {
     fn from(e: Unavailable) -> Self {
         let code = match e {
             Unavailable::Fenced => "node_fenced",
-            Unavailable::DatabaseUnreachable => "database_unavailable",
+            Unavailable::DatabaseUnavailable => "database_unavailable",
         };
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -328,8 +328,17 @@ async fn a_database_outage_refuses_creates_and_fails_no_session() {
             "{method} {path}: {body}"
         );
     }
-    // Down for longer than a lease: every lease in the database has run out.
+    // Down for longer than a lease: every lease in the database has run out, and the nodes
+    // have fenced themselves (a load balancer stops sending them anything).
     tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let (status, ready) = a.get("/readyz").await;
+    assert_eq!(
+        (status, &ready["reason"]),
+        (503, &json!("node_fenced")),
+        "{ready}"
+    );
+    let (status, health) = a.get("/healthz").await;
+    assert_eq!((status, &health["fenced"]), (200, &json!(true)), "{health}");
     pg.start_again();
     let back = std::time::Instant::now();
     client.call("Browser.getVersion", json!({}), None).await;
@@ -355,6 +364,12 @@ async fn a_database_outage_refuses_creates_and_fails_no_session() {
     );
     assert_eq!(a.session(&id_of(&session)).await["status"], "live");
     client.call("Browser.getVersion", json!({}), None).await;
+    let (status, health) = a.get("/healthz").await;
+    assert_eq!(
+        (status, &health["fenced"]),
+        (200, &json!(false)),
+        "{health}"
+    );
     let again = b.create(json!({})).await;
     b.release(&id_of(&again)).await;
     a.release(&id_of(&session)).await;
