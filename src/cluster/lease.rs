@@ -261,14 +261,16 @@ pub async fn keep(
     // after a whole lease of that.
     let mut reachable_since: Option<Instant> = Some(joined);
     let mut failures: u64 = 0;
-    // The first renewal goes at once: starting up took some of the lease.
+    // The first renewal goes at once: starting up took some of the lease (its own
+    // deadline still fences the node if it hangs).
     let mut wait = Duration::ZERO;
     loop {
         let fence_at = renewed_at + times.lease - times.margin;
+        let first = wait.is_zero();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => wait = times.slot,
-            _ = tokio::time::sleep_until(fence_at), if !fence.is_fenced() => {
+            _ = tokio::time::sleep_until(fence_at), if !first && !fence.is_fenced() => {
                 fence_now(node, fence, renewed_at, failures);
                 continue;
             }
