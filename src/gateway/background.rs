@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::Gateway;
 use crate::browser::BrowserHost;
 use crate::cluster::Cluster;
-use crate::cluster::lease::{self, LeaseTimes, NodeSessions, PgMembership};
+use crate::cluster::lease::{self, NodeSessions};
 use crate::metering::Meter;
 use crate::session::registry::{Readiness, Registry};
 use crate::telemetry;
@@ -94,29 +94,16 @@ impl Background {
 
     /// In a cluster: the lease, and telling the other nodes what this one can take.
     fn start_cluster_tasks(&self, gateway: &Gateway) {
-        if let Some(database) = &gateway.database {
-            let lease = Duration::from_millis(gateway.settings.node_lease_ms);
-            let membership = PgMembership {
-                directory: database.clone(),
-                lease,
-            };
+        if let Some(lease) = &gateway.lease {
+            let membership = lease.membership.clone();
             let local = LocalSessions {
                 registry: gateway.registry.clone(),
                 meter: gateway.meter.clone(),
             };
-            let fence = gateway.fence.clone();
-            let joined = gateway.joined_at;
+            let (fence, times, joined) = (gateway.fence.clone(), lease.times, lease.joined);
             let stop = self.stop.clone();
             self.tasks.spawn(async move {
-                lease::keep(
-                    &membership,
-                    &local,
-                    &fence,
-                    LeaseTimes::new(lease),
-                    joined,
-                    stop,
-                )
-                .await
+                lease::keep(membership.as_ref(), &local, &fence, times, joined, stop).await
             });
         }
         if let Some(cluster) = &gateway.cluster {

@@ -28,7 +28,7 @@ use crate::browser::BrowserHost;
 use crate::browser::cgroup::Limits;
 use crate::cluster::Cluster;
 use crate::cluster::directory::{Member, PgDirectory};
-use crate::cluster::lease::{Fence, LeaseTimes};
+use crate::cluster::lease::{Fence, LeaseTimes, Membership, PgMembership};
 use crate::config::{
     MIN_TIMEOUT_MS, Settings, available_memory, host_name, sessions_for_memory, total_memory,
 };
@@ -89,10 +89,20 @@ pub struct Gateway {
     /// Whether this node serves: closed while its lease renewal is overdue (never on a
     /// single node).
     fence: Arc<Fence>,
-    /// When this node started taking its lease (its start, on a single node).
-    joined_at: tokio::time::Instant,
+    /// This node's lease, in a cluster: where it is renewed, its times, when it was taken.
+    lease: Option<NodeLease>,
     /// Held for the gateway's life: no other gateway may use the data directory.
     _data_dir: data_dir::DataDirLock,
+}
+
+/// A node's lease in its cluster.
+struct NodeLease {
+    /// Where the lease is renewed.
+    membership: Arc<dyn Membership>,
+    /// Its length, renewal slot and margin.
+    times: LeaseTimes,
+    /// When the join that took it started.
+    joined: tokio::time::Instant,
 }
 
 impl Gateway {
@@ -121,13 +131,18 @@ impl Gateway {
         host.check_capacity(max_sessions + settings.pool_size);
         let metrics = telemetry::install(max_sessions, settings.pool_size)
             .map_err(|e| GatewayError::Metrics(format!("{e:#}")))?;
-        let joined_at = tokio::time::Instant::now();
+        let joined = tokio::time::Instant::now();
         let (meter, database) = open_meter(&settings).await?;
-        let fence = Arc::new(match &database {
-            Some(_) => Fence::for_lease(
-                LeaseTimes::new(Duration::from_millis(settings.node_lease_ms)),
-                joined_at,
-            ),
+        let lease = database.as_ref().map(|directory| NodeLease {
+            membership: Arc::new(PgMembership {
+                directory: directory.clone(),
+                lease: Duration::from_millis(settings.node_lease_ms),
+            }),
+            times: LeaseTimes::new(Duration::from_millis(settings.node_lease_ms)),
+            joined,
+        });
+        let fence = Arc::new(match &lease {
+            Some(lease) => Fence::for_lease(lease.times, lease.joined),
             None => Fence::open_forever(),
         });
         let cluster = match &database {
@@ -159,9 +174,28 @@ impl Gateway {
             database,
             cluster,
             fence,
-            joined_at,
+            lease,
             _data_dir: lock,
         })
+    }
+
+    /// Keeps a lease in `membership` (lasting `lease`) from now on, as a node of a cluster
+    /// does in its database: for in-process tests of fencing on an in-memory membership.
+    #[cfg(feature = "test-util")]
+    pub fn with_lease(
+        mut self,
+        membership: Arc<crate::testing::InMemoryMembership>,
+        lease: Duration,
+    ) -> Gateway {
+        let times = LeaseTimes::new(lease);
+        let joined = tokio::time::Instant::now();
+        self.fence = Arc::new(Fence::for_lease(times, joined));
+        self.lease = Some(NodeLease {
+            membership,
+            times,
+            joined,
+        });
+        self
     }
 
     /// Serves until `shutdown` resolves, then ends every session and returns. Same as

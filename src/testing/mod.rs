@@ -8,5 +8,7 @@
 //! it.
 
 mod fake_browser;
+mod membership;
 
 pub use fake_browser::{FakeBrowser, FakeBrowserHost, ReceivedCommand};
+pub use membership::InMemoryMembership;

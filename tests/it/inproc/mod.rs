@@ -10,6 +10,7 @@
 
 mod admission;
 mod api;
+mod fence;
 mod files;
 mod guard;
 mod history;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use ingot::testing::{FakeBrowser, FakeBrowserHost};
+use ingot::testing::{FakeBrowser, FakeBrowserHost, InMemoryMembership};
 use ingot::{Gateway, GatewayError, Settings};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -105,6 +106,40 @@ impl FakeGateway {
             .await
             .expect("build in time")
             .expect("the gateway builds");
+        FakeGateway::serve(gateway, host, tmp, shared).await
+    }
+
+    /// A gateway that keeps a lease of `lease` in an in-memory cluster, which the test can
+    /// cut it off from: a node of a cluster, for the fence.
+    pub async fn start_leased(
+        lease: Duration,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> (FakeGateway, Arc<InMemoryMembership>) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let shared = crate::common::shared().await;
+        let mut settings = Settings::with_data_dir(tmp.path());
+        settings.pool_size = 0;
+        settings.max_sessions = Some(4);
+        adjust(&mut settings);
+        let host = FakeBrowserHost::new();
+        let membership = Arc::new(InMemoryMembership::new(lease));
+        let gateway = timeout(STEP, Gateway::build(settings, host.clone()))
+            .await
+            .expect("build in time")
+            .expect("the gateway builds")
+            .with_lease(membership.clone(), lease);
+        (
+            FakeGateway::serve(gateway, host, tmp, shared).await,
+            membership,
+        )
+    }
+
+    async fn serve(
+        gateway: Gateway,
+        host: Arc<FakeBrowserHost>,
+        tmp: tempfile::TempDir,
+        shared: RwLockReadGuard<'static, ()>,
+    ) -> FakeGateway {
         assert_eq!(host.launches(), 1, "build makes one probe launch");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
@@ -408,6 +443,23 @@ impl CdpClient {
             match frame {
                 Some(Ok(Message::Text(text))) => {
                     return serde_json::from_str(&text).expect("JSON from the gateway");
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next message from the gateway within `within`, if one comes (pings skipped).
+    pub async fn next_within(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(serde_json::from_str(&text).expect("JSON from the gateway"));
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 other => panic!("expected a message, got {other:?}"),
