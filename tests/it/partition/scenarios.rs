@@ -1,0 +1,601 @@
+//! The partition scenarios of issue 20, each a test with a heal: node b ↔ database (an
+//! immediate-error cut, a silent drop, b's link down), database ↔ every node (three nodes,
+//! 60 s), node ↔ node, and a release during a cut. Each prints one line of numbers and
+//! asserts the issue's properties.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::net_cluster::*;
+use super::probe::Probe;
+use crate::common::exclusive;
+use crate::common::netns::Fault;
+
+/// How long a cut lasts (the database ↔ every node cut lasts [`OUTAGE`]).
+const CUT: Duration = Duration::from_secs(20);
+/// The database ↔ every node outage.
+const OUTAGE: Duration = Duration::from_secs(60);
+/// Lease, as a duration.
+const LEASE: Duration = Duration::from_millis(LEASE_MS);
+
+fn id_of(session: &Value) -> String {
+    session["id"].as_str().expect("id").to_owned()
+}
+
+fn secs_since(t0: Instant, t: Option<Instant>) -> String {
+    t.map(|t| format!("{:+.1}s", ms_between(t0, t) as f64 / 1000.0))
+        .unwrap_or_else(|| "never".into())
+}
+
+/// How node b loses the database in scenarios a–c.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Loss {
+    /// b ↔ database, immediate errors.
+    Cut,
+    /// b ↔ database, packets silently dropped.
+    Silent,
+    /// b's link down: b ↔ everything.
+    Link,
+}
+
+/// What a node says of session `id`: status, reason, duration, credits (`None` when it
+/// does not answer).
+async fn view(node: &crate::common::Gateway, id: &str) -> Option<Value> {
+    let (status, body) = get(node, &format!("/v1/sessions/{id}"), Duration::from_secs(3)).await?;
+    (status == 200).then(|| {
+        json!({
+            "status": body["status"],
+            "reason": body["releaseReason"],
+            "duration": body["duration"],
+            "credits": body["creditsUsed"],
+        })
+    })
+}
+
+/// Waits (up to `within`) until every node says the same of session `id` and its status
+/// is `status`; returns how long that took, or what they said when they never agreed.
+async fn agree(
+    cluster: &NetCluster,
+    id: &str,
+    status: &str,
+    within: Duration,
+) -> Result<Duration, Vec<Option<Value>>> {
+    let start = Instant::now();
+    loop {
+        let mut seen = Vec::new();
+        for node in &cluster.nodes {
+            seen.push(view(node, id).await);
+        }
+        let same = seen.iter().all(|v| v.is_some() && *v == seen[0]);
+        if same && seen[0].as_ref().is_some_and(|v| v["status"] == status) {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return Err(seen);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What happened while b was cut off, as seen from the test.
+#[derive(Debug, Default)]
+struct DuringCut {
+    /// A fresh connection straight to b.
+    fresh_on_b: Option<Upgrade>,
+    /// A fresh connection to b's session through a, once its record read failed.
+    fresh_via_a: Option<Upgrade>,
+    /// A create on b: status and error code.
+    create_on_b: Option<(u16, String)>,
+    /// Chromium processes of b before the cut and after that create.
+    chromium: (usize, usize),
+    /// b's `ingot_cluster_fenced` during the cut.
+    fenced: Option<f64>,
+}
+
+/// Probes b during the cut, 6 s in (b fenced itself, its lease ran out and a failed its
+/// session by then).
+async fn during_cut(cluster: &NetCluster, loss: Loss, on_b: &str, cut_at: Instant) -> DuringCut {
+    let b = cluster.node("b");
+    let mut seen = DuringCut {
+        chromium: (b.chromium_processes(), 0),
+        ..DuringCut::default()
+    };
+    tokio::time::sleep_until((cut_at + Duration::from_secs(6)).into()).await;
+    seen.fresh_via_a = Some(upgrade(&cluster.ws_url("a", on_b), Duration::from_secs(5)).await);
+    if loss != Loss::Link {
+        seen.fresh_on_b = Some(upgrade(&cluster.ws_url("b", on_b), Duration::from_secs(5)).await);
+        seen.fenced = gauge(b, "ingot_cluster_fenced", &[]).await;
+        let created = post(b, "/v1/sessions", Duration::from_secs(25)).await;
+        seen.create_on_b = created.map(|(s, body)| {
+            let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+            (s, code)
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    seen.chromium.1 = b.chromium_processes();
+    seen
+}
+
+async fn node_loses_the_database(db: &'static str, loss: Loss) {
+    let _alone = exclusive().await;
+    let Some(cluster) = NetCluster::start(db, &["a", "b"], &[]).await else {
+        return;
+    };
+    let (a, b) = (cluster.node("a"), cluster.node("b"));
+    let on_b = id_of(&b.create(json!({})).await);
+    let on_a = id_of(&a.create(json!({})).await);
+    assert_eq!(cluster.row(&on_b).0, "b", "b's create ran on b");
+    let direct = Probe::start("direct to b", &cluster.ws_url("b", &on_b)).await;
+    let via_a = Probe::start("through a", &cluster.ws_url("a", &on_b)).await;
+    let a_own = Probe::start("a's own", &cluster.ws_url("a", &on_a)).await;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        direct.answers_between(started, Instant::now()) >= 10,
+        "answers before the cut"
+    );
+    let before = scrape(b).await.expect("b's metrics");
+    let watch = cluster.watch(&[on_b.clone(), on_a.clone()]).await;
+    let cut_at = Instant::now();
+    let fault = match loss {
+        Loss::Cut => cluster.net.cut("b", "pg"),
+        Loss::Silent => cluster.net.drop_silently("b", "pg"),
+        Loss::Link => cluster.net.link_down("b"),
+    };
+    let during = during_cut(&cluster, loss, &on_b, cut_at).await;
+    tokio::time::sleep_until((cut_at + CUT).into()).await;
+    cluster.net.heal(&fault);
+    let healed_at = Instant::now();
+    let ended = direct.wait_end(Duration::from_secs(10)).await;
+    let ended_via = via_a.wait_end(Duration::from_secs(5)).await;
+    let agreed = agree(&cluster, &on_b, "failed", LEASE + Duration::from_secs(1)).await;
+    let after = scrape(b).await.expect("b's metrics after the heal");
+    let failed = watch.changed(&on_b);
+    let last = [direct.last_answer(), via_a.last_answer()]
+        .into_iter()
+        .flatten()
+        .max();
+    let window = failed
+        .as_ref()
+        .zip(last)
+        .map(|((at, ..), last)| ms_between(*at, last));
+    let renew_failed = |s: &prometheus_parse::Scrape| {
+        crate::common::try_metric(
+            s,
+            "ingot_cluster_lease_renewals_total",
+            &[("outcome", "failed")],
+        )
+        .unwrap_or(0.0)
+    };
+    eprintln!(
+        "partition {db} ({loss:?}, {}s): db {} at {}; last answer direct {} through-a {}; \
+         split-brain window {window:?} ms; a's own client: {} answers, longest silence {:?}; \
+         during: fresh on b {:?}, fresh via a {:?}, create on b {:?}, chromium {:?}, fenced {:?}; \
+         after heal: direct client {:?} at {}, through-a {:?}; agree {agreed:?}; \
+         failed renewals {} -> {}; fenced seconds {:?}",
+        CUT.as_secs(),
+        failed
+            .as_ref()
+            .map(|f| format!("{}/{}", f.1, f.2))
+            .unwrap_or("live".into()),
+        secs_since(cut_at, failed.as_ref().map(|f| f.0)),
+        secs_since(cut_at, direct.last_answer()),
+        secs_since(cut_at, via_a.last_answer()),
+        a_own.answers_between(cut_at, Instant::now()),
+        a_own.longest_silence(cut_at, Instant::now()),
+        during.fresh_on_b,
+        during.fresh_via_a,
+        during.create_on_b,
+        during.chromium,
+        during.fenced,
+        ended.as_ref().map(|e| (e.code, e.reason.clone())),
+        secs_since(healed_at, ended.as_ref().map(|e| e.at)),
+        ended_via.as_ref().map(|e| (e.code, e.reason.clone())),
+        renew_failed(&before),
+        renew_failed(&after),
+        crate::common::try_metric(&after, "ingot_cluster_fenced_seconds_total", &[]),
+    );
+    let failed = failed.expect("b's session was failed during the cut");
+    assert_eq!(
+        (failed.1.as_str(), failed.2.as_str()),
+        ("failed", "node_lost")
+    );
+    assert!(
+        window.expect("answers") <= 1_000,
+        "split brain for {window:?} ms"
+    );
+    assert_during(&during, loss);
+    assert_after_heal(&cluster, &on_b, &on_a, (ended, ended_via), agreed).await;
+    assert!(
+        watch.changed(&on_a).is_none(),
+        "a's session lives on: {:?}",
+        watch.all()
+    );
+    assert!(
+        a_own.end().is_none()
+            && a_own.longest_silence(cut_at, Instant::now()) < Duration::from_secs(1)
+    );
+    assert_metrics(&after, loss, renew_failed(&before) < renew_failed(&after));
+    if loss == Loss::Silent {
+        assert!(
+            b.log_text().contains("cannot renew"),
+            "the failed renewal is logged"
+        );
+    }
+}
+
+/// What b answered while cut off.
+fn assert_during(during: &DuringCut, loss: Loss) {
+    assert_eq!(
+        during.fresh_via_a.as_ref().and_then(Upgrade::status),
+        Some(410),
+        "a refuses a fresh connection to a failed session: {:?}",
+        during.fresh_via_a
+    );
+    if loss == Loss::Link {
+        return;
+    }
+    match &during.fresh_on_b {
+        Some(Upgrade::Refused(503, code, Some(_))) if code == "node_fenced" => {}
+        other => panic!(
+            "a fresh connection to fenced b: 503 node_fenced with Retry-After, got {other:?}"
+        ),
+    }
+    match &during.create_on_b {
+        Some((503, code)) if code == "node_fenced" || code == "database_unreachable" => {}
+        other => panic!("a create on b cut from the database: 503, got {other:?}"),
+    }
+    assert!(
+        during.chromium.1 <= during.chromium.0,
+        "no browser launched for a create on b: {:?}",
+        during.chromium
+    );
+    assert_eq!(during.fenced, Some(1.0), "b says it is fenced");
+}
+
+/// After the heal: b's clients closed with 1011, every node and the database agree, fresh
+/// connections refused with 410, b's browser gone.
+async fn assert_after_heal(
+    cluster: &NetCluster,
+    on_b: &str,
+    on_a: &str,
+    (direct, via_a): (Option<super::probe::End>, Option<super::probe::End>),
+    agreed: Result<Duration, Vec<Option<Value>>>,
+) {
+    let direct = direct.expect("b's client is closed after the heal");
+    assert_eq!(direct.code, Some(1011), "closed with 1011: {direct:?}");
+    assert!(!direct.reason.is_empty(), "with a reason: {direct:?}");
+    let via_a = via_a.expect("the client through a is closed");
+    assert!(
+        via_a.code.is_some(),
+        "with a close frame, not 1006: {via_a:?}"
+    );
+    agreed.unwrap_or_else(|seen| panic!("nodes disagree a lease after the heal: {seen:?}"));
+    let (_, status, reason, _) = cluster.row(on_b);
+    assert_eq!((status.as_str(), reason.as_str()), ("failed", "node_lost"));
+    for name in ["a", "b"] {
+        let fresh = upgrade(&cluster.ws_url(name, on_b), Duration::from_secs(5)).await;
+        assert_eq!(
+            fresh.status(),
+            Some(410),
+            "fresh connection through {name}: {fresh:?}"
+        );
+    }
+    assert_eq!(cluster.row(on_a).1, "live");
+    same_lists_and_usage(cluster).await;
+    let b = cluster.node("b");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.chromium_processes() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "b's failed session's browser still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// b's metrics after the heal.
+fn assert_metrics(after: &prometheus_parse::Scrape, loss: Loss, renewals_failed_rose: bool) {
+    use crate::common::try_metric;
+    assert_eq!(
+        try_metric(after, "ingot_cluster_fenced", &[]),
+        Some(0.0),
+        "unfenced"
+    );
+    let fenced_for = try_metric(after, "ingot_cluster_fenced_seconds_total", &[]).unwrap_or(0.0);
+    assert!(
+        fenced_for > 1.0,
+        "time spent fenced is counted: {fenced_for}"
+    );
+    assert!(renewals_failed_rose, "failed renewals are counted");
+    assert!(
+        after
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("ingot_database_call_seconds")),
+        "database call latency by kind"
+    );
+    if loss == Loss::Silent {
+        assert!(
+            sum_of(after, "ingot_database_timeouts_total") >= 1.0,
+            "timeouts are counted"
+        );
+    }
+}
+
+/// `GET /v1/sessions` and `/v1/usage` answer the same from every node.
+async fn same_lists_and_usage(cluster: &NetCluster) {
+    for path in ["/v1/sessions", "/v1/usage"] {
+        let mut answers = Vec::new();
+        for node in &cluster.nodes {
+            let (status, body) = get(node, path, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|| panic!("{path}: no answer"));
+            assert_eq!(status, 200, "{path}: {body}");
+            answers.push(comparable(body));
+        }
+        for (i, answer) in answers.iter().enumerate().skip(1) {
+            assert_eq!(
+                answer, &answers[0],
+                "{path} differs between node 0 and node {i}"
+            );
+        }
+    }
+}
+
+/// An answer without what differs by nature from node to node (links, and durations of
+/// live sessions, which grow while the nodes are asked in turn).
+fn comparable(mut body: Value) -> Value {
+    if let Some(sessions) = body["sessions"].as_array_mut() {
+        for s in sessions {
+            let Some(s) = s.as_object_mut() else { continue };
+            for link in ["websocketUrl", "debugUrl", "sessionViewerUrl"] {
+                s.remove(link);
+            }
+            if s.get("status") == Some(&json!("live")) {
+                s.remove("duration");
+            }
+        }
+    }
+    body
+}
+
+/// a. Node b ↔ database, immediate errors, 20 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_from_the_database_fences_before_it_is_failed() {
+    node_loses_the_database("part_cut", Loss::Cut).await;
+}
+
+/// b. Node b ↔ database, packets silently dropped, 20 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_node_silently_dropped_from_the_database_fences_and_logs() {
+    node_loses_the_database("part_silent", Loss::Silent).await;
+}
+
+/// c. Node b ↔ everything (its link down), 20 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_node_cut_from_everything_fences_and_clients_through_others_stop() {
+    node_loses_the_database("part_link", Loss::Link).await;
+}
+
+/// d. Database ↔ every node, silent drop, 60 s, three nodes: no session fails, clients
+/// answer again within 5 s of the heal, every node agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d_a_database_outage_fails_no_session() {
+    let _alone = exclusive().await;
+    let Some(cluster) = NetCluster::start("part_outage", &["a", "b", "c"], &[]).await else {
+        return;
+    };
+    let mut ids = Vec::new();
+    let mut probes = Vec::new();
+    for name in cluster.names() {
+        let id = id_of(&cluster.node(&name).create(json!({})).await);
+        assert_eq!(cluster.row(&id).0, name);
+        probes.push(Probe::start(&name, &cluster.ws_url(&name, &id)).await);
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let watch = cluster.watch(&ids).await;
+    let cut_at = Instant::now();
+    let faults: Vec<Fault> = cluster
+        .names()
+        .iter()
+        .map(|n| cluster.net.drop_silently("pg", n))
+        .collect();
+    tokio::time::sleep(OUTAGE).await;
+    for fault in &faults {
+        cluster.net.heal(fault);
+    }
+    let healed_at = Instant::now();
+    tokio::time::sleep(LEASE * 2 + Duration::from_secs(2)).await;
+    let mut agreed = Vec::new();
+    for id in &ids {
+        agreed.push(agree(&cluster, id, "live", LEASE).await);
+    }
+    let summary: Vec<String> = probes
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: {} answers in the outage, first after heal {}, ended {:?}",
+                p.name,
+                p.answers_between(cut_at, healed_at),
+                secs_since(healed_at, p.first_answer_after(healed_at)),
+                p.end().map(|e| (e.code, e.reason))
+            )
+        })
+        .collect();
+    eprintln!(
+        "partition outage (pg <-> a, b, c silent, {}s): records changed {:?}; {}; agree {agreed:?}",
+        OUTAGE.as_secs(),
+        watch.all(),
+        summary.join("; ")
+    );
+    assert!(
+        watch.all().is_empty(),
+        "no session fails in a database outage: {:?}",
+        watch.all()
+    );
+    for p in &probes {
+        assert!(p.end().is_none(), "{}'s client stays connected", p.name);
+        let first = p
+            .first_answer_after(healed_at)
+            .expect("answers after the heal");
+        assert!(
+            first - healed_at <= Duration::from_secs(5),
+            "{} answers within 5 s",
+            p.name
+        );
+    }
+    for (id, agreed) in ids.iter().zip(agreed) {
+        agreed.unwrap_or_else(|seen| panic!("{id}: nodes disagree: {seen:?}"));
+    }
+    same_lists_and_usage(&cluster).await;
+}
+
+/// e. Node a ↔ node b, silently, database reachable, 20 s: no session fails, the client
+/// forwarded through a to b's session is closed with a close frame, relayed requests
+/// answer 502 `node_unreachable` within 2 s, direct clients are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e_a_node_to_node_cut_fails_nothing_and_closes_forwarded_clients() {
+    let _alone = exclusive().await;
+    let Some(cluster) = NetCluster::start("part_nodes", &["a", "b"], &[]).await else {
+        return;
+    };
+    let (a, b) = (cluster.node("a"), cluster.node("b"));
+    let on_a = id_of(&a.create(json!({})).await);
+    let on_b = id_of(&b.create(json!({})).await);
+    let direct_a = Probe::start("a direct", &cluster.ws_url("a", &on_a)).await;
+    let direct_b = Probe::start("b direct", &cluster.ws_url("b", &on_b)).await;
+    let forwarded = Probe::start("a to b", &cluster.ws_url("a", &on_b)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let watch = cluster.watch(&[on_a.clone(), on_b.clone()]).await;
+    let cut_at = Instant::now();
+    let fault = cluster.net.drop_silently("a", "b");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let asked = Instant::now();
+    let relayed = get(
+        a,
+        &format!("/v1/sessions/{on_b}/live-details"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let relay_took = asked.elapsed();
+    tokio::time::sleep_until((cut_at + CUT).into()).await;
+    let healed_at = Instant::now();
+    cluster.net.heal(&fault);
+    tokio::time::sleep(LEASE * 2).await;
+    let agreed_a = agree(&cluster, &on_a, "live", LEASE).await;
+    let agreed_b = agree(&cluster, &on_b, "live", LEASE).await;
+    let end = forwarded.end();
+    eprintln!(
+        "partition a <-> b (silent, {}s): records changed {:?}; forwarded client ended {:?} at {}; \
+         relayed live-details {:?} in {relay_took:?}; direct a longest silence {:?}, direct b {:?}; \
+         agree {agreed_a:?} {agreed_b:?}",
+        CUT.as_secs(),
+        watch.all(),
+        end.as_ref().map(|e| (e.code, e.reason.clone())),
+        secs_since(cut_at, end.as_ref().map(|e| e.at)),
+        relayed
+            .as_ref()
+            .map(|(s, body)| (*s, body["error"]["code"].clone())),
+        direct_a.longest_silence(cut_at, healed_at),
+        direct_b.longest_silence(cut_at, healed_at),
+    );
+    assert!(
+        watch.all().is_empty(),
+        "no session failed: {:?}",
+        watch.all()
+    );
+    let end = end.expect("the forwarded client is closed");
+    assert!(
+        end.code.is_some() && !end.reason.is_empty(),
+        "a close frame with a reason: {end:?}"
+    );
+    let (status, body) = relayed.expect("the relayed request is answered");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("node_unreachable"))
+    );
+    assert!(
+        relay_took <= Duration::from_secs(2),
+        "502 within 2 s: {relay_took:?}"
+    );
+    for p in [&direct_a, &direct_b] {
+        assert!(p.end().is_none(), "{} stays connected", p.name);
+        let silence = p.longest_silence(cut_at, healed_at);
+        assert!(
+            silence < Duration::from_secs(1),
+            "{} unaffected: silent {silence:?}",
+            p.name
+        );
+    }
+    agreed_a.expect("nodes agree on a's session");
+    agreed_b.expect("nodes agree on b's session");
+    same_lists_and_usage(&cluster).await;
+}
+
+/// f. A release on b during a b ↔ database silent drop, 1 s in (before b fences) and 5 s
+/// in (fenced): each answers 503, or 200 and every node shows `released` afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_a_release_during_a_cut_is_refused_or_recorded_everywhere() {
+    let _alone = exclusive().await;
+    let Some(cluster) = NetCluster::start("part_release", &["a", "b"], &[]).await else {
+        return;
+    };
+    let b = cluster.node("b");
+    let early = id_of(&b.create(json!({})).await);
+    let late = id_of(&b.create(json!({})).await);
+    let cut_at = Instant::now();
+    let fault = cluster.net.drop_silently("b", "pg");
+    let mut answers = Vec::new();
+    for (id, at) in [(&early, 1), (&late, 5)] {
+        tokio::time::sleep_until((cut_at + Duration::from_secs(at)).into()).await;
+        let asked = Instant::now();
+        let answer = post(
+            b,
+            &format!("/v1/sessions/{id}/release"),
+            Duration::from_secs(30),
+        )
+        .await;
+        answers.push((answer, asked.elapsed()));
+    }
+    tokio::time::sleep_until((cut_at + CUT).into()).await;
+    cluster.net.heal(&fault);
+    let mut outcomes = Vec::new();
+    for ((answer, _), id) in answers.iter().zip([&early, &late]) {
+        let status = answer.as_ref().map(|(s, _)| *s);
+        let expect = if status == Some(200) {
+            "released"
+        } else {
+            "failed"
+        };
+        outcomes.push((
+            agree(&cluster, id, expect, LEASE + Duration::from_secs(1)).await,
+            cluster.row(id),
+        ));
+    }
+    eprintln!(
+        "partition release on b (b <-> pg silent, {}s): answers {:?}; afterwards {outcomes:?}",
+        CUT.as_secs(),
+        answers
+            .iter()
+            .map(|(a, took)| (
+                a.as_ref().map(|(s, b)| (*s, b["error"]["code"].clone())),
+                *took
+            ))
+            .collect::<Vec<_>>(),
+    );
+    for ((answer, took), (agreed, row)) in answers.iter().zip(outcomes) {
+        let (status, body) = answer.as_ref().expect("the release is answered");
+        assert!(
+            matches!(status, 200 | 503),
+            "200 or 503: {status} {body} after {took:?}"
+        );
+        agreed.unwrap_or_else(|seen| panic!("after a {status}, nodes disagree: {seen:?}"));
+        if *status == 200 {
+            assert_eq!(row.1, "released", "a 200 release is recorded: {row:?}");
+        }
+    }
+    same_lists_and_usage(&cluster).await;
+}
