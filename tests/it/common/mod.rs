@@ -96,8 +96,10 @@ impl Gateway {
         data_dir: &Path,
         extra: &[&str],
     ) -> Gateway {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", netns, BIN]);
+        // nsenter enters the network namespace only: `ip netns exec` would also mount a
+        // sysfs of the namespace's own over /sys, hiding the cgroup file system.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{netns}")).arg(BIN);
         let host = addr.to_string();
         Gateway::spawn(cmd, &host, port, data_dir, extra, &[]).await
     }

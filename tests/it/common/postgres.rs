@@ -92,6 +92,13 @@ impl Postgres {
                 "UTF8",
             ],
         );
+        if pg.netns.is_some() {
+            // initdb trusts loopback only; the nodes connect from their own namespaces.
+            let hba = pg.dir.path().join("data").join("pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+            rules.push_str("\nhost all all 0.0.0.0/0 trust\n");
+            std::fs::write(&hba, rules).expect("pg_hba.conf written");
+        }
         pg.start_again();
         pg
     }

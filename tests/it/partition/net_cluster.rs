@@ -70,6 +70,7 @@ impl NetCluster {
             name,
             "--node-lease-ms",
             &lease,
+            "--insecure-no-auth",
         ];
         args.extend_from_slice(extra);
         Gateway::start_in_netns(&self.net.ns(name), ip, PORT, dir, &args).await

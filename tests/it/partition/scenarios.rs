@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::net_cluster::*;
-use super::probe::Probe;
+use super::probe::{End, Probe};
 use crate::common::exclusive;
 use crate::common::netns::Fault;
 
@@ -117,85 +117,104 @@ async fn during_cut(cluster: &NetCluster, loss: Loss, on_b: &str, cut_at: Instan
     seen
 }
 
+/// Two nodes, a session on each, and three clients: straight to b's session, to b's
+/// session through a, and to a's own.
+struct TwoNodes {
+    cluster: NetCluster,
+    on_a: String,
+    on_b: String,
+    direct: Probe,
+    via_a: Probe,
+    a_own: Probe,
+}
+
+impl TwoNodes {
+    async fn start(db: &'static str) -> Option<TwoNodes> {
+        let cluster = NetCluster::start(db, &["a", "b"], &[]).await?;
+        let on_b = id_of(&cluster.node("b").create(json!({})).await);
+        let on_a = id_of(&cluster.node("a").create(json!({})).await);
+        assert_eq!(cluster.row(&on_b).0, "b", "b's create ran on b");
+        let direct = Probe::start("direct to b", &cluster.ws_url("b", &on_b)).await;
+        let via_a = Probe::start("through a", &cluster.ws_url("a", &on_b)).await;
+        let a_own = Probe::start("a's own", &cluster.ws_url("a", &on_a)).await;
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let answered = direct.answers_between(started, Instant::now());
+        assert!(answered >= 10, "answers before the cut: {answered}");
+        Some(TwoNodes {
+            cluster,
+            on_a,
+            on_b,
+            direct,
+            via_a,
+            a_own,
+        })
+    }
+}
+
+/// What scenarios a–c measured after the heal.
+struct AfterHeal {
+    cut_at: Instant,
+    healed_at: Instant,
+    /// How b's clients ended: straight, through a.
+    ended: (Option<End>, Option<End>),
+    agreed: Result<Duration, Vec<Option<Value>>>,
+    /// b's metrics before the cut and after the heal.
+    metrics: (prometheus_parse::Scrape, prometheus_parse::Scrape),
+}
+
+/// Failed renewals counted in `scrape`.
+fn renewals_failed(scrape: &prometheus_parse::Scrape) -> f64 {
+    let labels = [("outcome", "failed")];
+    crate::common::try_metric(scrape, "ingot_cluster_lease_renewals_total", &labels).unwrap_or(0.0)
+}
+
+/// Scenarios a–c: b loses the database for [`CUT`] as `loss` says, then the heal.
 async fn node_loses_the_database(db: &'static str, loss: Loss) {
     let _alone = exclusive().await;
-    let Some(cluster) = NetCluster::start(db, &["a", "b"], &[]).await else {
+    let Some(t) = TwoNodes::start(db).await else {
         return;
     };
-    let (a, b) = (cluster.node("a"), cluster.node("b"));
-    let on_b = id_of(&b.create(json!({})).await);
-    let on_a = id_of(&a.create(json!({})).await);
-    assert_eq!(cluster.row(&on_b).0, "b", "b's create ran on b");
-    let direct = Probe::start("direct to b", &cluster.ws_url("b", &on_b)).await;
-    let via_a = Probe::start("through a", &cluster.ws_url("a", &on_b)).await;
-    let a_own = Probe::start("a's own", &cluster.ws_url("a", &on_a)).await;
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        direct.answers_between(started, Instant::now()) >= 10,
-        "answers before the cut"
-    );
+    let b = t.cluster.node("b");
     let before = scrape(b).await.expect("b's metrics");
-    let watch = cluster.watch(&[on_b.clone(), on_a.clone()]).await;
+    let watch = t.cluster.watch(&[t.on_b.clone(), t.on_a.clone()]).await;
     let cut_at = Instant::now();
     let fault = match loss {
-        Loss::Cut => cluster.net.cut("b", "pg"),
-        Loss::Silent => cluster.net.drop_silently("b", "pg"),
-        Loss::Link => cluster.net.link_down("b"),
+        Loss::Cut => t.cluster.net.cut("b", "pg"),
+        Loss::Silent => t.cluster.net.drop_silently("b", "pg"),
+        Loss::Link => t.cluster.net.link_down("b"),
     };
-    let during = during_cut(&cluster, loss, &on_b, cut_at).await;
+    let during = during_cut(&t.cluster, loss, &t.on_b, cut_at).await;
     tokio::time::sleep_until((cut_at + CUT).into()).await;
-    cluster.net.heal(&fault);
+    t.cluster.net.heal(&fault);
     let healed_at = Instant::now();
-    let ended = direct.wait_end(Duration::from_secs(10)).await;
-    let ended_via = via_a.wait_end(Duration::from_secs(5)).await;
-    let agreed = agree(&cluster, &on_b, "failed", LEASE + Duration::from_secs(1)).await;
+    let ended = (
+        t.direct.wait_end(Duration::from_secs(10)).await,
+        t.via_a.wait_end(Duration::from_secs(5)).await,
+    );
+    let agreed = agree(
+        &t.cluster,
+        &t.on_b,
+        "failed",
+        LEASE + Duration::from_secs(1),
+    )
+    .await;
     let after = scrape(b).await.expect("b's metrics after the heal");
-    let failed = watch.changed(&on_b);
-    let last = [direct.last_answer(), via_a.last_answer()]
-        .into_iter()
-        .flatten()
-        .max();
+    let seen = AfterHeal {
+        cut_at,
+        healed_at,
+        ended,
+        agreed,
+        metrics: (before, after),
+    };
+    let failed = watch.changed(&t.on_b);
+    let last = [t.direct.last_answer(), t.via_a.last_answer()];
+    let last = last.into_iter().flatten().max();
     let window = failed
         .as_ref()
         .zip(last)
-        .map(|((at, ..), last)| ms_between(*at, last));
-    let renew_failed = |s: &prometheus_parse::Scrape| {
-        crate::common::try_metric(
-            s,
-            "ingot_cluster_lease_renewals_total",
-            &[("outcome", "failed")],
-        )
-        .unwrap_or(0.0)
-    };
-    eprintln!(
-        "partition {db} ({loss:?}, {}s): db {} at {}; last answer direct {} through-a {}; \
-         split-brain window {window:?} ms; a's own client: {} answers, longest silence {:?}; \
-         during: fresh on b {:?}, fresh via a {:?}, create on b {:?}, chromium {:?}, fenced {:?}; \
-         after heal: direct client {:?} at {}, through-a {:?}; agree {agreed:?}; \
-         failed renewals {} -> {}; fenced seconds {:?}",
-        CUT.as_secs(),
-        failed
-            .as_ref()
-            .map(|f| format!("{}/{}", f.1, f.2))
-            .unwrap_or("live".into()),
-        secs_since(cut_at, failed.as_ref().map(|f| f.0)),
-        secs_since(cut_at, direct.last_answer()),
-        secs_since(cut_at, via_a.last_answer()),
-        a_own.answers_between(cut_at, Instant::now()),
-        a_own.longest_silence(cut_at, Instant::now()),
-        during.fresh_on_b,
-        during.fresh_via_a,
-        during.create_on_b,
-        during.chromium,
-        during.fenced,
-        ended.as_ref().map(|e| (e.code, e.reason.clone())),
-        secs_since(healed_at, ended.as_ref().map(|e| e.at)),
-        ended_via.as_ref().map(|e| (e.code, e.reason.clone())),
-        renew_failed(&before),
-        renew_failed(&after),
-        crate::common::try_metric(&after, "ingot_cluster_fenced_seconds_total", &[]),
-    );
+        .map(|((at, ..), l)| ms_between(*at, l));
+    print_loss(db, loss, &t, &during, &seen, (&failed, window));
     let failed = failed.expect("b's session was failed during the cut");
     assert_eq!(
         (failed.1.as_str(), failed.2.as_str()),
@@ -206,23 +225,69 @@ async fn node_loses_the_database(db: &'static str, loss: Loss) {
         "split brain for {window:?} ms"
     );
     assert_during(&during, loss);
-    assert_after_heal(&cluster, &on_b, &on_a, (ended, ended_via), agreed).await;
+    assert_after_heal(&t, seen.ended, seen.agreed).await;
     assert!(
-        watch.changed(&on_a).is_none(),
+        watch.changed(&t.on_a).is_none(),
         "a's session lives on: {:?}",
         watch.all()
     );
+    let silence = t.a_own.longest_silence(cut_at, Instant::now());
     assert!(
-        a_own.end().is_none()
-            && a_own.longest_silence(cut_at, Instant::now()) < Duration::from_secs(1)
+        t.a_own.end().is_none() && silence < Duration::from_secs(1),
+        "a's client: {silence:?}"
     );
-    assert_metrics(&after, loss, renew_failed(&before) < renew_failed(&after));
+    let rose = renewals_failed(&seen.metrics.0) < renewals_failed(&seen.metrics.1);
+    assert_metrics(&seen.metrics.1, loss, rose);
     if loss == Loss::Silent {
         assert!(
             b.log_text().contains("cannot renew"),
             "the failed renewal is logged"
         );
     }
+}
+
+/// The one-line summary of scenarios a–c.
+fn print_loss(
+    db: &str,
+    loss: Loss,
+    t: &TwoNodes,
+    during: &DuringCut,
+    seen: &AfterHeal,
+    (failed, window): (&Option<(Instant, String, String)>, Option<i64>),
+) {
+    let cut_at = seen.cut_at;
+    let end = |e: &Option<End>| e.as_ref().map(|e| (e.code, e.reason.clone()));
+    let (sent, in_time) = t.direct.counts();
+    eprintln!(
+        "partition {db} ({loss:?}, {}s): db {} at {}; last answer direct {} through-a {}; \
+         split-brain window {window:?} ms; direct client {in_time}/{sent} answered within 1 s; \
+         a's own client: {} answers, longest silence {:?}; during: fresh on b {:?}, \
+         fresh via a {:?}, create on b {:?}, chromium {:?}, fenced {:?}; after heal: direct \
+         client {:?} at {}, through-a {:?}; agree {:?}; failed renewals {} -> {}; \
+         fenced seconds {:?}",
+        CUT.as_secs(),
+        failed
+            .as_ref()
+            .map(|f| format!("{}/{}", f.1, f.2))
+            .unwrap_or("live".into()),
+        secs_since(cut_at, failed.as_ref().map(|f| f.0)),
+        secs_since(cut_at, t.direct.last_answer()),
+        secs_since(cut_at, t.via_a.last_answer()),
+        t.a_own.answers_between(cut_at, Instant::now()),
+        t.a_own.longest_silence(cut_at, Instant::now()),
+        during.fresh_on_b,
+        during.fresh_via_a,
+        during.create_on_b,
+        during.chromium,
+        during.fenced,
+        end(&seen.ended.0),
+        secs_since(seen.healed_at, seen.ended.0.as_ref().map(|e| e.at)),
+        end(&seen.ended.1),
+        seen.agreed,
+        renewals_failed(&seen.metrics.0),
+        renewals_failed(&seen.metrics.1),
+        crate::common::try_metric(&seen.metrics.1, "ingot_cluster_fenced_seconds_total", &[]),
+    );
 }
 
 /// What b answered while cut off.
@@ -257,10 +322,8 @@ fn assert_during(during: &DuringCut, loss: Loss) {
 /// After the heal: b's clients closed with 1011, every node and the database agree, fresh
 /// connections refused with 410, b's browser gone.
 async fn assert_after_heal(
-    cluster: &NetCluster,
-    on_b: &str,
-    on_a: &str,
-    (direct, via_a): (Option<super::probe::End>, Option<super::probe::End>),
+    t: &TwoNodes,
+    (direct, via_a): (Option<End>, Option<End>),
     agreed: Result<Duration, Vec<Option<Value>>>,
 ) {
     let direct = direct.expect("b's client is closed after the heal");
@@ -272,6 +335,7 @@ async fn assert_after_heal(
         "with a close frame, not 1006: {via_a:?}"
     );
     agreed.unwrap_or_else(|seen| panic!("nodes disagree a lease after the heal: {seen:?}"));
+    let (cluster, on_a, on_b) = (&t.cluster, &t.on_a, &t.on_b);
     let (_, status, reason, _) = cluster.row(on_b);
     assert_eq!((status.as_str(), reason.as_str()), ("failed", "node_lost"));
     for name in ["a", "b"] {
@@ -417,9 +481,10 @@ async fn d_a_database_outage_fails_no_session() {
         .iter()
         .map(|p| {
             format!(
-                "{}: {} answers in the outage, first after heal {}, ended {:?}",
+                "{}: {} answers in the outage, {} CDP errors, first after heal {}, ended {:?}",
                 p.name,
                 p.answers_between(cut_at, healed_at),
+                p.errors().len(),
                 secs_since(healed_at, p.first_answer_after(healed_at)),
                 p.end().map(|e| (e.code, e.reason))
             )
