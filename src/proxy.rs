@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::cdp::message;
 use crate::cdp::mux::{ClientLink, Forwarded};
+use crate::cluster::lease::Fence;
 use crate::metering::Billable;
 use crate::session::Session;
 use crate::telemetry::ClientConnection;
@@ -56,6 +57,10 @@ pub fn close_frame(why: Disconnect) -> CloseFrame {
             }
             EndReason::BrowserUnresponsive => (CloseCode::Error, "browser not responding"),
             EndReason::MemoryLimit => (CloseCode::Error, "browser over the session memory limit"),
+            EndReason::NodeLost => (
+                CloseCode::Error,
+                "session failed: its node lost contact with the cluster",
+            ),
         },
         Disconnect::NotReading => (CloseCode::Policy, "client is not reading its messages"),
     };
@@ -73,6 +78,7 @@ pub async fn serve_client<S>(
     mut link: ClientLink,
     session: Arc<Session>,
     ping_every: Duration,
+    fence: Arc<Fence>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -90,10 +96,10 @@ pub async fn serve_client<S>(
             biased;
             _ = link.close.changed() => Step::Disconnected,
             outbound = link.outbound.recv() => match outbound {
-                Some(msg) => to_client(&mut ws, &mut link, &session, msg).await,
+                Some(msg) => to_client(&mut ws, &mut link, &session, msg, &fence).await,
                 None => Step::Stop,
             },
-            incoming = ws.next() => from_client(&mut ws, &mut link, &session, incoming).await,
+            incoming = ws.next() => from_client(&mut ws, &mut link, &session, incoming, &fence).await,
             _ = checks.tick() => {
                 if active_at.elapsed() < ping_every {
                     continue;
@@ -115,6 +121,32 @@ pub async fn serve_client<S>(
     info!(session_id = %session.id, "client detached");
 }
 
+/// How often a client held by the fence checks whether it may go on, besides being woken
+/// when the fence opens.
+const FENCE_RECHECK: Duration = Duration::from_millis(100);
+
+/// Holds a message, in either direction, while this node may not serve (it is fenced off
+/// from its cluster, or its lease's deadline passed before the lease task could say so):
+/// nothing reaches the browser or the client until the node renews. `false` when the client
+/// must go meanwhile (its session ended: lost by the cluster, released, timed out).
+async fn wait_while_fenced(fence: &Fence, link: &mut ClientLink) -> bool {
+    if fence.may_serve() {
+        return true;
+    }
+    let mut paused = fence.paused();
+    loop {
+        tokio::select! {
+            biased;
+            _ = link.close.changed() => return false,
+            _ = paused.changed() => {}
+            _ = tokio::time::sleep(FENCE_RECHECK) => {}
+        }
+        if fence.may_serve() {
+            return true;
+        }
+    }
+}
+
 /// What the client loop does next.
 enum Step {
     Continue,
@@ -130,10 +162,14 @@ async fn to_client<S>(
     link: &mut ClientLink,
     session: &Session,
     msg: Bytes,
+    fence: &Fence,
 ) -> Step
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if !wait_while_fenced(fence, link).await {
+        return Step::Disconnected;
+    }
     let Ok(text) = Utf8Bytes::try_from(msg) else {
         warn!(session_id = %session.id, "browser sent a message that is not UTF-8; dropped");
         return Step::Continue;
@@ -148,6 +184,7 @@ async fn from_client<S>(
     link: &mut ClientLink,
     session: &Session,
     incoming: Option<Result<Message, tungstenite::Error>>,
+    fence: &Fence,
 ) -> Step
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -177,6 +214,9 @@ where
         }
         None => return Step::Stop,
     };
+    if !wait_while_fenced(fence, link).await {
+        return Step::Disconnected;
+    }
     session.usage().count_to_browser(payload.len());
     session.note_activity();
     match link.forward(payload).await {

@@ -44,6 +44,13 @@ pub const LEASE_RENEWALS: &str = "ingot_cluster_lease_renewals_total";
 pub const CLUSTER_NODES: &str = "ingot_cluster_nodes";
 pub const FORWARDED: &str = "ingot_cluster_forwarded_total";
 pub const DIRECTORY_QUERY: &str = "ingot_cluster_directory_query_seconds";
+pub const DATABASE_CALL: &str = "ingot_database_call_seconds";
+pub const DATABASE_TIMEOUTS: &str = "ingot_database_timeouts_total";
+pub const CLUSTER_FENCED: &str = "ingot_cluster_fenced";
+pub const CLUSTER_FENCED_SECONDS: &str = "ingot_cluster_fenced_seconds";
+
+/// The kinds of database calls (`metering::postgres::DbCall`), each with its own deadline.
+pub const DATABASE_CALL_KINDS: [&str; 5] = ["lease", "membership", "write", "read", "migrate"];
 pub const SESSION_FILES_BYTES: &str = "ingot_session_files_bytes";
 pub const HTTP_CONNECTIONS: &str = "ingot_http_connections";
 pub const HTTP_CONNECTIONS_MAX: &str = "ingot_http_connections_max";
@@ -111,6 +118,12 @@ fn build_recorder() -> anyhow::Result<PrometheusHandle> {
             ],
         )?
         .set_buckets_for_metric(
+            Matcher::Full(DATABASE_CALL.into()),
+            &[
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        )?
+        .set_buckets_for_metric(
             Matcher::Full(DIRECTORY_QUERY.into()),
             &[
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -140,6 +153,12 @@ fn register_at_zero(max_sessions: usize, pool_size: usize) {
         counter!(LEASE_RENEWALS, "outcome" => outcome).absolute(0);
     }
     gauge!(CLUSTER_NODES).set(0.0);
+    gauge!(CLUSTER_FENCED).set(0.0);
+    gauge!(CLUSTER_FENCED_SECONDS).set(0.0);
+    for kind in DATABASE_CALL_KINDS {
+        counter!(DATABASE_TIMEOUTS, "kind" => kind).absolute(0);
+        let _ = histogram!(DATABASE_CALL, "kind" => kind);
+    }
     gauge!(SESSION_FILES_BYTES).set(0.0);
     gauge!(HTTP_CONNECTIONS).set(0.0);
     for how in ["probes_only", "closed"] {
@@ -234,6 +253,24 @@ fn describe() {
     describe_counter!(
         FORWARDED,
         "Requests and WebSocket upgrades passed to another node, by kind and outcome."
+    );
+    describe_histogram!(
+        DATABASE_CALL,
+        Unit::Seconds,
+        "Latency of calls to the shared database, by kind (lease, membership, write, read, migrate), deadline overruns included."
+    );
+    describe_counter!(
+        DATABASE_TIMEOUTS,
+        "Calls to the shared database abandoned at their deadline, by kind."
+    );
+    describe_gauge!(
+        CLUSTER_FENCED,
+        "1 while this node is fenced (it could not renew its lease in time: its browsers are frozen and it takes no new connection), else 0."
+    );
+    describe_gauge!(
+        CLUSTER_FENCED_SECONDS,
+        Unit::Seconds,
+        "Time this node has spent fenced since it started (only ever grows)."
     );
     describe_histogram!(
         DIRECTORY_QUERY,
@@ -335,6 +372,26 @@ pub fn session_files_bytes(n: u64) {
 /// How long a lookup in the cluster's shared database took.
 pub fn directory_query(took: Duration) {
     histogram!(DIRECTORY_QUERY).record(took.as_secs_f64());
+}
+
+/// A call to the shared database of `kind` took `took`.
+pub fn database_call(kind: &'static str, took: Duration) {
+    histogram!(DATABASE_CALL, "kind" => kind).record(took.as_secs_f64());
+}
+
+/// A call to the shared database of `kind` was abandoned at its deadline.
+pub fn database_timeout(kind: &'static str) {
+    counter!(DATABASE_TIMEOUTS, "kind" => kind).increment(1);
+}
+
+/// This node fenced itself (`true`) or serves again (`false`).
+pub fn cluster_fenced(fenced: bool) {
+    gauge!(CLUSTER_FENCED).set(if fenced { 1.0 } else { 0.0 });
+}
+
+/// This node spent `took` fenced.
+pub fn cluster_fenced_for(took: Duration) {
+    gauge!(CLUSTER_FENCED_SECONDS).increment(took.as_secs_f64());
 }
 
 /// A lease renewal, by outcome.

@@ -81,11 +81,14 @@ pub enum EndReason {
     /// The browser's process tree went over the session memory limit
     /// (`--session-memory-max`) and was ended.
     MemoryLimit,
+    /// The session's node lost the cluster: it could not renew its lease, and another node
+    /// failed its sessions (the node itself ends them when it is heard from again).
+    NodeLost,
 }
 
 impl EndReason {
     /// Every reason, for registering metrics up front.
-    pub const ALL: [EndReason; 9] = [
+    pub const ALL: [EndReason; 10] = [
         EndReason::UserRequested,
         EndReason::Timeout,
         EndReason::InactivityTimeout,
@@ -95,6 +98,7 @@ impl EndReason {
         EndReason::StartupFailed,
         EndReason::GatewayShutdown,
         EndReason::MemoryLimit,
+        EndReason::NodeLost,
     ];
 
     /// The final status each reason leads to.
@@ -108,7 +112,8 @@ impl EndReason {
             EndReason::BrowserCrashed
             | EndReason::BrowserUnresponsive
             | EndReason::StartupFailed
-            | EndReason::MemoryLimit => Status::Failed,
+            | EndReason::MemoryLimit
+            | EndReason::NodeLost => Status::Failed,
         }
     }
 
@@ -124,6 +129,7 @@ impl EndReason {
             EndReason::StartupFailed => "startup_failed",
             EndReason::GatewayShutdown => "gateway_shutdown",
             EndReason::MemoryLimit => "memory_limit",
+            EndReason::NodeLost => "node_lost",
         }
     }
 }

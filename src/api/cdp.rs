@@ -163,6 +163,7 @@ async fn connect(
     let on_upgrade = hyper::upgrade::on(&mut request);
     let max_message = state.max_message;
     let ping_every = state.ping_every;
+    let fence = state.fence.clone();
     state.clients.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -172,7 +173,7 @@ async fn connect(
                     Some(proxy::websocket_config(max_message)),
                 )
                 .await;
-                proxy::serve_client(ws, link, session, ping_every).await;
+                proxy::serve_client(ws, link, session, ping_every, fence).await;
             }
             Err(e) => debug!(session_id = %id, error = %e, "WebSocket upgrade did not complete"),
         }
@@ -489,6 +490,7 @@ mod tests {
             ping_every: Duration::from_secs(30),
             body_timeout: Duration::from_secs(5),
             cluster: None,
+            fence: Arc::new(crate::cluster::lease::Fence::open_forever()),
             viewers: Default::default(),
             viewer_frame_ancestors: "'self'".into(),
             sandbox: None,

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::cluster::lease::Unavailable;
 use crate::files::FileError;
 use crate::metering::MeterError;
 use crate::session::admission::Refusal;
@@ -90,6 +91,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<Unavailable> for ApiError {
+    fn from(e: Unavailable) -> Self {
+        let code = match e {
+            Unavailable::Fenced => "node_fenced",
+            Unavailable::DatabaseUnreachable => "database_unavailable",
+        };
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            format!("{e}; try again shortly, or through another node"),
+        )
+    }
+}
+
 impl From<InvalidField> for ApiError {
     fn from(e: InvalidField) -> Self {
         ApiError::bad_request(e.to_string())
@@ -107,6 +122,13 @@ impl From<ListError> for ApiError {
 
 impl From<MeterError> for ApiError {
     fn from(e: MeterError) -> Self {
+        if let MeterError::DeadlineExceeded { .. } = e {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                format!("the cluster's database cannot be reached: {e}; try again shortly"),
+            );
+        }
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "usage_unavailable",

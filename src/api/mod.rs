@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,6 +32,7 @@ use tower_http::timeout::RequestBodyDeadlineLayer;
 
 use crate::auth::{Caller, KeyRing};
 use crate::cluster::Cluster;
+use crate::cluster::lease::{Fence, Unavailable};
 use crate::metering::Meter;
 use crate::session::params::TimeoutLimits;
 use crate::session::registry::Registry;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// The other nodes, in cluster mode (`--database-url`).
     pub cluster: Option<Arc<Cluster>>,
+    /// Whether this node serves (closed while it is cut off from the cluster's database).
+    pub fence: Arc<Fence>,
     /// View state of the sessions (live views, the computer API's pointer, viewer tokens).
     pub viewers: Arc<crate::viewer::Viewers>,
     /// The viewer's CSP `frame-ancestors` (`--viewer-frame-ancestors`).
@@ -99,7 +102,11 @@ pub const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 /// 4. [`authenticate`]: 401 without a valid key; otherwise the [`Caller`] is attached, and
 ///    handlers that need one refuse a request without it (they fail closed); a relayed
 ///    request is authenticated by the client's key like any other;
-/// 5. the body deadline, then the body size limit, then the route's handler; the files
+/// 5. [`refuse_while_fenced`]: 503 `node_fenced` for everything but the probes while this
+///    node is cut off from the cluster's database (fenced), and 503 `database_unavailable`
+///    for what would change a session (create, release, timeout) while its latest lease
+///    renewal failed;
+/// 6. the body deadline, then the body size limit, then the route's handler; the files
 ///    routes skip both (an upload enforces the file size limit and a stall timeout itself).
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -150,6 +157,10 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyDeadlineLayer::new(state.body_timeout))
         // Uploads stream large bodies: they keep limits of their own.
         .merge(files::routes())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_while_fenced,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn(refuse_large_heads))
         .layer(middleware::from_fn_with_state(
@@ -161,6 +172,32 @@ pub fn router(state: AppState) -> Router {
             relay::peer_hop,
         ))
         .with_state(state)
+}
+
+/// Refuses requests while this node may not serve them: everything but the probes and the
+/// OpenAPI document while it is fenced (its browsers are frozen; a client should come back
+/// shortly, or go through another node), and requests that change something while it cannot
+/// reach the database (a create would launch a browser it cannot record, a release would
+/// answer before it is recorded).
+async fn refuse_while_fenced(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if OPERATIONAL_PATHS.contains(&path) || path == openapi::PATH {
+        return next.run(request).await;
+    }
+    match state.fence.admits() {
+        Ok(()) => {}
+        Err(Unavailable::Fenced) => return ApiError::from(Unavailable::Fenced).into_response(),
+        Err(unreachable) => {
+            if request.method() != Method::GET && request.method() != Method::HEAD {
+                return ApiError::from(unreachable).into_response();
+            }
+        }
+    }
+    next.run(request).await
 }
 
 /// Refuses request heads over [`MAX_HEAD`] with 431 JSON.

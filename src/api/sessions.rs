@@ -231,7 +231,19 @@ pub async fn release(
     relay: Relay,
     SessionId(id): SessionId,
 ) -> Result<Response, ApiError> {
-    if state.registry.release(&id, &caller).await.is_none() {
+    let released = state.registry.release(&id, &caller).await;
+    if let Some(session) = &released
+        && session.final_record_owed()
+    {
+        // Ended here, but not recorded: answering 200 could be contradicted by the
+        // cluster (which may yet fail the session while this node is cut off).
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            format!("session {id} ended on this node, but the database did not take its final record; it is written when the database answers again"),
+        ));
+    }
+    if released.is_none() {
         match relay
             .to_owner(&state, id, &caller, "release", Bytes::new())
             .await?

@@ -1116,6 +1116,21 @@ impl BrowserProcess for LocalProcess {
         .boxed()
     }
 
+    fn freeze(&self, frozen: bool) {
+        // The browser leads its own process group: one signal reaches every helper.
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        match killpg(Pid::from_raw(self.pid), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => {
+                warn!(pid = self.pid, error = %e, ?signal, "cannot signal the browser's process group")
+            }
+        }
+    }
+
     fn adopt_downloads(&self, to: &Path) -> BoxFuture<'_, Result<(), LaunchError>> {
         let to = to.to_path_buf();
         async move {

@@ -176,6 +176,10 @@ pub trait BrowserProcess: Send + Sync {
     /// Kills the browser and everything it started, and removes what it left on disk.
     /// Idempotent; resolves once all of it is gone.
     fn kill(&self) -> BoxFuture<'_, ()>;
+    /// Stops (`true`) or resumes every process of the browser. A stopped browser runs no
+    /// script and answers nothing; killing it still works. Used while the gateway's node is
+    /// fenced off from its cluster.
+    fn freeze(&self, frozen: bool);
 
     /// Before a session that took this (pooled) browser under an id of its own tells it to
     /// save downloads in `to`: moves the directory it was launched to save them in there,

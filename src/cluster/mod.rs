@@ -9,6 +9,7 @@
 //! forwarded bytes pass through unread.
 
 pub mod forward;
+pub mod lease;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -17,11 +17,11 @@ use tracing::{info, warn};
 use super::Gateway;
 use crate::browser::BrowserHost;
 use crate::cluster::Cluster;
+use crate::cluster::lease::{self, LeaseTimes, NodeSessions, PgMembership};
 use crate::metering::Meter;
-use crate::metering::postgres::PgLedger;
 use crate::session::registry::{Readiness, Registry};
 use crate::telemetry;
-use crate::vocab::EndReason;
+use futures_util::future::BoxFuture;
 
 /// While the latest browser launch failed, a probe launch is tried this often.
 const REPROBE_EVERY: Duration = Duration::from_secs(10);
@@ -96,13 +96,28 @@ impl Background {
     fn start_cluster_tasks(&self, gateway: &Gateway) {
         if let Some(database) = &gateway.database {
             let lease = Duration::from_millis(gateway.settings.node_lease_ms);
-            self.tasks.spawn(keep_lease(
-                database.clone(),
-                gateway.registry.clone(),
-                gateway.meter.clone(),
+            let membership = PgMembership {
+                ledger: database.clone(),
                 lease,
-                self.stop.clone(),
-            ));
+            };
+            let local = LocalSessions {
+                registry: gateway.registry.clone(),
+                meter: gateway.meter.clone(),
+            };
+            let fence = gateway.fence.clone();
+            let joined = gateway.joined_at;
+            let stop = self.stop.clone();
+            self.tasks.spawn(async move {
+                lease::keep(
+                    &membership,
+                    &local,
+                    &fence,
+                    LeaseTimes::new(lease),
+                    joined,
+                    stop,
+                )
+                .await
+            });
         }
         if let Some(cluster) = &gateway.cluster {
             self.tasks.spawn(share_offer(
@@ -217,44 +232,23 @@ async fn reprobe_while_unavailable(registry: Arc<Registry>, stop: CancellationTo
     }
 }
 
-/// Renews this node's lease three times per lease until `stop`. After each renewal it ends
-/// the sessions here that the cluster already failed (this node was silent past its lease),
-/// and fails the live sessions of nodes whose lease ran out (one node at a time).
-async fn keep_lease(
-    ledger: Arc<PgLedger>,
+/// This node's sessions, as the lease protocol sees them.
+struct LocalSessions {
     registry: Arc<Registry>,
     meter: Arc<Meter>,
-    lease: Duration,
-    stop: CancellationToken,
-) {
-    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    // Since when this node has reached the database without a failure. It judges other
-    // nodes only after a whole lease of that, so that after an outage every node first
-    // gets the time to renew its own lease.
-    let mut reachable_since: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(lease / 3) => {}
-        }
-        let renewed = ledger.renew(lease_ms).await;
-        telemetry::lease_renewed(renewed.is_ok());
-        if let Err(e) = renewed {
-            warn!(error = %e, "cannot renew this node's lease");
-            reachable_since = None;
-            continue;
-        }
-        let since = *reachable_since.get_or_insert_with(tokio::time::Instant::now);
-        match ledger.ended_elsewhere(&meter.live_records()).await {
-            Ok(lost) if !lost.is_empty() => {
-                registry.end_lost(&lost);
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "cannot check this node's sessions in the database"),
-        }
-        if since.elapsed() >= lease {
-            fail_dead_nodes(&ledger).await;
-        }
+}
+
+impl NodeSessions for LocalSessions {
+    fn live_records(&self) -> Vec<i64> {
+        self.meter.live_records()
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.registry.freeze_all(frozen);
+    }
+
+    fn end_lost(&self, records: Vec<i64>, at: tokio::time::Instant) -> BoxFuture<'_, usize> {
+        Box::pin(async move { self.registry.end_lost(&records, at.into_std()).await })
     }
 }
 
@@ -276,24 +270,6 @@ async fn share_offer(cluster: Arc<Cluster>, registry: Arc<Registry>, stop: Cance
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(OFFER_EVERY) => {}
         }
-    }
-}
-
-/// Marks the live sessions of nodes whose lease ran out failed (one node at a time).
-async fn fail_dead_nodes(ledger: &PgLedger) {
-    match ledger
-        .fail_dead_nodes(EndReason::BrowserCrashed.as_str())
-        .await
-    {
-        Ok(0) => {}
-        Ok(n) => {
-            warn!(
-                sessions = n,
-                "a node's lease ran out: its live sessions are marked failed (browser_crashed)"
-            );
-            telemetry::sessions_lost_with_node(n);
-        }
-        Err(e) => warn!(error = %e, "cannot check for dead nodes"),
     }
 }
 

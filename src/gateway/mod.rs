@@ -27,13 +27,14 @@ use crate::auth::KeyRing;
 use crate::browser::BrowserHost;
 use crate::browser::cgroup::Limits;
 use crate::cluster::Cluster;
+use crate::cluster::lease::{Fence, LeaseTimes};
 use crate::config::{
     MIN_TIMEOUT_MS, Settings, available_memory, host_name, sessions_for_memory, total_memory,
 };
 use crate::files::FileStore;
 use crate::http::{self, HttpLimits};
 use crate::metering::Meter;
-use crate::metering::postgres::{Member, PgLedger};
+use crate::metering::postgres::{Deadlines, Member, PgLedger};
 use crate::session::admission::Admission;
 use crate::session::params::TimeoutLimits;
 use crate::session::registry::{HistoryLimits, Registry};
@@ -83,6 +84,11 @@ pub struct Gateway {
     database: Option<Arc<PgLedger>>,
     /// The other nodes, in a cluster.
     cluster: Option<Arc<Cluster>>,
+    /// Whether this node serves: closed while its lease renewal is overdue (never on a
+    /// single node).
+    fence: Arc<Fence>,
+    /// When this node started taking its lease (its start, on a single node).
+    joined_at: tokio::time::Instant,
     /// Held for the gateway's life: no other gateway may use the data directory.
     _data_dir: data_dir::DataDirLock,
 }
@@ -113,7 +119,15 @@ impl Gateway {
         host.check_capacity(max_sessions + settings.pool_size);
         let metrics = telemetry::install(max_sessions, settings.pool_size)
             .map_err(|e| GatewayError::Metrics(format!("{e:#}")))?;
+        let joined_at = tokio::time::Instant::now();
         let (meter, database) = open_meter(&settings).await?;
+        let fence = Arc::new(match &database {
+            Some(_) => Fence::for_lease(
+                LeaseTimes::new(Duration::from_millis(settings.node_lease_ms)),
+                joined_at,
+            ),
+            None => Fence::open_forever(),
+        });
         let cluster = match &database {
             Some(db) => Some(membership(db, &settings).await?),
             None => None,
@@ -142,6 +156,8 @@ impl Gateway {
             keys: Arc::new(keys),
             database,
             cluster,
+            fence,
+            joined_at,
             _data_dir: lock,
         })
     }
@@ -289,6 +305,7 @@ impl Gateway {
             ping_every: Duration::from_millis(self.settings.ws_ping_interval_ms),
             body_timeout: Duration::from_millis(self.settings.header_timeout_ms),
             cluster: self.cluster.clone(),
+            fence: self.fence.clone(),
             viewers,
             viewer_frame_ancestors: self.settings.viewer_frame_ancestors.clone(),
             sandbox: self.host.sandbox().map(Arc::new),
@@ -480,7 +497,8 @@ async fn join_cluster(settings: &Settings) -> Result<Arc<PgLedger>, GatewayError
     let url = settings.database_url.as_deref().unwrap_or_default();
     let shown = settings.database_shown().unwrap_or_default();
     let node = settings.node();
-    let ledger = PgLedger::connect(url, &node).await.map_err(|e| {
+    let deadlines = Deadlines::for_lease(Duration::from_millis(settings.node_lease_ms));
+    let ledger = PgLedger::connect(url, &node, deadlines).await.map_err(|e| {
         GatewayError::Usage(format!(
             "cannot use the database {shown}: {e}; check --database-url and that PostgreSQL accepts connections there"
         ))

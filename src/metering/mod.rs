@@ -17,7 +17,7 @@ pub mod store;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -79,9 +79,17 @@ pub struct SessionUsage {
     bytes_to_client: AtomicU64,
     messages_to_browser: AtomicU64,
     messages_to_client: AtomicU64,
+    /// The final record could not be written yet: it is owed, and retried every second.
+    final_owed: AtomicBool,
 }
 
 impl SessionUsage {
+    /// Whether the session's final record is still owed to the database (it could not be
+    /// written when the session ended).
+    pub fn final_owed(&self) -> bool {
+        self.final_owed.load(Ordering::Acquire)
+    }
+
     /// The id of the session's usage record, once written.
     pub fn record_id(&self) -> Option<i64> {
         self.record_id.get().copied()
@@ -137,6 +145,10 @@ pub enum MeterError {
     Task(String),
     #[error("database: {0}")]
     Database(String),
+    /// A database call did not finish within its deadline (the database is unreachable,
+    /// or the path to it drops packets silently).
+    #[error("the database did not answer a {kind} call within {ms} ms")]
+    DeadlineExceeded { kind: &'static str, ms: u64 },
     /// A session with this id exists or existed (on any node): ids are never reused.
     #[error("a session with this id exists or existed")]
     Duplicate,
@@ -280,6 +292,7 @@ impl Meter {
         }
         // The clock retries it every second until the database answers. Should this
         // process die first, the next start closes the record at its last checkpoint.
+        session.usage().final_owed.store(true, Ordering::Release);
         let mut owed = lock(&self.owed);
         owed.finals.push(record);
         owed.retry_at

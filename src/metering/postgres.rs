@@ -5,9 +5,10 @@
 //! node that runs its session, so that a restarting node closes only its own abandoned
 //! records. It must not know about sessions' states, clocks or HTTP.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio_postgres::error::SqlState;
@@ -20,12 +21,11 @@ use super::store::{
     Checkpoint, FinalRecord, HistoryQuery, HistoryRow, NewRecord, Retention, TrafficTotals,
     UsageSums, from_sql, to_sql,
 };
+use crate::sync::lock;
 use crate::telemetry;
 
 /// Key of the advisory lock held while migrations run.
 const MIGRATION_LOCK: i64 = 0x696e_676f_7400_0001;
-/// How long a query may wait for a connection, and a connection may take to open.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most connections one node holds.
 const POOL_SIZE: usize = 8;
 
@@ -129,10 +129,95 @@ const VISIBLE: &str = "($1::text IS NULL OR tenant = $1)
         (SELECT record_id FROM ingot_sessions WHERE ($1::text IS NULL OR tenant = $1)
          ORDER BY record_id DESC LIMIT 1 OFFSET $3), 0))";
 
+/// How long each kind of database call may take, and how fast a dead path is noticed.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// A lease call (join, renew, leave): one renewal slot.
+    pub lease: Duration,
+    /// Every other call: connect, pool checkout, query and transaction together.
+    pub call: Duration,
+    /// How long unacknowledged data or unanswered keepalives may last before the kernel
+    /// calls a connection dead (`TCP_USER_TIMEOUT`, keepalive probes).
+    pub dead_path: Duration,
+}
+
+impl Deadlines {
+    /// The deadlines for a node whose lease lasts `lease`: a renewal gets one slot (a sixth
+    /// of the lease), any other call a third of it (at least 1 s, at most 10 s), and a
+    /// silently dropped path is noticed within a third of it.
+    pub fn for_lease(lease: Duration) -> Deadlines {
+        let third = lease / 3;
+        Deadlines {
+            lease: renewal_slot(lease),
+            call: third.clamp(Duration::from_secs(1), Duration::from_secs(10)),
+            dead_path: third,
+        }
+    }
+
+    fn of(&self, kind: DbCall) -> Duration {
+        match kind {
+            DbCall::Lease => self.lease,
+            DbCall::Migrate => MIGRATE_DEADLINE,
+            DbCall::Membership | DbCall::Write | DbCall::Read => self.call,
+        }
+    }
+}
+
+/// How often a node renews its lease, and how long one renewal may take: a sixth of the
+/// lease, at least 100 ms.
+pub fn renewal_slot(lease: Duration) -> Duration {
+    (lease / 6).max(Duration::from_millis(100))
+}
+
+/// What a database call is for: it picks the call's deadline and labels its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbCall {
+    /// This node's lease: join, renew, leave.
+    Lease,
+    /// What nodes learn of each other: capacity, live nodes, owners, dead nodes, the secret.
+    Membership,
+    /// A session's usage record: insert, checkpoint, finish, details, closing abandoned ones.
+    Write,
+    /// Reads for the API: history, usage, quotas, ids.
+    Read,
+    /// Schema migrations at start.
+    Migrate,
+}
+
+impl DbCall {
+    /// Every kind; their labels are `telemetry::DATABASE_CALL_KINDS`.
+    #[cfg(test)]
+    const ALL: [DbCall; 5] = [
+        DbCall::Lease,
+        DbCall::Membership,
+        DbCall::Write,
+        DbCall::Read,
+        DbCall::Migrate,
+    ];
+
+    /// The `kind` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DbCall::Lease => "lease",
+            DbCall::Membership => "membership",
+            DbCall::Write => "write",
+            DbCall::Read => "read",
+            DbCall::Migrate => "migrate",
+        }
+    }
+}
+
+/// Longest a start's migrations may take.
+const MIGRATE_DEADLINE: Duration = Duration::from_secs(60);
+
 /// The ledger in PostgreSQL, for the node `node`.
 pub struct PgLedger {
     pool: Pool,
     node: String,
+    deadlines: Deadlines,
+    /// When a call last overran its deadline: connections opened before then may hang on a
+    /// dead path and are not handed out again.
+    overran_at: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 fn db(e: impl std::fmt::Display) -> MeterError {
@@ -141,8 +226,14 @@ fn db(e: impl std::fmt::Display) -> MeterError {
 
 impl PgLedger {
     /// Connects to `url`, checks that the database answers, and brings its schema up to date.
-    pub async fn connect(url: &str, node: &str) -> Result<PgLedger, MeterError> {
-        let config: tokio_postgres::Config = url.parse().map_err(db)?;
+    /// Every call it makes later ends within `deadlines`.
+    pub async fn connect(
+        url: &str,
+        node: &str,
+        deadlines: Deadlines,
+    ) -> Result<PgLedger, MeterError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(db)?;
+        watch_the_path(&mut config, &deadlines);
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -150,25 +241,65 @@ impl PgLedger {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        let overran_at: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+        let seen = overran_at.clone();
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
+            .wait_timeout(Some(deadlines.call))
+            .create_timeout(Some(deadlines.call))
+            .recycle_timeout(Some(deadlines.call))
+            .pre_recycle(Hook::sync_fn(move |_, metrics| match *lock(&seen) {
+                Some(at) if metrics.created <= at => Err(HookError::message(
+                    "opened before a call overran its deadline",
+                )),
+                _ => Ok(()),
+            }))
             .build()
             .map_err(db)?;
         let ledger = PgLedger {
             pool,
             node: node.to_owned(),
+            deadlines,
+            overran_at,
         };
-        ledger.migrate().await?;
+        ledger.call(DbCall::Migrate, ledger.migrate()).await?;
         Ok(ledger)
+    }
+
+    /// Runs one database call of `kind` within its deadline, timing it. A call that overruns
+    /// is abandoned, and the connections opened before it are not used again (one of them
+    /// may be stuck on a dead path).
+    async fn call<T>(
+        &self,
+        kind: DbCall,
+        work: impl Future<Output = Result<T, MeterError>>,
+    ) -> Result<T, MeterError> {
+        let deadline = self.deadlines.of(kind);
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(deadline, work).await;
+        telemetry::database_call(kind.as_str(), started.elapsed());
+        result.unwrap_or_else(|_| {
+            telemetry::database_timeout(kind.as_str());
+            *lock(&self.overran_at) = Some(std::time::Instant::now());
+            self.pool.retain(|_, _| false);
+            Err(MeterError::DeadlineExceeded {
+                kind: kind.as_str(),
+                ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+            })
+        })
     }
 
     /// Applies the migrations this database lacks, in one transaction under an advisory lock.
     async fn migrate(&self) -> Result<(), MeterError> {
         let mut client = self.pool.get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
+        // Waiting for another node's migrations may take longer than one ordinary call.
+        let wait = format!(
+            "SET LOCAL statement_timeout = {}",
+            MIGRATE_DEADLINE.as_millis()
+        );
+        tx.batch_execute(&wait).await.map_err(db)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(db)?;
@@ -211,6 +342,7 @@ impl PgLedger {
 
     /// Joins the cluster: takes this node's lease, unless another live node holds its id.
     pub async fn join(&self, me: &Member) -> Result<(), MeterError> {
+        self.call(DbCall::Lease, async move {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let sql = format!(
@@ -241,123 +373,167 @@ impl PgLedger {
         ];
         tx.execute(&sql, &args).await.map_err(db)?;
         tx.commit().await.map_err(db)
+            })
+        .await
     }
 
     /// Extends this node's lease by `lease_ms` from now.
     pub async fn renew(&self, lease_ms: i64) -> Result<(), MeterError> {
-        let sql = format!("UPDATE ingot_nodes SET lease_until_ms = {NOW_MS} + $2 WHERE node = $1");
-        self.client()
-            .await?
-            .execute(&sql, &[&self.node, &lease_ms])
-            .await
-            .map(drop)
-            .map_err(db)
+        self.call(DbCall::Lease, async move {
+            let sql =
+                format!("UPDATE ingot_nodes SET lease_until_ms = {NOW_MS} + $2 WHERE node = $1");
+            self.client()
+                .await?
+                .execute(&sql, &[&self.node, &lease_ms])
+                .await
+                .map(drop)
+                .map_err(db)
+        })
+        .await
     }
 
-    /// Marks every live session of every node whose lease ran out `failed` with `reason`,
-    /// billed up to its last checkpoint. One node at a time does it (an advisory lock; the
-    /// others skip). Returns how many sessions it ended.
-    pub async fn fail_dead_nodes(&self, reason: &str) -> Result<u64, MeterError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let row = tx
-            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&TAKEOVER_LOCK])
-            .await
-            .map_err(db)?;
-        if !row.get::<_, bool>(0) {
-            return Ok(0);
-        }
-        let sql = format!(
-            "UPDATE ingot_sessions SET status = 'failed', reason = $1, ended_at_ms = checkpoint_at_ms
-             WHERE status = 'live'
-               AND node IN (SELECT node FROM ingot_nodes WHERE lease_until_ms < {NOW_MS})"
-        );
-        let failed = tx.execute(&sql, &[&reason]).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(failed)
+    /// Marks every live session of every node whose lease ran out more than `margin` ago
+    /// `failed` with `reason`, billed up to its last checkpoint (the node corrects the
+    /// figures when it is heard from again). One node at a time does it (an advisory lock;
+    /// the others skip). The dead nodes' rows are locked first, so that a renewal racing
+    /// with this either lands before (and its node is spared) or waits until the failure is
+    /// committed (and its node sees it). Returns how many sessions it ended.
+    pub async fn fail_dead_nodes(&self, reason: &str, margin: Duration) -> Result<u64, MeterError> {
+        let margin_ms = i64::try_from(margin.as_millis()).unwrap_or(i64::MAX);
+        self.call(DbCall::Membership, async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db)?;
+            let row = tx
+                .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&TAKEOVER_LOCK])
+                .await
+                .map_err(db)?;
+            if !row.get::<_, bool>(0) {
+                return Ok(0);
+            }
+            let sql = format!(
+                "SELECT node FROM ingot_nodes WHERE lease_until_ms < {NOW_MS} - $1 FOR UPDATE"
+            );
+            let dead: Vec<String> = tx
+                .query(&sql, &[&margin_ms])
+                .await
+                .map_err(db)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if dead.is_empty() {
+                return Ok(0);
+            }
+            let failed = tx
+                .execute(
+                    "UPDATE ingot_sessions
+                     SET status = 'failed', reason = $1, ended_at_ms = checkpoint_at_ms
+                     WHERE status = 'live' AND node = ANY($2)",
+                    &[&reason, &dead],
+                )
+                .await
+                .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            Ok(failed)
+        })
+        .await
     }
 
     /// Of `records` (this node's live ones), those the cluster has already ended: another
     /// node declared this node dead while it was silent (stopped, or cut off).
     pub async fn ended_elsewhere(&self, records: &[i64]) -> Result<Vec<i64>, MeterError> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT record_id FROM ingot_sessions
+        self.call(DbCall::Membership, async move {
+            if records.is_empty() {
+                return Ok(Vec::new());
+            }
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    "SELECT record_id FROM ingot_sessions
                  WHERE record_id = ANY($1) AND status <> 'live'",
-                &[&records],
-            )
-            .await
-            .map_err(db)?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+                    &[&records],
+                )
+                .await
+                .map_err(db)?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .await
     }
 
     /// The secret nodes present to each other: made once, by the first node, and kept in the
     /// database, so that only nodes that can read the database know it.
     pub async fn cluster_secret(&self) -> Result<String, MeterError> {
-        let client = self.client().await?;
-        let candidate = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-        client
+        self.call(DbCall::Membership, async move {
+            let client = self.client().await?;
+            let candidate = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+            client
             .execute(
                 "INSERT INTO ingot_cluster (id, secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
                 &[&candidate],
             )
             .await
             .map_err(db)?;
-        let row = client
-            .query_one("SELECT secret FROM ingot_cluster WHERE id = 1", &[])
-            .await
-            .map_err(db)?;
-        Ok(row.get(0))
+            let row = client
+                .query_one("SELECT secret FROM ingot_cluster WHERE id = 1", &[])
+                .await
+                .map_err(db)?;
+            Ok(row.get(0))
+        })
+        .await
     }
 
     /// Records how peers reach this node, once it is known (after the listener is bound).
     pub async fn advertise(&self, url: &str) -> Result<(), MeterError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE ingot_nodes SET advertise_url = $2 WHERE node = $1",
-                &[&self.node, &url],
-            )
-            .await
-            .map(drop)
-            .map_err(db)
+        self.call(DbCall::Membership, async move {
+            self.client()
+                .await?
+                .execute(
+                    "UPDATE ingot_nodes SET advertise_url = $2 WHERE node = $1",
+                    &[&self.node, &url],
+                )
+                .await
+                .map(drop)
+                .map_err(db)
+        })
+        .await
     }
 
     /// Tells the other nodes how many sessions this node could start now, and whether it
     /// takes any.
     pub async fn publish(&self, free_slots: i64, ready: bool) -> Result<(), MeterError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE ingot_nodes SET free_slots = $2, ready = $3 WHERE node = $1",
-                &[&self.node, &free_slots, &ready],
-            )
-            .await
-            .map(drop)
-            .map_err(db)
+        self.call(DbCall::Membership, async move {
+            self.client()
+                .await?
+                .execute(
+                    "UPDATE ingot_nodes SET free_slots = $2, ready = $3 WHERE node = $1",
+                    &[&self.node, &free_slots, &ready],
+                )
+                .await
+                .map(drop)
+                .map_err(db)
+        })
+        .await
     }
 
     /// Every node whose lease is live, this one included.
     pub async fn live_nodes(&self) -> Result<Vec<NodeRow>, MeterError> {
-        let sql = format!(
-            "SELECT node, advertise_url, free_slots, ready FROM ingot_nodes
+        self.call(DbCall::Membership, async move {
+            let sql = format!(
+                "SELECT node, advertise_url, free_slots, ready FROM ingot_nodes
              WHERE lease_until_ms > {NOW_MS} ORDER BY node"
-        );
-        let rows = self.client().await?.query(&sql, &[]).await.map_err(db)?;
-        Ok(rows
-            .iter()
-            .map(|r| NodeRow {
-                node: r.get(0),
-                advertise_url: r.get(1),
-                free_slots: r.get(2),
-                ready: r.get(3),
-            })
-            .collect())
+            );
+            let rows = self.client().await?.query(&sql, &[]).await.map_err(db)?;
+            Ok(rows
+                .iter()
+                .map(|r| NodeRow {
+                    node: r.get(0),
+                    advertise_url: r.get(1),
+                    free_slots: r.get(2),
+                    ready: r.get(3),
+                })
+                .collect())
+        })
+        .await
     }
 
     /// The node that runs live session `id` of `tenant` (any tenant's when `None`) and how
@@ -386,27 +562,30 @@ impl PgLedger {
         tenant: Option<&str>,
         live_only: bool,
     ) -> Result<Option<(String, String)>, MeterError> {
-        let status = if live_only {
-            "AND s.status = 'live'"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "SELECT n.node, n.advertise_url FROM ingot_sessions s
+        self.call(DbCall::Membership, async move {
+            let status = if live_only {
+                "AND s.status = 'live'"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "SELECT n.node, n.advertise_url FROM ingot_sessions s
              JOIN ingot_nodes n ON n.node = s.node
              WHERE s.session_id = $1 {status} AND s.node <> $2
                AND ($3::text IS NULL OR s.tenant = $3)
                AND n.lease_until_ms > {NOW_MS} AND n.advertise_url IS NOT NULL
              ORDER BY s.record_id DESC LIMIT 1"
-        );
-        let id = id.to_string();
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&id, &self.node, &tenant])
-            .await
-            .map_err(db)?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+            );
+            let id = id.to_string();
+            let row = self
+                .client()
+                .await?
+                .query_opt(&sql, &[&id, &self.node, &tenant])
+                .await
+                .map_err(db)?;
+            Ok(row.map(|r| (r.get(0), r.get(1))))
+        })
+        .await
     }
 
     /// Up to `limit` live sessions of `tenant` (any tenant's when `None`) on any node, with
@@ -416,35 +595,41 @@ impl PgLedger {
         tenant: Option<&str>,
         limit: i64,
     ) -> Result<Vec<(Uuid, String)>, MeterError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT session_id, node FROM ingot_sessions
+        self.call(DbCall::Membership, async move {
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    "SELECT session_id, node FROM ingot_sessions
                  WHERE status = 'live' AND ($1::text IS NULL OR tenant = $1) LIMIT $2",
-                &[&tenant, &limit],
-            )
-            .await
-            .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                let id: String = r.get(0);
-                Ok((Uuid::parse_str(&id).map_err(db)?, r.get(1)))
-            })
-            .collect()
+                    &[&tenant, &limit],
+                )
+                .await
+                .map_err(db)?;
+            rows.iter()
+                .map(|r| {
+                    let id: String = r.get(0);
+                    Ok((Uuid::parse_str(&id).map_err(db)?, r.get(1)))
+                })
+                .collect()
+        })
+        .await
     }
 
     /// Leaves the cluster (after every session of this node ended): the lease ends now.
     pub async fn leave(&self) -> Result<(), MeterError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE ingot_nodes SET lease_until_ms = 0 WHERE node = $1",
-                &[&self.node],
-            )
-            .await
-            .map(drop)
-            .map_err(db)
+        self.call(DbCall::Lease, async move {
+            self.client()
+                .await?
+                .execute(
+                    "UPDATE ingot_nodes SET lease_until_ms = 0 WHERE node = $1",
+                    &[&self.node],
+                )
+                .await
+                .map(drop)
+                .map_err(db)
+        })
+        .await
     }
 }
 
@@ -519,84 +704,153 @@ async fn write_checkpoint(
     .map_err(db)
 }
 
+/// Sets the connection's own deadlines: opening it, TCP keepalives and `TCP_USER_TIMEOUT`,
+/// so that a silently dropped path fails within `dead_path` instead of hanging, and a
+/// server-side `statement_timeout` as a second line behind the client's deadlines.
+fn watch_the_path(config: &mut tokio_postgres::Config, deadlines: &Deadlines) {
+    let probe = (deadlines.dead_path / 3).max(Duration::from_secs(1));
+    config
+        .connect_timeout(deadlines.call)
+        .keepalives(true)
+        .keepalives_idle(probe)
+        .keepalives_interval(probe)
+        .keepalives_retries(2)
+        .tcp_user_timeout(deadlines.dead_path);
+    let statement = format!("-c statement_timeout={}", deadlines.call.as_millis());
+    let options = match config.get_options() {
+        Some(theirs) if !theirs.is_empty() => format!("{theirs} {statement}"),
+        _ => statement,
+    };
+    config.options(&options);
+}
+
+/// A session another node failed while this one was cut off (`node_lost`, billed up to its
+/// last checkpoint) gets this node's own figures: every minute it was served is billed,
+/// and its traffic and end are what this node saw. The status and reason stay.
+async fn correct_lost(
+    tx: &deadpool_postgres::Transaction<'_>,
+    c: &Checkpoint,
+) -> Result<(), MeterError> {
+    let sql = "UPDATE ingot_sessions SET
+            billed_minutes = greatest(billed_minutes, $3),
+            bytes_to_browser = greatest(bytes_to_browser, $4),
+            bytes_to_client = greatest(bytes_to_client, $5),
+            messages_to_browser = greatest(messages_to_browser, $6),
+            messages_to_client = greatest(messages_to_client, $7),
+            event_count = greatest(event_count, $8),
+            ended_at_ms = greatest(ended_at_ms, $2),
+            checkpoint_at_ms = greatest(checkpoint_at_ms, $2)
+         WHERE record_id = $1 AND status = 'failed' AND reason = 'node_lost'";
+    let t = c.traffic;
+    tx.execute(
+        sql,
+        &[
+            &c.record_id,
+            &c.at_ms,
+            &to_sql(c.billed_minutes),
+            &to_sql(t.bytes_to_browser),
+            &to_sql(t.bytes_to_client),
+            &to_sql(t.messages_to_browser),
+            &to_sql(t.messages_to_client),
+            &to_sql(c.event_count),
+        ],
+    )
+    .await
+    .map(drop)
+    .map_err(db)
+}
+
 impl PgLedger {
     async fn insert_now(&self, record: NewRecord) -> Result<i64, MeterError> {
-        let sql = "INSERT INTO ingot_sessions (session_id, tenant, node, created_at_ms,
+        self.call(DbCall::Write, async move {
+            let sql = "INSERT INTO ingot_sessions (session_id, tenant, node, created_at_ms,
                 checkpoint_at_ms, status, billed_minutes, details)
              VALUES ($1, $2, $3, $4, $4, 'live', 1, $5) RETURNING record_id";
-        let id = record.session_id.to_string();
-        let mut client = self.client().await?;
-        // The quota count must see every record committed before the tenant's lock was
-        // taken: one statement snapshot each, whatever the database's default isolation.
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::ReadCommitted)
-            .start()
-            .await
-            .map_err(db)?;
-        if let (Some(tenant), Some(limit)) = (&record.tenant, record.tenant_limit) {
-            within_quota(&tx, tenant, limit).await?;
-        }
-        // An ended record of this id (on any node) refuses it too: ids are never reused. A
-        // concurrent live insert of the same id is refused by the unique index.
-        if id_recorded(&tx, &id).await? {
-            return Err(MeterError::Duplicate);
-        }
-        let row = tx
-            .query_one(
-                sql,
-                &[
-                    &id,
-                    &record.tenant,
-                    &self.node,
-                    &record.created_at_ms,
-                    &record.details,
-                ],
-            )
-            .await
-            .map_err(|e| match e.code() {
-                Some(&SqlState::UNIQUE_VIOLATION) => MeterError::Duplicate,
-                _ => db(e),
-            })?;
-        tx.commit().await.map_err(db)?;
-        Ok(row.get(0))
+            let id = record.session_id.to_string();
+            let mut client = self.client().await?;
+            // The quota count must see every record committed before the tenant's lock was
+            // taken: one statement snapshot each, whatever the database's default isolation.
+            let tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::ReadCommitted)
+                .start()
+                .await
+                .map_err(db)?;
+            if let (Some(tenant), Some(limit)) = (&record.tenant, record.tenant_limit) {
+                within_quota(&tx, tenant, limit).await?;
+            }
+            // An ended record of this id (on any node) refuses it too: ids are never reused. A
+            // concurrent live insert of the same id is refused by the unique index.
+            if id_recorded(&tx, &id).await? {
+                return Err(MeterError::Duplicate);
+            }
+            let row = tx
+                .query_one(
+                    sql,
+                    &[
+                        &id,
+                        &record.tenant,
+                        &self.node,
+                        &record.created_at_ms,
+                        &record.details,
+                    ],
+                )
+                .await
+                .map_err(|e| match e.code() {
+                    Some(&SqlState::UNIQUE_VIOLATION) => MeterError::Duplicate,
+                    _ => db(e),
+                })?;
+            tx.commit().await.map_err(db)?;
+            Ok(row.get(0))
+        })
+        .await
     }
 
     async fn checkpoint_now(&self, checkpoints: Vec<Checkpoint>) -> Result<(), MeterError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        for c in &checkpoints {
-            write_checkpoint(&tx, c).await?;
-        }
-        tx.commit().await.map_err(db)
+        self.call(DbCall::Write, async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db)?;
+            for c in &checkpoints {
+                write_checkpoint(&tx, c).await?;
+            }
+            tx.commit().await.map_err(db)
+        })
+        .await
     }
 
     async fn finish_now(&self, record: FinalRecord) -> Result<(), MeterError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let c = &record.checkpoint;
-        write_checkpoint(&tx, c).await?;
-        tx.execute(
-            "UPDATE ingot_sessions SET ended_at_ms = $2, status = $3, reason = $4
-             WHERE record_id = $1 AND status = 'live'",
-            &[&c.record_id, &c.at_ms, &record.status, &record.reason],
-        )
+        self.call(DbCall::Write, async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db)?;
+            let c = &record.checkpoint;
+            write_checkpoint(&tx, c).await?;
+            tx.execute(
+                "UPDATE ingot_sessions SET ended_at_ms = $2, status = $3, reason = $4
+                 WHERE record_id = $1 AND status = 'live'",
+                &[&c.record_id, &c.at_ms, &record.status, &record.reason],
+            )
+            .await
+            .map_err(db)?;
+            correct_lost(&tx, c).await?;
+            tx.commit().await.map_err(db)
+        })
         .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)
     }
 
     async fn close_abandoned_now(&self, reason: &str) -> Result<u64, MeterError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE ingot_sessions
+        self.call(DbCall::Write, async move {
+            self.client()
+                .await?
+                .execute(
+                    "UPDATE ingot_sessions
                  SET status = 'failed', reason = $1, ended_at_ms = checkpoint_at_ms
                  WHERE status = 'live' AND node = $2",
-                &[&reason, &self.node],
-            )
-            .await
-            .map_err(db)
+                    &[&reason, &self.node],
+                )
+                .await
+                .map_err(db)
+        })
+        .await
     }
 
     async fn usage_by_day_now(
@@ -605,7 +859,8 @@ impl PgLedger {
         to_ms: i64,
         tenant: Option<String>,
     ) -> Result<Vec<(String, UsageSums)>, MeterError> {
-        let sql = "SELECT to_char(to_timestamp(created_at_ms / 1000.0) AT TIME ZONE 'UTC',
+        self.call(DbCall::Read, async move {
+            let sql = "SELECT to_char(to_timestamp(created_at_ms / 1000.0) AT TIME ZONE 'UTC',
                            'YYYY-MM-DD') AS day,
                    count(*)::bigint,
                    count(*) FILTER (WHERE status = 'live')::bigint,
@@ -620,41 +875,46 @@ impl PgLedger {
              WHERE created_at_ms >= $1 AND created_at_ms < $2
                AND ($3::text IS NULL OR tenant = $3)
              GROUP BY day ORDER BY day";
-        let rows = self
-            .client()
-            .await?
-            .query(sql, &[&from_ms, &to_ms, &tenant])
-            .await
-            .map_err(db)?;
-        Ok(rows.iter().map(usage_row).collect())
+            let rows = self
+                .client()
+                .await?
+                .query(sql, &[&from_ms, &to_ms, &tenant])
+                .await
+                .map_err(db)?;
+            Ok(rows.iter().map(usage_row).collect())
+        })
+        .await
     }
 
     async fn history_page_now(&self, query: HistoryQuery) -> Result<Vec<HistoryRow>, MeterError> {
-        let sql = format!(
-            "SELECT {HISTORY_COLUMNS} FROM ingot_sessions
+        self.call(DbCall::Read, async move {
+            let sql = format!(
+                "SELECT {HISTORY_COLUMNS} FROM ingot_sessions
              WHERE {VISIBLE} AND ($4::text IS NULL OR status = $4)
                AND ($5::bigint IS NULL OR record_id < $5)
              ORDER BY record_id DESC LIMIT $6"
-        );
-        let r = query.retention;
-        let status = query.status.map(str::to_owned);
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &sql,
-                &[
-                    &query.tenant,
-                    &r.since_ms,
-                    &to_sql(r.newest.saturating_sub(1)),
-                    &status,
-                    &query.before,
-                    &to_sql(query.limit as u64),
-                ],
-            )
-            .await
-            .map_err(db)?;
-        rows.iter().map(history_row).collect()
+            );
+            let r = query.retention;
+            let status = query.status.map(str::to_owned);
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    &sql,
+                    &[
+                        &query.tenant,
+                        &r.since_ms,
+                        &to_sql(r.newest.saturating_sub(1)),
+                        &status,
+                        &query.before,
+                        &to_sql(query.limit as u64),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            rows.iter().map(history_row).collect()
+        })
+        .await
     }
 
     async fn history_count_now(
@@ -663,22 +923,26 @@ impl PgLedger {
         status: &str,
         r: Retention,
     ) -> Result<u64, MeterError> {
-        let sql = format!("SELECT count(*) FROM ingot_sessions WHERE {VISIBLE} AND status = $4");
-        let row = self
-            .client()
-            .await?
-            .query_one(
-                &sql,
-                &[
-                    &tenant,
-                    &r.since_ms,
-                    &to_sql(r.newest.saturating_sub(1)),
-                    &status,
-                ],
-            )
-            .await
-            .map_err(db)?;
-        Ok(from_sql(row.get(0)))
+        self.call(DbCall::Read, async move {
+            let sql =
+                format!("SELECT count(*) FROM ingot_sessions WHERE {VISIBLE} AND status = $4");
+            let row = self
+                .client()
+                .await?
+                .query_one(
+                    &sql,
+                    &[
+                        &tenant,
+                        &r.since_ms,
+                        &to_sql(r.newest.saturating_sub(1)),
+                        &status,
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            Ok(from_sql(row.get(0)))
+        })
+        .await
     }
 
     async fn history_get_now(
@@ -687,26 +951,29 @@ impl PgLedger {
         tenant: Option<String>,
         r: Retention,
     ) -> Result<Option<HistoryRow>, MeterError> {
-        let sql = format!(
-            "SELECT {HISTORY_COLUMNS} FROM ingot_sessions WHERE {VISIBLE} AND session_id = $4
+        self.call(DbCall::Read, async move {
+            let sql = format!(
+                "SELECT {HISTORY_COLUMNS} FROM ingot_sessions WHERE {VISIBLE} AND session_id = $4
              ORDER BY record_id DESC LIMIT 1"
-        );
-        let id = session_id.to_string();
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &sql,
-                &[
-                    &tenant,
-                    &r.since_ms,
-                    &to_sql(r.newest.saturating_sub(1)),
-                    &id,
-                ],
-            )
-            .await
-            .map_err(db)?;
-        rows.first().map(history_row).transpose()
+            );
+            let id = session_id.to_string();
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    &sql,
+                    &[
+                        &tenant,
+                        &r.since_ms,
+                        &to_sql(r.newest.saturating_sub(1)),
+                        &id,
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            rows.first().map(history_row).transpose()
+        })
+        .await
     }
 }
 
@@ -745,7 +1012,7 @@ impl Ledger for PgLedger {
         record_id: i64,
         details: String,
     ) -> BoxFuture<'_, Result<(), MeterError>> {
-        async move {
+        self.call(DbCall::Write, async move {
             self.client()
                 .await?
                 .execute(
@@ -755,12 +1022,12 @@ impl Ledger for PgLedger {
                 .await
                 .map(drop)
                 .map_err(db)
-        }
+        })
         .boxed()
     }
 
     fn live_of_tenant(&self, tenant: String) -> BoxFuture<'_, Result<Option<u64>, MeterError>> {
-        async move {
+        self.call(DbCall::Read, async move {
             let row = self
                 .client()
                 .await?
@@ -771,7 +1038,7 @@ impl Ledger for PgLedger {
                 .await
                 .map_err(db)?;
             Ok(Some(from_sql(row.get(0))))
-        }
+        })
         .boxed()
     }
 
@@ -826,10 +1093,10 @@ impl Ledger for PgLedger {
     }
 
     fn session_id_used(&self, session_id: Uuid) -> BoxFuture<'_, Result<bool, MeterError>> {
-        async move {
+        self.call(DbCall::Read, async move {
             let client = self.client().await?;
             id_recorded(&client, &session_id.to_string()).await
-        }
+        })
         .boxed()
     }
 }
@@ -844,4 +1111,26 @@ async fn id_recorded(
         .await
         .map_err(db)?;
     Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_call_kind_is_a_registered_metric_label() {
+        let labels: Vec<&str> = DbCall::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(labels, telemetry::DATABASE_CALL_KINDS);
+    }
+
+    #[test]
+    fn deadlines_follow_the_lease() {
+        let d = Deadlines::for_lease(Duration::from_secs(3));
+        assert_eq!(d.lease, Duration::from_millis(500), "one renewal slot");
+        assert_eq!(d.call, Duration::from_secs(1));
+        assert_eq!(d.dead_path, Duration::from_secs(1), "a third of the lease");
+        let long = Deadlines::for_lease(Duration::from_secs(600));
+        assert_eq!(long.call, Duration::from_secs(10), "capped");
+        assert_eq!(long.of(DbCall::Migrate), MIGRATE_DEADLINE);
+    }
 }

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use time::OffsetDateTime;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::params::SessionOptions;
 use super::state::{Lifecycle, Phase, Refused};
+use crate::browser::BrowserProcess;
 use crate::cdp::mux::Mux;
 use crate::metering::{self, Billable, SessionUsage};
 use crate::vocab::EndReason;
@@ -48,6 +49,18 @@ pub struct Session {
     timeout_moved: Notify,
     /// Bytes carried by the forwarding proxy of a proxy with credentials.
     proxy_bytes: Arc<AtomicU64>,
+    /// Whether its browser is frozen (its node fenced itself), and how often it was.
+    frozen: watch::Sender<Frozen>,
+}
+
+/// Whether a session's browser is frozen, and how many times it has been: a probe that
+/// went unanswered across a freeze proves nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Frozen {
+    /// Frozen now.
+    pub now: bool,
+    /// Freezes so far.
+    pub times: u64,
 }
 
 /// Why a session's timeout could not be changed.
@@ -71,6 +84,8 @@ pub enum NotExtended {
 /// What the session knows about its running browser.
 struct BrowserLink {
     mux: Arc<Mux>,
+    /// The browser's process, for freezing it.
+    process: Arc<dyn BrowserProcess>,
     /// The reply to `Browser.getVersion`, for `/json/version`.
     version: Value,
 }
@@ -104,6 +119,7 @@ impl Session {
             options,
             lifecycle: Lifecycle::new(),
             browser: OnceLock::new(),
+            frozen: watch::channel(Frozen::default()).0,
             end_requested: CancellationToken::new(),
             reaped: CancellationToken::new(),
             usage: SessionUsage::default(),
@@ -274,14 +290,61 @@ impl Session {
         Ok(())
     }
 
+    /// Whether the session ended but its final usage record is still owed to the database
+    /// (it could not be written yet).
+    pub fn final_record_owed(&self) -> bool {
+        self.usage.final_owed()
+    }
+
     /// Resolves once the browser is gone and its directory removed.
     pub async fn reaped(&self) {
         self.reaped.cancelled().await
     }
 
     /// Connects the session to its started browser.
-    pub(super) fn attach_browser(&self, mux: Arc<Mux>, version: Value) {
-        let _ = self.browser.set(BrowserLink { mux, version });
+    pub(super) fn attach_browser(
+        &self,
+        mux: Arc<Mux>,
+        process: Arc<dyn BrowserProcess>,
+        version: Value,
+    ) {
+        let _ = self.browser.set(BrowserLink {
+            mux,
+            process,
+            version,
+        });
+    }
+
+    /// Freezes (`true`) or thaws the session's browser: a frozen browser runs nothing and
+    /// answers nothing. Thawing counts as client activity, so that the time frozen does not
+    /// count against the session's `inactivityTimeout`.
+    pub fn freeze(&self, frozen: bool) {
+        let Some(link) = self.browser.get() else {
+            return;
+        };
+        link.process.freeze(frozen);
+        self.frozen.send_modify(|state| {
+            if frozen && !state.now {
+                state.times += 1;
+            }
+            state.now = frozen;
+        });
+        if !frozen {
+            self.note_activity();
+        }
+    }
+
+    /// Whether the session's browser is frozen, and how often it was.
+    pub(super) fn frozen(&self) -> watch::Receiver<Frozen> {
+        self.frozen.subscribe()
+    }
+
+    /// As [`Session::request_end`], with the session ended as of `at`: its node stopped
+    /// serving it then (it was cut off from the cluster), so it is billed until then.
+    pub fn request_end_at(&self, reason: EndReason, at: Instant) -> Result<(), Refused> {
+        self.lifecycle.end_at(reason, at)?;
+        self.end_requested.cancel();
+        Ok(())
     }
 
     /// `starting → live`, unless the browser took longer to start than the session may

@@ -390,23 +390,38 @@ impl Registry {
         released
     }
 
-    /// Ends the live sessions whose usage records the cluster already closed (it declared
-    /// this node dead while it was silent): their browsers are reaped and their clients
-    /// closed, as for a crash. Returns how many it ended.
-    pub fn end_lost(&self, records: &[i64]) -> usize {
-        let mut ended = 0;
+    /// Ends the live sessions of `records` as lost by the cluster (`node_lost`), as of `at`
+    /// (when this node stopped serving them), and waits until their browsers are gone (at
+    /// most [`REAP_WAIT`]), so that none of their clients is served again. Returns how
+    /// many it ended.
+    pub async fn end_lost(&self, records: &[i64], at: std::time::Instant) -> usize {
+        let mut ended = Vec::new();
         for session in self.directory.live_for(&Caller::Open) {
             let lost = session
                 .usage()
                 .record_id()
                 .is_some_and(|r| records.contains(&r));
-            if lost && session.request_end(EndReason::BrowserCrashed).is_ok() {
+            if lost && session.request_end_at(EndReason::NodeLost, at).is_ok() {
                 warn!(session_id = %session.id,
-                    "the cluster declared this node dead and failed the session; ended it here");
-                ended += 1;
+                    "the cluster failed this session while its node was cut off; ended it here");
+                ended.push(session);
             }
         }
-        ended
+        let reaped = futures_util::future::join_all(ended.iter().map(|s| s.reaped()));
+        if tokio::time::timeout(REAP_WAIT, reaped).await.is_err() {
+            warn!(
+                sessions = ended.len(),
+                "lost sessions' browsers are not all reaped yet"
+            );
+        }
+        ended.len()
+    }
+
+    /// Freezes (`true`) or thaws the browser of every live session here.
+    pub fn freeze_all(&self, frozen: bool) {
+        for session in self.directory.live_for(&Caller::Open) {
+            session.freeze(frozen);
+        }
     }
 
     /// Number of live sessions.

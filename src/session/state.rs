@@ -90,6 +90,13 @@ impl Lifecycle {
     /// `starting → failed(startup_failed)` or `live → released | failed`. The first caller
     /// wins; every later caller learns how the session did end.
     pub fn end(&self, reason: EndReason) -> Result<Instant, Refused> {
+        self.end_at(reason, Instant::now())
+    }
+
+    /// As [`Lifecycle::end`], as of `at` (not later than now): a session whose node stopped
+    /// serving it earlier ended then.
+    pub fn end_at(&self, reason: EndReason, at: Instant) -> Result<Instant, Refused> {
+        let at = at.min(Instant::now());
         let mut phase = self.lock();
         let startup_failure = reason == EndReason::StartupFailed;
         match *phase {
@@ -97,7 +104,6 @@ impl Lifecycle {
             Phase::Starting if !startup_failure => Err(Refused::NeverLive),
             Phase::Live if startup_failure => Err(Refused::AlreadyLive),
             Phase::Starting | Phase::Live => {
-                let at = Instant::now();
                 *phase = Phase::Ended { reason, at };
                 Ok(at)
             }

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Session;
+use super::handle::Frozen;
 use super::quota::QuotaHold;
 use crate::browser::{BrowserExit, BrowserProcess};
 use crate::cdp::mux::{CommandError, Mux};
@@ -41,7 +42,7 @@ pub(super) async fn supervise(
         }
         exit = process.wait_exit() => Some(exit_reason(session, &exit)),
         _ = mux.lost() => Some(lost_reason(session, process.as_ref()).await),
-        missed = unresponsive(&mux, probe) => {
+        missed = unresponsive(&mux, probe, session.frozen()) => {
             warn!(session_id = %session.id, timeout_ms = probe.timeout.as_millis() as u64, %missed,
                 "browser did not answer the liveness probe; ending the session");
             Some(EndReason::BrowserUnresponsive)
@@ -127,15 +128,27 @@ pub struct LivenessProbe {
 }
 
 /// Resolves when the browser fails to answer `Browser.getVersion` within the probe's timeout
-/// (a hung or stopped process: it neither answers nor exits). Never resolves otherwise.
-async fn unresponsive(mux: &Mux, probe: LivenessProbe) -> String {
+/// (a hung or stopped process: it neither answers nor exits). Never resolves otherwise. A
+/// browser frozen on purpose (its node is fenced) is not probed, and a probe that a freeze
+/// interrupted proves nothing.
+async fn unresponsive(
+    mux: &Mux,
+    probe: LivenessProbe,
+    mut frozen: watch::Receiver<Frozen>,
+) -> String {
     loop {
         tokio::time::sleep(probe.interval).await;
+        let Ok(before) = frozen.wait_for(|f| !f.now).await.map(|f| *f) else {
+            return std::future::pending().await;
+        };
         match tokio::time::timeout(probe.timeout, mux.command("Browser.getVersion", json!({})))
             .await
         {
             Ok(Ok(_)) => {}
             Ok(Err(CommandError::Timeout(..))) | Err(_) => {
+                if *frozen.borrow() != before {
+                    continue;
+                }
                 return format!("no answer within {:?}", probe.timeout);
             }
             // A closed connection is the crash branch's to report.

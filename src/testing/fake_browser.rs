@@ -573,6 +573,10 @@ impl BrowserProcess for FakeBrowser {
         self.kill_now();
         async move { self.gone.cancelled().await }.boxed()
     }
+
+    fn freeze(&self, frozen: bool) {
+        self.hung.send_replace(frozen);
+    }
 }
 
 /// A fake browser's task: reads commands, writes replies and events, until it exits.
