@@ -240,7 +240,9 @@ pub async fn release(
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "database_unavailable",
-            format!("session {id} ended on this node, but the database did not take its final record; it is written when the database answers again"),
+            format!(
+                "session {id} ended on this node, but the database did not take its final record; it is written when the database answers again"
+            ),
         ));
     }
     if released.is_none() {

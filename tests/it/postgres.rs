@@ -271,7 +271,11 @@ async fn a_database_outage_refuses_creates_and_fails_no_session() {
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     for (node, method, path) in [
         (&b, "POST", "/v1/sessions".to_owned()),
-        (&a, "POST", format!("/v1/sessions/{}/release", id_of(&session))),
+        (
+            &a,
+            "POST",
+            format!("/v1/sessions/{}/release", id_of(&session)),
+        ),
     ] {
         let refused = node
             .http
@@ -283,7 +287,10 @@ async fn a_database_outage_refuses_creates_and_fails_no_session() {
         assert_eq!(refused.status(), 503, "{method} {path}");
         assert!(refused.headers().contains_key("retry-after"));
         let body: Value = refused.json().await.expect("JSON");
-        let code = body["error"]["code"].as_str().unwrap_or_default().to_owned();
+        let code = body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         assert!(
             code == "database_unavailable" || code == "node_fenced",
             "{method} {path}: {body}"
@@ -294,7 +301,10 @@ async fn a_database_outage_refuses_creates_and_fails_no_session() {
     pg.start_again();
     let back = std::time::Instant::now();
     client.call("Browser.getVersion", json!({}), None).await;
-    eprintln!("the client got an answer {:?} after the database came back", back.elapsed());
+    eprintln!(
+        "the client got an answer {:?} after the database came back",
+        back.elapsed()
+    );
     assert!(back.elapsed() < Duration::from_secs(5));
     // Two leases after the database is back, the session is still live everywhere.
     tokio::time::sleep(Duration::from_millis(4_000)).await;

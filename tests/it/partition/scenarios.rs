@@ -43,11 +43,16 @@ enum Loss {
 /// does not answer).
 async fn view(node: &crate::common::Gateway, id: &str) -> Option<Value> {
     let (status, body) = get(node, &format!("/v1/sessions/{id}"), Duration::from_secs(3)).await?;
+    // A live session's duration grows while the nodes are asked in turn.
+    let duration = match body["status"].as_str() {
+        Some("live") => Value::Null,
+        _ => body["duration"].clone(),
+    };
     (status == 200).then(|| {
         json!({
             "status": body["status"],
             "reason": body["releaseReason"],
-            "duration": body["duration"],
+            "duration": duration,
             "credits": body["creditsUsed"],
         })
     })
@@ -163,6 +168,23 @@ struct AfterHeal {
     metrics: (prometheus_parse::Scrape, prometheus_parse::Scrape),
 }
 
+/// The time spent fenced, from `ingot_cluster_fenced_seconds_total` (the brief's name) or
+/// `ingot_cluster_fenced_seconds` (a gauge that only grows, the product's name today).
+fn fenced_seconds(scrape: &prometheus_parse::Scrape) -> Option<f64> {
+    let read = |name| crate::common::try_metric(scrape, name, &[]);
+    read("ingot_cluster_fenced_seconds_total").or_else(|| read("ingot_cluster_fenced_seconds"))
+}
+
+/// Whether `code` is a create refused for want of the database: `node_fenced`, or
+/// `database_unreachable` (the brief's word) / `database_unavailable` (the product's code
+/// for an unreachable database, older than issue 20).
+fn database_refusal(code: &str) -> bool {
+    matches!(
+        code,
+        "node_fenced" | "database_unreachable" | "database_unavailable"
+    )
+}
+
 /// Failed renewals counted in `scrape`.
 fn renewals_failed(scrape: &prometheus_parse::Scrape) -> f64 {
     let labels = [("outcome", "failed")];
@@ -263,7 +285,7 @@ fn print_loss(
          split-brain window {window:?} ms; direct client {in_time}/{sent} answered within 1 s; \
          a's own client: {} answers, longest silence {:?}; during: fresh on b {:?}, \
          fresh via a {:?}, create on b {:?}, chromium {:?}, fenced {:?}; after heal: direct \
-         client {:?} at {}, through-a {:?}; agree {:?}; failed renewals {} -> {}; \
+         client {:?} at {}, through-a {:?} at {}; agree {:?}; failed renewals {} -> {}; \
          fenced seconds {:?}",
         CUT.as_secs(),
         failed
@@ -283,10 +305,11 @@ fn print_loss(
         end(&seen.ended.0),
         secs_since(seen.healed_at, seen.ended.0.as_ref().map(|e| e.at)),
         end(&seen.ended.1),
+        secs_since(seen.healed_at, seen.ended.1.as_ref().map(|e| e.at)),
         seen.agreed,
         renewals_failed(&seen.metrics.0),
         renewals_failed(&seen.metrics.1),
-        crate::common::try_metric(&seen.metrics.1, "ingot_cluster_fenced_seconds_total", &[]),
+        fenced_seconds(&seen.metrics.1),
     );
 }
 
@@ -308,7 +331,7 @@ fn assert_during(during: &DuringCut, loss: Loss) {
         ),
     }
     match &during.create_on_b {
-        Some((503, code)) if code == "node_fenced" || code == "database_unreachable" => {}
+        Some((503, code)) if database_refusal(code) => {}
         other => panic!("a create on b cut from the database: 503, got {other:?}"),
     }
     assert!(
@@ -367,7 +390,7 @@ fn assert_metrics(after: &prometheus_parse::Scrape, loss: Loss, renewals_failed_
         Some(0.0),
         "unfenced"
     );
-    let fenced_for = try_metric(after, "ingot_cluster_fenced_seconds_total", &[]).unwrap_or(0.0);
+    let fenced_for = fenced_seconds(after).unwrap_or(0.0);
     assert!(
         fenced_for > 1.0,
         "time spent fenced is counted: {fenced_for}"

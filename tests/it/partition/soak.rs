@@ -35,6 +35,7 @@ fn documented(outcome: &str) -> bool {
     outcome.ends_with(" ok")
         || outcome.ends_with("503 node_fenced")
         || outcome.ends_with("503 database_unreachable")
+        || outcome.ends_with("503 database_unavailable")
         || outcome.ends_with("502 node_unreachable")
         // A session the cluster failed (its node was cut) refuses connections with 410,
         // and its client is closed with 1011.
