@@ -148,25 +148,23 @@ async fn a_panicking_test_leaves_nothing_behind() {
             .arg("1000")
             .spawn()
             .expect("sleep in a");
-        let pid = sleeper.id() as i32;
-        let names = (net.tag.clone(), pid, net.subnet);
-        std::panic::panic_any(names);
+        std::panic::panic_any((net.tag.clone(), sleeper, net.subnet));
     })
     .join();
-    let names = made.expect_err("the thread panicked");
-    let (tag, pid, subnet) = *names
-        .downcast::<(String, i32, u8)>()
+    let payload = made.expect_err("the thread panicked");
+    let (tag, mut sleeper, subnet) = *payload
+        .downcast::<(String, std::process::Child, u8)>()
         .expect("the panic's payload");
+    let status = sleeper.try_wait().expect("try_wait");
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the process in the namespace was killed: {status:?}"
+    );
     let namespaces = crate::common::netns::ip(&["netns", "list"]).expect("ip netns list");
     assert!(!namespaces.contains(&tag), "namespaces left: {namespaces}");
     let links = crate::common::netns::ip(&["-o", "addr", "show"]).expect("ip addr");
     assert!(
         !links.contains(&format!(" 10.200.{subnet}.")),
         "the bridge is left: {links}"
-    );
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    assert!(
-        state.is_empty() || state.contains(") Z"),
-        "the process in the namespace still runs: {state}"
     );
 }

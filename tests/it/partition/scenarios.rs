@@ -411,16 +411,26 @@ fn assert_metrics(after: &prometheus_parse::Scrape, loss: Loss, renewals_failed_
     }
 }
 
-/// `GET /v1/sessions` and `/v1/usage` answer the same from every node.
-async fn same_lists_and_usage(cluster: &NetCluster) {
-    for path in ["/v1/sessions", "/v1/usage"] {
+/// `GET /v1/sessions` and `/v1/usage` (over a fixed range) answer the same from every
+/// node asked at the same moment. Asked at once, up to five times 300 ms apart, since a
+/// checkpoint may land between the answers.
+pub async fn same_lists_and_usage(cluster: &NetCluster) {
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+    let format = &time::format_description::well_known::Rfc3339;
+    let usage = format!(
+        "/v1/usage?from={}&to={}",
+        (now - day).format(format).expect("from"),
+        (now + day).format(format).expect("to")
+    );
+    for path in ["/v1/sessions", usage.as_str()] {
         let mut answers = Vec::new();
-        for node in &cluster.nodes {
-            let (status, body) = get(node, path, Duration::from_secs(5))
-                .await
-                .unwrap_or_else(|| panic!("{path}: no answer"));
-            assert_eq!(status, 200, "{path}: {body}");
-            answers.push(comparable(body));
+        for _ in 0..5 {
+            answers = at_once(cluster, path).await;
+            if answers.iter().all(|a| *a == answers[0]) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         for (i, answer) in answers.iter().enumerate().skip(1) {
             assert_eq!(
@@ -429,6 +439,21 @@ async fn same_lists_and_usage(cluster: &NetCluster) {
             );
         }
     }
+}
+
+/// `path` asked of every node at once, each answer made [`comparable`].
+async fn at_once(cluster: &NetCluster, path: &str) -> Vec<Value> {
+    let asked = cluster
+        .nodes
+        .iter()
+        .map(|node| get(node, path, Duration::from_secs(5)));
+    let mut answers = Vec::new();
+    for answer in futures_util::future::join_all(asked).await {
+        let (status, body) = answer.unwrap_or_else(|| panic!("{path}: no answer"));
+        assert_eq!(status, 200, "{path}: {body}");
+        answers.push(comparable(body));
+    }
+    answers
 }
 
 /// An answer without what differs by nature from node to node (links, and durations of
