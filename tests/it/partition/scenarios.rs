@@ -128,6 +128,8 @@ struct TwoNodes {
     cluster: NetCluster,
     on_a: String,
     on_b: String,
+    /// When b's session existed by (its create had answered).
+    b_created: Instant,
     direct: Probe,
     via_a: Probe,
     a_own: Probe,
@@ -137,6 +139,7 @@ impl TwoNodes {
     async fn start(db: &'static str) -> Option<TwoNodes> {
         let cluster = NetCluster::start(db, &["a", "b"], &[]).await?;
         let on_b = id_of(&cluster.node("b").create(json!({})).await);
+        let b_created = Instant::now();
         let on_a = id_of(&cluster.node("a").create(json!({})).await);
         assert_eq!(cluster.row(&on_b).0, "b", "b's create ran on b");
         let direct = Probe::start("direct to b", &cluster.ws_url("b", &on_b)).await;
@@ -150,6 +153,7 @@ impl TwoNodes {
             cluster,
             on_a,
             on_b,
+            b_created,
             direct,
             via_a,
             a_own,
@@ -352,11 +356,6 @@ async fn assert_after_heal(
     let direct = direct.expect("b's client is closed after the heal");
     assert_eq!(direct.code, Some(1011), "closed with 1011: {direct:?}");
     assert!(!direct.reason.is_empty(), "with a reason: {direct:?}");
-    let via_a = via_a.expect("the client through a is closed");
-    assert!(
-        via_a.code.is_some(),
-        "with a close frame, not 1006: {via_a:?}"
-    );
     agreed.unwrap_or_else(|seen| panic!("nodes disagree a lease after the heal: {seen:?}"));
     let (cluster, on_a, on_b) = (&t.cluster, &t.on_a, &t.on_b);
     let (_, status, reason, _) = cluster.row(on_b);
@@ -380,6 +379,43 @@ async fn assert_after_heal(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    billed_for_its_use(cluster, on_b, t.b_created, t.direct.last_answer()).await;
+    let via_a = via_a.expect("the client through a is closed");
+    assert!(
+        via_a.code.is_some(),
+        "with a close frame, not 1006: {via_a:?}"
+    );
+}
+
+/// Session `id`, created by `created`, whose client got its last answer at `last`: its
+/// duration covers that use and every minute of it is billed, in the database and on
+/// every node.
+async fn billed_for_its_use(
+    cluster: &NetCluster,
+    id: &str,
+    created: Instant,
+    last: Option<Instant>,
+) {
+    let used = last.expect("answers").saturating_duration_since(created);
+    let minutes = used.as_secs().div_ceil(60).max(1) as i64;
+    let billed = cluster.row(id).3;
+    for node in &cluster.nodes {
+        let seen = view(node, id).await.expect("the session");
+        let duration = seen["duration"].as_u64().unwrap_or(0);
+        assert!(
+            u128::from(duration) >= used.as_millis() || seen["status"] == "live",
+            "duration {duration} ms covers the {used:?} it answered: {seen}"
+        );
+        assert_eq!(
+            seen["credits"],
+            json!(billed),
+            "credits are the database's minutes: {seen}"
+        );
+    }
+    assert!(
+        billed >= minutes,
+        "{billed} minutes billed for {used:?} of answers"
+    );
 }
 
 /// b's metrics after the heal.
@@ -499,10 +535,10 @@ async fn d_a_database_outage_fails_no_session() {
     let Some(cluster) = NetCluster::start("part_outage", &["a", "b", "c"], &[]).await else {
         return;
     };
-    let mut ids = Vec::new();
-    let mut probes = Vec::new();
+    let (mut ids, mut probes, mut created) = (Vec::new(), Vec::new(), Vec::new());
     for name in cluster.names() {
         let id = id_of(&cluster.node(&name).create(json!({})).await);
+        created.push(Instant::now());
         assert_eq!(cluster.row(&id).0, name);
         probes.push(Probe::start(&name, &cluster.ws_url(&name, &id)).await);
         ids.push(id);
@@ -564,6 +600,15 @@ async fn d_a_database_outage_fails_no_session() {
         agreed.unwrap_or_else(|seen| panic!("{id}: nodes disagree: {seen:?}"));
     }
     same_lists_and_usage(&cluster).await;
+    for ((name, id), (probe, created)) in cluster
+        .names()
+        .iter()
+        .zip(&ids)
+        .zip(probes.iter().zip(created))
+    {
+        cluster.node(name).release(id).await;
+        billed_for_its_use(&cluster, id, created, probe.last_answer()).await;
+    }
 }
 
 /// e. Node a ↔ node b, silently, database reachable, 20 s: no session fails, the client
@@ -620,20 +665,6 @@ async fn e_a_node_to_node_cut_fails_nothing_and_closes_forwarded_clients() {
         "no session failed: {:?}",
         watch.all()
     );
-    let end = end.expect("the forwarded client is closed");
-    assert!(
-        end.code.is_some() && !end.reason.is_empty(),
-        "a close frame with a reason: {end:?}"
-    );
-    let (status, body) = relayed.expect("the relayed request is answered");
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (502, Some("node_unreachable"))
-    );
-    assert!(
-        relay_took <= Duration::from_secs(2),
-        "502 within 2 s: {relay_took:?}"
-    );
     for p in [&direct_a, &direct_b] {
         assert!(p.end().is_none(), "{} stays connected", p.name);
         let silence = p.longest_silence(cut_at, healed_at);
@@ -646,6 +677,20 @@ async fn e_a_node_to_node_cut_fails_nothing_and_closes_forwarded_clients() {
     agreed_a.expect("nodes agree on a's session");
     agreed_b.expect("nodes agree on b's session");
     same_lists_and_usage(&cluster).await;
+    let (status, body) = relayed.expect("the relayed request is answered");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("node_unreachable"))
+    );
+    assert!(
+        relay_took <= Duration::from_secs(2),
+        "502 within 2 s: {relay_took:?}"
+    );
+    let end = end.expect("the forwarded client is closed");
+    assert!(
+        end.code.is_some() && !end.reason.is_empty(),
+        "a close frame with a reason: {end:?}"
+    );
 }
 
 /// f. A release on b during a b ↔ database silent drop, 1 s in (before b fences) and 5 s
