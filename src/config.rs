@@ -67,6 +67,11 @@ pub struct Settings {
     #[arg(long, env = "INGOT_QUEUE_TIMEOUT_MS", default_value_t = 10_000)]
     pub queue_timeout_ms: u64,
 
+    /// Longest a create may take, its wait for a slot included, in milliseconds. Past it
+    /// the create is answered 503 `create_timeout`, and whatever it started is released.
+    #[arg(long, env = "INGOT_CREATE_TIMEOUT_MS", default_value_t = 20_000)]
+    pub create_timeout_ms: u64,
+
     /// Most creates waiting for a slot at once; more are refused with 429 at once.
     #[arg(long, env = "INGOT_QUEUE_LIMIT", default_value_t = 64)]
     pub queue_limit: usize,
@@ -139,8 +144,10 @@ pub struct Settings {
     pub advertise_url: Option<String>,
 
     /// With `--database-url`: how long this node's lease lasts without renewal, in
-    /// milliseconds. A node whose lease ran out is dead: another node marks its live
-    /// sessions `failed` (`browser_crashed`), billed up to their last checkpoint.
+    /// milliseconds. It is renewed every sixth of it. A node that has not renewed it for
+    /// three quarters of it fences itself (its browsers are frozen and it takes nothing
+    /// new) until it renews; a node whose lease has been over for a quarter more is dead:
+    /// another node marks its live sessions `failed` (`node_lost`).
     #[arg(long, env = "INGOT_NODE_LEASE_MS", default_value_t = 15_000)]
     pub node_lease_ms: u64,
 
@@ -467,6 +474,14 @@ impl Settings {
         }
         if self.queue_timeout_ms > 600_000 {
             return Err("--queue-timeout-ms must be at most 600000 (10 minutes)".into());
+        }
+        if !(1_000..=600_000).contains(&self.create_timeout_ms)
+            || self.create_timeout_ms <= self.queue_timeout_ms
+        {
+            return Err(format!(
+                "--create-timeout-ms must be between 1000 and 600000 and longer than --queue-timeout-ms ({}), so that a create that got a slot has time to start its browser",
+                self.queue_timeout_ms
+            ));
         }
         if self.max_timeout_ms < MIN_TIMEOUT_MS || self.max_timeout_ms > 86_400_000 {
             return Err(format!(

@@ -61,6 +61,7 @@ pub fn close_frame(why: Disconnect) -> CloseFrame {
                 CloseCode::Error,
                 "session failed: its node lost contact with the cluster",
             ),
+            EndReason::CreationAbandoned => (CloseCode::Away, "the session's create was abandoned"),
         },
         Disconnect::NotReading => (CloseCode::Policy, "client is not reading its messages"),
     };

@@ -84,11 +84,14 @@ pub enum EndReason {
     /// The session's node lost the cluster: it could not renew its lease, and another node
     /// failed its sessions (the node itself ends them when it is heard from again).
     NodeLost,
+    /// The create's caller was gone (it hung up, or its create timed out) by the time the
+    /// session went live: nobody holds it, so it is ended at once.
+    CreationAbandoned,
 }
 
 impl EndReason {
     /// Every reason, for registering metrics up front.
-    pub const ALL: [EndReason; 10] = [
+    pub const ALL: [EndReason; 11] = [
         EndReason::UserRequested,
         EndReason::Timeout,
         EndReason::InactivityTimeout,
@@ -99,6 +102,7 @@ impl EndReason {
         EndReason::GatewayShutdown,
         EndReason::MemoryLimit,
         EndReason::NodeLost,
+        EndReason::CreationAbandoned,
     ];
 
     /// The final status each reason leads to.
@@ -113,7 +117,8 @@ impl EndReason {
             | EndReason::BrowserUnresponsive
             | EndReason::StartupFailed
             | EndReason::MemoryLimit
-            | EndReason::NodeLost => Status::Failed,
+            | EndReason::NodeLost
+            | EndReason::CreationAbandoned => Status::Failed,
         }
     }
 
@@ -130,6 +135,7 @@ impl EndReason {
             EndReason::GatewayShutdown => "gateway_shutdown",
             EndReason::MemoryLimit => "memory_limit",
             EndReason::NodeLost => "node_lost",
+            EndReason::CreationAbandoned => "creation_abandoned",
         }
     }
 }
@@ -159,7 +165,7 @@ pub fn steel_release_reason(recorded: &str) -> &'static str {
         "user_requested" => "user_requested",
         "timeout" | "gateway_shutdown" => "timeout",
         "inactivity_timeout" => "inactivity_timeout",
-        "creation_timeout" => "creation_timeout",
+        "creation_timeout" | "creation_abandoned" => "creation_timeout",
         "startup_failed" => "startup_failed",
         "browser_closed" => "browser_closed",
         _ => "browser_crashed",
@@ -197,14 +203,17 @@ pub enum CreateFailure {
     ShuttingDown,
     /// The usage record could not be written.
     UsageUnavailable,
+    /// The create did not finish within `--create-timeout-ms`.
+    TimedOut,
 }
 
 impl CreateFailure {
     /// Every failure, for registering metrics up front.
-    pub const ALL: [CreateFailure; 3] = [
+    pub const ALL: [CreateFailure; 4] = [
         CreateFailure::BrowserStartFailed,
         CreateFailure::ShuttingDown,
         CreateFailure::UsageUnavailable,
+        CreateFailure::TimedOut,
     ];
 
     /// Label value and error code.
@@ -213,6 +222,7 @@ impl CreateFailure {
             CreateFailure::BrowserStartFailed => "browser_start_failed",
             CreateFailure::ShuttingDown => "shutting_down",
             CreateFailure::UsageUnavailable => "usage_unavailable",
+            CreateFailure::TimedOut => "create_timeout",
         }
     }
 }

@@ -465,6 +465,7 @@ mod tests {
             queue_limit: 0,
             queue_timeout: Duration::ZERO,
             per_tenant: None,
+            create_timeout: Duration::from_secs(20),
         };
         let history = crate::session::registry::HistoryLimits {
             keep_for: Duration::from_secs(86_400),

@@ -95,7 +95,7 @@ impl From<Unavailable> for ApiError {
     fn from(e: Unavailable) -> Self {
         let code = match e {
             Unavailable::Fenced => "node_fenced",
-            Unavailable::DatabaseUnreachable => "database_unavailable",
+            Unavailable::DatabaseUnavailable => "database_unavailable",
         };
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -156,6 +156,7 @@ impl From<CreateError> for ApiError {
             CreateError::DatabaseUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
             }
+            CreateError::TimedOut(_) => (StatusCode::SERVICE_UNAVAILABLE, "create_timeout"),
         };
         ApiError::new(status, code, e.to_string())
     }

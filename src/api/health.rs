@@ -10,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
+use crate::cluster::lease::{FenceState, Unavailable};
 use crate::session::registry::Readiness;
 
 /// What `/healthz` answers.
@@ -27,6 +28,10 @@ pub struct HealthJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     sandbox: Option<crate::browser::SandboxStatus>,
+    /// In a cluster: whether this node has fenced itself (it could not renew its lease in
+    /// time; its sessions are paused until it does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fenced: Option<bool>,
 }
 
 /// What `/readyz` answers: 200 with `status` `ready`, or 503 with `not_ready` and why.
@@ -40,7 +45,7 @@ pub struct ReadinessJson {
     at_capacity: Option<bool>,
     /// Why no new session can be served (503 only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, pattern = "^(at_capacity|shutting_down|chromium_unavailable)$")]
+    #[schema(value_type = Option<String>, pattern = "^(at_capacity|shutting_down|chromium_unavailable|node_fenced|database_unavailable)$")]
     reason: Option<&'static str>,
     /// The same, for people (503 only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,6 +76,10 @@ pub async fn healthz(State(state): State<AppState>) -> Json<HealthJson> {
         status: "ok",
         node: state.cluster.as_ref().map(|c| c.node().to_owned()),
         sandbox: state.sandbox.as_deref().cloned(),
+        fenced: state
+            .cluster
+            .as_ref()
+            .map(|_| state.fence.state() != FenceState::Serving),
     })
 }
 
@@ -95,22 +104,29 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         live_sessions: registry.live_count(),
         max_sessions: registry.max_sessions(),
     };
-    let (reason, message) = match registry.readiness() {
-        Readiness::Ready => return Json(answer).into_response(),
+    let (reason, message) = match (state.fence.admits(), registry.readiness()) {
+        (Err(unavailable), _) => (
+            match unavailable {
+                Unavailable::Fenced => "node_fenced",
+                Unavailable::DatabaseUnavailable => "database_unavailable",
+            },
+            unavailable.to_string(),
+        ),
+        (Ok(()), Readiness::Ready) => return Json(answer).into_response(),
         // A full node of a cluster still serves: it places creates on other nodes.
-        Readiness::AtCapacity if state.cluster.is_some() => {
+        (Ok(()), Readiness::AtCapacity) if state.cluster.is_some() => {
             answer.at_capacity = Some(true);
             return Json(answer).into_response();
         }
-        Readiness::AtCapacity => (
+        (Ok(()), Readiness::AtCapacity) => (
             "at_capacity",
             format!("all {} session slots are in use", registry.max_sessions()),
         ),
-        Readiness::ShuttingDown => (
+        (Ok(()), Readiness::ShuttingDown) => (
             "shutting_down",
             "the gateway is shutting down and takes no new sessions".to_owned(),
         ),
-        Readiness::ChromiumUnavailable(error) => (
+        (Ok(()), Readiness::ChromiumUnavailable(error)) => (
             "chromium_unavailable",
             format!("the latest browser launch failed: {error}"),
         ),

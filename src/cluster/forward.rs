@@ -15,6 +15,7 @@ use axum::http::{
 use bytes::Bytes;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -28,13 +29,18 @@ pub const VIA_HEADER: &str = "x-ingot-via";
 /// Every header that only nodes may send starts with this.
 pub const INTERNAL_PREFIX: &str = "x-ingot-";
 
-/// Longest wait for a TCP connection to another node.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for a TCP connection to another node: a node cut off answers 502
+/// `node_unreachable` within it.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_500);
 /// Longest wait for another node's answer to anything but a create (a release waits up to
 /// 10 s for its browser to be reaped).
 pub const QUICK_ANSWER: Duration = Duration::from_secs(15);
 /// Idle time before TCP keepalive probes on connections to other nodes, and between them.
-const KEEPALIVE: Duration = Duration::from_secs(10);
+const KEEPALIVE: Duration = Duration::from_secs(1);
+/// How long data sent to another node, or keepalive probes, may go unacknowledged before
+/// the connection is called dead (`TCP_USER_TIMEOUT`): a forwarded WebSocket to a node
+/// that was cut off ends within about this, and its client gets a close frame.
+const DEAD_PATH: Duration = Duration::from_secs(3);
 /// Buffer of each direction of a joined WebSocket.
 const COPY_BUFFER: usize = 64 << 10;
 
@@ -168,11 +174,13 @@ impl Cluster {
         let owner_side = hyper::upgrade::on(&mut response);
         let (stop, gone) = (self.stopping(), self.departure(base));
         tasks.spawn(async move {
-            tokio::select! {
-                _ = join(client_side, owner_side) => {}
-                _ = stop.cancelled() => {}
-                _ = gone.cancelled() => debug!("the node of a forwarded WebSocket left the cluster"),
-            }
+            let ended = async {
+                tokio::select! {
+                    _ = stop.cancelled() => Cut::Stopping,
+                    _ = gone.cancelled() => Cut::NodeLeft,
+                }
+            };
+            join(client_side, owner_side, ended).await;
         });
         let mut switching = Response::new(Body::empty());
         *switching.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -181,9 +189,37 @@ impl Cluster {
     }
 }
 
+/// Why a forwarded WebSocket is cut by this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// This node is stopping.
+    Stopping,
+    /// The owner left the cluster (its lease ran out).
+    NodeLeft,
+    /// The connection to the owner failed or ended without a close.
+    OwnerLost,
+}
+
+impl Cut {
+    /// The close frame the client gets (code, reason).
+    fn close(self) -> (u16, &'static str) {
+        match self {
+            Cut::Stopping => (1001, "the node relaying this connection is stopping"),
+            Cut::NodeLeft => (1011, "the node running this session left the cluster"),
+            Cut::OwnerLost => (1011, "the node running this session cannot be reached"),
+        }
+    }
+}
+
 /// Waits for both sides of a forwarded upgrade, then copies bytes both ways until either
-/// side closes.
-async fn join(client: hyper::upgrade::OnUpgrade, owner: hyper::upgrade::OnUpgrade) {
+/// side closes or `cut` resolves. When this node cuts the connection, or the owner's side
+/// ends without a close, the client gets a close frame with the reason (when the cut falls
+/// between two of the owner's frames), never a bare reset.
+async fn join(
+    client: hyper::upgrade::OnUpgrade,
+    owner: hyper::upgrade::OnUpgrade,
+    cut: impl std::future::Future<Output = Cut>,
+) {
     let (client, owner) = match tokio::join!(client, owner) {
         (Ok(client), Ok(owner)) => (client, owner),
         (Err(e), _) | (_, Err(e)) => {
@@ -191,10 +227,131 @@ async fn join(client: hyper::upgrade::OnUpgrade, owner: hyper::upgrade::OnUpgrad
             return;
         }
     };
-    let (mut client, mut owner) = (TokioIo::new(client), TokioIo::new(owner));
-    let _ =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut owner, COPY_BUFFER, COPY_BUFFER)
-            .await;
+    let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
+    let (mut owner_read, mut owner_write) = tokio::io::split(TokioIo::new(owner));
+    let mut frames = FrameCursor::default();
+    let mut client_read = tokio::io::BufReader::with_capacity(COPY_BUFFER, &mut client_read);
+    let why = {
+        let up = tokio::io::copy_buf(&mut client_read, &mut owner_write);
+        let down = copy_frames(&mut owner_read, &mut client_write, &mut frames);
+        tokio::select! {
+            // The client left; a failure is the owner's side failing to take its bytes.
+            sent = up => match sent {
+                Ok(_) => return,
+                Err(_) => Some(Cut::OwnerLost),
+            },
+            ended = down => ended,
+            why = cut => Some(why),
+        }
+    };
+    if let Some(why) = why
+        && frames.at_boundary()
+    {
+        let (code, reason) = why.close();
+        debug!(code, reason, "closing a forwarded WebSocket");
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            client_write.write_all(&close_frame(code, reason)),
+        )
+        .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), client_write.shutdown()).await;
+}
+
+/// Copies the owner's bytes to the client, following frame boundaries. Returns `None` when
+/// the owner closed the WebSocket itself (its close frame passed), or `Some(OwnerLost)`
+/// when its side ended or failed without one; also `None` when the client's side fails.
+async fn copy_frames(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    frames: &mut FrameCursor,
+) -> Option<Cut> {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                return (!frames.closed).then_some(Cut::OwnerLost);
+            }
+            Ok(n) => n,
+        };
+        frames.advance(&buf[..n]);
+        if to.write_all(&buf[..n]).await.is_err() {
+            return None;
+        }
+    }
+}
+
+/// Where a stream of WebSocket frames is: inside a frame's head, inside its payload, or
+/// between frames; and whether a close frame has passed. Reads only frame heads.
+#[derive(Debug, Default)]
+struct FrameCursor {
+    /// Bytes of the current frame's head seen so far (at most 14).
+    head: Vec<u8>,
+    /// Payload bytes of the current frame still to come.
+    payload_left: u64,
+    /// A close frame has passed.
+    closed: bool,
+}
+
+impl FrameCursor {
+    /// Follows `bytes`, the next bytes of the stream.
+    fn advance(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let take = bytes
+                    .len()
+                    .min(usize::try_from(self.payload_left).unwrap_or(usize::MAX));
+                self.payload_left -= take as u64;
+                bytes = &bytes[take..];
+                continue;
+            }
+            self.head.push(bytes[0]);
+            bytes = &bytes[1..];
+            if let Some(payload) = head_complete(&self.head) {
+                if self.head[0] & 0x0f == 0x8 {
+                    self.closed = true;
+                }
+                self.head.clear();
+                self.payload_left = payload;
+            }
+        }
+    }
+
+    /// Whether the stream is between two frames.
+    fn at_boundary(&self) -> bool {
+        self.head.is_empty() && self.payload_left == 0
+    }
+}
+
+/// The payload length of a frame whose head is `head`, once `head` is whole.
+fn head_complete(head: &[u8]) -> Option<u64> {
+    let [_, second, ..] = head else {
+        return None;
+    };
+    let masked = if second & 0x80 != 0 { 4 } else { 0 };
+    let (extended, len) = match second & 0x7f {
+        126 => (2, None),
+        127 => (8, None),
+        n => (0, Some(u64::from(n))),
+    };
+    if head.len() < 2 + extended + masked {
+        return None;
+    }
+    let len = len.unwrap_or_else(|| {
+        head[2..2 + extended]
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+    });
+    Some(len)
+}
+
+/// An unmasked close frame (server to client) with `code` and `reason` (under 124 bytes).
+fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut frame = vec![0x88, (2 + reason.len()) as u8];
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(reason);
+    frame
 }
 
 /// The request passed on: the client's, with the cluster's `secret`. Headers only nodes
@@ -262,8 +419,10 @@ async fn connect(base: &str, upgrades: bool) -> Result<http1::SendRequest<Body>,
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE)
         .with_interval(KEEPALIVE)
-        .with_retries(3);
-    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        .with_retries(2);
+    let socket = socket2::SockRef::from(&stream);
+    let _ = socket.set_tcp_keepalive(&keepalive);
+    let _ = socket.set_tcp_user_timeout(Some(DEAD_PATH));
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unreachable(e.to_string()))?;
@@ -285,6 +444,37 @@ async fn connect(base: &str, upgrades: bool) -> Result<http1::SendRequest<Body>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cursor_follows_frame_boundaries_across_reads() {
+        let mut frames = FrameCursor::default();
+        // A short text frame, then one with a 16-bit length, cut mid-head and mid-payload.
+        let mut stream = vec![0x81, 3, b'a', b'b', b'c', 0x81, 126, 0x01, 0x00];
+        stream.extend(std::iter::repeat_n(b'x', 256));
+        for (i, chunk) in stream.chunks(4).enumerate() {
+            frames.advance(chunk);
+            let whole = (i + 1) * 4;
+            if whole == 8 || whole == 12 {
+                assert!(!frames.at_boundary(), "inside the second frame at {whole}");
+            }
+        }
+        assert!(frames.at_boundary());
+        assert!(!frames.closed);
+        // A masked frame from a client, then a close frame.
+        frames.advance(&[0x81, 0x82, 1, 2, 3, 4, 9, 9]);
+        assert!(frames.at_boundary());
+        frames.advance(&close_frame(1000, "bye"));
+        assert!(frames.at_boundary() && frames.closed);
+    }
+
+    #[test]
+    fn a_close_frame_carries_its_code_and_reason() {
+        let frame = close_frame(1011, "the node running this session cannot be reached");
+        assert_eq!(frame[0], 0x88);
+        assert_eq!(usize::from(frame[1]), frame.len() - 2);
+        assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1011);
+        assert!(close_frame(1011, &"x".repeat(300)).len() <= 2 + 125);
+    }
 
     #[test]
     fn a_passed_on_request_keeps_the_clients_headers_and_carries_the_secret() {

@@ -120,7 +120,7 @@ pub enum Unavailable {
     Fenced,
     /// The latest lease renewal failed: the database may be unreachable.
     #[error("this node cannot reach the cluster's database just now")]
-    DatabaseUnreachable,
+    DatabaseUnavailable,
 }
 
 impl Fence {
@@ -167,7 +167,7 @@ impl Fence {
             return Err(Unavailable::Fenced);
         }
         if lock(&self.state).failing {
-            return Err(Unavailable::DatabaseUnreachable);
+            return Err(Unavailable::DatabaseUnavailable);
         }
         Ok(())
     }
@@ -604,7 +604,7 @@ mod tests {
         assert_eq!(b.fence.admits(), Ok(()));
         cut(&db, "b", true);
         tokio::time::sleep(renewal_slot(LEASE) * 2 + Duration::from_millis(10)).await;
-        assert_eq!(b.fence.admits(), Err(Unavailable::DatabaseUnreachable));
+        assert_eq!(b.fence.admits(), Err(Unavailable::DatabaseUnavailable));
         assert!(b.fence.may_serve(), "its sessions are still served");
         tokio::time::sleep(LEASE).await;
         assert_eq!(b.fence.admits(), Err(Unavailable::Fenced));

@@ -46,8 +46,9 @@ use crate::viewer::Viewers;
 /// between tries.
 const ADVERTISE_TRIES: usize = 5;
 const ADVERTISE_RETRY: Duration = Duration::from_millis(500);
-/// Beyond the queue timeout, how long a create passed to another node may take.
-const CREATE_MARGIN: Duration = Duration::from_secs(60);
+/// Beyond the create timeout, how long this node waits for the answer of a create it passed
+/// to another node (which answers within its own create timeout).
+const RELAY_MARGIN: Duration = Duration::from_secs(1);
 /// How long shutdown waits for sessions and sockets to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
@@ -457,6 +458,7 @@ fn admission(settings: &Settings, max_sessions: usize) -> Admission {
         queue_limit: settings.queue_limit,
         queue_timeout: Duration::from_millis(settings.queue_timeout_ms),
         per_tenant: settings.max_sessions_per_tenant,
+        create_timeout: Duration::from_millis(settings.create_timeout_ms),
     }
 }
 
@@ -520,7 +522,7 @@ async fn join_cluster(settings: &Settings) -> Result<Arc<PgLedger>, GatewayError
 /// This node's membership of the cluster whose database it joined.
 async fn membership(db: &Arc<PgLedger>, settings: &Settings) -> Result<Arc<Cluster>, GatewayError> {
     // A create passed to another node may wait in its queue, then launch a browser.
-    let create_timeout = Duration::from_millis(settings.queue_timeout_ms) + CREATE_MARGIN;
+    let create_timeout = Duration::from_millis(settings.create_timeout_ms) + RELAY_MARGIN;
     Cluster::new(db.clone(), settings.node(), create_timeout)
         .await
         .map(Arc::new)

@@ -75,6 +75,10 @@ pub trait Ledger: Send + Sync + 'static {
     /// Whether any record, of any tenant, live or ended, however old (retention only hides
     /// records from lists), has this session id: session ids are never used twice.
     fn session_id_used(&self, session_id: Uuid) -> BoxFuture<'_, Result<bool, MeterError>>;
+    /// Whether other nodes write to this ledger too. Then every node answers usage and
+    /// lists from the records alone (as of each session's last checkpoint), so that every
+    /// node answers the same at the same moment.
+    fn shared(&self) -> bool;
 }
 
 /// The ledger of a single node: a SQLite file, written on the blocking pool. First records
@@ -189,6 +193,10 @@ impl Ledger for SqliteLedger {
         retention: Retention,
     ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>> {
         self.with(move |s| s.history_get(session_id, tenant.as_deref(), retention))
+    }
+
+    fn shared(&self) -> bool {
+        false
     }
 
     fn session_id_used(&self, session_id: Uuid) -> BoxFuture<'_, Result<bool, MeterError>> {
@@ -310,6 +318,10 @@ mod tests {
         ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>> {
             down()
         }
+        fn shared(&self) -> bool {
+            false
+        }
+
         fn session_id_used(&self, _: Uuid) -> BoxFuture<'_, Result<bool, MeterError>> {
             down()
         }
@@ -432,6 +444,10 @@ mod tests {
         ) -> BoxFuture<'_, Result<Option<HistoryRow>, MeterError>> {
             self.ledger.history_get(id, t, r)
         }
+        fn shared(&self) -> bool {
+            false
+        }
+
         fn session_id_used(&self, id: Uuid) -> BoxFuture<'_, Result<bool, MeterError>> {
             self.ledger.session_id_used(id)
         }

@@ -357,17 +357,27 @@ impl Meter {
     }
 
     /// Usage of the sessions created in `[from, to)`, per UTC day, with live sessions'
-    /// figures brought up to date first.
+    /// figures brought up to date first on a single node (in a cluster, as of each live
+    /// session's last checkpoint, the same from every node).
     pub async fn usage_by_day(
         &self,
         from: OffsetDateTime,
         to: OffsetDateTime,
         tenant: Option<String>,
     ) -> Result<Vec<(String, UsageSums)>, MeterError> {
-        self.flush().await?;
+        // On a shared ledger every node answers from the records as they are: this node's
+        // live sessions are not brought further up to date than the others'.
+        if !self.ledger.shared() {
+            self.flush().await?;
+        }
         self.ledger
             .usage_by_day(unix_ms(from), unix_ms(to), tenant)
             .await
+    }
+
+    /// Whether other nodes share this meter's ledger.
+    pub fn shared(&self) -> bool {
+        self.ledger.shared()
     }
 
     /// How many live sessions `tenant` has on every node, when other nodes share the

@@ -1092,6 +1092,10 @@ impl Ledger for PgLedger {
         timed(self.history_get_now(session_id, tenant, retention)).boxed()
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn session_id_used(&self, session_id: Uuid) -> BoxFuture<'_, Result<bool, MeterError>> {
         self.call(DbCall::Read, async move {
             let client = self.client().await?;

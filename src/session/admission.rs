@@ -32,6 +32,8 @@ pub struct Admission {
     pub queue_timeout: Duration,
     /// Most sessions one tenant may have live (or starting) at once.
     pub per_tenant: Option<usize>,
+    /// Longest a create may take, queue included, before it is answered 503.
+    pub create_timeout: Duration,
 }
 
 /// Why admission refused a create.

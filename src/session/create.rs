@@ -12,11 +12,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::sync::OwnedSemaphorePermit;
-use tracing::{debug, info};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::Session;
@@ -31,7 +31,7 @@ use crate::cdp::guard::Guard;
 use crate::cdp::mux::Mux;
 use crate::metering::MeterError;
 use crate::telemetry;
-use crate::vocab::CreateFailure;
+use crate::vocab::{CreateFailure, EndReason};
 
 /// Why a session could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,9 @@ pub enum CreateError {
     /// be recorded; retry once it is back.
     #[error("the database does not answer, so the session was not started: {0}")]
     DatabaseUnavailable(String),
+    /// The create took longer than `--create-timeout-ms`; whatever it started is released.
+    #[error("the session did not start within {0:?}; whatever it started is released, retry later")]
+    TimedOut(Duration),
 }
 
 impl CreateError {
@@ -72,6 +75,7 @@ impl CreateError {
             CreateError::Usage(_) | CreateError::DatabaseUnavailable(_) => {
                 Some(CreateFailure::UsageUnavailable)
             }
+            CreateError::TimedOut(_) => Some(CreateFailure::TimedOut),
         }
     }
 }
@@ -83,8 +87,10 @@ struct Pooled {
 }
 
 impl Registry {
-    /// Creates a session and returns once its browser answers CDP. The work runs in its own
-    /// task, so a client that hangs up mid-create cannot strand a half-started browser.
+    /// Creates a session and returns once its browser answers CDP, within the create
+    /// timeout. The work runs in its own task, so a client that hangs up mid-create cannot
+    /// strand a half-started browser; and a session that goes live after its caller gave up
+    /// (it hung up, or the timeout passed) is released at once, never left live unheld.
     pub async fn create(
         self: &Arc<Self>,
         options: SessionOptions,
@@ -92,15 +98,21 @@ impl Registry {
     ) -> Result<Arc<Session>, CreateError> {
         let this = self.clone();
         let tenant = caller.tenant_name();
-        let result = self
-            .tasks
-            .spawn(async move { this.create_now(options, tenant).await })
-            .await
-            .unwrap_or_else(|e| {
-                Err(CreateError::Launch(format!(
-                    "session start-up task failed: {e}"
-                )))
-            });
+        let (deliver, delivered) = oneshot::channel();
+        self.tasks.spawn(async move {
+            let result = this.create_now(options, tenant).await;
+            if let Err(Ok(orphan)) = deliver.send(result) {
+                warn!(session_id = %orphan.id,
+                    "the create's caller gave up (it hung up or timed out) before the session went live; releasing it");
+                let _ = orphan.request_end(EndReason::CreationAbandoned);
+            }
+        });
+        let within = self.admitter.limits().create_timeout;
+        let result = match tokio::time::timeout(within, delivered).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CreateError::Launch("session start-up task failed".into())),
+            Err(_) => Err(CreateError::TimedOut(within)),
+        };
         if let Some(failure) = result.as_ref().err().and_then(CreateError::failure) {
             telemetry::create_failed(failure);
         }
@@ -190,6 +202,9 @@ impl Registry {
                 debug!(session_id = %id, "create refused: the id was used before");
                 Err(CreateError::Duplicate(id))
             }
+            Err(e @ MeterError::DeadlineExceeded { .. }) => {
+                Err(CreateError::DatabaseUnavailable(e.to_string()))
+            }
             Err(MeterError::Database(e)) => Err(CreateError::DatabaseUnavailable(e)),
             Err(e) => Err(CreateError::Usage(e.to_string())),
         }
@@ -211,6 +226,9 @@ impl Registry {
                 .into(),
             )),
             Ok(_) => Ok(()),
+            Err(e @ MeterError::DeadlineExceeded { .. }) => {
+                Err(CreateError::DatabaseUnavailable(e.to_string()))
+            }
             Err(MeterError::Database(e)) => Err(CreateError::DatabaseUnavailable(e)),
             Err(e) => Err(CreateError::Usage(e.to_string())),
         }
@@ -374,6 +392,9 @@ impl Registry {
             .await
             .map_err(|e| match e {
                 MeterError::Database(e) => CreateError::DatabaseUnavailable(e),
+                e @ MeterError::DeadlineExceeded { .. } => {
+                    CreateError::DatabaseUnavailable(e.to_string())
+                }
                 MeterError::Duplicate => CreateError::Duplicate(session.id),
                 MeterError::OverQuota(limit) => {
                     let tenant = session.tenant.clone().unwrap_or_else(|| "".into());

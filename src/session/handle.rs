@@ -322,6 +322,10 @@ impl Session {
         let Some(link) = self.browser.get() else {
             return;
         };
+        if !frozen {
+            // Before the thaw is seen: the inactivity watch must not count the time frozen.
+            self.note_activity();
+        }
         link.process.freeze(frozen);
         self.frozen.send_modify(|state| {
             if frozen && !state.now {
@@ -329,9 +333,6 @@ impl Session {
             }
             state.now = frozen;
         });
-        if !frozen {
-            self.note_activity();
-        }
     }
 
     /// Whether the session's browser is frozen, and how often it was.

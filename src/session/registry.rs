@@ -27,7 +27,7 @@ use crate::browser::{BrowserHost, LaunchSpec};
 use crate::files::FileStore;
 use crate::metering::{Billable, HistoryQuery, HistoryRow, Meter, MeterError, Retention};
 use crate::telemetry;
-use crate::vocab::EndReason;
+use crate::vocab::{EndReason, Status};
 
 /// How long a release waits for the browser to be gone before answering anyway.
 const REAP_WAIT: Duration = Duration::from_secs(10);
@@ -254,9 +254,12 @@ impl Registry {
         id: &Uuid,
         caller: &Caller,
     ) -> Result<Option<SessionView>, MeterError> {
-        if let Some(session) = self.get_for(id, caller) {
-            return Ok(Some(SessionView::of(&session)));
+        let here = self.get_for(id, caller);
+        if let Some(session) = here.as_ref().filter(|s| s.phase().is_live()) {
+            return Ok(Some(SessionView::of(session)));
         }
+        // An ended session is what its record says, once written (in a cluster, another
+        // node may have failed it while this one was cut off).
         let row = self
             .meter
             .history_get(
@@ -265,7 +268,17 @@ impl Registry {
                 self.retention(),
             )
             .await?;
-        Ok(row.as_ref().map(SessionView::from_record))
+        Ok(match (row, here) {
+            // Another record than this session's, or its final record not written yet.
+            (Some(row), Some(session))
+                if session.usage().record_id() != Some(row.record_id)
+                    || row.status == Status::Live.as_str() =>
+            {
+                Some(SessionView::of(&session))
+            }
+            (Some(row), _) => Some(SessionView::from_record(&row)),
+            (None, here) => here.as_deref().map(SessionView::of),
+        })
     }
 
     /// `caller`'s sessions newest first, filtered and paginated as the Steel SDKs expect:
@@ -315,10 +328,18 @@ impl Registry {
         })
     }
 
-    /// A record's session as a client sees it: with live figures when it runs here.
+    /// A record's session as a client sees it: with live figures when it runs here, on a
+    /// single node. In a cluster every node answers from the records alone, so that every
+    /// node lists the same; and an ended session is always what its record says (the
+    /// cluster may have failed it while this node was cut off).
     fn view_of(&self, row: &HistoryRow, caller: &Caller) -> SessionView {
+        if self.meter.shared() || row.status != Status::Live.as_str() {
+            return SessionView::from_record(row);
+        }
         match self.get_for(&row.session_id, caller) {
-            Some(s) if s.usage().record_id() == Some(row.record_id) => SessionView::of(&s),
+            Some(s) if s.usage().record_id() == Some(row.record_id) && s.phase().is_live() => {
+                SessionView::of(&s)
+            }
             _ => SessionView::from_record(row),
         }
     }

@@ -100,8 +100,10 @@ async fn lost_reason(session: &Session, process: &dyn BrowserProcess) -> EndReas
 }
 
 /// Resolves once no client has sent a CDP message for the session's `inactivityTimeout`,
-/// with how long that was; never when it has none.
+/// with how long that was; never when it has none. Time frozen (the node was fenced, and no
+/// client could send anything) does not count: thawing counts as activity.
 async fn inactive(session: &Session) -> Duration {
+    let mut frozen = session.frozen();
     let Some(limit) = session
         .options
         .inactivity_timeout_ms
@@ -110,11 +112,17 @@ async fn inactive(session: &Session) -> Duration {
         return std::future::pending().await;
     };
     loop {
+        if frozen.wait_for(|f| !f.now).await.is_err() {
+            return std::future::pending().await;
+        }
         let idle = session.idle_for();
-        if idle >= limit {
+        if idle >= limit && !frozen.borrow().now {
             return idle;
         }
-        tokio::time::sleep(limit - idle).await;
+        tokio::select! {
+            _ = tokio::time::sleep(limit.saturating_sub(idle)) => {}
+            _ = frozen.changed() => {}
+        }
     }
 }
 

@@ -73,6 +73,14 @@ impl Cluster {
         )
     }
 
+    /// The reason recorded for session `id` in the shared database.
+    fn owner_reason(&self, id: &str) -> String {
+        self.pg.sql(
+            self.db,
+            &format!("SELECT coalesce(reason, '') FROM ingot_sessions WHERE session_id = '{id}'"),
+        )
+    }
+
     fn node(&self, name: &str) -> &Gateway {
         &self.nodes[(name.as_bytes()[0] - b'a') as usize]
     }
@@ -613,7 +621,7 @@ async fn an_advertise_url_that_misses_the_node_stops_the_start() {
 }
 
 /// When the node that runs a session dies, a client connected through another node is
-/// closed at once and a release through another node gets 502 `node_unreachable`; when it
+/// closed at once with a close frame (1011 and a reason) and a release through another node gets 502 `node_unreachable`; when it
 /// hangs, the client is closed once the node's lease runs out. A live session's id cannot
 /// be taken on another node (409).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -641,15 +649,24 @@ async fn clients_through_other_nodes_learn_when_the_owner_dies_or_hangs() {
         .await;
     assert_eq!(status, 502, "{refused}");
     assert_eq!(refused["error"]["code"], "node_unreachable", "{refused}");
-    // Closed (or cut) at once: `wait_end` fails the test if it stays open.
-    client_a.wait_end(secs(3)).await;
+    // Closed at once, with a close frame that says why (not a bare reset): `wait_end`
+    // fails the test if it stays open.
+    let ended = client_a.wait_end(secs(3)).await;
+    assert!(
+        matches!(&ended, Ended::Closed(Some(f)) if u16::from(f.code) == 1011),
+        "{ended:?}"
+    );
 
     let c = &cluster.nodes[2];
     c.signal(libc::SIGSTOP);
     let stopped = std::time::Instant::now();
-    client_c.wait_end(secs(8)).await;
+    let ended = client_c.wait_end(secs(8)).await;
     let took = stopped.elapsed();
     c.signal(libc::SIGCONT);
+    assert!(
+        matches!(&ended, Ended::Closed(Some(f)) if u16::from(f.code) == 1011),
+        "{ended:?}"
+    );
     eprintln!("the client through b was closed {took:?} after the owner stopped");
     assert!(
         took >= Duration::from_millis(1_500),
@@ -660,6 +677,11 @@ async fn clients_through_other_nodes_learn_when_the_owner_dies_or_hangs() {
     let failed = b.wait_ended(&on_a, secs(10)).await.0;
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["releaseReason"], "browser_crashed", "{failed}");
+    assert_eq!(
+        cluster.owner_reason(&on_a),
+        "node_lost",
+        "recorded as lost with its node"
+    );
     let _ = cluster.nodes[0].wait_exit(secs(5));
 }
 

@@ -48,8 +48,9 @@ fn ids(list: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Two nodes on one database: each lists the other's sessions, `/v1/usage` on either is the
-/// sum of every record, and a restarting node closes only its own abandoned records.
+/// Two nodes on one database: each lists the other's sessions, `/v1/usage` and the list
+/// answer the same on either (the sum of every record), and a restarting node closes only
+/// its own abandoned records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_the_ledger_and_close_only_their_own_sessions() {
     let _shared = shared().await;
@@ -69,6 +70,37 @@ async fn two_nodes_share_the_ledger_and_close_only_their_own_sessions() {
     let (status, usage) = a.get("/v1/usage").await;
     assert_eq!(status, 200, "{usage}");
     assert_eq!(usage["total"]["sessions"], 2, "{usage}");
+    // Traffic on a's live session: every node still answers the same usage and list
+    // (from the records, as of the last checkpoint), whichever node is asked.
+    let mut client = Cdp::connect(on_a["websocketUrl"].as_str().expect("url")).await;
+    for _ in 0..20 {
+        client.call("Browser.getVersion", json!({}), None).await;
+    }
+    // b first: were a to bring its own live session's figures up to date when asked, its
+    // answer would then differ from b's.
+    let (_, usage_b) = b.get("/v1/usage").await;
+    let (_, usage_a) = a.get("/v1/usage").await;
+    assert_eq!(usage_a["total"], usage_b["total"], "usage differs by node");
+    assert_eq!(usage_a["days"], usage_b["days"], "usage differs by node");
+    let ((_, list_a), (_, list_b)) = tokio::join!(a.get("/v1/sessions"), b.get("/v1/sessions"));
+    // Everything but the duration, which runs until the moment each node is asked, and the
+    // links, which name the node asked.
+    let stable = |list: &Value| -> Vec<Value> {
+        list["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                for own in ["duration", "debugUrl", "sessionViewerUrl", "websocketUrl"] {
+                    s[own] = Value::Null;
+                }
+                s
+            })
+            .collect()
+    };
+    assert_eq!(stable(&list_a), stable(&list_b), "the list differs by node");
+    drop(client);
 
     // Node a dies; node b restarts and leaves a's session alone.
     a.signal(9);
@@ -296,8 +328,17 @@ async fn a_database_outage_refuses_creates_and_fails_no_session() {
             "{method} {path}: {body}"
         );
     }
-    // Down for longer than a lease: every lease in the database has run out.
+    // Down for longer than a lease: every lease in the database has run out, and the nodes
+    // have fenced themselves (a load balancer stops sending them anything).
     tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let (status, ready) = a.get("/readyz").await;
+    assert_eq!(
+        (status, &ready["reason"]),
+        (503, &json!("node_fenced")),
+        "{ready}"
+    );
+    let (status, health) = a.get("/healthz").await;
+    assert_eq!((status, &health["fenced"]), (200, &json!(true)), "{health}");
     pg.start_again();
     let back = std::time::Instant::now();
     client.call("Browser.getVersion", json!({}), None).await;
@@ -323,6 +364,12 @@ async fn a_database_outage_refuses_creates_and_fails_no_session() {
     );
     assert_eq!(a.session(&id_of(&session)).await["status"], "live");
     client.call("Browser.getVersion", json!({}), None).await;
+    let (status, health) = a.get("/healthz").await;
+    assert_eq!(
+        (status, &health["fenced"]),
+        (200, &json!(false)),
+        "{health}"
+    );
     let again = b.create(json!({})).await;
     b.release(&id_of(&again)).await;
     a.release(&id_of(&session)).await;

@@ -182,3 +182,76 @@ async fn a_create_whose_browser_is_starting_when_shutdown_begins_is_refused() {
     // `stop` checks that the browser started for it was reaped.
     gw.stop().await;
 }
+
+/// A create answers within `--create-timeout-ms` (503 `create_timeout`), and the session
+/// that its slow browser starts afterwards is released at once: nothing is left live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_past_its_timeout_is_refused_and_leaves_nothing_live() {
+    let gw = FakeGateway::start_with(|s| {
+        s.queue_timeout_ms = 0;
+        s.create_timeout_ms = 1_000;
+    })
+    .await;
+    gw.host.set_launch_delay(Duration::from_millis(1_500));
+    let started = Instant::now();
+    let r = gw
+        .request(Method::POST, "/v1/sessions", None, Some(json!({})))
+        .await;
+    let took = started.elapsed();
+    assert_error((r.status, &r.body), 503, "create_timeout");
+    assert!(
+        took < Duration::from_millis(1_500),
+        "answered at its timeout: {took:?}"
+    );
+    let deadline = Instant::now() + STEP;
+    while gw.host.alive() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the late browser is still running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, list) = gw.get("/v1/sessions?status=live").await;
+    assert_eq!(list["sessions"], json!([]), "{list}");
+    gw.host.set_launch_delay(Duration::ZERO);
+    gw.release(&id_of(&gw.create(json!({})).await)).await;
+    gw.stop().await;
+}
+
+/// A client that hangs up before its create is answered leaves no live session behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_client_hangs_up_leaves_nothing_live() {
+    use tokio::io::AsyncWriteExt;
+    let gw = FakeGateway::start().await;
+    gw.host.set_launch_delay(Duration::from_millis(500));
+    let launched_before = gw.host.launches();
+    let mut socket = TcpStream::connect(gw.addr).await.expect("connect");
+    socket
+        .write_all(
+            b"POST /v1/sessions HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+        )
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        gw.host.launches(),
+        launched_before + 1,
+        "the create did start a browser"
+    );
+    let deadline = Instant::now() + STEP;
+    while gw.host.alive() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the unheld session's browser still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, list) = gw.get("/v1/sessions").await;
+    let sessions = list["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1, "{list}");
+    assert_eq!(sessions[0]["status"], "failed", "{list}");
+    assert_eq!(sessions[0]["releaseReason"], "creation_timeout", "{list}");
+    gw.stop().await;
+}
