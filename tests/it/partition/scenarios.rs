@@ -370,6 +370,7 @@ async fn assert_after_heal(
     }
     assert_eq!(cluster.row(on_a).1, "live");
     same_lists_and_usage(cluster).await;
+    every_node_has_the_cluster_metrics(cluster).await;
     let b = cluster.node("b");
     let deadline = Instant::now() + Duration::from_secs(10);
     while b.chromium_processes() > 0 {
@@ -418,6 +419,37 @@ async fn billed_for_its_use(
     );
 }
 
+/// Every node exports the fencing state and time, database call latency and timeouts by
+/// kind, and its renewals.
+async fn every_node_has_the_cluster_metrics(cluster: &NetCluster) {
+    for (name, node) in cluster.names().iter().zip(&cluster.nodes) {
+        let scrape = scrape(node).await.expect("metrics");
+        let has = |metric: &str, label: Option<&str>| {
+            scrape
+                .samples
+                .iter()
+                .any(|s| s.metric == metric && label.is_none_or(|l| s.labels.get(l).is_some()))
+        };
+        assert!(has("ingot_cluster_fenced", None), "{name}: fenced gauge");
+        assert!(
+            fenced_seconds(&scrape).is_some(),
+            "{name}: time spent fenced"
+        );
+        assert!(
+            has("ingot_database_call_seconds", Some("kind")),
+            "{name}: call latency by kind"
+        );
+        assert!(
+            has("ingot_database_timeouts_total", Some("kind")),
+            "{name}: timeouts by kind"
+        );
+        assert!(
+            has("ingot_cluster_lease_renewals_total", Some("outcome")),
+            "{name}: renewals"
+        );
+    }
+}
+
 /// b's metrics after the heal.
 fn assert_metrics(after: &prometheus_parse::Scrape, loss: Loss, renewals_failed_rose: bool) {
     use crate::common::try_metric;
@@ -432,13 +464,6 @@ fn assert_metrics(after: &prometheus_parse::Scrape, loss: Loss, renewals_failed_
         "time spent fenced is counted: {fenced_for}"
     );
     assert!(renewals_failed_rose, "failed renewals are counted");
-    assert!(
-        after
-            .samples
-            .iter()
-            .any(|s| s.metric.starts_with("ingot_database_call_seconds")),
-        "database call latency by kind"
-    );
     if loss == Loss::Silent {
         assert!(
             sum_of(after, "ingot_database_timeouts_total") >= 1.0,

@@ -39,7 +39,6 @@ fn documented(outcome: &str) -> bool {
         || outcome.ends_with("502 node_unreachable")
         // A session the cluster failed (its node was cut) refuses connections with 410,
         // and its client is closed with 1011.
-        || outcome == "connect 410 session_ended"
         || outcome.starts_with("connect 410")
         || outcome == "command closed 1011"
 }
