@@ -9,7 +9,7 @@
 //! main.rs ─> gateway ─> http ─> api ─┬─> proxy ─> session ─┬─> cdp ─> browser
 //!                                    │                     ├─> metering ─> telemetry
 //!                                    │                     └─> auth
-//!                                    └─> cluster ─> metering (PgLedger)
+//!                                    └─> cluster ─> metering (PgLedger's pool)
 //! every module may use the leaves: vocab (shared words) and sync (the lock helper)
 //! ```
 

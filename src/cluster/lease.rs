@@ -28,8 +28,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::directory::PgDirectory;
 use crate::metering::MeterError;
-use crate::metering::postgres::{PgLedger, renewal_slot};
+use crate::metering::postgres::renewal_slot;
 use crate::sync::lock;
 use crate::telemetry;
 
@@ -46,8 +47,8 @@ pub trait Membership: Send + Sync {
 
 /// [`Membership`] in the shared PostgreSQL database.
 pub struct PgMembership {
-    /// The database.
-    pub ledger: Arc<PgLedger>,
+    /// The cluster's directory.
+    pub directory: Arc<PgDirectory>,
     /// How long this node's lease lasts.
     pub lease: Duration,
 }
@@ -55,16 +56,16 @@ pub struct PgMembership {
 impl Membership for PgMembership {
     fn renew(&self) -> BoxFuture<'_, Result<(), MeterError>> {
         let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
-        Box::pin(self.ledger.renew(lease_ms))
+        Box::pin(self.directory.renew(lease_ms))
     }
 
     fn ended_elsewhere(&self, records: Vec<i64>) -> BoxFuture<'_, Result<Vec<i64>, MeterError>> {
-        Box::pin(async move { self.ledger.ended_elsewhere(&records).await })
+        Box::pin(async move { self.directory.ended_elsewhere(&records).await })
     }
 
     fn fail_dead_nodes(&self, margin: Duration) -> BoxFuture<'_, Result<u64, MeterError>> {
         Box::pin(
-            self.ledger
+            self.directory
                 .fail_dead_nodes(crate::vocab::EndReason::NodeLost.as_str(), margin),
         )
     }
@@ -260,14 +261,16 @@ pub async fn keep(
     // after a whole lease of that.
     let mut reachable_since: Option<Instant> = Some(joined);
     let mut failures: u64 = 0;
-    // The first renewal goes at once: starting up took some of the lease.
+    // The first renewal goes at once: starting up took some of the lease (its own
+    // deadline still fences the node if it hangs).
     let mut wait = Duration::ZERO;
     loop {
         let fence_at = renewed_at + times.lease - times.margin;
+        let first = wait.is_zero();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => wait = times.slot,
-            _ = tokio::time::sleep_until(fence_at), if !fence.is_fenced() => {
+            _ = tokio::time::sleep_until(fence_at), if !first && !fence.is_fenced() => {
                 fence_now(node, fence, renewed_at, failures);
                 continue;
             }

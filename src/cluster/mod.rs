@@ -8,6 +8,7 @@
 //! sessions' states or Steel's JSON: the node that owns a session answers for it, and
 //! forwarded bytes pass through unread.
 
+pub mod directory;
 pub mod forward;
 pub mod lease;
 
@@ -20,16 +21,16 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metering::MeterError;
-use crate::metering::postgres::{NodeRow, PgLedger};
 use crate::sync::lock;
 use crate::telemetry;
+use directory::{NodeRow, PgDirectory};
 
 /// Most session owners remembered; the cache starts over when it is full.
 const MAX_OWNERS: usize = 10_000;
 
 /// This node's membership of a cluster.
 pub struct Cluster {
-    ledger: Arc<PgLedger>,
+    ledger: Arc<PgDirectory>,
     node: String,
     secret: String,
     /// The other nodes with a live lease, as they last described themselves.
@@ -49,7 +50,7 @@ impl Cluster {
     /// Membership for node `node`, which has joined the database behind `ledger`. A create
     /// passed to another node is answered within `create_timeout` (its queue and a launch).
     pub async fn new(
-        ledger: Arc<PgLedger>,
+        ledger: Arc<PgDirectory>,
         node: String,
         create_timeout: Duration,
     ) -> Result<Cluster, MeterError> {

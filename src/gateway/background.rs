@@ -97,7 +97,7 @@ impl Background {
         if let Some(database) = &gateway.database {
             let lease = Duration::from_millis(gateway.settings.node_lease_ms);
             let membership = PgMembership {
-                ledger: database.clone(),
+                directory: database.clone(),
                 lease,
             };
             let local = LocalSessions {

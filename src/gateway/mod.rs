@@ -27,6 +27,7 @@ use crate::auth::KeyRing;
 use crate::browser::BrowserHost;
 use crate::browser::cgroup::Limits;
 use crate::cluster::Cluster;
+use crate::cluster::directory::{Member, PgDirectory};
 use crate::cluster::lease::{Fence, LeaseTimes};
 use crate::config::{
     MIN_TIMEOUT_MS, Settings, available_memory, host_name, sessions_for_memory, total_memory,
@@ -34,7 +35,7 @@ use crate::config::{
 use crate::files::FileStore;
 use crate::http::{self, HttpLimits};
 use crate::metering::Meter;
-use crate::metering::postgres::{Deadlines, Member, PgLedger};
+use crate::metering::postgres::{Deadlines, PgLedger};
 use crate::session::admission::Admission;
 use crate::session::params::TimeoutLimits;
 use crate::session::registry::{HistoryLimits, Registry};
@@ -82,7 +83,7 @@ pub struct Gateway {
     metrics: PrometheusHandle,
     keys: Arc<KeyRing>,
     /// The shared database, when this node is one of several (`--database-url`).
-    database: Option<Arc<PgLedger>>,
+    database: Option<Arc<PgDirectory>>,
     /// The other nodes, in a cluster.
     cluster: Option<Arc<Cluster>>,
     /// Whether this node serves: closed while its lease renewal is overdue (never on a
@@ -473,11 +474,11 @@ fn liveness_probe(settings: &Settings) -> LivenessProbe {
 /// node's SQLite file) and closes the records a killed predecessor of this node left live.
 async fn open_meter(
     settings: &Settings,
-) -> Result<(Arc<Meter>, Option<Arc<PgLedger>>), GatewayError> {
+) -> Result<(Arc<Meter>, Option<Arc<PgDirectory>>), GatewayError> {
     let (meter, cluster) = match settings.database_url {
         Some(_) => {
-            let ledger = join_cluster(settings).await?;
-            (Meter::new(ledger.clone()), Some(ledger))
+            let (ledger, directory) = join_cluster(settings).await?;
+            (Meter::new(ledger), Some(directory))
         }
         None => {
             let meter = Meter::open(&settings.data_dir)
@@ -495,7 +496,9 @@ async fn open_meter(
 }
 
 /// Connects to the shared database and takes this node's lease.
-async fn join_cluster(settings: &Settings) -> Result<Arc<PgLedger>, GatewayError> {
+async fn join_cluster(
+    settings: &Settings,
+) -> Result<(Arc<PgLedger>, Arc<PgDirectory>), GatewayError> {
     let url = settings.database_url.as_deref().unwrap_or_default();
     let shown = settings.database_shown().unwrap_or_default();
     let node = settings.node();
@@ -511,16 +514,21 @@ async fn join_cluster(settings: &Settings) -> Result<Arc<PgLedger>, GatewayError
         advertise_url: settings.advertise_url.clone(),
         lease_ms: i64::try_from(settings.node_lease_ms).unwrap_or(i64::MAX),
     };
-    ledger
+    let ledger = Arc::new(ledger);
+    let directory = Arc::new(PgDirectory::new(ledger.clone(), node.clone()));
+    directory
         .join(&me)
         .await
         .map_err(|e| GatewayError::Settings(format!("cannot join the cluster: {e}")))?;
     info!(database = %shown, node = %node, lease_ms = settings.node_lease_ms, "joined the cluster's database");
-    Ok(Arc::new(ledger))
+    Ok((ledger, directory))
 }
 
 /// This node's membership of the cluster whose database it joined.
-async fn membership(db: &Arc<PgLedger>, settings: &Settings) -> Result<Arc<Cluster>, GatewayError> {
+async fn membership(
+    db: &Arc<PgDirectory>,
+    settings: &Settings,
+) -> Result<Arc<Cluster>, GatewayError> {
     // A create passed to another node may wait in its queue, then launch a browser.
     let create_timeout = Duration::from_millis(settings.create_timeout_ms) + RELAY_MARGIN;
     Cluster::new(db.clone(), settings.node(), create_timeout)
