@@ -31,6 +31,7 @@ mod memory_cap;
 mod metering;
 mod metrics;
 mod openapi;
+mod partition;
 mod postgres;
 mod proxy_auth;
 mod sandbox;

@@ -2,6 +2,7 @@
 //! a raw CDP client over tokio-tungstenite, a loopback page server, and process counting.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod openapi;
 pub mod postgres;
 
@@ -45,6 +46,8 @@ pub async fn exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
 /// A gateway process started for one test.
 pub struct Gateway {
     pub port: u16,
+    /// The address it listens on: loopback, or its network namespace's address.
+    pub host: String,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     child: Option<Child>,
@@ -80,7 +83,38 @@ impl Gateway {
 
     async fn launch(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
+        Gateway::spawn(Command::new(BIN), "127.0.0.1", port, data_dir, extra, env).await
+    }
+
+    /// Starts a gateway inside network namespace `netns`, listening on `addr:port` (the
+    /// namespace's own address), on data directory `data_dir`; [`Gateway::url`] then
+    /// points there.
+    pub async fn start_in_netns(
+        netns: &str,
+        addr: std::net::Ipv4Addr,
+        port: u16,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Gateway {
+        // nsenter enters the network namespace only: `ip netns exec` would also mount a
+        // sysfs of the namespace's own over /sys, hiding the cgroup file system.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{netns}")).arg(BIN);
+        let host = addr.to_string();
+        Gateway::spawn(cmd, &host, port, data_dir, extra, &[]).await
+    }
+
+    /// Runs `cmd` (the binary, maybe behind a wrapper that execs it) as a gateway
+    /// listening on `host:port`, and waits until it is healthy.
+    async fn spawn(
+        mut cmd: Command,
+        host: &str,
+        port: u16,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let listen = format!("{host}:{port}");
         // No warm pool unless a test asks for one, so that counting browsers and directories
         // counts sessions only.
         let pool: &[&str] = if extra.contains(&"--pool-size") {
@@ -88,7 +122,7 @@ impl Gateway {
         } else {
             &["--pool-size", "0"]
         };
-        let mut child = Command::new(BIN)
+        let mut child = cmd
             .args(["--listen", &listen, "--data-dir"])
             .arg(data_dir)
             .args(pool)
@@ -110,6 +144,7 @@ impl Gateway {
         });
         let gw = Gateway {
             port,
+            host: host.to_owned(),
             data_dir: data_dir.to_path_buf(),
             _tmp: None,
             child: Some(child),
@@ -132,7 +167,7 @@ impl Gateway {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.host, self.port)
     }
 
     pub fn pid(&self) -> u32 {

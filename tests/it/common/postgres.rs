@@ -1,9 +1,11 @@
 //! A PostgreSQL server for one test: a fresh cluster in a temporary directory, listening on a
-//! loopback port, run as the unprivileged `postgres` account when the tests run as root
-//! (PostgreSQL refuses to run as root), and stopped when dropped.
+//! loopback port (or, with [`Postgres::start_in`], on a network namespace's address), run as
+//! the unprivileged `postgres` account when the tests run as root (PostgreSQL refuses to run
+//! as root), and stopped when dropped. Its unix socket is in that directory, so the test
+//! reads the database through it even while a namespace's network is cut.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// A running PostgreSQL server.
@@ -11,6 +13,10 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// The address it listens on.
+    listen: String,
+    /// The network namespace it runs in, when not the test's own.
+    netns: Option<String>,
 }
 
 /// The newest installed PostgreSQL's programs.
@@ -41,6 +47,20 @@ fn is_root() -> bool {
 impl Postgres {
     /// Starts a new server and waits until it accepts connections.
     pub fn start() -> Postgres {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        Postgres::init("127.0.0.1".into(), port, None)
+    }
+
+    /// Starts a new server inside network namespace `netns`, listening on `addr:5432`
+    /// (and on its unix socket, which [`Postgres::sql`] then uses).
+    pub fn start_in(netns: &str, addr: Ipv4Addr) -> Postgres {
+        Postgres::init(addr.to_string(), 5432, Some(netns.to_owned()))
+    }
+
+    fn init(listen: String, port: u16, netns: Option<String>) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("ingot-pg-")
             .tempdir()
@@ -50,14 +70,12 @@ impl Postgres {
                 .arg("postgres:postgres")
                 .arg(dir.path()));
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
         let pg = Postgres {
             bin: bin_dir(),
             port,
             dir,
+            listen,
+            netns,
         };
         let data = pg.data();
         pg.run_as_postgres(
@@ -74,15 +92,23 @@ impl Postgres {
                 "UTF8",
             ],
         );
+        if pg.netns.is_some() {
+            // initdb trusts loopback only; the nodes connect from their own namespaces.
+            let hba = pg.dir.path().join("data").join("pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+            rules.push_str("\nhost all all 0.0.0.0/0 trust\n");
+            std::fs::write(&hba, rules).expect("pg_hba.conf written");
+        }
         pg.start_again();
         pg
     }
 
     fn options(&self) -> String {
         format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            "-p {} -k {} -c listen_addresses={} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.listen
         )
     }
 
@@ -109,12 +135,19 @@ impl Postgres {
 
     fn run_as_postgres(&self, program: &str, args: &[&str]) -> Output {
         let program = self.bin.join(program);
-        let mut cmd = if is_root() {
-            let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(&program);
-            cmd
-        } else {
-            Command::new(&program)
+        let mut cmd = match (&self.netns, is_root()) {
+            (Some(ns), _) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "runuser", "-u", "postgres", "--"])
+                    .arg(&program);
+                cmd
+            }
+            (None, true) => {
+                let mut cmd = Command::new("runuser");
+                cmd.args(["-u", "postgres", "--"]).arg(&program);
+                cmd
+            }
+            (None, false) => Command::new(&program),
         };
         cmd.args(args).current_dir(self.dir.path());
         run(&mut cmd)
@@ -122,7 +155,7 @@ impl Postgres {
 
     /// A URL for `database` on this server.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://ingot@127.0.0.1:{}/{database}", self.port)
+        format!("postgres://ingot@{}:{}/{database}", self.listen, self.port)
     }
 
     /// Creates an empty database.
@@ -134,9 +167,14 @@ impl Postgres {
     /// tuples only).
     pub fn sql(&self, database: &str, sql: &str) -> String {
         let port = self.port.to_string();
+        // In a namespace, through the unix socket: it works while the network is cut.
+        let host = match self.netns {
+            Some(_) => self.dir.path().display().to_string(),
+            None => "127.0.0.1".to_owned(),
+        };
         let out = run(Command::new(self.bin.join("psql")).args([
             "-h",
-            "127.0.0.1",
+            &host,
             "-p",
             &port,
             "-U",
@@ -151,6 +189,12 @@ impl Postgres {
             sql,
         ]));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The directory of the server's unix socket (`host` for a client that connects
+    /// through it).
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Where the server's log is.
