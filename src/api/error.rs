@@ -122,7 +122,7 @@ impl From<ListError> for ApiError {
 
 impl From<MeterError> for ApiError {
     fn from(e: MeterError) -> Self {
-        if let MeterError::DeadlineExceeded { .. } = e {
+        if let MeterError::DeadlineExceeded { .. } | MeterError::Database(_) = e {
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database_unavailable",

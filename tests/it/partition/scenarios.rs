@@ -172,21 +172,15 @@ struct AfterHeal {
     metrics: (prometheus_parse::Scrape, prometheus_parse::Scrape),
 }
 
-/// The time spent fenced, from `ingot_cluster_fenced_seconds_total` (the brief's name) or
-/// `ingot_cluster_fenced_seconds` (a gauge that only grows, the product's name today).
+/// The time spent fenced, from `ingot_cluster_fenced_seconds` (a gauge that only grows).
 fn fenced_seconds(scrape: &prometheus_parse::Scrape) -> Option<f64> {
-    let read = |name| crate::common::try_metric(scrape, name, &[]);
-    read("ingot_cluster_fenced_seconds_total").or_else(|| read("ingot_cluster_fenced_seconds"))
+    crate::common::try_metric(scrape, "ingot_cluster_fenced_seconds", &[])
 }
 
-/// Whether `code` is a create refused for want of the database: `node_fenced`, or
-/// `database_unreachable` (the brief's word) / `database_unavailable` (the product's code
-/// for an unreachable database, older than issue 20).
+/// Whether `code` is a create refused for want of the database: `node_fenced` once the
+/// node fenced itself, `database_unavailable` before.
 fn database_refusal(code: &str) -> bool {
-    matches!(
-        code,
-        "node_fenced" | "database_unreachable" | "database_unavailable"
-    )
+    matches!(code, "node_fenced" | "database_unavailable")
 }
 
 /// Failed renewals counted in `scrape`.

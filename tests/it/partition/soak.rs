@@ -34,7 +34,6 @@ fn count(tally: &Tally, what: String) {
 fn documented(outcome: &str) -> bool {
     outcome.ends_with(" ok")
         || outcome.ends_with("503 node_fenced")
-        || outcome.ends_with("503 database_unreachable")
         || outcome.ends_with("503 database_unavailable")
         || outcome.ends_with("502 node_unreachable")
         // A session the cluster failed (its node was cut) refuses connections with 410,
