@@ -6,7 +6,7 @@
 #                                   tests/py/.venv), PostgreSQL (tests of --database-url),
 #                                   tinyproxy (tests of proxyUrl with credentials) and
 #                                   Prometheus (promtool and a real scrape in tests/it/deploy.rs)
-#                                   and nftables (the partition tests' dropped ports)
+#                                   and nftables and iproute2 (the partition tests' namespaces)
 # Rust cannot be installed from Debian's packages in a recent enough version; if cargo is
 # missing this says how to get it and stops.
 set -euo pipefail
@@ -32,9 +32,10 @@ if [ "$want_tests" = 1 ]; then
   # A proxy that wants Basic authentication, for the tests of proxyUrl with credentials;
   # the tests start their own on loopback.
   command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
-  # nftables for the partition tests (tests/it/partition.rs), which drop packets inside
-  # network namespaces; iproute2 (`ip netns`) comes with Debian itself.
+  # nftables and iproute2 (`ip netns`, veth pairs) for the partition tests
+  # (tests/it/partition.rs), which cut nodes apart inside network namespaces.
   command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
+  command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then
