@@ -301,7 +301,7 @@ impl Registry {
             transport,
             Guard::new(self.cdp_limits(), files_dir).for_session(session.id),
         );
-        session.attach_browser(mux.clone(), process.clone(), version);
+        session.attach_browser(mux.clone(), &process, version);
         let prepared = match files {
             Ok(dir) => {
                 self.prepare(&session, (&mux, &process), downloads, dir)

@@ -5,7 +5,7 @@
 //! methods here, and every change of state goes through [`Lifecycle`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -84,8 +84,9 @@ pub enum NotExtended {
 /// What the session knows about its running browser.
 struct BrowserLink {
     mux: Arc<Mux>,
-    /// The browser's process, for freezing it.
-    process: Arc<dyn BrowserProcess>,
+    /// The browser's process, for freezing it. Weak: the supervisor owns the process, and
+    /// an ended session kept in the history must not hold its sockets and pipes open.
+    process: Weak<dyn BrowserProcess>,
     /// The reply to `Browser.getVersion`, for `/json/version`.
     version: Value,
 }
@@ -305,12 +306,12 @@ impl Session {
     pub(super) fn attach_browser(
         &self,
         mux: Arc<Mux>,
-        process: Arc<dyn BrowserProcess>,
+        process: &Arc<dyn BrowserProcess>,
         version: Value,
     ) {
         let _ = self.browser.set(BrowserLink {
             mux,
-            process,
+            process: Arc::downgrade(process),
             version,
         });
     }
@@ -326,7 +327,9 @@ impl Session {
             // Before the thaw is seen: the inactivity watch must not count the time frozen.
             self.note_activity();
         }
-        link.process.freeze(frozen);
+        if let Some(process) = link.process.upgrade() {
+            process.freeze(frozen);
+        }
         self.frozen.send_modify(|state| {
             if frozen && !state.now {
                 state.times += 1;
