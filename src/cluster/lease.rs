@@ -19,6 +19,7 @@
 //! - a node judges others only after it has itself renewed for a whole lease, so that after
 //!   a database outage every node first gets the time to renew.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,18 +88,16 @@ pub trait NodeSessions: Send + Sync {
 /// state it keeps the deadline the last renewal gives: past it nothing is relayed even
 /// before the lease task has run (a node whose whole process was stopped wakes up late).
 pub struct Fence {
-    state: Mutex<Fencing>,
+    state: Mutex<FenceState>,
+    /// What a proxy asks for every message, without a lock: whether the state is
+    /// `Serving`, the last renewal's deadline in nanoseconds since `base` (`u64::MAX`: none,
+    /// a single node), and whether the latest renewal failed.
+    serving: AtomicBool,
+    serve_until_ns: AtomicU64,
+    failing: AtomicBool,
+    base: Instant,
     /// `true` while fenced, to wake the proxies that stopped relaying.
     paused: watch::Sender<bool>,
-}
-
-/// The fence's state and deadlines.
-struct Fencing {
-    state: FenceState,
-    /// Serve only until then (`None`: no lease, a single node).
-    serve_until: Option<Instant>,
-    /// Whether the latest renewal failed.
-    failing: bool,
 }
 
 /// The fence's state.
@@ -136,29 +135,34 @@ impl Fence {
     }
 
     fn with(serve_until: Option<Instant>) -> Fence {
-        Fence {
-            state: Mutex::new(Fencing {
-                state: FenceState::Serving,
-                serve_until,
-                failing: false,
-            }),
+        let fence = Fence {
+            state: Mutex::new(FenceState::Serving),
+            serving: AtomicBool::new(true),
+            serve_until_ns: AtomicU64::new(u64::MAX),
+            failing: AtomicBool::new(false),
+            base: Instant::now(),
             paused: watch::channel(false).0,
+        };
+        if let Some(until) = serve_until {
+            fence.serve_until(until);
         }
+        fence
     }
 
     /// The state now.
     pub fn state(&self) -> FenceState {
-        lock(&self.state).state
+        *lock(&self.state)
     }
 
     /// Whether this node may relay its sessions' traffic now: not fenced, and the last
-    /// renewal's deadline not passed.
+    /// renewal's deadline not passed. Asked for every message: two atomic loads and a read
+    /// of the monotonic clock.
     pub fn may_serve(&self) -> bool {
-        let fencing = lock(&self.state);
-        fencing.state == FenceState::Serving
-            && fencing
-                .serve_until
-                .is_none_or(|until| Instant::now() < until)
+        if !self.serving.load(Ordering::Acquire) {
+            return false;
+        }
+        let until = self.serve_until_ns.load(Ordering::Acquire);
+        until == u64::MAX || nanos(self.base.elapsed()) < until
     }
 
     /// Whether this node may take a new connection or session now: it serves, and its
@@ -167,7 +171,7 @@ impl Fence {
         if !self.may_serve() {
             return Err(Unavailable::Fenced);
         }
-        if lock(&self.state).failing {
+        if self.failing.load(Ordering::Acquire) {
             return Err(Unavailable::DatabaseUnavailable);
         }
         Ok(())
@@ -178,16 +182,20 @@ impl Fence {
         self.paused.subscribe()
     }
 
-    /// A renewal that started at `started` succeeded: serve until `until`.
+    /// A renewal succeeded: serve until `until`.
     fn renewed(&self, until: Instant) {
-        let mut fencing = lock(&self.state);
-        fencing.serve_until = Some(until);
-        fencing.failing = false;
+        self.serve_until(until);
+        self.failing.store(false, Ordering::Release);
+    }
+
+    fn serve_until(&self, until: Instant) {
+        let ns = nanos(until.saturating_duration_since(self.base)).min(u64::MAX - 1);
+        self.serve_until_ns.store(ns, Ordering::Release);
     }
 
     /// A renewal failed.
     fn renewal_failed(&self) {
-        lock(&self.state).failing = true;
+        self.failing.store(true, Ordering::Release);
     }
 
     /// Whether this node is fenced now.
@@ -197,11 +205,12 @@ impl Fence {
 
     /// `Serving → Fenced` at `now`. `false` when it already was.
     fn close(&self, now: Instant) -> bool {
-        let mut fencing = lock(&self.state);
-        if fencing.state != FenceState::Serving {
+        let mut state = lock(&self.state);
+        if *state != FenceState::Serving {
             return false;
         }
-        fencing.state = FenceState::Fenced { since: now };
+        *state = FenceState::Fenced { since: now };
+        self.serving.store(false, Ordering::Release);
         self.paused.send_replace(true);
         telemetry::cluster_fenced(true);
         true
@@ -209,17 +218,23 @@ impl Fence {
 
     /// `Fenced → Serving`; how long it was fenced, `None` when it was not.
     fn open(&self) -> Option<Duration> {
-        let mut fencing = lock(&self.state);
-        let FenceState::Fenced { since } = fencing.state else {
+        let mut state = lock(&self.state);
+        let FenceState::Fenced { since } = *state else {
             return None;
         };
-        fencing.state = FenceState::Serving;
+        *state = FenceState::Serving;
+        self.serving.store(true, Ordering::Release);
         self.paused.send_replace(false);
         let fenced_for = since.elapsed();
         telemetry::cluster_fenced(false);
         telemetry::cluster_fenced_for(fenced_for);
         Some(fenced_for)
     }
+}
+
+/// `d` in nanoseconds, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The lease's timing.
