@@ -113,7 +113,10 @@ pub async fn serve_client<S>(
             Step::Continue => {}
             Step::Stop => break,
             Step::Disconnected => {
-                let why = *link.close.borrow();
+                let why = link
+                    .close
+                    .borrow()
+                    .or_else(|| session.end_reason().map(Disconnect::SessionEnded));
                 close(&mut ws, &mut link, why, &session).await;
                 break;
             }
@@ -125,12 +128,14 @@ pub async fn serve_client<S>(
 /// How often a client held by the fence checks whether it may go on, besides being woken
 /// when the fence opens.
 const FENCE_RECHECK: Duration = Duration::from_millis(100);
+/// How long a held client of a session that ended waits for its supervisor's reason.
+const FENCE_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Holds a message, in either direction, while this node may not serve (it is fenced off
 /// from its cluster, or its lease's deadline passed before the lease task could say so):
 /// nothing reaches the browser or the client until the node renews. `false` when the client
 /// must go meanwhile (its session ended: lost by the cluster, released, timed out).
-async fn wait_while_fenced(fence: &Fence, link: &mut ClientLink) -> bool {
+async fn wait_while_fenced(fence: &Fence, link: &mut ClientLink, session: &Session) -> bool {
     if fence.may_serve() {
         return true;
     }
@@ -141,6 +146,12 @@ async fn wait_while_fenced(fence: &Fence, link: &mut ClientLink) -> bool {
             _ = link.close.changed() => return false,
             _ = paused.changed() => {}
             _ = tokio::time::sleep(FENCE_RECHECK) => {}
+        }
+        // A session the cluster failed meanwhile was ended before the fence opened: its
+        // held message is not relayed, and the client is closed with the reason.
+        if !session.phase().is_live() {
+            let _ = tokio::time::timeout(FENCE_CLOSE_WAIT, link.close.changed()).await;
+            return false;
         }
         if fence.may_serve() {
             return true;
@@ -168,7 +179,7 @@ async fn to_client<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if !wait_while_fenced(fence, link).await {
+    if !wait_while_fenced(fence, link, session).await {
         return Step::Disconnected;
     }
     let Ok(text) = Utf8Bytes::try_from(msg) else {
@@ -215,7 +226,7 @@ where
         }
         None => return Step::Stop,
     };
-    if !wait_while_fenced(fence, link).await {
+    if !wait_while_fenced(fence, link, session).await {
         return Step::Disconnected;
     }
     session.usage().count_to_browser(payload.len());
@@ -290,7 +301,13 @@ async fn close<S>(
         code: CloseCode::Away,
         reason: "session ended".into(),
     });
-    let deliver_queued = !matches!(why, Some(Disconnect::NotReading));
+    // Messages still queued go out before the close frame, except to a client that is not
+    // reading, and except for a session the cluster failed: its node held them while it
+    // was fenced, and nothing of it may be answered after the failure.
+    let deliver_queued = !matches!(
+        why,
+        Some(Disconnect::NotReading | Disconnect::SessionEnded(EndReason::NodeLost))
+    );
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         while deliver_queued && let Ok(msg) = link.outbound.try_recv() {
             let Ok(text) = Utf8Bytes::try_from(msg) else {

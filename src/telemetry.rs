@@ -238,6 +238,16 @@ fn describe() {
     );
     describe_gauge!(CHROMIUM_PROCESSES, "Chromium processes of all sessions.");
     describe_counter!(USAGE_WRITE_ERRORS, "Failed writes to the usage database.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which ingot runs."
+    );
+    describe_limits();
+    describe_cluster();
+}
+
+/// Help texts of the cluster's metrics: nodes, leases, the fence, the shared database.
+fn describe_cluster() {
     describe_counter!(
         SESSIONS_LOST_WITH_NODE,
         "Live sessions of dead nodes (lease ran out) this node marked failed."
@@ -277,11 +287,6 @@ fn describe() {
         Unit::Seconds,
         "Latency of lookups in the cluster's shared database (session owners, the node list)."
     );
-    describe_gauge!(
-        BUILD_INFO,
-        "Always 1; the version label says which ingot runs."
-    );
-    describe_limits();
 }
 
 /// Help texts of the gauges and counters of what sessions and connections take.

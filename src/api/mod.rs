@@ -176,9 +176,8 @@ pub fn router(state: AppState) -> Router {
 
 /// Refuses requests while this node may not serve them: everything but the probes and the
 /// OpenAPI document while it is fenced (its browsers are frozen; a client should come back
-/// shortly, or go through another node), and requests that change something while it cannot
-/// reach the database (a create would launch a browser it cannot record, a release would
-/// answer before it is recorded).
+/// shortly, or go through another node), and creates, releases and new timeouts while it
+/// cannot reach the database ([`records_a_change`]).
 async fn refuse_while_fenced(
     State(state): State<AppState>,
     request: Request,
@@ -192,12 +191,22 @@ async fn refuse_while_fenced(
         Ok(()) => {}
         Err(Unavailable::Fenced) => return ApiError::from(Unavailable::Fenced).into_response(),
         Err(unreachable) => {
-            if request.method() != Method::GET && request.method() != Method::HEAD {
+            if records_a_change(request.method(), path) {
                 return ApiError::from(unreachable).into_response();
             }
         }
     }
     next.run(request).await
+}
+
+/// Whether a request must be recorded in the database before it is answered: a create (it
+/// would launch a browser it cannot record), a release (its 200 could be contradicted), a
+/// new timeout.
+fn records_a_change(method: &Method, path: &str) -> bool {
+    method == Method::POST
+        && (path == "/v1/sessions"
+            || path.ends_with("/release")
+            || (path.starts_with("/v1/sessions/") && path.ends_with("/timeout")))
 }
 
 /// Refuses request heads over [`MAX_HEAD`] with 431 JSON.

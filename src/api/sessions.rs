@@ -233,9 +233,9 @@ pub async fn release(
 ) -> Result<Response, ApiError> {
     let released = state.registry.release(&id, &caller).await;
     if let Some(session) = &released
-        && session.final_record_owed()
+        && !session.final_record_written()
     {
-        // Ended here, but not recorded: answering 200 could be contradicted by the
+        // Ended here, but not recorded (yet): answering 200 could be contradicted by the
         // cluster (which may yet fail the session while this node is cut off).
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -69,7 +69,7 @@ impl PgDirectory {
     /// Joins the cluster: takes this node's lease, unless another live node holds its id.
     pub async fn join(&self, me: &Member) -> Result<(), MeterError> {
         self.ledger.call(DbCall::Lease, async move {
-        let mut client = self.ledger.client().await?;
+        let mut client = self.ledger.lease_client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let sql = format!(
             "SELECT host, data_dir, lease_until_ms > {NOW_MS} FROM ingot_nodes
@@ -111,7 +111,7 @@ impl PgDirectory {
                     "UPDATE ingot_nodes SET lease_until_ms = {NOW_MS} + $2 WHERE node = $1"
                 );
                 self.ledger
-                    .client()
+                    .lease_client()
                     .await?
                     .execute(&sql, &[&self.node, &lease_ms])
                     .await
@@ -366,7 +366,7 @@ impl PgDirectory {
         self.ledger
             .call(DbCall::Lease, async move {
                 self.ledger
-                    .client()
+                    .lease_client()
                     .await?
                     .execute(
                         "UPDATE ingot_nodes SET lease_until_ms = 0 WHERE node = $1",

@@ -41,6 +41,9 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 /// the connection is called dead (`TCP_USER_TIMEOUT`): a forwarded WebSocket to a node
 /// that was cut off ends within about this, and its client gets a close frame.
 const DEAD_PATH: Duration = Duration::from_secs(3);
+/// How long the owner's answer to a client's close frame may take to pass, once the client
+/// has finished sending.
+const CLOSE_REPLY: Duration = Duration::from_secs(1);
 /// Buffer of each direction of a joined WebSocket.
 const COPY_BUFFER: usize = 64 << 10;
 
@@ -234,18 +237,26 @@ async fn join(
     let why = {
         let up = tokio::io::copy_buf(&mut client_read, &mut owner_write);
         let down = copy_frames(&mut owner_read, &mut client_write, &mut frames);
+        tokio::pin!(up, down);
         tokio::select! {
-            // The client left; a failure is the owner's side failing to take its bytes.
-            sent = up => match sent {
-                Ok(_) => return,
+            // The client left: the owner's answer to its close frame still goes through.
+            // A failure is the owner's side failing to take the client's bytes.
+            sent = &mut up => match sent {
+                Ok(_) => {
+                    let _ = tokio::time::timeout(CLOSE_REPLY, &mut down).await;
+                    return;
+                }
                 Err(_) => Some(Cut::OwnerLost),
             },
-            ended = down => ended,
+            ended = &mut down => ended,
             why = cut => Some(why),
         }
     };
+    // Not after the owner's own close frame, and never into the middle of a frame (a write
+    // cut short leaves the cursor short of a boundary).
     if let Some(why) = why
         && frames.at_boundary()
+        && !frames.closed
     {
         let (code, reason) = why.close();
         debug!(code, reason, "closing a forwarded WebSocket");
@@ -274,10 +285,14 @@ async fn copy_frames(
             }
             Ok(n) => n,
         };
-        frames.advance(&buf[..n]);
+        // Marked as under way until the whole chunk is written: a write cut short leaves
+        // the client mid-frame.
+        frames.writing = true;
         if to.write_all(&buf[..n]).await.is_err() {
             return None;
         }
+        frames.writing = false;
+        frames.advance(&buf[..n]);
     }
 }
 
@@ -291,6 +306,8 @@ struct FrameCursor {
     payload_left: u64,
     /// A close frame has passed.
     closed: bool,
+    /// Bytes are being written to the client: it may be left between any two of them.
+    writing: bool,
 }
 
 impl FrameCursor {
@@ -319,7 +336,7 @@ impl FrameCursor {
 
     /// Whether the stream is between two frames.
     fn at_boundary(&self) -> bool {
-        self.head.is_empty() && self.payload_left == 0
+        !self.writing && self.head.is_empty() && self.payload_left == 0
     }
 }
 
@@ -465,6 +482,8 @@ mod tests {
         assert!(frames.at_boundary());
         frames.advance(&close_frame(1000, "bye"));
         assert!(frames.at_boundary() && frames.closed);
+        frames.writing = true;
+        assert!(!frames.at_boundary(), "not while a chunk is being written");
     }
 
     #[test]

@@ -79,7 +79,8 @@ pub trait NodeSessions: Send + Sync {
     /// Freezes (`true`) or thaws every live session's browser.
     fn freeze(&self, frozen: bool);
     /// Ends the sessions of `records` as lost by the cluster, as of `at` (when this node
-    /// stopped serving them); resolves once their browsers are gone. Returns how many.
+    /// stopped serving them), before the fence opens: their clients get nothing more.
+    /// Returns how many.
     fn end_lost(&self, records: Vec<i64>, at: Instant) -> BoxFuture<'_, usize>;
 }
 
@@ -98,6 +99,8 @@ pub struct Fence {
     base: Instant,
     /// `true` while fenced, to wake the proxies that stopped relaying.
     paused: watch::Sender<bool>,
+    /// Up to when the time fenced is counted in the metrics.
+    counted_at: Mutex<Option<Instant>>,
 }
 
 /// The fence's state.
@@ -142,6 +145,7 @@ impl Fence {
             failing: AtomicBool::new(false),
             base: Instant::now(),
             paused: watch::channel(false).0,
+            counted_at: Mutex::new(None),
         };
         if let Some(until) = serve_until {
             fence.serve_until(until);
@@ -203,6 +207,17 @@ impl Fence {
         self.state() != FenceState::Serving
     }
 
+    /// Adds the time fenced since it was last counted to `ingot_cluster_fenced_seconds`, so
+    /// that a long fence shows while it lasts.
+    fn account(&self) {
+        let mut counted = lock(&self.counted_at);
+        if let (FenceState::Fenced { .. }, Some(at)) = (self.state(), *counted) {
+            let now = Instant::now();
+            telemetry::cluster_fenced_for(now - at);
+            *counted = Some(now);
+        }
+    }
+
     /// `Serving → Fenced` at `now`. `false` when it already was.
     fn close(&self, now: Instant) -> bool {
         let mut state = lock(&self.state);
@@ -210,6 +225,7 @@ impl Fence {
             return false;
         }
         *state = FenceState::Fenced { since: now };
+        *lock(&self.counted_at) = Some(now);
         self.serving.store(false, Ordering::Release);
         self.paused.send_replace(true);
         telemetry::cluster_fenced(true);
@@ -225,11 +241,18 @@ impl Fence {
         *state = FenceState::Serving;
         self.serving.store(true, Ordering::Release);
         self.paused.send_replace(false);
-        let fenced_for = since.elapsed();
+        if let Some(at) = lock(&self.counted_at).take() {
+            telemetry::cluster_fenced_for(at.elapsed());
+        }
         telemetry::cluster_fenced(false);
-        telemetry::cluster_fenced_for(fenced_for);
-        Some(fenced_for)
+        Some(since.elapsed())
     }
+}
+
+/// How long a node waits before it tries again after a failed renewal: a quarter of a slot
+/// (each try still has the whole slot as its deadline).
+fn retry_after_failure(slot: Duration) -> Duration {
+    (slot / 4).max(Duration::from_millis(25))
 }
 
 /// `d` in nanoseconds, saturating.
@@ -282,9 +305,10 @@ pub async fn keep(
     loop {
         let fence_at = renewed_at + times.lease - times.margin;
         let first = wait.is_zero();
+        fence.account();
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => wait = times.slot,
+            _ = tokio::time::sleep(wait) => {}
             _ = tokio::time::sleep_until(fence_at), if !first && !fence.is_fenced() => {
                 fence_now(node, fence, renewed_at, failures);
                 continue;
@@ -304,6 +328,8 @@ pub async fn keep(
         telemetry::lease_renewed(renewed.is_ok());
         if let Err(e) = renewed {
             fence.renewal_failed();
+            // Try again soon: after a heal the node should serve again within a slot.
+            wait = retry_after_failure(times.slot);
             failures += 1;
             reachable_since = None;
             warn!(error = %e, failures, overdue_in_ms = fence_at.saturating_duration_since(Instant::now()).as_millis() as u64,
@@ -314,6 +340,7 @@ pub async fn keep(
             info!(failures, "this node's lease is renewed again");
         }
         failures = 0;
+        wait = times.slot;
         renewed_at = started;
         fence.renewed(started + times.lease - times.margin);
         let since = *reachable_since.get_or_insert(started);

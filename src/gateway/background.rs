@@ -235,7 +235,8 @@ impl NodeSessions for LocalSessions {
     }
 
     fn end_lost(&self, records: Vec<i64>, at: tokio::time::Instant) -> BoxFuture<'_, usize> {
-        Box::pin(async move { self.registry.end_lost(&records, at.into_std()).await })
+        let ended = self.registry.end_lost(&records, at.into_std());
+        Box::pin(async move { ended })
     }
 }
 

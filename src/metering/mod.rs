@@ -79,15 +79,15 @@ pub struct SessionUsage {
     bytes_to_client: AtomicU64,
     messages_to_browser: AtomicU64,
     messages_to_client: AtomicU64,
-    /// The final record could not be written yet: it is owed, and retried every second.
-    final_owed: AtomicBool,
+    /// The final record is written (or there was none to write).
+    final_written: AtomicBool,
 }
 
 impl SessionUsage {
-    /// Whether the session's final record is still owed to the database (it could not be
-    /// written when the session ended).
-    pub fn final_owed(&self) -> bool {
-        self.final_owed.load(Ordering::Acquire)
+    /// Whether the session's final record is written: `false` while it is being tried, and
+    /// while it is owed to a database that did not take it.
+    pub fn final_written(&self) -> bool {
+        self.final_written.load(Ordering::Acquire)
     }
 
     /// The id of the session's usage record, once written.
@@ -266,7 +266,9 @@ impl Meter {
     /// Writes a session's final record. Call after the session ended; without a record
     /// (it never went live) there is nothing to write.
     pub async fn finish(&self, session: &dyn Billable, status: &'static str, reason: &'static str) {
+        let written = &session.usage().final_written;
         let Some(&record_id) = session.usage().record_id.get() else {
+            written.store(true, Ordering::Release);
             return;
         };
         lock(&self.schedule).remove(record_id);
@@ -279,7 +281,10 @@ impl Meter {
         };
         for attempt in 1..=FINISH_ATTEMPTS {
             match self.ledger.finish(record).await {
-                Ok(()) => return,
+                Ok(()) => {
+                    written.store(true, Ordering::Release);
+                    return;
+                }
                 Err(e) => {
                     telemetry::usage_write_error();
                     warn!(session_id = %session.session_id(), error = %e, attempt,
@@ -292,7 +297,6 @@ impl Meter {
         }
         // The clock retries it every second until the database answers. Should this
         // process die first, the next start closes the record at its last checkpoint.
-        session.usage().final_owed.store(true, Ordering::Release);
         let mut owed = lock(&self.owed);
         owed.finals.push(record);
         owed.retry_at

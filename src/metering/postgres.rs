@@ -26,8 +26,10 @@ use crate::telemetry;
 
 /// Key of the advisory lock held while migrations run.
 const MIGRATION_LOCK: i64 = 0x696e_676f_7400_0001;
-/// Most connections one node holds.
+/// Most connections one node holds for its records and the directory.
 const POOL_SIZE: usize = 8;
+/// Connections one node holds for its lease.
+const LEASE_POOL_SIZE: usize = 2;
 
 /// Every migration, in order; the position is the version (1-based).
 const MIGRATIONS: &[&str] = &[
@@ -181,6 +183,8 @@ const MIGRATE_DEADLINE: Duration = Duration::from_secs(60);
 /// The ledger in PostgreSQL, for the node `node`.
 pub struct PgLedger {
     pool: Pool,
+    /// Connections for the lease alone (join, renew, leave).
+    lease_pool: Pool,
     node: String,
     deadlines: Deadlines,
     /// When a call last overran its deadline: connections opened before then may hang on a
@@ -202,31 +206,14 @@ impl PgLedger {
     ) -> Result<PgLedger, MeterError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(db)?;
         watch_the_path(&mut config, &deadlines);
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
         let overran_at: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
-        let seen = overran_at.clone();
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(deadlines.call))
-            .create_timeout(Some(deadlines.call))
-            .recycle_timeout(Some(deadlines.call))
-            .pre_recycle(Hook::sync_fn(move |_, metrics| match *lock(&seen) {
-                Some(at) if metrics.created <= at => Err(HookError::message(
-                    "opened before a call overran its deadline",
-                )),
-                _ => Ok(()),
-            }))
-            .build()
-            .map_err(db)?;
+        let pool = pool(config.clone(), POOL_SIZE, &deadlines, &overran_at)?;
+        // The lease has connections of its own, so that other traffic neither starves a
+        // renewal nor retires the connection it is about to use.
+        let lease_pool = pool_for_lease(config, &deadlines)?;
         let ledger = PgLedger {
             pool,
+            lease_pool,
             node: node.to_owned(),
             deadlines,
             overran_at,
@@ -249,8 +236,13 @@ impl PgLedger {
         telemetry::database_call(kind.as_str(), started.elapsed());
         result.unwrap_or_else(|_| {
             telemetry::database_timeout(kind.as_str());
-            *lock(&self.overran_at) = Some(std::time::Instant::now());
-            self.pool.retain(|_, _| false);
+            // A slow read is cut short by the server's statement_timeout and leaves its
+            // connection usable; any other overrun may mean a dead path.
+            if kind != DbCall::Read {
+                *lock(&self.overran_at) = Some(std::time::Instant::now());
+                self.pool.retain(|_, _| false);
+                self.lease_pool.retain(|_, _| false);
+            }
             Err(MeterError::DeadlineExceeded {
                 kind: kind.as_str(),
                 ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
@@ -302,6 +294,11 @@ impl PgLedger {
             .map_err(db)?;
         }
         tx.commit().await.map_err(db)
+    }
+
+    /// A connection for the lease (join, renew, leave).
+    pub(crate) async fn lease_client(&self) -> Result<deadpool_postgres::Object, MeterError> {
+        self.lease_pool.get().await.map_err(db)
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, MeterError> {
@@ -378,6 +375,49 @@ async fn write_checkpoint(
     .await
     .map(drop)
     .map_err(db)
+}
+
+/// A pool of at most `size` connections made with `config`, waiting and connecting within
+/// the call deadline; a connection opened before the last overrun (`overran_at`) is not
+/// handed out again.
+fn pool(
+    config: tokio_postgres::Config,
+    size: usize,
+    deadlines: &Deadlines,
+    overran_at: &Arc<Mutex<Option<std::time::Instant>>>,
+) -> Result<Pool, MeterError> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let seen = overran_at.clone();
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(deadlines.call))
+        .create_timeout(Some(deadlines.call))
+        .recycle_timeout(Some(deadlines.call))
+        .pre_recycle(Hook::sync_fn(move |_, metrics| match *lock(&seen) {
+            Some(at) if metrics.created <= at => Err(HookError::message(
+                "opened before a call overran its deadline",
+            )),
+            _ => Ok(()),
+        }))
+        .build()
+        .map_err(db)
+}
+
+/// The lease's own connections: two, opened within a renewal slot.
+fn pool_for_lease(
+    config: tokio_postgres::Config,
+    deadlines: &Deadlines,
+) -> Result<Pool, MeterError> {
+    let mut lease = *deadlines;
+    lease.call = deadlines.lease;
+    pool(config, LEASE_POOL_SIZE, &lease, &Arc::default())
 }
 
 /// Sets the connection's own deadlines: opening it, TCP keepalives and `TCP_USER_TIMEOUT`,

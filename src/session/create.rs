@@ -80,6 +80,32 @@ impl CreateError {
     }
 }
 
+/// A new live session on its way to the create's caller. Dropped untaken (the caller hung
+/// up, or its create timed out, even at the moment it was handed over), it ends the session
+/// at once: no session is left live with nobody holding it.
+struct Handover(Option<Arc<Session>>);
+
+impl Handover {
+    fn new(session: Arc<Session>) -> Handover {
+        Handover(Some(session))
+    }
+
+    /// The session, now held by the caller (`None` only if it was taken already).
+    fn take(mut self) -> Option<Arc<Session>> {
+        self.0.take()
+    }
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        if let Some(orphan) = self.0.take() {
+            warn!(session_id = %orphan.id,
+                "the create's caller gave up (it hung up or timed out) before the session went live; releasing it");
+            let _ = orphan.request_end(EndReason::CreationAbandoned);
+        }
+    }
+}
+
 /// A pooled browser a create took, with the id its directories are named after.
 struct Pooled {
     id: Uuid,
@@ -100,16 +126,18 @@ impl Registry {
         let tenant = caller.tenant_name();
         let (deliver, delivered) = oneshot::channel();
         self.tasks.spawn(async move {
-            let result = this.create_now(options, tenant).await;
-            if let Err(Ok(orphan)) = deliver.send(result) {
-                warn!(session_id = %orphan.id,
-                    "the create's caller gave up (it hung up or timed out) before the session went live; releasing it");
-                let _ = orphan.request_end(EndReason::CreationAbandoned);
-            }
+            let result = this.create_now(options, tenant).await.map(Handover::new);
+            // Whoever drops an untaken handover (the caller hung up or timed out, even as
+            // it was sent) ends its session.
+            let _ = deliver.send(result);
         });
         let within = self.admitter.limits().create_timeout;
         let result = match tokio::time::timeout(within, delivered).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => result.and_then(|handover| {
+                handover
+                    .take()
+                    .ok_or_else(|| CreateError::Launch("the session was handed over twice".into()))
+            }),
             Ok(Err(_)) => Err(CreateError::Launch("session start-up task failed".into())),
             Err(_) => Err(CreateError::TimedOut(within)),
         };

@@ -291,10 +291,9 @@ impl Session {
         Ok(())
     }
 
-    /// Whether the session ended but its final usage record is still owed to the database
-    /// (it could not be written yet).
-    pub fn final_record_owed(&self) -> bool {
-        self.usage.final_owed()
+    /// Whether the session's final usage record is written (once it ended).
+    pub fn final_record_written(&self) -> bool {
+        self.usage.final_written()
     }
 
     /// Resolves once the browser is gone and its directory removed.

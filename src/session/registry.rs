@@ -337,9 +337,7 @@ impl Registry {
             return SessionView::from_record(row);
         }
         match self.get_for(&row.session_id, caller) {
-            Some(s) if s.usage().record_id() == Some(row.record_id) && s.phase().is_live() => {
-                SessionView::of(&s)
-            }
+            Some(s) if s.usage().record_id() == Some(row.record_id) => SessionView::of(&s),
             _ => SessionView::from_record(row),
         }
     }
@@ -412,11 +410,11 @@ impl Registry {
     }
 
     /// Ends the live sessions of `records` as lost by the cluster (`node_lost`), as of `at`
-    /// (when this node stopped serving them), and waits until their browsers are gone (at
-    /// most [`REAP_WAIT`]), so that none of their clients is served again. Returns how
-    /// many it ended.
-    pub async fn end_lost(&self, records: &[i64], at: std::time::Instant) -> usize {
-        let mut ended = Vec::new();
+    /// (when this node stopped serving them). Their supervisors reap them; their clients,
+    /// held while the node was fenced, are closed and get nothing more (the proxy checks
+    /// the session before it relays a held message). Returns how many it ended.
+    pub fn end_lost(&self, records: &[i64], at: std::time::Instant) -> usize {
+        let mut ended = 0;
         for session in self.directory.live_for(&Caller::Open) {
             let lost = session
                 .usage()
@@ -425,17 +423,10 @@ impl Registry {
             if lost && session.request_end_at(EndReason::NodeLost, at).is_ok() {
                 warn!(session_id = %session.id,
                     "the cluster failed this session while its node was cut off; ended it here");
-                ended.push(session);
+                ended += 1;
             }
         }
-        let reaped = futures_util::future::join_all(ended.iter().map(|s| s.reaped()));
-        if tokio::time::timeout(REAP_WAIT, reaped).await.is_err() {
-            warn!(
-                sessions = ended.len(),
-                "lost sessions' browsers are not all reaped yet"
-            );
-        }
-        ended.len()
+        ended
     }
 
     /// Freezes (`true`) or thaws the browser of every live session here.
