@@ -358,6 +358,16 @@ async fn write_checkpoint(
             bytes_to_browser = $4, bytes_to_client = $5,
             messages_to_browser = $6, messages_to_client = $7, event_count = $8
          WHERE record_id = $1 AND status = 'live'";
+    with_figures(tx, sql, c).await
+}
+
+/// Runs `sql` with a checkpoint's figures as its parameters: `$1` the record, `$2` the
+/// moment, `$3` the billed minutes, `$4`–`$7` the traffic, `$8` the events.
+async fn with_figures(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    c: &Checkpoint,
+) -> Result<(), MeterError> {
     let t = c.traffic;
     tx.execute(
         sql,
@@ -457,23 +467,7 @@ async fn correct_lost(
             ended_at_ms = greatest(ended_at_ms, $2),
             checkpoint_at_ms = greatest(checkpoint_at_ms, $2)
          WHERE record_id = $1 AND status = 'failed' AND reason = 'node_lost'";
-    let t = c.traffic;
-    tx.execute(
-        sql,
-        &[
-            &c.record_id,
-            &c.at_ms,
-            &to_sql(c.billed_minutes),
-            &to_sql(t.bytes_to_browser),
-            &to_sql(t.bytes_to_client),
-            &to_sql(t.messages_to_browser),
-            &to_sql(t.messages_to_client),
-            &to_sql(c.event_count),
-        ],
-    )
-    .await
-    .map(drop)
-    .map_err(db)
+    with_figures(tx, sql, c).await
 }
 
 impl PgLedger {
