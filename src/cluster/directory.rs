@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::metering::MeterError;
@@ -61,6 +62,25 @@ impl PgDirectory {
         self.ledger.client().await
     }
 
+    /// Runs one statement of `kind` that changes this node's row, within its deadline (on
+    /// the lease's own connections for a lease call).
+    async fn update(
+        &self,
+        kind: DbCall,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(), MeterError> {
+        self.ledger
+            .call(kind, async move {
+                let client = match kind {
+                    DbCall::Lease => self.ledger.lease_client().await?,
+                    _ => self.client().await?,
+                };
+                client.execute(sql, params).await.map(drop).map_err(db)
+            })
+            .await
+    }
+
     /// The directory for node `node` on the database behind `ledger`.
     pub fn new(ledger: Arc<PgLedger>, node: String) -> PgDirectory {
         PgDirectory { ledger, node }
@@ -105,19 +125,8 @@ impl PgDirectory {
 
     /// Extends this node's lease by `lease_ms` from now.
     pub async fn renew(&self, lease_ms: i64) -> Result<(), MeterError> {
-        self.ledger
-            .call(DbCall::Lease, async move {
-                let sql = format!(
-                    "UPDATE ingot_nodes SET lease_until_ms = {NOW_MS} + $2 WHERE node = $1"
-                );
-                self.ledger
-                    .lease_client()
-                    .await?
-                    .execute(&sql, &[&self.node, &lease_ms])
-                    .await
-                    .map(drop)
-                    .map_err(db)
-            })
+        let sql = format!("UPDATE ingot_nodes SET lease_until_ms = {NOW_MS} + $2 WHERE node = $1");
+        self.update(DbCall::Lease, &sql, &[&self.node, &lease_ms])
             .await
     }
 
@@ -131,7 +140,7 @@ impl PgDirectory {
         let margin_ms = i64::try_from(margin.as_millis()).unwrap_or(i64::MAX);
         self.ledger
             .call(DbCall::Membership, async move {
-                let mut client = self.ledger.client().await?;
+                let mut client = self.client().await?;
                 let tx = client.transaction().await.map_err(db)?;
                 let row = tx
                     .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&TAKEOVER_LOCK])
@@ -196,7 +205,7 @@ impl PgDirectory {
     pub async fn cluster_secret(&self) -> Result<String, MeterError> {
         self.ledger
             .call(DbCall::Membership, async move {
-                let client = self.ledger.client().await?;
+                let client = self.client().await?;
                 let candidate = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
                 client
             .execute(
@@ -216,38 +225,16 @@ impl PgDirectory {
 
     /// Records how peers reach this node, once it is known (after the listener is bound).
     pub async fn advertise(&self, url: &str) -> Result<(), MeterError> {
-        self.ledger
-            .call(DbCall::Membership, async move {
-                self.ledger
-                    .client()
-                    .await?
-                    .execute(
-                        "UPDATE ingot_nodes SET advertise_url = $2 WHERE node = $1",
-                        &[&self.node, &url],
-                    )
-                    .await
-                    .map(drop)
-                    .map_err(db)
-            })
+        let sql = "UPDATE ingot_nodes SET advertise_url = $2 WHERE node = $1";
+        self.update(DbCall::Membership, sql, &[&self.node, &url])
             .await
     }
 
     /// Tells the other nodes how many sessions this node could start now, and whether it
     /// takes any.
     pub async fn publish(&self, free_slots: i64, ready: bool) -> Result<(), MeterError> {
-        self.ledger
-            .call(DbCall::Membership, async move {
-                self.ledger
-                    .client()
-                    .await?
-                    .execute(
-                        "UPDATE ingot_nodes SET free_slots = $2, ready = $3 WHERE node = $1",
-                        &[&self.node, &free_slots, &ready],
-                    )
-                    .await
-                    .map(drop)
-                    .map_err(db)
-            })
+        let sql = "UPDATE ingot_nodes SET free_slots = $2, ready = $3 WHERE node = $1";
+        self.update(DbCall::Membership, sql, &[&self.node, &free_slots, &ready])
             .await
     }
 
@@ -363,19 +350,7 @@ impl PgDirectory {
 
     /// Leaves the cluster (after every session of this node ended): the lease ends now.
     pub async fn leave(&self) -> Result<(), MeterError> {
-        self.ledger
-            .call(DbCall::Lease, async move {
-                self.ledger
-                    .lease_client()
-                    .await?
-                    .execute(
-                        "UPDATE ingot_nodes SET lease_until_ms = 0 WHERE node = $1",
-                        &[&self.node],
-                    )
-                    .await
-                    .map(drop)
-                    .map_err(db)
-            })
-            .await
+        let sql = "UPDATE ingot_nodes SET lease_until_ms = 0 WHERE node = $1";
+        self.update(DbCall::Lease, sql, &[&self.node]).await
     }
 }
