@@ -118,21 +118,6 @@ fn runs(pid: i32) -> bool {
     proc_state(pid).is_some_and(|s| s != 'Z')
 }
 
-/// The sum of every sample of a metric, whatever its labels.
-fn metric_sum(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
 /// Polls until the usage record of `id` is no longer live; returns it.
 async fn final_record(data_dir: &Path, id: &str, within: Duration) -> UsageRecord {
     let deadline = Instant::now() + within;

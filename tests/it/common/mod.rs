@@ -747,6 +747,21 @@ pub fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &s
     try_metric(scrape, name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
 }
 
+/// The sum of every sample of a metric in `scrape`, whatever its labels.
+pub fn metric_sum(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
 pub fn try_metric(
     scrape: &prometheus_parse::Scrape,
     name: &str,

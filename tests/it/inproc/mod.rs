@@ -95,6 +95,32 @@ impl FakeGateway {
         tmp: tempfile::TempDir,
         adjust: impl FnOnce(&mut Settings),
     ) -> FakeGateway {
+        FakeGateway::start_built(tmp, adjust, |gateway| gateway).await
+    }
+
+    /// A gateway that keeps a lease of `lease` in an in-memory cluster, which the test can
+    /// cut it off from: a node of a cluster, for the fence.
+    pub async fn start_leased(
+        lease: Duration,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> (FakeGateway, Arc<InMemoryMembership>) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let membership = Arc::new(InMemoryMembership::new(lease));
+        let leased = membership.clone();
+        let gw = FakeGateway::start_built(tmp, adjust, move |gateway| {
+            gateway.with_lease(leased, lease)
+        })
+        .await;
+        (gw, membership)
+    }
+
+    /// Builds a gateway on `tmp` with the test defaults and `adjust`, lets `finish` change
+    /// the built gateway, and serves it.
+    async fn start_built(
+        tmp: tempfile::TempDir,
+        adjust: impl FnOnce(&mut Settings),
+        finish: impl FnOnce(Gateway) -> Gateway,
+    ) -> FakeGateway {
         let shared = crate::common::shared().await;
         let mut settings = Settings::with_data_dir(tmp.path());
         settings.pool_size = 0;
@@ -106,32 +132,7 @@ impl FakeGateway {
             .await
             .expect("build in time")
             .expect("the gateway builds");
-        FakeGateway::serve(gateway, host, tmp, shared).await
-    }
-
-    /// A gateway that keeps a lease of `lease` in an in-memory cluster, which the test can
-    /// cut it off from: a node of a cluster, for the fence.
-    pub async fn start_leased(
-        lease: Duration,
-        adjust: impl FnOnce(&mut Settings),
-    ) -> (FakeGateway, Arc<InMemoryMembership>) {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let shared = crate::common::shared().await;
-        let mut settings = Settings::with_data_dir(tmp.path());
-        settings.pool_size = 0;
-        settings.max_sessions = Some(4);
-        adjust(&mut settings);
-        let host = FakeBrowserHost::new();
-        let membership = Arc::new(InMemoryMembership::new(lease));
-        let gateway = timeout(STEP, Gateway::build(settings, host.clone()))
-            .await
-            .expect("build in time")
-            .expect("the gateway builds")
-            .with_lease(membership.clone(), lease);
-        (
-            FakeGateway::serve(gateway, host, tmp, shared).await,
-            membership,
-        )
+        FakeGateway::serve(finish(gateway), host, tmp, shared).await
     }
 
     async fn serve(

@@ -156,28 +156,22 @@ impl Drop for NetCluster {
 
 /// A GET on `node` with a deadline: `(status, JSON body)`, or `None` when no answer came.
 pub async fn get(node: &Gateway, path: &str, within: Duration) -> Option<(u16, Value)> {
-    let r = node
-        .http
-        .get(node.url(path))
-        .timeout(within)
-        .send()
-        .await
-        .ok()?;
-    let status = r.status().as_u16();
-    Some((status, r.json().await.unwrap_or(Value::Null)))
+    answer(node.http.get(node.url(path)), within).await
 }
 
 /// A POST of `{}` on `node` with a deadline, as [`get`].
 pub async fn post(node: &Gateway, path: &str, within: Duration) -> Option<(u16, Value)> {
-    let r = node
+    let request = node
         .http
         .post(node.url(path))
         .header("content-type", "application/json")
-        .body("{}")
-        .timeout(within)
-        .send()
-        .await
-        .ok()?;
+        .body("{}");
+    answer(request, within).await
+}
+
+/// Sends `request` with a deadline: `(status, JSON body)`, or `None` when no answer came.
+async fn answer(request: reqwest::RequestBuilder, within: Duration) -> Option<(u16, Value)> {
+    let r = request.timeout(within).send().await.ok()?;
     let status = r.status().as_u16();
     Some((status, r.json().await.unwrap_or(Value::Null)))
 }
@@ -198,21 +192,6 @@ pub async fn scrape(node: &Gateway) -> Option<prometheus_parse::Scrape> {
 /// The value of one counter or gauge sample of `node`, if it answers and has it.
 pub async fn gauge(node: &Gateway, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     crate::common::try_metric(&scrape(node).await?, name, labels)
-}
-
-/// The sum of every sample named `name` (all labels) in `scrape`.
-pub fn sum_of(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
 }
 
 /// What a fresh WebSocket upgrade got.

@@ -460,7 +460,7 @@ fn assert_metrics(after: &prometheus_parse::Scrape, loss: Loss, renewals_failed_
     assert!(renewals_failed_rose, "failed renewals are counted");
     if loss == Loss::Silent {
         assert!(
-            sum_of(after, "ingot_database_timeouts_total") >= 1.0,
+            crate::common::metric_sum(after, "ingot_database_timeouts_total") >= 1.0,
             "timeouts are counted"
         );
     }
