@@ -468,10 +468,24 @@ mod tests {
             .start(session.clone(), None, None)
             .await
             .expect("start");
+        let written = Arc::new(Session(SessionUsage::default(), Uuid::new_v4()));
+        meter
+            .start(written.clone(), None, None)
+            .await
+            .expect("start");
+        assert!(!written.0.final_written(), "not before it ended");
+        meter
+            .finish(written.as_ref(), "released", "user_requested")
+            .await;
+        assert!(written.0.final_written(), "a release may answer 200");
         ledger.down.store(true, std::sync::atomic::Ordering::SeqCst);
         meter
             .finish(session.as_ref(), "released", "user_requested")
             .await;
+        assert!(
+            !session.0.final_written(),
+            "a release must not answer 200 for a record the database did not take"
+        );
         let retention = Retention {
             since_ms: 0,
             newest: 1,
