@@ -15,7 +15,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::vocab::{CreateFailure, EndReason, GATEWAY_RESTART, Rejection};
+use crate::vocab::{CreateFailure, EndReason, RecordReason, Rejection};
 
 pub const SESSIONS_LIVE: &str = "ingot_sessions_live";
 pub const SESSIONS_MAX: &str = "ingot_sessions_max";
@@ -174,7 +174,7 @@ fn register_at_zero(max_sessions: usize, pool_size: usize) {
     for reason in EndReason::ALL {
         ended_counter(reason.status().as_str(), reason.as_str()).absolute(0);
     }
-    ended_counter("failed", GATEWAY_RESTART).absolute(0);
+    abandoned_counter().absolute(0);
     for reason in CreateFailure::ALL {
         counter!(CREATE_ERRORS, "reason" => reason.as_str()).absolute(0);
     }
@@ -314,6 +314,12 @@ fn ended_counter(status: &'static str, reason: &'static str) -> Counter {
     counter!(SESSIONS_ENDED, "status" => status, "reason" => reason)
 }
 
+/// The ended counter of the sessions a killed predecessor left live.
+fn abandoned_counter() -> Counter {
+    let reason = RecordReason::GatewayRestart;
+    ended_counter(reason.status().as_str(), reason.as_str())
+}
+
 /// Handles of the per-message counters, resolved once: they are hit for every CDP message.
 struct CdpCounters {
     messages_to_browser: Counter,
@@ -417,7 +423,7 @@ pub fn session_ended(reason: EndReason, duration: Duration) {
 
 /// Sessions a killed predecessor left live, closed at start-up.
 pub fn sessions_abandoned(n: u64) {
-    ended_counter("failed", GATEWAY_RESTART).increment(n);
+    abandoned_counter().increment(n);
 }
 
 pub fn sessions_live(n: usize) {

@@ -1,7 +1,9 @@
 //! Shared vocabulary: the small value types that several modules name.
 //!
-//! Window dimensions, session statuses and end reasons with their wire names, why a create
-//! was refused, and why a client is disconnected. This module is a leaf: it imports nothing
+//! Window dimensions, session statuses and end reasons with their wire names, the words a
+//! usage record stores for its status and end reason ([`RecordStatus`], [`RecordReason`]) and
+//! their one mapping to Steel's words, why a create was refused, and why a client is
+//! disconnected. This module is a leaf: it imports nothing
 //! from the rest of ingot, so every other module may use it without forming a cycle. It holds
 //! no state and no behaviour beyond naming.
 
@@ -140,9 +142,228 @@ impl EndReason {
     }
 }
 
-/// The reason recorded for sessions that a killed gateway left live; the next start closes
-/// them as `failed` with this reason.
-pub const GATEWAY_RESTART: &str = "gateway_restart";
+impl EndReason {
+    /// Steel's `releaseReason` for this reason (see [`RecordReason::steel`]).
+    pub fn steel(self) -> &'static str {
+        RecordReason::from(self).steel()
+    }
+}
+
+/// A word in a stored record that this ingot does not know: a column holds something no
+/// version of ingot writes (or a newer one does). Reading such a record fails with this
+/// rather than guess what the record says.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a stored record's {column} is {word:?}, which this ingot does not know")]
+pub struct UnknownWord {
+    /// The column: `status` or `reason`.
+    pub column: &'static str,
+    /// What it holds.
+    pub word: String,
+}
+
+/// Where a session's record stands, as the usage database stores it (its `status`
+/// column). The stored words never change: databases written by earlier versions must read
+/// back. What a client sees is [`RecordStatus::steel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordStatus {
+    /// The session runs (or ran until its node was killed; the next start closes it).
+    Live,
+    /// It ended normally.
+    Released,
+    /// It ended because something failed.
+    Failed,
+}
+
+impl RecordStatus {
+    /// Every status; the schemas' `CHECK` lists exactly these words.
+    pub const ALL: [RecordStatus; 3] = [
+        RecordStatus::Live,
+        RecordStatus::Released,
+        RecordStatus::Failed,
+    ];
+
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordStatus::Live => "live",
+            RecordStatus::Released => "released",
+            RecordStatus::Failed => "failed",
+        }
+    }
+
+    /// The status a client sees: Steel's `status`.
+    pub fn steel(self) -> Status {
+        match self {
+            RecordStatus::Live => Status::Live,
+            RecordStatus::Released => Status::Released,
+            RecordStatus::Failed => Status::Failed,
+        }
+    }
+
+    /// The records a client's `status` filter (Steel's word) selects.
+    pub fn of_steel(status: Status) -> RecordStatus {
+        match status {
+            Status::Live => RecordStatus::Live,
+            Status::Released => RecordStatus::Released,
+            Status::Failed => RecordStatus::Failed,
+        }
+    }
+}
+
+impl std::str::FromStr for RecordStatus {
+    type Err = UnknownWord;
+
+    fn from_str(word: &str) -> Result<RecordStatus, UnknownWord> {
+        RecordStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == word)
+            .ok_or_else(|| UnknownWord {
+                column: "status",
+                word: word.to_owned(),
+            })
+    }
+}
+
+/// Why a record says its session ended, as the usage database stores it (its `reason`
+/// column): how a session ended ([`EndReason`]), or that the gateway running it was
+/// killed. The stored words never change; what a client sees is [`RecordReason::steel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordReason {
+    /// [`EndReason::UserRequested`].
+    UserRequested,
+    /// [`EndReason::Timeout`].
+    Timeout,
+    /// [`EndReason::InactivityTimeout`].
+    InactivityTimeout,
+    /// [`EndReason::BrowserClosed`].
+    BrowserClosed,
+    /// [`EndReason::BrowserCrashed`].
+    BrowserCrashed,
+    /// [`EndReason::BrowserUnresponsive`].
+    BrowserUnresponsive,
+    /// [`EndReason::StartupFailed`].
+    StartupFailed,
+    /// [`EndReason::GatewayShutdown`].
+    GatewayShutdown,
+    /// [`EndReason::MemoryLimit`].
+    MemoryLimit,
+    /// [`EndReason::NodeLost`]; also written by the node that fails a dead node's sessions.
+    NodeLost,
+    /// [`EndReason::CreationAbandoned`].
+    CreationAbandoned,
+    /// The gateway was killed while the session was live; its next start closed the record
+    /// (billed up to its last checkpoint).
+    GatewayRestart,
+}
+
+impl RecordReason {
+    /// Every reason.
+    pub const ALL: [RecordReason; 12] = [
+        RecordReason::UserRequested,
+        RecordReason::Timeout,
+        RecordReason::InactivityTimeout,
+        RecordReason::BrowserClosed,
+        RecordReason::BrowserCrashed,
+        RecordReason::BrowserUnresponsive,
+        RecordReason::StartupFailed,
+        RecordReason::GatewayShutdown,
+        RecordReason::MemoryLimit,
+        RecordReason::NodeLost,
+        RecordReason::CreationAbandoned,
+        RecordReason::GatewayRestart,
+    ];
+
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordReason::UserRequested => "user_requested",
+            RecordReason::Timeout => "timeout",
+            RecordReason::InactivityTimeout => "inactivity_timeout",
+            RecordReason::BrowserClosed => "browser_closed",
+            RecordReason::BrowserCrashed => "browser_crashed",
+            RecordReason::BrowserUnresponsive => "browser_unresponsive",
+            RecordReason::StartupFailed => "startup_failed",
+            RecordReason::GatewayShutdown => "gateway_shutdown",
+            RecordReason::MemoryLimit => "memory_limit",
+            RecordReason::NodeLost => "node_lost",
+            RecordReason::CreationAbandoned => "creation_abandoned",
+            RecordReason::GatewayRestart => "gateway_restart",
+        }
+    }
+
+    /// The status a record ended for this reason has.
+    pub fn status(self) -> RecordStatus {
+        match self {
+            RecordReason::UserRequested
+            | RecordReason::Timeout
+            | RecordReason::InactivityTimeout
+            | RecordReason::BrowserClosed
+            | RecordReason::GatewayShutdown => RecordStatus::Released,
+            RecordReason::BrowserCrashed
+            | RecordReason::BrowserUnresponsive
+            | RecordReason::StartupFailed
+            | RecordReason::MemoryLimit
+            | RecordReason::NodeLost
+            | RecordReason::CreationAbandoned
+            | RecordReason::GatewayRestart => RecordStatus::Failed,
+        }
+    }
+
+    /// Steel's `releaseReason` for this reason: the one place ingot's reasons are told in
+    /// Steel's words. Steel's clients know only [`STEEL_RELEASE_REASONS`], so ingot's finer
+    /// causes are told in those: a hung browser, a browser ended over its memory limit, a
+    /// node lost by the cluster or a gateway killed under it is `browser_crashed` (Steel:
+    /// "crashed or its machine became unresponsive"), a gateway shutdown ends a session as
+    /// if its time were up, and a session nobody waited for any more is
+    /// `creation_timeout`. Records, logs and metrics keep the precise cause.
+    pub fn steel(self) -> &'static str {
+        match self {
+            RecordReason::UserRequested => "user_requested",
+            RecordReason::Timeout | RecordReason::GatewayShutdown => "timeout",
+            RecordReason::InactivityTimeout => "inactivity_timeout",
+            RecordReason::CreationAbandoned => "creation_timeout",
+            RecordReason::StartupFailed => "startup_failed",
+            RecordReason::BrowserClosed => "browser_closed",
+            RecordReason::BrowserCrashed
+            | RecordReason::BrowserUnresponsive
+            | RecordReason::MemoryLimit
+            | RecordReason::NodeLost
+            | RecordReason::GatewayRestart => "browser_crashed",
+        }
+    }
+}
+
+impl From<EndReason> for RecordReason {
+    fn from(reason: EndReason) -> RecordReason {
+        match reason {
+            EndReason::UserRequested => RecordReason::UserRequested,
+            EndReason::Timeout => RecordReason::Timeout,
+            EndReason::InactivityTimeout => RecordReason::InactivityTimeout,
+            EndReason::BrowserClosed => RecordReason::BrowserClosed,
+            EndReason::BrowserCrashed => RecordReason::BrowserCrashed,
+            EndReason::BrowserUnresponsive => RecordReason::BrowserUnresponsive,
+            EndReason::StartupFailed => RecordReason::StartupFailed,
+            EndReason::GatewayShutdown => RecordReason::GatewayShutdown,
+            EndReason::MemoryLimit => RecordReason::MemoryLimit,
+            EndReason::NodeLost => RecordReason::NodeLost,
+            EndReason::CreationAbandoned => RecordReason::CreationAbandoned,
+        }
+    }
+}
+
+impl std::str::FromStr for RecordReason {
+    type Err = UnknownWord;
+
+    fn from_str(word: &str) -> Result<RecordReason, UnknownWord> {
+        RecordReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == word)
+            .ok_or_else(|| UnknownWord {
+                column: "reason",
+                word: word.to_owned(),
+            })
+    }
+}
 
 /// Every `releaseReason` Steel's clients know (a strict client refuses anything else).
 pub const STEEL_RELEASE_REASONS: [&str; 7] = [
@@ -154,23 +375,6 @@ pub const STEEL_RELEASE_REASONS: [&str; 7] = [
     "browser_closed",
     "browser_crashed",
 ];
-
-/// Steel's `releaseReason` for a reason ingot recorded. Steel's clients know only
-/// [`STEEL_RELEASE_REASONS`], so ingot's finer causes are told in those words: a hung
-/// browser, a browser ended over its memory limit, or a gateway killed under it is
-/// `browser_crashed` (Steel: "crashed or its machine became unresponsive"), and a gateway shutdown ends a session as if its time were up.
-/// Records, logs and metrics keep the precise cause.
-pub fn steel_release_reason(recorded: &str) -> &'static str {
-    match recorded {
-        "user_requested" => "user_requested",
-        "timeout" | "gateway_shutdown" => "timeout",
-        "inactivity_timeout" => "inactivity_timeout",
-        "creation_timeout" | "creation_abandoned" => "creation_timeout",
-        "startup_failed" => "startup_failed",
-        "browser_closed" => "browser_closed",
-        _ => "browser_crashed",
-    }
-}
 
 /// Why admission refused a create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,32 +442,117 @@ pub enum Disconnect {
 }
 
 #[cfg(test)]
-mod steel_words {
+mod records {
     use super::*;
 
     #[test]
-    fn every_recorded_reason_is_told_in_steels_words() {
-        let steel = STEEL_RELEASE_REASONS;
-        for reason in EndReason::ALL
-            .map(EndReason::as_str)
-            .iter()
-            .chain([&GATEWAY_RESTART])
-        {
-            assert!(steel.contains(&steel_release_reason(reason)), "{reason}");
+    fn every_stored_word_reads_back_as_what_was_written() {
+        for status in RecordStatus::ALL {
+            assert_eq!(status.as_str().parse(), Ok(status));
         }
-        for word in steel {
-            assert_eq!(
-                steel_release_reason(word),
-                word,
-                "Steel's own words pass unchanged"
-            );
+        for reason in RecordReason::ALL {
+            assert_eq!(reason.as_str().parse(), Ok(reason));
         }
+    }
+
+    /// The words databases already hold: changing one would strand existing records.
+    #[test]
+    fn the_stored_words_are_those_earlier_versions_wrote() {
+        let statuses = RecordStatus::ALL.map(RecordStatus::as_str);
+        assert_eq!(statuses, ["live", "released", "failed"]);
+        let reasons = RecordReason::ALL.map(RecordReason::as_str);
         assert_eq!(
-            steel_release_reason("browser_unresponsive"),
-            "browser_crashed"
+            reasons,
+            [
+                "user_requested",
+                "timeout",
+                "inactivity_timeout",
+                "browser_closed",
+                "browser_crashed",
+                "browser_unresponsive",
+                "startup_failed",
+                "gateway_shutdown",
+                "memory_limit",
+                "node_lost",
+                "creation_abandoned",
+                "gateway_restart",
+            ]
         );
-        assert_eq!(steel_release_reason("gateway_shutdown"), "timeout");
-        assert_eq!(steel_release_reason("memory_limit"), "browser_crashed");
-        assert_eq!(EndReason::MemoryLimit.status(), Status::Failed);
+    }
+
+    #[test]
+    fn an_unknown_word_is_an_error_naming_its_column() {
+        assert_eq!(
+            "paused".parse::<RecordStatus>(),
+            Err(UnknownWord {
+                column: "status",
+                word: "paused".into()
+            })
+        );
+        for word in ["", "Released", "creation_timeout", "eaten_by_a_grue"] {
+            let err = word.parse::<RecordReason>().expect_err(word);
+            assert_eq!((err.column, err.word.as_str()), ("reason", word));
+        }
+    }
+
+    /// Every way a session of this process ends is recorded under the word its logs and
+    /// metrics use, with the status a client is told.
+    #[test]
+    fn an_end_is_recorded_as_its_reason_and_status() {
+        for reason in EndReason::ALL {
+            let recorded = RecordReason::from(reason);
+            assert_eq!(recorded.as_str(), reason.as_str());
+            assert_eq!(recorded.status().steel(), reason.status(), "{reason:?}");
+        }
+        assert_eq!(RecordReason::GatewayRestart.status(), RecordStatus::Failed);
+    }
+
+    /// The stored status and reason as Steel's clients see them, pinned row by row.
+    #[test]
+    fn what_steels_clients_are_told() {
+        let table = [
+            (RecordReason::UserRequested, "released", "user_requested"),
+            (RecordReason::Timeout, "released", "timeout"),
+            (
+                RecordReason::InactivityTimeout,
+                "released",
+                "inactivity_timeout",
+            ),
+            (RecordReason::BrowserClosed, "released", "browser_closed"),
+            (RecordReason::GatewayShutdown, "released", "timeout"),
+            (RecordReason::BrowserCrashed, "failed", "browser_crashed"),
+            (
+                RecordReason::BrowserUnresponsive,
+                "failed",
+                "browser_crashed",
+            ),
+            (RecordReason::StartupFailed, "failed", "startup_failed"),
+            (RecordReason::MemoryLimit, "failed", "browser_crashed"),
+            (RecordReason::NodeLost, "failed", "browser_crashed"),
+            (
+                RecordReason::CreationAbandoned,
+                "failed",
+                "creation_timeout",
+            ),
+            (RecordReason::GatewayRestart, "failed", "browser_crashed"),
+        ];
+        assert_eq!(
+            table.len(),
+            RecordReason::ALL.len(),
+            "every reason has a row"
+        );
+        for (reason, status, steel) in table {
+            assert_eq!(
+                (reason.status().steel().as_str(), reason.steel()),
+                (status, steel),
+                "{reason:?}"
+            );
+            assert!(STEEL_RELEASE_REASONS.contains(&reason.steel()));
+        }
+        for status in RecordStatus::ALL {
+            assert_eq!(status.steel().as_str(), status.as_str());
+            assert_eq!(RecordStatus::of_steel(status.steel()), status);
+        }
+        assert_eq!(EndReason::MemoryLimit.steel(), "browser_crashed");
     }
 }

@@ -372,7 +372,11 @@ async fn live_session(
         Some(session) if session.phase().is_live() => Ok(session),
         Some(session) => Err(ended(&session)),
         None => match state.registry.retrieve(&id, caller).await? {
-            Some(view) => Err(gone(id, view.status, view.release_reason.as_deref())),
+            Some(view) => Err(gone(
+                id,
+                view.status,
+                view.release_reason.map(|r| r.as_str()),
+            )),
             None => Err(ApiError::session_not_found(id)),
         },
     }

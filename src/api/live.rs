@@ -243,9 +243,7 @@ async fn live_here(
 /// show the release reason in the moment it learns of the end.
 fn ended_answer(session: &Session) -> Response {
     let mut answer = viewer_ended(session.id).into_response();
-    let reason = session
-        .end_reason()
-        .map(|r| crate::vocab::steel_release_reason(r.as_str()));
+    let reason = session.end_reason().map(crate::vocab::EndReason::steel);
     let facts = json!({
         "status": session.phase().status(),
         "releaseReason": reason,
@@ -579,7 +577,7 @@ impl Viewer {
         let reason = self
             .session
             .end_reason()
-            .map_or("ended", |r| crate::vocab::steel_release_reason(r.as_str()));
+            .map_or("ended", crate::vocab::EndReason::steel);
         let _ = self
             .ws
             .send(Message::text(

@@ -169,10 +169,7 @@ impl SessionJson {
             headless: true,
             is_selenium: false,
             solve_captcha: false,
-            release_reason: session
-                .release_reason
-                .as_deref()
-                .map(|r| crate::vocab::steel_release_reason(r).to_owned()),
+            release_reason: session.release_reason.map(|r| r.steel().to_owned()),
         }
     }
 }

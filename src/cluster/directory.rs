@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::metering::MeterError;
 use crate::metering::postgres::{DbCall, PgLedger};
+use crate::vocab::RecordReason;
 
 /// The database's clock, in Unix milliseconds: every node's lease is measured on one clock.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
@@ -130,13 +131,17 @@ impl PgDirectory {
             .await
     }
 
-    /// Marks every live session of every node whose lease ran out more than `margin` ago
-    /// `failed` with `reason`, billed up to its last checkpoint (the node corrects the
+    /// Ends every live session of every node whose lease ran out more than `margin` ago
+    /// with `reason` (and the status it leads to), billed up to its last checkpoint (the node corrects the
     /// figures when it is heard from again). One node at a time does it (an advisory lock;
     /// the others skip). The dead nodes' rows are locked first, so that a renewal racing
     /// with this either lands before (and its node is spared) or waits until the failure is
     /// committed (and its node sees it). Returns how many sessions it ended.
-    pub async fn fail_dead_nodes(&self, reason: &str, margin: Duration) -> Result<u64, MeterError> {
+    pub async fn fail_dead_nodes(
+        &self,
+        reason: RecordReason,
+        margin: Duration,
+    ) -> Result<u64, MeterError> {
         let margin_ms = i64::try_from(margin.as_millis()).unwrap_or(i64::MAX);
         self.ledger
             .call(DbCall::Membership, async move {
@@ -165,9 +170,9 @@ impl PgDirectory {
                 let failed = tx
                     .execute(
                         "UPDATE ingot_sessions
-                     SET status = 'failed', reason = $1, ended_at_ms = checkpoint_at_ms
+                     SET status = $3, reason = $1, ended_at_ms = checkpoint_at_ms
                      WHERE status = 'live' AND node = ANY($2)",
-                        &[&reason, &dead],
+                        &[&reason.as_str(), &dead, &reason.status().as_str()],
                     )
                     .await
                     .map_err(db)?;

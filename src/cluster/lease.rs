@@ -67,7 +67,7 @@ impl Membership for PgMembership {
     fn fail_dead_nodes(&self, margin: Duration) -> BoxFuture<'_, Result<u64, MeterError>> {
         Box::pin(
             self.directory
-                .fail_dead_nodes(crate::vocab::EndReason::NodeLost.as_str(), margin),
+                .fail_dead_nodes(crate::vocab::RecordReason::NodeLost, margin),
         )
     }
 }

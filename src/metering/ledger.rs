@@ -19,6 +19,7 @@ use super::store::{
     UsageStore, UsageSums,
 };
 use crate::sync::lock;
+use crate::vocab::{RecordReason, RecordStatus};
 
 /// A durable, shared record of every session: its billing and what a client sees of it.
 pub trait Ledger: Send + Sync + 'static {
@@ -28,18 +29,13 @@ pub trait Ledger: Send + Sync + 'static {
     fn checkpoint(&self, checkpoints: Vec<Checkpoint>) -> BoxFuture<'_, Result<(), MeterError>>;
     /// Writes how a session ended. Idempotent: only a live record changes.
     fn finish(&self, record: FinalRecord) -> BoxFuture<'_, Result<(), MeterError>>;
-    /// Replaces what a client sees of a live session (its timeout was extended, say).
-    fn set_details(
-        &self,
-        record_id: i64,
-        details: String,
-    ) -> BoxFuture<'_, Result<(), MeterError>> {
-        let _ = (record_id, details);
-        futures_util::future::ready(Ok(())).boxed()
-    }
-    /// Closes every record left live as `failed` with `reason`, billed up to its last
-    /// checkpoint; returns how many.
-    fn close_abandoned(&self, reason: &'static str) -> BoxFuture<'_, Result<u64, MeterError>>;
+    /// Replaces what a client sees of a live session (its timeout was extended, say); an
+    /// ended record is left as it is.
+    fn set_details(&self, record_id: i64, details: String)
+    -> BoxFuture<'_, Result<(), MeterError>>;
+    /// Closes every record this node left live with `reason` (and the status it leads
+    /// to), billed up to its last checkpoint; returns how many.
+    fn close_abandoned(&self, reason: RecordReason) -> BoxFuture<'_, Result<u64, MeterError>>;
     /// Sums of the records created in `[from_ms, to_ms)`, per UTC day, oldest first.
     fn usage_by_day(
         &self,
@@ -56,15 +52,14 @@ pub trait Ledger: Send + Sync + 'static {
     fn history_count(
         &self,
         tenant: Option<String>,
-        status: &'static str,
+        status: RecordStatus,
         retention: Retention,
     ) -> BoxFuture<'_, Result<u64, MeterError>>;
     /// How many live sessions `tenant` has on every node that writes this ledger; `None`
     /// when this node alone writes it (then its own count is exact and no query is made).
-    fn live_of_tenant(&self, tenant: String) -> BoxFuture<'_, Result<Option<u64>, MeterError>> {
-        let _ = tenant;
-        futures_util::future::ready(Ok(None)).boxed()
-    }
+    /// A ledger that other nodes write must count them: the tenant quota across the
+    /// cluster rests on it.
+    fn live_of_tenant(&self, tenant: String) -> BoxFuture<'_, Result<Option<u64>, MeterError>>;
     /// The newest visible record of one session.
     fn history_get(
         &self,
@@ -157,7 +152,7 @@ impl Ledger for SqliteLedger {
         self.with(move |s| s.set_details(record_id, &details))
     }
 
-    fn close_abandoned(&self, reason: &'static str) -> BoxFuture<'_, Result<u64, MeterError>> {
+    fn close_abandoned(&self, reason: RecordReason) -> BoxFuture<'_, Result<u64, MeterError>> {
         self.with(move |s| s.close_abandoned(reason))
     }
 
@@ -180,10 +175,17 @@ impl Ledger for SqliteLedger {
     fn history_count(
         &self,
         tenant: Option<String>,
-        status: &'static str,
+        status: RecordStatus,
         retention: Retention,
     ) -> BoxFuture<'_, Result<u64, MeterError>> {
         self.with(move |s| s.history_count(tenant.as_deref(), status, retention))
+    }
+
+    /// Always `None`: this node alone writes this file, so the admission's own count of
+    /// its live sessions is exact, and no query is made.
+    fn live_of_tenant(&self, tenant: String) -> BoxFuture<'_, Result<Option<u64>, MeterError>> {
+        drop(tenant);
+        futures_util::future::ready(Ok(None)).boxed()
     }
 
     fn history_get(
@@ -267,6 +269,7 @@ mod tests {
 
     use super::*;
     use crate::metering::{Billable, Meter, SessionUsage};
+    use crate::vocab::EndReason;
 
     /// A ledger whose every call fails, as a database that went away would.
     struct Unreachable;
@@ -285,7 +288,10 @@ mod tests {
         fn finish(&self, _: FinalRecord) -> BoxFuture<'_, Result<(), MeterError>> {
             down()
         }
-        fn close_abandoned(&self, _: &'static str) -> BoxFuture<'_, Result<u64, MeterError>> {
+        fn set_details(&self, _: i64, _: String) -> BoxFuture<'_, Result<(), MeterError>> {
+            down()
+        }
+        fn close_abandoned(&self, _: RecordReason) -> BoxFuture<'_, Result<u64, MeterError>> {
             down()
         }
         fn usage_by_day(
@@ -305,9 +311,12 @@ mod tests {
         fn history_count(
             &self,
             _: Option<String>,
-            _: &'static str,
+            _: RecordStatus,
             _: Retention,
         ) -> BoxFuture<'_, Result<u64, MeterError>> {
+            down()
+        }
+        fn live_of_tenant(&self, _: String) -> BoxFuture<'_, Result<Option<u64>, MeterError>> {
             down()
         }
         fn history_get(
@@ -376,8 +385,64 @@ mod tests {
             .await
             .expect("read")
             .expect("recorded");
-        assert_eq!((row.status.as_str(), row.record_id), ("live", 1));
+        assert_eq!((row.status, row.record_id), (RecordStatus::Live, 1));
         assert_eq!(session.0.record_id(), Some(row.record_id));
+    }
+
+    /// The SQLite ledger replaces a live record's details (a timeout extended), leaves an
+    /// ended one as it is, and counts no other node's sessions.
+    #[tokio::test]
+    async fn the_sqlite_ledger_keeps_changed_details_and_counts_no_other_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = SqliteLedger::open(dir.path()).await.expect("open");
+        let record = |details: &str| NewRecord {
+            session_id: Uuid::new_v4(),
+            tenant: Some("t".into()),
+            created_at_ms: 1,
+            details: details.into(),
+            tenant_limit: None,
+        };
+        let (live, ended) = (record("{\"timeout\":1}"), record("{\"timeout\":1}"));
+        let (live_id, ended_id) = (live.session_id, ended.session_id);
+        let live = ledger.insert(live).await.expect("insert");
+        let ended = ledger.insert(ended).await.expect("insert");
+        let end = Checkpoint {
+            record_id: ended,
+            at_ms: 2,
+            billed_minutes: 1,
+            traffic: Default::default(),
+            event_count: 0,
+        };
+        ledger
+            .finish(FinalRecord {
+                checkpoint: end,
+                reason: RecordReason::Timeout,
+            })
+            .await
+            .expect("finish");
+        for id in [live, ended] {
+            let details = "{\"timeout\":2}".to_owned();
+            ledger.set_details(id, details).await.expect("details");
+        }
+        let all = Retention {
+            since_ms: 0,
+            newest: 10,
+        };
+        let details = |id| {
+            let ledger = &ledger;
+            async move {
+                let row = ledger.history_get(id, None, all).await.expect("read");
+                row.expect("recorded").details
+            }
+        };
+        assert_eq!(details(live_id).await, "{\"timeout\":2}");
+        assert_eq!(
+            details(ended_id).await,
+            "{\"timeout\":1}",
+            "ended: unchanged"
+        );
+        let counted = ledger.live_of_tenant("t".into()).await.expect("count");
+        assert_eq!(counted, None, "a single node counts its own sessions");
     }
 
     /// The SQLite ledger, with writes failing while `down` is set: a database that goes
@@ -411,7 +476,10 @@ mod tests {
                 self.ledger.finish(r)
             }
         }
-        fn close_abandoned(&self, r: &'static str) -> BoxFuture<'_, Result<u64, MeterError>> {
+        fn set_details(&self, id: i64, d: String) -> BoxFuture<'_, Result<(), MeterError>> {
+            self.ledger.set_details(id, d)
+        }
+        fn close_abandoned(&self, r: RecordReason) -> BoxFuture<'_, Result<u64, MeterError>> {
             self.ledger.close_abandoned(r)
         }
         fn usage_by_day(
@@ -431,10 +499,13 @@ mod tests {
         fn history_count(
             &self,
             t: Option<String>,
-            s: &'static str,
+            s: RecordStatus,
             r: Retention,
         ) -> BoxFuture<'_, Result<u64, MeterError>> {
             self.ledger.history_count(t, s, r)
+        }
+        fn live_of_tenant(&self, t: String) -> BoxFuture<'_, Result<Option<u64>, MeterError>> {
+            self.ledger.live_of_tenant(t)
         }
         fn history_get(
             &self,
@@ -475,12 +546,12 @@ mod tests {
             .expect("start");
         assert!(!written.0.final_written(), "not before it ended");
         meter
-            .finish(written.as_ref(), "released", "user_requested")
+            .finish(written.as_ref(), EndReason::UserRequested)
             .await;
         assert!(written.0.final_written(), "a release may answer 200");
         ledger.down.store(true, std::sync::atomic::Ordering::SeqCst);
         meter
-            .finish(session.as_ref(), "released", "user_requested")
+            .finish(session.as_ref(), EndReason::UserRequested)
             .await;
         assert!(
             !session.0.final_written(),
@@ -499,18 +570,18 @@ mod tests {
         };
         assert_eq!(
             status().await,
-            "live",
+            RecordStatus::Live,
             "not written while the database is away"
         );
         let stop = tokio_util::sync::CancellationToken::new();
         let clock = tokio::spawn(meter.clone().run(stop.clone()));
         tokio::time::sleep(Duration::from_millis(1_500)).await;
-        assert_eq!(status().await, "live", "still away");
+        assert_eq!(status().await, RecordStatus::Live, "still away");
         ledger
             .down
             .store(false, std::sync::atomic::Ordering::SeqCst);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while status().await != "released" {
+        while status().await != RecordStatus::Released {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the owed record was never written"

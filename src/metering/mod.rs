@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::sync::lock;
 use crate::telemetry;
-use crate::vocab::GATEWAY_RESTART;
+use crate::vocab::{EndReason, RecordReason, RecordStatus};
 use ledger::{Ledger, SqliteLedger};
 use store::{Checkpoint, FinalRecord, NewRecord, StoreError, TrafficTotals, UsageSums};
 pub use store::{HistoryQuery, HistoryRow, Retention};
@@ -145,6 +145,9 @@ pub enum MeterError {
     Task(String),
     #[error("database: {0}")]
     Database(String),
+    /// A record holds a status or reason this ingot does not know.
+    #[error(transparent)]
+    UnknownWord(#[from] crate::vocab::UnknownWord),
     /// A database call did not finish within its deadline (the database is unreachable,
     /// or the path to it drops packets silently).
     #[error("the database did not answer a {kind} call within {ms} ms")]
@@ -224,7 +227,10 @@ impl Meter {
     /// Closes the records a previous run left live (it was killed): `failed` with reason
     /// `gateway_restart`, billed up to the last checkpoint. Call once, before serving.
     pub async fn close_abandoned(&self) -> Result<u64, MeterError> {
-        let closed = self.ledger.close_abandoned(GATEWAY_RESTART).await?;
+        let closed = self
+            .ledger
+            .close_abandoned(RecordReason::GatewayRestart)
+            .await?;
         if closed > 0 {
             warn!(
                 sessions = closed,
@@ -265,7 +271,7 @@ impl Meter {
 
     /// Writes a session's final record. Call after the session ended; without a record
     /// (it never went live) there is nothing to write.
-    pub async fn finish(&self, session: &dyn Billable, status: &'static str, reason: &'static str) {
+    pub async fn finish(&self, session: &dyn Billable, reason: EndReason) {
         let written = &session.usage().final_written;
         let Some(&record_id) = session.usage().record_id.get() else {
             written.store(true, Ordering::Release);
@@ -276,8 +282,7 @@ impl Meter {
         session.usage().count_minutes(checkpoint.billed_minutes);
         let record = FinalRecord {
             checkpoint,
-            status,
-            reason,
+            reason: reason.into(),
         };
         for attempt in 1..=FINISH_ATTEMPTS {
             match self.ledger.finish(record).await {
@@ -404,7 +409,7 @@ impl Meter {
     pub async fn history_count(
         &self,
         tenant: Option<String>,
-        status: &'static str,
+        status: RecordStatus,
         retention: Retention,
     ) -> Result<u64, MeterError> {
         self.ledger.history_count(tenant, status, retention).await
@@ -566,12 +571,12 @@ mod tests {
         session.usage.count_to_client(50);
         *lock(&session.elapsed) = Duration::from_millis(125_000);
         meter
-            .finish(session.as_ref(), "released", "user_requested")
+            .finish(session.as_ref(), EndReason::UserRequested)
             .await;
         // Ended records are never touched again, by a flush or by a second finish.
         meter.flush().await.expect("flush");
         meter
-            .finish(session.as_ref(), "failed", "browser_crashed")
+            .finish(session.as_ref(), EndReason::BrowserCrashed)
             .await;
         assert_eq!(session.usage.minutes_counted.load(Ordering::Relaxed), 3);
 

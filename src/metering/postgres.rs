@@ -23,6 +23,7 @@ use super::store::{
 };
 use crate::sync::lock;
 use crate::telemetry;
+use crate::vocab::{RecordReason, RecordStatus};
 
 /// Key of the advisory lock held while migrations run.
 const MIGRATION_LOCK: i64 = 0x696e_676f_7400_0001;
@@ -308,13 +309,14 @@ impl PgLedger {
 
 fn history_row(row: &Row) -> Result<HistoryRow, MeterError> {
     let id: String = row.get(1);
+    let reason: Option<&str> = row.get(5);
     Ok(HistoryRow {
         record_id: row.get(0),
         session_id: Uuid::parse_str(&id).map_err(db)?,
         created_at_ms: row.get(2),
         ended_at_ms: row.get(3),
-        status: row.get(4),
-        reason: row.get(5),
+        status: row.get::<_, &str>(4).parse()?,
+        reason: reason.map(str::parse).transpose()?,
         billed_minutes: from_sql(row.get(6)),
         event_count: from_sql(row.get(7)),
         details: row.get(8),
@@ -457,7 +459,9 @@ async fn correct_lost(
     tx: &deadpool_postgres::Transaction<'_>,
     c: &Checkpoint,
 ) -> Result<(), MeterError> {
-    let sql = "UPDATE ingot_sessions SET
+    let lost = RecordReason::NodeLost;
+    let sql = format!(
+        "UPDATE ingot_sessions SET
             billed_minutes = greatest(billed_minutes, $3),
             bytes_to_browser = greatest(bytes_to_browser, $4),
             bytes_to_client = greatest(bytes_to_client, $5),
@@ -466,8 +470,11 @@ async fn correct_lost(
             event_count = greatest(event_count, $8),
             ended_at_ms = greatest(ended_at_ms, $2),
             checkpoint_at_ms = greatest(checkpoint_at_ms, $2)
-         WHERE record_id = $1 AND status = 'failed' AND reason = 'node_lost'";
-    with_figures(tx, sql, c).await
+         WHERE record_id = $1 AND status = '{}' AND reason = '{}'",
+        lost.status().as_str(),
+        lost.as_str()
+    );
+    with_figures(tx, &sql, c).await
 }
 
 impl PgLedger {
@@ -537,7 +544,12 @@ impl PgLedger {
             tx.execute(
                 "UPDATE ingot_sessions SET ended_at_ms = $2, status = $3, reason = $4
                  WHERE record_id = $1 AND status = 'live'",
-                &[&c.record_id, &c.at_ms, &record.status, &record.reason],
+                &[
+                    &c.record_id,
+                    &c.at_ms,
+                    &record.status().as_str(),
+                    &record.reason.as_str(),
+                ],
             )
             .await
             .map_err(db)?;
@@ -547,15 +559,15 @@ impl PgLedger {
         .await
     }
 
-    async fn close_abandoned_now(&self, reason: &str) -> Result<u64, MeterError> {
+    async fn close_abandoned_now(&self, reason: RecordReason) -> Result<u64, MeterError> {
         self.call(DbCall::Write, async move {
             self.client()
                 .await?
                 .execute(
                     "UPDATE ingot_sessions
-                 SET status = 'failed', reason = $1, ended_at_ms = checkpoint_at_ms
+                 SET status = $3, reason = $1, ended_at_ms = checkpoint_at_ms
                  WHERE status = 'live' AND node = $2",
-                    &[&reason, &self.node],
+                    &[&reason.as_str(), &self.node, &reason.status().as_str()],
                 )
                 .await
                 .map_err(db)
@@ -605,7 +617,7 @@ impl PgLedger {
              ORDER BY record_id DESC LIMIT $6"
             );
             let r = query.retention;
-            let status = query.status.map(str::to_owned);
+            let status = query.status.map(RecordStatus::as_str);
             let rows = self
                 .client()
                 .await?
@@ -630,7 +642,7 @@ impl PgLedger {
     async fn history_count_now(
         &self,
         tenant: Option<String>,
-        status: &str,
+        status: RecordStatus,
         r: Retention,
     ) -> Result<u64, MeterError> {
         self.call(DbCall::Read, async move {
@@ -645,7 +657,7 @@ impl PgLedger {
                         &tenant,
                         &r.since_ms,
                         &to_sql(r.newest.saturating_sub(1)),
-                        &status,
+                        &status.as_str(),
                     ],
                 )
                 .await
@@ -764,7 +776,7 @@ impl Ledger for PgLedger {
         self.finish_now(record).boxed()
     }
 
-    fn close_abandoned(&self, reason: &'static str) -> BoxFuture<'_, Result<u64, MeterError>> {
+    fn close_abandoned(&self, reason: RecordReason) -> BoxFuture<'_, Result<u64, MeterError>> {
         self.close_abandoned_now(reason).boxed()
     }
 
@@ -787,7 +799,7 @@ impl Ledger for PgLedger {
     fn history_count(
         &self,
         tenant: Option<String>,
-        status: &'static str,
+        status: RecordStatus,
         retention: Retention,
     ) -> BoxFuture<'_, Result<u64, MeterError>> {
         self.history_count_now(tenant, status, retention).boxed()
@@ -835,6 +847,14 @@ mod tests {
     fn every_call_kind_is_a_registered_metric_label() {
         let labels: Vec<&str> = DbCall::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(labels, telemetry::DATABASE_CALL_KINDS);
+    }
+
+    /// The schema refuses any status but the ones the code knows.
+    #[test]
+    fn the_schema_allows_exactly_the_record_statuses() {
+        let words = RecordStatus::ALL.map(|s| format!("'{}'", s.as_str()));
+        let check = format!("CHECK (status IN ({}))", words.join(", "));
+        assert!(MIGRATIONS[0].contains(&check), "{check}");
     }
 
     #[test]

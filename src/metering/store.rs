@@ -2,7 +2,10 @@
 //! with one record per session: its billing figures, and the facts a client sees of it
 //! (`details`, opaque JSON), so that ended sessions can be listed after a restart.
 //!
-//! Owns the schema, its migrations and every SQL statement. Calls block on disk, so the async code in
+//! Owns the schema, its migrations and every SQL statement. Statuses and reasons are bound
+//! as [`RecordStatus`]'s and [`RecordReason`]'s stored words and parsed back into them; the
+//! SQL names a status literally only where the schema must (its `CHECK`, which a test holds
+//! to [`RecordStatus::ALL`]) and in filters on those same words. Calls block on disk, so the async code in
 //! [`super`] runs them on the blocking pool; this module must not know about sessions,
 //! clocks or Prometheus.
 
@@ -11,6 +14,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
+
+use crate::vocab::{RecordReason, RecordStatus};
 
 /// File name of the usage database inside the data directory.
 pub const DB_FILE: &str = "usage.sqlite3";
@@ -64,7 +69,7 @@ pub struct HistoryQuery {
     /// Only this tenant's records; `None` for every record (a gateway without keys).
     pub tenant: Option<String>,
     /// Only records with this status.
-    pub status: Option<&'static str>,
+    pub status: Option<RecordStatus>,
     /// Only records older than this one.
     pub before: Option<i64>,
     /// Most records returned.
@@ -84,10 +89,10 @@ pub struct HistoryRow {
     pub created_at_ms: i64,
     /// Unix milliseconds; the last checkpoint while live.
     pub ended_at_ms: i64,
-    /// `live`, `released` or `failed`.
-    pub status: String,
-    /// Why it ended.
-    pub reason: Option<String>,
+    /// Where it stands.
+    pub status: RecordStatus,
+    /// Why it ended; `None` while it is live.
+    pub reason: Option<RecordReason>,
     /// Minutes billed.
     pub billed_minutes: u64,
     /// CDP events delivered to its clients.
@@ -146,8 +151,15 @@ pub struct Checkpoint {
 #[derive(Debug, Clone, Copy)]
 pub struct FinalRecord {
     pub checkpoint: Checkpoint,
-    pub status: &'static str,
-    pub reason: &'static str,
+    /// Why it ended; its status follows ([`FinalRecord::status`]).
+    pub reason: RecordReason,
+}
+
+impl FinalRecord {
+    /// The status the record ends with.
+    pub fn status(&self) -> RecordStatus {
+        self.reason.status()
+    }
 }
 
 /// One group of records, summed.
@@ -282,7 +294,12 @@ impl UsageStore {
              WHERE record_id = ?1 AND status = 'live'",
         )
         .and_then(|mut stmt| {
-            stmt.execute(params![c.record_id, c.at_ms, record.status, record.reason])
+            stmt.execute(params![
+                c.record_id,
+                c.at_ms,
+                record.status().as_str(),
+                record.reason.as_str()
+            ])
         })
         .map_err(err)?;
         tx.commit().map_err(err)
@@ -310,15 +327,15 @@ impl UsageStore {
             .map_err(|e| self.err(e))
     }
 
-    /// Closes every record a previous run left live: `failed`/`reason`, ended at its last
-    /// checkpoint and billed up to it. Returns how many were closed.
-    pub fn close_abandoned(&self, reason: &str) -> Result<u64, StoreError> {
+    /// Closes every record a previous run left live with `reason` (and its status), ended
+    /// at its last checkpoint and billed up to it. Returns how many were closed.
+    pub fn close_abandoned(&self, reason: RecordReason) -> Result<u64, StoreError> {
         let closed = self
             .conn
             .execute(
-                "UPDATE sessions SET status = 'failed', reason = ?1, ended_at_ms = checkpoint_at_ms
+                "UPDATE sessions SET status = ?2, reason = ?1, ended_at_ms = checkpoint_at_ms
                  WHERE status = 'live'",
-                params![reason],
+                params![reason.as_str(), reason.status().as_str()],
             )
             .map_err(|e| self.err(e))?;
         Ok(closed as u64)
@@ -390,7 +407,7 @@ impl UsageStore {
                     query.tenant,
                     query.retention.since_ms,
                     to_sql(query.retention.newest.saturating_sub(1)),
-                    query.status,
+                    query.status.map(RecordStatus::as_str),
                     query.before,
                     to_sql(query.limit as u64),
                 ],
@@ -404,7 +421,7 @@ impl UsageStore {
     pub fn history_count(
         &self,
         tenant: Option<&str>,
-        status: &str,
+        status: RecordStatus,
         retention: Retention,
     ) -> Result<u64, StoreError> {
         let sql = format!("SELECT count(*) FROM sessions WHERE {VISIBLE} AND status = ?4");
@@ -416,7 +433,7 @@ impl UsageStore {
                         tenant,
                         retention.since_ms,
                         to_sql(retention.newest.saturating_sub(1)),
-                        status
+                        status.as_str()
                     ],
                     |row| row.get::<_, i64>(0),
                 )
@@ -486,17 +503,23 @@ fn write_checkpoint(conn: &Connection, c: &Checkpoint) -> rusqlite::Result<usize
 }
 
 fn history_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryRow> {
+    let unreadable = |column: usize, e: Box<dyn std::error::Error + Send + Sync>| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e)
+    };
     let id: String = row.get(1)?;
-    let session_id = Uuid::parse_str(&id).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
-    })?;
+    let session_id = Uuid::parse_str(&id).map_err(|e| unreadable(1, Box::new(e)))?;
+    let status: String = row.get(4)?;
+    let reason: Option<String> = row.get(5)?;
     Ok(HistoryRow {
         record_id: row.get(0)?,
         session_id,
         created_at_ms: row.get(2)?,
         ended_at_ms: row.get(3)?,
-        status: row.get(4)?,
-        reason: row.get(5)?,
+        status: status.parse().map_err(|e| unreadable(4, Box::new(e)))?,
+        reason: reason
+            .map(|r| r.parse())
+            .transpose()
+            .map_err(|e| unreadable(5, Box::new(e)))?,
         billed_minutes: from_sql(row.get(6)?),
         event_count: from_sql(row.get(7)?),
         details: row.get(8)?,
@@ -569,15 +592,19 @@ mod tests {
         store
             .finish(&FinalRecord {
                 checkpoint: checkpoint(ended, 20_000 * day_ms + 90_000, 2),
-                status: "released",
-                reason: "user_requested",
+                reason: RecordReason::UserRequested,
             })
             .expect("finish");
         // A checkpoint that arrives after the end changes nothing.
         store
             .checkpoint(&[checkpoint(ended, 20_000 * day_ms + 200_000, 4)])
             .expect("late checkpoint");
-        assert_eq!(store.close_abandoned("gateway_restart").expect("close"), 1);
+        assert_eq!(
+            store
+                .close_abandoned(RecordReason::GatewayRestart)
+                .expect("close"),
+            1
+        );
         assert_eq!(
             store.record_status(abandoned).expect("status"),
             Some(("failed".into(), Some("gateway_restart".into())))
@@ -664,7 +691,7 @@ mod tests {
         }
         let expected: Vec<Uuid> = ids[3..].iter().rev().copied().collect();
         assert_eq!(seen, expected);
-        let count = store.history_count(Some("alice"), "live", retention);
+        let count = store.history_count(Some("alice"), RecordStatus::Live, retention);
         assert_eq!(count.expect("count"), 10_000);
         assert!(
             store
@@ -677,7 +704,7 @@ mod tests {
             .expect("get");
         assert_eq!(kept.map(|r| r.details), Some("{\"n\":3}".to_owned()));
         // Within the retention time, everything is shown.
-        let all = store.history_count(Some("alice"), "live", KEEP_ALL);
+        let all = store.history_count(Some("alice"), RecordStatus::Live, KEEP_ALL);
         assert_eq!(all.expect("count"), 10_003);
         assert!(
             store
@@ -687,7 +714,9 @@ mod tests {
             "tenants see only their own"
         );
         assert_eq!(
-            store.history_count(None, "live", KEEP_ALL).expect("count"),
+            store
+                .history_count(None, RecordStatus::Live, KEEP_ALL)
+                .expect("count"),
             10_008
         );
     }
@@ -700,13 +729,12 @@ mod tests {
         store
             .finish(&FinalRecord {
                 checkpoint: checkpoint(2, 95_000, 2),
-                status: "released",
-                reason: "timeout",
+                reason: RecordReason::Timeout,
             })
             .expect("finish");
         let query = HistoryQuery {
             tenant: None,
-            status: Some("released"),
+            status: Some(RecordStatus::Released),
             before: None,
             limit: 10,
             retention: KEEP_ALL,
@@ -714,12 +742,81 @@ mod tests {
         let page = store.history_page(&query).expect("page");
         assert_eq!(page.len(), 1);
         let row = &page[0];
-        assert_eq!((row.session_id, row.status.as_str()), (ids[1], "released"));
-        assert_eq!(row.reason.as_deref(), Some("timeout"));
+        assert_eq!(
+            (row.session_id, row.status, row.reason),
+            (ids[1], RecordStatus::Released, Some(RecordReason::Timeout))
+        );
         assert_eq!(
             (row.ended_at_ms, row.billed_minutes, row.event_count),
             (95_000, 2, 3)
         );
+    }
+
+    /// Every reason is stored under its word, with its status, and reads back as itself.
+    #[test]
+    fn every_reason_is_stored_as_its_word_and_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = UsageStore::open(dir.path()).expect("open");
+        let ids = insert_many(&store, None, RecordReason::ALL.len(), 1_000);
+        for (record_id, reason) in (1..).zip(RecordReason::ALL) {
+            store
+                .finish(&FinalRecord {
+                    checkpoint: checkpoint(record_id, 70_000, 2),
+                    reason,
+                })
+                .expect("finish");
+            assert_eq!(
+                store.record_status(record_id).expect("status"),
+                Some((
+                    reason.status().as_str().to_owned(),
+                    Some(reason.as_str().to_owned())
+                )),
+            );
+        }
+        for (id, reason) in ids.into_iter().zip(RecordReason::ALL) {
+            let row = store.history_get(id, None, KEEP_ALL).expect("get");
+            let row = row.expect("kept");
+            assert_eq!((row.status, row.reason), (reason.status(), Some(reason)));
+        }
+        let live = insert_many(&store, None, 1, 2_000)[0];
+        let row = store.history_get(live, None, KEEP_ALL).expect("get");
+        let row = row.expect("kept");
+        assert_eq!((row.status, row.reason), (RecordStatus::Live, None));
+    }
+
+    /// A reason no ingot writes (a newer one did, say) is a typed error, not a guess.
+    #[test]
+    fn an_unknown_stored_word_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = UsageStore::open(dir.path()).expect("open");
+        let id = insert_many(&store, None, 1, 1_000)[0];
+        store
+            .conn
+            .execute_batch("UPDATE sessions SET status = 'failed', reason = 'eaten_by_a_grue'")
+            .expect("a word from elsewhere");
+        let err = store
+            .history_get(id, None, KEEP_ALL)
+            .expect_err("unknown word");
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        let unknown = std::iter::from_fn(|| {
+            let this = cause?;
+            cause = this.source();
+            Some(this)
+        })
+        .find_map(|e| e.downcast_ref::<crate::vocab::UnknownWord>());
+        assert_eq!(
+            unknown.map(|u| (u.column, u.word.as_str())),
+            Some(("reason", "eaten_by_a_grue")),
+            "{err}"
+        );
+    }
+
+    /// The schema refuses any status but the ones the code knows.
+    #[test]
+    fn the_schema_allows_exactly_the_record_statuses() {
+        let words = RecordStatus::ALL.map(|s| format!("'{}'", s.as_str()));
+        let check = format!("CHECK (status IN ({}))", words.join(", "));
+        assert!(SCHEMA.contains(&check), "{check}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::browser::{BrowserHost, LaunchSpec};
 use crate::files::FileStore;
 use crate::metering::{Billable, HistoryQuery, HistoryRow, Meter, MeterError, Retention};
 use crate::telemetry;
-use crate::vocab::{EndReason, Status};
+use crate::vocab::{EndReason, RecordStatus};
 
 /// How long a release waits for the browser to be gone before answering anyway.
 const REAP_WAIT: Duration = Duration::from_secs(10);
@@ -232,9 +232,7 @@ impl Registry {
         {
             warn!(session_id = %session.id, error = %e, "cannot record the bytes its proxy carried");
         }
-        self.meter
-            .finish(session.as_ref(), reason.status().as_str(), reason.as_str())
-            .await;
+        self.meter.finish(session.as_ref(), reason).await;
         let live = self.live.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
         telemetry::sessions_live(live);
         telemetry::session_ended(reason, session.duration());
@@ -272,7 +270,7 @@ impl Registry {
             // Another record than this session's, or its final record not written yet.
             (Some(row), Some(session))
                 if session.usage().record_id() != Some(row.record_id)
-                    || row.status == Status::Live.as_str() =>
+                    || row.status == RecordStatus::Live =>
             {
                 Some(SessionView::of(&session))
             }
@@ -299,7 +297,7 @@ impl Registry {
             .meter
             .history_page(HistoryQuery {
                 tenant: tenant.clone(),
-                status: query.status.map(|s| s.as_str()),
+                status: query.status.map(RecordStatus::of_steel),
                 before,
                 limit: query.limit,
                 retention,
@@ -316,7 +314,7 @@ impl Registry {
         let total_count = match query.status {
             Some(status) => Some(
                 self.meter
-                    .history_count(tenant, status.as_str(), retention)
+                    .history_count(tenant, RecordStatus::of_steel(status), retention)
                     .await?,
             ),
             None => None,
@@ -333,7 +331,7 @@ impl Registry {
     /// node lists the same; and an ended session is always what its record says (the
     /// cluster may have failed it while this node was cut off).
     fn view_of(&self, row: &HistoryRow, caller: &Caller) -> SessionView {
-        if self.meter.shared() || row.status != Status::Live.as_str() {
+        if self.meter.shared() || row.status != RecordStatus::Live {
             return SessionView::from_record(row);
         }
         match self.get_for(&row.session_id, caller) {

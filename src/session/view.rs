@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::Session;
 use crate::metering::HistoryRow;
-use crate::vocab::{Dimensions, Status};
+use crate::vocab::{Dimensions, RecordReason, RecordStatus, Status};
 
 /// The facts of a session that do not change while it lives, as its record keeps them.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -101,8 +101,8 @@ pub struct SessionView {
     pub proxy_bytes_used: u64,
     /// The user agent its browser sends.
     pub user_agent: Option<String>,
-    /// Why it ended, once it has.
-    pub release_reason: Option<String>,
+    /// Why it ended, once it has (Steel's word is [`RecordReason::steel`]).
+    pub release_reason: Option<RecordReason>,
 }
 
 impl SessionView {
@@ -122,7 +122,7 @@ impl SessionView {
             proxy: session.options.proxy_server.is_some(),
             proxy_bytes_used: session.proxy_bytes_used(),
             user_agent: session.user_agent(),
-            release_reason: session.end_reason().map(|r| r.as_str().to_owned()),
+            release_reason: session.end_reason().map(RecordReason::from),
         }
     }
 
@@ -130,10 +130,9 @@ impl SessionView {
     pub fn from_record(row: &HistoryRow) -> SessionView {
         let details: Details = serde_json::from_str(&row.details).unwrap_or_default();
         let created_ns = i128::from(row.created_at_ms) * 1_000_000;
-        let status = Status::parse(&row.status).unwrap_or(Status::Failed);
         // A session live on another node has lasted until now, not until its checkpoint.
-        let until_ms = match status {
-            Status::Live => {
+        let until_ms = match row.status {
+            RecordStatus::Live => {
                 i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
                     .unwrap_or(row.ended_at_ms)
             }
@@ -144,7 +143,7 @@ impl SessionView {
             id: row.session_id,
             created_at: OffsetDateTime::from_unix_timestamp_nanos(created_ns)
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-            status,
+            status: row.status.steel(),
             duration: Duration::from_millis(u64::try_from(elapsed_ms).unwrap_or(0)),
             event_count: row.event_count,
             timeout_ms: details.timeout,
@@ -155,7 +154,7 @@ impl SessionView {
             proxy: details.proxy,
             proxy_bytes_used: details.proxy_bytes_used,
             user_agent: details.user_agent,
-            release_reason: row.reason.clone(),
+            release_reason: row.reason,
         }
     }
 }
