@@ -33,6 +33,7 @@ mod metrics;
 mod openapi;
 mod partition;
 mod postgres;
+mod postgres_records;
 mod proxy_auth;
 mod sandbox;
 mod tenants;
