@@ -3,7 +3,11 @@
 //! Owns the PostgreSQL schema, its versioned migrations (applied once, under an advisory
 //! lock, so that nodes starting together are safe) and every statement. Each record names the
 //! node that runs its session, so that a restarting node closes only its own abandoned
-//! records. It must not know about sessions' states, clocks or HTTP.
+//! records. Statuses and reasons are bound as `vocab::RecordStatus`'s and `RecordReason`'s
+//! stored words and parsed back into them (an unknown word is `MeterError::UnknownWord`);
+//! the SQL names a status literally only in the schema (its `CHECK`, held to
+//! `RecordStatus::ALL` by a test, and the partial indexes) and in filters that must match
+//! those indexes. It must not know about sessions' states, clocks or HTTP.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
