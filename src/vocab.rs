@@ -351,6 +351,19 @@ impl From<EndReason> for RecordReason {
     }
 }
 
+impl RecordReason {
+    /// Reads a stored reason. A word this ingot does not know (a newer version wrote it to
+    /// a shared database) is logged and read as [`RecordReason::BrowserCrashed`], what
+    /// Steel's clients were told of such records before reasons were typed, so that one
+    /// record from a newer node leaves retrieve and lists readable.
+    pub fn read(word: &str) -> RecordReason {
+        word.parse().unwrap_or_else(|unknown: UnknownWord| {
+            tracing::warn!(%unknown, "reading it as browser_crashed");
+            RecordReason::BrowserCrashed
+        })
+    }
+}
+
 impl std::str::FromStr for RecordReason {
     type Err = UnknownWord;
 

@@ -4,7 +4,7 @@
 //! lock, so that nodes starting together are safe) and every statement. Each record names the
 //! node that runs its session, so that a restarting node closes only its own abandoned
 //! records. Statuses and reasons are bound as `vocab::RecordStatus`'s and `RecordReason`'s
-//! stored words and parsed back into them (an unknown word is `MeterError::UnknownWord`);
+//! stored words and parsed back into them (an unknown status is `MeterError::UnknownWord`; an unknown reason reads as a crash);
 //! the SQL names a status literally only in the schema (its `CHECK`, held to
 //! `RecordStatus::ALL` by a test, and the partial indexes) and in filters that must match
 //! those indexes. It must not know about sessions' states, clocks or HTTP.
@@ -320,7 +320,7 @@ fn history_row(row: &Row) -> Result<HistoryRow, MeterError> {
         created_at_ms: row.get(2),
         ended_at_ms: row.get(3),
         status: row.get::<_, &str>(4).parse()?,
-        reason: reason.map(str::parse).transpose()?,
+        reason: reason.map(RecordReason::read),
         billed_minutes: from_sql(row.get(6)),
         event_count: from_sql(row.get(7)),
         details: row.get(8),
