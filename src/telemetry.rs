@@ -536,3 +536,26 @@ pub fn chromium_memory(processes: usize, resident_bytes: u64) {
     gauge!(CHROMIUM_MEMORY).set(resident_bytes as f64);
     gauge!(CHROMIUM_PROCESSES).set(processes as f64);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_forward_kind_is_one_label_value() {
+        let labels: std::collections::HashSet<&str> =
+            ForwardKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            labels.len(),
+            ForwardKind::ALL.len(),
+            "no two kinds share a label"
+        );
+        for label in labels {
+            assert!(
+                label.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{label}"
+            );
+        }
+        assert_eq!(ForwardKind::Upgrade.as_str(), "upgrade");
+    }
+}

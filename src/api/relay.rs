@@ -560,6 +560,54 @@ mod tests {
         assert!(matches!(placed(answer).await, (Placed::Done(_), None)));
     }
 
+    /// Every create refusal is marked, and the marks decide a placement exactly as the old
+    /// reading of the public answer did (a 429 or 503 but `tenant_quota` meant "no room").
+    #[test]
+    fn create_refusals_place_as_the_public_codes_did() {
+        use crate::session::admission::{OverQuota, Refusal};
+        use crate::session::create::CreateError;
+        let errors = [
+            CreateError::Duplicate(Uuid::nil()),
+            Refusal::QueueFull(1).into(),
+            Refusal::QueueTimeout(Duration::ZERO).into(),
+            Refusal::ShuttingDown.into(),
+            CreateError::Refused(
+                OverQuota {
+                    tenant: "t".into(),
+                    limit: 1,
+                }
+                .into(),
+            ),
+            CreateError::Launch("no".into()),
+            CreateError::Usage("no".into()),
+            CreateError::Context("no".into()),
+            CreateError::DatabaseUnavailable("no".into()),
+            CreateError::TimedOut(Duration::ZERO),
+        ];
+        for error in errors {
+            let error = ApiError::from(error);
+            let no_room = matches!(
+                error.status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            );
+            let before = no_room && error.code != "tenant_quota";
+            assert_eq!(
+                verdict(error.status, error.refusal()),
+                before,
+                "{}",
+                error.code
+            );
+            assert_eq!(
+                error.refusal().is_some(),
+                error.code != "invalid_request",
+                "{}",
+                error.code
+            );
+        }
+        let fenced = ApiError::from(crate::cluster::lease::Unavailable::Fenced);
+        assert_eq!(fenced.refusal(), Some(PeerRefusal::Unavailable));
+    }
+
     #[tokio::test]
     async fn a_create_answer_broken_off_is_a_502() {
         let broken = futures_util::stream::iter([Err::<Bytes, _>(std::io::Error::other("cut"))]);
