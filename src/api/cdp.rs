@@ -135,7 +135,7 @@ async fn connect(
         .here(id)
     {
         Ok(here) => here,
-        Err(answer) => return Ok(answer),
+        Err(answer) => return Ok(*answer),
     };
     if !session.phase().is_live() {
         return Err(ended(&session));
@@ -293,7 +293,7 @@ async fn discovery(
         .here(id)
     {
         Ok(here) => here,
-        Err(answer) => return Ok(answer),
+        Err(answer) => return Ok(*answer),
     };
     if !session.phase().is_live() {
         return Err(ended(&session));

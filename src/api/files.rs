@@ -263,7 +263,7 @@ pub async fn upload(
         .here(id)
     {
         Ok(here) => here,
-        Err(answer) => return Ok(answer),
+        Err(answer) => return Ok(*answer),
     };
     if !session.phase().is_live() {
         return Err(ended_conflict(id));

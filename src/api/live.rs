@@ -270,7 +270,7 @@ pub async fn facts(
 ) -> Result<Response, ApiError> {
     let session = match viewed(&state, &relay, id, &query).await?.here(id) {
         Ok((session, ())) => session,
-        Err(answer) => return Ok(answer),
+        Err(answer) => return Ok(*answer),
     };
     let left = session
         .deadline()
@@ -329,7 +329,7 @@ pub async fn thumbnail(
 ) -> Result<Response, ApiError> {
     let session = match viewed(&state, &relay, id, &query).await?.here(id) {
         Ok((session, ())) => session,
-        Err(answer) => return Ok(answer),
+        Err(answer) => return Ok(*answer),
     };
     let mux = session.mux().ok_or_else(|| viewer_ended(id))?;
     let jpeg = crate::viewer::computer::thumbnail(&mux)
@@ -385,7 +385,7 @@ pub async fn socket(
         .here(id)
     {
         Ok(here) => here,
-        Err(answer) => return Ok(answer),
+        Err(answer) => return Ok(*answer),
     };
     if !session.phase().is_live() {
         return Err(viewer_ended(id));

@@ -254,12 +254,12 @@ pub enum Step<B> {
 impl<B> Step<B> {
     /// The session here, or the answer to give, for a route whose policy never answers
     /// from the records (a record then is answered like an unknown session).
-    pub fn here(self, id: Uuid) -> Result<(Arc<Session>, B), Response> {
+    pub fn here(self, id: Uuid) -> Result<(Arc<Session>, B), Box<Response>> {
         use axum::response::IntoResponse;
         match self {
             Step::Here(session, carried) => Ok((session, carried)),
-            Step::Answered(answer) => Err(answer),
-            Step::Recorded(_) => Err(ApiError::session_not_found(id).into_response()),
+            Step::Answered(answer) => Err(Box::new(answer)),
+            Step::Recorded(_) => Err(Box::new(ApiError::session_not_found(id).into_response())),
         }
     }
 }

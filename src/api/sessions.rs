@@ -294,7 +294,7 @@ pub async fn set_timeout(
         .here(id)
     {
         Ok(here) => here,
-        Err(answer) => return Ok(answer),
+        Err(answer) => return Ok(*answer),
     };
     match state.registry.extend(&session.id, &caller, total_ms).await {
         Some(Ok(view)) => Ok(Json(SessionJson::new(&view, &relay.links(&state))).into_response()),
@@ -333,7 +333,7 @@ pub async fn context(
         .here(id)
     {
         Ok(here) => here,
-        Err(answer) => return Ok(answer),
+        Err(answer) => return Ok(*answer),
     };
     let context = from_browser(id, session.context().await)?;
     Ok(Json(context).into_response())
@@ -381,7 +381,7 @@ pub async fn live_details(
         .here(id)
     {
         Ok(here) => here,
-        Err(answer) => return Ok(answer),
+        Err(answer) => return Ok(*answer),
     };
     let pages = from_browser(id, session.pages().await)?;
     let details = LiveDetailsJson::new(id, pages, &relay.links(&state));

@@ -49,7 +49,7 @@ pub async fn computer(
         .here(id)
     {
         Ok(here) => here,
-        Err(answer) => return Ok(answer),
+        Err(answer) => return Ok(*answer),
     };
     let request = computer::Request::parse(&body).map_err(|e| ApiError::bad_request(e.0))?;
     let mux = session.mux().ok_or_else(|| ended_conflict(id))?;
