@@ -56,21 +56,57 @@ pub const HTTP_CONNECTIONS: &str = "ingot_http_connections";
 pub const HTTP_CONNECTIONS_MAX: &str = "ingot_http_connections_max";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "ingot_http_connections_refused_total";
 
-/// What a node forwards to the node that owns a session (or may take a new one).
-pub const FORWARD_KINDS: [&str; 12] = [
-    "create",
-    "retrieve",
-    "release",
-    "timeout",
-    "live_details",
-    "context",
-    "release_all",
-    "version",
-    "upgrade",
-    "files",
-    "computer",
-    "viewer",
-];
+/// Declares [`ForwardKind`] and its label values together, so that every kind is
+/// registered at zero and no label value exists without a kind.
+macro_rules! forward_kinds {
+    ($($(#[doc = $doc:literal])* $kind:ident => $label:literal,)*) => {
+        /// What a node passes to another node of the cluster (the `kind` label of
+        /// [`FORWARDED`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ForwardKind {
+            $($(#[doc = $doc])* $kind,)*
+        }
+
+        impl ForwardKind {
+            /// Every kind, in declaration order.
+            pub const ALL: &'static [ForwardKind] = &[$(ForwardKind::$kind,)*];
+
+            /// The metric's label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ForwardKind::$kind => $label,)*
+                }
+            }
+        }
+    };
+}
+
+forward_kinds! {
+    /// A create placed on a node with room.
+    Create => "create",
+    /// `GET /v1/sessions/{id}`.
+    Retrieve => "retrieve",
+    /// `POST /v1/sessions/{id}/release`.
+    Release => "release",
+    /// `POST /v1/sessions/{id}/timeout`.
+    Timeout => "timeout",
+    /// `GET /v1/sessions/{id}/live-details`.
+    LiveDetails => "live_details",
+    /// `GET /v1/sessions/{id}/context`.
+    Context => "context",
+    /// A release-all fanned out to every other node.
+    ReleaseAll => "release_all",
+    /// CDP discovery (`/json/version`).
+    Version => "version",
+    /// A WebSocket upgrade (CDP or the viewer's socket).
+    Upgrade => "upgrade",
+    /// The session files API.
+    Files => "files",
+    /// `POST /v1/sessions/{id}/computer`.
+    Computer => "computer",
+    /// The live viewer's pages, facts and thumbnail.
+    Viewer => "viewer",
+}
 
 /// The process-wide recorder, installed by the first gateway of the process. The lock makes
 /// checking and installing one step, so gateways built at the same moment share it.
@@ -164,9 +200,9 @@ fn register_at_zero(max_sessions: usize, pool_size: usize) {
     for how in ["probes_only", "closed"] {
         counter!(HTTP_CONNECTIONS_REFUSED, "how" => how).absolute(0);
     }
-    for kind in FORWARD_KINDS {
+    for kind in ForwardKind::ALL {
         for outcome in ["ok", "error"] {
-            counter!(FORWARDED, "kind" => kind, "outcome" => outcome).absolute(0);
+            counter!(FORWARDED, "kind" => kind.as_str(), "outcome" => outcome).absolute(0);
         }
     }
     counter!(BILLED_MINUTES).absolute(0);
@@ -370,9 +406,9 @@ pub fn cluster_nodes(n: usize) {
 
 /// A request or WebSocket upgrade passed to another node; `ok` unless that node could
 /// not be reached.
-pub fn forwarded(kind: &'static str, ok: bool) {
+pub fn forwarded(kind: ForwardKind, ok: bool) {
     let outcome = if ok { "ok" } else { "error" };
-    counter!(FORWARDED, "kind" => kind, "outcome" => outcome).increment(1);
+    counter!(FORWARDED, "kind" => kind.as_str(), "outcome" => outcome).increment(1);
 }
 
 /// Bytes the sessions' files take on this node.
@@ -505,4 +541,27 @@ pub fn process_collector() -> metrics_process::Collector {
 pub fn chromium_memory(processes: usize, resident_bytes: u64) {
     gauge!(CHROMIUM_MEMORY).set(resident_bytes as f64);
     gauge!(CHROMIUM_PROCESSES).set(processes as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_forward_kind_is_one_label_value() {
+        let labels: std::collections::HashSet<&str> =
+            ForwardKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            labels.len(),
+            ForwardKind::ALL.len(),
+            "no two kinds share a label"
+        );
+        for label in labels {
+            assert!(
+                label.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{label}"
+            );
+        }
+        assert_eq!(ForwardKind::Upgrade.as_str(), "upgrade");
+    }
 }

@@ -22,15 +22,14 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorJson};
 use super::extract::{SessionId, StrictQuery, parse_id};
-use super::relay::{self, Relay, Relayed};
+use super::locate::{self, Route, gone};
+use super::relay::Relay;
 use super::wire::PublicUrls;
 use super::{API_KEY_PARAM, AppState, PresentedKey};
 use crate::auth::Caller;
 use crate::cdp::mux::CommandError;
 use crate::proxy;
 use crate::session::Session;
-use crate::vocab::Status;
-use std::sync::Arc;
 
 /// What `GET /` without a `sessionId` answers.
 #[derive(Debug, Serialize, ToSchema)]
@@ -130,14 +129,17 @@ async fn connect(
     request: Request,
 ) -> Result<Response, ApiError> {
     let key = websocket_key(request.headers())?;
-    let mut request = match state.registry.get_for(&id, caller) {
-        Some(_) => request,
-        None => match relay::upgrade_to_owner(&state, id, caller, request).await? {
-            Ok(answer) => return Ok(answer),
-            Err(request) => request,
-        },
+    let route = (id, Route::Connect);
+    let (session, mut request) = match locate::upgrade(&state, caller, route, request)
+        .await?
+        .here(id)
+    {
+        Ok(here) => here,
+        Err(answer) => return Ok(*answer),
     };
-    let session = live_session(&state, id, caller).await?;
+    if !session.phase().is_live() {
+        return Err(ended(&session));
+    }
     let mux = session.mux().ok_or_else(|| ended(&session))?;
     let link = match mux.attach_client().await {
         Ok(link) => link,
@@ -222,14 +224,11 @@ pub async fn version_by_query(
     let session = match query.get("sessionId") {
         Some(raw) => {
             let id = parse_id(raw, "sessionId")?;
-            if let Some(answer) = version_elsewhere(&state, &relay, id, &caller).await? {
-                return Ok(answer);
-            }
-            live_session(&state, id, &caller).await?
+            return discovery(&state, &relay, &key, id, &caller).await;
         }
         None => match state.registry.sole_live_session(&caller) {
             Some(session) => session,
-            None => return sole_elsewhere(&state, &relay, &caller).await,
+            None => return sole_elsewhere(&state, &relay, &key, &caller).await,
         },
     };
     Ok(Json(version_json(&relay.links(&state), &session, &key)).into_response())
@@ -240,18 +239,16 @@ pub async fn version_by_query(
 async fn sole_elsewhere(
     state: &AppState,
     relay: &Relay,
+    key: &PresentedKey,
     caller: &Caller,
 ) -> Result<Response, ApiError> {
-    let elsewhere = match relay.sole_live_elsewhere(state, caller).await? {
-        Some(id) => version_elsewhere(state, relay, id, caller).await?,
-        None => None,
-    };
-    elsewhere.ok_or_else(|| {
-        ApiError::bad_request(
+    let Some(id) = locate::sole_live_elsewhere(state, relay, caller).await? else {
+        return Err(ApiError::bad_request(
             "sessionId: name the session (/json/version?sessionId=<id>); without it this endpoint answers \
              only while exactly one session is live",
-        )
-    })
+        ));
+    };
+    discovery(state, relay, key, id, caller).await
 }
 
 /// `GET /devtools/browser/<id>/json/version[/]`
@@ -278,31 +275,30 @@ pub async fn version_by_path(
     relay: Relay,
     SessionId(id): SessionId,
 ) -> Result<Response, ApiError> {
-    if let Some(answer) = version_elsewhere(&state, &relay, id, &caller).await? {
-        return Ok(answer);
-    }
-    let session = live_session(&state, id, &caller).await?;
-    Ok(Json(version_json(&relay.links(&state), &session, &key)).into_response())
+    discovery(&state, &relay, &key, id, &caller).await
 }
 
-/// The owner's discovery answer for a session that runs on another node of the cluster.
-async fn version_elsewhere(
+/// The discovery answer for session `id`: this node's when it runs the session, else the
+/// answer of the node that does; 410 once it ended, 404 for an unknown one.
+async fn discovery(
     state: &AppState,
     relay: &Relay,
+    key: &PresentedKey,
     id: uuid::Uuid,
     caller: &Caller,
-) -> Result<Option<Response>, ApiError> {
-    if state.registry.get_for(&id, caller).is_some() {
-        return Ok(None);
-    }
-    match relay
-        .to_owner(state, id, caller, "version", bytes::Bytes::new())
+) -> Result<Response, ApiError> {
+    let route = (id, Route::Version);
+    let (session, ()) = match locate::resolve(state, relay, caller, route, ())
         .await?
+        .here(id)
     {
-        Relayed::Answered(answer) => Ok(Some(answer)),
-        Relayed::Unreachable(e) => Err(e),
-        Relayed::Here => Ok(None),
+        Ok(here) => here,
+        Err(answer) => return Ok(*answer),
+    };
+    if !session.phase().is_live() {
+        return Err(ended(&session));
     }
+    Ok(Json(version_json(&relay.links(state), &session, key)).into_response())
 }
 
 /// The discovery answer of `/json/version`, in the shape of Chromium's DevTools server. A
@@ -361,44 +357,11 @@ fn version_json(urls: &PublicUrls, session: &Session, key: &PresentedKey) -> Ver
     }
 }
 
-/// The session if it is live; otherwise 404 (unknown, or another tenant's) or 410 (ended,
-/// in this run or an earlier one).
-async fn live_session(
-    state: &AppState,
-    id: uuid::Uuid,
-    caller: &Caller,
-) -> Result<Arc<Session>, ApiError> {
-    match state.registry.get_for(&id, caller) {
-        Some(session) if session.phase().is_live() => Ok(session),
-        Some(session) => Err(ended(&session)),
-        None => match state.registry.retrieve(&id, caller).await? {
-            Some(view) => Err(gone(
-                id,
-                view.status,
-                view.release_reason.map(|r| r.as_str()),
-            )),
-            None => Err(ApiError::session_not_found(id)),
-        },
-    }
-}
-
+/// 410 for a session this node ran, saying how it ended.
 fn ended(session: &Session) -> ApiError {
     let status = session.phase().status();
     let reason = session.end_reason().map(|r| r.as_str());
     gone(session.id, status, reason)
-}
-
-/// 410 for a session that has ended: `session <id> has ended: <status> (<reason>)`.
-fn gone(id: uuid::Uuid, status: Status, reason: Option<&str>) -> ApiError {
-    let how = match reason {
-        Some(reason) => format!("{} ({reason})", status.as_str()),
-        None => status.as_str().to_owned(),
-    };
-    ApiError::new(
-        StatusCode::GONE,
-        "session_ended",
-        format!("session {id} has ended: {how}"),
-    )
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
@@ -438,7 +401,8 @@ pub(super) fn websocket_key(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use axum::Router;
@@ -455,7 +419,8 @@ mod tests {
     use crate::session::supervisor::LivenessProbe;
     use crate::testing::FakeBrowserHost;
 
-    async fn state(dir: &std::path::Path) -> AppState {
+    /// A single node's state on the fake browser host, its records in `dir`.
+    pub(in crate::api) async fn state(dir: &std::path::Path) -> AppState {
         let host = FakeBrowserHost::new();
         let meter = Meter::open(dir).await.expect("usage database");
         let files = std::sync::Arc::new(

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::relay::PeerRefusal;
 use crate::cluster::lease::Unavailable;
 use crate::files::FileError;
 use crate::metering::MeterError;
@@ -26,6 +27,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong and what to do, for people.
     pub message: String,
+    /// The typed code another node that relayed the request decides on (see
+    /// [`PeerRefusal`]); never shown to a client.
+    refusal: Option<PeerRefusal>,
 }
 
 impl ApiError {
@@ -34,7 +38,19 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            refusal: None,
         }
+    }
+
+    /// The same error, marked for a node that relayed the request with `refusal`.
+    pub fn refusing(mut self, refusal: PeerRefusal) -> Self {
+        self.refusal = Some(refusal);
+        self
+    }
+
+    /// The mark for a node that relayed the request, if any.
+    pub fn refusal(&self) -> Option<PeerRefusal> {
+        self.refusal
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -79,6 +95,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        // Only `relay::peer_hop` turns it into a header, on an answer to another node.
+        if let Some(refusal) = self.refusal {
+            response.extensions_mut().insert(refusal);
+        }
         if matches!(
             self.status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
@@ -102,6 +122,7 @@ impl From<Unavailable> for ApiError {
             code,
             format!("{e}; try again shortly, or through another node"),
         )
+        .refusing(PeerRefusal::Unavailable)
     }
 }
 
@@ -127,38 +148,68 @@ impl From<MeterError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database_unavailable",
                 format!("the cluster's database cannot be reached: {e}; try again shortly"),
-            );
+            )
+            .refusing(PeerRefusal::Unavailable);
         }
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "usage_unavailable",
             format!("the session records cannot be read: {e}"),
         )
+        .refusing(PeerRefusal::Unavailable)
     }
 }
 
 impl From<CreateError> for ApiError {
     fn from(e: CreateError) -> Self {
-        let (status, code) = match &e {
-            CreateError::Duplicate(_) => (StatusCode::CONFLICT, "session_exists"),
-            CreateError::Refused(Refusal::QueueFull(_) | Refusal::QueueTimeout(_)) => {
-                (StatusCode::TOO_MANY_REQUESTS, "at_capacity")
-            }
-            CreateError::Refused(Refusal::OverQuota(_)) => {
-                (StatusCode::TOO_MANY_REQUESTS, "tenant_quota")
-            }
-            CreateError::Refused(Refusal::ShuttingDown) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
-            }
-            CreateError::Launch(_) => (StatusCode::SERVICE_UNAVAILABLE, "browser_start_failed"),
-            CreateError::Usage(_) => (StatusCode::SERVICE_UNAVAILABLE, "usage_unavailable"),
-            CreateError::Context(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            CreateError::DatabaseUnavailable(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
-            }
-            CreateError::TimedOut(_) => (StatusCode::SERVICE_UNAVAILABLE, "create_timeout"),
+        let (status, code, refusal) = match &e {
+            CreateError::Duplicate(_) => (
+                StatusCode::CONFLICT,
+                "session_exists",
+                Some(PeerRefusal::SessionExists),
+            ),
+            CreateError::Refused(Refusal::QueueFull(_) | Refusal::QueueTimeout(_)) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "at_capacity",
+                Some(PeerRefusal::AtCapacity),
+            ),
+            CreateError::Refused(Refusal::OverQuota(_)) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "tenant_quota",
+                Some(PeerRefusal::TenantQuota),
+            ),
+            CreateError::Refused(Refusal::ShuttingDown) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                Some(PeerRefusal::ShuttingDown),
+            ),
+            CreateError::Launch(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "browser_start_failed",
+                Some(PeerRefusal::StartFailed),
+            ),
+            CreateError::Usage(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "usage_unavailable",
+                Some(PeerRefusal::StartFailed),
+            ),
+            CreateError::Context(_) => (StatusCode::BAD_REQUEST, "invalid_request", None),
+            CreateError::DatabaseUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                Some(PeerRefusal::Unavailable),
+            ),
+            CreateError::TimedOut(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "create_timeout",
+                Some(PeerRefusal::StartFailed),
+            ),
         };
-        ApiError::new(status, code, e.to_string())
+        let error = ApiError::new(status, code, e.to_string());
+        match refusal {
+            Some(refusal) => error.refusing(refusal),
+            None => error,
+        }
     }
 }
 

@@ -25,15 +25,12 @@ use super::AppState;
 use super::error::ApiError;
 use super::error::ErrorJson;
 use super::extract::parse_id;
+use super::locate::{self, Route, Step, UPLOAD_DEADLINE, ended_conflict};
 use super::relay::Relay;
-use super::sessions::ended_conflict;
 use super::wire::{FileJson, FileListJson, ReleaseJson};
 use crate::auth::Caller;
-use crate::cluster::forward::QUICK_ANSWER;
 use crate::files::{FileName, Upload};
 
-/// Longest an upload may take in all (a stalled one is cut off sooner: see [`next_chunk`]).
-const UPLOAD_DEADLINE: Duration = Duration::from_secs(15 * 60);
 /// Largest `path` field of an upload, in bytes.
 const MAX_PATH_FIELD: usize = 4 << 10;
 /// An uploaded `file` this small, without a file name, is checked for being a URL.
@@ -59,49 +56,17 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// Where a request about a session's files is answered.
-enum Place {
-    /// Here; `live` when the session still runs.
-    Here { live: bool },
-    /// On another node, which answers for the files.
-    Elsewhere(std::sync::Arc<str>),
-}
-
-/// Finds where session `id`'s files are; 404 when `caller` may not see the session.
-async fn locate(
-    state: &AppState,
-    relay: &Relay,
-    caller: &Caller,
-    id: Uuid,
-) -> Result<Place, ApiError> {
-    if let Some(session) = state.registry.get_for(&id, caller) {
-        return Ok(Place::Here {
-            live: session.phase().is_live(),
-        });
-    }
-    if let Some(holder) = relay.files_holder(state, id, caller).await? {
-        return Ok(Place::Elsewhere(holder));
-    }
-    if !state.registry.is_known(&id, caller).await? {
-        return Err(ApiError::session_not_found(id));
-    }
-    Ok(Place::Here { live: false })
-}
-
-/// Whether the files are here (and whether the session is live), or the answer of the node
-/// that has them (to a request without a body).
+/// Whether the session's files are here (and whether the session is live), or the answer
+/// of the node that has them (to a request without a body).
 async fn here(
     state: &AppState,
     relay: &Relay,
     caller: &Caller,
     id: Uuid,
-) -> Result<Result<bool, Response>, ApiError> {
-    match locate(state, relay, caller, id).await? {
-        Place::Here { live } => Ok(Ok(live)),
-        Place::Elsewhere(holder) => relay
-            .pass_files(state, &holder, id, Body::empty(), QUICK_ANSWER)
-            .await
-            .map(Err),
+) -> Result<Option<Response>, ApiError> {
+    match locate::resolve(state, relay, caller, (id, Route::Files), ()).await? {
+        Step::Here(..) | Step::Recorded(_) => Ok(None),
+        Step::Answered(answer) => Ok(Some(answer)),
     }
 }
 
@@ -127,7 +92,7 @@ pub async fn list(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "id")?;
-    if let Err(answer) = here(&state, &relay, &caller, id).await? {
+    if let Some(answer) = here(&state, &relay, &caller, id).await? {
         return Ok(answer);
     }
     let files = state.registry.files().list(id).await?;
@@ -161,7 +126,7 @@ pub async fn download(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "id")?;
     let name = state.registry.files().name(id, &path)?;
-    if let Err(answer) = here(&state, &relay, &caller, id).await? {
+    if let Some(answer) = here(&state, &relay, &caller, id).await? {
         return Ok(answer);
     }
     let (file, info) = state.registry.files().open(id, &name).await?;
@@ -191,7 +156,7 @@ pub async fn archive(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "id")?;
-    if let Err(answer) = here(&state, &relay, &caller, id).await? {
+    if let Some(answer) = here(&state, &relay, &caller, id).await? {
         return Ok(answer);
     }
     let files = state.registry.files().list(id).await?;
@@ -225,7 +190,7 @@ pub async fn delete_one(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "id")?;
     let name = state.registry.files().name(id, &path)?;
-    if let Err(answer) = here(&state, &relay, &caller, id).await? {
+    if let Some(answer) = here(&state, &relay, &caller, id).await? {
         return Ok(answer);
     }
     state.registry.files().delete(id, &name).await?;
@@ -254,7 +219,7 @@ pub async fn delete_all(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "id")?;
-    if let Err(answer) = here(&state, &relay, &caller, id).await? {
+    if let Some(answer) = here(&state, &relay, &caller, id).await? {
         return Ok(answer);
     }
     state.registry.files().delete_all(id).await?;
@@ -291,18 +256,19 @@ pub async fn upload(
     request: Request,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "id")?;
-    let live = match locate(&state, &relay, &caller, id).await? {
-        Place::Here { live } => live,
-        Place::Elsewhere(holder) => {
-            let body = request.into_body();
-            return relay
-                .pass_files(&state, &holder, id, body, UPLOAD_DEADLINE)
-                .await;
-        }
+    let (parts, body) = request.into_parts();
+    let route = (id, Route::Upload);
+    let (session, body) = match locate::resolve(&state, &relay, &caller, route, body)
+        .await?
+        .here(id)
+    {
+        Ok(here) => here,
+        Err(answer) => return Ok(*answer),
     };
-    if !live {
+    if !session.phase().is_live() {
         return Err(ended_conflict(id));
     }
+    let request = Request::from_parts(parts, body);
     let multipart = Multipart::from_request(request, &state)
         .await
         .map_err(|e| ApiError::bad_request(format!("the body must be multipart/form-data: {e}")))?;

@@ -32,7 +32,8 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::{ApiError, ErrorJson};
 use super::extract::{SessionId, StrictQuery};
-use super::relay::{self, Relay, Relayed};
+use super::locate::{self, Route, Step, viewer_gone as viewer_ended};
+use super::relay::Relay;
 use crate::auth::Caller;
 use crate::session::Session;
 use crate::viewer::input::{self, Button, MouseKind};
@@ -201,42 +202,24 @@ fn token(
     }
 }
 
-/// The live session `id` on this node, once the token fits; `Err` with the owner's answer
-/// in a cluster; 403 for a wrong token, 410 once it is not live anywhere.
+/// Once the token fits: the live session `id` on this node, or the answer to give (the
+/// owner's in a cluster; 410 once it is not live anywhere, the token no longer works).
 async fn viewed(
     state: &AppState,
     relay: &Relay,
     id: Uuid,
     query: &HashMap<String, String>,
-) -> Result<Result<Arc<Session>, Response>, ApiError> {
+) -> Result<Step<()>, ApiError> {
     token(state, id, query)?;
-    match live_here(state, relay, id, "viewer").await {
-        Ok(session) => Ok(Ok(session)),
-        Err(answer) => answer.map(Err),
-    }
-}
-
-/// The live session `id` on this node; `Err` with the owner's answer in a cluster, or 410
-/// when it is not live anywhere (the token no longer works).
-async fn live_here(
-    state: &AppState,
-    relay: &Relay,
-    id: Uuid,
-    kind: &'static str,
-) -> Result<Arc<Session>, Result<Response, ApiError>> {
-    match state.registry.get_for(&id, &Caller::Open) {
-        Some(session) if session.phase().is_live() => return Ok(session),
-        Some(session) => return Err(Ok(ended_answer(&session))),
-        None => {}
-    }
-    match relay
-        .to_owner(state, id, &Caller::Open, kind, bytes::Bytes::new())
-        .await
-    {
-        Ok(Relayed::Answered(answer)) => Err(Ok(answer)),
-        Ok(Relayed::Unreachable(e)) | Err(e) => Err(Err(e)),
-        Ok(Relayed::Here) => Err(Err(viewer_ended(id))),
-    }
+    let route = (id, Route::Viewer);
+    Ok(
+        match locate::resolve(state, relay, &Caller::Open, route, ()).await? {
+            Step::Here(session, ()) if !session.phase().is_live() => {
+                Step::Answered(ended_answer(&session))
+            }
+            step => step,
+        },
+    )
 }
 
 /// The 410 for a session that ended here, with how it ended, so that the session viewer can
@@ -257,14 +240,6 @@ fn ended_answer(session: &Session) -> Response {
     *answer.body_mut() = Body::from(body.to_string());
     answer.headers_mut().remove(header::CONTENT_LENGTH);
     answer
-}
-
-fn viewer_ended(id: Uuid) -> ApiError {
-    ApiError::new(
-        StatusCode::GONE,
-        "session_ended",
-        format!("session {id} is not live: its viewer token no longer works"),
-    )
 }
 
 /// `GET /v1/sessions/{id}/viewer/facts`: what `sessionViewerUrl` shows next to the viewer.
@@ -291,9 +266,9 @@ pub async fn facts(
     SessionId(id): SessionId,
     StrictQuery(query): Query,
 ) -> Result<Response, ApiError> {
-    let session = match viewed(&state, &relay, id, &query).await? {
-        Ok(session) => session,
-        Err(answer) => return Ok(answer),
+    let session = match viewed(&state, &relay, id, &query).await?.here(id) {
+        Ok((session, ())) => session,
+        Err(answer) => return Ok(*answer),
     };
     let left = session
         .deadline()
@@ -350,9 +325,9 @@ pub async fn thumbnail(
     SessionId(id): SessionId,
     StrictQuery(query): Query,
 ) -> Result<Response, ApiError> {
-    let session = match viewed(&state, &relay, id, &query).await? {
-        Ok(session) => session,
-        Err(answer) => return Ok(answer),
+    let session = match viewed(&state, &relay, id, &query).await?.here(id) {
+        Ok((session, ())) => session,
+        Err(answer) => return Ok(*answer),
     };
     let mux = session.mux().ok_or_else(|| viewer_ended(id))?;
     let jpeg = crate::viewer::computer::thumbnail(&mux)
@@ -402,18 +377,17 @@ pub async fn socket(
     let granted = token(&state, id, &query)?;
     same_origin(&request)?;
     let key = super::cdp::websocket_key(request.headers())?;
-    let mut request = match state.registry.get_for(&id, &Caller::Open) {
-        Some(_) => request,
-        None => match relay::upgrade_to_owner(&state, id, &Caller::Open, request).await? {
-            Ok(answer) => return Ok(answer),
-            Err(request) => request,
-        },
+    let route = (id, Route::ViewerSocket);
+    let (session, mut request) = match locate::upgrade(&state, &Caller::Open, route, request)
+        .await?
+        .here(id)
+    {
+        Ok(here) => here,
+        Err(answer) => return Ok(*answer),
     };
-    let session = state
-        .registry
-        .get_for(&id, &Caller::Open)
-        .filter(|s| s.phase().is_live())
-        .ok_or_else(|| viewer_ended(id))?;
+    if !session.phase().is_live() {
+        return Err(viewer_ended(id));
+    }
     let mux = session.mux().ok_or_else(|| viewer_ended(id))?;
     let screen = state
         .viewers

@@ -10,6 +10,7 @@ pub mod extract;
 pub mod files;
 pub mod health;
 pub mod live;
+pub mod locate;
 pub mod openapi;
 pub mod relay;
 pub mod sessions;

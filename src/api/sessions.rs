@@ -5,14 +5,15 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use serde::Deserialize;
 
 use super::AppState;
 use super::error::{ApiError, ErrorJson};
 use super::extract::{RequestBody, SessionId, StrictQuery, parse_id};
+use super::locate::ended_conflict;
+use super::locate::{self, Route, Step};
 use super::openapi::{CreateSessionBody, SessionContextJson, TimeoutBody};
-use super::relay::{Relay, Relayed};
+use super::relay::{Created, PeerRefusal, Relay};
 use super::wire::{LiveDetailsJson, ReleaseJson, SessionJson, SessionListJson};
 use crate::auth::Caller;
 use crate::session::directory::ListQuery;
@@ -63,11 +64,15 @@ pub async fn create(
             StatusCode::TOO_MANY_REQUESTS,
             "at_capacity",
             "this node has no free slot now",
-        ));
+        )
+        .refusing(PeerRefusal::AtCapacity));
     }
     let session = state.registry.create(options, &caller).await?;
     let view = SessionView::of(&session);
-    Ok(Json(SessionJson::new(&view, &relay.links(&state))).into_response())
+    let mut answer = Json(SessionJson::new(&view, &relay.links(&state))).into_response();
+    // A node that relayed the create learns where the session runs from this mark.
+    answer.extensions_mut().insert(Created(session.id));
+    Ok(answer)
 }
 
 /// Query of `GET /v1/sessions`. Values arrive as strings so that errors can name them.
@@ -190,22 +195,17 @@ pub async fn retrieve(
     relay: Relay,
     SessionId(id): SessionId,
 ) -> Result<Response, ApiError> {
-    if state.registry.get_for(&id, &caller).is_none() {
-        match relay
-            .to_owner(&state, id, &caller, "retrieve", Bytes::new())
+    let view = match locate::resolve(&state, &relay, &caller, (id, Route::Retrieve), ()).await? {
+        Step::Answered(answer) => return Ok(answer),
+        // The records say what they know of a session whose node does not answer.
+        Step::Recorded(view) => view,
+        Step::Here(..) => state
+            .registry
+            .retrieve(&id, &caller)
             .await?
-        {
-            Relayed::Answered(answer) => return Ok(answer),
-            // The directory still says what it knows of the session.
-            Relayed::Here | Relayed::Unreachable(_) => {}
-        }
-    }
-    let session = state
-        .registry
-        .retrieve(&id, &caller)
-        .await?
-        .ok_or_else(|| ApiError::session_not_found(id))?;
-    Ok(Json(SessionJson::new(&session, &relay.links(&state))).into_response())
+            .ok_or_else(|| ApiError::session_not_found(id))?,
+    };
+    Ok(Json(SessionJson::new(&view, &relay.links(&state))).into_response())
 }
 
 /// `POST /v1/sessions/{id}/release`. Idempotent; the body is ignored (SDKs send none). A
@@ -231,33 +231,26 @@ pub async fn release(
     relay: Relay,
     SessionId(id): SessionId,
 ) -> Result<Response, ApiError> {
-    let released = state.registry.release(&id, &caller).await;
-    if let Some(session) = &released
-        && !session.final_record_written()
-    {
-        // Ended here, but not recorded (yet): answering 200 could be contradicted by the
-        // cluster (which may yet fail the session while this node is cut off).
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            format!(
-                "session {id} ended on this node, but the database did not take its final record; it is written when the database answers again"
-            ),
-        ));
-    }
-    if released.is_none() {
-        match relay
-            .to_owner(&state, id, &caller, "release", Bytes::new())
-            .await?
-        {
-            Relayed::Answered(answer) => return Ok(answer),
-            Relayed::Unreachable(e) => return Err(e),
-            Relayed::Here => {}
-        }
+    match locate::resolve(&state, &relay, &caller, (id, Route::Release), ()).await? {
+        Step::Answered(answer) => return Ok(answer),
         // An ended session (of an earlier run, or of another node): releasing it again
         // changes nothing.
-        if !state.registry.is_known(&id, &caller).await? {
-            return Err(ApiError::session_not_found(id));
+        Step::Recorded(_) => {}
+        Step::Here(..) => {
+            let released = state.registry.release(&id, &caller).await;
+            if let Some(session) = &released
+                && !session.final_record_written()
+            {
+                // Ended here, but not recorded (yet): answering 200 could be contradicted by
+                // the cluster (which may yet fail the session while this node is cut off).
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    format!(
+                        "session {id} ended on this node, but the database did not take its final record; it is written when the database answers again"
+                    ),
+                ));
+            }
         }
     }
     Ok(Json(ReleaseJson {
@@ -295,15 +288,19 @@ pub async fn set_timeout(
     RequestBody(body): RequestBody,
 ) -> Result<Response, ApiError> {
     let total_ms = parse_timeout_body(&body, state.limits)?;
-    match state.registry.extend(&id, &caller, total_ms).await {
-        Some(Ok(view)) => {
-            return Ok(Json(SessionJson::new(&view, &relay.links(&state))).into_response());
-        }
-        Some(Err(NotExtended::Ended)) => return Err(ended_conflict(id)),
-        Some(Err(e)) => return Err(ApiError::bad_request(format!("timeout: {e}"))),
-        None => {}
+    let route = (id, Route::Timeout);
+    let (session, _) = match locate::resolve(&state, &relay, &caller, route, body)
+        .await?
+        .here(id)
+    {
+        Ok(here) => here,
+        Err(answer) => return Ok(*answer),
+    };
+    match state.registry.extend(&session.id, &caller, total_ms).await {
+        Some(Ok(view)) => Ok(Json(SessionJson::new(&view, &relay.links(&state))).into_response()),
+        Some(Err(NotExtended::Ended)) | None => Err(ended_conflict(id)),
+        Some(Err(e)) => Err(ApiError::bad_request(format!("timeout: {e}"))),
     }
-    elsewhere(&state, &relay, id, &caller, ("timeout", body)).await
 }
 
 /// `GET /v1/sessions/{id}/context`: the live session's cookies (every browser context) and
@@ -331,11 +328,15 @@ pub async fn context(
     relay: Relay,
     SessionId(id): SessionId,
 ) -> Result<Response, ApiError> {
-    if let Some(session) = state.registry.get_for(&id, &caller) {
-        let context = from_browser(id, session.context().await)?;
-        return Ok(Json(context).into_response());
-    }
-    elsewhere(&state, &relay, id, &caller, ("context", Bytes::new())).await
+    let (session, ()) = match locate::resolve(&state, &relay, &caller, (id, Route::Context), ())
+        .await?
+        .here(id)
+    {
+        Ok(here) => here,
+        Err(answer) => return Ok(*answer),
+    };
+    let context = from_browser(id, session.context().await)?;
+    Ok(Json(context).into_response())
 }
 
 /// What a live session's browser answered: 409 once the session ended, 502 when the
@@ -348,23 +349,6 @@ fn from_browser<T>(id: uuid::Uuid, answer: Option<Result<T, String>>) -> Result<
             format!("the browser did not answer: {e}"),
         )
     })
-}
-
-/// A request about a session this node does not run (`kind`, with its body): its owner's
-/// answer, else 409 for an ended session and 404 for an unknown one.
-pub(super) async fn elsewhere(
-    state: &AppState,
-    relay: &Relay,
-    id: uuid::Uuid,
-    caller: &Caller,
-    (kind, body): (&'static str, Bytes),
-) -> Result<Response, ApiError> {
-    match relay.to_owner(state, id, caller, kind, body).await? {
-        Relayed::Answered(answer) => Ok(answer),
-        Relayed::Unreachable(e) => Err(e),
-        Relayed::Here if state.registry.is_known(&id, caller).await? => Err(ended_conflict(id)),
-        Relayed::Here => Err(ApiError::session_not_found(id)),
-    }
 }
 
 /// `GET /v1/sessions/{id}/live-details`: the live session's pages. 409 once it ended; in a
@@ -391,20 +375,17 @@ pub async fn live_details(
     relay: Relay,
     SessionId(id): SessionId,
 ) -> Result<Response, ApiError> {
-    if let Some(session) = state.registry.get_for(&id, &caller) {
-        let pages = from_browser(id, session.pages().await)?;
-        let details = LiveDetailsJson::new(id, pages, &relay.links(&state));
-        return Ok(Json(details).into_response());
-    }
-    elsewhere(&state, &relay, id, &caller, ("live_details", Bytes::new())).await
-}
-
-pub(super) fn ended_conflict(id: uuid::Uuid) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "session_ended",
-        format!("session {id} has ended"),
-    )
+    let route = (id, Route::LiveDetails);
+    let (session, ()) = match locate::resolve(&state, &relay, &caller, route, ())
+        .await?
+        .here(id)
+    {
+        Ok(here) => here,
+        Err(answer) => return Ok(*answer),
+    };
+    let pages = from_browser(id, session.pages().await)?;
+    let details = LiveDetailsJson::new(id, pages, &relay.links(&state));
+    Ok(Json(details).into_response())
 }
 
 /// `POST /v1/sessions/release`: the caller's sessions on this node and, in a cluster, on

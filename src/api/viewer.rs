@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::error::{ApiError, ErrorJson};
 use super::extract::{RequestBody, SessionId};
+use super::locate::{self, Route, ended_conflict};
 use super::relay::Relay;
-use super::sessions::{elsewhere, ended_conflict};
 use crate::auth::Caller;
 use crate::viewer::computer::{self, RunError};
 
@@ -43,8 +43,13 @@ pub async fn computer(
     SessionId(id): SessionId,
     RequestBody(body): RequestBody,
 ) -> Result<Response, ApiError> {
-    let Some(session) = state.registry.get_for(&id, &caller) else {
-        return elsewhere(&state, &relay, id, &caller, ("computer", body)).await;
+    let route = (id, Route::Computer);
+    let (session, body) = match locate::resolve(&state, &relay, &caller, route, body)
+        .await?
+        .here(id)
+    {
+        Ok(here) => here,
+        Err(answer) => return Ok(*answer),
     };
     let request = computer::Request::parse(&body).map_err(|e| ApiError::bad_request(e.0))?;
     let mux = session.mux().ok_or_else(|| ended_conflict(id))?;

@@ -28,6 +28,11 @@ pub const SECRET_HEADER: &str = "x-ingot-cluster-secret";
 pub const VIA_HEADER: &str = "x-ingot-via";
 /// Every header that only nodes may send starts with this.
 pub const INTERNAL_PREFIX: &str = "x-ingot-";
+/// On the answer to a relayed request: the typed code of the answering node's refusal
+/// (`api::relay::PeerRefusal`).
+pub const REFUSAL_HEADER: &str = "x-ingot-refusal";
+/// On the answer to a relayed create: the id of the session it made.
+pub const SESSION_HEADER: &str = "x-ingot-session-id";
 
 /// Longest wait for a TCP connection to another node: a node cut off answers 502
 /// `node_unreachable` within it.
@@ -80,6 +85,11 @@ impl Unreachable {
         }
     }
 }
+
+/// The internal (`x-ingot-*`) headers of another node's answer, taken off it so that they
+/// never reach a client, and kept as an extension of the answer for the relaying code.
+#[derive(Debug, Clone, Default)]
+pub struct Internal(pub HeaderMap);
 
 /// What is passed on: the client's request line and headers.
 #[derive(Debug, Clone)]
@@ -405,7 +415,8 @@ fn named_by_connection(out: &Outgoing, name: &HeaderName) -> bool {
 }
 
 /// Another node's answer as this node's: the body streams through; the framing headers of
-/// that connection are dropped (this connection has its own).
+/// that connection are dropped (this connection has its own), and the internal headers
+/// are moved into an [`Internal`] extension.
 fn answer(response: Response<hyper::body::Incoming>) -> Response<Body> {
     let mut response = response.map(Body::new);
     for name in HOP_BY_HOP {
@@ -413,7 +424,26 @@ fn answer(response: Response<hyper::body::Incoming>) -> Response<Body> {
             response.headers_mut().remove(name);
         }
     }
+    let internal = take_internal(response.headers_mut());
+    response.extensions_mut().insert(internal);
     response
+}
+
+/// Takes the internal (`x-ingot-*`) headers off `headers`.
+fn take_internal(headers: &mut HeaderMap) -> Internal {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(INTERNAL_PREFIX))
+        .cloned()
+        .collect();
+    let mut internal = HeaderMap::new();
+    for name in names {
+        for value in headers.get_all(&name) {
+            internal.append(name.clone(), value.clone());
+        }
+        headers.remove(&name);
+    }
+    Internal(internal)
 }
 
 /// An HTTP/1 connection to the node at `base` (`http://host:port`), with TCP keepalive so
@@ -484,6 +514,33 @@ mod tests {
         assert!(frames.at_boundary() && frames.closed);
         frames.writing = true;
         assert!(!frames.at_boundary(), "not while a chunk is being written");
+    }
+
+    #[test]
+    fn internal_headers_are_taken_off_an_answer() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            (REFUSAL_HEADER, "tenant_quota"),
+            (SESSION_HEADER, "id"),
+            ("x-ingot-anything", "else"),
+            ("retry-after", "1"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        let Internal(internal) = take_internal(&mut headers);
+        assert_eq!(internal[REFUSAL_HEADER], "tenant_quota");
+        assert_eq!(internal.len(), 3);
+        assert_eq!(
+            headers.len(),
+            2,
+            "only the client's headers stay: {headers:?}"
+        );
+        assert!(
+            headers
+                .keys()
+                .all(|n| !n.as_str().starts_with(INTERNAL_PREFIX))
+        );
     }
 
     #[test]

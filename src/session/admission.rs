@@ -1,8 +1,10 @@
 //! Admission: whether a create may start a session now, may wait for room, or is refused.
 //!
 //! Owns the session slots (a semaphore of `max_sessions` permits, shared with the warm
-//! pool), the queue of creates waiting for a slot, and the per-tenant quota. It hands out
-//! [`Slot`]s and never starts or ends a session itself.
+//! pool), the queue of creates waiting for a slot, the per-tenant quota, and the one entry
+//! check of a create ([`Registry::admit_entry`]: its id unused, its tenant within quota),
+//! which runs in the same place on a single node and in a cluster, before a browser is
+//! spent. It hands out [`Slot`]s and never starts or ends a session itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,9 +13,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
+use uuid::Uuid;
 
+use super::create::CreateError;
 use super::pool::{WarmBrowser, WarmPool};
-use super::quota::{OverQuota, QuotaHold, TenantQuota};
+pub use super::quota::OverQuota;
+use super::quota::{QuotaHold, TenantQuota};
+use super::registry::Registry;
+use crate::metering::MeterError;
 use crate::telemetry;
 use crate::vocab::Rejection;
 
@@ -194,5 +201,78 @@ impl Admitter {
             return self.pool.evict().await.map(Slot::Cold);
         }
         None
+    }
+}
+
+impl Registry {
+    /// The entry check of every create, on a single node and in a cluster alike, before
+    /// it waits for a slot or spends a browser: the id asked for (`id`) must be unused, and
+    /// `tenant` within its quota. Holds the tenant's place until the hold is dropped.
+    ///
+    /// - The id is checked against this process's sessions and the records: a single
+    ///   node's own, and in a cluster the shared ledger, so an id live or ended on any node
+    ///   is refused with the same answer whoever asks.
+    /// - The quota is checked against this node's live and starting sessions (the hold)
+    ///   and, where the records are shared, the tenant's live sessions on every node.
+    ///
+    /// The record's insert repeats both atomically, but only to catch two creates that
+    /// passed this check at the same moment; a node that places a create elsewhere checks
+    /// nothing itself and passes the other node's refusal on.
+    pub(super) async fn admit_entry(
+        &self,
+        id: Option<Uuid>,
+        tenant: Option<&Arc<str>>,
+    ) -> Result<QuotaHold, CreateError> {
+        if let Some(id) = id {
+            self.refuse_used_id(id).await?;
+        }
+        let hold = self.admitter.reserve_quota(tenant.cloned())?;
+        self.within_cluster_quota(tenant).await?;
+        Ok(hold)
+    }
+
+    /// Refuses an id that a session of any tenant has or had: one in this process's
+    /// directory, or one with a usage record (live on any node, or ended, however old).
+    async fn refuse_used_id(&self, id: Uuid) -> Result<(), CreateError> {
+        if self.directory.contains(&id) {
+            return Err(CreateError::Duplicate(id));
+        }
+        match self.meter.session_id_used(id).await {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                debug!(session_id = %id, "create refused: the id was used before");
+                Err(CreateError::Duplicate(id))
+            }
+            Err(e) => Err(records_unavailable(e)),
+        }
+    }
+
+    /// Where the records are shared, refuses a create of a tenant already at its quota on
+    /// all nodes together; a single node's records count nothing beyond the hold.
+    async fn within_cluster_quota(&self, tenant: Option<&Arc<str>>) -> Result<(), CreateError> {
+        let (Some(tenant), Some(limit)) = (tenant, self.admitter.limits().per_tenant) else {
+            return Ok(());
+        };
+        match self.meter.live_in_cluster(tenant).await {
+            Ok(Some(live)) if live >= limit as u64 => Err(CreateError::Refused(
+                OverQuota {
+                    tenant: tenant.clone(),
+                    limit,
+                }
+                .into(),
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(records_unavailable(e)),
+        }
+    }
+}
+
+/// A create refused because the records could not be read: 503 while the shared database
+/// does not answer, else the usage database's own failure.
+fn records_unavailable(e: MeterError) -> CreateError {
+    match e {
+        e @ MeterError::DeadlineExceeded { .. } => CreateError::DatabaseUnavailable(e.to_string()),
+        MeterError::Database(e) => CreateError::DatabaseUnavailable(e),
+        e => CreateError::Usage(e.to_string()),
     }
 }

@@ -170,11 +170,9 @@ impl Registry {
         if self.is_closed() {
             return Err(Refusal::ShuttingDown.into());
         }
-        if let Some(id) = options.session_id {
-            self.refuse_used_id(id).await?;
-        }
-        let quota = self.admitter.reserve_quota(tenant.clone())?;
-        self.within_cluster_quota(tenant.as_ref()).await?;
+        let quota = self
+            .admit_entry(options.session_id, tenant.as_ref())
+            .await?;
         let (permit, pooled) = match self.admitter.admit(options.poolable()).await? {
             Slot::Warm(warm) => (
                 warm.permit,
@@ -216,50 +214,6 @@ impl Registry {
         });
         self.start_live(session, launched, files, (permit, quota), requested, warm)
             .await
-    }
-
-    /// Refuses an id that a session of any tenant has or had: one in this process's
-    /// directory, or one with a usage record (live on any node, or ended, however old).
-    async fn refuse_used_id(&self, id: Uuid) -> Result<(), CreateError> {
-        if self.directory.contains(&id) {
-            return Err(CreateError::Duplicate(id));
-        }
-        match self.meter.session_id_used(id).await {
-            Ok(false) => Ok(()),
-            Ok(true) => {
-                debug!(session_id = %id, "create refused: the id was used before");
-                Err(CreateError::Duplicate(id))
-            }
-            Err(e @ MeterError::DeadlineExceeded { .. }) => {
-                Err(CreateError::DatabaseUnavailable(e.to_string()))
-            }
-            Err(MeterError::Database(e)) => Err(CreateError::DatabaseUnavailable(e)),
-            Err(e) => Err(CreateError::Usage(e.to_string())),
-        }
-    }
-
-    /// In a cluster, refuses a create of a tenant already at its quota on all nodes
-    /// together before a browser is spent on it (the record's insert checks again,
-    /// atomically), and refuses it with 503 while the database does not answer.
-    async fn within_cluster_quota(&self, tenant: Option<&Arc<str>>) -> Result<(), CreateError> {
-        let (Some(tenant), Some(limit)) = (tenant, self.admitter.limits().per_tenant) else {
-            return Ok(());
-        };
-        match self.meter.live_in_cluster(tenant).await {
-            Ok(Some(live)) if live >= limit as u64 => Err(CreateError::Refused(
-                OverQuota {
-                    tenant: tenant.clone(),
-                    limit,
-                }
-                .into(),
-            )),
-            Ok(_) => Ok(()),
-            Err(e @ MeterError::DeadlineExceeded { .. }) => {
-                Err(CreateError::DatabaseUnavailable(e.to_string()))
-            }
-            Err(MeterError::Database(e)) => Err(CreateError::DatabaseUnavailable(e)),
-            Err(e) => Err(CreateError::Usage(e.to_string())),
-        }
     }
 
     /// Adds the starting session to the directory under its id: the one asked for, else the

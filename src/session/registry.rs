@@ -218,11 +218,6 @@ impl Registry {
         (if ready { self.admitter.room() } else { 0 }, ready)
     }
 
-    /// Whether `caller` may see a record of session `id` (live or ended, on any node).
-    pub async fn is_known(&self, id: &Uuid, caller: &Caller) -> Result<bool, MeterError> {
-        Ok(self.retrieve(id, caller).await?.is_some())
-    }
-
     /// Records that a session ended: its final usage record, metrics, and history.
     pub(super) async fn note_ended(&self, session: &Arc<Session>, reason: EndReason) {
         // The proxy's byte count changes while the session lives: the record gets it once,

@@ -10,6 +10,7 @@
 
 mod admission;
 mod api;
+mod entry;
 mod fence;
 mod files;
 mod guard;
