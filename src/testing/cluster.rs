@@ -62,6 +62,8 @@ struct NodeEntry {
     lost: bool,
     /// How many published, reachable nodes its latest look at the live nodes showed.
     sees: usize,
+    /// How many times it looked at the live nodes.
+    looks: u64,
 }
 
 /// A session's record, as the directory knows it.
@@ -103,6 +105,7 @@ impl InMemoryCluster {
                 lease_until: Instant::now() + self.lease,
                 lost: false,
                 sees: 0,
+                looks: 0,
             },
         );
         Arc::new(ClusterNode {
@@ -126,6 +129,17 @@ impl InMemoryCluster {
     pub fn all_see_each_other(&self, nodes: usize) -> bool {
         let state = lock(&self.state);
         state.nodes.len() == nodes && state.nodes.values().all(|n| n.sees == nodes)
+    }
+
+    /// What node `node` last told the others: its free slots and whether it takes sessions.
+    pub fn offer(&self, node: &str) -> Option<(i64, bool)> {
+        let state = lock(&self.state);
+        state.nodes.get(node).map(|n| (n.free_slots, n.ready))
+    }
+
+    /// How many times node `node` has looked at the live nodes (and their offers).
+    pub fn looks(&self, node: &str) -> u64 {
+        lock(&self.state).nodes.get(node).map_or(0, |n| n.looks)
     }
 
     /// The node that runs (or ran) session `id`, from the directory.
@@ -277,6 +291,7 @@ impl NodeDirectory for ClusterNode {
                 .count();
             if let Some(me) = state.nodes.get_mut(&self.node) {
                 me.sees = sees;
+                me.looks += 1;
             }
             Ok(live)
         })
