@@ -381,3 +381,27 @@ async fn internal_headers_without_the_secret_are_refused() {
     assert_eq!((status, &health["node"]), (200, &json!("a")), "{health}");
     cluster.stop().await;
 }
+
+/// An advertise URL that leads to another node stops the start, with a message that names
+/// the node that answers there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advertise_url_that_leads_to_another_node_stops_the_start() {
+    let cluster = FakeCluster::start(1, |_| {}).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut settings = Settings::with_data_dir(tmp.path());
+    settings.pool_size = 0;
+    settings.node_id = Some("lost".into());
+    settings.advertise_url = Some(cluster.node("a").url(""));
+    let host = FakeBrowserHost::new();
+    let built = Gateway::build_in_cluster(settings, host, cluster.shared.join("lost"));
+    let gateway = built.await.expect("the node builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let served = timeout(STEP, gateway.serve(listener, std::future::pending()))
+        .await
+        .expect("the node stops by itself");
+    let refused = served.expect_err("the start is refused").to_string();
+    assert!(refused.contains("node \"a\" answers there"), "{refused}");
+    cluster.stop().await;
+}
