@@ -525,3 +525,82 @@ fn live_of(state: &State, tenant: &str) -> u64 {
         .count();
     u64::try_from(live).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(tenant: &str) -> NewRecord {
+        NewRecord {
+            session_id: Uuid::new_v4(),
+            tenant: Some(tenant.to_owned()),
+            created_at_ms: 1,
+            details: "{}".to_owned(),
+            tenant_limit: Some(2),
+        }
+    }
+
+    const ANY: Retention = Retention {
+        since_ms: 0,
+        newest: 100,
+    };
+
+    /// The shared ledger counts a tenant's live sessions on every node and refuses ids used
+    /// anywhere; the directory finds a session's node while that node's lease is live; a
+    /// restart closes only its own node's records; a lost node's sessions are failed
+    /// `node_lost` by another once its lease has been over for the margin.
+    #[tokio::test(start_paused = true)]
+    async fn nodes_share_records_quotas_and_owners_and_fail_a_lost_node() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cluster = InMemoryCluster::new(dir.path(), Duration::from_secs(1))
+            .await
+            .expect("cluster");
+        let (a, b) = (cluster.join("a"), cluster.join("b"));
+        a.advertise("http://a").await.expect("advertise");
+        let on_a = record("t");
+        let (id_a, session_a) = (a.insert(on_a.clone()).await.expect("a"), on_a.session_id);
+        let id_b = b.insert(record("t")).await.expect("b");
+        assert!(matches!(
+            a.insert(record("t")).await,
+            Err(MeterError::OverQuota(2))
+        ));
+        assert_eq!(b.live_of_tenant("t".into()).await.expect("count"), Some(2));
+        let again = NewRecord {
+            tenant_limit: None,
+            ..on_a
+        };
+        assert!(matches!(b.insert(again).await, Err(MeterError::Duplicate)));
+        let owner = b.owner_of(session_a, Some("t")).await.expect("owner");
+        assert_eq!(owner, Some(("a".to_owned(), "http://a".to_owned())));
+        assert_eq!(a.owner_of(session_a, None).await.expect("owner"), None);
+
+        assert_eq!(
+            b.close_abandoned("gateway_restart").await.expect("close"),
+            1
+        );
+        assert!(a.ended_elsewhere(vec![id_a]).await.expect("a's").is_empty());
+        assert_eq!(
+            b.ended_elsewhere(vec![id_b]).await.expect("b's"),
+            vec![id_b]
+        );
+
+        cluster.lose("a");
+        assert!(a.renew().await.is_err(), "a lost node cannot renew");
+        assert_eq!(b.owner_of(session_a, None).await.expect("owner"), None);
+        let margin = Duration::from_millis(250);
+        assert_eq!(
+            b.fail_dead_nodes(margin).await.expect("judge"),
+            0,
+            "within the margin"
+        );
+        tokio::time::advance(margin * 2).await;
+        assert_eq!(b.fail_dead_nodes(margin).await.expect("judge"), 1);
+        let row = b.history_get(session_a, None, ANY).await.expect("read");
+        let row = row.expect("recorded");
+        assert_eq!(
+            (row.status.as_str(), row.reason.as_deref()),
+            ("failed", Some("node_lost"))
+        );
+        assert_eq!(cluster.live_sessions(), 0);
+    }
+}
