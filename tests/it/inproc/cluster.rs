@@ -263,6 +263,17 @@ async fn a_tenant_quota_holds_across_nodes_under_concurrent_creates() {
         );
     }
     assert_eq!(cluster.shared.live_sessions(), 2);
+    // The refused creates' browsers are gone and every node has said so: 4 slots are free.
+    cluster
+        .wait_for("the refused creates give their slots back", |c| {
+            ["a", "b", "c"]
+                .iter()
+                .filter_map(|n| c.offer(n))
+                .map(|o| o.0)
+                .sum::<i64>()
+                == 4
+        })
+        .await;
     let bob = cluster.node("c").create_as(Some(BOB), json!({})).await;
     assert_eq!(bob["status"], "live", "another tenant is not counted");
     for node in &cluster.nodes {
