@@ -1,13 +1,17 @@
-//! The cluster's directory in the shared database: the nodes (their leases, advertise URLs
-//! and offers), the secret they present to each other, and where each session runs.
+//! The cluster's directory: the nodes (their leases, advertise URLs and offers), the secret
+//! they present to each other, and where each session runs.
 //!
-//! Owns every statement about nodes; the schema itself is migrated with the ledger's
-//! (`metering::postgres`), and every call goes through the ledger's pool and deadlines. It
-//! must not write usage records, except failing the live ones of dead nodes.
+//! Owns [`NodeDirectory`], what [`super::Cluster`] asks of it, and its PostgreSQL
+//! implementation [`PgDirectory`] with every statement about nodes; the schema itself is
+//! migrated with the ledger's (`metering::postgres`), and every call goes through the
+//! ledger's pool and deadlines. (The in-memory implementation that tests share between
+//! gateways of one process is `testing::InMemoryCluster`.) It must not write usage records,
+//! except failing the live ones of dead nodes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
@@ -35,6 +39,44 @@ pub struct NodeRow {
     pub free_slots: i64,
     /// Whether it takes new sessions (not draining, browsers start).
     pub ready: bool,
+}
+
+/// What a node's view of the cluster ([`super::Cluster`]) asks of the directory the nodes
+/// share, as node `node` (the one that holds it) sees it. The lease itself (renew, judge
+/// dead nodes) is [`super::lease::Membership`].
+pub trait NodeDirectory: Send + Sync {
+    /// The secret nodes present to each other (made once, by the first node to ask).
+    fn cluster_secret(&self) -> BoxFuture<'_, Result<String, MeterError>>;
+    /// Records how peers reach this node, once it is known (after the listener is bound).
+    fn advertise<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<(), MeterError>>;
+    /// Tells the other nodes how many sessions this node could start now, and whether it
+    /// takes any.
+    fn publish(&self, free_slots: i64, ready: bool) -> BoxFuture<'_, Result<(), MeterError>>;
+    /// Every node whose lease is live, this one included, ordered by id.
+    fn live_nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRow>, MeterError>>;
+    /// The node that runs live session `id` of `tenant` (any tenant's when `None`) and how
+    /// to reach it, when that is another node with a live lease.
+    fn owner_of<'a>(
+        &'a self,
+        id: Uuid,
+        tenant: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<(String, String)>, MeterError>>;
+    /// The live node, other than this one, that ran session `id` of `tenant` (any tenant's
+    /// when `None`), live or ended: where its files are.
+    fn holder_of<'a>(
+        &'a self,
+        id: Uuid,
+        tenant: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<(String, String)>, MeterError>>;
+    /// Up to `limit` live sessions of `tenant` (any tenant's when `None`) on any node, with
+    /// their nodes.
+    fn live_sessions<'a>(
+        &'a self,
+        tenant: Option<&'a str>,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<(Uuid, String)>, MeterError>>;
+    /// Leaves the cluster (after every session of this node ended): the lease ends now.
+    fn leave(&self) -> BoxFuture<'_, Result<(), MeterError>>;
 }
 
 /// What a node tells the others about itself when it joins.
@@ -357,5 +399,51 @@ impl PgDirectory {
     pub async fn leave(&self) -> Result<(), MeterError> {
         let sql = "UPDATE ingot_nodes SET lease_until_ms = 0 WHERE node = $1";
         self.update(DbCall::Lease, sql, &[&self.node]).await
+    }
+}
+
+impl NodeDirectory for PgDirectory {
+    fn cluster_secret(&self) -> BoxFuture<'_, Result<String, MeterError>> {
+        Box::pin(PgDirectory::cluster_secret(self))
+    }
+
+    fn advertise<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<(), MeterError>> {
+        Box::pin(PgDirectory::advertise(self, url))
+    }
+
+    fn publish(&self, free_slots: i64, ready: bool) -> BoxFuture<'_, Result<(), MeterError>> {
+        Box::pin(PgDirectory::publish(self, free_slots, ready))
+    }
+
+    fn live_nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRow>, MeterError>> {
+        Box::pin(PgDirectory::live_nodes(self))
+    }
+
+    fn owner_of<'a>(
+        &'a self,
+        id: Uuid,
+        tenant: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<(String, String)>, MeterError>> {
+        Box::pin(PgDirectory::owner_of(self, id, tenant))
+    }
+
+    fn holder_of<'a>(
+        &'a self,
+        id: Uuid,
+        tenant: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<(String, String)>, MeterError>> {
+        Box::pin(PgDirectory::holder_of(self, id, tenant))
+    }
+
+    fn live_sessions<'a>(
+        &'a self,
+        tenant: Option<&'a str>,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<(Uuid, String)>, MeterError>> {
+        Box::pin(PgDirectory::live_sessions(self, tenant, limit))
+    }
+
+    fn leave(&self) -> BoxFuture<'_, Result<(), MeterError>> {
+        Box::pin(PgDirectory::leave(self))
     }
 }

@@ -1,8 +1,8 @@
 //! Cluster mode (`--database-url`): the other nodes, where each session lives, and where a
 //! new session should go.
 //!
-//! Owns this node's view of the live nodes (refreshed every second from the shared
-//! database, with what each can take), the cache of session owners (an owner never
+//! Owns this node's view of the live nodes (refreshed every second from the directory the
+//! nodes share, [`directory::NodeDirectory`], with what each can take), the cache of session owners (an owner never
 //! changes), placement of creates, the secret nodes present to each other, and the HTTP
 //! client that passes requests and WebSockets on ([`forward`]). It must not know about
 //! sessions' states or Steel's JSON: the node that owns a session answers for it, and
@@ -23,14 +23,14 @@ use uuid::Uuid;
 use crate::metering::MeterError;
 use crate::sync::lock;
 use crate::telemetry;
-use directory::{NodeRow, PgDirectory};
+use directory::{NodeDirectory, NodeRow};
 
 /// Most session owners remembered; the cache starts over when it is full.
 const MAX_OWNERS: usize = 10_000;
 
 /// This node's membership of a cluster.
 pub struct Cluster {
-    ledger: Arc<PgDirectory>,
+    directory: Arc<dyn NodeDirectory>,
     node: String,
     secret: String,
     /// The other nodes with a live lease, as they last described themselves.
@@ -47,16 +47,32 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Membership for node `node`, which has joined the database behind `ledger`. A create
+    /// Membership for node `node`, which has joined the cluster behind `directory`. A create
     /// passed to another node is answered within `create_timeout` (its queue and a launch).
     pub async fn new(
-        ledger: Arc<PgDirectory>,
+        directory: Arc<dyn NodeDirectory>,
         node: String,
         create_timeout: Duration,
     ) -> Result<Cluster, MeterError> {
-        let secret = ledger.cluster_secret().await?;
-        Ok(Cluster {
-            ledger,
+        let secret = directory.cluster_secret().await?;
+        Ok(Cluster::with_secret(
+            directory,
+            node,
+            secret,
+            create_timeout,
+        ))
+    }
+
+    /// Membership for node `node` of the cluster behind `directory`, whose secret is
+    /// `secret`.
+    pub fn with_secret(
+        directory: Arc<dyn NodeDirectory>,
+        node: String,
+        secret: String,
+        create_timeout: Duration,
+    ) -> Cluster {
+        Cluster {
+            directory,
             node,
             secret,
             peers: Mutex::default(),
@@ -64,7 +80,7 @@ impl Cluster {
             departures: Mutex::default(),
             stop: CancellationToken::new(),
             create_timeout,
-        })
+        }
     }
 
     /// Longest wait for another node's answer to a create.
@@ -145,7 +161,7 @@ impl Cluster {
             self.forget(id);
         }
         let started = Instant::now();
-        let owner = self.ledger.owner_of(id, tenant).await;
+        let owner = self.directory.owner_of(id, tenant).await;
         telemetry::directory_query(started.elapsed());
         let Some((_, url)) = owner? else {
             return Ok(None);
@@ -166,7 +182,7 @@ impl Cluster {
             return Ok(Some(url));
         }
         let started = Instant::now();
-        let holder = self.ledger.holder_of(id, tenant).await;
+        let holder = self.directory.holder_of(id, tenant).await;
         telemetry::directory_query(started.elapsed());
         Ok(holder?.map(|(_, url)| url.into()))
     }
@@ -178,7 +194,7 @@ impl Cluster {
         tenant: Option<&str>,
     ) -> Result<Option<Uuid>, MeterError> {
         let started = Instant::now();
-        let live = self.ledger.live_sessions(tenant, 2).await;
+        let live = self.directory.live_sessions(tenant, 2).await;
         telemetry::directory_query(started.elapsed());
         Ok(match live?.as_slice() {
             [(id, node)] if *node != self.node => Some(*id),
@@ -207,14 +223,24 @@ impl Cluster {
         lock(&self.owners).remove(&id);
     }
 
+    /// Records how the other nodes reach this one.
+    pub async fn advertise(&self, url: &str) -> Result<(), MeterError> {
+        self.directory.advertise(url).await
+    }
+
+    /// Leaves the cluster: this node's lease ends now (every session here has ended).
+    pub async fn leave(&self) -> Result<(), MeterError> {
+        self.directory.leave().await
+    }
+
     /// Tells the others what this node can take (`free_slots`, `ready`), then reads which
     /// nodes are live and what they can take.
     pub async fn refresh(&self, free_slots: usize, ready: bool) -> Result<(), MeterError> {
-        self.ledger
+        self.directory
             .publish(i64::try_from(free_slots).unwrap_or(i64::MAX), ready)
             .await?;
         let started = Instant::now();
-        let nodes = self.ledger.live_nodes().await;
+        let nodes = self.directory.live_nodes().await;
         telemetry::directory_query(started.elapsed());
         let nodes = nodes?;
         telemetry::cluster_nodes(nodes.len());

@@ -30,7 +30,7 @@ const DRAIN_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// How often the sampler refreshes gauges and the exporter's histogram windows.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// How often a node of a cluster tells the others what it can take.
-const OFFER_EVERY: Duration = Duration::from_secs(1);
+pub(super) const OFFER_EVERY: Duration = Duration::from_secs(1);
 /// How long stopping waits for the background tasks.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -94,25 +94,25 @@ impl Background {
 
     /// In a cluster: the lease, and telling the other nodes what this one can take.
     fn start_cluster_tasks(&self, gateway: &Gateway) {
-        if let Some(lease) = &gateway.lease {
-            let membership = lease.membership.clone();
-            let local = LocalSessions {
-                registry: gateway.registry.clone(),
-                meter: gateway.meter.clone(),
-            };
-            let (fence, times, joined) = (gateway.fence.clone(), lease.times, lease.joined);
-            let stop = self.stop.clone();
-            self.tasks.spawn(async move {
-                lease::keep(membership.as_ref(), &local, &fence, times, joined, stop).await
-            });
-        }
-        if let Some(cluster) = &gateway.cluster {
-            self.tasks.spawn(share_offer(
-                cluster.clone(),
-                gateway.registry.clone(),
-                self.stop.clone(),
-            ));
-        }
+        let Some(mode) = &gateway.cluster else {
+            return;
+        };
+        let membership = mode.membership.clone();
+        let local = LocalSessions {
+            registry: gateway.registry.clone(),
+            meter: gateway.meter.clone(),
+        };
+        let (fence, times, joined) = (gateway.fence.clone(), mode.times, mode.joined);
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            lease::keep(membership.as_ref(), &local, &fence, times, joined, stop).await
+        });
+        self.tasks.spawn(share_offer(
+            mode.cluster.clone(),
+            gateway.registry.clone(),
+            mode.refresh_every,
+            self.stop.clone(),
+        ));
     }
 
     /// A token cancelled when the gateway must stop serving.
@@ -240,9 +240,15 @@ impl NodeSessions for LocalSessions {
     }
 }
 
-/// Every [`OFFER_EVERY`]: tells the other nodes how many sessions this node could start
-/// and whether it takes any, and learns the same of them (for placing creates).
-async fn share_offer(cluster: Arc<Cluster>, registry: Arc<Registry>, stop: CancellationToken) {
+/// Every `every` ([`OFFER_EVERY`] but in tests): tells the other nodes how many sessions
+/// this node could start and whether it takes any, and learns the same of them (for placing
+/// creates).
+async fn share_offer(
+    cluster: Arc<Cluster>,
+    registry: Arc<Registry>,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let mut failing = false;
     loop {
         let (free, ready) = registry.offer();
@@ -256,7 +262,7 @@ async fn share_offer(cluster: Arc<Cluster>, registry: Arc<Registry>, stop: Cance
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(OFFER_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }

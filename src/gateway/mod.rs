@@ -27,7 +27,7 @@ use crate::auth::KeyRing;
 use crate::browser::BrowserHost;
 use crate::browser::cgroup::Limits;
 use crate::cluster::Cluster;
-use crate::cluster::directory::{Member, PgDirectory};
+use crate::cluster::directory::{Member, NodeDirectory, PgDirectory};
 use crate::cluster::lease::{Fence, LeaseTimes, Membership, PgMembership};
 use crate::config::{
     MIN_TIMEOUT_MS, Settings, available_memory, host_name, sessions_for_memory, total_memory,
@@ -35,6 +35,7 @@ use crate::config::{
 use crate::files::FileStore;
 use crate::http::{self, HttpLimits};
 use crate::metering::Meter;
+use crate::metering::ledger::Ledger;
 use crate::metering::postgres::{Deadlines, PgLedger};
 use crate::session::admission::Admission;
 use crate::session::params::TimeoutLimits;
@@ -82,27 +83,44 @@ pub struct Gateway {
     meter: Arc<Meter>,
     metrics: PrometheusHandle,
     keys: Arc<KeyRing>,
-    /// The shared database, when this node is one of several (`--database-url`).
-    database: Option<Arc<PgDirectory>>,
-    /// The other nodes, in a cluster.
-    cluster: Option<Arc<Cluster>>,
     /// Whether this node serves: closed while its lease renewal is overdue (never on a
     /// single node).
     fence: Arc<Fence>,
-    /// This node's lease, in a cluster: where it is renewed, its times, when it was taken.
-    lease: Option<NodeLease>,
+    /// This node's part in a cluster (`--database-url`), all of it or none.
+    cluster: Option<ClusterMode>,
     /// Held for the gateway's life: no other gateway may use the data directory.
     _data_dir: data_dir::DataDirLock,
 }
 
-/// A node's lease in its cluster.
-struct NodeLease {
+/// A node's part in its cluster: its view of the others (through the directory the nodes
+/// share) and its lease. One value, so that a node never has one without the other.
+struct ClusterMode {
+    /// The other nodes, where sessions run, the secret, placement.
+    cluster: Arc<Cluster>,
     /// Where the lease is renewed.
     membership: Arc<dyn Membership>,
-    /// Its length, renewal slot and margin.
+    /// The lease's length, renewal slot and margin.
     times: LeaseTimes,
-    /// When the join that took it started.
+    /// When the join that took the lease started.
     joined: tokio::time::Instant,
+    /// How often this node tells the others what it can take and learns what they can.
+    refresh_every: Duration,
+}
+
+/// What joining a cluster gives a node: the directory the nodes share and where its lease
+/// is renewed.
+struct Joined {
+    directory: Arc<dyn NodeDirectory>,
+    membership: Arc<dyn Membership>,
+    refresh_every: Duration,
+}
+
+/// A cluster to join without a database (only tests make one): the ledger every node writes
+/// and [`Joined`].
+#[cfg_attr(not(feature = "test-util"), allow(dead_code))]
+struct Joining {
+    ledger: Arc<dyn Ledger>,
+    joined: Joined,
 }
 
 impl Gateway {
@@ -111,6 +129,34 @@ impl Gateway {
     pub async fn build(
         settings: Settings,
         host: Arc<dyn BrowserHost>,
+    ) -> Result<Gateway, GatewayError> {
+        Gateway::assemble(settings, host, None).await
+    }
+
+    /// Prepares a gateway as [`Gateway::build`] does, as node `node` of an in-process
+    /// cluster (its id is `--node-id`; its lease lasts `--node-lease-ms`): for in-process
+    /// tests of several gateways that share one directory and one ledger.
+    #[cfg(feature = "test-util")]
+    pub async fn build_in_cluster(
+        settings: Settings,
+        host: Arc<dyn BrowserHost>,
+        node: Arc<crate::testing::ClusterNode>,
+    ) -> Result<Gateway, GatewayError> {
+        let joining = Joining {
+            ledger: node.clone(),
+            joined: Joined {
+                directory: node.clone(),
+                membership: node.clone(),
+                refresh_every: node.refresh_every(),
+            },
+        };
+        Gateway::assemble(settings, host, Some(joining)).await
+    }
+
+    async fn assemble(
+        settings: Settings,
+        host: Arc<dyn BrowserHost>,
+        joining: Option<Joining>,
     ) -> Result<Gateway, GatewayError> {
         settings.validate().map_err(GatewayError::Settings)?;
         let keys = load_keys(&settings)?;
@@ -131,24 +177,16 @@ impl Gateway {
         host.check_capacity(max_sessions + settings.pool_size);
         let metrics = telemetry::install(max_sessions, settings.pool_size)
             .map_err(|e| GatewayError::Metrics(format!("{e:#}")))?;
-        let joined = tokio::time::Instant::now();
-        let (meter, database) = open_meter(&settings).await?;
-        let lease = database.as_ref().map(|directory| NodeLease {
-            membership: Arc::new(PgMembership {
-                directory: directory.clone(),
-                lease: Duration::from_millis(settings.node_lease_ms),
-            }),
-            times: LeaseTimes::new(Duration::from_millis(settings.node_lease_ms)),
-            joined,
-        });
-        let fence = Arc::new(match &lease {
-            Some(lease) => Fence::for_lease(lease.times, lease.joined),
-            None => Fence::open_forever(),
-        });
-        let cluster = match &database {
-            Some(db) => Some(membership(db, &settings).await?),
+        let joined_at = tokio::time::Instant::now();
+        let (meter, joined) = open_meter(&settings, joining).await?;
+        let cluster = match joined {
+            Some(joined) => Some(cluster_mode(joined, &settings, joined_at).await?),
             None => None,
         };
+        let fence = Arc::new(match &cluster {
+            Some(mode) => Fence::for_lease(mode.times, mode.joined),
+            None => Fence::open_forever(),
+        });
         let files = open_files(&settings).await?;
         let registry = Registry::new(
             host.clone(),
@@ -171,16 +209,14 @@ impl Gateway {
             meter,
             metrics,
             keys: Arc::new(keys),
-            database,
-            cluster,
             fence,
-            lease,
+            cluster,
             _data_dir: lock,
         })
     }
 
-    /// Keeps a lease in `membership` (lasting `lease`) from now on, as a node of a cluster
-    /// does in its database: for in-process tests of fencing on an in-memory membership.
+    /// Makes this gateway a lone node of a cluster whose lease lasts `lease`, kept in
+    /// `membership` from now on: for in-process tests of fencing on an in-memory membership.
     #[cfg(feature = "test-util")]
     pub fn with_lease(
         mut self,
@@ -190,10 +226,18 @@ impl Gateway {
         let times = LeaseTimes::new(lease);
         let joined = tokio::time::Instant::now();
         self.fence = Arc::new(Fence::for_lease(times, joined));
-        self.lease = Some(NodeLease {
+        let cluster = Cluster::with_secret(
+            membership.clone(),
+            self.settings.node(),
+            membership.secret(),
+            relay_timeout(&self.settings),
+        );
+        self.cluster = Some(ClusterMode {
+            cluster: Arc::new(cluster),
             membership,
             times,
             joined,
+            refresh_every: background::OFFER_EVERY,
         });
         self
     }
@@ -256,13 +300,13 @@ impl Gateway {
                 &self.registry,
                 &clients,
                 background.stopping(),
-                self.cluster.clone()
+                self.cluster.as_ref().map(|mode| mode.cluster.clone())
             ),
             self.check_advertised(advertised, background.stopping()),
         );
         background.stop().await;
-        if let Some(database) = &self.database
-            && let Err(e) = database.leave().await
+        if let Some(mode) = &self.cluster
+            && let Err(e) = mode.cluster.leave().await
         {
             warn!(error = %e, "cannot end this node's lease; it runs out by itself");
         }
@@ -273,7 +317,7 @@ impl Gateway {
     /// In a cluster: the URL other nodes reach this one at (`--advertise-url`, else the
     /// listening address when it names one), recorded in the shared database.
     async fn advertise(&self, local: SocketAddr) -> Result<Option<String>, GatewayError> {
-        let Some(database) = &self.database else {
+        let Some(mode) = &self.cluster else {
             return Ok(None);
         };
         if let Some(url) = &self.settings.advertise_url {
@@ -287,7 +331,7 @@ impl Gateway {
             )));
         }
         let url = default_public_url(local);
-        database
+        mode.cluster
             .advertise(&url)
             .await
             .map_err(|e| GatewayError::Usage(format!("cannot record this node's address: {e}")))?;
@@ -301,9 +345,10 @@ impl Gateway {
         advertised: Option<String>,
         stopping: CancellationToken,
     ) -> Result<(), GatewayError> {
-        let (Some(cluster), Some(url)) = (&self.cluster, advertised) else {
+        let (Some(mode), Some(url)) = (&self.cluster, advertised) else {
             return Ok(());
         };
+        let cluster = &mode.cluster;
         let why = tokio::select! {
             why = reaches_itself(cluster, &url) => why,
             _ = stopping.cancelled() => None,
@@ -322,7 +367,7 @@ impl Gateway {
     fn app_state(&self, public: &str, clients: TaskTracker) -> AppState {
         // Tokens are the same on every node of a cluster, which all know its secret.
         let viewers = Arc::new(match &self.cluster {
-            Some(cluster) => Viewers::new(cluster.secret().as_bytes().to_vec()),
+            Some(mode) => Viewers::new(mode.cluster.secret().as_bytes().to_vec()),
             None => Viewers::default(),
         });
         AppState {
@@ -340,7 +385,7 @@ impl Gateway {
             max_message: self.settings.max_message_bytes,
             ping_every: Duration::from_millis(self.settings.ws_ping_interval_ms),
             body_timeout: Duration::from_millis(self.settings.header_timeout_ms),
-            cluster: self.cluster.clone(),
+            cluster: self.cluster.as_ref().map(|mode| mode.cluster.clone()),
             fence: self.fence.clone(),
             viewers,
             viewer_frame_ancestors: self.settings.viewer_frame_ancestors.clone(),
@@ -505,16 +550,19 @@ fn liveness_probe(settings: &Settings) -> LivenessProbe {
 }
 
 /// Opens the ledger (the shared PostgreSQL database, which this node joins, else this
-/// node's SQLite file) and closes the records a killed predecessor of this node left live.
+/// node's SQLite file; in tests, the ledger of the cluster it is `joining`) and closes the
+/// records a killed predecessor of this node left live.
 async fn open_meter(
     settings: &Settings,
-) -> Result<(Arc<Meter>, Option<Arc<PgDirectory>>), GatewayError> {
-    let (meter, cluster) = match settings.database_url {
-        Some(_) => {
-            let (ledger, directory) = join_cluster(settings).await?;
-            (Meter::new(ledger), Some(directory))
+    joining: Option<Joining>,
+) -> Result<(Arc<Meter>, Option<Joined>), GatewayError> {
+    let (meter, joined) = match (joining, &settings.database_url) {
+        (Some(joining), _) => (Meter::new(joining.ledger), Some(joining.joined)),
+        (None, Some(_)) => {
+            let (ledger, joined) = join_cluster(settings).await?;
+            (Meter::new(ledger), Some(joined))
         }
-        None => {
+        (None, None) => {
             let meter = Meter::open(&settings.data_dir)
                 .await
                 .map_err(|e| GatewayError::Usage(format!("cannot open the usage database: {e}")))?;
@@ -526,13 +574,11 @@ async fn open_meter(
             "cannot close the usage records of the previous run: {e}"
         ))
     })?;
-    Ok((meter, cluster))
+    Ok((meter, joined))
 }
 
 /// Connects to the shared database and takes this node's lease.
-async fn join_cluster(
-    settings: &Settings,
-) -> Result<(Arc<PgLedger>, Arc<PgDirectory>), GatewayError> {
+async fn join_cluster(settings: &Settings) -> Result<(Arc<PgLedger>, Joined), GatewayError> {
     let url = settings.database_url.as_deref().unwrap_or_default();
     let shown = settings.database_shown().unwrap_or_default();
     let node = settings.node();
@@ -555,20 +601,41 @@ async fn join_cluster(
         .await
         .map_err(|e| GatewayError::Settings(format!("cannot join the cluster: {e}")))?;
     info!(database = %shown, node = %node, lease_ms = settings.node_lease_ms, "joined the cluster's database");
-    Ok((ledger, directory))
+    let membership = Arc::new(PgMembership {
+        directory: directory.clone(),
+        lease: Duration::from_millis(settings.node_lease_ms),
+    });
+    let joined = Joined {
+        directory,
+        membership,
+        refresh_every: background::OFFER_EVERY,
+    };
+    Ok((ledger, joined))
 }
 
-/// This node's membership of the cluster whose database it joined.
-async fn membership(
-    db: &Arc<PgDirectory>,
+/// This node's part in the cluster it joined (at `joined_at`): its view of the others
+/// (which reads the cluster's secret) and its lease.
+async fn cluster_mode(
+    joined: Joined,
     settings: &Settings,
-) -> Result<Arc<Cluster>, GatewayError> {
-    // A create passed to another node may wait in its queue, then launch a browser.
-    let create_timeout = Duration::from_millis(settings.create_timeout_ms) + RELAY_MARGIN;
-    Cluster::new(db.clone(), settings.node(), create_timeout)
+    joined_at: tokio::time::Instant,
+) -> Result<ClusterMode, GatewayError> {
+    let cluster = Cluster::new(joined.directory, settings.node(), relay_timeout(settings))
         .await
-        .map(Arc::new)
-        .map_err(|e| GatewayError::Usage(format!("cannot read the cluster's secret: {e}")))
+        .map_err(|e| GatewayError::Usage(format!("cannot read the cluster's secret: {e}")))?;
+    Ok(ClusterMode {
+        cluster: Arc::new(cluster),
+        membership: joined.membership,
+        times: LeaseTimes::new(Duration::from_millis(settings.node_lease_ms)),
+        joined: joined_at,
+        refresh_every: joined.refresh_every,
+    })
+}
+
+/// Longest wait for the answer of a create passed to another node, which may wait in its
+/// queue, then launch a browser.
+fn relay_timeout(settings: &Settings) -> Duration {
+    Duration::from_millis(settings.create_timeout_ms) + RELAY_MARGIN
 }
 
 /// One launch before serving: readiness is known from the first probe, and the first

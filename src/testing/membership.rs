@@ -1,12 +1,16 @@
 //! [`InMemoryMembership`]: a cluster's lease table in memory, for in-process tests of a
 //! gateway's fence. It can be cut off (every call then fails at its deadline, as a silently
-//! dropped path does) and told that the cluster failed the node's live sessions.
+//! dropped path does) and told that the cluster failed the node's live sessions. As a
+//! directory it is a cluster of one node, which the cut does not reach: no other node, no
+//! session elsewhere. (Several gateways share an [`super::InMemoryCluster`].)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use uuid::Uuid;
 
+use crate::cluster::directory::{NodeDirectory, NodeRow};
 use crate::cluster::lease::Membership;
 use crate::metering::MeterError;
 use crate::metering::postgres::renewal_slot;
@@ -40,6 +44,11 @@ impl InMemoryMembership {
     /// would once the node's lease ran out).
     pub fn fail_live_sessions(&self) {
         self.fail_live.store(true, Ordering::SeqCst);
+    }
+
+    /// The cluster's secret.
+    pub fn secret(&self) -> String {
+        "in-memory-membership-secret".to_owned()
     }
 
     /// Successful renewals so far.
@@ -83,5 +92,51 @@ impl Membership for InMemoryMembership {
             self.reach().await?;
             Ok(0)
         })
+    }
+}
+
+impl NodeDirectory for InMemoryMembership {
+    fn cluster_secret(&self) -> BoxFuture<'_, Result<String, MeterError>> {
+        Box::pin(async move { Ok(self.secret()) })
+    }
+
+    fn advertise<'a>(&'a self, _url: &'a str) -> BoxFuture<'a, Result<(), MeterError>> {
+        Box::pin(async move { Ok(()) })
+    }
+
+    fn publish(&self, _free: i64, _ready: bool) -> BoxFuture<'_, Result<(), MeterError>> {
+        Box::pin(async move { Ok(()) })
+    }
+
+    fn live_nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRow>, MeterError>> {
+        Box::pin(async move { Ok(Vec::new()) })
+    }
+
+    fn owner_of<'a>(
+        &'a self,
+        _id: Uuid,
+        _tenant: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<(String, String)>, MeterError>> {
+        Box::pin(async move { Ok(None) })
+    }
+
+    fn holder_of<'a>(
+        &'a self,
+        _id: Uuid,
+        _tenant: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<(String, String)>, MeterError>> {
+        Box::pin(async move { Ok(None) })
+    }
+
+    fn live_sessions<'a>(
+        &'a self,
+        _tenant: Option<&'a str>,
+        _limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<(Uuid, String)>, MeterError>> {
+        Box::pin(async move { Ok(Vec::new()) })
+    }
+
+    fn leave(&self) -> BoxFuture<'_, Result<(), MeterError>> {
+        Box::pin(async move { Ok(()) })
     }
 }

@@ -10,6 +10,7 @@
 
 mod admission;
 mod api;
+mod cluster;
 mod entry;
 mod fence;
 mod files;
@@ -67,8 +68,9 @@ pub struct FakeGateway {
     shutdown: CancellationToken,
     serving: Option<JoinHandle<Result<(), GatewayError>>>,
     tmp: Option<tempfile::TempDir>,
-    /// Gateways of the test process wait while a test that must run alone runs.
-    _shared: RwLockReadGuard<'static, ()>,
+    /// Gateways of the test process wait while a test that must run alone runs (the
+    /// gateways of one in-process cluster share one guard).
+    _shared: Arc<RwLockReadGuard<'static, ()>>,
 }
 
 /// An HTTP answer: status, `Retry-After`, and the JSON body (`Null` if not JSON).
@@ -133,14 +135,14 @@ impl FakeGateway {
             .await
             .expect("build in time")
             .expect("the gateway builds");
-        FakeGateway::serve(finish(gateway), host, tmp, shared).await
+        FakeGateway::serve(finish(gateway), host, tmp, Arc::new(shared)).await
     }
 
     async fn serve(
         gateway: Gateway,
         host: Arc<FakeBrowserHost>,
         tmp: tempfile::TempDir,
-        shared: RwLockReadGuard<'static, ()>,
+        shared: Arc<RwLockReadGuard<'static, ()>>,
     ) -> FakeGateway {
         assert_eq!(host.launches(), 1, "build makes one probe launch");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
