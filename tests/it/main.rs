@@ -36,4 +36,5 @@ mod postgres;
 mod proxy_auth;
 mod sandbox;
 mod tenants;
+mod tidy;
 mod viewer;
