@@ -1,5 +1,6 @@
-//! The REST API against a real gateway and real Chromium: Steel's JSON shapes, validation,
-//! listing and pagination, release semantics, capacity and start-up failures.
+//! The REST API against a real gateway and real Chromium: Steel's JSON shapes, ids, routes
+//! and methods, listing and pagination, capacity and start-up failures. Create-body
+//! validation and release are scenarios written once in `crate::scenario`.
 
 use crate::common::*;
 use serde_json::{Value, json};
@@ -63,116 +64,12 @@ async fn session_json_has_every_required_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn release_is_idempotent_and_release_all_answers_steel_message() {
+async fn bad_ids_routes_methods_and_origins_get_clear_errors_and_create_nothing() {
+    // Bad create bodies: `scenario::*bad_create_bodies_get_400_naming_the_field*`.
     let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
-    let a = gw.create(json!({})).await;
-    let b = gw.create(json!({"timeout": 60_000})).await;
-    let a_id = a["id"].as_str().unwrap();
-    gw.release(a_id).await;
-    let first = gw.session(a_id).await;
-    // Again, with an empty JSON body as the SDKs send it.
-    let (status, body) = gw
-        .post_raw(
-            &format!("/v1/sessions/{a_id}/release"),
-            "application/json",
-            Vec::new(),
-        )
-        .await;
-    assert_eq!((status, body["success"].clone()), (200, json!(true)));
-    let second = gw.session(a_id).await;
-    assert_eq!(first["status"], second["status"]);
-    assert_eq!(first["releaseReason"], second["releaseReason"]);
-    assert_eq!(
-        first["duration"], second["duration"],
-        "an ended session's duration is frozen"
-    );
-
-    let (status, body) = gw
-        .post_raw("/v1/sessions/release", "application/json", Vec::new())
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        body,
-        json!({"success": true, "message": "All sessions released successfully"})
-    );
-    let b_after = gw.session(b["id"].as_str().unwrap()).await;
-    assert_eq!(
-        (b_after["status"].clone(), b_after["releaseReason"].clone()),
-        (json!("released"), json!("user_requested"))
-    );
-    // The session released first keeps its state and reason.
-    assert_eq!(gw.session(a_id).await["releaseReason"], "user_requested");
-    gw.assert_clean(secs(5)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_clear_errors_and_creates_nothing() {
-    let _shared = shared().await;
-    let gw = Gateway::start(&[]).await;
-    invalid_create_bodies_get_400_naming_the_field(&gw).await;
-    truncated_and_oversized_bodies_get_400_and_413(&gw).await;
     unknown_and_malformed_ids_routes_methods_and_origins_are_refused(&gw).await;
     no_bad_request_created_a_session(&gw).await;
-}
-
-async fn invalid_create_bodies_get_400_naming_the_field(gw: &Gateway) {
-    for (body, field) in [
-        (json!({"timeout": 10}), "timeout"),
-        (json!({"timeout": 86_400_001}), "timeout"),
-        (json!({"timeout": "60000"}), "timeout"),
-        (json!({"sessionId": "not-a-uuid"}), "sessionId"),
-        (
-            json!({"dimensions": {"width": "wide", "height": 10}}),
-            "dimensions.width",
-        ),
-        (json!({"headless": false}), "headless"),
-        (json!({"userAgent": 5}), "userAgent"),
-        (
-            json!({"proxyUrl": "socks5://user:pass@127.0.0.1:9"}),
-            "proxyUrl",
-        ),
-        (json!({"solveCaptcha": true}), "solveCaptcha"),
-        (json!({"useProxy": true}), "useProxy"),
-        (json!({"isSelenium": true}), "isSelenium"),
-        (
-            json!({"sessionContext": {"cookies": [{"name": "a", "value": "b"}]}}),
-            "sessionContext",
-        ),
-        (json!({"blockAds": true}), "blockAds"),
-        (json!({"region": "us-east"}), "region"),
-        (
-            json!({"stealthConfig": {"humanizeInteractions": true}}),
-            "stealthConfig",
-        ),
-        (json!({"noSuchOption": 1}), "noSuchOption"),
-        (json!([1, 2]), "body"),
-    ] {
-        let (status, err) = gw.post("/v1/sessions", body.clone()).await;
-        assert_eq!(status, 400, "{body} should be refused: {err}");
-        let message = err["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains(field),
-            "error for {body} must name {field}: {message}"
-        );
-        assert_eq!(err["error"]["code"], "invalid_request");
-    }
-}
-
-async fn truncated_and_oversized_bodies_get_400_and_413(gw: &Gateway) {
-    let (status, err) = gw
-        .post_raw(
-            "/v1/sessions",
-            "application/json",
-            b"{\"timeout\":".to_vec(),
-        )
-        .await;
-    assert_eq!(status, 400, "{err}");
-    let (status, err) = gw
-        .post_raw("/v1/sessions", "application/json", vec![b' '; 70 * 1024])
-        .await;
-    assert_eq!(status, 413, "{err}");
-    assert!(err["message"].is_string());
 }
 
 /// Unknown and malformed ids, routes and methods; a request from a web page.

@@ -1,5 +1,7 @@
-//! Session lifecycle end to end: timeout, crash, `Browser.close`, release, SIGTERM, restart
-//! after SIGKILL (start-up sweep), and a leak check over many create/release cycles.
+//! Session lifecycle end to end: `Browser.close`, SIGTERM, restart after SIGKILL (start-up
+//! sweep), and a leak check over many create/release cycles. Timeout, crash and release are
+//! scenarios written once in `crate::scenario` (run here on real Chromium as
+//! `scenario::chromium_*`).
 
 use crate::common::*;
 
@@ -79,76 +81,6 @@ fn log_field(line: &str, key: &str) -> Option<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timeout_releases_and_closes_clients() {
-    let _shared = shared().await;
-    let gw = Gateway::start(&[]).await;
-    let s = gw.create(json!({"timeout": 2000})).await;
-    let id = id_of(&s);
-    let mut cdp = Cdp::connect(&ws_url(&s)).await;
-    let started = Instant::now();
-
-    let (code, reason) = close_of(cdp.wait_end(secs(10)).await, "timed-out session");
-    eprintln!(
-        "timeout: client closed after {:?} with {code} {reason:?}",
-        started.elapsed()
-    );
-    assert_eq!(
-        code,
-        1001,
-        "close code on timeout (reason {reason:?})\n{}",
-        gw.log_text()
-    );
-    assert!(!reason.is_empty(), "close reason on timeout is empty");
-
-    let (ended, _) = gw.wait_ended(&id, secs(5)).await;
-    assert_eq!(ended["status"], "released", "{ended}");
-    assert_eq!(ended["releaseReason"], "timeout", "{ended}");
-    let duration = ended["duration"].as_u64().expect("duration is a number");
-    eprintln!("timeout: session duration {duration} ms");
-    assert!(
-        (2000..6000).contains(&duration),
-        "duration {duration} ms not in [2000, 6000)"
-    );
-    gw.assert_clean(secs(10)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_marks_failed_within_a_second() {
-    let _shared = shared().await;
-    let gw = Gateway::start(&[]).await;
-    let s = gw.create(json!({})).await;
-    let id = id_of(&s);
-    let url = ws_url(&s);
-    let mut cdp = Cdp::connect(&url).await;
-    // Make sure the client is really attached and proxied before the crash.
-    let version = cdp.call("Browser.getVersion", json!({}), None).await;
-    assert!(
-        version["product"].as_str().is_some_and(|p| !p.is_empty()),
-        "{version}"
-    );
-
-    let leader = browser_leader(&gw.data_dir, &id);
-    kill_group(leader, 9);
-    let killed = Instant::now();
-
-    let (ended, _) = gw.wait_ended(&id, secs(5)).await;
-    let noticed = killed.elapsed();
-    eprintln!("crash: session ended {noticed:?} after SIGKILL of pgid {leader}");
-    assert_eq!(ended["status"], "failed", "{ended}");
-    assert_eq!(ended["releaseReason"], "browser_crashed", "{ended}");
-    assert!(
-        noticed < Duration::from_secs(1),
-        "crash noticed only after {noticed:?}\n{}",
-        gw.log_text()
-    );
-
-    let (code, reason) = close_of(cdp.wait_end(secs(10)).await, "crashed session");
-    assert_eq!(code, 1011, "close code on crash (reason {reason:?})");
-    gw.assert_clean(secs(10)).await;
-    assert_upgrade_refused(&url, 410).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_close_from_client_is_released() {
     let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
@@ -176,41 +108,6 @@ async fn browser_close_from_client_is_released() {
     assert_eq!(ended["status"], "released", "{ended}");
     assert_eq!(ended["releaseReason"], "browser_closed", "{ended}");
     gw.assert_clean(secs(10)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn release_closes_clients_with_1000() {
-    let _shared = shared().await;
-    let gw = Gateway::start(&[]).await;
-    let s = gw.create(json!({})).await;
-    let id = id_of(&s);
-    let mut a = Cdp::connect(&ws_url(&s)).await;
-    let mut b = Cdp::connect(&ws_url(&s)).await;
-    // Both are really attached.
-    a.call("Browser.getVersion", json!({}), None).await;
-    b.call("Browser.getVersion", json!({}), None).await;
-
-    let released = gw.release(&id).await;
-    eprintln!("release: answer {released}");
-    assert_eq!(released["success"], true, "release answer {released}");
-
-    let (code_a, reason_a) = close_of(a.wait_end(secs(10)).await, "client a");
-    let (code_b, reason_b) = close_of(b.wait_end(secs(10)).await, "client b");
-    assert_eq!(code_a, 1000, "client a close code (reason {reason_a:?})");
-    assert_eq!(code_b, 1000, "client b close code (reason {reason_b:?})");
-
-    let (ended, _) = gw.wait_ended(&id, secs(5)).await;
-    assert_eq!(ended["status"], "released", "{ended}");
-    assert_eq!(ended["releaseReason"], "user_requested", "{ended}");
-    gw.assert_clean(secs(10)).await;
-
-    // Releasing again is idempotent: 200 (asserted by `release`), and the outcome does not change.
-    let again = gw.release(&id).await;
-    eprintln!("release: second answer {again}");
-    assert_eq!(again["success"], true, "second release answer {again}");
-    let after = gw.session(&id).await;
-    assert_eq!(after["status"], "released", "{after}");
-    assert_eq!(after["releaseReason"], "user_requested", "{after}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,7 @@ mod partition;
 mod postgres;
 mod proxy_auth;
 mod sandbox;
+mod scenario;
 mod tenants;
 mod tidy;
 mod viewer;

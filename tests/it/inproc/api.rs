@@ -1,5 +1,6 @@
-//! The HTTP API in-process: Steel's Session JSON, retrieve, list and paging, release and
-//! release-all, validation, tenants and keys, CDP discovery, readiness.
+//! The HTTP API in-process: Steel's Session JSON, retrieve, list and paging, ids and
+//! queries, tenants and keys, CDP discovery, readiness. Create-body validation, release and
+//! release-all are `inproc::scenarios`.
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -119,102 +120,6 @@ async fn list_is_newest_first_and_pages_with_limit_and_cursor() {
     );
     let (_, all) = gw.get("/v1/sessions").await;
     assert_eq!(listed(&all).len(), 3);
-    gw.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn release_ends_the_session_as_user_requested_and_kills_its_browser() {
-    let gw = FakeGateway::start().await;
-    let id = id_of(&gw.create(json!({})).await);
-    let browser = gw.browser_of(&id);
-    gw.release(&id).await;
-    // The release answers once the browser is reaped.
-    assert!(browser.was_killed() && !browser.is_alive());
-    let ended = gw.session(&id).await;
-    assert_eq!(
-        (&ended["status"], &ended["releaseReason"]),
-        (&json!("released"), &json!("user_requested"))
-    );
-    assert_eq!(ended["creditsUsed"], 1);
-
-    // Idempotent: a second release answers the same and changes nothing.
-    gw.release(&id).await;
-    let again = gw.session(&id).await;
-    assert_eq!(
-        (&again["releaseReason"], &again["duration"]),
-        (&ended["releaseReason"], &ended["duration"]),
-        "an ended session's reason and duration are frozen"
-    );
-    assert_eq!(browser.kill_count(), 1, "reaped once");
-    assert_upgrade_refused(&gw.ws_url(&id), 410).await;
-    gw.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn release_all_ends_every_live_session() {
-    let gw = FakeGateway::start().await;
-    let a = id_of(&gw.create(json!({})).await);
-    let b = id_of(&gw.create(json!({})).await);
-    assert_eq!(gw.host.alive(), 2);
-    let (status, body) = gw.post("/v1/sessions/release", json!({})).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body,
-        json!({"success": true, "message": "All sessions released successfully"})
-    );
-    for id in [&a, &b] {
-        let s = gw.session(id).await;
-        assert_eq!(
-            (&s["status"], &s["releaseReason"]),
-            (&json!("released"), &json!("user_requested"))
-        );
-    }
-    assert_eq!((gw.host.alive(), gw.host.unreaped()), (0, 0));
-    let (_, live) = gw.get("/v1/sessions?status=live").await;
-    assert_eq!(live["totalCount"], 0);
-    gw.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_create_bodies_get_400_naming_the_field_and_launch_nothing() {
-    let gw = FakeGateway::start().await;
-    for (body, field) in [
-        (json!({"timeout": 10}), "timeout"),
-        (json!({"timeout": 86_400_001}), "timeout"),
-        (json!({"timeout": "60000"}), "timeout"),
-        (json!({"timeout": 1500.5}), "timeout"),
-        (json!({"sessionId": "not-a-uuid"}), "sessionId"),
-        (
-            json!({"dimensions": {"width": "wide", "height": 10}}),
-            "dimensions.width",
-        ),
-        (
-            json!({"dimensions": {"width": 10, "depth": 10}}),
-            "dimensions.depth",
-        ),
-        (json!({"headless": false}), "headless"),
-        (json!({"userAgent": 5}), "userAgent"),
-        (json!({"userAgent": ""}), "userAgent"),
-        (json!({"proxyUrl": 5}), "proxyUrl"),
-        (json!({"solveCaptcha": true}), "solveCaptcha"),
-        (json!({"region": "us-east"}), "region"),
-        (json!({"noSuchOption": 1}), "noSuchOption"),
-        (json!([1, 2]), "body"),
-    ] {
-        let (status, err) = gw.post("/v1/sessions", body.clone()).await;
-        let message = assert_error((status, &err), 400, "invalid_request");
-        assert!(
-            message.contains(field),
-            "the error for {body} names {field}: {message}"
-        );
-    }
-    let (status, err) = gw.post_raw("/v1/sessions", "{\"timeout\":").await;
-    let message = assert_error((status, &err), 400, "invalid_request");
-    assert!(message.contains("body"), "{message}");
-
-    assert_eq!(gw.host.launches(), 1, "only the probe launched");
-    let (_, list) = gw.get("/v1/sessions").await;
-    assert_eq!(list["sessions"], json!([]));
     gw.stop().await;
 }
 

@@ -1,0 +1,52 @@
+//! The scenarios of `crate::scenario`, each run in-process on the fake browser host, plus
+//! what only the fake host can show (how many browsers were launched, how often one was
+//! killed). The same scenarios run once against real Chromium in `scenario::chromium_*`.
+
+use crate::scenario;
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_create_bodies_get_400_naming_the_field_and_create_nothing() {
+    let gw = FakeGateway::start().await;
+    scenario::bad_create_bodies_get_400_naming_the_field_and_create_nothing(&gw).await;
+    assert_eq!(
+        gw.host.launches(),
+        3,
+        "the probe, the bystander and the session at defaults: no bad body launched one"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_closes_clients_with_1000_and_release_all_ends_every_session() {
+    let gw = FakeGateway::start().await;
+    let (a, b) =
+        scenario::release_closes_clients_with_1000_and_release_all_ends_every_session(&gw).await;
+    for id in [&a, &b] {
+        let browser = gw.browser_of(id);
+        assert!(browser.was_killed() && !browser.is_alive());
+        assert_eq!(browser.kill_count(), 1, "reaped once");
+    }
+    assert_eq!((gw.host.alive(), gw.host.unreaped()), (0, 0));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_browser_fails_the_session_and_closes_clients_with_1011() {
+    let gw = FakeGateway::start().await;
+    let id = scenario::a_crashed_browser_fails_the_session_and_closes_clients_with_1011(&gw).await;
+    assert!(
+        gw.browser_of(&id).was_killed(),
+        "the crashed browser is reaped"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_times_out_is_released_and_its_client_gets_1001() {
+    let gw = FakeGateway::start().await;
+    let id = scenario::a_session_that_times_out_is_released_and_its_client_gets_1001(&gw).await;
+    assert!(gw.browser_of(&id).was_killed(), "the browser is reaped");
+    gw.stop().await;
+}
