@@ -1,5 +1,5 @@
-//! Session lifecycle end to end: `Browser.close`, SIGTERM, restart after SIGKILL (start-up
-//! sweep), and a leak check over many create/release cycles. Timeout, crash and release are
+//! Session lifecycle end to end: SIGTERM, restart after SIGKILL (start-up sweep), and a leak
+//! check over many create/release cycles. Timeout, crash, `Browser.close` and release are
 //! scenarios written once in `crate::scenario` (run here on real Chromium as
 //! `scenario::chromium_*`).
 
@@ -78,36 +78,6 @@ fn log_field(line: &str, key: &str) -> Option<u64> {
         .take_while(char::is_ascii_digit)
         .collect();
     digits.parse().ok()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn browser_close_from_client_is_released() {
-    let _shared = shared().await;
-    let gw = Gateway::start(&[]).await;
-    let s = gw.create(json!({})).await;
-    let id = id_of(&s);
-    let mut cdp = Cdp::connect(&ws_url(&s)).await;
-
-    let reply = cdp.call_full("Browser.close", json!({}), None).await;
-    assert!(
-        reply.get("error").is_none(),
-        "Browser.close failed: {reply}"
-    );
-    assert!(
-        reply.get("result").is_some(),
-        "Browser.close reply has no result: {reply}"
-    );
-
-    let (code, reason) = close_of(cdp.wait_end(secs(10)).await, "closed browser");
-    assert_eq!(
-        code, 1000,
-        "close code on Browser.close (reason {reason:?})"
-    );
-
-    let (ended, _) = gw.wait_ended(&id, secs(5)).await;
-    assert_eq!(ended["status"], "released", "{ended}");
-    assert_eq!(ended["releaseReason"], "browser_closed", "{ended}");
-    gw.assert_clean(secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

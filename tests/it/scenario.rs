@@ -385,6 +385,165 @@ pub async fn a_session_that_times_out_is_released_and_its_client_gets_1001(
     id
 }
 
+/// Steel's Session JSON: every field a client reads, of the right type and default; the
+/// viewer links carry the session's token; retrieve answers the same session; a create's
+/// timeout and size are echoed; a released session shows `released` / `user_requested` and
+/// a billed minute. Returns the ids of the default session and the sized one.
+pub async fn create_answers_steels_session_json_and_retrieve_matches(
+    gw: &impl Harness,
+) -> (String, String) {
+    let s = gw.create(json!({})).await;
+    let id = id_of(&s);
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "id is a UUID: {id}");
+    assert_eq!(s["status"], "live");
+    assert_eq!(s["websocketUrl"], gw.ws_url(&id));
+    assert_eq!(s["timeout"], 300_000, "the default timeout");
+    assert_eq!(s["dimensions"], json!({"width": 1920, "height": 1080}));
+    let debug = s["debugUrl"].as_str().expect("debugUrl");
+    let token = debug
+        .strip_prefix(&gw.url(&format!("/v1/sessions/{id}/viewer?token=")))
+        .unwrap_or_else(|| panic!("the live viewer with its token: {debug}"));
+    assert!(
+        token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{token}"
+    );
+    assert_eq!(
+        s["sessionViewerUrl"],
+        gw.url(&format!("/v1/sessions/{id}/view?token={token}"))
+    );
+    for (field, value) in [
+        ("eventCount", json!(0)),
+        ("proxyBytesUsed", json!(0)),
+        ("proxySource", Value::Null),
+        ("releaseReason", Value::Null),
+        ("optimizeBandwidth", json!({})),
+        ("headless", json!(true)),
+        ("isSelenium", json!(false)),
+        ("solveCaptcha", json!(false)),
+    ] {
+        let present = s.as_object().is_some_and(|o| o.contains_key(field));
+        assert!(present && s[field] == value, "{field} is {value} in {s}");
+    }
+    assert!(s["duration"].is_u64() && s["creditsUsed"].is_u64(), "{s}");
+    assert!(
+        s["userAgent"].as_str().is_some_and(|ua| !ua.is_empty()),
+        "{s}"
+    );
+    let created = s["createdAt"].as_str().expect("createdAt");
+    time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("createdAt is RFC 3339 ({e}): {created}"));
+    let fraction = created.rsplit_once('.').map_or("", |(_, f)| f);
+    assert!(fraction.len() == 4 && fraction.ends_with('Z'), "{created}");
+
+    let again = gw.session(&id).await;
+    assert_eq!(
+        (&again["id"], &again["createdAt"], &again["status"]),
+        (&s["id"], &s["createdAt"], &json!("live"))
+    );
+    assert!(again["duration"].as_u64() >= s["duration"].as_u64());
+
+    let sized = gw
+        .create(json!({"timeout": 60_000, "dimensions": {"width": 800, "height": 600}}))
+        .await;
+    assert_eq!(sized["timeout"], 60_000);
+    assert_eq!(sized["dimensions"], json!({"width": 800, "height": 600}));
+
+    release(gw, &id).await;
+    let ended = gw.session(&id).await;
+    assert_ended(&ended, "released", "user_requested");
+    assert_eq!(ended["creditsUsed"], 1);
+    let sized = id_of(&sized);
+    release(gw, &sized).await;
+    gw.wait_clean().await;
+    (id, sized)
+}
+
+/// The list: newest first; `limit` pages, a full page names the next cursor and paging runs
+/// to an empty page, seeing every session once; `status` filters and only a filtered list
+/// counts (`totalCount`); bad `limit`, `status` and `cursorId` get 400.
+pub async fn list_is_newest_first_and_pages_with_limit_and_cursor(gw: &impl Harness) {
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(id_of(&gw.create(json!({})).await));
+    }
+    release(gw, &ids[0]).await;
+    let listed = |page: &Value| -> Vec<String> {
+        page["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .map(id_of)
+            .collect()
+    };
+    let (status, first) = gw.get("/v1/sessions?limit=2").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(listed(&first), [ids[2].clone(), ids[1].clone()]);
+    assert_eq!(
+        first["nextCursor"], ids[1],
+        "a full page names the next cursor"
+    );
+    assert!(
+        first.get("totalCount").is_none(),
+        "only filtered lists count"
+    );
+    let (_, second) = gw
+        .get(&format!("/v1/sessions?limit=2&cursorId={}", ids[1]))
+        .await;
+    assert_eq!(listed(&second), [ids[0].clone()]);
+    assert_eq!(second["sessions"][0]["status"], "released");
+    assert_eq!(second["nextCursor"], Value::Null);
+    let (_, empty) = gw.get(&format!("/v1/sessions?cursorId={}", ids[0])).await;
+    assert_eq!(listed(&empty), Vec::<String>::new(), "then an empty page");
+
+    let (_, live) = gw.get("/v1/sessions?status=live").await;
+    assert_eq!(live["totalCount"], 2);
+    assert_eq!(listed(&live), [ids[2].clone(), ids[1].clone()]);
+    let (_, released) = gw.get("/v1/sessions?status=released").await;
+    assert_eq!(
+        (released["totalCount"].clone(), listed(&released)),
+        (json!(1), vec![ids[0].clone()])
+    );
+    let (_, all) = gw.get("/v1/sessions").await;
+    assert_eq!(listed(&all).len(), 3);
+    let unknown = uuid::Uuid::new_v4();
+    for query in [
+        "status=sleeping".to_owned(),
+        "limit=0".to_owned(),
+        "limit=101".to_owned(),
+        "cursorId=nope".to_owned(),
+        format!("cursorId={unknown}"),
+    ] {
+        let (status, err) = gw.get(&format!("/v1/sessions?{query}")).await;
+        assert_error((status, &err), 400, "invalid_request");
+    }
+    for id in &ids[1..] {
+        release(gw, id).await;
+    }
+    gw.wait_clean().await;
+}
+
+/// `Browser.close` from a client: it gets its reply, then it and every other client of the
+/// session are closed with 1000, the session ends `released` / `browser_closed`, and its
+/// browser is reaped. Returns the session's id.
+pub async fn browser_close_replies_then_closes_clients_with_1000_and_releases(
+    gw: &impl Harness,
+) -> String {
+    let session = gw.create(json!({})).await;
+    let id = id_of(&session);
+    let mut a = gw.connect(&session).await;
+    let mut b = gw.connect(&session).await;
+    b.call("Browser.getVersion", json!({}), None).await;
+    a.send_text(r#"{"id": 9, "method": "Browser.close"}"#).await;
+    assert_eq!(a.next().await, json!({"id": 9, "result": {}}));
+    for client in [&mut a, &mut b] {
+        let (code, reason) = client.closed().await;
+        assert_eq!(code, 1000, "close code after Browser.close ({reason})");
+    }
+    assert_ended(&gw.wait_ended(&id).await, "released", "browser_closed");
+    gw.wait_clean().await;
+    id
+}
+
 // ---------------------------------------------------------------------------------------
 // Each scenario once against a real gateway and real Chromium.
 
@@ -414,4 +573,25 @@ async fn chromium_a_session_that_times_out_is_released_and_its_client_gets_1001(
     let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     a_session_that_times_out_is_released_and_its_client_gets_1001(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_create_answers_steels_session_json_and_retrieve_matches() {
+    let _shared = shared().await;
+    let gw = Gateway::start(&[]).await;
+    create_answers_steels_session_json_and_retrieve_matches(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_list_is_newest_first_and_pages_with_limit_and_cursor() {
+    let _shared = shared().await;
+    let gw = Gateway::start(&[]).await;
+    list_is_newest_first_and_pages_with_limit_and_cursor(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_browser_close_replies_then_closes_clients_with_1000_and_releases() {
+    let _shared = shared().await;
+    let gw = Gateway::start(&[]).await;
+    browser_close_replies_then_closes_clients_with_1000_and_releases(&gw).await;
 }

@@ -27,6 +27,8 @@ pub trait Harness {
     async fn session(&self, id: &str) -> Value;
     /// Polls until the session is no longer live; returns it.
     async fn wait_ended(&self, id: &str) -> Value;
+    /// The gateway's HTTP URL of `path`.
+    fn url(&self, path: &str) -> String;
     /// The session's CDP WebSocket URL as the gateway hands it out.
     fn ws_url(&self, id: &str) -> String;
     /// Connects a CDP client to the session's `websocketUrl`.
@@ -74,6 +76,10 @@ impl Harness for FakeGateway {
 
     async fn wait_ended(&self, id: &str) -> Value {
         FakeGateway::wait_ended(self, id).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        FakeGateway::url(self, path)
     }
 
     fn ws_url(&self, id: &str) -> String {
@@ -133,9 +139,12 @@ impl Harness for Gateway {
         Gateway::wait_ended(self, id, secs(10)).await.0
     }
 
+    fn url(&self, path: &str) -> String {
+        Gateway::url(self, path)
+    }
+
     fn ws_url(&self, id: &str) -> String {
-        self.url(&format!("/?sessionId={id}"))
-            .replacen("http://", "ws://", 1)
+        Gateway::url(self, &format!("/?sessionId={id}")).replacen("http://", "ws://", 1)
     }
 
     fn kill_browser(&self, id: &str) {

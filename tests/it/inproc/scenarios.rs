@@ -50,3 +50,37 @@ async fn a_session_that_times_out_is_released_and_its_client_gets_1001() {
     assert!(gw.browser_of(&id).was_killed(), "the browser is reaped");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_answers_steels_session_json_and_retrieve_matches() {
+    let gw = FakeGateway::start().await;
+    let (id, sized) = scenario::create_answers_steels_session_json_and_retrieve_matches(&gw).await;
+    assert_eq!(
+        gw.session(&id).await["userAgent"],
+        "Mozilla/5.0 (fake) FakeChrome/1.0"
+    );
+    assert_eq!(gw.host.launches(), 3, "the probe, then the two sessions");
+    assert_eq!(gw.browser_of(&id).spec().user_agent, None);
+    let spec = gw.browser_of(&sized).spec().dimensions;
+    assert_eq!(
+        (spec.width, spec.height),
+        (800, 600),
+        "launched at that size"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_is_newest_first_and_pages_with_limit_and_cursor() {
+    let gw = FakeGateway::start().await;
+    scenario::list_is_newest_first_and_pages_with_limit_and_cursor(&gw).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_close_replies_then_closes_clients_with_1000_and_releases() {
+    let gw = FakeGateway::start().await;
+    let id = scenario::browser_close_replies_then_closes_clients_with_1000_and_releases(&gw).await;
+    assert!(gw.browser_of(&id).was_killed(), "the browser is reaped");
+    gw.stop().await;
+}
