@@ -7,6 +7,8 @@
 //!   `main.rs` is an edge; one the table does not allow fails, naming the file and line, and so
 //!   does a cycle (in the table or in the code). Comments, strings and `#[cfg(test)]` items are
 //!   left out: unit tests may use `crate::testing`.
+//! - **Module docs.** Every file of `src/` starts with a `//!` comment (what the module owns
+//!   and what it must not touch).
 //! - **Metric help.** Every metric name declared in `src/telemetry.rs` has a `describe_*!`, no
 //!   other module names a metric (`counter!`, `gauge!`, `histogram!`), and a gateway's
 //!   `/metrics` has a `# HELP` line for every `# TYPE` line.
@@ -536,6 +538,15 @@ fn undescribed_metrics(files: &[(String, String)]) -> Vec<String> {
     found
 }
 
+/// The files whose first line is not a `//!` module comment.
+fn undocumented_modules(files: &[(String, String)]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(_, text)| !text.trim_start().starts_with("//!"))
+        .map(|(rel, _)| format!("{rel}: no `//!` comment saying what the module owns"))
+        .collect()
+}
+
 /// The metrics of a Prometheus text exposition that have a `# TYPE` line but no `# HELP`.
 fn types_without_help(exposition: &str) -> Vec<String> {
     let named = |prefix: &str| -> BTreeSet<String> {
@@ -573,6 +584,12 @@ fn every_import_between_top_level_modules_is_in_the_architecture_table() {
         .collect();
     assert!(missing.is_empty(), "modules without a row: {missing:?}");
     let found = violations(&rules, &read_sources(), &modules);
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+#[test]
+fn every_module_starts_with_a_doc_comment() {
+    let found = undocumented_modules(&read_sources());
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
@@ -760,6 +777,25 @@ fn a_metric_without_help_or_named_outside_telemetry_is_caught() {
         [
             "src/telemetry.rs: metric LOST (\"ingot_lost_total\") has no help text",
             "src/api/mod.rs:2: names a metric outside telemetry.rs",
+        ]
+    );
+}
+
+#[test]
+fn a_module_without_a_doc_comment_is_caught() {
+    let files = [
+        ("src/a.rs".to_owned(), "\n//! Owns a.\nfn f() {}".to_owned()),
+        (
+            "src/b.rs".to_owned(),
+            "/// An item doc.\nfn f() {}".to_owned(),
+        ),
+        ("src/c.rs".to_owned(), "use x;\n//! Too late.".to_owned()),
+    ];
+    assert_eq!(
+        undocumented_modules(&files),
+        [
+            "src/b.rs: no `//!` comment saying what the module owns",
+            "src/c.rs: no `//!` comment saying what the module owns",
         ]
     );
 }
