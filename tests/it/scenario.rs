@@ -3,7 +3,9 @@
 //! fake browser host (the default, milliseconds); the tests here run each once against a
 //! real `ingot` binary and real Chromium (the slow suite). A scenario asserts only what
 //! both gateways must do; what only one of them can show (a fake browser's kill count, a
-//! real browser's process group) stays with its runner.
+//! real browser's process group) stays with its runner. The tenants scenario runs on
+//! Chromium inside `tenants::tenants_see_and_touch_only_their_own_sessions`, on the gateway
+//! that test configures.
 
 use std::time::{Duration, Instant};
 
@@ -542,6 +544,74 @@ pub async fn browser_close_replies_then_closes_clients_with_1000_and_releases(
     assert_ended(&gw.wait_ended(&id).await, "released", "browser_closed");
     gw.wait_clean().await;
     id
+}
+
+/// Tenants: another tenant (`other`) sees nothing of `owner`'s live `session`. Its id
+/// answers exactly as an unknown one (404 `session_not_found`, the same body) to retrieve,
+/// release, discovery and the WebSocket; it is not a cursor; `other`'s list is empty and
+/// `other`'s release-all ends `other`'s sessions only; `owner`'s session goes on and
+/// `owner` still drives it. `other` must have no session when this starts.
+pub async fn another_tenants_session_answers_as_an_unknown_one(
+    gw: &impl Harness,
+    owner: &str,
+    other: &str,
+    session: &Value,
+) {
+    let id = id_of(session);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for (method, path) in [
+        ("GET", "/v1/sessions/{}"),
+        ("POST", "/v1/sessions/{}/release"),
+        ("GET", "/json/version?sessionId={}"),
+    ] {
+        let (s1, b1) = gw
+            .request_as(method, &path.replace("{}", &id), Some(other))
+            .await;
+        let (s2, b2) = gw
+            .request_as(method, &path.replace("{}", &unknown), Some(other))
+            .await;
+        assert_error((s1, &b1), 404, "session_not_found");
+        assert_eq!(s2, 404, "{b2}");
+        assert_eq!(
+            b1.to_string().replace(&id, "ID"),
+            b2.to_string().replace(&unknown, "ID"),
+            "{method} {path}: the same answer as an unknown id"
+        );
+    }
+    let (_, list) = gw.request_as("GET", "/v1/sessions", Some(other)).await;
+    assert_eq!(
+        list["sessions"],
+        json!([]),
+        "{other} lists none of {owner}'s"
+    );
+    let cursor = format!("/v1/sessions?cursorId={id}");
+    let (status, _) = gw.request_as("GET", &cursor, Some(other)).await;
+    assert_eq!(status, 400, "someone else's id is not a cursor");
+    let (status, _) = gw.request_as("GET", "/json/version", Some(other)).await;
+    assert_eq!(status, 400, "{other} has no live session to stand for");
+    let ws = session["websocketUrl"].as_str().expect("websocketUrl");
+    assert_upgrade_refused(&format!("{ws}&apiKey={other}"), 404).await;
+
+    let (status, own) = gw.request_as("POST", "/v1/sessions", Some(other)).await;
+    assert_eq!(status, 200, "{own}");
+    let (status, _) = gw
+        .request_as("POST", "/v1/sessions/release", Some(other))
+        .await;
+    assert_eq!(
+        status, 200,
+        "{other}'s release-all answers, for its sessions only"
+    );
+    let own_path = format!("/v1/sessions/{}", id_of(&own));
+    let (_, own_now) = gw.request_as("GET", &own_path, Some(other)).await;
+    assert_ended(&own_now, "released", "user_requested");
+
+    let path = format!("/v1/sessions/{id}");
+    let (status, now) = gw.request_as("GET", &path, Some(owner)).await;
+    assert_eq!((status, &now["status"]), (200, &json!("live")), "{now}");
+    let mut cdp = CdpClient::connect(&format!("{ws}&apiKey={owner}")).await;
+    let (_, reply) = cdp.call("Browser.getVersion", json!({}), None).await;
+    assert!(reply["result"]["product"].is_string(), "{reply}");
+    cdp.close().await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ pub trait Harness {
     async fn post_bytes(&self, path: &str, body: Vec<u8>) -> (u16, Value);
     /// `GET path`.
     async fn get(&self, path: &str) -> (u16, Value);
+    /// `method path` with `key` as `steel-api-key` when given (and `{}` as a POST's body).
+    async fn request_as(&self, method: &str, path: &str, key: Option<&str>) -> (u16, Value);
     /// Creates a session, asserting it is live; its Session JSON.
     async fn create(&self, body: Value) -> Value;
     /// Retrieves a session, asserting it is found.
@@ -64,6 +66,13 @@ impl Harness for FakeGateway {
 
     async fn get(&self, path: &str) -> (u16, Value) {
         FakeGateway::get(self, path).await
+    }
+
+    async fn request_as(&self, method: &str, path: &str, key: Option<&str>) -> (u16, Value) {
+        let method: reqwest::Method = method.parse().expect("an HTTP method");
+        let body = (method == reqwest::Method::POST).then(|| serde_json::json!({}));
+        let r = self.request(method, path, key, body).await;
+        (r.status, r.body)
     }
 
     async fn create(&self, body: Value) -> Value {
@@ -125,6 +134,20 @@ impl Harness for Gateway {
 
     async fn get(&self, path: &str) -> (u16, Value) {
         Gateway::get(self, path).await
+    }
+
+    async fn request_as(&self, method: &str, path: &str, key: Option<&str>) -> (u16, Value) {
+        let method: reqwest::Method = method.parse().expect("an HTTP method");
+        let mut r = self.http.request(method.clone(), self.url(path));
+        if method == reqwest::Method::POST {
+            r = r.json(&serde_json::json!({}));
+        }
+        if let Some(key) = key {
+            r = r.header("steel-api-key", key);
+        }
+        let r = r.send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     async fn create(&self, body: Value) -> Value {

@@ -45,49 +45,6 @@ async fn bad_ids_and_queries_get_400_and_unknown_ids_404() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_tenants_session_answers_404_everywhere() {
-    let gw = FakeGateway::start_with(|s| s.api_keys = Some(TENANTS.into())).await;
-    let session = gw.create_as(Some(ALICE), json!({})).await;
-    let id = id_of(&session);
-    let path = format!("/v1/sessions/{id}");
-    let as_alice = gw.request(Method::GET, &path, Some(ALICE), None).await;
-    assert_eq!(as_alice.status, 200, "{}", as_alice.body);
-
-    let as_bob = gw.request(Method::GET, &path, Some(BOB), None).await;
-    assert_error((as_bob.status, &as_bob.body), 404, "session_not_found");
-    let release = format!("{path}/release");
-    let r = gw.request(Method::POST, &release, Some(BOB), None).await;
-    assert_error((r.status, &r.body), 404, "session_not_found");
-    let r = gw
-        .request(Method::POST, "/v1/sessions/release", Some(BOB), None)
-        .await;
-    assert_eq!(
-        r.status, 200,
-        "bob's release-all answers, for bob's sessions only"
-    );
-    let r = gw
-        .request(Method::GET, "/v1/sessions", Some(BOB), None)
-        .await;
-    assert_eq!(r.body["sessions"], json!([]), "bob lists none of alice's");
-    let discovery = format!("/json/version?sessionId={id}");
-    let r = gw.request(Method::GET, &discovery, Some(BOB), None).await;
-    assert_error((r.status, &r.body), 404, "session_not_found");
-    let ws = session["websocketUrl"].as_str().expect("websocketUrl");
-    assert_upgrade_refused(&format!("{ws}&apiKey={BOB}"), 404).await;
-
-    // Alice's session went on through all of it, and alice can drive it.
-    let r = gw
-        .request(Method::GET, "/v1/sessions", Some(ALICE), None)
-        .await;
-    assert_eq!(r.body["sessions"][0]["status"], "live");
-    let mut cdp = CdpClient::connect(&format!("{ws}&apiKey={ALICE}")).await;
-    let (_, reply) = cdp.call("Browser.getVersion", json!({}), None).await;
-    assert_eq!(reply["result"]["product"], FAKE_PRODUCT);
-    cdp.close().await;
-    gw.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_valid_key_get_401_except_health() {
     let gw = FakeGateway::start_with(|s| s.api_keys = Some(TENANTS.into())).await;
     for key in [None, Some("wrong-key-0123456789abcdef")] {

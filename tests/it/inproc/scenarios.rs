@@ -2,6 +2,8 @@
 //! what only the fake host can show (how many browsers were launched, how often one was
 //! killed). The same scenarios run once against real Chromium in `scenario::chromium_*`.
 
+use serde_json::json;
+
 use crate::scenario;
 
 use super::*;
@@ -82,5 +84,13 @@ async fn browser_close_replies_then_closes_clients_with_1000_and_releases() {
     let gw = FakeGateway::start().await;
     let id = scenario::browser_close_replies_then_closes_clients_with_1000_and_releases(&gw).await;
     assert!(gw.browser_of(&id).was_killed(), "the browser is reaped");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_session_answers_as_an_unknown_one() {
+    let gw = FakeGateway::start_with(|s| s.api_keys = Some(TENANTS.into())).await;
+    let session = gw.create_as(Some(ALICE), json!({})).await;
+    scenario::another_tenants_session_answers_as_an_unknown_one(&gw, ALICE, BOB, &session).await;
     gw.stop().await;
 }
