@@ -2,14 +2,18 @@
 //!
 //! Build a [`Gateway`] from [`Settings`] and a [`browser::BrowserHost`] (a
 //! [`browser::LocalChromium`] in production, a fake in tests), then serve it on a listener.
-//! `ARCHITECTURE.md` at the top of the repository maps the modules; in short, data flows one
-//! way:
+//! `ARCHITECTURE.md` at the top of the repository maps the modules (its table "Allowed
+//! imports" lists every edge between them, and `tests/it/tidy.rs` checks the code against
+//! it); in short, data flows one way:
 //!
 //! ```text
 //! main.rs ─> gateway ─> http ─> api ─┬─> proxy ─> session ─┬─> cdp ─> browser
 //!                                    │                     ├─> metering ─> telemetry
-//!                                    │                     └─> auth
+//!                                    ├─> viewer ─> cdp     ├─> files
+//!                                    ├─> files             └─> auth
 //!                                    └─> cluster ─> metering (PgLedger's pool)
+//! proxy ─> cluster::lease (the Fence it asks before relaying)
+//! config ─> browser, files (defaults of flags); testing (test-util) ─> browser, cluster, metering
 //! every module may use the leaves: vocab (shared words) and sync (the lock helper)
 //! ```
 

@@ -280,6 +280,30 @@ fn describe() {
     );
     describe_limits();
     describe_cluster();
+    describe_admission();
+}
+
+/// Help texts of the warm pool's and the admission queue's metrics.
+fn describe_admission() {
+    describe_gauge!(
+        POOL_BROWSERS,
+        "Pre-launched browsers ready in the pool now."
+    );
+    describe_gauge!(POOL_SIZE, "Browsers the pool keeps ready (--pool-size).");
+    describe_counter!(
+        POOL_HANDOUTS,
+        "Sessions that got a pooled browser (the rest of the created sessions were cold launches)."
+    );
+    describe_gauge!(QUEUE_LENGTH, "Create requests waiting for a slot now.");
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "How long create requests that had to wait for a slot waited."
+    );
+    describe_counter!(
+        REJECTIONS,
+        "Create requests refused with 429, by reason (queue_full, queue_timeout)."
+    );
 }
 
 /// Help texts of the cluster's metrics: nodes, leases, the fence, the shared database.

@@ -935,28 +935,15 @@ fn describe(starts: &[Start]) -> String {
 /// Raises this process's open-file limit (ingot, started later, inherits it) to at least
 /// `want`, within the hard limit.
 fn raise_fd_limit(want: u64) -> Result<()> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
-        }
-        if limit.rlim_cur >= want {
-            return Ok(());
-        }
-        limit.rlim_cur = limit.rlim_max.min(want.max(limit.rlim_cur));
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
-        }
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(RLIMIT_NOFILE)")?;
+    if soft >= want {
+        return Ok(());
     }
-    if limit.rlim_cur < want {
-        bail!(
-            "the open-file limit is {} (hard); {want} are needed",
-            limit.rlim_max
-        );
+    let raised = hard.min(want);
+    setrlimit(Resource::RLIMIT_NOFILE, raised, hard).context("setrlimit(RLIMIT_NOFILE)")?;
+    if raised < want {
+        bail!("the open-file limit is {hard} (hard); {want} are needed");
     }
     Ok(())
 }

@@ -53,8 +53,7 @@ fn newest_version(names: impl Iterator<Item = String>) -> Option<String> {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 impl Postgres {

@@ -277,7 +277,7 @@ mod tests {
         assert_eq!(private_of_rollup("Rss: 900 kB\n"), None);
         let me = std::process::id() as i32;
         assert!(private_kib(me).is_some_and(|k| k > 0));
-        assert_eq!(uid(me), Some(unsafe { libc::getuid() }));
+        assert_eq!(uid(me), Some(nix::unistd::getuid().as_raw()));
     }
 
     #[test]

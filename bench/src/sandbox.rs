@@ -116,8 +116,7 @@ pub async fn measure(
             "this ingot has no {SHARED_FLAG} (built before the sandbox)"
         )));
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = nix::unistd::geteuid().as_raw();
     if euid != 0 {
         return Ok(Sandbox::Skipped(
             "the sandboxed gateway switches uids, so it must run as root: run the benchmark as root"

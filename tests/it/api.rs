@@ -1,178 +1,18 @@
-//! The REST API against a real gateway and real Chromium: Steel's JSON shapes, validation,
-//! listing and pagination, release semantics, capacity and start-up failures.
+//! The REST API against a real gateway and real Chromium: ids, routes and methods, a
+//! client's own session id, wire details, settings, and start-up failures. Steel's Session
+//! JSON, listing and paging, create-body validation and release are scenarios written once
+//! in `crate::scenario`.
 
 use crate::common::*;
 use serde_json::{Value, json};
 
-fn assert_type(session: &Value, field: &str, check: fn(&Value) -> bool, what: &str) {
-    assert!(
-        check(&session[field]),
-        "{field} must be {what}, got {}",
-        session[field]
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_json_has_every_required_field() {
+async fn bad_ids_routes_methods_and_origins_get_clear_errors_and_create_nothing() {
+    // Bad create bodies: `scenario::*bad_create_bodies_get_400_naming_the_field*`.
     let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
-    let s = gw.create(json!({})).await;
-    let id = s["id"].as_str().expect("id").to_owned();
-    assert!(
-        uuid::Uuid::parse_str(&id).is_ok(),
-        "id must be a UUID: {id}"
-    );
-    assert_type(&s, "createdAt", Value::is_string, "a string");
-    time::OffsetDateTime::parse(
-        s["createdAt"].as_str().unwrap(),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .expect("createdAt is RFC 3339");
-    assert_eq!(s["status"], "live");
-    assert_type(&s, "duration", Value::is_u64, "an integer");
-    assert_type(&s, "eventCount", Value::is_u64, "an integer");
-    assert_eq!(s["timeout"], 300_000, "default timeout is 5 minutes");
-    assert_type(&s, "creditsUsed", Value::is_u64, "an integer");
-    assert_eq!(
-        s["websocketUrl"],
-        format!("ws://127.0.0.1:{}/?sessionId={id}", gw.port)
-    );
-    assert_type(&s, "debugUrl", Value::is_string, "a string");
-    assert_type(&s, "sessionViewerUrl", Value::is_string, "a string");
-    assert_eq!(s["dimensions"], json!({"width": 1920, "height": 1080}));
-    assert!(s["optimizeBandwidth"].is_object());
-    assert_eq!(s["proxyBytesUsed"], 0);
-    assert!(s.as_object().unwrap().contains_key("proxySource") && s["proxySource"].is_null());
-    assert!(s.as_object().unwrap().contains_key("releaseReason") && s["releaseReason"].is_null());
-
-    let again = gw.session(&id).await;
-    assert_eq!(again["id"], s["id"]);
-    assert_eq!(again["createdAt"], s["createdAt"]);
-    assert!(again["duration"].as_u64() >= s["duration"].as_u64());
-
-    let released = gw.release(&id).await;
-    assert_eq!(
-        released,
-        json!({"success": true, "message": "Session released successfully"})
-    );
-    let ended = gw.session(&id).await;
-    assert_eq!(ended["status"], "released");
-    assert_eq!(ended["releaseReason"], "user_requested");
-    assert_eq!(ended["creditsUsed"], 1);
-    gw.assert_clean(secs(5)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn release_is_idempotent_and_release_all_answers_steel_message() {
-    let _shared = shared().await;
-    let gw = Gateway::start(&[]).await;
-    let a = gw.create(json!({})).await;
-    let b = gw.create(json!({"timeout": 60_000})).await;
-    let a_id = a["id"].as_str().unwrap();
-    gw.release(a_id).await;
-    let first = gw.session(a_id).await;
-    // Again, with an empty JSON body as the SDKs send it.
-    let (status, body) = gw
-        .post_raw(
-            &format!("/v1/sessions/{a_id}/release"),
-            "application/json",
-            Vec::new(),
-        )
-        .await;
-    assert_eq!((status, body["success"].clone()), (200, json!(true)));
-    let second = gw.session(a_id).await;
-    assert_eq!(first["status"], second["status"]);
-    assert_eq!(first["releaseReason"], second["releaseReason"]);
-    assert_eq!(
-        first["duration"], second["duration"],
-        "an ended session's duration is frozen"
-    );
-
-    let (status, body) = gw
-        .post_raw("/v1/sessions/release", "application/json", Vec::new())
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        body,
-        json!({"success": true, "message": "All sessions released successfully"})
-    );
-    let b_after = gw.session(b["id"].as_str().unwrap()).await;
-    assert_eq!(
-        (b_after["status"].clone(), b_after["releaseReason"].clone()),
-        (json!("released"), json!("user_requested"))
-    );
-    // The session released first keeps its state and reason.
-    assert_eq!(gw.session(a_id).await["releaseReason"], "user_requested");
-    gw.assert_clean(secs(5)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_clear_errors_and_creates_nothing() {
-    let _shared = shared().await;
-    let gw = Gateway::start(&[]).await;
-    invalid_create_bodies_get_400_naming_the_field(&gw).await;
-    truncated_and_oversized_bodies_get_400_and_413(&gw).await;
     unknown_and_malformed_ids_routes_methods_and_origins_are_refused(&gw).await;
     no_bad_request_created_a_session(&gw).await;
-}
-
-async fn invalid_create_bodies_get_400_naming_the_field(gw: &Gateway) {
-    for (body, field) in [
-        (json!({"timeout": 10}), "timeout"),
-        (json!({"timeout": 86_400_001}), "timeout"),
-        (json!({"timeout": "60000"}), "timeout"),
-        (json!({"sessionId": "not-a-uuid"}), "sessionId"),
-        (
-            json!({"dimensions": {"width": "wide", "height": 10}}),
-            "dimensions.width",
-        ),
-        (json!({"headless": false}), "headless"),
-        (json!({"userAgent": 5}), "userAgent"),
-        (
-            json!({"proxyUrl": "socks5://user:pass@127.0.0.1:9"}),
-            "proxyUrl",
-        ),
-        (json!({"solveCaptcha": true}), "solveCaptcha"),
-        (json!({"useProxy": true}), "useProxy"),
-        (json!({"isSelenium": true}), "isSelenium"),
-        (
-            json!({"sessionContext": {"cookies": [{"name": "a", "value": "b"}]}}),
-            "sessionContext",
-        ),
-        (json!({"blockAds": true}), "blockAds"),
-        (json!({"region": "us-east"}), "region"),
-        (
-            json!({"stealthConfig": {"humanizeInteractions": true}}),
-            "stealthConfig",
-        ),
-        (json!({"noSuchOption": 1}), "noSuchOption"),
-        (json!([1, 2]), "body"),
-    ] {
-        let (status, err) = gw.post("/v1/sessions", body.clone()).await;
-        assert_eq!(status, 400, "{body} should be refused: {err}");
-        let message = err["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains(field),
-            "error for {body} must name {field}: {message}"
-        );
-        assert_eq!(err["error"]["code"], "invalid_request");
-    }
-}
-
-async fn truncated_and_oversized_bodies_get_400_and_413(gw: &Gateway) {
-    let (status, err) = gw
-        .post_raw(
-            "/v1/sessions",
-            "application/json",
-            b"{\"timeout\":".to_vec(),
-        )
-        .await;
-    assert_eq!(status, 400, "{err}");
-    let (status, err) = gw
-        .post_raw("/v1/sessions", "application/json", vec![b' '; 70 * 1024])
-        .await;
-    assert_eq!(status, 413, "{err}");
-    assert!(err["message"].is_string());
 }
 
 /// Unknown and malformed ids, routes and methods; a request from a web page.
@@ -238,68 +78,6 @@ async fn client_chosen_id_and_duplicates() {
         409
     );
     assert_eq!(gw.chromium_processes(), 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_is_newest_first_and_paginates_to_an_empty_page() {
-    let _shared = shared().await;
-    let gw = Gateway::start(&[]).await;
-    let mut created = Vec::new();
-    for _ in 0..3 {
-        created.push(
-            gw.create(json!({})).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    gw.release(&created[0]).await;
-
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    for _ in 0..10 {
-        let path = match &cursor {
-            Some(c) => format!("/v1/sessions?limit=2&cursorId={c}"),
-            None => "/v1/sessions?limit=2".to_owned(),
-        };
-        let (status, page) = gw.get(&path).await;
-        assert_eq!(status, 200, "{page}");
-        let items = page["sessions"].as_array().unwrap().clone();
-        if items.is_empty() {
-            break;
-        }
-        assert!(items.len() <= 2);
-        seen.extend(items.iter().map(|s| s["id"].as_str().unwrap().to_owned()));
-        cursor = items.last().map(|s| s["id"].as_str().unwrap().to_owned());
-    }
-    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
-    assert_eq!(
-        seen, newest_first,
-        "every session once, newest first, then an empty page"
-    );
-
-    let (_, live) = gw.get("/v1/sessions?status=live").await;
-    assert_eq!(live["totalCount"], 2);
-    assert_eq!(live["sessions"].as_array().unwrap().len(), 2);
-    let (_, released) = gw.get("/v1/sessions?status=released").await;
-    assert_eq!(released["totalCount"], 1);
-    assert_eq!(released["sessions"][0]["id"], created[0]);
-    let (_, all) = gw.get("/v1/sessions").await;
-    assert!(
-        all.get("totalCount").is_none(),
-        "totalCount only for filtered queries"
-    );
-
-    assert_eq!(gw.get("/v1/sessions?status=sleeping").await.0, 400);
-    assert_eq!(gw.get("/v1/sessions?limit=0").await.0, 400);
-    assert_eq!(gw.get("/v1/sessions?limit=101").await.0, 400);
-    assert_eq!(gw.get("/v1/sessions?cursorId=nope").await.0, 400);
-    assert_eq!(
-        gw.get(&format!("/v1/sessions?cursorId={}", uuid::Uuid::new_v4()))
-            .await
-            .0,
-        400
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,9 @@
 //! The integration tests, one test crate, one module per area: `inproc` builds gateways in
 //! this process on the fake browser host; the others run a real `ingot` binary and real
-//! Chromium (see `common`). One crate means the harness and the dependencies are
+//! Chromium (see `common`). A behaviour both show is written once in `scenario`, generic
+//! over `common::harness::Harness`, and run by both (`inproc::scenarios`,
+//! `scenario::chromium_*`). `tidy` reads the sources and `ARCHITECTURE.md` and checks the
+//! architecture (allowed imports, module docs, metric help). One crate means the harness and the dependencies are
 //! compiled and linked once, and `cargo test --test it <module>::` runs one area.
 //!
 //! All modules' tests share one process and run in parallel threads. Each test starts its own
@@ -36,5 +39,7 @@ mod postgres;
 mod postgres_records;
 mod proxy_auth;
 mod sandbox;
+mod scenario;
 mod tenants;
+mod tidy;
 mod viewer;

@@ -70,8 +70,12 @@ async fn tenants_see_and_touch_only_their_own_sessions() {
     let a1_id = a1["id"].as_str().unwrap().to_owned();
     let ws = a1["websocketUrl"].as_str().unwrap().to_owned();
     let (mut cdp, page) = the_websocket_wants_the_key_as_a_query_parameter(&ws).await;
-    bob_sees_nothing_of_alices_and_her_id_answers_as_an_unknown_one(&gw, &a1_id, &ws).await;
-    bobs_release_all_leaves_alice_alone(&gw, &a1_id, &mut cdp, &page).await;
+    crate::scenario::another_tenants_session_answers_as_an_unknown_one(&gw, ALICE, BOB, &a1).await;
+    assert_eq!(
+        cdp.eval(&page, "2 + 2").await,
+        json!(4),
+        "alice's client went on"
+    );
     discovery_links_carry_the_key(&gw, &a1_id).await;
     cdp.close().await;
     let a3 = each_tenant_has_a_quota_of_two_live_sessions(&gw).await;
@@ -115,65 +119,6 @@ async fn the_websocket_wants_the_key_as_a_query_parameter(ws: &str) -> (Cdp, Str
     let page = cdp.attach_first_page().await;
     assert_eq!(cdp.eval(&page, "1 + 1").await, json!(2));
     (cdp, page)
-}
-
-/// Bob sees nothing of Alice's: her id answers exactly as an unknown one.
-async fn bob_sees_nothing_of_alices_and_her_id_answers_as_an_unknown_one(
-    gw: &Gateway,
-    a1_id: &str,
-    ws: &str,
-) {
-    let unknown = uuid::Uuid::new_v4().to_string();
-    for (method, path) in [
-        ("GET", "/v1/sessions/{}"),
-        ("POST", "/v1/sessions/{}/release"),
-    ] {
-        let (s1, b1) = call(gw, method, &path.replace("{}", a1_id), Some(BOB)).await;
-        let (s2, b2) = call(gw, method, &path.replace("{}", &unknown), Some(BOB)).await;
-        assert_eq!((s1, s2), (404, 404));
-        assert_eq!(
-            b1.to_string().replace(a1_id, "ID"),
-            b2.to_string().replace(&unknown, "ID"),
-            "identical answers"
-        );
-    }
-    let (_, list) = call(gw, "GET", "/v1/sessions", Some(BOB)).await;
-    assert_eq!(list["sessions"], json!([]));
-    let (status, _) = call(
-        gw,
-        "GET",
-        &format!("/v1/sessions?cursorId={a1_id}"),
-        Some(BOB),
-    )
-    .await;
-    assert_eq!(status, 400, "someone else's id is not a cursor");
-    assert_upgrade_refused(&with_key(ws, BOB), 404).await;
-    let (status, _) = gw
-        .get(&format!("/json/version?sessionId={a1_id}&apiKey={BOB}"))
-        .await;
-    assert_eq!(status, 404);
-    assert_eq!(
-        gw.get(&format!("/json/version?apiKey={BOB}")).await.0,
-        400,
-        "Bob has no live session to stand for"
-    );
-}
-
-async fn bobs_release_all_leaves_alice_alone(gw: &Gateway, a1_id: &str, cdp: &mut Cdp, page: &str) {
-    let b1 = call(gw, "POST", "/v1/sessions", Some(BOB)).await.1;
-    let (status, _) = call(gw, "POST", "/v1/sessions/release", Some(BOB)).await;
-    assert_eq!(status, 200);
-    let (_, b1_now) = call(
-        gw,
-        "GET",
-        &format!("/v1/sessions/{}", b1["id"].as_str().unwrap()),
-        Some(BOB),
-    )
-    .await;
-    assert_eq!(b1_now["status"], "released");
-    let (_, a1_now) = call(gw, "GET", &format!("/v1/sessions/{a1_id}"), Some(ALICE)).await;
-    assert_eq!(a1_now["status"], "live");
-    assert_eq!(cdp.eval(page, "2 + 2").await, json!(4));
 }
 
 /// Discovery links carry the key, so clients that follow them get in.

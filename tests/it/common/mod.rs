@@ -2,6 +2,7 @@
 //! a raw CDP client over tokio-tungstenite, a loopback page server, and process counting.
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod netns;
 pub mod openapi;
 pub mod postgres;

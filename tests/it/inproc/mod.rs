@@ -20,6 +20,7 @@ mod memory_limit;
 mod mux;
 mod openapi;
 mod pool;
+mod scenarios;
 mod supervisor;
 mod tenancy;
 mod viewer;
@@ -211,6 +212,22 @@ impl FakeGateway {
         send(request).await
     }
 
+    /// A request with exactly these bytes as its body, of `content_type`.
+    pub async fn request_bytes(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Reply {
+        let request = self
+            .http
+            .request(method, self.url(path))
+            .header("content-type", content_type)
+            .body(body);
+        send(request).await
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self.request(reqwest::Method::GET, path, None, None).await;
         (r.status, r.body)
@@ -220,17 +237,6 @@ impl FakeGateway {
         let r = self
             .request(reqwest::Method::POST, path, None, Some(body))
             .await;
-        (r.status, r.body)
-    }
-
-    /// POST with this exact body.
-    pub async fn post_raw(&self, path: &str, body: &'static str) -> (u16, Value) {
-        let request = self
-            .http
-            .post(self.url(path))
-            .header("content-type", "application/json")
-            .body(body);
-        let r = send(request).await;
         (r.status, r.body)
     }
 

@@ -167,30 +167,6 @@ async fn malformed_commands_get_cdp_errors_and_the_session_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn browser_close_replies_then_closes_with_1000_and_releases_the_session() {
-    let gw = FakeGateway::start().await;
-    let (id, session) = live_session(&gw).await;
-    let mut a = CdpClient::connect_to(&session).await;
-    let mut b = CdpClient::connect_to(&session).await;
-    b.call("Browser.getVersion", json!({}), None).await;
-    a.send_text(r#"{"id": 9, "method": "Browser.close"}"#).await;
-    assert_eq!(a.next().await, json!({"id": 9, "result": {}}));
-    for client in [&mut a, &mut b] {
-        let (code, reason) = client.closed().await;
-        assert_eq!(code, 1000, "close code after Browser.close ({reason})");
-    }
-    let ended = gw.wait_ended(&id).await;
-    assert_eq!(
-        (&ended["status"], &ended["releaseReason"]),
-        (&json!("released"), &json!("browser_closed"))
-    );
-    let browser = gw.browser_of(&id);
-    gw.wait_host("the browser is reaped", |_| browser.was_killed())
-        .await;
-    gw.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_frame_that_is_not_utf8_closes_only_that_client_with_1007() {
     let gw = FakeGateway::start().await;
     let (id, session) = live_session(&gw).await;

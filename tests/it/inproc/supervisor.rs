@@ -1,6 +1,7 @@
-//! The per-session supervisor in-process: whatever ends a session (crash, hang, timeout,
-//! shutdown) gives it the right status and reason, closes its clients with the right code and
-//! reaps its browser; a session whose browser fails or starts too late never shows at all.
+//! The per-session supervisor in-process: whatever ends a session (hang, shutdown,
+//! inactivity; crash and timeout are `inproc::scenarios`) gives it the right status and
+//! reason, closes its clients with the right code and reaps its browser; a session whose
+//! browser fails or starts too late never shows at all.
 
 use std::time::Duration;
 
@@ -27,23 +28,6 @@ fn assert_ended(session: &Value, status: &str, reason: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_browser_fails_the_session_and_closes_clients_with_1011() {
-    let gw = FakeGateway::start().await;
-    let (id, mut cdp) = session_with_client(&gw, json!({})).await;
-    let browser = gw.browser_of(&id);
-    browser.crash();
-    let (code, reason) = cdp.closed().await;
-    assert_eq!(code, 1011, "close code on crash ({reason})");
-    assert_ended(&gw.wait_ended(&id).await, "failed", "browser_crashed");
-    gw.wait_host("the crashed browser is reaped", |_| browser.was_killed())
-        .await;
-    assert_upgrade_refused(&gw.ws_url(&id), 410).await;
-    // The slot is free again.
-    gw.create(json!({})).await;
-    gw.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_browser_fails_the_session_as_unresponsive() {
     let gw = FakeGateway::start_with(|s| {
         s.browser_probe_interval_ms = 100;
@@ -62,21 +46,6 @@ async fn a_hung_browser_fails_the_session_as_unresponsive() {
     gw.wait_host("the hung browser is killed", |_| browser.was_killed())
         .await;
     assert!(!browser.is_alive());
-    gw.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_that_times_out_is_released_and_its_client_gets_1001() {
-    let gw = FakeGateway::start().await;
-    let (id, mut cdp) = session_with_client(&gw, json!({"timeout": 1000})).await;
-    let (code, reason) = cdp.closed().await;
-    assert_eq!(code, 1001, "close code on timeout ({reason})");
-    let ended = gw.wait_ended(&id).await;
-    assert_ended(&ended, "released", "timeout");
-    let duration = ended["duration"].as_u64().expect("duration");
-    assert!((1000..3000).contains(&duration), "lived {duration} ms");
-    gw.wait_host("the browser is reaped", |_| gw.browser_of(&id).was_killed())
-        .await;
     gw.stop().await;
 }
 
