@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod relay;
 pub mod sessions;
 pub mod unsupported;
+pub mod upgrade;
 pub mod usage;
 pub mod viewer;
 pub mod wire;

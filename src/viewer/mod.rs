@@ -9,20 +9,20 @@
 
 pub mod computer;
 pub mod input;
+pub mod protocol;
 pub mod screen;
+pub mod socket;
 
 use std::sync::{Arc, Mutex, Weak};
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::cdp::mux::Mux;
-use screen::Screen;
-
-/// Most sessions whose state is remembered; beyond it the oldest are forgotten.
-const MAX_TRACKED: usize = 10_000;
+use screen::{Screen, ScreenError};
 
 /// The viewer's page, its frame around the session's facts, and the operator console.
 pub const VIEWER_HTML: &str = include_str!("assets/viewer.html");
@@ -31,10 +31,21 @@ pub const VIEW_HTML: &str = include_str!("assets/view.html");
 /// The console at `/ui`.
 pub const CONSOLE_HTML: &str = include_str!("assets/console.html");
 
-/// View state of every session on this node.
+/// What is kept of one session's view: where its pointer is, and its live view while one
+/// runs.
+#[derive(Default)]
+struct ViewState {
+    cursor: Arc<Mutex<computer::Point>>,
+    screen: Weak<Screen>,
+}
+
+/// Each viewed session's state, by id.
+type States = DashMap<Uuid, ViewState>;
+
+/// View state of every session on this node. A session's state is forgotten when its
+/// browser connection goes (which every end of a session brings about).
 pub struct Viewers {
-    cursors: DashMap<Uuid, Arc<Mutex<computer::Point>>>,
-    screens: DashMap<Uuid, Weak<Screen>>,
+    states: Arc<States>,
     key: Vec<u8>,
 }
 
@@ -43,34 +54,57 @@ impl Viewers {
     /// makes the same; else a key of this process).
     pub fn new(key: Vec<u8>) -> Viewers {
         Viewers {
-            cursors: DashMap::new(),
-            screens: DashMap::new(),
+            states: Arc::new(DashMap::new()),
             key,
         }
     }
 
-    /// Where session `id`'s pointer is (the page's top left until it moves).
-    pub fn cursor(&self, id: Uuid) -> Arc<Mutex<computer::Point>> {
-        if self.cursors.len() >= MAX_TRACKED && !self.cursors.contains_key(&id) {
-            self.cursors.clear();
-        }
-        self.cursors.entry(id).or_default().clone()
+    /// Where session `id`'s pointer is (the page's top left until it moves); its browser is
+    /// behind `mux`.
+    pub fn cursor(&self, id: Uuid, mux: &Arc<Mux>) -> Arc<Mutex<computer::Point>> {
+        self.with_state(id, mux, |state| state.cursor.clone())
     }
 
     /// The live view of session `id`, whose browser is behind `mux`: the running one, or a
     /// new one.
-    pub async fn screen(&self, id: Uuid, mux: &Arc<Mux>) -> Result<Arc<Screen>, String> {
-        if let Some(screen) = self.screens.get(&id).and_then(|s| s.upgrade())
+    pub async fn screen(&self, id: Uuid, mux: &Arc<Mux>) -> Result<Arc<Screen>, ScreenError> {
+        let running = self.with_state(id, mux, |state| state.screen.upgrade());
+        if let Some(screen) = running
             && !screen.is_closed()
         {
             return Ok(screen);
         }
         let screen = Screen::start(mux).await?;
-        if self.screens.len() >= MAX_TRACKED {
-            self.screens.retain(|_, s| s.strong_count() > 0);
-        }
-        self.screens.insert(id, Arc::downgrade(&screen));
+        self.with_state(id, mux, |state| state.screen = Arc::downgrade(&screen));
         Ok(screen)
+    }
+
+    /// Sessions whose view state is kept now.
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Runs `f` on session `id`'s state, made on first use; a new state is forgotten once
+    /// the connection to the session's browser (`mux`) is lost.
+    fn with_state<T>(&self, id: Uuid, mux: &Arc<Mux>, f: impl FnOnce(&mut ViewState) -> T) -> T {
+        match self.states.entry(id) {
+            Entry::Occupied(mut state) => f(state.get_mut()),
+            Entry::Vacant(vacant) => {
+                let mut state = ViewState::default();
+                let made = f(&mut state);
+                vacant.insert(state);
+                let states = Arc::downgrade(&self.states);
+                let mux = mux.clone();
+                tokio::spawn(async move {
+                    mux.lost().await;
+                    if let Some(states) = states.upgrade() {
+                        states.remove(&id);
+                    }
+                });
+                made
+            }
+        }
     }
 
     /// Session `id`'s viewer token for `mode`: 128 bits of an HMAC of the id and the mode,
@@ -130,7 +164,7 @@ impl ViewerMode {
 impl std::fmt::Debug for Viewers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Viewers")
-            .field("screens", &self.screens.len())
+            .field("tracked", &self.states.len())
             .finish_non_exhaustive()
     }
 }
