@@ -10,5 +10,5 @@
 mod fake_browser;
 mod membership;
 
-pub use fake_browser::{FakeBrowser, FakeBrowserHost, ReceivedCommand};
+pub use fake_browser::{FAKE_JPEG, FAKE_VIEWPORT, FakeBrowser, FakeBrowserHost, ReceivedCommand};
 pub use membership::InMemoryMembership;

@@ -219,3 +219,62 @@ mod tests {
         assert_eq!(ReadOnly.asked(false), ReadOnly);
     }
 }
+
+#[cfg(test)]
+mod pruning {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::browser::{BrowserHost, LaunchSpec};
+    use crate::cdp::guard::Guard;
+    use crate::testing::FakeBrowserHost;
+
+    async fn mux(host: &FakeBrowserHost) -> Arc<Mux> {
+        let spec = LaunchSpec {
+            session_id: Uuid::new_v4(),
+            dimensions: Default::default(),
+            user_agent: None,
+            proxy_server: None,
+            proxy_auth: None,
+            downloads: None,
+        };
+        let launched = host.launch(spec).await.expect("launch");
+        Mux::start(launched.transport, Guard::new(Default::default(), None))
+    }
+
+    #[tokio::test]
+    async fn a_sessions_view_state_goes_with_its_browser_and_no_other() {
+        let host = FakeBrowserHost::new();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let (mux_a, mux_b) = (mux(&host).await, mux(&host).await);
+        let viewers = Viewers::default();
+        let cursor = viewers.cursor(a, &mux_a);
+        *crate::sync::lock(&cursor) = (3.0, 4.0);
+        let screen = viewers.screen(a, &mux_a).await.expect("a live view");
+        viewers.cursor(b, &mux_b);
+        assert_eq!(viewers.tracked(), 2);
+        assert!(
+            Arc::ptr_eq(&cursor, &viewers.cursor(a, &mux_a)),
+            "one pointer per session"
+        );
+        let again = viewers.screen(a, &mux_a).await.expect("the running view");
+        assert!(Arc::ptr_eq(&screen, &again), "one live view per session");
+        host.browsers()[0].crash();
+        let pruned = tokio::time::timeout(Duration::from_secs(5), async {
+            while viewers.tracked() != 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            pruned.is_ok(),
+            "session a's state is forgotten once its browser went"
+        );
+        assert_eq!(
+            *crate::sync::lock(&viewers.cursor(b, &mux_b)),
+            (0.0, 0.0),
+            "session b's state stays"
+        );
+        assert_eq!(viewers.tracked(), 1);
+    }
+}

@@ -252,3 +252,233 @@ async fn next_frame(watching: &mut Option<Watching>) -> Option<Arc<Frame>> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use serde_json::{Value, json};
+    use tokio::sync::mpsc;
+    use tokio::time::timeout;
+    use tokio_util::sync::PollSender;
+
+    use super::*;
+    use crate::browser::{BrowserHost, LaunchSpec};
+    use crate::cdp::guard::Guard;
+    use crate::cdp::mux::Mux;
+    use crate::testing::{FakeBrowser, FakeBrowserHost};
+
+    const STEP: Duration = Duration::from_secs(5);
+
+    /// A viewer's socket made of two channels.
+    struct Pipe {
+        out: PollSender<Message>,
+        inbox: mpsc::Receiver<Result<Message, tungstenite::Error>>,
+    }
+
+    impl Sink<Message> for Pipe {
+        type Error = tokio_util::sync::PollSendError<Message>;
+        fn poll_ready(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Pin::new(&mut self.out).poll_ready(cx)
+        }
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            Pin::new(&mut self.out).start_send(item)
+        }
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Pin::new(&mut self.out).poll_flush(cx)
+        }
+        fn poll_close(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Pin::new(&mut self.out).poll_close(cx)
+        }
+    }
+
+    impl Stream for Pipe {
+        type Item = Result<Message, tungstenite::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.inbox.poll_recv(cx)
+        }
+    }
+
+    /// A session that lives until `end` is set.
+    #[derive(Default)]
+    struct Stub {
+        end: AtomicBool,
+        activity: AtomicUsize,
+    }
+
+    impl Subject for Stub {
+        fn ended(&self) -> Option<&'static str> {
+            self.end.load(Ordering::SeqCst).then_some("timeout")
+        }
+        fn note_activity(&self) {
+            self.activity.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The test's side of a viewer served on channels.
+    struct Viewed {
+        to_viewer: mpsc::Receiver<Message>,
+        from_viewer: mpsc::Sender<Result<Message, tungstenite::Error>>,
+        browser: Arc<FakeBrowser>,
+        stub: Arc<Stub>,
+        served: tokio::task::JoinHandle<Ending>,
+        _host: Arc<FakeBrowserHost>,
+    }
+
+    impl Viewed {
+        async fn start(interactive: bool) -> Viewed {
+            let host = FakeBrowserHost::new();
+            let spec = LaunchSpec {
+                session_id: uuid::Uuid::new_v4(),
+                dimensions: Default::default(),
+                user_agent: None,
+                proxy_server: None,
+                proxy_auth: None,
+                downloads: None,
+            };
+            let launched = host.launch(spec).await.expect("launch");
+            let browser = host.last().expect("a browser");
+            let mux = Mux::start(launched.transport, Guard::new(Default::default(), None));
+            let screen = Screen::start(&mux).await.expect("a live view");
+            let (out, to_viewer) = mpsc::channel(16);
+            let (from_viewer, inbox) = mpsc::channel(16);
+            let stub = Arc::new(Stub::default());
+            let subject = stub.clone();
+            let served = tokio::spawn(async move {
+                let mut pipe = Pipe {
+                    out: PollSender::new(out),
+                    inbox,
+                };
+                let options = Options {
+                    interactive,
+                    pick: Pick::Newest,
+                };
+                let ending = serve(&mut pipe, screen, &*subject, options).await;
+                drop(mux);
+                ending
+            });
+            Viewed {
+                to_viewer,
+                from_viewer,
+                browser,
+                stub,
+                served,
+                _host: host,
+            }
+        }
+
+        async fn next(&mut self) -> Message {
+            timeout(STEP, self.to_viewer.recv())
+                .await
+                .expect("a message in time")
+                .expect("the socket is open")
+        }
+
+        /// The next text message, as JSON (frames skipped).
+        async fn next_text(&mut self) -> Value {
+            loop {
+                if let Message::Text(text) = self.next().await {
+                    return serde_json::from_str(&text).expect("JSON");
+                }
+            }
+        }
+
+        /// The next text message of type `kind` (others skipped: tabs are sent again as the
+        /// live view learns of pages).
+        async fn next_of(&mut self, kind: &str) -> Value {
+            loop {
+                let message = self.next_text().await;
+                if message["type"] == kind {
+                    return message;
+                }
+            }
+        }
+
+        async fn send(&self, message: Value) {
+            let text = Message::text(message.to_string());
+            self.from_viewer.send(Ok(text)).await.expect("send");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_viewer_on_channels_gets_tabs_and_frames_and_steers_the_page() {
+        let mut viewed = Viewed::start(true).await;
+        let tabs = viewed.next_text().await;
+        assert_eq!(tabs["type"], "tabs", "{tabs}");
+        let frame = loop {
+            if let Message::Binary(frame) = viewed.next().await {
+                break frame;
+            }
+        };
+        let header_len = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+        let header: Value = serde_json::from_slice(&frame[4..4 + header_len]).expect("header");
+        assert_eq!(
+            (&header["width"], &header["height"]),
+            (&json!(800.0), &json!(600.0))
+        );
+        assert_eq!(&frame[4 + header_len..4 + header_len + 2], &[0xff, 0xd8]);
+        viewed
+            .send(json!({"type": "mouse", "event": "mousePressed", "x": 5000, "y": 10, "button": "left", "clickCount": 1}))
+            .await;
+        viewed.send(json!({"type": "nonsense"})).await;
+        let error = viewed.next_of("error").await;
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("not a viewer message")),
+            "{error}"
+        );
+        let pressed = viewed
+            .browser
+            .received()
+            .into_iter()
+            .find(|c| c.method == "Input.dispatchMouseEvent")
+            .expect("the press reached the page");
+        assert_eq!(
+            pressed.params["x"],
+            json!(800.0),
+            "clamped to the frame's width"
+        );
+        assert!(pressed.session_id.is_some(), "sent on the page's session");
+        assert_eq!(viewed.stub.activity.load(Ordering::SeqCst), 1);
+        viewed.stub.end.store(true, Ordering::SeqCst);
+        let ended = viewed.next_of("ended").await;
+        assert_eq!(ended, json!({"type": "ended", "reason": "timeout"}));
+        let ending = timeout(STEP, viewed.served)
+            .await
+            .expect("stops")
+            .expect("no panic");
+        assert!(matches!(ending, Ending::SessionEnded), "{ending:?}");
+    }
+
+    #[tokio::test]
+    async fn a_read_only_viewer_is_told_and_its_input_goes_nowhere() {
+        let mut viewed = Viewed::start(false).await;
+        assert_eq!(viewed.next_text().await["type"], "tabs");
+        viewed.send(json!({"type": "reload"})).await;
+        let error = viewed.next_of("error").await;
+        assert_eq!(
+            error,
+            json!({"type": "error", "message": "this viewer is read-only"})
+        );
+        assert_eq!(viewed.browser.count("Page.reload"), 0);
+        assert_eq!(viewed.stub.activity.load(Ordering::SeqCst), 0);
+        drop(viewed.from_viewer);
+        let ending = timeout(STEP, viewed.served)
+            .await
+            .expect("stops")
+            .expect("no panic");
+        assert!(matches!(ending, Ending::Left), "{ending:?}");
+    }
+}
