@@ -83,9 +83,12 @@ fn no_button() -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum MouseEvent {
-    MousePressed,
-    MouseReleased,
-    MouseMoved,
+    #[serde(rename = "mousePressed")]
+    Pressed,
+    #[serde(rename = "mouseReleased")]
+    Released,
+    #[serde(rename = "mouseMoved")]
+    Moved,
 }
 
 /// A key message's `event`.
@@ -178,9 +181,9 @@ impl ClientMessage {
                 modifiers: m,
             } => {
                 let kind = match event {
-                    MouseEvent::MousePressed => MouseKind::Pressed,
-                    MouseEvent::MouseReleased => MouseKind::Released,
-                    MouseEvent::MouseMoved => MouseKind::Moved,
+                    MouseEvent::Pressed => MouseKind::Pressed,
+                    MouseEvent::Released => MouseKind::Released,
+                    MouseEvent::Moved => MouseKind::Moved,
                 };
                 let button =
                     Button::parse(button).ok_or_else(|| Refused::Button(button.clone()))?;

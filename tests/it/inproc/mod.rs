@@ -21,6 +21,7 @@ mod pool;
 mod supervisor;
 mod tenancy;
 mod viewer;
+mod viewer_socket;
 
 use std::future::Future;
 use std::net::SocketAddr;
