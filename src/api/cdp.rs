@@ -1,4 +1,5 @@
-//! CDP over HTTP: discovery (`/json/version`) and the WebSocket upgrade.
+//! CDP over HTTP: discovery (`/json/version`) and the CDP connect (the WebSocket upgrade
+//! itself is [`super::upgrade`]'s).
 //!
 //! A connection is refused with an HTTP status before the upgrade when its session is
 //! unknown or ended, when the session has `--max-clients-per-session` CDP clients already

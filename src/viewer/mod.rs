@@ -1,9 +1,10 @@
 //! Seeing and steering a live session from outside CDP: the live viewer's screencast
-//! ([`screen`]), its access tokens, and Steel's computer API ([`computer`]), built on one
-//! input vocabulary ([`input`]). The pages a person's browser loads are in `assets/`.
+//! ([`screen`]), its wire format ([`protocol`]) and socket loop ([`socket`]), its access
+//! tokens, and Steel's computer API ([`computer`]), built on one input vocabulary
+//! ([`input`]). The pages a person's browser loads are in `assets/`.
 //!
-//! Owns per-session view state (the pointer, the running live views) and the key viewer
-//! tokens are made with. Drives browsers only through private `cdp::driver::Driver`s, so it
+//! Owns per-session view state (the pointer, the running live views), forgotten when the
+//! session's browser connection goes, and the key viewer tokens are made with. Drives browsers only through private `cdp::driver::Driver`s, so it
 //! never disturbs a client's CDP sessions; knows nothing of HTTP or of sessions' states
 //! (callers check that a session is live).
 
