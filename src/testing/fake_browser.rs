@@ -1276,6 +1276,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_screencast_sends_a_frame_per_change_and_waits_for_each_ack() {
+        let host = FakeBrowserHost::new();
+        let mut launched = launch(&host).await;
+        let browser = host.last().expect("a browser");
+        let t = &mut launched.transport;
+        let (_, page) = attach_client(t, &browser).await;
+        let on_page = |id: i64, method: &str, params: Value| json!({"id": id, "method": method, "params": params, "sessionId": page});
+        send(
+            t,
+            on_page(3, "Page.startScreencast", json!({"format": "jpeg"})),
+        )
+        .await;
+        assert_eq!(next(t).await["id"], 3);
+        let frame = next(t).await;
+        assert_eq!(frame["method"], "Page.screencastFrame", "{frame}");
+        assert_eq!(frame["sessionId"], page.as_str());
+        assert_eq!(frame["params"]["data"], FAKE_JPEG);
+        assert_eq!(frame["params"]["metadata"]["deviceWidth"], FAKE_VIEWPORT.0);
+        assert_eq!(browser.screencasts(), 1);
+        // The page changes before the frame is acknowledged: the next frame waits for the ack.
+        browser.repaint();
+        send(t, on_page(4, "Input.insertText", json!({"text": "a"}))).await;
+        assert_eq!(next(t).await["id"], 4, "no frame before the ack");
+        let ack = json!({"sessionId": frame["params"]["sessionId"]});
+        send(t, on_page(5, "Page.screencastFrameAck", ack)).await;
+        assert_eq!(next(t).await["id"], 5);
+        let second = next(t).await;
+        assert_eq!(second["method"], "Page.screencastFrame", "{second}");
+        assert_ne!(second["params"]["sessionId"], frame["params"]["sessionId"]);
+        // Stopped: no more frames.
+        send(t, on_page(6, "Page.stopScreencast", json!({}))).await;
+        assert_eq!(next(t).await["id"], 6);
+        browser.repaint();
+        send(t, on_page(7, "Page.reload", json!({}))).await;
+        assert_eq!(next(t).await["id"], 7, "no frame once stopped");
+        assert_eq!(browser.screencasts(), 0);
+        // The computer API's page commands.
+        send(
+            t,
+            on_page(8, "Page.captureScreenshot", json!({"format": "png"})),
+        )
+        .await;
+        let shot = next(t).await;
+        assert!(
+            shot["result"]["data"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("iVBOR"))
+        );
+        send(t, on_page(9, "Page.getLayoutMetrics", json!({}))).await;
+        let metrics = next(t).await;
+        assert_eq!(
+            metrics["result"]["cssLayoutViewport"]["clientWidth"],
+            FAKE_VIEWPORT.0
+        );
+    }
+
+    #[tokio::test]
     async fn browser_session_auto_attaches_the_page() {
         let host = FakeBrowserHost::new();
         let mut launched = launch(&host).await;
