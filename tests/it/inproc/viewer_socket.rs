@@ -102,8 +102,15 @@ async fn the_viewer_loads_and_its_socket_streams_the_pages_frames() {
     );
     let mut ws = open(&gw, &debug_url(&session)).await;
     let browser = gw.browser_of(&id);
-    let tabs = next_of(&mut ws, "tabs").await;
+    // The first tabs may come before the live view has learnt of the page.
+    let tabs = loop {
+        let tabs = next_of(&mut ws, "tabs").await;
+        if tabs["tabs"].as_array().is_some_and(|t| !t.is_empty()) {
+            break tabs;
+        }
+    };
     assert_eq!(tabs["tabs"][0]["id"], browser.page_target_id(), "{tabs}");
+    assert_eq!(tabs["active"], browser.page_target_id(), "{tabs}");
     let (header, jpeg) = next_frame(&mut ws).await;
     assert_eq!(
         header,
