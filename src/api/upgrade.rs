@@ -113,3 +113,51 @@ fn switching_protocols(key: &str) -> Response {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn an_upgrade_needs_websocket_version_13_and_a_key() {
+        use header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+        let status = |pairs: &[(header::HeaderName, &'static str)]| {
+            Upgrade::check(&headers(pairs)).err().map(|e| e.status)
+        };
+        let upgrade = [(CONNECTION, "keep-alive, Upgrade"), (UPGRADE, "WebSocket")];
+        assert_eq!(status(&[]), Some(StatusCode::UPGRADE_REQUIRED));
+        assert_eq!(
+            status(&[(UPGRADE, "websocket")]),
+            Some(StatusCode::UPGRADE_REQUIRED),
+            "Connection: Upgrade is required"
+        );
+        assert_eq!(
+            status(&upgrade),
+            Some(StatusCode::BAD_REQUEST),
+            "no version"
+        );
+        let versioned = [
+            upgrade[0].clone(),
+            upgrade[1].clone(),
+            (SEC_WEBSOCKET_VERSION, "13"),
+        ];
+        assert_eq!(status(&versioned), Some(StatusCode::BAD_REQUEST), "no key");
+        let mut complete = versioned.to_vec();
+        complete.push((SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ=="));
+        let checked = Upgrade::check(&headers(&complete)).expect("a valid upgrade");
+        let response = switching_protocols(&checked.key);
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(
+            response.headers()[header::SEC_WEBSOCKET_ACCEPT],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+            "RFC 6455's example"
+        );
+    }
+}
