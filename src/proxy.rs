@@ -3,14 +3,15 @@
 //! proper close frame.
 //!
 //! Owns client sockets: WebSocket framing, per-client flow, and the close code and reason
-//! of every way a client is let go ([`close_frame`]). It must not decide session states
+//! of every way a client is let go ([`close_frame`], [`final_frame`], [`refusal`]), the
+//! viewer's socket included ([`close_socket`]): no other module builds a close frame. It must not decide session states
 //! beyond reporting a client's `Browser.close` to the session.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -69,6 +70,30 @@ pub fn close_frame(why: Disconnect) -> CloseFrame {
         code,
         reason: text.into(),
     }
+}
+
+/// The close frame for a socket let go for `why`; a session that ended for no recorded
+/// reason closes its sockets with 1001 "session ended".
+pub fn final_frame(why: Option<Disconnect>) -> CloseFrame {
+    why.map(close_frame).unwrap_or_else(|| CloseFrame {
+        code: CloseCode::Away,
+        reason: "session ended".into(),
+    })
+}
+
+/// Closes a socket that is not a CDP client's (the viewer's) with `frame`, and waits for
+/// the other side's answer so that it sees a clean close; bounded, like a client's close.
+pub async fn close_socket<S>(socket: &mut S, frame: CloseFrame)
+where
+    S: Sink<Message> + Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
 }
 
 /// Serves one attached client until it leaves or is disconnected. A client that has
@@ -254,7 +279,7 @@ where
 /// The close frame for a client whose input broke the rules, if the socket can still carry
 /// one: 1009 for a message over the limit, 1007 for invalid UTF-8, 1002 for other protocol
 /// errors.
-fn refusal(error: &tungstenite::Error) -> Option<CloseFrame> {
+pub fn refusal(error: &tungstenite::Error) -> Option<CloseFrame> {
     let (code, reason) = match error {
         tungstenite::Error::Capacity(_) => (CloseCode::Size, "message too big"),
         tungstenite::Error::Utf8(_) => (CloseCode::Invalid, "text frame is not valid UTF-8"),
@@ -297,10 +322,7 @@ async fn close<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let frame = why.map(close_frame).unwrap_or_else(|| CloseFrame {
-        code: CloseCode::Away,
-        reason: "session ended".into(),
-    });
+    let frame = final_frame(why);
     // Messages still queued go out before the close frame, except to a client that is not
     // reading, and except for a session the cluster failed: its node held them while it
     // was fenced, and nothing of it may be answered after the failure.

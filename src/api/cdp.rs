@@ -1,4 +1,5 @@
-//! CDP over HTTP: discovery (`/json/version`) and the WebSocket upgrade.
+//! CDP over HTTP: discovery (`/json/version`) and the CDP connect (the WebSocket upgrade
+//! itself is [`super::upgrade`]'s).
 //!
 //! A connection is refused with an HTTP status before the upgrade when its session is
 //! unknown or ended, when the session has `--max-clients-per-session` CDP clients already
@@ -8,22 +9,18 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorJson};
 use super::extract::{SessionId, StrictQuery, parse_id};
 use super::locate::{self, Route, gone};
 use super::relay::Relay;
+use super::upgrade::{Upgrade, is_websocket_upgrade};
 use super::wire::PublicUrls;
 use super::{API_KEY_PARAM, AppState, PresentedKey};
 use crate::auth::Caller;
@@ -128,9 +125,9 @@ async fn connect(
     caller: &Caller,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let key = websocket_key(request.headers())?;
+    let upgrade = Upgrade::check(request.headers())?;
     let route = (id, Route::Connect);
-    let (session, mut request) = match locate::upgrade(&state, caller, route, request)
+    let (session, request) = match locate::upgrade(&state, caller, route, request)
         .await?
         .here(id)
     {
@@ -162,38 +159,11 @@ async fn connect(
             ));
         }
     };
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    let max_message = state.max_message;
     let ping_every = state.ping_every;
     let fence = state.fence.clone();
-    state.clients.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(proxy::websocket_config(max_message)),
-                )
-                .await;
-                proxy::serve_client(ws, link, session, ping_every, fence).await;
-            }
-            Err(e) => debug!(session_id = %id, error = %e, "WebSocket upgrade did not complete"),
-        }
-    });
-    Ok(switching_protocols(&key))
-}
-
-/// The 101 that completes a WebSocket upgrade whose `Sec-WebSocket-Key` is `key`.
-pub(super) fn switching_protocols(key: &str) -> Response {
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    response
+    Ok(upgrade.complete(&state, id, request, move |ws| {
+        proxy::serve_client(ws, link, session, ping_every, fence)
+    }))
 }
 
 /// `GET /json/version[/]?sessionId=<id>`. Without a `sessionId` it answers for the only
@@ -364,48 +334,14 @@ fn ended(session: &Session) -> ApiError {
     gone(session.id, status, reason)
 }
 
-fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-}
-
-/// Checks the upgrade request and returns its `Sec-WebSocket-Key`.
-pub(super) fn websocket_key(headers: &HeaderMap) -> Result<String, ApiError> {
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if !connection_upgrade || !is_websocket_upgrade(headers) {
-        return Err(ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "websocket_required",
-            "this is a CDP WebSocket endpoint; connect with a WebSocket client",
-        ));
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .and_then(|v| v.to_str().ok())
-        != Some("13")
-    {
-        return Err(ApiError::bad_request("Sec-WebSocket-Version: must be 13"));
-    }
-    headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .ok_or_else(|| ApiError::bad_request("Sec-WebSocket-Key: missing"))
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
     use axum::Router;
+    use axum::body::Body;
+    use axum::http::header;
     use axum::routing::get;
     use tokio_util::task::TaskTracker;
     use tower::ServiceExt;

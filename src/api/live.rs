@@ -3,30 +3,22 @@
 //!
 //! Every viewer route takes the session's viewer token (`?token=`) instead of an API key;
 //! it works only while the session is live. The WebSocket is accepted only from ingot's
-//! own origin. Frames and tabs come from [`crate::viewer::screen`]; a person's input is
-//! turned into CDP by [`crate::viewer::input`] and sent only when the viewer is
-//! interactive. The token carries the mode ([`ViewerMode`]): a read-only token stays
+//! own origin. Only the HTTP parts live here (routes, pages, CSP, token checks, the upgrade
+//! through [`super::upgrade`]): the socket is handed to [`crate::viewer::socket`], which
+//! speaks the viewer's protocol, and closed with the code [`crate::proxy`] gives the reason
+//! it stopped. The token carries the mode ([`ViewerMode`]): a read-only token stays
 //! read-only whatever the URL says, and `interactive=false` lowers an interactive one. A
 //! page opened with an interactive token and `interactive=false` is sent on (303) to the same
 //! page with the read-only token, so the link it shows can be shared without giving control.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
@@ -34,18 +26,16 @@ use super::error::{ApiError, ErrorJson};
 use super::extract::{SessionId, StrictQuery};
 use super::locate::{self, Route, Step, viewer_gone as viewer_ended};
 use super::relay::Relay;
+use super::upgrade::Upgrade;
 use crate::auth::Caller;
+use crate::proxy;
 use crate::session::Session;
-use crate::viewer::input::{self, Button, MouseKind};
-use crate::viewer::screen::{Frame, Pick, Screen, Tabs, Watching};
-use crate::viewer::{CONSOLE_HTML, VIEW_HTML, VIEWER_HTML, ViewerMode};
+use crate::viewer::screen::Pick;
+use crate::viewer::socket::{Ending, Options};
+use crate::viewer::{self, CONSOLE_HTML, VIEW_HTML, VIEWER_HTML, ViewerMode};
+use crate::vocab::Disconnect;
 
 type Query = StrictQuery<HashMap<String, String>>;
-
-/// Largest text a viewer may paste at once, in characters.
-const MAX_PASTE: usize = 10_000;
-/// How often a viewer's socket checks that its session still lives.
-const LIFE_CHECK: Duration = Duration::from_millis(250);
 
 /// `GET /ui`: the operator console.
 #[utoipa::path(
@@ -123,7 +113,7 @@ fn viewer_page(
     html: &'static str,
 ) -> Result<Response, ApiError> {
     let mode = token(state, id, query)?;
-    let asked_interactive = ViewerOptions::of(query).interactive;
+    let asked_interactive = socket_options(query).interactive;
     // Read-only either way: the token says so, or the URL asks for it. The page is then
     // sent on with the read-only token and `interactive=false`, so it shows no controls.
     if mode == ViewerMode::ReadOnly && asked_interactive
@@ -376,9 +366,9 @@ pub async fn socket(
 ) -> Result<Response, ApiError> {
     let granted = token(&state, id, &query)?;
     same_origin(&request)?;
-    let key = super::cdp::websocket_key(request.headers())?;
+    let upgrade = Upgrade::check(request.headers())?;
     let route = (id, Route::ViewerSocket);
-    let (session, mut request) = match locate::upgrade(&state, &Caller::Open, route, request)
+    let (session, request) = match locate::upgrade(&state, &Caller::Open, route, request)
         .await?
         .here(id)
     {
@@ -389,22 +379,46 @@ pub async fn socket(
         return Err(viewer_ended(id));
     }
     let mux = session.mux().ok_or_else(|| viewer_ended(id))?;
-    let screen = state
-        .viewers
-        .screen(id, &mux)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "browser_unavailable", e))?;
-    let mut options = ViewerOptions::of(&query);
+    let screen = state.viewers.screen(id, &mux).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "browser_unavailable",
+            e.to_string(),
+        )
+    })?;
+    let mut options = socket_options(&query);
     options.interactive = granted.asked(options.interactive) == ViewerMode::Interactive;
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    state.clients.spawn(async move {
-        if let Ok(upgraded) = on_upgrade.await {
-            let ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            Viewer::new(ws, screen, session, options).serve().await;
+    Ok(
+        upgrade.complete(&state, id, request, move |mut ws| async move {
+            let ending = viewer::socket::serve(&mut ws, screen, &*session, options).await;
+            let frame = match ending {
+                Ending::SessionEnded => {
+                    let why = session.end_reason().map(Disconnect::SessionEnded);
+                    Some(proxy::final_frame(why))
+                }
+                Ending::Broke(e) => proxy::refusal(&e),
+                Ending::Left | Ending::ViewGone => None,
+            };
+            if let Some(frame) = frame {
+                proxy::close_socket(&mut ws, frame).await;
+            }
+        }),
+    )
+}
+
+/// A viewer is shown a live session: it asks the session whether it still lives, and its
+/// input counts as the session's activity.
+impl viewer::socket::Subject for Session {
+    fn ended(&self) -> Option<&'static str> {
+        if self.phase().is_live() {
+            return None;
         }
-    });
-    Ok(super::cdp::switching_protocols(&key))
+        Some(self.end_reason().map_or("ended", |r| r.steel()))
+    }
+
+    fn note_activity(&self) {
+        Session::note_activity(self);
+    }
 }
 
 /// Refuses a WebSocket that a page of another origin opens (browsers always send `Origin`).
@@ -423,261 +437,14 @@ fn same_origin(request: &Request) -> Result<(), ApiError> {
 }
 
 /// What the viewer's URL asks for (`interactive` is then bounded by the token's mode).
-struct ViewerOptions {
-    interactive: bool,
-    pick: Pick,
-}
-
-impl ViewerOptions {
-    fn of(query: &HashMap<String, String>) -> ViewerOptions {
-        let interactive = query.get("interactive").is_none_or(|v| v != "false");
-        let pick = match (query.get("pageId"), query.get("pageIndex")) {
-            (Some(id), _) if !id.is_empty() => Pick::Id(id.clone()),
-            (_, Some(i)) => i.parse().map_or(Pick::Newest, Pick::Index),
-            _ => Pick::Newest,
-        };
-        ViewerOptions { interactive, pick }
-    }
-}
-
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-
-/// One viewer's connection.
-struct Viewer {
-    ws: Socket,
-    screen: Arc<Screen>,
-    session: Arc<Session>,
-    interactive: bool,
-    /// Whether the viewer follows the newest page (it named none).
-    follow: bool,
-    pick: Pick,
-    watching: Option<Watching>,
-    /// The size of the last frame sent, for input coordinates.
-    size: (f64, f64),
-}
-
-impl Viewer {
-    fn new(
-        ws: Socket,
-        screen: Arc<Screen>,
-        session: Arc<Session>,
-        options: ViewerOptions,
-    ) -> Viewer {
-        Viewer {
-            ws,
-            screen,
-            session,
-            interactive: options.interactive,
-            follow: matches!(options.pick, Pick::Newest),
-            pick: options.pick,
-            watching: None,
-            size: (0.0, 0.0),
-        }
-    }
-
-    async fn serve(mut self) {
-        let mut tabs = self.screen.tabs();
-        let mut life = tokio::time::interval(LIFE_CHECK);
-        let first = tabs.borrow_and_update().clone();
-        self.rewatch().await;
-        let _ = self.send_tabs(&first).await;
-        loop {
-            tokio::select! {
-                frame = next_frame(&mut self.watching) => match frame {
-                    Some(frame) => if self.send_frame(&frame).await.is_err() { break },
-                    None => {
-                        self.watching = None;
-                        self.pick = Pick::Newest;
-                        self.rewatch().await;
-                    }
-                },
-                changed = tabs.changed() => {
-                    if changed.is_err() { break }
-                    let now = tabs.borrow_and_update().clone();
-                    self.tabs_changed(&now).await;
-                    if self.send_tabs(&now).await.is_err() { break }
-                }
-                message = self.ws.next() => match message {
-                    Some(Ok(Message::Text(text))) => self.input(text.as_str()).await,
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => {}
-                },
-                _ = life.tick() => if !self.session.phase().is_live() {
-                    self.ended().await;
-                    break;
-                },
-            }
-        }
-        // The live view stops once its last viewer's subscription goes.
-        drop(self.screen);
-        drop(self.watching);
-    }
-
-    async fn rewatch(&mut self) {
-        self.watching = self.screen.watch(self.pick.clone()).await.ok();
-    }
-
-    async fn tabs_changed(&mut self, tabs: &Tabs) {
-        let watched = self.watching.as_ref().map(|w| w.page.clone());
-        let newest = tabs.newest.clone();
-        if self.watching.is_none() || (self.follow && newest.is_some() && newest != watched) {
-            self.rewatch().await;
-        }
-    }
-
-    async fn send_tabs(&mut self, tabs: &Tabs) -> Result<(), ()> {
-        let active = self
-            .watching
-            .as_ref()
-            .map(|w| w.page.clone())
-            .or(tabs.newest.clone());
-        let message = json!({"type": "tabs", "tabs": tabs.tabs, "active": active});
-        self.ws
-            .send(Message::text(message.to_string()))
-            .await
-            .map_err(drop)
-    }
-
-    async fn send_frame(&mut self, frame: &Frame) -> Result<(), ()> {
-        self.size = (frame.width, frame.height);
-        // Shared with the page's other viewers: no copy per viewer.
-        self.ws
-            .send(Message::Binary(frame.message.clone()))
-            .await
-            .map_err(drop)
-    }
-
-    async fn ended(&mut self) {
-        let reason = self
-            .session
-            .end_reason()
-            .map_or("ended", crate::vocab::EndReason::steel);
-        let _ = self
-            .ws
-            .send(Message::text(
-                json!({"type": "ended", "reason": reason}).to_string(),
-            ))
-            .await;
-        let close = CloseFrame {
-            code: CloseCode::Normal,
-            reason: "session ended".into(),
-        };
-        let _ = self.ws.send(Message::Close(Some(close))).await;
-    }
-
-    /// A message from the viewer: input (only when interactive) or a tab switch.
-    async fn input(&mut self, text: &str) {
-        let Ok(message) = serde_json::from_str::<Value>(text) else {
-            return;
-        };
-        if message["type"] == "switch" {
-            if let Some(page) = message["pageId"].as_str() {
-                self.follow = false;
-                self.pick = Pick::Id(page.to_owned());
-                self.rewatch().await;
-                let tabs = self.screen.tabs().borrow().clone();
-                let _ = self.send_tabs(&tabs).await;
-            }
-            return;
-        }
-        if !self.interactive {
-            return;
-        }
-        let Some(page) = self.watching.as_ref().map(|w| w.page.clone()) else {
-            return;
-        };
-        if let Some((method, params)) = command(&message, self.size) {
-            self.session.note_activity();
-            self.screen.page_command(&page, method, params);
-        }
-    }
-}
-
-/// The next frame of the watched page; `None` when the page went. Pends while nothing is
-/// watched.
-async fn next_frame(watching: &mut Option<Watching>) -> Option<Arc<Frame>> {
-    let Some(watching) = watching else {
-        return std::future::pending().await;
+fn socket_options(query: &HashMap<String, String>) -> Options {
+    let interactive = query.get("interactive").is_none_or(|v| v != "false");
+    let pick = match (query.get("pageId"), query.get("pageIndex")) {
+        (Some(id), _) if !id.is_empty() => Pick::Id(id.clone()),
+        (_, Some(i)) => i.parse().map_or(Pick::Newest, Pick::Index),
+        _ => Pick::Newest,
     };
-    loop {
-        watching.frames.changed().await.ok()?;
-        if let Some(frame) = watching.frames.borrow_and_update().clone() {
-            return Some(frame);
-        }
-    }
-}
-
-/// The CDP command a viewer's input message makes, on a page of `size` (CSS pixels).
-fn command(message: &Value, size: (f64, f64)) -> Option<(&'static str, Value)> {
-    let modifiers = message["modifiers"].as_u64().unwrap_or(0) as u32 & 0xf;
-    let point = || {
-        let clamp = |v: &Value, max: f64| {
-            v.as_f64()
-                .filter(|v| v.is_finite())
-                .map(|v| v.clamp(0.0, max.max(0.0)))
-        };
-        Some((clamp(&message["x"], size.0)?, clamp(&message["y"], size.1)?))
-    };
-    match message["type"].as_str()? {
-        "mouse" => {
-            let (x, y) = point()?;
-            let kind = match message["event"].as_str()? {
-                "mousePressed" => MouseKind::Pressed,
-                "mouseReleased" => MouseKind::Released,
-                "mouseMoved" => MouseKind::Moved,
-                _ => return None,
-            };
-            let button = Button::parse(message["button"].as_str().unwrap_or("none"))?;
-            let clicks = message["clickCount"].as_u64().unwrap_or(0).min(3) as u32;
-            Some((
-                "Input.dispatchMouseEvent",
-                input::mouse(kind, x, y, button, clicks, modifiers),
-            ))
-        }
-        "wheel" => {
-            let (x, y) = point()?;
-            let delta = |v: &Value| {
-                v.as_f64()
-                    .filter(|v| v.is_finite())
-                    .unwrap_or(0.0)
-                    .clamp(-10_000.0, 10_000.0)
-            };
-            let params = input::wheel(
-                x,
-                y,
-                delta(&message["deltaX"]),
-                delta(&message["deltaY"]),
-                modifiers,
-            );
-            Some(("Input.dispatchMouseEvent", params))
-        }
-        "key" => {
-            let down = match message["event"].as_str()? {
-                "keyDown" => true,
-                "keyUp" => false,
-                _ => return None,
-            };
-            let key = input::key(message["key"].as_str()?)?;
-            Some(("Input.dispatchKeyEvent", key.event(down, modifiers)))
-        }
-        "text" => {
-            let text: String = message["text"].as_str()?.chars().take(MAX_PASTE).collect();
-            Some(("Input.insertText", json!({"text": text})))
-        }
-        "navigate" => {
-            let url = message["url"].as_str()?;
-            let parsed = url::Url::parse(url).ok()?;
-            matches!(parsed.scheme(), "http" | "https" | "about")
-                .then(|| ("Page.navigate", json!({"url": url})))
-        }
-        "back" => Some(("Runtime.evaluate", json!({"expression": "history.back()"}))),
-        "forward" => Some((
-            "Runtime.evaluate",
-            json!({"expression": "history.forward()"}),
-        )),
-        "reload" => Some(("Page.reload", json!({}))),
-        _ => None,
-    }
+    Options { interactive, pick }
 }
 
 #[cfg(test)]
@@ -687,7 +454,7 @@ mod tests {
     #[test]
     fn the_viewers_url_picks_the_page_and_read_only_mode() {
         let of = |pairs: &[(&str, &str)]| {
-            ViewerOptions::of(
+            socket_options(
                 &pairs
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -705,36 +472,5 @@ mod tests {
             of(&[("pageId", "T1"), ("pageIndex", "0")]).pick,
             Pick::Id(_)
         ));
-    }
-
-    #[test]
-    fn viewer_input_becomes_cdp_and_stays_on_the_page() {
-        let size = (800.0, 600.0);
-        let (method, params) = command(
-            &json!({"type": "mouse", "event": "mousePressed", "x": 900, "y": -5, "button": "left", "clickCount": 1}),
-            size,
-        )
-        .expect("a command");
-        assert_eq!(method, "Input.dispatchMouseEvent");
-        assert_eq!(
-            (&params["x"], &params["y"]),
-            (&json!(800.0), &json!(0.0)),
-            "clamped to the page"
-        );
-        let (_, key) = command(
-            &json!({"type": "key", "event": "keyDown", "key": "Enter"}),
-            size,
-        )
-        .expect("key");
-        assert_eq!((&key["key"], &key["text"]), (&json!("Enter"), &json!("\r")));
-        for refused in [
-            json!({"type": "navigate", "url": "javascript:alert(1)"}),
-            json!({"type": "navigate", "url": "file:///etc/passwd"}),
-            json!({"type": "mouse", "event": "mousePressed", "x": "a", "y": 1}),
-            json!({"type": "key", "event": "keyDown", "key": "NoSuchKey"}),
-            json!({"type": "eval", "expression": "1"}),
-        ] {
-            assert!(command(&refused, size).is_none(), "{refused}");
-        }
     }
 }

@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod relay;
 pub mod sessions;
 pub mod unsupported;
+pub mod upgrade;
 pub mod usage;
 pub mod viewer;
 pub mod wire;

@@ -54,7 +54,7 @@ pub async fn computer(
     let request = computer::Request::parse(&body).map_err(|e| ApiError::bad_request(e.0))?;
     let mux = session.mux().ok_or_else(|| ended_conflict(id))?;
     session.note_activity();
-    let cursor = state.viewers.cursor(id);
+    let cursor = state.viewers.cursor(id, &mux);
     let outcome = computer::run(&mux, &request, &cursor).await?;
     Ok(Json(outcome).into_response())
 }

@@ -3,7 +3,8 @@
 //! WebSocket proxy to run in-process, in milliseconds.
 //!
 //! Owns the fake browsers' CDP state (one page target, the sessions attached to it and to
-//! the browser target), their simulated process lifecycle (exit, crash, hang, kill) and the
+//! the browser target, the pages' screencasts: a frame on `Page.startScreencast` and after
+//! each change of the page, never two unacknowledged), their simulated process lifecycle (exit, crash, hang, kill) and the
 //! counters tests read. It writes replies and events the way Chromium does (`id` or `method`
 //! first, `sessionId` last), because the gateway's router relies on that. It must not touch
 //! processes, pipes, the file system or the network, and it must not know about sessions'
@@ -37,6 +38,13 @@ const FAKE_RESIDENT_BYTES: u64 = 64 << 20;
 const SIGKILL: i32 = 9;
 /// `Browser.getVersion`'s reply, the same for every fake browser.
 const PRODUCT: &str = "FakeChrome/1.0";
+/// Every screencast frame and JPEG screenshot: a valid 8×8 grey baseline JPEG, base64.
+pub const FAKE_JPEG: &str = "/9j/2wBDAAEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQH/wAALCAAIAAgBAREA/8QAFAABAAAAAAAAAAAAAAAAAAAAAP/EABQQAQAAAAAAAAAAAAAAAAAAAAD/2gAIAQEAAD8AP//Z";
+/// Every PNG screenshot: a valid 1×1 grey PNG, base64.
+const FAKE_PNG: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNoAAAAggCBd81ytgAAAABJRU5ErkJggg==";
+/// The page's viewport in CSS pixels: screencast frames' metadata and layout metrics.
+pub const FAKE_VIEWPORT: (u32, u32) = (800, 600);
 
 /// The `result` of `Browser.getVersion`, which launch also returns as [`Launched::version`].
 fn version() -> Value {
@@ -478,6 +486,22 @@ impl FakeBrowser {
             .send(event_message(method, &params, session_id));
     }
 
+    /// The page changes, as if it drew something: every screencast gets a new
+    /// `Page.screencastFrame` at once if its last frame was acknowledged, else as soon as
+    /// it is (Chromium sends a screencast's next frame only after the ack).
+    pub fn repaint(&self) {
+        let mut out = Handled::default();
+        lock(&self.cdp).repaint(&mut out);
+        for message in out.messages {
+            let _ = self.injected.send(message);
+        }
+    }
+
+    /// The page sessions screencasting now.
+    pub fn screencasts(&self) -> usize {
+        lock(&self.cdp).casts.len()
+    }
+
     /// Records how the browser ended, unless it already had; notifies waiting tests.
     fn exit_with(&self, exit: BrowserExit, why: &str) -> bool {
         let first = self.exit.send_if_modified(|state| {
@@ -744,6 +768,19 @@ struct Cdp {
     extra_pages: Vec<String>,
     /// Sessions (`None`: the root session) that asked `Target.setDiscoverTargets`.
     discovering: Vec<Option<String>>,
+    /// Page sessions screencasting, by session id.
+    casts: HashMap<String, Cast>,
+    /// The last screencast frame's number (its `sessionId` parameter), across casts.
+    frames: u64,
+}
+
+/// One page session's screencast.
+#[derive(Debug, Default)]
+struct Cast {
+    /// The frame sent last and not yet acknowledged, if any.
+    unacked: Option<u64>,
+    /// The page changed while a frame was unacknowledged: the next frame goes with the ack.
+    dirty: bool,
 }
 
 impl Cdp {
@@ -755,6 +792,8 @@ impl Cdp {
             sessions: HashMap::new(),
             extra_pages: Vec::new(),
             discovering: Vec::new(),
+            casts: HashMap::new(),
+            frames: 0,
         }
     }
 
@@ -786,7 +825,94 @@ impl Cdp {
             "Target.setDiscoverTargets" => self.set_discover(command, out),
             "Target.createTarget" => self.create_target(command, out),
             "Target.closeTarget" => self.close_target(command, out),
+            "Page.startScreencast"
+            | "Page.screencastFrameAck"
+            | "Page.stopScreencast"
+            | "Page.getLayoutMetrics"
+            | "Page.captureScreenshot" => self.page_command(command, out),
+            method if is_page_change(method) => {
+                out.reply(command, json!({}));
+                self.repaint(out);
+            }
             _ => out.reply(command, json!({})),
+        }
+    }
+
+    /// The page commands the live viewer and the computer API use: screencasts, layout
+    /// metrics and screenshots.
+    fn page_command(&mut self, command: &Command, out: &mut Handled) {
+        let session = command.session.clone().unwrap_or_default();
+        let (width, height) = FAKE_VIEWPORT;
+        match command.method.as_str() {
+            "Page.startScreencast" => {
+                out.reply(command, json!({}));
+                self.casts.insert(session.clone(), Cast::default());
+                self.frame(&session, out);
+            }
+            "Page.screencastFrameAck" => {
+                out.reply(command, json!({}));
+                let acked = command.params["sessionId"].as_u64();
+                let dirty = match self.casts.get_mut(&session) {
+                    Some(cast) if cast.unacked.is_some() && cast.unacked == acked => {
+                        cast.unacked = None;
+                        std::mem::take(&mut cast.dirty)
+                    }
+                    _ => false,
+                };
+                if dirty {
+                    self.frame(&session, out);
+                }
+            }
+            "Page.stopScreencast" => {
+                self.casts.remove(&session);
+                out.reply(command, json!({}));
+            }
+            "Page.getLayoutMetrics" => {
+                let view =
+                    json!({"clientWidth": width, "clientHeight": height, "pageX": 0, "pageY": 0});
+                out.reply(
+                    command,
+                    json!({"cssLayoutViewport": view, "layoutViewport": view}),
+                );
+            }
+            _ => {
+                let png = command.params["format"].as_str() == Some("png");
+                let data = if png { FAKE_PNG } else { FAKE_JPEG };
+                out.reply(command, json!({ "data": data }));
+            }
+        }
+    }
+
+    /// Sends the page session's screencast a frame.
+    fn frame(&mut self, session: &str, out: &mut Handled) {
+        let Some(cast) = self.casts.get_mut(session) else {
+            return;
+        };
+        self.frames += 1;
+        cast.unacked = Some(self.frames);
+        let (width, height) = FAKE_VIEWPORT;
+        let params = json!({
+            "data": FAKE_JPEG,
+            "metadata": {"offsetTop": 0, "pageScaleFactor": 1, "deviceWidth": width,
+                "deviceHeight": height, "scrollOffsetX": 0, "scrollOffsetY": 0},
+            "sessionId": self.frames,
+        });
+        out.event("Page.screencastFrame", params, Some(session));
+    }
+
+    /// The page changed: a frame to every screencast whose last frame was acknowledged.
+    fn repaint(&mut self, out: &mut Handled) {
+        let mut ready: Vec<String> = Vec::new();
+        for (session, cast) in &mut self.casts {
+            if cast.unacked.is_some() {
+                cast.dirty = true;
+            } else {
+                ready.push(session.clone());
+            }
+        }
+        ready.sort();
+        for session in ready {
+            self.frame(&session, out);
         }
     }
 
@@ -978,6 +1104,7 @@ impl Cdp {
         let Some(attached) = self.sessions.remove(session) else {
             return;
         };
+        self.casts.remove(session);
         let mut orphans = vec![session.to_owned()];
         while let Some(parent) = orphans.pop() {
             let parent = Some(parent);
@@ -989,6 +1116,7 @@ impl Cdp {
                 .collect();
             for child in children {
                 self.sessions.remove(&child);
+                self.casts.remove(&child);
                 orphans.push(child);
             }
         }
@@ -999,6 +1127,12 @@ impl Cdp {
             attached.parent.as_deref(),
         );
     }
+}
+
+/// Whether a command changes what the page shows (input, navigation), so that a
+/// screencast gets a new frame.
+fn is_page_change(method: &str) -> bool {
+    method.starts_with("Input.") || matches!(method, "Page.navigate" | "Page.reload")
 }
 
 /// `Runtime.evaluate`: `1+1` is 2; any other expression comes back as a string, so that
@@ -1139,6 +1273,63 @@ mod tests {
         assert_eq!(message::reply_id(&raw), Some(2));
         assert_eq!(tail(&raw), Some(browser_session.as_str()));
         (browser_session, page_session)
+    }
+
+    #[tokio::test]
+    async fn a_screencast_sends_a_frame_per_change_and_waits_for_each_ack() {
+        let host = FakeBrowserHost::new();
+        let mut launched = launch(&host).await;
+        let browser = host.last().expect("a browser");
+        let t = &mut launched.transport;
+        let (_, page) = attach_client(t, &browser).await;
+        let on_page = |id: i64, method: &str, params: Value| json!({"id": id, "method": method, "params": params, "sessionId": page});
+        send(
+            t,
+            on_page(3, "Page.startScreencast", json!({"format": "jpeg"})),
+        )
+        .await;
+        assert_eq!(next(t).await["id"], 3);
+        let frame = next(t).await;
+        assert_eq!(frame["method"], "Page.screencastFrame", "{frame}");
+        assert_eq!(frame["sessionId"], page.as_str());
+        assert_eq!(frame["params"]["data"], FAKE_JPEG);
+        assert_eq!(frame["params"]["metadata"]["deviceWidth"], FAKE_VIEWPORT.0);
+        assert_eq!(browser.screencasts(), 1);
+        // The page changes before the frame is acknowledged: the next frame waits for the ack.
+        browser.repaint();
+        send(t, on_page(4, "Input.insertText", json!({"text": "a"}))).await;
+        assert_eq!(next(t).await["id"], 4, "no frame before the ack");
+        let ack = json!({"sessionId": frame["params"]["sessionId"]});
+        send(t, on_page(5, "Page.screencastFrameAck", ack)).await;
+        assert_eq!(next(t).await["id"], 5);
+        let second = next(t).await;
+        assert_eq!(second["method"], "Page.screencastFrame", "{second}");
+        assert_ne!(second["params"]["sessionId"], frame["params"]["sessionId"]);
+        // Stopped: no more frames.
+        send(t, on_page(6, "Page.stopScreencast", json!({}))).await;
+        assert_eq!(next(t).await["id"], 6);
+        browser.repaint();
+        send(t, on_page(7, "Page.reload", json!({}))).await;
+        assert_eq!(next(t).await["id"], 7, "no frame once stopped");
+        assert_eq!(browser.screencasts(), 0);
+        // The computer API's page commands.
+        send(
+            t,
+            on_page(8, "Page.captureScreenshot", json!({"format": "png"})),
+        )
+        .await;
+        let shot = next(t).await;
+        assert!(
+            shot["result"]["data"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("iVBOR"))
+        );
+        send(t, on_page(9, "Page.getLayoutMetrics", json!({}))).await;
+        let metrics = next(t).await;
+        assert_eq!(
+            metrics["result"]["cssLayoutViewport"]["clientWidth"],
+            FAKE_VIEWPORT.0
+        );
     }
 
     #[tokio::test]

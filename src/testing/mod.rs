@@ -14,5 +14,5 @@ mod fake_browser;
 mod membership;
 
 pub use cluster::{ClusterNode, InMemoryCluster};
-pub use fake_browser::{FakeBrowser, FakeBrowserHost, ReceivedCommand};
+pub use fake_browser::{FAKE_JPEG, FAKE_VIEWPORT, FakeBrowser, FakeBrowserHost, ReceivedCommand};
 pub use membership::InMemoryMembership;

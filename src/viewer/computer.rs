@@ -635,8 +635,8 @@ impl Page {
 mod tests {
     use super::*;
 
-    fn parse(body: Value) -> Result<Request, String> {
-        Request::parse(body.to_string().as_bytes()).map_err(|e| e.0)
+    fn parse(body: Value) -> Result<Request, Invalid> {
+        Request::parse(body.to_string().as_bytes())
     }
 
     #[test]
@@ -707,7 +707,7 @@ mod tests {
             ),
             (json!({"action": "take_screenshot", "extra": 1}), "extra"),
         ] {
-            let err = parse(body.clone()).expect_err("refused");
+            let err = parse(body.clone()).expect_err("refused").to_string();
             assert!(err.contains(field), "{body}: {err}");
         }
     }

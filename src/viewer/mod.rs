@@ -1,28 +1,29 @@
 //! Seeing and steering a live session from outside CDP: the live viewer's screencast
-//! ([`screen`]), its access tokens, and Steel's computer API ([`computer`]), built on one
-//! input vocabulary ([`input`]). The pages a person's browser loads are in `assets/`.
+//! ([`screen`]), its wire format ([`protocol`]) and socket loop ([`socket`]), its access
+//! tokens, and Steel's computer API ([`computer`]), built on one input vocabulary
+//! ([`input`]). The pages a person's browser loads are in `assets/`.
 //!
-//! Owns per-session view state (the pointer, the running live views) and the key viewer
-//! tokens are made with. Drives browsers only through private `cdp::driver::Driver`s, so it
+//! Owns per-session view state (the pointer, the running live views), forgotten when the
+//! session's browser connection goes, and the key viewer tokens are made with. Drives browsers only through private `cdp::driver::Driver`s, so it
 //! never disturbs a client's CDP sessions; knows nothing of HTTP or of sessions' states
 //! (callers check that a session is live).
 
 pub mod computer;
 pub mod input;
+pub mod protocol;
 pub mod screen;
+pub mod socket;
 
 use std::sync::{Arc, Mutex, Weak};
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::cdp::mux::Mux;
-use screen::Screen;
-
-/// Most sessions whose state is remembered; beyond it the oldest are forgotten.
-const MAX_TRACKED: usize = 10_000;
+use screen::{Screen, ScreenError};
 
 /// The viewer's page, its frame around the session's facts, and the operator console.
 pub const VIEWER_HTML: &str = include_str!("assets/viewer.html");
@@ -31,10 +32,21 @@ pub const VIEW_HTML: &str = include_str!("assets/view.html");
 /// The console at `/ui`.
 pub const CONSOLE_HTML: &str = include_str!("assets/console.html");
 
-/// View state of every session on this node.
+/// What is kept of one session's view: where its pointer is, and its live view while one
+/// runs.
+#[derive(Default)]
+struct ViewState {
+    cursor: Arc<Mutex<computer::Point>>,
+    screen: Weak<Screen>,
+}
+
+/// Each viewed session's state, by id.
+type States = DashMap<Uuid, ViewState>;
+
+/// View state of every session on this node. A session's state is forgotten when its
+/// browser connection goes (which every end of a session brings about).
 pub struct Viewers {
-    cursors: DashMap<Uuid, Arc<Mutex<computer::Point>>>,
-    screens: DashMap<Uuid, Weak<Screen>>,
+    states: Arc<States>,
     key: Vec<u8>,
 }
 
@@ -43,34 +55,57 @@ impl Viewers {
     /// makes the same; else a key of this process).
     pub fn new(key: Vec<u8>) -> Viewers {
         Viewers {
-            cursors: DashMap::new(),
-            screens: DashMap::new(),
+            states: Arc::new(DashMap::new()),
             key,
         }
     }
 
-    /// Where session `id`'s pointer is (the page's top left until it moves).
-    pub fn cursor(&self, id: Uuid) -> Arc<Mutex<computer::Point>> {
-        if self.cursors.len() >= MAX_TRACKED && !self.cursors.contains_key(&id) {
-            self.cursors.clear();
-        }
-        self.cursors.entry(id).or_default().clone()
+    /// Where session `id`'s pointer is (the page's top left until it moves); its browser is
+    /// behind `mux`.
+    pub fn cursor(&self, id: Uuid, mux: &Arc<Mux>) -> Arc<Mutex<computer::Point>> {
+        self.with_state(id, mux, |state| state.cursor.clone())
     }
 
     /// The live view of session `id`, whose browser is behind `mux`: the running one, or a
     /// new one.
-    pub async fn screen(&self, id: Uuid, mux: &Arc<Mux>) -> Result<Arc<Screen>, String> {
-        if let Some(screen) = self.screens.get(&id).and_then(|s| s.upgrade())
+    pub async fn screen(&self, id: Uuid, mux: &Arc<Mux>) -> Result<Arc<Screen>, ScreenError> {
+        let running = self.with_state(id, mux, |state| state.screen.upgrade());
+        if let Some(screen) = running
             && !screen.is_closed()
         {
             return Ok(screen);
         }
         let screen = Screen::start(mux).await?;
-        if self.screens.len() >= MAX_TRACKED {
-            self.screens.retain(|_, s| s.strong_count() > 0);
-        }
-        self.screens.insert(id, Arc::downgrade(&screen));
+        self.with_state(id, mux, |state| state.screen = Arc::downgrade(&screen));
         Ok(screen)
+    }
+
+    /// Sessions whose view state is kept now.
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Runs `f` on session `id`'s state, made on first use; a new state is forgotten once
+    /// the connection to the session's browser (`mux`) is lost.
+    fn with_state<T>(&self, id: Uuid, mux: &Arc<Mux>, f: impl FnOnce(&mut ViewState) -> T) -> T {
+        match self.states.entry(id) {
+            Entry::Occupied(mut state) => f(state.get_mut()),
+            Entry::Vacant(vacant) => {
+                let mut state = ViewState::default();
+                let made = f(&mut state);
+                vacant.insert(state);
+                let states = Arc::downgrade(&self.states);
+                let mux = mux.clone();
+                tokio::spawn(async move {
+                    mux.lost().await;
+                    if let Some(states) = states.upgrade() {
+                        states.remove(&id);
+                    }
+                });
+                made
+            }
+        }
     }
 
     /// Session `id`'s viewer token for `mode`: 128 bits of an HMAC of the id and the mode,
@@ -130,7 +165,7 @@ impl ViewerMode {
 impl std::fmt::Debug for Viewers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Viewers")
-            .field("screens", &self.screens.len())
+            .field("tracked", &self.states.len())
             .finish_non_exhaustive()
     }
 }
@@ -183,5 +218,64 @@ mod tests {
         assert_eq!(Interactive.asked(false), ReadOnly);
         assert_eq!(ReadOnly.asked(true), ReadOnly);
         assert_eq!(ReadOnly.asked(false), ReadOnly);
+    }
+}
+
+#[cfg(test)]
+mod pruning {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::browser::{BrowserHost, LaunchSpec};
+    use crate::cdp::guard::Guard;
+    use crate::testing::FakeBrowserHost;
+
+    async fn mux(host: &FakeBrowserHost) -> Arc<Mux> {
+        let spec = LaunchSpec {
+            session_id: Uuid::new_v4(),
+            dimensions: Default::default(),
+            user_agent: None,
+            proxy_server: None,
+            proxy_auth: None,
+            downloads: None,
+        };
+        let launched = host.launch(spec).await.expect("launch");
+        Mux::start(launched.transport, Guard::new(Default::default(), None))
+    }
+
+    #[tokio::test]
+    async fn a_sessions_view_state_goes_with_its_browser_and_no_other() {
+        let host = FakeBrowserHost::new();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let (mux_a, mux_b) = (mux(&host).await, mux(&host).await);
+        let viewers = Viewers::default();
+        let cursor = viewers.cursor(a, &mux_a);
+        *crate::sync::lock(&cursor) = (3.0, 4.0);
+        let screen = viewers.screen(a, &mux_a).await.expect("a live view");
+        viewers.cursor(b, &mux_b);
+        assert_eq!(viewers.tracked(), 2);
+        assert!(
+            Arc::ptr_eq(&cursor, &viewers.cursor(a, &mux_a)),
+            "one pointer per session"
+        );
+        let again = viewers.screen(a, &mux_a).await.expect("the running view");
+        assert!(Arc::ptr_eq(&screen, &again), "one live view per session");
+        host.browsers()[0].crash();
+        let pruned = tokio::time::timeout(Duration::from_secs(5), async {
+            while viewers.tracked() != 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            pruned.is_ok(),
+            "session a's state is forgotten once its browser went"
+        );
+        assert_eq!(
+            *crate::sync::lock(&viewers.cursor(b, &mux_b)),
+            (0.0, 0.0),
+            "session b's state stays"
+        );
+        assert_eq!(viewers.tracked(), 1);
     }
 }

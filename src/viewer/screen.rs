@@ -17,7 +17,21 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug;
 
 use crate::cdp::driver::Driver;
-use crate::cdp::mux::Mux;
+use crate::cdp::mux::{CommandError, Mux};
+
+/// Why a live view could not be started or a page watched.
+#[derive(Debug, thiserror::Error)]
+pub enum ScreenError {
+    /// The browser did not take the view's private client.
+    #[error("cannot attach to the browser: {0}")]
+    Attach(#[from] CommandError),
+    /// The browser (and with it the view) is gone.
+    #[error("the browser is gone")]
+    Gone,
+    /// No page fits the pick.
+    #[error("no such page ({0:?})")]
+    NoSuchPage(Pick),
+}
 
 /// JPEG quality of the screencast.
 const QUALITY: u32 = 70;
@@ -99,7 +113,7 @@ impl Drop for Watching {
 }
 
 enum Command {
-    Watch(Pick, oneshot::Sender<Result<Watching, String>>),
+    Watch(Pick, oneshot::Sender<Result<Watching, ScreenError>>),
     Unwatch(String),
     /// A command for a watched page (input, navigation).
     Page(String, &'static str, Value),
@@ -113,8 +127,8 @@ pub struct Screen {
 
 impl Screen {
     /// Starts viewing the browser behind `mux`.
-    pub async fn start(mux: &Arc<Mux>) -> Result<Arc<Screen>, String> {
-        let driver = Driver::attach(mux).await.map_err(|e| e.to_string())?;
+    pub async fn start(mux: &Arc<Mux>) -> Result<Arc<Screen>, ScreenError> {
+        let driver = Driver::attach(mux).await?;
         let (commands, inbox) = mpsc::unbounded_channel();
         let (tabs_tx, tabs) = watch::channel(Tabs::default());
         let hub = Hub {
@@ -141,12 +155,12 @@ impl Screen {
     }
 
     /// Subscribes to the frames of the page `pick` names.
-    pub async fn watch(&self, pick: Pick) -> Result<Watching, String> {
+    pub async fn watch(&self, pick: Pick) -> Result<Watching, ScreenError> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Watch(pick, tx))
-            .map_err(|_| "the browser is gone".to_owned())?;
-        rx.await.map_err(|_| "the browser is gone".to_owned())?
+            .map_err(|_| ScreenError::Gone)?;
+        rx.await.map_err(|_| ScreenError::Gone)?
     }
 
     /// Sends `method` to watched page `page`, without waiting for its reply.
@@ -248,16 +262,14 @@ impl Hub {
         }
     }
 
-    async fn watch(&mut self, pick: Pick) -> Result<Watching, String> {
-        let page = self
-            .pick(&pick)
-            .ok_or_else(|| format!("no such page ({pick:?})"))?;
+    async fn watch(&mut self, pick: Pick) -> Result<Watching, ScreenError> {
+        let page = self.pick(&pick).ok_or(ScreenError::NoSuchPage(pick))?;
         if !self.casts.contains_key(&page) {
             let params = json!({"targetId": page, "flatten": true});
             let id = self
                 .send("Target.attachToTarget", params, None)
                 .await
-                .ok_or("the browser is gone")?;
+                .ok_or(ScreenError::Gone)?;
             self.pending.insert(id, Pending::Attached(page.clone()));
             let (frames, _) = watch::channel(None);
             self.casts.insert(
@@ -269,8 +281,11 @@ impl Hub {
                 },
             );
         }
-        let commands = self.commands.upgrade().ok_or("the view is closing")?;
-        let cast = self.casts.get_mut(&page).ok_or("the page went")?;
+        let commands = self.commands.upgrade().ok_or(ScreenError::Gone)?;
+        let cast = self
+            .casts
+            .get_mut(&page)
+            .ok_or(ScreenError::NoSuchPage(Pick::Id(page.clone())))?;
         cast.viewers += 1;
         let mut frames = cast.frames.subscribe();
         // A viewer that joins a page others watch gets the frame kept at once: a still page

@@ -34,13 +34,15 @@ async fn viewer_input_counts_as_activity_but_the_timeout_still_ends_the_session(
     let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
     let session = gw
-        .create(json!({"timeout": 5_000, "inactivityTimeout": 2_000}))
+        .create(json!({"timeout": 8_000, "inactivityTimeout": 3_000}))
         .await;
     let id = session["id"].as_str().expect("id").to_owned();
     let mut ws = viewer_socket(&gw, &session).await;
-    // Input every 500 ms for 4 s: twice the inactivity timeout passes, the session lives.
+    // Input every 500 ms for 5 s: the inactivity timeout passes, the session lives. (Both
+    // timeouts count from the start of the create, which takes up to two seconds on a loaded
+    // machine: the viewer's first input must come within the inactivity timeout of that.)
     let moving = async {
-        for i in 0..8 {
+        for i in 0..10 {
             let input = json!({"type": "mouse", "event": "mouseMoved", "x": 10 + i, "y": 10, "button": "none", "clickCount": 0, "modifiers": 0});
             ws.send(Message::text(input.to_string()))
                 .await
@@ -54,8 +56,8 @@ async fn viewer_input_counts_as_activity_but_the_timeout_still_ends_the_session(
         "live",
         "viewer input is activity"
     );
-    // The viewer stays connected; the session still ends at its timeout (5 s, before the
-    // inactivity timeout could: input stopped at 4 s), and the viewer hears.
+    // The viewer stays connected; the session still ends at its timeout (8 s, before the
+    // inactivity timeout could: input stopped at least 6 s in), and the viewer hears.
     let mut ended = None;
     for _ in 0..500 {
         match tokio::time::timeout(secs(10), ws.next()).await {

@@ -24,6 +24,7 @@ mod scenarios;
 mod supervisor;
 mod tenancy;
 mod viewer;
+mod viewer_socket;
 
 use std::future::Future;
 use std::net::SocketAddr;
