@@ -33,7 +33,7 @@ use super::egress;
 use super::limits::{BrowserLimits, Limiter, MemoryVerdict};
 use super::paths::{FILES_SUBDIR, SESSIONS_SUBDIR, scratch_root};
 use super::pipe::{PipeSink, PipeSource};
-use super::reaper::{self, Leaders};
+use super::reaper::{self, Groups};
 use super::sandbox::owner::{self, Owner};
 use super::sandbox::{ChildSetup, Sandbox, SandboxConfig, SandboxStatus, UidLease, processes_of};
 use super::sweep::{SweepReport, sweep};
@@ -93,7 +93,8 @@ pub struct LocalChromium {
     sessions_dir: PathBuf,
     scratch: Arc<ScratchRoot>,
     frame: FrameCalibration,
-    leaders: Leaders,
+    /// The process groups of the browsers it launched: all the reaper may reap.
+    groups: Groups,
     /// The egress policy every browser's forwarder applies.
     egress: Arc<egress::Policy>,
     sandbox: Arc<Sandbox>,
@@ -123,7 +124,7 @@ impl LocalChromium {
                 users: Mutex::new(0),
             }),
             frame: FrameCalibration::default(),
-            leaders: Leaders::default(),
+            groups: Groups::default(),
             sandbox: Arc::new(sandbox),
             hardened: AtomicBool::new(false),
             egress: Arc::default(),
@@ -262,7 +263,7 @@ impl BrowserHost for LocalChromium {
     fn upkeep(&self, stop: CancellationToken) -> BoxFuture<'_, ()> {
         let limiter = self.limiter.clone();
         async move {
-            reaper::run(self.leaders.clone(), stop).await;
+            reaper::run(self.groups.clone(), stop).await;
             // Upkeep stops at shutdown, after every session ended: the browsers' groups
             // are gone, and so go their parents.
             let _ = tokio::task::spawn_blocking(move || limiter.remove_parents()).await;
@@ -528,7 +529,7 @@ impl LocalChromium {
             executable: &self.executable,
             args,
             dirs: &dirs,
-            leaders: &self.leaders,
+            groups: &self.groups,
             sandbox: &self.sandbox,
             limits: Some(limits),
         };
@@ -745,7 +746,7 @@ struct Launch<'a> {
     executable: &'a Path,
     args: Vec<String>,
     dirs: &'a SessionDirs,
-    leaders: &'a Leaders,
+    groups: &'a Groups,
     sandbox: &'a Sandbox,
     /// Its memory and task caps: the browser joins its cgroup before it runs.
     limits: Option<BrowserLimits>,
@@ -783,8 +784,6 @@ fn spawn(
         landlock: ruleset.as_ref().map(AsRawFd::as_raw_fd),
     };
     let mut cmd = browser_command(&mut launch, setup);
-    // Held from fork until the pid is recorded, so the reaper never takes its status.
-    let mut known = launch.leaders.lock();
     let spawned = cmd.spawn();
     // The child has its copies; ours must close so that EOF reaches each side.
     drop((pipes.child_reads, pipes.child_writes, ruleset));
@@ -798,12 +797,13 @@ fn spawn(
     let Some(pid) = child.id().map(|pid| pid as i32) else {
         return Err((LaunchError("Chromium exited during spawn".into()), uid));
     };
-    known.insert(pid);
-    drop(known);
+    // The reaper takes only the adopted helpers of recorded groups, never a group's leader:
+    // tokio collects this one's status.
+    launch.groups.launched(pid);
     let (stderr_tail, stderr_closed) = drain_stderr_of(&mut child, pid);
     let limits = launch.limits.take();
     let verdict = limits.as_ref().map(|l| l.watch(pid));
-    let exit = watch_exit(child, pid, launch.leaders.clone(), verdict);
+    let exit = watch_exit(child, pid, launch.groups.clone(), verdict);
     let (transport, pipes_open) = frame_pipes(pipes.commands, pipes.replies, pid);
     let process = LocalProcess {
         pid,
@@ -894,7 +894,7 @@ fn drain_stderr_of(
 fn watch_exit(
     mut child: tokio::process::Child,
     pid: i32,
-    leaders: Leaders,
+    groups: Groups,
     memory: Option<MemoryVerdict>,
 ) -> watch::Receiver<Option<BrowserExit>> {
     let (exit_tx, exit_rx) = watch::channel(None);
@@ -911,7 +911,7 @@ fn watch_exit(
             Some(memory) => memory.judge(exit).await,
             None => exit,
         };
-        leaders.lock().remove(&pid);
+        groups.leader_exited(pid);
         debug!(pid, %exit, "browser process exited");
         let _ = exit_tx.send(Some(exit));
     });
