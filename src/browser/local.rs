@@ -39,8 +39,8 @@ use super::sandbox::{ChildSetup, Sandbox, SandboxConfig, SandboxStatus, UidLease
 use super::sweep::{SweepReport, sweep};
 use super::window::{Frame, FrameCalibration, measure_and_fit, window_size};
 use super::{
-    BrowserExit, BrowserHost, BrowserProcess, CdpTransport, FromBrowser, LaunchError, LaunchSpec,
-    Launched, MemorySample, Startup, ToBrowser,
+    BrowserExit, BrowserHost, BrowserProcess, CdpTransport, DiskError, FromBrowser, LaunchError,
+    LaunchSpec, Launched, MemorySample, NotReady, Startup, ToBrowser,
 };
 use crate::sync::lock;
 
@@ -283,28 +283,31 @@ impl BrowserHost for LocalChromium {
 /// Refuses to launch into a disk with less than [`MIN_FREE_DISK`] free, or a read-only one:
 /// Chromium starts on a full disk, but then fails to write its profile and cache as the
 /// session goes on. Blocking.
-fn check_free_space(dirs: &[PathBuf; 2]) -> Result<(), String> {
+fn check_free_space(dirs: &[PathBuf; 2]) -> Result<(), DiskError> {
     dirs.iter().try_for_each(|dir| check_dir_space(dir))
 }
 
-fn check_dir_space(dir: &Path) -> Result<(), String> {
-    let unusable = |e: &dyn std::fmt::Display| {
-        format!("cannot use the session directory {}: {e}", dir.display())
+fn check_dir_space(dir: &Path) -> Result<(), DiskError> {
+    let unusable = |source: std::io::Error| DiskError::Unusable {
+        dir: dir.to_path_buf(),
+        source,
     };
-    std::fs::create_dir_all(dir).map_err(|e| unusable(&e))?;
-    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| unusable(&e))?;
+    std::fs::create_dir_all(dir).map_err(unusable)?;
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| unusable(e.into()))?;
     if stat.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
-        return Err(unusable(&"it is on a read-only file system"));
+        return Err(DiskError::ReadOnly {
+            dir: dir.to_path_buf(),
+        });
     }
     let bytes = stat.blocks_available().saturating_mul(stat.fragment_size());
     let inodes = stat.files_available();
     if bytes < MIN_FREE_DISK || inodes == 0 {
-        return Err(format!(
-            "not enough free disk space in {}: {} MiB and {inodes} inodes free, sessions need at least {} MiB",
-            dir.display(),
-            bytes >> 20,
-            MIN_FREE_DISK >> 20
-        ));
+        return Err(DiskError::Full {
+            dir: dir.to_path_buf(),
+            free_mib: bytes >> 20,
+            inodes,
+            need_mib: MIN_FREE_DISK >> 20,
+        });
     }
     Ok(())
 }
@@ -443,18 +446,18 @@ impl SessionDirs {
             Entered,
         }
         let created = tokio::task::spawn_blocking(move || {
-            check_free_space(&space).map_err(|e| (e, Undo::Nothing))?;
+            check_free_space(&space).map_err(|e| (e.into(), Undo::Nothing))?;
             owner
                 .enter(&dirs, user)
-                .map_err(|e| (format!("cannot create session directory: {e}"), Undo::Dirs))?;
+                .map_err(|e| (LaunchError::Directory(e), Undo::Dirs))?;
             sandbox
                 .ruleset(dirs, &network.ports, network.forwarder)
-                .map_err(|e| (e, Undo::Entered))
+                .map_err(|e| (e.into(), Undo::Entered))
         })
         .await
-        .unwrap_or_else(|e| {
-            let e = format!("cannot create session directory: {e}");
-            Err((e, Undo::Nothing))
+        .unwrap_or_else(|source| {
+            let what = "cannot create session directory";
+            Err((LaunchError::Worker { what, source }, Undo::Nothing))
         });
         let (e, undo) = match created {
             Ok(ruleset) => return Ok(Confinement { uid, ruleset }),
@@ -473,7 +476,7 @@ impl SessionDirs {
             give_back(downloads.map(Path::to_path_buf)).await;
             uid.release();
         }
-        Err(LaunchError(e))
+        Err(e)
     }
 
     /// Removes both directories (once; later calls do nothing).
@@ -504,8 +507,10 @@ impl LocalChromium {
         let sandbox = self.sandbox.clone();
         let uid = tokio::task::spawn_blocking(move || sandbox.allocate_uid())
             .await
-            .map_err(|e| LaunchError(format!("cannot choose the browser's user: {e}")))?
-            .map_err(LaunchError)?;
+            .map_err(|source| LaunchError::Worker {
+                what: "cannot choose the browser's user",
+                source,
+            })??;
         let downloads = spec.downloads.as_deref().filter(|_| dirs.confined);
         let peer = uid.as_ref().map(UidLease::uid);
         let (forwarder, network) = match self.forwarder(spec, peer).await {
@@ -563,7 +568,7 @@ impl LocalChromium {
     ) -> Result<(Option<egress::Forwarder>, Network), LaunchError> {
         let forwarder = egress::for_browser(&self.egress, spec, peer)
             .await
-            .map_err(|e| LaunchError(format!("cannot start the proxy forwarder: {e}")))?;
+            .map_err(LaunchError::Forwarder)?;
         let own_port = forwarder
             .as_ref()
             .map(|f| f.port)
@@ -577,17 +582,13 @@ impl LocalChromium {
 }
 
 /// Kills a browser that did not become ready and says why, with its last words.
-async fn failed_start(process: LocalProcess, reason: String) -> LaunchError {
+async fn failed_start(process: LocalProcess, reason: NotReady) -> LaunchError {
     process.kill().await;
     // Its last words may still be in the pipe; they say why it did not start.
     let _ = tokio::time::timeout(STDERR_SETTLE, process.stderr_closed.cancelled()).await;
-    let tail = process.stderr_tail();
-    if tail.is_empty() {
-        LaunchError(format!("Chromium did not start: {reason}"))
-    } else {
-        LaunchError(format!(
-            "Chromium did not start: {reason}; its last output: {tail}"
-        ))
+    LaunchError::NotReady {
+        reason,
+        last_output: process.stderr_tail(),
     }
 }
 
@@ -642,15 +643,12 @@ async fn wait_until_ready(
     process: &LocalProcess,
     transport: &mut CdpTransport,
     spec: &LaunchSpec,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, NotReady> {
     let (commands, mut startup) = Startup::begin(spec);
     for command in commands {
         if transport.to_browser.send(command).await.is_err() {
             let exit = tokio::time::timeout(Duration::from_secs(1), process.wait_exit()).await;
-            return Err(match exit {
-                Ok(exit) => format!("it exited ({exit}) before answering"),
-                Err(_) => "the CDP pipe closed at once".into(),
-            });
+            return Err(exit.map_or(NotReady::PipeClosedAtOnce, NotReady::Exited));
         }
     }
     let started = tokio::time::Instant::now();
@@ -659,15 +657,12 @@ async fn wait_until_ready(
         tokio::select! {
             msg = transport.from_browser.recv() => match msg {
                 Some(msg) => match startup.take(&msg) {
-                    Some(ready) => return ready,
+                    Some(ready) => return ready.map_err(NotReady::from),
                     None => continue,
                 },
                 None => {
                     let exit = tokio::time::timeout(Duration::from_secs(1), process.wait_exit()).await;
-                    return Err(match exit {
-                        Ok(exit) => format!("it exited ({exit}) before answering"),
-                        Err(_) => "its CDP pipe closed before it answered".into(),
-                    });
+                    return Err(exit.map_or(NotReady::PipeClosed, NotReady::Exited));
                 }
             },
             _ = tokio::time::sleep_until(started + SLOW_START), if !slow_logged => {
@@ -675,7 +670,7 @@ async fn wait_until_ready(
                 warn!(browser = %process.address(), "browser has not answered after {}s; still waiting", SLOW_START.as_secs());
             }
             _ = tokio::time::sleep_until(started + READY_TIMEOUT) => {
-                return Err(format!("no answer to its first CDP command within {}s", READY_TIMEOUT.as_secs()));
+                return Err(NotReady::Timeout(READY_TIMEOUT));
             }
         }
     }
@@ -789,13 +784,13 @@ fn spawn(
     drop((pipes.child_reads, pipes.child_writes, ruleset));
     let mut child = match spawned {
         Ok(child) => child,
-        Err(e) => {
-            let e = LaunchError(format!("cannot run {}: {e}", launch.executable.display()));
-            return Err((e, uid));
+        Err(source) => {
+            let executable = launch.executable.to_path_buf();
+            return Err((LaunchError::Spawn { executable, source }, uid));
         }
     };
     let Some(pid) = child.id().map(|pid| pid as i32) else {
-        return Err((LaunchError("Chromium exited during spawn".into()), uid));
+        return Err((LaunchError::ExitedDuringSpawn, uid));
     };
     // The reaper takes only the adopted helpers of recorded groups, never a group's leader:
     // tokio collects this one's status.
@@ -851,7 +846,7 @@ struct BrowserPipes {
 }
 
 fn browser_pipes() -> Result<BrowserPipes, LaunchError> {
-    let io_err = |what: &str, e: std::io::Error| LaunchError(format!("{what}: {e}"));
+    let io_err = |what: &'static str, source: std::io::Error| LaunchError::Pipe { what, source };
     // Chromium reads commands from fd 3 and writes replies and events to fd 4.
     let (command_tx, command_rx) = pipe::pipe().map_err(|e| io_err("cannot create pipe", e))?;
     let (reply_tx, reply_rx) = pipe::pipe().map_err(|e| io_err("cannot create pipe", e))?;
@@ -941,7 +936,10 @@ fn high_fd(fd: OwnedFd) -> Result<OwnedFd, LaunchError> {
             // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
             unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
         })
-        .map_err(|e| LaunchError(format!("cannot duplicate a descriptor: {e}")))
+        .map_err(|e| LaunchError::Pipe {
+            what: "cannot duplicate a descriptor",
+            source: e.into(),
+        })
 }
 
 async fn drain_stderr(
@@ -1150,11 +1148,7 @@ impl BrowserProcess for LocalProcess {
                     *lock(&self.downloads) = Some(to);
                     Ok(())
                 }
-                Err(e) => Err(LaunchError(format!(
-                    "cannot move the browser's downloads from {} to {}: {e}",
-                    from.display(),
-                    to.display()
-                ))),
+                Err(source) => Err(LaunchError::MoveDownloads { from, to, source }),
             }
         }
         .boxed()
