@@ -492,9 +492,11 @@ fn probe_user_namespaces(uid: Option<u32>) -> std::io::Result<()> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    // SAFETY: runs in the forked child and makes raw system calls only (setgroups,
-    // setresgid, setresuid, unshare) on integers; its errors come from
-    // `io::Error::from_raw_os_error`, which does not allocate.
+    // SAFETY: runs in the forked child, where only async-signal-safe calls are sound, and
+    // makes raw system calls only (setgroups, setresgid, setresuid, unshare) on integers
+    // captured before the fork. Its errors are `last_os_error` / `from_raw_os_error`: a
+    // bare errno, neither allocated nor freed, which std sends to the parent over its
+    // close-on-exec pipe before `_exit`. (The `io::Error::other` below is the parent's.)
     unsafe {
         cmd.pre_exec(move || {
             if let Some(uid) = uid
