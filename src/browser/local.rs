@@ -108,7 +108,8 @@ impl LocalChromium {
     /// A host that runs `executable` with its sessions under `data_dir`, in the sandbox
     /// `sandbox` asks for as far as this machine offers it (start-up says what is missing).
     /// Makes this process a child subreaper, so that helpers of a dead browser are
-    /// re-parented to the gateway, which reaps them (see [`BrowserHost::upkeep`]).
+    /// re-parented to the gateway, which reaps them (see [`BrowserHost::upkeep`]): only
+    /// processes of its browsers' groups, never another child of the gateway.
     /// Blocking: it probes the machine.
     pub fn new(executable: PathBuf, data_dir: &Path, sandbox: SandboxConfig) -> Self {
         reaper::become_subreaper();
