@@ -903,11 +903,13 @@ fn watch_exit(
             },
             Err(e) => BrowserExit::Unknown(e.to_string()),
         };
+        // At once: the group may be forgotten as soon as it is empty, before its id (the
+        // leader's pid) can be given to another process.
+        groups.leader_exited(pid);
         let exit = match memory {
             Some(memory) => memory.judge(exit).await,
             None => exit,
         };
-        groups.leader_exited(pid);
         debug!(pid, %exit, "browser process exited");
         let _ = exit_tx.send(Some(exit));
     });
