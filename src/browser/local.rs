@@ -903,8 +903,8 @@ fn watch_exit(
             },
             Err(e) => BrowserExit::Unknown(e.to_string()),
         };
-        // At once: the group may be forgotten as soon as it is empty, before its id (the
-        // leader's pid) can be given to another process.
+        // At once, so that the group is forgotten as soon as it is empty: from then on its
+        // id (the leader's pid) may be given to another process.
         groups.leader_exited(pid);
         let exit = match memory {
             Some(memory) => memory.judge(exit).await,
