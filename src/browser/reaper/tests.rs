@@ -144,7 +144,11 @@ async fn a_non_browser_childs_exit_status_survives_the_running_reaper() {
         for _ in 0..3 {
             let mut leader = browser(&groups);
             let pgid = leader.id() as i32;
-            helpers_adopted_and_dead(&leader);
+            // Once the leader is dead it has started both helpers, which are then this
+            // process's children: only a reaping pass can take them once they exit.
+            wait_until("the leader is a zombie", || {
+                read_stat(pgid).is_some_and(|s| s.zombie)
+            });
             wait_until("the running reaper took the helpers", || {
                 members(pgid).iter().all(|s| s.pid == pgid)
             });

@@ -144,8 +144,9 @@ mod tests {
             ..setup(&null)
         };
         assert_eq!(spawn_error(bad_cgroup).await, Some(libc::EBADF));
+        // No process has this pid (pid_max is at most 2^22): the child's parent is not it.
         let orphan = ChildSetup {
-            gateway_pid: 1,
+            gateway_pid: libc::pid_t::MAX,
             ..setup(&null)
         };
         assert_eq!(spawn_error(orphan).await, Some(libc::ESRCH));
