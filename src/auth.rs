@@ -7,7 +7,7 @@
 //!
 //! Owns key loading and checking only; it must not know about sessions or HTTP.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -57,6 +57,62 @@ pub struct KeyRing {
 /// Shortest key accepted; shorter ones are guessable.
 pub const MIN_KEY_LEN: usize = 16;
 
+/// Why the configured API keys cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// `--api-keys-file` cannot be read.
+    #[error("cannot read --api-keys-file {}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line of `--api-keys-file` is not a usable key.
+    #[error("{} line {line}: {fault}", path.display())]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// Its line number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        #[source]
+        fault: KeyFault,
+    },
+    /// `--api-keys-file` holds no key.
+    #[error(
+        "--api-keys-file {} holds no keys (only blank lines and comments): refusing \
+         to start without keys. Add a `key` or `name:key` line, or leave out \
+         --api-keys-file to serve without keys",
+        .0.display()
+    )]
+    Empty(PathBuf),
+    /// An entry of `INGOT_API_KEYS` is not a usable key.
+    #[error("INGOT_API_KEYS: {0}")]
+    List(#[source] KeyFault),
+    /// `--admin-api-key` is not a usable key.
+    #[error("--admin-api-key: {0}")]
+    Admin(#[source] KeyFault),
+}
+
+/// What is wrong with one key entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFault {
+    /// Shorter than [`MIN_KEY_LEN`].
+    #[error("a key must be at least {MIN_KEY_LEN} characters long")]
+    TooShort,
+    /// Holds whitespace or control characters.
+    #[error("a key may not contain spaces or control characters")]
+    BadCharacters,
+    /// The same key twice.
+    #[error("tenant {0}: this key is configured twice")]
+    DuplicateKey(Arc<str>),
+    /// The same tenant name twice.
+    #[error("tenant name {0} is used twice")]
+    DuplicateName(Arc<str>),
+}
+
 impl KeyRing {
     /// Loads keys from a file (one a line, `key` or `name:key`; `#` starts a comment line)
     /// and from `INGOT_API_KEYS`-style text (comma-separated, same forms), plus an admin key.
@@ -64,55 +120,53 @@ impl KeyRing {
         file: Option<&Path>,
         list: Option<&str>,
         admin: Option<&str>,
-    ) -> Result<KeyRing, String> {
+    ) -> Result<KeyRing, KeysError> {
         let mut ring = KeyRing::default();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read --api-keys-file {}: {e}", path.display()))?;
+            let unreadable = |source| KeysError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            };
+            let text = std::fs::read_to_string(path).map_err(unreadable)?;
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                ring.add(line, false)
-                    .map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?;
+                ring.add(line, false).map_err(|fault| KeysError::Line {
+                    path: path.to_path_buf(),
+                    line: n + 1,
+                    fault,
+                })?;
             }
             // A named keys file that holds none is a mistake (a secret that was not
             // mounted, say), never a wish to serve without keys.
             if ring.is_empty() {
-                return Err(format!(
-                    "--api-keys-file {} holds no keys (only blank lines and comments): refusing \
-                     to start without keys. Add a `key` or `name:key` line, or leave out \
-                     --api-keys-file to serve without keys",
-                    path.display()
-                ));
+                return Err(KeysError::Empty(path.to_path_buf()));
             }
         }
         if let Some(list) = list {
             for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                ring.add(item, false)
-                    .map_err(|e| format!("INGOT_API_KEYS: {e}"))?;
+                ring.add(item, false).map_err(KeysError::List)?;
             }
         }
         if let Some(key) = admin.map(str::trim).filter(|k| !k.is_empty()) {
             ring.add(&format!("admin:{key}"), true)
-                .map_err(|e| format!("--admin-api-key: {e}"))?;
+                .map_err(KeysError::Admin)?;
         }
         Ok(ring)
     }
 
-    fn add(&mut self, entry: &str, admin: bool) -> Result<(), String> {
+    fn add(&mut self, entry: &str, admin: bool) -> Result<(), KeyFault> {
         let (name, key) = match entry.split_once(':') {
             Some((name, key)) if is_name(name) => (Some(name), key),
             _ => (None, entry),
         };
         if key.len() < MIN_KEY_LEN {
-            return Err(format!(
-                "a key must be at least {MIN_KEY_LEN} characters long"
-            ));
+            return Err(KeyFault::TooShort);
         }
         if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err("a key may not contain spaces or control characters".into());
+            return Err(KeyFault::BadCharacters);
         }
         let digest = digest(key);
         let name: Arc<str> = match name {
@@ -120,10 +174,10 @@ impl KeyRing {
             None => format!("key-{}", hex(&digest[..4])).into(),
         };
         if self.entries.iter().any(|(d, _)| *d == digest) {
-            return Err(format!("tenant {name}: this key is configured twice"));
+            return Err(KeyFault::DuplicateKey(name));
         }
         if self.entries.iter().any(|(_, t)| t.name == name) {
-            return Err(format!("tenant name {name} is used twice"));
+            return Err(KeyFault::DuplicateName(name));
         }
         self.entries
             .push((digest, Arc::new(Tenant { name, admin })));
@@ -220,12 +274,18 @@ mod tests {
 
     #[test]
     fn refuses_short_duplicate_and_ambiguous_keys() {
-        assert!(KeyRing::load(None, Some("short"), None).is_err());
-        assert!(
-            KeyRing::load(None, Some("a:k0123456789abcdef,b:k0123456789abcdef"), None).is_err()
+        let fault = |list| match KeyRing::load(None, Some(list), None) {
+            Err(KeysError::List(fault)) => Some(fault),
+            _ => None,
+        };
+        assert_eq!(fault("short"), Some(KeyFault::TooShort));
+        assert_eq!(
+            fault("a:k0123456789abcdef,b:k0123456789abcdef"),
+            Some(KeyFault::DuplicateKey("b".into()))
         );
-        assert!(
-            KeyRing::load(None, Some("a:k0123456789abcdef,a:j0123456789abcdef"), None).is_err()
+        assert_eq!(
+            fault("a:k0123456789abcdef,a:j0123456789abcdef"),
+            Some(KeyFault::DuplicateName("a".into()))
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let empty = dir.path().join("keys");
@@ -233,16 +293,16 @@ mod tests {
             std::fs::write(&empty, text).expect("write");
             let err = KeyRing::load(Some(&empty), Some("k0123456789abcdef"), None)
                 .expect_err("a keys file without keys is refused, even with other keys");
+            assert!(matches!(err, KeysError::Empty(_)), "{err}");
+            let err = err.to_string();
             assert!(err.contains("--api-keys-file"), "{err}");
             assert!(err.contains(&empty.display().to_string()), "{err}");
             assert!(err.contains("no keys"), "{err}");
         }
         let missing = KeyRing::load(Some(Path::new("/nonexistent/keys")), None, None);
-        assert!(
-            missing
-                .expect_err("missing file")
-                .contains("/nonexistent/keys")
-        );
+        let missing = missing.expect_err("missing file");
+        assert!(matches!(missing, KeysError::Unreadable { .. }), "{missing}");
+        assert!(missing.to_string().contains("/nonexistent/keys"));
     }
 
     #[test]

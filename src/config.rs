@@ -3,12 +3,78 @@
 //! Owns parsing and validation of settings only; it must not start anything. Every field
 //! is public so that tests and embedders can build [`Settings`] without parsing flags.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::browser::UidRange;
+use crate::browser::egress::BadRule;
+
+/// Why the settings cannot be used. The message names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag's value breaks its rule: `{flag} must {rule}`.
+    #[error("{flag} must {rule}")]
+    Invalid {
+        /// The flag (or flags) at fault.
+        flag: &'static str,
+        /// What its value must be or do.
+        rule: Cow<'static, str>,
+    },
+    /// `--browser-uids` holds root or the gateway's own uid.
+    #[error("--browser-uids {range} must not include uid 0 or the gateway's own uid {gateway}")]
+    BrowserUids {
+        /// The range.
+        range: UidRange,
+        /// The gateway's uid.
+        gateway: u32,
+    },
+    /// A bad `--egress-deny` / `--egress-allow` entry.
+    #[error(transparent)]
+    Egress(#[from] BadRule),
+    /// Serving beyond loopback without API keys, unasked.
+    #[error(
+        "refusing to listen on {0} without API keys: anyone who can reach it could drive browsers here. \
+         Configure keys (--api-keys-file or INGOT_API_KEYS), listen on 127.0.0.1, or pass --insecure-no-auth"
+    )]
+    Exposed(SocketAddr),
+}
+
+/// `{flag} must {rule}`.
+fn invalid(flag: &'static str, rule: impl Into<Cow<'static, str>>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        rule: rule.into(),
+    }
+}
+
+/// A `--session-memory-max` or `--session-pids-max` value that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CapError {
+    /// Not a number with an optional unit.
+    #[error(
+        "{0:?} is not a size: use bytes, or a whole number with a unit such as 512MiB or 1GiB, or off"
+    )]
+    NotASize(String),
+    /// The unit is not one of the known ones.
+    #[error(
+        "unknown unit {unit:?} in {text:?}: use B, KiB, MiB, GiB, TiB (or K, M, G, T), KB, MB, GB or TB"
+    )]
+    UnknownUnit {
+        /// The unit as written.
+        unit: String,
+        /// The whole value.
+        text: String,
+    },
+    /// The size overflows 64 bits.
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+    /// Not a whole number.
+    #[error("{0:?} is not a whole number or off")]
+    NotACount(String),
+}
 
 /// Settings for one gateway process. Every flag has an `INGOT_*` environment equivalent;
 /// a flag wins over its variable.
@@ -278,7 +344,7 @@ impl Cap {
 }
 
 /// Parses a size (`1073741824`, `512MiB`, `1GiB`, `2G`, `1500MB`), or `0`/`off`.
-pub fn parse_memory_cap(text: &str) -> Result<Cap, String> {
+pub fn parse_memory_cap(text: &str) -> Result<Cap, CapError> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("off") {
         return Ok(Cap::Off);
@@ -289,7 +355,7 @@ pub fn parse_memory_cap(text: &str) -> Result<Cap, String> {
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a size: use bytes, or a whole number with a unit such as 512MiB or 1GiB, or off"))?;
+        .map_err(|_| CapError::NotASize(text.to_owned()))?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -301,19 +367,20 @@ pub fn parse_memory_cap(text: &str) -> Result<Cap, String> {
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
         other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use B, KiB, MiB, GiB, TiB (or K, M, G, T), KB, MB, GB or TB"
-            ));
+            return Err(CapError::UnknownUnit {
+                unit: other.to_owned(),
+                text: text.to_owned(),
+            });
         }
     };
     let bytes = number
         .checked_mul(multiplier)
-        .ok_or_else(|| format!("{text:?} is too large"))?;
+        .ok_or_else(|| CapError::TooLarge(text.to_owned()))?;
     Ok(if bytes == 0 { Cap::Off } else { Cap::At(bytes) })
 }
 
 /// Parses a count, or `0`/`off`.
-pub fn parse_count_cap(text: &str) -> Result<Cap, String> {
+pub fn parse_count_cap(text: &str) -> Result<Cap, CapError> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("off") {
         return Ok(Cap::Off);
@@ -321,7 +388,7 @@ pub fn parse_count_cap(text: &str) -> Result<Cap, String> {
     match text.parse::<u64>() {
         Ok(0) => Ok(Cap::Off),
         Ok(n) => Ok(Cap::At(n)),
-        Err(_) => Err(format!("{text:?} is not a whole number or off")),
+        Err(_) => Err(CapError::NotACount(text.to_owned())),
     }
 }
 
@@ -414,112 +481,132 @@ pub fn available_memory() -> Option<u64> {
 
 impl Settings {
     /// Checks relations between settings that clap cannot express.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_sessions()?;
         self.validate_limits()?;
         self.validate_cluster()?;
         self.validate_clients()?;
         self.validate_cdp_caps()?;
         self.validate_sandbox()?;
-        self.egress_policy().map(drop)
+        self.egress_policy()?;
+        Ok(())
     }
 
     /// The egress policy of `--egress-deny` and `--egress-allow`, for a gateway on
     /// `--listen`; the error names the flag and the bad entry.
-    pub fn egress_policy(&self) -> Result<crate::browser::egress::Policy, String> {
+    pub fn egress_policy(&self) -> Result<crate::browser::egress::Policy, BadRule> {
         crate::browser::egress::Policy::new(
             &self.egress_deny,
             &self.egress_allow,
             Some(self.listen.ip()),
         )
-        .map_err(|e| e.to_string())
     }
 
     /// What one session's CDP traffic may take: clients, in-flight bytes, pages.
-    fn validate_cdp_caps(&self) -> Result<(), String> {
+    fn validate_cdp_caps(&self) -> Result<(), ConfigError> {
         if !(1..=10_000).contains(&self.max_clients_per_session) {
-            return Err("--max-clients-per-session must be between 1 and 10000".into());
+            return Err(invalid(
+                "--max-clients-per-session",
+                "be between 1 and 10000",
+            ));
         }
         if !((1 << 20)..=(4 << 30)).contains(&self.session_inflight_bytes) {
-            return Err(
-                "--session-inflight-bytes must be between 1048576 (1 MiB) and 4294967296 (4 GiB)"
-                    .into(),
-            );
+            return Err(invalid(
+                "--session-inflight-bytes",
+                "be between 1048576 (1 MiB) and 4294967296 (4 GiB)",
+            ));
         }
         if !(1..=10_000).contains(&self.max_pages_per_session) {
-            return Err("--max-pages-per-session must be between 1 and 10000".into());
+            return Err(invalid("--max-pages-per-session", "be between 1 and 10000"));
         }
         Ok(())
     }
 
     /// The browsers' user ids.
-    fn validate_sandbox(&self) -> Result<(), String> {
+    fn validate_sandbox(&self) -> Result<(), ConfigError> {
         if self.insecure_shared_browser_user {
             return Ok(());
         }
         let range = self.browser_uids;
         let me = nix::unistd::geteuid().as_raw();
         if range.contains(0) || range.contains(me) {
-            return Err(format!(
-                "--browser-uids {range} must not include uid 0 or the gateway's own uid {me}"
-            ));
+            return Err(ConfigError::BrowserUids { range, gateway: me });
         }
         Ok(())
     }
 
     /// Session counts, timeouts and the browsers' liveness probe.
-    fn validate_sessions(&self) -> Result<(), String> {
+    fn validate_sessions(&self) -> Result<(), ConfigError> {
         if self.max_sessions == Some(0) {
-            return Err("--max-sessions must be at least 1".into());
+            return Err(invalid("--max-sessions", "be at least 1"));
         }
         if self.queue_timeout_ms > 600_000 {
-            return Err("--queue-timeout-ms must be at most 600000 (10 minutes)".into());
+            return Err(invalid(
+                "--queue-timeout-ms",
+                "be at most 600000 (10 minutes)",
+            ));
         }
         if !(1_000..=600_000).contains(&self.create_timeout_ms)
             || self.create_timeout_ms <= self.queue_timeout_ms
         {
-            return Err(format!(
-                "--create-timeout-ms must be between 1000 and 600000 and longer than --queue-timeout-ms ({}), so that a create that got a slot has time to start its browser",
-                self.queue_timeout_ms
+            return Err(invalid(
+                "--create-timeout-ms",
+                format!(
+                    "be between 1000 and 600000 and longer than --queue-timeout-ms ({}), so that a create that got a slot has time to start its browser",
+                    self.queue_timeout_ms
+                ),
             ));
         }
         if self.max_timeout_ms < MIN_TIMEOUT_MS || self.max_timeout_ms > 86_400_000 {
-            return Err(format!(
-                "--max-timeout-ms must be between {MIN_TIMEOUT_MS} and 86400000"
+            return Err(invalid(
+                "--max-timeout-ms",
+                format!("be between {MIN_TIMEOUT_MS} and 86400000"),
             ));
         }
         if self.default_timeout_ms < MIN_TIMEOUT_MS || self.default_timeout_ms > self.max_timeout_ms
         {
-            return Err(format!(
-                "--default-timeout-ms must be between {MIN_TIMEOUT_MS} and --max-timeout-ms ({})",
-                self.max_timeout_ms
+            return Err(invalid(
+                "--default-timeout-ms",
+                format!(
+                    "be between {MIN_TIMEOUT_MS} and --max-timeout-ms ({})",
+                    self.max_timeout_ms
+                ),
             ));
         }
         if self.browser_probe_interval_ms < 100 || self.browser_probe_timeout_ms < 100 {
-            return Err(
-                "--browser-probe-interval-ms and --browser-probe-timeout-ms must be at least 100"
-                    .into(),
-            );
+            return Err(invalid(
+                "--browser-probe-interval-ms and --browser-probe-timeout-ms",
+                "be at least 100",
+            ));
         }
         Ok(())
     }
 
     /// Message and request limits, tenants' quota, the drain.
-    fn validate_limits(&self) -> Result<(), String> {
+    fn validate_limits(&self) -> Result<(), ConfigError> {
         if !(1024..=(1 << 30)).contains(&self.max_message_bytes) {
-            return Err("--max-message-bytes must be between 1024 and 1073741824".into());
+            return Err(invalid(
+                "--max-message-bytes",
+                "be between 1024 and 1073741824",
+            ));
         }
         if !(100..=600_000).contains(&self.header_timeout_ms) {
-            return Err("--header-timeout-ms must be between 100 and 600000".into());
+            return Err(invalid("--header-timeout-ms", "be between 100 and 600000"));
         }
         if self.max_sessions_per_tenant == Some(0) {
-            return Err("--max-sessions-per-tenant must be at least 1".into());
+            return Err(invalid("--max-sessions-per-tenant", "be at least 1"));
         }
         if self.shutdown_drain_ms > 86_400_000 {
-            return Err("--shutdown-drain-ms must be at most 86400000 (24 hours)".into());
+            return Err(invalid(
+                "--shutdown-drain-ms",
+                "be at most 86400000 (24 hours)",
+            ));
         }
         if self.files_retention_ms > 30 * 86_400_000 {
-            return Err("--files-retention-ms must be at most 2592000000 (30 days)".into());
+            return Err(invalid(
+                "--files-retention-ms",
+                "be at most 2592000000 (30 days)",
+            ));
         }
         if self.viewer_frame_ancestors.trim().is_empty()
             || self
@@ -527,49 +614,59 @@ impl Settings {
                 .chars()
                 .any(|c| c.is_control() || c == ';' || c == ',')
         {
-            return Err("--viewer-frame-ancestors must be a CSP source list, such as 'self' https://app.example.com (no ; or ,)".into());
+            return Err(invalid(
+                "--viewer-frame-ancestors",
+                "be a CSP source list, such as 'self' https://app.example.com (no ; or ,)",
+            ));
         }
         if !(1..=(1 << 40)).contains(&self.max_file_bytes) {
-            return Err("--max-file-bytes must be between 1 and 1099511627776 (1 TiB)".into());
+            return Err(invalid(
+                "--max-file-bytes",
+                "be between 1 and 1099511627776 (1 TiB)",
+            ));
         }
         self.validate_session_caps()?;
         self.validate_tenancy_caps()
     }
 
     /// The memory and task caps of each session's browser.
-    fn validate_session_caps(&self) -> Result<(), String> {
+    fn validate_session_caps(&self) -> Result<(), ConfigError> {
         if let Some(Cap::At(bytes)) = self.session_memory_max
             && !(MIN_SESSION_MEMORY..=(1 << 50)).contains(&bytes)
         {
-            return Err(format!(
-                "--session-memory-max must be between 64MiB and 1024TiB, or off (got {bytes} bytes; Chromium does not start in less)"
+            return Err(invalid(
+                "--session-memory-max",
+                format!(
+                    "be between 64MiB and 1024TiB, or off (got {bytes} bytes; Chromium does not start in less)"
+                ),
             ));
         }
         if let Cap::At(n) = self.session_pids_max
             && !(64..=4_194_304).contains(&n)
         {
-            return Err(
-                "--session-pids-max must be between 64 and 4194304, or off (Chromium runs a few hundred threads)"
-                    .into(),
-            );
+            return Err(invalid(
+                "--session-pids-max",
+                "be between 64 and 4194304, or off (Chromium runs a few hundred threads)",
+            ));
         }
         Ok(())
     }
 
     /// Caps on one session's files and on the gateway's open connections.
-    fn validate_tenancy_caps(&self) -> Result<(), String> {
+    fn validate_tenancy_caps(&self) -> Result<(), ConfigError> {
         if !(1..=(1 << 44)).contains(&self.max_session_files_bytes) {
-            return Err(
-                "--max-session-files-bytes must be between 1 and 17592186044416 (16 TiB)".into(),
-            );
+            return Err(invalid(
+                "--max-session-files-bytes",
+                "be between 1 and 17592186044416 (16 TiB)",
+            ));
         }
         if !(1..=10_000_000).contains(&self.max_session_files) {
-            return Err("--max-session-files must be between 1 and 10000000".into());
+            return Err(invalid("--max-session-files", "be between 1 and 10000000"));
         }
         if let Some(max) = self.max_connections
             && !(16..=10_000_000).contains(&max)
         {
-            return Err("--max-connections must be between 16 and 10000000".into());
+            return Err(invalid("--max-connections", "be between 16 and 10000000"));
         }
         Ok(())
     }
@@ -585,21 +682,27 @@ impl Settings {
     }
 
     /// The shared database, this node's id and address, its lease.
-    fn validate_cluster(&self) -> Result<(), String> {
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.database_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
-            return Err("--database-url must start with postgres:// or postgresql://".into());
+            return Err(invalid(
+                "--database-url",
+                "start with postgres:// or postgresql://",
+            ));
         }
         if let Some(node) = &self.node_id
             && (node.is_empty() || node.len() > 253 || node.chars().any(char::is_control))
         {
-            return Err("--node-id must be 1 to 253 characters, without control characters".into());
+            return Err(invalid(
+                "--node-id",
+                "be 1 to 253 characters, without control characters",
+            ));
         }
         if let Some(url) = &self.advertise_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return Err("--advertise-url must start with http:// or https://".into());
+            return Err(invalid("--advertise-url", "start with http:// or https://"));
         }
         if self.database_url.is_some()
             && self
@@ -607,38 +710,41 @@ impl Settings {
                 .as_deref()
                 .is_some_and(|u| u.starts_with("https://"))
         {
-            return Err(
-                "--advertise-url must be http://: nodes talk to each other in plain HTTP, so keep that traffic on a private network"
-                    .into(),
-            );
+            return Err(invalid(
+                "--advertise-url",
+                "be http://: nodes talk to each other in plain HTTP, so keep that traffic on a private network",
+            ));
         }
         if !(1_000..=600_000).contains(&self.node_lease_ms) {
-            return Err("--node-lease-ms must be between 1000 and 600000".into());
+            return Err(invalid("--node-lease-ms", "be between 1000 and 600000"));
         }
         Ok(())
     }
 
     /// WebSocket pings, history retention, the public URL.
-    fn validate_clients(&self) -> Result<(), String> {
+    fn validate_clients(&self) -> Result<(), ConfigError> {
         if !(1_000..=600_000).contains(&self.ws_ping_interval_ms) {
-            return Err("--ws-ping-interval-ms must be between 1000 and 600000".into());
+            return Err(invalid(
+                "--ws-ping-interval-ms",
+                "be between 1000 and 600000",
+            ));
         }
         if !(1..=36_500).contains(&self.history_days) {
-            return Err("--history-days must be between 1 and 36500".into());
+            return Err(invalid("--history-days", "be between 1 and 36500"));
         }
         if self.history_sessions == 0 {
-            return Err("--history-sessions must be at least 1".into());
+            return Err(invalid("--history-sessions", "be at least 1"));
         }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return Err("--public-url must start with http:// or https://".into());
+            return Err(invalid("--public-url", "start with http:// or https://"));
         }
         Ok(())
     }
 
     /// Refuses to serve without keys beyond loopback unless the operator insists.
-    pub fn check_exposure(&self, keys_configured: bool) -> Result<(), String> {
+    pub fn check_exposure(&self, keys_configured: bool) -> Result<(), ConfigError> {
         self.check_exposure_of(self.listen, keys_configured)
     }
 
@@ -647,12 +753,9 @@ impl Settings {
         &self,
         listen: SocketAddr,
         keys_configured: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), ConfigError> {
         if !keys_configured && !listen.ip().is_loopback() && !self.insecure_no_auth {
-            return Err(format!(
-                "refusing to listen on {listen} without API keys: anyone who can reach it could drive browsers here. \
-                 Configure keys (--api-keys-file or INGOT_API_KEYS), listen on 127.0.0.1, or pass --insecure-no-auth"
-            ));
+            return Err(ConfigError::Exposed(listen));
         }
         Ok(())
     }
@@ -698,7 +801,8 @@ mod tests {
         let settings =
             Settings::try_parse_from(std::iter::once("ingot").chain(flags.iter().copied()))
                 .map_err(|e| e.to_string())?;
-        settings.validate().map(|()| settings)
+        settings.validate().map_err(|e| e.to_string())?;
+        Ok(settings)
     }
 
     #[test]
@@ -773,7 +877,8 @@ mod tests {
     fn refuses_to_serve_beyond_loopback_without_keys() {
         let open = settings(&["--listen", "0.0.0.0:3000"]).expect("valid");
         let err = open.check_exposure(false).expect_err("refused");
-        assert!(err.contains("--insecure-no-auth"), "{err}");
+        assert!(matches!(err, ConfigError::Exposed(_)), "{err}");
+        assert!(err.to_string().contains("--insecure-no-auth"), "{err}");
         assert!(open.check_exposure(true).is_ok(), "keys make it safe");
         let insecure =
             settings(&["--listen", "0.0.0.0:3000", "--insecure-no-auth"]).expect("valid");

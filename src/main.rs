@@ -6,8 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use ingot::browser::{LocalChromium, SandboxConfig, find_chromium};
-use ingot::{Gateway, Settings};
+use ingot::browser::egress::BadRule;
+use ingot::browser::{ChromiumNotFound, LocalChromium, SandboxConfig, find_chromium};
+use ingot::config::ConfigError;
+
+use ingot::{Gateway, GatewayError, Settings};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -33,7 +36,36 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(settings: Settings) -> Result<(), String> {
+/// Why the gateway did not start, or stopped with an error; printed as `ingot: <message>`.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Settings(#[from] ConfigError),
+    #[error(transparent)]
+    Egress(#[from] BadRule),
+    #[error(transparent)]
+    Chromium(#[from] ChromiumNotFound),
+    #[error("cannot set up the browser host: {0}")]
+    Host(#[source] tokio::task::JoinError),
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    #[error("cannot listen on {listen}: {source}")]
+    Listen {
+        listen: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Bound(#[source] std::io::Error),
+    #[error("cannot install {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+async fn run(settings: Settings) -> Result<(), StartError> {
     settings.validate()?;
     let chromium = find_chromium(settings.chromium.as_deref())?;
     let egress = Arc::new(settings.egress_policy()?);
@@ -49,17 +81,15 @@ async fn run(settings: Settings) -> Result<(), String> {
     let host =
         tokio::task::spawn_blocking(move || LocalChromium::new(chromium, &data_dir, sandbox))
             .await
-            .map_err(|e| format!("cannot set up the browser host: {e}"))?;
+            .map_err(StartError::Host)?;
     let host = Arc::new(host.with_egress(egress.clone()));
     let listen = settings.listen;
-    let gateway = Gateway::build(settings, host)
-        .await
-        .map_err(|e| e.to_string())?;
+    let gateway = Gateway::build(settings, host).await?;
     let listener = TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        .map_err(|source| StartError::Listen { listen, source })?;
     // No session's browser may reach the gateway itself (the egress policy).
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let bound = listener.local_addr().map_err(StartError::Bound)?;
     egress
         .own_ports()
         .register(bound.port(), "the gateway's own port");
@@ -70,17 +100,16 @@ async fn run(settings: Settings) -> Result<(), String> {
             async move { first.cancelled().await },
             async move { second.cancelled().await },
         )
-        .await
-        .map_err(|e| e.to_string())
+        .await?;
+    Ok(())
 }
 
 /// Two tokens: the first SIGTERM or SIGINT cancels the first (drain, then stop), the second
 /// cancels the other (stop now).
-fn signals() -> Result<(CancellationToken, CancellationToken), String> {
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| format!("cannot install SIGTERM handler: {e}"))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| format!("cannot install SIGINT handler: {e}"))?;
+fn signals() -> Result<(CancellationToken, CancellationToken), StartError> {
+    let handler = |signal| move |source| StartError::Signal { signal, source };
+    let mut term = signal(SignalKind::terminate()).map_err(handler("SIGTERM"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(handler("SIGINT"))?;
     let (first, second) = (CancellationToken::new(), CancellationToken::new());
     let (on_first, on_second) = (first.clone(), second.clone());
     tokio::spawn(async move {

@@ -118,14 +118,19 @@ fn body_error(rejection: BytesRejection) -> ApiError {
     }
 }
 
-/// Whether reading the body failed because its deadline passed.
+/// Whether reading the body failed because its deadline passed: the body's
+/// [`tower_http::timeout::TimeoutError`] (from the `RequestBodyDeadlineLayer`) is somewhere
+/// in the rejection's source chain. Decided by type only, never by an error's text.
 fn is_timeout(rejection: &BytesRejection) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
     while let Some(e) = source {
-        if e.is::<tower_http::timeout::TimeoutError>() || e.to_string().contains("timed out") {
+        if e.is::<tower_http::timeout::TimeoutError>() {
             return true;
         }
         source = e.source();
     }
     false
 }
+
+#[cfg(test)]
+mod tests;

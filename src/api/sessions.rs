@@ -341,7 +341,10 @@ pub async fn context(
 
 /// What a live session's browser answered: 409 once the session ended, 502 when the
 /// browser did not answer.
-fn from_browser<T>(id: uuid::Uuid, answer: Option<Result<T, String>>) -> Result<T, ApiError> {
+fn from_browser<T>(
+    id: uuid::Uuid,
+    answer: Option<Result<T, crate::cdp::mux::CommandError>>,
+) -> Result<T, ApiError> {
     answer.ok_or_else(|| ended_conflict(id))?.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,

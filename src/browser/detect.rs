@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::ChromiumNotFound;
+
 /// Absolute paths tried first, best first. Debian's `/usr/bin/chromium` is a shell wrapper
 /// that adds flags and stderr noise, so the real binary behind it wins.
 const KNOWN_PATHS: &[&str] = &["/usr/lib/chromium/chromium", "/usr/bin/chromium"];
@@ -16,7 +18,7 @@ const PATH_NAMES: &[&str] = &[
 ];
 
 /// Returns the Chromium to run, or a message that says how to install one.
-pub fn find_chromium(explicit: Option<&Path>) -> Result<PathBuf, String> {
+pub fn find_chromium(explicit: Option<&Path>) -> Result<PathBuf, ChromiumNotFound> {
     let search_path = std::env::var_os("PATH").unwrap_or_default();
     find_in(explicit, KNOWN_PATHS, &search_path)
 }
@@ -25,15 +27,12 @@ fn find_in(
     explicit: Option<&Path>,
     known: &[&str],
     search_path: &std::ffi::OsStr,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, ChromiumNotFound> {
     if let Some(path) = explicit {
         return if is_executable(path) {
             Ok(path.to_path_buf())
         } else {
-            Err(format!(
-                "--chromium {} is not an executable file",
-                path.display()
-            ))
+            Err(ChromiumNotFound::NotExecutable(path.to_path_buf()))
         };
     }
     for candidate in known {
@@ -50,9 +49,7 @@ fn find_in(
             }
         }
     }
-    Err("no Chromium found (looked for /usr/lib/chromium/chromium, /usr/bin/chromium, chromium-browser and \
-         google-chrome). Install Debian's package with `apt-get install -y chromium`, or pass --chromium PATH."
-        .into())
+    Err(ChromiumNotFound::Nowhere)
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -69,7 +66,8 @@ mod tests {
     #[test]
     fn explicit_path_must_be_executable() {
         let err = find_chromium(Some(Path::new("/nonexistent/chromium"))).unwrap_err();
-        assert!(err.contains("/nonexistent/chromium"), "{err}");
+        assert!(matches!(err, ChromiumNotFound::NotExecutable(_)), "{err}");
+        assert!(err.to_string().contains("/nonexistent/chromium"), "{err}");
         assert_eq!(
             find_chromium(Some(Path::new("/bin/sh"))).unwrap(),
             PathBuf::from("/bin/sh")
@@ -80,7 +78,11 @@ mod tests {
     fn nothing_found_names_the_package() {
         let empty = tempfile::tempdir().unwrap();
         let err = find_in(None, &[], empty.path().as_os_str()).unwrap_err();
-        assert!(err.contains("apt-get install -y chromium"), "{err}");
+        assert!(matches!(err, ChromiumNotFound::Nowhere), "{err}");
+        assert!(
+            err.to_string().contains("apt-get install -y chromium"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -76,16 +76,14 @@ impl Limiter {
             SessionCgroup::create(&support, &id.simple().to_string(), limits)
         })
         .await
-        .map_err(|e| LaunchError(format!("cannot make the browser's cgroup: {e}")))?;
-        match made {
-            Ok(group) => Ok(BrowserLimits {
-                cgroup: Some(group),
-                memory_max,
-            }),
-            Err(e) => Err(LaunchError(format!(
-                "cannot make the browser's cgroup for its memory and task caps: {e}"
-            ))),
-        }
+        .map_err(|source| LaunchError::Worker {
+            what: "cannot make the browser's cgroup",
+            source,
+        })??;
+        Ok(BrowserLimits {
+            cgroup: Some(made),
+            memory_max,
+        })
     }
 }
 

@@ -33,14 +33,14 @@ use super::egress;
 use super::limits::{BrowserLimits, Limiter, MemoryVerdict};
 use super::paths::{FILES_SUBDIR, SESSIONS_SUBDIR, scratch_root};
 use super::pipe::{PipeSink, PipeSource};
-use super::reaper::{self, Leaders};
+use super::reaper::{self, Groups};
 use super::sandbox::owner::{self, Owner};
 use super::sandbox::{ChildSetup, Sandbox, SandboxConfig, SandboxStatus, UidLease, processes_of};
 use super::sweep::{SweepReport, sweep};
 use super::window::{Frame, FrameCalibration, measure_and_fit, window_size};
 use super::{
-    BrowserExit, BrowserHost, BrowserProcess, CdpTransport, FromBrowser, LaunchError, LaunchSpec,
-    Launched, MemorySample, Startup, ToBrowser,
+    BrowserExit, BrowserHost, BrowserProcess, CdpTransport, DiskError, FromBrowser, LaunchError,
+    LaunchSpec, Launched, MemorySample, NotReady, Startup, ToBrowser,
 };
 use crate::sync::lock;
 
@@ -93,7 +93,8 @@ pub struct LocalChromium {
     sessions_dir: PathBuf,
     scratch: Arc<ScratchRoot>,
     frame: FrameCalibration,
-    leaders: Leaders,
+    /// The process groups of the browsers it launched: all the reaper may reap.
+    groups: Groups,
     /// The egress policy every browser's forwarder applies.
     egress: Arc<egress::Policy>,
     sandbox: Arc<Sandbox>,
@@ -107,7 +108,8 @@ impl LocalChromium {
     /// A host that runs `executable` with its sessions under `data_dir`, in the sandbox
     /// `sandbox` asks for as far as this machine offers it (start-up says what is missing).
     /// Makes this process a child subreaper, so that helpers of a dead browser are
-    /// re-parented to the gateway, which reaps them (see [`BrowserHost::upkeep`]).
+    /// re-parented to the gateway, which reaps them (see [`BrowserHost::upkeep`]): only
+    /// processes of its browsers' groups, never another child of the gateway.
     /// Blocking: it probes the machine.
     pub fn new(executable: PathBuf, data_dir: &Path, sandbox: SandboxConfig) -> Self {
         reaper::become_subreaper();
@@ -123,7 +125,7 @@ impl LocalChromium {
                 users: Mutex::new(0),
             }),
             frame: FrameCalibration::default(),
-            leaders: Leaders::default(),
+            groups: Groups::default(),
             sandbox: Arc::new(sandbox),
             hardened: AtomicBool::new(false),
             egress: Arc::default(),
@@ -262,7 +264,7 @@ impl BrowserHost for LocalChromium {
     fn upkeep(&self, stop: CancellationToken) -> BoxFuture<'_, ()> {
         let limiter = self.limiter.clone();
         async move {
-            reaper::run(self.leaders.clone(), stop).await;
+            reaper::run(self.groups.clone(), stop).await;
             // Upkeep stops at shutdown, after every session ended: the browsers' groups
             // are gone, and so go their parents.
             let _ = tokio::task::spawn_blocking(move || limiter.remove_parents()).await;
@@ -282,28 +284,31 @@ impl BrowserHost for LocalChromium {
 /// Refuses to launch into a disk with less than [`MIN_FREE_DISK`] free, or a read-only one:
 /// Chromium starts on a full disk, but then fails to write its profile and cache as the
 /// session goes on. Blocking.
-fn check_free_space(dirs: &[PathBuf; 2]) -> Result<(), String> {
+fn check_free_space(dirs: &[PathBuf; 2]) -> Result<(), DiskError> {
     dirs.iter().try_for_each(|dir| check_dir_space(dir))
 }
 
-fn check_dir_space(dir: &Path) -> Result<(), String> {
-    let unusable = |e: &dyn std::fmt::Display| {
-        format!("cannot use the session directory {}: {e}", dir.display())
+fn check_dir_space(dir: &Path) -> Result<(), DiskError> {
+    let unusable = |source: std::io::Error| DiskError::Unusable {
+        dir: dir.to_path_buf(),
+        source,
     };
-    std::fs::create_dir_all(dir).map_err(|e| unusable(&e))?;
-    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| unusable(&e))?;
+    std::fs::create_dir_all(dir).map_err(unusable)?;
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| unusable(e.into()))?;
     if stat.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
-        return Err(unusable(&"it is on a read-only file system"));
+        return Err(DiskError::ReadOnly {
+            dir: dir.to_path_buf(),
+        });
     }
     let bytes = stat.blocks_available().saturating_mul(stat.fragment_size());
     let inodes = stat.files_available();
     if bytes < MIN_FREE_DISK || inodes == 0 {
-        return Err(format!(
-            "not enough free disk space in {}: {} MiB and {inodes} inodes free, sessions need at least {} MiB",
-            dir.display(),
-            bytes >> 20,
-            MIN_FREE_DISK >> 20
-        ));
+        return Err(DiskError::Full {
+            dir: dir.to_path_buf(),
+            free_mib: bytes >> 20,
+            inodes,
+            need_mib: MIN_FREE_DISK >> 20,
+        });
     }
     Ok(())
 }
@@ -442,18 +447,18 @@ impl SessionDirs {
             Entered,
         }
         let created = tokio::task::spawn_blocking(move || {
-            check_free_space(&space).map_err(|e| (e, Undo::Nothing))?;
+            check_free_space(&space).map_err(|e| (e.into(), Undo::Nothing))?;
             owner
                 .enter(&dirs, user)
-                .map_err(|e| (format!("cannot create session directory: {e}"), Undo::Dirs))?;
+                .map_err(|e| (LaunchError::Directory(e), Undo::Dirs))?;
             sandbox
                 .ruleset(dirs, &network.ports, network.forwarder)
-                .map_err(|e| (e, Undo::Entered))
+                .map_err(|e| (e.into(), Undo::Entered))
         })
         .await
-        .unwrap_or_else(|e| {
-            let e = format!("cannot create session directory: {e}");
-            Err((e, Undo::Nothing))
+        .unwrap_or_else(|source| {
+            let what = "cannot create session directory";
+            Err((LaunchError::Worker { what, source }, Undo::Nothing))
         });
         let (e, undo) = match created {
             Ok(ruleset) => return Ok(Confinement { uid, ruleset }),
@@ -472,7 +477,7 @@ impl SessionDirs {
             give_back(downloads.map(Path::to_path_buf)).await;
             uid.release();
         }
-        Err(LaunchError(e))
+        Err(e)
     }
 
     /// Removes both directories (once; later calls do nothing).
@@ -503,8 +508,10 @@ impl LocalChromium {
         let sandbox = self.sandbox.clone();
         let uid = tokio::task::spawn_blocking(move || sandbox.allocate_uid())
             .await
-            .map_err(|e| LaunchError(format!("cannot choose the browser's user: {e}")))?
-            .map_err(LaunchError)?;
+            .map_err(|source| LaunchError::Worker {
+                what: "cannot choose the browser's user",
+                source,
+            })??;
         let downloads = spec.downloads.as_deref().filter(|_| dirs.confined);
         let peer = uid.as_ref().map(UidLease::uid);
         let (forwarder, network) = match self.forwarder(spec, peer).await {
@@ -528,7 +535,7 @@ impl LocalChromium {
             executable: &self.executable,
             args,
             dirs: &dirs,
-            leaders: &self.leaders,
+            groups: &self.groups,
             sandbox: &self.sandbox,
             limits: Some(limits),
         };
@@ -562,7 +569,7 @@ impl LocalChromium {
     ) -> Result<(Option<egress::Forwarder>, Network), LaunchError> {
         let forwarder = egress::for_browser(&self.egress, spec, peer)
             .await
-            .map_err(|e| LaunchError(format!("cannot start the proxy forwarder: {e}")))?;
+            .map_err(LaunchError::Forwarder)?;
         let own_port = forwarder
             .as_ref()
             .map(|f| f.port)
@@ -576,17 +583,13 @@ impl LocalChromium {
 }
 
 /// Kills a browser that did not become ready and says why, with its last words.
-async fn failed_start(process: LocalProcess, reason: String) -> LaunchError {
+async fn failed_start(process: LocalProcess, reason: NotReady) -> LaunchError {
     process.kill().await;
     // Its last words may still be in the pipe; they say why it did not start.
     let _ = tokio::time::timeout(STDERR_SETTLE, process.stderr_closed.cancelled()).await;
-    let tail = process.stderr_tail();
-    if tail.is_empty() {
-        LaunchError(format!("Chromium did not start: {reason}"))
-    } else {
-        LaunchError(format!(
-            "Chromium did not start: {reason}; its last output: {tail}"
-        ))
+    LaunchError::NotReady {
+        reason,
+        last_output: process.stderr_tail(),
     }
 }
 
@@ -641,15 +644,12 @@ async fn wait_until_ready(
     process: &LocalProcess,
     transport: &mut CdpTransport,
     spec: &LaunchSpec,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, NotReady> {
     let (commands, mut startup) = Startup::begin(spec);
     for command in commands {
         if transport.to_browser.send(command).await.is_err() {
             let exit = tokio::time::timeout(Duration::from_secs(1), process.wait_exit()).await;
-            return Err(match exit {
-                Ok(exit) => format!("it exited ({exit}) before answering"),
-                Err(_) => "the CDP pipe closed at once".into(),
-            });
+            return Err(exit.map_or(NotReady::PipeClosedAtOnce, NotReady::Exited));
         }
     }
     let started = tokio::time::Instant::now();
@@ -658,15 +658,12 @@ async fn wait_until_ready(
         tokio::select! {
             msg = transport.from_browser.recv() => match msg {
                 Some(msg) => match startup.take(&msg) {
-                    Some(ready) => return ready,
+                    Some(ready) => return ready.map_err(NotReady::from),
                     None => continue,
                 },
                 None => {
                     let exit = tokio::time::timeout(Duration::from_secs(1), process.wait_exit()).await;
-                    return Err(match exit {
-                        Ok(exit) => format!("it exited ({exit}) before answering"),
-                        Err(_) => "its CDP pipe closed before it answered".into(),
-                    });
+                    return Err(exit.map_or(NotReady::PipeClosed, NotReady::Exited));
                 }
             },
             _ = tokio::time::sleep_until(started + SLOW_START), if !slow_logged => {
@@ -674,7 +671,7 @@ async fn wait_until_ready(
                 warn!(browser = %process.address(), "browser has not answered after {}s; still waiting", SLOW_START.as_secs());
             }
             _ = tokio::time::sleep_until(started + READY_TIMEOUT) => {
-                return Err(format!("no answer to its first CDP command within {}s", READY_TIMEOUT.as_secs()));
+                return Err(NotReady::Timeout(READY_TIMEOUT));
             }
         }
     }
@@ -745,7 +742,7 @@ struct Launch<'a> {
     executable: &'a Path,
     args: Vec<String>,
     dirs: &'a SessionDirs,
-    leaders: &'a Leaders,
+    groups: &'a Groups,
     sandbox: &'a Sandbox,
     /// Its memory and task caps: the browser joins its cgroup before it runs.
     limits: Option<BrowserLimits>,
@@ -783,27 +780,26 @@ fn spawn(
         landlock: ruleset.as_ref().map(AsRawFd::as_raw_fd),
     };
     let mut cmd = browser_command(&mut launch, setup);
-    // Held from fork until the pid is recorded, so the reaper never takes its status.
-    let mut known = launch.leaders.lock();
     let spawned = cmd.spawn();
     // The child has its copies; ours must close so that EOF reaches each side.
     drop((pipes.child_reads, pipes.child_writes, ruleset));
     let mut child = match spawned {
         Ok(child) => child,
-        Err(e) => {
-            let e = LaunchError(format!("cannot run {}: {e}", launch.executable.display()));
-            return Err((e, uid));
+        Err(source) => {
+            let executable = launch.executable.to_path_buf();
+            return Err((LaunchError::Spawn { executable, source }, uid));
         }
     };
     let Some(pid) = child.id().map(|pid| pid as i32) else {
-        return Err((LaunchError("Chromium exited during spawn".into()), uid));
+        return Err((LaunchError::ExitedDuringSpawn, uid));
     };
-    known.insert(pid);
-    drop(known);
+    // The reaper takes only the adopted helpers of recorded groups, never a group's leader:
+    // tokio collects this one's status.
+    launch.groups.launched(pid);
     let (stderr_tail, stderr_closed) = drain_stderr_of(&mut child, pid);
     let limits = launch.limits.take();
     let verdict = limits.as_ref().map(|l| l.watch(pid));
-    let exit = watch_exit(child, pid, launch.leaders.clone(), verdict);
+    let exit = watch_exit(child, pid, launch.groups.clone(), verdict);
     let (transport, pipes_open) = frame_pipes(pipes.commands, pipes.replies, pid);
     let process = LocalProcess {
         pid,
@@ -851,7 +847,7 @@ struct BrowserPipes {
 }
 
 fn browser_pipes() -> Result<BrowserPipes, LaunchError> {
-    let io_err = |what: &str, e: std::io::Error| LaunchError(format!("{what}: {e}"));
+    let io_err = |what: &'static str, source: std::io::Error| LaunchError::Pipe { what, source };
     // Chromium reads commands from fd 3 and writes replies and events to fd 4.
     let (command_tx, command_rx) = pipe::pipe().map_err(|e| io_err("cannot create pipe", e))?;
     let (reply_tx, reply_rx) = pipe::pipe().map_err(|e| io_err("cannot create pipe", e))?;
@@ -894,7 +890,7 @@ fn drain_stderr_of(
 fn watch_exit(
     mut child: tokio::process::Child,
     pid: i32,
-    leaders: Leaders,
+    groups: Groups,
     memory: Option<MemoryVerdict>,
 ) -> watch::Receiver<Option<BrowserExit>> {
     let (exit_tx, exit_rx) = watch::channel(None);
@@ -907,11 +903,13 @@ fn watch_exit(
             },
             Err(e) => BrowserExit::Unknown(e.to_string()),
         };
+        // At once, so that the group is forgotten as soon as it is empty: from then on its
+        // id (the leader's pid) may be given to another process.
+        groups.leader_exited(pid);
         let exit = match memory {
             Some(memory) => memory.judge(exit).await,
             None => exit,
         };
-        leaders.lock().remove(&pid);
         debug!(pid, %exit, "browser process exited");
         let _ = exit_tx.send(Some(exit));
     });
@@ -941,7 +939,10 @@ fn high_fd(fd: OwnedFd) -> Result<OwnedFd, LaunchError> {
             // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
             unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
         })
-        .map_err(|e| LaunchError(format!("cannot duplicate a descriptor: {e}")))
+        .map_err(|e| LaunchError::Pipe {
+            what: "cannot duplicate a descriptor",
+            source: e.into(),
+        })
 }
 
 async fn drain_stderr(
@@ -1150,11 +1151,7 @@ impl BrowserProcess for LocalProcess {
                     *lock(&self.downloads) = Some(to);
                     Ok(())
                 }
-                Err(e) => Err(LaunchError(format!(
-                    "cannot move the browser's downloads from {} to {}: {e}",
-                    from.display(),
-                    to.display()
-                ))),
+                Err(source) => Err(LaunchError::MoveDownloads { from, to, source }),
             }
         }
         .boxed()

@@ -9,6 +9,7 @@
 pub mod cgroup;
 mod detect;
 pub mod egress;
+mod error;
 mod limits;
 mod local;
 mod paths;
@@ -32,6 +33,7 @@ use uuid::Uuid;
 use crate::vocab::Dimensions;
 
 pub use detect::find_chromium;
+pub use error::{ChromiumNotFound, DiskError, LaunchError, NotReady, SandboxError, StartupError};
 pub use local::{BASE_FLAGS, LocalChromium};
 pub use paths::scratch_root;
 pub use sandbox::{SandboxConfig, SandboxStatus, UidRange};
@@ -90,11 +92,6 @@ impl fmt::Display for BrowserExit {
         }
     }
 }
-
-/// Why a browser could not be launched.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct LaunchError(pub String);
 
 /// A launched browser, ready to be driven over [`Launched::transport`].
 pub struct Launched {

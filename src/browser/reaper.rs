@@ -1,16 +1,26 @@
-//! Reaping of orphaned browser helpers.
+//! Reaping of orphaned browser helpers, and of nothing else.
 //!
 //! The gateway registers itself as a child subreaper (`PR_SET_CHILD_SUBREAPER`), so that
-//! when a browser's leader dies, its helper processes are re-parented to the gateway rather
-//! than to PID 1 (which may reap slowly, or be the gateway itself in a container). This
-//! module reaps those adopted children. It never waits for a browser leader: tokio's
-//! process driver owns those, and [`Leaders`] names them.
+//! when a browser's leader (or one of its helpers) dies, the helpers it started are
+//! re-parented to the gateway rather than to PID 1 (which may reap slowly, or be the
+//! gateway itself in a container). This module reaps those adopted helpers.
+//!
+//! It reaps only what a browser started: every browser leads its own process group, whose
+//! id [`Groups`] records, and a pass waits (`waitid(P_PID, pid, WNOHANG)`) for each zombie
+//! child of the gateway whose process group is one of those, by pid. It never waits for
+//! "any child" (`waitpid(-1)`), never for a group's leader (tokio's process driver owns the
+//! leaders' exit statuses), and never for a child outside the recorded groups: the exit
+//! status of any other child of the gateway stays for its owner to collect.
+//!
+//! Besides `main.rs`'s shutdown signals, this module is the one place that installs a
+//! signal handler: SIGCHLD (through tokio), to reap promptly. It must not know about
+//! sessions, directories or the browsers' pipes.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -23,16 +33,48 @@ const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// After a SIGCHLD, wait this long so that a dying process tree is reaped in one pass.
 const SETTLE: Duration = Duration::from_millis(20);
 
-/// The pids of browser leaders that tokio waits for. Spawning holds the lock from fork to
-/// insertion, and reaping holds it from its check to its `waitpid`, so an adopted-children
-/// pass can never take a leader's exit status.
-#[derive(Clone, Default)]
-pub(super) struct Leaders(Arc<Mutex<HashSet<i32>>>);
+/// Whether a browser's leader still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leader {
+    /// Its leader runs; its group stays known.
+    Running,
+    /// Its leader exited: the group is forgotten once no process of it is left.
+    Exited,
+}
 
-impl Leaders {
-    /// Locks the set.
-    pub(super) fn lock(&self) -> MutexGuard<'_, HashSet<i32>> {
-        lock(&self.0)
+/// The process groups of the browsers this host launched (a group's id is its leader's
+/// pid). Only their members are ever reaped here.
+#[derive(Clone, Default)]
+pub(super) struct Groups(Arc<Mutex<HashMap<i32, Leader>>>);
+
+impl Groups {
+    /// Records the group a browser just spawned leads.
+    pub(super) fn launched(&self, pgid: i32) {
+        lock(&self.0).insert(pgid, Leader::Running);
+    }
+
+    /// Says that the group's leader exited (tokio collected its status). Its helpers stay
+    /// reapable until none is left.
+    pub(super) fn leader_exited(&self, pgid: i32) {
+        if let Some(leader) = lock(&self.0).get_mut(&pgid) {
+            *leader = Leader::Exited;
+        }
+    }
+
+    /// Whether `pgid` is a browser's group.
+    fn contains(&self, pgid: i32) -> bool {
+        lock(&self.0).contains_key(&pgid)
+    }
+
+    /// Forgets the groups whose leader exited and that have no member in `alive`.
+    fn forget_empty(&self, alive: &[i32]) {
+        lock(&self.0).retain(|pgid, leader| *leader == Leader::Running || alive.contains(pgid));
+    }
+
+    /// How many groups are known.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.0).len()
     }
 }
 
@@ -43,8 +85,8 @@ pub(super) fn become_subreaper() {
     }
 }
 
-/// Reaps adopted children on every SIGCHLD (and every [`SWEEP_EVERY`]) until `stop`.
-pub(super) async fn run(leaders: Leaders, stop: CancellationToken) {
+/// Reaps adopted browser helpers on every SIGCHLD (and every [`SWEEP_EVERY`]) until `stop`.
+pub(super) async fn run(groups: Groups, stop: CancellationToken) {
     let mut sigchld = match signal(SignalKind::child()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -67,8 +109,8 @@ pub(super) async fn run(leaders: Leaders, stop: CancellationToken) {
             _ = child => {}
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
         }
-        let leaders = leaders.clone();
-        let reaped = tokio::task::spawn_blocking(move || reap_adopted(&leaders))
+        let groups = groups.clone();
+        let reaped = tokio::task::spawn_blocking(move || reap_adopted(&groups))
             .await
             .unwrap_or(0);
         if reaped > 0 {
@@ -77,70 +119,74 @@ pub(super) async fn run(leaders: Leaders, stop: CancellationToken) {
     }
 }
 
-/// Reaps every zombie child of this process that is not a browser leader. Reads `/proc`:
-/// blocking. Returns how many it reaped.
-pub(super) fn reap_adopted(leaders: &Leaders) -> usize {
+/// One process, as a pass sees it in `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    pid: i32,
+    zombie: bool,
+    ppid: i32,
+    pgid: i32,
+}
+
+/// Reaps every zombie child of this process that belongs to a browser's group and does
+/// not lead it, each by its pid, and forgets the groups of exited leaders that have no
+/// process left. Reads `/proc`: blocking. Returns how many it reaped.
+pub(super) fn reap_adopted(groups: &Groups) -> usize {
     let me = std::process::id() as i32;
-    let zombies: Vec<i32> = std::fs::read_dir("/proc")
+    let seen: Vec<Seen> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| zombie_child_of(pid, me))
+        .filter_map(read_stat)
+        .filter(|s| groups.contains(s.pgid))
         .collect();
-    let leaders = leaders.lock();
-    zombies
-        .into_iter()
-        .filter(|pid| !leaders.contains(pid))
-        .filter(|&pid| waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).is_ok())
-        .count()
+    let reaped: Vec<i32> = seen
+        .iter()
+        .filter(|s| s.zombie && s.ppid == me && s.pid != s.pgid)
+        .map(|s| s.pid)
+        .filter(|&pid| reap(pid))
+        .collect();
+    // A member adopted after the read keeps its group until a later pass: it was counted.
+    let alive: Vec<i32> = seen
+        .iter()
+        .filter(|s| !reaped.contains(&s.pid))
+        .map(|s| s.pgid)
+        .collect();
+    groups.forget_empty(&alive);
+    reaped.len()
 }
 
-/// Whether `pid` is a zombie whose parent is `parent`.
-fn zombie_child_of(pid: i32, parent: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return false;
-    };
+/// Collects the exit status of child `pid`, which must be a zombie (so that `WNOHANG`
+/// cannot miss it). Whether it did.
+fn reap(pid: i32) -> bool {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG;
+    matches!(
+        waitid(Id::Pid(Pid::from_raw(pid)), flags),
+        Ok(status) if status.pid().is_some()
+    )
+}
+
+/// A process's state, parent and group, from `/proc/<pid>/stat` (fields after the command
+/// name, which may itself contain spaces and parentheses).
+fn read_stat(pid: i32) -> Option<Seen> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &stat)
+}
+
+fn parse_stat(pid: i32, stat: &str) -> Option<Seen> {
+    let (_, rest) = stat.rsplit_once(')')?;
     let mut fields = rest.split_whitespace();
-    let state = fields.next();
-    let ppid = fields.next().and_then(|p| p.parse::<i32>().ok());
-    state == Some("Z") && ppid == Some(parent)
+    let zombie = fields.next()? == "Z";
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    Some(Seen {
+        pid,
+        zombie,
+        ppid,
+        pgid,
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subreaper_flag_is_set() {
-        become_subreaper();
-        assert_eq!(nix::sys::prctl::get_child_subreaper().ok(), Some(true));
-    }
-
-    #[test]
-    #[allow(clippy::zombie_processes)] // the point: `reap_adopted` waits for the helper
-    fn reaps_adopted_zombies_but_not_leaders() {
-        // Two children that exit at once: one stands for an adopted helper, one for a
-        // leader that tokio owns.
-        let helper = std::process::Command::new("true").spawn().expect("spawn");
-        let leader = std::process::Command::new("true").spawn().expect("spawn");
-        let leaders = Leaders::default();
-        leaders.lock().insert(leader.id() as i32);
-        std::thread::sleep(Duration::from_millis(200));
-        assert!(zombie_child_of(
-            helper.id() as i32,
-            std::process::id() as i32
-        ));
-        reap_adopted(&leaders);
-        assert!(!std::path::Path::new(&format!("/proc/{}", helper.id())).exists());
-        assert!(zombie_child_of(
-            leader.id() as i32,
-            std::process::id() as i32
-        ));
-        let mut leader = leader;
-        leader.wait().expect("the leader's status is still there");
-    }
-}
+mod tests;

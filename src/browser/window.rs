@@ -65,7 +65,7 @@ pub async fn measure_and_fit(
     transport: &mut CdpTransport,
     want: Dimensions,
     frame: Frame,
-) -> Result<Frame, String> {
+) -> Result<Frame, MeasureError> {
     let mut cdp = RawCdp {
         transport,
         next_id: super::startup::NEXT_ID,
@@ -75,7 +75,7 @@ pub async fn measure_and_fit(
         .as_array()
         .and_then(|infos| infos.iter().find(|t| t["type"] == "page"))
         .and_then(|t| t["targetId"].as_str())
-        .ok_or("the browser has no page")?
+        .ok_or(MeasureError::NoPage)?
         .to_owned();
     let attached = cdp
         .call(
@@ -86,7 +86,7 @@ pub async fn measure_and_fit(
         .await?;
     let page = attached["sessionId"]
         .as_str()
-        .ok_or("no sessionId for the page")?
+        .ok_or(MeasureError::NoSession)?
         .to_owned();
     let measured = cdp
         .call(
@@ -104,7 +104,7 @@ pub async fn measure_and_fit(
     let value = &measured?["result"]["value"];
     let (inner_width, inner_height) = match (value[0].as_i64(), value[1].as_i64()) {
         (Some(w), Some(h)) => (w, h),
-        _ => return Err(format!("unexpected page size {value}")),
+        _ => return Err(MeasureError::PageSize(value.clone())),
     };
     let (want_width, want_height) = (i64::from(want.width), i64::from(want.height));
     let real = Frame {
@@ -130,6 +130,34 @@ pub async fn measure_and_fit(
     Ok(real)
 }
 
+/// Why the page could not be measured (the browser is then used as launched).
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    /// The browser has no page target.
+    #[error("the browser has no page")]
+    NoPage,
+    /// Attaching to the page gave no session id.
+    #[error("no sessionId for the page")]
+    NoSession,
+    /// `[innerWidth, innerHeight]` did not evaluate to two numbers.
+    #[error("unexpected page size {0}")]
+    PageSize(Value),
+    /// The pipe closed.
+    #[error("the CDP pipe closed")]
+    PipeClosed,
+    /// A command failed.
+    #[error("{method} failed: {error}")]
+    Failed {
+        /// The command.
+        method: &'static str,
+        /// The CDP error object.
+        error: Value,
+    },
+    /// A command got no answer in time.
+    #[error("no answer to {0}")]
+    NoAnswer(&'static str),
+}
+
 /// Just enough of a CDP client for the measurement, before the multiplexer takes over.
 struct RawCdp<'a> {
     transport: &'a mut CdpTransport,
@@ -139,10 +167,10 @@ struct RawCdp<'a> {
 impl RawCdp<'_> {
     async fn call(
         &mut self,
-        method: &str,
+        method: &'static str,
         params: Value,
         session: Option<&str>,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, MeasureError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut command = json!({ "id": id, "method": method, "params": params });
@@ -153,7 +181,7 @@ impl RawCdp<'_> {
             .to_browser
             .send(Bytes::from(command.to_string()))
             .await
-            .map_err(|_| "the CDP pipe closed".to_owned())?;
+            .map_err(|_| MeasureError::PipeClosed)?;
         let wait = async {
             while let Some(msg) = self.transport.from_browser.recv().await {
                 let Ok(mut reply) = serde_json::from_slice::<Value>(&msg) else {
@@ -162,19 +190,20 @@ impl RawCdp<'_> {
                 if reply["id"] != id {
                     continue; // events of the attach and detach
                 }
-                if let Some(error) = reply.get("error") {
-                    return Err(format!("{method} failed: {error}"));
+                if let Some(error) = reply.get_mut("error") {
+                    let error = error.take();
+                    return Err(MeasureError::Failed { method, error });
                 }
                 return Ok(reply
                     .get_mut("result")
                     .map(Value::take)
                     .unwrap_or(Value::Null));
             }
-            Err("the CDP pipe closed".to_owned())
+            Err(MeasureError::PipeClosed)
         };
         tokio::time::timeout(STEP_TIMEOUT, wait)
             .await
-            .map_err(|_| format!("no answer to {method}"))?
+            .map_err(|_| MeasureError::NoAnswer(method))?
     }
 }
 

@@ -68,8 +68,8 @@ struct DirUsage {
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// The name is not acceptable (see [`name`]).
-    #[error("{0}")]
-    BadPath(String),
+    #[error(transparent)]
+    BadPath(name::PathRefused),
     /// No such file.
     #[error("no file {0:?} in this session")]
     NotFound(String),
@@ -418,10 +418,7 @@ impl Upload {
             tokio::fs::create_dir_all(parent).await?;
         }
         if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_dir()) {
-            return Err(FileError::BadPath(format!(
-                "path {:?}: a directory has this name",
-                name.as_str()
-            )));
+            return Err(name::PathFault::Directory.of(name.as_str()));
         }
         let temp = self.temp.take().unwrap_or_default();
         if let Err(e) = tokio::fs::rename(&temp, &path).await {

@@ -22,6 +22,61 @@ const MAX_COMPONENT: usize = 255;
 /// Suffix of a download Chromium has not finished: such files are not listed.
 pub const PARTIAL_DOWNLOAD: &str = ".crdownload";
 
+/// A path that cannot name a session's file: the path as given, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("path {raw:?}: {why}")]
+pub struct PathRefused {
+    /// The path as the client gave it.
+    pub raw: String,
+    /// What is wrong with it.
+    pub why: PathFault,
+}
+
+/// What is wrong with a path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathFault {
+    /// Empty.
+    #[error("a file name is required")]
+    Missing,
+    /// Longer than [`MAX_NAME`].
+    #[error("the name is too long")]
+    TooLong,
+    /// Starts with `/` (and is not under the session's directory).
+    #[error("absolute paths are refused; give a path relative to the session's files")]
+    Absolute,
+    /// Holds a backslash.
+    #[error("backslashes are refused; separate directories with /")]
+    Backslash,
+    /// Holds NUL or another control character.
+    #[error("NUL and other control characters are refused")]
+    Control,
+    /// Has an empty component.
+    #[error("empty path components (//, or a trailing /) are refused")]
+    EmptyComponent,
+    /// Has a `.` or `..` component.
+    #[error(". and .. are refused")]
+    Dots,
+    /// A component is longer than the file systems take.
+    #[error("a path component is too long")]
+    ComponentTooLong,
+    /// A new file this many directories deep, more than [`MAX_DEPTH`].
+    #[error("{0} directory levels; a file may be at most {MAX_DEPTH} directories deep")]
+    TooDeep(usize),
+    /// A directory already has the name.
+    #[error("a directory has this name")]
+    Directory,
+}
+
+impl PathFault {
+    /// This fault of path `raw`, as a [`FileError`].
+    pub fn of(self, raw: &str) -> FileError {
+        FileError::BadPath(PathRefused {
+            raw: raw.to_owned(),
+            why: self,
+        })
+    }
+}
+
 /// A checked, relative file name inside one session's directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileName(String);
@@ -32,7 +87,7 @@ impl FileName {
     pub fn parse(raw: &str, session_dir: &Path) -> Result<FileName, FileError> {
         let prefix = format!("{}/", session_dir.display());
         let name = raw.strip_prefix(prefix.as_str()).unwrap_or(raw);
-        check(name).map_err(|why| FileError::BadPath(format!("path {raw:?}: {why}")))?;
+        check(name).map_err(|why| why.of(raw))?;
         Ok(FileName(name.to_owned()))
     }
 
@@ -42,10 +97,7 @@ impl FileName {
         let name = FileName::parse(raw, session_dir)?;
         let depth = name.0.matches('/').count();
         if depth > MAX_DEPTH {
-            return Err(FileError::BadPath(format!(
-                "path {raw:?}: {depth} directory levels; a file may be at most {MAX_DEPTH} \
-                 directories deep"
-            )));
+            return Err(PathFault::TooDeep(depth).of(raw));
         }
         Ok(name)
     }
@@ -69,27 +121,27 @@ impl FileName {
     }
 }
 
-fn check(name: &str) -> Result<(), &'static str> {
+fn check(name: &str) -> Result<(), PathFault> {
     if name.is_empty() {
-        return Err("a file name is required");
+        return Err(PathFault::Missing);
     }
     if name.len() > MAX_NAME {
-        return Err("the name is too long");
+        return Err(PathFault::TooLong);
     }
     if name.starts_with('/') {
-        return Err("absolute paths are refused; give a path relative to the session's files");
+        return Err(PathFault::Absolute);
     }
     if name.contains('\\') {
-        return Err("backslashes are refused; separate directories with /");
+        return Err(PathFault::Backslash);
     }
     if name.chars().any(char::is_control) {
-        return Err("NUL and other control characters are refused");
+        return Err(PathFault::Control);
     }
     for component in name.split('/') {
         match component {
-            "" => return Err("empty path components (//, or a trailing /) are refused"),
-            "." | ".." => return Err(". and .. are refused"),
-            c if c.len() > MAX_COMPONENT => return Err("a path component is too long"),
+            "" => return Err(PathFault::EmptyComponent),
+            "." | ".." => return Err(PathFault::Dots),
+            c if c.len() > MAX_COMPONENT => return Err(PathFault::ComponentTooLong),
             _ => {}
         }
     }
@@ -100,10 +152,8 @@ fn check(name: &str) -> Result<(), &'static str> {
 mod tests {
     use super::*;
 
-    fn parse(raw: &str) -> Result<String, String> {
-        FileName::parse(raw, Path::new("/data/files/abc"))
-            .map(|n| n.as_str().to_owned())
-            .map_err(|e| e.to_string())
+    fn parse(raw: &str) -> Result<String, FileError> {
+        FileName::parse(raw, Path::new("/data/files/abc")).map(|n| n.as_str().to_owned())
     }
 
     #[test]
@@ -137,7 +187,11 @@ mod tests {
         ];
         for (raw, why) in cases {
             let err = parse(raw).unwrap_err();
-            assert!(err.contains(why), "{raw:?}: {err}");
+            assert!(
+                matches!(&err, FileError::BadPath(p) if p.raw == raw),
+                "{err}"
+            );
+            assert!(err.to_string().contains(why), "{raw:?}: {err}");
         }
         assert!(parse(&"a".repeat(MAX_NAME + 1)).is_err());
         assert!(parse(&"a".repeat(MAX_COMPONENT + 1)).is_err());

@@ -158,7 +158,9 @@ impl Gateway {
         host: Arc<dyn BrowserHost>,
         joining: Option<Joining>,
     ) -> Result<Gateway, GatewayError> {
-        settings.validate().map_err(GatewayError::Settings)?;
+        settings
+            .validate()
+            .map_err(|e| GatewayError::Settings(e.to_string()))?;
         let keys = load_keys(&settings)?;
         let dir = settings.data_dir.clone();
         let lock = tokio::task::spawn_blocking(move || data_dir::claim(&dir))
@@ -268,7 +270,7 @@ impl Gateway {
         let local = listener.local_addr()?;
         self.settings
             .check_exposure_of(local, !self.keys.is_empty())
-            .map_err(GatewayError::Settings)?;
+            .map_err(|e| GatewayError::Settings(e.to_string()))?;
         let public = self
             .settings
             .public_url
@@ -475,10 +477,10 @@ fn load_keys(settings: &Settings) -> Result<KeyRing, GatewayError> {
         settings.api_keys.as_deref(),
         settings.admin_api_key.as_deref(),
     )
-    .map_err(GatewayError::Settings)?;
+    .map_err(|e| GatewayError::Settings(e.to_string()))?;
     settings
         .check_exposure(!keys.is_empty())
-        .map_err(GatewayError::Settings)?;
+        .map_err(|e| GatewayError::Settings(e.to_string()))?;
     if keys.is_empty() {
         warn!(
             listen = %settings.listen,

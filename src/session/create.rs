@@ -257,8 +257,8 @@ impl Registry {
         let launch_started = Instant::now();
         let launched = self.host.launch(spec).await;
         telemetry::browser_launched(launch_started.elapsed());
-        self.note_launch(launched.as_ref().err().map(|e| e.0.clone()));
-        launched.map_err(|e| CreateError::Launch(e.0))
+        self.note_launch(launched.as_ref().err().map(ToString::to_string));
+        launched.map_err(|e| CreateError::Launch(e.to_string()))
     }
 
     /// Connects the session to its browser, makes it live and metered, and starts its
@@ -340,7 +340,7 @@ impl Registry {
             process
                 .adopt_downloads(&dir)
                 .await
-                .map_err(|e| CreateError::Launch(e.0))?;
+                .map_err(|e| CreateError::Launch(e.to_string()))?;
             // Events on: the guard watches downloads on the root session.
             let downloads =
                 json!({"behavior": "allow", "downloadPath": dir, "eventsEnabled": true});

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::params::SessionOptions;
 use super::state::{Lifecycle, Phase, Refused};
 use crate::browser::BrowserProcess;
-use crate::cdp::mux::Mux;
+use crate::cdp::mux::{CommandError, Mux};
 use crate::metering::{self, Billable, SessionUsage};
 use crate::vocab::EndReason;
 
@@ -155,20 +155,19 @@ impl Session {
     }
 
     /// The pages of the live session, asked of its browser; `None` once it ended.
-    pub async fn pages(&self) -> Option<Result<Vec<super::view::PageInfo>, String>> {
+    pub async fn pages(&self) -> Option<Result<Vec<super::view::PageInfo>, CommandError>> {
         let mux = self.mux()?;
         let reply = mux
             .command("Target.getTargets", serde_json::json!({}))
-            .await
-            .map_err(|e| e.to_string());
+            .await;
         Some(reply.map(|r| super::view::PageInfo::from_targets(&r)))
     }
 
     /// The session's context (cookies and web storage), read from its browser; `None` once
     /// it ended.
-    pub async fn context(&self) -> Option<Result<Value, String>> {
+    pub async fn context(&self) -> Option<Result<Value, CommandError>> {
         let mux = self.mux()?;
-        Some(super::context::read(&mux).await.map_err(|e| e.to_string()))
+        Some(super::context::read(&mux).await)
     }
 
     /// Sets how long the live session may live in all, counted from its creation.

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::browser::{BrowserHost, LaunchSpec, Launched};
+use crate::browser::{BrowserExit, BrowserHost, LaunchError, LaunchSpec, Launched};
 use crate::files::FileStore;
 use crate::telemetry;
 
@@ -44,6 +44,17 @@ impl LaunchHealth {
     pub fn failure(&self) -> Option<String> {
         lock(&self.0).clone()
     }
+}
+
+/// Why the pool got no browser from one launch.
+#[derive(Debug, thiserror::Error)]
+enum PoolLaunchError {
+    /// The launch failed.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// It started, then exited before it counted as ready.
+    #[error("the browser exited ({0}) while it settled")]
+    ExitedWhileSettling(BrowserExit),
 }
 
 /// A ready browser, taken from the pool with the capacity permit it holds.
@@ -245,7 +256,10 @@ impl WarmPool {
             && self.ready_count() + self.launching.load(Ordering::Acquire) < self.target
     }
 
-    async fn launch_one(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Result<(), String> {
+    async fn launch_one(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), PoolLaunchError> {
         self.launching.fetch_add(1, Ordering::AcqRel);
         let id = Uuid::new_v4();
         let started = Instant::now();
@@ -261,13 +275,13 @@ impl WarmPool {
             })
             .await;
         self.health
-            .note(launched.as_ref().err().map(|e| e.0.clone()));
+            .note(launched.as_ref().err().map(ToString::to_string));
         let settled = match launched {
             Ok(launched) => {
                 telemetry::browser_launched(started.elapsed());
                 self.settle(launched).await
             }
-            Err(e) => Err(e.0),
+            Err(e) => Err(e.into()),
         };
         self.launching.fetch_sub(1, Ordering::AcqRel);
         let launched = settled?;
@@ -297,7 +311,7 @@ impl WarmPool {
     /// Lets a browser that just started answering finish starting (Chromium goes on with its
     /// first page and helper processes for a while) before it counts as ready. A browser
     /// that exits meanwhile is reaped.
-    async fn settle(&self, launched: Launched) -> Result<Launched, String> {
+    async fn settle(&self, launched: Launched) -> Result<Launched, PoolLaunchError> {
         let exited = tokio::select! {
             _ = self.closed.cancelled() => None,
             _ = tokio::time::sleep(self.settle) => None,
@@ -307,7 +321,7 @@ impl WarmPool {
             None => Ok(launched),
             Some(exit) => {
                 launched.process.kill().await;
-                Err(format!("the browser exited ({exit}) while it settled"))
+                Err(PoolLaunchError::ExitedWhileSettling(exit))
             }
         }
     }

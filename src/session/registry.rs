@@ -23,7 +23,7 @@ use super::pool::{LaunchHealth, WarmPool};
 use super::supervisor::LivenessProbe;
 use super::view::SessionView;
 use crate::auth::Caller;
-use crate::browser::{BrowserHost, LaunchSpec};
+use crate::browser::{BrowserHost, LaunchError, LaunchSpec};
 use crate::files::FileStore;
 use crate::metering::{Billable, HistoryQuery, HistoryRow, Meter, MeterError, Retention};
 use crate::telemetry;
@@ -164,7 +164,7 @@ impl Registry {
 
     /// Launches a browser and kills it again, to learn whether browsers can start. Returns
     /// the launch time, or the launch error; readiness follows the outcome.
-    pub async fn probe_browser(&self) -> Result<Duration, String> {
+    pub async fn probe_browser(&self) -> Result<Duration, LaunchError> {
         let started = Instant::now();
         let spec = LaunchSpec {
             session_id: Uuid::new_v4(),
@@ -176,14 +176,14 @@ impl Registry {
         };
         let result = self.host.launch(spec).await;
         let elapsed = started.elapsed();
-        self.note_launch(result.as_ref().err().map(|e| e.0.clone()));
+        self.note_launch(result.as_ref().err().map(ToString::to_string));
         match result {
             Ok(launched) => {
                 launched.process.kill().await;
                 telemetry::browser_launched(elapsed);
                 Ok(elapsed)
             }
-            Err(e) => Err(e.0),
+            Err(e) => Err(e),
         }
     }
 

@@ -26,7 +26,7 @@ use tracing::debug;
 use crate::browser::cgroup::Limits;
 use crate::browser::{
     BrowserExit, BrowserHost, BrowserProcess, CdpTransport, FromBrowser, LaunchError, LaunchSpec,
-    Launched, MemorySample, Startup, ToBrowser,
+    Launched, MemorySample, NotReady, Startup, ToBrowser,
 };
 use crate::sync::lock;
 
@@ -211,7 +211,7 @@ impl FakeBrowserHost {
         };
         if let Some(reason) = failure {
             debug!(index, %reason, "fake browser launch fails on demand");
-            return Err(self.launch_failed(reason));
+            return Err(self.launch_failed(LaunchError::Refused(reason)));
         }
         let (browser, mut transport) = FakeBrowser::start(index, spec, hang, &self.changes);
         lock(&self.browsers).push(browser.clone());
@@ -231,15 +231,19 @@ impl FakeBrowserHost {
             }
             Err(reason) => {
                 browser.kill().await;
-                Err(self.launch_failed(reason))
+                let last_output = String::new();
+                Err(self.launch_failed(LaunchError::NotReady {
+                    reason,
+                    last_output,
+                }))
             }
         }
     }
 
-    fn launch_failed(&self, reason: String) -> LaunchError {
+    fn launch_failed(&self, error: LaunchError) -> LaunchError {
         self.failed_launches.fetch_add(1, Ordering::SeqCst);
         self.changed();
-        LaunchError(reason)
+        error
     }
 }
 
@@ -284,12 +288,12 @@ impl Drop for KillOnDrop {
 async fn wait_until_ready(
     browser: &FakeBrowser,
     transport: &mut CdpTransport,
-) -> Result<Value, String> {
+) -> Result<Value, NotReady> {
     let exited = |browser: &FakeBrowser| {
         let exit = browser
             .exit()
-            .map_or_else(|| "no exit status".to_owned(), |e| e.to_string());
-        format!("{PRODUCT} exited ({exit}) before answering Browser.getVersion")
+            .unwrap_or_else(|| BrowserExit::Unknown("no exit status".into()));
+        NotReady::Exited(exit)
     };
     let (commands, mut startup) = Startup::begin(browser.spec());
     for command in commands {
@@ -299,7 +303,7 @@ async fn wait_until_ready(
     }
     while let Some(msg) = transport.from_browser.recv().await {
         if let Some(ready) = startup.take(&msg) {
-            return ready;
+            return ready.map_err(NotReady::from);
         }
     }
     Err(exited(browser))
@@ -1569,9 +1573,10 @@ mod tests {
         let host = FakeBrowserHost::new();
         host.fail_launches(Some("no Chromium today"));
         let failed = timeout(STEP, host.launch(spec())).await.expect("in time");
-        assert_eq!(
-            failed.err().map(|e| e.0).as_deref(),
-            Some("no Chromium today")
+        assert!(
+            matches!(&failed, Err(LaunchError::Refused(why)) if why == "no Chromium today"),
+            "{:?}",
+            failed.err()
         );
         assert_eq!(
             (
@@ -1618,7 +1623,17 @@ mod tests {
             .await
             .expect("in time")
             .expect("task");
-        assert!(failed.expect_err("failed").0.contains("killed by signal 9"));
+        let failed = failed.expect_err("failed");
+        assert!(
+            matches!(
+                failed,
+                LaunchError::NotReady {
+                    reason: NotReady::Exited(BrowserExit::Signal(9)),
+                    ..
+                }
+            ),
+            "{failed}"
+        );
         assert_eq!(host.failed_launches(), 1);
         assert!(
             host.last().expect("a browser").was_killed(),

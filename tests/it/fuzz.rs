@@ -494,7 +494,7 @@ proptest! {
                 let longest = text.lines().map(|l| l.trim().len()).max().unwrap_or(0);
                 prop_assert!(ring.is_empty() || longest >= MIN_KEY_LEN);
             }
-            Err(e) => prop_assert!(e.contains(&path.display().to_string()), "{e}"),
+            Err(e) => prop_assert!(e.to_string().contains(&path.display().to_string()), "{e}"),
         }
     }
 }

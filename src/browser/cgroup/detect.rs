@@ -107,7 +107,7 @@ pub fn detect_quietly(data_dir: &Path) -> CgroupSupport {
         (Some(memory), Some(pids)) => {
             return match (memory, pids) {
                 (Ok(memory), Ok(pids)) => setup_v1(&memory, &pids, &name),
-                (Err(reason), _) | (_, Err(reason)) => unavailable(reason),
+                (Err(reason), _) | (_, Err(reason)) => unavailable(reason.to_string()),
             };
         }
         (Some(_), None) | (None, Some(_)) => {
@@ -120,7 +120,7 @@ pub fn detect_quietly(data_dir: &Path) -> CgroupSupport {
     }
     match own_dir_v2(&mounts, &groups) {
         Some(Ok(own)) => setup_v2(&own, &name),
-        Some(Err(reason)) => unavailable(reason),
+        Some(Err(reason)) => unavailable(reason.to_string()),
         None => unavailable("no cgroup file system is mounted".into()),
     }
 }
@@ -244,8 +244,8 @@ fn below_mount(mount: &Mount, own: &str) -> Option<PathBuf> {
 fn own_dir_v1(
     mounts: &[Mount],
     groups: &[(Vec<String>, String)],
-    controller: &str,
-) -> Option<Result<PathBuf, String>> {
+    controller: &'static str,
+) -> Option<Result<PathBuf, Unusable>> {
     let has = |list: &[String]| list.iter().any(|c| c == controller);
     let mount = mounts
         .iter()
@@ -261,34 +261,48 @@ fn own_dir_v1(
 fn own_dir_v2(
     mounts: &[Mount],
     groups: &[(Vec<String>, String)],
-) -> Option<Result<PathBuf, String>> {
+) -> Option<Result<PathBuf, Unusable>> {
     let mount = mounts.iter().find(|m| m.controllers.is_none())?;
     let own = groups.iter().find(|(c, _)| c.is_empty());
     Some(own_dir_in(mount, own, "cgroup2"))
 }
 
+/// Why a mounted hierarchy cannot hold the browsers' groups.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Unusable {
+    /// It is mounted read-only.
+    #[error("the {what} cgroup file system at {} is mounted read-only (a container without a writable cgroupfs?)", point.display())]
+    ReadOnly { what: &'static str, point: PathBuf },
+    /// This process has no group in it.
+    #[error("/proc/self/cgroup names no {what} group for this process")]
+    NoGroup { what: &'static str },
+    /// This process's group is not in the mounted part.
+    #[error("this process's {what} group {group} is outside the mounted part of the hierarchy ({root} at {})", point.display())]
+    Outside {
+        what: &'static str,
+        group: String,
+        root: String,
+        point: PathBuf,
+    },
+}
+
 fn own_dir_in(
     mount: &Mount,
     own: Option<&(Vec<String>, String)>,
-    what: &str,
-) -> Result<PathBuf, String> {
+    what: &'static str,
+) -> Result<PathBuf, Unusable> {
     if mount.read_only {
-        return Err(format!(
-            "the {what} cgroup file system at {} is mounted read-only (a container without a writable cgroupfs?)",
-            mount.point.display()
-        ));
+        let point = mount.point.clone();
+        return Err(Unusable::ReadOnly { what, point });
     }
     let Some((_, path)) = own else {
-        return Err(format!(
-            "/proc/self/cgroup names no {what} group for this process"
-        ));
+        return Err(Unusable::NoGroup { what });
     };
-    below_mount(mount, path).ok_or_else(|| {
-        format!(
-            "this process's {what} group {path} is outside the mounted part of the hierarchy ({} at {})",
-            mount.root,
-            mount.point.display()
-        )
+    below_mount(mount, path).ok_or_else(|| Unusable::Outside {
+        what,
+        group: path.clone(),
+        root: mount.root.clone(),
+        point: mount.point.clone(),
     })
 }
 
@@ -441,7 +455,8 @@ mod tests {
         let err = own_dir_v2(&parse_mountinfo(ro), &groups)
             .expect("a cgroup2 mount")
             .expect_err("read-only");
-        assert!(err.contains("read-only"), "{err}");
+        assert!(matches!(err, Unusable::ReadOnly { .. }), "{err}");
+        assert!(err.to_string().contains("read-only"), "{err}");
         // A container that sees only its own subtree, bind-mounted.
         let bound = "41 31 0:38 /docker/abc /sys/fs/cgroup rw - cgroup2 cgroup2 rw";
         let mounts = parse_mountinfo(bound);
@@ -452,7 +467,8 @@ mod tests {
         let err = own_dir_v2(&mounts, &parse_own_groups("0::/docker/abcdef"))
             .expect("a cgroup2 mount")
             .expect_err("outside");
-        assert!(err.contains("outside"), "{err}");
+        assert!(matches!(err, Unusable::Outside { .. }), "{err}");
+        assert!(err.to_string().contains("outside"), "{err}");
     }
 
     #[test]

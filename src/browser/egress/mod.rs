@@ -34,7 +34,7 @@ use tracing::debug;
 use uuid::Uuid;
 
 pub use peer::{find_owner, owner_uid};
-pub use policy::{BadRule, OwnPorts, Policy, PortHold, Refusal, Rule, parse_rules};
+pub use policy::{BadRule, OwnPorts, Policy, PortHold, Refusal, Rule, RuleFault, parse_rules};
 pub use socks::Version as SocksVersion;
 
 use head::{Request, answer, read_head};

@@ -32,7 +32,30 @@ pub struct BadRule {
     /// The entry as written.
     pub entry: String,
     /// What is wrong with it.
-    pub why: String,
+    pub why: RuleFault,
+}
+
+/// What is wrong with an egress rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleFault {
+    /// `[` opens an IPv6 network that is never closed.
+    #[error("a '[' without its ']'")]
+    UnclosedBracket,
+    /// Something other than `:PORT` follows `]`.
+    #[error("only :PORT may follow ']'")]
+    AfterBracket,
+    /// The network is not an IP address.
+    #[error("not an IP address")]
+    NotAnAddress,
+    /// The prefix length is out of range for the address family.
+    #[error("the prefix length must be 0 to {0}")]
+    Prefix(u8),
+    /// A port is not a number from 0 to 65535.
+    #[error("{0:?} is not a port (0 to 65535)")]
+    NotAPort(String),
+    /// The port range is empty.
+    #[error("the port range {0}-{1} is empty")]
+    EmptyRange(u16, u16),
 }
 
 /// One entry: a network and, optionally, a port range.
@@ -53,25 +76,25 @@ impl fmt::Display for Rule {
 impl Rule {
     /// Parses one entry of `flag`.
     pub fn parse(flag: &'static str, entry: &str) -> Result<Rule, BadRule> {
-        let bad = |why: &str| BadRule {
+        let bad = |why: RuleFault| BadRule {
             flag,
             entry: entry.to_owned(),
-            why: why.to_owned(),
+            why,
         };
         let entry = entry.trim();
-        let (cidr, ports) = split_ports(entry).map_err(|why| bad(&why))?;
+        let (cidr, ports) = split_ports(entry).map_err(bad)?;
         let (ip, prefix) = match cidr.split_once('/') {
             Some((ip, prefix)) => (ip, Some(prefix)),
             None => (cidr, None),
         };
-        let network: IpAddr = ip.parse().map_err(|_| bad("not an IP address"))?;
+        let network: IpAddr = ip.parse().map_err(|_| bad(RuleFault::NotAnAddress))?;
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             Some(p) => p
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= max)
-                .ok_or_else(|| bad(&format!("the prefix length must be 0 to {max}")))?,
+                .ok_or_else(|| bad(RuleFault::Prefix(max)))?,
             None => max,
         };
         // Addresses are compared as IPv4 when they are IPv4-mapped, so such rules are too.
@@ -79,10 +102,7 @@ impl Rule {
             IpAddr::V4(v4) if network.is_ipv6() && prefix >= 96 => (IpAddr::V4(v4), prefix - 96),
             _ => (network, prefix),
         };
-        let ports = ports
-            .map(parse_ports)
-            .transpose()
-            .map_err(|why| bad(&why))?;
+        let ports = ports.map(parse_ports).transpose().map_err(bad)?;
         Ok(Rule {
             network,
             prefix,
@@ -101,17 +121,15 @@ impl Rule {
 }
 
 /// Splits `CIDR[:PORTS]` / `[CIDR][:PORTS]`; an unbracketed IPv6 network has no ports.
-fn split_ports(entry: &str) -> Result<(&str, Option<&str>), String> {
+fn split_ports(entry: &str) -> Result<(&str, Option<&str>), RuleFault> {
     if let Some(rest) = entry.strip_prefix('[') {
-        let (cidr, after) = rest
-            .split_once(']')
-            .ok_or_else(|| "a '[' without its ']'".to_owned())?;
+        let (cidr, after) = rest.split_once(']').ok_or(RuleFault::UnclosedBracket)?;
         return match after {
             "" => Ok((cidr, None)),
             _ => after
                 .strip_prefix(':')
                 .map(|p| (cidr, Some(p)))
-                .ok_or_else(|| "only :PORT may follow ']'".to_owned()),
+                .ok_or(RuleFault::AfterBracket),
         };
     }
     match entry.matches(':').count() {
@@ -123,17 +141,17 @@ fn split_ports(entry: &str) -> Result<(&str, Option<&str>), String> {
     }
 }
 
-fn parse_ports(ports: &str) -> Result<(u16, u16), String> {
+fn parse_ports(ports: &str) -> Result<(u16, u16), RuleFault> {
     let port = |p: &str| {
         p.parse::<u16>()
-            .map_err(|_| format!("{p:?} is not a port (0 to 65535)"))
+            .map_err(|_| RuleFault::NotAPort(p.to_owned()))
     };
     let (lo, hi) = match ports.split_once('-') {
         Some((lo, hi)) => (port(lo)?, port(hi)?),
         None => (port(ports)?, port(ports)?),
     };
     if lo > hi {
-        return Err(format!("the port range {lo}-{hi} is empty"));
+        return Err(RuleFault::EmptyRange(lo, hi));
     }
     Ok((lo, hi))
 }

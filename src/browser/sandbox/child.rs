@@ -3,7 +3,9 @@
 //!
 //! Owns the order of those calls: join the session's cgroups, put the CDP pipes on fds 3
 //! and 4, drop to the browser's user, die with the gateway, forbid new privileges, restrict
-//! itself with the pre-built Landlock ruleset. Must not allocate, lock or log.
+//! itself with the pre-built Landlock ruleset. Must not allocate, lock or log: its failure
+//! is a bare errno ([`Errno`]), which std's `spawn` sends to the parent over its own
+//! close-on-exec pipe before `_exit`, and which the parent's `spawn` returns as its error.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -33,26 +35,34 @@ pub struct ChildSetup {
 /// Installs `setup` to run in the child between fork and exec.
 #[allow(unsafe_code)]
 pub fn install(cmd: &mut Command, setup: ChildSetup) {
-    // SAFETY: the closure runs in the forked child, where only async-signal-safe operations
-    // are sound. It makes raw system calls only (write, dup2, setgroups, setresgid,
-    // setresuid, prctl, getppid, landlock_restrict_self) on descriptors and numbers built
-    // before the fork and owned by the closure; it allocates nothing (its errors come from
-    // `io::Error::from_raw_os_error`, which does not allocate), takes no lock and does not
-    // log. Every descriptor it names is open in the child: the caller keeps them open until
-    // `spawn` returns.
+    // SAFETY: the closure runs in the forked child of a multi-threaded process, where only
+    // async-signal-safe operations are sound (another thread may have held the allocator's
+    // or any other lock at the fork). Everything it reads was built before the fork and is
+    // owned by the closure: `setup`'s integers and its `Vec` of descriptors, which is only
+    // iterated. `in_child` makes raw system calls only (write, dup2, setgroups, setresgid,
+    // setresuid, prctl, getppid, landlock_restrict_self; the id changes as raw syscalls,
+    // not glibc's wrappers, which would signal the parent's other threads), and its error
+    // type is a bare errno, so it cannot allocate one. The `io::Error` made from it here is
+    // `from_raw_os_error`, an integer that neither allocates nor frees; std reads its
+    // `raw_os_error`, writes that to the parent over its close-on-exec pipe and calls
+    // `_exit`. Nothing here locks or logs. Every descriptor it names is open in the child:
+    // the caller keeps them open until `spawn` returns.
     unsafe {
-        cmd.pre_exec(move || in_child(&setup));
+        cmd.pre_exec(move || in_child(&setup).map_err(|Errno(e)| io::Error::from_raw_os_error(e)));
     }
 }
 
-/// The errno of the last failed call, as an error, without allocating.
-fn errno() -> io::Error {
-    // `last_os_error` is `from_raw_os_error(errno)`.
-    io::Error::last_os_error()
+/// A failed call's errno: all the child can report, and nothing to allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Errno(i32);
+
+/// The errno of the last failed call (read from the thread's `errno`, without allocating).
+fn errno() -> Errno {
+    Errno(nix::errno::Errno::last_raw())
 }
 
 #[allow(unsafe_code)]
-fn in_child(setup: &ChildSetup) -> io::Result<()> {
+fn in_child(setup: &ChildSetup) -> Result<(), Errno> {
     // SAFETY: each call below is a raw system call on integers, a static byte or a null
     // pointer with a zero count; see `install`.
     unsafe {
@@ -78,7 +88,7 @@ fn in_child(setup: &ChildSetup) -> io::Result<()> {
         }
         // The gateway may have died before prctl; then no signal will come.
         if libc::getppid() != setup.gateway_pid {
-            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            return Err(Errno(libc::ESRCH));
         }
         if setup.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
             return Err(errno());
@@ -90,4 +100,55 @@ fn in_child(setup: &ChildSetup) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// A child set up with `setup` that would run `true`: the error `spawn` returns.
+    async fn spawn_error(setup: ChildSetup) -> Option<i32> {
+        let mut cmd = Command::new("true");
+        install(&mut cmd, setup);
+        match cmd.spawn() {
+            Ok(mut child) => {
+                let _ = child.wait().await;
+                None
+            }
+            Err(e) => Some(e.raw_os_error().unwrap_or(-1)),
+        }
+    }
+
+    fn setup(null: &std::fs::File) -> ChildSetup {
+        ChildSetup {
+            commands_fd: null.as_raw_fd(),
+            replies_fd: null.as_raw_fd(),
+            gateway_pid: std::process::id() as libc::pid_t,
+            cgroup_procs: Vec::new(),
+            user: None,
+            no_new_privs: false,
+            landlock: None,
+        }
+    }
+
+    /// The child's failure reaches the parent as the failed call's errno, which is all a
+    /// child that may not allocate can send.
+    #[tokio::test]
+    async fn a_failure_in_the_child_comes_back_from_spawn_as_its_errno() {
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        assert_eq!(spawn_error(setup(&null)).await, None, "a sound set-up runs");
+        let bad_cgroup = ChildSetup {
+            cgroup_procs: vec![-1],
+            ..setup(&null)
+        };
+        assert_eq!(spawn_error(bad_cgroup).await, Some(libc::EBADF));
+        // No process has this pid (pid_max is at most 2^22): the child's parent is not it.
+        let orphan = ChildSetup {
+            gateway_pid: libc::pid_t::MAX,
+            ..setup(&null)
+        };
+        assert_eq!(spawn_error(orphan).await, Some(libc::ESRCH));
+    }
 }

@@ -10,6 +10,7 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use crate::browser::SandboxError;
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
     RulesetCreatedAttr, Scope,
@@ -87,22 +88,17 @@ pub struct Rules {
 
 /// Builds the ruleset and returns its descriptor, for the child to restrict itself with.
 /// `None` when the kernel has no Landlock. Blocking (opens every path).
-pub fn build(rules: &Rules) -> Result<Option<OwnedFd>, String> {
-    let fail = |e: &dyn std::fmt::Display| format!("cannot build the Landlock ruleset: {e}");
+pub fn build(rules: &Rules) -> Result<Option<OwnedFd>, SandboxError> {
     let all = AccessFs::from_all(TESTED_ABI);
     let read = AccessFs::from_read(TESTED_ABI);
     let read_write_file = read | AccessFs::WriteFile;
     let mut ruleset = Ruleset::default()
-        .handle_access(all)
-        .map_err(|e| fail(&e))?
-        .scope(Scope::from_all(TESTED_ABI))
-        .map_err(|e| fail(&e))?;
+        .handle_access(all)?
+        .scope(Scope::from_all(TESTED_ABI))?;
     if !rules.tcp_ports.is_empty() {
-        ruleset = ruleset
-            .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)
-            .map_err(|e| fail(&e))?;
+        ruleset = ruleset.handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)?;
     }
-    let mut created = ruleset.create().map_err(|e| fail(&e))?;
+    let mut created = ruleset.create()?;
     let fixed = READ_ONLY
         .iter()
         .map(|p| (Path::new(*p), read))
@@ -118,14 +114,10 @@ pub fn build(rules: &Rules) -> Result<Option<OwnedFd>, String> {
         let Some((fd, access)) = open_beneath(path, access) else {
             continue;
         };
-        created = created
-            .add_rule(PathBeneath::new(fd, access))
-            .map_err(|e| fail(&e))?;
+        created = created.add_rule(PathBeneath::new(fd, access))?;
     }
     for port in &rules.tcp_ports {
-        created = created
-            .add_rule(NetPort::new(*port, AccessNet::ConnectTcp))
-            .map_err(|e| fail(&e))?;
+        created = created.add_rule(NetPort::new(*port, AccessNet::ConnectTcp))?;
     }
     Ok(created.into())
 }

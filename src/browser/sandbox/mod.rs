@@ -19,8 +19,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use tracing::{error, info, warn};
 
+use super::SandboxError;
+
 pub(super) use child::{ChildSetup, install};
-pub use uids::{UidLease, UidPool, UidRange};
+pub use uids::{BadUidRange, UidLease, UidPool, UidRange};
 
 /// The default `--browser-uids`.
 pub const DEFAULT_BROWSER_UIDS: UidRange = UidRange {
@@ -228,15 +230,13 @@ impl Sandbox {
 
     /// A user id for one browser, or `None` when browsers run as the gateway's user. An id
     /// another gateway holds, or that a process still runs as, is skipped. Blocking.
-    pub fn allocate_uid(&self) -> Result<Option<UidLease>, String> {
+    pub fn allocate_uid(&self) -> Result<Option<UidLease>, SandboxError> {
         match &self.uids {
             None => Ok(None),
-            Some(pool) => pool.allocate(|uid| !processes_of(uid).is_empty()).map(Some).ok_or_else(|| {
-                format!(
-                    "every user id of --browser-uids {} is in use by a browser; widen the range",
-                    pool.range()
-                )
-            }),
+            Some(pool) => pool
+                .allocate(|uid| !processes_of(uid).is_empty())
+                .map(Some)
+                .ok_or_else(|| SandboxError::UidsExhausted(pool.range())),
         }
     }
 
@@ -250,7 +250,7 @@ impl Sandbox {
         own: Vec<PathBuf>,
         ports: &[u16],
         forwarder: Option<u16>,
-    ) -> Result<Option<OwnedFd>, String> {
+    ) -> Result<Option<OwnedFd>, SandboxError> {
         if !self.landlock {
             return Ok(None);
         }
@@ -303,7 +303,7 @@ fn detect_uids(
         None
     };
     if let Err(why) = uids_usable(range, data_dir, scratch) {
-        return refuse(missing, why);
+        return refuse(missing, why.to_string());
     }
     let busy = busy_uids(range);
     if !busy.is_empty() {
@@ -329,26 +329,18 @@ fn detect_uids(
 /// Whether this gateway can run browsers as ids of `range`: it has the capabilities, the
 /// range is mapped and holds neither 0 nor the gateway's own id, and other users can reach
 /// the data and scratch directories. `Err` says why not.
-fn uids_usable(range: UidRange, data_dir: &Path, scratch: &Path) -> Result<(), String> {
-    if let Some(lacking) = lacking_capabilities() {
-        let me = nix::unistd::geteuid();
-        return Err(format!(
-            "the gateway runs as uid {me} without {lacking}; run it as root, or grant those capabilities"
-        ));
-    }
+fn uids_usable(range: UidRange, data_dir: &Path, scratch: &Path) -> Result<(), UidsUnusable> {
     let me = nix::unistd::geteuid().as_raw();
+    if let Some(lacking) = lacking_capabilities() {
+        return Err(UidsUnusable::Capabilities { me, lacking });
+    }
     if range.contains(0) || range.contains(me) {
-        return Err(format!(
-            "--browser-uids {range} includes uid 0 or the gateway's uid {me}"
-        ));
+        return Err(UidsUnusable::Overlap { range, me });
     }
     let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
     if !range.mapped_in(&map) {
-        return Err(format!(
-            "--browser-uids {range} is not mapped in this user namespace (/proc/self/uid_map: {}); \
-             choose a mapped range, or map one into the container",
-            map.split_whitespace().collect::<Vec<_>>().join(" ")
-        ));
+        let map = map.split_whitespace().collect::<Vec<_>>().join(" ");
+        return Err(UidsUnusable::Unmapped { range, map });
     }
     let _ = std::fs::create_dir_all(data_dir);
     // The data directory itself is opened to them at the first launch (`owner::harden`); the
@@ -358,15 +350,38 @@ fn uids_usable(range: UidRange, data_dir: &Path, scratch: &Path) -> Result<(), S
         (scratch.join("x"), scratch),
     ] {
         if let Some(closed) = owner::closed_ancestor(&dir) {
-            return Err(format!(
-                "{} is closed to other users (no o+x), so they cannot reach {}; chmod o+x it, or \
-                 choose another --data-dir",
-                closed.display(),
-                shown.display()
-            ));
+            let reached = shown.to_path_buf();
+            return Err(UidsUnusable::Closed { closed, reached });
         }
     }
     Ok(())
+}
+
+/// Why this gateway cannot run browsers as ids of `--browser-uids`.
+#[derive(Debug, thiserror::Error)]
+enum UidsUnusable {
+    /// It lacks capabilities it needs.
+    #[error(
+        "the gateway runs as uid {me} without {lacking}; run it as root, or grant those capabilities"
+    )]
+    Capabilities { me: u32, lacking: String },
+    /// The range holds root or the gateway's own id.
+    #[error("--browser-uids {range} includes uid 0 or the gateway's uid {me}")]
+    Overlap { range: UidRange, me: u32 },
+    /// The range is not mapped in this user namespace.
+    #[error(
+        "--browser-uids {range} is not mapped in this user namespace (/proc/self/uid_map: {map}); \
+         choose a mapped range, or map one into the container"
+    )]
+    Unmapped { range: UidRange, map: String },
+    /// A directory on the way to the data or scratch directory is closed to other users.
+    #[error(
+        "{} is closed to other users (no o+x), so they cannot reach {}; chmod o+x it, or \
+         choose another --data-dir",
+        closed.display(),
+        reached.display()
+    )]
+    Closed { closed: PathBuf, reached: PathBuf },
 }
 
 /// The capabilities [`UID_CAPS`] this process lacks, named, or `None` when it has all.
@@ -477,9 +492,11 @@ fn probe_user_namespaces(uid: Option<u32>) -> std::io::Result<()> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    // SAFETY: runs in the forked child and makes raw system calls only (setgroups,
-    // setresgid, setresuid, unshare) on integers; its errors come from
-    // `io::Error::from_raw_os_error`, which does not allocate.
+    // SAFETY: runs in the forked child, where only async-signal-safe calls are sound, and
+    // makes raw system calls only (setgroups, setresgid, setresuid, unshare) on integers
+    // captured before the fork. Its errors are `last_os_error` / `from_raw_os_error`: a
+    // bare errno, neither allocated nor freed, which std sends to the parent over its
+    // close-on-exec pipe before `_exit`. (The `io::Error::other` below is the parent's.)
     unsafe {
         cmd.pre_exec(move || {
             if let Some(uid) = uid

@@ -78,20 +78,34 @@ impl fmt::Display for UidRange {
     }
 }
 
+/// A `--browser-uids` value that is not a usable range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadUidRange {
+    /// Not `FIRST-LAST`.
+    #[error("{0:?} is not a range of user ids FIRST-LAST, such as 600000-600999")]
+    Syntax(String),
+    /// FIRST is above LAST.
+    #[error("{0:?}: the first id is larger than the last")]
+    Reversed(String),
+    /// Reaches the kernel's "no id" values.
+    #[error("{0:?}: ids must be below 4294967294")]
+    TooHigh(String),
+}
+
 impl FromStr for UidRange {
-    type Err = String;
+    type Err = BadUidRange;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{s:?} is not a range of user ids FIRST-LAST, such as 600000-600999");
+        let bad = || BadUidRange::Syntax(s.to_owned());
         let (first, last) = s.trim().split_once('-').ok_or_else(bad)?;
         let first: u32 = first.trim().parse().map_err(|_| bad())?;
         let last: u32 = last.trim().parse().map_err(|_| bad())?;
         if first > last {
-            return Err(format!("{s:?}: the first id is larger than the last"));
+            return Err(BadUidRange::Reversed(s.to_owned()));
         }
         // 65534 and up to 2^32-1 are the kernel's "no id" values.
         if last >= u32::MAX - 1 {
-            return Err(format!("{s:?}: ids must be below 4294967294"));
+            return Err(BadUidRange::TooHigh(s.to_owned()));
         }
         Ok(UidRange { first, last })
     }
