@@ -44,41 +44,20 @@ pub fn websocket_config(max_message: usize) -> WebSocketConfig {
         .read_buffer_size(READ_BUFFER)
 }
 
-/// The close frame a client gets for each reason it is disconnected.
+/// The close frame a client gets for each reason it is disconnected (the code and reason
+/// come from [`Disconnect::close`], the one table of them).
 pub fn close_frame(why: Disconnect) -> CloseFrame {
-    let (code, text) = match why {
-        Disconnect::SessionEnded(reason) => match reason {
-            EndReason::UserRequested => (CloseCode::Normal, "session released"),
-            EndReason::BrowserClosed => (CloseCode::Normal, "browser closed"),
-            EndReason::Timeout => (CloseCode::Away, "session timed out"),
-            EndReason::InactivityTimeout => (CloseCode::Away, "session released after inactivity"),
-            EndReason::GatewayShutdown => (CloseCode::Away, "gateway shutting down"),
-            EndReason::BrowserCrashed | EndReason::StartupFailed => {
-                (CloseCode::Error, "browser crashed")
-            }
-            EndReason::BrowserUnresponsive => (CloseCode::Error, "browser not responding"),
-            EndReason::MemoryLimit => (CloseCode::Error, "browser over the session memory limit"),
-            EndReason::NodeLost => (
-                CloseCode::Error,
-                "session failed: its node lost contact with the cluster",
-            ),
-            EndReason::CreationAbandoned => (CloseCode::Away, "the session's create was abandoned"),
-        },
-        Disconnect::NotReading => (CloseCode::Policy, "client is not reading its messages"),
-    };
+    let (code, reason) = why.close();
     CloseFrame {
-        code,
-        reason: text.into(),
+        code: CloseCode::from(code),
+        reason: reason.into(),
     }
 }
 
 /// The close frame for a socket let go for `why`; a session that ended for no recorded
 /// reason closes its sockets with 1001 "session ended".
 pub fn final_frame(why: Option<Disconnect>) -> CloseFrame {
-    why.map(close_frame).unwrap_or_else(|| CloseFrame {
-        code: CloseCode::Away,
-        reason: "session ended".into(),
-    })
+    close_frame(why.unwrap_or(Disconnect::SessionGone))
 }
 
 /// Closes a socket that is not a CDP client's (the viewer's) with `frame`, and waits for
@@ -232,10 +211,7 @@ where
         Some(Ok(Message::Binary(bytes))) if std::str::from_utf8(&bytes).is_ok() => bytes,
         Some(Ok(Message::Binary(_))) => {
             info!(session_id = %session.id, "closing a client that sent a binary frame that is not UTF-8; the session goes on");
-            let frame = CloseFrame {
-                code: CloseCode::Invalid,
-                reason: "binary frame is not valid UTF-8".into(),
-            };
+            let frame = close_frame(Disconnect::BinaryNotUtf8);
             let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
             return Step::Stop;
         }
@@ -280,16 +256,13 @@ where
 /// one: 1009 for a message over the limit, 1007 for invalid UTF-8, 1002 for other protocol
 /// errors.
 pub fn refusal(error: &tungstenite::Error) -> Option<CloseFrame> {
-    let (code, reason) = match error {
-        tungstenite::Error::Capacity(_) => (CloseCode::Size, "message too big"),
-        tungstenite::Error::Utf8(_) => (CloseCode::Invalid, "text frame is not valid UTF-8"),
-        tungstenite::Error::Protocol(_) => (CloseCode::Protocol, "WebSocket protocol error"),
+    let why = match error {
+        tungstenite::Error::Capacity(_) => Disconnect::TooBig,
+        tungstenite::Error::Utf8(_) => Disconnect::NotUtf8,
+        tungstenite::Error::Protocol(_) => Disconnect::ProtocolError,
         _ => return None,
     };
-    Some(CloseFrame {
-        code,
-        reason: reason.into(),
-    })
+    Some(close_frame(why))
 }
 
 /// Sends one frame, unless the client is disconnected first: a client that does not read

@@ -444,14 +444,92 @@ impl CreateFailure {
     }
 }
 
-/// Why the gateway disconnects a client. The module that owns client sockets turns it into
-/// a WebSocket close frame; everything else only names the reason.
+/// Why the gateway disconnects a client. [`Disconnect::close`] is the one table of the
+/// WebSocket close code and reason a client gets for each; the modules that own sockets
+/// (`proxy` for CDP and viewer clients, `cluster::forward` for forwarded ones) only frame it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disconnect {
     /// The client's session ended.
     SessionEnded(EndReason),
+    /// The client's session ended, for no recorded reason.
+    SessionGone,
     /// The client left its queue of messages full for too long.
     NotReading,
+    /// The client sent a message over the size limit.
+    TooBig,
+    /// The client sent a text frame that is not UTF-8.
+    NotUtf8,
+    /// The client sent a CDP socket a binary frame that is not UTF-8 (Chromium reads JSON).
+    BinaryNotUtf8,
+    /// The client broke the WebSocket protocol.
+    ProtocolError,
+    /// The node relaying a forwarded connection is stopping.
+    RelayStopping,
+    /// The node running a forwarded connection's session left the cluster.
+    OwnerLeft,
+    /// The node running a forwarded connection's session cannot be reached.
+    OwnerUnreachable,
+}
+
+/// WebSocket close codes (RFC 6455, section 7.4.1) that ingot sends.
+pub mod close_code {
+    /// The purpose of the connection was fulfilled.
+    pub const NORMAL: u16 = 1000;
+    /// The endpoint is going away (a timeout, a shutdown).
+    pub const AWAY: u16 = 1001;
+    /// The peer broke the protocol.
+    pub const PROTOCOL: u16 = 1002;
+    /// Data inconsistent with the message type (not UTF-8).
+    pub const INVALID: u16 = 1007;
+    /// A message that violates the endpoint's policy.
+    pub const POLICY: u16 = 1008;
+    /// A message too big to process.
+    pub const SIZE: u16 = 1009;
+    /// An unexpected condition prevented the endpoint from going on.
+    pub const ERROR: u16 = 1011;
+}
+
+impl Disconnect {
+    /// The close code and reason a client gets.
+    pub fn close(self) -> (u16, &'static str) {
+        use close_code::*;
+        match self {
+            Disconnect::SessionEnded(reason) => reason.close(),
+            Disconnect::SessionGone => (AWAY, "session ended"),
+            Disconnect::NotReading => (POLICY, "client is not reading its messages"),
+            Disconnect::TooBig => (SIZE, "message too big"),
+            Disconnect::NotUtf8 => (INVALID, "text frame is not valid UTF-8"),
+            Disconnect::BinaryNotUtf8 => (INVALID, "binary frame is not valid UTF-8"),
+            Disconnect::ProtocolError => (PROTOCOL, "WebSocket protocol error"),
+            Disconnect::RelayStopping => (AWAY, "the node relaying this connection is stopping"),
+            Disconnect::OwnerLeft => (ERROR, "the node running this session left the cluster"),
+            Disconnect::OwnerUnreachable => {
+                (ERROR, "the node running this session cannot be reached")
+            }
+        }
+    }
+}
+
+impl EndReason {
+    /// The close code and reason a client of a session that ended so gets.
+    fn close(self) -> (u16, &'static str) {
+        use close_code::*;
+        match self {
+            EndReason::UserRequested => (NORMAL, "session released"),
+            EndReason::BrowserClosed => (NORMAL, "browser closed"),
+            EndReason::Timeout => (AWAY, "session timed out"),
+            EndReason::InactivityTimeout => (AWAY, "session released after inactivity"),
+            EndReason::GatewayShutdown => (AWAY, "gateway shutting down"),
+            EndReason::BrowserCrashed | EndReason::StartupFailed => (ERROR, "browser crashed"),
+            EndReason::BrowserUnresponsive => (ERROR, "browser not responding"),
+            EndReason::MemoryLimit => (ERROR, "browser over the session memory limit"),
+            EndReason::NodeLost => (
+                ERROR,
+                "session failed: its node lost contact with the cluster",
+            ),
+            EndReason::CreationAbandoned => (AWAY, "the session's create was abandoned"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -567,5 +645,38 @@ mod records {
             assert_eq!(RecordStatus::of_steel(status.steel()), status);
         }
         assert_eq!(EndReason::MemoryLimit.steel(), "browser_crashed");
+    }
+}
+
+#[cfg(test)]
+mod close_codes {
+    use super::*;
+
+    /// The one table of close codes: what each kind of client learns when it is let go.
+    #[test]
+    fn every_disconnect_has_its_close_code() {
+        let cases = [
+            (Disconnect::SessionEnded(EndReason::UserRequested), 1000),
+            (Disconnect::SessionEnded(EndReason::BrowserClosed), 1000),
+            (Disconnect::SessionEnded(EndReason::Timeout), 1001),
+            (Disconnect::SessionEnded(EndReason::GatewayShutdown), 1001),
+            (Disconnect::SessionEnded(EndReason::BrowserCrashed), 1011),
+            (Disconnect::SessionEnded(EndReason::NodeLost), 1011),
+            (Disconnect::SessionGone, 1001),
+            (Disconnect::NotReading, 1008),
+            (Disconnect::TooBig, 1009),
+            (Disconnect::NotUtf8, 1007),
+            (Disconnect::BinaryNotUtf8, 1007),
+            (Disconnect::ProtocolError, 1002),
+            (Disconnect::RelayStopping, 1001),
+            (Disconnect::OwnerLeft, 1011),
+            (Disconnect::OwnerUnreachable, 1011),
+        ];
+        for (why, code) in cases {
+            let (got, reason) = why.close();
+            assert_eq!(got, code, "{why:?}");
+            // A close frame's reason fits its 123 bytes.
+            assert!(!reason.is_empty() && reason.len() <= 123, "{why:?}");
+        }
     }
 }

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::Cluster;
+use crate::vocab::Disconnect;
 
 /// Carries the cluster's secret: the request comes from another node.
 pub const SECRET_HEADER: &str = "x-ingot-cluster-secret";
@@ -214,13 +215,14 @@ enum Cut {
 }
 
 impl Cut {
-    /// The close frame the client gets (code, reason).
+    /// The close frame the client gets (code, reason), from the one table of them.
     fn close(self) -> (u16, &'static str) {
         match self {
-            Cut::Stopping => (1001, "the node relaying this connection is stopping"),
-            Cut::NodeLeft => (1011, "the node running this session left the cluster"),
-            Cut::OwnerLost => (1011, "the node running this session cannot be reached"),
+            Cut::Stopping => Disconnect::RelayStopping,
+            Cut::NodeLeft => Disconnect::OwnerLeft,
+            Cut::OwnerLost => Disconnect::OwnerUnreachable,
         }
+        .close()
     }
 }
 
