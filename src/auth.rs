@@ -24,7 +24,7 @@ pub struct Tenant {
 
 /// Who is making a request.
 #[derive(Debug, Clone)]
-pub enum Caller {
+pub(crate) enum Caller {
     /// No keys are configured: everyone is the same single user.
     Open,
     Tenant(Arc<Tenant>),
@@ -32,7 +32,7 @@ pub enum Caller {
 
 impl Caller {
     /// The tenant name that owns what this caller creates.
-    pub fn tenant_name(&self) -> Option<Arc<str>> {
+    pub(crate) fn tenant_name(&self) -> Option<Arc<str>> {
         match self {
             Caller::Open => None,
             Caller::Tenant(t) => Some(t.name.clone()),
@@ -40,7 +40,7 @@ impl Caller {
     }
 
     /// Whether this caller may see a session owned by `owner`.
-    pub fn may_access(&self, owner: Option<&str>) -> bool {
+    pub(crate) fn may_access(&self, owner: Option<&str>) -> bool {
         match self {
             Caller::Open => true,
             Caller::Tenant(t) => owner == Some(&*t.name),

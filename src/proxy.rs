@@ -37,7 +37,7 @@ const READ_BUFFER: usize = 16 << 10;
 
 /// WebSocket limits for client connections: one CDP message may be one frame of up to
 /// `max_message` bytes.
-pub fn websocket_config(max_message: usize) -> WebSocketConfig {
+pub(crate) fn websocket_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
@@ -46,7 +46,7 @@ pub fn websocket_config(max_message: usize) -> WebSocketConfig {
 
 /// The close frame a client gets for each reason it is disconnected (the code and reason
 /// come from [`Disconnect::close`], the one table of them).
-pub fn close_frame(why: Disconnect) -> CloseFrame {
+pub(crate) fn close_frame(why: Disconnect) -> CloseFrame {
     let (code, reason) = why.close();
     CloseFrame {
         code: CloseCode::from(code),
@@ -56,13 +56,13 @@ pub fn close_frame(why: Disconnect) -> CloseFrame {
 
 /// The close frame for a socket let go for `why`; a session that ended for no recorded
 /// reason closes its sockets with 1001 "session ended".
-pub fn final_frame(why: Option<Disconnect>) -> CloseFrame {
+pub(crate) fn final_frame(why: Option<Disconnect>) -> CloseFrame {
     close_frame(why.unwrap_or(Disconnect::SessionGone))
 }
 
 /// Closes a socket that is not a CDP client's (the viewer's) with `frame`, and waits for
 /// the other side's answer so that it sees a clean close; bounded, like a client's close.
-pub async fn close_socket<S>(socket: &mut S, frame: CloseFrame)
+pub(crate) async fn close_socket<S>(socket: &mut S, frame: CloseFrame)
 where
     S: Sink<Message> + Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
@@ -78,7 +78,7 @@ where
 /// Serves one attached client until it leaves or is disconnected. A client that has
 /// neither sent nor received anything for `ping_every` gets a WebSocket ping, so that load
 /// balancers, which drop idle connections after about a minute, keep its socket open.
-pub async fn serve_client<S>(
+pub(crate) async fn serve_client<S>(
     mut ws: WebSocketStream<S>,
     mut link: ClientLink,
     session: Arc<Session>,
@@ -255,7 +255,7 @@ where
 /// The close frame for a client whose input broke the rules, if the socket can still carry
 /// one: 1009 for a message over the limit, 1007 for invalid UTF-8, 1002 for other protocol
 /// errors.
-pub fn refusal(error: &tungstenite::Error) -> Option<CloseFrame> {
+pub(crate) fn refusal(error: &tungstenite::Error) -> Option<CloseFrame> {
     let why = match error {
         tungstenite::Error::Capacity(_) => Disconnect::TooBig,
         tungstenite::Error::Utf8(_) => Disconnect::NotUtf8,

@@ -7,6 +7,6 @@
 use std::sync::{Mutex, MutexGuard};
 
 /// Locks `m`, taking over the guard of a poisoned lock.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

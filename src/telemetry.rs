@@ -17,44 +17,45 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::vocab::{CreateFailure, EndReason, RecordReason, Rejection};
 
-pub const SESSIONS_LIVE: &str = "ingot_sessions_live";
-pub const SESSIONS_MAX: &str = "ingot_sessions_max";
-pub const SESSIONS_CREATED: &str = "ingot_sessions_created_total";
-pub const SESSIONS_ENDED: &str = "ingot_sessions_ended_total";
-pub const CREATE_ERRORS: &str = "ingot_session_create_errors_total";
-pub const BILLED_MINUTES: &str = "ingot_billed_minutes_total";
-pub const SESSION_DURATION: &str = "ingot_session_duration_seconds";
-pub const BROWSER_LAUNCH: &str = "ingot_browser_launch_seconds";
-pub const CREATE_TO_READY: &str = "ingot_session_create_to_ready_seconds";
-pub const CDP_MESSAGES: &str = "ingot_cdp_messages_total";
-pub const CDP_BYTES: &str = "ingot_cdp_bytes_total";
-pub const CLIENT_CONNECTIONS: &str = "ingot_client_connections";
-pub const CHROMIUM_MEMORY: &str = "ingot_chromium_resident_memory_bytes";
-pub const CHROMIUM_PROCESSES: &str = "ingot_chromium_processes";
-pub const USAGE_WRITE_ERRORS: &str = "ingot_usage_write_errors_total";
-pub const BUILD_INFO: &str = "ingot_build_info";
-pub const POOL_BROWSERS: &str = "ingot_pool_browsers";
-pub const POOL_SIZE: &str = "ingot_pool_size";
-pub const POOL_HANDOUTS: &str = "ingot_pool_handouts_total";
-pub const QUEUE_LENGTH: &str = "ingot_admission_queue_length";
-pub const QUEUE_WAIT: &str = "ingot_admission_wait_seconds";
-pub const REJECTIONS: &str = "ingot_admission_rejections_total";
-pub const SESSIONS_LOST_WITH_NODE: &str = "ingot_sessions_lost_with_node_total";
-pub const LEASE_RENEWALS: &str = "ingot_cluster_lease_renewals_total";
-pub const CLUSTER_NODES: &str = "ingot_cluster_nodes";
-pub const FORWARDED: &str = "ingot_cluster_forwarded_total";
-pub const DIRECTORY_QUERY: &str = "ingot_cluster_directory_query_seconds";
-pub const DATABASE_CALL: &str = "ingot_database_call_seconds";
-pub const DATABASE_TIMEOUTS: &str = "ingot_database_timeouts_total";
-pub const CLUSTER_FENCED: &str = "ingot_cluster_fenced";
-pub const CLUSTER_FENCED_SECONDS: &str = "ingot_cluster_fenced_seconds";
+pub(crate) const SESSIONS_LIVE: &str = "ingot_sessions_live";
+pub(crate) const SESSIONS_MAX: &str = "ingot_sessions_max";
+pub(crate) const SESSIONS_CREATED: &str = "ingot_sessions_created_total";
+pub(crate) const SESSIONS_ENDED: &str = "ingot_sessions_ended_total";
+pub(crate) const CREATE_ERRORS: &str = "ingot_session_create_errors_total";
+pub(crate) const BILLED_MINUTES: &str = "ingot_billed_minutes_total";
+pub(crate) const SESSION_DURATION: &str = "ingot_session_duration_seconds";
+pub(crate) const BROWSER_LAUNCH: &str = "ingot_browser_launch_seconds";
+pub(crate) const CREATE_TO_READY: &str = "ingot_session_create_to_ready_seconds";
+pub(crate) const CDP_MESSAGES: &str = "ingot_cdp_messages_total";
+pub(crate) const CDP_BYTES: &str = "ingot_cdp_bytes_total";
+pub(crate) const CLIENT_CONNECTIONS: &str = "ingot_client_connections";
+pub(crate) const CHROMIUM_MEMORY: &str = "ingot_chromium_resident_memory_bytes";
+pub(crate) const CHROMIUM_PROCESSES: &str = "ingot_chromium_processes";
+pub(crate) const USAGE_WRITE_ERRORS: &str = "ingot_usage_write_errors_total";
+pub(crate) const BUILD_INFO: &str = "ingot_build_info";
+pub(crate) const POOL_BROWSERS: &str = "ingot_pool_browsers";
+pub(crate) const POOL_SIZE: &str = "ingot_pool_size";
+pub(crate) const POOL_HANDOUTS: &str = "ingot_pool_handouts_total";
+pub(crate) const QUEUE_LENGTH: &str = "ingot_admission_queue_length";
+pub(crate) const QUEUE_WAIT: &str = "ingot_admission_wait_seconds";
+pub(crate) const REJECTIONS: &str = "ingot_admission_rejections_total";
+pub(crate) const SESSIONS_LOST_WITH_NODE: &str = "ingot_sessions_lost_with_node_total";
+pub(crate) const LEASE_RENEWALS: &str = "ingot_cluster_lease_renewals_total";
+pub(crate) const CLUSTER_NODES: &str = "ingot_cluster_nodes";
+pub(crate) const FORWARDED: &str = "ingot_cluster_forwarded_total";
+pub(crate) const DIRECTORY_QUERY: &str = "ingot_cluster_directory_query_seconds";
+pub(crate) const DATABASE_CALL: &str = "ingot_database_call_seconds";
+pub(crate) const DATABASE_TIMEOUTS: &str = "ingot_database_timeouts_total";
+pub(crate) const CLUSTER_FENCED: &str = "ingot_cluster_fenced";
+pub(crate) const CLUSTER_FENCED_SECONDS: &str = "ingot_cluster_fenced_seconds";
 
 /// The kinds of database calls (`metering::postgres::DbCall`), each with its own deadline.
-pub const DATABASE_CALL_KINDS: [&str; 5] = ["lease", "membership", "write", "read", "migrate"];
-pub const SESSION_FILES_BYTES: &str = "ingot_session_files_bytes";
-pub const HTTP_CONNECTIONS: &str = "ingot_http_connections";
-pub const HTTP_CONNECTIONS_MAX: &str = "ingot_http_connections_max";
-pub const HTTP_CONNECTIONS_REFUSED: &str = "ingot_http_connections_refused_total";
+pub(crate) const DATABASE_CALL_KINDS: [&str; 5] =
+    ["lease", "membership", "write", "read", "migrate"];
+pub(crate) const SESSION_FILES_BYTES: &str = "ingot_session_files_bytes";
+pub(crate) const HTTP_CONNECTIONS: &str = "ingot_http_connections";
+pub(crate) const HTTP_CONNECTIONS_MAX: &str = "ingot_http_connections_max";
+pub(crate) const HTTP_CONNECTIONS_REFUSED: &str = "ingot_http_connections_refused_total";
 
 /// Declares [`ForwardKind`] and its label values together, so that every kind is
 /// registered at zero and no label value exists without a kind.
@@ -63,16 +64,16 @@ macro_rules! forward_kinds {
         /// What a node passes to another node of the cluster (the `kind` label of
         /// [`FORWARDED`]).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum ForwardKind {
+        pub(crate) enum ForwardKind {
             $($(#[doc = $doc])* $kind,)*
         }
 
         impl ForwardKind {
             /// Every kind, in declaration order.
-            pub const ALL: &'static [ForwardKind] = &[$(ForwardKind::$kind,)*];
+            pub(crate) const ALL: &'static [ForwardKind] = &[$(ForwardKind::$kind,)*];
 
             /// The metric's label value.
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self {
                     $(ForwardKind::$kind => $label,)*
                 }
@@ -115,7 +116,7 @@ static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 /// Installs the process-wide Prometheus recorder (once: later gateways in the same process,
 /// such as in-process tests, share it) and registers every metric at zero, histograms
 /// included, so that dashboards and `rate()` see each series from the first scrape.
-pub fn install(max_sessions: usize, pool_size: usize) -> anyhow::Result<PrometheusHandle> {
+pub(crate) fn install(max_sessions: usize, pool_size: usize) -> anyhow::Result<PrometheusHandle> {
     let handle = {
         let mut installed = crate::sync::lock(&HANDLE);
         match &*installed {
@@ -397,152 +398,152 @@ static CDP: LazyLock<CdpCounters> = LazyLock::new(|| CdpCounters {
 
 static CLIENTS: LazyLock<Gauge> = LazyLock::new(|| gauge!(CLIENT_CONNECTIONS));
 
-pub fn cdp_to_browser(bytes: usize) {
+pub(crate) fn cdp_to_browser(bytes: usize) {
     CDP.messages_to_browser.increment(1);
     CDP.bytes_to_browser.increment(bytes as u64);
 }
 
-pub fn cdp_to_client(bytes: usize) {
+pub(crate) fn cdp_to_client(bytes: usize) {
     CDP.messages_to_client.increment(1);
     CDP.bytes_to_client.increment(bytes as u64);
 }
 
 /// A session went live.
-pub fn session_created(create_to_ready: Duration) {
+pub(crate) fn session_created(create_to_ready: Duration) {
     counter!(SESSIONS_CREATED).increment(1);
     histogram!(CREATE_TO_READY).record(create_to_ready.as_secs_f64());
 }
 
 /// A browser launch finished (for a session, the pool or a probe; failed or not).
-pub fn browser_launched(launch: Duration) {
+pub(crate) fn browser_launched(launch: Duration) {
     histogram!(BROWSER_LAUNCH).record(launch.as_secs_f64());
 }
 
 /// Sessions of dead nodes this node marked failed.
-pub fn sessions_lost_with_node(n: u64) {
+pub(crate) fn sessions_lost_with_node(n: u64) {
     counter!(SESSIONS_LOST_WITH_NODE).increment(n);
 }
 
 /// Live nodes this node sees, itself included.
-pub fn cluster_nodes(n: usize) {
+pub(crate) fn cluster_nodes(n: usize) {
     gauge!(CLUSTER_NODES).set(n as f64);
 }
 
 /// A request or WebSocket upgrade passed to another node; `ok` unless that node could
 /// not be reached.
-pub fn forwarded(kind: ForwardKind, ok: bool) {
+pub(crate) fn forwarded(kind: ForwardKind, ok: bool) {
     let outcome = if ok { "ok" } else { "error" };
     counter!(FORWARDED, "kind" => kind.as_str(), "outcome" => outcome).increment(1);
 }
 
 /// Bytes the sessions' files take on this node.
-pub fn session_files_bytes(n: u64) {
+pub(crate) fn session_files_bytes(n: u64) {
     gauge!(SESSION_FILES_BYTES).set(n as f64);
 }
 
 /// How long a lookup in the cluster's shared database took.
-pub fn directory_query(took: Duration) {
+pub(crate) fn directory_query(took: Duration) {
     histogram!(DIRECTORY_QUERY).record(took.as_secs_f64());
 }
 
 /// A call to the shared database of `kind` took `took`.
-pub fn database_call(kind: &'static str, took: Duration) {
+pub(crate) fn database_call(kind: &'static str, took: Duration) {
     histogram!(DATABASE_CALL, "kind" => kind).record(took.as_secs_f64());
 }
 
 /// A call to the shared database of `kind` was abandoned at its deadline.
-pub fn database_timeout(kind: &'static str) {
+pub(crate) fn database_timeout(kind: &'static str) {
     counter!(DATABASE_TIMEOUTS, "kind" => kind).increment(1);
 }
 
 /// This node fenced itself (`true`) or serves again (`false`).
-pub fn cluster_fenced(fenced: bool) {
+pub(crate) fn cluster_fenced(fenced: bool) {
     gauge!(CLUSTER_FENCED).set(if fenced { 1.0 } else { 0.0 });
 }
 
 /// This node spent `took` fenced.
-pub fn cluster_fenced_for(took: Duration) {
+pub(crate) fn cluster_fenced_for(took: Duration) {
     gauge!(CLUSTER_FENCED_SECONDS).increment(took.as_secs_f64());
 }
 
 /// A lease renewal, by outcome.
-pub fn lease_renewed(ok: bool) {
+pub(crate) fn lease_renewed(ok: bool) {
     let outcome = if ok { "ok" } else { "failed" };
     counter!(LEASE_RENEWALS, "outcome" => outcome).increment(1);
 }
 
 /// A create request got no session.
-pub fn create_failed(reason: CreateFailure) {
+pub(crate) fn create_failed(reason: CreateFailure) {
     counter!(CREATE_ERRORS, "reason" => reason.as_str()).increment(1);
 }
 
-pub fn session_ended(reason: EndReason, duration: Duration) {
+pub(crate) fn session_ended(reason: EndReason, duration: Duration) {
     ended_counter(reason.status().as_str(), reason.as_str()).increment(1);
     histogram!(SESSION_DURATION).record(duration.as_secs_f64());
 }
 
 /// Sessions a killed predecessor left live, closed at start-up.
-pub fn sessions_abandoned(n: u64) {
+pub(crate) fn sessions_abandoned(n: u64) {
     abandoned_counter().increment(n);
 }
 
-pub fn sessions_live(n: usize) {
+pub(crate) fn sessions_live(n: usize) {
     gauge!(SESSIONS_LIVE).set(n as f64);
 }
 
-pub fn billed_minutes(n: u64) {
+pub(crate) fn billed_minutes(n: u64) {
     counter!(BILLED_MINUTES).increment(n);
 }
 
-pub fn pool_handout() {
+pub(crate) fn pool_handout() {
     counter!(POOL_HANDOUTS).increment(1);
 }
 
-pub fn pool_ready(n: usize) {
+pub(crate) fn pool_ready(n: usize) {
     gauge!(POOL_BROWSERS).set(n as f64);
 }
 
-pub fn admission_queue(n: usize) {
+pub(crate) fn admission_queue(n: usize) {
     gauge!(QUEUE_LENGTH).set(n as f64);
 }
 
-pub fn admission_waited(waited: Duration) {
+pub(crate) fn admission_waited(waited: Duration) {
     histogram!(QUEUE_WAIT).record(waited.as_secs_f64());
 }
 
-pub fn admission_rejected(r: Rejection) {
+pub(crate) fn admission_rejected(r: Rejection) {
     counter!(REJECTIONS, "reason" => r.as_str()).increment(1);
 }
 
-pub fn usage_write_error() {
+pub(crate) fn usage_write_error() {
     counter!(USAGE_WRITE_ERRORS).increment(1);
 }
 
 /// Counts a connection to the gateway as it opens.
-pub fn http_connection_opened() {
+pub(crate) fn http_connection_opened() {
     gauge!(HTTP_CONNECTIONS).increment(1.0);
 }
 
 /// Counts a connection to the gateway as it closes.
-pub fn http_connection_closed() {
+pub(crate) fn http_connection_closed() {
     gauge!(HTTP_CONNECTIONS).decrement(1.0);
 }
 
 /// Counts a connection over the cap, by how it was handled.
-pub fn http_connection_refused(how: &'static str) {
+pub(crate) fn http_connection_refused(how: &'static str) {
     counter!(HTTP_CONNECTIONS_REFUSED, "how" => how).increment(1);
 }
 
 /// Sets the connection cap's gauge.
-pub fn http_connections_max(max: usize) {
+pub(crate) fn http_connections_max(max: usize) {
     gauge!(HTTP_CONNECTIONS_MAX).set(max as f64);
 }
 
 /// Counts an attached client for as long as it is held.
-pub struct ClientConnection(());
+pub(crate) struct ClientConnection(());
 
 impl ClientConnection {
-    pub fn open() -> ClientConnection {
+    pub(crate) fn open() -> ClientConnection {
         CLIENTS.increment(1.0);
         ClientConnection(())
     }
@@ -555,14 +556,14 @@ impl Drop for ClientConnection {
 }
 
 /// The collector of the gateway's own process metrics (`ingot_process_*`), described.
-pub fn process_collector() -> metrics_process::Collector {
+pub(crate) fn process_collector() -> metrics_process::Collector {
     let collector = metrics_process::Collector::new("ingot_");
     collector.describe();
     collector
 }
 
 /// Sets the gauges of the browsers' memory, as the host measured it.
-pub fn chromium_memory(processes: usize, resident_bytes: u64) {
+pub(crate) fn chromium_memory(processes: usize, resident_bytes: u64) {
     gauge!(CHROMIUM_MEMORY).set(resident_bytes as f64);
     gauge!(CHROMIUM_PROCESSES).set(processes as f64);
 }

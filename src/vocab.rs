@@ -30,7 +30,7 @@ impl Default for Dimensions {
 /// The status a client sees, with Steel's wire names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     /// The browser runs and clients may connect.
     Live,
     /// Ended normally (released, timed out, closed, gateway shutdown).
@@ -41,7 +41,7 @@ pub enum Status {
 
 impl Status {
     /// Wire name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Live => "live",
             Status::Released => "released",
@@ -50,7 +50,7 @@ impl Status {
     }
 
     /// Parses a `status` query value.
-    pub fn parse(s: &str) -> Option<Status> {
+    pub(crate) fn parse(s: &str) -> Option<Status> {
         match s {
             "live" => Some(Status::Live),
             "released" => Some(Status::Released),
@@ -63,7 +63,7 @@ impl Status {
 /// Why a session ended, with the wire names of Steel's `releaseReason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum EndReason {
+pub(crate) enum EndReason {
     /// Released through the API (one session or release-all).
     UserRequested,
     /// The session's `timeout` elapsed.
@@ -93,7 +93,7 @@ pub enum EndReason {
 
 impl EndReason {
     /// Every reason, for registering metrics up front.
-    pub const ALL: [EndReason; 11] = [
+    pub(crate) const ALL: [EndReason; 11] = [
         EndReason::UserRequested,
         EndReason::Timeout,
         EndReason::InactivityTimeout,
@@ -108,7 +108,7 @@ impl EndReason {
     ];
 
     /// The final status each reason leads to.
-    pub fn status(self) -> Status {
+    pub(crate) fn status(self) -> Status {
         match self {
             EndReason::UserRequested
             | EndReason::Timeout
@@ -125,7 +125,7 @@ impl EndReason {
     }
 
     /// Wire name, for logs and messages.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EndReason::UserRequested => "user_requested",
             EndReason::Timeout => "timeout",
@@ -144,7 +144,7 @@ impl EndReason {
 
 impl EndReason {
     /// Steel's `releaseReason` for this reason (see [`RecordReason::steel`]).
-    pub fn steel(self) -> &'static str {
+    pub(crate) fn steel(self) -> &'static str {
         RecordReason::from(self).steel()
     }
 }
@@ -165,7 +165,7 @@ pub struct UnknownWord {
 /// column). The stored words never change: databases written by earlier versions must read
 /// back. What a client sees is [`RecordStatus::steel`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RecordStatus {
+pub(crate) enum RecordStatus {
     /// The session runs (or ran until its node was killed; the next start closes it).
     Live,
     /// It ended normally.
@@ -176,14 +176,14 @@ pub enum RecordStatus {
 
 impl RecordStatus {
     /// Every status; the schemas' `CHECK` lists exactly these words.
-    pub const ALL: [RecordStatus; 3] = [
+    pub(crate) const ALL: [RecordStatus; 3] = [
         RecordStatus::Live,
         RecordStatus::Released,
         RecordStatus::Failed,
     ];
 
     /// The stored word.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RecordStatus::Live => "live",
             RecordStatus::Released => "released",
@@ -192,7 +192,7 @@ impl RecordStatus {
     }
 
     /// The status a client sees: Steel's `status`.
-    pub fn steel(self) -> Status {
+    pub(crate) fn steel(self) -> Status {
         match self {
             RecordStatus::Live => Status::Live,
             RecordStatus::Released => Status::Released,
@@ -201,7 +201,7 @@ impl RecordStatus {
     }
 
     /// The records a client's `status` filter (Steel's word) selects.
-    pub fn of_steel(status: Status) -> RecordStatus {
+    pub(crate) fn of_steel(status: Status) -> RecordStatus {
         match status {
             Status::Live => RecordStatus::Live,
             Status::Released => RecordStatus::Released,
@@ -228,7 +228,7 @@ impl std::str::FromStr for RecordStatus {
 /// column): how a session ended ([`EndReason`]), or that the gateway running it was
 /// killed. The stored words never change; what a client sees is [`RecordReason::steel`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RecordReason {
+pub(crate) enum RecordReason {
     /// [`EndReason::UserRequested`].
     UserRequested,
     /// [`EndReason::Timeout`].
@@ -258,7 +258,7 @@ pub enum RecordReason {
 
 impl RecordReason {
     /// Every reason.
-    pub const ALL: [RecordReason; 12] = [
+    pub(crate) const ALL: [RecordReason; 12] = [
         RecordReason::UserRequested,
         RecordReason::Timeout,
         RecordReason::InactivityTimeout,
@@ -274,7 +274,7 @@ impl RecordReason {
     ];
 
     /// The stored word.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RecordReason::UserRequested => "user_requested",
             RecordReason::Timeout => "timeout",
@@ -292,7 +292,7 @@ impl RecordReason {
     }
 
     /// The status a record ended for this reason has.
-    pub fn status(self) -> RecordStatus {
+    pub(crate) fn status(self) -> RecordStatus {
         match self {
             RecordReason::UserRequested
             | RecordReason::Timeout
@@ -316,7 +316,7 @@ impl RecordReason {
     /// "crashed or its machine became unresponsive"), a gateway shutdown ends a session as
     /// if its time were up, and a session nobody waited for any more is
     /// `creation_timeout`. Records, logs and metrics keep the precise cause.
-    pub fn steel(self) -> &'static str {
+    pub(crate) fn steel(self) -> &'static str {
         match self {
             RecordReason::UserRequested => "user_requested",
             RecordReason::Timeout | RecordReason::GatewayShutdown => "timeout",
@@ -356,7 +356,7 @@ impl RecordReason {
     /// a shared database) is logged and read as [`RecordReason::BrowserCrashed`], what
     /// Steel's clients were told of such records before reasons were typed, so that one
     /// record from a newer node leaves retrieve and lists readable.
-    pub fn read(word: &str) -> RecordReason {
+    pub(crate) fn read(word: &str) -> RecordReason {
         word.parse().unwrap_or_else(|unknown: UnknownWord| {
             tracing::warn!(%unknown, "reading it as browser_crashed");
             RecordReason::BrowserCrashed
@@ -379,7 +379,7 @@ impl std::str::FromStr for RecordReason {
 }
 
 /// Every `releaseReason` Steel's clients know (a strict client refuses anything else).
-pub const STEEL_RELEASE_REASONS: [&str; 7] = [
+pub(crate) const STEEL_RELEASE_REASONS: [&str; 7] = [
     "user_requested",
     "timeout",
     "inactivity_timeout",
@@ -391,7 +391,7 @@ pub const STEEL_RELEASE_REASONS: [&str; 7] = [
 
 /// Why admission refused a create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// Too many creates were already waiting.
     QueueFull,
     /// No slot freed up within the queue timeout.
@@ -400,10 +400,10 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every rejection, for registering metrics up front.
-    pub const ALL: [Rejection; 2] = [Rejection::QueueFull, Rejection::QueueTimeout];
+    pub(crate) const ALL: [Rejection; 2] = [Rejection::QueueFull, Rejection::QueueTimeout];
 
     /// Label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Rejection::QueueFull => "queue_full",
             Rejection::QueueTimeout => "queue_timeout",
@@ -413,7 +413,7 @@ impl Rejection {
 
 /// Why a create request got no session for a reason that is not the client's own mistake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CreateFailure {
+pub(crate) enum CreateFailure {
     /// Chromium could not be started (or started too late).
     BrowserStartFailed,
     /// The gateway is draining or shutting down.
@@ -426,7 +426,7 @@ pub enum CreateFailure {
 
 impl CreateFailure {
     /// Every failure, for registering metrics up front.
-    pub const ALL: [CreateFailure; 4] = [
+    pub(crate) const ALL: [CreateFailure; 4] = [
         CreateFailure::BrowserStartFailed,
         CreateFailure::ShuttingDown,
         CreateFailure::UsageUnavailable,
@@ -434,7 +434,7 @@ impl CreateFailure {
     ];
 
     /// Label value and error code.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CreateFailure::BrowserStartFailed => "browser_start_failed",
             CreateFailure::ShuttingDown => "shutting_down",
@@ -448,7 +448,7 @@ impl CreateFailure {
 /// WebSocket close code and reason a client gets for each; the modules that own sockets
 /// (`proxy` for CDP and viewer clients, `cluster::forward` for forwarded ones) only frame it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disconnect {
+pub(crate) enum Disconnect {
     /// The client's session ended.
     SessionEnded(EndReason),
     /// The client's session ended, for no recorded reason.
@@ -472,26 +472,26 @@ pub enum Disconnect {
 }
 
 /// WebSocket close codes (RFC 6455, section 7.4.1) that ingot sends.
-pub mod close_code {
+pub(crate) mod close_code {
     /// The purpose of the connection was fulfilled.
-    pub const NORMAL: u16 = 1000;
+    pub(crate) const NORMAL: u16 = 1000;
     /// The endpoint is going away (a timeout, a shutdown).
-    pub const AWAY: u16 = 1001;
+    pub(crate) const AWAY: u16 = 1001;
     /// The peer broke the protocol.
-    pub const PROTOCOL: u16 = 1002;
+    pub(crate) const PROTOCOL: u16 = 1002;
     /// Data inconsistent with the message type (not UTF-8).
-    pub const INVALID: u16 = 1007;
+    pub(crate) const INVALID: u16 = 1007;
     /// A message that violates the endpoint's policy.
-    pub const POLICY: u16 = 1008;
+    pub(crate) const POLICY: u16 = 1008;
     /// A message too big to process.
-    pub const SIZE: u16 = 1009;
+    pub(crate) const SIZE: u16 = 1009;
     /// An unexpected condition prevented the endpoint from going on.
-    pub const ERROR: u16 = 1011;
+    pub(crate) const ERROR: u16 = 1011;
 }
 
 impl Disconnect {
     /// The close code and reason a client gets.
-    pub fn close(self) -> (u16, &'static str) {
+    pub(crate) fn close(self) -> (u16, &'static str) {
         use close_code::*;
         match self {
             Disconnect::SessionEnded(reason) => reason.close(),

@@ -21,20 +21,20 @@ const MAX_MESSAGE: usize = 256 << 20;
 const PARSE_LIMIT: usize = 1 << 20;
 
 /// One CDP WebSocket connection.
-pub struct Cdp {
+pub(crate) struct Cdp {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
     timeout: Duration,
 }
 
 /// A reply to one command, kept as the raw text received (never copied).
-pub struct Reply {
+pub(crate) struct Reply {
     pub text: Utf8Bytes,
 }
 
 impl Reply {
     /// The reply parsed as JSON, with `result` taken out; an `error` reply is an error.
-    pub fn result(&self) -> Result<Value> {
+    pub(crate) fn result(&self) -> Result<Value> {
         let mut v: Value = serde_json::from_str(self.text.as_str()).context("reply is not JSON")?;
         if let Some(e) = v.get("error") {
             bail!("CDP error: {e}");
@@ -44,7 +44,7 @@ impl Reply {
 }
 
 /// WebSocket limits for every client connection the benchmark opens.
-pub fn websocket_config() -> WebSocketConfig {
+pub(crate) fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
@@ -52,7 +52,7 @@ pub fn websocket_config() -> WebSocketConfig {
 
 impl Cdp {
     /// Opens a WebSocket to `url` (Nagle off, as CDP clients do).
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Cdp> {
+    pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Cdp> {
         let (ws, _) = tokio::time::timeout(
             timeout,
             tokio_tungstenite::connect_async_with_config(url, Some(websocket_config()), true),
@@ -79,7 +79,7 @@ impl Cdp {
     }
 
     /// Sends one command without waiting for its reply; returns its id.
-    pub async fn send(
+    pub(crate) async fn send(
         &mut self,
         method: &str,
         params: &Value,
@@ -95,7 +95,7 @@ impl Cdp {
 
     /// Queues `count` copies of one command (each with its own id) and flushes them together,
     /// the way a pipelining client writes; returns the ids.
-    pub async fn send_many(
+    pub(crate) async fn send_many(
         &mut self,
         count: usize,
         method: &str,
@@ -116,7 +116,7 @@ impl Cdp {
     }
 
     /// Reads until the reply with `id` arrives, skipping events and other replies.
-    pub async fn reply(&mut self, id: u64) -> Result<Reply> {
+    pub(crate) async fn reply(&mut self, id: u64) -> Result<Reply> {
         tokio::time::timeout(self.timeout, async {
             loop {
                 let text = self.next_text().await?;
@@ -130,7 +130,7 @@ impl Cdp {
     }
 
     /// Reads until every id in `ids` has been answered.
-    pub async fn replies(&mut self, ids: &[u64]) -> Result<()> {
+    pub(crate) async fn replies(&mut self, ids: &[u64]) -> Result<()> {
         let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
             return Ok(());
         };
@@ -155,7 +155,7 @@ impl Cdp {
     }
 
     /// Sends a command and waits for its reply.
-    pub async fn call(
+    pub(crate) async fn call(
         &mut self,
         method: &str,
         params: Value,
@@ -166,7 +166,7 @@ impl Cdp {
     }
 
     /// Sends a command and returns its parsed `result`.
-    pub async fn call_result(
+    pub(crate) async fn call_result(
         &mut self,
         method: &str,
         params: Value,
@@ -179,7 +179,7 @@ impl Cdp {
     }
 
     /// The next message, reply or event, for callers that wait for events themselves.
-    pub async fn next_message(&mut self) -> Result<Utf8Bytes> {
+    pub(crate) async fn next_message(&mut self) -> Result<Utf8Bytes> {
         self.next_text().await
     }
 
@@ -200,7 +200,7 @@ impl Cdp {
     }
 
     /// Closes the socket politely; errors are ignored (the peer may be gone).
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;
     }
 }
@@ -208,7 +208,7 @@ impl Cdp {
 /// The id of a reply, or `None` for an event. Chromium writes `{"id":N,` first in every
 /// reply, so large messages are recognised from their first bytes; anything else small
 /// enough is parsed in full.
-pub fn reply_id(text: &str) -> Option<u64> {
+pub(crate) fn reply_id(text: &str) -> Option<u64> {
     if let Some(rest) = text.strip_prefix("{\"id\":") {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         return rest[..digits].parse().ok();

@@ -31,12 +31,12 @@ const PORT_POLL: Duration = Duration::from_millis(2);
 
 /// The benchmark's own temporary directory. Dropping it kills any process still naming it
 /// (a last resort: the guards inside it should have done so) and removes it.
-pub struct TempRoot {
+pub(crate) struct TempRoot {
     path: PathBuf,
 }
 
 impl TempRoot {
-    pub fn create() -> Result<TempRoot> {
+    pub(crate) fn create() -> Result<TempRoot> {
         let path =
             std::env::temp_dir().join(format!("ingot-bench-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&path)
@@ -44,12 +44,12 @@ impl TempRoot {
         Ok(TempRoot { path })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// A new, empty directory inside the root with a unique name starting with `prefix`.
-    pub fn fresh_dir(&self, prefix: &str) -> Result<PathBuf> {
+    pub(crate) fn fresh_dir(&self, prefix: &str) -> Result<PathBuf> {
         let dir = self
             .path
             .join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
@@ -76,7 +76,7 @@ impl Drop for TempRoot {
 
 /// A directly launched Chromium in its own process group. Dropping it SIGKILLs the group
 /// (and any crash handler naming its profile) and removes the profile.
-pub struct DirectChromium {
+pub(crate) struct DirectChromium {
     child: Child,
     pgid: i32,
     dir: PathBuf,
@@ -85,7 +85,7 @@ pub struct DirectChromium {
 impl DirectChromium {
     /// Starts Chromium with a fresh profile at `dir` (which this guard then owns) and
     /// returns at once; [`DirectChromium::devtools_url`] waits for it to listen.
-    pub fn spawn(executable: &Path, dir: PathBuf) -> Result<DirectChromium> {
+    pub(crate) fn spawn(executable: &Path, dir: PathBuf) -> Result<DirectChromium> {
         use std::os::unix::process::CommandExt;
         let child = Command::new(executable)
             .args(flags())
@@ -108,18 +108,18 @@ impl DirectChromium {
     }
 
     /// The browser process's pid (the leader of its process group).
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.pgid
     }
 
     /// Every process of this browser, crash handlers included.
-    pub fn processes(&self) -> Vec<i32> {
+    pub(crate) fn processes(&self) -> Vec<i32> {
         let groups = std::iter::once(self.pgid).collect();
         procfs::browser_processes(&groups, &self.dir, std::process::id() as i32)
     }
 
     /// Waits until `DevToolsActivePort` is written and returns the browser WebSocket URL.
-    pub async fn devtools_url(&mut self, timeout: Duration) -> Result<String> {
+    pub(crate) async fn devtools_url(&mut self, timeout: Duration) -> Result<String> {
         let file = self.dir.join("DevToolsActivePort");
         let started = Instant::now();
         loop {
@@ -171,7 +171,7 @@ impl Drop for DirectChromium {
 }
 
 /// The version line of a Chromium executable (`Chromium 156.0…`).
-pub fn version(executable: &Path) -> String {
+pub(crate) fn version(executable: &Path) -> String {
     Command::new(executable)
         .arg("--version")
         .stdin(Stdio::null())

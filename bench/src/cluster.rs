@@ -41,13 +41,13 @@ const FORWARDER: GatewayOptions = GatewayOptions {
     max_sessions: 1,
 };
 /// How often the survivor is asked for the dead node's session.
-pub const POLL: Duration = Duration::from_millis(50);
+pub(crate) const POLL: Duration = Duration::from_millis(50);
 /// How long a node's pool may take to refill.
 const REFILL: Duration = Duration::from_secs(60);
 
 /// How many samples of what the section takes.
 #[derive(Debug, Clone, Copy)]
-pub struct ClusterPlan {
+pub(crate) struct ClusterPlan {
     /// Rounds of round trips, and per round the round trips per target, in blocks of
     /// `rtt_block` rotating among the three targets.
     pub rounds: usize,
@@ -65,7 +65,7 @@ pub struct ClusterPlan {
 
 /// The section's outcome.
 #[derive(Debug)]
-pub enum Cluster {
+pub(crate) enum Cluster {
     Measured(Box<ClusterResults>),
     /// Why it was not measured (no PostgreSQL, or an ingot without `--database-url`).
     Skipped(String),
@@ -74,7 +74,7 @@ pub enum Cluster {
 /// One target's page: each round's round-trip p50 and p99, in µs, and every reconnect (a
 /// new WebSocket to its first CDP reply), in ms.
 #[derive(Debug, Default)]
-pub struct PageFigures {
+pub(crate) struct PageFigures {
     pub p50_us: Vec<f64>,
     pub p99_us: Vec<f64>,
     pub reconnect_ms: Vec<f64>,
@@ -82,7 +82,7 @@ pub struct PageFigures {
 
 /// Every figure of the section.
 #[derive(Debug)]
-pub struct ClusterResults {
+pub(crate) struct ClusterResults {
     pub postgres: String,
     pub plan: ClusterPlan,
     pub pool: usize,
@@ -98,7 +98,7 @@ pub struct ClusterResults {
 }
 
 /// The whole section; skipped, with the reason, when PostgreSQL or cluster mode is missing.
-pub async fn measure(
+pub(crate) async fn measure(
     chromium: &Path,
     ingot: &Path,
     root: &TempRoot,

@@ -33,14 +33,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How an ingot is started.
 #[derive(Debug, Clone, Copy)]
-pub struct GatewayOptions {
+pub(crate) struct GatewayOptions {
     /// `--pool-size`, passed only when ingot has the flag.
     pub pool_size: Option<usize>,
     pub max_sessions: usize,
 }
 
 /// A running ingot. Dropping it stops it with SIGTERM.
-pub struct Gateway {
+pub(crate) struct Gateway {
     child: Child,
     addr: SocketAddr,
     data_dir: PathBuf,
@@ -51,7 +51,7 @@ pub struct Gateway {
 
 /// A live session: its id and where to connect.
 #[derive(Debug, Clone)]
-pub struct Session {
+pub(crate) struct Session {
     pub id: String,
     pub websocket_url: String,
     /// The live viewer's page (`debugUrl`), when this ingot answers one.
@@ -59,12 +59,12 @@ pub struct Session {
 }
 
 /// Whether this ingot has a warm pool (`--pool-size` in its `--help`).
-pub fn supports_pool(executable: &Path) -> Result<bool> {
+pub(crate) fn supports_pool(executable: &Path) -> Result<bool> {
     supports_flag(executable, "--pool-size")
 }
 
 /// Whether this ingot's `--help` lists `flag`.
-pub fn supports_flag(executable: &Path, flag: &str) -> Result<bool> {
+pub(crate) fn supports_flag(executable: &Path, flag: &str) -> Result<bool> {
     let out = Command::new(executable)
         .arg("--help")
         .stdin(Stdio::null())
@@ -74,14 +74,14 @@ pub fn supports_flag(executable: &Path, flag: &str) -> Result<bool> {
 }
 
 /// A loopback port free right now.
-pub fn free_port() -> Result<SocketAddr> {
+pub(crate) fn free_port() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     listener.local_addr().context("cannot read the free port")
 }
 
 impl Gateway {
     /// Starts ingot and waits until it answers `/healthz`.
-    pub async fn start(
+    pub(crate) async fn start(
         executable: &Path,
         root: &TempRoot,
         options: GatewayOptions,
@@ -90,7 +90,7 @@ impl Gateway {
     }
 
     /// [`Gateway::start`] with `extra` arguments (a cluster node's `--database-url`, …).
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         executable: &Path,
         root: &TempRoot,
         options: GatewayOptions,
@@ -158,19 +158,19 @@ impl Gateway {
     }
 
     /// The gateway process's pid.
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
     /// The loopback address it listens on.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// SIGKILLs the gateway, as a machine failure would, and returns when it was sent. Waits
     /// (up to 10 s) for its browsers to die with it (ingot starts them with a parent-death
     /// signal), so that the next measurement starts quiet.
-    pub fn kill(&mut self) -> Result<Instant> {
+    pub(crate) fn kill(&mut self) -> Result<Instant> {
         let browsers = self.browser_processes();
         kill(Pid::from_raw(self.pid()), Signal::SIGKILL).context("cannot SIGKILL ingot")?;
         let killed_at = Instant::now();
@@ -189,18 +189,18 @@ impl Gateway {
     }
 
     /// The gateway's own resident memory, in KiB.
-    pub fn rss_kib(&self) -> Result<u64> {
+    pub(crate) fn rss_kib(&self) -> Result<u64> {
         procfs::rss_kib(self.pid()).ok_or_else(|| anyhow!("cannot read ingot's memory"))
     }
 
     /// Every browser process this gateway started (pool and sessions alike).
-    pub fn browser_processes(&self) -> Vec<i32> {
+    pub(crate) fn browser_processes(&self) -> Vec<i32> {
         let groups = procfs::groups_led_by_children_of(self.pid());
         procfs::browser_processes(&groups, &self.data_dir, self.pid())
     }
 
     /// Waits until no browser of this gateway is left (after releases), up to `timeout`.
-    pub async fn wait_no_browsers(&self, timeout: Duration) -> Result<()> {
+    pub(crate) async fn wait_no_browsers(&self, timeout: Duration) -> Result<()> {
         let started = Instant::now();
         loop {
             let left = self.browser_processes().len();
@@ -215,7 +215,7 @@ impl Gateway {
     }
 
     /// `POST /v1/sessions` with `body`.
-    pub async fn create(&self, body: &str) -> Result<Session> {
+    pub(crate) async fn create(&self, body: &str) -> Result<Session> {
         let (status, reply) = self
             .request(Method::POST, "/v1/sessions", Some(body.to_owned()))
             .await?;
@@ -240,7 +240,7 @@ impl Gateway {
     }
 
     /// `GET /v1/sessions/{id}`, as JSON.
-    pub async fn session(&self, id: &str) -> Result<Value> {
+    pub(crate) async fn session(&self, id: &str) -> Result<Value> {
         let (status, reply) = self
             .request(Method::GET, &format!("/v1/sessions/{id}"), None)
             .await?;
@@ -254,7 +254,7 @@ impl Gateway {
     }
 
     /// `POST /v1/sessions/{id}/release`.
-    pub async fn release(&self, id: &str) -> Result<()> {
+    pub(crate) async fn release(&self, id: &str) -> Result<()> {
         let (status, reply) = self
             .request(Method::POST, &format!("/v1/sessions/{id}/release"), None)
             .await?;
@@ -268,7 +268,7 @@ impl Gateway {
     }
 
     /// `GET /metrics`, as text.
-    pub async fn metrics(&self) -> Result<String> {
+    pub(crate) async fn metrics(&self) -> Result<String> {
         let (status, body) = self.request(Method::GET, "/metrics", None).await?;
         if status != StatusCode::OK {
             bail!("/metrics answered {status}");
@@ -279,7 +279,7 @@ impl Gateway {
     /// Waits until the warm pool holds `size` browsers, judged by a `*pool*` gauge in
     /// `/metrics` that counts ready/idle browsers. Without such a gauge, waits a fixed time
     /// long enough for a launch on this machine. Returns whether the gauge was found.
-    pub async fn wait_pool_full(&self, size: usize, timeout: Duration) -> Result<bool> {
+    pub(crate) async fn wait_pool_full(&self, size: usize, timeout: Duration) -> Result<bool> {
         let started = Instant::now();
         loop {
             let metrics = self.metrics().await?;
@@ -338,7 +338,7 @@ impl Gateway {
     }
 
     /// The last lines of ingot's log, for error messages.
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")

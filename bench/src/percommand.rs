@@ -15,15 +15,15 @@ use crate::procfs::Usage;
 use crate::stats::{mb_per_s, ms, us};
 
 /// How long any one CDP step may take (a 60 MiB reply on a busy machine included).
-pub const CDP_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const CDP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Commands sent before timing the round trip, to warm caches and JIT on both ends.
 const RTT_WARMUP: usize = 100;
 /// How long after the last reconnect's close the cost of reconnects is read, so that
 /// tearing down its connection (ingot detaching from the browser) is counted.
-pub const RECONNECT_SETTLE: Duration = Duration::from_millis(20);
+pub(crate) const RECONNECT_SETTLE: Duration = Duration::from_millis(20);
 /// Commands in flight at once for the pipelining figure.
-pub const PIPELINED: usize = 200;
+pub(crate) const PIPELINED: usize = 200;
 
 /// Fills the page with a gradient and text so that screenshots encode real content, and
 /// answers once a frame has been produced.
@@ -39,7 +39,7 @@ const FILL_PAGE: &str = r#"(() => {
 
 /// How many runs of each measurement one round makes.
 #[derive(Debug, Clone, Copy)]
-pub struct RoundPlan {
+pub(crate) struct RoundPlan {
     /// Round trips per target, in blocks of `rtt_block` alternating between the targets.
     pub rtt_runs: usize,
     pub rtt_block: usize,
@@ -51,7 +51,7 @@ pub struct RoundPlan {
 }
 
 /// A page to drive: its browser connection and the page's flattened CDP session.
-pub struct Page {
+pub(crate) struct Page {
     cdp: Cdp,
     session: String,
     browser_url: String,
@@ -61,7 +61,7 @@ pub struct Page {
 
 /// A screenshot's PNG size, as decoded from its header.
 #[derive(Debug, Clone, Copy)]
-pub struct Shot {
+pub(crate) struct Shot {
     pub width: u32,
     pub height: u32,
     pub bytes: usize,
@@ -69,7 +69,7 @@ pub struct Shot {
 
 /// What one process used per operation (a round trip, a reconnect), one figure per round.
 #[derive(Debug, Default)]
-pub struct Cost {
+pub(crate) struct Cost {
     /// CPU time per operation, in µs.
     pub cpu_us: Vec<f64>,
     /// Context switches per operation.
@@ -78,7 +78,7 @@ pub struct Cost {
 
 impl Cost {
     /// Records one round: `used` over `ops` operations (nothing when there were none).
-    pub fn push(&mut self, used: Usage, ops: usize) {
+    pub(crate) fn push(&mut self, used: Usage, ops: usize) {
         if ops == 0 {
             return;
         }
@@ -89,7 +89,7 @@ impl Cost {
 
 /// Everything one target produced over all rounds.
 #[derive(Debug, Default)]
-pub struct Samples {
+pub(crate) struct Samples {
     pub reconnect_ms: Vec<f64>,
     pub rtt_p50_us: Vec<f64>,
     pub rtt_p99_us: Vec<f64>,
@@ -115,7 +115,7 @@ impl Page {
     /// Connects to a browser-level CDP endpoint, attaches to its first page and prepares
     /// it: a 1920×1080 viewport (set explicitly, so both targets render the same pixels) and
     /// some content.
-    pub async fn open(browser_url: &str) -> Result<Page> {
+    pub(crate) async fn open(browser_url: &str) -> Result<Page> {
         let mut cdp = Cdp::connect(browser_url, CDP_TIMEOUT).await?;
         let targets = cdp
             .call_result("Target.getTargets", json!({}), None)
@@ -165,7 +165,7 @@ impl Page {
     /// One round of every per-command measurement but the round trip (which the caller
     /// interleaves finely across targets with [`Page::round_trips`]) and reconnects (whose
     /// cost the caller reads around [`Page::reconnects`]), appended to `out`.
-    pub async fn round(&mut self, plan: &RoundPlan, out: &mut Samples) -> Result<()> {
+    pub(crate) async fn round(&mut self, plan: &RoundPlan, out: &mut Samples) -> Result<()> {
         for _ in 0..plan.reps_4mib {
             out.reply_4mib_mbps.push(self.large_reply(4 << 20).await?);
         }
@@ -184,7 +184,7 @@ impl Page {
     }
 
     /// `n` reconnects ([`Page::reconnect`]), each appended to `out` in ms.
-    pub async fn reconnects(&self, n: usize, out: &mut Vec<f64>) -> Result<()> {
+    pub(crate) async fn reconnects(&self, n: usize, out: &mut Vec<f64>) -> Result<()> {
         for _ in 0..n {
             out.push(self.reconnect().await?);
         }
@@ -221,7 +221,7 @@ impl Page {
     }
 
     /// `runs` sequential `Runtime.evaluate 1+1` round trips, each appended to `out` in µs.
-    pub async fn round_trips(&mut self, runs: usize, out: &mut Vec<f64>) -> Result<()> {
+    pub(crate) async fn round_trips(&mut self, runs: usize, out: &mut Vec<f64>) -> Result<()> {
         let params = json!({ "expression": "1+1" });
         let s = Some(self.session.as_str());
         for _ in 0..runs {
@@ -285,7 +285,7 @@ impl Page {
     }
 
     /// Closes the page's connection.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         self.cdp.close().await;
     }
 }

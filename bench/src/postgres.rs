@@ -18,10 +18,10 @@ use crate::gateway::free_port;
 /// Where Debian installs PostgreSQL, one directory per major version.
 const INSTALL_ROOT: &str = "/usr/lib/postgresql";
 /// What to tell a user without PostgreSQL.
-pub const INSTALL_HINT: &str = "PostgreSQL is not installed (no /usr/lib/postgresql/<version>/bin/initdb): install it with `apt-get install postgresql`";
+pub(crate) const INSTALL_HINT: &str = "PostgreSQL is not installed (no /usr/lib/postgresql/<version>/bin/initdb): install it with `apt-get install postgresql`";
 
 /// A running PostgreSQL server. Dropping it stops the server and removes its files.
-pub struct Postgres {
+pub(crate) struct Postgres {
     dir: PathBuf,
     bin: PathBuf,
     port: u16,
@@ -31,7 +31,7 @@ pub struct Postgres {
 }
 
 /// The `bin` directory of the newest installed PostgreSQL, if any.
-pub fn find() -> Option<PathBuf> {
+pub(crate) fn find() -> Option<PathBuf> {
     let versions = std::fs::read_dir(INSTALL_ROOT)
         .into_iter()
         .flatten()
@@ -59,7 +59,7 @@ fn is_root() -> bool {
 impl Postgres {
     /// Creates a database cluster under `root` with the programs in `bin`, starts it and
     /// waits until it accepts connections.
-    pub fn start(bin: PathBuf, root: &TempRoot) -> Result<Postgres> {
+    pub(crate) fn start(bin: PathBuf, root: &TempRoot) -> Result<Postgres> {
         // Short: the server's Unix socket lives here, and socket paths are limited to ~107 bytes.
         let dir = root.path().join("pg");
         std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -126,7 +126,7 @@ impl Postgres {
     }
 
     /// Creates an empty database.
-    pub fn create_database(&self, name: &str) -> Result<()> {
+    pub(crate) fn create_database(&self, name: &str) -> Result<()> {
         let port = self.port.to_string();
         run(Command::new(self.bin.join("createdb")).args([
             "-h",
@@ -141,12 +141,12 @@ impl Postgres {
     }
 
     /// A URL for `database` on this server, as ingot's `--database-url` takes it.
-    pub fn url(&self, database: &str) -> String {
+    pub(crate) fn url(&self, database: &str) -> String {
         format!("postgres://ingot@127.0.0.1:{}/{database}", self.port)
     }
 
     /// The server's version line (`pg_ctl (PostgreSQL) 15.14 …`), for the report.
-    pub fn version(&self) -> String {
+    pub(crate) fn version(&self) -> String {
         Command::new(self.bin.join("pg_ctl"))
             .arg("--version")
             .stdin(Stdio::null())

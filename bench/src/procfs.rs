@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 
 /// One line of `/proc/<pid>/stat`, the fields we use.
 #[derive(Debug, Clone, Copy)]
-pub struct ProcStat {
+pub(crate) struct ProcStat {
     pub pid: i32,
     pub ppid: i32,
     pub pgrp: i32,
@@ -20,7 +20,7 @@ pub struct ProcStat {
 }
 
 /// Parses `/proc/<pid>/stat`; `None` when the process is gone.
-pub fn stat(pid: i32) -> Option<ProcStat> {
+pub(crate) fn stat(pid: i32) -> Option<ProcStat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may itself hold spaces and parentheses: split after the last ')'.
     let mut fields = text.rsplit_once(')')?.1.split_whitespace();
@@ -36,7 +36,7 @@ pub fn stat(pid: i32) -> Option<ProcStat> {
 }
 
 /// Every live (non-zombie) process on the machine.
-pub fn all() -> Vec<ProcStat> {
+pub(crate) fn all() -> Vec<ProcStat> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -49,7 +49,7 @@ pub fn all() -> Vec<ProcStat> {
 }
 
 /// Whether a process's command line mentions `needle`.
-pub fn cmdline_mentions(pid: i32, needle: &str) -> bool {
+pub(crate) fn cmdline_mentions(pid: i32, needle: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|raw| {
             raw.split(|b| *b == 0)
@@ -68,18 +68,18 @@ fn kib_field(path: &str, key: &str) -> Option<u64> {
 }
 
 /// Resident set size of one process (`VmRSS`), in KiB.
-pub fn rss_kib(pid: i32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: i32) -> Option<u64> {
     kib_field(&format!("/proc/{pid}/status"), "VmRSS:")
 }
 
 /// Proportional set size of one process (shared pages divided among their users), in KiB.
-pub fn pss_kib(pid: i32) -> Option<u64> {
+pub(crate) fn pss_kib(pid: i32) -> Option<u64> {
     kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
 }
 
 /// Private memory of one process (`Private_Clean` + `Private_Dirty` of `smaps_rollup`), in
 /// KiB: what ending it would free.
-pub fn private_kib(pid: i32) -> Option<u64> {
+pub(crate) fn private_kib(pid: i32) -> Option<u64> {
     private_of_rollup(&std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?)
 }
 
@@ -95,7 +95,7 @@ fn private_of_rollup(text: &str) -> Option<u64> {
 }
 
 /// The real uid a process runs as (the first figure of `Uid:` in its `status`).
-pub fn uid(pid: i32) -> Option<u32> {
+pub(crate) fn uid(pid: i32) -> Option<u32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     text.lines()
         .find_map(|line| line.strip_prefix("Uid:"))
@@ -105,7 +105,7 @@ pub fn uid(pid: i32) -> Option<u32> {
 
 /// CPU time a process has used so far, all its threads together, in ns (the first field of
 /// each `/proc/<pid>/task/<tid>/schedstat`, which is exact, unlike tick-based `stat`).
-pub fn cpu_ns(pid: i32) -> Option<u64> {
+pub(crate) fn cpu_ns(pid: i32) -> Option<u64> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     Some(
         tasks
@@ -119,7 +119,7 @@ pub fn cpu_ns(pid: i32) -> Option<u64> {
 /// What a process has used so far, all its threads together (threads that already exited
 /// are not counted: their counts go with them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// CPU time, in ns, as [`cpu_ns`] reads it.
     pub cpu_ns: u64,
     /// Context switches: `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of each
@@ -129,7 +129,7 @@ pub struct Usage {
 
 impl Usage {
     /// What was used between `before` and `self`.
-    pub fn since(self, before: Usage) -> Usage {
+    pub(crate) fn since(self, before: Usage) -> Usage {
         Usage {
             cpu_ns: self.cpu_ns.saturating_sub(before.cpu_ns),
             switches: self.switches.saturating_sub(before.switches),
@@ -137,7 +137,7 @@ impl Usage {
     }
 
     /// `self` and `other` together.
-    pub fn plus(self, other: Usage) -> Usage {
+    pub(crate) fn plus(self, other: Usage) -> Usage {
         Usage {
             cpu_ns: self.cpu_ns + other.cpu_ns,
             switches: self.switches + other.switches,
@@ -146,7 +146,7 @@ impl Usage {
 }
 
 /// CPU time and context switches of a process so far, all its threads; `None` when it is gone.
-pub fn usage(pid: i32) -> Option<Usage> {
+pub(crate) fn usage(pid: i32) -> Option<Usage> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut total = Usage::default();
     for task in tasks.flatten() {
@@ -180,7 +180,7 @@ fn context_switches(status: &str) -> u64 {
 
 /// The browser processes that `parent` (a gateway) started: its children whose command line
 /// has `--remote-debugging-pipe` (how ingot talks to its browsers).
-pub fn pipe_browsers_of(parent: i32) -> Vec<i32> {
+pub(crate) fn pipe_browsers_of(parent: i32) -> Vec<i32> {
     all()
         .into_iter()
         .filter(|p| p.ppid == parent && cmdline_mentions(p.pid, "--remote-debugging-pipe"))
@@ -190,7 +190,7 @@ pub fn pipe_browsers_of(parent: i32) -> Vec<i32> {
 
 /// The memory of a set of processes.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Footprint {
+pub(crate) struct Footprint {
     pub processes: usize,
     pub pss_kib: u64,
     pub rss_kib: u64,
@@ -201,7 +201,7 @@ pub struct Footprint {
 /// Browser processes: every member of `groups`, plus any process (other than `exclude`)
 /// whose command line mentions `dir` (Chromium's crash handlers start their own session but
 /// name the profile directory).
-pub fn browser_processes(groups: &HashSet<i32>, dir: &Path, exclude: i32) -> Vec<i32> {
+pub(crate) fn browser_processes(groups: &HashSet<i32>, dir: &Path, exclude: i32) -> Vec<i32> {
     let dir = dir.to_string_lossy();
     all()
         .into_iter()
@@ -212,7 +212,7 @@ pub fn browser_processes(groups: &HashSet<i32>, dir: &Path, exclude: i32) -> Vec
 }
 
 /// Process groups led by children of `parent`: how ingot starts each browser.
-pub fn groups_led_by_children_of(parent: i32) -> HashSet<i32> {
+pub(crate) fn groups_led_by_children_of(parent: i32) -> HashSet<i32> {
     all()
         .into_iter()
         .filter(|p| p.ppid == parent && p.pgrp == p.pid)
@@ -221,7 +221,7 @@ pub fn groups_led_by_children_of(parent: i32) -> HashSet<i32> {
 }
 
 /// Sums PSS and RSS over `pids` (processes that vanished meanwhile count as nothing).
-pub fn footprint(pids: &[i32]) -> Footprint {
+pub(crate) fn footprint(pids: &[i32]) -> Footprint {
     pids.iter().fold(Footprint::default(), |f, &pid| {
         match (pss_kib(pid), rss_kib(pid)) {
             (Some(pss), Some(rss)) => Footprint {
@@ -236,7 +236,7 @@ pub fn footprint(pids: &[i32]) -> Footprint {
 }
 
 /// How many live processes have `name` as their command name (`/proc/<pid>/comm`).
-pub fn count_named(name: &str) -> usize {
+pub(crate) fn count_named(name: &str) -> usize {
     all()
         .iter()
         .filter(|p| {
@@ -247,13 +247,13 @@ pub fn count_named(name: &str) -> usize {
 }
 
 /// Whether any member of process group `pgrp` is still running (zombies do not count).
-pub fn group_alive(pgrp: i32) -> bool {
+pub(crate) fn group_alive(pgrp: i32) -> bool {
     all().iter().any(|p| p.pgrp == pgrp)
 }
 
 /// Last-resort sweep: SIGKILLs every process except this one whose command line mentions
 /// `needle`, and returns how many there were.
-pub fn kill_mentioning(needle: &str) -> usize {
+pub(crate) fn kill_mentioning(needle: &str) -> usize {
     let me = std::process::id() as i32;
     let victims: Vec<i32> = all()
         .into_iter()

@@ -12,9 +12,9 @@ mod cluster;
 mod sandbox;
 mod viewer;
 
-pub use cluster::{cluster_tables, cluster_targets_met, write_cluster};
-pub use sandbox::{sandbox_table, sandbox_targets_met, write_sandbox};
-pub use viewer::{viewer_table, viewer_targets_met, write_viewer};
+pub(crate) use cluster::{cluster_tables, cluster_targets_met, write_cluster};
+pub(crate) use sandbox::{sandbox_table, sandbox_targets_met, write_sandbox};
+pub(crate) use viewer::{viewer_table, viewer_targets_met, write_viewer};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -35,7 +35,7 @@ const FULL_RUN: &str = "Measured in the full run described at the top of this fi
 
 /// Where and when the benchmark ran.
 #[derive(Debug, Clone)]
-pub struct Machine {
+pub(crate) struct Machine {
     pub cpu: String,
     pub cores: usize,
     pub memory_gib: f64,
@@ -51,7 +51,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn detect(chromium_version: String, commit: Option<String>) -> Machine {
+    pub(crate) fn detect(chromium_version: String, commit: Option<String>) -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
             .lines()
@@ -91,7 +91,7 @@ impl Machine {
     }
 
     /// Notes the load at the end of the run.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.load_end = load_average();
     }
 }
@@ -118,7 +118,7 @@ fn load_average() -> String {
 
 /// Whether the warm pool was measured.
 #[derive(Debug)]
-pub enum Warm {
+pub(crate) enum Warm {
     Measured {
         /// Creates after the full pool idled for a second.
         settled: Vec<Start>,
@@ -133,7 +133,7 @@ pub enum Warm {
 
 /// The figures `--only core` measures: per-command rounds, cold and warm starts.
 #[derive(Debug)]
-pub struct Core {
+pub(crate) struct Core {
     pub quick: bool,
     pub rounds: usize,
     pub rtt_runs: usize,
@@ -148,7 +148,7 @@ pub struct Core {
 
 /// Every figure of one run.
 #[derive(Debug)]
-pub struct Results {
+pub(crate) struct Results {
     pub core: Core,
     /// (sessions, direct, ingot)
     pub bursts: Vec<(usize, Burst, Burst)>,
@@ -633,13 +633,13 @@ fn screenshot_note(r: &Core) -> String {
 }
 
 /// The results as a Markdown table.
-pub fn table(r: &Results) -> String {
+pub(crate) fn table(r: &Results) -> String {
     render(&rows(r))
 }
 
 /// The `--only core` results as a Markdown table.
 /// The rows of bursts measured on their own (`--only bursts`).
-pub fn bursts_table(bursts: &[(usize, Burst, Burst)], rounds: usize) -> String {
+pub(crate) fn bursts_table(bursts: &[(usize, Burst, Burst)], rounds: usize) -> String {
     let rows: Vec<Row> = bursts
         .iter()
         .flat_map(|(n, direct, ingot)| burst_rows(*n, direct, ingot, rounds))
@@ -647,12 +647,12 @@ pub fn bursts_table(bursts: &[(usize, Burst, Burst)], rounds: usize) -> String {
     render(&rows)
 }
 
-pub fn core_table(core: &Core) -> String {
+pub(crate) fn core_table(core: &Core) -> String {
     render(&core_rows(core))
 }
 
 /// How many of the core rows' targets were met, out of those measured.
-pub fn core_targets_met(core: &Core) -> (usize, usize) {
+pub(crate) fn core_targets_met(core: &Core) -> (usize, usize) {
     let verdicts: Vec<bool> = core_rows(core).iter().filter_map(Row::met).collect();
     (verdicts.iter().filter(|m| **m).count(), verdicts.len())
 }
@@ -669,7 +669,7 @@ fn render(rows: &[Row]) -> String {
 
 /// How many targets were met, out of those measured (the cluster and viewer sections'
 /// included).
-pub fn targets_met(r: &Results) -> (usize, usize) {
+pub(crate) fn targets_met(r: &Results) -> (usize, usize) {
     let verdicts: Vec<bool> = rows(r).iter().filter_map(Row::met).collect();
     let (cluster_met, cluster_measured) = cluster_targets_met(&r.cluster);
     let (viewer_met, viewer_measured) = viewer_targets_met(&r.viewer);
@@ -681,7 +681,12 @@ pub fn targets_met(r: &Results) -> (usize, usize) {
 }
 
 /// The whole file: header, machine, table, method, and the findings kept from `previous`.
-pub fn document(r: &Results, machine: &Machine, took: Duration, previous: Option<&str>) -> String {
+pub(crate) fn document(
+    r: &Results,
+    machine: &Machine,
+    took: Duration,
+    previous: Option<&str>,
+) -> String {
     let (met, measured) = targets_met(r);
     let kind = if r.core.quick {
         "**a quick smoke run (`--quick`): too few samples to quote**"
@@ -812,7 +817,7 @@ fn heading_at(doc: &str, heading: &str) -> Option<usize> {
 }
 
 /// The file `--only core --out` writes: a header, the machine in one line, and the table.
-pub fn core_document(core: &Core, machine: &Machine, took: Duration) -> String {
+pub(crate) fn core_document(core: &Core, machine: &Machine, took: Duration) -> String {
     let (met, measured) = core_targets_met(core);
     format!(
         "# Benchmarks: core figures only\n\n\
@@ -838,7 +843,7 @@ pub fn core_document(core: &Core, machine: &Machine, took: Duration) -> String {
 
 /// Fails when `path` holds a full report (a file with a `## Findings` section), which
 /// `--only core` must not overwrite; checked before measuring and again before writing.
-pub fn check_core_out(path: &Path) -> Result<()> {
+pub(crate) fn check_core_out(path: &Path) -> Result<()> {
     if let Ok(previous) = std::fs::read_to_string(path)
         && heading_at(&previous, "## Findings").is_some()
     {
@@ -851,14 +856,19 @@ pub fn check_core_out(path: &Path) -> Result<()> {
 }
 
 /// Writes [`core_document`] to `path`, unless that is a full report ([`check_core_out`]).
-pub fn write_core(path: &Path, core: &Core, machine: &Machine, took: Duration) -> Result<()> {
+pub(crate) fn write_core(
+    path: &Path,
+    core: &Core,
+    machine: &Machine,
+    took: Duration,
+) -> Result<()> {
     check_core_out(path)?;
     let text = core_document(core, machine, took);
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes the document to `path`, keeping the findings section already there.
-pub fn write(path: &Path, r: &Results, machine: &Machine, took: Duration) -> Result<()> {
+pub(crate) fn write(path: &Path, r: &Results, machine: &Machine, took: Duration) -> Result<()> {
     let previous = std::fs::read_to_string(path).ok();
     let text = document(r, machine, took, previous.as_deref());
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))

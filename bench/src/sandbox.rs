@@ -22,24 +22,24 @@ use crate::sessions::{self, Start};
 use crate::stats::percentile;
 
 /// The flag that starts today's launch.
-pub const SHARED_FLAG: &str = "--insecure-shared-browser-user";
+pub(crate) const SHARED_FLAG: &str = "--insecure-shared-browser-user";
 
 /// The targets, in the order of every `[_; 3]` here.
-pub const TARGETS: [&str; 3] = ["direct", "shared", "sandboxed"];
-pub const DIRECT: usize = 0;
-pub const SHARED: usize = 1;
-pub const SANDBOXED: usize = 2;
+pub(crate) const TARGETS: [&str; 3] = ["direct", "shared", "sandboxed"];
+pub(crate) const DIRECT: usize = 0;
+pub(crate) const SHARED: usize = 1;
+pub(crate) const SANDBOXED: usize = 2;
 
 /// The warm pool each warm gateway keeps.
-pub const WARM_POOL: usize = 1;
+pub(crate) const WARM_POOL: usize = 1;
 /// How long an idle session (or a full pool) settles before it is measured.
-pub const SETTLE: Duration = Duration::from_secs(2);
+pub(crate) const SETTLE: Duration = Duration::from_secs(2);
 /// How long the full pool idles before a warm create.
-pub const WARM_SETTLE: Duration = Duration::from_secs(1);
+pub(crate) const WARM_SETTLE: Duration = Duration::from_secs(1);
 
 /// How many samples of what.
 #[derive(Debug, Clone, Copy)]
-pub struct SandboxPlan {
+pub(crate) struct SandboxPlan {
     /// Cold creates per target.
     pub cold: usize,
     /// Warm creates per gateway.
@@ -56,7 +56,7 @@ pub struct SandboxPlan {
 
 /// This section's outcome.
 #[derive(Debug)]
-pub enum Sandbox {
+pub(crate) enum Sandbox {
     Measured(Box<SandboxResults>),
     /// Why it was not measured (an ingot without the flag, a benchmark not run as root).
     Skipped(String),
@@ -65,7 +65,7 @@ pub enum Sandbox {
 /// The memory of one idle session's browser (or one direct browser), and what the gateway
 /// grew by for it.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct IdleMemory {
+pub(crate) struct IdleMemory {
     pub browser: Footprint,
     /// The gateway's `VmRSS` growth from before the create to the reading (none for direct).
     pub gateway_growth_kib: Option<i64>,
@@ -73,7 +73,7 @@ pub struct IdleMemory {
 
 /// How a gateway's browsers ran, as read from `/proc` during the run.
 #[derive(Debug, Clone, Default)]
-pub struct Launch {
+pub(crate) struct Launch {
     /// The browser process's uid.
     pub uid: Option<u32>,
     /// Whether its command line has `--no-sandbox`.
@@ -82,7 +82,7 @@ pub struct Launch {
 
 /// Every figure of the section, indexed by [`DIRECT`], [`SHARED`], [`SANDBOXED`].
 #[derive(Debug)]
-pub struct SandboxResults {
+pub(crate) struct SandboxResults {
     pub plan: SandboxPlan,
     pub cold: [Vec<Start>; 3],
     /// Shared and sandboxed (direct has no pool), when this ingot has `--pool-size`.
@@ -99,12 +99,12 @@ pub struct SandboxResults {
 
 /// The order in which the targets go in turn `k`: each goes first, second and third equally
 /// often over every three turns.
-pub fn turn_order(k: usize) -> [usize; 3] {
+pub(crate) fn turn_order(k: usize) -> [usize; 3] {
     [k % 3, (k + 1) % 3, (k + 2) % 3]
 }
 
 /// Measures the section, or says why it cannot be measured with this ingot or user.
-pub async fn measure(
+pub(crate) async fn measure(
     chromium: &Path,
     ingot: &Path,
     root: &TempRoot,

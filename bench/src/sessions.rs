@@ -27,7 +27,7 @@ const CLIENT_BATCH: usize = 50;
 
 /// The time from asking for a browser to its first CDP reply, and its first part.
 #[derive(Debug, Clone, Copy)]
-pub struct Start {
+pub(crate) struct Start {
     pub total_ms: f64,
     /// Until the browser's address is known: `DevToolsActivePort` written (direct), or the
     /// create call answered (ingot). The rest is the WebSocket and the first reply.
@@ -36,7 +36,10 @@ pub struct Start {
 
 /// Direct: spawn → `DevToolsActivePort` → connect → first reply to `Browser.getVersion`.
 /// Returns the timing and the browser, still running.
-pub async fn direct_start(executable: &Path, root: &TempRoot) -> Result<(Start, DirectChromium)> {
+pub(crate) async fn direct_start(
+    executable: &Path,
+    root: &TempRoot,
+) -> Result<(Start, DirectChromium)> {
     let dir = root.fresh_dir("direct")?;
     let started = Instant::now();
     let mut browser = DirectChromium::spawn(executable, dir)?;
@@ -58,7 +61,7 @@ pub async fn direct_start(executable: &Path, root: &TempRoot) -> Result<(Start, 
 
 /// ingot: `POST /v1/sessions` → connect `websocketUrl` → first reply to `Browser.getVersion`.
 /// Returns the timing and the session, still live.
-pub async fn ingot_start(gateway: &Gateway) -> Result<(Start, Session)> {
+pub(crate) async fn ingot_start(gateway: &Gateway) -> Result<(Start, Session)> {
     let started = Instant::now();
     let session = gateway.create("{}").await?;
     let address_ms = ms(started.elapsed());
@@ -77,14 +80,14 @@ pub async fn ingot_start(gateway: &Gateway) -> Result<(Start, Session)> {
 }
 
 /// Releases a session and waits until its browser is gone, so the next sample starts quiet.
-pub async fn release_and_settle(gateway: &Gateway, session: &Session) -> Result<()> {
+pub(crate) async fn release_and_settle(gateway: &Gateway, session: &Session) -> Result<()> {
     gateway.release(&session.id).await?;
     gateway.wait_no_browsers(Duration::from_secs(60)).await
 }
 
 /// `n` browsers started at once on one target.
 #[derive(Debug, Default)]
-pub struct Burst {
+pub(crate) struct Burst {
     /// Every create's (or launch's) time to first reply, all rounds together.
     pub start_ms: Vec<f64>,
     /// Each round's p50 of `start_ms`.
@@ -98,14 +101,14 @@ pub struct Burst {
 impl Burst {
     /// Adds a later round of the same burst: its samples and its p50; the memory stays the
     /// first round's.
-    pub fn merge(&mut self, later: Burst) {
+    pub(crate) fn merge(&mut self, later: Burst) {
         self.start_ms.extend(later.start_ms);
         self.round_p50_ms.extend(later.round_p50_ms);
     }
 }
 
 /// Starts `n` direct Chromiums at once and reads their memory once they idle.
-pub async fn direct_burst(executable: &Path, root: &TempRoot, n: usize) -> Result<Burst> {
+pub(crate) async fn direct_burst(executable: &Path, root: &TempRoot, n: usize) -> Result<Burst> {
     let started = try_join_all((0..n).map(|_| direct_start(executable, root))).await?;
     tokio::time::sleep(SETTLE).await;
     let pids: Vec<i32> = started.iter().flat_map(|(_, b)| b.processes()).collect();
@@ -124,7 +127,7 @@ pub async fn direct_burst(executable: &Path, root: &TempRoot, n: usize) -> Resul
 
 /// Creates `n` ingot sessions at once, reads the memory of every browser ingot runs and
 /// ingot's own, then releases them all.
-pub async fn ingot_burst(gateway: &Gateway, n: usize) -> Result<Burst> {
+pub(crate) async fn ingot_burst(gateway: &Gateway, n: usize) -> Result<Burst> {
     let results = futures_util::future::join_all((0..n).map(|_| ingot_start(gateway))).await;
     let live: Vec<&Session> = results
         .iter()
@@ -160,7 +163,7 @@ pub async fn ingot_burst(gateway: &Gateway, n: usize) -> Result<Burst> {
 
 /// Memory held for many idle client WebSockets on one browser.
 #[derive(Debug, Clone, Copy)]
-pub struct IdleClients {
+pub(crate) struct IdleClients {
     pub count: usize,
     /// The process holding the sockets: ingot, or Chromium's browser process for direct.
     pub holder_before_kib: u64,
@@ -172,7 +175,7 @@ pub struct IdleClients {
 
 impl IdleClients {
     /// Growth of the holder per client, in KiB.
-    pub fn per_client_kib(&self) -> f64 {
+    pub(crate) fn per_client_kib(&self) -> f64 {
         (self.holder_after_kib as f64 - self.holder_before_kib as f64) / self.count as f64
     }
 }
@@ -202,7 +205,7 @@ fn rss(pid: i32, what: &str) -> Result<u64> {
 }
 
 /// `count` idle clients on one ingot session: ingot's growth, and its browser's.
-pub async fn ingot_idle_clients(gateway: &Gateway, count: usize) -> Result<IdleClients> {
+pub(crate) async fn ingot_idle_clients(gateway: &Gateway, count: usize) -> Result<IdleClients> {
     let (_, session) = ingot_start(gateway).await?;
     let outcome = async {
         // One client first, so that paths used once per process are warm before "before".
@@ -244,7 +247,7 @@ fn browser_leader(gateway: &Gateway) -> Result<i32> {
 }
 
 /// `count` idle clients on a direct Chromium's DevTools port: its browser process's growth.
-pub async fn direct_idle_clients(
+pub(crate) async fn direct_idle_clients(
     executable: &Path,
     root: &TempRoot,
     count: usize,

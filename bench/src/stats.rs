@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 /// The `p`-th percentile (0–100) of `samples` by the nearest-rank method; `None` when empty.
-pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
+pub(crate) fn percentile(samples: &[f64], p: f64) -> Option<f64> {
     if samples.is_empty() {
         return None;
     }
@@ -17,7 +17,7 @@ pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
 }
 
 /// The median of `samples` (the mean of the two middle ones for an even count).
-pub fn median(samples: &[f64]) -> Option<f64> {
+pub(crate) fn median(samples: &[f64]) -> Option<f64> {
     if samples.is_empty() {
         return None;
     }
@@ -32,22 +32,22 @@ pub fn median(samples: &[f64]) -> Option<f64> {
 }
 
 /// A duration in milliseconds, as a float.
-pub fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 /// A duration in microseconds, as a float.
-pub fn us(d: Duration) -> f64 {
+pub(crate) fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
 /// Megabytes (10^6 bytes) per second.
-pub fn mb_per_s(bytes: usize, took: Duration) -> f64 {
+pub(crate) fn mb_per_s(bytes: usize, took: Duration) -> f64 {
     bytes as f64 / 1e6 / took.as_secs_f64().max(1e-9)
 }
 
 /// A figure with a sensible number of digits for its size.
-pub fn fmt_num(v: f64) -> String {
+pub(crate) fn fmt_num(v: f64) -> String {
     let a = v.abs();
     if a >= 100.0 {
         format!("{v:.0}")

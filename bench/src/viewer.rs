@@ -38,8 +38,8 @@ use crate::procfs;
 use crate::stats::{self, ms};
 
 /// The page size on both targets, in CSS pixels (the session is created with it).
-pub const WIDTH: u32 = 1280;
-pub const HEIGHT: u32 = 720;
+pub(crate) const WIDTH: u32 = 1280;
+pub(crate) const HEIGHT: u32 = 720;
 /// Where the bench clicks, and the pixel it reads: the middle of the coloured box.
 const CENTRE: (f64, f64) = (WIDTH as f64 / 2.0, HEIGHT as f64 / 2.0);
 /// The screencast ingot's viewer starts (`src/viewer/screen.rs`); direct Chromium gets the same.
@@ -47,9 +47,9 @@ const SCREENCAST: (u32, u32) = (70, 1920);
 /// How long any one CDP step may take.
 const CDP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a colour change, a click or a first frame may take before it counts as lost.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 /// How long a viewer joining a still page waits for a frame before it is recorded as none.
-pub const LATE_WAIT: Duration = Duration::from_secs(3);
+pub(crate) const LATE_WAIT: Duration = Duration::from_secs(3);
 /// The name of the binding the page's input handlers call (`Runtime.addBinding`).
 const BINDING: &str = "benchInput";
 /// Colour changes that may be lost before the section gives up.
@@ -109,7 +109,7 @@ fn page_script() -> String {
 
 /// How many samples of what the section takes.
 #[derive(Debug, Clone, Copy)]
-pub struct ViewerPlan {
+pub(crate) struct ViewerPlan {
     pub rounds: usize,
     /// Colour changes per target per round, in blocks of `block` alternating between them.
     pub changes: usize,
@@ -125,7 +125,7 @@ pub struct ViewerPlan {
 
 /// The section's outcome.
 #[derive(Debug)]
-pub enum Viewer {
+pub(crate) enum Viewer {
     Measured(Box<ViewerResults>),
     /// Why it was not measured (an ingot without a live viewer).
     Skipped(String),
@@ -133,7 +133,7 @@ pub enum Viewer {
 
 /// A latency series: each round's p50 and p99, and every sample, in ms.
 #[derive(Debug, Default)]
-pub struct Latency {
+pub(crate) struct Latency {
     pub p50: Vec<f64>,
     pub p99: Vec<f64>,
     pub all: Vec<f64>,
@@ -155,7 +155,7 @@ impl Latency {
 
 /// One target's frames: latency, what they weigh, and what its client waited for.
 #[derive(Debug, Default)]
-pub struct FrameFigures {
+pub(crate) struct FrameFigures {
     /// Colour change to the frame showing it, decoded at the client.
     pub latency: Latency,
     /// Colour change to that frame's arrival, before decoding, in ms.
@@ -176,7 +176,7 @@ pub struct FrameFigures {
 
 /// Every figure of the section.
 #[derive(Debug)]
-pub struct ViewerResults {
+pub(crate) struct ViewerResults {
     pub plan: ViewerPlan,
     /// The pages' `innerWidth`x`innerHeight`: direct, ingot.
     pub viewport: (String, String),
@@ -206,7 +206,7 @@ pub struct ViewerResults {
 }
 
 /// The whole section; skipped, with the reason, when this ingot has no live viewer.
-pub async fn measure(
+pub(crate) async fn measure(
     chromium: &Path,
     ingot: &Path,
     root: &TempRoot,
@@ -697,7 +697,7 @@ fn report_frame(
 
 /// The colour in the middle of a JPEG, decoded at 1/8 scale (the DCT's DC terms: cheap, and
 /// exact enough inside a 320×240 box of one colour).
-pub fn centre_colour(jpeg: &[u8]) -> Option<[u8; 3]> {
+pub(crate) fn centre_colour(jpeg: &[u8]) -> Option<[u8; 3]> {
     let mut decoder = jpeg_decoder::Decoder::new(jpeg);
     decoder.read_info().ok()?;
     let info = decoder.info()?;
@@ -1274,9 +1274,9 @@ async fn click_viewer(page: &mut Driven, viewer: &mut ViewerSocket) -> Result<f6
 
 /// Counting slices per target per series: the figures of a round are the frames of all its
 /// slices over their time, so that slow spells of the shared machine hit both targets.
-pub const SLICES: u32 = 5;
+pub(crate) const SLICES: u32 = 5;
 /// Animation before a slice's frames are counted.
-pub const SLICE_WARM_UP: Duration = Duration::from_millis(300);
+pub(crate) const SLICE_WARM_UP: Duration = Duration::from_millis(300);
 
 /// What one slice of animation counted: frames per client, their JPEG sizes, how long, and
 /// ingot's CPU time meanwhile.

@@ -31,7 +31,7 @@ use crate::session::Session;
 /// What `GET /` without a `sessionId` answers.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = ServiceInfo)]
-pub struct ServiceJson {
+pub(crate) struct ServiceJson {
     /// Always `ingot`.
     service: &'static str,
     /// ingot's version.
@@ -61,7 +61,7 @@ pub struct ServiceJson {
     ),
     security(("steel-api-key" = []), ("apiKey" = [])),
 )]
-pub async fn connect_by_query(
+pub(crate) async fn connect_by_query(
     State(state): State<AppState>,
     caller: Caller,
     StrictQuery(query): StrictQuery<HashMap<String, String>>,
@@ -108,7 +108,7 @@ pub async fn connect_by_query(
     ),
     security(("steel-api-key" = []), ("apiKey" = [])),
 )]
-pub async fn connect_by_path(
+pub(crate) async fn connect_by_path(
     State(state): State<AppState>,
     caller: Caller,
     SessionId(id): SessionId,
@@ -184,7 +184,7 @@ async fn connect(
     ),
     security(("steel-api-key" = []), ("apiKey" = [])),
 )]
-pub async fn version_by_query(
+pub(crate) async fn version_by_query(
     State(state): State<AppState>,
     caller: Caller,
     key: PresentedKey,
@@ -238,7 +238,7 @@ async fn sole_elsewhere(
     ),
     security(("steel-api-key" = []), ("apiKey" = [])),
 )]
-pub async fn version_by_path(
+pub(crate) async fn version_by_path(
     State(state): State<AppState>,
     caller: Caller,
     key: PresentedKey,
@@ -275,7 +275,7 @@ async fn discovery(
 /// field the browser did not report is `null`.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = JsonVersion)]
-pub struct VersionJson {
+pub(crate) struct VersionJson {
     #[serde(rename = "Browser")]
     #[schema(required = true)]
     browser: Option<String>,

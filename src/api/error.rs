@@ -49,6 +49,7 @@ impl ApiError {
     }
 
     /// The mark for a node that relayed the request, if any.
+    #[cfg(test)]
     pub fn refusal(&self) -> Option<PeerRefusal> {
         self.refusal
     }
@@ -69,7 +70,7 @@ impl ApiError {
 /// The body of every error answer.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Error)]
-pub struct ErrorJson {
+pub(crate) struct ErrorJson {
     /// What went wrong, as in `error.message` (the Steel SDKs show this one).
     message: String,
     error: ErrorDetail,
@@ -77,7 +78,7 @@ pub struct ErrorJson {
 
 /// The `error` of an error answer.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// Stable and machine-readable, such as `session_not_found` or `invalid_request`.
     #[schema(value_type = String)]
     code: &'static str,

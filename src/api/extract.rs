@@ -52,7 +52,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PresentedKey {
 
 /// A session id from the path's `{id}`.
 #[derive(Debug, Clone, Copy)]
-pub struct SessionId(pub Uuid);
+pub(crate) struct SessionId(pub Uuid);
 
 impl<S: Send + Sync> FromRequestParts<S> for SessionId {
     type Rejection = ApiError;
@@ -74,7 +74,7 @@ pub fn parse_id(raw: &str, field: &str) -> Result<Uuid, ApiError> {
 
 /// A query string; one that does not parse is a JSON 400.
 #[derive(Debug)]
-pub struct StrictQuery<T>(pub T);
+pub(crate) struct StrictQuery<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for StrictQuery<T> {
     type Rejection = ApiError;
@@ -89,7 +89,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for StrictQuery<T>
 
 /// A request body within [`super::MAX_BODY`], arrived in time.
 #[derive(Debug)]
-pub struct RequestBody(pub Bytes);
+pub(crate) struct RequestBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for RequestBody {
     type Rejection = ApiError;

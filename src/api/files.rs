@@ -40,7 +40,7 @@ const UNNAMED: &str = "upload";
 
 /// The files routes. Uploads are exempt from the API's small body limit and whole-body
 /// deadline: they enforce the file size limit and a stall timeout of their own.
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route(
             "/v1/sessions/{id}/files",
@@ -85,7 +85,7 @@ async fn here(
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,
@@ -118,7 +118,7 @@ pub async fn list(
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn download(
+pub(crate) async fn download(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,
@@ -149,7 +149,7 @@ pub async fn download(
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn archive(
+pub(crate) async fn archive(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,
@@ -182,7 +182,7 @@ pub async fn archive(
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn delete_one(
+pub(crate) async fn delete_one(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,
@@ -212,7 +212,7 @@ pub async fn delete_one(
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn delete_all(
+pub(crate) async fn delete_all(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,
@@ -248,7 +248,7 @@ pub async fn delete_all(
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn upload(
+pub(crate) async fn upload(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,
@@ -284,7 +284,7 @@ pub async fn upload(
 /// The form of an upload, for the OpenAPI document (the handler reads it as a stream).
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code, reason = "only describes the form")]
-pub struct UploadForm {
+pub(crate) struct UploadForm {
     /// The file's bytes. A URL in place of them is refused (`url_upload_refused`).
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,

@@ -16,7 +16,7 @@ use crate::session::registry::Readiness;
 /// What `/healthz` answers.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Health)]
-pub struct HealthJson {
+pub(crate) struct HealthJson {
     /// Always `ok`.
     status: &'static str,
     /// This node's id, in a cluster.
@@ -38,7 +38,7 @@ pub struct HealthJson {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = Readiness)]
-pub struct ReadinessJson {
+pub(crate) struct ReadinessJson {
     status: ReadyStatus,
     /// In a cluster, a full node is still ready: it places creates on other nodes.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,7 +71,7 @@ enum ReadyStatus {
     tag = "operations",
     responses((status = 200, description = "The process serves HTTP", body = HealthJson)),
 )]
-pub async fn healthz(State(state): State<AppState>) -> Json<HealthJson> {
+pub(crate) async fn healthz(State(state): State<AppState>) -> Json<HealthJson> {
     Json(HealthJson {
         status: "ok",
         node: state.cluster.as_ref().map(|c| c.node().to_owned()),
@@ -94,7 +94,7 @@ pub async fn healthz(State(state): State<AppState>) -> Json<HealthJson> {
         (status = 503, description = "No new session can be served now; `reason` says why", body = ReadinessJson),
     ),
 )]
-pub async fn readyz(State(state): State<AppState>) -> Response {
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let registry = &state.registry;
     let mut answer = ReadinessJson {
         status: ReadyStatus::Ready,
@@ -150,7 +150,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")),
 )]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,

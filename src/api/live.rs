@@ -45,7 +45,7 @@ type Query = StrictQuery<HashMap<String, String>>;
     tag = "viewer",
     responses((status = 200, description = "The operator console; its calls send an API key like any client", content_type = "text/html", body = String)),
 )]
-pub async fn console() -> Response {
+pub(crate) async fn console() -> Response {
     page(CONSOLE_HTML, "'none'")
 }
 
@@ -66,7 +66,7 @@ pub async fn console() -> Response {
         (status = 403, description = "The viewer token is missing or not this session's", body = ErrorJson),
     ),
 )]
-pub async fn viewer(
+pub(crate) async fn viewer(
     State(state): State<AppState>,
     SessionId(id): SessionId,
     StrictQuery(query): Query,
@@ -92,7 +92,7 @@ pub async fn viewer(
         (status = 403, description = "The viewer token is missing or not this session's", body = ErrorJson),
     ),
 )]
-pub async fn view(
+pub(crate) async fn view(
     State(state): State<AppState>,
     SessionId(id): SessionId,
     StrictQuery(query): Query,
@@ -250,7 +250,7 @@ fn ended_answer(session: &Session) -> Response {
         (status = 502, description = "The browser (or, in a cluster, the node that runs it) did not answer", body = ErrorJson),
     ),
 )]
-pub async fn facts(
+pub(crate) async fn facts(
     State(state): State<AppState>,
     relay: Relay,
     SessionId(id): SessionId,
@@ -279,7 +279,7 @@ pub async fn facts(
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = ViewerFacts)]
-pub struct FactsJson {
+pub(crate) struct FactsJson {
     id: Uuid,
     status: crate::vocab::Status,
     time_left_ms: u64,
@@ -309,7 +309,7 @@ pub struct FactsJson {
         (status = 502, description = "The browser (or, in a cluster, the node that runs it) did not answer", body = ErrorJson),
     ),
 )]
-pub async fn thumbnail(
+pub(crate) async fn thumbnail(
     State(state): State<AppState>,
     relay: Relay,
     SessionId(id): SessionId,
@@ -358,7 +358,7 @@ pub async fn thumbnail(
         (status = 502, description = "The browser (or, in a cluster, the node that runs it) did not answer", body = ErrorJson),
     ),
 )]
-pub async fn socket(
+pub(crate) async fn socket(
     State(state): State<AppState>,
     SessionId(id): SessionId,
     StrictQuery(query): Query,

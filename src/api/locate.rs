@@ -39,7 +39,7 @@ use crate::vocab::Status;
 pub(super) const UPLOAD_DEADLINE: Duration = Duration::from_secs(15 * 60);
 
 /// Where a session is.
-pub enum Located {
+pub(crate) enum Located {
     /// This node runs it, or ran it and still remembers it.
     Here(Arc<Session>),
     /// Another live node answers for it.
@@ -53,7 +53,7 @@ pub enum Located {
 
 /// A request about a session, by what it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// `GET /v1/sessions/{id}`.
     Retrieve,
     /// `POST /v1/sessions/{id}/release`.
@@ -82,7 +82,7 @@ pub enum Route {
 
 /// Which node a route asks when this node does not have the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seek {
+pub(crate) enum Seek {
     /// The live node that runs the session.
     Runner,
     /// The live node that ran it, live or ended: its files are there.
@@ -91,7 +91,7 @@ pub enum Seek {
 
 /// What a route gives when the node it asks does not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IfUnreachable {
+pub(crate) enum IfUnreachable {
     /// What the records say, as for a session that runs nowhere.
     Records,
     /// 502 `node_unreachable`: only that node can do it.
@@ -100,7 +100,7 @@ pub enum IfUnreachable {
 
 /// What a route gives for a session that runs nowhere (ended, or on a node that is gone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotRunning {
+pub(crate) enum NotRunning {
     /// The handler answers from the record ([`Step::Recorded`]).
     Records,
     /// 409 `session_ended`.
@@ -114,7 +114,7 @@ pub enum NotRunning {
 
 /// One route's declared policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// The node asked when this one does not have the session.
     pub seek: Seek,
     /// When that node does not answer.
@@ -147,7 +147,7 @@ impl Route {
 
     /// The route's policy: the one table of "here or elsewhere" (the README's cluster
     /// failure table states it).
-    pub const fn policy(self) -> Policy {
+    pub(crate) const fn policy(self) -> Policy {
         use IfUnreachable::{BadGateway, Records};
         let (seek, unreachable, not_running, kind) = match self {
             // A read the records can answer: an owner that does not answer is not an error.
@@ -241,7 +241,7 @@ impl Route {
 }
 
 /// What a handler does with a request about a session, by its route's policy.
-pub enum Step<B> {
+pub(crate) enum Step<B> {
     /// This node runs (or ran) the session: the handler answers, with what it passed in.
     Here(Arc<Session>, B),
     /// The session runs nowhere and the route answers from its record (retrieve, release,
@@ -254,7 +254,7 @@ pub enum Step<B> {
 impl<B> Step<B> {
     /// The session here, or the answer to give, for a route whose policy never answers
     /// from the records (a record then is answered like an unknown session).
-    pub fn here(self, id: Uuid) -> Result<(Arc<Session>, B), Box<Response>> {
+    pub(crate) fn here(self, id: Uuid) -> Result<(Arc<Session>, B), Box<Response>> {
         use axum::response::IntoResponse;
         match self {
             Step::Here(session, carried) => Ok((session, carried)),
@@ -266,7 +266,7 @@ impl<B> Step<B> {
 
 /// Where session `id` of `caller` is, for `route`. `cluster` is `None` when this request
 /// may not be relayed (a single node, or a request another node relayed).
-pub async fn locate(
+pub(crate) async fn locate(
     state: &AppState,
     cluster: Option<&Arc<Cluster>>,
     caller: &Caller,
@@ -292,7 +292,7 @@ pub async fn locate(
 
 /// The caller's only live session in the cluster, when it has exactly one and another node
 /// runs it (CDP discovery without a session id), and this request may be relayed.
-pub async fn sole_live_elsewhere(
+pub(crate) async fn sole_live_elsewhere(
     state: &AppState,
     relay: &Relay,
     caller: &Caller,
@@ -323,7 +323,7 @@ async fn recorded(
 /// Locates session `id` for `route` and follows the route's policy: the session here (with
 /// `body` back), the answer of the node that answers for it (`body` passed to it), or what
 /// the records give.
-pub async fn resolve<B: Into<Body>>(
+pub(crate) async fn resolve<B: Into<Body>>(
     state: &AppState,
     relay: &Relay,
     caller: &Caller,
@@ -345,7 +345,7 @@ pub async fn resolve<B: Into<Body>>(
 
 /// [`resolve`] for a WebSocket upgrade: the session here (with the request back, to
 /// upgrade here), or the answer of the node that runs it (its 101, the sockets joined).
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     state: &AppState,
     caller: &Caller,
     (id, route): (Uuid, Route),

@@ -4,21 +4,21 @@
 //! registry and shape JSON ([`wire`]), and domain errors become [`ApiError`]s through
 //! `From`. Handlers must not launch browsers or change session states themselves.
 
-pub mod cdp;
-pub mod error;
-pub mod extract;
-pub mod files;
-pub mod health;
-pub mod live;
-pub mod locate;
-pub mod openapi;
-pub mod relay;
-pub mod sessions;
-pub mod unsupported;
-pub mod upgrade;
-pub mod usage;
-pub mod viewer;
-pub mod wire;
+pub(crate) mod cdp;
+pub(crate) mod error;
+pub(crate) mod extract;
+pub(crate) mod files;
+pub(crate) mod health;
+pub(crate) mod live;
+pub(crate) mod locate;
+pub(crate) mod openapi;
+pub(crate) mod relay;
+pub(crate) mod sessions;
+pub(crate) mod unsupported;
+pub(crate) mod upgrade;
+pub(crate) mod usage;
+pub(crate) mod viewer;
+pub(crate) mod wire;
 
 use std::sync::Arc;
 
@@ -38,18 +38,18 @@ use crate::cluster::lease::{Fence, Unavailable};
 use crate::metering::Meter;
 use crate::session::params::TimeoutLimits;
 use crate::session::registry::Registry;
-pub use error::ApiError;
+pub(crate) use error::ApiError;
 use wire::PublicUrls;
 
 /// Largest request body accepted.
-pub const MAX_BODY: usize = 64 << 10;
+pub(crate) const MAX_BODY: usize = 64 << 10;
 /// Largest request head (request line and header fields) accepted. hyper enforces a
 /// similar limit only roughly, while it reads; this makes it exact.
-pub const MAX_HEAD: usize = 64 << 10;
+pub(crate) const MAX_HEAD: usize = 64 << 10;
 
 /// Shared state of every handler.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub registry: Arc<Registry>,
     pub urls: Arc<PublicUrls>,
     pub limits: TimeoutLimits,
@@ -80,16 +80,16 @@ pub struct AppState {
 
 /// The API key a request presented, kept for links that must carry it (CDP discovery).
 #[derive(Debug, Clone, Default)]
-pub struct PresentedKey(pub Option<String>);
+pub(crate) struct PresentedKey(pub Option<String>);
 
 /// Header that carries the API key of REST calls, as the Steel SDKs send it.
-pub const API_KEY_HEADER: &str = "steel-api-key";
+pub(crate) const API_KEY_HEADER: &str = "steel-api-key";
 /// Query parameter that carries the API key of WebSocket and `/json` requests.
-pub const API_KEY_PARAM: &str = "apiKey";
+pub(crate) const API_KEY_PARAM: &str = "apiKey";
 
 /// Paths that answer any `Host`: probes and scrapers reach them by pod IP or service name.
 /// They need no key, and are served even over the soft connection cap (`--max-connections`).
-pub const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+pub(crate) const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// All routes. Static segments such as `/v1/sessions/release` win over `{id}`.
 ///
@@ -110,7 +110,7 @@ pub const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 ///    renewal failed;
 /// 6. the body deadline, then the body size limit, then the route's handler; the files
 ///    routes skip both (an upload enforces the file size limit and a stall timeout itself).
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/sessions", post(sessions::create).get(sessions::list))
         .route("/v1/sessions/release", post(sessions::release_all))
@@ -296,7 +296,7 @@ fn takes_viewer_token(path: &str) -> bool {
 
 /// Whether `origin` (an `Origin` header) is the origin of the request's own `host`: a page
 /// that ingot itself served (the console, the viewer).
-pub fn is_same_origin(origin: &str, host: &str) -> bool {
+pub(crate) fn is_same_origin(origin: &str, host: &str) -> bool {
     origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"))

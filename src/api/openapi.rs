@@ -40,7 +40,7 @@ use crate::session::params::{
 use crate::vocab::STEEL_RELEASE_REASONS;
 
 /// Where the document is served.
-pub const PATH: &str = "/v1/openapi.json";
+pub(crate) const PATH: &str = "/v1/openapi.json";
 
 /// The document. Add a route's handler to `paths`, and a schema that no operation names
 /// (directly or through another schema) to `schemas`.
@@ -96,10 +96,10 @@ pub const PATH: &str = "/v1/openapi.json";
         (name = "meta", description = "This document"),
     ),
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// The document as this gateway serves it: the timeout ranges are its own.
-pub fn document(limits: TimeoutLimits) -> Document {
+pub(crate) fn document(limits: TimeoutLimits) -> Document {
     let mut doc = ApiDoc::openapi();
     if let Some(components) = doc.components.as_mut() {
         components.schemas.insert(
@@ -122,7 +122,7 @@ pub fn document(limits: TimeoutLimits) -> Document {
     tag = "meta",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)),
 )]
-pub async fn openapi_json(State(state): State<AppState>) -> Json<Document> {
+pub(crate) async fn openapi_json(State(state): State<AppState>) -> Json<Document> {
     Json(document(state.limits))
 }
 
@@ -280,7 +280,7 @@ impl Modify for TrailingSlashes {
 }
 
 /// The body of `POST /v1/sessions`, for the document only: `session::params` parses it.
-pub enum CreateSessionBody {}
+pub(crate) enum CreateSessionBody {}
 
 impl PartialSchema for CreateSessionBody {
     fn schema() -> RefOr<Schema> {
@@ -295,7 +295,7 @@ impl ToSchema for CreateSessionBody {
 }
 
 /// The body of `POST /v1/sessions/{id}/timeout`, for the document only.
-pub enum TimeoutBody {}
+pub(crate) enum TimeoutBody {}
 
 impl PartialSchema for TimeoutBody {
     fn schema() -> RefOr<Schema> {
@@ -311,7 +311,7 @@ impl ToSchema for TimeoutBody {
 
 /// A session's cookies and web storage: `sessionContext` of a create body, and the answer of
 /// `GET /v1/sessions/{id}/context`. `session::context` reads and checks it by hand.
-pub enum SessionContextJson {}
+pub(crate) enum SessionContextJson {}
 
 impl PartialSchema for SessionContextJson {
     fn schema() -> RefOr<Schema> {

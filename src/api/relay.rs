@@ -39,7 +39,7 @@ use crate::telemetry::{self, ForwardKind};
 
 /// Marks a request that another node of the cluster relayed.
 #[derive(Debug, Clone)]
-pub struct Hop {
+pub(crate) struct Hop {
     /// The public URL of the node the client talks to: links in the answer point there.
     via: Option<Arc<PublicUrls>>,
 }
@@ -116,12 +116,16 @@ impl PeerRefusal {
 /// that relayed the create, which then knows where the session runs without reading the
 /// answer's JSON.
 #[derive(Debug, Clone, Copy)]
-pub struct Created(pub Uuid);
+pub(crate) struct Created(pub Uuid);
 
 /// Refuses `x-ingot-*` headers without the cluster's secret (403); with it, marks the
 /// request as relayed by another node, and marks the answer for that node (a refusal's
 /// [`PeerRefusal`], a created session's id).
-pub async fn peer_hop(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub(crate) async fn peer_hop(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let headers = request.headers();
     if !headers
         .keys()
@@ -178,7 +182,7 @@ pub(super) fn may_relay<'a>(state: &'a AppState, request: &Request) -> Option<&'
 
 /// What a handler needs to relay its request: the request line and headers, and whether
 /// it came from another node (then it is never relayed again).
-pub struct Relay {
+pub(crate) struct Relay {
     out: Outgoing,
     hop: Option<Hop>,
 }
@@ -224,7 +228,7 @@ impl Relay {
     }
 
     /// The base URLs links in the answer use: the relaying node's, else this node's.
-    pub fn links(&self, state: &AppState) -> Arc<PublicUrls> {
+    pub(crate) fn links(&self, state: &AppState) -> Arc<PublicUrls> {
         match self.hop.as_ref().and_then(|h| h.via.as_deref()) {
             Some(via) => Arc::new(via.clone().with_viewers(state.viewers.clone())),
             None => state.urls.clone(),
@@ -240,7 +244,7 @@ impl Relay {
     }
 
     /// Whether another node relayed this request (it is then never relayed again).
-    pub fn relayed(&self) -> bool {
+    pub(crate) fn relayed(&self) -> bool {
         self.hop.is_some()
     }
 
@@ -263,7 +267,11 @@ impl Relay {
     /// A refusal that holds on every node (the tenant's quota, a taken id) is the answer. A
     /// node that took the request and did not answer may be starting the session, so the
     /// create is not repeated anywhere: the client gets 502.
-    pub async fn create_elsewhere(&self, state: &AppState, body: &Bytes) -> Option<Response> {
+    pub(crate) async fn create_elsewhere(
+        &self,
+        state: &AppState,
+        body: &Bytes,
+    ) -> Option<Response> {
         let cluster = self.cluster(state)?;
         if state.registry.takes_sessions_now() {
             return None;
@@ -322,7 +330,7 @@ impl Relay {
 
     /// Passes a release-all to every other live node, which ends the caller's sessions
     /// there; waits for all of them.
-    pub async fn release_everywhere(&self, state: &AppState) {
+    pub(crate) async fn release_everywhere(&self, state: &AppState) {
         let Some(cluster) = self.cluster(state) else {
             return;
         };
@@ -352,7 +360,7 @@ impl Relay {
 
 /// Another live node that answers for a session: the one that runs it, or the one that
 /// holds its files. Found by [`super::locate`].
-pub struct Owner {
+pub(crate) struct Owner {
     cluster: Arc<Cluster>,
     url: Arc<str>,
 }

@@ -47,7 +47,7 @@ const MAX_LIMIT: usize = 100;
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,
@@ -79,7 +79,7 @@ pub async fn create(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
-pub struct ListParams {
+pub(crate) struct ListParams {
     /// Only sessions with this status.
     #[param(value_type = Option<Status>)]
     status: Option<String>,
@@ -109,7 +109,7 @@ fn refuse_project(project_id: Option<&str>) -> Result<(), ApiError> {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
-pub struct ReleaseAllParams {
+pub(crate) struct ReleaseAllParams {
     /// Refused unless empty: each API key is its own tenant.
     #[param(max_length = 0)]
     project_id: Option<String>,
@@ -117,7 +117,7 @@ pub struct ReleaseAllParams {
 
 impl ListParams {
     /// Validates the query, naming the parameter at fault.
-    pub fn parse(&self) -> Result<ListQuery, ApiError> {
+    pub(crate) fn parse(&self) -> Result<ListQuery, ApiError> {
         refuse_project(self.project_id.as_deref())?;
         let status = match self.status.as_deref() {
             None | Some("") => None,
@@ -164,7 +164,7 @@ impl ListParams {
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,
@@ -189,7 +189,7 @@ pub async fn list(
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn retrieve(
+pub(crate) async fn retrieve(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,
@@ -225,7 +225,7 @@ pub async fn retrieve(
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn release(
+pub(crate) async fn release(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,
@@ -280,7 +280,7 @@ pub async fn release(
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn set_timeout(
+pub(crate) async fn set_timeout(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,
@@ -322,7 +322,7 @@ pub async fn set_timeout(
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn context(
+pub(crate) async fn context(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,
@@ -372,7 +372,7 @@ fn from_browser<T>(
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn live_details(
+pub(crate) async fn live_details(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,
@@ -405,7 +405,7 @@ pub async fn live_details(
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn release_all(
+pub(crate) async fn release_all(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,

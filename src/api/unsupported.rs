@@ -30,7 +30,7 @@ const UNSUPPORTED: [(&str, &str); 15] = [
 ];
 
 /// The routes that answer 501, whatever the method.
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     UNSUPPORTED
         .iter()
         .fold(Router::new(), |router, &(path, feature)| {

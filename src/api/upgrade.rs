@@ -23,17 +23,17 @@ use super::error::ApiError;
 use crate::proxy;
 
 /// A server's end of an upgraded connection.
-pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// An upgrade request that passed the checks: what completes it.
-pub struct Upgrade {
+pub(crate) struct Upgrade {
     key: String,
 }
 
 impl Upgrade {
     /// Checks that `headers` ask for a WebSocket (426 otherwise) of version 13 with a key
     /// (400 otherwise).
-    pub fn check(headers: &HeaderMap) -> Result<Upgrade, ApiError> {
+    pub(crate) fn check(headers: &HeaderMap) -> Result<Upgrade, ApiError> {
         let connection_upgrade = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -64,7 +64,7 @@ impl Upgrade {
 
     /// Answers 101 to `request` (session `id`'s) and, once the client has switched, runs
     /// `serve` on the socket as one of the state's client tasks.
-    pub fn complete<F, Fut>(
+    pub(crate) fn complete<F, Fut>(
         self,
         state: &AppState,
         id: Uuid,
@@ -94,7 +94,7 @@ impl Upgrade {
 }
 
 /// Whether the request asks for a WebSocket (`Upgrade: websocket`).
-pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())

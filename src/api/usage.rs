@@ -26,7 +26,7 @@ const DEFAULT_RANGE: time::Duration = time::Duration::days(30);
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
-pub struct UsageParams {
+pub(crate) struct UsageParams {
     /// Start of the range, RFC 3339 (default: 30 days before `to`); it must be before `to`.
     #[param(value_type = Option<String>, format = DateTime)]
     from: Option<String>,
@@ -83,7 +83,7 @@ enum UsageFormat {
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn usage(
+pub(crate) async fn usage(
     State(state): State<AppState>,
     caller: Caller,
     StrictQuery(params): StrictQuery<UsageParams>,
@@ -180,7 +180,7 @@ fn parse_time(raw: &str, field: &str) -> Result<OffsetDateTime, ApiError> {
 /// The JSON answer.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct UsageReport {
+pub(crate) struct UsageReport {
     #[schema(format = DateTime)]
     from: String,
     #[schema(format = DateTime)]

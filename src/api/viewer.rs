@@ -36,7 +36,7 @@ use crate::viewer::computer::{self, RunError};
     ),
     security(("steel-api-key" = [])),
 )]
-pub async fn computer(
+pub(crate) async fn computer(
     State(state): State<AppState>,
     caller: Caller,
     relay: Relay,

@@ -13,7 +13,7 @@ use crate::vocab::{Dimensions, Status};
 
 /// Base URLs that returned links point at.
 #[derive(Debug, Clone)]
-pub struct PublicUrls {
+pub(crate) struct PublicUrls {
     /// `http(s)://host[:port]`, no trailing slash.
     pub http: String,
     /// The same with `ws(s)://`.
@@ -23,7 +23,7 @@ pub struct PublicUrls {
 }
 
 impl PublicUrls {
-    pub fn new(base: &str) -> PublicUrls {
+    pub(crate) fn new(base: &str) -> PublicUrls {
         let http = base.trim_end_matches('/').to_owned();
         let ws = if let Some(rest) = http.strip_prefix("https://") {
             format!("wss://{rest}")
@@ -38,7 +38,7 @@ impl PublicUrls {
     }
 
     /// The same URLs, with viewer links that carry tokens `viewers` makes.
-    pub fn with_viewers(mut self, viewers: std::sync::Arc<crate::viewer::Viewers>) -> Self {
+    pub(crate) fn with_viewers(mut self, viewers: std::sync::Arc<crate::viewer::Viewers>) -> Self {
         self.viewers = Some(viewers);
         self
     }
@@ -46,7 +46,7 @@ impl PublicUrls {
     /// The live viewer of session `id` (`debugUrl`), with its interactive token (Steel's
     /// viewer is interactive unless its URL says `interactive=false`, which then leads to
     /// the read-only token).
-    pub fn viewer_url(&self, id: Uuid) -> String {
+    pub(crate) fn viewer_url(&self, id: Uuid) -> String {
         match &self.viewers {
             Some(v) => format!(
                 "{}/v1/sessions/{id}/viewer?token={}",
@@ -59,7 +59,7 @@ impl PublicUrls {
 
     /// The viewer next to the session's facts (`sessionViewerUrl`), with its interactive
     /// token, like `debugUrl`.
-    pub fn view_url(&self, id: Uuid) -> String {
+    pub(crate) fn view_url(&self, id: Uuid) -> String {
         match &self.viewers {
             Some(v) => format!(
                 "{}/v1/sessions/{id}/view?token={}",
@@ -71,7 +71,7 @@ impl PublicUrls {
     }
 
     /// The host name of the public URL, without port.
-    pub fn host(&self) -> &str {
+    pub(crate) fn host(&self) -> &str {
         let authority = self
             .http
             .split_once("://")
@@ -86,16 +86,16 @@ impl PublicUrls {
     }
 
     /// The URL clients connect to. It already has a query, so `&apiKey=…` can be appended.
-    pub fn websocket_url(&self, id: Uuid) -> String {
+    pub(crate) fn websocket_url(&self, id: Uuid) -> String {
         format!("{}/?sessionId={id}", self.ws)
     }
 
     /// The CDP endpoint `/json/version` advertises.
-    pub fn browser_endpoint(&self, id: Uuid) -> String {
+    pub(crate) fn browser_endpoint(&self, id: Uuid) -> String {
         format!("{}/devtools/browser/{id}", self.ws)
     }
 
-    pub fn session_url(&self, id: Uuid) -> String {
+    pub(crate) fn session_url(&self, id: Uuid) -> String {
         format!("{}/v1/sessions/{id}", self.http)
     }
 }
@@ -104,7 +104,7 @@ impl PublicUrls {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = Session)]
-pub struct SessionJson {
+pub(crate) struct SessionJson {
     pub id: Uuid,
     /// RFC 3339, UTC, with milliseconds.
     #[schema(format = DateTime)]
@@ -147,7 +147,7 @@ pub struct SessionJson {
 
 impl SessionJson {
     /// The JSON of a session as a client sees it.
-    pub fn new(session: &SessionView, urls: &PublicUrls) -> SessionJson {
+    pub(crate) fn new(session: &SessionView, urls: &PublicUrls) -> SessionJson {
         SessionJson {
             id: session.id,
             created_at: timestamp(session.created_at),
@@ -188,7 +188,7 @@ pub(super) fn timestamp(t: time::OffsetDateTime) -> String {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = SessionList)]
-pub struct SessionListJson {
+pub(crate) struct SessionListJson {
     pub sessions: Vec<SessionJson>,
     /// The `cursorId` of the next page; `null` on the last one.
     #[schema(required = true)]
@@ -198,7 +198,7 @@ pub struct SessionListJson {
 }
 
 impl SessionListJson {
-    pub fn new(page: ListPage, urls: &PublicUrls) -> Self {
+    pub(crate) fn new(page: ListPage, urls: &PublicUrls) -> Self {
         SessionListJson {
             sessions: page
                 .sessions
@@ -216,7 +216,7 @@ impl SessionListJson {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = LiveDetails)]
-pub struct LiveDetailsJson {
+pub(crate) struct LiveDetailsJson {
     pub pages: Vec<LivePageJson>,
     pub session_viewer_url: String,
     pub session_viewer_fullscreen_url: String,
@@ -227,7 +227,7 @@ pub struct LiveDetailsJson {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = LivePage)]
-pub struct LivePageJson {
+pub(crate) struct LivePageJson {
     pub id: String,
     pub url: String,
     pub title: String,
@@ -239,7 +239,11 @@ pub struct LivePageJson {
 
 impl LiveDetailsJson {
     /// The live details of session `id` with `pages`.
-    pub fn new(id: Uuid, pages: Vec<crate::session::view::PageInfo>, urls: &PublicUrls) -> Self {
+    pub(crate) fn new(
+        id: Uuid,
+        pages: Vec<crate::session::view::PageInfo>,
+        urls: &PublicUrls,
+    ) -> Self {
         let (view, viewer) = (urls.view_url(id), urls.viewer_url(id));
         let on_page = |url: &str, page: &str| {
             let separator = if url.contains('?') { '&' } else { '?' };
@@ -267,7 +271,7 @@ impl LiveDetailsJson {
 /// `SessionReleaseResponse` and `SessionReleaseAllResponse`.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Release)]
-pub struct ReleaseJson {
+pub(crate) struct ReleaseJson {
     pub success: bool,
     pub message: String,
 }
@@ -278,7 +282,7 @@ pub struct ReleaseJson {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = File)]
-pub struct FileJson {
+pub(crate) struct FileJson {
     pub path: String,
     pub size: u64,
     #[schema(format = DateTime)]
@@ -286,7 +290,7 @@ pub struct FileJson {
 }
 
 impl FileJson {
-    pub fn new(file: &crate::files::FileInfo) -> FileJson {
+    pub(crate) fn new(file: &crate::files::FileInfo) -> FileJson {
         FileJson {
             path: file.path.display().to_string(),
             size: file.size,
@@ -298,6 +302,6 @@ impl FileJson {
 /// Steel's `Fileslist`.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Fileslist)]
-pub struct FileListJson {
+pub(crate) struct FileListJson {
     pub data: Vec<FileJson>,
 }

@@ -69,7 +69,7 @@ pub const BASE_FLAGS: &[&str] = &[
 
 /// Flags a confined browser gets beyond [`BASE_FLAGS`] (less `--no-sandbox` when Chromium's
 /// own sandbox works): no crash reporter, whose dumps hold the browser's memory.
-pub const CONFINED_FLAGS: &[&str] = &["--disable-crash-reporter"];
+pub(super) const CONFINED_FLAGS: &[&str] = &["--disable-crash-reporter"];
 
 /// `PATH` of a confined browser: system directories only, never the gateway's own.
 const BROWSER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -962,7 +962,7 @@ async fn drain_stderr(
 }
 
 /// A running local Chromium: its process group and its session directory.
-pub struct LocalProcess {
+pub(super) struct LocalProcess {
     pid: i32,
     dirs: SessionDirs,
     exit: watch::Receiver<Option<BrowserExit>>,

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 
 /// Prefix of every per-session directory under `<data-dir>/sessions`, so that the start-up
 /// sweep recognises what a previous run left.
-pub const SESSIONS_SUBDIR: &str = "sessions";
+pub(super) const SESSIONS_SUBDIR: &str = "sessions";
 
 /// The sessions' files (`crate::files`), under the data directory. A confined browser's
 /// downloads directory is one of its entries; the start-up sweep gives back those a killed
 /// predecessor's browsers still own.
-pub const FILES_SUBDIR: &str = "files";
+pub(super) const FILES_SUBDIR: &str = "files";
 
 /// Where sessions' `TMPDIR`s live: `/tmp/ingot-<hash of the data directory>`. Chromium puts
 /// a Unix socket there, and socket paths are limited to 107 bytes, so this must stay short

@@ -17,7 +17,7 @@ const VERSION: u64 = 0;
 /// `Browser.setDownloadBehavior`'s id.
 const DOWNLOADS: u64 = 1;
 /// The first id left for whoever talks to the browser next over the same transport.
-pub const NEXT_ID: u64 = 2;
+pub(super) const NEXT_ID: u64 = 2;
 
 /// A reply to one of the first commands.
 #[derive(serde::Deserialize)]
@@ -28,14 +28,14 @@ struct Reply {
 }
 
 /// The replies a launch still waits for.
-pub struct Startup {
+pub(crate) struct Startup {
     version: Option<Value>,
     downloads_pending: bool,
 }
 
 impl Startup {
     /// The commands to send, in order, and what to expect back.
-    pub fn begin(spec: &LaunchSpec) -> (Vec<Bytes>, Startup) {
+    pub(crate) fn begin(spec: &LaunchSpec) -> (Vec<Bytes>, Startup) {
         let mut commands = vec![Bytes::from_static(
             br#"{"id":0,"method":"Browser.getVersion"}"#,
         )];
@@ -55,7 +55,7 @@ impl Startup {
     /// Takes one message from the browser. Returns `Some` once every reply is in: the
     /// `result` of `Browser.getVersion`, or why the browser is not usable. Other messages
     /// (events, say) are skipped.
-    pub fn take(&mut self, msg: &[u8]) -> Option<Result<Value, StartupError>> {
+    pub(crate) fn take(&mut self, msg: &[u8]) -> Option<Result<Value, StartupError>> {
         if !msg.starts_with(br#"{"id":"#) {
             return None; // an event
         }

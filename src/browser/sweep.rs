@@ -30,7 +30,7 @@ pub struct SweepReport {
 
 /// Kills every process whose command line points into `<data_dir>/sessions/` and removes
 /// every session and scratch directory. Blocking: run it before serving, or in `spawn_blocking`.
-pub fn sweep(data_dir: &Path) -> SweepReport {
+pub(super) fn sweep(data_dir: &Path) -> SweepReport {
     let sessions_dir = data_dir.join(SESSIONS_SUBDIR);
     let marker = format!("--user-data-dir={}/", sessions_dir.display());
     let mut report = SweepReport::default();
@@ -104,7 +104,7 @@ fn reclaim_files(files: &Path) -> usize {
 }
 
 /// Whether any non-zombie process belongs to the process group. Reads `/proc`: blocking.
-pub fn group_has_running_member(pgid: i32) -> bool {
+pub(super) fn group_has_running_member(pgid: i32) -> bool {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()

@@ -18,7 +18,7 @@ use crate::vocab::Dimensions;
 
 /// How much larger than the page the window must be, in CSS pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Frame {
+pub(super) struct Frame {
     pub width: i64,
     pub height: i64,
 }
@@ -33,26 +33,26 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The frame learned from the first launch, shared by all launches.
 #[derive(Debug, Default)]
-pub struct FrameCalibration {
+pub(super) struct FrameCalibration {
     learned: Mutex<Option<Frame>>,
 }
 
 impl FrameCalibration {
     /// The frame to launch with, and whether it still needs to be measured.
-    pub fn frame(&self) -> (Frame, bool) {
+    pub(super) fn frame(&self) -> (Frame, bool) {
         match *self.learned.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(frame) => (frame, false),
             None => (EXPECTED, true),
         }
     }
 
-    pub fn learn(&self, frame: Frame) {
+    pub(super) fn learn(&self, frame: Frame) {
         *self.learned.lock().unwrap_or_else(|p| p.into_inner()) = Some(frame);
     }
 }
 
 /// The window size to launch with for a page of `page` size.
-pub fn window_size(page: Dimensions, frame: Frame) -> (i64, i64) {
+pub(super) fn window_size(page: Dimensions, frame: Frame) -> (i64, i64) {
     (
         i64::from(page.width) + frame.width,
         i64::from(page.height) + frame.height,
@@ -61,7 +61,7 @@ pub fn window_size(page: Dimensions, frame: Frame) -> (i64, i64) {
 
 /// Measures the first page of a browser launched with `frame`, resizes its window if the
 /// page is not `want`, and returns the frame this build really needs.
-pub async fn measure_and_fit(
+pub(super) async fn measure_and_fit(
     transport: &mut CdpTransport,
     want: Dimensions,
     frame: Frame,
@@ -132,7 +132,7 @@ pub async fn measure_and_fit(
 
 /// Why the page could not be measured (the browser is then used as launched).
 #[derive(Debug, thiserror::Error)]
-pub enum MeasureError {
+pub(super) enum MeasureError {
     /// The browser has no page target.
     #[error("the browser has no page")]
     NoPage,

@@ -19,14 +19,14 @@ use super::mux::{CommandError, Forwarded, Mux};
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A private client of one browser.
-pub struct Driver {
+pub(crate) struct Driver {
     link: super::mux::ClientLink,
     next_id: i64,
 }
 
 impl Driver {
     /// Attaches a new private client to `mux`.
-    pub async fn attach(mux: &Arc<Mux>) -> Result<Driver, CommandError> {
+    pub(crate) async fn attach(mux: &Arc<Mux>) -> Result<Driver, CommandError> {
         Ok(Driver {
             link: mux.attach().await?,
             next_id: 1,
@@ -35,7 +35,7 @@ impl Driver {
 
     /// Sends `method` (on page session `session`, else on the browser) and returns the
     /// reply's `result`.
-    pub async fn call(
+    pub(crate) async fn call(
         &mut self,
         method: &'static str,
         params: Value,
@@ -47,7 +47,7 @@ impl Driver {
 
     /// Navigates page session `session` to `url`, answering every request the page makes
     /// meanwhile (`Fetch` must be enabled on it) with `body_base64` instead of the network.
-    pub async fn navigate_fulfilled(
+    pub(crate) async fn navigate_fulfilled(
         &mut self,
         session: &str,
         url: &str,
@@ -75,7 +75,7 @@ impl Driver {
 
     /// Sends `method` without waiting for its reply; returns its id, which the reply that
     /// [`Driver::next_message`] later yields carries. For work that must see every event.
-    pub async fn send_command(
+    pub(crate) async fn send_command(
         &mut self,
         method: &'static str,
         params: Value,
@@ -86,7 +86,7 @@ impl Driver {
 
     /// The next message for this client (a reply or an event), parsed; `None` once the
     /// browser connection is gone.
-    pub async fn next_message(&mut self) -> Option<Value> {
+    pub(crate) async fn next_message(&mut self) -> Option<Value> {
         loop {
             let bytes = self.link.outbound.recv().await?;
             if let Ok(message) = serde_json::from_slice(&bytes) {
@@ -157,7 +157,7 @@ impl Driver {
     }
 
     /// The target id of the browser's first page, as `Target.getTargets` lists them.
-    pub async fn first_page(&mut self) -> Result<String, CommandError> {
+    pub(crate) async fn first_page(&mut self) -> Result<String, CommandError> {
         let targets = self.call("Target.getTargets", json!({}), None).await?;
         targets["targetInfos"]
             .as_array()
@@ -169,7 +169,7 @@ impl Driver {
     }
 
     /// Attaches to page target `target_id`; returns the page session.
-    pub async fn attach_page(&mut self, target_id: &str) -> Result<String, CommandError> {
+    pub(crate) async fn attach_page(&mut self, target_id: &str) -> Result<String, CommandError> {
         let reply = self
             .call(
                 "Target.attachToTarget",
@@ -184,7 +184,7 @@ impl Driver {
     }
 
     /// The value of `expression` evaluated in page session `session`.
-    pub async fn evaluate(
+    pub(crate) async fn evaluate(
         &mut self,
         session: &str,
         expression: &str,

@@ -50,7 +50,7 @@ use crate::sync::lock;
 
 /// The caps on one session's CDP traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// CDP clients at once (`--max-clients-per-session`).
     pub max_clients: usize,
     /// Pages open at once (`--max-pages-per-session`).
@@ -78,7 +78,7 @@ impl Default for Limits {
 
 /// What the guard does with a command whose method is on its list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rule {
+pub(crate) enum Rule {
     /// `*.setDownloadBehavior`: the download directory is the session's.
     Downloads,
     /// Host paths, at `params.files` or (drag data) `params.data.files`.
@@ -99,7 +99,7 @@ pub enum Rule {
 
 /// The rule for `method`, if it has one. A `match` on the name: this is what every other
 /// command costs.
-pub fn rule(method: &str) -> Option<Rule> {
+pub(crate) fn rule(method: &str) -> Option<Rule> {
     Some(match method {
         "Browser.setDownloadBehavior" | "Page.setDownloadBehavior" => Rule::Downloads,
         "DOM.setFileInputFiles" | "PWA.launchFilesInApp" => Rule::Paths { drag: false },
@@ -116,7 +116,7 @@ pub fn rule(method: &str) -> Option<Rule> {
 
 /// The guard's answer about one command.
 #[derive(Debug)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Forward it as it is.
     Pass,
     /// Forward this instead.
@@ -133,7 +133,7 @@ pub enum Verdict {
 pub struct TooManyClients(pub usize);
 
 /// One session's guard.
-pub struct Guard {
+pub(crate) struct Guard {
     /// The session it guards, for logs.
     session_id: Option<uuid::Uuid>,
     limits: Limits,
@@ -169,7 +169,7 @@ struct Downloads {
 
 /// What the multiplexer must send or do after a root-session event.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Nothing.
     None,
     /// Send these commands (without `id`; the multiplexer numbers them).
@@ -180,7 +180,7 @@ pub enum Action {
 
 impl Guard {
     /// A guard with `limits` for a session whose files are in `files`.
-    pub fn new(limits: Limits, files: Option<PathBuf>) -> Guard {
+    pub(crate) fn new(limits: Limits, files: Option<PathBuf>) -> Guard {
         let permits = limits.inflight_bytes.min(Semaphore::MAX_PERMITS);
         Guard {
             session_id: None,
@@ -194,13 +194,13 @@ impl Guard {
     }
 
     /// The same guard, naming session `id` in its logs.
-    pub fn for_session(mut self, id: uuid::Uuid) -> Guard {
+    pub(crate) fn for_session(mut self, id: uuid::Uuid) -> Guard {
         self.session_id = Some(id);
         self
     }
 
     /// Counts one more CDP client in, unless the session has its most.
-    pub fn client_in(&self) -> Result<(), TooManyClients> {
+    pub(crate) fn client_in(&self) -> Result<(), TooManyClients> {
         let max = self.limits.max_clients;
         self.clients
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -211,7 +211,7 @@ impl Guard {
     }
 
     /// Counts a client out again.
-    pub fn client_out(&self) {
+    pub(crate) fn client_out(&self) {
         let _ = self
             .clients
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
@@ -219,7 +219,7 @@ impl Guard {
 
     /// Waits until `len` bytes fit the session's in-flight budget; holding the permit keeps
     /// them counted. A message larger than the budget takes all of it.
-    pub async fn inflight(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+    pub(crate) async fn inflight(&self, len: usize) -> Option<OwnedSemaphorePermit> {
         let want = len.clamp(1, self.limits.inflight_bytes);
         let want = u32::try_from(want).unwrap_or(u32::MAX);
         self.inflight.clone().acquire_many_owned(want).await.ok()
@@ -228,7 +228,7 @@ impl Guard {
     /// Checks a command whose method has `rule`. A command the guard cannot read as JSON is
     /// refused, and one it lets pass is forwarded as the guard read it (re-serialized), so
     /// that the browser never sees a command other than the one checked.
-    pub async fn check(&self, rule: Rule, method: &str, msg: &[u8]) -> Verdict {
+    pub(crate) async fn check(&self, rule: Rule, method: &str, msg: &[u8]) -> Verdict {
         if rule == Rule::Refused {
             return Verdict::Refuse(refused(method));
         }
@@ -280,14 +280,14 @@ impl Guard {
     }
 
     /// A `Target.createTarget` that was admitted has its answer (or its client left).
-    pub fn page_answered(&self) {
+    pub(crate) fn page_answered(&self) {
         let mut pages = lock(&self.pages);
         pages.creating = pages.creating.saturating_sub(1);
     }
 
     /// Handles an event on the gateway's root session: targets (`Target.setDiscoverTargets`)
     /// and downloads (`eventsEnabled`).
-    pub fn root_event(&self, msg: &[u8]) -> Action {
+    pub(crate) fn root_event(&self, msg: &[u8]) -> Action {
         const CREATED: &[u8] = br#"{"method":"Target.targetCreated","#;
         const DESTROYED: &[u8] = br#"{"method":"Target.targetDestroyed","#;
         const BEGIN: &[u8] = br#"{"method":"Browser.downloadWillBegin","#;
@@ -544,7 +544,7 @@ fn nested(method: &str, command: &Value) -> Verdict {
 /// Whether Chromium would read `url` from the file system: `file:`, also behind the schemes
 /// that wrap another URL. Chromium drops tabs and newlines anywhere in a URL, leading and
 /// trailing spaces and controls, and ignores the scheme's case; so does this.
-pub fn is_file_url(url: &str) -> bool {
+pub(crate) fn is_file_url(url: &str) -> bool {
     let mut cleaned: String = url
         .chars()
         .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
@@ -629,7 +629,7 @@ fn resolve_all(dir: &Path, raw: &[Option<String>]) -> Option<Vec<String>> {
 
 /// `name` (absolute, or relative to `dir`) with every symlink and `..` resolved, if it
 /// exists and lies inside `dir` (which must be canonical already). Blocking.
-pub fn resolve_inside(dir: &Path, name: &str) -> Option<PathBuf> {
+pub(crate) fn resolve_inside(dir: &Path, name: &str) -> Option<PathBuf> {
     if name.is_empty() || name.contains('\0') {
         return None;
     }

@@ -17,7 +17,7 @@ const MAX_SESSION_ID: usize = 64;
 
 /// Where a browser message's top-level `sessionId` sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TailSession {
+pub(crate) struct TailSession {
     /// Offset of the `,` that starts `,"sessionId":"…"`.
     pub member_start: usize,
     /// Byte range of the id itself.
@@ -26,7 +26,7 @@ pub struct TailSession {
 }
 
 impl TailSession {
-    pub fn id<'a>(&self, msg: &'a [u8]) -> &'a str {
+    pub(crate) fn id<'a>(&self, msg: &'a [u8]) -> &'a str {
         // The id bytes were checked to be ASCII when the tail was found.
         std::str::from_utf8(&msg[self.id_start..self.id_end]).unwrap_or_default()
     }
@@ -34,7 +34,7 @@ impl TailSession {
 
 /// Finds a top-level `"sessionId"` that ends the message. A string that ends a nested
 /// object would be followed by another `}`; inside a JSON string the quotes would be escaped.
-pub fn tail_session(msg: &[u8]) -> Option<TailSession> {
+pub(crate) fn tail_session(msg: &[u8]) -> Option<TailSession> {
     let n = msg.len();
     if n < SESSION_KEY.len() + 3 || msg[n - 1] != b'}' || msg[n - 2] != b'"' {
         return None;
@@ -63,20 +63,20 @@ pub fn tail_session(msg: &[u8]) -> Option<TailSession> {
 }
 
 /// Removes the tail `sessionId` in place: `{…,"sessionId":"X"}` becomes `{…}`.
-pub fn strip_tail_session(msg: &mut BytesMut, tail: TailSession) {
+pub(crate) fn strip_tail_session(msg: &mut BytesMut, tail: TailSession) {
     msg[tail.member_start] = b'}';
     msg.truncate(tail.member_start + 1);
 }
 
 /// Whether a browser message is an event (has `method`, no `id`). Chromium writes `method`
 /// first in events and `id` first in replies.
-pub fn is_event(msg: &[u8]) -> bool {
+pub(crate) fn is_event(msg: &[u8]) -> bool {
     msg.starts_with(br#"{"method":""#)
 }
 
 /// The `id` of a reply, read from its start: Chromium writes `id` first in replies. `None`
 /// for events and anything else. Costs the same for a 60 MiB reply as for a small one.
-pub fn reply_id(msg: &[u8]) -> Option<u64> {
+pub(crate) fn reply_id(msg: &[u8]) -> Option<u64> {
     let rest = msg.strip_prefix(br#"{"id":"#)?;
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 || digits > 19 || !matches!(rest.get(digits), Some(b',' | b'}')) {
@@ -87,7 +87,7 @@ pub fn reply_id(msg: &[u8]) -> Option<u64> {
 
 /// Target attach or detach events, which tell which client owns a new CDP session.
 #[derive(Debug, PartialEq, Eq)]
-pub enum TargetEvent<'a> {
+pub(crate) enum TargetEvent<'a> {
     Attached(Cow<'a, str>),
     Detached(Cow<'a, str>),
 }
@@ -106,7 +106,7 @@ struct SessionParam<'a> {
 
 /// Recognises `Target.attachedToTarget` and `Target.detachedFromTarget` and returns the
 /// child session they name.
-pub fn target_event(msg: &[u8]) -> Option<TargetEvent<'_>> {
+pub(crate) fn target_event(msg: &[u8]) -> Option<TargetEvent<'_>> {
     const ATTACHED: &[u8] = br#"{"method":"Target.attachedToTarget","#;
     const DETACHED: &[u8] = br#"{"method":"Target.detachedFromTarget","#;
     let attached = msg.starts_with(ATTACHED);
@@ -124,7 +124,7 @@ pub fn target_event(msg: &[u8]) -> Option<TargetEvent<'_>> {
 
 /// The parts of a client's command the gateway acts on.
 #[derive(Debug, Deserialize)]
-pub struct ClientCommand<'a> {
+pub(crate) struct ClientCommand<'a> {
     pub id: Option<i64>,
     #[serde(borrow)]
     pub method: Option<Cow<'a, str>>,
@@ -138,7 +138,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::
 }
 
 /// Parses a client command; `None` when it is not a JSON object.
-pub fn parse_client_command(msg: &[u8]) -> Option<ClientCommand<'_>> {
+pub(crate) fn parse_client_command(msg: &[u8]) -> Option<ClientCommand<'_>> {
     if msg.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return None;
     }
@@ -146,7 +146,7 @@ pub fn parse_client_command(msg: &[u8]) -> Option<ClientCommand<'_>> {
 }
 
 /// Whether a `Target.attachToTarget` command asks for a flat session (`"flatten": true`).
-pub fn asks_flatten(msg: &[u8]) -> bool {
+pub(crate) fn asks_flatten(msg: &[u8]) -> bool {
     #[derive(Deserialize)]
     struct Command {
         params: Option<Params>,
@@ -163,7 +163,7 @@ pub fn asks_flatten(msg: &[u8]) -> bool {
 }
 
 /// Adds `"sessionId":"<id>"` as the first member of a command object.
-pub fn inject_session(msg: &[u8], session_id: &str) -> Bytes {
+pub(crate) fn inject_session(msg: &[u8], session_id: &str) -> Bytes {
     let open = msg.iter().position(|&b| b == b'{').unwrap_or(0);
     let rest = &msg[open + 1..];
     let empty_object = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
@@ -176,7 +176,12 @@ pub fn inject_session(msg: &[u8], session_id: &str) -> Bytes {
 }
 
 /// A CDP error reply, as Chromium would send it.
-pub fn error_reply(id: Option<i64>, code: i64, message: &str, session_id: Option<&str>) -> String {
+pub(crate) fn error_reply(
+    id: Option<i64>,
+    code: i64,
+    message: &str,
+    session_id: Option<&str>,
+) -> String {
     let mut reply = serde_json::json!({ "error": { "code": code, "message": message } });
     if let Some(id) = id {
         reply["id"] = id.into();
@@ -189,7 +194,7 @@ pub fn error_reply(id: Option<i64>, code: i64, message: &str, session_id: Option
 
 /// An empty success reply, on session `session_id` when the command came on one (as
 /// Chromium answers: a client's CDP library matches replies by session).
-pub fn ok_reply(id: i64, session_id: Option<&str>) -> String {
+pub(crate) fn ok_reply(id: i64, session_id: Option<&str>) -> String {
     let mut reply = serde_json::json!({"id": id, "result": {}});
     if let Some(s) = session_id {
         reply["sessionId"] = s.into();

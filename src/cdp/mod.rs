@@ -1,7 +1,7 @@
 //! Chrome DevTools Protocol plumbing: reading messages cheaply and sharing one browser
 //! connection between several clients, within what the guard allows.
 
-pub mod driver;
-pub mod guard;
-pub mod message;
-pub mod mux;
+pub(crate) mod driver;
+pub(crate) mod guard;
+pub(crate) mod message;
+pub(crate) mod mux;

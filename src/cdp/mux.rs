@@ -58,7 +58,7 @@ pub enum CommandError {
 }
 
 /// The routing state of one browser connection.
-pub struct Mux {
+pub(crate) struct Mux {
     to_browser: ToBrowser,
     routes: Mutex<Routes>,
     next_command: AtomicU64,
@@ -109,7 +109,7 @@ struct ClientRoute {
 impl Mux {
     /// Takes over a browser connection and starts routing its messages within `guard`. The
     /// root session starts discovering targets, so that the guard counts pages.
-    pub fn start(transport: CdpTransport, guard: Guard) -> Arc<Mux> {
+    pub(crate) fn start(transport: CdpTransport, guard: Guard) -> Arc<Mux> {
         let mux = Arc::new(Mux {
             to_browser: transport.to_browser,
             routes: Mutex::new(Routes::default()),
@@ -151,23 +151,23 @@ impl Mux {
     }
 
     /// Resolves when the connection to the browser is gone.
-    pub async fn lost(&self) {
+    pub(crate) async fn lost(&self) {
         self.lost.cancelled().await
     }
 
     /// Clients attached now.
     #[cfg(test)]
-    pub fn clients(&self) -> usize {
+    pub(crate) fn clients(&self) -> usize {
         self.lock().clients.len()
     }
 
     /// CDP events delivered to clients so far.
-    pub fn events_delivered(&self) -> u64 {
+    pub(crate) fn events_delivered(&self) -> u64 {
         self.events_delivered.load(Ordering::Relaxed)
     }
 
     /// Sends a command on the gateway's root session and returns its `result`.
-    pub async fn command(
+    pub(crate) async fn command(
         &self,
         method: &'static str,
         params: Value,
@@ -202,7 +202,7 @@ impl Mux {
     /// Attaches a CDP client of the session's (a WebSocket), counted against
     /// `--max-clients-per-session`: refused with [`CommandError::TooManyClients`] when the
     /// session has its most.
-    pub async fn attach_client(self: &Arc<Self>) -> Result<ClientLink, CommandError> {
+    pub(crate) async fn attach_client(self: &Arc<Self>) -> Result<ClientLink, CommandError> {
         self.guard.client_in()?;
         match self.attach().await {
             Ok(mut link) => {
@@ -220,7 +220,7 @@ impl Mux {
     /// taken when there is one, so the client waits for no round trip to the browser; a
     /// new spare is attached in the background once the client's first message is on its
     /// way (or the client has left), so that the browser answers that message first.
-    pub async fn attach(self: &Arc<Self>) -> Result<ClientLink, CommandError> {
+    pub(crate) async fn attach(self: &Arc<Self>) -> Result<ClientLink, CommandError> {
         let spare = {
             let mut routes = self.lock();
             if routes.closing {
@@ -330,7 +330,7 @@ impl Mux {
     }
 
     /// Tells every client to go, for `why`, and refuses new clients from now on.
-    pub fn close_all(&self, why: Disconnect) {
+    pub(crate) fn close_all(&self, why: Disconnect) {
         let mut routes = self.lock();
         routes.closing = true;
         for client in routes.clients.values() {
@@ -559,7 +559,7 @@ fn deliver_to_gateway(mux: &Mux, msg: BytesMut) {
 
 /// What became of a client's message.
 #[derive(Debug)]
-pub enum Forwarded {
+pub(crate) enum Forwarded {
     /// On its way to the browser.
     Sent,
     /// Not forwarded; send this reply to the client instead.
@@ -572,7 +572,7 @@ pub enum Forwarded {
 }
 
 /// One client's attachment to a browser. Dropping it detaches the client.
-pub struct ClientLink {
+pub(crate) struct ClientLink {
     mux: Arc<Mux>,
     id: u64,
     browser_session: Box<str>,
@@ -588,7 +588,7 @@ pub struct ClientLink {
 
 impl ClientLink {
     /// Routes one client message toward the browser.
-    pub async fn forward(&self, msg: Bytes) -> Forwarded {
+    pub(crate) async fn forward(&self, msg: Bytes) -> Forwarded {
         let Some(command) = message::parse_client_command(&msg) else {
             return Forwarded::Reply(message::error_reply(
                 None,

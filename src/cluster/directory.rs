@@ -30,7 +30,7 @@ fn db(e: impl std::fmt::Display) -> MeterError {
 
 /// A node with a live lease, as it last described itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeRow {
+pub(crate) struct NodeRow {
     /// Its `--node-id`.
     pub node: String,
     /// How peers reach it.
@@ -44,7 +44,7 @@ pub struct NodeRow {
 /// What a node's view of the cluster ([`super::Cluster`]) asks of the directory the nodes
 /// share, as node `node` (the one that holds it) sees it. The lease itself (renew, judge
 /// dead nodes) is [`super::lease::Membership`].
-pub trait NodeDirectory: Send + Sync {
+pub(crate) trait NodeDirectory: Send + Sync {
     /// The secret nodes present to each other (made once, by the first node to ask).
     fn cluster_secret(&self) -> BoxFuture<'_, Result<String, MeterError>>;
     /// Records how peers reach this node, once it is known (after the listener is bound).
@@ -81,7 +81,7 @@ pub trait NodeDirectory: Send + Sync {
 
 /// What a node tells the others about itself when it joins.
 #[derive(Debug, Clone)]
-pub struct Member {
+pub(crate) struct Member {
     /// This machine's name.
     pub host: String,
     /// This node's data directory: with the host, it tells a restart of this node (whose
@@ -95,7 +95,7 @@ pub struct Member {
 }
 
 /// The directory of the cluster whose database `ledger` reaches, as node `node` sees it.
-pub struct PgDirectory {
+pub(crate) struct PgDirectory {
     ledger: Arc<PgLedger>,
     node: String,
 }
@@ -125,12 +125,12 @@ impl PgDirectory {
     }
 
     /// The directory for node `node` on the database behind `ledger`.
-    pub fn new(ledger: Arc<PgLedger>, node: String) -> PgDirectory {
+    pub(crate) fn new(ledger: Arc<PgLedger>, node: String) -> PgDirectory {
         PgDirectory { ledger, node }
     }
 
     /// Joins the cluster: takes this node's lease, unless another live node holds its id.
-    pub async fn join(&self, me: &Member) -> Result<(), MeterError> {
+    pub(crate) async fn join(&self, me: &Member) -> Result<(), MeterError> {
         self.ledger.call(DbCall::Lease, async move {
         let mut client = self.ledger.lease_client().await?;
         let tx = client.transaction().await.map_err(db)?;
@@ -167,7 +167,7 @@ impl PgDirectory {
     }
 
     /// Extends this node's lease by `lease_ms` from now.
-    pub async fn renew(&self, lease_ms: i64) -> Result<(), MeterError> {
+    pub(crate) async fn renew(&self, lease_ms: i64) -> Result<(), MeterError> {
         let sql = format!("UPDATE ingot_nodes SET lease_until_ms = {NOW_MS} + $2 WHERE node = $1");
         self.update(DbCall::Lease, &sql, &[&self.node, &lease_ms])
             .await
@@ -179,7 +179,7 @@ impl PgDirectory {
     /// the others skip). The dead nodes' rows are locked first, so that a renewal racing
     /// with this either lands before (and its node is spared) or waits until the failure is
     /// committed (and its node sees it). Returns how many sessions it ended.
-    pub async fn fail_dead_nodes(
+    pub(crate) async fn fail_dead_nodes(
         &self,
         reason: RecordReason,
         margin: Duration,
@@ -226,7 +226,7 @@ impl PgDirectory {
 
     /// Of `records` (this node's live ones), those the cluster has already ended: another
     /// node declared this node dead while it was silent (stopped, or cut off).
-    pub async fn ended_elsewhere(&self, records: &[i64]) -> Result<Vec<i64>, MeterError> {
+    pub(crate) async fn ended_elsewhere(&self, records: &[i64]) -> Result<Vec<i64>, MeterError> {
         self.ledger
             .call(DbCall::Membership, async move {
                 if records.is_empty() {
@@ -249,7 +249,7 @@ impl PgDirectory {
 
     /// The secret nodes present to each other: made once, by the first node, and kept in the
     /// database, so that only nodes that can read the database know it.
-    pub async fn cluster_secret(&self) -> Result<String, MeterError> {
+    pub(crate) async fn cluster_secret(&self) -> Result<String, MeterError> {
         self.ledger
             .call(DbCall::Membership, async move {
                 let client = self.client().await?;
@@ -271,7 +271,7 @@ impl PgDirectory {
     }
 
     /// Records how peers reach this node, once it is known (after the listener is bound).
-    pub async fn advertise(&self, url: &str) -> Result<(), MeterError> {
+    pub(crate) async fn advertise(&self, url: &str) -> Result<(), MeterError> {
         let sql = "UPDATE ingot_nodes SET advertise_url = $2 WHERE node = $1";
         self.update(DbCall::Membership, sql, &[&self.node, &url])
             .await
@@ -279,14 +279,14 @@ impl PgDirectory {
 
     /// Tells the other nodes how many sessions this node could start now, and whether it
     /// takes any.
-    pub async fn publish(&self, free_slots: i64, ready: bool) -> Result<(), MeterError> {
+    pub(crate) async fn publish(&self, free_slots: i64, ready: bool) -> Result<(), MeterError> {
         let sql = "UPDATE ingot_nodes SET free_slots = $2, ready = $3 WHERE node = $1";
         self.update(DbCall::Membership, sql, &[&self.node, &free_slots, &ready])
             .await
     }
 
     /// Every node whose lease is live, this one included.
-    pub async fn live_nodes(&self) -> Result<Vec<NodeRow>, MeterError> {
+    pub(crate) async fn live_nodes(&self) -> Result<Vec<NodeRow>, MeterError> {
         self.ledger
             .call(DbCall::Membership, async move {
                 let sql = format!(
@@ -315,7 +315,7 @@ impl PgDirectory {
 
     /// The node that runs live session `id` of `tenant` (any tenant's when `None`) and how
     /// to reach it, when that is another node with a live lease.
-    pub async fn owner_of(
+    pub(crate) async fn owner_of(
         &self,
         id: Uuid,
         tenant: Option<&str>,
@@ -325,7 +325,7 @@ impl PgDirectory {
 
     /// The live node, other than this one, that ran session `id` of `tenant` (any tenant's
     /// when `None`), live or ended: where its files are.
-    pub async fn holder_of(
+    pub(crate) async fn holder_of(
         &self,
         id: Uuid,
         tenant: Option<&str>,
@@ -368,7 +368,7 @@ impl PgDirectory {
 
     /// Up to `limit` live sessions of `tenant` (any tenant's when `None`) on any node, with
     /// their nodes.
-    pub async fn live_sessions(
+    pub(crate) async fn live_sessions(
         &self,
         tenant: Option<&str>,
         limit: i64,
@@ -396,7 +396,7 @@ impl PgDirectory {
     }
 
     /// Leaves the cluster (after every session of this node ended): the lease ends now.
-    pub async fn leave(&self) -> Result<(), MeterError> {
+    pub(crate) async fn leave(&self) -> Result<(), MeterError> {
         let sql = "UPDATE ingot_nodes SET lease_until_ms = 0 WHERE node = $1";
         self.update(DbCall::Lease, sql, &[&self.node]).await
     }

@@ -24,23 +24,23 @@ use super::Cluster;
 use crate::vocab::Disconnect;
 
 /// Carries the cluster's secret: the request comes from another node.
-pub const SECRET_HEADER: &str = "x-ingot-cluster-secret";
+pub(crate) const SECRET_HEADER: &str = "x-ingot-cluster-secret";
 /// The public URL of the node the client talks to, for links in the answer.
-pub const VIA_HEADER: &str = "x-ingot-via";
+pub(crate) const VIA_HEADER: &str = "x-ingot-via";
 /// Every header that only nodes may send starts with this.
-pub const INTERNAL_PREFIX: &str = "x-ingot-";
+pub(crate) const INTERNAL_PREFIX: &str = "x-ingot-";
 /// On the answer to a relayed request: the typed code of the answering node's refusal
 /// (`api::relay::PeerRefusal`).
-pub const REFUSAL_HEADER: &str = "x-ingot-refusal";
+pub(crate) const REFUSAL_HEADER: &str = "x-ingot-refusal";
 /// On the answer to a relayed create: the id of the session it made.
-pub const SESSION_HEADER: &str = "x-ingot-session-id";
+pub(crate) const SESSION_HEADER: &str = "x-ingot-session-id";
 
 /// Longest wait for a TCP connection to another node: a node cut off answers 502
 /// `node_unreachable` within it.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_500);
 /// Longest wait for another node's answer to anything but a create (a release waits up to
 /// 10 s for its browser to be reaped).
-pub const QUICK_ANSWER: Duration = Duration::from_secs(15);
+pub(crate) const QUICK_ANSWER: Duration = Duration::from_secs(15);
 /// Idle time before TCP keepalive probes on connections to other nodes, and between them.
 const KEEPALIVE: Duration = Duration::from_secs(1);
 /// How long data sent to another node, or keepalive probes, may go unacknowledged before
@@ -68,7 +68,7 @@ const HOP_BY_HOP: [&str; 8] = [
 /// The other node could not be asked, or did not answer.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot reach the node at {url}: {why}")]
-pub struct Unreachable {
+pub(crate) struct Unreachable {
     /// The node's advertise URL.
     pub url: String,
     /// What went wrong.
@@ -90,11 +90,11 @@ impl Unreachable {
 /// The internal (`x-ingot-*`) headers of another node's answer, taken off it so that they
 /// never reach a client, and kept as an extension of the answer for the relaying code.
 #[derive(Debug, Clone, Default)]
-pub struct Internal(pub HeaderMap);
+pub(crate) struct Internal(pub HeaderMap);
 
 /// What is passed on: the client's request line and headers.
 #[derive(Debug, Clone)]
-pub struct Outgoing {
+pub(crate) struct Outgoing {
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
@@ -104,7 +104,7 @@ impl Cluster {
     /// Sends `out` with `body` (streamed) to the node at `base` and returns its answer,
     /// streamed, waiting at most `within` for its head. `via` is the public URL the client used, for links
     /// in the answer.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         base: &str,
         out: &Outgoing,
@@ -125,7 +125,7 @@ impl Cluster {
     }
 
     /// The id of the node that answers `/healthz` at `base`.
-    pub async fn whoami(&self, base: &str) -> Result<String, Unreachable> {
+    pub(crate) async fn whoami(&self, base: &str) -> Result<String, Unreachable> {
         let unreachable = |why: String| Unreachable::new(base, why, true);
         let authority = url::Url::parse(base)
             .map_err(|e| unreachable(e.to_string()))?
@@ -158,7 +158,7 @@ impl Cluster {
     /// client gets its 101 and the two sockets are joined (on `tasks`) until either closes,
     /// that node leaves the cluster, or this node stops; otherwise the client gets that
     /// node's answer.
-    pub async fn upgrade(
+    pub(crate) async fn upgrade(
         &self,
         base: &str,
         mut request: Request<Body>,

@@ -36,7 +36,7 @@ use crate::sync::lock;
 use crate::telemetry;
 
 /// What the lease protocol asks of the shared database.
-pub trait Membership: Send + Sync {
+pub(crate) trait Membership: Send + Sync {
     /// Extends this node's lease by a whole lease from now (within one slot).
     fn renew(&self) -> BoxFuture<'_, Result<(), MeterError>>;
     /// Of `records` (this node's live sessions), those the cluster has already ended.
@@ -47,7 +47,7 @@ pub trait Membership: Send + Sync {
 }
 
 /// [`Membership`] in the shared PostgreSQL database.
-pub struct PgMembership {
+pub(crate) struct PgMembership {
     /// The cluster's directory.
     pub directory: Arc<PgDirectory>,
     /// How long this node's lease lasts.
@@ -73,7 +73,7 @@ impl Membership for PgMembership {
 }
 
 /// What the lease protocol does to this node's sessions.
-pub trait NodeSessions: Send + Sync {
+pub(crate) trait NodeSessions: Send + Sync {
     /// The usage records of the sessions live here.
     fn live_records(&self) -> Vec<i64>;
     /// Freezes (`true`) or thaws every live session's browser.
@@ -88,7 +88,7 @@ pub trait NodeSessions: Send + Sync {
 /// when a renewal is overdue, `Fenced → Serving` after a renewal; nothing else. Besides the
 /// state it keeps the deadline the last renewal gives: past it nothing is relayed even
 /// before the lease task has run (a node whose whole process was stopped wakes up late).
-pub struct Fence {
+pub(crate) struct Fence {
     state: Mutex<FenceState>,
     /// What a proxy asks for every message, without a lock: whether the state is
     /// `Serving`, the last renewal's deadline in nanoseconds since `base` (`u64::MAX`: none,
@@ -105,7 +105,7 @@ pub struct Fence {
 
 /// The fence's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FenceState {
+pub(crate) enum FenceState {
     /// Renewals are on time: serve.
     Serving,
     /// A renewal is overdue since `since`: browsers frozen, nothing relayed, no new
@@ -128,12 +128,12 @@ pub enum Unavailable {
 
 impl Fence {
     /// A fence that never closes: a single node, which has no lease.
-    pub fn open_forever() -> Fence {
+    pub(crate) fn open_forever() -> Fence {
         Fence::with(None)
     }
 
     /// A fence for a node whose lease lasts `lease` and that started taking it at `joined`.
-    pub fn for_lease(times: LeaseTimes, joined: Instant) -> Fence {
+    pub(crate) fn for_lease(times: LeaseTimes, joined: Instant) -> Fence {
         Fence::with(Some(joined + times.lease - times.margin))
     }
 
@@ -154,14 +154,14 @@ impl Fence {
     }
 
     /// The state now.
-    pub fn state(&self) -> FenceState {
+    pub(crate) fn state(&self) -> FenceState {
         *lock(&self.state)
     }
 
     /// Whether this node may relay its sessions' traffic now: not fenced, and the last
     /// renewal's deadline not passed. Asked for every message: two atomic loads and a read
     /// of the monotonic clock.
-    pub fn may_serve(&self) -> bool {
+    pub(crate) fn may_serve(&self) -> bool {
         if !self.serving.load(Ordering::Acquire) {
             return false;
         }
@@ -171,7 +171,7 @@ impl Fence {
 
     /// Whether this node may take a new connection or session now: it serves, and its
     /// latest renewal succeeded (a node that cannot reach the database starts nothing).
-    pub fn admits(&self) -> Result<(), Unavailable> {
+    pub(crate) fn admits(&self) -> Result<(), Unavailable> {
         if !self.may_serve() {
             return Err(Unavailable::Fenced);
         }
@@ -182,7 +182,7 @@ impl Fence {
     }
 
     /// Ticks while fenced; proxies that stopped relaying wait on it.
-    pub fn paused(&self) -> watch::Receiver<bool> {
+    pub(crate) fn paused(&self) -> watch::Receiver<bool> {
         self.paused.subscribe()
     }
 
@@ -262,7 +262,7 @@ fn nanos(d: Duration) -> u64 {
 
 /// The lease's timing.
 #[derive(Debug, Clone, Copy)]
-pub struct LeaseTimes {
+pub(crate) struct LeaseTimes {
     /// How long a lease lasts without renewal.
     pub lease: Duration,
     /// How often a renewal starts, and how long one may take.
@@ -274,7 +274,7 @@ pub struct LeaseTimes {
 
 impl LeaseTimes {
     /// The times for a lease of `lease`.
-    pub fn new(lease: Duration) -> LeaseTimes {
+    pub(crate) fn new(lease: Duration) -> LeaseTimes {
         LeaseTimes {
             lease,
             slot: renewal_slot(lease),
@@ -286,7 +286,7 @@ impl LeaseTimes {
 /// Keeps this node's lease until `stop`: renews it every slot, fences the node when a
 /// renewal is overdue, heals it after the next renewal, and fails dead nodes' sessions.
 /// `joined` is when the join that took the lease started.
-pub async fn keep(
+pub(crate) async fn keep(
     membership: &dyn Membership,
     node: &dyn NodeSessions,
     fence: &Fence,

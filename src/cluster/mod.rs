@@ -8,9 +8,9 @@
 //! sessions' states or Steel's JSON: the node that owns a session answers for it, and
 //! forwarded bytes pass through unread.
 
-pub mod directory;
-pub mod forward;
-pub mod lease;
+pub(crate) mod directory;
+pub(crate) mod forward;
+pub(crate) mod lease;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,7 +29,7 @@ use directory::{NodeDirectory, NodeRow};
 const MAX_OWNERS: usize = 10_000;
 
 /// This node's membership of a cluster.
-pub struct Cluster {
+pub(crate) struct Cluster {
     directory: Arc<dyn NodeDirectory>,
     node: String,
     secret: String,
@@ -49,7 +49,7 @@ pub struct Cluster {
 impl Cluster {
     /// Membership for node `node`, which has joined the cluster behind `directory`. A create
     /// passed to another node is answered within `create_timeout` (its queue and a launch).
-    pub async fn new(
+    pub(crate) async fn new(
         directory: Arc<dyn NodeDirectory>,
         node: String,
         create_timeout: Duration,
@@ -65,7 +65,7 @@ impl Cluster {
 
     /// Membership for node `node` of the cluster behind `directory`, whose secret is
     /// `secret`.
-    pub fn with_secret(
+    pub(crate) fn with_secret(
         directory: Arc<dyn NodeDirectory>,
         node: String,
         secret: String,
@@ -84,12 +84,12 @@ impl Cluster {
     }
 
     /// Longest wait for another node's answer to a create.
-    pub fn create_timeout(&self) -> Duration {
+    pub(crate) fn create_timeout(&self) -> Duration {
         self.create_timeout
     }
 
     /// A token cancelled when the node at `url` leaves the cluster.
-    pub fn departure(&self, url: &str) -> CancellationToken {
+    pub(crate) fn departure(&self, url: &str) -> CancellationToken {
         lock(&self.departures)
             .entry(url.to_owned())
             .or_default()
@@ -97,39 +97,39 @@ impl Cluster {
     }
 
     /// This node's id.
-    pub fn node(&self) -> &str {
+    pub(crate) fn node(&self) -> &str {
         &self.node
     }
 
     /// The secret this node presents to the others.
-    pub fn secret(&self) -> &str {
+    pub(crate) fn secret(&self) -> &str {
         &self.secret
     }
 
     /// Whether `presented` is the cluster's secret (compared in constant time).
-    pub fn secret_matches(&self, presented: &[u8]) -> bool {
+    pub(crate) fn secret_matches(&self, presented: &[u8]) -> bool {
         bool::from(self.secret.as_bytes().ct_eq(presented))
     }
 
     /// A token cancelled when this node stops.
-    pub fn stopping(&self) -> CancellationToken {
+    pub(crate) fn stopping(&self) -> CancellationToken {
         self.stop.clone()
     }
 
     /// Closes every forwarded WebSocket: this node is stopping.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.stop.cancel();
     }
 
     /// The advertise URL of the ready node with the most free slots, other than this one,
     /// if any has a free slot. Its count is lowered here at once, so that creates arriving
     /// before the next refresh spread out.
-    pub fn place(&self) -> Option<String> {
+    pub(crate) fn place(&self) -> Option<String> {
         choose(&mut lock(&self.peers))
     }
 
     /// Notes that the node at `url` has no room after all (until it says otherwise).
-    pub fn full(&self, url: &str) {
+    pub(crate) fn full(&self, url: &str) {
         for peer in lock(&self.peers).iter_mut() {
             if peer.advertise_url.as_deref() == Some(url) {
                 peer.free_slots = 0;
@@ -138,7 +138,7 @@ impl Cluster {
     }
 
     /// The advertise URLs of every other live node.
-    pub fn peer_urls(&self) -> Vec<String> {
+    pub(crate) fn peer_urls(&self) -> Vec<String> {
         lock(&self.peers)
             .iter()
             .filter_map(|p| p.advertise_url.clone())
@@ -148,7 +148,7 @@ impl Cluster {
     /// The advertise URL of the node that runs live session `id` of `tenant` (any tenant's
     /// when `None`), when it is another live node; from the cache, else from the database.
     /// A cached node that is no longer live is asked about again.
-    pub async fn owner_of(
+    pub(crate) async fn owner_of(
         &self,
         id: Uuid,
         tenant: Option<&str>,
@@ -172,7 +172,7 @@ impl Cluster {
 
     /// The advertise URL of the node that ran session `id` of `tenant` (live or ended),
     /// when it is another live node: where the session's files are.
-    pub async fn holder_of(
+    pub(crate) async fn holder_of(
         &self,
         id: Uuid,
         tenant: Option<&str>,
@@ -189,7 +189,7 @@ impl Cluster {
 
     /// The only live session of `tenant` (any tenant's when `None`) in the cluster, if
     /// it has exactly one and another node runs it.
-    pub async fn sole_live_session(
+    pub(crate) async fn sole_live_session(
         &self,
         tenant: Option<&str>,
     ) -> Result<Option<Uuid>, MeterError> {
@@ -210,7 +210,7 @@ impl Cluster {
     }
 
     /// Remembers that session `id` runs on the node at `url` (this node placed it there).
-    pub fn remember(&self, id: Uuid, url: &str) {
+    pub(crate) fn remember(&self, id: Uuid, url: &str) {
         let mut owners = lock(&self.owners);
         if owners.len() >= MAX_OWNERS {
             owners.clear();
@@ -219,23 +219,23 @@ impl Cluster {
     }
 
     /// Forgets where session `id` lives: it ended, or its node could not be reached.
-    pub fn forget(&self, id: Uuid) {
+    pub(crate) fn forget(&self, id: Uuid) {
         lock(&self.owners).remove(&id);
     }
 
     /// Records how the other nodes reach this one.
-    pub async fn advertise(&self, url: &str) -> Result<(), MeterError> {
+    pub(crate) async fn advertise(&self, url: &str) -> Result<(), MeterError> {
         self.directory.advertise(url).await
     }
 
     /// Leaves the cluster: this node's lease ends now (every session here has ended).
-    pub async fn leave(&self) -> Result<(), MeterError> {
+    pub(crate) async fn leave(&self) -> Result<(), MeterError> {
         self.directory.leave().await
     }
 
     /// Tells the others what this node can take (`free_slots`, `ready`), then reads which
     /// nodes are live and what they can take.
-    pub async fn refresh(&self, free_slots: usize, ready: bool) -> Result<(), MeterError> {
+    pub(crate) async fn refresh(&self, free_slots: usize, ready: bool) -> Result<(), MeterError> {
         self.directory
             .publish(i64::try_from(free_slots).unwrap_or(i64::MAX), ready)
             .await?;

@@ -15,7 +15,10 @@ use super::{FileError, FileInfo, FileStore, PARTIAL_DIR};
 impl FileStore {
     /// A zip archive of `files` (from [`FileStore::list`]), ready to be read from its start,
     /// with its length.
-    pub async fn archive(&self, files: Vec<FileInfo>) -> Result<(tokio::fs::File, u64), FileError> {
+    pub(crate) async fn archive(
+        &self,
+        files: Vec<FileInfo>,
+    ) -> Result<(tokio::fs::File, u64), FileError> {
         let partial = self.root.join(PARTIAL_DIR);
         let (file, len) = tokio::task::spawn_blocking(move || write(&partial, &files))
             .await

@@ -10,8 +10,8 @@
 //! states: callers decide who may touch which session's files, and say when a session ends
 //! ([`FileStore::session_ended`]).
 
-pub mod archive;
-pub mod name;
+pub(crate) mod archive;
+pub(crate) mod name;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,10 +21,10 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-pub use name::FileName;
+pub(crate) use name::FileName;
 
 /// Free space an upload must leave on the disk, so that browsers can still start.
-pub const MIN_FREE_AFTER_UPLOAD: u64 = 64 << 20;
+pub(crate) const MIN_FREE_AFTER_UPLOAD: u64 = 64 << 20;
 /// Where uploads are written until they are whole.
 const PARTIAL_DIR: &str = ".partial";
 /// Suffix of the marker whose modification time says when a session ended.
@@ -33,15 +33,15 @@ const ENDED_SUFFIX: &str = ".ended";
 const MAX_FILES: usize = 10_000;
 
 /// What one session's files may take on disk, unless configured otherwise: 1 GiB.
-pub const DEFAULT_SESSION_BYTES: u64 = 1 << 30;
+pub(crate) const DEFAULT_SESSION_BYTES: u64 = 1 << 30;
 /// How many entries (files and directories) one session's files may hold, unless
 /// configured otherwise.
-pub const DEFAULT_SESSION_ENTRIES: u64 = 1000;
+pub(crate) const DEFAULT_SESSION_ENTRIES: u64 = 1000;
 
 /// What one session's files may take: bytes and entries (files and directories), counting
 /// everything in its directory, the page's downloads included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionCaps {
+pub(crate) struct SessionCaps {
     /// Most bytes (`--max-session-files-bytes`).
     pub bytes: u64,
     /// Most entries (`--max-session-files`).
@@ -114,7 +114,7 @@ impl From<std::io::Error> for FileError {
 
 /// A file as clients see it.
 #[derive(Debug, Clone)]
-pub struct FileInfo {
+pub(crate) struct FileInfo {
     /// Its name inside the session's files.
     pub name: FileName,
     /// Its absolute path on the machine that runs the browser (what `DOM.setFileInputFiles`
@@ -128,7 +128,7 @@ pub struct FileInfo {
 
 /// Every session's files on this node.
 #[derive(Debug)]
-pub struct FileStore {
+pub(crate) struct FileStore {
     root: PathBuf,
     retention: Duration,
     max_file: u64,
@@ -141,7 +141,11 @@ pub struct FileStore {
 impl FileStore {
     /// A store under `root` (`<data_dir>/files`) that keeps an ended session's files for
     /// `retention` and takes uploads up to `max_file` bytes. Creates `root`.
-    pub fn new(root: PathBuf, retention: Duration, max_file: u64) -> std::io::Result<FileStore> {
+    pub(crate) fn new(
+        root: PathBuf,
+        retention: Duration,
+        max_file: u64,
+    ) -> std::io::Result<FileStore> {
         std::fs::create_dir_all(root.join(PARTIAL_DIR))?;
         Ok(FileStore {
             root,
@@ -153,26 +157,26 @@ impl FileStore {
     }
 
     /// The same store with `caps` on each session's files.
-    pub fn with_caps(mut self, caps: SessionCaps) -> FileStore {
+    pub(crate) fn with_caps(mut self, caps: SessionCaps) -> FileStore {
         self.caps = caps;
         self
     }
 
     /// How often expired files are looked for: often enough that files outlive their
     /// retention by at most a quarter of it (and at most 30 s).
-    pub fn sweep_every(&self) -> Duration {
+    pub(crate) fn sweep_every(&self) -> Duration {
         (self.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
     }
 
     /// Session `id`'s directory (which may not exist).
-    pub fn dir(&self, id: Uuid) -> PathBuf {
+    pub(crate) fn dir(&self, id: Uuid) -> PathBuf {
         self.root.join(id.to_string())
     }
 
     /// Creates session `id`'s directory, where its browser saves downloads, empty: whatever
     /// a directory of that name held (a start that failed under the same id, or anything
     /// else) is removed first, so a new session never sees another's files. Returns it.
-    pub async fn prepare(&self, id: Uuid) -> Result<PathBuf, FileError> {
+    pub(crate) async fn prepare(&self, id: Uuid) -> Result<PathBuf, FileError> {
         let dir = self.dir(id);
         let marker = self.ended_marker(id);
         let created = dir.clone();
@@ -194,18 +198,18 @@ impl FileStore {
     }
 
     /// Checks a name a client gave for session `id`.
-    pub fn name(&self, id: Uuid, raw: &str) -> Result<FileName, FileError> {
+    pub(crate) fn name(&self, id: Uuid, raw: &str) -> Result<FileName, FileError> {
         FileName::parse(raw, &self.dir(id))
     }
 
     /// Checks a name a client gave for a new file of session `id`: as [`FileStore::name`],
     /// and at most [`name::MAX_DEPTH`] directories deep.
-    pub fn new_name(&self, id: Uuid, raw: &str) -> Result<FileName, FileError> {
+    pub(crate) fn new_name(&self, id: Uuid, raw: &str) -> Result<FileName, FileError> {
         FileName::parse_new(raw, &self.dir(id))
     }
 
     /// Session `id`'s files, newest first (none when it has no directory).
-    pub async fn list(&self, id: Uuid) -> Result<Vec<FileInfo>, FileError> {
+    pub(crate) async fn list(&self, id: Uuid) -> Result<Vec<FileInfo>, FileError> {
         let dir = self.dir(id);
         let mut files = tokio::task::spawn_blocking(move || walk(&dir))
             .await
@@ -219,7 +223,7 @@ impl FileStore {
     }
 
     /// Opens file `name` of session `id` for reading.
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         id: Uuid,
         name: &FileName,
@@ -245,7 +249,7 @@ impl FileStore {
     }
 
     /// Deletes file `name` of session `id`.
-    pub async fn delete(&self, id: Uuid, name: &FileName) -> Result<(), FileError> {
+    pub(crate) async fn delete(&self, id: Uuid, name: &FileName) -> Result<(), FileError> {
         let path = name.under(&self.dir(id));
         match tokio::fs::symlink_metadata(&path).await {
             Ok(meta) if meta.is_file() || meta.is_symlink() => {
@@ -257,7 +261,7 @@ impl FileStore {
     }
 
     /// Deletes every file of session `id` (the directory stays, for later downloads).
-    pub async fn delete_all(&self, id: Uuid) -> Result<(), FileError> {
+    pub(crate) async fn delete_all(&self, id: Uuid) -> Result<(), FileError> {
         let dir = self.dir(id);
         tokio::task::spawn_blocking(move || empty_dir(&dir))
             .await
@@ -268,7 +272,7 @@ impl FileStore {
     /// Starts an upload to session `id`: the bytes go to a file of their own until
     /// [`Upload::finish`] moves it into place. An upload dropped unfinished leaves nothing.
     /// Refused at once when the session's files are already at a cap.
-    pub async fn begin_upload(&self, id: Uuid) -> Result<Upload, FileError> {
+    pub(crate) async fn begin_upload(&self, id: Uuid) -> Result<Upload, FileError> {
         let room = free_bytes(&self.root)
             .await?
             .saturating_sub(MIN_FREE_AFTER_UPLOAD);
@@ -303,7 +307,7 @@ impl FileStore {
     }
 
     /// Says that session `id` ended: its files are deleted once the retention is over.
-    pub async fn session_ended(&self, id: Uuid) {
+    pub(crate) async fn session_ended(&self, id: Uuid) {
         if tokio::fs::metadata(self.dir(id)).await.is_err() {
             return;
         }
@@ -319,7 +323,7 @@ impl FileStore {
     /// Deletes the files of sessions that ended more than the retention ago. A directory of
     /// a session that `running` does not know (its node stopped while it ran) counts as
     /// ended now. Returns the bytes the remaining files take.
-    pub async fn sweep(&self, running: impl Fn(Uuid) -> bool + Send + 'static) -> u64 {
+    pub(crate) async fn sweep(&self, running: impl Fn(Uuid) -> bool + Send + 'static) -> u64 {
         let root = self.root.clone();
         let retention = self.retention;
         tokio::task::spawn_blocking(move || sweep_root(&root, retention, running))
@@ -331,7 +335,7 @@ impl FileStore {
     }
 
     /// Removes uploads a stopped predecessor left unfinished.
-    pub async fn clear_partial(&self) {
+    pub(crate) async fn clear_partial(&self) {
         let partial = self.root.join(PARTIAL_DIR);
         if let Err(e) = tokio::task::spawn_blocking(move || empty_dir(&partial)).await {
             warn!(error = %e, "cannot clear unfinished uploads");
@@ -360,7 +364,7 @@ impl SessionCaps {
 
 /// An upload being written.
 #[derive(Debug)]
-pub struct Upload {
+pub(crate) struct Upload {
     file: Option<tokio::fs::File>,
     temp: Option<PathBuf>,
     dir: PathBuf,
@@ -376,7 +380,7 @@ pub struct Upload {
 impl Upload {
     /// Appends `chunk`; fails once the file is over the limit, the session's files over
     /// their cap, or the disk is full.
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), FileError> {
+    pub(crate) async fn write(&mut self, chunk: &[u8]) -> Result<(), FileError> {
         self.written += chunk.len() as u64;
         if self.written > self.limit {
             return Err(FileError::TooLarge(self.limit));
@@ -401,7 +405,7 @@ impl Upload {
     }
 
     /// Moves the whole upload into place as `name`, replacing a file of that name.
-    pub async fn finish(mut self, name: &FileName) -> Result<FileInfo, FileError> {
+    pub(crate) async fn finish(mut self, name: &FileName) -> Result<FileInfo, FileError> {
         let mut file = self
             .file
             .take()

@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use super::FileError;
 
 /// Longest name, in bytes.
-pub const MAX_NAME: usize = 1024;
+pub(crate) const MAX_NAME: usize = 1024;
 /// Most directories a new file's name may go down (`a/b/c.txt` goes down 2).
-pub const MAX_DEPTH: usize = 8;
+pub(crate) const MAX_DEPTH: usize = 8;
 /// Longest component of a name, in bytes (most file systems' limit).
 const MAX_COMPONENT: usize = 255;
 /// Suffix of a download Chromium has not finished: such files are not listed.
-pub const PARTIAL_DOWNLOAD: &str = ".crdownload";
+pub(crate) const PARTIAL_DOWNLOAD: &str = ".crdownload";
 
 /// A path that cannot name a session's file: the path as given, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,12 +79,12 @@ impl PathFault {
 
 /// A checked, relative file name inside one session's directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileName(String);
+pub(crate) struct FileName(String);
 
 impl FileName {
     /// Checks `raw`, a name a client gave. `session_dir` is the directory it is relative
     /// to; `raw` may also be that directory's absolute path followed by a name.
-    pub fn parse(raw: &str, session_dir: &Path) -> Result<FileName, FileError> {
+    pub(crate) fn parse(raw: &str, session_dir: &Path) -> Result<FileName, FileError> {
         let prefix = format!("{}/", session_dir.display());
         let name = raw.strip_prefix(prefix.as_str()).unwrap_or(raw);
         check(name).map_err(|why| why.of(raw))?;
@@ -93,7 +93,7 @@ impl FileName {
 
     /// Checks `raw` as [`FileName::parse`] does, as the name of a file to create: it may
     /// also be at most [`MAX_DEPTH`] directories deep.
-    pub fn parse_new(raw: &str, session_dir: &Path) -> Result<FileName, FileError> {
+    pub(crate) fn parse_new(raw: &str, session_dir: &Path) -> Result<FileName, FileError> {
         let name = FileName::parse(raw, session_dir)?;
         let depth = name.0.matches('/').count();
         if depth > MAX_DEPTH {
@@ -103,18 +103,18 @@ impl FileName {
     }
 
     /// The name, as clients see it (relative, `/`-separated).
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
     /// Where the file is, inside `session_dir`.
-    pub fn under(&self, session_dir: &Path) -> PathBuf {
+    pub(crate) fn under(&self, session_dir: &Path) -> PathBuf {
         session_dir.join(&self.0)
     }
 
     /// The name of a file found on disk at `relative` (inside a session's directory), if it
     /// is one clients may see.
-    pub fn of_found(relative: &Path) -> Option<FileName> {
+    pub(crate) fn of_found(relative: &Path) -> Option<FileName> {
         let name = relative.to_str()?;
         (check(name).is_ok() && !name.ends_with(PARTIAL_DOWNLOAD))
             .then(|| FileName(name.to_owned()))

@@ -29,7 +29,7 @@ const MAX_DERIVED: u64 = 1_000_000;
 
 /// The cap when none is configured: (the soft open-files limit - 256) / 2, since each
 /// connection may hold two descriptors; at least 64.
-pub fn default_max_connections() -> usize {
+pub(crate) fn default_max_connections() -> usize {
     let soft = open_files_limit().unwrap_or(1024);
     let derived = (soft.saturating_sub(FD_HEADROOM) / 2).clamp(MIN_DERIVED, MAX_DERIVED);
     usize::try_from(derived).unwrap_or(usize::MAX)

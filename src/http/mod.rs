@@ -10,7 +10,7 @@
 mod cap;
 mod watched;
 
-pub use cap::default_max_connections;
+pub(crate) use cap::default_max_connections;
 
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 /// Connection limits.
 #[derive(Debug, Clone, Copy)]
-pub struct HttpLimits {
+pub(crate) struct HttpLimits {
     /// A client must send its whole request head within this time, or the connection closes.
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers); larger ones get 431.
@@ -53,7 +53,7 @@ impl Default for HttpLimits {
 
 /// Accepts connections until `shutdown`, then lets open requests finish for up to `grace`.
 /// Upgraded connections (CDP WebSockets) are not waited for here: the proxy owns them.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,

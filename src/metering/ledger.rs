@@ -22,7 +22,7 @@ use crate::sync::lock;
 use crate::vocab::{RecordReason, RecordStatus};
 
 /// A durable, shared record of every session: its billing and what a client sees of it.
-pub trait Ledger: Send + Sync + 'static {
+pub(crate) trait Ledger: Send + Sync + 'static {
     /// Writes the first record of a session (live, one minute billed); returns its id.
     fn insert(&self, record: NewRecord) -> BoxFuture<'_, Result<i64, MeterError>>;
     /// Brings live records up to their checkpoints; ended records are left as they are.
@@ -80,7 +80,7 @@ pub trait Ledger: Send + Sync + 'static {
 /// are committed in groups: every insert that arrives while a commit is under way goes
 /// into the next one, so a burst of creates waits for one `fsync` together rather than one
 /// each in turn.
-pub struct SqliteLedger {
+pub(crate) struct SqliteLedger {
     store: Arc<Mutex<UsageStore>>,
     inserts: Arc<Mutex<InsertQueue>>,
 }
@@ -96,7 +96,7 @@ struct InsertQueue {
 
 impl SqliteLedger {
     /// Opens (or creates, or migrates) `<data_dir>/usage.sqlite3`.
-    pub async fn open(data_dir: &Path) -> Result<SqliteLedger, MeterError> {
+    pub(crate) async fn open(data_dir: &Path) -> Result<SqliteLedger, MeterError> {
         let dir = data_dir.to_path_buf();
         let store = blocking(move || UsageStore::open(&dir)).await?;
         Ok(SqliteLedger {

@@ -11,9 +11,9 @@
 //! is [`store`]). It reads sessions only through [`Billable`]; it must not change a
 //! session's state or know about HTTP.
 
-pub mod ledger;
-pub mod postgres;
-pub mod store;
+pub(crate) mod ledger;
+pub(crate) mod postgres;
+pub(crate) mod store;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -33,7 +33,7 @@ use crate::telemetry;
 use crate::vocab::{EndReason, RecordReason, RecordStatus};
 use ledger::{Ledger, SqliteLedger};
 use store::{Checkpoint, FinalRecord, NewRecord, StoreError, TrafficTotals, UsageSums};
-pub use store::{HistoryQuery, HistoryRow, Retention};
+pub(crate) use store::{HistoryQuery, HistoryRow, Retention};
 
 /// Length of a billed minute.
 const MINUTE: Duration = Duration::from_secs(60);
@@ -45,13 +45,13 @@ const FINISH_ATTEMPTS: u32 = 3;
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Minutes billed for a session that has lasted `duration`: every started minute, at least one.
-pub fn billed_minutes(duration: Duration) -> u64 {
+pub(crate) fn billed_minutes(duration: Duration) -> u64 {
     let minutes = duration.as_millis().div_ceil(MINUTE.as_millis()).max(1);
     u64::try_from(minutes).unwrap_or(u64::MAX)
 }
 
 /// What metering needs to read from a session.
-pub trait Billable: Send + Sync {
+pub(crate) trait Billable: Send + Sync {
     fn session_id(&self) -> Uuid;
     /// Wall-clock creation time.
     fn created_at(&self) -> OffsetDateTime;
@@ -71,7 +71,7 @@ pub trait Billable: Send + Sync {
 
 /// A session's metering state: its record and its CDP traffic so far.
 #[derive(Debug, Default)]
-pub struct SessionUsage {
+pub(crate) struct SessionUsage {
     record_id: OnceLock<i64>,
     /// Minutes already added to the Prometheus counter.
     minutes_counted: AtomicU64,
@@ -86,23 +86,23 @@ pub struct SessionUsage {
 impl SessionUsage {
     /// Whether the session's final record is written: `false` while it is being tried, and
     /// while it is owed to a database that did not take it.
-    pub fn final_written(&self) -> bool {
+    pub(crate) fn final_written(&self) -> bool {
         self.final_written.load(Ordering::Acquire)
     }
 
     /// The id of the session's usage record, once written.
-    pub fn record_id(&self) -> Option<i64> {
+    pub(crate) fn record_id(&self) -> Option<i64> {
         self.record_id.get().copied()
     }
 
     /// Pretends the record was written, for tests of code that waits for it.
     #[cfg(test)]
-    pub fn pretend_recorded(&self, record_id: i64) {
+    pub(crate) fn pretend_recorded(&self, record_id: i64) {
         let _ = self.record_id.set(record_id);
     }
 
     /// Counts one CDP message from a client to the browser.
-    pub fn count_to_browser(&self, bytes: usize) {
+    pub(crate) fn count_to_browser(&self, bytes: usize) {
         self.messages_to_browser.fetch_add(1, Ordering::Relaxed);
         self.bytes_to_browser
             .fetch_add(bytes as u64, Ordering::Relaxed);
@@ -110,14 +110,14 @@ impl SessionUsage {
     }
 
     /// Counts one CDP message from the gateway to a client.
-    pub fn count_to_client(&self, bytes: usize) {
+    pub(crate) fn count_to_client(&self, bytes: usize) {
         self.messages_to_client.fetch_add(1, Ordering::Relaxed);
         self.bytes_to_client
             .fetch_add(bytes as u64, Ordering::Relaxed);
         telemetry::cdp_to_client(bytes);
     }
 
-    pub fn totals(&self) -> TrafficTotals {
+    pub(crate) fn totals(&self) -> TrafficTotals {
         TrafficTotals {
             bytes_to_browser: self.bytes_to_browser.load(Ordering::Relaxed),
             bytes_to_client: self.bytes_to_client.load(Ordering::Relaxed),
@@ -199,7 +199,7 @@ impl Owed {
 }
 
 /// The meter: the ledger plus the clock that checkpoints live sessions.
-pub struct Meter {
+pub(crate) struct Meter {
     ledger: Arc<dyn Ledger>,
     schedule: Mutex<Schedule>,
     owed: Mutex<Owed>,
@@ -210,12 +210,12 @@ pub struct Meter {
 impl Meter {
     /// A meter on one node's ledger, `<data_dir>/usage.sqlite3` (opened, created or
     /// migrated).
-    pub async fn open(data_dir: &Path) -> Result<Arc<Meter>, MeterError> {
+    pub(crate) async fn open(data_dir: &Path) -> Result<Arc<Meter>, MeterError> {
         Ok(Meter::new(Arc::new(SqliteLedger::open(data_dir).await?)))
     }
 
     /// A meter that keeps its records in `ledger`.
-    pub fn new(ledger: Arc<dyn Ledger>) -> Arc<Meter> {
+    pub(crate) fn new(ledger: Arc<dyn Ledger>) -> Arc<Meter> {
         Arc::new(Meter {
             ledger,
             schedule: Mutex::new(Schedule::default()),
@@ -226,7 +226,7 @@ impl Meter {
 
     /// Closes the records a previous run left live (it was killed): `failed` with reason
     /// `gateway_restart`, billed up to the last checkpoint. Call once, before serving.
-    pub async fn close_abandoned(&self) -> Result<u64, MeterError> {
+    pub(crate) async fn close_abandoned(&self) -> Result<u64, MeterError> {
         let closed = self
             .ledger
             .close_abandoned(RecordReason::GatewayRestart)
@@ -243,7 +243,7 @@ impl Meter {
 
     /// Writes the first record of a session that is about to be handed to its client, and
     /// starts its minute clock. A session that cannot be metered must not be served.
-    pub async fn start(
+    pub(crate) async fn start(
         &self,
         session: Arc<dyn Billable>,
         tenant: Option<String>,
@@ -271,7 +271,7 @@ impl Meter {
 
     /// Writes a session's final record. Call after the session ended; without a record
     /// (it never went live) there is nothing to write.
-    pub async fn finish(&self, session: &dyn Billable, reason: EndReason) {
+    pub(crate) async fn finish(&self, session: &dyn Billable, reason: EndReason) {
         let written = &session.usage().final_written;
         let Some(&record_id) = session.usage().record_id.get() else {
             written.store(true, Ordering::Release);
@@ -339,7 +339,7 @@ impl Meter {
     }
 
     /// Writes again what a client sees of a live session, after it changed.
-    pub async fn details_changed(&self, session: &dyn Billable) -> Result<(), MeterError> {
+    pub(crate) async fn details_changed(&self, session: &dyn Billable) -> Result<(), MeterError> {
         match session.usage().record_id.get() {
             Some(&record_id) => self.ledger.set_details(record_id, session.details()).await,
             None => Ok(()),
@@ -347,12 +347,12 @@ impl Meter {
     }
 
     /// The records of the sessions this meter is timing (the live ones).
-    pub fn live_records(&self) -> Vec<i64> {
+    pub(crate) fn live_records(&self) -> Vec<i64> {
         lock(&self.schedule).live.keys().copied().collect()
     }
 
     /// Checkpoints every live session now, so that the database holds current figures.
-    pub async fn flush(&self) -> Result<(), MeterError> {
+    pub(crate) async fn flush(&self) -> Result<(), MeterError> {
         let live: Vec<(i64, Arc<dyn Billable>)> = lock(&self.schedule)
             .live
             .iter()
@@ -368,7 +368,7 @@ impl Meter {
     /// Usage of the sessions created in `[from, to)`, per UTC day, with live sessions'
     /// figures brought up to date first on a single node (in a cluster, as of each live
     /// session's last checkpoint, the same from every node).
-    pub async fn usage_by_day(
+    pub(crate) async fn usage_by_day(
         &self,
         from: OffsetDateTime,
         to: OffsetDateTime,
@@ -385,28 +385,31 @@ impl Meter {
     }
 
     /// Whether other nodes share this meter's ledger.
-    pub fn shared(&self) -> bool {
+    pub(crate) fn shared(&self) -> bool {
         self.ledger.shared()
     }
 
     /// How many live sessions `tenant` has on every node, when other nodes share the
     /// ledger; `None` on a single node.
-    pub async fn live_in_cluster(&self, tenant: &str) -> Result<Option<u64>, MeterError> {
+    pub(crate) async fn live_in_cluster(&self, tenant: &str) -> Result<Option<u64>, MeterError> {
         self.ledger.live_of_tenant(tenant.to_owned()).await
     }
 
     /// Whether any record, of any tenant and however old, has this session id.
-    pub async fn session_id_used(&self, session_id: Uuid) -> Result<bool, MeterError> {
+    pub(crate) async fn session_id_used(&self, session_id: Uuid) -> Result<bool, MeterError> {
         self.ledger.session_id_used(session_id).await
     }
 
     /// A page of recorded sessions, newest first.
-    pub async fn history_page(&self, query: HistoryQuery) -> Result<Vec<HistoryRow>, MeterError> {
+    pub(crate) async fn history_page(
+        &self,
+        query: HistoryQuery,
+    ) -> Result<Vec<HistoryRow>, MeterError> {
         self.ledger.history_page(query).await
     }
 
     /// How many visible records of `tenant` have `status`.
-    pub async fn history_count(
+    pub(crate) async fn history_count(
         &self,
         tenant: Option<String>,
         status: RecordStatus,
@@ -416,7 +419,7 @@ impl Meter {
     }
 
     /// The newest visible record of one session.
-    pub async fn history_get(
+    pub(crate) async fn history_get(
         &self,
         session_id: Uuid,
         tenant: Option<String>,
@@ -427,7 +430,7 @@ impl Meter {
 
     /// The minute clock: checkpoints each live session as each of its minutes starts. Runs
     /// until `shutdown`; final records are written by [`Meter::finish`], not here.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             let mut next = lock(&self.schedule).due.first().map(|(at, _)| *at);
             if let Some(retry) = lock(&self.owed).retry_at {

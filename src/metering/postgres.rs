@@ -106,7 +106,7 @@ const VISIBLE: &str = "($1::text IS NULL OR tenant = $1)
 
 /// How long each kind of database call may take, and how fast a dead path is noticed.
 #[derive(Debug, Clone, Copy)]
-pub struct Deadlines {
+pub(crate) struct Deadlines {
     /// A lease call (join, renew, leave): one renewal slot.
     pub lease: Duration,
     /// Every other call: connect, pool checkout, query and transaction together.
@@ -120,7 +120,7 @@ impl Deadlines {
     /// The deadlines for a node whose lease lasts `lease`: a renewal gets one slot (a sixth
     /// of the lease), any other call a third of it (at least 1 s, at most 10 s), and a
     /// silently dropped path is noticed within a third of it.
-    pub fn for_lease(lease: Duration) -> Deadlines {
+    pub(crate) fn for_lease(lease: Duration) -> Deadlines {
         let third = lease / 3;
         Deadlines {
             lease: renewal_slot(lease),
@@ -140,13 +140,13 @@ impl Deadlines {
 
 /// How often a node renews its lease, and how long one renewal may take: a sixth of the
 /// lease, at least 100 ms.
-pub fn renewal_slot(lease: Duration) -> Duration {
+pub(crate) fn renewal_slot(lease: Duration) -> Duration {
     (lease / 6).max(Duration::from_millis(100))
 }
 
 /// What a database call is for: it picks the call's deadline and labels its metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DbCall {
+pub(crate) enum DbCall {
     /// This node's lease: join, renew, leave.
     Lease,
     /// What nodes learn of each other: capacity, live nodes, owners, dead nodes, the secret.
@@ -171,7 +171,7 @@ impl DbCall {
     ];
 
     /// The `kind` label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DbCall::Lease => "lease",
             DbCall::Membership => "membership",
@@ -186,7 +186,7 @@ impl DbCall {
 const MIGRATE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The ledger in PostgreSQL, for the node `node`.
-pub struct PgLedger {
+pub(crate) struct PgLedger {
     pool: Pool,
     /// Connections for the lease alone (join, renew, leave).
     lease_pool: Pool,
@@ -204,7 +204,7 @@ fn db(e: impl std::fmt::Display) -> MeterError {
 impl PgLedger {
     /// Connects to `url`, checks that the database answers, and brings its schema up to date.
     /// Every call it makes later ends within `deadlines`.
-    pub async fn connect(
+    pub(crate) async fn connect(
         url: &str,
         node: &str,
         deadlines: Deadlines,

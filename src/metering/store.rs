@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::vocab::{RecordReason, RecordStatus};
 
 /// File name of the usage database inside the data directory.
-pub const DB_FILE: &str = "usage.sqlite3";
+pub(crate) const DB_FILE: &str = "usage.sqlite3";
 /// Schema version stored in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 2;
 
@@ -55,7 +55,7 @@ ALTER TABLE sessions ADD COLUMN details TEXT NOT NULL DEFAULT '{}';
 /// Which records list and retrieve show: those created since `since_ms`, and in any case
 /// the newest `newest` of the tenant.
 #[derive(Debug, Clone, Copy)]
-pub struct Retention {
+pub(crate) struct Retention {
     /// Unix milliseconds.
     pub since_ms: i64,
     /// At least 1.
@@ -65,7 +65,7 @@ pub struct Retention {
 /// A page of history: the records visible to `tenant` (every tenant when `None`), newest
 /// first.
 #[derive(Debug, Clone)]
-pub struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     /// Only this tenant's records; `None` for every record (a gateway without keys).
     pub tenant: Option<String>,
     /// Only records with this status.
@@ -80,7 +80,7 @@ pub struct HistoryQuery {
 
 /// One session as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryRow {
+pub(crate) struct HistoryRow {
     /// The record's id: larger is newer.
     pub record_id: i64,
     /// The session's id.
@@ -114,7 +114,7 @@ const VISIBLE: &str = "(?1 IS NULL OR tenant = ?1)
 
 /// Bytes and messages in each direction, as counted so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TrafficTotals {
+pub(crate) struct TrafficTotals {
     pub bytes_to_browser: u64,
     pub bytes_to_client: u64,
     pub messages_to_browser: u64,
@@ -123,7 +123,7 @@ pub struct TrafficTotals {
 
 /// A session's record as first written, when it goes live.
 #[derive(Debug, Clone)]
-pub struct NewRecord {
+pub(crate) struct NewRecord {
     pub session_id: Uuid,
     pub tenant: Option<String>,
     /// Unix milliseconds.
@@ -137,7 +137,7 @@ pub struct NewRecord {
 
 /// The state of a live session at one moment.
 #[derive(Debug, Clone, Copy)]
-pub struct Checkpoint {
+pub(crate) struct Checkpoint {
     pub record_id: i64,
     /// Unix milliseconds.
     pub at_ms: i64,
@@ -149,7 +149,7 @@ pub struct Checkpoint {
 
 /// How a session ended, written once.
 #[derive(Debug, Clone, Copy)]
-pub struct FinalRecord {
+pub(crate) struct FinalRecord {
     pub checkpoint: Checkpoint,
     /// Why it ended; its status follows ([`FinalRecord::status`]).
     pub reason: RecordReason,
@@ -157,14 +157,14 @@ pub struct FinalRecord {
 
 impl FinalRecord {
     /// The status the record ends with.
-    pub fn status(&self) -> RecordStatus {
+    pub(crate) fn status(&self) -> RecordStatus {
         self.reason.status()
     }
 }
 
 /// One group of records, summed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UsageSums {
+pub(crate) struct UsageSums {
     pub sessions: u64,
     pub live: u64,
     pub released: u64,
@@ -174,7 +174,7 @@ pub struct UsageSums {
 }
 
 /// An open usage database.
-pub struct UsageStore {
+pub(crate) struct UsageStore {
     conn: Connection,
     path: PathBuf,
 }
@@ -206,7 +206,7 @@ pub struct StoreError {
 
 impl UsageStore {
     /// Opens (creating if needed) the database in `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<UsageStore, StoreError> {
+    pub(crate) fn open(data_dir: &Path) -> Result<UsageStore, StoreError> {
         let path = data_dir.join(DB_FILE);
         let wrap = |source| StoreError {
             path: path.display().to_string(),
@@ -240,14 +240,14 @@ impl UsageStore {
     }
 
     /// Writes the first record of a session: live, one minute billed. Returns its record id.
-    pub fn insert(&self, record: &NewRecord) -> Result<i64, StoreError> {
+    pub(crate) fn insert(&self, record: &NewRecord) -> Result<i64, StoreError> {
         insert_record(&self.conn, record).map_err(|e| self.err(e))?;
         Ok(self.conn.last_insert_rowid())
     }
 
     /// Writes the first records of several sessions in one transaction (one `fsync`).
     /// Returns their record ids, in order; on error, none is written.
-    pub fn insert_all(&mut self, records: &[&NewRecord]) -> Result<Vec<i64>, StoreError> {
+    pub(crate) fn insert_all(&mut self, records: &[&NewRecord]) -> Result<Vec<i64>, StoreError> {
         let path = &self.path;
         let err = |source| StoreError {
             path: path.display().to_string(),
@@ -265,7 +265,7 @@ impl UsageStore {
 
     /// Writes checkpoints of live sessions in one transaction. A record that has already
     /// ended is left as it is, so a late checkpoint can never undo an end.
-    pub fn checkpoint(&mut self, checkpoints: &[Checkpoint]) -> Result<(), StoreError> {
+    pub(crate) fn checkpoint(&mut self, checkpoints: &[Checkpoint]) -> Result<(), StoreError> {
         let path = &self.path;
         let err = |source| StoreError {
             path: path.display().to_string(),
@@ -280,7 +280,7 @@ impl UsageStore {
 
     /// Writes how a session ended: its last checkpoint, then its end, in one transaction.
     /// Idempotent: only a live record is changed.
-    pub fn finish(&mut self, record: &FinalRecord) -> Result<(), StoreError> {
+    pub(crate) fn finish(&mut self, record: &FinalRecord) -> Result<(), StoreError> {
         let path = &self.path;
         let err = |source| StoreError {
             path: path.display().to_string(),
@@ -306,7 +306,7 @@ impl UsageStore {
     }
 
     /// Replaces the details of a live record.
-    pub fn set_details(&mut self, record_id: i64, details: &str) -> Result<(), StoreError> {
+    pub(crate) fn set_details(&mut self, record_id: i64, details: &str) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "UPDATE sessions SET details = ?2 WHERE record_id = ?1 AND status = 'live'",
@@ -320,7 +320,7 @@ impl UsageStore {
     }
 
     /// Whether any record, live or ended, however old, has session id `id`.
-    pub fn session_id_used(&self, id: Uuid) -> Result<bool, StoreError> {
+    pub(crate) fn session_id_used(&self, id: Uuid) -> Result<bool, StoreError> {
         self.conn
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM sessions WHERE session_id = ?1)")
             .and_then(|mut stmt| stmt.query_row(params![id.to_string()], |row| row.get(0)))
@@ -329,7 +329,7 @@ impl UsageStore {
 
     /// Closes every record a previous run left live with `reason` (and its status), ended
     /// at its last checkpoint and billed up to it. Returns how many were closed.
-    pub fn close_abandoned(&self, reason: RecordReason) -> Result<u64, StoreError> {
+    pub(crate) fn close_abandoned(&self, reason: RecordReason) -> Result<u64, StoreError> {
         let closed = self
             .conn
             .execute(
@@ -343,7 +343,7 @@ impl UsageStore {
 
     /// Sums of the records created in `[from_ms, to_ms)`, per UTC day (`YYYY-MM-DD`), oldest
     /// first. Days without sessions are left out.
-    pub fn usage_by_day(
+    pub(crate) fn usage_by_day(
         &self,
         from_ms: i64,
         to_ms: i64,
@@ -394,7 +394,7 @@ impl UsageStore {
     }
 
     /// A page of the records `query` asks for, newest first.
-    pub fn history_page(&self, query: &HistoryQuery) -> Result<Vec<HistoryRow>, StoreError> {
+    pub(crate) fn history_page(&self, query: &HistoryQuery) -> Result<Vec<HistoryRow>, StoreError> {
         let sql = format!(
             "SELECT {HISTORY_COLUMNS} FROM sessions
              WHERE {VISIBLE} AND (?4 IS NULL OR status = ?4) AND (?5 IS NULL OR record_id < ?5)
@@ -418,7 +418,7 @@ impl UsageStore {
     }
 
     /// How many visible records of `tenant` have `status`.
-    pub fn history_count(
+    pub(crate) fn history_count(
         &self,
         tenant: Option<&str>,
         status: RecordStatus,
@@ -443,7 +443,7 @@ impl UsageStore {
     }
 
     /// The newest visible record of session `session_id`.
-    pub fn history_get(
+    pub(crate) fn history_get(
         &self,
         session_id: Uuid,
         tenant: Option<&str>,
@@ -539,7 +539,7 @@ mod tests {
 
     impl UsageStore {
         /// The status and reason of one record, for diagnostics and tests.
-        pub fn record_status(
+        pub(crate) fn record_status(
             &self,
             record_id: i64,
         ) -> Result<Option<(String, Option<String>)>, StoreError> {

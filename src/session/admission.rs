@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::create::CreateError;
 use super::pool::{WarmBrowser, WarmPool};
-pub use super::quota::OverQuota;
+pub(crate) use super::quota::OverQuota;
 use super::quota::{QuotaHold, TenantQuota};
 use super::registry::Registry;
 use crate::metering::MeterError;
@@ -26,7 +26,7 @@ use crate::vocab::Rejection;
 
 /// Limits on live sessions and on creates waiting for one to end.
 #[derive(Debug, Clone, Copy)]
-pub struct Admission {
+pub(crate) struct Admission {
     /// Most sessions (plus pooled browsers) at once.
     pub max_sessions: usize,
     /// Pre-launched browsers to keep ready.

@@ -176,7 +176,7 @@ fn storage(value: Option<&Value>, name: &str) -> Result<Storage, InvalidField> {
 
 /// Reads the context of a live browser: the cookies of every browser context, and the web
 /// storage of the origins its open pages show.
-pub async fn read(mux: &Arc<Mux>) -> Result<Value, CommandError> {
+pub(crate) async fn read(mux: &Arc<Mux>) -> Result<Value, CommandError> {
     let mut driver = Driver::attach(mux).await?;
     let mut cookies = take_cookies(driver.call("Storage.getCookies", json!({}), None).await?);
     let contexts = driver
@@ -247,7 +247,7 @@ async fn web_pages(driver: &mut Driver) -> Result<Vec<String>, CommandError> {
 /// Loads `context` into a browser nobody uses yet: cookies first, then each origin's storage,
 /// written in the first page from an empty document served for that origin (so no site
 /// script runs), which then returns to `about:blank`.
-pub async fn load(mux: &Arc<Mux>, context: &SessionContext) -> Result<(), CommandError> {
+pub(crate) async fn load(mux: &Arc<Mux>, context: &SessionContext) -> Result<(), CommandError> {
     let mut driver = Driver::attach(mux).await?;
     if !context.cookies.is_empty() {
         driver

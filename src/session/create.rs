@@ -117,7 +117,7 @@ impl Registry {
     /// timeout. The work runs in its own task, so a client that hangs up mid-create cannot
     /// strand a half-started browser; and a session that goes live after its caller gave up
     /// (it hung up, or the timeout passed) is released at once, never left live unheld.
-    pub async fn create(
+    pub(crate) async fn create(
         self: &Arc<Self>,
         options: SessionOptions,
         caller: &Caller,

@@ -21,11 +21,11 @@ use crate::sync::lock;
 use crate::vocab::Status;
 
 /// Ended sessions kept for listing and lookup, newest kept.
-pub const ENDED_HISTORY: usize = 10_000;
+pub(crate) const ENDED_HISTORY: usize = 10_000;
 
 /// A `GET /v1/sessions` query, validated.
 #[derive(Debug, Clone, Copy)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     /// Only sessions with this status.
     pub status: Option<Status>,
     /// Most sessions on the page.
@@ -35,7 +35,7 @@ pub struct ListQuery {
 }
 
 /// One page of sessions, newest first.
-pub struct ListPage {
+pub(crate) struct ListPage {
     /// The page.
     pub sessions: Vec<SessionView>,
     /// The cursor of the next page, when this one is full.
@@ -57,7 +57,7 @@ pub enum ListError {
 
 /// Every session of this process.
 #[derive(Default)]
-pub struct Directory {
+pub(crate) struct Directory {
     sessions: DashMap<Uuid, Arc<Session>>,
     /// Ended sessions, oldest first, so that the in-memory history can be trimmed.
     ended: Mutex<VecDeque<Uuid>>,
@@ -65,19 +65,19 @@ pub struct Directory {
 
 impl Directory {
     /// Whether any session (even one still starting) has this id.
-    pub fn contains(&self, id: &Uuid) -> bool {
+    pub(crate) fn contains(&self, id: &Uuid) -> bool {
         self.sessions.contains_key(id)
     }
 
     /// Whether a session with this id is starting or live.
-    pub fn runs(&self, id: &Uuid) -> bool {
+    pub(crate) fn runs(&self, id: &Uuid) -> bool {
         self.sessions
             .get(id)
             .is_some_and(|s| !matches!(s.phase(), Phase::Ended { .. }))
     }
 
     /// Adds a starting session; fails when its id is taken.
-    pub fn insert(&self, session: &Arc<Session>) -> Result<(), Uuid> {
+    pub(crate) fn insert(&self, session: &Arc<Session>) -> Result<(), Uuid> {
         match self.sessions.entry(session.id) {
             Entry::Occupied(_) => Err(session.id),
             Entry::Vacant(slot) => {
@@ -88,13 +88,13 @@ impl Directory {
     }
 
     /// Removes a session that never became live, so that its id can be used again.
-    pub fn forget(&self, session: &Session) {
+    pub(crate) fn forget(&self, session: &Session) {
         self.sessions.remove(&session.id);
     }
 
     /// Records that a session ended, dropping the oldest ended ones beyond
     /// [`ENDED_HISTORY`] from memory (their records still list them).
-    pub fn note_ended(&self, id: Uuid) {
+    pub(crate) fn note_ended(&self, id: Uuid) {
         let mut ended = lock(&self.ended);
         ended.push_back(id);
         while ended.len() > ENDED_HISTORY {
@@ -112,13 +112,13 @@ impl Directory {
 
     /// A session `caller` may see. Another tenant's session is `None`, exactly like an
     /// unknown id, so that its existence does not leak.
-    pub fn get_for(&self, id: &Uuid, caller: &Caller) -> Option<Arc<Session>> {
+    pub(crate) fn get_for(&self, id: &Uuid, caller: &Caller) -> Option<Arc<Session>> {
         self.get(id)
             .filter(|s| caller.may_access(s.tenant.as_deref()))
     }
 
     /// `caller`'s live sessions.
-    pub fn live_for(&self, caller: &Caller) -> Vec<Arc<Session>> {
+    pub(crate) fn live_for(&self, caller: &Caller) -> Vec<Arc<Session>> {
         self.sessions
             .iter()
             .map(|e| e.value().clone())
@@ -128,7 +128,7 @@ impl Directory {
     }
 
     /// `caller`'s only live session, if it has exactly one.
-    pub fn sole_live(&self, caller: &Caller) -> Option<Arc<Session>> {
+    pub(crate) fn sole_live(&self, caller: &Caller) -> Option<Arc<Session>> {
         let mut live = self
             .sessions
             .iter()

@@ -22,7 +22,7 @@ use crate::metering::{self, Billable, SessionUsage};
 use crate::vocab::EndReason;
 
 /// One browser session.
-pub struct Session {
+pub(crate) struct Session {
     /// The session's id, as clients name it.
     pub id: Uuid,
     /// Wall-clock creation time.
@@ -56,7 +56,7 @@ pub struct Session {
 /// Whether a session's browser is frozen, and how many times it has been: a probe that
 /// went unanswered across a freeze proves nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Frozen {
+pub(crate) struct Frozen {
     /// Frozen now.
     pub now: bool,
     /// Freezes so far.
@@ -65,7 +65,7 @@ pub struct Frozen {
 
 /// Why a session's timeout could not be changed.
 #[derive(Debug, thiserror::Error)]
-pub enum NotExtended {
+pub(crate) enum NotExtended {
     /// The session has ended.
     #[error("the session has ended")]
     Ended,
@@ -93,7 +93,7 @@ struct BrowserLink {
 
 /// Why a starting session could not go live.
 #[derive(Debug, thiserror::Error)]
-pub enum NotLive {
+pub(crate) enum NotLive {
     /// The browser took longer to start than the session may live.
     #[error(
         "the browser took {took_ms} ms to start, longer than the session's timeout of {timeout_ms} ms"
@@ -132,7 +132,7 @@ impl Session {
     }
 
     /// What the browser host needs to reach the session's proxy with its credentials.
-    pub fn proxy_auth(&self) -> Option<crate::browser::proxy_auth::ProxyAuth> {
+    pub(crate) fn proxy_auth(&self) -> Option<crate::browser::proxy_auth::ProxyAuth> {
         let authorization = self.options.proxy_authorization.as_ref()?;
         let server = self.options.proxy_server.as_deref()?;
         let upstream = server.split_once("://").map_or(server, |(_, rest)| rest);
@@ -145,17 +145,17 @@ impl Session {
 
     /// Bytes carried through the session's proxy, where ingot can count them (a proxy with
     /// credentials goes through ingot's forwarder).
-    pub fn proxy_bytes_used(&self) -> u64 {
+    pub(crate) fn proxy_bytes_used(&self) -> u64 {
         self.proxy_bytes.load(Ordering::Relaxed)
     }
 
     /// How long the session may live in all, in milliseconds.
-    pub fn timeout_ms(&self) -> u64 {
+    pub(crate) fn timeout_ms(&self) -> u64 {
         self.timeout_ms.load(Ordering::Acquire)
     }
 
     /// The pages of the live session, asked of its browser; `None` once it ended.
-    pub async fn pages(&self) -> Option<Result<Vec<super::view::PageInfo>, CommandError>> {
+    pub(crate) async fn pages(&self) -> Option<Result<Vec<super::view::PageInfo>, CommandError>> {
         let mux = self.mux()?;
         let reply = mux
             .command("Target.getTargets", serde_json::json!({}))
@@ -165,13 +165,13 @@ impl Session {
 
     /// The session's context (cookies and web storage), read from its browser; `None` once
     /// it ended.
-    pub async fn context(&self) -> Option<Result<Value, CommandError>> {
+    pub(crate) async fn context(&self) -> Option<Result<Value, CommandError>> {
         let mux = self.mux()?;
         Some(super::context::read(&mux).await)
     }
 
     /// Sets how long the live session may live in all, counted from its creation.
-    pub fn extend(&self, total_ms: u64) -> Result<(), NotExtended> {
+    pub(crate) fn extend(&self, total_ms: u64) -> Result<(), NotExtended> {
         if !self.phase().is_live() {
             return Err(NotExtended::Ended);
         }
@@ -188,7 +188,7 @@ impl Session {
     }
 
     /// Resolves when the session's timeout is reached, following any extension.
-    pub async fn timed_out(&self) {
+    pub(crate) async fn timed_out(&self) {
         loop {
             let moved = self.timeout_moved.notified();
             let deadline = tokio::time::Instant::from_std(self.deadline());
@@ -205,7 +205,7 @@ impl Session {
 
     /// A client sent a CDP message: the inactivity timeout starts again. Without an
     /// inactivity timeout this costs nothing (no clock is read).
-    pub fn note_activity(&self) {
+    pub(crate) fn note_activity(&self) {
         if self.options.inactivity_timeout_ms.is_none() {
             return;
         }
@@ -214,18 +214,18 @@ impl Session {
     }
 
     /// How long no client has sent a CDP message (since creation, if none ever did).
-    pub fn idle_for(&self) -> Duration {
+    pub(crate) fn idle_for(&self) -> Duration {
         let active_at = Duration::from_millis(self.active_at_ms.load(Ordering::Relaxed));
         self.created.elapsed().saturating_sub(active_at)
     }
 
     /// Where the session is in its life.
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         self.lifecycle.phase()
     }
 
     /// Time from creation until now, or until the session ended.
-    pub fn duration(&self) -> Duration {
+    pub(crate) fn duration(&self) -> Duration {
         match self.phase() {
             Phase::Ended { at, .. } => at.saturating_duration_since(self.created),
             Phase::Starting | Phase::Live => self.created.elapsed(),
@@ -233,17 +233,17 @@ impl Session {
     }
 
     /// Minutes billed: every started minute of the session's life, at least one.
-    pub fn billed_minutes(&self) -> u64 {
+    pub(crate) fn billed_minutes(&self) -> u64 {
         metering::billed_minutes(self.duration())
     }
 
     /// When the session will time out.
-    pub fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         self.created + Duration::from_millis(self.timeout_ms())
     }
 
     /// The reason the session ended, if it has.
-    pub fn end_reason(&self) -> Option<EndReason> {
+    pub(crate) fn end_reason(&self) -> Option<EndReason> {
         match self.phase() {
             Phase::Ended { reason, .. } => Some(reason),
             Phase::Starting | Phase::Live => None,
@@ -251,7 +251,7 @@ impl Session {
     }
 
     /// CDP events delivered to this session's clients.
-    pub fn event_count(&self) -> u64 {
+    pub(crate) fn event_count(&self) -> u64 {
         self.browser
             .get()
             .map(|b| b.mux.events_delivered())
@@ -259,7 +259,7 @@ impl Session {
     }
 
     /// The user agent the browser sends: the one asked for, else the browser's own.
-    pub fn user_agent(&self) -> Option<String> {
+    pub(crate) fn user_agent(&self) -> Option<String> {
         self.options.user_agent.clone().or_else(|| {
             self.browser_version()
                 .and_then(|v| v.get("userAgent"))
@@ -269,12 +269,12 @@ impl Session {
     }
 
     /// The browser's `Browser.getVersion` reply.
-    pub fn browser_version(&self) -> Option<&Value> {
+    pub(crate) fn browser_version(&self) -> Option<&Value> {
         self.browser.get().map(|b| &b.version)
     }
 
     /// The browser connection, while the session is live.
-    pub fn mux(&self) -> Option<Arc<Mux>> {
+    pub(crate) fn mux(&self) -> Option<Arc<Mux>> {
         if self.phase().is_live() {
             self.browser.get().map(|b| b.mux.clone())
         } else {
@@ -284,19 +284,19 @@ impl Session {
 
     /// Ends a live session for `reason` and has its supervisor tear it down. Fails with how
     /// the session actually ended when someone else got there first.
-    pub fn request_end(&self, reason: EndReason) -> Result<(), Refused> {
+    pub(crate) fn request_end(&self, reason: EndReason) -> Result<(), Refused> {
         self.lifecycle.end(reason)?;
         self.end_requested.cancel();
         Ok(())
     }
 
     /// Whether the session's final usage record is written (once it ended).
-    pub fn final_record_written(&self) -> bool {
+    pub(crate) fn final_record_written(&self) -> bool {
         self.usage.final_written()
     }
 
     /// Resolves once the browser is gone and its directory removed.
-    pub async fn reaped(&self) {
+    pub(crate) async fn reaped(&self) {
         self.reaped.cancelled().await
     }
 
@@ -317,7 +317,7 @@ impl Session {
     /// Freezes (`true`) or thaws the session's browser: a frozen browser runs nothing and
     /// answers nothing. Thawing counts as client activity, so that the time frozen does not
     /// count against the session's `inactivityTimeout`.
-    pub fn freeze(&self, frozen: bool) {
+    pub(crate) fn freeze(&self, frozen: bool) {
         let Some(link) = self.browser.get() else {
             return;
         };
@@ -343,7 +343,7 @@ impl Session {
 
     /// As [`Session::request_end`], with the session ended as of `at`: its node stopped
     /// serving it then (it was cut off from the cluster), so it is billed until then.
-    pub fn request_end_at(&self, reason: EndReason, at: Instant) -> Result<(), Refused> {
+    pub(crate) fn request_end_at(&self, reason: EndReason, at: Instant) -> Result<(), Refused> {
         self.lifecycle.end_at(reason, at)?;
         self.end_requested.cancel();
         Ok(())

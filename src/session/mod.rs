@@ -14,17 +14,17 @@
 //! This module must not know about HTTP or WebSocket framing: it tells the multiplexer why
 //! clients must go, and the proxy picks the close frame.
 
-pub mod admission;
-pub mod context;
-pub mod create;
-pub mod directory;
-pub mod handle;
-pub mod params;
+pub(crate) mod admission;
+pub(crate) mod context;
+pub(crate) mod create;
+pub(crate) mod directory;
+pub(crate) mod handle;
+pub(crate) mod params;
 mod pool;
 mod quota;
-pub mod registry;
-pub mod state;
-pub mod supervisor;
-pub mod view;
+pub(crate) mod registry;
+pub(crate) mod state;
+pub(crate) mod supervisor;
+pub(crate) mod view;
 
-pub use handle::Session;
+pub(crate) use handle::Session;

@@ -258,7 +258,7 @@ fn timeout_ms(value: Option<&Value>, limits: TimeoutLimits) -> Result<u64, Inval
 
 /// Parses the body of a timeout change, `{"timeout": <ms>}`: the session's new total
 /// life, within the same limits as at create.
-pub fn parse_timeout_body(body: &[u8], limits: TimeoutLimits) -> Result<u64, InvalidField> {
+pub(crate) fn parse_timeout_body(body: &[u8], limits: TimeoutLimits) -> Result<u64, InvalidField> {
     let object = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => map,
         Ok(_) => {

@@ -32,16 +32,16 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// The outcome of the latest browser launch (the pool's, a create's or a probe's), for
 /// readiness: any successful launch shows that browsers start again.
 #[derive(Default)]
-pub struct LaunchHealth(Mutex<Option<String>>);
+pub(super) struct LaunchHealth(Mutex<Option<String>>);
 
 impl LaunchHealth {
     /// Records a launch: `None` when it succeeded, else its error.
-    pub fn note(&self, failure: Option<String>) {
+    pub(super) fn note(&self, failure: Option<String>) {
         *lock(&self.0) = failure;
     }
 
     /// The error of the latest launch, if it failed.
-    pub fn failure(&self) -> Option<String> {
+    pub(super) fn failure(&self) -> Option<String> {
         lock(&self.0).clone()
     }
 }
@@ -58,7 +58,7 @@ enum PoolLaunchError {
 }
 
 /// A ready browser, taken from the pool with the capacity permit it holds.
-pub struct WarmBrowser {
+pub(super) struct WarmBrowser {
     /// The id its profile directory is named after; a session without an id of its own
     /// takes this one.
     pub id: Uuid,
@@ -74,7 +74,7 @@ struct Pooled {
 }
 
 /// Pre-launched browsers with default settings.
-pub struct WarmPool {
+pub(super) struct WarmPool {
     target: usize,
     /// Quiet time after a hand-out before a replacement launches, and settling time of a
     /// new browser before it counts as ready.
@@ -102,7 +102,7 @@ pub struct WarmPool {
 
 impl WarmPool {
     /// A pool of `target` browsers with `settle` as its quiet and settling time.
-    pub fn new(
+    pub(super) fn new(
         (target, settle): (usize, Duration),
         host: Arc<dyn BrowserHost>,
         capacity: Arc<Semaphore>,
@@ -129,17 +129,17 @@ impl WarmPool {
     }
 
     /// Starts keeping the pool filled, as a task shutdown waits for.
-    pub fn start(self: &Arc<Self>) {
+    pub(super) fn start(self: &Arc<Self>) {
         self.tasks.spawn(self.clone().run());
     }
 
     /// Browsers ready to be handed out now.
-    pub fn ready_count(&self) -> usize {
+    pub(super) fn ready_count(&self) -> usize {
         lock(&self.ready).len()
     }
 
     /// Takes a ready browser, if one is alive.
-    pub fn take(self: &Arc<Self>) -> Option<WarmBrowser> {
+    pub(super) fn take(self: &Arc<Self>) -> Option<WarmBrowser> {
         let taken = loop {
             let pooled = lock(&self.ready).pop_front()?;
             pooled.left.cancel();
@@ -158,7 +158,7 @@ impl WarmPool {
 
     /// Kills one pooled browser and returns its permit, to make room for a session the pool
     /// cannot serve (one that needs its own launch flags).
-    pub async fn evict(&self) -> Option<OwnedSemaphorePermit> {
+    pub(super) async fn evict(&self) -> Option<OwnedSemaphorePermit> {
         let pooled = lock(&self.ready).pop_back()?;
         pooled.left.cancel();
         self.changed();
@@ -172,12 +172,12 @@ impl WarmPool {
 
     /// A future that resolves when a browser becomes ready. Create it before checking the
     /// pool, so that no arrival is missed in between.
-    pub fn became_ready(&self) -> tokio::sync::futures::Notified<'_> {
+    pub(super) fn became_ready(&self) -> tokio::sync::futures::Notified<'_> {
         self.became_ready.notified()
     }
 
     /// Creates waiting in the admission queue take precedence over refilling.
-    pub fn set_waiters(&self, waiting: bool) {
+    pub(super) fn set_waiters(&self, waiting: bool) {
         self.yield_to_waiters.store(waiting, Ordering::Release);
         if !waiting {
             self.wake.notify_one();
@@ -185,12 +185,12 @@ impl WarmPool {
     }
 
     /// Capacity was freed (a session ended): the pool may grow again.
-    pub fn capacity_freed(&self) {
+    pub(super) fn capacity_freed(&self) {
         self.wake.notify_one();
     }
 
     /// Stops refilling and kills every pooled browser. Idempotent.
-    pub async fn close(&self) {
+    pub(super) async fn close(&self) {
         self.closed.cancel();
         let drained: Vec<Pooled> = lock(&self.ready).drain(..).collect();
         self.changed();

@@ -17,19 +17,19 @@ pub struct OverQuota {
 }
 
 /// Sessions per tenant, against one limit for every tenant.
-pub struct TenantQuota {
+pub(super) struct TenantQuota {
     limit: Option<usize>,
     counts: Arc<Mutex<HashMap<Arc<str>, usize>>>,
 }
 
 /// One session's place in its tenant's count, given back on drop.
-pub struct QuotaHold {
+pub(super) struct QuotaHold {
     counts: Arc<Mutex<HashMap<Arc<str>, usize>>>,
     tenant: Option<Arc<str>>,
 }
 
 impl TenantQuota {
-    pub fn new(limit: Option<usize>) -> TenantQuota {
+    pub(super) fn new(limit: Option<usize>) -> TenantQuota {
         TenantQuota {
             limit,
             counts: Arc::default(),
@@ -38,7 +38,7 @@ impl TenantQuota {
 
     /// Takes a place for one more session of `tenant`. Without a tenant (no keys) only the
     /// gateway's own limit applies.
-    pub fn reserve(&self, tenant: Option<Arc<str>>) -> Result<QuotaHold, OverQuota> {
+    pub(super) fn reserve(&self, tenant: Option<Arc<str>>) -> Result<QuotaHold, OverQuota> {
         if let Some(name) = &tenant {
             let mut counts = lock(&self.counts);
             let count = counts.entry(name.clone()).or_insert(0);

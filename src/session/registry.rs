@@ -35,7 +35,7 @@ const REAP_WAIT: Duration = Duration::from_secs(10);
 /// Which ended sessions stay listed: those created within `keep_for`, and in any case each
 /// tenant's newest `keep_newest`.
 #[derive(Debug, Clone, Copy)]
-pub struct HistoryLimits {
+pub(crate) struct HistoryLimits {
     /// How long an ended session stays listed.
     pub keep_for: Duration,
     /// Each tenant's newest sessions stay listed however old they are.
@@ -55,7 +55,7 @@ impl HistoryLimits {
 
 /// Whether the gateway should be sent new sessions (`/readyz`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Readiness {
+pub(crate) enum Readiness {
     /// A create would start now.
     Ready,
     /// Every slot is taken and no pooled browser waits.
@@ -67,7 +67,7 @@ pub enum Readiness {
 }
 
 /// The session registry.
-pub struct Registry {
+pub(crate) struct Registry {
     pub(super) directory: Directory,
     pub(super) admitter: Admitter,
     pool: Arc<WarmPool>,
@@ -94,7 +94,7 @@ pub struct Registry {
 
 impl Registry {
     /// A registry; its warm pool starts filling when [`Registry::start_pool`] is called.
-    pub fn new(
+    pub(crate) fn new(
         host: Arc<dyn BrowserHost>,
         meter: Arc<Meter>,
         admission: Admission,
@@ -133,7 +133,7 @@ impl Registry {
     }
 
     /// Sets the caps on each session's CDP traffic, for sessions started from now on. Once.
-    pub fn set_cdp_limits(&self, limits: crate::cdp::guard::Limits) {
+    pub(crate) fn set_cdp_limits(&self, limits: crate::cdp::guard::Limits) {
         let _ = self.cdp_limits.set(limits);
     }
 
@@ -143,12 +143,12 @@ impl Registry {
     }
 
     /// Every session's files on this node.
-    pub fn files(&self) -> &Arc<FileStore> {
+    pub(crate) fn files(&self) -> &Arc<FileStore> {
         &self.files
     }
 
     /// Whether session `id` is starting or live on this node.
-    pub fn runs_here(&self, id: &Uuid) -> bool {
+    pub(crate) fn runs_here(&self, id: &Uuid) -> bool {
         self.directory.runs(id)
     }
 
@@ -164,7 +164,7 @@ impl Registry {
 
     /// Launches a browser and kills it again, to learn whether browsers can start. Returns
     /// the launch time, or the launch error; readiness follows the outcome.
-    pub async fn probe_browser(&self) -> Result<Duration, LaunchError> {
+    pub(crate) async fn probe_browser(&self) -> Result<Duration, LaunchError> {
         let started = Instant::now();
         let spec = LaunchSpec {
             session_id: Uuid::new_v4(),
@@ -188,12 +188,12 @@ impl Registry {
     }
 
     /// Starts keeping the warm pool filled.
-    pub fn start_pool(&self) {
+    pub(crate) fn start_pool(&self) {
         self.pool.start();
     }
 
     /// Whether new sessions can be served now.
-    pub fn readiness(&self) -> Readiness {
+    pub(crate) fn readiness(&self) -> Readiness {
         if self.is_closed() {
             Readiness::ShuttingDown
         } else if let Some(error) = self.launch_health.failure() {
@@ -207,13 +207,13 @@ impl Registry {
 
     /// Whether a create would start here now without waiting: this node takes sessions
     /// and has a free slot or a pooled browser.
-    pub fn takes_sessions_now(&self) -> bool {
+    pub(crate) fn takes_sessions_now(&self) -> bool {
         self.readiness() == Readiness::Ready
     }
 
     /// What this node tells the other nodes of a cluster: how many creates it could start
     /// now, and whether it takes sessions at all (not draining, browsers start).
-    pub fn offer(&self) -> (usize, bool) {
+    pub(crate) fn offer(&self) -> (usize, bool) {
         let ready = matches!(self.readiness(), Readiness::Ready | Readiness::AtCapacity);
         (if ready { self.admitter.room() } else { 0 }, ready)
     }
@@ -236,13 +236,13 @@ impl Registry {
     }
 
     /// A session `caller` may see; another tenant's is `None`, like an unknown id.
-    pub fn get_for(&self, id: &Uuid, caller: &Caller) -> Option<Arc<Session>> {
+    pub(crate) fn get_for(&self, id: &Uuid, caller: &Caller) -> Option<Arc<Session>> {
         self.directory.get_for(id, caller)
     }
 
     /// A session `caller` may see, live here or known from its record (it ended before a
     /// restart, say); `None` like an unknown id otherwise.
-    pub async fn retrieve(
+    pub(crate) async fn retrieve(
         &self,
         id: &Uuid,
         caller: &Caller,
@@ -277,7 +277,11 @@ impl Registry {
     /// `caller`'s sessions newest first, filtered and paginated as the Steel SDKs expect:
     /// from the usage records, so sessions of earlier runs are listed too, with the live
     /// figures of the sessions running here.
-    pub async fn list(&self, query: ListQuery, caller: &Caller) -> Result<ListPage, ListError> {
+    pub(crate) async fn list(
+        &self,
+        query: ListQuery,
+        caller: &Caller,
+    ) -> Result<ListPage, ListError> {
         let tenant = caller.tenant_name().map(|t| t.to_string());
         let retention = self.retention();
         let before = match query.cursor {
@@ -357,13 +361,13 @@ impl Registry {
     }
 
     /// `caller`'s only live session, if it has exactly one.
-    pub fn sole_live_session(&self, caller: &Caller) -> Option<Arc<Session>> {
+    pub(crate) fn sole_live_session(&self, caller: &Caller) -> Option<Arc<Session>> {
         self.directory.sole_live(caller)
     }
 
     /// Releases a session and waits until its browser is gone. Releasing an ended session
     /// changes nothing. `None` when the id is unknown to `caller`.
-    pub async fn release(&self, id: &Uuid, caller: &Caller) -> Option<Arc<Session>> {
+    pub(crate) async fn release(&self, id: &Uuid, caller: &Caller) -> Option<Arc<Session>> {
         let session = self.get_for(id, caller)?;
         let _ = session.request_end(EndReason::UserRequested);
         wait_reaped(&session).await;
@@ -372,7 +376,7 @@ impl Registry {
 
     /// Sets the total timeout of a live session of `caller` and records it; `None` when the
     /// id is unknown to `caller` here.
-    pub async fn extend(
+    pub(crate) async fn extend(
         &self,
         id: &Uuid,
         caller: &Caller,
@@ -390,7 +394,7 @@ impl Registry {
     }
 
     /// Releases every live session of `caller`; returns how many this call ended.
-    pub async fn release_all(&self, caller: &Caller) -> usize {
+    pub(crate) async fn release_all(&self, caller: &Caller) -> usize {
         let live = self.directory.live_for(caller);
         let released = live
             .iter()
@@ -406,7 +410,7 @@ impl Registry {
     /// (when this node stopped serving them). Their supervisors reap them; their clients,
     /// held while the node was fenced, are closed and get nothing more (the proxy checks
     /// the session before it relays a held message). Returns how many it ended.
-    pub fn end_lost(&self, records: &[i64], at: std::time::Instant) -> usize {
+    pub(crate) fn end_lost(&self, records: &[i64], at: std::time::Instant) -> usize {
         let mut ended = 0;
         for session in self.directory.live_for(&Caller::Open) {
             let lost = session
@@ -423,24 +427,24 @@ impl Registry {
     }
 
     /// Freezes (`true`) or thaws the browser of every live session here.
-    pub fn freeze_all(&self, frozen: bool) {
+    pub(crate) fn freeze_all(&self, frozen: bool) {
         for session in self.directory.live_for(&Caller::Open) {
             session.freeze(frozen);
         }
     }
 
     /// Number of live sessions.
-    pub fn live_count(&self) -> usize {
+    pub(crate) fn live_count(&self) -> usize {
         self.live.load(Ordering::Acquire)
     }
 
     /// Most sessions live (or starting, or pooled) at once.
-    pub fn max_sessions(&self) -> usize {
+    pub(crate) fn max_sessions(&self) -> usize {
         self.admitter.limits().max_sessions
     }
 
     /// Refuses new sessions from now on, and empties the warm pool; live sessions go on.
-    pub async fn stop_accepting(&self) {
+    pub(crate) async fn stop_accepting(&self) {
         self.closed.cancel();
         self.pool.close().await;
     }
@@ -452,7 +456,7 @@ impl Registry {
 
     /// Ends every session (reason `gateway_shutdown`), refuses new ones, and waits up to
     /// `grace` for every browser to be reaped.
-    pub async fn shutdown(&self, grace: Duration) {
+    pub(crate) async fn shutdown(&self, grace: Duration) {
         self.stop_accepting().await;
         self.shutdown.cancel();
         self.tasks.close();

@@ -13,7 +13,7 @@ use crate::vocab::{EndReason, Status};
 
 /// A read-only view of where a session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Chromium is being launched; the session is not visible to clients yet.
     Starting,
     /// Ready: Chromium answered its first CDP command.
@@ -25,21 +25,21 @@ pub enum Phase {
 impl Phase {
     /// The status a client sees. A starting session is reported as live because it is
     /// never shown before it is ready.
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         match self {
             Phase::Starting | Phase::Live => Status::Live,
             Phase::Ended { reason, .. } => reason.status(),
         }
     }
 
-    pub fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         matches!(self, Phase::Live)
     }
 }
 
 /// A transition the state machine refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     #[error("session already ended ({})", .0.as_str())]
     AlreadyEnded(EndReason),
     #[error("session is not starting")]
@@ -53,7 +53,7 @@ pub enum Refused {
 /// The state of one session. Transitions are atomic and happen at most once each, so
 /// concurrent release, timeout and crash agree on exactly one outcome.
 #[derive(Debug)]
-pub struct Lifecycle {
+pub(crate) struct Lifecycle {
     phase: Mutex<Phase>,
 }
 
@@ -64,18 +64,18 @@ impl Default for Lifecycle {
 }
 
 impl Lifecycle {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Lifecycle {
             phase: Mutex::new(Phase::Starting),
         }
     }
 
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         *self.lock()
     }
 
     /// `starting → live`.
-    pub fn mark_live(&self) -> Result<(), Refused> {
+    pub(crate) fn mark_live(&self) -> Result<(), Refused> {
         let mut phase = self.lock();
         match *phase {
             Phase::Starting => {
@@ -89,13 +89,13 @@ impl Lifecycle {
 
     /// `starting → failed(startup_failed)` or `live → released | failed`. The first caller
     /// wins; every later caller learns how the session did end.
-    pub fn end(&self, reason: EndReason) -> Result<Instant, Refused> {
+    pub(crate) fn end(&self, reason: EndReason) -> Result<Instant, Refused> {
         self.end_at(reason, Instant::now())
     }
 
     /// As [`Lifecycle::end`], as of `at` (not later than now): a session whose node stopped
     /// serving it earlier ended then.
-    pub fn end_at(&self, reason: EndReason, at: Instant) -> Result<Instant, Refused> {
+    pub(crate) fn end_at(&self, reason: EndReason, at: Instant) -> Result<Instant, Refused> {
         let at = at.min(Instant::now());
         let mut phase = self.lock();
         let startup_failure = reason == EndReason::StartupFailed;

@@ -128,7 +128,7 @@ async fn inactive(session: &Session) -> Duration {
 
 /// How often the supervisor checks that the browser still answers, and how long it waits.
 #[derive(Debug, Clone, Copy)]
-pub struct LivenessProbe {
+pub(crate) struct LivenessProbe {
     /// Time between probes.
     pub interval: Duration,
     /// How long the browser may take to answer one.

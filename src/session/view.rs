@@ -46,7 +46,7 @@ impl Details {
 
 /// One page (tab) of a live session, as `live-details` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageInfo {
+pub(crate) struct PageInfo {
     /// Chromium's target id.
     pub id: String,
     pub url: String,
@@ -55,7 +55,7 @@ pub struct PageInfo {
 
 impl PageInfo {
     /// The pages among `Target.getTargets`' `targetInfos`, in Chromium's order.
-    pub fn from_targets(reply: &serde_json::Value) -> Vec<PageInfo> {
+    pub(crate) fn from_targets(reply: &serde_json::Value) -> Vec<PageInfo> {
         let text = |t: &serde_json::Value, k: &str| t[k].as_str().unwrap_or_default().to_owned();
         reply["targetInfos"]
             .as_array()
@@ -74,7 +74,7 @@ impl PageInfo {
 
 /// A session as a client sees it.
 #[derive(Debug, Clone)]
-pub struct SessionView {
+pub(crate) struct SessionView {
     /// The session's id.
     pub id: Uuid,
     /// Wall-clock creation time.
@@ -107,7 +107,7 @@ pub struct SessionView {
 
 impl SessionView {
     /// A session of this process, now.
-    pub fn of(session: &Session) -> SessionView {
+    pub(crate) fn of(session: &Session) -> SessionView {
         SessionView {
             id: session.id,
             created_at: session.created_at,
@@ -127,7 +127,7 @@ impl SessionView {
     }
 
     /// A session known from its record.
-    pub fn from_record(row: &HistoryRow) -> SessionView {
+    pub(crate) fn from_record(row: &HistoryRow) -> SessionView {
         let details: Details = serde_json::from_str(&row.details).unwrap_or_default();
         let created_ns = i128::from(row.created_at_ms) * 1_000_000;
         // A session live on another node has lasted until now, not until its checkpoint.

@@ -33,7 +33,7 @@ const MAX_DELTA: f64 = 100_000.0;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 #[schema(as = ComputerAction)]
-pub enum Wire {
+pub(crate) enum Wire {
     MoveMouse {
         coordinates: Vec<f64>,
         #[serde(default)]
@@ -90,7 +90,7 @@ pub enum Wire {
 }
 
 /// A point on the page, in CSS pixels.
-pub type Point = (f64, f64);
+pub(crate) type Point = (f64, f64);
 
 /// A checked action.
 #[derive(Debug)]
@@ -121,7 +121,7 @@ enum Act {
 /// A checked request: the action, the keys held during it, and whether a screenshot
 /// follows.
 #[derive(Debug)]
-pub struct Request {
+pub(crate) struct Request {
     act: Act,
     hold: Vec<Key>,
     screenshot: bool,
@@ -135,7 +135,7 @@ pub struct Invalid(pub String);
 /// Steel's `SessionComputerResponse`.
 #[derive(Debug, Default, serde::Serialize, utoipa::ToSchema)]
 #[schema(as = ComputerResponse)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,7 +146,7 @@ pub struct Outcome {
 
 impl Request {
     /// Parses and checks a request body.
-    pub fn parse(body: &[u8]) -> Result<Request, Invalid> {
+    pub(crate) fn parse(body: &[u8]) -> Result<Request, Invalid> {
         let wire: Wire = serde_json::from_slice(body).map_err(|e| Invalid(wire_error(&e)))?;
         let (act, hold, screenshot) = match wire {
             Wire::MoveMouse {
@@ -384,7 +384,7 @@ pub enum RunError {
 
 /// Runs `request` on the active page of the browser behind `mux`. `cursor` is where the
 /// pointer is (and is moved).
-pub async fn run(
+pub(crate) async fn run(
     mux: &Arc<Mux>,
     request: &Request,
     cursor: &std::sync::Mutex<Point>,
@@ -420,7 +420,7 @@ pub async fn run(
 }
 
 /// A small JPEG (a quarter of the page's size) of the active page, for thumbnails.
-pub async fn thumbnail(mux: &Arc<Mux>) -> Result<Vec<u8>, CommandError> {
+pub(crate) async fn thumbnail(mux: &Arc<Mux>) -> Result<Vec<u8>, CommandError> {
     let mut page = Page::open(mux).await?;
     let (width, height) = page.viewport().await?;
     let clip = json!({"x": 0, "y": 0, "width": width.min(4096.0), "height": height.min(4096.0), "scale": 0.25});

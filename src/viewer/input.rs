@@ -7,17 +7,17 @@
 use serde_json::{Value, json};
 
 /// CDP modifier bits.
-pub const ALT: u32 = 1;
+pub(crate) const ALT: u32 = 1;
 /// Control.
-pub const CTRL: u32 = 2;
+pub(crate) const CTRL: u32 = 2;
 /// Meta (Command, Windows key).
-pub const META: u32 = 4;
+pub(crate) const META: u32 = 4;
 /// Shift.
-pub const SHIFT: u32 = 8;
+pub(crate) const SHIFT: u32 = 8;
 
 /// A key as CDP's `Input.dispatchKeyEvent` describes it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Key {
+pub(crate) struct Key {
     /// DOM `key` (`"a"`, `"Enter"`, `"ArrowLeft"`).
     pub key: String,
     /// DOM `code` (`"KeyA"`, `"Enter"`); empty for characters off the US layout.
@@ -30,7 +30,7 @@ pub struct Key {
 
 impl Key {
     /// The modifier bit this key sets while held, if it is a modifier.
-    pub fn modifier(&self) -> u32 {
+    pub(crate) fn modifier(&self) -> u32 {
         match self.key.as_str() {
             "Alt" => ALT,
             "Control" => CTRL,
@@ -42,7 +42,7 @@ impl Key {
 
     /// `Input.dispatchKeyEvent` parameters for pressing (`down`) or releasing this key with
     /// `modifiers` held. A key that types text is typed only without Control or Meta.
-    pub fn event(&self, down: bool, modifiers: u32) -> Value {
+    pub(crate) fn event(&self, down: bool, modifiers: u32) -> Value {
         let text = self
             .text
             .as_deref()
@@ -145,7 +145,7 @@ const US_LAYOUT: &[(char, char, &str, u32)] = &[
 /// The key called `name`: a DOM key name (`Enter`, `ArrowLeft`, `F5`), another common name
 /// for it (`Return`, `ctrl`, `Page_Down`), or one character. Names are case-insensitive;
 /// single characters are not.
-pub fn key(name: &str) -> Option<Key> {
+pub(crate) fn key(name: &str) -> Option<Key> {
     let mut chars = name.chars();
     if let (Some(c), None) = (chars.next(), chars.next()) {
         return Some(character(c));
@@ -172,7 +172,7 @@ pub fn key(name: &str) -> Option<Key> {
 }
 
 /// The key that types `c`.
-pub fn character(c: char) -> Key {
+pub(crate) fn character(c: char) -> Key {
     let text = Some(c.to_string());
     if c.is_ascii_alphabetic() {
         let upper = c.to_ascii_uppercase();
@@ -214,7 +214,7 @@ fn unmapped(c: char) -> Key {
 
 /// The keys of a combination such as `ctrl+shift+t` (or one key name); `None` names the
 /// part that is no key.
-pub fn combination(spec: &str) -> Result<Vec<Key>, String> {
+pub(crate) fn combination(spec: &str) -> Result<Vec<Key>, String> {
     if spec.chars().count() == 1 {
         return Ok(vec![character(spec.chars().next().unwrap_or(' '))]);
     }
@@ -228,7 +228,7 @@ pub fn combination(spec: &str) -> Result<Vec<Key>, String> {
 
 /// A mouse button, as CDP names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Button {
+pub(crate) enum Button {
     /// No button (a move).
     None,
     /// The primary button.
@@ -245,7 +245,7 @@ pub enum Button {
 
 impl Button {
     /// The button called `name` (`left`, `middle`, `right`, `back`, `forward`, `none`).
-    pub fn parse(name: &str) -> Option<Button> {
+    pub(crate) fn parse(name: &str) -> Option<Button> {
         Some(match name {
             "none" => Button::None,
             "left" => Button::Left,
@@ -283,7 +283,7 @@ impl Button {
 
 /// What a mouse event does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MouseKind {
+pub(crate) enum MouseKind {
     /// A button goes down.
     Pressed,
     /// A button comes up.
@@ -293,7 +293,7 @@ pub enum MouseKind {
 }
 
 /// `Input.dispatchMouseEvent` parameters at page point (`x`, `y`).
-pub fn mouse(
+pub(crate) fn mouse(
     kind: MouseKind,
     x: f64,
     y: f64,
@@ -318,7 +318,7 @@ pub fn mouse(
 }
 
 /// `Input.dispatchMouseEvent` parameters for a wheel turn at page point (`x`, `y`).
-pub fn wheel(x: f64, y: f64, delta_x: f64, delta_y: f64, modifiers: u32) -> Value {
+pub(crate) fn wheel(x: f64, y: f64, delta_x: f64, delta_y: f64, modifiers: u32) -> Value {
     json!({
         "type": "mouseWheel",
         "x": x,

@@ -8,11 +8,11 @@
 //! never disturbs a client's CDP sessions; knows nothing of HTTP or of sessions' states
 //! (callers check that a session is live).
 
-pub mod computer;
-pub mod input;
-pub mod protocol;
-pub mod screen;
-pub mod socket;
+pub(crate) mod computer;
+pub(crate) mod input;
+pub(crate) mod protocol;
+pub(crate) mod screen;
+pub(crate) mod socket;
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -26,11 +26,11 @@ use crate::cdp::mux::Mux;
 use screen::{Screen, ScreenError};
 
 /// The viewer's page, its frame around the session's facts, and the operator console.
-pub const VIEWER_HTML: &str = include_str!("assets/viewer.html");
+pub(crate) const VIEWER_HTML: &str = include_str!("assets/viewer.html");
 /// `sessionViewerUrl`: the viewer next to the session's facts.
-pub const VIEW_HTML: &str = include_str!("assets/view.html");
+pub(crate) const VIEW_HTML: &str = include_str!("assets/view.html");
 /// The console at `/ui`.
-pub const CONSOLE_HTML: &str = include_str!("assets/console.html");
+pub(crate) const CONSOLE_HTML: &str = include_str!("assets/console.html");
 
 /// What is kept of one session's view: where its pointer is, and its live view while one
 /// runs.
@@ -45,7 +45,7 @@ type States = DashMap<Uuid, ViewState>;
 
 /// View state of every session on this node. A session's state is forgotten when its
 /// browser connection goes (which every end of a session brings about).
-pub struct Viewers {
+pub(crate) struct Viewers {
     states: Arc<States>,
     key: Vec<u8>,
 }
@@ -53,7 +53,7 @@ pub struct Viewers {
 impl Viewers {
     /// Viewers whose tokens are made with `key` (the cluster's secret, so that every node
     /// makes the same; else a key of this process).
-    pub fn new(key: Vec<u8>) -> Viewers {
+    pub(crate) fn new(key: Vec<u8>) -> Viewers {
         Viewers {
             states: Arc::new(DashMap::new()),
             key,
@@ -62,13 +62,17 @@ impl Viewers {
 
     /// Where session `id`'s pointer is (the page's top left until it moves); its browser is
     /// behind `mux`.
-    pub fn cursor(&self, id: Uuid, mux: &Arc<Mux>) -> Arc<Mutex<computer::Point>> {
+    pub(crate) fn cursor(&self, id: Uuid, mux: &Arc<Mux>) -> Arc<Mutex<computer::Point>> {
         self.with_state(id, mux, |state| state.cursor.clone())
     }
 
     /// The live view of session `id`, whose browser is behind `mux`: the running one, or a
     /// new one.
-    pub async fn screen(&self, id: Uuid, mux: &Arc<Mux>) -> Result<Arc<Screen>, ScreenError> {
+    pub(crate) async fn screen(
+        &self,
+        id: Uuid,
+        mux: &Arc<Mux>,
+    ) -> Result<Arc<Screen>, ScreenError> {
         let running = self.with_state(id, mux, |state| state.screen.upgrade());
         if let Some(screen) = running
             && !screen.is_closed()
@@ -113,7 +117,7 @@ impl Viewers {
     /// read-only token cannot be turned into an interactive one. (An interactive token is
     /// the HMAC of the id alone, as every token was before tokens carried a mode, so links
     /// handed out by an older node of a cluster keep working.)
-    pub fn token(&self, id: Uuid, mode: ViewerMode) -> String {
+    pub(crate) fn token(&self, id: Uuid, mode: ViewerMode) -> String {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
             return String::new();
         };
@@ -128,7 +132,7 @@ impl Viewers {
 
     /// The mode `presented` grants on session `id`, if it is one of its tokens (compared in
     /// constant time).
-    pub fn token_mode(&self, id: Uuid, presented: &str) -> Option<ViewerMode> {
+    pub(crate) fn token_mode(&self, id: Uuid, presented: &str) -> Option<ViewerMode> {
         use subtle::ConstantTimeEq;
         let fits = |mode| {
             let expected = self.token(id, mode);
@@ -144,7 +148,7 @@ impl Viewers {
 
 /// What a viewer token lets its holder do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ViewerMode {
+pub(crate) enum ViewerMode {
     /// Watch and steer: the viewer's input reaches the page.
     Interactive,
     /// Watch only: input is ignored, whatever the URL asks.
@@ -154,7 +158,7 @@ pub enum ViewerMode {
 impl ViewerMode {
     /// The mode a viewer gets: its token's, lowered to read-only when its URL asks for that
     /// (`interactive=false`). A URL can never raise it.
-    pub fn asked(self, interactive_in_url: bool) -> ViewerMode {
+    pub(crate) fn asked(self, interactive_in_url: bool) -> ViewerMode {
         match (self, interactive_in_url) {
             (ViewerMode::Interactive, true) => ViewerMode::Interactive,
             _ => ViewerMode::ReadOnly,

@@ -13,7 +13,7 @@ use super::input::{self, Button, MouseKind};
 use super::screen::Tab;
 
 /// Largest text a viewer may paste at once, in characters.
-pub const MAX_PASTE: usize = 10_000;
+pub(crate) const MAX_PASTE: usize = 10_000;
 /// Largest wheel delta, in CSS pixels, either way.
 const MAX_DELTA: f64 = 10_000.0;
 /// The modifier bits CDP knows (Alt, Ctrl, Meta, Shift).
@@ -23,7 +23,7 @@ const MODIFIER_BITS: u64 = 0xf;
 /// that the server does not read (a key's `code` and `text`) are ignored.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
-pub enum ClientMessage {
+pub(crate) enum ClientMessage {
     /// Mouse on the canvas, at page CSS pixels.
     #[serde(rename_all = "camelCase")]
     Mouse {
@@ -82,7 +82,7 @@ fn no_button() -> String {
 /// A mouse message's `event`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum MouseEvent {
+pub(crate) enum MouseEvent {
     #[serde(rename = "mousePressed")]
     Pressed,
     #[serde(rename = "mouseReleased")]
@@ -94,7 +94,7 @@ pub enum MouseEvent {
 /// A key message's `event`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum KeyEvent {
+pub(crate) enum KeyEvent {
     KeyDown,
     KeyUp,
 }
@@ -102,7 +102,7 @@ pub enum KeyEvent {
 /// A text message to the viewer page (tagged by `type`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
-pub enum ServerMessage {
+pub(crate) enum ServerMessage {
     /// The session's pages and the one this viewer watches.
     Tabs {
         tabs: Vec<Tab>,
@@ -116,7 +116,7 @@ pub enum ServerMessage {
 
 impl ServerMessage {
     /// The message as the text of a WebSocket message.
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         // Serializing these plain shapes cannot fail; an empty object would be ignored.
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
     }
@@ -124,7 +124,7 @@ impl ServerMessage {
 
 /// Why a viewer's message was refused: the `message` of the `error` answer.
 #[derive(Debug, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// Not JSON, not an object, an unknown `type`, or a member missing or of the wrong type.
     #[error("not a viewer message: {0}")]
     Malformed(#[from] serde_json::Error),
@@ -144,7 +144,7 @@ pub enum Refused {
 
 /// What a viewer's message asks for.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Request {
+pub(crate) enum Request {
     /// Watch the page with this target id.
     Switch(String),
     /// Send this CDP command to the watched page.
@@ -156,18 +156,18 @@ pub enum Request {
 
 impl ClientMessage {
     /// Reads one text message of the viewer's.
-    pub fn parse(text: &str) -> Result<ClientMessage, Refused> {
+    pub(crate) fn parse(text: &str) -> Result<ClientMessage, Refused> {
         Ok(serde_json::from_str(text)?)
     }
 
     /// Whether the message is input (which only an interactive viewer may send).
-    pub fn is_input(&self) -> bool {
+    pub(crate) fn is_input(&self) -> bool {
         !matches!(self, ClientMessage::Switch { .. })
     }
 
     /// What the message asks for, on a page of `size` (CSS pixels): coordinates are clamped
     /// to the page.
-    pub fn request(&self, size: (f64, f64)) -> Result<Request, Refused> {
+    pub(crate) fn request(&self, size: (f64, f64)) -> Result<Request, Refused> {
         let clamp = |v: f64, max: f64| v.clamp(0.0, max.max(0.0));
         let modifiers = |m: &u64| (m & MODIFIER_BITS) as u32;
         let command = |method, params| Ok(Request::Command(method, params));

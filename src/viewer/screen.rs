@@ -21,7 +21,7 @@ use crate::cdp::mux::{CommandError, Mux};
 
 /// Why a live view could not be started or a page watched.
 #[derive(Debug, thiserror::Error)]
-pub enum ScreenError {
+pub(crate) enum ScreenError {
     /// The browser did not take the view's private client.
     #[error("cannot attach to the browser: {0}")]
     Attach(#[from] CommandError),
@@ -40,7 +40,7 @@ const MAX_SIDE: u32 = 1920;
 
 /// One frame of a page.
 #[derive(Debug)]
-pub struct Frame {
+pub(crate) struct Frame {
     /// The page's viewport in CSS pixels: the space input coordinates are in.
     pub width: f64,
     /// See `width`.
@@ -72,7 +72,7 @@ impl Frame {
 
 /// A page of the session.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Tab {
+pub(crate) struct Tab {
     pub id: String,
     pub url: String,
     pub title: String,
@@ -81,14 +81,14 @@ pub struct Tab {
 /// The session's pages, oldest first, and the newest one (a viewer that follows switches
 /// to it).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Tabs {
+pub(crate) struct Tabs {
     pub tabs: Vec<Tab>,
     pub newest: Option<String>,
 }
 
 /// Which page a viewer wants.
 #[derive(Debug, Clone)]
-pub enum Pick {
+pub(crate) enum Pick {
     /// This target id.
     Id(String),
     /// The n-th page, oldest first.
@@ -98,7 +98,7 @@ pub enum Pick {
 }
 
 /// A viewer's subscription to a page's frames; dropping it unsubscribes.
-pub struct Watching {
+pub(crate) struct Watching {
     /// The page watched.
     pub page: String,
     /// Its newest frame; closed when the page goes.
@@ -120,14 +120,14 @@ enum Command {
 }
 
 /// A handle to the live view of one session.
-pub struct Screen {
+pub(crate) struct Screen {
     commands: mpsc::UnboundedSender<Command>,
     tabs: watch::Receiver<Tabs>,
 }
 
 impl Screen {
     /// Starts viewing the browser behind `mux`.
-    pub async fn start(mux: &Arc<Mux>) -> Result<Arc<Screen>, ScreenError> {
+    pub(crate) async fn start(mux: &Arc<Mux>) -> Result<Arc<Screen>, ScreenError> {
         let driver = Driver::attach(mux).await?;
         let (commands, inbox) = mpsc::unbounded_channel();
         let (tabs_tx, tabs) = watch::channel(Tabs::default());
@@ -145,17 +145,17 @@ impl Screen {
     }
 
     /// Whether the view ended (the browser went).
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.commands.is_closed()
     }
 
     /// The session's pages, as they change.
-    pub fn tabs(&self) -> watch::Receiver<Tabs> {
+    pub(crate) fn tabs(&self) -> watch::Receiver<Tabs> {
         self.tabs.clone()
     }
 
     /// Subscribes to the frames of the page `pick` names.
-    pub async fn watch(&self, pick: Pick) -> Result<Watching, ScreenError> {
+    pub(crate) async fn watch(&self, pick: Pick) -> Result<Watching, ScreenError> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Watch(pick, tx))
@@ -164,7 +164,7 @@ impl Screen {
     }
 
     /// Sends `method` to watched page `page`, without waiting for its reply.
-    pub fn page_command(&self, page: &str, method: &'static str, params: Value) {
+    pub(crate) fn page_command(&self, page: &str, method: &'static str, params: Value) {
         let _ = self
             .commands
             .send(Command::Page(page.to_owned(), method, params));

@@ -22,7 +22,7 @@ const LIFE_CHECK: Duration = Duration::from_millis(250);
 
 /// What the socket loop needs of the session it shows (the API implements it for a live
 /// session; tests for a stand-in).
-pub trait Subject: Send + Sync {
+pub(crate) trait Subject: Send + Sync {
     /// `None` while the session is live; once it is not, how it ended in Steel's words
     /// (`ended` when no reason is known).
     fn ended(&self) -> Option<&'static str>;
@@ -32,7 +32,7 @@ pub trait Subject: Send + Sync {
 
 /// What a viewer's URL (bounded by its token) asks for.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Whether the viewer's input reaches the page.
     pub interactive: bool,
     /// Which page it watches first.
@@ -41,7 +41,7 @@ pub struct Options {
 
 /// Why the socket loop stopped.
 #[derive(Debug)]
-pub enum Ending {
+pub(crate) enum Ending {
     /// The viewer closed the socket, or it went away.
     Left,
     /// The session ended; the viewer was told (`ended`) and is to be closed with the reason.
@@ -53,7 +53,7 @@ pub enum Ending {
 }
 
 /// Serves one viewer on `socket` until it leaves or its session ends.
-pub async fn serve<S, E>(
+pub(crate) async fn serve<S, E>(
     socket: &mut S,
     screen: Arc<Screen>,
     subject: &dyn Subject,

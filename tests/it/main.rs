@@ -10,6 +10,10 @@
 //! gateway with its own data directory and port, and counts only its own browsers (by data
 //! directory), so tests of different modules do not see each other. The ones that measure
 //! timings or load the whole machine (`faults`) run alone: see [`common::exclusive`].
+
+// The helpers of this test crate are not an API: `pub` inside it marks what other test
+// modules use, so the workspace's `unreachable_pub` does not apply here.
+#![allow(unreachable_pub)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -205,7 +205,7 @@ fn failover_table(c: &ClusterResults) -> String {
 }
 
 /// The section's tables, or why it was not measured.
-pub fn cluster_tables(c: &Cluster) -> String {
+pub(crate) fn cluster_tables(c: &Cluster) -> String {
     let c = match c {
         Cluster::Measured(c) => c,
         Cluster::Skipped(why) => return format!("Not measured: {why}.\n"),
@@ -223,7 +223,7 @@ pub fn cluster_tables(c: &Cluster) -> String {
 }
 
 /// How many of the section's targets were met, out of those measured.
-pub fn cluster_targets_met(c: &Cluster) -> (usize, usize) {
+pub(crate) fn cluster_targets_met(c: &Cluster) -> (usize, usize) {
     let Cluster::Measured(c) = c else {
         return (0, 0);
     };
@@ -232,7 +232,7 @@ pub fn cluster_targets_met(c: &Cluster) -> (usize, usize) {
 }
 
 /// The whole section, from its heading to its method, ending with one newline.
-pub fn section(c: &Cluster, intro: &str, quick: bool) -> String {
+pub(super) fn section(c: &Cluster, intro: &str, quick: bool) -> String {
     let quick = if quick {
         " **A quick smoke run (`--quick`): too few samples to quote.**"
     } else {
@@ -287,7 +287,7 @@ between 2/3 of the lease (a kill just before a renewal) and the lease plus lease
 
 /// Puts the section, measured by `--only cluster`, into the report at `path` (creating the
 /// file if there is none), leaving the rest of the file as it was.
-pub fn write_cluster(
+pub(crate) fn write_cluster(
     path: &Path,
     c: &Cluster,
     machine: &Machine,

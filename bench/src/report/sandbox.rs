@@ -235,7 +235,7 @@ fn rows(r: &SandboxResults) -> Vec<SandboxRow> {
 }
 
 /// The section's table, or why it was not measured.
-pub fn sandbox_table(s: &Sandbox) -> String {
+pub(crate) fn sandbox_table(s: &Sandbox) -> String {
     let r = match s {
         Sandbox::Measured(r) => r,
         Sandbox::Skipped(why) => return format!("Not measured: {why}.\n"),
@@ -250,7 +250,7 @@ pub fn sandbox_table(s: &Sandbox) -> String {
 }
 
 /// How many of the section's targets were met, out of those measured.
-pub fn sandbox_targets_met(s: &Sandbox) -> (usize, usize) {
+pub(crate) fn sandbox_targets_met(s: &Sandbox) -> (usize, usize) {
     let Sandbox::Measured(r) = s else {
         return (0, 0);
     };
@@ -272,7 +272,7 @@ fn launch(l: &Launch) -> String {
 }
 
 /// The whole section, from its heading to its method, ending with one newline.
-pub fn section(s: &Sandbox, intro: &str, quick: bool) -> String {
+pub(super) fn section(s: &Sandbox, intro: &str, quick: bool) -> String {
     let quick = if quick {
         " **A quick smoke run (`--quick`): too few samples to quote.**"
     } else {
@@ -330,7 +330,7 @@ over the create.{warning}
 
 /// Puts the section, measured by `--only sandbox`, into the report at `path` (creating the
 /// file if there is none), leaving the rest of the file as it was.
-pub fn write_sandbox(
+pub(crate) fn write_sandbox(
     path: &Path,
     s: &Sandbox,
     machine: &Machine,

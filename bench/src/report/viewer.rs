@@ -326,7 +326,7 @@ fn rows(v: &ViewerResults) -> Vec<Row> {
 }
 
 /// The section's table, or why it was not measured.
-pub fn viewer_table(v: &Viewer) -> String {
+pub(crate) fn viewer_table(v: &Viewer) -> String {
     let v = match v {
         Viewer::Measured(v) => v,
         Viewer::Skipped(why) => return format!("Not measured: {why}.\n"),
@@ -341,7 +341,7 @@ pub fn viewer_table(v: &Viewer) -> String {
 }
 
 /// How many of the section's targets were met, out of those measured.
-pub fn viewer_targets_met(v: &Viewer) -> (usize, usize) {
+pub(crate) fn viewer_targets_met(v: &Viewer) -> (usize, usize) {
     let Viewer::Measured(v) = v else {
         return (0, 0);
     };
@@ -350,7 +350,7 @@ pub fn viewer_targets_met(v: &Viewer) -> (usize, usize) {
 }
 
 /// The whole section, from its heading to its method, ending with one newline.
-pub fn section(v: &Viewer, intro: &str, quick: bool) -> String {
+pub(super) fn section(v: &Viewer, intro: &str, quick: bool) -> String {
     let quick = if quick {
         " **A quick smoke run (`--quick`): too few samples to quote.**"
     } else {
@@ -437,7 +437,7 @@ and removes its directories, also on errors and Ctrl-C.
 
 /// Puts the section, measured by `--only viewer`, into the report at `path` (creating the
 /// file if there is none), leaving the rest of the file as it was.
-pub fn write_viewer(
+pub(crate) fn write_viewer(
     path: &Path,
     v: &Viewer,
     machine: &Machine,

@@ -20,7 +20,7 @@ const HOP_BY_HOP: [&str; 4] = [
 
 /// One request head from the browser.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub(super) struct Request {
     /// The request line as sent.
     pub line: String,
     /// `CONNECT` tunnels; everything else is one plain request.
@@ -38,7 +38,7 @@ pub struct Request {
 
 impl Request {
     /// Parses a head; `None` if it is not a proxy request this forwarder carries.
-    pub fn parse(head: &str) -> Option<Request> {
+    pub(super) fn parse(head: &str) -> Option<Request> {
         let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
         let line = lines.next()?;
         let mut parts = line.split(' ');
@@ -89,7 +89,7 @@ impl Request {
     /// `Proxy-Authorization` (any the browser sent is dropped), and for a plain request
     /// `Connection: close`, so that the next request comes on a new connection and is
     /// checked (and given the credentials) too.
-    pub fn for_proxy(&self, authorization: Option<&str>) -> String {
+    pub(super) fn for_proxy(&self, authorization: Option<&str>) -> String {
         let mut out = format!("{}\r\n", self.line);
         if let Some(authorization) = authorization {
             out.push_str(&format!("Proxy-Authorization: {authorization}\r\n"));
@@ -98,7 +98,7 @@ impl Request {
     }
 
     /// The head of a plain request sent straight to its server, in origin form.
-    pub fn for_origin(&self) -> String {
+    pub(super) fn for_origin(&self) -> String {
         self.finish(format!("{}\r\n", self.origin_line))
     }
 
@@ -128,7 +128,7 @@ fn header_is(line: &str, name: &str) -> bool {
 }
 
 /// Reads until the end of the request head; returns the head and what followed it.
-pub async fn read_head(stream: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)> {
+pub(super) async fn read_head(stream: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     loop {
@@ -150,7 +150,7 @@ pub async fn read_head(stream: &mut TcpStream) -> std::io::Result<(String, Vec<u
 }
 
 /// A complete response with a short text body.
-pub fn answer(status: &str, body: &str) -> String {
+pub(super) fn answer(status: &str, body: &str) -> String {
     format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

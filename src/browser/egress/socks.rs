@@ -17,7 +17,7 @@ pub enum Version {
 }
 
 /// Asks the proxy on `stream` for a tunnel to `host:port`.
-pub async fn open(
+pub(super) async fn open(
     stream: &mut TcpStream,
     version: Version,
     host: &str,

@@ -14,7 +14,7 @@ use tokio::process::Command;
 
 /// Everything the child needs, prepared in the parent.
 #[derive(Debug, Clone)]
-pub struct ChildSetup {
+pub(crate) struct ChildSetup {
     /// The pipe end Chromium reads commands from; goes to fd 3. Must be above 4.
     pub commands_fd: RawFd,
     /// The pipe end Chromium writes replies to; goes to fd 4. Must be above 4.
@@ -34,7 +34,7 @@ pub struct ChildSetup {
 
 /// Installs `setup` to run in the child between fork and exec.
 #[allow(unsafe_code)]
-pub fn install(cmd: &mut Command, setup: ChildSetup) {
+pub(crate) fn install(cmd: &mut Command, setup: ChildSetup) {
     // SAFETY: the closure runs in the forked child of a multi-threaded process, where only
     // async-signal-safe operations are sound (another thread may have held the allocator's
     // or any other lock at the fork). Everything it reads was built before the fork and is

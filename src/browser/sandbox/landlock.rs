@@ -23,7 +23,7 @@ const TESTED_ABI: ABI = ABI::V7;
 /// Read-only (execute, read file, read directory): what Chromium and Debian's
 /// `/usr/bin/chromium` wrapper (a shell script that sources `/etc/chromium.d`) read outside
 /// their session. Paths that do not exist are skipped.
-pub const READ_ONLY: &[&str] = &[
+pub(super) const READ_ONLY: &[&str] = &[
     "/usr",
     "/lib",
     "/lib64",
@@ -61,7 +61,7 @@ pub const READ_ONLY: &[&str] = &[
 /// Read and write-file: Chromium's namespace sandbox writes `/proc/self/uid_map` and
 /// `setgroups` (with `/proc` read-only it reports "No usable sandbox!"), and everything
 /// writes `/dev/null`.
-pub const READ_WRITE_FILE: &[&str] = &[
+pub(super) const READ_WRITE_FILE: &[&str] = &[
     "/proc",
     "/dev/null",
     "/dev/zero",
@@ -71,11 +71,11 @@ pub const READ_WRITE_FILE: &[&str] = &[
 ];
 
 /// Every right: shared memory. Chromium's files there are its own uid's, mode 0600.
-pub const SHARED: &[&str] = &["/dev/shm"];
+pub(super) const SHARED: &[&str] = &["/dev/shm"];
 
 /// What one browser may reach.
 #[derive(Debug, Clone, Default)]
-pub struct Rules {
+pub(super) struct Rules {
     /// Read-only beyond [`READ_ONLY`]: the browser's executable's own directory, when it
     /// is elsewhere.
     pub extra_read_only: Vec<PathBuf>,
@@ -88,7 +88,7 @@ pub struct Rules {
 
 /// Builds the ruleset and returns its descriptor, for the child to restrict itself with.
 /// `None` when the kernel has no Landlock. Blocking (opens every path).
-pub fn build(rules: &Rules) -> Result<Option<OwnedFd>, SandboxError> {
+pub(super) fn build(rules: &Rules) -> Result<Option<OwnedFd>, SandboxError> {
     let all = AccessFs::from_all(TESTED_ABI);
     let read = AccessFs::from_read(TESTED_ABI);
     let read_write_file = read | AccessFs::WriteFile;
@@ -135,7 +135,7 @@ fn open_beneath(path: &Path, access: BitFlags<AccessFs>) -> Option<(PathFd, BitF
 }
 
 /// The Landlock ABI version this kernel offers, or why there is none.
-pub fn abi_version() -> Result<u32, std::io::Error> {
+pub(super) fn abi_version() -> Result<u32, std::io::Error> {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
     // SAFETY: landlock_create_ruleset with a null attribute, size 0 and the VERSION flag
     // only returns a number; it reads and writes no memory.

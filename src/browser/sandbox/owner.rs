@@ -11,10 +11,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
 use std::path::{Path, PathBuf};
 
 /// A user and group id.
-pub type Owner = (u32, u32);
+pub(crate) type Owner = (u32, u32);
 
 /// The gateway's own effective user and group.
-pub fn gateway_owner() -> Owner {
+pub(crate) fn gateway_owner() -> Owner {
     (
         nix::unistd::geteuid().as_raw(),
         nix::unistd::getegid().as_raw(),
@@ -22,7 +22,7 @@ pub fn gateway_owner() -> Owner {
 }
 
 /// Creates `dir` (and its parents), mode 0700, and gives it to `owner` when there is one.
-pub fn own_dir(dir: &Path, owner: Option<Owner>) -> io::Result<()> {
+pub(crate) fn own_dir(dir: &Path, owner: Option<Owner>) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     if let Some((uid, gid)) = owner {
         lchown(dir, Some(uid), Some(gid))?;
@@ -33,7 +33,7 @@ pub fn own_dir(dir: &Path, owner: Option<Owner>) -> io::Result<()> {
 /// Gives every entry of the tree at `root` to `owner`, without following links; a directory
 /// also gets its owner's read, write and search bits, so the gateway can then walk and
 /// remove it without `CAP_DAC_OVERRIDE`. Nothing to do when `root` does not exist.
-pub fn reclaim_tree(root: &Path, owner: Owner) -> io::Result<()> {
+pub(crate) fn reclaim_tree(root: &Path, owner: Owner) -> io::Result<()> {
     let (uid, gid) = owner;
     let mut pending = vec![root.to_path_buf()];
     let mut first_error = None;
@@ -69,7 +69,7 @@ pub fn reclaim_tree(root: &Path, owner: Owner) -> io::Result<()> {
 /// Removes the tree at `root`; when the gateway may not (its entries belong to a browser's
 /// user and it lacks `CAP_DAC_OVERRIDE`), it takes the tree back first. A missing tree is
 /// not an error.
-pub fn remove_tree(root: &Path) -> io::Result<()> {
+pub(crate) fn remove_tree(root: &Path) -> io::Result<()> {
     match std::fs::remove_dir_all(root) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -85,7 +85,11 @@ pub fn remove_tree(root: &Path) -> io::Result<()> {
 /// takes every permission but the owner's from the regular files directly in `data_dir`
 /// (the usage database, its journal, the lock), which a browser could otherwise read by
 /// name. `private` directories get 0700. Only what the gateway owns is changed.
-pub fn harden(data_dir: &Path, traversed: &[PathBuf], private: &[PathBuf]) -> io::Result<()> {
+pub(crate) fn harden(
+    data_dir: &Path,
+    traversed: &[PathBuf],
+    private: &[PathBuf],
+) -> io::Result<()> {
     let me = gateway_owner().0;
     let set_mode = |path: &Path, mode: u32| -> io::Result<()> {
         match std::fs::symlink_metadata(path) {
@@ -115,7 +119,7 @@ pub fn harden(data_dir: &Path, traversed: &[PathBuf], private: &[PathBuf]) -> io
 
 /// The first directory above `path` (exclusive) that users other than its owner cannot
 /// search (no `o+x`), if any: a browser running as another user could not reach `path`.
-pub fn closed_ancestor(path: &Path) -> Option<PathBuf> {
+pub(crate) fn closed_ancestor(path: &Path) -> Option<PathBuf> {
     path.ancestors().skip(1).find_map(|dir| {
         let meta = std::fs::metadata(dir).ok()?;
         (meta.mode() & 0o001 == 0).then(|| dir.to_path_buf())

@@ -123,7 +123,7 @@ pub struct UidPool {
 
 /// The directory where gateways of this user lock the ids they hand out: `/run/ingot-uids`
 /// (root's), else one in the temporary directory. Created mode 0700.
-pub fn lock_dir() -> std::io::Result<PathBuf> {
+pub(super) fn lock_dir() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let me = nix::unistd::geteuid().as_raw();
     let candidates = [
