@@ -124,6 +124,22 @@ impl InMemoryCluster {
         }
     }
 
+    /// Node `node` stays listed, live and leased, but the others reach it at `url` from now on
+    /// (a closed port, an address that drops packets): a node the others cannot reach while
+    /// the directory still lists it, as when nodes are cut off from each other but not from
+    /// the database. Returns the address it advertised before, to give back.
+    pub fn readdress(&self, node: &str, url: &str) -> Option<String> {
+        let mut state = lock(&self.state);
+        let entry = state.nodes.get_mut(node)?;
+        entry.advertise_url.replace(url.to_owned())
+    }
+
+    /// The cluster's secret, which keys every node's viewer tokens (a test makes the token
+    /// of a session no node knows with it).
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
     /// Whether every one of `nodes` nodes has published its offer and every node's latest
     /// look at the live nodes showed all of them, with their addresses: placement works.
     pub fn all_see_each_other(&self, nodes: usize) -> bool {

@@ -19,16 +19,16 @@ use super::{ALICE, BOB, CdpClient, FAKE_PRODUCT, FakeGateway, STEP, TENANTS, id_
 const LEASE: Duration = Duration::from_secs(10);
 
 /// N gateways of one in-process cluster, named `a`, `b`, `c`…
-struct FakeCluster {
-    nodes: Vec<FakeGateway>,
-    shared: Arc<InMemoryCluster>,
+pub(super) struct FakeCluster {
+    pub(super) nodes: Vec<FakeGateway>,
+    pub(super) shared: Arc<InMemoryCluster>,
     _ledger: tempfile::TempDir,
 }
 
 impl FakeCluster {
     /// Starts `n` nodes with the harness defaults (no pool, 4 sessions each), then `adjust`ed,
     /// and waits until each sees every other one with its offer.
-    async fn start(n: usize, adjust: impl Fn(&mut Settings)) -> FakeCluster {
+    pub(super) async fn start(n: usize, adjust: impl Fn(&mut Settings)) -> FakeCluster {
         let guard = Arc::new(crate::common::shared().await);
         let ledger = tempfile::tempdir().expect("ledger dir");
         let shared = InMemoryCluster::new(ledger.path(), LEASE)
@@ -72,18 +72,18 @@ impl FakeCluster {
         }
     }
 
-    fn node(&self, name: &str) -> &FakeGateway {
+    pub(super) fn node(&self, name: &str) -> &FakeGateway {
         &self.nodes[usize::from(name.as_bytes()[0] - b'a')]
     }
 
     /// The node that runs session `id`, from the directory.
-    fn owner(&self, id: &str) -> String {
+    pub(super) fn owner(&self, id: &str) -> String {
         let id = uuid::Uuid::parse_str(id).expect("a session id");
         self.shared.node_of(id).expect("a recorded session")
     }
 
     /// Stops every node; each reaps every browser it launched.
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         for node in self.nodes {
             node.stop().await;
         }
