@@ -403,11 +403,14 @@ pub(super) fn ended_conflict(id: Uuid) -> ApiError {
     )
 }
 
-/// 410 for a session that has ended: `session <id> has ended: <status> (<reason>)`.
+/// 410 for a session that has ended: `session <id> has ended: <status> (<reason>)`. A
+/// record that still says live belongs to a node that left the cluster (the survivors fail
+/// it as `node_lost`), and says so.
 pub(super) fn gone(id: Uuid, status: Status, reason: Option<&str>) -> ApiError {
-    let how = match reason {
-        Some(reason) => format!("{} ({reason})", status.as_str()),
-        None => status.as_str().to_owned(),
+    let how = match (status, reason) {
+        (Status::Live, _) => "its node left the cluster".to_owned(),
+        (_, Some(reason)) => format!("{} ({reason})", status.as_str()),
+        (_, None) => status.as_str().to_owned(),
     };
     ApiError::new(
         StatusCode::GONE,
@@ -428,6 +431,20 @@ pub(super) fn viewer_gone(id: Uuid) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 410 says how the session ended, and never that it "ended: live".
+    #[test]
+    fn gone_says_how_a_session_ended() {
+        let id = Uuid::nil();
+        let said = |status, reason| gone(id, status, reason).message;
+        assert!(said(Status::Failed, Some("node_lost")).ends_with("has ended: failed (node_lost)"));
+        assert!(said(Status::Released, None).ends_with("has ended: released"));
+        let live = said(Status::Live, None);
+        assert!(
+            live.ends_with("has ended: its node left the cluster"),
+            "{live}"
+        );
+    }
     use crate::api::cdp::tests::state;
     use crate::session::params::parse_create_body;
 

@@ -242,8 +242,8 @@ fn declared_routes() -> Vec<String> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/locate.rs");
     let source = std::fs::read_to_string(path).expect("src/api/locate.rs");
     let (_, after) = source
-        .split_once("pub enum Route {")
-        .expect("locate declares `pub enum Route`");
+        .split_once(" enum Route {")
+        .expect("locate declares `enum Route`");
     let (body, _) = after.split_once("\n}").expect("the enum ends");
     body.lines()
         .map(str::trim)
