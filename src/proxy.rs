@@ -2,10 +2,11 @@
 //! frames from the browser go to the client, and a disconnect closes the socket with a
 //! proper close frame.
 //!
-//! Owns client sockets: WebSocket framing, per-client flow, and the close code and reason
-//! of every way a client is let go ([`close_frame`], [`final_frame`], [`refusal`]), the
-//! viewer's socket included ([`close_socket`]): no other module builds a close frame. It must not decide session states
-//! beyond reporting a client's `Browser.close` to the session.
+//! Owns client sockets: WebSocket framing, per-client flow, and the close frames of every
+//! way a client is let go ([`close_frame`], [`final_frame`], [`refusal`]), the viewer's
+//! socket included ([`close_socket`]). The codes and reasons are one table,
+//! `vocab::Disconnect::close`: no module chooses a close code of its own. It must not
+//! decide session states beyond reporting a client's `Browser.close` to the session.
 
 use std::sync::Arc;
 use std::time::Duration;

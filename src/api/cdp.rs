@@ -125,7 +125,7 @@ async fn connect(
     caller: &Caller,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let upgrade = Upgrade::check(request.headers())?;
+    let upgrade = Upgrade::check(request.headers(), "a CDP WebSocket endpoint")?;
     let route = (id, Route::Connect);
     let (session, request) = match locate::upgrade(&state, caller, route, request)
         .await?

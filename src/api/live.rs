@@ -366,7 +366,7 @@ pub(crate) async fn socket(
 ) -> Result<Response, ApiError> {
     let granted = token(&state, id, &query)?;
     same_origin(&request)?;
-    let upgrade = Upgrade::check(request.headers())?;
+    let upgrade = Upgrade::check(request.headers(), "the live viewer's WebSocket endpoint")?;
     let route = (id, Route::ViewerSocket);
     let (session, request) = match locate::upgrade(&state, &Caller::Open, route, request)
         .await?

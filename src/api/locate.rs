@@ -146,97 +146,34 @@ impl Route {
     ];
 
     /// The route's policy: the one table of "here or elsewhere" (the README's cluster
-    /// failure table states it).
+    /// failure table states it). One row per route, so it is kept as a table.
+    #[rustfmt::skip]
     pub(crate) const fn policy(self) -> Policy {
         use IfUnreachable::{BadGateway, Records};
+        use NotRunning::{Conflict, Gone, TokenExpired};
+        use Seek::{Holder, Runner};
         let (seek, unreachable, not_running, kind) = match self {
             // A read the records can answer: an owner that does not answer is not an error.
-            Route::Retrieve => (
-                Seek::Runner,
-                Records,
-                NotRunning::Records,
-                ForwardKind::Retrieve,
-            ),
+            Route::Retrieve => (Runner, Records, NotRunning::Records, ForwardKind::Retrieve),
             // Only the owner can end it; an ended session is released already (200).
-            Route::Release => (
-                Seek::Runner,
-                BadGateway,
-                NotRunning::Records,
-                ForwardKind::Release,
-            ),
-            Route::Timeout => (
-                Seek::Runner,
-                BadGateway,
-                NotRunning::Conflict,
-                ForwardKind::Timeout,
-            ),
-            Route::Context => (
-                Seek::Runner,
-                BadGateway,
-                NotRunning::Conflict,
-                ForwardKind::Context,
-            ),
-            Route::LiveDetails => (
-                Seek::Runner,
-                BadGateway,
-                NotRunning::Conflict,
-                ForwardKind::LiveDetails,
-            ),
-            Route::Computer => (
-                Seek::Runner,
-                BadGateway,
-                NotRunning::Conflict,
-                ForwardKind::Computer,
-            ),
-            Route::Version => (
-                Seek::Runner,
-                BadGateway,
-                NotRunning::Gone,
-                ForwardKind::Version,
-            ),
-            Route::Connect => (
-                Seek::Runner,
-                BadGateway,
-                NotRunning::Gone,
-                ForwardKind::Upgrade,
-            ),
-            Route::Viewer => (
-                Seek::Runner,
-                BadGateway,
-                NotRunning::TokenExpired,
-                ForwardKind::Viewer,
-            ),
-            Route::ViewerSocket => (
-                Seek::Runner,
-                BadGateway,
-                NotRunning::TokenExpired,
-                ForwardKind::Upgrade,
-            ),
+            Route::Release => (Runner, BadGateway, NotRunning::Records, ForwardKind::Release),
+            Route::Timeout => (Runner, BadGateway, Conflict, ForwardKind::Timeout),
+            Route::Context => (Runner, BadGateway, Conflict, ForwardKind::Context),
+            Route::LiveDetails => (Runner, BadGateway, Conflict, ForwardKind::LiveDetails),
+            Route::Computer => (Runner, BadGateway, Conflict, ForwardKind::Computer),
+            Route::Version => (Runner, BadGateway, Gone, ForwardKind::Version),
+            Route::Connect => (Runner, BadGateway, Gone, ForwardKind::Upgrade),
+            Route::Viewer => (Runner, BadGateway, TokenExpired, ForwardKind::Viewer),
+            Route::ViewerSocket => (Runner, BadGateway, TokenExpired, ForwardKind::Upgrade),
             // An ended session's files stay on the node that ran it.
-            Route::Files => (
-                Seek::Holder,
-                BadGateway,
-                NotRunning::Records,
-                ForwardKind::Files,
-            ),
-            Route::Upload => (
-                Seek::Holder,
-                BadGateway,
-                NotRunning::Conflict,
-                ForwardKind::Files,
-            ),
+            Route::Files => (Holder, BadGateway, NotRunning::Records, ForwardKind::Files),
+            Route::Upload => (Holder, BadGateway, Conflict, ForwardKind::Files),
         };
         let within = match self {
             Route::Upload => UPLOAD_DEADLINE,
             _ => QUICK_ANSWER,
         };
-        Policy {
-            seek,
-            unreachable,
-            not_running,
-            kind,
-            within,
-        }
+        Policy { seek, unreachable, not_running, kind, within }
     }
 }
 

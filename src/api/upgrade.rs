@@ -31,9 +31,9 @@ pub(crate) struct Upgrade {
 }
 
 impl Upgrade {
-    /// Checks that `headers` ask for a WebSocket (426 otherwise) of version 13 with a key
-    /// (400 otherwise).
-    pub(crate) fn check(headers: &HeaderMap) -> Result<Upgrade, ApiError> {
+    /// Checks that `headers` ask for a WebSocket (426 otherwise, naming the endpoint:
+    /// `what` is e.g. "a CDP WebSocket endpoint") of version 13 with a key (400 otherwise).
+    pub(crate) fn check(headers: &HeaderMap, what: &str) -> Result<Upgrade, ApiError> {
         let connection_upgrade = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -44,7 +44,7 @@ impl Upgrade {
             return Err(ApiError::new(
                 StatusCode::UPGRADE_REQUIRED,
                 "websocket_required",
-                "this is a CDP WebSocket endpoint; connect with a WebSocket client",
+                format!("this is {what}; connect with a WebSocket client"),
             ));
         }
         if headers
@@ -118,6 +118,22 @@ fn switching_protocols(key: &str) -> Response {
 mod tests {
     use super::*;
 
+    const CDP: &str = "a CDP WebSocket endpoint";
+
+    #[test]
+    fn a_request_that_is_not_an_upgrade_is_told_which_endpoint_it_reached() {
+        let checked = Upgrade::check(&HeaderMap::new(), "the live viewer's WebSocket endpoint");
+        let Err(refused) = checked else {
+            panic!("a request without an upgrade passed");
+        };
+        assert_eq!(refused.status, StatusCode::UPGRADE_REQUIRED);
+        assert!(
+            refused.message.contains("live viewer"),
+            "{}",
+            refused.message
+        );
+    }
+
     fn headers(pairs: &[(header::HeaderName, &'static str)]) -> HeaderMap {
         pairs
             .iter()
@@ -129,7 +145,7 @@ mod tests {
     fn an_upgrade_needs_websocket_version_13_and_a_key() {
         use header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
         let status = |pairs: &[(header::HeaderName, &'static str)]| {
-            Upgrade::check(&headers(pairs)).err().map(|e| e.status)
+            Upgrade::check(&headers(pairs), CDP).err().map(|e| e.status)
         };
         let upgrade = [(CONNECTION, "keep-alive, Upgrade"), (UPGRADE, "WebSocket")];
         assert_eq!(status(&[]), Some(StatusCode::UPGRADE_REQUIRED));
@@ -151,7 +167,7 @@ mod tests {
         assert_eq!(status(&versioned), Some(StatusCode::BAD_REQUEST), "no key");
         let mut complete = versioned.to_vec();
         complete.push((SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ=="));
-        let checked = Upgrade::check(&headers(&complete)).expect("a valid upgrade");
+        let checked = Upgrade::check(&headers(&complete), CDP).expect("a valid upgrade");
         let response = switching_protocols(&checked.key);
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(

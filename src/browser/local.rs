@@ -793,9 +793,9 @@ fn spawn(
     let Some(pid) = child.id().map(|pid| pid as i32) else {
         return Err((LaunchError::ExitedDuringSpawn, uid));
     };
-    // The reaper takes only the adopted helpers of recorded groups, never a group's leader:
-    // tokio collects this one's status.
-    launch.groups.launched(pid);
+    // The reaper takes only the adopted helpers of recorded groups (or of this browser's own
+    // user), never a group's leader: tokio collects this one's status.
+    launch.groups.launched(pid, uid.as_ref().map(UidLease::uid));
     let (stderr_tail, stderr_closed) = drain_stderr_of(&mut child, pid);
     let limits = launch.limits.take();
     let verdict = limits.as_ref().map(|l| l.watch(pid));

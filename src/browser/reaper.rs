@@ -6,14 +6,17 @@
 //! gateway itself in a container). This module reaps those adopted helpers.
 //!
 //! It reaps only what a browser started: every browser leads its own process group, whose
-//! id [`Groups`] records, and a pass waits (`waitid(P_PID, pid, WNOHANG)`) for each zombie
-//! child of the gateway whose process group is one of those, by pid. It never waits for
+//! id [`Groups`] records together with the browser's own user id when it has one (a
+//! confined browser), and a pass waits (`waitid(P_PID, pid, WNOHANG)`) for each zombie
+//! child of the gateway whose process group is one of those, or which runs as one of those
+//! users (a helper that left its browser's group with `setsid`, as crash handlers do), by
+//! pid. It never waits for
 //! "any child" (`waitpid(-1)`), never for a group's leader (tokio's process driver owns the
 //! leaders' exit statuses), and never for a child outside the recorded groups: the exit
 //! status of any other child of the gateway stays for its owner to collect.
 //!
-//! Besides `main.rs`'s shutdown signals, this module is the one place that installs a
-//! signal handler: SIGCHLD (through tokio), to reap promptly. It must not know about
+//! It listens for SIGCHLD (through tokio, whose process driver listens too) to reap
+//! promptly; `main.rs` installs the shutdown signals' handlers. It must not know about
 //! sessions, directories or the browsers' pipes.
 
 use std::collections::HashMap;
@@ -33,6 +36,14 @@ const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// After a SIGCHLD, wait this long so that a dying process tree is reaped in one pass.
 const SETTLE: Duration = Duration::from_millis(20);
 
+/// A browser's group, as the reaper knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Group {
+    leader: Leader,
+    /// The browser's own user, when it has one: its helpers run as it in any group.
+    uid: Option<u32>,
+}
+
 /// Whether a browser's leader still runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Leader {
@@ -45,30 +56,49 @@ enum Leader {
 /// The process groups of the browsers this host launched (a group's id is its leader's
 /// pid). Only their members are ever reaped here.
 #[derive(Clone, Default)]
-pub(super) struct Groups(Arc<Mutex<HashMap<i32, Leader>>>);
+pub(super) struct Groups(Arc<Mutex<HashMap<i32, Group>>>);
 
 impl Groups {
-    /// Records the group a browser just spawned leads.
-    pub(super) fn launched(&self, pgid: i32) {
-        lock(&self.0).insert(pgid, Leader::Running);
+    /// Records the group a browser just spawned leads, and the user it runs as when that
+    /// user is its own (`None` when browsers share the gateway's user).
+    pub(super) fn launched(&self, pgid: i32, uid: Option<u32>) {
+        let group = Group {
+            leader: Leader::Running,
+            uid,
+        };
+        lock(&self.0).insert(pgid, group);
     }
 
     /// Says that the group's leader exited (tokio collected its status). Its helpers stay
     /// reapable until none is left.
     pub(super) fn leader_exited(&self, pgid: i32) {
-        if let Some(leader) = lock(&self.0).get_mut(&pgid) {
-            *leader = Leader::Exited;
+        if let Some(group) = lock(&self.0).get_mut(&pgid) {
+            group.leader = Leader::Exited;
         }
     }
 
-    /// Whether `pgid` is a browser's group.
-    fn contains(&self, pgid: i32) -> bool {
-        lock(&self.0).contains_key(&pgid)
+    /// Whether `seen` belongs to a browser: it is in a browser's group, or runs as a
+    /// browser's own user.
+    fn owns(&self, seen: &Seen) -> bool {
+        lock(&self.0).iter().any(|(pgid, group)| {
+            *pgid == seen.pgid || (group.uid.is_some() && group.uid == seen.uid)
+        })
     }
 
-    /// Forgets the groups whose leader exited and that have no member in `alive`.
-    fn forget_empty(&self, alive: &[i32]) {
-        lock(&self.0).retain(|pgid, leader| *leader == Leader::Running || alive.contains(pgid));
+    /// Whether `pid` leads a browser's group (tokio collects a leader's status).
+    fn leads(&self, pid: i32) -> bool {
+        lock(&self.0).contains_key(&pid)
+    }
+
+    /// Forgets the groups whose leader exited and that have no process left in `alive`
+    /// (by group, or by the browser's user).
+    fn forget_empty(&self, alive: &[Seen]) {
+        lock(&self.0).retain(|pgid, group| {
+            group.leader == Leader::Running
+                || alive
+                    .iter()
+                    .any(|s| s.pgid == *pgid || (group.uid.is_some() && group.uid == s.uid))
+        });
     }
 
     /// How many groups are known.
@@ -126,10 +156,12 @@ struct Seen {
     zombie: bool,
     ppid: i32,
     pgid: i32,
+    /// Its real user, from `/proc/<pid>/status`.
+    uid: Option<u32>,
 }
 
-/// Reaps every zombie child of this process that belongs to a browser's group and does
-/// not lead it, each by its pid, and forgets the groups of exited leaders that have no
+/// Reaps every zombie child of this process that belongs to a browser (its group, or its
+/// own user) and does not lead a browser's group, each by its pid, and forgets the groups of exited leaders that have no
 /// process left. Reads `/proc`: blocking. Returns how many it reaped.
 pub(super) fn reap_adopted(groups: &Groups) -> usize {
     let me = std::process::id() as i32;
@@ -139,19 +171,18 @@ pub(super) fn reap_adopted(groups: &Groups) -> usize {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(read_stat)
-        .filter(|s| groups.contains(s.pgid))
+        .filter(|s| groups.owns(s))
         .collect();
     let reaped: Vec<i32> = seen
         .iter()
-        .filter(|s| s.zombie && s.ppid == me && s.pid != s.pgid)
+        .filter(|s| s.zombie && s.ppid == me && !groups.leads(s.pid))
         .map(|s| s.pid)
         .filter(|&pid| reap(pid))
         .collect();
     // A member adopted after the read keeps its group until a later pass: it was counted.
-    let alive: Vec<i32> = seen
-        .iter()
+    let alive: Vec<Seen> = seen
+        .into_iter()
         .filter(|s| !reaped.contains(&s.pid))
-        .map(|s| s.pgid)
         .collect();
     groups.forget_empty(&alive);
     reaped.len()
@@ -168,10 +199,21 @@ fn reap(pid: i32) -> bool {
 }
 
 /// A process's state, parent and group, from `/proc/<pid>/stat` (fields after the command
-/// name, which may itself contain spaces and parentheses).
+/// name, which may itself contain spaces and parentheses), and its user.
 fn read_stat(pid: i32) -> Option<Seen> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(pid, &stat)
+    let seen = parse_stat(pid, &stat)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+    Some(Seen {
+        uid: status.as_deref().and_then(parse_uid),
+        ..seen
+    })
+}
+
+/// The real user id in a `/proc/<pid>/status` text (`Uid:\treal\teffective\t…`).
+fn parse_uid(status: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    line.split_whitespace().next()?.parse().ok()
 }
 
 fn parse_stat(pid: i32, stat: &str) -> Option<Seen> {
@@ -185,6 +227,7 @@ fn parse_stat(pid: i32, stat: &str) -> Option<Seen> {
         zombie,
         ppid,
         pgid,
+        uid: None,
     })
 }
 

@@ -147,7 +147,7 @@ pub(crate) struct Outcome {
 impl Request {
     /// Parses and checks a request body.
     pub(crate) fn parse(body: &[u8]) -> Result<Request, Invalid> {
-        let wire: Wire = serde_json::from_slice(body).map_err(|e| Invalid(wire_error(&e)))?;
+        let wire: Wire = serde_json::from_slice(body).map_err(|e| Invalid(wire_error(&e, body)))?;
         let (act, hold, screenshot) = match wire {
             Wire::MoveMouse {
                 coordinates,
@@ -225,15 +225,31 @@ impl Request {
     }
 }
 
-/// serde's message, with the field it names (serde names it in backquotes).
-fn wire_error(e: &serde_json::Error) -> String {
+/// Every `action` the API knows, as the SDK names them.
+const ACTIONS: [&str; 9] = [
+    "move_mouse",
+    "click_mouse",
+    "drag_mouse",
+    "scroll",
+    "press_key",
+    "type_text",
+    "wait",
+    "take_screenshot",
+    "get_cursor_position",
+];
+
+/// serde's message without its position, and the list of actions when the body's `action`
+/// is missing or unknown (decided from the body, not from the message's words).
+fn wire_error(e: &serde_json::Error, body: &[u8]) -> String {
     let message = e.to_string();
-    let message = message.split(" at line ").next().unwrap_or(&message);
-    if message.contains("`action`") || message.contains("unknown variant") {
-        return format!(
-            "action: {message}; one of move_mouse, click_mouse, drag_mouse, scroll, press_key, \
-             type_text, wait, take_screenshot, get_cursor_position"
-        );
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let message = message.strip_suffix(&position).unwrap_or(&message);
+    let value = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let action = value
+        .as_ref()
+        .map(|v| v.get("action").and_then(|a| a.as_str()));
+    if action.is_some_and(|a| !a.is_some_and(|a| ACTIONS.contains(&a))) {
+        return format!("action: {message}; one of {}", ACTIONS.join(", "));
     }
     message.to_owned()
 }
@@ -327,7 +343,7 @@ fn press(keys: &[String], duration: Option<f64>) -> Result<Act, Invalid> {
     let mut pressed = Vec::new();
     for (i, spec) in keys.iter().enumerate() {
         let keys = input::combination(spec)
-            .map_err(|part| Invalid(format!("keys[{i}]: {part:?} is not a key")))?;
+            .map_err(|input::NotAKey(part)| Invalid(format!("keys[{i}]: {part:?} is not a key")))?;
         pressed.extend(keys);
     }
     let hold = match duration {
@@ -658,6 +674,25 @@ mod tests {
                 "{body}: {:?}",
                 parse(body.clone()).err()
             );
+        }
+    }
+
+    #[test]
+    fn a_missing_or_unknown_action_is_answered_with_every_action() {
+        let listed = |body: Value| {
+            let bytes = serde_json::to_vec(&body).expect("json");
+            let Err(refused) = Request::parse(&bytes) else {
+                panic!("{body} was accepted");
+            };
+            refused.0.contains("one of move_mouse, click_mouse")
+        };
+        assert!(listed(json!({"action": "fly"})));
+        assert!(listed(json!({"coordinates": [1, 2]})));
+        assert!(listed(json!({"action": 7})));
+        assert!(!listed(json!({"action": "move_mouse"})), "a known action");
+        // Every listed action is one the API parses (each fails on a field, not the action).
+        for action in ACTIONS {
+            assert!(!listed(json!({"action": action, "bogus": 1})), "{action}");
         }
     }
 

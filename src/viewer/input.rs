@@ -212,16 +212,21 @@ fn unmapped(c: char) -> Key {
     }
 }
 
-/// The keys of a combination such as `ctrl+shift+t` (or one key name); `None` names the
-/// part that is no key.
-pub(crate) fn combination(spec: &str) -> Result<Vec<Key>, String> {
+/// A part of a key combination that names no key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a key")]
+pub(crate) struct NotAKey(pub(crate) String);
+
+/// The keys of a combination such as `ctrl+shift+t` (or one key name); the error names
+/// the part that is no key.
+pub(crate) fn combination(spec: &str) -> Result<Vec<Key>, NotAKey> {
     if spec.chars().count() == 1 {
         return Ok(vec![character(spec.chars().next().unwrap_or(' '))]);
     }
     spec.split('+')
         .map(|part| {
             let part = if part.is_empty() { "+" } else { part };
-            key(part).ok_or_else(|| part.to_owned())
+            key(part).ok_or_else(|| NotAKey(part.to_owned()))
         })
         .collect()
 }
@@ -368,7 +373,7 @@ mod tests {
         assert_eq!(names, ["Control", "Shift", "t"]);
         assert_eq!(keys[0].modifier() | keys[1].modifier(), CTRL | SHIFT);
         assert_eq!(combination("+").expect("plus")[0].key, "+");
-        assert_eq!(combination("ctrl+nokey"), Err("nokey".to_owned()));
+        assert_eq!(combination("ctrl+nokey"), Err(NotAKey("nokey".to_owned())));
     }
 
     #[test]

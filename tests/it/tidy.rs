@@ -290,7 +290,12 @@ enum TestItem {
 
 /// The top-level modules that the non-test code of the file at `rel` (under the repository)
 /// names: `crate::`, `super::` chains up to the root, and `ingot::` in `src/main.rs`.
-fn edges_in(rel: &str, source: &str, modules: &BTreeSet<String>) -> Vec<Edge> {
+fn edges_in(
+    rel: &str,
+    source: &str,
+    modules: &BTreeSet<String>,
+    reexports: &BTreeMap<String, String>,
+) -> Vec<Edge> {
     let is_main = rel == "src/main.rs";
     let file_path = if is_main {
         vec![MAIN.to_owned()]
@@ -346,9 +351,15 @@ fn edges_in(rel: &str, source: &str, modules: &BTreeSet<String>) -> Vec<Edge> {
                 } else {
                     Vec::new()
                 };
+                // A name the crate root re-exports (`ingot::Gateway`) is its module's.
+                let to_module = |(line, n): (usize, String)| match reexports.get(&n) {
+                    Some(module) => Some((line, module.clone())),
+                    None => modules.contains(&n).then_some((line, n)),
+                };
                 for (line, to) in names
                     .into_iter()
-                    .filter(|(_, n)| modules.contains(n) && *n != from)
+                    .filter_map(to_module)
+                    .filter(|(_, n)| *n != from)
                 {
                     edges.push(Edge {
                         file: rel.to_owned(),
@@ -363,6 +374,27 @@ fn edges_in(rel: &str, source: &str, modules: &BTreeSet<String>) -> Vec<Edge> {
         i += 1;
     }
     edges
+}
+
+/// The names the crate root re-exports (`pub use gateway::{Gateway, GatewayError};` in
+/// `lib.rs`), each with the top-level module it comes from.
+fn root_reexports(lib: &str) -> BTreeMap<String, String> {
+    let mut found = BTreeMap::new();
+    // Only the root's own (unindented) re-exports, of one of its modules.
+    for line in lib.lines() {
+        let Some((module, rest)) = line
+            .strip_prefix("pub use ")
+            .and_then(|l| l.split_once("::"))
+            .filter(|(m, _)| !["crate", "self", "super"].contains(m))
+        else {
+            continue;
+        };
+        let names = rest.split(|c: char| !(c.is_alphanumeric() || c == '_'));
+        for name in names.filter(|n| !n.is_empty() && *n != "self") {
+            found.insert(name.to_owned(), module.to_owned());
+        }
+    }
+    found
 }
 
 /// The top-level modules a `super::super::…` chain starting at `toks[at]` names, when it
@@ -440,8 +472,12 @@ fn violations(
         }
     }
     let mut code: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let lib = files.iter().find(|(rel, _)| rel == "src/lib.rs");
+    let reexports = lib
+        .map(|(_, text)| root_reexports(text))
+        .unwrap_or_default();
     for (rel, text) in files.iter().filter(|(rel, _)| rel != "src/lib.rs") {
-        for edge in edges_in(rel, text, modules) {
+        for edge in edges_in(rel, text, modules, &reexports) {
             if !rules.allows(&edge.from, &edge.to) {
                 found.push(format!(
                     "{}:{}: `{}` imports `{}`, which ARCHITECTURE.md's table does not allow",
@@ -660,6 +696,27 @@ fn allowed_imports_pass() {
         ("src/main.rs", "use ingot::api;"),
     ]);
     assert!(found.is_empty(), "{found:?}");
+}
+
+/// `main.rs` reaches the library through the root's re-exports too: `ingot::Session`
+/// is `session`'s, which `main` may not import here.
+#[test]
+fn an_import_through_a_root_reexport_counts_as_its_modules() {
+    let found = check_planted(&[
+        (
+            "src/lib.rs",
+            "pub use session::{Session, Registry};\npub use api::Router;",
+        ),
+        (
+            "src/main.rs",
+            "use ingot::Router;\nuse ingot::{Session, api};",
+        ),
+    ]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("src/main.rs:2: `main` imports `session`"),
+        "{found:?}"
+    );
 }
 
 #[test]

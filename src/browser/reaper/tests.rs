@@ -9,14 +9,7 @@ use super::*;
 
 /// Every process of group `pgid` as `/proc` shows it, zombies included.
 fn members(pgid: i32) -> Vec<Seen> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(read_stat)
-        .filter(|s| s.pgid == pgid)
-        .collect()
+    processes().into_iter().filter(|s| s.pgid == pgid).collect()
 }
 
 /// Polls `condition` every 5 ms for up to 5 s.
@@ -38,7 +31,7 @@ fn browser(groups: &Groups) -> std::process::Child {
         .process_group(0)
         .spawn()
         .expect("spawn sh");
-    groups.launched(leader.id() as i32);
+    groups.launched(leader.id() as i32, None);
     leader
 }
 
@@ -70,7 +63,8 @@ fn the_stat_line_is_read_after_the_command_name() {
             pid: 42,
             zombie: true,
             ppid: 7,
-            pgid: 40
+            pgid: 40,
+            uid: None,
         }
     );
     assert!(parse_stat(1, "1 (init) S").is_none());
@@ -99,6 +93,65 @@ fn adopted_helpers_of_a_browser_are_reaped_but_not_its_leader() {
         0,
         "an exited leader's empty group is forgotten"
     );
+}
+
+#[test]
+fn the_user_is_read_from_the_status_text() {
+    let status =
+        "Name:\tsleep\nUmask:\t0022\nState:\tZ (zombie)\nUid:\t64123\t64123\t64123\t64123\n";
+    assert_eq!(parse_uid(status), Some(64_123));
+    assert_eq!(parse_uid("Name:\tx\n"), None);
+}
+
+/// A confined browser's helper that leaves the browser's group (`setsid`, as crash
+/// handlers do) is still the browser's: it runs as the browser's own user, and is reaped
+/// once it is this process's zombie. A rule by group alone left it a zombie for ever.
+#[test]
+fn a_helper_that_left_its_browsers_group_is_reaped_by_the_browsers_user() {
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: running a child as another user needs root");
+        return;
+    }
+    const UID: u32 = 64_123;
+    become_subreaper();
+    let groups = Groups::default();
+    let mut leader = std::process::Command::new("sh")
+        .args(["-c", "setsid sleep 0.05 & exit 3"])
+        .process_group(0)
+        .uid(UID)
+        .gid(UID)
+        .spawn()
+        .expect("spawn sh");
+    let pgid = leader.id() as i32;
+    groups.launched(pgid, Some(UID));
+    let me = std::process::id() as i32;
+    let mut helper = None;
+    wait_until(
+        "the helper left the group and died as this process's zombie",
+        || {
+            helper = processes()
+                .into_iter()
+                .find(|s| s.uid == Some(UID) && s.pgid != pgid && s.zombie && s.ppid == me)
+                .map(|s| s.pid);
+            helper.is_some()
+        },
+    );
+    let helper = helper.expect("found");
+    assert_eq!(reap_adopted(&groups), 1, "the helper, not the leader");
+    assert!(read_stat(helper).is_none(), "the helper is gone");
+    assert_eq!(leader.wait().expect("the leader's status").code(), Some(3));
+}
+
+/// Every process `/proc` shows, zombies included.
+fn processes() -> Vec<Seen> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(read_stat)
+        .collect()
 }
 
 #[test]
