@@ -33,20 +33,26 @@ async fn viewer_socket(gw: &Gateway, session: &Value) -> Socket {
 async fn viewer_input_counts_as_activity_but_the_timeout_still_ends_the_session() {
     let _shared = shared().await;
     let gw = Gateway::start(&[]).await;
+    // Both timeouts count from the start of the create, which takes up to two seconds on a
+    // loaded machine; the test's clock starts before it, so it never runs behind the
+    // gateway's.
+    let started = std::time::Instant::now();
     let session = gw
-        .create(json!({"timeout": 8_000, "inactivityTimeout": 3_000}))
+        .create(json!({"timeout": 10_000, "inactivityTimeout": 4_000}))
         .await;
     let id = session["id"].as_str().expect("id").to_owned();
     let mut ws = viewer_socket(&gw, &session).await;
-    // Input every 500 ms for 5 s: the inactivity timeout passes, the session lives. (Both
-    // timeouts count from the start of the create, which takes up to two seconds on a loaded
-    // machine: the viewer's first input must come within the inactivity timeout of that.)
+    // Input every 500 ms until 8 s in: the inactivity timeout passes several times over, the
+    // session lives. The last input comes at least 7.5 s in, so inactivity could end it no
+    // sooner than 11.5 s: the 10 s timeout comes first.
     let moving = async {
-        for i in 0..10 {
+        let mut i = 0;
+        while started.elapsed() < std::time::Duration::from_secs(8) {
             let input = json!({"type": "mouse", "event": "mouseMoved", "x": 10 + i, "y": 10, "button": "none", "clickCount": 0, "modifiers": 0});
             ws.send(Message::text(input.to_string()))
                 .await
                 .expect("send");
+            i += 1;
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
     };
@@ -56,8 +62,8 @@ async fn viewer_input_counts_as_activity_but_the_timeout_still_ends_the_session(
         "live",
         "viewer input is activity"
     );
-    // The viewer stays connected; the session still ends at its timeout (8 s, before the
-    // inactivity timeout could: input stopped at least 6 s in), and the viewer hears.
+    // The viewer stays connected; the session still ends at its timeout (10 s, before the
+    // inactivity timeout could), and the viewer hears.
     let mut ended = None;
     for _ in 0..500 {
         match tokio::time::timeout(secs(10), ws.next()).await {
