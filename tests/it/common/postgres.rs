@@ -47,20 +47,35 @@ fn is_root() -> bool {
 impl Postgres {
     /// Starts a new server and waits until it accepts connections.
     pub fn start() -> Postgres {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        Postgres::init("127.0.0.1".into(), port, None)
+        // A port found free can be taken by another test before the server binds it (the
+        // suite runs tests in parallel): then it starts again on another port.
+        const TRIES: usize = 3;
+        for attempt in 1..=TRIES {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("free port");
+            match Postgres::init("127.0.0.1".into(), port, None) {
+                Ok(pg) => return pg,
+                Err(why) if attempt < TRIES => {
+                    eprintln!("PostgreSQL did not start on port {port}, trying another: {why}");
+                }
+                Err(why) => panic!("PostgreSQL did not start in {TRIES} tries: {why}"),
+            }
+        }
+        unreachable!("the last try returns or panics")
     }
 
     /// Starts a new server inside network namespace `netns`, listening on `addr:5432`
     /// (and on its unix socket, which [`Postgres::sql`] then uses).
     pub fn start_in(netns: &str, addr: Ipv4Addr) -> Postgres {
         Postgres::init(addr.to_string(), 5432, Some(netns.to_owned()))
+            .unwrap_or_else(|why| panic!("PostgreSQL did not start in {netns}: {why}"))
     }
 
-    fn init(listen: String, port: u16, netns: Option<String>) -> Postgres {
+    /// Makes a cluster and starts it; the error (with the server's log) when it does not
+    /// start. The temporary directory goes with the value either way.
+    fn init(listen: String, port: u16, netns: Option<String>) -> Result<Postgres, String> {
         let dir = tempfile::Builder::new()
             .prefix("ingot-pg-")
             .tempdir()
@@ -99,8 +114,7 @@ impl Postgres {
             rules.push_str("\nhost all all 0.0.0.0/0 trust\n");
             std::fs::write(&hba, rules).expect("pg_hba.conf written");
         }
-        pg.start_again();
-        pg
+        pg.try_start().map(|()| pg)
     }
 
     fn options(&self) -> String {
@@ -115,12 +129,19 @@ impl Postgres {
     /// Starts the server (again, after [`Postgres::stop`]) and waits until it accepts
     /// connections.
     pub fn start_again(&self) {
+        self.try_start()
+            .unwrap_or_else(|why| panic!("PostgreSQL did not start again: {why}"));
+    }
+
+    fn try_start(&self) -> Result<(), String> {
         let log = self.dir.path().join("server.log").display().to_string();
         let (data, options) = (self.data(), self.options());
         let args = [
             "-D", &data, "-l", &log, "-w", "-t", "30", "-o", &options, "start",
         ];
-        self.run_as_postgres("pg_ctl", &args);
+        try_run(&mut self.as_postgres("pg_ctl", &args))
+            .map(drop)
+            .map_err(|why| format!("{why}\nserver log:\n{}", self.log()))
     }
 
     /// Stops the server, as a database outage would; [`Postgres::start_again`] ends it.
@@ -134,6 +155,12 @@ impl Postgres {
     }
 
     fn run_as_postgres(&self, program: &str, args: &[&str]) -> Output {
+        run(&mut self.as_postgres(program, args))
+    }
+
+    /// `program` from PostgreSQL's binaries with `args`, as the `postgres` account when
+    /// this runs as root, in the server's namespace if it has one.
+    fn as_postgres(&self, program: &str, args: &[&str]) -> Command {
         let program = self.bin.join(program);
         let mut cmd = match (&self.netns, is_root()) {
             (Some(ns), _) => {
@@ -150,7 +177,7 @@ impl Postgres {
             (None, false) => Command::new(&program),
         };
         cmd.args(args).current_dir(self.dir.path());
-        run(&mut cmd)
+        cmd
     }
 
     /// A URL for `database` on this server.
@@ -204,16 +231,22 @@ impl Postgres {
 }
 
 fn run(cmd: &mut Command) -> Output {
+    try_run(cmd).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// Runs `cmd`; its output, or what it said when it failed.
+fn try_run(cmd: &mut Command) -> Result<Output, String> {
     let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out)
 }
 
 impl Drop for Postgres {
