@@ -77,12 +77,22 @@ impl Groups {
         }
     }
 
-    /// Whether `seen` belongs to a browser: it is in a browser's group, or runs as a
-    /// browser's own user.
-    fn owns(&self, seen: &Seen) -> bool {
-        lock(&self.0).iter().any(|(pgid, group)| {
-            *pgid == seen.pgid || (group.uid.is_some() && group.uid == seen.uid)
-        })
+    /// `seen` if it belongs to a browser: it is in a browser's group, or runs as a
+    /// browser's own user. Its user is read (`/proc/<pid>/status`) only when its group does
+    /// not settle it and some browser has a user of its own.
+    fn claim(&self, seen: Seen) -> Option<Seen> {
+        let users: Vec<u32> = {
+            let groups = lock(&self.0);
+            if groups.contains_key(&seen.pgid) {
+                return Some(seen);
+            }
+            groups.values().filter_map(|g| g.uid).collect()
+        };
+        if users.is_empty() {
+            return None;
+        }
+        let seen = with_uid(seen);
+        seen.uid.filter(|uid| users.contains(uid)).map(|_| seen)
     }
 
     /// Whether `pid` leads a browser's group (tokio collects a leader's status).
@@ -171,7 +181,7 @@ pub(super) fn reap_adopted(groups: &Groups) -> usize {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(read_stat)
-        .filter(|s| groups.owns(s))
+        .filter_map(|s| groups.claim(s))
         .collect();
     let reaped: Vec<i32> = seen
         .iter()
@@ -199,15 +209,19 @@ fn reap(pid: i32) -> bool {
 }
 
 /// A process's state, parent and group, from `/proc/<pid>/stat` (fields after the command
-/// name, which may itself contain spaces and parentheses), and its user.
+/// name, which may itself contain spaces and parentheses); its user is not read.
 fn read_stat(pid: i32) -> Option<Seen> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let seen = parse_stat(pid, &stat)?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
-    Some(Seen {
+    parse_stat(pid, &stat)
+}
+
+/// `seen` with its user, from `/proc/<pid>/status`.
+fn with_uid(seen: Seen) -> Seen {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", seen.pid)).ok();
+    Seen {
         uid: status.as_deref().and_then(parse_uid),
         ..seen
-    })
+    }
 }
 
 /// The real user id in a `/proc/<pid>/status` text (`Uid:\treal\teffective\t…`).

@@ -151,6 +151,7 @@ fn processes() -> Vec<Seen> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(read_stat)
+        .map(with_uid)
         .collect()
 }
 
