@@ -60,6 +60,21 @@ pub struct LaunchSpec {
     pub downloads: Option<PathBuf>,
 }
 
+impl LaunchSpec {
+    /// A browser for `session_id` with every default: the page size, no user agent, no
+    /// proxy, Chromium's own downloads folder.
+    pub fn plain(session_id: Uuid) -> LaunchSpec {
+        LaunchSpec {
+            session_id,
+            dimensions: Dimensions::default(),
+            user_agent: None,
+            proxy_server: None,
+            proxy_auth: None,
+            downloads: None,
+        }
+    }
+}
+
 /// One CDP connection to a browser, as whole JSON messages.
 pub struct CdpTransport {
     /// Messages to the browser; every sender clones it.

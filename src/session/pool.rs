@@ -266,12 +266,8 @@ impl WarmPool {
         let launched = self
             .host
             .launch(LaunchSpec {
-                session_id: id,
-                dimensions: Default::default(),
-                user_agent: None,
-                proxy_server: None,
-                proxy_auth: None,
                 downloads: Some(self.files.dir(id)),
+                ..LaunchSpec::plain(id)
             })
             .await;
         self.health

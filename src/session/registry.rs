@@ -166,14 +166,7 @@ impl Registry {
     /// the launch time, or the launch error; readiness follows the outcome.
     pub(crate) async fn probe_browser(&self) -> Result<Duration, LaunchError> {
         let started = Instant::now();
-        let spec = LaunchSpec {
-            session_id: Uuid::new_v4(),
-            dimensions: Default::default(),
-            user_agent: None,
-            proxy_server: None,
-            proxy_auth: None,
-            downloads: None,
-        };
+        let spec = LaunchSpec::plain(Uuid::new_v4());
         let result = self.host.launch(spec).await;
         let elapsed = started.elapsed();
         self.note_launch(result.as_ref().err().map(ToString::to_string));

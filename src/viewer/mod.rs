@@ -235,14 +235,7 @@ mod pruning {
     use crate::testing::FakeBrowserHost;
 
     async fn mux(host: &FakeBrowserHost) -> Arc<Mux> {
-        let spec = LaunchSpec {
-            session_id: Uuid::new_v4(),
-            dimensions: Default::default(),
-            user_agent: None,
-            proxy_server: None,
-            proxy_auth: None,
-            downloads: None,
-        };
+        let spec = LaunchSpec::plain(Uuid::new_v4());
         let launched = host.launch(spec).await.expect("launch");
         Mux::start(launched.transport, Guard::new(Default::default(), None))
     }

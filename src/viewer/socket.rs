@@ -339,14 +339,7 @@ mod tests {
     impl Viewed {
         async fn start(interactive: bool) -> Viewed {
             let host = FakeBrowserHost::new();
-            let spec = LaunchSpec {
-                session_id: uuid::Uuid::new_v4(),
-                dimensions: Default::default(),
-                user_agent: None,
-                proxy_server: None,
-                proxy_auth: None,
-                downloads: None,
-            };
+            let spec = LaunchSpec::plain(uuid::Uuid::new_v4());
             let launched = host.launch(spec).await.expect("launch");
             let browser = host.last().expect("a browser");
             let mux = Mux::start(launched.transport, Guard::new(Default::default(), None));
