@@ -600,8 +600,42 @@ fn types_without_help(exposition: &str) -> Vec<String> {
         .collect()
 }
 
+/// Where a construct appears outside the one file allowed to hold it: `(needle, home)`
+/// pairs, each needle a piece of code that only `home` may write.
+fn outside_home(files: &[(String, String)], rules: &[(&str, &str)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (rel, text) in files {
+        for (needle, home) in rules.iter().filter(|(_, home)| rel != home) {
+            for (n, line) in text.lines().enumerate() {
+                if line.contains(needle) && !line.trim_start().starts_with("//") {
+                    found.push(format!(
+                        "{rel}:{}: `{needle}` belongs in {home} alone",
+                        n + 1
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The constructs issue 21 put in one place: close frames (their codes are
+/// `vocab::Disconnect::close`'s table, framed by `proxy.rs`) and the server side of a
+/// WebSocket upgrade (`api/upgrade.rs`, for CDP and the viewer alike).
+const ONE_PLACE: [(&str, &str); 3] = [
+    ("CloseCode::", "src/proxy.rs"),
+    ("CloseFrame {", "src/proxy.rs"),
+    ("Role::Server", "src/api/upgrade.rs"),
+];
+
 // ---------------------------------------------------------------------------------------
 // The tests on the repository.
+
+#[test]
+fn close_frames_and_websocket_upgrades_are_each_built_in_one_place() {
+    let found = outside_home(&read_sources(), &ONE_PLACE);
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
 
 fn read_sources() -> Vec<(String, String)> {
     let mut files = Vec::new();
@@ -649,6 +683,23 @@ async fn every_exported_metric_has_a_help_line() {
 
 // ---------------------------------------------------------------------------------------
 // The checkers on planted input: each must catch what it is for.
+
+#[test]
+fn a_close_code_chosen_outside_proxy_rs_is_caught() {
+    let files = [
+        ("src/proxy.rs", "let c = CloseCode::Away;"),
+        (
+            "src/viewer/socket.rs",
+            "// CloseCode::Away in a comment\nlet c = CloseCode::Normal;",
+        ),
+    ]
+    .map(|(p, t)| (p.to_owned(), t.to_owned()));
+    let found = outside_home(&files, &ONE_PLACE);
+    assert_eq!(
+        found,
+        ["src/viewer/socket.rs:2: `CloseCode::` belongs in src/proxy.rs alone"]
+    );
+}
 
 fn planted_rules() -> Rules {
     parse_table(
