@@ -2274,9 +2274,12 @@ fn the_apparmor_profile_lets_chromium_create_user_namespaces() {
     );
     // The headless shell, the default engine, needs the same.
     assert!(
-        profile.lines().map(str::trim).any(|l| l.starts_with("profile ")
-            && l.contains(" /usr/lib/chromium/chromium-headless-shell ")
-            && l.contains("flags=(unconfined)")),
+        profile
+            .lines()
+            .map(str::trim)
+            .any(|l| l.starts_with("profile ")
+                && l.contains(" /usr/lib/chromium/chromium-headless-shell ")
+                && l.contains("flags=(unconfined)")),
         "a profile for the headless shell"
     );
     assert_eq!(
