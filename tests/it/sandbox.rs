@@ -692,8 +692,49 @@ async fn assert_renderers_in_their_own_namespace(engine: Engine, gw: &Gateway, l
     }
 }
 
+/// The sockets a process listens on, in its own network namespace: TCP ones (as lines of
+/// `/proc/<pid>/net/tcp*`) and Unix ones (their paths, `@…` for abstract ones).
+fn listening_sockets(pid: i32) -> (Vec<String>, Vec<String>) {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let table =
+        |name: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{name}")).unwrap_or_default();
+    // tcp: `sl local rem st … inode` (field 9), LISTEN is state 0A.
+    let tcp = [table("tcp"), table("tcp6")]
+        .concat()
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(3) == Some(&"0A") && f.get(9).is_some_and(|i| inodes.iter().any(|n| n == i))
+        })
+        .map(str::to_owned)
+        .collect();
+    // unix: `Num RefCount Protocol Flags Type St Inode Path`; listening has flag 0x10000.
+    let unix = table("unix")
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let listening = u32::from_str_radix(f.get(3)?, 16).ok()? & 0x10000 != 0;
+            let inode = *f.get(6)?;
+            let path = f.get(7).copied().unwrap_or_default().to_owned();
+            (listening && inodes.iter().any(|n| n == inode)).then_some(path)
+        })
+        .collect();
+    (tcp, unix)
+}
+
 /// The headful session's X server: one, as the browser's uid, `no_new_privs`, none of the
-/// gateway's variables, in the browser's cgroup.
+/// gateway's variables, in the browser's cgroup, listening on a socket in the data directory
+/// only (no TCP, no abstract socket).
 fn assert_display_sandboxed(gw: &Gateway, leader: i32, browser_uid: u32) {
     let xvfb = xvfbs_of(gw);
     assert_eq!(xvfb.len(), 1, "one Xvfb for the session: {xvfb:?}");
@@ -707,14 +748,12 @@ fn assert_display_sandboxed(gw: &Gateway, leader: i32, browser_uid: u32) {
         cgroup(leader),
         "Xvfb in the browser's cgroup"
     );
-    let cmdline = cmdline_of(xvfb[0]);
+    let (tcp, unix) = listening_sockets(xvfb[0]);
+    assert!(tcp.is_empty(), "Xvfb listens on TCP: {tcp:?}");
+    let data = gw.data_dir.display().to_string();
     assert!(
-        cmdline
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .windows(2)
-            .any(|w| w == ["-nolisten", "tcp"]),
-        "Xvfb listens on TCP: {cmdline}"
+        !unix.is_empty() && unix.iter().all(|p| p.starts_with(&data)),
+        "Xvfb's sockets must all be in the data directory, none abstract: {unix:?}"
     );
 }
 
