@@ -305,7 +305,9 @@ test('fullscreen works on a headful session', T, withGatewayLog(() => gw, async 
 }));
 
 test('release leaves no Xvfb and no Chromium behind', T, withGatewayLog(() => gw, async (t) => {
-  const before = ourXvfbs();
+  // The sessions of the tests before have all been released: their Xvfbs are gone too.
+  const before = await waitGone(() => ourXvfbs());
+  assert.deepEqual(before, [], 'Xvfb left by the released sessions of the tests before');
   const machineBefore = pgrepXvfb();
   const session = await createHeadful();
   try {
@@ -325,7 +327,7 @@ test('release leaves no Xvfb and no Chromium behind', T, withGatewayLog(() => gw
 }));
 
 test('a killed Xvfb fails its session, closes its CDP clients and leaves no Chromium', T, withGatewayLog(() => gw, async (t) => {
-  const before = new Set(ourXvfbs().map((p) => p.pid));
+  const before = new Set((await waitGone(() => ourXvfbs())).map((p) => p.pid));
   const session = await createHeadful();
   let browser;
   let cdp;
