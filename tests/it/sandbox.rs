@@ -590,8 +590,8 @@ fn cmdline_of(pid: i32) -> String {
     String::from_utf8_lossy(&cmdline).replace('\0', " ")
 }
 
-/// Every running process as (pid, parent pid).
-fn parents() -> Vec<(i32, i32)> {
+/// Every running process as (pid, parent pid, process group).
+fn process_table() -> Vec<(i32, i32, i32)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
@@ -605,8 +605,9 @@ fn parents() -> Vec<(i32, i32)> {
             .collect();
         if fields.first() != Some(&"Z")
             && let Some(ppid) = fields.get(1).and_then(|p| p.parse().ok())
+            && let Some(pgid) = fields.get(2).and_then(|p| p.parse().ok())
         {
-            found.push((pid, ppid));
+            found.push((pid, ppid, pgid));
         }
     }
     found
@@ -615,21 +616,21 @@ fn parents() -> Vec<(i32, i32)> {
 /// The `Xvfb` processes of a gateway: its descendants, or processes that name its data
 /// directory.
 fn xvfbs_of(gw: &Gateway) -> Vec<i32> {
-    let table = parents();
+    let table = process_table();
     let mut mine = vec![gw.pid() as i32];
     let mut frontier = mine.clone();
     while !frontier.is_empty() {
         frontier = table
             .iter()
-            .filter(|(pid, ppid)| frontier.contains(ppid) && !mine.contains(pid))
-            .map(|(pid, _)| *pid)
+            .filter(|(pid, ppid, _)| frontier.contains(ppid) && !mine.contains(pid))
+            .map(|(pid, _, _)| *pid)
             .collect();
         mine.extend(&frontier);
     }
     let data = gw.data_dir.display().to_string();
     table
         .iter()
-        .map(|(pid, _)| *pid)
+        .map(|(pid, _, _)| *pid)
         .filter(|pid| {
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
             exe.file_name().is_some_and(|n| n == "Xvfb")
@@ -672,13 +673,19 @@ async fn assert_renderers_in_their_own_namespace(engine: Engine, gw: &Gateway, l
     let ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
     let deadline = Instant::now() + secs(10);
     loop {
-        let renderers: Vec<i32> = browser_pids_in(&gw.data_dir)
+        // In the browser's process group (a renderer's command line need not name the
+        // profile).
+        let renderers: Vec<i32> = process_table()
             .into_iter()
-            .filter(|&(pid, pgid)| pgid == leader && cmdline_of(pid).contains("--type=renderer"))
-            .map(|(pid, _)| pid)
+            .filter(|&(pid, _, pgid)| pgid == leader && cmdline_of(pid).contains("--type=renderer"))
+            .map(|(pid, _, _)| pid)
             .collect();
         if !renderers.is_empty() {
             for r in renderers {
+                assert!(
+                    ns(r).is_some(),
+                    "{engine:?}: renderer {r}'s namespace unreadable"
+                );
                 assert_ne!(
                     ns(r),
                     ns(leader),
