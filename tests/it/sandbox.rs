@@ -669,7 +669,7 @@ fn assert_browser_sandboxed(engine: Engine, gw: &Gateway, leader: i32) -> u32 {
 }
 
 /// Chromium's own sandbox: the session's renderers live in a user namespace of their own.
-async fn assert_renderers_in_their_own_namespace(engine: Engine, gw: &Gateway, leader: i32) {
+async fn assert_renderers_in_their_own_namespace(engine: Engine, leader: i32) {
     let ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
     let deadline = Instant::now() + secs(10);
     loop {
@@ -806,7 +806,7 @@ async fn a_session_runs_sandboxed(engine: Engine) {
 
     let leader = browser_leader(&gw.data_dir, &id);
     let uid = assert_browser_sandboxed(engine, &gw, leader);
-    assert_renderers_in_their_own_namespace(engine, &gw, leader).await;
+    assert_renderers_in_their_own_namespace(engine, leader).await;
     if engine == Engine::Headful {
         assert_display_sandboxed(&gw, leader, uid);
     }
