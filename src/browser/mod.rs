@@ -8,6 +8,9 @@
 
 pub mod cgroup;
 mod detect;
+// Until `local.rs` runs headful browsers on it (issue 22), only its tests use it.
+#[cfg_attr(not(test), allow(dead_code))]
+mod display;
 pub mod egress;
 mod error;
 mod limits;
@@ -33,7 +36,9 @@ use uuid::Uuid;
 use crate::vocab::Dimensions;
 
 pub use detect::find_chromium;
-pub use error::{ChromiumNotFound, DiskError, LaunchError, NotReady, SandboxError, StartupError};
+pub use error::{
+    ChromiumNotFound, DiskError, DisplayError, LaunchError, NotReady, SandboxError, StartupError,
+};
 pub use local::{BASE_FLAGS, LocalChromium};
 pub use paths::scratch_root;
 pub use sandbox::{SandboxConfig, SandboxStatus, UidRange};

@@ -1,0 +1,439 @@
+//! The virtual X display of a headful browser: one Xvfb per session, started, watched and
+//! killed with it.
+//!
+//! Owns running Xvfb and everything it leaves on disk. Must not know about sessions' states,
+//! Chromium's flags or HTTP; `local.rs` decides when a browser gets a display, and runs the
+//! browser with [`Display::env`] and [`Display::install_client`].
+//!
+//! # Where the socket lives (found by experiment on Debian 12: Xvfb 21.1.7, libxcb 1.15)
+//! - Xvfb always makes its socket at `/tmp/.X11-unix/X<n>` (and `/tmp/.X<n>-lock`). It is
+//!   started in a private mount namespace (`unshare(CLONE_NEWNS)`, `/` made recursively
+//!   private) where `<dir>/tmp` is bind-mounted over `/tmp`: the socket is then
+//!   `<dir>/tmp/.X11-unix/X0` and nothing of it lands in the machine's `/tmp`. Every display
+//!   is `:0`, each in its own namespace, so two never collide. Its other files in `/tmp`
+//!   (compiled keymaps from `xkbcomp`) land there too.
+//! - libxcb 1.15 does not accept a socket path in `DISPLAY` (`unix:/path`, `/path`,
+//!   `/path:0` all fail to open); it always connects to `/tmp/.X11-unix/X<n>`. So the browser
+//!   is started the same way: [`Display::install_client`] gives it the same bind of
+//!   `<dir>/tmp` over `/tmp` in a mount namespace of its own, and `DISPLAY=:0`.
+//! - `-nolisten tcp` (no TCP port) and `-nolisten local` (no abstract-namespace socket
+//!   `@/tmp/.X11-unix/X0`, which is per network namespace, so visible to every process on
+//!   the machine and colliding between displays): `ss -xlp` then shows the path socket only.
+//!   `-nolisten unix` is never given.
+//! - `-auth <dir>/Xauthority`: a random MIT-MAGIC-COOKIE-1 in one wildcard entry (any
+//!   address, any display number) that both the server and the browser read; a client
+//!   without it is refused.
+//! - `-displayfd 4`: Xvfb writes its display number there once it accepts clients.
+//!
+//! # Processes
+//! Xvfb leads a process group of its own (its `xkbcomp` children join it) and is killed as a
+//! group. It runs with the browser's confinement when given: its cgroups, its user,
+//! `no_new_privs` and a Landlock ruleset, through the sandbox's own [`ChildSetup`], after the
+//! mounts (which need the gateway's privileges). A [`Display`] dropped without
+//! [`Display::kill`] still kills its group; a gateway killed outright leaves an Xvfb whose
+//! command line names its `-auth` file under the sessions directory, which the start-up sweep
+//! finds ([`sweep_marker`]).
+
+use std::ffi::{CString, OsString};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, lchown};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::sandbox::{ChildSetup, install, owner};
+use super::{BrowserExit, DisplayError};
+
+/// How long Xvfb may take to accept clients (it takes a few tens of ms).
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The display number inside every display's own namespace.
+const NUMBER: u32 = 0;
+/// The Xauthority file in the display's directory.
+const AUTH_FILE: &str = "Xauthority";
+/// The directory bind-mounted over `/tmp` for Xvfb and its browser.
+const TMP_DIR: &str = "tmp";
+/// Xvfb's stderr.
+const LOG_FILE: &str = "xvfb.log";
+
+/// What one display needs.
+#[derive(Debug, Clone)]
+pub(super) struct DisplaySpec<'a> {
+    /// A directory of its own (created if missing, removed by [`Display::kill`]); inside the
+    /// session's directory, so the start-up sweep finds a leftover Xvfb by it.
+    pub dir: &'a Path,
+    /// Screen size in pixels.
+    pub width: u32,
+    /// Screen size in pixels.
+    pub height: u32,
+    /// For the logs.
+    pub session_id: Uuid,
+    /// The browser's user and group: Xvfb runs as them, and its directory is theirs.
+    pub user: Option<(u32, u32)>,
+    /// Open `cgroup.procs` files Xvfb joins (above fd 4), as for the browser.
+    pub cgroup_procs: Vec<RawFd>,
+    /// `PR_SET_NO_NEW_PRIVS` (Landlock needs it).
+    pub no_new_privs: bool,
+    /// A Landlock ruleset (above fd 4) allowing `dir` read-write, as for the browser.
+    pub landlock: Option<RawFd>,
+}
+
+/// A running Xvfb.
+#[derive(Debug)]
+pub(super) struct Display {
+    pid: i32,
+    dir: PathBuf,
+    /// `<dir>/tmp`, for the browser's bind mount.
+    tmp: CString,
+    session_id: Uuid,
+    exit: watch::Receiver<Option<BrowserExit>>,
+}
+
+/// What `start` prepared on disk.
+struct Prepared {
+    tmp: CString,
+    log: std::fs::File,
+}
+
+impl Display {
+    /// Starts Xvfb (`xvfb` is its executable) and returns once it accepts clients. On any
+    /// failure nothing is left running, and its directory is removed.
+    pub(super) async fn start(xvfb: &Path, spec: DisplaySpec<'_>) -> Result<Display, DisplayError> {
+        let dir = spec.dir.to_path_buf();
+        let prepared = {
+            let (dir, user) = (dir.clone(), spec.user);
+            tokio::task::spawn_blocking(move || prepare(&dir, user))
+                .await
+                .map_err(DisplayError::Worker)??
+        };
+        match Display::spawn(xvfb, &spec, prepared).await {
+            Ok(display) => Ok(display),
+            Err(e) => {
+                remove_dir(dir).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn spawn(
+        xvfb: &Path,
+        spec: &DisplaySpec<'_>,
+        prepared: Prepared,
+    ) -> Result<Display, DisplayError> {
+        let (ready_read, ready_write) = pipe()?;
+        let null = high_fd(OwnedFd::from(
+            std::fs::File::open("/dev/null").map_err(DisplayError::Pipe)?,
+        ))?;
+        let mut cmd = Command::new(xvfb);
+        cmd.arg(format!(":{NUMBER}"))
+            .args(["-nolisten", "tcp", "-nolisten", "local", "-noreset"])
+            .arg("-auth")
+            .arg(spec.dir.join(AUTH_FILE))
+            .args(["-displayfd", "4", "-screen", "0"])
+            .arg(format!("{}x{}x24", spec.width, spec.height))
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(prepared.log))
+            .process_group(0)
+            .kill_on_drop(false);
+        // The mounts first, while the child still has the gateway's privileges.
+        install_private_tmp(&mut cmd, prepared.tmp.clone());
+        install(
+            &mut cmd,
+            ChildSetup {
+                commands_fd: null.as_raw_fd(),
+                replies_fd: ready_write.as_raw_fd(),
+                gateway_pid: std::process::id() as libc::pid_t,
+                cgroup_procs: spec.cgroup_procs.clone(),
+                user: spec.user,
+                no_new_privs: spec.no_new_privs,
+                landlock: spec.landlock,
+            },
+        );
+        let spawned = cmd.spawn();
+        drop((ready_write, null));
+        let child = spawned.map_err(|source| DisplayError::Spawn {
+            executable: xvfb.to_path_buf(),
+            source,
+        })?;
+        let pid = child
+            .id()
+            .map(|p| p as i32)
+            .ok_or(DisplayError::ExitedDuringSpawn)?;
+        let (tx, exit) = watch::channel(None);
+        tokio::spawn(watch_exit(child, tx));
+        let display = Display {
+            pid,
+            dir: spec.dir.to_path_buf(),
+            tmp: prepared.tmp,
+            session_id: spec.session_id,
+            exit,
+        };
+        if let Err(e) = display.ready(ready_read).await {
+            display.kill().await;
+            return Err(e);
+        }
+        debug!(session_id = %spec.session_id, pid, "Xvfb is up");
+        Ok(display)
+    }
+
+    /// Waits for Xvfb's display number on the `-displayfd` pipe.
+    async fn ready(&self, ready: OwnedFd) -> Result<(), DisplayError> {
+        let mut ready =
+            tokio::net::unix::pipe::Receiver::from_owned_fd(ready).map_err(DisplayError::Pipe)?;
+        let mut said = Vec::new();
+        let read = tokio::time::timeout(READY_TIMEOUT, async {
+            let mut buf = [0u8; 16];
+            loop {
+                match ready.read(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => said.extend_from_slice(&buf[..n]),
+                }
+                if said.contains(&b'\n') {
+                    return true;
+                }
+            }
+        })
+        .await;
+        match read {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let exit = self.exited().await;
+                Err(DisplayError::Exited {
+                    exit,
+                    last_output: self.log_tail().await,
+                })
+            }
+            Err(_) => Err(DisplayError::Timeout {
+                after: READY_TIMEOUT,
+                last_output: self.log_tail().await,
+            }),
+        }
+    }
+
+    /// The last lines Xvfb wrote, joined with ` | `.
+    async fn log_tail(&self) -> String {
+        let text = tokio::fs::read_to_string(self.dir.join(LOG_FILE))
+            .await
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+
+    /// Xvfb's process id (it leads its own process group).
+    pub(super) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// What the browser's environment needs: `DISPLAY` and `XAUTHORITY`. The browser must
+    /// also be started with [`Display::install_client`], which makes `DISPLAY` reach this
+    /// display's socket.
+    pub(super) fn env(&self) -> Vec<(OsString, OsString)> {
+        vec![
+            ("DISPLAY".into(), format!(":{NUMBER}").into()),
+            (
+                "XAUTHORITY".into(),
+                self.dir.join(AUTH_FILE).into_os_string(),
+            ),
+        ]
+    }
+
+    /// Where the socket is (for tests and the logs).
+    pub(super) fn socket(&self) -> PathBuf {
+        self.dir.join(TMP_DIR).join(format!(".X11-unix/X{NUMBER}"))
+    }
+
+    /// Runs the browser (`cmd`) in a mount namespace of its own where this display's
+    /// directory is its `/tmp`, so that `DISPLAY=:0` reaches this display's socket. Call it
+    /// before the sandbox's `install` (which drops the privileges the mounts need). The
+    /// browser's `TMPDIR` should point elsewhere (its scratch directory).
+    pub(super) fn install_client(&self, cmd: &mut Command) {
+        install_private_tmp(cmd, self.tmp.clone());
+    }
+
+    /// Resolves when Xvfb has exited, with how.
+    pub(super) async fn exited(&self) -> BrowserExit {
+        let mut exit = self.exit.clone();
+        match exit.wait_for(Option::is_some).await {
+            Ok(exit) => exit.clone().unwrap_or_else(|| unknown("no status")),
+            Err(_) => unknown("its watcher is gone"),
+        }
+    }
+
+    /// Kills Xvfb's process group, waits until Xvfb is reaped, and removes its directory.
+    /// Idempotent.
+    pub(super) async fn kill(&self) {
+        self.signal_group();
+        let exit = self.exited().await;
+        debug!(session_id = %self.session_id, pid = self.pid, %exit, "Xvfb is gone");
+        remove_dir(self.dir.clone()).await;
+    }
+
+    /// SIGKILL to Xvfb's group, unless it was already reaped (its id may then be another's).
+    fn signal_group(&self) {
+        if self.exit.borrow().is_none() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        self.signal_group();
+    }
+}
+
+/// What the start-up sweep looks for in a command line to recognise an Xvfb that a display
+/// under `parent` (the sessions or scratch directory) started.
+pub(super) fn sweep_marker(parent: &Path) -> String {
+    format!("-auth {}/", parent.display())
+}
+
+fn unknown(why: &str) -> BrowserExit {
+    BrowserExit::Unknown(why.to_owned())
+}
+
+/// Reaps Xvfb and says how it ended.
+async fn watch_exit(mut child: tokio::process::Child, tx: watch::Sender<Option<BrowserExit>>) {
+    use std::os::unix::process::ExitStatusExt;
+    let exit = match child.wait().await {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => BrowserExit::Code(code),
+            (None, Some(signal)) => BrowserExit::Signal(signal),
+            (None, None) => unknown("no code and no signal"),
+        },
+        Err(e) => BrowserExit::Unknown(e.to_string()),
+    };
+    let _ = tx.send(Some(exit));
+}
+
+/// Removes a display's directory (off the runtime); a failure is logged.
+async fn remove_dir(dir: PathBuf) {
+    let shown = dir.clone();
+    match tokio::task::spawn_blocking(move || owner::remove_tree(&dir)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(dir = %shown.display(), error = %e, "cannot remove a display's directory")
+        }
+        Err(e) => warn!(dir = %shown.display(), error = %e, "cannot remove a display's directory"),
+    }
+}
+
+/// Makes `dir`, `dir/tmp` (mode 1777, as `/tmp`), the Xauthority file with a fresh cookie
+/// and Xvfb's log, all given to `user`. Blocking.
+fn prepare(dir: &Path, user: Option<(u32, u32)>) -> Result<Prepared, DisplayError> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |source| DisplayError::Directory {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    owner::own_dir(dir, user).map_err(fail)?;
+    let tmp = dir.join(TMP_DIR);
+    std::fs::create_dir_all(&tmp).map_err(fail)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).map_err(fail)?;
+    let mut cookie = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut cookie))
+        .map_err(fail)?;
+    let auth = dir.join(AUTH_FILE);
+    write_private(&auth, &xauthority(&cookie)).map_err(fail)?;
+    let log_path = dir.join(LOG_FILE);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .map_err(fail)?;
+    if let Some((uid, gid)) = user {
+        for path in [&tmp, &auth, &log_path] {
+            lchown(path, Some(uid), Some(gid)).map_err(fail)?;
+        }
+    }
+    let tmp = CString::new(tmp.as_os_str().as_bytes())
+        .map_err(|e| fail(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    Ok(Prepared { tmp, log })
+}
+
+/// Creates `path` (mode 0600, never following a link) holding `bytes`.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+/// An Xauthority file of one entry: family FamilyWild (any address), no display number
+/// (any display), `MIT-MAGIC-COOKIE-1` with `cookie`. Each field is a big-endian 16-bit
+/// length and its bytes (libXau's format).
+fn xauthority(cookie: &[u8; 16]) -> Vec<u8> {
+    let mut out = 0xffffu16.to_be_bytes().to_vec();
+    for field in [&b""[..], b"", b"MIT-MAGIC-COOKIE-1", cookie] {
+        out.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        out.extend_from_slice(field);
+    }
+    out
+}
+
+/// A close-on-exec pipe, both ends above fd 4 (as [`ChildSetup`] wants).
+fn pipe() -> Result<(OwnedFd, OwnedFd), DisplayError> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| DisplayError::Pipe(e.into()))?;
+    Ok((high_fd(read)?, high_fd(write)?))
+}
+
+fn high_fd(fd: OwnedFd) -> Result<OwnedFd, DisplayError> {
+    let raw = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+        .map_err(|e| DisplayError::Pipe(e.into()))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+    #[allow(unsafe_code)]
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Installs, between fork and exec, a private mount namespace where `tmp` is `/tmp`.
+#[allow(unsafe_code)]
+fn install_private_tmp(cmd: &mut Command, tmp: CString) {
+    // SAFETY: runs in the forked child of a multi-threaded process, so only raw system calls
+    // on values built before the fork: `tmp` is owned by the closure and only borrowed as a
+    // pointer, the other paths are static C strings. Its error is a bare errno
+    // (`from_raw_os_error` does not allocate), which std sends to the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            let none = std::ptr::null::<libc::c_char>();
+            if libc::unshare(libc::CLONE_NEWNS) < 0
+                || libc::mount(
+                    none,
+                    c"/".as_ptr(),
+                    none,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) < 0
+                || libc::mount(
+                    tmp.as_ptr(),
+                    c"/tmp".as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) < 0
+            {
+                return Err(std::io::Error::from_raw_os_error(
+                    nix::errno::Errno::last_raw(),
+                ));
+            }
+            Ok(())
+        });
+    }
+}
