@@ -6,23 +6,29 @@
 //! browser with [`Display::env`] and [`Display::install_client`].
 //!
 //! # Where the socket lives (found by experiment on Debian 12: Xvfb 21.1.7, libxcb 1.15)
-//! - Xvfb always makes its socket at `/tmp/.X11-unix/X<n>` (and `/tmp/.X<n>-lock`). It is
-//!   started in a private mount namespace (`unshare(CLONE_NEWNS)`, `/` made recursively
-//!   private) where `<dir>/tmp` is bind-mounted over `/tmp`: the socket is then
-//!   `<dir>/tmp/.X11-unix/X0` and nothing of it lands in the machine's `/tmp`. Every display
-//!   is `:0`, each in its own namespace, so two never collide. Its other files in `/tmp`
-//!   (compiled keymaps from `xkbcomp`) land there too.
+//! - Xvfb always makes its socket at `/tmp/.X11-unix/X<n>`. It is started in a private mount
+//!   namespace (`unshare(CLONE_NEWNS)`, `/` made recursively private) where `<dir>/X11-unix`
+//!   is bind-mounted over `/tmp/.X11-unix`: the socket is then `<dir>/X11-unix/X0`, and
+//!   nothing of it lands in the machine's `/tmp/.X11-unix`. `-nolock`: no `/tmp/.X0-lock`
+//!   either. Every display is `:0`, each in its own namespace, so two never collide. Only
+//!   `/tmp/.X11-unix` is covered, not `/tmp`: the `-auth` file, and for the browser its
+//!   profile, may be anywhere, even under `/tmp` (binding over all of `/tmp` hid them when
+//!   the session directory was under `/tmp`: Xvfb then found no cookie and let every local
+//!   client in). The mount point `/tmp/.X11-unix` is created (root's, mode 1777, as X
+//!   servers make it) when missing; a link or non-directory there is refused.
 //! - libxcb 1.15 does not accept a socket path in `DISPLAY` (`unix:/path`, `/path`,
 //!   `/path:0` all fail to open); it always connects to `/tmp/.X11-unix/X<n>`. So the browser
-//!   is started the same way: [`Display::install_client`] gives it the same bind of
-//!   `<dir>/tmp` over `/tmp` in a mount namespace of its own, and `DISPLAY=:0`.
+//!   is started the same way: [`Display::install_client`] gives it the same bind in a mount
+//!   namespace of its own, and `DISPLAY=:0`. (Checked by hand with full Chromium 2026-12:
+//!   it stays up and paints no "Missing X server" error.)
 //! - `-nolisten tcp` (no TCP port) and `-nolisten local` (no abstract-namespace socket
-//!   `@/tmp/.X11-unix/X0`, which is per network namespace, so visible to every process on
-//!   the machine and colliding between displays): `ss -xlp` then shows the path socket only.
-//!   `-nolisten unix` is never given.
+//!   `@/tmp/.X11-unix/X0`, which is per network namespace, so reachable by every process on
+//!   the machine and colliding between displays): `/proc/net/unix` then shows the path
+//!   socket only. `-nolisten unix` is never given.
 //! - `-auth <dir>/Xauthority`: a random MIT-MAGIC-COOKIE-1 in one wildcard entry (any
 //!   address, any display number) that both the server and the browser read; a client
-//!   without it is refused.
+//!   without it is refused. (Xvfb lets every local client in when it cannot read its
+//!   `-auth` file or finds no cookie there, so a test checks the refusal.)
 //! - `-displayfd 4`: Xvfb writes its display number there once it accepts clients.
 //!
 //! # Processes
@@ -58,8 +64,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const NUMBER: u32 = 0;
 /// The Xauthority file in the display's directory.
 const AUTH_FILE: &str = "Xauthority";
-/// The directory bind-mounted over `/tmp` for Xvfb and its browser.
-const TMP_DIR: &str = "tmp";
+/// The directory bind-mounted over `/tmp/.X11-unix` for Xvfb and its browser.
+const SOCKET_DIR: &str = "X11-unix";
+/// Where X clients and servers look for sockets (the mount point).
+const X11_UNIX: &str = "/tmp/.X11-unix";
 /// Xvfb's stderr.
 const LOG_FILE: &str = "xvfb.log";
 
@@ -90,15 +98,15 @@ pub(super) struct DisplaySpec<'a> {
 pub(super) struct Display {
     pid: i32,
     dir: PathBuf,
-    /// `<dir>/tmp`, for the browser's bind mount.
-    tmp: CString,
+    /// `<dir>/X11-unix`, for the browser's bind mount.
+    sockets: CString,
     session_id: Uuid,
     exit: watch::Receiver<Option<BrowserExit>>,
 }
 
 /// What `start` prepared on disk.
 struct Prepared {
-    tmp: CString,
+    sockets: CString,
     log: std::fs::File,
 }
 
@@ -133,7 +141,14 @@ impl Display {
         ))?;
         let mut cmd = Command::new(xvfb);
         cmd.arg(format!(":{NUMBER}"))
-            .args(["-nolisten", "tcp", "-nolisten", "local", "-noreset"])
+            .args([
+                "-nolisten",
+                "tcp",
+                "-nolisten",
+                "local",
+                "-nolock",
+                "-noreset",
+            ])
             .arg("-auth")
             .arg(spec.dir.join(AUTH_FILE))
             .args(["-displayfd", "4", "-screen", "0"])
@@ -145,7 +160,7 @@ impl Display {
             .process_group(0)
             .kill_on_drop(false);
         // The mounts first, while the child still has the gateway's privileges.
-        install_private_tmp(&mut cmd, prepared.tmp.clone());
+        install_private_sockets(&mut cmd, prepared.sockets.clone());
         install(
             &mut cmd,
             ChildSetup {
@@ -173,7 +188,7 @@ impl Display {
         let display = Display {
             pid,
             dir: spec.dir.to_path_buf(),
-            tmp: prepared.tmp,
+            sockets: prepared.sockets,
             session_id: spec.session_id,
             exit,
         };
@@ -248,15 +263,15 @@ impl Display {
 
     /// Where the socket is (for tests and the logs).
     pub(super) fn socket(&self) -> PathBuf {
-        self.dir.join(TMP_DIR).join(format!(".X11-unix/X{NUMBER}"))
+        self.dir.join(SOCKET_DIR).join(format!("X{NUMBER}"))
     }
 
-    /// Runs the browser (`cmd`) in a mount namespace of its own where this display's
-    /// directory is its `/tmp`, so that `DISPLAY=:0` reaches this display's socket. Call it
-    /// before the sandbox's `install` (which drops the privileges the mounts need). The
-    /// browser's `TMPDIR` should point elsewhere (its scratch directory).
+    /// Runs the browser (`cmd`) in a mount namespace of its own where this display's socket
+    /// directory is `/tmp/.X11-unix`, so that `DISPLAY=:0` reaches this display (and no
+    /// other). Call it before the sandbox's `install`, which drops the privileges the mounts
+    /// need.
     pub(super) fn install_client(&self, cmd: &mut Command) {
-        install_private_tmp(cmd, self.tmp.clone());
+        install_private_sockets(cmd, self.sockets.clone());
     }
 
     /// Resolves when Xvfb has exited, with how.
@@ -330,18 +345,23 @@ async fn remove_dir(dir: PathBuf) {
     }
 }
 
-/// Makes `dir`, `dir/tmp` (mode 1777, as `/tmp`), the Xauthority file with a fresh cookie
-/// and Xvfb's log, all given to `user`. Blocking.
+/// Makes `dir` (given to `user`), `dir/X11-unix` (mode 1777, as `/tmp/.X11-unix`), the
+/// Xauthority file with a fresh cookie and Xvfb's log (both `user`'s), and checks the mount
+/// point. Blocking.
 fn prepare(dir: &Path, user: Option<(u32, u32)>) -> Result<Prepared, DisplayError> {
     use std::os::unix::fs::PermissionsExt;
     let fail = |source| DisplayError::Directory {
         dir: dir.to_path_buf(),
         source,
     };
+    mount_point().map_err(|source| DisplayError::Directory {
+        dir: X11_UNIX.into(),
+        source,
+    })?;
     owner::own_dir(dir, user).map_err(fail)?;
-    let tmp = dir.join(TMP_DIR);
-    std::fs::create_dir_all(&tmp).map_err(fail)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).map_err(fail)?;
+    let sockets = dir.join(SOCKET_DIR);
+    std::fs::create_dir_all(&sockets).map_err(fail)?;
+    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o1777)).map_err(fail)?;
     let mut cookie = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut cookie))
@@ -356,13 +376,31 @@ fn prepare(dir: &Path, user: Option<(u32, u32)>) -> Result<Prepared, DisplayErro
         .open(&log_path)
         .map_err(fail)?;
     if let Some((uid, gid)) = user {
-        for path in [&tmp, &auth, &log_path] {
+        for path in [&auth, &log_path] {
             lchown(path, Some(uid), Some(gid)).map_err(fail)?;
         }
     }
-    let tmp = CString::new(tmp.as_os_str().as_bytes())
+    let sockets = CString::new(sockets.as_os_str().as_bytes())
         .map_err(|e| fail(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-    Ok(Prepared { tmp, log })
+    Ok(Prepared { sockets, log })
+}
+
+/// Makes sure `/tmp/.X11-unix` is a real directory to mount on: creates it (mode 1777) when
+/// missing, refuses a link or anything else.
+fn mount_point() -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o1777).create(X11_UNIX) {
+        Ok(()) => std::fs::set_permissions(X11_UNIX, std::fs::Permissions::from_mode(0o1777)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::symlink_metadata(X11_UNIX)?;
+            if meta.is_dir() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("it is not a directory"))
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Creates `path` (mode 0600, never following a link) holding `bytes`.
@@ -403,12 +441,13 @@ fn high_fd(fd: OwnedFd) -> Result<OwnedFd, DisplayError> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// Installs, between fork and exec, a private mount namespace where `tmp` is `/tmp`.
+/// Installs, between fork and exec, a private mount namespace where `sockets` is
+/// `/tmp/.X11-unix`.
 #[allow(unsafe_code)]
-fn install_private_tmp(cmd: &mut Command, tmp: CString) {
+fn install_private_sockets(cmd: &mut Command, sockets: CString) {
     // SAFETY: runs in the forked child of a multi-threaded process, so only raw system calls
-    // on values built before the fork: `tmp` is owned by the closure and only borrowed as a
-    // pointer, the other paths are static C strings. Its error is a bare errno
+    // on values built before the fork: `sockets` is owned by the closure and only borrowed as
+    // a pointer, the other paths are static C strings. Its error is a bare errno
     // (`from_raw_os_error` does not allocate), which std sends to the parent.
     unsafe {
         cmd.pre_exec(move || {
@@ -422,8 +461,8 @@ fn install_private_tmp(cmd: &mut Command, tmp: CString) {
                     std::ptr::null(),
                 ) < 0
                 || libc::mount(
-                    tmp.as_ptr(),
-                    c"/tmp".as_ptr(),
+                    sockets.as_ptr(),
+                    c"/tmp/.X11-unix".as_ptr(),
                     none,
                     libc::MS_BIND,
                     std::ptr::null(),
@@ -435,5 +474,264 @@ fn install_private_tmp(cmd: &mut Command, tmp: CString) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    use super::*;
+
+    const XVFB: &str = "/usr/bin/Xvfb";
+
+    /// A fresh directory of the test's own (removed by the display's `kill`, or the test).
+    fn scratch(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("ingot-display-{name}-{}", Uuid::new_v4()))
+    }
+
+    fn spec(dir: &Path, width: u32, height: u32) -> DisplaySpec<'_> {
+        DisplaySpec {
+            dir,
+            width,
+            height,
+            session_id: Uuid::new_v4(),
+            user: None,
+            cgroup_procs: Vec::new(),
+            no_new_privs: false,
+            landlock: None,
+        }
+    }
+
+    fn cookie(display: &Display) -> [u8; 16] {
+        let auth = std::fs::read(display.dir.join(AUTH_FILE)).unwrap();
+        auth[auth.len() - 16..].try_into().unwrap()
+    }
+
+    /// An X11 connection set-up over `socket` with `cookie` (or none): the screen's size if
+    /// the server accepts, else the status byte it answered (0 failed, 2 authenticate).
+    async fn handshake(socket: &Path, cookie: Option<&[u8]>) -> Result<(u16, u16), u8> {
+        let mut stream = UnixStream::connect(socket).await.unwrap();
+        let (name, data): (&[u8], &[u8]) = match cookie {
+            Some(c) => (b"MIT-MAGIC-COOKIE-1", c),
+            None => (b"", b""),
+        };
+        let mut req = vec![b'l', 0, 11, 0, 0, 0];
+        req.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        req.extend_from_slice(&(data.len() as u16).to_le_bytes());
+        req.extend_from_slice(&[0, 0]);
+        for field in [name, data] {
+            req.extend_from_slice(field);
+            req.resize(req.len().next_multiple_of(4), 0);
+        }
+        stream.write_all(&req).await.unwrap();
+        let mut head = [0u8; 8];
+        stream.read_exact(&mut head).await.unwrap();
+        let mut rest = vec![0u8; usize::from(u16::from_le_bytes([head[6], head[7]])) * 4];
+        stream.read_exact(&mut rest).await.unwrap();
+        if head[0] != 1 {
+            return Err(head[0]);
+        }
+        // After the fixed 32 bytes: the vendor (padded), the pixmap formats (8 bytes each),
+        // then the first screen, whose width and height are at its bytes 20 and 22.
+        let vendor = usize::from(u16::from_le_bytes([rest[16], rest[17]]));
+        let formats = usize::from(rest[21]);
+        let screen = 32 + vendor.next_multiple_of(4) + 8 * formats;
+        let at = |i: usize| u16::from_le_bytes([rest[screen + i], rest[screen + i + 1]]);
+        Ok((at(20), at(22)))
+    }
+
+    /// The inodes of the sockets process `pid` holds.
+    fn socket_inodes(pid: i32) -> Vec<u64> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter_map(|l| {
+                let l = l.to_string_lossy().into_owned();
+                l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+            })
+            .collect()
+    }
+
+    /// Lines of `/proc/net/<table>` whose inode (field `column`) is one of `inodes`.
+    fn net_lines(table: &str, column: usize, inodes: &[u64]) -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/net/{table}"))
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(column)
+                    .and_then(|i| i.parse::<u64>().ok())
+                    .is_some_and(|i| inodes.contains(&i))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_in_the_dir_only_and_the_screen_has_the_size_asked() {
+        let dir = scratch("socket");
+        let display = Display::start(Path::new(XVFB), spec(&dir, 1024, 600))
+            .await
+            .unwrap();
+        let socket = display.socket();
+        assert!(socket.starts_with(&dir), "{}", socket.display());
+        let ino = std::fs::metadata(&socket).unwrap().ino();
+        // Not in the machine's /tmp (another X server's socket there would be another inode).
+        if let Ok(meta) = std::fs::metadata("/tmp/.X11-unix/X0") {
+            assert_ne!(meta.ino(), ino);
+        }
+        let inodes = socket_inodes(display.pid());
+        let unix = net_lines("unix", 6, &inodes);
+        // One listening path socket (its name as bound, inside the namespace), no abstract one.
+        assert_eq!(unix.len(), 1, "{unix:?}");
+        assert!(unix[0].ends_with(" /tmp/.X11-unix/X0"), "{unix:?}");
+        assert!(!unix.iter().any(|l| l.contains(" @")), "{unix:?}");
+        for table in ["tcp", "tcp6", "udp", "udp6"] {
+            assert_eq!(
+                net_lines(table, 9, &inodes),
+                Vec::<String>::new(),
+                "{table}"
+            );
+        }
+        let size = handshake(&socket, Some(&cookie(&display))).await;
+        assert_eq!(size, Ok((1024, 600)));
+        assert_eq!(
+            display.env(),
+            vec![
+                ("DISPLAY".into(), ":0".into()),
+                ("XAUTHORITY".into(), dir.join("Xauthority").into_os_string()),
+            ]
+        );
+        display.kill().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_without_the_cookie_is_refused() {
+        let dir = scratch("cookie");
+        let display = Display::start(Path::new(XVFB), spec(&dir, 800, 600))
+            .await
+            .unwrap();
+        let socket = display.socket();
+        assert_eq!(handshake(&socket, None).await, Err(0));
+        assert_eq!(handshake(&socket, Some(&[7u8; 16])).await, Err(0));
+        assert_eq!(
+            handshake(&socket, Some(&cookie(&display))).await,
+            Ok((800, 600))
+        );
+        let mode = std::fs::metadata(dir.join(AUTH_FILE)).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        display.kill().await;
+    }
+
+    #[tokio::test]
+    async fn two_displays_at_once_do_not_collide_nor_share_cookies() {
+        let (dir_a, dir_b) = (scratch("a"), scratch("b"));
+        let a = Display::start(Path::new(XVFB), spec(&dir_a, 640, 480))
+            .await
+            .unwrap();
+        let b = Display::start(Path::new(XVFB), spec(&dir_b, 320, 200))
+            .await
+            .unwrap();
+        assert_ne!(cookie(&a), cookie(&b));
+        assert_eq!(
+            handshake(&a.socket(), Some(&cookie(&a))).await,
+            Ok((640, 480))
+        );
+        assert_eq!(
+            handshake(&b.socket(), Some(&cookie(&b))).await,
+            Ok((320, 200))
+        );
+        assert_eq!(handshake(&b.socket(), Some(&cookie(&a))).await, Err(0));
+        a.kill().await;
+        b.kill().await;
+    }
+
+    #[tokio::test]
+    async fn kill_leaves_no_process_and_no_files_and_may_be_repeated() {
+        let dir = scratch("kill");
+        let display = Display::start(Path::new(XVFB), spec(&dir, 800, 600))
+            .await
+            .unwrap();
+        let pid = display.pid();
+        assert!(super::super::sweep::group_has_running_member(pid));
+        display.kill().await;
+        assert!(!super::super::sweep::group_has_running_member(pid));
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        assert!(!dir.exists());
+        display.kill().await;
+        assert!(matches!(display.exited().await, BrowserExit::Signal(9)));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_display_takes_its_xvfb_with_it() {
+        let dir = scratch("drop");
+        let display = Display::start(Path::new(XVFB), spec(&dir, 800, 600))
+            .await
+            .unwrap();
+        let pid = display.pid();
+        drop(display);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while super::super::sweep::group_has_running_member(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Xvfb outlived its Display"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_killed_xvfb_is_noticed() {
+        let dir = scratch("exited");
+        let display = Display::start(Path::new(XVFB), spec(&dir, 800, 600))
+            .await
+            .unwrap();
+        let pending = tokio::time::timeout(Duration::from_millis(200), display.exited()).await;
+        assert!(pending.is_err(), "a running Xvfb counts as exited");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(display.pid()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(5), display.exited()).await;
+        assert_eq!(exit.unwrap(), BrowserExit::Signal(libc::SIGKILL));
+        display.kill().await;
+        assert!(!dir.exists());
+    }
+
+    #[tokio::test]
+    async fn an_xvfb_that_fails_leaves_nothing_and_says_how() {
+        let dir = scratch("fails");
+        let err = Display::start(Path::new("/bin/false"), spec(&dir, 800, 600))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DisplayError::Exited {
+                    exit: BrowserExit::Code(1),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!dir.exists());
+        let missing = Display::start(Path::new("/nonexistent/Xvfb"), spec(&dir, 800, 600))
+            .await
+            .unwrap_err();
+        assert!(matches!(missing, DisplayError::Spawn { .. }), "{missing}");
+        assert!(!dir.exists());
+        // Xvfb's own complaint reaches the error.
+        let bad = Display::start(Path::new(XVFB), spec(&dir, 0, 0)).await;
+        let err = bad.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("its last output"), "{err}");
+        assert!(!dir.exists());
     }
 }
