@@ -30,6 +30,13 @@
 //!   without it is refused. (Xvfb lets every local client in when it cannot read its
 //!   `-auth` file or finds no cookie there, so a test checks the refusal.)
 //! - `-displayfd 4`: Xvfb writes its display number there once it accepts clients.
+//! - Xvfb compiles its keymap with `xkbcomp` into `/var/lib/xkb` when it may write there,
+//!   else `/tmp`, in a file named after the display number only: every display would share
+//!   `server-0.xkm` (a race between two starting displays), and under Landlock neither is
+//!   writable ("XKB: Failed to compile keymap", fatal). So Xvfb's namespace also binds
+//!   `<dir>/xkb` over `/var/lib/xkb`. Landlock sees a bind mount's files through its mount
+//!   point, not beneath `<dir>`: its ruleset needs both bound directories by name
+//!   ([`landlock_dirs`]).
 //!
 //! # Processes
 //! Xvfb leads a process group of its own (its `xkbcomp` children join it) and is killed as a
@@ -43,7 +50,7 @@
 use std::ffi::{CString, OsString};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{OpenOptionsExt, lchown};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -68,6 +75,11 @@ const AUTH_FILE: &str = "Xauthority";
 const SOCKET_DIR: &str = "X11-unix";
 /// Where X clients and servers look for sockets (the mount point).
 const X11_UNIX: &str = "/tmp/.X11-unix";
+/// The directory bind-mounted over `/var/lib/xkb` for Xvfb.
+const XKB_DIR: &str = "xkb";
+/// Where Debian's Xvfb writes compiled keymaps when it may (else `/tmp`), by a name of the
+/// display number only (the mount point).
+const XKM_OUTPUT: &str = "/var/lib/xkb";
 /// Xvfb's stderr.
 const LOG_FILE: &str = "xvfb.log";
 
@@ -89,7 +101,7 @@ pub(super) struct DisplaySpec<'a> {
     pub cgroup_procs: Vec<RawFd>,
     /// `PR_SET_NO_NEW_PRIVS` (Landlock needs it).
     pub no_new_privs: bool,
-    /// A Landlock ruleset (above fd 4) allowing `dir` read-write, as for the browser.
+    /// A Landlock ruleset allowing `dir` read-write, as for the browser (copied above fd 4).
     pub landlock: Option<RawFd>,
 }
 
@@ -107,6 +119,7 @@ pub(super) struct Display {
 /// What `start` prepared on disk.
 struct Prepared {
     sockets: CString,
+    xkb: CString,
     log: std::fs::File,
 }
 
@@ -139,6 +152,7 @@ impl Display {
         let null = high_fd(OwnedFd::from(
             std::fs::File::open("/dev/null").map_err(DisplayError::Pipe)?,
         ))?;
+        let landlock = spec.landlock.map(high_copy).transpose()?;
         let mut cmd = Command::new(xvfb);
         cmd.arg(format!(":{NUMBER}"))
             .args([
@@ -160,7 +174,7 @@ impl Display {
             .process_group(0)
             .kill_on_drop(false);
         // The mounts first, while the child still has the gateway's privileges.
-        install_private_sockets(&mut cmd, prepared.sockets.clone());
+        install_mounts(&mut cmd, prepared.sockets.clone(), Some(prepared.xkb));
         install(
             &mut cmd,
             ChildSetup {
@@ -170,11 +184,11 @@ impl Display {
                 cgroup_procs: spec.cgroup_procs.clone(),
                 user: spec.user,
                 no_new_privs: spec.no_new_privs,
-                landlock: spec.landlock,
+                landlock: landlock.as_ref().map(AsRawFd::as_raw_fd),
             },
         );
         let spawned = cmd.spawn();
-        drop((ready_write, null));
+        drop((ready_write, null, landlock));
         let child = spawned.map_err(|source| DisplayError::Spawn {
             executable: xvfb.to_path_buf(),
             source,
@@ -271,7 +285,7 @@ impl Display {
     /// other). Call it before the sandbox's `install`, which drops the privileges the mounts
     /// need.
     pub(super) fn install_client(&self, cmd: &mut Command) {
-        install_private_sockets(cmd, self.sockets.clone());
+        install_mounts(cmd, self.sockets.clone(), None);
     }
 
     /// Resolves when Xvfb has exited, with how.
@@ -345,23 +359,44 @@ async fn remove_dir(dir: PathBuf) {
     }
 }
 
-/// Makes `dir` (given to `user`), `dir/X11-unix` (mode 1777, as `/tmp/.X11-unix`), the
-/// Xauthority file with a fresh cookie and Xvfb's log (both `user`'s), and checks the mount
-/// point. Blocking.
-fn prepare(dir: &Path, user: Option<(u32, u32)>) -> Result<Prepared, DisplayError> {
+/// The directories a Landlock ruleset for this display's Xvfb must give every right on:
+/// `dir`, its socket directory and its keymap directory, which Landlock sees through the
+/// bind mounts (as `/tmp/.X11-unix` and `/var/lib/xkb`), so not beneath `dir`. Make them with [`make_dirs`] before building
+/// the ruleset (a missing path gets no rule).
+pub(super) fn landlock_dirs(dir: &Path) -> Vec<PathBuf> {
+    vec![dir.to_path_buf(), dir.join(SOCKET_DIR), dir.join(XKB_DIR)]
+}
+
+/// Makes `dir` and `dir/xkb` (given to `user`) and `dir/X11-unix` (mode 1777, as
+/// `/tmp/.X11-unix`), and checks the mount points. [`Display::start`] does it too. Blocking.
+pub(super) fn make_dirs(dir: &Path, user: Option<(u32, u32)>) -> Result<(), DisplayError> {
     use std::os::unix::fs::PermissionsExt;
     let fail = |source| DisplayError::Directory {
         dir: dir.to_path_buf(),
         source,
     };
-    mount_point().map_err(|source| DisplayError::Directory {
-        dir: X11_UNIX.into(),
-        source,
-    })?;
+    for (point, mode) in [(X11_UNIX, 0o1777), (XKM_OUTPUT, 0o755)] {
+        mount_point(point, mode).map_err(|source| DisplayError::Directory {
+            dir: point.into(),
+            source,
+        })?;
+    }
     owner::own_dir(dir, user).map_err(fail)?;
+    owner::own_dir(&dir.join(XKB_DIR), user).map_err(fail)?;
     let sockets = dir.join(SOCKET_DIR);
     std::fs::create_dir_all(&sockets).map_err(fail)?;
-    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o1777)).map_err(fail)?;
+    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o1777)).map_err(fail)
+}
+
+/// Makes the directories ([`make_dirs`]), the Xauthority file with a fresh cookie and
+/// Xvfb's log (both `user`'s). Blocking.
+fn prepare(dir: &Path, user: Option<(u32, u32)>) -> Result<Prepared, DisplayError> {
+    let fail = |source| DisplayError::Directory {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    make_dirs(dir, user)?;
+    let sockets = dir.join(SOCKET_DIR);
     let mut cookie = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut cookie))
@@ -380,19 +415,25 @@ fn prepare(dir: &Path, user: Option<(u32, u32)>) -> Result<Prepared, DisplayErro
             lchown(path, Some(uid), Some(gid)).map_err(fail)?;
         }
     }
-    let sockets = CString::new(sockets.as_os_str().as_bytes())
-        .map_err(|e| fail(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-    Ok(Prepared { sockets, log })
+    let c_path = |path: PathBuf| {
+        CString::new(path.into_os_string().into_vec())
+            .map_err(|e| fail(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))
+    };
+    Ok(Prepared {
+        sockets: c_path(sockets)?,
+        xkb: c_path(dir.join(XKB_DIR))?,
+        log,
+    })
 }
 
-/// Makes sure `/tmp/.X11-unix` is a real directory to mount on: creates it (mode 1777) when
+/// Makes sure `point` is a real directory to mount on: creates it (with `mode`) when
 /// missing, refuses a link or anything else.
-fn mount_point() -> std::io::Result<()> {
+fn mount_point(point: &str, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    match std::fs::DirBuilder::new().mode(0o1777).create(X11_UNIX) {
-        Ok(()) => std::fs::set_permissions(X11_UNIX, std::fs::Permissions::from_mode(0o1777)),
+    match std::fs::DirBuilder::new().mode(mode).create(point) {
+        Ok(()) => std::fs::set_permissions(point, std::fs::Permissions::from_mode(mode)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let meta = std::fs::symlink_metadata(X11_UNIX)?;
+            let meta = std::fs::symlink_metadata(point)?;
             if meta.is_dir() {
                 Ok(())
             } else {
@@ -434,7 +475,15 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), DisplayError> {
 }
 
 fn high_fd(fd: OwnedFd) -> Result<OwnedFd, DisplayError> {
-    let raw = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+    high_copy(fd.as_raw_fd())
+}
+
+/// A close-on-exec copy of `fd` above fd 9 (`fd` must be open).
+fn high_copy(fd: RawFd) -> Result<OwnedFd, DisplayError> {
+    // SAFETY: the caller keeps `fd` open for this call.
+    #[allow(unsafe_code)]
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let raw = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
         .map_err(|e| DisplayError::Pipe(e.into()))?;
     // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
     #[allow(unsafe_code)]
@@ -442,31 +491,32 @@ fn high_fd(fd: OwnedFd) -> Result<OwnedFd, DisplayError> {
 }
 
 /// Installs, between fork and exec, a private mount namespace where `sockets` is
-/// `/tmp/.X11-unix`.
+/// `/tmp/.X11-unix` and, when given, `xkb` is `/var/lib/xkb`.
 #[allow(unsafe_code)]
-fn install_private_sockets(cmd: &mut Command, sockets: CString) {
+fn install_mounts(cmd: &mut Command, sockets: CString, xkb: Option<CString>) {
     // SAFETY: runs in the forked child of a multi-threaded process, so only raw system calls
-    // on values built before the fork: `sockets` is owned by the closure and only borrowed as
-    // a pointer, the other paths are static C strings. Its error is a bare errno
+    // on values built before the fork: `sockets` and `xkb` are owned by the closure and only
+    // borrowed as pointers, the other paths are static C strings. Its error is a bare errno
     // (`from_raw_os_error` does not allocate), which std sends to the parent.
     unsafe {
         cmd.pre_exec(move || {
             let none = std::ptr::null::<libc::c_char>();
-            if libc::unshare(libc::CLONE_NEWNS) < 0
-                || libc::mount(
-                    none,
-                    c"/".as_ptr(),
-                    none,
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) < 0
-                || libc::mount(
-                    sockets.as_ptr(),
-                    c"/tmp/.X11-unix".as_ptr(),
+            let bind = |from: &CString, to: &std::ffi::CStr| {
+                libc::mount(
+                    from.as_ptr(),
+                    to.as_ptr(),
                     none,
                     libc::MS_BIND,
                     std::ptr::null(),
-                ) < 0
+                )
+            };
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            if libc::unshare(libc::CLONE_NEWNS) < 0
+                || libc::mount(none, c"/".as_ptr(), none, private, std::ptr::null()) < 0
+                || bind(&sockets, c"/tmp/.X11-unix") < 0
+                || xkb
+                    .as_ref()
+                    .is_some_and(|xkb| bind(xkb, c"/var/lib/xkb") < 0)
             {
                 return Err(std::io::Error::from_raw_os_error(
                     nix::errno::Errno::last_raw(),
@@ -486,14 +536,14 @@ mod tests {
 
     use super::*;
 
-    const XVFB: &str = "/usr/bin/Xvfb";
+    pub(super) const XVFB: &str = "/usr/bin/Xvfb";
 
     /// A fresh directory of the test's own (removed by the display's `kill`, or the test).
     fn scratch(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("ingot-display-{name}-{}", Uuid::new_v4()))
     }
 
-    fn spec(dir: &Path, width: u32, height: u32) -> DisplaySpec<'_> {
+    pub(super) fn spec(dir: &Path, width: u32, height: u32) -> DisplaySpec<'_> {
         DisplaySpec {
             dir,
             width,
@@ -506,14 +556,14 @@ mod tests {
         }
     }
 
-    fn cookie(display: &Display) -> [u8; 16] {
+    pub(super) fn cookie(display: &Display) -> [u8; 16] {
         let auth = std::fs::read(display.dir.join(AUTH_FILE)).unwrap();
         auth[auth.len() - 16..].try_into().unwrap()
     }
 
     /// An X11 connection set-up over `socket` with `cookie` (or none): the screen's size if
     /// the server accepts, else the status byte it answered (0 failed, 2 authenticate).
-    async fn handshake(socket: &Path, cookie: Option<&[u8]>) -> Result<(u16, u16), u8> {
+    pub(super) async fn handshake(socket: &Path, cookie: Option<&[u8]>) -> Result<(u16, u16), u8> {
         let mut stream = UnixStream::connect(socket).await.unwrap();
         let (name, data): (&[u8], &[u8]) = match cookie {
             Some(c) => (b"MIT-MAGIC-COOKIE-1", c),
@@ -733,5 +783,68 @@ mod tests {
         let err = bad.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("its last output"), "{err}");
         assert!(!dir.exists());
+    }
+}
+
+#[cfg(test)]
+mod confined_tests {
+    use std::os::fd::AsRawFd;
+
+    use super::super::sandbox::{Sandbox, SandboxConfig};
+    use super::*;
+
+    /// Xvfb runs as the browser's user, with no_new_privs and the browser's Landlock
+    /// ruleset (its own directory only), and still serves its display.
+    #[tokio::test]
+    async fn xvfb_runs_under_the_browsers_sandbox() {
+        let data = std::env::temp_dir().join(format!("ingot-display-sbx-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&data).unwrap();
+        let sandbox = Sandbox::detect(
+            SandboxConfig::default(),
+            &data,
+            Path::new("/tmp"),
+            Path::new("/usr/bin/Xvfb"),
+        );
+        let dir = data.join("display");
+        let lease = sandbox.allocate_uid().unwrap();
+        let user = lease.as_ref().map(|l| (l.uid(), l.uid()));
+        make_dirs(&dir, user).unwrap();
+        let ruleset = sandbox.ruleset(landlock_dirs(&dir), &[], None).unwrap();
+        let spec = DisplaySpec {
+            user,
+            no_new_privs: true,
+            landlock: ruleset.as_ref().map(AsRawFd::as_raw_fd),
+            ..super::tests::spec(&dir, 500, 400)
+        };
+        // This machine confines browsers (root, Landlock): the test must see both at work.
+        assert!(
+            user.is_some() && spec.landlock.is_some(),
+            "{:?}",
+            sandbox.status()
+        );
+        let started = Display::start(Path::new(super::tests::XVFB), spec).await;
+        drop(ruleset);
+        let display = started.unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", display.pid())).unwrap();
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        let nnp = status
+            .lines()
+            .find(|l| l.starts_with("NoNewPrivs:"))
+            .unwrap();
+        if let Some((uid, _)) = user {
+            assert!(uid_line.contains(&uid.to_string()), "{uid_line}");
+        }
+        assert!(nnp.ends_with('1'), "{nnp}");
+        let cookie = super::tests::cookie(&display);
+        let size = super::tests::handshake(&display.socket(), Some(&cookie)).await;
+        assert_eq!(size, Ok((500, 400)));
+        assert_eq!(
+            super::tests::handshake(&display.socket(), None).await,
+            Err(0)
+        );
+        display.kill().await;
+        assert!(!dir.exists());
+        drop(lease);
+        std::fs::remove_dir_all(&data).unwrap();
     }
 }
