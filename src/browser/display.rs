@@ -848,3 +848,35 @@ mod confined_tests {
         std::fs::remove_dir_all(&data).unwrap();
     }
 }
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+
+    /// An Xvfb whose gateway died without killing it is killed by the next start's sweep,
+    /// which finds it by its `-auth` file under the sessions directory.
+    #[tokio::test]
+    async fn the_start_up_sweep_kills_a_leftover_xvfb() {
+        let data = std::env::temp_dir().join(format!("ingot-display-sweep-{}", Uuid::new_v4()));
+        let dir = data.join("sessions").join(Uuid::new_v4().to_string());
+        let display = Display::start(
+            Path::new(super::tests::XVFB),
+            super::tests::spec(&dir, 800, 600),
+        )
+        .await
+        .unwrap();
+        let pid = display.pid();
+        // As if the gateway were SIGKILLed: nothing kills it on drop.
+        std::mem::forget(display);
+        let swept = {
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || super::super::sweep::sweep(&data))
+                .await
+                .unwrap()
+        };
+        assert_eq!(swept.process_groups, 1, "{swept:?}");
+        assert!(!super::super::sweep::group_has_running_member(pid));
+        assert!(!dir.exists());
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+}
