@@ -880,3 +880,75 @@ mod sweep_tests {
         std::fs::remove_dir_all(&data).unwrap();
     }
 }
+
+#[cfg(test)]
+mod chromium_tests {
+    use super::*;
+
+    const CHROMIUM: &str = "/usr/lib/chromium/chromium";
+
+    /// A full (headful) Chromium given the display's environment and mounts opens it and
+    /// stays up; without `install_client` it would find no X server at `:0`.
+    #[tokio::test]
+    async fn a_headful_chromium_runs_on_the_display() {
+        if !Path::new(CHROMIUM).exists() {
+            eprintln!("skipped: no {CHROMIUM}");
+            return;
+        }
+        // Short: Chromium's singleton socket goes under TMPDIR (at most 107 bytes).
+        let root =
+            std::env::temp_dir().join(format!("ingot-dc-{}", &Uuid::new_v4().to_string()[..8]));
+        let dir = root.join("display");
+        let display = Display::start(
+            Path::new(super::tests::XVFB),
+            super::tests::spec(&dir, 1280, 720),
+        )
+        .await
+        .unwrap();
+        let profile = root.join("profile");
+        let mut cmd = Command::new(CHROMIUM);
+        cmd.args([
+            "--no-sandbox",
+            "--ozone-platform=x11",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "about:blank",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .env_clear()
+        .envs(display.env())
+        .env("HOME", &root)
+        .env("TMPDIR", &root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
+        display.install_client(&mut cmd);
+        let mut chromium = cmd.spawn().unwrap();
+        let pid = chromium.id().unwrap() as i32;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let running = chromium.try_wait().unwrap().is_none();
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = chromium.wait().await;
+        let mut stderr = String::new();
+        if let Some(mut pipe) = chromium.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr).await;
+        }
+        assert!(running, "Chromium exited: {stderr}");
+        for complaint in [
+            "Missing X server",
+            "cannot open display",
+            "Authorization required",
+        ] {
+            assert!(!stderr.contains(complaint), "{stderr}");
+        }
+        display.kill().await;
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
