@@ -121,6 +121,8 @@ struct Prepared {
     sockets: CString,
     xkb: CString,
     log: std::fs::File,
+    /// `/dev/null`, for the fd 3 the sandbox's set-up fills.
+    null: std::fs::File,
 }
 
 impl Display {
@@ -149,9 +151,7 @@ impl Display {
         prepared: Prepared,
     ) -> Result<Display, DisplayError> {
         let (ready_read, ready_write) = pipe()?;
-        let null = high_fd(OwnedFd::from(
-            std::fs::File::open("/dev/null").map_err(DisplayError::Pipe)?,
-        ))?;
+        let null = high_fd(OwnedFd::from(prepared.null))?;
         let landlock = spec.landlock.map(high_copy).transpose()?;
         let mut cmd = Command::new(xvfb);
         cmd.arg(format!(":{NUMBER}"))
@@ -420,6 +420,7 @@ fn prepare(dir: &Path, user: Option<(u32, u32)>) -> Result<Prepared, DisplayErro
             .map_err(|e| fail(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))
     };
     Ok(Prepared {
+        null: std::fs::File::open("/dev/null").map_err(fail)?,
         sockets: c_path(sockets)?,
         xkb: c_path(dir.join(XKB_DIR))?,
         log,
@@ -626,9 +627,11 @@ mod tests {
     #[tokio::test]
     async fn the_socket_is_in_the_dir_only_and_the_screen_has_the_size_asked() {
         let dir = scratch("socket");
+        let began = std::time::Instant::now();
         let display = Display::start(Path::new(XVFB), spec(&dir, 1024, 600))
             .await
             .unwrap();
+        eprintln!("Xvfb accepted clients {:?} after start", began.elapsed());
         let socket = display.socket();
         assert!(socket.starts_with(&dir), "{}", socket.display());
         let ino = std::fs::metadata(&socket).unwrap().ino();
