@@ -806,7 +806,7 @@ mod confined_tests {
             SandboxConfig::default(),
             &data,
             Path::new("/tmp"),
-            Path::new("/usr/bin/Xvfb"),
+            &[Path::new("/usr/bin/Xvfb")],
         );
         let dir = data.join("display");
         let lease = sandbox.allocate_uid().unwrap();
