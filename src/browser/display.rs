@@ -591,8 +591,30 @@ mod tests {
     pub(super) const XVFB: &str = "/usr/bin/Xvfb";
 
     /// A fresh directory of the test's own (removed by the display's `kill`, or the test).
-    pub(super) fn scratch(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("ingot-display-{name}-{}", Uuid::new_v4()))
+    pub(super) fn scratch(name: &str) -> Scratch {
+        Scratch(std::env::temp_dir().join(format!("ingot-display-{name}-{}", Uuid::new_v4())))
+    }
+
+    /// A test's directory, removed when the test ends, even by a panic.
+    pub(super) struct Scratch(pub(super) PathBuf);
+
+    impl std::ops::Deref for Scratch {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for Scratch {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     pub(super) fn spec(dir: &Path, width: u32, height: u32) -> DisplaySpec<'_> {
@@ -899,7 +921,7 @@ mod confined_tests {
     /// ruleset (its own directory only), and still serves its display.
     #[tokio::test]
     async fn xvfb_runs_under_the_browsers_sandbox() {
-        let data = std::env::temp_dir().join(format!("ingot-display-sbx-{}", Uuid::new_v4()));
+        let data = super::tests::scratch("sbx");
         std::fs::create_dir_all(&data).unwrap();
         let sandbox = Sandbox::detect(
             SandboxConfig::default(),
@@ -959,7 +981,7 @@ mod sweep_tests {
     /// which finds it by its `-auth` file under the sessions directory.
     #[tokio::test]
     async fn the_start_up_sweep_kills_a_leftover_xvfb() {
-        let data = std::env::temp_dir().join(format!("ingot-display-sweep-{}", Uuid::new_v4()));
+        let data = super::tests::scratch("sweep");
         let dir = data.join("sessions").join(Uuid::new_v4().to_string());
         let display = Display::start(
             Path::new(super::tests::XVFB),
@@ -971,7 +993,7 @@ mod sweep_tests {
         // As if the gateway were SIGKILLed: nothing kills it on drop.
         std::mem::forget(display);
         let swept = {
-            let data = data.clone();
+            let data = data.to_path_buf();
             tokio::task::spawn_blocking(move || super::super::sweep::sweep(&data))
                 .await
                 .unwrap()
@@ -998,8 +1020,9 @@ mod chromium_tests {
             return;
         }
         // Short: Chromium's singleton socket goes under TMPDIR (at most 107 bytes).
-        let root =
-            std::env::temp_dir().join(format!("ingot-dc-{}", &Uuid::new_v4().to_string()[..8]));
+        let root = super::tests::Scratch(
+            std::env::temp_dir().join(format!("ingot-dc-{}", &Uuid::new_v4().to_string()[..8])),
+        );
         let dir = root.join("display");
         let display = Display::start(
             Path::new(super::tests::XVFB),
@@ -1022,8 +1045,8 @@ mod chromium_tests {
         .arg(format!("--user-data-dir={}", profile.display()))
         .env_clear()
         .envs(display.env())
-        .env("HOME", &root)
-        .env("TMPDIR", &root)
+        .env("HOME", &root.0)
+        .env("TMPDIR", &root.0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
