@@ -104,9 +104,14 @@ pub(crate) fn default_user_agent(own: &str) -> String {
     )
 }
 
-/// The version after `Chrome/` (`HeadlessChrome/` included), when it starts with a number.
+/// The version after `Chrome/` (or `HeadlessChrome/`, not `FakeChrome/`), when it starts
+/// with a number.
 fn chrome_version(ua: &str) -> Option<&str> {
-    let at = ua.find("Chrome/")? + "Chrome/".len();
+    let at = ua.match_indices("Chrome/").find_map(|(at, _)| {
+        let before = &ua[..at];
+        let word = !before.ends_with(|c: char| c.is_ascii_alphanumeric());
+        (word || before.ends_with(" Headless") || before == "Headless").then_some(at)
+    })? + "Chrome/".len();
     let rest = &ua[at..];
     let len = rest
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -293,6 +298,9 @@ mod tests {
         let headful = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36";
         assert_eq!(default_user_agent(headful), headful);
         assert_eq!(default_user_agent("curl/8"), "curl/8");
+        let fake = "Mozilla/5.0 (fake) FakeChrome/1.0";
+        assert_eq!(default_user_agent(fake), fake);
+        assert_eq!(Identity::from_user_agent(fake).metadata, None);
     }
 
     #[test]

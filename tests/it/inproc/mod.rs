@@ -16,6 +16,7 @@ mod fence;
 mod files;
 mod guard;
 mod history;
+mod identity;
 mod locate;
 mod memory_limit;
 mod mux;
