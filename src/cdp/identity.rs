@@ -66,7 +66,7 @@ impl Identity {
 
     /// The identity a page with user agent `ua` would have in a Chromium that sent it.
     pub(crate) fn from_user_agent(ua: &str) -> Identity {
-        let os = Os::of(ua);
+        let os = System::of(ua);
         Identity {
             user_agent: ua.to_owned(),
             platform: os.navigator_platform(ua),
@@ -124,19 +124,19 @@ fn chrome_version(ua: &str) -> Option<&str> {
 
 /// The operating system a user agent names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Os {
+enum System {
     Windows { version: String },
     Mac { version: String },
     Android { version: String, model: String },
-    ChromeOs { version: String },
+    ChromeOS { version: String },
     Linux,
     Unknown,
 }
 
-impl Os {
-    fn of(ua: &str) -> Os {
+impl System {
+    fn of(ua: &str) -> System {
         if let Some(v) = after(ua, "Windows NT ") {
-            Os::Windows {
+            System::Windows {
                 version: dotted(v, '.'),
             }
         } else if let Some(v) = after(ua, "Android") {
@@ -147,39 +147,39 @@ impl Os {
                 .and_then(|inside| inside.split(';').nth(1))
                 .map(|m| m.trim().to_owned())
                 .unwrap_or_default();
-            Os::Android {
+            System::Android {
                 version: dotted(v, '.'),
                 model,
             }
         } else if let Some(v) = after(ua, "CrOS ") {
             let version = v.split_whitespace().nth(1).unwrap_or("").to_owned();
-            Os::ChromeOs {
+            System::ChromeOS {
                 version: version.trim_end_matches([')', ';']).to_owned(),
             }
         } else if let Some(v) = after(ua, "Mac OS X ") {
-            Os::Mac {
+            System::Mac {
                 version: dotted(v, '_'),
             }
         } else if ua.contains("Macintosh") {
-            Os::Mac {
+            System::Mac {
                 version: String::new(),
             }
         } else if ua.contains("Linux") || ua.contains("X11") {
-            Os::Linux
+            System::Linux
         } else {
-            Os::Unknown
+            System::Unknown
         }
     }
 
     /// `userAgentData.platform`.
     fn name(&self) -> &'static str {
         match self {
-            Os::Windows { .. } => "Windows",
-            Os::Mac { .. } => "macOS",
-            Os::Android { .. } => "Android",
-            Os::ChromeOs { .. } => "Chrome OS",
-            Os::Linux => "Linux",
-            Os::Unknown => "Unknown",
+            System::Windows { .. } => "Windows",
+            System::Mac { .. } => "macOS",
+            System::Android { .. } => "Android",
+            System::ChromeOS { .. } => "Chrome OS",
+            System::Linux => "Linux",
+            System::Unknown => "Unknown",
         }
     }
 
@@ -187,11 +187,11 @@ impl Os {
     fn navigator_platform(&self, ua: &str) -> &'static str {
         let arm = is_arm(ua);
         match self {
-            Os::Windows { .. } => "Win32",
-            Os::Mac { .. } => "MacIntel",
-            Os::Android { .. } => "Linux armv81",
-            Os::ChromeOs { .. } | Os::Linux | Os::Unknown if arm => "Linux aarch64",
-            Os::ChromeOs { .. } | Os::Linux | Os::Unknown => "Linux x86_64",
+            System::Windows { .. } => "Win32",
+            System::Mac { .. } => "MacIntel",
+            System::Android { .. } => "Linux armv81",
+            System::ChromeOS { .. } | System::Linux | System::Unknown if arm => "Linux aarch64",
+            System::ChromeOS { .. } | System::Linux | System::Unknown => "Linux x86_64",
         }
     }
 }
@@ -220,7 +220,7 @@ fn is_arm(ua: &str) -> bool {
 }
 
 /// The client hints Chromium `full` (its version) on `os` reports.
-fn metadata(ua: &str, os: &Os, full: &str) -> Metadata {
+fn metadata(ua: &str, os: &System, full: &str) -> Metadata {
     let major = full.split('.').next().unwrap_or(full);
     let full = if full.contains('.') {
         full.to_owned()
@@ -240,7 +240,7 @@ fn metadata(ua: &str, os: &Os, full: &str) -> Metadata {
     };
     // Chromium shuffles two brands by the seed's parity.
     let ordered = |a: Brand, b: Brand| {
-        if seed % 2 == 0 {
+        if seed.is_multiple_of(2) {
             vec![a, b]
         } else {
             vec![b, a]
@@ -255,16 +255,18 @@ fn metadata(ua: &str, os: &Os, full: &str) -> Metadata {
         brand("Chromium", &full),
     );
     let (platform_version, model, mobile) = match os {
-        Os::Windows { version } | Os::Mac { version } | Os::ChromeOs { version } => {
+        System::Windows { version } | System::Mac { version } | System::ChromeOS { version } => {
             (version.clone(), String::new(), false)
         }
-        Os::Android { version, model } => (version.clone(), model.clone(), ua.contains("Mobile")),
-        Os::Linux | Os::Unknown => (String::new(), String::new(), false),
+        System::Android { version, model } => {
+            (version.clone(), model.clone(), ua.contains("Mobile"))
+        }
+        System::Linux | System::Unknown => (String::new(), String::new(), false),
     };
     let (architecture, bitness) = match os {
-        Os::Android { .. } => ("", ""),
+        System::Android { .. } => ("", ""),
         _ if is_arm(ua) => ("arm", "64"),
-        Os::Windows { .. } if !(ua.contains("Win64") || ua.contains("WOW64")) => ("x86", "32"),
+        System::Windows { .. } if !(ua.contains("Win64") || ua.contains("WOW64")) => ("x86", "32"),
         _ => ("x86", "64"),
     };
     Metadata {
