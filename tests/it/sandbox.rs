@@ -739,10 +739,26 @@ fn listening_sockets(pid: i32) -> (Vec<String>, Vec<String>) {
     (tcp, unix)
 }
 
+/// Every file under `dir` (not following links) as (device, inode) and path.
+fn inodes_under(dir: &Path, depth: usize) -> Vec<((u64, u64), PathBuf)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        found.push(((meta.dev(), meta.ino()), entry.path()));
+        if meta.is_dir() && depth > 0 {
+            found.extend(inodes_under(&entry.path(), depth - 1));
+        }
+    }
+    found
+}
+
 /// The headful session's X server: one, as the browser's uid, `no_new_privs`, none of the
-/// gateway's variables, in the browser's cgroup, listening on a socket in the data directory
-/// only (no TCP, no abstract socket).
-fn assert_display_sandboxed(gw: &Gateway, leader: i32, browser_uid: u32) {
+/// gateway's variables, in the browser's cgroup, listening on no TCP port and no abstract
+/// socket, and on Unix sockets that are files in the session's directory (Xvfb sees them at
+/// `/tmp/.X11-unix` in a mount namespace of its own), not in the machine's `/tmp/.X11-unix`.
+fn assert_display_sandboxed(gw: &Gateway, id: &str, leader: i32, browser_uid: u32) {
     let xvfb = xvfbs_of(gw);
     assert_eq!(xvfb.len(), 1, "one Xvfb for the session: {xvfb:?}");
     let (uid, env) = uid_and_environ(xvfb[0]);
@@ -757,11 +773,28 @@ fn assert_display_sandboxed(gw: &Gateway, leader: i32, browser_uid: u32) {
     );
     let (tcp, unix) = listening_sockets(xvfb[0]);
     assert!(tcp.is_empty(), "Xvfb listens on TCP: {tcp:?}");
-    let data = gw.data_dir.display().to_string();
-    assert!(
-        !unix.is_empty() && unix.iter().all(|p| p.starts_with(&data)),
-        "Xvfb's sockets must all be in the data directory, none abstract: {unix:?}"
-    );
+    assert!(!unix.is_empty(), "Xvfb listens on no Unix socket");
+    let session_files = inodes_under(&gw.data_dir.join("sessions").join(id), 4);
+    for socket in &unix {
+        assert!(
+            !socket.starts_with('@'),
+            "Xvfb has an abstract socket: {unix:?}"
+        );
+        // The path as Xvfb's own mount namespace resolves it.
+        let meta = std::fs::metadata(format!("/proc/{}/root{socket}", xvfb[0])).expect("socket");
+        let key = (meta.dev(), meta.ino());
+        let in_session = session_files.iter().find(|(k, _)| *k == key);
+        assert!(
+            in_session.is_some(),
+            "{socket} is not a file of the session's directory"
+        );
+        let on_host = std::fs::metadata(socket).map(|m| (m.dev(), m.ino()));
+        assert_ne!(
+            on_host.ok(),
+            Some(key),
+            "{socket} is in the machine's own directory"
+        );
+    }
 }
 
 /// A session reads no file outside its own, by `file://` or a file input.
@@ -808,7 +841,7 @@ async fn a_session_runs_sandboxed(engine: Engine) {
     let uid = assert_browser_sandboxed(engine, &gw, leader);
     assert_renderers_in_their_own_namespace(engine, leader).await;
     if engine == Engine::Headful {
-        assert_display_sandboxed(&gw, leader, uid);
+        assert_display_sandboxed(&gw, &id, leader, uid);
     }
     assert_files_confined(engine, &mut cdp, &page, &site).await;
 
