@@ -104,13 +104,44 @@ async fn serve_one(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    seen.lock().unwrap().entry(path).or_insert(headers);
-    let body = "<html><head><title>identity</title></head><body>identity</body></html>";
+    let host = headers.get("host").cloned().unwrap_or_default();
+    seen.lock().unwrap().entry(path.clone()).or_insert(headers);
+    let (kind, body) = body_of(&path, &host);
     let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 200 OK\r\ncontent-type: {kind}; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
+}
+
+/// What a frame or worker reports of itself, as one string.
+const REPORT: &str = "navigator.userAgent + ' | ' + JSON.stringify(navigator.userAgentData && navigator.userAgentData.brands)";
+
+/// The page at `path`: `/nested` runs a dedicated worker and a cross-site frame (`localhost`
+/// in place of `127.0.0.1`, so its own process where sites are isolated), which report to
+/// it; every other path is a plain page.
+fn body_of(path: &str, host: &str) -> (&'static str, String) {
+    let port = host.rsplit(':').next().unwrap_or("");
+    match path {
+        "/nested" => (
+            "text/html",
+            format!(
+                "<html><body><script>window.results = {{}};\
+             new Worker('/worker.js').onmessage = e => window.results.worker = e.data;\
+             window.onmessage = e => window.results.frame = e.data;</script>\
+             <iframe src='http://localhost:{port}/frame'></iframe></body></html>"
+            ),
+        ),
+        "/worker.js" => ("text/javascript", format!("postMessage({REPORT})")),
+        "/frame" => (
+            "text/html",
+            format!("<script>parent.postMessage({REPORT}, '*')</script>"),
+        ),
+        _ => (
+            "text/html",
+            "<html><head><title>identity</title></head><body>identity</body></html>".into(),
+        ),
+    }
 }
 
 /// Whether the gateway's browsers are launched without `navigator.webdriver`.
@@ -241,6 +272,26 @@ async fn default_identity(chromium: &str) {
     let headers = server.headers("/created").await;
     let page = attach_url(&mut cdp, &created).await;
     assert_not_headless(&cdp.eval(&page, READ_IDENTITY).await, &headers);
+
+    // A dedicated worker and a cross-site frame of a page.
+    cdp.navigate(&first, &server.url("/nested")).await;
+    let deadline = Instant::now() + secs(20);
+    let results = loop {
+        let results = cdp.eval(&first, "window.results").await;
+        if results["worker"].is_string() && results["frame"].is_string() {
+            break results;
+        }
+        assert!(Instant::now() < deadline, "no reports: {results}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for from in ["worker", "frame"] {
+        let report = results[from].as_str().unwrap();
+        assert!(
+            report.starts_with(blank_ua.as_str().unwrap()),
+            "{from}: {report}"
+        );
+        assert!(!report.contains("Headless"), "{from}: {report}");
+    }
 
     // A page a page opens (with a user's gesture: full Chromium blocks other popups).
     let popup = server.url("/popup");
