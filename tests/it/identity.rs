@@ -1,5 +1,5 @@
 //! What a session's pages say they are (issue 22), read from pages on real Chromium, on
-//! both engines (the headless shell and full Chromium's `--headless=new`): no
+//! both engines (the headless shell and full Chromium's `--headless=new`) and headful: no
 //! `HeadlessChrome` in `navigator.userAgent`, `userAgentData.brands` or the `User-Agent` and
 //! `Sec-CH-UA` headers; a session's `userAgent` changes the string and the client hints agree
 //! with it; the first page, a page a client opens with `Target.createTarget` and one a page
@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use serde_json::{Value, json};
 
-const SHELL: &str = "/usr/lib/chromium/chromium-headless-shell";
-const FULL: &str = "/usr/lib/chromium/chromium";
+/// How each case runs: the engine, and whether the session is headful.
+const SHELL: (&str, bool) = ("shell", false);
+const FULL: (&str, bool) = ("chromium", false);
+const HEADFUL: (&str, bool) = ("chromium", true);
 const WINDOWS_UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
 
 /// What a page reports of itself.
@@ -144,13 +146,6 @@ fn body_of(path: &str, host: &str) -> (&'static str, String) {
     }
 }
 
-/// Whether the gateway's browsers are launched without `navigator.webdriver`.
-fn webdriver_hidden() -> bool {
-    ingot::browser::BASE_FLAGS
-        .iter()
-        .any(|f| f.starts_with("--disable-blink-features") && f.contains("AutomationControlled"))
-}
-
 /// The brands as `name/version` strings.
 fn brands(list: &Value) -> Vec<String> {
     list.as_array()
@@ -184,11 +179,7 @@ fn assert_not_headless(identity: &Value, headers: &HashMap<String, String>) {
         !ch.contains("Headless") && ch.contains("\"Chromium\""),
         "{ch}"
     );
-    assert_eq!(
-        identity["webdriver"],
-        json!(!webdriver_hidden()),
-        "{identity}"
-    );
+    assert_eq!(identity["webdriver"], json!(false), "{identity}");
 }
 
 /// Attaches to the page target whose URL is `url` (waiting for it up to 20 s).
@@ -220,10 +211,10 @@ async fn attach_url(cdp: &mut Cdp, url: &str) -> String {
 
 /// One session without `userAgent` on the browser at `chromium`: the first page before and
 /// after a load, a `Target.createTarget` page, a `window.open` page, and a client override.
-async fn default_identity(chromium: &str) {
-    let gw = Gateway::start(&["--chromium", chromium]).await;
+async fn default_identity((engine, headful): (&str, bool)) {
+    let gw = Gateway::start(&["--engine", engine]).await;
     let server = HeaderServer::start().await;
-    let session = gw.create(json!({})).await;
+    let session = gw.create(json!({"headless": !headful})).await;
     let id = session["id"].as_str().unwrap().to_owned();
     let reported = session["userAgent"].as_str().unwrap_or("").to_owned();
     let mut cdp = Cdp::connect(session["websocketUrl"].as_str().unwrap()).await;
@@ -316,10 +307,12 @@ async fn default_identity(chromium: &str) {
 }
 
 /// One session with a Windows Chrome `userAgent`: the string and every client hint agree.
-async fn requested_identity(chromium: &str) {
-    let gw = Gateway::start(&["--chromium", chromium]).await;
+async fn requested_identity((engine, headful): (&str, bool)) {
+    let gw = Gateway::start(&["--engine", engine]).await;
     let server = HeaderServer::start().await;
-    let session = gw.create(json!({"userAgent": WINDOWS_UA})).await;
+    let session = gw
+        .create(json!({"userAgent": WINDOWS_UA, "headless": !headful}))
+        .await;
     let id = session["id"].as_str().unwrap().to_owned();
     let mut cdp = Cdp::connect(session["websocketUrl"].as_str().unwrap()).await;
     let first = cdp.attach_first_page().await;
@@ -360,11 +353,7 @@ async fn requested_identity(chromium: &str) {
         headers.get("sec-ch-ua-mobile").map(String::as_str),
         Some("?0")
     );
-    assert_eq!(
-        identity["webdriver"],
-        json!(!webdriver_hidden()),
-        "{identity}"
-    );
+    assert_eq!(identity["webdriver"], json!(false), "{identity}");
 
     // A page the client opens gets it too, from its first request.
     let created = server.url("/windows-created");
@@ -407,4 +396,16 @@ async fn shell_client_hints_follow_the_sessions_user_agent() {
 async fn chromium_client_hints_follow_the_sessions_user_agent() {
     let _shared = shared().await;
     requested_identity(FULL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headful_pages_do_not_say_headless() {
+    let _shared = shared().await;
+    default_identity(HEADFUL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headful_client_hints_follow_the_sessions_user_agent() {
+    let _shared = shared().await;
+    requested_identity(HEADFUL).await;
 }
