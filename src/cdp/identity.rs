@@ -7,6 +7,11 @@
 //! `Emulation.setUserAgentOverride` ([`Identity::override_params`]); this module only derives
 //! it from strings. Pure functions: it owns no state and must not touch I/O, the
 //! multiplexer's tables or anything outside `serde_json`.
+//!
+//! What Chromium (156) does with it: a session without an override on the same page (every
+//! client attaches one) does not undo the string or the hints, and a client's own override
+//! wins; but `navigator.platform` is back to the browser's own on every new document once
+//! a client is attached (`tests/it/identity.rs` pins both).
 
 use serde::Serialize;
 use serde_json::Value;

@@ -1,5 +1,5 @@
 //! What a session's pages say they are (issue 22), read from pages on real Chromium, on
-//! both engines (the headless shell and full Chromium's `--headless=new`): no
+//! both engines (the headless shell and full Chromium's `--headless=new`) and headful: no
 //! `HeadlessChrome` in `navigator.userAgent`, `userAgentData.brands` or the `User-Agent` and
 //! `Sec-CH-UA` headers; a session's `userAgent` changes the string and the client hints agree
 //! with it; the first page, a page a client opens with `Target.createTarget` and one a page
@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use serde_json::{Value, json};
 
-const SHELL: &str = "/usr/lib/chromium/chromium-headless-shell";
-const FULL: &str = "/usr/lib/chromium/chromium";
+/// How each case runs: the engine, and whether the session is headful.
+const SHELL: (&str, bool) = ("shell", false);
+const FULL: (&str, bool) = ("chromium", false);
+const HEADFUL: (&str, bool) = ("chromium", true);
 const WINDOWS_UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
 
 /// What a page reports of itself.
@@ -104,20 +106,44 @@ async fn serve_one(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    seen.lock().unwrap().entry(path).or_insert(headers);
-    let body = "<html><head><title>identity</title></head><body>identity</body></html>";
+    let host = headers.get("host").cloned().unwrap_or_default();
+    seen.lock().unwrap().entry(path.clone()).or_insert(headers);
+    let (kind, body) = body_of(&path, &host);
     let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 200 OK\r\ncontent-type: {kind}; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
 }
 
-/// Whether the gateway's browsers are launched without `navigator.webdriver`.
-fn webdriver_hidden() -> bool {
-    ingot::browser::BASE_FLAGS
-        .iter()
-        .any(|f| f.starts_with("--disable-blink-features") && f.contains("AutomationControlled"))
+/// What a frame or worker reports of itself, as one string.
+const REPORT: &str = "navigator.userAgent + ' | ' + JSON.stringify(navigator.userAgentData && navigator.userAgentData.brands)";
+
+/// The page at `path`: `/nested` runs a dedicated worker and a cross-site frame (`localhost`
+/// in place of `127.0.0.1`, so its own process where sites are isolated), which report to
+/// it; every other path is a plain page.
+fn body_of(path: &str, host: &str) -> (&'static str, String) {
+    let port = host.rsplit(':').next().unwrap_or("");
+    match path {
+        "/nested" => (
+            "text/html",
+            format!(
+                "<html><body><script>window.results = {{}};\
+             new Worker('/worker.js').onmessage = e => window.results.worker = e.data;\
+             window.onmessage = e => window.results.frame = e.data;</script>\
+             <iframe src='http://localhost:{port}/frame'></iframe></body></html>"
+            ),
+        ),
+        "/worker.js" => ("text/javascript", format!("postMessage({REPORT})")),
+        "/frame" => (
+            "text/html",
+            format!("<script>parent.postMessage({REPORT}, '*')</script>"),
+        ),
+        _ => (
+            "text/html",
+            "<html><head><title>identity</title></head><body>identity</body></html>".into(),
+        ),
+    }
 }
 
 /// The brands as `name/version` strings.
@@ -153,11 +179,7 @@ fn assert_not_headless(identity: &Value, headers: &HashMap<String, String>) {
         !ch.contains("Headless") && ch.contains("\"Chromium\""),
         "{ch}"
     );
-    assert_eq!(
-        identity["webdriver"],
-        json!(!webdriver_hidden()),
-        "{identity}"
-    );
+    assert_eq!(identity["webdriver"], json!(false), "{identity}");
 }
 
 /// Attaches to the page target whose URL is `url` (waiting for it up to 20 s).
@@ -189,10 +211,10 @@ async fn attach_url(cdp: &mut Cdp, url: &str) -> String {
 
 /// One session without `userAgent` on the browser at `chromium`: the first page before and
 /// after a load, a `Target.createTarget` page, a `window.open` page, and a client override.
-async fn default_identity(chromium: &str) {
-    let gw = Gateway::start(&["--chromium", chromium]).await;
+async fn default_identity((engine, headful): (&str, bool)) {
+    let gw = Gateway::start(&["--engine", engine]).await;
     let server = HeaderServer::start().await;
-    let session = gw.create(json!({})).await;
+    let session = gw.create(json!({"headless": !headful})).await;
     let id = session["id"].as_str().unwrap().to_owned();
     let reported = session["userAgent"].as_str().unwrap_or("").to_owned();
     let mut cdp = Cdp::connect(session["websocketUrl"].as_str().unwrap()).await;
@@ -242,6 +264,26 @@ async fn default_identity(chromium: &str) {
     let page = attach_url(&mut cdp, &created).await;
     assert_not_headless(&cdp.eval(&page, READ_IDENTITY).await, &headers);
 
+    // A dedicated worker and a cross-site frame of a page.
+    cdp.navigate(&first, &server.url("/nested")).await;
+    let deadline = Instant::now() + secs(20);
+    let results = loop {
+        let results = cdp.eval(&first, "window.results").await;
+        if results["worker"].is_string() && results["frame"].is_string() {
+            break results;
+        }
+        assert!(Instant::now() < deadline, "no reports: {results}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for from in ["worker", "frame"] {
+        let report = results[from].as_str().unwrap();
+        assert!(
+            report.starts_with(blank_ua.as_str().unwrap()),
+            "{from}: {report}"
+        );
+        assert!(!report.contains("Headless"), "{from}: {report}");
+    }
+
     // A page a page opens (with a user's gesture: full Chromium blocks other popups).
     let popup = server.url("/popup");
     let open = json!({"expression": format!("window.open('{popup}'), true"), "userGesture": true});
@@ -265,10 +307,12 @@ async fn default_identity(chromium: &str) {
 }
 
 /// One session with a Windows Chrome `userAgent`: the string and every client hint agree.
-async fn requested_identity(chromium: &str) {
-    let gw = Gateway::start(&["--chromium", chromium]).await;
+async fn requested_identity((engine, headful): (&str, bool)) {
+    let gw = Gateway::start(&["--engine", engine]).await;
     let server = HeaderServer::start().await;
-    let session = gw.create(json!({"userAgent": WINDOWS_UA})).await;
+    let session = gw
+        .create(json!({"userAgent": WINDOWS_UA, "headless": !headful}))
+        .await;
     let id = session["id"].as_str().unwrap().to_owned();
     let mut cdp = Cdp::connect(session["websocketUrl"].as_str().unwrap()).await;
     let first = cdp.attach_first_page().await;
@@ -309,11 +353,7 @@ async fn requested_identity(chromium: &str) {
         headers.get("sec-ch-ua-mobile").map(String::as_str),
         Some("?0")
     );
-    assert_eq!(
-        identity["webdriver"],
-        json!(!webdriver_hidden()),
-        "{identity}"
-    );
+    assert_eq!(identity["webdriver"], json!(false), "{identity}");
 
     // A page the client opens gets it too, from its first request.
     let created = server.url("/windows-created");
@@ -356,4 +396,16 @@ async fn shell_client_hints_follow_the_sessions_user_agent() {
 async fn chromium_client_hints_follow_the_sessions_user_agent() {
     let _shared = shared().await;
     requested_identity(FULL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headful_pages_do_not_say_headless() {
+    let _shared = shared().await;
+    default_identity(HEADFUL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headful_client_hints_follow_the_sessions_user_agent() {
+    let _shared = shared().await;
+    requested_identity(HEADFUL).await;
 }
