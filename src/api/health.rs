@@ -49,6 +49,9 @@ struct EnginesJson {
     chromium: Option<String>,
     xvfb: Option<String>,
     headful: bool,
+    /// Why headful sessions cannot run here, when they cannot.
+    #[serde(rename = "headfulUnavailable", skip_serializing_if = "Option::is_none")]
+    headful_unavailable: Option<String>,
 }
 
 impl EnginesJson {
@@ -60,6 +63,7 @@ impl EnginesJson {
             chromium: shown(&engines.chromium),
             xvfb: shown(&engines.xvfb),
             headful: engines.headful(),
+            headful_unavailable: engines.headful_missing(),
         }
     }
 }

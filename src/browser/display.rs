@@ -174,7 +174,11 @@ impl Display {
             .process_group(0)
             .kill_on_drop(false);
         // The mounts first, while the child still has the gateway's privileges.
-        install_mounts(&mut cmd, prepared.sockets.clone(), Some(prepared.xkb));
+        install_mounts(
+            cmd.as_std_mut(),
+            prepared.sockets.clone(),
+            Some(prepared.xkb),
+        );
         install(
             &mut cmd,
             ChildSetup {
@@ -299,7 +303,7 @@ impl Display {
     /// other). Call it before the sandbox's `install`, which drops the privileges the mounts
     /// need.
     pub(super) fn install_client(&self, cmd: &mut Command) {
-        install_mounts(cmd, self.sockets.clone(), None);
+        install_mounts(cmd.as_std_mut(), self.sockets.clone(), None);
     }
 
     /// Resolves when Xvfb has exited, with how.
@@ -320,8 +324,9 @@ impl Display {
         remove_dir(self.dir.clone()).await;
     }
 
-    /// SIGKILL to Xvfb's group, unless it was already reaped (its id may then be another's).
-    fn signal_group(&self) {
+    /// SIGKILL to Xvfb's group, unless it was already reaped (its id may then be another's),
+    /// without waiting: the last resort of an owner that cannot wait.
+    pub(super) fn signal_group(&self) {
         if self.exit.borrow().is_none() {
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(self.pid),
@@ -372,6 +377,32 @@ fn connect(socket: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
         .join(dir.as_raw_fd().to_string())
         .join(name);
     std::os::unix::net::UnixStream::connect(short)
+}
+
+/// Whether displays can run here: a child can make the private mount namespace and the bind
+/// mount every display and its browser need (`CAP_SYS_ADMIN`; a container without it, or a
+/// gateway run as an ordinary user, cannot). Says why not, for `/healthz` and the 501 of a
+/// headful create. Blocking: it runs `/bin/true` so.
+pub(super) fn probe() -> Result<(), String> {
+    let cannot = |what: &str, e: std::io::Error| {
+        format!(
+            "headless: false needs a private mount namespace for each session's X server, and \
+             this gateway cannot make one ({what}: {e}); run it as root with CAP_SYS_ADMIN \
+             (in a container: --cap-add SYS_ADMIN and a seccomp profile that allows mount)"
+        )
+    };
+    mount_point(X11_UNIX, 0o1777).map_err(|e| cannot(X11_UNIX, e))?;
+    let sockets = CString::new(X11_UNIX).map_err(|e| cannot("path", e.into()))?;
+    let mut cmd = std::process::Command::new("/bin/true");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    install_mounts(&mut cmd, sockets, None);
+    match cmd.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(cannot("probe", std::io::Error::other(status.to_string()))),
+        Err(e) => Err(cannot("unshare and mount", e)),
+    }
 }
 
 /// What the start-up sweep looks for in a command line to recognise an Xvfb that a display
@@ -545,7 +576,8 @@ fn high_copy(fd: RawFd) -> Result<OwnedFd, DisplayError> {
 /// Installs, between fork and exec, a private mount namespace where `sockets` is
 /// `/tmp/.X11-unix` and, when given, `xkb` is `/var/lib/xkb`.
 #[allow(unsafe_code)]
-fn install_mounts(cmd: &mut Command, sockets: CString, xkb: Option<CString>) {
+fn install_mounts(cmd: &mut std::process::Command, sockets: CString, xkb: Option<CString>) {
+    use std::os::unix::process::CommandExt;
     // SAFETY: runs in the forked child of a multi-threaded process, so only raw system calls
     // on values built before the fork: `sockets` and `xkb` are owned by the closure and only
     // borrowed as pointers, the other paths are static C strings. Its error is a bare errno
@@ -895,7 +927,7 @@ mod guard_tests {
         cmd.args([":0", "-nolisten", "tcp", "-nolisten", "local", "-nolock"])
             .stderr(Stdio::null())
             .process_group(0);
-        install_mounts(&mut cmd, sockets, Some(xkb));
+        install_mounts(cmd.as_std_mut(), sockets, Some(xkb));
         let mut open = cmd.spawn().unwrap();
         let socket = open_dir.join(SOCKET_DIR).join("X0");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -144,6 +144,9 @@ pub struct Engines {
     pub shell: Option<PathBuf>,
     /// `Xvfb`, when installed: headful sessions need it and full Chromium.
     pub xvfb: Option<PathBuf>,
+    /// Why headful sessions cannot run here although both are installed (the host found it
+    /// cannot make their displays' mount namespaces), when that is so.
+    pub headful_refused: Option<String>,
 }
 
 /// Why the engines cannot be set up.
@@ -227,6 +230,7 @@ impl Engines {
             chromium,
             shell,
             xvfb,
+            headful_refused: None,
         })
     }
 
@@ -241,6 +245,7 @@ impl Engines {
             chromium,
             shell,
             xvfb: None,
+            headful_refused: None,
         }
     }
 
@@ -270,9 +275,10 @@ impl Engines {
             .unwrap_or(Path::new("chromium"))
     }
 
-    /// Whether headful sessions can run: full Chromium and `Xvfb` are both installed.
+    /// Whether headful sessions can run: full Chromium and `Xvfb` are both installed, and
+    /// nothing else refuses them.
     pub fn headful(&self) -> bool {
-        self.chromium.is_some() && self.xvfb.is_some()
+        self.headful_missing().is_none()
     }
 
     /// What headful sessions lack, as an install hint; `None` when they can run.
@@ -284,14 +290,15 @@ impl Engines {
         if self.xvfb.is_none() {
             packages.push("xvfb");
         }
-        (!packages.is_empty()).then(|| {
-            format!(
-                "headless: false needs full Chromium on a virtual display, and this node lacks \
-                 {}: install with `apt-get install -y {}`",
-                packages.join(" and "),
-                packages.join(" ")
-            )
-        })
+        if packages.is_empty() {
+            return self.headful_refused.clone();
+        }
+        Some(format!(
+            "headless: false needs full Chromium on a virtual display, and this node lacks \
+             {}: install with `apt-get install -y {}`",
+            packages.join(" and "),
+            packages.join(" ")
+        ))
     }
 }
 

@@ -126,6 +126,13 @@ impl LocalChromium {
             .flatten()
             .collect();
         let sandbox = Sandbox::detect(sandbox, data_dir, &scratch_parent, &executables);
+        let mut engines = engines;
+        if engines.headful()
+            && let Err(why) = display::probe()
+        {
+            warn!("{why}");
+            engines.headful_refused = Some(why);
+        }
         LocalChromium {
             engines,
             data_dir: data_dir.to_path_buf(),
@@ -1345,6 +1352,10 @@ impl Drop for LocalProcess {
         if self.reaped.get().is_none() {
             // Last resort if an owner forgot to reap: never leave a browser running.
             let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+            // Its display's watcher holds the display too, so its own drop would not come.
+            if let Some(display) = &self.display {
+                display.signal_group();
+            }
             self.pipes_open.cancel();
             warn!(
                 pid = self.pid,

@@ -232,6 +232,12 @@ impl Mux {
             return;
         };
         let Some(method) = override_method(&target.kind) else {
+            // Nothing to say to it (an extension's background page, a worklet...), but it
+            // waits for the gateway all the same.
+            self.send_on(
+                target.session_id.as_str(),
+                vec![json!({"method": "Runtime.runIfWaitingForDebugger"})],
+            );
             return;
         };
         let session = target.session_id.as_str();
