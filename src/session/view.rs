@@ -113,10 +113,17 @@ pub(crate) struct SessionView {
 impl SessionView {
     /// A session of this process, now.
     pub(crate) fn of(session: &Session) -> SessionView {
+        // One reading of the phase for the status and the reason, so that a session ending
+        // meanwhile never shows as live with a release reason.
+        let phase = session.phase();
+        let release_reason = match phase {
+            super::state::Phase::Ended { reason, .. } => Some(RecordReason::from(reason)),
+            _ => None,
+        };
         SessionView {
             id: session.id,
             created_at: session.created_at,
-            status: session.phase().status(),
+            status: phase.status(),
             duration: session.duration(),
             event_count: session.event_count(),
             timeout_ms: session.timeout_ms(),
@@ -127,7 +134,7 @@ impl SessionView {
             proxy: session.options.proxy_server.is_some(),
             proxy_bytes_used: session.proxy_bytes_used(),
             user_agent: session.user_agent(),
-            release_reason: session.end_reason().map(RecordReason::from),
+            release_reason,
             headful: session.options.headful,
         }
     }

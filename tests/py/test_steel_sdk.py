@@ -214,9 +214,10 @@ def test_strict_client_parses_sessions_in_every_state(own_gateway):
         got = client.sessions.retrieve(user.id)
         assert (got.status, got.release_reason) == ("released", "user_requested")
 
-        # Released by its timeout, and ended by inactivity (both waited on below).
-        timed = create(api_timeout=1000)
-        idle = create(inactivity_timeout=1000, api_timeout=60_000)
+        # Released by its timeout, and ended by inactivity (both waited on below). Three
+        # seconds, not the minimum of one: on a loaded machine a create alone may take one.
+        timed = create(api_timeout=3000)
+        idle = create(inactivity_timeout=3000, api_timeout=60_000)
 
         # A browser closed by a CDP client: {"id":1,"method":"Browser.close"} on the root session.
         closed = create(api_timeout=60_000)
@@ -226,7 +227,7 @@ def test_strict_client_parses_sessions_in_every_state(own_gateway):
 
         got = wait_for(client, timed.id, ended, timeout_s=10)
         assert (got.status, got.release_reason) == ("released", "timeout")
-        assert got.timeout == 1000
+        assert got.timeout == 3000
         got = wait_for(client, idle.id, ended, timeout_s=10)
         assert (got.status, got.release_reason) == ("released", "inactivity_timeout")
 
