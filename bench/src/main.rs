@@ -19,6 +19,9 @@
 //! * [`sandbox`]: the sandbox's cost, ingot's sandboxed default against the same gateway
 //!   with `--insecure-shared-browser-user` and direct Chromium, a section of its own too
 //!   (`--only sandbox`);
+//! * [`engines`]: the headless shell against the full Chromium (memory per session, cold,
+//!   warm and concurrent creates, round trips, headful sessions on `Xvfb`, sessions that fit
+//!   with each engine's derived session limit), a section of its own too (`--only engines`);
 //! * [`procfs`]: processes, memory, CPU time and context switches from `/proc`;
 //! * [`report`]: the table and the file;
 //! * [`stats`]: percentiles and number formatting.
@@ -70,6 +73,7 @@ macro_rules! progress {
 
 // After `progress!`, which they use: a `macro_rules!` macro is visible only below its definition.
 mod cluster;
+mod engines;
 mod sandbox;
 mod viewer;
 
@@ -94,8 +98,12 @@ struct Args {
     /// The Chromium executable for the direct baseline (ingot finds its own).
     #[arg(long, default_value = "/usr/lib/chromium/chromium")]
     chromium: PathBuf,
+    /// The headless shell, for the engines section (its gateways are given both executables,
+    /// and its direct launches use each).
+    #[arg(long, default_value = "/usr/lib/chromium/chromium-headless-shell")]
+    chromium_shell: PathBuf,
     /// Run only this section and update only its part of the report (`## Cluster`,
-    /// `## Viewer`, `## Sandbox`), keeping the rest of the file; `core` prints its table and writes a file
+    /// `## Viewer`, `## Sandbox`, `## Engines`), keeping the rest of the file; `core` prints its table and writes a file
     /// of its own only with `--out`. A full run (the default) runs every section.
     #[arg(long, value_enum)]
     only: Option<Section>,
@@ -131,6 +139,10 @@ enum Section {
     /// against the same ingot with `--insecure-shared-browser-user` and direct Chromium:
     /// cold and warm create, round trip, memory per idle session. Needs root.
     Sandbox,
+    /// The headless shell against the full Chromium, through ingot and direct: memory per
+    /// idle session at 10/20/40, cold, warm and concurrent creates, round trip, reconnect,
+    /// headful sessions, and the sessions that fit with each engine's derived limit.
+    Engines,
 }
 
 impl Section {
@@ -141,6 +153,7 @@ impl Section {
             Section::Cluster => "cluster",
             Section::Viewer => "viewer",
             Section::Sandbox => "sandbox",
+            Section::Engines => "engines",
         }
     }
 }
@@ -159,6 +172,7 @@ struct Plan {
     cluster: cluster::ClusterPlan,
     viewer: viewer::ViewerPlan,
     sandbox: sandbox::SandboxPlan,
+    engines: engines::EnginesPlan,
 }
 
 /// Every cluster node's `--node-lease-ms`: short, so that failover is quick to measure.
@@ -208,6 +222,19 @@ impl Plan {
                     rtt_block: 50,
                     memory: 2,
                 },
+                engines: engines::EnginesPlan {
+                    cold: 3,
+                    bursts: vec![10],
+                    burst_rounds: 1,
+                    warm: 3,
+                    rtt_rounds: 2,
+                    rtt_runs: 300,
+                    rtt_block: 50,
+                    reconnects: 3,
+                    headful_memory: 1,
+                    capacity_batch: 10,
+                    capacity_check_at: 10,
+                },
             }
         } else {
             Plan {
@@ -250,6 +277,19 @@ impl Plan {
                     rtt_runs: 2000,
                     rtt_block: 100,
                     memory: 5,
+                },
+                engines: engines::EnginesPlan {
+                    cold: 16,
+                    bursts: vec![10, 20, 40],
+                    burst_rounds: 2,
+                    warm: 12,
+                    rtt_rounds: 3,
+                    rtt_runs: 2000,
+                    rtt_block: 100,
+                    reconnects: 5,
+                    headful_memory: 3,
+                    capacity_batch: 10,
+                    capacity_check_at: 40,
                 },
             }
         }
@@ -341,6 +381,13 @@ async fn run(args: &Args) -> Result<()> {
             drop(root);
             return publish_sandbox(args, &sandbox, machine);
         }
+        Some(Section::Engines) => {
+            let root = TempRoot::create()?;
+            let engines =
+                engines::measure(&ingot, &executables(args), &root, pool, plan.engines).await?;
+            drop(root);
+            return publish_engines(args, &engines, machine);
+        }
         None => {}
     }
     let results = measure(args, &plan, &ingot, pool).await?;
@@ -411,6 +458,8 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
     let cluster = cluster::measure(&args.chromium, ingot, &root, plan.cluster).await?;
     let viewer = viewer::measure(&args.chromium, ingot, &root, pool, plan.viewer).await?;
     let sandbox = sandbox::measure(&args.chromium, ingot, &root, pool, plan.sandbox).await?;
+    let engines =
+        engines::measure(ingot, &executables(args), &root, pool, plan.engines.clone()).await?;
     drop(root);
     Ok(Results {
         core,
@@ -420,7 +469,13 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
         cluster,
         viewer,
         sandbox,
+        engines,
     })
+}
+
+/// Both engines' executables, as the command line names them.
+fn executables(args: &Args) -> engines::Executables {
+    engines::Executables([args.chromium_shell.clone(), args.chromium.clone()])
 }
 
 /// The per-command rounds, cold starts on `gw` and warm starts on an ingot of their own
@@ -469,7 +524,7 @@ async fn start_gateway(
         root,
         GatewayOptions {
             pool_size: pool.then_some(0),
-            max_sessions: max_burst.max(4),
+            max_sessions: Some(max_burst.max(4)),
         },
     )
     .await?;
@@ -540,6 +595,7 @@ fn publish(args: &Args, results: &Results, mut machine: Machine) -> Result<()> {
     println!("{}", report::cluster_tables(&results.cluster));
     println!("{}", report::viewer_table(&results.viewer));
     println!("{}", report::sandbox_table(&results.sandbox));
+    println!("{}", report::engines_table(&results.engines));
     report::write(args.out(), results, &machine, took)?;
     let (met, measured) = report::targets_met(results);
     progress!(
@@ -616,6 +672,22 @@ fn publish_sandbox(args: &Args, sandbox: &sandbox::Sandbox, mut machine: Machine
     let (met, measured) = report::sandbox_targets_met(sandbox);
     progress!(
         "updated the sandbox section of {} ({met} of {measured} targets met); total {:.0} s",
+        args.out().display(),
+        took.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// After `--only engines`: notes the load at the end, prints the section's tables to stdout
+/// and puts the section into the report file, leaving the rest of it as it was.
+fn publish_engines(args: &Args, engines: &engines::Engines, mut machine: Machine) -> Result<()> {
+    machine.finish();
+    let took = STARTED.get().map_or(Duration::ZERO, |s| s.elapsed());
+    println!("{}", report::engines_table(engines));
+    report::write_engines(args.out(), engines, &machine, took, args.quick)?;
+    let (met, measured) = report::engines_targets_met(engines);
+    progress!(
+        "updated the engines section of {} ({met} of {measured} targets met); total {:.0} s",
         args.out().display(),
         took.as_secs_f64()
     );
@@ -855,7 +927,7 @@ async fn warm_starts(ingot: &Path, root: &TempRoot, n: usize) -> Result<Warm> {
         root,
         GatewayOptions {
             pool_size: Some(POOL),
-            max_sessions: 4,
+            max_sessions: Some(4),
         },
     )
     .await?;

@@ -4,15 +4,18 @@
 //! Chromium, and whether a target was met) and the file's layout. A hand-written
 //! `## Findings` section already in the file is kept when the file is rewritten. The
 //! `## Cluster` section ([`cluster`]), the `## Viewer` section ([`viewer`]) and the
-//! `## Sandbox` section ([`sandbox`]) have their own tables and method, so that `--only
-//! cluster`, `--only viewer` or `--only sandbox` can replace one alone and leave the rest of
-//! the file, written by a full run, as it was.
+//! `## Sandbox` section ([`sandbox`]) and the `## Engines` section ([`engines`]) have their
+//! own tables and method, so that `--only cluster`, `--only viewer`, `--only sandbox` or
+//! `--only engines` can replace one alone and leave the rest of the file, written by a full
+//! run, as it was.
 
 mod cluster;
+mod engines;
 mod sandbox;
 mod viewer;
 
 pub(crate) use cluster::{cluster_tables, cluster_targets_met, write_cluster};
+pub(crate) use engines::{engines_table, engines_targets_met, write_engines};
 pub(crate) use sandbox::{sandbox_table, sandbox_targets_met, write_sandbox};
 pub(crate) use viewer::{viewer_table, viewer_targets_met, write_viewer};
 
@@ -23,6 +26,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::cluster::Cluster;
+use crate::engines::Engines;
 use crate::percommand::{Cost, PIPELINED, RECONNECT_SETTLE, Samples};
 use crate::procfs;
 use crate::sandbox::Sandbox;
@@ -158,6 +162,7 @@ pub(crate) struct Results {
     pub cluster: Cluster,
     pub viewer: Viewer,
     pub sandbox: Sandbox,
+    pub engines: Engines,
 }
 
 /// Which way a figure is better.
@@ -674,9 +679,14 @@ pub(crate) fn targets_met(r: &Results) -> (usize, usize) {
     let (cluster_met, cluster_measured) = cluster_targets_met(&r.cluster);
     let (viewer_met, viewer_measured) = viewer_targets_met(&r.viewer);
     let (sandbox_met, sandbox_measured) = sandbox_targets_met(&r.sandbox);
+    let (engines_met, engines_measured) = engines_targets_met(&r.engines);
     (
-        verdicts.iter().filter(|m| **m).count() + cluster_met + viewer_met + sandbox_met,
-        verdicts.len() + cluster_measured + viewer_measured + sandbox_measured,
+        verdicts.iter().filter(|m| **m).count()
+            + cluster_met
+            + viewer_met
+            + sandbox_met
+            + engines_met,
+        verdicts.len() + cluster_measured + viewer_measured + sandbox_measured + engines_measured,
     )
 }
 
@@ -713,6 +723,7 @@ pub(crate) fn document(
          {cluster}\n\
          {viewer}\n\
          {sandbox}\n\
+         {engines}\n\
          ## Method\n\n{method}\n{findings}\n",
         date = machine.date,
         mins = took.as_secs() / 60,
@@ -730,6 +741,7 @@ pub(crate) fn document(
         cluster = cluster::section(&r.cluster, FULL_RUN, r.core.quick),
         viewer = viewer::section(&r.viewer, FULL_RUN, r.core.quick),
         sandbox = sandbox::section(&r.sandbox, FULL_RUN, r.core.quick),
+        engines = engines::section(&r.engines, FULL_RUN, r.core.quick),
         method = method(r),
     )
 }

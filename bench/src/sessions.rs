@@ -13,7 +13,7 @@ use futures_util::future::try_join_all;
 use serde_json::json;
 
 use crate::cdp::Cdp;
-use crate::chromium::{DirectChromium, TempRoot};
+use crate::chromium::{DirectChromium, Engine, TempRoot};
 use crate::gateway::{Gateway, Session};
 use crate::procfs::{self, Footprint};
 use crate::stats::ms;
@@ -40,9 +40,18 @@ pub(crate) async fn direct_start(
     executable: &Path,
     root: &TempRoot,
 ) -> Result<(Start, DirectChromium)> {
+    direct_start_engine(executable, Engine::Chromium, root).await
+}
+
+/// [`direct_start`] of either engine's build (`executable`), launched as that engine is.
+pub(crate) async fn direct_start_engine(
+    executable: &Path,
+    engine: Engine,
+    root: &TempRoot,
+) -> Result<(Start, DirectChromium)> {
     let dir = root.fresh_dir("direct")?;
     let started = Instant::now();
-    let mut browser = DirectChromium::spawn(executable, dir)?;
+    let mut browser = DirectChromium::spawn_engine(executable, engine, dir)?;
     let url = browser.devtools_url(START_TIMEOUT).await?;
     let address_ms = ms(started.elapsed());
     let mut cdp = Cdp::connect(&url, START_TIMEOUT).await?;
@@ -62,8 +71,13 @@ pub(crate) async fn direct_start(
 /// ingot: `POST /v1/sessions` → connect `websocketUrl` → first reply to `Browser.getVersion`.
 /// Returns the timing and the session, still live.
 pub(crate) async fn ingot_start(gateway: &Gateway) -> Result<(Start, Session)> {
+    ingot_start_with(gateway, "{}").await
+}
+
+/// [`ingot_start`] with a create body of its own (`{"headless": false}`, …).
+pub(crate) async fn ingot_start_with(gateway: &Gateway, body: &str) -> Result<(Start, Session)> {
     let started = Instant::now();
-    let session = gateway.create("{}").await?;
+    let session = gateway.create(body).await?;
     let address_ms = ms(started.elapsed());
     let mut cdp = Cdp::connect(&session.websocket_url, START_TIMEOUT).await?;
     cdp.call_result("Browser.getVersion", json!({}), None)
