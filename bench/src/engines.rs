@@ -39,7 +39,7 @@ pub(crate) const WARM_SETTLE: Duration = Duration::from_secs(1);
 /// PSS per session so far times the limit stays under this share of `MemAvailable`…
 pub(crate) const CAPACITY_MEMORY_SHARE: f64 = 0.8;
 /// …and stops at once if `MemAvailable` falls under this share of the machine's memory.
-pub(crate) const CAPACITY_FLOOR_SHARE: f64 = 0.1;
+pub(crate) const CAPACITY_FLOOR_SHARE: f64 = 0.25;
 /// Capacity creates ask for a lifetime long enough to outlast the phase.
 const CAPACITY_BODY: &str = r#"{"timeout": 1800000}"#;
 
@@ -64,6 +64,9 @@ pub(crate) struct EnginesPlan {
     pub capacity_batch: usize,
     /// Where the capacity phase weighs whether going on to the limit is safe.
     pub capacity_check_at: usize,
+    /// Most sessions the capacity phase creates, whatever the limit (a smoke run stops
+    /// early and extrapolates).
+    pub capacity_cap: usize,
 }
 
 /// How a gateway is told its engine.
@@ -129,6 +132,8 @@ pub(crate) enum Stop {
     MemoryRule,
     /// `MemAvailable` fell under the floor.
     Floor,
+    /// The plan's [`EnginesPlan::capacity_cap`] was reached below the limit.
+    Cap,
 }
 
 /// How many sessions of one engine fit with its derived `--max-sessions`.
@@ -155,7 +160,7 @@ impl Capacity {
     /// is lower; and whether that is an extrapolation.
     pub(crate) fn fit(&self) -> (Option<f64>, bool) {
         match self.stop {
-            Stop::MemoryRule | Stop::Floor => {
+            Stop::MemoryRule | Stop::Floor | Stop::Cap => {
                 let by_memory = self
                     .pss_per_session_kib()
                     .map(|p| (self.available_start_kib as f64 / p).floor());
@@ -183,6 +188,9 @@ pub(crate) struct EnginesResults {
     pub healthz: [Option<Value>; 2],
     pub cold_direct: [Vec<Start>; 2],
     pub cold_ingot: [Vec<Start>; 2],
+    /// Through gateways with `--insecure-shared-browser-user`, when ingot has it: the
+    /// gateway's own share, without the sandbox's.
+    pub cold_shared: Option<[Vec<Start>; 2]>,
     /// Why there are no headful figures, or them.
     pub headful: Result<Headful, String>,
     /// (size, per engine).
@@ -198,12 +206,45 @@ pub(crate) struct EnginesResults {
 /// The cold and burst gateways of both engines, `--pool-size 0`.
 struct Pair {
     gateways: [Gateway; 2],
+    /// The same with `--insecure-shared-browser-user` (cold loop only), when ingot has it.
+    shared: Option<[Gateway; 2]>,
 }
 
 impl Pair {
     fn of(&self, engine: Engine) -> &Gateway {
         &self.gateways[engine.index()]
     }
+}
+
+/// The cold gateways: one per engine, and one per engine with
+/// `--insecure-shared-browser-user` when this ingot has it and runs as root (else its
+/// default is already the shared user).
+async fn cold_pair(
+    ingot: &Path,
+    root: &TempRoot,
+    selection: Selection,
+    exes: &Executables,
+    opts: GatewayOptions,
+) -> Result<Pair> {
+    let gateways = [
+        start_engine(ingot, root, selection, exes, Engine::Shell, opts).await?,
+        start_engine(ingot, root, selection, exes, Engine::Chromium, opts).await?,
+    ];
+    let shared = if nix::unistd::geteuid().is_root()
+        && gateway::supports_flag(ingot, crate::sandbox::SHARED_FLAG)?
+    {
+        let mut g = Vec::with_capacity(2);
+        for e in Engine::ALL {
+            let mut args = engine_args(selection, exes, e);
+            args.push(crate::sandbox::SHARED_FLAG.to_owned());
+            g.push(Gateway::start_with(ingot, root, opts, &args).await?);
+        }
+        let [s, c]: [Gateway; 2] = g.try_into().map_err(|_| anyhow!("two gateways expected"))?;
+        Some([s, c])
+    } else {
+        None
+    };
+    Ok(Pair { gateways, shared })
 }
 
 /// The arguments that make a gateway run `engine`.
@@ -269,12 +310,7 @@ pub(crate) async fn measure(
         pool_size: Some(0),
         max_sessions: Some(max),
     };
-    let pair = Pair {
-        gateways: [
-            start_engine(ingot, root, selection, exes, Engine::Shell, cold_opts).await?,
-            start_engine(ingot, root, selection, exes, Engine::Chromium, cold_opts).await?,
-        ],
-    };
+    let pair = cold_pair(ingot, root, selection, exes, cold_opts).await?;
     let healthz = [
         healthz_engines(pair.of(Engine::Shell)).await,
         healthz_engines(pair.of(Engine::Chromium)).await,
@@ -285,11 +321,10 @@ pub(crate) async fn measure(
         launched(pair.of(Engine::Chromium)).await?,
     ];
     describe_launches(exes, &launched, &healthz);
-    let (cold_direct, cold_ingot, headful_cold) =
-        cold_starts(exes, root, &pair, plan.cold, headful_ok.is_ok()).await?;
+    let cold = cold_starts(exes, root, &pair, plan.cold, headful_ok.is_ok()).await?;
     let headful = match headful_ok {
         Ok(()) => Ok(Headful {
-            cold: headful_cold,
+            cold: cold.headful,
             ..headful_memory(pair.of(Engine::Chromium), plan.headful_memory).await?
         }),
         Err(why) => Err(why),
@@ -308,8 +343,9 @@ pub(crate) async fn measure(
         executables: exes.clone(),
         launched,
         healthz,
-        cold_direct,
-        cold_ingot,
+        cold_direct: cold.direct,
+        cold_ingot: cold.ingot,
+        cold_shared: cold.shared,
         headful,
         bursts,
         warm: Some(warm),
@@ -388,23 +424,44 @@ fn describe_launches(exes: &Executables, launched: &[String; 2], healthz: &[Opti
     }
 }
 
-/// The targets of the cold loop, in the order of [`turn`]: direct and through ingot per
-/// engine, and (when measured) a headful create.
-const COLD_TARGETS: [&str; 5] = [
-    "direct shell",
-    "ingot shell",
-    "direct chromium",
-    "ingot chromium",
-    "ingot headful",
-];
+/// A target of the cold loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cold {
+    /// The engine's executable launched by the benchmark.
+    Direct(Engine),
+    /// A create on the engine's gateway (ingot's defaults: sandboxed when root).
+    Ingot(Engine),
+    /// A create on the engine's gateway with `--insecure-shared-browser-user`.
+    Shared(Engine),
+    /// A `{"headless": false}` create on the full Chromium's gateway.
+    Headful,
+}
+
+impl Cold {
+    fn name(self) -> String {
+        match self {
+            Cold::Direct(e) => format!("direct {}", e.name()),
+            Cold::Ingot(e) => format!("ingot {}", e.name()),
+            Cold::Shared(e) => format!("shared-user {}", e.name()),
+            Cold::Headful => "ingot headful".to_owned(),
+        }
+    }
+}
+
+/// The cold loop's samples.
+#[derive(Debug, Default)]
+struct ColdStarts {
+    direct: [Vec<Start>; 2],
+    ingot: [Vec<Start>; 2],
+    shared: Option<[Vec<Start>; 2]>,
+    headful: Vec<Start>,
+}
 
 /// The order in which `targets` targets go in turn `k`: each goes first, second, … equally
 /// often over every `targets` turns.
 pub(crate) fn turn(k: usize, targets: usize) -> Vec<usize> {
     (0..targets).map(|i| (k + i) % targets).collect()
 }
-
-type ColdStarts = ([Vec<Start>; 2], [Vec<Start>; 2], Vec<Start>);
 
 /// `n` cold creates per target, the targets taking turns, each browser torn down before the
 /// next start; one unmeasured direct launch per engine first.
@@ -415,45 +472,68 @@ async fn cold_starts(
     n: usize,
     headful: bool,
 ) -> Result<ColdStarts> {
-    let targets = if headful { 5 } else { 4 };
+    let mut targets = vec![
+        Cold::Direct(Engine::Shell),
+        Cold::Ingot(Engine::Shell),
+        Cold::Direct(Engine::Chromium),
+        Cold::Ingot(Engine::Chromium),
+    ];
+    if headful {
+        targets.push(Cold::Headful);
+    }
+    if pair.shared.is_some() {
+        targets.extend([Cold::Shared(Engine::Shell), Cold::Shared(Engine::Chromium)]);
+    }
+    let names: Vec<String> = targets.iter().map(|t| t.name()).collect();
     progress!(
         "engines: {n} cold creates per target ({}), taking turns",
-        COLD_TARGETS[..targets].join(", ")
+        names.join(", ")
     );
     for e in Engine::ALL {
         drop(sessions::direct_start_engine(exes.of(e), e, root).await?);
     }
-    let mut starts: [Vec<Start>; 5] = Default::default();
+    let mut starts: Vec<Vec<Start>> = vec![Vec::with_capacity(n); targets.len()];
     for k in 0..n {
-        for t in turn(k, targets) {
-            let engine = if t < 2 {
-                Engine::Shell
-            } else {
-                Engine::Chromium
-            };
-            let took = match t {
-                0 | 2 => {
-                    let (took, browser) =
-                        sessions::direct_start_engine(exes.of(engine), engine, root).await?;
-                    drop(browser);
-                    took
-                }
-                _ => {
-                    let gw = pair.of(engine);
-                    let body = if t == 4 { HEADFUL_BODY } else { "{}" };
-                    let (took, session) = sessions::ingot_start_with(gw, body).await?;
-                    sessions::release_and_settle(gw, &session).await?;
-                    took
-                }
-            };
-            starts[t].push(took);
+        for t in turn(k, targets.len()) {
+            starts[t].push(cold_start(exes, root, pair, targets[t]).await?);
         }
     }
-    for (t, s) in starts.iter().enumerate().take(targets) {
-        progress!("  {:15} p50 {:.1} ms", COLD_TARGETS[t], p50_ms(s));
+    let mut out = ColdStarts::default();
+    for (target, s) in targets.iter().zip(starts) {
+        progress!("  {:20} p50 {:.1} ms", target.name(), p50_ms(&s));
+        match *target {
+            Cold::Direct(e) => out.direct[e.index()] = s,
+            Cold::Ingot(e) => out.ingot[e.index()] = s,
+            Cold::Shared(e) => out.shared.get_or_insert_with(Default::default)[e.index()] = s,
+            Cold::Headful => out.headful = s,
+        }
     }
-    let [ds, is, dc, ic, hf] = starts;
-    Ok(([ds, dc], [is, ic], hf))
+    Ok(out)
+}
+
+/// One cold start of `target`, torn down before it returns.
+async fn cold_start(
+    exes: &Executables,
+    root: &TempRoot,
+    pair: &Pair,
+    target: Cold,
+) -> Result<Start> {
+    let (gw, body) = match target {
+        Cold::Direct(e) => {
+            let (took, browser) = sessions::direct_start_engine(exes.of(e), e, root).await?;
+            drop(browser);
+            return Ok(took);
+        }
+        Cold::Ingot(e) => (pair.of(e), "{}"),
+        Cold::Headful => (pair.of(Engine::Chromium), HEADFUL_BODY),
+        Cold::Shared(e) => match &pair.shared {
+            Some(shared) => (&shared[e.index()], "{}"),
+            None => bail!("no shared-user gateway"),
+        },
+    };
+    let (took, session) = sessions::ingot_start_with(gw, body).await?;
+    sessions::release_and_settle(gw, &session).await?;
+    Ok(took)
 }
 
 fn p50_ms(starts: &[Start]) -> f64 {
@@ -602,6 +682,7 @@ async fn warm_and_round_trips(
             start_engine(ingot, root, selection, exes, Engine::Shell, opts).await?,
             start_engine(ingot, root, selection, exes, Engine::Chromium, opts).await?,
         ],
+        shared: None,
     };
     let refill = Duration::from_secs(60);
     let mut warm: [Vec<Start>; 2] = Default::default();
@@ -779,6 +860,9 @@ async fn fill(
     let mut weighed = false;
     // Bounded: each pass creates at least one session or stops.
     for _ in 0..=cap.div_ceil(plan.capacity_batch.max(1)) + 1 {
+        if live.len() >= plan.capacity_cap && live.len() < cap {
+            return Ok(Stop::Cap);
+        }
         if live.len() >= cap {
             let beyond = match try_create(gw).await? {
                 Created::Live(s) => {
@@ -789,7 +873,11 @@ async fn fill(
             };
             return Ok(Stop::Limit { beyond });
         }
-        let batch = plan.capacity_batch.max(1).min(cap - live.len());
+        let batch = plan
+            .capacity_batch
+            .max(1)
+            .min(cap - live.len())
+            .min(plan.capacity_cap - live.len());
         let answers = try_join_all((0..batch).map(|_| try_create(gw))).await?;
         let mut refused = None;
         for a in answers {

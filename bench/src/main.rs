@@ -234,6 +234,7 @@ impl Plan {
                     headful_memory: 1,
                     capacity_batch: 10,
                     capacity_check_at: 10,
+                    capacity_cap: 10,
                 },
             }
         } else {
@@ -290,6 +291,9 @@ impl Plan {
                     headful_memory: 3,
                     capacity_batch: 10,
                     capacity_check_at: 40,
+                    // Bounds the loop; the memory rule stops it far earlier on any machine
+                    // of today.
+                    capacity_cap: 400,
                 },
             }
         }

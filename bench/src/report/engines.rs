@@ -45,6 +45,8 @@ struct EngineRow {
     figures: [Option<f64>; 2],
     /// Whether the ratio column means something (not for differences and counts).
     ratio: bool,
+    /// Whether the figures are counts, printed whole.
+    whole: bool,
     goal: Option<Goal>,
     note: String,
 }
@@ -56,6 +58,7 @@ impl EngineRow {
             unit,
             figures,
             ratio: true,
+            whole: false,
             goal: None,
             note: String::new(),
         }
@@ -73,6 +76,11 @@ impl EngineRow {
 
     fn no_ratio(mut self) -> Self {
         self.ratio = false;
+        self
+    }
+
+    fn whole(mut self) -> Self {
+        self.whole = true;
         self
     }
 
@@ -99,9 +107,12 @@ impl EngineRow {
     fn cells(&self) -> [String; 6] {
         let figure = |v: Option<f64>| {
             v.map_or("n/a".to_owned(), |v| {
-                format!("{} {}", fmt_num(v), self.unit)
-                    .trim_end()
-                    .to_owned()
+                let v = if self.whole {
+                    format!("{v:.0}")
+                } else {
+                    fmt_num(v)
+                };
+                format!("{v} {}", self.unit).trim_end().to_owned()
             })
         };
         let ratio = self.ratio().map_or("–".to_owned(), |r| format!("{r:.2}×"));
@@ -193,11 +204,24 @@ fn cold_rows(r: &EnginesResults) -> Vec<EngineRow> {
     let ingot50 = each(pair(&r.cold_ingot), p(50.0));
     let direct50 = each(pair(&r.cold_direct), p(50.0));
     let plus = |i: Option<f64>, d: Option<f64>| Some(i? - d?);
+    let shared = match &r.cold_shared {
+        Some(shared) => {
+            let s50 = each(pair(shared), p(50.0));
+            format!(
+                "; with `--insecure-shared-browser-user` (no uid of its own, no Chromium sandbox, like direct): p50 {} / {} ms, so {} / {} ms over direct",
+                s50[0].map_or("?".to_owned(), fmt_num),
+                s50[1].map_or("?".to_owned(), fmt_num),
+                plus(s50[0], direct50[0]).map_or("?".to_owned(), fmt_num),
+                plus(s50[1], direct50[1]).map_or("?".to_owned(), fmt_num),
+            )
+        }
+        None => String::new(),
+    };
     vec![
         EngineRow::new("create → first CDP reply, cold, through ingot, p50", "ms", ingot50)
             .goal(Goal::RatioAtMost(COLD_RATIO_GOAL))
             .note(format!(
-                "{} creates per target (`--pool-size 0`), the four targets (and the headful create, below) taking turns, each browser gone before the next start",
+                "{} creates per target (`--pool-size 0`), every target of this table's cold rows (and the headful create, below) taking turns, each browser gone before the next start",
                 r.plan.cold
             )),
         EngineRow::new("same, p99", "ms", each(pair(&r.cold_ingot), p(99.0))),
@@ -208,7 +232,7 @@ fn cold_rows(r: &EnginesResults) -> Vec<EngineRow> {
         EngineRow::new("through ingot − direct, cold p50", "ms", [plus(ingot50[0], direct50[0]), plus(ingot50[1], direct50[1])])
             .no_ratio()
             .goal(Goal::AtMost(COLD_PLUS_GOAL_MS))
-            .note("the gateway's share of a cold create, per engine: the target is the shell's ≤ direct shell + 10 ms"),
+            .note(format!("the gateway's share of a cold create, per engine, with ingot's default sandbox (direct runs as root with `--no-sandbox`): the target is the shell's ≤ direct shell + 10 ms{shared}")),
     ]
 }
 
@@ -306,9 +330,11 @@ fn capacity_rows(r: &EnginesResults) -> Vec<EngineRow> {
     vec![
         EngineRow::new("derived `--max-sessions` (unset)", "", count(|c| c.limit.map(|l| l as f64)))
             .no_ratio()
+            .whole()
             .note("`maxSessions` of `/readyz` on a gateway started without `--max-sessions`, `--pool-size 0`"),
         EngineRow::new("sessions created before the first refusal", "", count(|c| Some(c.created as f64)))
             .no_ratio()
+            .whole()
             .note(format!("shell: {}; Chromium: {}", stop_note(c[0]), stop_note(c[1]))),
         EngineRow::new("PSS per idle session at that count", "MiB", count(|c| c.pss_per_session_kib().map(mib)))
             .note(format!(
@@ -319,6 +345,7 @@ fn capacity_rows(r: &EnginesResults) -> Vec<EngineRow> {
                 gib_of(c[1].available_end_kib)
             )),
         EngineRow::new("sessions that fit in this machine", "", fit)
+            .whole()
             .note(format!(
                 "{}{}",
                 fit_note(c[0], "shell"),
@@ -363,6 +390,7 @@ fn stop_note(c: &Capacity) -> String {
             c.created,
             CAPACITY_FLOOR_SHARE * 100.0
         ),
+        Stop::Cap => format!("stopped at {}: the plan's cap (a smoke run)", c.created),
     }
 }
 
@@ -633,6 +661,7 @@ mod tests {
                 headful_memory: 1,
                 capacity_batch: 10,
                 capacity_check_at: 40,
+                capacity_cap: 400,
             },
             selection: Selection::Flag,
             executables: Executables(["/s".into(), "/c".into()]),
@@ -640,6 +669,7 @@ mod tests {
             healthz: [None, None],
             cold_direct: [vec![start(60.0); 3], vec![start(240.0); 3]],
             cold_ingot: [vec![start(68.0); 3], vec![start(250.0); 3]],
+            cold_shared: Some([vec![start(65.0); 3], vec![start(245.0); 3]]),
             headful: Err("no Xvfb".into()),
             bursts: vec![(10, [burst(10, 80, 50, 6), burst(10, 140, 90, 10)])],
             warm: Some([vec![start(3.0); 3], vec![start(3.1); 3]]),
