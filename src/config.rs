@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
-use crate::browser::UidRange;
 use crate::browser::egress::BadRule;
+use crate::browser::{Engine, EngineFlags, UidRange, UnknownEngine};
 
 /// Why the settings cannot be used. The message names the flag.
 #[derive(Debug, thiserror::Error)]
@@ -94,9 +94,24 @@ pub struct Settings {
     #[arg(long, env = "INGOT_PUBLIC_URL")]
     pub public_url: Option<String>,
 
-    /// Chromium executable. Auto-detected when unset.
+    /// The engine of headless sessions: `shell` (Debian's `chromium-headless-shell`, about
+    /// half the memory) or `chromium` (full Chromium, `--headless=new`). Defaults to `shell`
+    /// when the shell is installed, else `chromium`. Headful sessions (`headless: false`)
+    /// always run full Chromium on an `Xvfb` of their own.
+    #[arg(long, env = "INGOT_ENGINE", value_parser = parse_engine)]
+    pub engine: Option<Engine>,
+
+    /// Full Chromium's executable. Auto-detected when unset.
     #[arg(long, env = "INGOT_CHROMIUM")]
     pub chromium: Option<PathBuf>,
+
+    /// The headless shell's executable (`chromium-headless-shell`). Auto-detected when unset.
+    #[arg(long, env = "INGOT_CHROMIUM_SHELL")]
+    pub chromium_shell: Option<PathBuf>,
+
+    /// `Xvfb`, the virtual display of headful sessions. Auto-detected when unset.
+    #[arg(long, env = "INGOT_XVFB")]
+    pub xvfb: Option<PathBuf>,
 
     /// Directory for session profiles and gateway state.
     #[arg(long, env = "INGOT_DATA_DIR", default_value = "/var/lib/ingot")]
@@ -111,7 +126,8 @@ pub struct Settings {
     pub max_timeout_ms: u64,
 
     /// Most sessions live at once, pooled browsers included. Defaults to what the memory
-    /// available at start-up holds at 256 MiB per session, keeping 1 GiB spare.
+    /// available at start-up holds, keeping 1 GiB spare, at the default engine's budget per
+    /// session: 144 MiB for the shell, 256 MiB for full Chromium.
     #[arg(long, env = "INGOT_MAX_SESSIONS")]
     pub max_sessions: Option<usize>,
 
@@ -343,6 +359,11 @@ impl Cap {
     }
 }
 
+/// `--engine`'s parser.
+fn parse_engine(text: &str) -> Result<Engine, UnknownEngine> {
+    text.parse()
+}
+
 /// Parses a size (`1073741824`, `512MiB`, `1GiB`, `2G`, `1500MB`), or `0`/`off`.
 pub fn parse_memory_cap(text: &str) -> Result<Cap, CapError> {
     let text = text.trim();
@@ -409,10 +430,6 @@ pub fn host_name() -> String {
 
 /// Shortest session lifetime accepted, in milliseconds.
 pub const MIN_TIMEOUT_MS: u64 = 1_000;
-/// Memory budgeted per session when the session limit is derived. An idle session here
-/// takes about 90 MiB of private memory (164 MiB proportional, with 4 sessions sharing
-/// Chromium's code); pages need more.
-pub const MEMORY_PER_SESSION: u64 = 256 << 20;
 /// Memory left to the gateway and the system when the session limit is derived.
 pub const MEMORY_RESERVE: u64 = 1 << 30;
 
@@ -448,9 +465,10 @@ pub fn total_memory() -> Option<u64> {
     Some((total_kib * 1024).min(limit))
 }
 
-/// The session limit that `available` bytes of memory hold: at least 1.
-pub fn sessions_for_memory(available: u64) -> usize {
-    let sessions = available.saturating_sub(MEMORY_RESERVE) / MEMORY_PER_SESSION;
+/// The session limit that `available` bytes of memory hold at `per_session` bytes each (the
+/// engine's [`Engine::memory_per_session`]): at least 1.
+pub fn sessions_for_memory(available: u64, per_session: u64) -> usize {
+    let sessions = available.saturating_sub(MEMORY_RESERVE) / per_session.max(1);
     usize::try_from(sessions).unwrap_or(usize::MAX).max(1)
 }
 
@@ -669,6 +687,16 @@ impl Settings {
             return Err(invalid("--max-connections", "be between 16 and 10000000"));
         }
         Ok(())
+    }
+
+    /// What the engine flags ask for (`--engine`, `--chromium`, `--chromium-shell`, `--xvfb`).
+    pub fn engine_flags(&self) -> EngineFlags {
+        EngineFlags {
+            engine: self.engine,
+            chromium: self.chromium.clone(),
+            shell: self.chromium_shell.clone(),
+            xvfb: self.xvfb.clone(),
+        }
     }
 
     /// The memory cap of each session's browser in bytes (`None`: off):
@@ -966,8 +994,12 @@ mod tests {
 
     #[test]
     fn derives_the_session_limit_from_memory() {
-        assert_eq!(sessions_for_memory(0), 1, "never below one");
-        assert_eq!(sessions_for_memory(2 << 30), 4);
-        assert_eq!(sessions_for_memory(24 << 30), 92);
+        let full = Engine::Chromium.memory_per_session();
+        assert_eq!(sessions_for_memory(0, full), 1, "never below one");
+        assert_eq!(sessions_for_memory(2 << 30, full), 4);
+        assert_eq!(sessions_for_memory(24 << 30, full), 92);
+        // The shell's sessions are budgeted less, so more of them fit.
+        let shell = Engine::Shell.memory_per_session();
+        assert_eq!(sessions_for_memory(24 << 30, shell), 163);
     }
 }

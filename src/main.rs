@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use ingot::browser::egress::BadRule;
-use ingot::browser::{ChromiumNotFound, LocalChromium, SandboxConfig, find_chromium};
+use ingot::browser::{EngineError, Engines, LocalChromium, SandboxConfig};
 use ingot::config::ConfigError;
 
 use ingot::{Gateway, GatewayError, Settings};
@@ -44,7 +44,7 @@ enum StartError {
     #[error(transparent)]
     Egress(#[from] BadRule),
     #[error(transparent)]
-    Chromium(#[from] ChromiumNotFound),
+    Engines(#[from] EngineError),
     #[error("cannot set up the browser host: {0}")]
     Host(#[source] tokio::task::JoinError),
     #[error(transparent)]
@@ -67,7 +67,10 @@ enum StartError {
 
 async fn run(settings: Settings) -> Result<(), StartError> {
     settings.validate()?;
-    let chromium = find_chromium(settings.chromium.as_deref())?;
+    let flags = settings.engine_flags();
+    let engines = tokio::task::spawn_blocking(move || Engines::detect(&flags))
+        .await
+        .map_err(StartError::Host)??;
     let egress = Arc::new(settings.egress_policy()?);
     let sandbox = SandboxConfig {
         insecure_shared_browser_user: settings.insecure_shared_browser_user,
@@ -78,10 +81,9 @@ async fn run(settings: Settings) -> Result<(), StartError> {
     };
     let data_dir = settings.data_dir.clone();
     // Detecting the sandbox probes the machine (reads /proc, forks a probe): blocking.
-    let host =
-        tokio::task::spawn_blocking(move || LocalChromium::new(chromium, &data_dir, sandbox))
-            .await
-            .map_err(StartError::Host)?;
+    let host = tokio::task::spawn_blocking(move || LocalChromium::new(engines, &data_dir, sandbox))
+        .await
+        .map_err(StartError::Host)?;
     let host = Arc::new(host.with_egress(egress.clone()));
     let listen = settings.listen;
     let gateway = Gateway::build(settings, host).await?;

@@ -400,6 +400,7 @@ pub(super) mod tests {
             viewers: Default::default(),
             viewer_frame_ancestors: "'self'".into(),
             sandbox: None,
+            engines: None,
         }
     }
 

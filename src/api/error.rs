@@ -195,6 +195,9 @@ impl From<CreateError> for ApiError {
                 Some(PeerRefusal::StartFailed),
             ),
             CreateError::Context(_) => (StatusCode::BAD_REQUEST, "invalid_request", None),
+            CreateError::HeadfulUnavailable(_) => {
+                (StatusCode::NOT_IMPLEMENTED, "headful_unavailable", None)
+            }
             CreateError::DatabaseUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database_unavailable",

@@ -10,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
+use crate::browser::Engines;
 use crate::cluster::lease::{FenceState, Unavailable};
 use crate::session::registry::Readiness;
 
@@ -32,6 +33,35 @@ pub(crate) struct HealthJson {
     /// time; its sessions are paused until it does).
     #[serde(skip_serializing_if = "Option::is_none")]
     fenced: Option<bool>,
+    /// The engines this node runs: `default` (`shell` or `chromium`, the engine of headless
+    /// sessions), the executables of `shell`, `chromium` and `xvfb` (`null` when not
+    /// installed), and whether `headful` sessions (`headless: false`) can run here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engines: Option<EnginesJson>,
+}
+
+/// The engines, as `/healthz` shows them.
+#[derive(Debug, Serialize, ToSchema)]
+struct EnginesJson {
+    /// `shell` or `chromium`.
+    default: &'static str,
+    shell: Option<String>,
+    chromium: Option<String>,
+    xvfb: Option<String>,
+    headful: bool,
+}
+
+impl EnginesJson {
+    fn of(engines: &Engines) -> EnginesJson {
+        let shown = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        EnginesJson {
+            default: engines.default.as_str(),
+            shell: shown(&engines.shell),
+            chromium: shown(&engines.chromium),
+            xvfb: shown(&engines.xvfb),
+            headful: engines.headful(),
+        }
+    }
 }
 
 /// What `/readyz` answers: 200 with `status` `ready`, or 503 with `not_ready` and why.
@@ -80,6 +110,7 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Json<HealthJson> {
             .cluster
             .as_ref()
             .map(|_| state.fence.state() != FenceState::Serving),
+        engines: state.engines.as_deref().map(EnginesJson::of),
     })
 }
 

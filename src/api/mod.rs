@@ -76,6 +76,8 @@ pub(crate) struct AppState {
     pub viewer_frame_ancestors: String,
     /// How the browsers are isolated, for `/healthz`; `None` when the host does not say.
     pub sandbox: Option<Arc<crate::browser::SandboxStatus>>,
+    /// The engines the host runs, for `/healthz`; `None` when the host has no choice.
+    pub engines: Option<Arc<crate::browser::Engines>>,
 }
 
 /// The API key a request presented, kept for links that must carry it (CDP discovery).

@@ -166,7 +166,7 @@ impl SessionJson {
             proxy_bytes_used: session.proxy_bytes_used,
             proxy_source: session.proxy.then_some("external"),
             user_agent: session.user_agent.clone(),
-            headless: true,
+            headless: !session.headful,
             is_selenium: false,
             solve_captcha: false,
             release_reason: session.release_reason.map(|r| r.steel().to_owned()),

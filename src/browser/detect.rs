@@ -1,4 +1,4 @@
-//! Finding a Chromium executable.
+//! Finding the executables: full Chromium, the headless shell and `Xvfb`.
 //!
 //! Owns the search order only; it starts nothing.
 
@@ -16,16 +16,45 @@ const PATH_NAMES: &[&str] = &[
     "google-chrome",
     "google-chrome-stable",
 ];
+/// Debian's `chromium-headless-shell`: its real binary first, as for full Chromium.
+const SHELL_PATHS: &[&str] = &[
+    "/usr/lib/chromium/chromium-headless-shell",
+    "/usr/bin/chromium-headless-shell",
+];
+/// The shell's names on `PATH` (Chrome for Testing calls it `chrome-headless-shell`).
+const SHELL_NAMES: &[&str] = &["chromium-headless-shell", "chrome-headless-shell"];
+/// Debian's `xvfb`.
+const XVFB_PATHS: &[&str] = &["/usr/bin/Xvfb"];
+const XVFB_NAMES: &[&str] = &["Xvfb"];
 
-/// Returns the Chromium to run, or a message that says how to install one.
+/// Returns the full Chromium to run, or a message that says how to install one.
 pub fn find_chromium(explicit: Option<&Path>) -> Result<PathBuf, ChromiumNotFound> {
+    find(explicit, KNOWN_PATHS, PATH_NAMES)
+}
+
+/// Returns the headless shell: `explicit` when given, else the first one found.
+pub(super) fn find_shell(explicit: Option<&Path>) -> Result<PathBuf, ChromiumNotFound> {
+    find(explicit, SHELL_PATHS, SHELL_NAMES)
+}
+
+/// Returns `Xvfb`: `explicit` when given, else the first one found.
+pub(super) fn find_xvfb(explicit: Option<&Path>) -> Result<PathBuf, ChromiumNotFound> {
+    find(explicit, XVFB_PATHS, XVFB_NAMES)
+}
+
+fn find(
+    explicit: Option<&Path>,
+    known: &[&str],
+    names: &[&str],
+) -> Result<PathBuf, ChromiumNotFound> {
     let search_path = std::env::var_os("PATH").unwrap_or_default();
-    find_in(explicit, KNOWN_PATHS, &search_path)
+    find_in(explicit, known, names, &search_path)
 }
 
 fn find_in(
     explicit: Option<&Path>,
     known: &[&str],
+    names: &[&str],
     search_path: &std::ffi::OsStr,
 ) -> Result<PathBuf, ChromiumNotFound> {
     if let Some(path) = explicit {
@@ -42,7 +71,7 @@ fn find_in(
         }
     }
     for dir in std::env::split_paths(search_path) {
-        for name in PATH_NAMES {
+        for name in names {
             let path = dir.join(name);
             if is_executable(&path) {
                 return Ok(path);
@@ -77,7 +106,7 @@ mod tests {
     #[test]
     fn nothing_found_names_the_package() {
         let empty = tempfile::tempdir().unwrap();
-        let err = find_in(None, &[], empty.path().as_os_str()).unwrap_err();
+        let err = find_in(None, &[], PATH_NAMES, empty.path().as_os_str()).unwrap_err();
         assert!(matches!(err, ChromiumNotFound::Nowhere), "{err}");
         assert!(
             err.to_string().contains("apt-get install -y chromium"),
@@ -92,6 +121,22 @@ mod tests {
         std::fs::write(&exe, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        assert_eq!(find_in(None, &[], dir.path().as_os_str()).unwrap(), exe);
+        assert_eq!(
+            find_in(None, &[], PATH_NAMES, dir.path().as_os_str()).unwrap(),
+            exe
+        );
+        // The shell is never taken for full Chromium, nor the other way round.
+        let shell = dir.path().join("chromium-headless-shell");
+        std::fs::write(&shell, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&shell, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        assert_eq!(
+            find_in(None, &[], SHELL_NAMES, dir.path().as_os_str()).unwrap(),
+            shell
+        );
+        assert_eq!(
+            find_in(None, &[], PATH_NAMES, dir.path().as_os_str()).unwrap(),
+            exe
+        );
     }
 }

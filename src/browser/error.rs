@@ -21,6 +21,9 @@ pub enum LaunchError {
     /// The disks the browser's directories live on cannot take a session.
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// A headful browser was asked of a host without full Chromium or `Xvfb`.
+    #[error("{0}")]
+    HeadfulUnavailable(String),
     /// The browser's directories could not be created.
     #[error("cannot create session directory: {0}")]
     Directory(#[source] io::Error),

@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use super::cgroup;
 use super::egress;
+use super::engine::{Engines, Mode};
 use super::limits::{BrowserLimits, Limiter, MemoryVerdict};
 use super::paths::{FILES_SUBDIR, SESSIONS_SUBDIR, scratch_root};
 use super::pipe::{PipeSink, PipeSource};
@@ -44,11 +45,11 @@ use super::{
 };
 use crate::sync::lock;
 
-/// Flags every session's Chromium gets. The background-networking flags stop Chromium from
+/// Flags every session's Chromium gets, whatever its engine and mode (see
+/// [`super::Engine::headless_flags`] for the rest). The background-networking flags stop Chromium from
 /// flooding a closed network; the `--disable-features` list drops a WebUI renderer that
 /// headless sessions never use (a third less memory per browser).
 pub const BASE_FLAGS: &[&str] = &[
-    "--headless=new",
     "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
@@ -61,6 +62,8 @@ pub const BASE_FLAGS: &[&str] = &[
     "--disable-background-timer-throttling",
     "--disable-backgrounding-occluded-windows",
     "--disable-renderer-backgrounding",
+    // `navigator.webdriver` is false, as in a user's browser.
+    "--disable-blink-features=AutomationControlled",
     "--remote-debugging-pipe",
     // Suppresses the "unsupported command-line flag" infobar that --no-sandbox brings, which
     // would otherwise shrink the page a moment after start.
@@ -88,11 +91,13 @@ const STDERR_SETTLE: Duration = Duration::from_millis(500);
 /// Launches Chromium processes, each with its own profile under `<data_dir>/sessions/<id>`
 /// and its own scratch directory under [`scratch_root`].
 pub struct LocalChromium {
-    executable: PathBuf,
+    /// The executables it runs, and the default engine.
+    engines: Engines,
     data_dir: PathBuf,
     sessions_dir: PathBuf,
     scratch: Arc<ScratchRoot>,
-    frame: FrameCalibration,
+    /// The window's frame around the page, learned per mode.
+    frames: [FrameCalibration; Mode::COUNT],
     /// The process groups of the browsers it launched: all the reaper may reap.
     groups: Groups,
     /// The egress policy every browser's forwarder applies.
@@ -105,26 +110,30 @@ pub struct LocalChromium {
 }
 
 impl LocalChromium {
-    /// A host that runs `executable` with its sessions under `data_dir`, in the sandbox
+    /// A host that runs `engines` with its sessions under `data_dir`, in the sandbox
     /// `sandbox` asks for as far as this machine offers it (start-up says what is missing).
     /// Makes this process a child subreaper, so that helpers of a dead browser are
     /// re-parented to the gateway, which reaps them (see [`BrowserHost::upkeep`]): only
     /// processes of its browsers' groups, never another child of the gateway.
     /// Blocking: it probes the machine.
-    pub fn new(executable: PathBuf, data_dir: &Path, sandbox: SandboxConfig) -> Self {
+    pub fn new(engines: Engines, data_dir: &Path, sandbox: SandboxConfig) -> Self {
         reaper::become_subreaper();
         let scratch = scratch_root(data_dir);
         let scratch_parent = scratch.parent().unwrap_or(Path::new("/tmp")).to_path_buf();
-        let sandbox = Sandbox::detect(sandbox, data_dir, &scratch_parent, &executable);
+        let executables: Vec<&Path> = [engines.chromium.as_deref(), engines.shell.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let sandbox = Sandbox::detect(sandbox, data_dir, &scratch_parent, &executables);
         LocalChromium {
-            executable,
+            engines,
             data_dir: data_dir.to_path_buf(),
             sessions_dir: data_dir.join(SESSIONS_SUBDIR),
             scratch: Arc::new(ScratchRoot {
                 path: scratch,
                 users: Mutex::new(0),
             }),
-            frame: FrameCalibration::default(),
+            frames: Default::default(),
             groups: Groups::default(),
             sandbox: Arc::new(sandbox),
             hardened: AtomicBool::new(false),
@@ -196,17 +205,22 @@ impl BrowserHost for LocalChromium {
                 confined: !self.sandbox.is_insecure(),
             };
             let started = Instant::now();
-            let (frame, unmeasured) = self.frame.frame();
+            let mode = self.engines.mode(spec.headful);
+            if let (Mode::Headful, Some(missing)) = (mode, self.engines.headful_missing()) {
+                return Err(LaunchError::HeadfulUnavailable(missing));
+            }
+            let calibration = &self.frames[mode.index()];
+            let (frame, unmeasured) = calibration.frame();
             // The scratch root exists only while browsers use it: check the file system it
             // lives on through its parent.
             let scratch_fs = self.scratch.path.parent().unwrap_or(Path::new("/tmp"));
             let space = [self.sessions_dir.clone(), scratch_fs.to_path_buf()];
-            let mut result = self.launch_in(dirs, space, &spec, frame).await;
+            let mut result = self.launch_in(dirs, space, &spec, (mode, frame)).await;
             if let (Ok(launched), true) = (&mut result, unmeasured) {
                 match measure_and_fit(&mut launched.transport, spec.dimensions, frame).await {
                     Ok(real) => {
-                        info!(?real, "measured the space Chromium's window takes around the page");
-                        self.frame.learn(real);
+                        info!(?real, mode = mode.as_str(), "measured the space Chromium's window takes around the page");
+                        calibration.learn(real);
                     }
                     Err(e) => warn!(session_id = %spec.session_id, error = %e, "cannot measure the page size"),
                 }
@@ -215,6 +229,7 @@ impl BrowserHost for LocalChromium {
                 Ok(launched) => info!(
                     session_id = %spec.session_id,
                     browser = %launched.process.address(),
+                    mode = mode.as_str(),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "browser ready"
                 ),
@@ -237,7 +252,20 @@ impl BrowserHost for LocalChromium {
     }
 
     fn describe(&self) -> String {
-        self.executable.display().to_string()
+        let shown =
+            |p: Option<&Path>| p.map_or("not installed".to_owned(), |p| p.display().to_string());
+        format!(
+            "engine {} (shell: {}; chromium: {}; headful on Xvfb: {})",
+            self.engines.default,
+            shown(self.engines.shell.as_deref()),
+            shown(self.engines.chromium.as_deref()),
+            shown(self.engines.xvfb.as_deref())
+                .replace("not installed", "no, needs chromium and xvfb"),
+        )
+    }
+
+    fn engines(&self) -> Option<&Engines> {
+        Some(&self.engines)
     }
 
     fn sweep(&self) -> BoxFuture<'_, SweepReport> {
@@ -500,8 +528,13 @@ impl LocalChromium {
         dirs: SessionDirs,
         space: [PathBuf; 2],
         spec: &LaunchSpec,
-        frame: Frame,
+        (mode, frame): (Mode, Frame),
     ) -> Result<Launched, LaunchError> {
+        let executable = self
+            .engines
+            .executable(mode.engine())
+            .ok_or_else(|| LaunchError::HeadfulUnavailable(mode.as_str().to_owned()))?
+            .to_path_buf();
         self.harden().await;
         let limits = self.limiter.prepare(spec.session_id).await?;
         let preparing = Instant::now();
@@ -530,9 +563,9 @@ impl LocalChromium {
             elapsed_ms = preparing.elapsed().as_secs_f64() * 1e3,
             "browser's user, directories and Landlock ruleset ready"
         );
-        let args = chromium_args(&dirs, spec, frame, proxy, &self.sandbox);
+        let args = chromium_args(&dirs, spec, (mode, frame), proxy, &self.sandbox);
         let launch = Launch {
-            executable: &self.executable,
+            executable: &executable,
             args,
             dirs: &dirs,
             groups: &self.groups,
@@ -682,13 +715,14 @@ async fn wait_until_ready(
 fn chromium_args(
     dirs: &SessionDirs,
     spec: &LaunchSpec,
-    frame: Frame,
+    (mode, frame): (Mode, Frame),
     forwarder: Option<&str>,
     sandbox: &Sandbox,
 ) -> Vec<String> {
     let (width, height) = window_size(spec.dimensions, frame);
     let mut args: Vec<String> = BASE_FLAGS
         .iter()
+        .chain(mode.flags())
         .filter(|f| !(**f == "--no-sandbox" && sandbox.chromium_sandbox()))
         .map(|f| (*f).to_owned())
         .collect();
@@ -700,8 +734,11 @@ fn chromium_args(
     args.push(format!("--window-size={width},{height}"));
     // The screen is the page's size (headless Chromium's own is 800x600), so that the page
     // fills its screen as a full-screen window's does: innerHeight equals screen.height.
+    // A headful browser's screen is its display's, which has the page's size already.
     let page = spec.dimensions;
-    args.push(format!("--screen-info={{{}x{}}}", page.width, page.height));
+    if mode != Mode::Headful {
+        args.push(format!("--screen-info={{{}x{}}}", page.width, page.height));
+    }
     if let Some(ua) = &spec.user_agent {
         args.push(format!("--user-agent={ua}"));
     }

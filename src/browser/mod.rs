@@ -9,6 +9,7 @@
 pub mod cgroup;
 mod detect;
 pub mod egress;
+mod engine;
 mod error;
 mod limits;
 mod local;
@@ -33,6 +34,7 @@ use uuid::Uuid;
 use crate::vocab::Dimensions;
 
 pub use detect::find_chromium;
+pub use engine::{Engine, EngineError, EngineFlags, Engines, UnknownEngine};
 pub use error::{ChromiumNotFound, DiskError, LaunchError, NotReady, SandboxError, StartupError};
 pub use local::{BASE_FLAGS, LocalChromium};
 pub use paths::scratch_root;
@@ -58,6 +60,9 @@ pub struct LaunchSpec {
     /// Where the browser saves downloads (`Browser.setDownloadBehavior`), set with its very
     /// first commands, before anyone else talks to it. `None` leaves Chromium's default.
     pub downloads: Option<PathBuf>,
+    /// A headful browser (`headless: false`): full Chromium on a virtual display of its own.
+    /// Otherwise the host's default engine, headless.
+    pub headful: bool,
 }
 
 impl LaunchSpec {
@@ -71,6 +76,7 @@ impl LaunchSpec {
             proxy_server: None,
             proxy_auth: None,
             downloads: None,
+            headful: false,
         }
     }
 }
@@ -152,6 +158,12 @@ pub trait BrowserHost: Send + Sync + 'static {
     /// What and where this host runs, for the start-up log.
     fn describe(&self) -> String {
         "browser host".into()
+    }
+
+    /// The engines this host runs, for the start-up log, `/healthz` and the session limit;
+    /// `None` for a host without a choice of engines (its browsers count as the shell's).
+    fn engines(&self) -> Option<&Engines> {
+        None
     }
 
     /// Before the first launch: removes what a killed predecessor left (browsers still

@@ -95,6 +95,7 @@ mod tests {
             user_agent: None,
             proxy_server: None,
             proxy_auth: None,
+            headful: false,
             downloads: downloads.map(Into::into),
         }
     }

@@ -24,8 +24,8 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState, wire::PublicUrls};
 use crate::auth::KeyRing;
-use crate::browser::BrowserHost;
 use crate::browser::cgroup::Limits;
+use crate::browser::{BrowserHost, Engine};
 use crate::cluster::Cluster;
 use crate::cluster::directory::{Member, NodeDirectory, PgDirectory};
 use crate::cluster::lease::{Fence, LeaseTimes, Membership, PgMembership};
@@ -174,7 +174,7 @@ impl Gateway {
             directories = swept.directories,
             "start-up sweep done"
         );
-        let max_sessions = max_sessions(&settings);
+        let max_sessions = max_sessions(&settings, host.engines().map(|e| e.default));
         host.set_limits(session_limits(&settings, max_sessions));
         host.check_capacity(max_sessions + settings.pool_size);
         let metrics = telemetry::install(max_sessions, settings.pool_size)
@@ -392,6 +392,7 @@ impl Gateway {
             viewers,
             viewer_frame_ancestors: self.settings.viewer_frame_ancestors.clone(),
             sandbox: self.host.sandbox().map(Arc::new),
+            engines: self.host.engines().cloned().map(Arc::new),
         }
     }
 
@@ -399,7 +400,7 @@ impl Gateway {
         info!(
             listen = %local,
             public_url = %public,
-            chromium = %self.host.describe(),
+            browsers = %self.host.describe(),
             data_dir = %self.settings.data_dir.display(),
             max_sessions = self.max_sessions,
             pool_size = self.settings.pool_size,
@@ -494,15 +495,20 @@ fn load_keys(settings: &Settings) -> Result<KeyRing, GatewayError> {
     Ok(keys)
 }
 
-/// `--max-sessions`, or what the available memory holds.
-fn max_sessions(settings: &Settings) -> usize {
+/// `--max-sessions`, or what the available memory holds at the budget of `engine`'s
+/// sessions (a host without engines runs the shell's).
+fn max_sessions(settings: &Settings, engine: Option<Engine>) -> usize {
     let n = settings.max_sessions.unwrap_or_else(|| {
         let available = available_memory().unwrap_or(0);
-        let n = sessions_for_memory(available);
+        let engine = engine.unwrap_or(Engine::Shell);
+        let per_session = engine.memory_per_session();
+        let n = sessions_for_memory(available, per_session);
         info!(
             max_sessions = n,
             available_mib = available >> 20,
-            "session limit derived from available memory (256 MiB per session, 1 GiB kept spare); set --max-sessions to choose"
+            engine = %engine,
+            per_session_mib = per_session >> 20,
+            "session limit derived from available memory (the engine's budget per session, 1 GiB kept spare); set --max-sessions to choose"
         );
         n
     });

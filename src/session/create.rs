@@ -58,6 +58,9 @@ pub enum CreateError {
     /// be recorded; retry once it is back.
     #[error("the database does not answer, so the session was not started: {0}")]
     DatabaseUnavailable(String),
+    /// `headless: false` on a node without full Chromium or `Xvfb`; says what to install.
+    #[error("{0}")]
+    HeadfulUnavailable(String),
     /// The create took longer than `--create-timeout-ms`; whatever it started is released.
     #[error("the session did not start within {0:?}; whatever it started is released, retry later")]
     TimedOut(Duration),
@@ -68,7 +71,9 @@ impl CreateError {
     /// and for admission's refusals, which admission counts itself.
     fn failure(&self) -> Option<CreateFailure> {
         match self {
-            CreateError::Duplicate(_) | CreateError::Context(_) => None,
+            CreateError::Duplicate(_)
+            | CreateError::Context(_)
+            | CreateError::HeadfulUnavailable(_) => None,
             CreateError::Refused(Refusal::ShuttingDown) => Some(CreateFailure::ShuttingDown),
             CreateError::Refused(_) => None,
             CreateError::Launch(_) => Some(CreateFailure::BrowserStartFailed),
@@ -170,6 +175,11 @@ impl Registry {
         if self.is_closed() {
             return Err(Refusal::ShuttingDown.into());
         }
+        if options.headful
+            && let Some(missing) = self.host.engines().and_then(|e| e.headful_missing())
+        {
+            return Err(CreateError::HeadfulUnavailable(missing));
+        }
         let quota = self
             .admit_entry(options.session_id, tenant.as_ref())
             .await?;
@@ -253,6 +263,7 @@ impl Registry {
             proxy_server: session.options.proxy_server.clone(),
             proxy_auth: session.proxy_auth(),
             downloads: Some(self.files().dir(session.id)),
+            headful: session.options.headful,
         };
         let launch_started = Instant::now();
         let launched = self.host.launch(spec).await;

@@ -164,6 +164,7 @@ mod tests {
             inactivity_timeout_ms: None,
             fullscreen: false,
             context: None,
+            headful: false,
         }
     }
 

@@ -38,12 +38,15 @@ pub struct SessionOptions {
     /// `inactivityTimeout`: the session is released once no client has sent a CDP message
     /// for this long, in milliseconds. `None`: off.
     pub inactivity_timeout_ms: Option<u64>,
+    /// `headless: false`: full Chromium, headful, on a virtual display of its own.
+    pub headful: bool,
 }
 
 impl SessionOptions {
     /// Whether a pooled browser (default flags) can serve this session.
     pub fn poolable(&self) -> bool {
         self.user_agent.is_none()
+            && !self.headful
             && self.proxy_server.is_none()
             && self.dimensions == Dimensions::default()
     }
@@ -190,15 +193,19 @@ fn parse_create_object(
             Some(value) => super::context::SessionContext::parse(value)?,
         },
         inactivity_timeout_ms: inactivity_timeout_ms(body.get("inactivityTimeout"))?,
+        headful: headful(body.get("headless"))?,
         proxy_server: proxy.as_ref().map(|(server, _)| server.clone()),
         proxy_authorization: proxy.and_then(|(_, authorization)| authorization),
     };
-    match body.get("headless") {
-        None | Some(Value::Null) | Some(Value::Bool(true)) => Ok(options),
-        Some(Value::Bool(false)) => Err(invalid(
-            "headless",
-            "ingot runs headless browsers only; use true or leave it unset",
-        )),
+    Ok(options)
+}
+
+/// `headless`: `false` asks for a headful browser; `true`, `null` or nothing for the
+/// default headless one.
+fn headful(value: Option<&Value>) -> Result<bool, InvalidField> {
+    match value {
+        None | Some(Value::Null) | Some(Value::Bool(true)) => Ok(false),
+        Some(Value::Bool(false)) => Ok(true),
         Some(_) => Err(invalid("headless", "must be a boolean")),
     }
 }
@@ -506,6 +513,9 @@ mod tests {
 
     #[test]
     fn honoured_fields() {
+        assert!(parse(r#"{"headless":false}"#).unwrap().headful);
+        assert!(!parse(r#"{"headless":null}"#).unwrap().headful);
+        assert!(!parse(r#"{"headless":false}"#).unwrap().poolable());
         let o = parse(r#"{"sessionId":"123e4567-e89b-12d3-a456-426614174000","timeout":60000,"userAgent":"ua/1","dimensions":{"width":1280,"height":800},"proxyUrl":"http://127.0.0.1:8080","headless":true,"useProxy":false,"blockAds":false,"region":null}"#).unwrap();
         assert_eq!(o.timeout_ms, 60_000);
         assert_eq!(o.user_agent.as_deref(), Some("ua/1"));
@@ -552,7 +562,7 @@ mod tests {
                 "dimensions.width",
             ),
             (r#"{"dimensions":{"width":100}}"#, "dimensions.height"),
-            (r#"{"headless":false}"#, "headless"),
+            (r#"{"headless":"no"}"#, "headless"),
             (r#"{"solveCaptcha":true}"#, "solveCaptcha"),
             (r#"{"useProxy":true}"#, "useProxy"),
             (

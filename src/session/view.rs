@@ -27,6 +27,8 @@ pub(super) struct Details {
     proxy: bool,
     /// Bytes its proxy carried, as of the last time the details were written.
     proxy_bytes_used: u64,
+    /// `headless: false`; absent (headless) in records written before headful sessions.
+    headful: bool,
 }
 
 impl Details {
@@ -40,6 +42,7 @@ impl Details {
             user_agent: session.user_agent(),
             proxy: session.options.proxy_server.is_some(),
             proxy_bytes_used: session.proxy_bytes_used(),
+            headful: session.options.headful,
         }
     }
 }
@@ -103,6 +106,8 @@ pub(crate) struct SessionView {
     pub user_agent: Option<String>,
     /// Why it ended, once it has (Steel's word is [`RecordReason::steel`]).
     pub release_reason: Option<RecordReason>,
+    /// Whether its browser is headful (`headless: false`).
+    pub headful: bool,
 }
 
 impl SessionView {
@@ -123,6 +128,7 @@ impl SessionView {
             proxy_bytes_used: session.proxy_bytes_used(),
             user_agent: session.user_agent(),
             release_reason: session.end_reason().map(RecordReason::from),
+            headful: session.options.headful,
         }
     }
 
@@ -155,6 +161,7 @@ impl SessionView {
             proxy_bytes_used: details.proxy_bytes_used,
             user_agent: details.user_agent,
             release_reason: row.reason,
+            headful: details.headful,
         }
     }
 }

@@ -1165,6 +1165,7 @@ mod tests {
             user_agent: Some("agent/1".into()),
             proxy_server: None,
             proxy_auth: None,
+            headful: false,
             downloads: None,
         }
     }

@@ -245,6 +245,7 @@ fn valid_body() -> impl Strategy<Value = (Value, SessionOptions)> {
                 inactivity_timeout_ms: None,
                 fullscreen: false,
                 context: None,
+                headful: false,
             };
             (body, expected)
         })

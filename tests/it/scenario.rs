@@ -164,7 +164,7 @@ fn named_mistakes() -> Vec<(Value, &'static str)> {
             json!({"proxyUrl": "socks5://user:pass@127.0.0.1:9"}),
             "proxyUrl",
         ),
-        (json!({"headless": false}), "headless"),
+        (json!({"headless": "false"}), "headless"),
         (
             json!({"sessionContext": {"cookies": [{"name": "a", "value": "b"}]}}),
             "sessionContext",
@@ -193,7 +193,7 @@ fn mistyped_fields() -> Vec<(Value, &'static str)> {
         ("inactivityTimeout", &[]),
         ("userAgent", &[json!("x")]),
         ("proxyUrl", &[]),
-        ("headless", &[json!(true)]),
+        ("headless", &[json!(true), json!(false)]),
         ("fullscreen", &[json!(true), json!(false)]),
         ("sessionContext", &[json!({})]),
     ];

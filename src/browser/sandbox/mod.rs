@@ -149,7 +149,7 @@ impl Sandbox {
         config: SandboxConfig,
         data_dir: &Path,
         scratch: &Path,
-        executable: &Path,
+        executables: &[&Path],
     ) -> Sandbox {
         if config.insecure_shared_browser_user {
             return Sandbox::detect_insecure(config);
@@ -187,7 +187,10 @@ impl Sandbox {
             status,
             uids,
             landlock: landlock_abi.is_some(),
-            extra_read_only: executable_dirs(executable),
+            extra_read_only: executables
+                .iter()
+                .flat_map(|e| executable_dirs(e))
+                .collect(),
             config,
         }
     }
