@@ -47,6 +47,24 @@ impl Engine {
     }
 }
 
+/// What a direct launch runs: an executable, launched as its engine is.
+#[derive(Debug, Clone)]
+pub(crate) struct Build {
+    pub executable: PathBuf,
+    pub engine: Engine,
+}
+
+impl Build {
+    /// For people: `the headless shell (`/usr/lib/…`)`.
+    pub(crate) fn describe(&self) -> String {
+        let what = match self.engine {
+            Engine::Shell => "the headless shell",
+            Engine::Chromium => "the full Chromium",
+        };
+        format!("{what} (`{}`)", self.executable.display())
+    }
+}
+
 /// Exactly the flags ingot gives its headless browsers, with a TCP DevTools port instead of a
 /// pipe: the full browser with `--headless=new`, the shell without any `--headless` flag.
 fn flags(engine: Engine) -> impl Iterator<Item = &'static str> {

@@ -315,7 +315,10 @@ pub(crate) async fn measure(
         healthz_engines(pair.of(Engine::Shell)).await,
         healthz_engines(pair.of(Engine::Chromium)).await,
     ];
-    let headful_ok = headful_available(selection, &healthz[Engine::Chromium.index()]);
+    let mut headful_ok = headful_available(selection, &healthz[Engine::Chromium.index()]);
+    if headful_ok.is_ok() {
+        headful_ok = probe_headful(pair.of(Engine::Chromium)).await;
+    }
     let launched = [
         launched(pair.of(Engine::Shell)).await?,
         launched(pair.of(Engine::Chromium)).await?,
@@ -376,6 +379,45 @@ fn headful_available(selection: Selection, engines: &Option<Value>) -> Result<()
         Some(Value::Bool(true)) => Ok(()),
         Some(other) => Err(format!("`/healthz` says `headful: {other}`")),
         None => Err("`/healthz` has no `engines.headful`".to_owned()),
+    }
+}
+
+/// One headful create, to see that it works here before the loops rely on it: its browser
+/// must have no `--headless` flag, and an `Xvfb` must run in the gateway's tree. Says what it
+/// found; a failure is the reason the headful rows are not measured, not an error.
+async fn probe_headful(gw: &Gateway) -> Result<(), String> {
+    let session = match sessions::ingot_start_with(gw, HEADFUL_BODY).await {
+        Ok((_, session)) => session,
+        Err(e) => {
+            let why: String = format!("{e:#}").chars().take(300).collect();
+            return Err(format!("a headful create failed: {why}…"));
+        }
+    };
+    let pids = gw.tree_processes();
+    let xvfb = pids
+        .iter()
+        .filter(|&&p| procfs::comm(p).is_some_and(|c| c == "Xvfb"))
+        .count();
+    let headless = pids
+        .iter()
+        .any(|&p| procfs::cmdline_mentions(p, "--headless"));
+    let session_json = gw.session(&session.id).await.ok();
+    let released = sessions::release_and_settle(gw, &session).await;
+    progress!(
+        "  headful probe: {xvfb} Xvfb process(es) in the gateway's tree, --headless {}, Session JSON headless: {}",
+        if headless { "present" } else { "absent" },
+        session_json
+            .as_ref()
+            .and_then(|v| v.get("headless"))
+            .map_or("(none)".to_owned(), Value::to_string)
+    );
+    if let Err(e) = released {
+        return Err(format!("releasing the headful probe failed: {e:#}"));
+    }
+    match (xvfb, headless) {
+        (0, _) => Err("a headful create ran no Xvfb in the gateway's process tree".to_owned()),
+        (_, true) => Err("a headful create's browser has a --headless flag".to_owned()),
+        _ => Ok(()),
     }
 }
 

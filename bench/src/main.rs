@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 
-use chromium::{DirectChromium, TempRoot};
+use chromium::{Build, DirectChromium, Engine, TempRoot};
 use gateway::{Gateway, GatewayOptions};
 use percommand::{Page, RoundPlan, Samples};
 use procfs::Usage;
@@ -358,9 +358,9 @@ async fn run(args: &Args) -> Result<()> {
             let root = TempRoot::create()?;
             let max = plan.bursts.iter().copied().max();
             let gw = start_gateway(&ingot, &root, max, pool).await?;
+            let (direct, _) = baseline(args, &gw).await;
             let bursts =
-                concurrent_bursts(&args.chromium, &root, &gw, &plan.bursts, plan.burst_rounds)
-                    .await?;
+                concurrent_bursts(&direct, &root, &gw, &plan.bursts, plan.burst_rounds).await?;
             drop(gw);
             drop(root);
             println!("{}", report::bursts_table(&bursts, plan.burst_rounds));
@@ -454,9 +454,9 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
     let root = TempRoot::create()?;
     let gw = start_gateway(ingot, &root, plan.bursts.iter().copied().max(), pool).await?;
     let core = measure_core(args, plan, ingot, pool, &root, &gw).await?;
-    let bursts =
-        concurrent_bursts(&args.chromium, &root, &gw, &plan.bursts, plan.burst_rounds).await?;
-    let idle = idle_clients(&args.chromium, &root, &gw, plan.idle_clients).await?;
+    let (direct, _) = baseline(args, &gw).await;
+    let bursts = concurrent_bursts(&direct, &root, &gw, &plan.bursts, plan.burst_rounds).await?;
+    let idle = idle_clients(&direct, &root, &gw, plan.idle_clients).await?;
     progress!("stopping ingot");
     drop(gw);
     let cluster = cluster::measure(&args.chromium, ingot, &root, plan.cluster).await?;
@@ -492,9 +492,11 @@ async fn measure_core(
     root: &TempRoot,
     gw: &Gateway,
 ) -> Result<Core> {
+    let (build, engine) = baseline(args, gw).await;
+    progress!("ingot's engine: {engine}; direct: {}", build.describe());
     let (direct, ingot_samples, direct_viewport, ingot_viewport) =
-        per_command(&args.chromium, root, gw, plan).await?;
-    let (cold_direct, cold_ingot) = cold_starts(&args.chromium, root, gw, plan.cold_starts).await?;
+        per_command(&build, root, gw, plan).await?;
+    let (cold_direct, cold_ingot) = cold_starts(&build, root, gw, plan.cold_starts).await?;
     let warm = if pool {
         warm_starts(ingot, root, plan.warm_starts).await?
     } else {
@@ -511,7 +513,53 @@ async fn measure_core(
         cold_direct,
         cold_ingot,
         warm,
+        engine,
+        direct_build: build.describe(),
     })
+}
+
+/// What the direct baseline launches: the build of ingot's default engine (as `/healthz`
+/// names it), so that ingot ÷ direct compares like with like; and ingot's engine, for people.
+/// An ingot without engines runs the full Chromium.
+async fn baseline(args: &Args, gw: &Gateway) -> (Build, String) {
+    let engines = gw
+        .json("/healthz")
+        .await
+        .ok()
+        .and_then(|h| h.get("engines").cloned());
+    let Some(engines) = engines else {
+        let build = Build {
+            executable: args.chromium.clone(),
+            engine: Engine::Chromium,
+        };
+        return (
+            build,
+            "the full Chromium (this ingot has no engines)".to_owned(),
+        );
+    };
+    let default = engines
+        .get("default")
+        .and_then(|d| d.as_str())
+        .unwrap_or("chromium");
+    let path = |key: &str, fallback: &Path| {
+        engines
+            .get(key)
+            .and_then(|p| p.as_str())
+            .map_or_else(|| fallback.to_owned(), PathBuf::from)
+    };
+    let build = if default == "shell" {
+        Build {
+            executable: path("shell", &args.chromium_shell),
+            engine: Engine::Shell,
+        }
+    } else {
+        Build {
+            executable: path("chromium", &args.chromium),
+            engine: Engine::Chromium,
+        }
+    };
+    let engine = format!("`{default}`, {}", build.describe());
+    (build, engine)
 }
 
 /// Starts the ingot under test: without a warm pool (when it has one to turn off), and with
@@ -539,7 +587,7 @@ async fn start_gateway(
 /// One burst of concurrent starts per size, direct and ingot, alternating which goes first;
 /// returns (sessions, direct, ingot) per size.
 async fn concurrent_bursts(
-    chromium: &Path,
+    direct: &Build,
     root: &TempRoot,
     gw: &Gateway,
     sizes: &[usize],
@@ -549,11 +597,11 @@ async fn concurrent_bursts(
     for round in 0..rounds {
         for (i, &n) in sizes.iter().enumerate() {
             let (d, g) = if (i + round).is_multiple_of(2) {
-                let d = direct_burst(chromium, root, n).await?;
+                let d = direct_burst(direct, root, n).await?;
                 (d, ingot_burst(gw, n).await?)
             } else {
                 let g = ingot_burst(gw, n).await?;
-                (direct_burst(chromium, root, n).await?, g)
+                (direct_burst(direct, root, n).await?, g)
             };
             match bursts.get_mut(i) {
                 Some((_, direct, ingot)) => {
@@ -570,13 +618,13 @@ async fn concurrent_bursts(
 /// `n` idle client WebSockets on direct Chromium, then on one ingot session; returns
 /// (direct, ingot).
 async fn idle_clients(
-    chromium: &Path,
+    direct: &Build,
     root: &TempRoot,
     gw: &Gateway,
     n: usize,
 ) -> Result<(sessions::IdleClients, sessions::IdleClients)> {
     progress!("idle clients: {n} WebSockets on direct Chromium");
-    let idle_direct = sessions::direct_idle_clients(chromium, root, n).await?;
+    let idle_direct = sessions::direct_idle_clients(direct, root, n).await?;
     progress!(
         "  Chromium grew {:.1} KiB per client",
         idle_direct.per_client_kib()
@@ -700,13 +748,13 @@ fn publish_engines(args: &Args, engines: &engines::Engines, mut machine: Machine
 
 /// Per-command rounds on one page per target, alternating targets and their order.
 async fn per_command(
-    chromium: &Path,
+    direct: &Build,
     root: &TempRoot,
     gw: &Gateway,
     plan: &Plan,
 ) -> Result<(Samples, Samples, String, String)> {
     let dir = root.fresh_dir("direct")?;
-    let mut browser = DirectChromium::spawn(chromium, dir)?;
+    let mut browser = DirectChromium::spawn_engine(&direct.executable, direct.engine, dir)?;
     let url = browser.devtools_url(Duration::from_secs(60)).await?;
     let session = gw.create("{}").await?;
     let outcome = async {
@@ -894,7 +942,7 @@ async fn reconnects(
 
 /// Cold create to first reply, alternating direct and ingot.
 async fn cold_starts(
-    chromium: &Path,
+    direct_build: &Build,
     root: &TempRoot,
     gw: &Gateway,
     n: usize,
@@ -904,7 +952,12 @@ async fn cold_starts(
     for i in 0..n {
         for leg in if i.is_multiple_of(2) { [0, 1] } else { [1, 0] } {
             if leg == 0 {
-                let (took, browser) = sessions::direct_start(chromium, root).await?;
+                let (took, browser) = sessions::direct_start_engine(
+                    &direct_build.executable,
+                    direct_build.engine,
+                    root,
+                )
+                .await?;
                 drop(browser);
                 direct.push(took);
             } else {
@@ -971,9 +1024,9 @@ async fn warm_starts(ingot: &Path, root: &TempRoot, n: usize) -> Result<Warm> {
     })
 }
 
-async fn direct_burst(chromium: &Path, root: &TempRoot, n: usize) -> Result<sessions::Burst> {
-    progress!("{n} concurrent direct Chromiums");
-    let b = sessions::direct_burst(chromium, root, n).await?;
+async fn direct_burst(direct: &Build, root: &TempRoot, n: usize) -> Result<sessions::Burst> {
+    progress!("{n} concurrent direct browsers ({})", direct.describe());
+    let b = sessions::direct_burst(direct, root, n).await?;
     progress!(
         "  direct: p50 {:.0} ms, p99 {:.0} ms, {:.0} MiB PSS per browser",
         stats::percentile(&b.start_ms, 50.0).unwrap_or(f64::NAN),

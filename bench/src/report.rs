@@ -148,6 +148,10 @@ pub(crate) struct Core {
     pub cold_direct: Vec<Start>,
     pub cold_ingot: Vec<Start>,
     pub warm: Warm,
+    /// ingot's engine, for people (`` `shell`, the headless shell (`/usr/…`) ``).
+    pub engine: String,
+    /// What the direct column launched, for people.
+    pub direct_build: String,
 }
 
 /// Every figure of one run.
@@ -342,8 +346,8 @@ fn round_trip_rows(r: &Core) -> Vec<Row> {
         .figures(median(&r.direct.rtt_p50_us), median(&r.ingot.rtt_p50_us))
         .goal(Goal::RatioAtMost(RTT_GOAL))
         .note(format!(
-            "{} per target per round, in blocks alternating between the targets; median of {} rounds",
-            r.rtt_runs, r.rounds
+            "ingot's engine: {}; direct: {}; {} per target per round, in blocks alternating between the targets; median of {} rounds",
+            r.engine, r.direct_build, r.rtt_runs, r.rounds
         )),
         Row::new("same, p99", "µs", Better::Lower)
             .figures(median(&r.direct.rtt_p99_us), median(&r.ingot.rtt_p99_us)),
@@ -456,8 +460,9 @@ fn cold_start_rows(r: &Core) -> Vec<Row> {
             )
             .goal(Goal::PlusAtMost(COLD_GOAL_PLUS_MS))
             .note(format!(
-                "{} each, ingot without a warm pool; {}",
+                "{} each, ingot ({}) without a warm pool; {}",
                 cold_direct.len(),
+                r.engine,
                 split_note(&r.cold_direct, &r.cold_ingot)
             )),
         Row::new("same, p99", "ms", Better::Lower).figures(
@@ -749,11 +754,13 @@ pub(crate) fn document(
 fn method(r: &Results) -> String {
     format!(
         "\
-- **Targets.** *Direct* is `/usr/lib/chromium/chromium` started by the benchmark with ingot's own flags \
-(`--headless=new --no-sandbox --disable-gpu … --test-type`), `--window-size=1920,1080`, \
-`--remote-debugging-port=0` and a fresh profile; the client uses its `/devtools/browser/<id>` WebSocket. \
-*ingot* is `target/release/ingot` on a loopback port with its own data directory, driven through a \
-session's `websocketUrl`. One client implementation (Rust, tokio-tungstenite, Nagle off, one task, no \
+- **Targets.** *Direct* is {direct} started by the benchmark with ingot's own flags \
+(`--no-sandbox --disable-gpu … --test-type`, and `--headless=new` for the full Chromium, not for the \
+headless shell), `--window-size=1920,1080`, \
+`--remote-debugging-port=0` and a fresh profile: the build of ingot's default engine, so that \
+ingot ÷ direct compares like with like; the client uses its `/devtools/browser/<id>` WebSocket. \
+*ingot* is `target/release/ingot` on a loopback port with its own data directory and its default \
+engine ({engine}), driven through a session's `websocketUrl`. One client implementation (Rust, tokio-tungstenite, Nagle off, one task, no \
 background reader) drives both.
 - **Per-command figures** use one page per target, opened the way Puppeteer does \
 (`Target.getTargets`, `Target.attachToTarget` with `flatten`), with the viewport set to 1920×1080 by \
@@ -794,6 +801,8 @@ errors and Ctrl-C.
 ",
         rounds = r.core.rounds,
         rtt = r.core.rtt_runs,
+        direct = r.core.direct_build,
+        engine = r.core.engine,
         idle = r.idle.1.count,
     )
 }
