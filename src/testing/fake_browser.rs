@@ -25,8 +25,8 @@ use tracing::debug;
 
 use crate::browser::cgroup::Limits;
 use crate::browser::{
-    BrowserExit, BrowserHost, BrowserProcess, CdpTransport, FromBrowser, LaunchError, LaunchSpec,
-    Launched, MemorySample, NotReady, Startup, ToBrowser,
+    BrowserExit, BrowserHost, BrowserProcess, CdpTransport, Engines, FromBrowser, LaunchError,
+    LaunchSpec, Launched, MemorySample, NotReady, Startup, ToBrowser,
 };
 use crate::sync::lock;
 
@@ -97,6 +97,8 @@ pub struct FakeBrowserHost {
     limits: Mutex<Option<Limits>>,
     /// Bumped on every change a test may wait for (see [`FakeBrowserHost::wait_until`]).
     changes: Arc<watch::Sender<u64>>,
+    /// The engines it says it runs, once a test set them ([`FakeBrowserHost::set_engines`]).
+    engines: std::sync::OnceLock<Engines>,
 }
 
 impl FakeBrowserHost {
@@ -109,7 +111,14 @@ impl FakeBrowserHost {
             failed_launches: AtomicUsize::new(0),
             limits: Mutex::new(None),
             changes: Arc::new(watch::channel(0).0),
+            engines: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes the host say it runs `engines` (as a local host would, with what it found
+    /// installed) from now on; the first call wins.
+    pub fn set_engines(&self, engines: Engines) {
+        let _ = self.engines.set(engines);
     }
 
     /// The caps the gateway told the host its browsers run under, once it has.
@@ -254,6 +263,10 @@ impl BrowserHost for FakeBrowserHost {
 
     fn describe(&self) -> String {
         format!("fake in-process browsers ({PRODUCT})")
+    }
+
+    fn engines(&self) -> Option<&Engines> {
+        self.engines.get()
     }
 
     fn set_limits(&self, limits: Limits) {

@@ -27,6 +27,7 @@ mod computer;
 mod context;
 mod deploy;
 mod egress;
+mod engines;
 mod faults;
 mod files;
 mod fuzz;

@@ -11,6 +11,7 @@
 mod admission;
 mod api;
 mod cluster;
+mod engines;
 mod entry;
 mod fence;
 mod files;
