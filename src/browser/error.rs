@@ -86,6 +86,9 @@ pub enum LaunchError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// A headful browser's virtual display (Xvfb) could not be started.
+    #[error("cannot start the browser's virtual display: {0}")]
+    Display(#[from] DisplayError),
     /// A host that is not a real one (a test's) refused, with its own words.
     #[error("{0}")]
     Refused(String),
@@ -180,6 +183,57 @@ pub enum SandboxError {
     /// The Landlock ruleset could not be built.
     #[error("cannot build the Landlock ruleset: {0}")]
     Landlock(#[from] ::landlock::RulesetError),
+}
+
+/// A headful browser's Xvfb could not be started; nothing of it is left running.
+#[derive(Debug, thiserror::Error)]
+pub enum DisplayError {
+    /// Its directory, cookie or log could not be made.
+    #[error("cannot prepare its directory {}: {source}", dir.display())]
+    Directory {
+        /// The directory.
+        dir: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Its readiness pipe could not be made or read.
+    #[error("cannot make its readiness pipe: {0}")]
+    Pipe(#[source] io::Error),
+    /// Xvfb could not be run (`fork`/`exec`, or the child's set-up before exec).
+    #[error("cannot run {}: {source}", executable.display())]
+    Spawn {
+        /// What was run.
+        executable: PathBuf,
+        /// The error (an errno, for a failure in the child before exec).
+        #[source]
+        source: io::Error,
+    },
+    /// The process was gone before its pid could be read.
+    #[error("Xvfb exited during spawn")]
+    ExitedDuringSpawn,
+    /// It exited before accepting clients.
+    #[error(
+        "Xvfb exited ({exit}) before accepting clients{}",
+        last_words(last_output)
+    )]
+    Exited {
+        /// How it ended.
+        exit: BrowserExit,
+        /// Its last lines of output, joined with ` | `.
+        last_output: String,
+    },
+    /// It did not accept clients in time; it is killed.
+    #[error("Xvfb did not accept clients within {}s{}", after.as_secs(), last_words(last_output))]
+    Timeout {
+        /// How long it had.
+        after: Duration,
+        /// Its last lines of output, joined with ` | `.
+        last_output: String,
+    },
+    /// Preparing its directory panicked or was cancelled.
+    #[error("preparing its directory: {0}")]
+    Worker(#[source] tokio::task::JoinError),
 }
 
 /// No Chromium to run.

@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 mod detect;
+mod display;
 pub mod egress;
 mod engine;
 mod error;
@@ -35,7 +36,9 @@ use crate::vocab::Dimensions;
 
 pub use detect::find_chromium;
 pub use engine::{Engine, EngineError, EngineFlags, Engines, UnknownEngine};
-pub use error::{ChromiumNotFound, DiskError, LaunchError, NotReady, SandboxError, StartupError};
+pub use error::{
+    ChromiumNotFound, DiskError, DisplayError, LaunchError, NotReady, SandboxError, StartupError,
+};
 pub use local::{BASE_FLAGS, LocalChromium};
 pub use paths::scratch_root;
 pub use sandbox::{SandboxConfig, SandboxStatus, UidRange};

@@ -2,7 +2,8 @@
 //! gateway left behind (after a SIGKILL, an OOM kill or a power cut).
 //!
 //! Owns reading `/proc` to find processes. It must only ever touch processes whose command
-//! line names this gateway's own sessions directory, and only before any session starts.
+//! line names this gateway's own sessions directory (browsers, and headful browsers' Xvfb),
+//! and only before any session starts.
 //! Those browsers may have run as users of their own: their directories are removed (taken
 //! back first when the gateway may not remove them as they are), and the session files
 //! directories they still own are given back to the gateway's user.
@@ -14,6 +15,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
+use super::display;
 use super::paths::{FILES_SUBDIR, SESSIONS_SUBDIR, scratch_root};
 use super::sandbox::owner;
 
@@ -32,11 +34,16 @@ pub struct SweepReport {
 /// every session and scratch directory. Blocking: run it before serving, or in `spawn_blocking`.
 pub(super) fn sweep(data_dir: &Path) -> SweepReport {
     let sessions_dir = data_dir.join(SESSIONS_SUBDIR);
-    let marker = format!("--user-data-dir={}/", sessions_dir.display());
+    let markers = [
+        format!("--user-data-dir={}/", sessions_dir.display()),
+        // A headful browser's Xvfb, which leads a group of its own.
+        display::sweep_marker(&sessions_dir),
+        display::sweep_marker(&scratch_root(data_dir)),
+    ];
     let mut report = SweepReport::default();
 
     let mut groups: Vec<i32> = processes()
-        .filter(|p| p.state != 'Z' && p.cmdline.contains(&marker))
+        .filter(|p| p.state != 'Z' && markers.iter().any(|m| p.cmdline.contains(m)))
         .map(|p| p.pgid)
         .collect();
     groups.sort_unstable();
