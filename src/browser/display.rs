@@ -210,6 +210,18 @@ impl Display {
             display.kill().await;
             return Err(e);
         }
+        match admits_strangers(&display.socket()).await {
+            Ok(false) => {}
+            Ok(true) => {
+                let last_output = display.log_tail().await;
+                display.kill().await;
+                return Err(DisplayError::Open { last_output });
+            }
+            Err(e) => {
+                display.kill().await;
+                return Err(DisplayError::Check(e));
+            }
+        }
         debug!(session_id = %spec.session_id, pid, "Xvfb is up");
         Ok(display)
     }
@@ -235,7 +247,9 @@ impl Display {
         match read {
             Ok(true) => Ok(()),
             Ok(false) => {
-                let exit = self.exited().await;
+                let exit = tokio::time::timeout(READY_TIMEOUT, self.exited())
+                    .await
+                    .unwrap_or_else(|_| unknown("its readiness pipe failed while it ran"));
                 Err(DisplayError::Exited {
                     exit,
                     last_output: self.log_tail().await,
@@ -321,6 +335,43 @@ impl Drop for Display {
     fn drop(&mut self) {
         self.signal_group();
     }
+}
+
+/// Whether the X server at `socket` accepts a connection set-up without any cookie (it
+/// answers 1, Success, rather than 0, Failed). Xvfb does when it could not read its `-auth`
+/// file or found no cookie in it, so every display is checked before it is used.
+async fn admits_strangers(socket: &Path) -> std::io::Result<bool> {
+    let socket = socket.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = connect(&socket)?;
+        let limit = Some(Duration::from_secs(5));
+        stream.set_read_timeout(limit)?;
+        stream.set_write_timeout(limit)?;
+        // Little-endian, protocol 11.0, no authorization name or data.
+        stream.write_all(&[b'l', 0, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0])?;
+        let mut status = [0u8; 1];
+        std::io::Read::read_exact(&mut stream, &mut status)?;
+        Ok(status[0] == 1)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Connects to the Unix socket at `socket` however long its path (a socket address holds
+/// at most 107 bytes): through `/proc/self/fd/<its directory>`. Blocking.
+fn connect(socket: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (Some(parent), Some(name)) = (socket.parent(), socket.file_name()) else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(parent)?;
+    let short = Path::new("/proc/self/fd")
+        .join(dir.as_raw_fd().to_string())
+        .join(name);
+    std::os::unix::net::UnixStream::connect(short)
 }
 
 /// What the start-up sweep looks for in a command line to recognise an Xvfb that a display
@@ -540,8 +591,30 @@ mod tests {
     pub(super) const XVFB: &str = "/usr/bin/Xvfb";
 
     /// A fresh directory of the test's own (removed by the display's `kill`, or the test).
-    fn scratch(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("ingot-display-{name}-{}", Uuid::new_v4()))
+    pub(super) fn scratch(name: &str) -> Scratch {
+        Scratch(std::env::temp_dir().join(format!("ingot-display-{name}-{}", Uuid::new_v4())))
+    }
+
+    /// A test's directory, removed when the test ends, even by a panic.
+    pub(super) struct Scratch(pub(super) PathBuf);
+
+    impl std::ops::Deref for Scratch {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for Scratch {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     pub(super) fn spec(dir: &Path, width: u32, height: u32) -> DisplaySpec<'_> {
@@ -565,7 +638,9 @@ mod tests {
     /// An X11 connection set-up over `socket` with `cookie` (or none): the screen's size if
     /// the server accepts, else the status byte it answered (0 failed, 2 authenticate).
     pub(super) async fn handshake(socket: &Path, cookie: Option<&[u8]>) -> Result<(u16, u16), u8> {
-        let mut stream = UnixStream::connect(socket).await.unwrap();
+        let stream = connect(socket).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let mut stream = UnixStream::from_std(stream).unwrap();
         let (name, data): (&[u8], &[u8]) = match cookie {
             Some(c) => (b"MIT-MAGIC-COOKIE-1", c),
             None => (b"", b""),
@@ -641,9 +716,14 @@ mod tests {
         }
         let inodes = socket_inodes(display.pid());
         let unix = net_lines("unix", 6, &inodes);
-        // One listening path socket (its name as bound, inside the namespace), no abstract one.
-        assert_eq!(unix.len(), 1, "{unix:?}");
-        assert!(unix[0].ends_with(" /tmp/.X11-unix/X0"), "{unix:?}");
+        // One listening path socket (its name as bound, inside the namespace), no abstract
+        // one; flags 00010000 mark a listening socket (the others are accepted connections).
+        let listening: Vec<&String> = unix
+            .iter()
+            .filter(|l| l.split_whitespace().nth(3) == Some("00010000"))
+            .collect();
+        assert_eq!(listening.len(), 1, "{unix:?}");
+        assert!(listening[0].ends_with(" /tmp/.X11-unix/X0"), "{unix:?}");
         assert!(!unix.iter().any(|l| l.contains(" @")), "{unix:?}");
         for table in ["tcp", "tcp6", "udp", "udp6"] {
             assert_eq!(
@@ -790,6 +870,47 @@ mod tests {
 }
 
 #[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    /// The check that guards every start tells an open server from one that wants its
+    /// cookie: an Xvfb started without `-auth` (in the same mounts) admits strangers.
+    #[tokio::test]
+    async fn a_server_that_admits_strangers_is_told_apart() {
+        let dir = super::tests::scratch("guard");
+        let display = Display::start(
+            Path::new(super::tests::XVFB),
+            super::tests::spec(&dir, 800, 600),
+        )
+        .await
+        .unwrap();
+        assert!(!admits_strangers(&display.socket()).await.unwrap());
+        display.kill().await;
+
+        let open_dir = super::tests::scratch("open");
+        make_dirs(&open_dir, None).unwrap();
+        let sockets = CString::new(open_dir.join(SOCKET_DIR).into_os_string().into_vec()).unwrap();
+        let xkb = CString::new(open_dir.join(XKB_DIR).into_os_string().into_vec()).unwrap();
+        let mut cmd = Command::new(super::tests::XVFB);
+        cmd.args([":0", "-nolisten", "tcp", "-nolisten", "local", "-nolock"])
+            .stderr(Stdio::null())
+            .process_group(0);
+        install_mounts(&mut cmd, sockets, Some(xkb));
+        let mut open = cmd.spawn().unwrap();
+        let socket = open_dir.join(SOCKET_DIR).join("X0");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(std::time::Instant::now() < deadline, "no socket");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let admitted = admits_strangers(&socket).await;
+        let _ = open.kill().await;
+        std::fs::remove_dir_all(&open_dir).unwrap();
+        assert!(admitted.unwrap());
+    }
+}
+
+#[cfg(test)]
 mod confined_tests {
     use std::os::fd::AsRawFd;
 
@@ -800,13 +921,13 @@ mod confined_tests {
     /// ruleset (its own directory only), and still serves its display.
     #[tokio::test]
     async fn xvfb_runs_under_the_browsers_sandbox() {
-        let data = std::env::temp_dir().join(format!("ingot-display-sbx-{}", Uuid::new_v4()));
+        let data = super::tests::scratch("sbx");
         std::fs::create_dir_all(&data).unwrap();
         let sandbox = Sandbox::detect(
             SandboxConfig::default(),
             &data,
             Path::new("/tmp"),
-            Path::new("/usr/bin/Xvfb"),
+            &[Path::new("/usr/bin/Xvfb")],
         );
         let dir = data.join("display");
         let lease = sandbox.allocate_uid().unwrap();
@@ -860,7 +981,7 @@ mod sweep_tests {
     /// which finds it by its `-auth` file under the sessions directory.
     #[tokio::test]
     async fn the_start_up_sweep_kills_a_leftover_xvfb() {
-        let data = std::env::temp_dir().join(format!("ingot-display-sweep-{}", Uuid::new_v4()));
+        let data = super::tests::scratch("sweep");
         let dir = data.join("sessions").join(Uuid::new_v4().to_string());
         let display = Display::start(
             Path::new(super::tests::XVFB),
@@ -872,7 +993,7 @@ mod sweep_tests {
         // As if the gateway were SIGKILLed: nothing kills it on drop.
         std::mem::forget(display);
         let swept = {
-            let data = data.clone();
+            let data = data.to_path_buf();
             tokio::task::spawn_blocking(move || super::super::sweep::sweep(&data))
                 .await
                 .unwrap()
@@ -899,8 +1020,9 @@ mod chromium_tests {
             return;
         }
         // Short: Chromium's singleton socket goes under TMPDIR (at most 107 bytes).
-        let root =
-            std::env::temp_dir().join(format!("ingot-dc-{}", &Uuid::new_v4().to_string()[..8]));
+        let root = super::tests::Scratch(
+            std::env::temp_dir().join(format!("ingot-dc-{}", &Uuid::new_v4().to_string()[..8])),
+        );
         let dir = root.join("display");
         let display = Display::start(
             Path::new(super::tests::XVFB),
@@ -923,8 +1045,8 @@ mod chromium_tests {
         .arg(format!("--user-data-dir={}", profile.display()))
         .env_clear()
         .envs(display.env())
-        .env("HOME", &root)
-        .env("TMPDIR", &root)
+        .env("HOME", &root.0)
+        .env("TMPDIR", &root.0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

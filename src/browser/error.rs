@@ -231,6 +231,16 @@ pub enum DisplayError {
         /// Its last lines of output, joined with ` | `.
         last_output: String,
     },
+    /// It let in a client without its cookie (it could not read its `-auth` file?); it is
+    /// killed rather than served open to every local process.
+    #[error("Xvfb let in a client without its cookie{}", last_words(last_output))]
+    Open {
+        /// Its last lines of output, joined with ` | `.
+        last_output: String,
+    },
+    /// Its socket could not be checked.
+    #[error("cannot check Xvfb's socket: {0}")]
+    Check(#[source] io::Error),
     /// Preparing its directory panicked or was cancelled.
     #[error("preparing its directory: {0}")]
     Worker(#[source] tokio::task::JoinError),

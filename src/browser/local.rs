@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::cgroup;
+use super::display::{self, Display, DisplaySpec};
 use super::egress;
 use super::engine::{Engines, Mode};
 use super::limits::{BrowserLimits, Limiter, MemoryVerdict};
@@ -432,6 +433,11 @@ impl SessionDirs {
         self.root.join("home")
     }
 
+    /// A headful browser's virtual display: its socket, cookie and log.
+    fn display(&self) -> PathBuf {
+        self.root.join("display")
+    }
+
     /// Where crash dumps would go (the crash reporter is off).
     fn crash(&self) -> PathBuf {
         self.root.join("crash")
@@ -563,6 +569,16 @@ impl LocalChromium {
             elapsed_ms = preparing.elapsed().as_secs_f64() * 1e3,
             "browser's user, directories and Landlock ruleset ready"
         );
+        let display = match mode {
+            Mode::Headful => match self.display(&dirs, spec, &confinement, &limits).await {
+                Ok(display) => Some(Arc::new(display)),
+                Err(e) => {
+                    undo_launch(&dirs, confinement.uid, downloads).await;
+                    return Err(e);
+                }
+            },
+            Mode::Headless(_) => None,
+        };
         let args = chromium_args(&dirs, spec, (mode, frame), proxy, &self.sandbox);
         let launch = Launch {
             executable: &executable,
@@ -571,10 +587,14 @@ impl LocalChromium {
             groups: &self.groups,
             sandbox: &self.sandbox,
             limits: Some(limits),
+            display,
         };
         let (mut process, mut transport) = match spawn(launch, confinement, downloads) {
             Ok(spawned) => spawned,
-            Err((e, uid)) => {
+            Err((e, uid, display)) => {
+                if let Some(display) = display {
+                    display.kill().await;
+                }
                 undo_launch(&dirs, uid, downloads).await;
                 return Err(e);
             }
@@ -589,6 +609,61 @@ impl LocalChromium {
             }),
             Err(reason) => Err(failed_start(process, reason).await),
         }
+    }
+
+    /// Starts a headful browser's virtual display in `<session>/display`: the session's
+    /// size, run as the browser's user in its cgroup, under a Landlock ruleset of its own
+    /// when the browser has one.
+    async fn display(
+        &self,
+        dirs: &SessionDirs,
+        spec: &LaunchSpec,
+        confinement: &Confinement,
+        limits: &BrowserLimits,
+    ) -> Result<Display, LaunchError> {
+        let xvfb = self.engines.xvfb.clone().ok_or_else(|| {
+            LaunchError::HeadfulUnavailable(self.engines.headful_missing().unwrap_or_default())
+        })?;
+        let dir = dirs.display();
+        let user = confinement.uid.as_ref().map(|l| (l.uid(), l.uid()));
+        let ruleset = match confinement.ruleset {
+            None => None,
+            Some(_) => {
+                let (sandbox, made) = (self.sandbox.clone(), dir.clone());
+                tokio::task::spawn_blocking(move || -> Result<_, LaunchError> {
+                    display::make_dirs(&made, user)?;
+                    Ok(sandbox.ruleset(display::landlock_dirs(&made), &[], None)?)
+                })
+                .await
+                .map_err(|source| LaunchError::Worker {
+                    what: "cannot prepare the virtual display",
+                    source,
+                })??
+            }
+        };
+        let started = Display::start(
+            &xvfb,
+            DisplaySpec {
+                dir: &dir,
+                width: spec.dimensions.width,
+                height: spec.dimensions.height,
+                session_id: spec.session_id,
+                user,
+                cgroup_procs: limits.procs_fds(),
+                no_new_privs: !self.sandbox.is_insecure(),
+                landlock: ruleset.as_ref().map(AsRawFd::as_raw_fd),
+            },
+        )
+        .await;
+        drop(ruleset);
+        let xvfb = started?;
+        debug!(
+            session_id = %spec.session_id,
+            xvfb_pid = xvfb.pid(),
+            socket = %xvfb.socket().display(),
+            "virtual display ready"
+        );
+        Ok(xvfb)
     }
 
     /// Starts the browser's egress forwarder, which applies the egress policy and serves
@@ -783,24 +858,29 @@ struct Launch<'a> {
     sandbox: &'a Sandbox,
     /// Its memory and task caps: the browser joins its cgroup before it runs.
     limits: Option<BrowserLimits>,
+    /// A headful browser's display, started already.
+    display: Option<Arc<Display>>,
 }
 
 /// Starts Chromium in its own process group, with the CDP pipes on fds 3 and 4, as its own
 /// user and confined when the sandbox says so, and the tasks that watch its exit, drain its
-/// stderr and frame its pipes. On failure, gives the user id back for the caller to free.
+/// stderr and frame its pipes. On failure, gives the user id and the display back for the
+/// caller to free.
+#[allow(clippy::type_complexity)]
 fn spawn(
     mut launch: Launch<'_>,
     confinement: Confinement,
     downloads: Option<&Path>,
-) -> Result<(LocalProcess, CdpTransport), (LaunchError, Option<UidLease>)> {
+) -> Result<(LocalProcess, CdpTransport), (LaunchError, Option<UidLease>, Option<Arc<Display>>)> {
     let Confinement { uid, ruleset } = confinement;
+    let display = launch.display.take();
     let pipes = match browser_pipes() {
         Ok(pipes) => pipes,
-        Err(e) => return Err((e, uid)),
+        Err(e) => return Err((e, uid, display)),
     };
     let ruleset = match ruleset.map(high_fd).transpose() {
         Ok(ruleset) => ruleset,
-        Err(e) => return Err((e, uid)),
+        Err(e) => return Err((e, uid, display)),
     };
     let dirs = launch.dirs;
     let setup = ChildSetup {
@@ -816,7 +896,7 @@ fn spawn(
         no_new_privs: !launch.sandbox.is_insecure(),
         landlock: ruleset.as_ref().map(AsRawFd::as_raw_fd),
     };
-    let mut cmd = browser_command(&mut launch, setup);
+    let mut cmd = browser_command(&mut launch, setup, display.as_deref());
     let spawned = cmd.spawn();
     // The child has its copies; ours must close so that EOF reaches each side.
     drop((pipes.child_reads, pipes.child_writes, ruleset));
@@ -824,11 +904,11 @@ fn spawn(
         Ok(child) => child,
         Err(source) => {
             let executable = launch.executable.to_path_buf();
-            return Err((LaunchError::Spawn { executable, source }, uid));
+            return Err((LaunchError::Spawn { executable, source }, uid, display));
         }
     };
     let Some(pid) = child.id().map(|pid| pid as i32) else {
-        return Err((LaunchError::ExitedDuringSpawn, uid));
+        return Err((LaunchError::ExitedDuringSpawn, uid, display));
     };
     // The reaper takes only the adopted helpers of recorded groups (or of this browser's own
     // user), never a group's leader: tokio collects this one's status.
@@ -836,7 +916,12 @@ fn spawn(
     let (stderr_tail, stderr_closed) = drain_stderr_of(&mut child, pid);
     let limits = launch.limits.take();
     let verdict = limits.as_ref().map(|l| l.watch(pid));
-    let exit = watch_exit(child, pid, launch.groups.clone(), verdict);
+    let exit = watch_exit(
+        child,
+        pid,
+        launch.groups.clone(),
+        (verdict, display.clone()),
+    );
     let (transport, pipes_open) = frame_pipes(pipes.commands, pipes.replies, pid);
     let process = LocalProcess {
         pid,
@@ -850,14 +935,19 @@ fn spawn(
         uid: Mutex::new(uid),
         downloads: Mutex::new(downloads.map(Path::to_path_buf)),
         limits: Mutex::new(limits),
+        display,
     };
     Ok((process, transport))
 }
 
 /// The command that runs the browser: its own process group, stderr piped, its environment
-/// cleared when confined (the gateway's plus `TMPDIR` otherwise), and `setup` between fork
-/// and exec.
-fn browser_command(launch: &mut Launch<'_>, setup: ChildSetup) -> Command {
+/// cleared when confined (the gateway's plus `TMPDIR` otherwise), its `display` (a headful
+/// one's), and `setup` between fork and exec.
+fn browser_command(
+    launch: &mut Launch<'_>,
+    setup: ChildSetup,
+    display: Option<&Display>,
+) -> Command {
     let mut cmd = Command::new(launch.executable);
     cmd.args(std::mem::take(&mut launch.args))
         .stdin(Stdio::null())
@@ -869,6 +959,11 @@ fn browser_command(launch: &mut Launch<'_>, setup: ChildSetup) -> Command {
         cmd.env_clear().envs(browser_env(launch.dirs));
     } else {
         cmd.env("TMPDIR", &launch.dirs.scratch);
+    }
+    if let Some(display) = display {
+        cmd.envs(display.env());
+        // Its mount namespace first, while the child still has the gateway's privileges.
+        display.install_client(&mut cmd);
     }
     super::sandbox::install(&mut cmd, setup);
     cmd
@@ -924,21 +1019,38 @@ fn drain_stderr_of(
 }
 
 /// Waits for the browser leader's exit status; the receiver sees it once known.
+/// A headful browser's display is watched too: when it ends first, the browser's group is
+/// killed and its exit is [`BrowserExit::DisplayLost`].
 fn watch_exit(
     mut child: tokio::process::Child,
     pid: i32,
     groups: Groups,
-    memory: Option<MemoryVerdict>,
+    (memory, display): (Option<MemoryVerdict>, Option<Arc<Display>>),
 ) -> watch::Receiver<Option<BrowserExit>> {
     let (exit_tx, exit_rx) = watch::channel(None);
     tokio::spawn(async move {
-        let exit = match child.wait().await {
-            Ok(status) => match (status.code(), status.signal()) {
+        let lost = async {
+            match &display {
+                Some(display) => display.exited().await,
+                None => std::future::pending().await,
+            }
+        };
+        let (status, lost) = tokio::select! {
+            status = child.wait() => (status, None),
+            how = lost => {
+                warn!(pid, exit = %how, "a headful browser's virtual display ended; killing the browser");
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                (child.wait().await, Some(how))
+            }
+        };
+        let exit = match (lost, status) {
+            (Some(how), _) => BrowserExit::DisplayLost(how.to_string()),
+            (None, Ok(status)) => match (status.code(), status.signal()) {
                 (Some(code), _) => BrowserExit::Code(code),
                 (None, Some(sig)) => BrowserExit::Signal(sig),
                 (None, None) => BrowserExit::Unknown(status.to_string()),
             },
-            Err(e) => BrowserExit::Unknown(e.to_string()),
+            (None, Err(e)) => BrowserExit::Unknown(e.to_string()),
         };
         // At once, so that the group is forgotten as soon as it is empty: from then on its
         // id (the leader's pid) may be given to another process.
@@ -1018,6 +1130,8 @@ pub(super) struct LocalProcess {
     downloads: Mutex<Option<PathBuf>>,
     /// Its cgroup (or watchdog), removed once its processes are gone.
     limits: Mutex<Option<BrowserLimits>>,
+    /// A headful browser's virtual display, killed with it.
+    display: Option<Arc<Display>>,
 }
 
 impl LocalProcess {
@@ -1061,6 +1175,11 @@ impl LocalProcess {
             );
         }
         self.pipes_open.cancel();
+        // Its display after it (the browser would log the X server's loss), before its cgroup
+        // and its user, which the display's process shares.
+        if let Some(display) = &self.display {
+            display.kill().await;
+        }
         let limits = lock(&self.limits).take();
         if let Some(limits) = limits {
             limits.remove().await;

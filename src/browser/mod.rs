@@ -104,6 +104,9 @@ pub enum BrowserExit {
     /// Ended by its host because its process tree went over the session memory limit
     /// (its cgroup's OOM killer struck, or the PSS watchdog saw it over).
     MemoryLimit,
+    /// A headful browser's virtual display (`Xvfb`) ended (how, in the text), so its host
+    /// killed the browser.
+    DisplayLost(String),
 }
 
 impl fmt::Display for BrowserExit {
@@ -113,6 +116,7 @@ impl fmt::Display for BrowserExit {
             BrowserExit::Signal(s) => write!(f, "killed by signal {s}"),
             BrowserExit::Unknown(e) => write!(f, "unknown exit ({e})"),
             BrowserExit::MemoryLimit => write!(f, "over the session memory limit"),
+            BrowserExit::DisplayLost(how) => write!(f, "its virtual display (Xvfb) ended: {how}"),
         }
     }
 }

@@ -47,6 +47,11 @@ impl PipeSink {
     /// of its own, so that a caller dropped while it waits never leaves half a message in
     /// the pipe.
     pub(super) async fn send(&self, msg: Bytes) -> Result<(), Closed> {
+        // Closed means closed, even before the task that drops the pipe has run (a write
+        // could otherwise still land while a forked child briefly holds the read end).
+        if self.open.is_cancelled() {
+            return Err(Closed);
+        }
         let mut slot = self.pipe.clone().lock_owned().await;
         let Some(pipe) = slot.as_ref() else {
             return Err(Closed);

@@ -96,3 +96,80 @@ async fn an_unusable_engine_flag_stops_start_up_naming_it() {
     let stderr = run(&[], &[("INGOT_ENGINE", "firefox")]);
     assert!(stderr.contains("unknown engine \"firefox\""), "{stderr}");
 }
+
+/// The pid of the session's `Xvfb`: the process whose command line names the session's
+/// Xauthority file.
+fn xvfb_of(gw: &Gateway, id: &str) -> Option<i32> {
+    let marker = format!("{}/sessions/{id}/display/", gw.data_dir.display());
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        (cmdline.starts_with("/usr/bin/Xvfb") && cmdline.contains(&marker)).then_some(pid)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headful_session_runs_full_chromium_on_its_own_display_and_leaves_nothing() {
+    let _shared = shared().await;
+    let gw = Gateway::start(&[]).await;
+    let session = gw
+        .create(json!({"headless": false, "dimensions": {"width": 1280, "height": 800}}))
+        .await;
+    assert_eq!(session["headless"], false, "{session}");
+    let id = session["id"].as_str().expect("id").to_owned();
+    assert!(executable_of(&gw, &id).ends_with("/chromium"));
+    let line = command_line_of(&gw, &id);
+    assert!(!line.contains("--headless"), "{line}");
+    let xvfb = xvfb_of(&gw, &id).expect("the session has an Xvfb");
+    let xvfb_line =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{xvfb}/cmdline")).unwrap())
+            .replace('\0', " ");
+    assert!(xvfb_line.contains("-screen 0 1280x800x24"), "{xvfb_line}");
+    assert!(xvfb_line.contains("-nolisten tcp"), "{xvfb_line}");
+    // Its socket is in the session's directory, and nowhere in the machine's /tmp/.X11-unix.
+    let socket = gw
+        .data_dir
+        .join(format!("sessions/{id}/display/X11-unix/X0"));
+    assert!(socket.exists(), "{}", socket.display());
+
+    // The page has the session's size, on a screen of the same size.
+    let mut cdp = crate::common::Cdp::connect(session["websocketUrl"].as_str().unwrap()).await;
+    let page = cdp.attach_first_page().await;
+    let seen = cdp
+        .eval(
+            &page,
+            "[innerWidth, innerHeight, screen.width, screen.height, navigator.webdriver, navigator.userAgent.includes('HeadlessChrome')].join(' ')",
+        )
+        .await;
+    assert_eq!(seen, "1280 800 1280 800 false false");
+    cdp.close().await;
+
+    gw.release(&id).await;
+    gw.assert_clean(Duration::from_secs(10)).await;
+    assert_eq!(xvfb_of(&gw, &id), None, "no Xvfb outlives its session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_headful_sessions_xvfb_fails_the_session_and_ends_its_browser() {
+    let _shared = shared().await;
+    let gw = Gateway::start(&[]).await;
+    let session = gw.create(json!({"headless": false})).await;
+    let id = session["id"].as_str().expect("id").to_owned();
+    let mut cdp = crate::common::Cdp::connect(session["websocketUrl"].as_str().unwrap()).await;
+    let xvfb = xvfb_of(&gw, &id).expect("the session has an Xvfb");
+    crate::common::signal(xvfb, 9);
+    let (ended, _) = gw.wait_ended(&id, Duration::from_secs(10)).await;
+    assert_eq!(ended["status"], "failed", "{ended}");
+    assert_eq!(ended["releaseReason"], "browser_crashed", "{ended}");
+    assert!(matches!(
+        cdp.wait_end(Duration::from_secs(10)).await,
+        crate::common::Ended::Closed(Some(ref f)) if u16::from(f.code) == 1011
+    ));
+    gw.assert_clean(Duration::from_secs(10)).await;
+    assert!(
+        gw.wait_for_log("virtual display (Xvfb) ended", Duration::from_secs(2))
+            .await,
+        "the log says why"
+    );
+}
