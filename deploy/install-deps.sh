@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Installs what ingot needs on Debian, only where it is missing.
-#   deploy/install-deps.sh          Chromium (Debian's `chromium` package)
+#   deploy/install-deps.sh          both browser engines and the virtual display: Debian's
+#                                   `chromium` (full Chromium: `--engine chromium` and headful
+#                                   sessions), `chromium-headless-shell` (the lean headless
+#                                   shell, the default engine of headless sessions) and `xvfb`
+#                                   (the X server each headful session, `"headless": false`,
+#                                   gets its own display from)
 #   deploy/install-deps.sh --tests  also Node.js and npm (end-to-end tests), Python's venv
 #                                   and pip (the Python end-to-end tests' virtual environment,
 #                                   tests/py/.venv), PostgreSQL (tests of --database-url),
@@ -16,6 +21,9 @@ want_tests=0
 
 missing=()
 [ -x /usr/lib/chromium/chromium ] || [ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/lib/chromium/chromium-headless-shell ] || [ -x /usr/bin/chromium-headless-shell ] \
+  || missing+=(chromium-headless-shell)
+command -v Xvfb >/dev/null 2>&1 || [ -x /usr/bin/Xvfb ] || missing+=(xvfb)
 if [ "$want_tests" = 1 ]; then
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v npm >/dev/null 2>&1 || missing+=(npm)

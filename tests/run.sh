@@ -7,6 +7,9 @@
 # operation of /v1/openapi.json against a live gateway for about half a minute, pinned in
 # tests/py/requirements.txt and tests/py/constraints.txt, in the virtual environment
 # tests/py/.venv; Playwright only connects over CDP, so no browser is downloaded).
+# The Node and Python stages run on the default engine (the headless shell where it is
+# installed), then the whole of both again with full Chromium (INGOT_ENGINE=chromium, which
+# the gateways the harnesses start inherit and check in /healthz), so that neither engine rots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,3 +31,6 @@ echo "== end-to-end tests (Python: steel-sdk, playwright, schemathesis)"
 tests/py/.venv/bin/python -m pip install --quiet --disable-pip-version-check \
   -r tests/py/requirements.txt -c tests/py/constraints.txt
 INGOT_BIN="$PWD/target/debug/ingot" tests/py/.venv/bin/python -m pytest -q tests/py
+echo "== end-to-end tests again on full Chromium (INGOT_ENGINE=chromium: the whole Node and Python suites)"
+INGOT_ENGINE=chromium INGOT_BIN="$PWD/target/debug/ingot" node --test tests/e2e/
+INGOT_ENGINE=chromium INGOT_BIN="$PWD/target/debug/ingot" tests/py/.venv/bin/python -m pytest -q tests/py

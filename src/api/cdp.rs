@@ -314,13 +314,11 @@ fn version_json(urls: &PublicUrls, session: &Session, key: &PresentedKey) -> Ver
             .map(str::to_owned)
     };
     VersionJson {
-        browser: field("product"),
+        // What a user's browser would say: the headless shell's product is `HeadlessChrome/…`.
+        browser: field("product").map(|p| p.replace("HeadlessChrome/", "Chrome/")),
         protocol_version: field("protocolVersion"),
-        user_agent: session
-            .options
-            .user_agent
-            .clone()
-            .or_else(|| field("userAgent")),
+        // The user agent the session's pages send.
+        user_agent: session.user_agent(),
         v8_version: field("jsVersion"),
         webkit_version: field("revision"),
         web_socket_debugger_url: endpoint,

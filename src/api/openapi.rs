@@ -453,9 +453,12 @@ fn browser_fields() -> [(&'static str, RefOr<Schema>); 5] {
         ),
         (
             "headless",
-            described(or_null(Type::Boolean), "false: full Chromium, headful, on a virtual display of its own (Xvfb); true or unset: the default headless engine")
-                .enum_values(Some([Value::Bool(true), Value::Null]))
-                .into(),
+            described(
+                or_null(Type::Boolean),
+                "false: full Chromium, headful, on a virtual display of its own (Xvfb); \
+                 true, null or unset: the node's default headless engine",
+            )
+            .into(),
         ),
     ]
 }

@@ -571,7 +571,7 @@ impl LocalChromium {
         );
         let display = match mode {
             Mode::Headful => match self.display(&dirs, spec, &confinement, &limits).await {
-                Ok(display) => Some(Arc::new(display)),
+                Ok(display) => Some(self.watch_group(display, &confinement)),
                 Err(e) => {
                     undo_launch(&dirs, confinement.uid, downloads).await;
                     return Err(e);
@@ -664,6 +664,21 @@ impl LocalChromium {
             "virtual display ready"
         );
         Ok(xvfb)
+    }
+
+    /// Records the display's process group with the reaper, as a browser's, so that the
+    /// helpers it starts (`xkbcomp`) are reaped when orphaned, until Xvfb itself is reaped.
+    fn watch_group(&self, display: Display, confinement: &Confinement) -> Arc<Display> {
+        let display = Arc::new(display);
+        let pgid = display.pid();
+        self.groups
+            .launched(pgid, confinement.uid.as_ref().map(UidLease::uid));
+        let (groups, watched) = (self.groups.clone(), display.clone());
+        tokio::spawn(async move {
+            watched.exited().await;
+            groups.leader_exited(pgid);
+        });
+        display
     }
 
     /// Starts the browser's egress forwarder, which applies the egress policy and serves

@@ -3,5 +3,6 @@
 
 pub(crate) mod driver;
 pub(crate) mod guard;
+pub(crate) mod identity;
 pub(crate) mod message;
 pub(crate) mod mux;

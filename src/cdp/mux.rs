@@ -11,7 +11,11 @@
 //!   id is stripped again, so the client receives what Chromium would have sent it.
 //!
 //! The gateway's own commands travel on the root session (no `sessionId`), which also
-//! discovers targets and watches downloads for the session's [`Guard`]: every client
+//! discovers targets and watches downloads for the session's [`Guard`]. Once told the
+//! session's [`Identity`] ([`Mux::present_as`]), the root also auto-attaches to every target
+//! (pages, workers, and through each page's own auto-attach its frames and workers), gives
+//! each the user agent override and lets it run: those sessions are the gateway's, and no
+//! message on them reaches a client. Every client
 //! command whose method is on the guard's list is checked (and may be rewritten or refused)
 //! before it is routed, and every client message waits for the session's in-flight byte
 //! budget before it is copied toward the browser. This module
@@ -21,7 +25,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -32,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::guard::{self, Action, Guard, Rule, TooManyClients, Verdict};
+use super::identity::Identity;
 use super::message::{self, TargetEvent};
-use crate::browser::{CdpTransport, FromBrowser, ToBrowser};
+use crate::browser::{CdpTransport, FromBrowser, ToBrowser, TrySendError as TrySendToBrowser};
 use crate::sync::lock;
 use crate::vocab::Disconnect;
 
@@ -70,6 +75,11 @@ pub(crate) struct Mux {
     refilling: AtomicBool,
     /// What the session's clients may do and take.
     guard: Guard,
+    /// `Emulation.setUserAgentOverride`'s params for every target, once [`Mux::present_as`]
+    /// was told the session's identity.
+    identity: OnceLock<Value>,
+    /// The gateway's overrides sent and not yet answered.
+    overrides_pending: watch::Sender<usize>,
 }
 
 #[derive(Default)]
@@ -84,6 +94,16 @@ struct Routes {
     pending: HashMap<u64, Waiter>,
     /// A browser session attached ahead of time, for the next client to take at once.
     spare: Option<Box<str>>,
+    /// Target sessions the gateway's root auto-attached (and their children): never a
+    /// client's, so nothing on them is routed to one.
+    own_targets: HashSet<Box<str>>,
+    /// The gateway's own session of each target it attached, by target id.
+    own_by_target: HashMap<Box<str>, Box<str>>,
+    /// URLs of clients' `Target.createTarget` commands, by client and command id, sent as
+    /// `about:blank` until the answer names the target ([`ClientLink::defer_navigation`]).
+    deferred: HashMap<(u64, i64), String>,
+    /// URLs to load in targets created and not yet attached by the gateway, by target id.
+    navigate_on_attach: HashMap<Box<str>, String>,
     closing: bool,
 }
 
@@ -93,6 +113,8 @@ enum Waiter {
     Caller(oneshot::Sender<BytesMut>),
     /// The spare browser session being attached: the reply is handled where it arrives.
     Spare,
+    /// A user agent override on one of the gateway's own target sessions.
+    Override,
 }
 
 struct ClientRoute {
@@ -119,6 +141,8 @@ impl Mux {
             events_delivered: AtomicU64::new(0),
             refilling: AtomicBool::new(false),
             guard,
+            identity: OnceLock::new(),
+            overrides_pending: watch::channel(0).0,
         });
         tokio::spawn(route_from_browser(mux.clone(), transport.from_browser));
         mux.send_root(json!({"method": "Target.setDiscoverTargets", "params": {"discover": true}}));
@@ -133,8 +157,10 @@ impl Mux {
         self.to_browser.send_soon(Bytes::from(command.to_string()));
     }
 
-    /// Acts on an event on the root session, as the guard decides.
+    /// Acts on an event on the root session: a target it attached gets the session's
+    /// identity; the rest is as the guard decides.
     fn root_event(&self, msg: &[u8]) {
+        self.own_target_event(msg);
         match self.guard.root_event(msg) {
             Action::None => {}
             Action::Send(commands) => commands.into_iter().for_each(|c| self.send_root(c)),
@@ -148,6 +174,166 @@ impl Mux {
                 });
             }
         }
+    }
+
+    /// From now on every target of the browser says it is `identity`: the root auto-attaches
+    /// to every target (waiting for it to start), overrides its user agent and lets it run.
+    /// Returns once the targets open now (the first page) have their override, so that a
+    /// client never sees them without it. Called at most once per browser; a second call
+    /// changes nothing.
+    pub(crate) async fn present_as(&self, identity: &Identity) -> Result<(), CommandError> {
+        if self.identity.set(identity.override_params()).is_err() {
+            return Ok(());
+        }
+        // Chromium announces the targets open now before it answers.
+        self.command("Target.setAutoAttach", auto_attach()).await?;
+        let mut pending = self.overrides_pending.subscribe();
+        let settled = async {
+            tokio::select! {
+                _ = pending.wait_for(|n| *n == 0) => Ok(()),
+                _ = self.lost.cancelled() => Err(CommandError::Closed),
+            }
+        };
+        tokio::time::timeout(COMMAND_TIMEOUT, settled)
+            .await
+            .map_err(|_| CommandError::Timeout("Emulation.setUserAgentOverride", COMMAND_TIMEOUT))?
+    }
+
+    /// A target event on the root session or on one of the gateway's own target sessions:
+    /// a target attached there becomes the gateway's and gets the identity; a detached one
+    /// is forgotten.
+    fn own_target_event(&self, msg: &[u8]) {
+        match message::target_event(msg) {
+            Some(TargetEvent::Attached(_)) => {
+                if let Some(target) = parse_attached(msg) {
+                    self.adopt_target(target);
+                }
+            }
+            Some(TargetEvent::Detached(child)) => {
+                let mut routes = self.lock();
+                if routes.own_targets.remove(&*child) {
+                    routes
+                        .own_by_target
+                        .retain(|_, session| **session != *child);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Gives a target the gateway attached the session's identity and lets it run: the
+    /// override first, then (pages and frames) the same auto-attach for its children, then
+    /// `Runtime.runIfWaitingForDebugger`, then the load a client's `Target.createTarget`
+    /// asked for, if any. Chromium runs a session's commands in order, so the target starts
+    /// with the override in place; nobody waits for the replies but [`Mux::present_as`].
+    /// Browser sessions (clients', the spare) are not targets of this kind.
+    fn adopt_target(&self, target: AttachedTarget) {
+        let Some(params) = self.identity.get() else {
+            return;
+        };
+        let Some(method) = override_method(&target.kind) else {
+            return;
+        };
+        let session = target.session_id.as_str();
+        let id = self.next_command.fetch_add(1, Ordering::Relaxed);
+        let navigate = {
+            let mut routes = self.lock();
+            routes.own_targets.insert(session.into());
+            routes
+                .own_by_target
+                .insert(target.target_id.as_str().into(), session.into());
+            routes.pending.insert(id, Waiter::Override);
+            routes.navigate_on_attach.remove(target.target_id.as_str())
+        };
+        self.overrides_pending.send_modify(|n| *n += 1);
+        let mut commands = vec![json!({"id": id, "method": method, "params": params})];
+        if method == "Emulation.setUserAgentOverride" {
+            commands.push(json!({"method": "Target.setAutoAttach", "params": auto_attach()}));
+        }
+        commands.push(json!({"method": "Runtime.runIfWaitingForDebugger"}));
+        if let Some(url) = navigate {
+            commands.push(json!({"method": "Page.navigate", "params": {"url": url}}));
+        }
+        self.send_on(session, commands);
+    }
+
+    /// Sends the gateway's `commands` on CDP session `session`, in order, waiting for none.
+    fn send_on(&self, session: &str, commands: Vec<Value>) {
+        let mut messages = commands.into_iter().map(|mut command| {
+            if command.get("id").is_none() {
+                command["id"] = self.next_command.fetch_add(1, Ordering::Relaxed).into();
+            }
+            command["sessionId"] = session.into();
+            Bytes::from(command.to_string())
+        });
+        // Sent now while the pipe takes them; the rest, in order, from one task.
+        for msg in messages.by_ref() {
+            match self.to_browser.try_send(msg) {
+                Ok(()) => {}
+                Err(TrySendToBrowser::Closed) => return,
+                Err(TrySendToBrowser::Busy(msg)) => {
+                    let rest: Vec<Bytes> = std::iter::once(msg).chain(messages).collect();
+                    let to_browser = self.to_browser.clone();
+                    tokio::spawn(async move {
+                        for msg in rest {
+                            if to_browser.send(msg).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A client's `Target.createTarget` that [`ClientLink::defer_navigation`] sent as
+    /// `about:blank` was answered with `reply`: its target loads `url` once the gateway gave
+    /// it the identity (now, if it already did).
+    fn navigate_created(&self, routes: &mut Routes, reply: &[u8], url: String) {
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            result: Option<Created>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Created {
+            #[serde(rename = "targetId")]
+            target_id: String,
+        }
+        let Some(target) = serde_json::from_slice::<Reply>(reply)
+            .ok()
+            .and_then(|r| r.result)
+            .map(|c| c.target_id)
+        else {
+            return;
+        };
+        match routes.own_by_target.get(target.as_str()) {
+            Some(session) => {
+                let navigate = json!({"method": "Page.navigate", "params": {"url": url}});
+                self.send_on(session, vec![navigate]);
+            }
+            None => {
+                routes.navigate_on_attach.insert(target.into(), url);
+            }
+        }
+    }
+
+    /// A message on one of the gateway's own target sessions: a reply to its override, or
+    /// a child target attached or detached there. Nothing else is read.
+    fn own_target_message(&self, msg: &[u8]) {
+        let Some(id) = message::reply_id(msg) else {
+            self.own_target_event(msg);
+            return;
+        };
+        let waiter = self.lock().pending.remove(&id);
+        if let Some(Waiter::Override) = waiter {
+            self.override_answered();
+        }
+    }
+
+    fn override_answered(&self) {
+        self.overrides_pending
+            .send_modify(|n| *n = n.saturating_sub(1));
     }
 
     /// Resolves when the connection to the browser is gone.
@@ -361,6 +547,7 @@ impl Mux {
                 }
                 keep
             });
+            routes.deferred.retain(|(owner, _), _| *owner != client);
             routes.clients.remove(&client).map(|c| {
                 (0..c.pending_creates.len()).for_each(|_| self.guard.page_answered());
                 c.browser_session
@@ -393,9 +580,12 @@ enum Destination {
         strip: bool,
     },
     /// A session whose client has left (Chromium may still flush a reply or two). Dropped:
-    /// the gateway's own commands travel only on the root session, and a late reply's id,
-    /// which the client chose, may equal the id of a command the gateway is waiting for.
+    /// the gateway's own commands travel only on the root session and its own target
+    /// sessions, and a late reply's id, which the client chose, may equal the id of a
+    /// command the gateway is waiting for.
     Nowhere,
+    /// One of the gateway's own target sessions ([`Mux::present_as`]).
+    Gateway,
 }
 
 /// Reads the browser's messages and delivers each to its owner.
@@ -407,6 +597,7 @@ async fn route_from_browser(mux: Arc<Mux>, mut from_browser: FromBrowser) {
         };
         match mux.destination(&msg, tail.id(&msg)) {
             Destination::Nowhere => {}
+            Destination::Gateway => mux.own_target_message(&msg),
             Destination::Client {
                 owner,
                 outbound,
@@ -433,6 +624,9 @@ impl Mux {
     fn destination(&self, msg: &[u8], session_id: &str) -> Destination {
         let mut routes = self.lock();
         let Some(owner) = routes.owners.get(session_id).copied() else {
+            if routes.own_targets.contains(session_id) {
+                return Destination::Gateway;
+            }
             return Destination::Nowhere;
         };
         match message::target_event(msg) {
@@ -453,6 +647,12 @@ impl Mux {
         }
         let outbound = client.outbound.clone();
         let strip = *client.browser_session == *session_id;
+        if !routes.deferred.is_empty()
+            && let Some(id) = message::reply_id(msg).and_then(|id| i64::try_from(id).ok())
+            && let Some(url) = routes.deferred.remove(&(owner, id))
+        {
+            self.navigate_created(&mut routes, msg, url);
+        }
         if strip {
             note_unflattened_attach(&mut routes, owner, msg);
         }
@@ -553,8 +753,60 @@ fn deliver_to_gateway(mux: &Mux, msg: BytesMut) {
             let _ = caller.send(msg);
         }
         Some(Waiter::Spare) => mux.spare_attached(&msg),
+        Some(Waiter::Override) => mux.override_answered(),
         None => {}
     }
+}
+
+/// `Target.setAutoAttach`'s params for the gateway's own sessions: every target, paused
+/// until the gateway has given it the identity.
+fn auto_attach() -> Value {
+    json!({"autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true})
+}
+
+/// The command that overrides the user agent of a target of `kind`: `Emulation`'s for
+/// documents, `Network`'s for workers (which have no `Emulation`). `None` for what is not
+/// a target of the session's pages (browser sessions, tabs).
+fn override_method(kind: &str) -> Option<&'static str> {
+    match kind {
+        "page" | "iframe" => Some("Emulation.setUserAgentOverride"),
+        "worker" | "shared_worker" | "service_worker" => Some("Network.setUserAgentOverride"),
+        _ => None,
+    }
+}
+
+/// What the gateway reads of a `Target.attachedToTarget` event.
+struct AttachedTarget {
+    session_id: String,
+    target_id: String,
+    kind: String,
+}
+
+fn parse_attached(msg: &[u8]) -> Option<AttachedTarget> {
+    #[derive(serde::Deserialize)]
+    struct Event {
+        params: Params,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(rename = "sessionId")]
+        session_id: String,
+        #[serde(rename = "targetInfo")]
+        target_info: Info,
+    }
+    #[derive(serde::Deserialize)]
+    struct Info {
+        #[serde(rename = "targetId")]
+        target_id: String,
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    let event: Event = serde_json::from_slice(msg).ok()?;
+    Some(AttachedTarget {
+        session_id: event.params.session_id,
+        target_id: event.params.target_info.target_id,
+        kind: event.params.target_info.kind,
+    })
 }
 
 /// What became of a client's message.
@@ -636,6 +888,11 @@ impl ClientLink {
             _ => None,
         };
         let msg = rewritten.as_ref().unwrap_or(&msg);
+        let deferred = match command.method.as_deref() {
+            Some("Target.createTarget") => self.defer_navigation(msg, command.id),
+            _ => None,
+        };
+        let msg = deferred.as_ref().unwrap_or(msg);
         // Held until the message is written into the browser's pipe.
         let _budget = self.mux.guard.inflight(msg.len()).await;
         let bytes = match session {
@@ -659,6 +916,25 @@ impl ClientLink {
             self.mux.refill_spare();
         }
         Forwarded::Sent
+    }
+
+    /// A `Target.createTarget` for a URL, once the session has an identity, is sent for
+    /// `about:blank` in its place, and the gateway loads the URL once it has given the new
+    /// page the identity ([`Mux::navigate_created`]): Chromium starts a created page's first
+    /// request before any session can set an override, even one waiting for the debugger.
+    /// Returns what to send instead, if anything.
+    fn defer_navigation(&self, msg: &[u8], id: Option<i64>) -> Option<Bytes> {
+        let id = id?;
+        self.mux.identity.get()?;
+        let mut command: Value = serde_json::from_slice(msg).ok()?;
+        let url = command.pointer("/params/url")?.as_str()?;
+        if url.is_empty() || url == "about:blank" {
+            return None;
+        }
+        let url = url.to_owned();
+        command["params"]["url"] = "about:blank".into();
+        self.mux.lock().deferred.insert((self.id, id), url);
+        Some(Bytes::from(command.to_string()))
     }
 
     /// Whether the client may address CDP session `session`: one it owns, served by id.

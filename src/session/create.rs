@@ -28,6 +28,7 @@ use super::supervisor;
 use crate::auth::Caller;
 use crate::browser::{BrowserProcess, LaunchSpec, Launched};
 use crate::cdp::guard::Guard;
+use crate::cdp::identity::Identity;
 use crate::cdp::mux::Mux;
 use crate::metering::MeterError;
 use crate::telemetry;
@@ -290,17 +291,18 @@ impl Registry {
             downloads,
         } = launched;
         let files_dir = files.as_ref().ok().cloned();
+        let identity = Identity::for_session(session.options.user_agent.as_deref(), &version);
         let mux = Mux::start(
             transport,
             Guard::new(self.cdp_limits(), files_dir).for_session(session.id),
         );
         session.attach_browser(mux.clone(), &process, version);
-        let prepared = match files {
-            Ok(dir) => {
+        let prepared = match (files, present_as(&mux, identity.as_ref()).await) {
+            (Ok(dir), Ok(())) => {
                 self.prepare(&session, (&mux, &process), downloads, dir)
                     .await
             }
-            Err(e) => Err(e),
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
         if let Err(e) = prepared {
             process.kill().await;
@@ -396,5 +398,17 @@ impl Registry {
                 }
                 e => CreateError::Usage(e.to_string()),
             })
+    }
+}
+
+/// Every page of the browser says it is `identity` (the session's `userAgent`, or the
+/// browser's own without its headless mark) before a client sees one.
+async fn present_as(mux: &Mux, identity: Option<&Identity>) -> Result<(), CreateError> {
+    match identity {
+        Some(identity) => mux
+            .present_as(identity)
+            .await
+            .map_err(|e| CreateError::Launch(e.to_string())),
+        None => Ok(()),
     }
 }

@@ -258,13 +258,14 @@ impl Session {
             .unwrap_or(0)
     }
 
-    /// The user agent the browser sends: the one asked for, else the browser's own.
+    /// The user agent the browser's pages send: the one asked for, else the browser's own
+    /// without its headless mark (what the multiplexer presents them as).
     pub(crate) fn user_agent(&self) -> Option<String> {
         self.options.user_agent.clone().or_else(|| {
             self.browser_version()
                 .and_then(|v| v.get("userAgent"))
                 .and_then(Value::as_str)
-                .map(str::to_owned)
+                .map(crate::cdp::identity::default_user_agent)
         })
     }
 

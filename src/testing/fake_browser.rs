@@ -488,9 +488,27 @@ impl FakeBrowser {
             .count()
     }
 
-    /// The ids of every CDP session attached now (browser-level and page sessions).
+    /// The ids of every CDP session attached now (browser-level and page sessions), but
+    /// the pages' sessions the root session's auto-attach made (the gateway's own: see
+    /// [`FakeBrowser::root_page_sessions`]).
     pub fn sessions(&self) -> Vec<String> {
-        lock(&self.cdp).sessions.keys().cloned().collect()
+        let cdp = lock(&self.cdp);
+        let own = |a: &Attached| a.parent.is_none() && a.page;
+        cdp.sessions
+            .iter()
+            .filter(|(_, a)| !own(a))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The sessions the root session attached to pages, by page target id.
+    pub fn root_page_sessions(&self) -> Vec<(String, String)> {
+        let cdp = lock(&self.cdp);
+        cdp.sessions
+            .iter()
+            .filter(|(_, a)| a.parent.is_none() && a.page)
+            .map(|(id, a)| (a.target.clone(), id.clone()))
+            .collect()
     }
 
     /// Sends an event, as Chromium would: on the root session, or on `session_id` (which
@@ -783,6 +801,9 @@ struct Cdp {
     sessions: HashMap<String, Attached>,
     /// Pages `Target.createTarget` opened, besides the first one.
     extra_pages: Vec<String>,
+    /// Whether the root session auto-attaches (waiting for the debugger): it is then
+    /// attached to each page `Target.createTarget` opens, as Chromium does.
+    root_auto_attach: bool,
     /// Sessions (`None`: the root session) that asked `Target.setDiscoverTargets`.
     discovering: Vec<Option<String>>,
     /// Page sessions screencasting, by session id.
@@ -808,6 +829,7 @@ impl Cdp {
             context: fake_id(0xC0),
             sessions: HashMap::new(),
             extra_pages: Vec::new(),
+            root_auto_attach: false,
             discovering: Vec::new(),
             casts: HashMap::new(),
             frames: 0,
@@ -944,23 +966,36 @@ impl Cdp {
         auto: bool,
         out: &mut Handled,
     ) -> String {
-        let session = fake_id(0x5E55);
         let target = if page {
-            &self.page
+            self.page.clone()
         } else {
-            &self.browser_target
+            self.browser_target.clone()
         };
+        self.attach_to(parent, (target, page), (auto, false), out)
+    }
+
+    /// [`Cdp::attach`] to target `target` (a page when `page`), `waiting` for the debugger.
+    fn attach_to(
+        &mut self,
+        parent: Option<String>,
+        (target, page): (String, bool),
+        (auto, waiting): (bool, bool),
+        out: &mut Handled,
+    ) -> String {
+        let session = fake_id(0x5E55);
+        let mut info = self.target_info(page, true);
+        info["targetId"] = target.as_str().into();
         let attached = Attached {
             parent: parent.clone(),
-            target: target.clone(),
+            target,
             page,
             auto_attached: auto,
         };
         self.sessions.insert(session.clone(), attached);
         let params = json!({
             "sessionId": session,
-            "targetInfo": self.target_info(page, true),
-            "waitingForDebugger": false,
+            "targetInfo": info,
+            "waitingForDebugger": waiting,
         });
         out.event("Target.attachedToTarget", params, parent.as_deref());
         session
@@ -983,7 +1018,8 @@ impl Cdp {
         out.reply(command, json!({}));
     }
 
-    /// `Target.createTarget`: a new page (no session attaches to it in this fake).
+    /// `Target.createTarget`: a new page. Only the root session's auto-attach attaches to
+    /// it in this fake (waiting for the debugger, as it asked).
     fn create_target(&mut self, command: &Command, out: &mut Handled) {
         let page = fake_id(0x7A);
         self.extra_pages.push(page.clone());
@@ -992,6 +1028,9 @@ impl Cdp {
             json!({ "targetInfo": self.page_info(&page) }),
             out,
         );
+        if self.root_auto_attach {
+            self.attach_to(None, (page.clone(), true), (true, true), out);
+        }
         out.reply(command, json!({ "targetId": page }));
     }
 
@@ -1003,6 +1042,15 @@ impl Cdp {
             return;
         };
         let page = self.extra_pages.remove(at);
+        let attached: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, a)| a.target == page)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for session in attached {
+            self.detach(&session, out);
+        }
         self.announce("Target.targetDestroyed", json!({ "targetId": page }), out);
         out.reply(command, json!({ "success": true }));
     }
@@ -1077,6 +1125,9 @@ impl Cdp {
             let message = "Only flatten protocol is supported with browser level auto-attach";
             out.error(command, -32000, message);
             return;
+        }
+        if parent.is_none() {
+            self.root_auto_attach = on;
         }
         let auto_children: Vec<String> = self
             .sessions

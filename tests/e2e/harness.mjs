@@ -3,6 +3,11 @@
 // startGateway() runs the real `ingot` binary on a free loopback port with a fresh data
 // dir; startPageServer() serves a couple of static pages on loopback so that tests never
 // navigate off the machine. Everything here only uses Node's standard library.
+//
+// The gateway inherits this process's environment, so `INGOT_ENGINE=chromium node --test …`
+// runs every file on full Chromium (tests/run.sh does, for the engine-relevant files); the
+// engine a gateway reports in /healthz is then checked against it, so such a run cannot pass
+// on the default engine by mistake.
 
 import { before, after } from 'node:test';
 import { spawn } from 'node:child_process';
@@ -64,6 +69,9 @@ export async function startGateway({ args = [] } = {}) {
   return gw;
 }
 
+/** The gateway runs another engine than the one asked for (not retried). */
+class EngineMismatch extends Error {}
+
 export class Gateway {
   constructor(port, dataDir, args) {
     this.port = port;
@@ -71,6 +79,8 @@ export class Gateway {
     this.baseUrl = `http://127.0.0.1:${port}`;
     this.lines = [];
     this.exited = null; // {code, signal} once the process has exited
+    this.args = args;
+    this.health = null; // the first 200 answer of /healthz
     const argv = ['--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, ...args];
     this.child = spawn(ingotBin, argv, {
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -128,15 +138,43 @@ export class Gateway {
       }
       try {
         const res = await fetch(`${this.baseUrl}/healthz`, { signal: AbortSignal.timeout(2_000) });
-        await res.arrayBuffer();
-        if (res.status === 200) return;
+        const text = await res.text();
+        if (res.status === 200) {
+          this.health = JSON.parse(text);
+          this.#checkEngine();
+          return;
+        }
         last = `status ${res.status}`;
       } catch (err) {
+        if (err instanceof EngineMismatch) throw err;
         last = err.cause?.code || err.message;
       }
       await sleep(100);
     }
     throw new Error(`ingot not healthy after ${HEALTH_TIMEOUT_MS} ms (last: ${last})\n${this.log()}`);
+  }
+
+  /** The engine this gateway was asked for: its `--engine` argument, else INGOT_ENGINE. */
+  requestedEngine() {
+    const i = this.args.indexOf('--engine');
+    if (i >= 0) return this.args[i + 1];
+    const eq = this.args.find((a) => a.startsWith('--engine='));
+    if (eq) return eq.slice('--engine='.length);
+    return process.env.INGOT_ENGINE || null;
+  }
+
+  /** The engine of headless sessions, as /healthz reports it (null before the engines). */
+  get engine() {
+    return this.health?.engines?.default ?? null;
+  }
+
+  #checkEngine() {
+    const want = this.requestedEngine();
+    if (want && this.engine !== want) {
+      throw new EngineMismatch(
+        `asked for engine ${want}, /healthz reports engines ${JSON.stringify(this.health?.engines)}\n${this.log()}`,
+      );
+    }
   }
 
   /**
@@ -257,6 +295,49 @@ export function processesMentioning(needle) {
       continue; // exited meanwhile
     }
     if (cmdline.includes(needle)) found.push(`${entry}: ${cmdline.slice(0, 200)}`);
+  }
+  return found;
+}
+
+/**
+ * Every running (non-zombie) process: {pid, ppid, pgid, uid, argv0, cmdline}. Linux only;
+ * [] elsewhere.
+ */
+export function processTable() {
+  if (!fs.existsSync('/proc')) return [];
+  const table = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // The command name may hold spaces and parentheses: fields resume after the last ')'.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (fields[0] === 'Z') continue;
+      const argv = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+      const uidLine = fs.readFileSync(`/proc/${entry}/status`, 'utf8').match(/^Uid:\s+(\d+)/m);
+      table.push({
+        pid: Number(entry),
+        ppid: Number(fields[1]),
+        pgid: Number(fields[2]),
+        uid: uidLine ? Number(uidLine[1]) : -1,
+        argv0: argv[0],
+        cmdline: argv.join(' ').trim(),
+      });
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return table;
+}
+
+/** The pids of `root`'s descendants (children, their children, …) in a process table. */
+export function descendantsOf(root, table = processTable()) {
+  const found = new Set();
+  let frontier = [root];
+  while (frontier.length) {
+    const next = table.filter((p) => frontier.includes(p.ppid) && !found.has(p.pid)).map((p) => p.pid);
+    next.forEach((pid) => found.add(pid));
+    frontier = next;
   }
   return found;
 }

@@ -1800,6 +1800,9 @@ fn the_runtime_stage_installs_chromium_tini_and_fonts(runtime: &[String]) {
     for package in [
         "--no-install-recommends",
         "chromium",
+        // The default engine of headless sessions, and the X server of headful ones.
+        "chromium-headless-shell",
+        "xvfb",
         "tini",
         "ca-certificates",
         "fonts-liberation",
@@ -2268,6 +2271,16 @@ fn the_apparmor_profile_lets_chromium_create_user_namespaces() {
     assert!(
         profile.lines().any(|l| l.trim() == "userns,"),
         "allows user namespaces"
+    );
+    // The headless shell, the default engine, needs the same.
+    assert!(
+        profile
+            .lines()
+            .map(str::trim)
+            .any(|l| l.starts_with("profile ")
+                && l.contains(" /usr/lib/chromium/chromium-headless-shell ")
+                && l.contains("flags=(unconfined)")),
+        "a profile for the headless shell"
     );
     assert_eq!(
         profile.matches('{').count(),

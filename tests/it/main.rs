@@ -33,6 +33,7 @@ mod files;
 mod fuzz;
 mod guard;
 mod hostile;
+mod identity;
 mod inproc;
 mod lifecycle;
 mod memory_cap;

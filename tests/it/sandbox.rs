@@ -3,7 +3,11 @@
 //! profile and files, through `file://` or `DOM.setFileInputFiles`; its own files still
 //! work; each browser runs as a user of its own with no `INGOT_*` variable; crash loops
 //! leave nothing outside the sessions' directories; a killed gateway's browsers' files are
-//! taken back at the next start; and `--insecure-shared-browser-user` still serves.
+//! taken back at the next start; and `--insecure-shared-browser-user` still serves. Both
+//! engines (`--engine shell`, `--engine chromium`) and a headful session (full Chromium and
+//! its `Xvfb`) run sandboxed: the browser as an unprivileged uid with Chromium's own sandbox
+//! on and its filesystem confined, the headful session's X server as the same uid, with
+//! `no_new_privs`, in the browser's cgroup.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -533,4 +537,302 @@ async fn the_insecure_shared_browser_user_still_serves_a_session() {
     cdp.close().await;
     gw.release(&id).await;
     gw.assert_clean(secs(10)).await;
+}
+
+/// What a sandbox case runs: a headless session on either engine, or a headful one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Engine {
+    Shell,
+    Chromium,
+    /// `"headless": false` on a gateway whose headless engine is the shell: full Chromium on
+    /// an `Xvfb` of its own.
+    Headful,
+}
+
+impl Engine {
+    fn args(self) -> [&'static str; 2] {
+        match self {
+            Engine::Shell | Engine::Headful => ["--engine", "shell"],
+            Engine::Chromium => ["--engine", "chromium"],
+        }
+    }
+
+    fn create_body(self) -> Value {
+        match self {
+            Engine::Headful => {
+                json!({"headless": false, "dimensions": {"width": 1000, "height": 700}})
+            }
+            _ => json!({}),
+        }
+    }
+
+    /// The file name of the executable the session's browser runs.
+    fn executable(self) -> &'static str {
+        match self {
+            Engine::Shell => "chromium-headless-shell",
+            Engine::Chromium | Engine::Headful => "chromium",
+        }
+    }
+}
+
+/// A line of `/proc/<pid>/status` (its value, trimmed).
+fn status_field(pid: i32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(|v| v.trim_start_matches(':').trim().to_owned())
+        .unwrap_or_else(|| panic!("no {field} for {pid}"))
+}
+
+fn cmdline_of(pid: i32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).replace('\0', " ")
+}
+
+/// Every running process as (pid, parent pid, process group).
+fn process_table() -> Vec<(i32, i32, i32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 1..]
+            .split_whitespace()
+            .collect();
+        if fields.first() != Some(&"Z")
+            && let Some(ppid) = fields.get(1).and_then(|p| p.parse().ok())
+            && let Some(pgid) = fields.get(2).and_then(|p| p.parse().ok())
+        {
+            found.push((pid, ppid, pgid));
+        }
+    }
+    found
+}
+
+/// The `Xvfb` processes of a gateway: its descendants, or processes that name its data
+/// directory.
+fn xvfbs_of(gw: &Gateway) -> Vec<i32> {
+    let table = process_table();
+    let mut mine = vec![gw.pid() as i32];
+    let mut frontier = mine.clone();
+    while !frontier.is_empty() {
+        frontier = table
+            .iter()
+            .filter(|(pid, ppid, _)| frontier.contains(ppid) && !mine.contains(pid))
+            .map(|(pid, _, _)| *pid)
+            .collect();
+        mine.extend(&frontier);
+    }
+    let data = gw.data_dir.display().to_string();
+    table
+        .iter()
+        .map(|(pid, _, _)| *pid)
+        .filter(|pid| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            exe.file_name().is_some_and(|n| n == "Xvfb")
+                && (mine.contains(pid) || cmdline_of(*pid).contains(&data))
+        })
+        .collect()
+}
+
+/// The browser runs the engine's executable as a uid of its own, with Chromium's sandbox on
+/// (no `--no-sandbox`), `no_new_privs` and none of the gateway's variables; returns its uid.
+fn assert_browser_sandboxed(engine: Engine, gw: &Gateway, leader: i32) -> u32 {
+    let (uid, env) = uid_and_environ(leader);
+    assert!(
+        BROWSER_UIDS.contains(&uid),
+        "{engine:?}: browser runs as {uid}"
+    );
+    assert!(!env.contains("INGOT_"), "{engine:?}: {env}");
+    assert!(
+        env.contains(&format!("HOME={}/sessions/", gw.data_dir.display())),
+        "{engine:?}: {env}"
+    );
+    let exe = std::fs::read_link(format!("/proc/{leader}/exe")).expect("exe");
+    assert_eq!(
+        exe.file_name().and_then(|n| n.to_str()),
+        Some(engine.executable()),
+        "{engine:?} runs {}",
+        exe.display()
+    );
+    let cmdline = cmdline_of(leader);
+    assert!(!cmdline.contains("--no-sandbox"), "{engine:?}: {cmdline}");
+    if engine == Engine::Headful {
+        assert!(!cmdline.contains("--headless"), "headful: {cmdline}");
+    }
+    assert_eq!(status_field(leader, "NoNewPrivs"), "1", "{engine:?}");
+    uid
+}
+
+/// Chromium's own sandbox: the session's renderers live in a user namespace of their own.
+async fn assert_renderers_in_their_own_namespace(engine: Engine, leader: i32) {
+    let ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
+    let deadline = Instant::now() + secs(10);
+    loop {
+        // In the browser's process group (a renderer's command line need not name the
+        // profile).
+        let renderers: Vec<i32> = process_table()
+            .into_iter()
+            .filter(|&(pid, _, pgid)| pgid == leader && cmdline_of(pid).contains("--type=renderer"))
+            .map(|(pid, _, _)| pid)
+            .collect();
+        if !renderers.is_empty() {
+            for r in renderers {
+                assert!(
+                    ns(r).is_some(),
+                    "{engine:?}: renderer {r}'s namespace unreadable"
+                );
+                assert_ne!(
+                    ns(r),
+                    ns(leader),
+                    "{engine:?}: renderer {r} shares the browser's user namespace"
+                );
+            }
+            return;
+        }
+        assert!(Instant::now() < deadline, "{engine:?}: no renderer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The sockets a process listens on, in its own network namespace: TCP ones (as lines of
+/// `/proc/<pid>/net/tcp*`) and Unix ones (their paths, `@…` for abstract ones).
+fn listening_sockets(pid: i32) -> (Vec<String>, Vec<String>) {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let table =
+        |name: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{name}")).unwrap_or_default();
+    // tcp: `sl local rem st … inode` (field 9), LISTEN is state 0A.
+    let tcp = [table("tcp"), table("tcp6")]
+        .concat()
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(3) == Some(&"0A") && f.get(9).is_some_and(|i| inodes.iter().any(|n| n == i))
+        })
+        .map(str::to_owned)
+        .collect();
+    // unix: `Num RefCount Protocol Flags Type St Inode Path`; listening has flag 0x10000.
+    let unix = table("unix")
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let listening = u32::from_str_radix(f.get(3)?, 16).ok()? & 0x10000 != 0;
+            let inode = *f.get(6)?;
+            let path = f.get(7).copied().unwrap_or_default().to_owned();
+            (listening && inodes.iter().any(|n| n == inode)).then_some(path)
+        })
+        .collect();
+    (tcp, unix)
+}
+
+/// The headful session's X server: one, as the browser's uid, `no_new_privs`, none of the
+/// gateway's variables, in the browser's cgroup, listening on a socket in the data directory
+/// only (no TCP, no abstract socket).
+fn assert_display_sandboxed(gw: &Gateway, leader: i32, browser_uid: u32) {
+    let xvfb = xvfbs_of(gw);
+    assert_eq!(xvfb.len(), 1, "one Xvfb for the session: {xvfb:?}");
+    let (uid, env) = uid_and_environ(xvfb[0]);
+    assert_eq!(uid, browser_uid, "Xvfb runs as the browser's uid");
+    assert!(!env.contains("INGOT_"), "{env}");
+    assert_eq!(status_field(xvfb[0], "NoNewPrivs"), "1", "Xvfb");
+    let cgroup = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    assert_eq!(
+        cgroup(xvfb[0]),
+        cgroup(leader),
+        "Xvfb in the browser's cgroup"
+    );
+    let (tcp, unix) = listening_sockets(xvfb[0]);
+    assert!(tcp.is_empty(), "Xvfb listens on TCP: {tcp:?}");
+    let data = gw.data_dir.display().to_string();
+    assert!(
+        !unix.is_empty() && unix.iter().all(|p| p.starts_with(&data)),
+        "Xvfb's sockets must all be in the data directory, none abstract: {unix:?}"
+    );
+}
+
+/// A session reads no file outside its own, by `file://` or a file input.
+async fn assert_files_confined(engine: Engine, cdp: &mut Cdp, page: &str, site: &PageServer) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, ALPHA_SECRET).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    cdp.navigate(page, &site.url("/")).await;
+    let read = file_input_read(cdp, page, secret.to_str().unwrap()).await;
+    assert!(
+        !(read.contains(ALPHA_SECRET) || (read.starts_with("read:") && read.len() > 5)),
+        "{engine:?}: setFileInputFiles read {read}"
+    );
+    let text = navigate_text(cdp, page, &format!("file://{}", secret.display())).await;
+    assert!(
+        !text.contains(ALPHA_SECRET),
+        "{engine:?}: file:// read {text}"
+    );
+}
+
+/// One engine's session under the sandbox, from create to a clean release.
+async fn a_session_runs_sandboxed(engine: Engine) {
+    let _shared = shared().await;
+    let site = PageServer::start(site()).await;
+    let gw = Gateway::start(&engine.args()).await;
+    let (_, health) = gw.get("/healthz").await;
+    assert_eq!(health["sandbox"]["mode"], "confined", "{health}");
+    assert_eq!(health["sandbox"]["chromiumSandbox"], true, "{health}");
+    assert_eq!(health["engines"]["default"], engine.args()[1], "{health}");
+    if engine == Engine::Headful {
+        assert_eq!(health["engines"]["headful"], true, "{health}");
+    }
+    let session = gw.create(engine.create_body()).await;
+    let id = session["id"].as_str().unwrap().to_owned();
+    assert_eq!(session["headless"], engine != Engine::Headful, "{session}");
+    let mut cdp = Cdp::connect(session["websocketUrl"].as_str().unwrap()).await;
+    let page = cdp.attach_first_page().await;
+    cdp.navigate(&page, &site.url("/")).await;
+    assert_eq!(cdp.eval(&page, "document.title").await, "sandbox");
+
+    let leader = browser_leader(&gw.data_dir, &id);
+    let uid = assert_browser_sandboxed(engine, &gw, leader);
+    assert_renderers_in_their_own_namespace(engine, leader).await;
+    if engine == Engine::Headful {
+        assert_display_sandboxed(&gw, leader, uid);
+    }
+    assert_files_confined(engine, &mut cdp, &page, &site).await;
+
+    cdp.close().await;
+    gw.release(&id).await;
+    gw.assert_clean(secs(10)).await;
+    let deadline = Instant::now() + secs(10);
+    while !xvfbs_of(&gw).is_empty() {
+        assert!(Instant::now() < deadline, "Xvfb left: {:?}", xvfbs_of(&gw));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_headless_shell_runs_sandboxed() {
+    a_session_runs_sandboxed(Engine::Shell).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_chromium_runs_sandboxed() {
+    a_session_runs_sandboxed(Engine::Chromium).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headful_session_and_its_xvfb_run_sandboxed() {
+    a_session_runs_sandboxed(Engine::Headful).await;
 }

@@ -4,11 +4,16 @@
 loopback port with a fresh data dir and no warm pool, like tests/e2e/harness.mjs does;
 `page_server` serves two static pages on 127.0.0.1 so that no test navigates off the
 machine. Every wait here is bounded.
+
+The gateway inherits this process's environment, so `INGOT_ENGINE=chromium pytest …` runs the
+tests on full Chromium (tests/run.sh does); the engine a gateway reports in /healthz is then
+checked against it, so such a run cannot pass on the default engine by mistake.
 """
 
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -72,6 +77,8 @@ class Gateway:
         self.log_path = self.root / "ingot.log"
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.extra_args = list(extra_args or [])
+        self.health: dict | None = None  # the first 200 answer of /healthz
         argv = [
             INGOT_BIN,
             "--listen", f"127.0.0.1:{self.port}",
@@ -103,12 +110,31 @@ class Gateway:
             try:
                 with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=2) as res:
                     if res.status == 200:
+                        self.health = json.loads(res.read())
+                        self._check_engine()
                         return
                     last = f"status {res.status}"
             except (urllib.error.URLError, OSError) as err:
                 last = str(err)
             time.sleep(0.1)
         raise RuntimeError(f"ingot not healthy after {HEALTH_TIMEOUT_S} s (last: {last})\n{self.log()}")
+
+    def requested_engine(self) -> str | None:
+        """The engine this gateway was asked for: its `--engine` argument, else INGOT_ENGINE."""
+        args = self.extra_args
+        if "--engine" in args:
+            return args[args.index("--engine") + 1]
+        return os.environ.get("INGOT_ENGINE") or None
+
+    @property
+    def engines(self) -> dict:
+        """/healthz's `engines` ({} before the gateway reported them)."""
+        return (self.health or {}).get("engines") or {}
+
+    def _check_engine(self) -> None:
+        want = self.requested_engine()
+        if want and self.engines.get("default") != want:
+            raise RuntimeError(f"asked for engine {want}, /healthz reports engines {self.engines}\n{self.log()}")
 
     def stop(self) -> list[str]:
         """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; removes the temp dir. Returns problems."""

@@ -17,6 +17,7 @@ mod fence;
 mod files;
 mod guard;
 mod history;
+mod identity;
 mod locate;
 mod memory_limit;
 mod mux;
