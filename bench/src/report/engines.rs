@@ -14,8 +14,9 @@ use anyhow::{Context, Result};
 use super::{Goal, Machine, splice};
 use crate::chromium::Engine;
 use crate::engines::{
-    CAPACITY_FLOOR_SHARE, CAPACITY_MEMORY_SHARE, Capacity, EngineBurst, Engines, EnginesResults,
-    Headful, SETTLE, Selection, Stop, WARM_POOL, WARM_SETTLE,
+    BURST_CREATE_TIMEOUT_MS, CAPACITY_FLOOR_SHARE, CAPACITY_MEMORY_SHARE, Capacity,
+    DEFAULT_CREATE_TIMEOUT_MS, EngineBurst, Engines, EnginesResults, Headful, SETTLE, Selection,
+    Stop, WARM_POOL, WARM_SETTLE,
 };
 use crate::procfs::Footprint;
 use crate::sessions::Start;
@@ -311,9 +312,22 @@ fn burst_rows(r: &EnginesResults) -> Vec<EngineRow> {
             )
             .note("median of the rounds' p50s"),
         );
+        let over = |b: &EngineBurst| {
+            b.start_ms
+                .iter()
+                .filter(|&&t| t > DEFAULT_CREATE_TIMEOUT_MS)
+                .count()
+        };
         rows.push(
-            EngineRow::new(format!("{n} concurrent creates: same, p99"), "ms", p99)
-                .note("every round's creates pooled"),
+            EngineRow::new(format!("{n} concurrent creates: same, p99"), "ms", p99).note(format!(
+                "every round's creates pooled; over ingot's default `--create-timeout-ms` ({} s, raised to {} s here): shell {} of {}, Chromium {} of {}",
+                fmt_num(DEFAULT_CREATE_TIMEOUT_MS / 1000.0),
+                BURST_CREATE_TIMEOUT_MS / 1000,
+                over(&bursts[0]),
+                bursts[0].start_ms.len(),
+                over(&bursts[1]),
+                bursts[1].start_ms.len()
+            )),
         );
     }
     rows
