@@ -17,12 +17,66 @@ use nix::unistd::Pid;
 
 use crate::procfs;
 
-/// Exactly the flags ingot gives its browsers, with a TCP DevTools port instead of a pipe.
-fn flags() -> impl Iterator<Item = &'static str> {
+/// Which build of Chromium a browser is: the lean headless shell (`chromium-headless-shell`,
+/// headless by construction, so it gets no `--headless` flag) or the full browser (given
+/// `--headless=new` when headless).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Engine {
+    Shell,
+    Chromium,
+}
+
+impl Engine {
+    /// Both, in the order of every `[_; 2]` indexed by engine.
+    pub(crate) const ALL: [Engine; 2] = [Engine::Shell, Engine::Chromium];
+
+    /// ingot's name for it (`--engine shell|chromium`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Engine::Shell => "shell",
+            Engine::Chromium => "chromium",
+        }
+    }
+
+    /// Its index in [`Engine::ALL`].
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Engine::Shell => 0,
+            Engine::Chromium => 1,
+        }
+    }
+}
+
+/// What a direct launch runs: an executable, launched as its engine is.
+#[derive(Debug, Clone)]
+pub(crate) struct Build {
+    pub executable: PathBuf,
+    pub engine: Engine,
+}
+
+impl Build {
+    /// For people: `the headless shell (`/usr/lib/…`)`.
+    pub(crate) fn describe(&self) -> String {
+        let what = match self.engine {
+            Engine::Shell => "the headless shell",
+            Engine::Chromium => "the full Chromium",
+        };
+        format!("{what} (`{}`)", self.executable.display())
+    }
+}
+
+/// Exactly the flags ingot gives its headless browsers, with a TCP DevTools port instead of a
+/// pipe: the full browser with `--headless=new`, the shell without any `--headless` flag.
+fn flags(engine: Engine) -> impl Iterator<Item = &'static str> {
+    let headless: &[&'static str] = match engine {
+        Engine::Shell => &[],
+        Engine::Chromium => &["--headless=new"],
+    };
     ingot::browser::BASE_FLAGS
         .iter()
         .copied()
-        .filter(|f| *f != "--remote-debugging-pipe")
+        .filter(|f| *f != "--remote-debugging-pipe" && !f.starts_with("--headless"))
+        .chain(headless.iter().copied())
         .chain(["--window-size=1920,1080", "--remote-debugging-port=0"])
 }
 
@@ -83,12 +137,22 @@ pub(crate) struct DirectChromium {
 }
 
 impl DirectChromium {
-    /// Starts Chromium with a fresh profile at `dir` (which this guard then owns) and
-    /// returns at once; [`DirectChromium::devtools_url`] waits for it to listen.
+    /// Starts the full Chromium (`--headless=new`) with a fresh profile at `dir` (which this
+    /// guard then owns) and returns at once; [`DirectChromium::devtools_url`] waits for it to
+    /// listen.
     pub(crate) fn spawn(executable: &Path, dir: PathBuf) -> Result<DirectChromium> {
+        DirectChromium::spawn_engine(executable, Engine::Chromium, dir)
+    }
+
+    /// [`DirectChromium::spawn`] for either engine: `executable` is that engine's build.
+    pub(crate) fn spawn_engine(
+        executable: &Path,
+        engine: Engine,
+        dir: PathBuf,
+    ) -> Result<DirectChromium> {
         use std::os::unix::process::CommandExt;
         let child = Command::new(executable)
-            .args(flags())
+            .args(flags(engine))
             .arg(format!("--user-data-dir={}", dir.display()))
             .arg("about:blank")
             .stdin(Stdio::null())
@@ -185,7 +249,28 @@ pub(crate) fn version(executable: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_active_port;
+    use super::{Engine, flags, parse_active_port};
+
+    #[test]
+    fn only_the_full_browser_gets_headless_new() {
+        let shell: Vec<&str> = flags(Engine::Shell).collect();
+        assert!(
+            !shell.iter().any(|f| f.starts_with("--headless")),
+            "{shell:?}"
+        );
+        let full: Vec<&str> = flags(Engine::Chromium).collect();
+        assert_eq!(
+            full.iter().filter(|f| f.starts_with("--headless")).count(),
+            1,
+            "{full:?}"
+        );
+        assert!(full.contains(&"--headless=new"), "{full:?}");
+        for f in [&shell, &full] {
+            assert!(f.contains(&"--remote-debugging-port=0"), "{f:?}");
+            assert!(!f.contains(&"--remote-debugging-pipe"), "{f:?}");
+            assert!(f.contains(&"--disable-background-networking"), "{f:?}");
+        }
+    }
 
     #[test]
     fn active_port_needs_both_lines() {

@@ -32,13 +32,13 @@ const DATABASE: &str = "ingot_bench";
 const POOL: usize = 2;
 const OWNER: GatewayOptions = GatewayOptions {
     pool_size: Some(POOL),
-    max_sessions: 4,
+    max_sessions: Some(4),
 };
 /// Node `b`, which forwards: one slot, taken by a session of its own while creates are
 /// measured, so that every create it receives is placed on `a`.
 const FORWARDER: GatewayOptions = GatewayOptions {
     pool_size: Some(0),
-    max_sessions: 1,
+    max_sessions: Some(1),
 };
 /// How often the survivor is asked for the dead node's session.
 pub(crate) const POLL: Duration = Duration::from_millis(50);

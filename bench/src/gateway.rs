@@ -36,7 +36,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct GatewayOptions {
     /// `--pool-size`, passed only when ingot has the flag.
     pub pool_size: Option<usize>,
-    pub max_sessions: usize,
+    /// `--max-sessions`; `None` leaves it unset, so that ingot derives it from memory.
+    pub max_sessions: Option<usize>,
 }
 
 /// A running ingot. Dropping it stops it with SIGTERM.
@@ -56,6 +57,17 @@ pub(crate) struct Session {
     pub websocket_url: String,
     /// The live viewer's page (`debugUrl`), when this ingot answers one.
     pub debug_url: Option<String>,
+}
+
+/// What a create answered.
+#[derive(Debug)]
+pub(crate) enum Created {
+    Live(Session),
+    /// Not created: the status and the body of the answer.
+    Refused {
+        status: StatusCode,
+        body: String,
+    },
 }
 
 /// Whether this ingot has a warm pool (`--pool-size` in its `--help`).
@@ -112,14 +124,15 @@ impl Gateway {
             .arg(addr.to_string())
             .arg("--data-dir")
             .arg(&data_dir)
-            .arg("--max-sessions")
-            .arg(options.max_sessions.to_string())
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
         if let Some(n) = options.pool_size {
             cmd.arg("--pool-size").arg(n.to_string());
+        }
+        if let Some(n) = options.max_sessions {
+            cmd.arg("--max-sessions").arg(n.to_string());
         }
         let child = cmd
             .spawn()
@@ -216,14 +229,23 @@ impl Gateway {
 
     /// `POST /v1/sessions` with `body`.
     pub(crate) async fn create(&self, body: &str) -> Result<Session> {
+        match self.try_create(body).await? {
+            Created::Live(session) => Ok(session),
+            Created::Refused { status, body } => bail!("create answered {status}: {body}"),
+        }
+    }
+
+    /// `POST /v1/sessions` with `body`, where a refusal (any status but success) is an answer
+    /// rather than an error.
+    pub(crate) async fn try_create(&self, body: &str) -> Result<Created> {
         let (status, reply) = self
             .request(Method::POST, "/v1/sessions", Some(body.to_owned()))
             .await?;
         if !status.is_success() {
-            bail!(
-                "create answered {status}: {}",
-                String::from_utf8_lossy(&reply)
-            );
+            return Ok(Created::Refused {
+                status,
+                body: String::from_utf8_lossy(&reply).into_owned(),
+            });
         }
         let v: Value = serde_json::from_slice(&reply).context("create reply is not JSON")?;
         let field = |name: &str| {
@@ -232,11 +254,27 @@ impl Gateway {
                 .map(str::to_owned)
                 .ok_or_else(|| anyhow!("create reply has no {name}: {v}"))
         };
-        Ok(Session {
+        Ok(Created::Live(Session {
             id: field("id")?,
             websocket_url: field("websocketUrl")?,
             debug_url: field("debugUrl").ok(),
-        })
+        }))
+    }
+
+    /// `GET path` as JSON, whatever the status (`/readyz` answers 503 when full).
+    pub(crate) async fn json(&self, path: &str) -> Result<Value> {
+        let (_, body) = self.request(Method::GET, path, None).await?;
+        serde_json::from_slice(&body).with_context(|| format!("{path} did not answer JSON"))
+    }
+
+    /// Every process of this gateway's browsers, as [`Gateway::browser_processes`] finds them,
+    /// and every other descendant of the gateway (an `Xvfb`, a helper re-parented to it).
+    pub(crate) fn tree_processes(&self) -> Vec<i32> {
+        let mut pids = self.browser_processes();
+        pids.extend(procfs::descendants_of(self.pid()));
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 
     /// `GET /v1/sessions/{id}`, as JSON.

@@ -19,6 +19,9 @@
 //! * [`sandbox`]: the sandbox's cost, ingot's sandboxed default against the same gateway
 //!   with `--insecure-shared-browser-user` and direct Chromium, a section of its own too
 //!   (`--only sandbox`);
+//! * [`engines`]: the headless shell against the full Chromium (memory per session, cold,
+//!   warm and concurrent creates, round trips, headful sessions on `Xvfb`, sessions that fit
+//!   with each engine's derived session limit), a section of its own too (`--only engines`);
 //! * [`procfs`]: processes, memory, CPU time and context switches from `/proc`;
 //! * [`report`]: the table and the file;
 //! * [`stats`]: percentiles and number formatting.
@@ -47,7 +50,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 
-use chromium::{DirectChromium, TempRoot};
+use chromium::{Build, DirectChromium, Engine, TempRoot};
 use gateway::{Gateway, GatewayOptions};
 use percommand::{Page, RoundPlan, Samples};
 use procfs::Usage;
@@ -70,6 +73,7 @@ macro_rules! progress {
 
 // After `progress!`, which they use: a `macro_rules!` macro is visible only below its definition.
 mod cluster;
+mod engines;
 mod sandbox;
 mod viewer;
 
@@ -94,8 +98,12 @@ struct Args {
     /// The Chromium executable for the direct baseline (ingot finds its own).
     #[arg(long, default_value = "/usr/lib/chromium/chromium")]
     chromium: PathBuf,
+    /// The headless shell, for the engines section (its gateways are given both executables,
+    /// and its direct launches use each).
+    #[arg(long, default_value = "/usr/lib/chromium/chromium-headless-shell")]
+    chromium_shell: PathBuf,
     /// Run only this section and update only its part of the report (`## Cluster`,
-    /// `## Viewer`, `## Sandbox`), keeping the rest of the file; `core` prints its table and writes a file
+    /// `## Viewer`, `## Sandbox`, `## Engines`), keeping the rest of the file; `core` prints its table and writes a file
     /// of its own only with `--out`. A full run (the default) runs every section.
     #[arg(long, value_enum)]
     only: Option<Section>,
@@ -131,6 +139,10 @@ enum Section {
     /// against the same ingot with `--insecure-shared-browser-user` and direct Chromium:
     /// cold and warm create, round trip, memory per idle session. Needs root.
     Sandbox,
+    /// The headless shell against the full Chromium, through ingot and direct: memory per
+    /// idle session at 10/20/40, cold, warm and concurrent creates, round trip, reconnect,
+    /// headful sessions, and the sessions that fit with each engine's derived limit.
+    Engines,
 }
 
 impl Section {
@@ -141,6 +153,7 @@ impl Section {
             Section::Cluster => "cluster",
             Section::Viewer => "viewer",
             Section::Sandbox => "sandbox",
+            Section::Engines => "engines",
         }
     }
 }
@@ -159,6 +172,7 @@ struct Plan {
     cluster: cluster::ClusterPlan,
     viewer: viewer::ViewerPlan,
     sandbox: sandbox::SandboxPlan,
+    engines: engines::EnginesPlan,
 }
 
 /// Every cluster node's `--node-lease-ms`: short, so that failover is quick to measure.
@@ -208,6 +222,20 @@ impl Plan {
                     rtt_block: 50,
                     memory: 2,
                 },
+                engines: engines::EnginesPlan {
+                    cold: 3,
+                    bursts: vec![10],
+                    burst_rounds: 1,
+                    warm: 3,
+                    rtt_rounds: 2,
+                    rtt_runs: 300,
+                    rtt_block: 50,
+                    reconnects: 3,
+                    headful_memory: 1,
+                    capacity_batch: 10,
+                    capacity_check_at: 10,
+                    capacity_cap: 10,
+                },
             }
         } else {
             Plan {
@@ -250,6 +278,22 @@ impl Plan {
                     rtt_runs: 2000,
                     rtt_block: 100,
                     memory: 5,
+                },
+                engines: engines::EnginesPlan {
+                    cold: 16,
+                    bursts: vec![10, 20, 40],
+                    burst_rounds: 2,
+                    warm: 12,
+                    rtt_rounds: 3,
+                    rtt_runs: 2000,
+                    rtt_block: 100,
+                    reconnects: 5,
+                    headful_memory: 3,
+                    capacity_batch: 10,
+                    capacity_check_at: 40,
+                    // Bounds the loop; the memory rule stops it far earlier on any machine
+                    // of today.
+                    capacity_cap: 400,
                 },
             }
         }
@@ -314,9 +358,9 @@ async fn run(args: &Args) -> Result<()> {
             let root = TempRoot::create()?;
             let max = plan.bursts.iter().copied().max();
             let gw = start_gateway(&ingot, &root, max, pool).await?;
+            let (direct, _) = baseline(args, &gw).await;
             let bursts =
-                concurrent_bursts(&args.chromium, &root, &gw, &plan.bursts, plan.burst_rounds)
-                    .await?;
+                concurrent_bursts(&direct, &root, &gw, &plan.bursts, plan.burst_rounds).await?;
             drop(gw);
             drop(root);
             println!("{}", report::bursts_table(&bursts, plan.burst_rounds));
@@ -340,6 +384,13 @@ async fn run(args: &Args) -> Result<()> {
                 sandbox::measure(&args.chromium, &ingot, &root, pool, plan.sandbox).await?;
             drop(root);
             return publish_sandbox(args, &sandbox, machine);
+        }
+        Some(Section::Engines) => {
+            let root = TempRoot::create()?;
+            let engines =
+                engines::measure(&ingot, &executables(args), &root, pool, plan.engines).await?;
+            drop(root);
+            return publish_engines(args, &engines, machine);
         }
         None => {}
     }
@@ -403,14 +454,16 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
     let root = TempRoot::create()?;
     let gw = start_gateway(ingot, &root, plan.bursts.iter().copied().max(), pool).await?;
     let core = measure_core(args, plan, ingot, pool, &root, &gw).await?;
-    let bursts =
-        concurrent_bursts(&args.chromium, &root, &gw, &plan.bursts, plan.burst_rounds).await?;
-    let idle = idle_clients(&args.chromium, &root, &gw, plan.idle_clients).await?;
+    let (direct, _) = baseline(args, &gw).await;
+    let bursts = concurrent_bursts(&direct, &root, &gw, &plan.bursts, plan.burst_rounds).await?;
+    let idle = idle_clients(&direct, &root, &gw, plan.idle_clients).await?;
     progress!("stopping ingot");
     drop(gw);
     let cluster = cluster::measure(&args.chromium, ingot, &root, plan.cluster).await?;
     let viewer = viewer::measure(&args.chromium, ingot, &root, pool, plan.viewer).await?;
     let sandbox = sandbox::measure(&args.chromium, ingot, &root, pool, plan.sandbox).await?;
+    let engines =
+        engines::measure(ingot, &executables(args), &root, pool, plan.engines.clone()).await?;
     drop(root);
     Ok(Results {
         core,
@@ -420,7 +473,13 @@ async fn measure(args: &Args, plan: &Plan, ingot: &Path, pool: bool) -> Result<R
         cluster,
         viewer,
         sandbox,
+        engines,
     })
+}
+
+/// Both engines' executables, as the command line names them.
+fn executables(args: &Args) -> engines::Executables {
+    engines::Executables([args.chromium_shell.clone(), args.chromium.clone()])
 }
 
 /// The per-command rounds, cold starts on `gw` and warm starts on an ingot of their own
@@ -433,9 +492,11 @@ async fn measure_core(
     root: &TempRoot,
     gw: &Gateway,
 ) -> Result<Core> {
+    let (build, engine) = baseline(args, gw).await;
+    progress!("ingot's engine: {engine}; direct: {}", build.describe());
     let (direct, ingot_samples, direct_viewport, ingot_viewport) =
-        per_command(&args.chromium, root, gw, plan).await?;
-    let (cold_direct, cold_ingot) = cold_starts(&args.chromium, root, gw, plan.cold_starts).await?;
+        per_command(&build, root, gw, plan).await?;
+    let (cold_direct, cold_ingot) = cold_starts(&build, root, gw, plan.cold_starts).await?;
     let warm = if pool {
         warm_starts(ingot, root, plan.warm_starts).await?
     } else {
@@ -452,7 +513,53 @@ async fn measure_core(
         cold_direct,
         cold_ingot,
         warm,
+        engine,
+        direct_build: build.describe(),
     })
+}
+
+/// What the direct baseline launches: the build of ingot's default engine (as `/healthz`
+/// names it), so that ingot ÷ direct compares like with like; and ingot's engine, for people.
+/// An ingot without engines runs the full Chromium.
+async fn baseline(args: &Args, gw: &Gateway) -> (Build, String) {
+    let engines = gw
+        .json("/healthz")
+        .await
+        .ok()
+        .and_then(|h| h.get("engines").cloned());
+    let Some(engines) = engines else {
+        let build = Build {
+            executable: args.chromium.clone(),
+            engine: Engine::Chromium,
+        };
+        return (
+            build,
+            "the full Chromium (this ingot has no engines)".to_owned(),
+        );
+    };
+    let default = engines
+        .get("default")
+        .and_then(|d| d.as_str())
+        .unwrap_or("chromium");
+    let path = |key: &str, fallback: &Path| {
+        engines
+            .get(key)
+            .and_then(|p| p.as_str())
+            .map_or_else(|| fallback.to_owned(), PathBuf::from)
+    };
+    let build = if default == "shell" {
+        Build {
+            executable: path("shell", &args.chromium_shell),
+            engine: Engine::Shell,
+        }
+    } else {
+        Build {
+            executable: path("chromium", &args.chromium),
+            engine: Engine::Chromium,
+        }
+    };
+    let engine = format!("`{default}`, {}", build.describe());
+    (build, engine)
 }
 
 /// Starts the ingot under test: without a warm pool (when it has one to turn off), and with
@@ -469,7 +576,7 @@ async fn start_gateway(
         root,
         GatewayOptions {
             pool_size: pool.then_some(0),
-            max_sessions: max_burst.max(4),
+            max_sessions: Some(max_burst.max(4)),
         },
     )
     .await?;
@@ -480,7 +587,7 @@ async fn start_gateway(
 /// One burst of concurrent starts per size, direct and ingot, alternating which goes first;
 /// returns (sessions, direct, ingot) per size.
 async fn concurrent_bursts(
-    chromium: &Path,
+    direct: &Build,
     root: &TempRoot,
     gw: &Gateway,
     sizes: &[usize],
@@ -490,11 +597,11 @@ async fn concurrent_bursts(
     for round in 0..rounds {
         for (i, &n) in sizes.iter().enumerate() {
             let (d, g) = if (i + round).is_multiple_of(2) {
-                let d = direct_burst(chromium, root, n).await?;
+                let d = direct_burst(direct, root, n).await?;
                 (d, ingot_burst(gw, n).await?)
             } else {
                 let g = ingot_burst(gw, n).await?;
-                (direct_burst(chromium, root, n).await?, g)
+                (direct_burst(direct, root, n).await?, g)
             };
             match bursts.get_mut(i) {
                 Some((_, direct, ingot)) => {
@@ -511,13 +618,13 @@ async fn concurrent_bursts(
 /// `n` idle client WebSockets on direct Chromium, then on one ingot session; returns
 /// (direct, ingot).
 async fn idle_clients(
-    chromium: &Path,
+    direct: &Build,
     root: &TempRoot,
     gw: &Gateway,
     n: usize,
 ) -> Result<(sessions::IdleClients, sessions::IdleClients)> {
     progress!("idle clients: {n} WebSockets on direct Chromium");
-    let idle_direct = sessions::direct_idle_clients(chromium, root, n).await?;
+    let idle_direct = sessions::direct_idle_clients(direct, root, n).await?;
     progress!(
         "  Chromium grew {:.1} KiB per client",
         idle_direct.per_client_kib()
@@ -540,6 +647,7 @@ fn publish(args: &Args, results: &Results, mut machine: Machine) -> Result<()> {
     println!("{}", report::cluster_tables(&results.cluster));
     println!("{}", report::viewer_table(&results.viewer));
     println!("{}", report::sandbox_table(&results.sandbox));
+    println!("{}", report::engines_table(&results.engines));
     report::write(args.out(), results, &machine, took)?;
     let (met, measured) = report::targets_met(results);
     progress!(
@@ -622,15 +730,31 @@ fn publish_sandbox(args: &Args, sandbox: &sandbox::Sandbox, mut machine: Machine
     Ok(())
 }
 
+/// After `--only engines`: notes the load at the end, prints the section's tables to stdout
+/// and puts the section into the report file, leaving the rest of it as it was.
+fn publish_engines(args: &Args, engines: &engines::Engines, mut machine: Machine) -> Result<()> {
+    machine.finish();
+    let took = STARTED.get().map_or(Duration::ZERO, |s| s.elapsed());
+    println!("{}", report::engines_table(engines));
+    report::write_engines(args.out(), engines, &machine, took, args.quick)?;
+    let (met, measured) = report::engines_targets_met(engines);
+    progress!(
+        "updated the engines section of {} ({met} of {measured} targets met); total {:.0} s",
+        args.out().display(),
+        took.as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Per-command rounds on one page per target, alternating targets and their order.
 async fn per_command(
-    chromium: &Path,
+    direct: &Build,
     root: &TempRoot,
     gw: &Gateway,
     plan: &Plan,
 ) -> Result<(Samples, Samples, String, String)> {
     let dir = root.fresh_dir("direct")?;
-    let mut browser = DirectChromium::spawn(chromium, dir)?;
+    let mut browser = DirectChromium::spawn_engine(&direct.executable, direct.engine, dir)?;
     let url = browser.devtools_url(Duration::from_secs(60)).await?;
     let session = gw.create("{}").await?;
     let outcome = async {
@@ -818,7 +942,7 @@ async fn reconnects(
 
 /// Cold create to first reply, alternating direct and ingot.
 async fn cold_starts(
-    chromium: &Path,
+    direct_build: &Build,
     root: &TempRoot,
     gw: &Gateway,
     n: usize,
@@ -828,7 +952,12 @@ async fn cold_starts(
     for i in 0..n {
         for leg in if i.is_multiple_of(2) { [0, 1] } else { [1, 0] } {
             if leg == 0 {
-                let (took, browser) = sessions::direct_start(chromium, root).await?;
+                let (took, browser) = sessions::direct_start_engine(
+                    &direct_build.executable,
+                    direct_build.engine,
+                    root,
+                )
+                .await?;
                 drop(browser);
                 direct.push(took);
             } else {
@@ -855,7 +984,7 @@ async fn warm_starts(ingot: &Path, root: &TempRoot, n: usize) -> Result<Warm> {
         root,
         GatewayOptions {
             pool_size: Some(POOL),
-            max_sessions: 4,
+            max_sessions: Some(4),
         },
     )
     .await?;
@@ -895,9 +1024,9 @@ async fn warm_starts(ingot: &Path, root: &TempRoot, n: usize) -> Result<Warm> {
     })
 }
 
-async fn direct_burst(chromium: &Path, root: &TempRoot, n: usize) -> Result<sessions::Burst> {
-    progress!("{n} concurrent direct Chromiums");
-    let b = sessions::direct_burst(chromium, root, n).await?;
+async fn direct_burst(direct: &Build, root: &TempRoot, n: usize) -> Result<sessions::Burst> {
+    progress!("{n} concurrent direct browsers ({})", direct.describe());
+    let b = sessions::direct_burst(direct, root, n).await?;
     progress!(
         "  direct: p50 {:.0} ms, p99 {:.0} ms, {:.0} MiB PSS per browser",
         stats::percentile(&b.start_ms, 50.0).unwrap_or(f64::NAN),

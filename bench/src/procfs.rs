@@ -246,6 +246,36 @@ pub(crate) fn count_named(name: &str) -> usize {
         .count()
 }
 
+/// Every live descendant of `ancestor` (children, their children, …), not `ancestor` itself.
+pub(crate) fn descendants_of(ancestor: i32) -> Vec<i32> {
+    descendants_among(&all(), ancestor)
+}
+
+/// [`descendants_of`] within a list of processes.
+fn descendants_among(procs: &[ProcStat], ancestor: i32) -> Vec<i32> {
+    let mut found = vec![ancestor];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(procs.iter().filter(|p| p.ppid == parent).map(|p| p.pid));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// A process's command name (`/proc/<pid>/comm`).
+pub(crate) fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_owned())
+}
+
+/// A figure of `/proc/meminfo` (`MemTotal:`, `MemAvailable:`), in KiB.
+pub(crate) fn meminfo_kib(key: &str) -> Option<u64> {
+    kib_field("/proc/meminfo", key)
+}
+
 /// Whether any member of process group `pgrp` is still running (zombies do not count).
 pub(crate) fn group_alive(pgrp: i32) -> bool {
     all().iter().any(|p| p.pgrp == pgrp)
@@ -278,6 +308,29 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(private_kib(me).is_some_and(|k| k > 0));
         assert_eq!(uid(me), Some(nix::unistd::getuid().as_raw()));
+    }
+
+    #[test]
+    fn descendants_are_found_through_every_generation() {
+        let p = |pid, ppid| ProcStat {
+            pid,
+            ppid,
+            pgrp: pid,
+            zombie: false,
+        };
+        let procs = [
+            p(10, 1),
+            p(11, 10),
+            p(12, 11),
+            p(13, 10),
+            p(20, 1),
+            p(21, 20),
+        ];
+        let mut found = descendants_among(&procs, 10);
+        found.sort_unstable();
+        assert_eq!(found, [11, 12, 13]);
+        assert!(descendants_among(&procs, 12).is_empty());
+        assert!(meminfo_kib("MemTotal:").is_some_and(|k| k > 0));
     }
 
     #[test]

@@ -4,15 +4,18 @@
 //! Chromium, and whether a target was met) and the file's layout. A hand-written
 //! `## Findings` section already in the file is kept when the file is rewritten. The
 //! `## Cluster` section ([`cluster`]), the `## Viewer` section ([`viewer`]) and the
-//! `## Sandbox` section ([`sandbox`]) have their own tables and method, so that `--only
-//! cluster`, `--only viewer` or `--only sandbox` can replace one alone and leave the rest of
-//! the file, written by a full run, as it was.
+//! `## Sandbox` section ([`sandbox`]) and the `## Engines` section ([`engines`]) have their
+//! own tables and method, so that `--only cluster`, `--only viewer`, `--only sandbox` or
+//! `--only engines` can replace one alone and leave the rest of the file, written by a full
+//! run, as it was.
 
 mod cluster;
+mod engines;
 mod sandbox;
 mod viewer;
 
 pub(crate) use cluster::{cluster_tables, cluster_targets_met, write_cluster};
+pub(crate) use engines::{engines_table, engines_targets_met, write_engines};
 pub(crate) use sandbox::{sandbox_table, sandbox_targets_met, write_sandbox};
 pub(crate) use viewer::{viewer_table, viewer_targets_met, write_viewer};
 
@@ -23,6 +26,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::cluster::Cluster;
+use crate::engines::Engines;
 use crate::percommand::{Cost, PIPELINED, RECONNECT_SETTLE, Samples};
 use crate::procfs;
 use crate::sandbox::Sandbox;
@@ -144,6 +148,10 @@ pub(crate) struct Core {
     pub cold_direct: Vec<Start>,
     pub cold_ingot: Vec<Start>,
     pub warm: Warm,
+    /// ingot's engine, for people (`` `shell`, the headless shell (`/usr/…`) ``).
+    pub engine: String,
+    /// What the direct column launched, for people.
+    pub direct_build: String,
 }
 
 /// Every figure of one run.
@@ -158,6 +166,7 @@ pub(crate) struct Results {
     pub cluster: Cluster,
     pub viewer: Viewer,
     pub sandbox: Sandbox,
+    pub engines: Engines,
 }
 
 /// Which way a figure is better.
@@ -337,8 +346,8 @@ fn round_trip_rows(r: &Core) -> Vec<Row> {
         .figures(median(&r.direct.rtt_p50_us), median(&r.ingot.rtt_p50_us))
         .goal(Goal::RatioAtMost(RTT_GOAL))
         .note(format!(
-            "{} per target per round, in blocks alternating between the targets; median of {} rounds",
-            r.rtt_runs, r.rounds
+            "ingot's engine: {}; direct: {}; {} per target per round, in blocks alternating between the targets; median of {} rounds",
+            r.engine, r.direct_build, r.rtt_runs, r.rounds
         )),
         Row::new("same, p99", "µs", Better::Lower)
             .figures(median(&r.direct.rtt_p99_us), median(&r.ingot.rtt_p99_us)),
@@ -451,8 +460,9 @@ fn cold_start_rows(r: &Core) -> Vec<Row> {
             )
             .goal(Goal::PlusAtMost(COLD_GOAL_PLUS_MS))
             .note(format!(
-                "{} each, ingot without a warm pool; {}",
+                "{} each, ingot ({}) without a warm pool; {}",
                 cold_direct.len(),
+                r.engine,
                 split_note(&r.cold_direct, &r.cold_ingot)
             )),
         Row::new("same, p99", "ms", Better::Lower).figures(
@@ -674,9 +684,14 @@ pub(crate) fn targets_met(r: &Results) -> (usize, usize) {
     let (cluster_met, cluster_measured) = cluster_targets_met(&r.cluster);
     let (viewer_met, viewer_measured) = viewer_targets_met(&r.viewer);
     let (sandbox_met, sandbox_measured) = sandbox_targets_met(&r.sandbox);
+    let (engines_met, engines_measured) = engines_targets_met(&r.engines);
     (
-        verdicts.iter().filter(|m| **m).count() + cluster_met + viewer_met + sandbox_met,
-        verdicts.len() + cluster_measured + viewer_measured + sandbox_measured,
+        verdicts.iter().filter(|m| **m).count()
+            + cluster_met
+            + viewer_met
+            + sandbox_met
+            + engines_met,
+        verdicts.len() + cluster_measured + viewer_measured + sandbox_measured + engines_measured,
     )
 }
 
@@ -713,6 +728,7 @@ pub(crate) fn document(
          {cluster}\n\
          {viewer}\n\
          {sandbox}\n\
+         {engines}\n\
          ## Method\n\n{method}\n{findings}\n",
         date = machine.date,
         mins = took.as_secs() / 60,
@@ -730,6 +746,7 @@ pub(crate) fn document(
         cluster = cluster::section(&r.cluster, FULL_RUN, r.core.quick),
         viewer = viewer::section(&r.viewer, FULL_RUN, r.core.quick),
         sandbox = sandbox::section(&r.sandbox, FULL_RUN, r.core.quick),
+        engines = engines::section(&r.engines, FULL_RUN, r.core.quick),
         method = method(r),
     )
 }
@@ -737,11 +754,13 @@ pub(crate) fn document(
 fn method(r: &Results) -> String {
     format!(
         "\
-- **Targets.** *Direct* is `/usr/lib/chromium/chromium` started by the benchmark with ingot's own flags \
-(`--headless=new --no-sandbox --disable-gpu … --test-type`), `--window-size=1920,1080`, \
-`--remote-debugging-port=0` and a fresh profile; the client uses its `/devtools/browser/<id>` WebSocket. \
-*ingot* is `target/release/ingot` on a loopback port with its own data directory, driven through a \
-session's `websocketUrl`. One client implementation (Rust, tokio-tungstenite, Nagle off, one task, no \
+- **Targets.** *Direct* is {direct} started by the benchmark with ingot's own flags \
+(`--no-sandbox --disable-gpu … --test-type`, and `--headless=new` for the full Chromium, not for the \
+headless shell), `--window-size=1920,1080`, \
+`--remote-debugging-port=0` and a fresh profile: the build of ingot's default engine, so that \
+ingot ÷ direct compares like with like; the client uses its `/devtools/browser/<id>` WebSocket. \
+*ingot* is `target/release/ingot` on a loopback port with its own data directory and its default \
+engine ({engine}), driven through a session's `websocketUrl`. One client implementation (Rust, tokio-tungstenite, Nagle off, one task, no \
 background reader) drives both.
 - **Per-command figures** use one page per target, opened the way Puppeteer does \
 (`Target.getTargets`, `Target.attachToTarget` with `flatten`), with the viewport set to 1920×1080 by \
@@ -782,6 +801,8 @@ errors and Ctrl-C.
 ",
         rounds = r.core.rounds,
         rtt = r.core.rtt_runs,
+        direct = r.core.direct_build,
+        engine = r.core.engine,
         idle = r.idle.1.count,
     )
 }

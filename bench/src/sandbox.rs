@@ -126,7 +126,7 @@ pub(crate) async fn measure(
     progress!("sandbox: cold gateways (--pool-size 0), sandboxed and {SHARED_FLAG}");
     let cold_opts = GatewayOptions {
         pool_size: pool.then_some(0),
-        max_sessions: 4,
+        max_sessions: Some(4),
     };
     let shared = Gateway::start_with(ingot, root, cold_opts, &[SHARED_FLAG.to_owned()]).await?;
     let sandboxed = Gateway::start(ingot, root, cold_opts).await?;
@@ -353,7 +353,7 @@ async fn warm_starts(ingot: &Path, root: &TempRoot, n: usize) -> Result<[Vec<Sta
     progress!("sandbox: {n} warm creates per gateway, --pool-size {WARM_POOL}");
     let opts = GatewayOptions {
         pool_size: Some(WARM_POOL),
-        max_sessions: 4,
+        max_sessions: Some(4),
     };
     let shared = Gateway::start_with(ingot, root, opts, &[SHARED_FLAG.to_owned()]).await?;
     let sandboxed = Gateway::start(ingot, root, opts).await?;

@@ -13,7 +13,7 @@ use futures_util::future::try_join_all;
 use serde_json::json;
 
 use crate::cdp::Cdp;
-use crate::chromium::{DirectChromium, TempRoot};
+use crate::chromium::{Build, DirectChromium, Engine, TempRoot};
 use crate::gateway::{Gateway, Session};
 use crate::procfs::{self, Footprint};
 use crate::stats::ms;
@@ -40,9 +40,18 @@ pub(crate) async fn direct_start(
     executable: &Path,
     root: &TempRoot,
 ) -> Result<(Start, DirectChromium)> {
+    direct_start_engine(executable, Engine::Chromium, root).await
+}
+
+/// [`direct_start`] of either engine's build (`executable`), launched as that engine is.
+pub(crate) async fn direct_start_engine(
+    executable: &Path,
+    engine: Engine,
+    root: &TempRoot,
+) -> Result<(Start, DirectChromium)> {
     let dir = root.fresh_dir("direct")?;
     let started = Instant::now();
-    let mut browser = DirectChromium::spawn(executable, dir)?;
+    let mut browser = DirectChromium::spawn_engine(executable, engine, dir)?;
     let url = browser.devtools_url(START_TIMEOUT).await?;
     let address_ms = ms(started.elapsed());
     let mut cdp = Cdp::connect(&url, START_TIMEOUT).await?;
@@ -62,8 +71,13 @@ pub(crate) async fn direct_start(
 /// ingot: `POST /v1/sessions` → connect `websocketUrl` → first reply to `Browser.getVersion`.
 /// Returns the timing and the session, still live.
 pub(crate) async fn ingot_start(gateway: &Gateway) -> Result<(Start, Session)> {
+    ingot_start_with(gateway, "{}").await
+}
+
+/// [`ingot_start`] with a create body of its own (`{"headless": false}`, …).
+pub(crate) async fn ingot_start_with(gateway: &Gateway, body: &str) -> Result<(Start, Session)> {
     let started = Instant::now();
-    let session = gateway.create("{}").await?;
+    let session = gateway.create(body).await?;
     let address_ms = ms(started.elapsed());
     let mut cdp = Cdp::connect(&session.websocket_url, START_TIMEOUT).await?;
     cdp.call_result("Browser.getVersion", json!({}), None)
@@ -107,9 +121,11 @@ impl Burst {
     }
 }
 
-/// Starts `n` direct Chromiums at once and reads their memory once they idle.
-pub(crate) async fn direct_burst(executable: &Path, root: &TempRoot, n: usize) -> Result<Burst> {
-    let started = try_join_all((0..n).map(|_| direct_start(executable, root))).await?;
+/// Starts `n` direct browsers of `build` at once and reads their memory once they idle.
+pub(crate) async fn direct_burst(build: &Build, root: &TempRoot, n: usize) -> Result<Burst> {
+    let started =
+        try_join_all((0..n).map(|_| direct_start_engine(&build.executable, build.engine, root)))
+            .await?;
     tokio::time::sleep(SETTLE).await;
     let pids: Vec<i32> = started.iter().flat_map(|(_, b)| b.processes()).collect();
     let memory = procfs::footprint(&pids);
@@ -246,14 +262,14 @@ fn browser_leader(gateway: &Gateway) -> Result<i32> {
     }
 }
 
-/// `count` idle clients on a direct Chromium's DevTools port: its browser process's growth.
+/// `count` idle clients on a direct browser's DevTools port: its browser process's growth.
 pub(crate) async fn direct_idle_clients(
-    executable: &Path,
+    build: &Build,
     root: &TempRoot,
     count: usize,
 ) -> Result<IdleClients> {
     let dir = root.fresh_dir("direct")?;
-    let mut browser = DirectChromium::spawn(executable, dir)?;
+    let mut browser = DirectChromium::spawn_engine(&build.executable, build.engine, dir)?;
     let url = browser.devtools_url(START_TIMEOUT).await?;
     let warm = open_clients(&url, 1).await?;
     drop(warm);

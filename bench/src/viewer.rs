@@ -218,7 +218,7 @@ pub(crate) async fn measure(
         root,
         GatewayOptions {
             pool_size: pool.then_some(0),
-            max_sessions: 2,
+            max_sessions: Some(2),
         },
     )
     .await?;
