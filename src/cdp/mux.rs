@@ -80,6 +80,9 @@ pub(crate) struct Mux {
     identity: OnceLock<Value>,
     /// The gateway's overrides sent and not yet answered.
     overrides_pending: watch::Sender<usize>,
+    /// False from [`Mux::present_as`] until the targets open then (the first page) have
+    /// their override: clients' commands to targets wait for it ([`ClientLink::forward`]).
+    presented: Arc<watch::Sender<bool>>,
 }
 
 #[derive(Default)]
@@ -143,6 +146,7 @@ impl Mux {
             guard,
             identity: OnceLock::new(),
             overrides_pending: watch::channel(0).0,
+            presented: Arc::new(watch::channel(true).0),
         });
         tokio::spawn(route_from_browser(mux.clone(), transport.from_browser));
         mux.send_root(json!({"method": "Target.setDiscoverTargets", "params": {"discover": true}}));
@@ -178,25 +182,41 @@ impl Mux {
 
     /// From now on every target of the browser says it is `identity`: the root auto-attaches
     /// to every target (waiting for it to start), overrides its user agent and lets it run.
-    /// Returns once the targets open now (the first page) have their override, so that a
-    /// client never sees them without it. Called at most once per browser; a second call
-    /// changes nothing.
+    /// Returns once the overrides of the targets open now (the first page) are sent; until
+    /// they are answered (the page's renderer may still be starting), clients' commands to
+    /// targets wait, so that no client sees a page without its identity while the create
+    /// does not wait for a renderer. Called at most once per browser; a second call changes
+    /// nothing.
     pub(crate) async fn present_as(&self, identity: &Identity) -> Result<(), CommandError> {
         if self.identity.set(identity.override_params()).is_err() {
             return Ok(());
         }
-        // Chromium announces the targets open now before it answers.
-        self.command("Target.setAutoAttach", auto_attach()).await?;
+        self.presented.send_replace(false);
+        // Chromium announces the targets open now before it answers, and each is given its
+        // override as its announcement is routed, so they are counted by then.
+        let attached = self.command("Target.setAutoAttach", auto_attach()).await;
         let mut pending = self.overrides_pending.subscribe();
-        let settled = async {
-            tokio::select! {
-                _ = pending.wait_for(|n| *n == 0) => Ok(()),
-                _ = self.lost.cancelled() => Err(CommandError::Closed),
+        let (presented, lost) = (self.presented.clone(), self.lost.clone());
+        tokio::spawn(async move {
+            let settled = tokio::select! {
+                _ = pending.wait_for(|n| *n == 0) => true,
+                _ = lost.cancelled() => true,
+                _ = tokio::time::sleep(COMMAND_TIMEOUT) => false,
+            };
+            if !settled {
+                warn!(
+                    "the first page did not answer its user agent override within {COMMAND_TIMEOUT:?}; letting clients through"
+                );
             }
-        };
-        tokio::time::timeout(COMMAND_TIMEOUT, settled)
-            .await
-            .map_err(|_| CommandError::Timeout("Emulation.setUserAgentOverride", COMMAND_TIMEOUT))?
+            presented.send_replace(true);
+        });
+        attached.map(drop)
+    }
+
+    /// Resolves once the targets open at [`Mux::present_as`] have their identity.
+    async fn presented(&self) {
+        let mut presented = self.presented.subscribe();
+        let _ = presented.wait_for(|done| *done).await;
     }
 
     /// A target event on the root session or on one of the gateway's own target sessions:
@@ -232,12 +252,15 @@ impl Mux {
             return;
         };
         let Some(method) = override_method(&target.kind) else {
-            // Nothing to say to it (an extension's background page, a worklet...), but it
-            // waits for the gateway all the same.
-            self.send_on(
-                target.session_id.as_str(),
-                vec![json!({"method": "Runtime.runIfWaitingForDebugger"})],
-            );
+            // Nothing to say to it (an extension's background page, a worklet...), but one
+            // that waits for the gateway's auto-attach is let run. (Browser sessions,
+            // clients' and the spare, are announced here too, and never wait.)
+            if target.waiting {
+                self.send_on(
+                    target.session_id.as_str(),
+                    vec![json!({"method": "Runtime.runIfWaitingForDebugger"})],
+                );
+            }
             return;
         };
         let session = target.session_id.as_str();
@@ -786,6 +809,8 @@ struct AttachedTarget {
     session_id: String,
     target_id: String,
     kind: String,
+    /// Whether it waits for a debugger to let it run (`waitForDebuggerOnStart`).
+    waiting: bool,
 }
 
 fn parse_attached(msg: &[u8]) -> Option<AttachedTarget> {
@@ -799,6 +824,8 @@ fn parse_attached(msg: &[u8]) -> Option<AttachedTarget> {
         session_id: String,
         #[serde(rename = "targetInfo")]
         target_info: Info,
+        #[serde(rename = "waitingForDebugger", default)]
+        waiting: bool,
     }
     #[derive(serde::Deserialize)]
     struct Info {
@@ -812,6 +839,7 @@ fn parse_attached(msg: &[u8]) -> Option<AttachedTarget> {
         session_id: event.params.session_id,
         target_id: event.params.target_info.target_id,
         kind: event.params.target_info.kind,
+        waiting: event.params.waiting,
     })
 }
 
@@ -899,6 +927,10 @@ impl ClientLink {
             _ => None,
         };
         let msg = deferred.as_ref().unwrap_or(msg);
+        // A command to a target waits until the first page has its identity.
+        if session.is_some() && !*self.mux.presented.borrow() {
+            self.mux.presented().await;
+        }
         // Held until the message is written into the browser's pipe.
         let _budget = self.mux.guard.inflight(msg.len()).await;
         let bytes = match session {
