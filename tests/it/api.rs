@@ -91,7 +91,7 @@ async fn chromium_that_cannot_start_gives_503_and_leaves_nothing() {
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let gw = Gateway::start(&["--chromium", fake.to_str().unwrap()]).await;
+    let gw = Gateway::start(&["--engine", "chromium", "--chromium", fake.to_str().unwrap()]).await;
     let id = uuid::Uuid::new_v4().to_string();
     let (status, err) = gw.post("/v1/sessions", json!({"sessionId": id})).await;
     assert_eq!(status, 503, "{err}");
@@ -220,9 +220,12 @@ async fn settings_come_from_flags_and_ingot_variables() {
     )
     .await;
     assert!(
-        gw.wait_for_log("chromium=/usr/lib/chromium/chromium", secs(5))
-            .await,
-        "Chromium behind Debian's wrapper is preferred:\n{}",
+        gw.wait_for_log(
+            "(shell: /usr/lib/chromium/chromium-headless-shell; chromium: /usr/lib/chromium/chromium;",
+            secs(5)
+        )
+        .await,
+        "the shell and Chromium behind Debian's wrappers are preferred:\n{}",
         gw.log_text()
     );
     let (status, err) = gw.post("/v1/sessions", json!({"timeout": 20_000})).await;

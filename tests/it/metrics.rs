@@ -240,7 +240,7 @@ async fn readiness_follows_capacity_and_answers_any_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_while_chromium_cannot_start() {
     let _shared = shared().await;
-    let gw = Gateway::start(&["--chromium", "/bin/false"]).await;
+    let gw = Gateway::start(&["--engine", "chromium", "--chromium", "/bin/false"]).await;
     let (status, body) = gw.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["reason"], "chromium_unavailable");
@@ -329,7 +329,7 @@ async fn a_second_sigterm_ends_the_drain() {
 async fn histograms_are_exported_at_zero_from_start_up() {
     let _shared = shared().await;
     // No browser starts, so nothing records a sample.
-    let gw = Gateway::start(&["--chromium", "/bin/false"]).await;
+    let gw = Gateway::start(&["--engine", "chromium", "--chromium", "/bin/false"]).await;
     let text = gw
         .http
         .get(gw.url("/metrics"))
