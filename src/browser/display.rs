@@ -153,26 +153,7 @@ impl Display {
         let (ready_read, ready_write) = pipe()?;
         let null = high_fd(OwnedFd::from(prepared.null))?;
         let landlock = spec.landlock.map(high_copy).transpose()?;
-        let mut cmd = Command::new(xvfb);
-        cmd.arg(format!(":{NUMBER}"))
-            .args([
-                "-nolisten",
-                "tcp",
-                "-nolisten",
-                "local",
-                "-nolock",
-                "-noreset",
-            ])
-            .arg("-auth")
-            .arg(spec.dir.join(AUTH_FILE))
-            .args(["-displayfd", "4", "-screen", "0"])
-            .arg(format!("{}x{}x24", spec.width, spec.height))
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(prepared.log))
-            .process_group(0)
-            .kill_on_drop(false);
+        let mut cmd = xvfb_command(xvfb, spec, prepared.log);
         // The mounts first, while the child still has the gateway's privileges.
         install_mounts(
             cmd.as_std_mut(),
@@ -210,24 +191,25 @@ impl Display {
             session_id: spec.session_id,
             exit,
         };
-        if let Err(e) = display.ready(ready_read).await {
+        if let Err(e) = display.serving(ready_read).await {
             display.kill().await;
             return Err(e);
         }
-        match admits_strangers(&display.socket()).await {
-            Ok(false) => {}
-            Ok(true) => {
-                let last_output = display.log_tail().await;
-                display.kill().await;
-                return Err(DisplayError::Open { last_output });
-            }
-            Err(e) => {
-                display.kill().await;
-                return Err(DisplayError::Check(e));
-            }
-        }
         debug!(session_id = %spec.session_id, pid, "Xvfb is up");
         Ok(display)
+    }
+
+    /// Waits until Xvfb accepts clients ([`Display::ready`]), then checks that it refuses
+    /// one without the cookie.
+    async fn serving(&self, ready: OwnedFd) -> Result<(), DisplayError> {
+        self.ready(ready).await?;
+        match admits_strangers(&self.socket()).await {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(DisplayError::Open {
+                last_output: self.log_tail().await,
+            }),
+            Err(e) => Err(DisplayError::Check(e)),
+        }
     }
 
     /// Waits for Xvfb's display number on the `-displayfd` pipe.
@@ -377,6 +359,33 @@ fn connect(socket: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
         .join(dir.as_raw_fd().to_string())
         .join(name);
     std::os::unix::net::UnixStream::connect(short)
+}
+
+/// Xvfb's command for `spec`: display `:0` with no TCP, no abstract socket and no lock
+/// file, its cookie file, its readiness on fd 4, the session's screen size, an empty
+/// environment, stderr to `log`, a process group of its own.
+fn xvfb_command(xvfb: &Path, spec: &DisplaySpec<'_>, log: std::fs::File) -> Command {
+    let mut cmd = Command::new(xvfb);
+    cmd.arg(format!(":{NUMBER}"))
+        .args([
+            "-nolisten",
+            "tcp",
+            "-nolisten",
+            "local",
+            "-nolock",
+            "-noreset",
+        ])
+        .arg("-auth")
+        .arg(spec.dir.join(AUTH_FILE))
+        .args(["-displayfd", "4", "-screen", "0"])
+        .arg(format!("{}x{}x24", spec.width, spec.height))
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .process_group(0)
+        .kill_on_drop(false);
+    cmd
 }
 
 /// Whether displays can run here: a child can make the private mount namespace and the bind
