@@ -42,6 +42,13 @@ async fn the_shell_is_the_default_engine_and_healthz_names_every_engine() {
             .await,
         "the start-up log names the engines"
     );
+    // The derived session limit uses the shell's budget per session.
+    assert!(
+        gw.wait_for_log("engine=shell per_session_mib=144", Duration::from_secs(2))
+            .await,
+        "{}",
+        gw.log_text()
+    );
     let session = gw.create(json!({})).await;
     let id = session["id"].as_str().expect("id").to_owned();
     assert!(
@@ -61,6 +68,15 @@ async fn engine_chromium_runs_full_chromium_headless() {
     let gw = Gateway::start(&["--engine", "chromium"]).await;
     let (_, health) = gw.get("/healthz").await;
     assert_eq!(health["engines"]["default"], "chromium", "{health}");
+    assert!(
+        gw.wait_for_log(
+            "engine=chromium per_session_mib=256",
+            Duration::from_secs(2)
+        )
+        .await,
+        "the derived session limit uses full Chromium's budget:\n{}",
+        gw.log_text()
+    );
     let session = gw.create(json!({})).await;
     let id = session["id"].as_str().expect("id").to_owned();
     assert!(
